@@ -1,0 +1,201 @@
+package config
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// DefaultDedupeTTL outlasts the longest documented provider retry window
+// (FeedBackPro, about 7 h) with a wide margin.
+const DefaultDedupeTTL = 72 * time.Hour
+
+// MaxIngestTokens is how many ingest tokens a source may have active at once:
+// the current one and the one being rotated out.
+const MaxIngestTokens = 2
+
+// Providers the services know. A source naming another provider is refused at start-up.
+var knownProviders = map[string]bool{"delighted": true}
+
+var sourceNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+
+// Pipeline is the YAML pipeline definition shared by every service; each
+// service reads the parts it needs.
+type Pipeline struct {
+	Sources []Source `yaml:"sources"`
+	Sinks   Sinks    `yaml:"sinks"`
+}
+
+// Source is one webhook endpoint: /v1/hooks/{name}/{token}.
+type Source struct {
+	// Name is the URL path segment: lower-case letters, digits, '-' and '_'.
+	Name string `yaml:"name"`
+	// Provider selects the signature scheme and the payload mapping, e.g. "delighted".
+	Provider string `yaml:"provider"`
+	// SecretRefs are the signing secrets in rotation order, as env:NAME or file:PATH.
+	SecretRefs []string `yaml:"secrets"`
+	// IngestTokenRefs are the secret URL tokens (at most two), as env:NAME or file:PATH.
+	IngestTokenRefs []string `yaml:"ingest_tokens"`
+	// DedupeTTL is how long an event id is remembered (default 72h).
+	DedupeTTL Duration `yaml:"dedupe_ttl"`
+
+	// Secrets are resolved from SecretRefs by LoadPipeline.
+	Secrets []Secret `yaml:"-"`
+	// tokenHashes are SHA-256 digests of the resolved ingest tokens; the
+	// tokens themselves are not kept.
+	tokenHashes [][sha256.Size]byte
+}
+
+// MatchToken reports in constant time whether token is one of the source's
+// active ingest tokens. Every stored hash is compared, match or not.
+func (s *Source) MatchToken(token string) bool {
+	sum := sha256.Sum256([]byte(token))
+	match := 0
+	for i := range s.tokenHashes {
+		match |= subtle.ConstantTimeCompare(sum[:], s.tokenHashes[i][:])
+	}
+	return match == 1
+}
+
+// Sinks holds the per-destination settings.
+type Sinks struct {
+	Warehouse WarehouseSink `yaml:"warehouse"`
+}
+
+// WarehouseSink configures sink-warehouse. The database address comes from
+// the DATABASE_URL environment variable, not from here.
+type WarehouseSink struct {
+	// Schema is the PostgreSQL schema the tables live in (default "closedloop").
+	Schema string `yaml:"schema"`
+	// BatchSize is the most rows written in one transaction (default 500).
+	BatchSize int `yaml:"batch_size"`
+	// FlushInterval is the longest a row waits for its batch to fill (default 20ms).
+	FlushInterval Duration `yaml:"flush_interval"`
+}
+
+// Duration is a time.Duration written as "72h" or "20ms" in YAML.
+type Duration struct{ time.Duration }
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil || v < 0 {
+		return fmt.Errorf("line %d: %q is not a duration such as 20ms, 5s or 72h", n.Line, s)
+	}
+	d.Duration = v
+	return nil
+}
+
+// Source returns the source with the given name.
+func (p *Pipeline) Source(name string) (*Source, bool) {
+	for i := range p.Sources {
+		if p.Sources[i].Name == name {
+			return &p.Sources[i], true
+		}
+	}
+	return nil, false
+}
+
+// LoadPipeline reads and validates a pipeline file and resolves its secret
+// references with lookup (os.LookupEnv in services).
+func LoadPipeline(path string, lookup func(string) (string, bool)) (*Pipeline, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("pipeline config: %w", err)
+	}
+	p, err := ParsePipeline(b, lookup)
+	if err != nil {
+		return nil, fmt.Errorf("pipeline config %s: %w", path, err)
+	}
+	return p, nil
+}
+
+// ParsePipeline is LoadPipeline on bytes. Unknown keys are errors, so a typo
+// does not silently fall back to a default.
+func ParsePipeline(b []byte, lookup func(string) (string, bool)) (*Pipeline, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	var p Pipeline
+	if err := dec.Decode(&p); err != nil {
+		return nil, err
+	}
+	var errs []error
+	seen := map[string]bool{}
+	for i := range p.Sources {
+		s := &p.Sources[i]
+		at := fmt.Sprintf("sources[%d]", i)
+		if s.Name != "" {
+			at = fmt.Sprintf("sources[%d] (%s)", i, s.Name)
+		}
+		if !sourceNameRE.MatchString(s.Name) {
+			errs = append(errs, fmt.Errorf("%s: name %q must be 1-63 lower-case letters, digits, '-' or '_'", at, s.Name))
+		}
+		if seen[s.Name] {
+			errs = append(errs, fmt.Errorf("%s: name is used twice", at))
+		}
+		seen[s.Name] = true
+		if !knownProviders[s.Provider] {
+			errs = append(errs, fmt.Errorf("%s: provider %q is not supported (supported: delighted)", at, s.Provider))
+		}
+		if len(s.SecretRefs) == 0 {
+			errs = append(errs, fmt.Errorf("%s: secrets: at least one signing secret reference is required", at))
+		}
+		for j, ref := range s.SecretRefs {
+			sec, err := ResolveSecret(ref, lookup)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: secrets[%d]: %w", at, j, err))
+				continue
+			}
+			s.Secrets = append(s.Secrets, sec)
+		}
+		if len(s.IngestTokenRefs) == 0 || len(s.IngestTokenRefs) > MaxIngestTokens {
+			errs = append(errs, fmt.Errorf("%s: ingest_tokens: give 1 or %d token references, got %d", at, MaxIngestTokens, len(s.IngestTokenRefs)))
+		}
+		for j, ref := range s.IngestTokenRefs {
+			tok, err := ResolveSecret(ref, lookup)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: ingest_tokens[%d]: %w", at, j, err))
+				continue
+			}
+			if len(tok.Reveal()) < 22 {
+				errs = append(errs, fmt.Errorf("%s: ingest_tokens[%d] (%s): a token needs at least 128 bits of randomness (22+ characters)", at, j, ref))
+				continue
+			}
+			s.tokenHashes = append(s.tokenHashes, sha256.Sum256(tok.Reveal()))
+		}
+		if s.DedupeTTL.Duration == 0 {
+			s.DedupeTTL.Duration = DefaultDedupeTTL
+		}
+	}
+	w := &p.Sinks.Warehouse
+	if w.Schema == "" {
+		w.Schema = "closedloop"
+	}
+	if !regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`).MatchString(w.Schema) {
+		errs = append(errs, fmt.Errorf("sinks.warehouse.schema %q must be a lower-case SQL identifier", w.Schema))
+	}
+	if w.BatchSize == 0 {
+		w.BatchSize = 500
+	}
+	if w.BatchSize < 1 || w.BatchSize > 10000 {
+		errs = append(errs, fmt.Errorf("sinks.warehouse.batch_size %d must be between 1 and 10000", w.BatchSize))
+	}
+	if w.FlushInterval.Duration == 0 {
+		w.FlushInterval.Duration = 20 * time.Millisecond
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return &p, nil
+}

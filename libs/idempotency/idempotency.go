@@ -1,0 +1,179 @@
+// Package idempotency is the two-phase Redis idempotency store of
+// ARCHITECTURE.md ("Delivery semantics"):
+//
+//  1. Claim before the work: every key of the event is checked and, when none
+//     is "done" and none is being processed by another worker, all of them are
+//     set to "processing:<owner>" with a short TTL — atomically, in one Lua
+//     script, so two workers can never both claim an event.
+//  2. Complete after the work is durable: the keys become "done" with the
+//     long, per-source TTL (it must outlast the provider's retry window).
+//
+// A worker that dies between the two leaves keys in "processing" that expire
+// after ProcessingTTL; the redelivered event is then claimed and processed
+// again: no loss, at the price of a possible repeat downstream, which the next
+// stage's idempotency absorbs.
+//
+// Keys are "<prefix>{<scope>}:<id>". The scope (the source name, plus the
+// replay id for an operator's replay) is a Redis Cluster hash tag, so all the
+// keys of one claim live in one slot.
+package idempotency
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Outcome is the result of a claim.
+type Outcome int
+
+const (
+	// Claimed: the caller owns the event and must do the work, then Complete
+	// (or Release on failure).
+	Claimed Outcome = iota
+	// Duplicate: one of the keys is done: the event was processed before.
+	Duplicate
+	// InProgress: another worker holds the claim. Retry later; the claim
+	// expires after ProcessingTTL if that worker died.
+	InProgress
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case Claimed:
+		return "claimed"
+	case Duplicate:
+		return "duplicate"
+	case InProgress:
+		return "in_progress"
+	}
+	return "outcome(" + strconv.Itoa(int(o)) + ")"
+}
+
+// ErrInProgress is returned by helpers that treat InProgress as a retryable failure.
+var ErrInProgress = errors.New("event is being processed by another worker")
+
+// Store is the idempotency store. It is safe for concurrent use.
+type Store struct {
+	rdb           redis.UniversalClient
+	prefix        string
+	owner         string
+	processingTTL time.Duration
+}
+
+// Options configure a Store.
+type Options struct {
+	// Prefix is put before every key (default "closedloop:idem:").
+	Prefix string
+	// Owner identifies this worker in "processing" markers; make it unique per
+	// process start (host name + pid + start time) so that a restarted worker
+	// does not mistake a dead predecessor's claim for its own.
+	Owner string
+	// ProcessingTTL is how long a claim lives without Complete (default 30s).
+	// It must exceed the longest time the work under a claim takes.
+	ProcessingTTL time.Duration
+}
+
+// New returns a Store on rdb.
+func New(rdb redis.UniversalClient, o Options) *Store {
+	if o.Prefix == "" {
+		o.Prefix = "closedloop:idem:"
+	}
+	if o.Owner == "" {
+		o.Owner = "anonymous-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	}
+	if o.ProcessingTTL <= 0 {
+		o.ProcessingTTL = 30 * time.Second
+	}
+	return &Store{rdb: rdb, prefix: o.Prefix, owner: o.Owner, processingTTL: o.ProcessingTTL}
+}
+
+const doneValue = "done"
+
+var claimScript = redis.NewScript(`
+for _, k in ipairs(KEYS) do
+  if redis.call('GET', k) == 'done' then return 1 end
+end
+for _, k in ipairs(KEYS) do
+  local v = redis.call('GET', k)
+  if v and v ~= ARGV[1] then return 2 end
+end
+for _, k in ipairs(KEYS) do
+  redis.call('SET', k, ARGV[1], 'PX', ARGV[2])
+end
+return 0
+`)
+
+var completeScript = redis.NewScript(`
+for _, k in ipairs(KEYS) do
+  redis.call('SET', k, 'done', 'PX', ARGV[1])
+end
+return 0
+`)
+
+var releaseScript = redis.NewScript(`
+for _, k in ipairs(KEYS) do
+  if redis.call('GET', k) == ARGV[1] then redis.call('DEL', k) end
+end
+return 0
+`)
+
+// Keys builds the full keys for ids within a scope.
+func (s *Store) Keys(scope string, ids ...string) []string {
+	scope = strings.NewReplacer("{", "(", "}", ")").Replace(scope)
+	out := make([]string, len(ids))
+	for i, id := range ids {
+		out[i] = s.prefix + "{" + scope + "}:" + id
+	}
+	return out
+}
+
+func (s *Store) marker() string { return "processing:" + s.owner }
+
+// Claim tries to claim the event named by ids (its event id, its subject
+// version, ...) within scope.
+func (s *Store) Claim(ctx context.Context, scope string, ids ...string) (Outcome, error) {
+	if len(ids) == 0 {
+		return 0, errors.New("idempotency: claim with no ids")
+	}
+	n, err := claimScript.Run(ctx, s.rdb, s.Keys(scope, ids...), s.marker(), s.processingTTL.Milliseconds()).Int()
+	if err != nil {
+		return 0, fmt.Errorf("idempotency claim: %w", err)
+	}
+	switch n {
+	case 0:
+		return Claimed, nil
+	case 1:
+		return Duplicate, nil
+	default:
+		return InProgress, nil
+	}
+}
+
+// Complete marks the claimed event done for ttl.
+func (s *Store) Complete(ctx context.Context, scope string, ttl time.Duration, ids ...string) error {
+	if err := completeScript.Run(ctx, s.rdb, s.Keys(scope, ids...), ttl.Milliseconds()).Err(); err != nil {
+		return fmt.Errorf("idempotency complete: %w", err)
+	}
+	return nil
+}
+
+// Release drops this worker's claim (when the work failed and will be
+// retried), so the retry need not wait for ProcessingTTL. Claims held by
+// others are left alone.
+func (s *Store) Release(ctx context.Context, scope string, ids ...string) error {
+	if err := releaseScript.Run(ctx, s.rdb, s.Keys(scope, ids...), s.marker()).Err(); err != nil {
+		return fmt.Errorf("idempotency release: %w", err)
+	}
+	return nil
+}
+
+// Ping is the "redis" readiness check.
+func Ping(rdb redis.UniversalClient) func(ctx context.Context) error {
+	return func(ctx context.Context) error { return rdb.Ping(ctx).Err() }
+}

@@ -1,0 +1,107 @@
+package idempotency
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/closedloop/closedloop/libs/localinfra"
+)
+
+func newStore(t *testing.T, owner string, processing time.Duration) (*Store, *redis.Client) {
+	t.Helper()
+	addr := localinfra.RedisForTest(t)
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	t.Cleanup(func() { _ = rdb.Close() })
+	return New(rdb, Options{Owner: owner, ProcessingTTL: processing, Prefix: "test:" + t.Name() + ":"}), rdb
+}
+
+func TestAnEventIsClaimedOnceAndIsADuplicateAfterComplete(t *testing.T) {
+	s, _ := newStore(t, "w1", time.Second)
+	ctx := context.Background()
+	if o, err := s.Claim(ctx, "src", "evt:1", "subj:r:1:v1"); err != nil || o != Claimed {
+		t.Fatalf("first claim = %v, %v", o, err)
+	}
+	if err := s.Complete(ctx, "src", time.Hour, "evt:1", "subj:r:1:v1"); err != nil {
+		t.Fatal(err)
+	}
+	if o, _ := s.Claim(ctx, "src", "evt:1", "subj:r:1:v1"); o != Duplicate {
+		t.Fatalf("claim after complete = %v, want duplicate", o)
+	}
+}
+
+func TestAnyOneDoneKeyMakesTheEventADuplicate(t *testing.T) {
+	s, _ := newStore(t, "w1", time.Second)
+	ctx := context.Background()
+	_, _ = s.Claim(ctx, "src", "subj:r:1:v1")
+	_ = s.Complete(ctx, "src", time.Hour, "subj:r:1:v1")
+	// A backfilled copy has another event id but the same subject version.
+	if o, _ := s.Claim(ctx, "src", "evt:backfill-9", "subj:r:1:v1"); o != Duplicate {
+		t.Fatalf("claim = %v, want duplicate through the subject key", o)
+	}
+}
+
+func TestScopesKeepTheSameIDApart(t *testing.T) {
+	s, _ := newStore(t, "w1", time.Second)
+	ctx := context.Background()
+	_, _ = s.Claim(ctx, "src", "evt:1")
+	_ = s.Complete(ctx, "src", time.Hour, "evt:1")
+	if o, _ := s.Claim(ctx, "src/replay-7", "evt:1"); o != Claimed {
+		t.Fatalf("claim in a replay scope = %v, want claimed", o)
+	}
+}
+
+func TestAClaimHeldByAnotherWorkerIsInProgressUntilItExpires(t *testing.T) {
+	a, rdb := newStore(t, "dead-worker", 300*time.Millisecond)
+	b := New(rdb, Options{Owner: "new-worker", ProcessingTTL: time.Second, Prefix: "test:" + t.Name() + ":"})
+	ctx := context.Background()
+	if o, _ := a.Claim(ctx, "src", "evt:1"); o != Claimed {
+		t.Fatal("first claim failed")
+	}
+	if o, _ := b.Claim(ctx, "src", "evt:1"); o != InProgress {
+		t.Fatalf("claim while held = %v, want in progress", o)
+	}
+	time.Sleep(400 * time.Millisecond)
+	if o, _ := b.Claim(ctx, "src", "evt:1"); o != Claimed {
+		t.Fatalf("claim after the holder's claim expired = %v, want claimed (no loss)", o)
+	}
+}
+
+func TestReleaseLetsTheEventBeClaimedAgainButOnlyByItsOwner(t *testing.T) {
+	a, rdb := newStore(t, "a", time.Minute)
+	b := New(rdb, Options{Owner: "b", ProcessingTTL: time.Minute, Prefix: "test:" + t.Name() + ":"})
+	ctx := context.Background()
+	_, _ = a.Claim(ctx, "src", "evt:1")
+	_ = b.Release(ctx, "src", "evt:1")
+	if o, _ := b.Claim(ctx, "src", "evt:1"); o != InProgress {
+		t.Fatalf("another worker's release removed a's claim: %v", o)
+	}
+	_ = a.Release(ctx, "src", "evt:1")
+	if o, _ := b.Claim(ctx, "src", "evt:1"); o != Claimed {
+		t.Fatalf("claim after release = %v", o)
+	}
+}
+
+func TestConcurrentClaimsOfOneEventHaveExactlyOneWinner(t *testing.T) {
+	_, rdb := newStore(t, "x", time.Minute)
+	var wins atomic.Int32
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s := New(rdb, Options{Owner: "w" + string(rune('a'+i)), Prefix: "test:" + t.Name() + ":"})
+			if o, err := s.Claim(context.Background(), "src", "evt:1", "subj:1"); err == nil && o == Claimed {
+				wins.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if wins.Load() != 1 {
+		t.Fatalf("%d workers claimed the event, want exactly 1", wins.Load())
+	}
+}

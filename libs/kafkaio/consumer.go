@@ -1,0 +1,389 @@
+package kafkaio
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"runtime/debug"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/closedloop/closedloop/libs/status"
+)
+
+// Headers a quarantined record carries besides its original ones.
+const (
+	HeaderQuarantineReason    = "closedloop-quarantine-reason"
+	HeaderQuarantineError     = "closedloop-quarantine-error"
+	HeaderQuarantineTopic     = "closedloop-source-topic"
+	HeaderQuarantinePartition = "closedloop-source-partition"
+	HeaderQuarantineOffset    = "closedloop-source-offset"
+	HeaderQuarantineGroup     = "closedloop-consumer-group"
+)
+
+// Handler does the work for one record. It returns nil once the work is
+// durable (produced with acks=all, committed to a database): only then is the
+// offset committed. A Permanent error sends the record to quarantine; any
+// other error is retried with backoff, and the partition waits.
+type Handler func(ctx context.Context, m kafka.Message) error
+
+// ConsumerConfig configures a Consumer. Zero values take the stated defaults.
+type ConsumerConfig struct {
+	Brokers []string
+	GroupID string
+	Topics  []string
+	// Quarantine receives records the handler marks Permanent or panics on.
+	// Required: without it a poison record could only block or be dropped.
+	Quarantine      *Producer
+	QuarantineTopic string
+	// SessionTimeout of the group membership (default 10s; kfake and Kafka
+	// brokers refuse less than 6s by default).
+	SessionTimeout time.Duration
+	// CommitInterval batches offset commits (default 200ms). Offsets are only
+	// ever handed to the committer after the handler succeeded, so a crash
+	// inside the interval replays records, never skips them.
+	CommitInterval time.Duration
+	// RetryBackoffMax caps the delay between retries of a failing record
+	// (default 5s; the first retry waits about 100ms).
+	RetryBackoffMax time.Duration
+	// DrainTimeout is how long in-flight records may take to finish after
+	// shutdown begins (default 10s).
+	DrainTimeout time.Duration
+	// PartitionQueue is how many fetched records may wait per partition
+	// (default 256). It bounds memory while a partition is retrying.
+	PartitionQueue int
+	// StartFromLatest makes a group with no committed offset start at the end
+	// of the topics instead of the beginning (default false: read everything).
+	StartFromLatest bool
+	// Log receives consumer events; required.
+	Log *slog.Logger
+	// Status, when set, gets one ConsumerStats entry per topic.
+	Status *status.Registry
+}
+
+// Consumer runs a consumer-group loop; see the package documentation.
+type Consumer struct {
+	cfg     ConsumerConfig
+	handle  Handler
+	r       *kafka.Reader
+	tracer  trace.Tracer
+	prop    propagation.TextMapPropagator
+	stats   map[string]*status.ConsumerStats
+	lagMu   sync.Mutex
+	lag     map[partKey]int64
+	handled metric.Int64Counter
+	retries metric.Int64Counter
+	quar    metric.Int64Counter
+	dur     metric.Float64Histogram
+}
+
+type partKey struct {
+	topic     string
+	partition int
+}
+
+// NewConsumer validates the configuration and builds the reader; it does not
+// join the group until Run.
+func NewConsumer(cfg ConsumerConfig, h Handler) (*Consumer, error) {
+	switch {
+	case len(cfg.Brokers) == 0:
+		return nil, errors.New("kafkaio consumer: no brokers")
+	case cfg.GroupID == "":
+		return nil, errors.New("kafkaio consumer: no group id")
+	case len(cfg.Topics) == 0:
+		return nil, errors.New("kafkaio consumer: no topics")
+	case cfg.Quarantine == nil || cfg.QuarantineTopic == "":
+		return nil, errors.New("kafkaio consumer: a quarantine producer and topic are required")
+	case cfg.Log == nil:
+		return nil, errors.New("kafkaio consumer: no logger")
+	}
+	if cfg.SessionTimeout <= 0 {
+		cfg.SessionTimeout = 10 * time.Second
+	}
+	if cfg.CommitInterval <= 0 {
+		cfg.CommitInterval = 200 * time.Millisecond
+	}
+	if cfg.RetryBackoffMax <= 0 {
+		cfg.RetryBackoffMax = 5 * time.Second
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = 10 * time.Second
+	}
+	if cfg.PartitionQueue <= 0 {
+		cfg.PartitionQueue = 256
+	}
+	start := kafka.FirstOffset
+	if cfg.StartFromLatest {
+		start = kafka.LastOffset
+	}
+	rc := kafka.ReaderConfig{
+		Brokers:           cfg.Brokers,
+		GroupID:           cfg.GroupID,
+		GroupTopics:       cfg.Topics,
+		MinBytes:          1,
+		MaxBytes:          10 << 20,
+		MaxWait:           250 * time.Millisecond,
+		ReadBatchTimeout:  2 * time.Second,
+		SessionTimeout:    cfg.SessionTimeout,
+		HeartbeatInterval: cfg.SessionTimeout / 4,
+		RebalanceTimeout:  cfg.SessionTimeout,
+		JoinGroupBackoff:  500 * time.Millisecond,
+		CommitInterval:    cfg.CommitInterval,
+		StartOffset:       start,
+		ReadBackoffMin:    50 * time.Millisecond,
+		ReadBackoffMax:    time.Second,
+		ErrorLogger: kafka.LoggerFunc(func(msg string, args ...any) {
+			cfg.Log.Warn("kafka reader", "group", cfg.GroupID, "detail", fmt.Sprintf(msg, args...))
+		}),
+	}
+	if err := rc.Validate(); err != nil {
+		return nil, fmt.Errorf("kafkaio consumer: %w", err)
+	}
+	meter := otel.Meter(instrumentation)
+	c := &Consumer{
+		cfg: cfg, handle: h, r: kafka.NewReader(rc),
+		tracer: otel.Tracer(instrumentation), prop: otel.GetTextMapPropagator(),
+		stats: map[string]*status.ConsumerStats{}, lag: map[partKey]int64{},
+	}
+	c.handled, _ = meter.Int64Counter("closedloop.consumer.records", metric.WithDescription("Records handled successfully."))
+	c.retries, _ = meter.Int64Counter("closedloop.consumer.retries", metric.WithDescription("Handler failures that were retried."))
+	c.quar, _ = meter.Int64Counter("closedloop.consumer.quarantined", metric.WithDescription("Records sent to the quarantine topic."))
+	c.dur, _ = meter.Float64Histogram("closedloop.consumer.handle.duration", metric.WithUnit("s"), metric.WithDescription("Time to handle one record."))
+	_, _ = meter.Int64ObservableGauge("closedloop.consumer.lag", metric.WithDescription("Records behind the partition end, summed per topic."),
+		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
+			for topic, n := range c.lagByTopic() {
+				o.Observe(n, metric.WithAttributes(attribute.String("topic", topic), attribute.String("group", cfg.GroupID)))
+			}
+			return nil
+		}))
+	for _, t := range cfg.Topics {
+		s := &status.ConsumerStats{Group: cfg.GroupID, Topic: t}
+		c.stats[t] = s
+		if cfg.Status != nil {
+			cfg.Status.AddConsumer(s)
+		}
+	}
+	return c, nil
+}
+
+// Run consumes until ctx is done, then lets in-flight records finish (within
+// DrainTimeout), commits what was handled and leaves the group.
+func (c *Consumer) Run(ctx context.Context) error {
+	// Work that has started is allowed to finish after ctx ends, so that a
+	// shutdown does not abort a produce half-way (which would only cause a
+	// redelivery, but costs time after every deploy).
+	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	stopDrain := context.AfterFunc(ctx, func() {
+		time.AfterFunc(c.cfg.DrainTimeout, cancelWork)
+	})
+	defer stopDrain()
+
+	queues := map[partKey]chan kafka.Message{}
+	var wg sync.WaitGroup
+	var fetchErr error
+	for {
+		m, err := c.r.FetchMessage(ctx)
+		if err != nil {
+			if ctx.Err() == nil && !errors.Is(err, io.EOF) {
+				fetchErr = fmt.Errorf("fetch: %w", err)
+			}
+			break
+		}
+		k := partKey{m.Topic, m.Partition}
+		c.setLag(k, m.HighWaterMark-m.Offset-1)
+		q, ok := queues[k]
+		if !ok {
+			q = make(chan kafka.Message, c.cfg.PartitionQueue)
+			queues[k] = q
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c.worker(ctx, workCtx, q)
+			}()
+		}
+		select {
+		case q <- m:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	for _, q := range queues {
+		close(q)
+	}
+	wg.Wait()
+	if err := c.r.Close(); err != nil { // flushes the pending commits
+		c.cfg.Log.Warn("closing kafka reader", "group", c.cfg.GroupID, "error", err.Error())
+	}
+	return fetchErr
+}
+
+// worker handles one partition's records in order. After stop is done it
+// drops queued records that have not started (they were not committed, so
+// they are redelivered to whoever owns the partition next).
+func (c *Consumer) worker(stop, work context.Context, q <-chan kafka.Message) {
+	for m := range q {
+		if stop.Err() != nil {
+			continue
+		}
+		if err := c.process(stop, work, m); err != nil {
+			return
+		}
+		// Hand the offset to the committer. It is only queued here; the
+		// reader commits every CommitInterval and on Close.
+		if err := c.r.CommitMessages(work, m); err != nil {
+			c.cfg.Log.Warn("queueing offset commit", "topic", m.Topic, "partition", m.Partition, "offset", m.Offset, "error", err.Error())
+		}
+		if s := c.stats[m.Topic]; s != nil {
+			s.LastAt.Store(time.Now().UnixNano())
+		}
+	}
+}
+
+// process runs the handler until it succeeds or the record is quarantined.
+// It returns an error only when the consumer is stopping and the record was
+// left unhandled.
+func (c *Consumer) process(stop, work context.Context, m kafka.Message) error {
+	s := c.stats[m.Topic]
+	topicAttr := metric.WithAttributes(attribute.String("topic", m.Topic), attribute.String("group", c.cfg.GroupID))
+	for attempt := 1; ; attempt++ {
+		start := time.Now()
+		err := c.handleOnce(work, m, attempt)
+		c.dur.Record(work, time.Since(start).Seconds(), topicAttr)
+		if err == nil {
+			c.handled.Add(work, 1, topicAttr)
+			if s != nil {
+				s.Processed.Add(1)
+			}
+			return nil
+		}
+		if reason, ok := IsPermanent(err); ok {
+			return c.quarantine(stop, work, m, reason, err)
+		}
+		c.retries.Add(work, 1, topicAttr)
+		if s != nil {
+			s.Retries.Add(1)
+		}
+		wait := backoff(attempt, c.cfg.RetryBackoffMax)
+		c.cfg.Log.Warn("handler failed; retrying", "topic", m.Topic, "partition", m.Partition, "offset", m.Offset,
+			"attempt", attempt, "retry_in", wait.String(), "error", err.Error())
+		select {
+		case <-stop.Done():
+			return stop.Err()
+		case <-time.After(wait):
+		}
+	}
+}
+
+func (c *Consumer) handleOnce(ctx context.Context, m kafka.Message, attempt int) (err error) {
+	pctx := c.prop.Extract(ctx, HeaderCarrier{Headers: &m.Headers})
+	sctx, span := c.tracer.Start(pctx, m.Topic+" process",
+		trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(
+			attribute.String("messaging.system", "kafka"),
+			attribute.String("messaging.operation.type", "process"),
+			attribute.String("messaging.destination.name", m.Topic),
+			attribute.String("messaging.consumer.group.name", c.cfg.GroupID),
+			attribute.Int("messaging.destination.partition.id", m.Partition),
+			attribute.Int64("messaging.kafka.offset", m.Offset),
+			attribute.Int("closedloop.attempt", attempt),
+		))
+	defer func() {
+		if p := recover(); p != nil {
+			c.cfg.Log.ErrorContext(sctx, "handler panicked", "topic", m.Topic, "partition", m.Partition, "offset", m.Offset,
+				"panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			err = Permanentf("handler_panic", "handler panicked: %v", p)
+		}
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+	}()
+	return c.handle(sctx, m)
+}
+
+// quarantine writes the record with the reason to the quarantine topic,
+// retrying until it is durable or the consumer stops.
+func (c *Consumer) quarantine(stop, work context.Context, m kafka.Message, reason string, cause error) error {
+	headers := append(append([]kafka.Header(nil), m.Headers...),
+		kafka.Header{Key: HeaderQuarantineReason, Value: []byte(reason)},
+		kafka.Header{Key: HeaderQuarantineError, Value: []byte(truncate(cause.Error(), 1024))},
+		kafka.Header{Key: HeaderQuarantineTopic, Value: []byte(m.Topic)},
+		kafka.Header{Key: HeaderQuarantinePartition, Value: []byte(strconv.Itoa(m.Partition))},
+		kafka.Header{Key: HeaderQuarantineOffset, Value: []byte(itoa(m.Offset))},
+		kafka.Header{Key: HeaderQuarantineGroup, Value: []byte(c.cfg.GroupID)},
+	)
+	rec := Record{Topic: c.cfg.QuarantineTopic, Key: m.Key, Value: m.Value, Headers: headers}
+	for attempt := 1; ; attempt++ {
+		err := c.cfg.Quarantine.Produce(work, rec)
+		if err == nil {
+			break
+		}
+		wait := backoff(attempt, c.cfg.RetryBackoffMax)
+		c.cfg.Log.Warn("quarantine produce failed; retrying", "topic", m.Topic, "offset", m.Offset, "error", err.Error(), "retry_in", wait.String())
+		select {
+		case <-stop.Done():
+			return stop.Err()
+		case <-time.After(wait):
+		}
+	}
+	c.quar.Add(work, 1, metric.WithAttributes(attribute.String("topic", m.Topic), attribute.String("reason", reason)))
+	if s := c.stats[m.Topic]; s != nil {
+		s.Quarantined.Add(1)
+	}
+	c.cfg.Log.Warn("record quarantined", "topic", m.Topic, "partition", m.Partition, "offset", m.Offset, "reason", reason, "error", cause.Error())
+	return nil
+}
+
+func (c *Consumer) setLag(k partKey, lag int64) {
+	if lag < 0 {
+		lag = 0
+	}
+	c.lagMu.Lock()
+	c.lag[k] = lag
+	c.lagMu.Unlock()
+	if s := c.stats[k.topic]; s != nil {
+		s.Lag.Store(c.lagByTopic()[k.topic])
+	}
+}
+
+func (c *Consumer) lagByTopic() map[string]int64 {
+	c.lagMu.Lock()
+	defer c.lagMu.Unlock()
+	out := map[string]int64{}
+	for k, v := range c.lag {
+		out[k.topic] += v
+	}
+	return out
+}
+
+// backoff is exponential from 100ms with full jitter, capped at max.
+func backoff(attempt int, max time.Duration) time.Duration {
+	d := 100 * time.Millisecond << min(attempt-1, 16)
+	if d > max || d <= 0 {
+		d = max
+	}
+	return time.Duration(rand.Int64N(int64(d))) + time.Millisecond
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}

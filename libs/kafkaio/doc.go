@@ -1,0 +1,15 @@
+// Package kafkaio is closedloop's Kafka I/O on github.com/segmentio/kafka-go:
+//
+//   - Producer: synchronous, acks=all, murmur2 hash of the record key (the
+//     partitioner of the Java client, so other producers agree on where a
+//     subject lives), a BatchTimeout of a few milliseconds, and a "<topic>
+//     publish" span per record whose W3C trace context rides in the headers;
+//   - Consumer: a consumer-group loop that hands records of one partition to
+//     the handler one at a time and in order, commits an offset only after the
+//     handler returned nil, retries dependency failures with backoff (the
+//     partition waits; nothing is skipped), and sends records the handler
+//     marks Permanent (or that make it panic) to a quarantine topic with the
+//     reason, so one bad record never blocks its partition;
+//   - Topics: configurable names with a prefix, and a start-up check that they
+//     exist (or their creation, when asked).
+package kafkaio

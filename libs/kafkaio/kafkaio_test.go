@@ -1,0 +1,247 @@
+package kafkaio
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/propagation"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+)
+
+var spans = tracetest.NewSpanRecorder()
+
+func init() {
+	otel.SetTracerProvider(sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans)))
+	otel.SetTextMapPropagator(propagation.TraceContext{})
+}
+
+func broker(t *testing.T, topics ...string) []string {
+	t.Helper()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, topics...), kfake.Ports(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c.ListenAddrs()
+}
+
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+type seen struct {
+	mu   sync.Mutex
+	vals []string
+	ch   chan string
+}
+
+func newSeen() *seen { return &seen{ch: make(chan string, 1000)} }
+
+func (s *seen) add(v string) {
+	s.mu.Lock()
+	s.vals = append(s.vals, v)
+	s.mu.Unlock()
+	s.ch <- v
+}
+
+func (s *seen) wait(t *testing.T, n int) []string {
+	t.Helper()
+	var got []string
+	timeout := time.After(30 * time.Second)
+	for len(got) < n {
+		select {
+		case v := <-s.ch:
+			got = append(got, v)
+		case <-timeout:
+			t.Fatalf("saw %d of %d records: %v", len(got), n, got)
+		}
+	}
+	return got
+}
+
+func runConsumer(t *testing.T, cfg ConsumerConfig, h Handler) (stop func()) {
+	t.Helper()
+	c, err := NewConsumer(cfg, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	return func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("consumer Run: %v", err)
+		}
+	}
+}
+
+func TestRecordsFlowWithTheirTraceAndAreNotSeenAgainAfterCommit(t *testing.T) {
+	addrs := broker(t, "in", "q")
+	p := NewProducer(ProducerConfig{Brokers: addrs})
+	defer p.Close()
+	ctx, root := otel.Tracer("test").Start(context.Background(), "root")
+	for i := range 10 {
+		if err := p.Produce(ctx, Record{Topic: "in", Key: []byte(fmt.Sprint(i % 3)), Value: []byte(fmt.Sprint(i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	root.End()
+	got := newSeen()
+	cfg := ConsumerConfig{Brokers: addrs, GroupID: "g1", Topics: []string{"in"}, Quarantine: p, QuarantineTopic: "q", Log: quiet()}
+	var traceMismatch error
+	var mu sync.Mutex
+	stop := runConsumer(t, cfg, func(ctx context.Context, m kafka.Message) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if id := spanTrace(ctx); id != root.SpanContext().TraceID().String() {
+			traceMismatch = fmt.Errorf("handler trace %s, want %s", id, root.SpanContext().TraceID())
+		}
+		got.add(string(m.Value))
+		return nil
+	})
+	got.wait(t, 10)
+	stop()
+	if traceMismatch != nil {
+		t.Fatal(traceMismatch)
+	}
+
+	// A new member of the same group starts after the committed offsets.
+	if err := p.Produce(context.Background(), Record{Topic: "in", Key: []byte("k"), Value: []byte("late")}); err != nil {
+		t.Fatal(err)
+	}
+	again := newSeen()
+	stop = runConsumer(t, cfg, func(_ context.Context, m kafka.Message) error { again.add(string(m.Value)); return nil })
+	if v := again.wait(t, 1); v[0] != "late" {
+		t.Fatalf("after restart the group saw %q first, want only the new record", v[0])
+	}
+	time.Sleep(300 * time.Millisecond)
+	stop()
+	if len(again.vals) != 1 {
+		t.Fatalf("after restart the group saw %v, want only [late]", again.vals)
+	}
+}
+
+func TestAPermanentFailureIsQuarantinedWithItsReasonAndThePartitionMovesOn(t *testing.T) {
+	addrs := broker(t, "in", "q")
+	p := NewProducer(ProducerConfig{Brokers: addrs})
+	defer p.Close()
+	for _, v := range []string{"ok1", "bad", "boom", "ok2"} {
+		if err := p.Produce(context.Background(), Record{Topic: "in", Key: []byte("same-partition"), Value: []byte(v)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := newSeen()
+	stop := runConsumer(t, ConsumerConfig{Brokers: addrs, GroupID: "g", Topics: []string{"in"}, Quarantine: p, QuarantineTopic: "q", Log: quiet()},
+		func(_ context.Context, m kafka.Message) error {
+			switch string(m.Value) {
+			case "bad":
+				return Permanentf("malformed_json", "unexpected end of input")
+			case "boom":
+				panic("nil map")
+			}
+			got.add(string(m.Value))
+			return nil
+		})
+	defer stop()
+	if v := got.wait(t, 2); v[0] != "ok1" || v[1] != "ok2" {
+		t.Fatalf("handled %v, want [ok1 ok2]", v)
+	}
+	reasons := map[string]string{}
+	for len(reasons) < 2 {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		m, err := readAny(ctx, addrs, "q")
+		cancel()
+		if err != nil {
+			t.Fatalf("quarantine has %v: %v", reasons, err)
+		}
+		for _, mm := range m {
+			reasons[string(mm.Value)] = Header(mm, HeaderQuarantineReason)
+		}
+	}
+	if reasons["bad"] != "malformed_json" || reasons["boom"] != "handler_panic" {
+		t.Fatalf("quarantine reasons = %v", reasons)
+	}
+}
+
+func TestARetryableFailureIsRetriedUntilItSucceedsWithoutSkipping(t *testing.T) {
+	addrs := broker(t, "in", "q")
+	p := NewProducer(ProducerConfig{Brokers: addrs})
+	defer p.Close()
+	for _, v := range []string{"a", "b"} {
+		_ = p.Produce(context.Background(), Record{Topic: "in", Key: []byte("k"), Value: []byte(v)})
+	}
+	var fails int
+	got := newSeen()
+	stop := runConsumer(t, ConsumerConfig{Brokers: addrs, GroupID: "g", Topics: []string{"in"}, Quarantine: p, QuarantineTopic: "q", Log: quiet(), RetryBackoffMax: 50 * time.Millisecond},
+		func(_ context.Context, m kafka.Message) error {
+			if string(m.Value) == "a" && fails < 3 {
+				fails++
+				return errors.New("redis: connection refused")
+			}
+			got.add(string(m.Value))
+			return nil
+		})
+	defer stop()
+	if v := got.wait(t, 2); strings.Join(v, "") != "ab" {
+		t.Fatalf("handled %v, want a (after 3 retries) then b", v)
+	}
+}
+
+func TestAProduceToAMissingTopicFailsInsteadOfHanging(t *testing.T) {
+	addrs := broker(t, "in")
+	p := NewProducer(ProducerConfig{Brokers: addrs})
+	defer p.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := p.Produce(ctx, Record{Topic: "nope", Value: []byte("x")}); err == nil {
+		t.Fatal("produce to a missing topic succeeded")
+	}
+}
+
+func TestEnsureTopicsNamesMissingTopicsOrCreatesThem(t *testing.T) {
+	addrs := broker(t, "exists")
+	ctx := context.Background()
+	err := EnsureTopics(ctx, addrs, []string{"exists", "missing"}, false, TopicSpec{})
+	if err == nil || !strings.Contains(err.Error(), "missing") || !strings.Contains(err.Error(), "KAFKA_CREATE_TOPICS") {
+		t.Fatalf("err = %v", err)
+	}
+	if err := EnsureTopics(ctx, addrs, []string{"exists", "missing"}, true, TopicSpec{Partitions: 2}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func readAny(ctx context.Context, addrs []string, topic string) ([]kafka.Message, error) {
+	var out []kafka.Message
+	for p := range 3 {
+		r := kafka.NewReader(kafka.ReaderConfig{Brokers: addrs, Topic: topic, Partition: p, MaxWait: 100 * time.Millisecond})
+		for {
+			rctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+			m, err := r.ReadMessage(rctx)
+			cancel()
+			if err != nil {
+				break
+			}
+			out = append(out, m)
+		}
+		_ = r.Close()
+	}
+	if len(out) == 0 {
+		return nil, ctx.Err()
+	}
+	return out, nil
+}
+
+func spanTrace(ctx context.Context) string {
+	return trace.SpanContextFromContext(ctx).TraceID().String()
+}

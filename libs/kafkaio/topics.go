@@ -1,0 +1,133 @@
+package kafkaio
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// Topics are the names of the pipeline's topics. Build them with NewTopics so
+// a prefix (one per environment or per test) applies to all of them.
+type Topics struct {
+	Raw        string
+	Normalized string
+	Enriched   string
+	Priority   string
+	Quarantine string
+}
+
+// NewTopics returns the default topic names with prefix put in front
+// (prefix "" gives "feedback.raw.v1", prefix "t42." gives "t42.feedback.raw.v1").
+func NewTopics(prefix string) Topics {
+	return Topics{
+		Raw:        prefix + "feedback.raw.v1",
+		Normalized: prefix + "feedback.normalized.v1",
+		Enriched:   prefix + "feedback.enriched.v1",
+		Priority:   prefix + "feedback.enriched.priority.v1",
+		Quarantine: prefix + "feedback.quarantine.v1",
+	}
+}
+
+// All lists every topic name.
+func (t Topics) All() []string {
+	return []string{t.Raw, t.Normalized, t.Enriched, t.Priority, t.Quarantine}
+}
+
+// TopicSpec says how to create topics that are missing.
+type TopicSpec struct {
+	// Partitions per topic (default 3).
+	Partitions int
+	// ReplicationFactor (default 1; production uses 3).
+	ReplicationFactor int
+}
+
+// EnsureTopics checks that every topic exists. Missing topics are created
+// when create is true; otherwise the error names them and how to fix it.
+// It retries for up to 30 s while the broker is not reachable yet.
+func EnsureTopics(ctx context.Context, brokers []string, topics []string, create bool, spec TopicSpec) error {
+	if spec.Partitions <= 0 {
+		spec.Partitions = 3
+	}
+	if spec.ReplicationFactor <= 0 {
+		spec.ReplicationFactor = 1
+	}
+	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 5 * time.Second}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		missing, err := missingTopics(ctx, client, topics)
+		if err == nil && len(missing) == 0 {
+			return nil
+		}
+		if err == nil && !create {
+			return fmt.Errorf("kafka topics %s do not exist on %s: create them (partitions keyed by subject, e.g. `kafka-topics --create`) or set KAFKA_CREATE_TOPICS=true",
+				strings.Join(missing, ", "), strings.Join(brokers, ","))
+		}
+		if err == nil {
+			req := &kafka.CreateTopicsRequest{}
+			for _, t := range missing {
+				req.Topics = append(req.Topics, kafka.TopicConfig{Topic: t, NumPartitions: spec.Partitions, ReplicationFactor: spec.ReplicationFactor})
+			}
+			var resp *kafka.CreateTopicsResponse
+			resp, err = client.CreateTopics(ctx, req)
+			if err == nil {
+				for t, terr := range resp.Errors {
+					if terr != nil && !errors.Is(terr, kafka.TopicAlreadyExists) {
+						err = errors.Join(err, fmt.Errorf("create topic %s: %w", t, terr))
+					}
+				}
+			}
+			if err == nil {
+				continue // check again: metadata may take a moment to show them
+			}
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("kafka at %s: %w (is the broker running and KAFKA_BROKERS right?)", strings.Join(brokers, ","), err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+func missingTopics(ctx context.Context, client *kafka.Client, topics []string) ([]string, error) {
+	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: topics})
+	if err != nil {
+		return nil, err
+	}
+	var missing []string
+	found := map[string]bool{}
+	for _, t := range md.Topics {
+		if t.Error == nil && len(t.Partitions) > 0 {
+			found[t.Name] = true
+		}
+	}
+	for _, t := range topics {
+		if !found[t] {
+			missing = append(missing, t)
+		}
+	}
+	sort.Strings(missing)
+	return missing, nil
+}
+
+// Ping checks that at least one broker answers a metadata request; it is the
+// "kafka" readiness check.
+func Ping(brokers []string) func(ctx context.Context) error {
+	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 2 * time.Second}
+	return func(ctx context.Context) error {
+		_, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{}})
+		var ne net.Error
+		if errors.As(err, &ne) {
+			return fmt.Errorf("broker unreachable: %w", err)
+		}
+		return err
+	}
+}

@@ -1,0 +1,179 @@
+// Package telemetry sets up a service's logs, traces and metrics:
+//
+//   - log/slog JSON on stderr, with trace_id and span_id on every line logged
+//     with a context that carries a span;
+//   - an OpenTelemetry TracerProvider (always real, so trace ids exist and
+//     propagate) that exports over OTLP/HTTP when OTEL_EXPORTER_OTLP_ENDPOINT
+//     or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set; the other OTEL_* variables
+//     are read by the SDK itself;
+//   - a MeterProvider with a Prometheus exporter (served by MetricsHandler)
+//     and, when an OTLP endpoint is set, an OTLP metric exporter too;
+//   - W3C trace context and baggage as the global propagator.
+package telemetry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetrichttp"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// Options describe the service being instrumented.
+type Options struct {
+	// Service is the service.name resource attribute and the "service" log field.
+	Service string
+	// Version is the service.version resource attribute.
+	Version string
+	// Instance is service.instance.id (default: the host name).
+	Instance string
+	// LogLevel is debug, info (default), warn or error.
+	LogLevel string
+	// LogOutput is where logs go (default os.Stderr).
+	LogOutput io.Writer
+	// OTLPEndpoint, when not empty, turns the OTLP exporters on. Services pass
+	// the value of OTEL_EXPORTER_OTLP_ENDPOINT (or the traces-specific variable)
+	// read by their config loader.
+	OTLPEndpoint string
+}
+
+// Telemetry holds the providers of one service.
+type Telemetry struct {
+	Logger         *slog.Logger
+	TracerProvider *sdktrace.TracerProvider
+	MeterProvider  *sdkmetric.MeterProvider
+	registry       *prometheus.Registry
+}
+
+// Setup builds the providers and installs them as the OTel globals (which
+// otelgrpc, otelhttp and the kafkaio package use by default).
+func Setup(ctx context.Context, o Options) (*Telemetry, error) {
+	if o.Instance == "" {
+		o.Instance, _ = os.Hostname()
+	}
+	if o.LogOutput == nil {
+		o.LogOutput = os.Stderr
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(strings.ToUpper(orDefault(o.LogLevel, "info")))); err != nil {
+		return nil, fmt.Errorf("log level %q: use debug, info, warn or error", o.LogLevel)
+	}
+	logger := slog.New(NewTraceHandler(slog.NewJSONHandler(o.LogOutput, &slog.HandlerOptions{Level: level}))).
+		With("service", o.Service)
+	slog.SetDefault(logger)
+
+	res, err := resource.New(ctx,
+		resource.WithFromEnv(),
+		resource.WithTelemetrySDK(),
+		resource.WithAttributes(
+			attribute.String("service.name", o.Service),
+			attribute.String("service.version", o.Version),
+			attribute.String("service.instance.id", o.Instance),
+		))
+	if err != nil && !errors.Is(err, resource.ErrPartialResource) {
+		return nil, fmt.Errorf("telemetry resource: %w", err)
+	}
+
+	tpOpts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res)}
+	mpOpts := []sdkmetric.Option{sdkmetric.WithResource(res)}
+	if o.OTLPEndpoint != "" {
+		te, err := otlptracehttp.New(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("OTLP trace exporter: %w", err)
+		}
+		tpOpts = append(tpOpts, sdktrace.WithBatcher(te))
+		me, err := otlpmetrichttp.New(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("OTLP metric exporter: %w", err)
+		}
+		mpOpts = append(mpOpts, sdkmetric.WithReader(sdkmetric.NewPeriodicReader(me)))
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	pe, err := otelprom.New(otelprom.WithRegisterer(reg))
+	if err != nil {
+		return nil, fmt.Errorf("prometheus exporter: %w", err)
+	}
+	mpOpts = append(mpOpts, sdkmetric.WithReader(pe))
+
+	t := &Telemetry{
+		Logger:         logger,
+		TracerProvider: sdktrace.NewTracerProvider(tpOpts...),
+		MeterProvider:  sdkmetric.NewMeterProvider(mpOpts...),
+		registry:       reg,
+	}
+	otel.SetTracerProvider(t.TracerProvider)
+	otel.SetMeterProvider(t.MeterProvider)
+	otel.SetTextMapPropagator(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}))
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) { logger.Warn("opentelemetry", "error", err.Error()) }))
+	return t, nil
+}
+
+// Meter returns a meter of this service's MeterProvider.
+func (t *Telemetry) Meter(name string) metric.Meter { return t.MeterProvider.Meter(name) }
+
+// Tracer returns a tracer of this service's TracerProvider.
+func (t *Telemetry) Tracer(name string) trace.Tracer { return t.TracerProvider.Tracer(name) }
+
+// MetricsHandler serves the Prometheus text format.
+func (t *Telemetry) MetricsHandler() http.Handler {
+	return promhttp.HandlerFor(t.registry, promhttp.HandlerOpts{})
+}
+
+// Shutdown flushes and stops the exporters. Run it as the last shutdown step.
+func (t *Telemetry) Shutdown(ctx context.Context) error {
+	return errors.Join(t.TracerProvider.Shutdown(ctx), t.MeterProvider.Shutdown(ctx))
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// TraceHandler is a slog.Handler that adds trace_id and span_id to records
+// logged with a context that carries a valid span.
+type TraceHandler struct{ next slog.Handler }
+
+// NewTraceHandler wraps next.
+func NewTraceHandler(next slog.Handler) *TraceHandler { return &TraceHandler{next: next} }
+
+// Enabled implements slog.Handler.
+func (h *TraceHandler) Enabled(ctx context.Context, l slog.Level) bool { return h.next.Enabled(ctx, l) }
+
+// Handle implements slog.Handler.
+func (h *TraceHandler) Handle(ctx context.Context, r slog.Record) error {
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		r.AddAttrs(slog.String("trace_id", sc.TraceID().String()), slog.String("span_id", sc.SpanID().String()))
+	}
+	return h.next.Handle(ctx, r)
+}
+
+// WithAttrs implements slog.Handler.
+func (h *TraceHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return &TraceHandler{next: h.next.WithAttrs(as)}
+}
+
+// WithGroup implements slog.Handler.
+func (h *TraceHandler) WithGroup(name string) slog.Handler {
+	return &TraceHandler{next: h.next.WithGroup(name)}
+}
