@@ -1,0 +1,167 @@
+// Package service is the composition kit every closedloop service starts
+// from: the common environment (broker list, topic prefix, listen
+// addresses, log level, OTLP), telemetry, the status registry, the ops HTTP
+// server (/metrics, /healthz, /readyz) and the gRPC server (health,
+// reflection, admin), all run in one lifecycle.Group with an ordered
+// shutdown: servers stop accepting, the service's own steps run (consumers
+// drain, producers flush), telemetry flushes last.
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/closedloop/closedloop/libs/config"
+	"github.com/closedloop/closedloop/libs/grpcserver"
+	"github.com/closedloop/closedloop/libs/kafkaio"
+	"github.com/closedloop/closedloop/libs/lifecycle"
+	"github.com/closedloop/closedloop/libs/status"
+	"github.com/closedloop/closedloop/libs/telemetry"
+)
+
+// Version is the build version, set with -ldflags "-X github.com/closedloop/closedloop/libs/service.Version=v1.2.3".
+var Version = "dev"
+
+// Common is the configuration every service reads from the environment.
+type Common struct {
+	// Brokers (KAFKA_BROKERS, required): comma-separated host:port list.
+	Brokers []string
+	// Topics are the pipeline topic names, with CLOSEDLOOP_TOPIC_PREFIX in front.
+	Topics kafkaio.Topics
+	// CreateTopics (KAFKA_CREATE_TOPICS, default false) creates missing topics at start-up.
+	CreateTopics bool
+	// TopicPartitions (KAFKA_TOPIC_PARTITIONS, default 3) and
+	// TopicReplication (KAFKA_TOPIC_REPLICATION, default 1) apply to created topics.
+	TopicPartitions, TopicReplication int
+	// OpsAddr (OPS_ADDR) serves /metrics, /healthz and /readyz.
+	OpsAddr string
+	// GRPCAddr (GRPC_ADDR) serves gRPC health, reflection and the admin API.
+	GRPCAddr string
+	// LogLevel (LOG_LEVEL, default info).
+	LogLevel string
+	// OTLPEndpoint is OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT.
+	OTLPEndpoint string
+	// Instance (INSTANCE_ID, default host name) names this replica.
+	Instance string
+	// ShutdownTimeout (SHUTDOWN_TIMEOUT, default 20s) bounds the whole shutdown.
+	ShutdownTimeout time.Duration
+}
+
+// LoadCommon reads Common; opsPort and grpcPort are the service's default ports.
+func LoadCommon(e *config.Env, opsPort, grpcPort int) Common {
+	host, _ := os.Hostname()
+	c := Common{
+		Brokers:          e.List("KAFKA_BROKERS", nil),
+		Topics:           kafkaio.NewTopics(e.String("CLOSEDLOOP_TOPIC_PREFIX", "")),
+		CreateTopics:     e.Bool("KAFKA_CREATE_TOPICS", false),
+		TopicPartitions:  e.Int("KAFKA_TOPIC_PARTITIONS", 3),
+		TopicReplication: e.Int("KAFKA_TOPIC_REPLICATION", 1),
+		OpsAddr:          e.String("OPS_ADDR", ":"+strconv.Itoa(opsPort)),
+		GRPCAddr:         e.String("GRPC_ADDR", ":"+strconv.Itoa(grpcPort)),
+		LogLevel:         e.String("LOG_LEVEL", "info"),
+		OTLPEndpoint:     e.String("OTEL_EXPORTER_OTLP_ENDPOINT", e.String("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "")),
+		Instance:         e.String("INSTANCE_ID", host),
+		ShutdownTimeout:  e.Duration("SHUTDOWN_TIMEOUT", 20*time.Second),
+	}
+	if len(c.Brokers) == 0 {
+		e.Errorf("KAFKA_BROKERS is not set: it must list the Kafka brokers as host:port,host:port")
+	}
+	for _, a := range []struct{ name, v string }{{"OPS_ADDR", c.OpsAddr}, {"GRPC_ADDR", c.GRPCAddr}} {
+		if _, _, err := net.SplitHostPort(a.v); err != nil {
+			e.Errorf("%s=%q is not host:port (use :8080 for every interface)", a.name, a.v)
+		}
+	}
+	return c
+}
+
+// Service is a started service skeleton.
+type Service struct {
+	Name   string
+	Common Common
+	Log    *slog.Logger
+	Tel    *telemetry.Telemetry
+	Status *status.Registry
+	Group  *lifecycle.Group
+	GRPC   *grpcserver.Server
+	// OpsMux is the ops HTTP server's mux; services may add handlers before Run.
+	OpsMux *http.ServeMux
+
+	opsLis net.Listener
+	// steps run after the servers stopped and before telemetry flushes.
+	steps []lifecycle.Step
+}
+
+// New sets up telemetry and binds the ops and gRPC listeners (so a port
+// conflict fails start-up at once). Call Run to serve.
+func New(ctx context.Context, name string, c Common) (*Service, error) {
+	tel, err := telemetry.Setup(ctx, telemetry.Options{Service: name, Version: Version, Instance: c.Instance, LogLevel: c.LogLevel, OTLPEndpoint: c.OTLPEndpoint})
+	if err != nil {
+		return nil, err
+	}
+	s := &Service{Name: name, Common: c, Log: tel.Logger, Tel: tel, OpsMux: http.NewServeMux()}
+	s.Status = status.NewRegistry(name, Version, c.Instance)
+	s.Status.AddCheck("kafka", kafkaio.Ping(c.Brokers))
+	s.Status.Mount(s.OpsMux)
+	s.OpsMux.Handle("GET /metrics", tel.MetricsHandler())
+	s.opsLis, err = net.Listen("tcp", c.OpsAddr)
+	if err != nil {
+		return nil, fmt.Errorf("ops listen on %s (OPS_ADDR): %w", c.OpsAddr, err)
+	}
+	s.GRPC, err = grpcserver.New(c.GRPCAddr, s.Log, s.Status)
+	if err != nil {
+		_ = s.opsLis.Close()
+		return nil, fmt.Errorf("%w (GRPC_ADDR)", err)
+	}
+	s.Group = lifecycle.NewGroup(ctx, s.Log)
+	return s, nil
+}
+
+// EnsureTopics checks (or, with KAFKA_CREATE_TOPICS, creates) the topics the
+// service reads and writes, failing start-up with an actionable message.
+func (s *Service) EnsureTopics(ctx context.Context, topics ...string) error {
+	return kafkaio.EnsureTopics(ctx, s.Common.Brokers, topics, s.Common.CreateTopics,
+		kafkaio.TopicSpec{Partitions: s.Common.TopicPartitions, ReplicationFactor: s.Common.TopicReplication})
+}
+
+// Producer builds a producer on the service's brokers.
+func (s *Service) Producer() *kafkaio.Producer {
+	return kafkaio.NewProducer(kafkaio.ProducerConfig{Brokers: s.Common.Brokers, ClientID: s.Name + "-" + s.Common.Instance})
+}
+
+// OnShutdown adds a step that runs after the servers stopped accepting, in
+// the order added (drain consumers before flushing the producers they use).
+func (s *Service) OnShutdown(name string, timeout time.Duration, fn func(ctx context.Context) error) {
+	s.steps = append(s.steps, lifecycle.Step{Name: name, Timeout: timeout, Fn: fn})
+}
+
+// Run serves the ops HTTP and gRPC servers beside the parts already added to
+// Group, and returns after the ordered shutdown.
+func (s *Service) Run() error {
+	ops := &http.Server{Handler: s.OpsMux, ReadHeaderTimeout: 5 * time.Second}
+	s.Group.Go("ops http", func(ctx context.Context) error {
+		s.Log.Info("ops HTTP listening", "addr", s.opsLis.Addr().String())
+		err := ops.Serve(s.opsLis)
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return err
+	})
+	s.Group.Go("grpc", func(ctx context.Context) error { return s.GRPC.Serve(ctx, 5*time.Second) })
+	s.Group.OnShutdown("ops http", 2*time.Second, ops.Shutdown)
+	for _, st := range s.steps {
+		s.Group.OnShutdown(st.Name, st.Timeout, st.Fn)
+	}
+	s.Group.OnShutdown("telemetry", 5*time.Second, s.Tel.Shutdown)
+	s.Log.Info("service started", "version", Version, "instance", s.Common.Instance)
+	return s.Group.Wait()
+}
+
+// OpsAddr is the bound ops address (useful when OPS_ADDR had port 0).
+func (s *Service) OpsAddr() string { return s.opsLis.Addr().String() }

@@ -1,0 +1,102 @@
+// Package app is the ingress composition root: configuration, wiring, run.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+
+	"github.com/closedloop/closedloop/libs/config"
+	"github.com/closedloop/closedloop/libs/service"
+	"github.com/closedloop/closedloop/services/ingress/internal/ingest"
+)
+
+// Config is the ingress configuration.
+type Config struct {
+	Common service.Common
+	// Addr (INGRESS_ADDR, default :8080) is the public webhook listener.
+	Addr string
+	// Pipeline is read from PIPELINE_CONFIG (required).
+	Pipeline *config.Pipeline
+	// MaxBody (INGRESS_MAX_BODY_BYTES, default 1 MiB).
+	MaxBody int
+	// ProduceTimeout (INGRESS_PRODUCE_TIMEOUT, default 3s).
+	ProduceTimeout time.Duration
+}
+
+// Load reads and validates the configuration.
+func Load(e *config.Env, lookup func(string) (string, bool)) (Config, error) {
+	c := Config{
+		Common:         service.LoadCommon(e, 8081, 9091),
+		Addr:           e.String("INGRESS_ADDR", ":8080"),
+		MaxBody:        e.Int("INGRESS_MAX_BODY_BYTES", 1<<20),
+		ProduceTimeout: e.Duration("INGRESS_PRODUCE_TIMEOUT", 3*time.Second),
+	}
+	if c.MaxBody < 1024 {
+		e.Errorf("INGRESS_MAX_BODY_BYTES=%d is too small (at least 1024)", c.MaxBody)
+	}
+	if c.ProduceTimeout > 4*time.Second {
+		e.Errorf("INGRESS_PRODUCE_TIMEOUT=%s must stay under the providers' 5s answer deadline", c.ProduceTimeout)
+	}
+	if path := e.Required("PIPELINE_CONFIG", "the pipeline YAML file (sources and sinks)"); path != "" {
+		p, err := config.LoadPipeline(path, lookup)
+		if err != nil {
+			e.Errorf("%v", err)
+		}
+		c.Pipeline = p
+	}
+	return c, e.Err()
+}
+
+// Run starts the ingress and blocks until ctx is cancelled.
+func Run(ctx context.Context) error {
+	cfg, err := Load(config.FromEnviron(), os.LookupEnv)
+	if err != nil {
+		return err
+	}
+	svc, err := service.New(ctx, "ingress", cfg.Common)
+	if err != nil {
+		return err
+	}
+	if err := svc.EnsureTopics(ctx, cfg.Common.Topics.Raw); err != nil {
+		return err
+	}
+	producer := svc.Producer()
+	h := ingest.New(ingest.Options{
+		Pipeline: cfg.Pipeline, Producer: producer, RawTopic: cfg.Common.Topics.Raw,
+		MaxBody: int64(cfg.MaxBody), ProduceTimeout: cfg.ProduceTimeout, Instance: cfg.Common.Instance, Log: svc.Log,
+	})
+	mux := http.NewServeMux()
+	h.Mount(mux)
+	lis, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s (INGRESS_ADDR): %w", cfg.Addr, err)
+	}
+	srv := &http.Server{
+		Handler: otelhttp.NewHandler(mux, "ingress",
+			otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return r.Method + " " + r.Pattern })),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       15 * time.Second,
+		WriteTimeout:      15 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    32 << 10,
+	}
+	svc.Group.Go("webhook http", func(context.Context) error {
+		svc.Log.Info("webhooks listening", "addr", lis.Addr().String(), "sources", len(cfg.Pipeline.Sources))
+		if err := srv.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	// Stop accepting and let in-flight requests finish their writes, then
+	// flush the producer.
+	svc.OnShutdown("webhook http drain", 10*time.Second, srv.Shutdown)
+	svc.OnShutdown("kafka producer", 5*time.Second, func(context.Context) error { return producer.Close() })
+	return svc.Run()
+}

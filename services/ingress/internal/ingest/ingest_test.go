@@ -1,0 +1,173 @@
+package ingest
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/closedloop/closedloop/libs/config"
+	"github.com/closedloop/closedloop/libs/kafkaio"
+	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
+)
+
+const (
+	token  = "tok_0123456789abcdefghijklmnop"
+	secret = "dl_live_k3y9f8e7d6c5b4a"
+)
+
+type recorder struct {
+	mu   sync.Mutex
+	recs []kafkaio.Record
+	err  error
+}
+
+func (r *recorder) Produce(_ context.Context, recs ...kafkaio.Record) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.err != nil {
+		return r.err
+	}
+	r.recs = append(r.recs, recs...)
+	return nil
+}
+
+func server(t *testing.T, p Producer) *httptest.Server {
+	t.Helper()
+	pipe, err := config.ParsePipeline([]byte(`
+sources:
+  - name: delighted
+    provider: delighted
+    secrets: [env:K]
+    ingest_tokens: [env:T]
+`), func(k string) (string, bool) { return map[string]string{"K": secret, "T": token}[k], true })
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	New(Options{Pipeline: pipe, Producer: p, RawTopic: "raw", MaxBody: 4096, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Now: func() time.Time { return time.Unix(1763800000, 0) }}).Mount(mux)
+	s := httptest.NewServer(mux)
+	t.Cleanup(s.Close)
+	return s
+}
+
+func sign(body string) string {
+	m := hmac.New(sha256.New, []byte(secret))
+	m.Write([]byte(body))
+	return "sha256=" + hex.EncodeToString(m.Sum(nil))
+}
+
+func post(t *testing.T, url, ct, sig, body string) (*http.Response, answer) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+	if ct != "" {
+		req.Header.Set("Content-Type", ct)
+	}
+	if sig != "" {
+		req.Header.Set("X-Delighted-Webhook-Signature", sig)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var a answer
+	_ = json.NewDecoder(resp.Body).Decode(&a)
+	return resp, a
+}
+
+const body = `{"event_type":"survey_response.created","event_id":"abc123","event_data":{"id":"1","score":9}}`
+
+func TestAnAuthenticWebhookIsStoredBeforeItIsAccepted(t *testing.T) {
+	rec := &recorder{}
+	s := server(t, rec)
+	resp, a := post(t, s.URL+"/v1/hooks/delighted/"+token, "application/json", sign(body), body)
+	if resp.StatusCode != http.StatusAccepted || a.EventID != "abc123" {
+		t.Fatalf("status %d, answer %+v", resp.StatusCode, a)
+	}
+	if len(rec.recs) != 1 || string(rec.recs[0].Key) != "abc123" || rec.recs[0].Topic != "raw" {
+		t.Fatalf("records = %+v", rec.recs)
+	}
+	var raw feedbackv1.RawWebhook
+	if err := proto.Unmarshal(rec.recs[0].Value, &raw); err != nil {
+		t.Fatal(err)
+	}
+	if string(raw.Body) != body || raw.Source != "delighted" || raw.Provider != "delighted" || raw.EventType != "survey_response.created" {
+		t.Fatalf("raw webhook = %v", &raw)
+	}
+	for k := range raw.Headers {
+		if strings.Contains(k, "signature") {
+			t.Fatalf("signature header kept: %v", raw.Headers)
+		}
+	}
+}
+
+func TestRejectionsHaveTheirStatusAndReasonAndStoreNothing(t *testing.T) {
+	rec := &recorder{}
+	s := server(t, rec)
+	cases := []struct {
+		name, path, ct, sig, body string
+		status                    int
+		reason                    string
+	}{
+		{"a tampered body", "/v1/hooks/delighted/" + token, "application/json", sign(body), strings.Replace(body, "9", "0", 1), 401, "bad_signature"},
+		{"no signature", "/v1/hooks/delighted/" + token, "application/json", "", body, 401, "missing_signature"},
+		{"an unknown source", "/v1/hooks/nosuch/" + token, "application/json", sign(body), body, 404, "unknown_source"},
+		{"a wrong token", "/v1/hooks/delighted/tok_wrong0123456789abcdefghij", "application/json", sign(body), body, 404, "unknown_source"},
+		{"a non-JSON media type", "/v1/hooks/delighted/" + token, "text/plain", sign(body), body, 415, "unsupported_media_type"},
+		{"a body over the limit", "/v1/hooks/delighted/" + token, "application/json", sign(strings.Repeat("x", 5000)), strings.Repeat("x", 5000), 413, "payload_too_large"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			resp, a := post(t, s.URL+c.path, c.ct, c.sig, c.body)
+			if resp.StatusCode != c.status || a.Error != c.reason {
+				t.Fatalf("got %d %q, want %d %q", resp.StatusCode, a.Error, c.status, c.reason)
+			}
+		})
+	}
+	if len(rec.recs) != 0 {
+		t.Fatalf("rejected requests produced %d records", len(rec.recs))
+	}
+}
+
+func TestOtherMethodsGet405(t *testing.T) {
+	s := server(t, &recorder{})
+	resp, err := http.Get(s.URL + "/v1/hooks/delighted/" + token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Fatalf("GET got %d", resp.StatusCode)
+	}
+}
+
+func TestWhenKafkaCannotTakeTheEventTheAnswerIs503WithRetryAfter(t *testing.T) {
+	s := server(t, &recorder{err: errors.New("kafka: not enough replicas")})
+	resp, a := post(t, s.URL+"/v1/hooks/delighted/"+token, "application/json", sign(body), body)
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" || a.Error != "unavailable" {
+		t.Fatalf("got %d, Retry-After %q, %+v", resp.StatusCode, resp.Header.Get("Retry-After"), a)
+	}
+}
+
+func TestABodyWithoutAnEventIDGetsADeterministicOne(t *testing.T) {
+	a1, _ := identify("s", []byte(`{"x":1}`))
+	a2, _ := identify("s", []byte(`{"x":1}`))
+	b, _ := identify("other", []byte(`{"x":1}`))
+	if a1 != a2 || a1 == b || !strings.HasPrefix(a1, "sha256:") {
+		t.Fatalf("ids %q %q %q", a1, a2, b)
+	}
+}

@@ -1,0 +1,80 @@
+package verify
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/closedloop/closedloop/libs/config"
+	"github.com/closedloop/closedloop/libs/vectors"
+)
+
+// TestSchemesReachEveryVectorsVerdict runs every vector whose provider has a
+// scheme here through that scheme. Vectors of providers not implemented yet
+// are listed as skipped subtests, so the gap is visible in -v output.
+func TestSchemesReachEveryVectorsVerdict(t *testing.T) {
+	f, path, err := vectors.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ran := 0
+	for _, v := range f.Vectors {
+		t.Run(v.Name, func(t *testing.T) {
+			scheme, ok := ForProvider(v.Provider)
+			if !ok {
+				t.Skipf("provider %q has no scheme yet", v.Provider)
+			}
+			ran++
+			sum := sha256.Sum256([]byte(v.Request.Body))
+			if v.Request.BodySHA256 != "" && hex.EncodeToString(sum[:]) != v.Request.BodySHA256 {
+				t.Fatalf("%s: body does not match body_sha256: the file was re-encoded", path)
+			}
+			h := http.Header{}
+			for k, val := range v.Request.Headers {
+				h.Set(k, val)
+			}
+			var secrets []config.Secret
+			for _, s := range v.Secrets {
+				secrets = append(secrets, config.NewSecret("test", []byte(s)))
+			}
+			err := scheme.Verify(Request{Header: h, Body: []byte(v.Request.Body), Now: time.Unix(v.Now, 0)}, secrets)
+			switch v.Expect.Verdict {
+			case "accept":
+				if err != nil {
+					t.Fatalf("rejected an authentic request: %v", err)
+				}
+			case "reject":
+				rej, ok := err.(*Rejection)
+				if !ok {
+					t.Fatalf("accepted a request that must be rejected (%s)", v.Expect.Reason)
+				}
+				if rej.Reason != v.Expect.Reason {
+					t.Fatalf("reason %q, want %q", rej.Reason, v.Expect.Reason)
+				}
+			default:
+				t.Fatalf("unknown verdict %q", v.Expect.Verdict)
+			}
+		})
+	}
+	if ran == 0 {
+		t.Fatalf("no vector in %s has an implemented provider", path)
+	}
+}
+
+func TestNoSecretsMeansNothingVerifies(t *testing.T) {
+	err := Delighted{}.Verify(Request{Header: http.Header{DelightedHeader: {"sha256=" + hex.EncodeToString(make([]byte, 32))}}, Body: []byte("{}")}, nil)
+	if err == nil {
+		t.Fatal("a source without secrets accepted a signature")
+	}
+}
+
+func FuzzDelightedVerifyNeverPanics(f *testing.F) {
+	f.Add("sha256=00", []byte(`{"event_id":"x"}`))
+	f.Add("", []byte{})
+	f.Add("sha256=zz", []byte{0xff})
+	f.Fuzz(func(t *testing.T, sig string, body []byte) {
+		_ = Delighted{}.Verify(Request{Header: http.Header{DelightedHeader: {sig}}, Body: body}, []config.Secret{config.NewSecret("k", []byte("k"))})
+	})
+}
