@@ -42,7 +42,9 @@ func (e *Env) get(name string) (string, bool) {
 }
 
 // Errorf records a problem found by the caller's own validation.
-func (e *Env) Errorf(format string, args ...any) { e.errs = append(e.errs, fmt.Errorf(format, args...)) }
+func (e *Env) Errorf(format string, args ...any) {
+	e.errs = append(e.errs, fmt.Errorf(format, args...))
+}
 
 // String returns the variable or def when it is unset or empty.
 func (e *Env) String(name, def string) string {

@@ -21,8 +21,8 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
-	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 	clstatus "github.com/closedloop/closedloop/libs/status"
+	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 )
 
 // Server is a gRPC server with health and reflection registered.

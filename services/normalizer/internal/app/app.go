@@ -1,0 +1,133 @@
+// Package app is the normalizer composition root.
+package app
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/closedloop/closedloop/libs/config"
+	"github.com/closedloop/closedloop/libs/idempotency"
+	"github.com/closedloop/closedloop/libs/kafkaio"
+	"github.com/closedloop/closedloop/libs/service"
+	"github.com/closedloop/closedloop/services/normalizer/internal/normalize"
+)
+
+// Config is the normalizer configuration.
+type Config struct {
+	Common service.Common
+	// GroupID (NORMALIZER_GROUP, default "closedloop-normalizer").
+	GroupID string
+	// RedisURL (REDIS_URL, required), e.g. redis://localhost:6379/0.
+	RedisURL string
+	// RedisPrefix (REDIS_KEY_PREFIX, default "closedloop:") prefixes every key.
+	RedisPrefix string
+	// ProcessingTTL (DEDUPE_PROCESSING_TTL, default 30s): how long a claim
+	// of a crashed worker blocks its event before it is processed again.
+	ProcessingTTL time.Duration
+	// Pipeline is read from PIPELINE_CONFIG (required): per-source dedupe TTLs.
+	Pipeline *config.Pipeline
+}
+
+// Load reads and validates the configuration.
+func Load(e *config.Env, lookup func(string) (string, bool)) (Config, error) {
+	c := Config{
+		Common:        service.LoadCommon(e, 8082, 9092),
+		GroupID:       e.String("NORMALIZER_GROUP", "closedloop-normalizer"),
+		RedisURL:      e.Required("REDIS_URL", "the Redis server for dedupe, e.g. redis://localhost:6379/0"),
+		RedisPrefix:   e.String("REDIS_KEY_PREFIX", "closedloop:"),
+		ProcessingTTL: e.Duration("DEDUPE_PROCESSING_TTL", 30*time.Second),
+	}
+	if path := e.Required("PIPELINE_CONFIG", "the pipeline YAML file (sources and sinks)"); path != "" {
+		p, err := config.LoadPipeline(path, lookup)
+		if err != nil {
+			e.Errorf("%v", err)
+		}
+		c.Pipeline = p
+	}
+	if c.RedisURL != "" {
+		if _, err := redis.ParseURL(c.RedisURL); err != nil {
+			e.Errorf("REDIS_URL: %v", err)
+		}
+	}
+	return c, e.Err()
+}
+
+// Run starts the normalizer and blocks until ctx is cancelled.
+func Run(ctx context.Context) error {
+	cfg, err := Load(config.FromEnviron(), os.LookupEnv)
+	if err != nil {
+		return err
+	}
+	svc, err := service.New(ctx, "normalizer", cfg.Common)
+	if err != nil {
+		return err
+	}
+	t := cfg.Common.Topics
+	if err := svc.EnsureTopics(ctx, t.Raw, t.Normalized, t.Quarantine); err != nil {
+		return err
+	}
+	ropts, _ := redis.ParseURL(cfg.RedisURL)
+	rdb := redis.NewClient(ropts)
+	if err := pingRedis(ctx, rdb); err != nil {
+		return err
+	}
+	svc.Status.AddCheck("redis", idempotency.Ping(rdb))
+	store := idempotency.New(rdb, idempotency.Options{
+		Prefix:        cfg.RedisPrefix + "dedupe:",
+		Owner:         cfg.Common.Instance + "-" + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatInt(time.Now().UnixNano(), 36),
+		ProcessingTTL: cfg.ProcessingTTL,
+	})
+	producer := svc.Producer()
+	h := normalize.New(normalize.Options{
+		Dedupe: store, Producer: producer, NormalizedTopic: t.Normalized, Log: svc.Log,
+		TTL: func(source string) time.Duration {
+			if s, ok := cfg.Pipeline.Source(source); ok {
+				return s.DedupeTTL.Duration
+			}
+			return config.DefaultDedupeTTL
+		},
+	})
+	consumer, err := kafkaio.NewConsumer(kafkaio.ConsumerConfig{
+		Brokers: cfg.Common.Brokers, GroupID: cfg.GroupID, Topics: []string{t.Raw},
+		Quarantine: producer, QuarantineTopic: t.Quarantine, Log: svc.Log, Status: svc.Status,
+	}, h.Handle)
+	if err != nil {
+		return err
+	}
+	done := make(chan struct{})
+	svc.Group.Go("consumer "+t.Raw, func(ctx context.Context) error {
+		defer close(done)
+		return consumer.Run(ctx)
+	})
+	// The consumer drains and commits before the producer it uses closes.
+	svc.OnShutdown("consumer drain", 15*time.Second, func(ctx context.Context) error {
+		select {
+		case <-done:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	})
+	svc.OnShutdown("kafka producer", 5*time.Second, func(context.Context) error { return producer.Close() })
+	svc.OnShutdown("redis", time.Second, func(context.Context) error { return rdb.Close() })
+	return svc.Run()
+}
+
+func pingRedis(ctx context.Context, rdb *redis.Client) error {
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		err := rdb.Ping(ctx).Err()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("redis at %s is not reachable: %w (check REDIS_URL)", rdb.Options().Addr, err)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+}

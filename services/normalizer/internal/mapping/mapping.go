@@ -1,0 +1,265 @@
+// Package mapping turns a provider's webhook body into a FeedbackEvent.
+// A Mapper returns a *kafkaio.PermanentError (quarantine reason) for a body
+// that is authentic but unusable; it never drops data it does not know:
+// unknown event types become engagement events with their data flattened
+// into properties.
+package mapping
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"math"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/closedloop/closedloop/libs/kafkaio"
+	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
+)
+
+// Quarantine reasons.
+const (
+	ReasonMalformedJSON      = "malformed_json"
+	ReasonMissingID          = "missing_required_id"
+	ReasonScoreOutOfScale    = "score_out_of_scale"
+	ReasonUnknownProvider    = "unknown_provider"
+	ReasonInvalidField       = "invalid_field"
+	ReasonUndecodableRecord  = "undecodable_record"
+)
+
+// Mapper maps one provider's payloads. The event it returns has the
+// provider-specific fields set; Map fills in the envelope fields.
+type Mapper interface {
+	Map(raw *feedbackv1.RawWebhook) (*feedbackv1.FeedbackEvent, error)
+}
+
+// ForProvider returns the mapper of a provider.
+func ForProvider(provider string) (Mapper, bool) {
+	switch provider {
+	case "delighted":
+		return Delighted{}, true
+	}
+	return nil, false
+}
+
+// Map maps a RawWebhook with its provider's mapper and sets the envelope
+// fields (ids, source, times, raw payload, test and replay flags).
+func Map(raw *feedbackv1.RawWebhook, now time.Time) (*feedbackv1.FeedbackEvent, error) {
+	m, ok := ForProvider(raw.Provider)
+	if !ok {
+		return nil, kafkaio.Permanentf(ReasonUnknownProvider, "no mapping for provider %q", raw.Provider)
+	}
+	ev, err := m.Map(raw)
+	if err != nil {
+		return nil, err
+	}
+	ev.EventId = raw.EventId
+	ev.Source = raw.Source
+	ev.Provider = raw.Provider
+	ev.ReceivedAt = raw.ReceivedAt
+	ev.NormalizedAt = timestamppb.New(now)
+	ev.RawPayload = raw.Body
+	ev.Test = ev.Test || raw.Test
+	ev.ReplayId = raw.ReplayId
+	if ev.Quality == nil {
+		ev.Quality = &feedbackv1.Quality{}
+	}
+	sort.Strings(ev.Quality.CoercedFields)
+	return ev, nil
+}
+
+// scale is a survey type's score range and whether it defines NPS segments.
+type scale struct {
+	min, max float64
+	nps      bool
+}
+
+// Scales by survey type. NPS and eNPS are documented (0–10). The others are
+// Delighted's product families whose webhook type strings and ranges are not
+// documented: CSAT 1–5, CES 1–7 (the 7-point variant; a 5-point survey's
+// scores still fit), five-star 1–5, smileys 1–3, PMF 1–3, thumbs 0–1.
+// Assumption, to revisit when a provider documents them.
+var scales = map[feedbackv1.SurveyType]scale{
+	feedbackv1.SurveyType_SURVEY_TYPE_NPS:       {0, 10, true},
+	feedbackv1.SurveyType_SURVEY_TYPE_ENPS:      {0, 10, true},
+	feedbackv1.SurveyType_SURVEY_TYPE_CSAT:      {1, 5, false},
+	feedbackv1.SurveyType_SURVEY_TYPE_CES:       {1, 7, false},
+	feedbackv1.SurveyType_SURVEY_TYPE_FIVE_STAR: {1, 5, false},
+	feedbackv1.SurveyType_SURVEY_TYPE_SMILEYS:   {1, 3, false},
+	feedbackv1.SurveyType_SURVEY_TYPE_PMF:       {1, 3, false},
+	feedbackv1.SurveyType_SURVEY_TYPE_THUMBS:    {0, 1, false},
+}
+
+// Segment derives the NPS segment of a score on an NPS-type scale: 0–6
+// detractor, 7–8 passive, 9–10 promoter. Other scales have none.
+func Segment(st feedbackv1.SurveyType, score float64) feedbackv1.Segment {
+	if sc, ok := scales[st]; !ok || !sc.nps {
+		return feedbackv1.Segment_SEGMENT_UNSPECIFIED
+	}
+	switch {
+	case score >= 9:
+		return feedbackv1.Segment_SEGMENT_PROMOTER
+	case score >= 7:
+		return feedbackv1.Segment_SEGMENT_PASSIVE
+	default:
+		return feedbackv1.Segment_SEGMENT_DETRACTOR
+	}
+}
+
+// scoreOnScale builds the Score of a survey type and checks the range.
+func scoreOnScale(st feedbackv1.SurveyType, v float64) (*feedbackv1.Score, error) {
+	sc, ok := scales[st]
+	if !ok {
+		return &feedbackv1.Score{Value: v}, nil
+	}
+	if v < sc.min || v > sc.max || math.IsNaN(v) {
+		return nil, kafkaio.Permanentf(ReasonScoreOutOfScale, "score %v is outside the %s scale %v..%v", v, st, sc.min, sc.max)
+	}
+	return &feedbackv1.Score{Value: v, Min: sc.min, Max: sc.max}, nil
+}
+
+// decodeJSON decodes with numbers kept exact.
+func decodeJSON(b []byte, v any) error {
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.UseNumber()
+	return d.Decode(v)
+}
+
+// coercer records fields whose type had to be converted.
+type coercer struct{ fields []string }
+
+func (c *coercer) mark(field string) { c.fields = append(c.fields, field) }
+
+// number reads a JSON number or a numeric string (coerced).
+func (c *coercer) number(field string, raw json.RawMessage) (float64, bool, error) {
+	if isNull(raw) {
+		return 0, false, nil
+	}
+	var n json.Number
+	if !isString(raw) && decodeJSON(raw, &n) == nil {
+		f, err := n.Float64()
+		return f, err == nil, err
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return 0, false, kafkaio.Permanentf(ReasonInvalidField, "%s is neither a number nor a numeric string", field)
+	}
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return 0, false, nil
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		return 0, false, kafkaio.Permanentf(ReasonInvalidField, "%s %q is not numeric", field, s)
+	}
+	c.mark(field)
+	return f, true, nil
+}
+
+// time reads unix seconds (number), or a numeric string or ISO-8601/RFC 3339
+// string (both coerced).
+func (c *coercer) time(field string, raw json.RawMessage) (*timestamppb.Timestamp, error) {
+	if isNull(raw) {
+		return nil, nil
+	}
+	var n json.Number
+	if !isString(raw) && decodeJSON(raw, &n) == nil {
+		return unixSeconds(field, string(n))
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return nil, kafkaio.Permanentf(ReasonInvalidField, "%s is neither unix seconds nor a time string", field)
+	}
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return nil, nil
+	}
+	c.mark(field)
+	if _, err := strconv.ParseFloat(s, 64); err == nil {
+		return unixSeconds(field, s)
+	}
+	for _, layout := range []string{time.RFC3339Nano, "2006-01-02T15:04:05", "2006-01-02 15:04:05Z07:00", "2006-01-02"} {
+		if t, err := time.Parse(layout, s); err == nil {
+			return timestamppb.New(t.UTC()), nil
+		}
+	}
+	return nil, kafkaio.Permanentf(ReasonInvalidField, "%s %q is not an ISO-8601 time", field, s)
+}
+
+func unixSeconds(field, s string) (*timestamppb.Timestamp, error) {
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || f < 0 || f > 1e11 {
+		return nil, kafkaio.Permanentf(ReasonInvalidField, "%s %q is not a unix time in seconds", field, s)
+	}
+	sec, frac := math.Modf(f)
+	return timestamppb.New(time.Unix(int64(sec), int64(frac*1e9)).UTC()), nil
+}
+
+// isString reports whether raw is a JSON string (json.Number would accept
+// a quoted number, hiding a coercion).
+func isString(raw json.RawMessage) bool {
+	t := bytes.TrimSpace(raw)
+	return len(t) > 0 && t[0] == '"'
+}
+
+func isNull(raw json.RawMessage) bool {
+	t := bytes.TrimSpace(raw)
+	return len(t) == 0 || bytes.Equal(t, []byte("null"))
+}
+
+// Flatten turns nested JSON into dotted keys under prefix: objects by key,
+// arrays by index ("tags.0"). null stays null; numbers keep their value.
+func Flatten(prefix string, raw json.RawMessage, out map[string]*structpb.Value) error {
+	var v any
+	if err := decodeJSON(raw, &v); err != nil {
+		return err
+	}
+	flatten(prefix, v, out)
+	return nil
+}
+
+func flatten(key string, v any, out map[string]*structpb.Value) {
+	switch x := v.(type) {
+	case map[string]any:
+		if len(x) == 0 && key != "" {
+			out[key] = structpb.NewStructValue(&structpb.Struct{})
+		}
+		for k, child := range x {
+			flatten(join(key, k), child, out)
+		}
+	case []any:
+		if len(x) == 0 && key != "" {
+			out[key] = structpb.NewListValue(&structpb.ListValue{})
+		}
+		for i, child := range x {
+			flatten(join(key, strconv.Itoa(i)), child, out)
+		}
+	case nil:
+		out[key] = structpb.NewNullValue()
+	case json.Number:
+		f, err := x.Float64()
+		if err != nil {
+			out[key] = structpb.NewStringValue(x.String())
+			return
+		}
+		out[key] = structpb.NewNumberValue(f)
+	case string:
+		out[key] = structpb.NewStringValue(x)
+	case bool:
+		out[key] = structpb.NewBoolValue(x)
+	default:
+		out[key] = structpb.NewStringValue(fmt.Sprint(x))
+	}
+}
+
+func join(prefix, k string) string {
+	if prefix == "" {
+		return k
+	}
+	return prefix + "." + k
+}

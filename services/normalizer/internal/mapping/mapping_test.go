@@ -1,0 +1,111 @@
+package mapping
+
+import (
+	"encoding/json"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/closedloop/closedloop/libs/kafkaio"
+	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
+)
+
+func mapBody(t *testing.T, body string) (*feedbackv1.FeedbackEvent, error) {
+	t.Helper()
+	return Map(&feedbackv1.RawWebhook{EventId: "e1", Source: "s", Provider: "delighted", Body: []byte(body)}, time.Unix(0, 0))
+}
+
+func TestSegmentsFollowTheNPSBands(t *testing.T) {
+	nps := feedbackv1.SurveyType_SURVEY_TYPE_NPS
+	cases := []struct {
+		score float64
+		want  feedbackv1.Segment
+	}{{0, feedbackv1.Segment_SEGMENT_DETRACTOR}, {6, feedbackv1.Segment_SEGMENT_DETRACTOR}, {7, feedbackv1.Segment_SEGMENT_PASSIVE},
+		{8, feedbackv1.Segment_SEGMENT_PASSIVE}, {9, feedbackv1.Segment_SEGMENT_PROMOTER}, {10, feedbackv1.Segment_SEGMENT_PROMOTER}}
+	for _, c := range cases {
+		if got := Segment(nps, c.score); got != c.want {
+			t.Errorf("score %v: %v, want %v", c.score, got, c.want)
+		}
+	}
+	if got := Segment(feedbackv1.SurveyType_SURVEY_TYPE_CSAT, 1); got != feedbackv1.Segment_SEGMENT_UNSPECIFIED {
+		t.Errorf("CSAT has a segment: %v", got)
+	}
+}
+
+func TestNumericStringsAndISOTimesAreCoercedAndFlagged(t *testing.T) {
+	ev, err := mapBody(t, `{"event_type":"survey_response.updated","event_id":"e1","event_data":{"id":77,"survey_type":"nps","score":"3","updated_at":"2025-11-22T02:53:20Z","comment":"slow"}}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.Score.GetValue() != 3 || ev.Segment != feedbackv1.Segment_SEGMENT_DETRACTOR || ev.Subject.Id != "77" {
+		t.Fatalf("event = %v", ev)
+	}
+	if ev.Version.AsTime() != time.Date(2025, 11, 22, 2, 53, 20, 0, time.UTC) {
+		t.Fatalf("version = %v", ev.Version.AsTime())
+	}
+	if got := ev.Quality.CoercedFields; len(got) != 2 || got[0] != "score" || got[1] != "updated_at" {
+		t.Fatalf("coerced fields = %v", got)
+	}
+}
+
+func TestUnusablePayloadsAreQuarantinedWithTheirReason(t *testing.T) {
+	cases := []struct{ name, body, reason string }{
+		{"truncated JSON", `{"event_type":"survey_response.created","event_id":"e1","event_data":{"id":"1"`, ReasonMalformedJSON},
+		{"a response without id", `{"event_type":"survey_response.created","event_data":{"score":3,"updated_at":1}}`, ReasonMissingID},
+		{"a score above the scale", `{"event_type":"survey_response.created","event_data":{"id":"1","survey_type":"nps","score":11,"updated_at":1}}`, ReasonScoreOutOfScale},
+		{"a negative score", `{"event_type":"survey_response.created","event_data":{"id":"1","survey_type":"nps","score":-1,"updated_at":1}}`, ReasonScoreOutOfScale},
+		{"a score that is not a number", `{"event_type":"survey_response.created","event_data":{"id":"1","score":"ten","updated_at":1}}`, ReasonInvalidField},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := mapBody(t, c.body)
+			if reason, ok := kafkaio.IsPermanent(err); !ok || reason != c.reason {
+				t.Fatalf("err = %v, want quarantine reason %s", err, c.reason)
+			}
+		})
+	}
+}
+
+func TestAnUnknownEventTypeIsKeptAsAnEngagementEventWithItsData(t *testing.T) {
+	ev, err := mapBody(t, `{"event_type":"survey_request.sent","event_id":"e1","event_data":{"person":{"email":"a@b.c"},"n":null}}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.Kind != feedbackv1.Kind_KIND_ENGAGEMENT || ev.ProviderEventType != "survey_request.sent" {
+		t.Fatalf("event = %v", ev)
+	}
+	if ev.Properties["event_data.person.email"].GetStringValue() != "a@b.c" {
+		t.Fatalf("properties = %v", ev.Properties)
+	}
+	if _, isNull := ev.Properties["event_data.n"].GetKind().(*structpb.Value_NullValue); !isNull {
+		t.Fatalf("null did not stay null: %v", ev.Properties["event_data.n"])
+	}
+}
+
+func TestUnknownSurveyTypesAreOtherAndKeepTheirString(t *testing.T) {
+	ev, err := mapBody(t, `{"event_type":"survey_response.created","event_id":"e1","event_data":{"id":"1","survey_type":"emoji_v2","score":42,"updated_at":1}}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.Survey.Type != feedbackv1.SurveyType_SURVEY_TYPE_OTHER || ev.Survey.ProviderType != "emoji_v2" || ev.Score.Value != 42 || ev.Segment != feedbackv1.Segment_SEGMENT_UNSPECIFIED {
+		t.Fatalf("event = %v", ev)
+	}
+}
+
+func FuzzDelightedMapNeverPanics(f *testing.F) {
+	f.Add([]byte(`{"event_type":"survey_response.created","event_id":"x","event_data":{"id":"1","score":9,"updated_at":1}}`))
+	f.Add([]byte(`{"event_type":"unsubscribe.created","event_data":{"person_id":1}}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		ev, err := Map(&feedbackv1.RawWebhook{EventId: "e", Provider: "delighted", Body: body}, time.Unix(0, 0))
+		if err == nil && ev.Subject == nil {
+			t.Fatalf("mapped without a subject: %s", body)
+		}
+		if err != nil {
+			if _, ok := kafkaio.IsPermanent(err); !ok {
+				t.Fatalf("a mapping error that is not a quarantine reason: %v", err)
+			}
+		}
+		_ = json.Valid(body)
+	})
+}
