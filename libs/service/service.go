@@ -165,3 +165,37 @@ func (s *Service) Run() error {
 
 // OpsAddr is the bound ops address (useful when OPS_ADDR had port 0).
 func (s *Service) OpsAddr() string { return s.opsLis.Addr().String() }
+
+// Consume builds a consumer of topics in group, quarantining to the
+// pipeline's quarantine topic through producer, and runs it in the group;
+// at shutdown it is drained (in-flight records finish and their offsets are
+// committed) before later steps such as closing producer.
+func (s *Service) Consume(group string, topics []string, producer *kafkaio.Producer, h kafkaio.Handler) error {
+	c, err := kafkaio.NewConsumer(kafkaio.ConsumerConfig{
+		Brokers: s.Common.Brokers, GroupID: group, Topics: topics,
+		Quarantine: producer, QuarantineTopic: s.Common.Topics.Quarantine, Log: s.Log, Status: s.Status,
+	}, h)
+	if err != nil {
+		return err
+	}
+	done := make(chan struct{})
+	s.Group.Go("consumer "+group, func(ctx context.Context) error {
+		defer close(done)
+		return c.Run(ctx)
+	})
+	s.OnShutdown("consumer drain "+group, 15*time.Second, func(ctx context.Context) error {
+		select {
+		case <-done:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	})
+	return nil
+}
+
+// CloseProducer adds the step that flushes and closes producer; add it after
+// the consumers that use it.
+func (s *Service) CloseProducer(p *kafkaio.Producer) {
+	s.OnShutdown("kafka producer", 5*time.Second, func(context.Context) error { return p.Close() })
+}

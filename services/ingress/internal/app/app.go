@@ -97,6 +97,6 @@ func Run(ctx context.Context) error {
 	// Stop accepting and let in-flight requests finish their writes, then
 	// flush the producer.
 	svc.OnShutdown("webhook http drain", 10*time.Second, srv.Shutdown)
-	svc.OnShutdown("kafka producer", 5*time.Second, func(context.Context) error { return producer.Close() })
+	svc.CloseProducer(producer)
 	return svc.Run()
 }

@@ -12,7 +12,6 @@ import (
 
 	"github.com/closedloop/closedloop/libs/config"
 	"github.com/closedloop/closedloop/libs/idempotency"
-	"github.com/closedloop/closedloop/libs/kafkaio"
 	"github.com/closedloop/closedloop/libs/service"
 	"github.com/closedloop/closedloop/services/normalizer/internal/normalize"
 )
@@ -92,28 +91,10 @@ func Run(ctx context.Context) error {
 			return config.DefaultDedupeTTL
 		},
 	})
-	consumer, err := kafkaio.NewConsumer(kafkaio.ConsumerConfig{
-		Brokers: cfg.Common.Brokers, GroupID: cfg.GroupID, Topics: []string{t.Raw},
-		Quarantine: producer, QuarantineTopic: t.Quarantine, Log: svc.Log, Status: svc.Status,
-	}, h.Handle)
-	if err != nil {
+	if err := svc.Consume(cfg.GroupID, []string{t.Raw}, producer, h.Handle); err != nil {
 		return err
 	}
-	done := make(chan struct{})
-	svc.Group.Go("consumer "+t.Raw, func(ctx context.Context) error {
-		defer close(done)
-		return consumer.Run(ctx)
-	})
-	// The consumer drains and commits before the producer it uses closes.
-	svc.OnShutdown("consumer drain", 15*time.Second, func(ctx context.Context) error {
-		select {
-		case <-done:
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	})
-	svc.OnShutdown("kafka producer", 5*time.Second, func(context.Context) error { return producer.Close() })
+	svc.CloseProducer(producer)
 	svc.OnShutdown("redis", time.Second, func(context.Context) error { return rdb.Close() })
 	return svc.Run()
 }

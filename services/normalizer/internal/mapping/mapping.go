@@ -24,12 +24,12 @@ import (
 
 // Quarantine reasons.
 const (
-	ReasonMalformedJSON      = "malformed_json"
-	ReasonMissingID          = "missing_required_id"
-	ReasonScoreOutOfScale    = "score_out_of_scale"
-	ReasonUnknownProvider    = "unknown_provider"
-	ReasonInvalidField       = "invalid_field"
-	ReasonUndecodableRecord  = "undecodable_record"
+	ReasonMalformedJSON     = "malformed_json"
+	ReasonMissingID         = "missing_required_id"
+	ReasonScoreOutOfScale   = "score_out_of_scale"
+	ReasonUnknownProvider   = "unknown_provider"
+	ReasonInvalidField      = "invalid_field"
+	ReasonUndecodableRecord = "undecodable_record"
 )
 
 // Mapper maps one provider's payloads. The event it returns has the

@@ -1,0 +1,69 @@
+// Package console prints enriched FeedbackEvents, one line each, for
+// development stacks without PostgreSQL. It keeps no checkpoint: a
+// redelivered event is printed again.
+package console
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+
+	"github.com/segmentio/kafka-go"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/closedloop/closedloop/libs/kafkaio"
+	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
+)
+
+// Printer writes events to Out as text lines or, with JSON, as protojson.
+type Printer struct {
+	Out  io.Writer
+	JSON bool
+	mu   sync.Mutex
+}
+
+// Handle implements kafkaio.Handler.
+func (p *Printer) Handle(_ context.Context, m kafka.Message) error {
+	var ev feedbackv1.FeedbackEvent
+	if err := proto.Unmarshal(m.Value, &ev); err != nil {
+		return kafkaio.Permanent("undecodable_record", err)
+	}
+	var line string
+	if p.JSON {
+		b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(&ev)
+		if err != nil {
+			return kafkaio.Permanent("unencodable_event", err)
+		}
+		line = string(b)
+	} else {
+		line = Line(&ev)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, err := fmt.Fprintln(p.Out, line)
+	return err
+}
+
+// Line is a one-line human summary of an event.
+func Line(ev *feedbackv1.FeedbackEvent) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %-18s %s/%s", ev.GetOccurredAt().AsTime().Format("15:04:05"),
+		strings.ToLower(strings.TrimPrefix(ev.Kind.String(), "KIND_")), ev.Source, ev.GetSubject().GetId())
+	if s := ev.Score; s != nil {
+		fmt.Fprintf(&b, " score=%g/%g", s.Value, s.Max)
+	}
+	if ev.Segment != feedbackv1.Segment_SEGMENT_UNSPECIFIED {
+		fmt.Fprintf(&b, " %s", strings.ToLower(strings.TrimPrefix(ev.Segment.String(), "SEGMENT_")))
+	}
+	if e := ev.GetRespondent().GetEmail(); e != "" {
+		fmt.Fprintf(&b, " <%s>", e)
+	}
+	if ev.Comment != nil {
+		fmt.Fprintf(&b, " %q", ev.GetComment())
+	}
+	fmt.Fprintf(&b, " event_id=%s", ev.EventId)
+	return b.String()
+}

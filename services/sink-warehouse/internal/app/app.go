@@ -1,0 +1,107 @@
+// Package app is the sink-warehouse composition root.
+package app
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/closedloop/closedloop/libs/config"
+	"github.com/closedloop/closedloop/libs/service"
+	"github.com/closedloop/closedloop/services/sink-warehouse/internal/warehouse"
+)
+
+// Config is the sink-warehouse configuration.
+type Config struct {
+	Common service.Common
+	// GroupID (SINK_WAREHOUSE_GROUP, default "closedloop-sink-warehouse").
+	GroupID string
+	// DatabaseURL (DATABASE_URL, required): a PostgreSQL connection URL.
+	DatabaseURL string
+	// Pipeline is read from PIPELINE_CONFIG (required): sinks.warehouse.
+	Pipeline *config.Pipeline
+}
+
+// Load reads and validates the configuration.
+func Load(e *config.Env, lookup func(string) (string, bool)) (Config, error) {
+	c := Config{
+		Common:      service.LoadCommon(e, 8084, 9094),
+		GroupID:     e.String("SINK_WAREHOUSE_GROUP", "closedloop-sink-warehouse"),
+		DatabaseURL: e.Required("DATABASE_URL", "the PostgreSQL database, e.g. postgres://user@host:5432/db"),
+	}
+	if c.DatabaseURL != "" {
+		if _, err := pgxpool.ParseConfig(c.DatabaseURL); err != nil {
+			e.Errorf("DATABASE_URL is not a PostgreSQL URL: %v", err)
+		}
+	}
+	if path := e.Required("PIPELINE_CONFIG", "the pipeline YAML file (sources and sinks)"); path != "" {
+		p, err := config.LoadPipeline(path, lookup)
+		if err != nil {
+			e.Errorf("%v", err)
+		}
+		c.Pipeline = p
+	}
+	return c, e.Err()
+}
+
+// Run starts the sink and blocks until ctx is cancelled.
+func Run(ctx context.Context) error {
+	cfg, err := Load(config.FromEnviron(), os.LookupEnv)
+	if err != nil {
+		return err
+	}
+	svc, err := service.New(ctx, "sink-warehouse", cfg.Common)
+	if err != nil {
+		return err
+	}
+	t := cfg.Common.Topics
+	if err := svc.EnsureTopics(ctx, t.Enriched, t.Priority, t.Quarantine); err != nil {
+		return err
+	}
+	pool, err := connect(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	schema := cfg.Pipeline.Sinks.Warehouse.Schema
+	if err := warehouse.Migrate(ctx, pool, schema); err != nil {
+		pool.Close()
+		return err
+	}
+	svc.Status.AddCheck("postgres", warehouse.Ping(pool))
+	svc.Log.Info("warehouse ready", "schema", schema, "table", schema+".feedback_events", "view", schema+".feedback_latest")
+	producer := svc.Producer() // quarantine only
+	w := warehouse.NewWriter(pool, schema)
+	if err := svc.Consume(cfg.GroupID, []string{t.Priority, t.Enriched}, producer, w.Handle); err != nil {
+		pool.Close()
+		return err
+	}
+	svc.CloseProducer(producer)
+	svc.OnShutdown("postgres", 2*time.Second, func(context.Context) error { pool.Close(); return nil })
+	return svc.Run()
+}
+
+func connect(ctx context.Context, url string) (*pgxpool.Pool, error) {
+	pcfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, err
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		err = pool.Ping(ctx)
+		if err == nil {
+			return pool, nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			pool.Close()
+			return nil, fmt.Errorf("PostgreSQL at %s:%d is not reachable: %w (check DATABASE_URL)", pcfg.ConnConfig.Host, pcfg.ConnConfig.Port, err)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+}

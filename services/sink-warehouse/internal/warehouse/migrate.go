@@ -1,0 +1,101 @@
+// Package warehouse writes FeedbackEvents to PostgreSQL: an append-only
+// table with system columns (as Stitch's _sdc_* columns: when the event was
+// received, when the row was batched, a sequence ordering the versions of a
+// subject) plus typed columns for what analysts query and the full event as
+// JSONB, and a view with the latest version of every subject. Writes are
+// idempotent on event_id.
+package warehouse
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// migrations are applied in order, each once, recorded in schema_migrations.
+// Never edit one that has shipped: add another.
+var migrations = []string{
+	// 1: the append-only table and the latest-version view.
+	`CREATE TABLE {{schema}}.feedback_events (
+		_cl_row_id        BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+		_cl_received_at   TIMESTAMPTZ NOT NULL,
+		_cl_batched_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
+		_cl_sequence      BIGINT NOT NULL,
+		event_id          TEXT NOT NULL UNIQUE,
+		source            TEXT NOT NULL,
+		provider          TEXT NOT NULL,
+		kind              TEXT NOT NULL,
+		provider_event_type TEXT NOT NULL,
+		subject_type      TEXT NOT NULL,
+		subject_id        TEXT NOT NULL,
+		version           TIMESTAMPTZ,
+		occurred_at       TIMESTAMPTZ,
+		survey_type       TEXT,
+		score             DOUBLE PRECISION,
+		score_min         DOUBLE PRECISION,
+		score_max         DOUBLE PRECISION,
+		segment           TEXT,
+		comment           TEXT,
+		respondent_id     TEXT,
+		respondent_email  TEXT,
+		respondent_name   TEXT,
+		tags              TEXT[] NOT NULL DEFAULT '{}',
+		is_test           BOOLEAN NOT NULL DEFAULT false,
+		replay_id         TEXT,
+		trace_id          TEXT,
+		event             JSONB NOT NULL
+	)`,
+	`CREATE INDEX feedback_events_subject_idx ON {{schema}}.feedback_events (source, subject_type, subject_id, _cl_sequence DESC, _cl_row_id DESC)`,
+	`CREATE INDEX feedback_events_occurred_idx ON {{schema}}.feedback_events (occurred_at)`,
+	`CREATE VIEW {{schema}}.feedback_latest AS
+		SELECT DISTINCT ON (source, subject_type, subject_id) *
+		FROM {{schema}}.feedback_events
+		ORDER BY source, subject_type, subject_id, _cl_sequence DESC, _cl_row_id DESC`,
+}
+
+// Migrate creates the schema and applies pending migrations. Concurrent
+// replicas serialise on an advisory lock, so exactly one applies each.
+func Migrate(ctx context.Context, pool *pgxpool.Pool, schema string) error {
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock(hashtext('closedloop-migrate-' || $1))`, schema); err != nil {
+		return fmt.Errorf("migrate: lock: %w", err)
+	}
+	defer conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtext('closedloop-migrate-' || $1))`, schema) //nolint:errcheck
+	q := pgx.Identifier{schema}.Sanitize()
+	if _, err := conn.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS `+q); err != nil {
+		return fmt.Errorf("migrate: create schema %s: %w", schema, err)
+	}
+	if _, err := conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+q+`.schema_migrations (version INT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())`); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	var current int
+	if err := conn.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM `+q+`.schema_migrations`).Scan(&current); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	for i := current; i < len(migrations); i++ {
+		tx, err := conn.Begin(ctx)
+		if err != nil {
+			return err
+		}
+		stmt := strings.ReplaceAll(migrations[i], "{{schema}}", q)
+		if _, err := tx.Exec(ctx, stmt); err != nil {
+			_ = tx.Rollback(ctx)
+			return fmt.Errorf("migration %d: %w", i+1, err)
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO `+q+`.schema_migrations (version) VALUES ($1)`, i+1); err != nil {
+			_ = tx.Rollback(ctx)
+			return fmt.Errorf("migration %d: %w", i+1, err)
+		}
+		if err := tx.Commit(ctx); err != nil {
+			return fmt.Errorf("migration %d: %w", i+1, err)
+		}
+	}
+	return nil
+}
