@@ -144,6 +144,11 @@ func NewConsumer(cfg ConsumerConfig, h Handler) (*Consumer, error) {
 		StartOffset:       start,
 		ReadBackoffMin:    50 * time.Millisecond,
 		ReadBackoffMax:    time.Second,
+		Logger: kafka.LoggerFunc(func(msg string, args ...any) {
+			if cfg.Log.Enabled(context.Background(), slog.LevelDebug) {
+				cfg.Log.Debug("kafka reader", "group", cfg.GroupID, "detail", fmt.Sprintf(msg, args...))
+			}
+		}),
 		ErrorLogger: kafka.LoggerFunc(func(msg string, args ...any) {
 			cfg.Log.Warn("kafka reader", "group", cfg.GroupID, "detail", fmt.Sprintf(msg, args...))
 		}),

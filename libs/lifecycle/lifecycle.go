@@ -32,10 +32,10 @@ func Main(service string, run func(ctx context.Context) error) {
 	err := run(ctx)
 	stop()
 	if err != nil && !errors.Is(err, context.Canceled) {
-		slog.Error("service failed", "service", service, "error", err.Error())
+		slog.Error("service failed", "error", err.Error())
 		os.Exit(1)
 	}
-	slog.Info("service stopped", "service", service)
+	slog.Info("service stopped")
 }
 
 // Step is one shutdown action. Steps run in the order they were added, each

@@ -31,9 +31,11 @@ type Proc struct {
 	Name string
 	Addr string // host:port on loopback
 	Dir  string
-	cmd  *exec.Cmd
-	done chan struct{}
-	log  *os.File
+	// removeDir makes Stop delete Dir.
+	removeDir bool
+	cmd       *exec.Cmd
+	done      chan struct{}
+	log       *os.File
 }
 
 // Stop terminates the process (SIGTERM, then SIGKILL after 10 s) and waits.
@@ -50,6 +52,9 @@ func (p *Proc) Stop() {
 	}
 	if p.log != nil {
 		_ = p.log.Close()
+	}
+	if p.removeDir {
+		_ = os.RemoveAll(p.Dir)
 	}
 }
 
@@ -140,10 +145,12 @@ func versionOf(binDir string) int {
 	return n
 }
 
-// StartPostgres initialises a cluster in dir/pgdata and starts postgres on a
-// free loopback port with settings for throwaway data (no fsync). When the
-// caller is root it runs both as the "postgres" user (else "nobody").
-func StartPostgres(ctx context.Context, dir string) (*Postgres, error) {
+// StartPostgres initialises a cluster in a new temporary directory (under
+// the system temp dir, which the unprivileged user can reach) and starts
+// postgres on a free loopback port with settings for throwaway data (no
+// fsync). When the caller is root it runs both as the "postgres" user (else
+// "nobody"). Stop removes the directory.
+func StartPostgres(ctx context.Context) (*Postgres, error) {
 	binDir, err := PostgresBinDir()
 	if err != nil {
 		return nil, err
@@ -152,6 +159,20 @@ func StartPostgres(ctx context.Context, dir string) (*Postgres, error) {
 	if err != nil {
 		return nil, err
 	}
+	dir, err := os.MkdirTemp("", "closedloop-pg-")
+	if err != nil {
+		return nil, err
+	}
+	pg, err := startPostgres(ctx, binDir, dir, cred)
+	if err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, err
+	}
+	pg.removeDir = true
+	return pg, nil
+}
+
+func startPostgres(ctx context.Context, binDir, dir string, cred *syscall.Credential) (*Postgres, error) {
 	data := filepath.Join(dir, "pgdata")
 	if err := os.MkdirAll(data, 0o700); err != nil {
 		return nil, err

@@ -19,15 +19,9 @@ func RedisForTest(t testing.TB) string {
 // PostgresForTest starts PostgreSQL for the test (skipped like RedisForTest).
 func PostgresForTest(t testing.TB) *Postgres {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "closedloop-pg-")
+	p, err := StartPostgres(context.Background())
 	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	p, err := StartPostgres(context.Background(), dir)
-	if p == nil {
 		mustHave[*Proc](t, nil, err)
-		return nil
 	}
 	t.Cleanup(p.Stop)
 	return p

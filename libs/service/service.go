@@ -52,6 +52,11 @@ type Common struct {
 	Instance string
 	// ShutdownTimeout (SHUTDOWN_TIMEOUT, default 20s) bounds the whole shutdown.
 	ShutdownTimeout time.Duration
+	// SessionTimeout (CONSUMER_SESSION_TIMEOUT, default 10s) is how long the
+	// group waits for a silent consumer before giving its partitions to
+	// another: the pause after a crash. Brokers refuse less than their
+	// group.min.session.timeout.ms (6s by default).
+	SessionTimeout time.Duration
 }
 
 // LoadCommon reads Common; opsPort and grpcPort are the service's default ports.
@@ -69,6 +74,7 @@ func LoadCommon(e *config.Env, opsPort, grpcPort int) Common {
 		OTLPEndpoint:     e.String("OTEL_EXPORTER_OTLP_ENDPOINT", e.String("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "")),
 		Instance:         e.String("INSTANCE_ID", host),
 		ShutdownTimeout:  e.Duration("SHUTDOWN_TIMEOUT", 20*time.Second),
+		SessionTimeout:   e.Duration("CONSUMER_SESSION_TIMEOUT", 10*time.Second),
 	}
 	if len(c.Brokers) == 0 {
 		e.Errorf("KAFKA_BROKERS is not set: it must list the Kafka brokers as host:port,host:port")
@@ -174,6 +180,7 @@ func (s *Service) Consume(group string, topics []string, producer *kafkaio.Produ
 	c, err := kafkaio.NewConsumer(kafkaio.ConsumerConfig{
 		Brokers: s.Common.Brokers, GroupID: group, Topics: topics,
 		Quarantine: producer, QuarantineTopic: s.Common.Topics.Quarantine, Log: s.Log, Status: s.Status,
+		SessionTimeout: s.Common.SessionTimeout,
 	}, h)
 	if err != nil {
 		return err

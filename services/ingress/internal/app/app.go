@@ -80,7 +80,7 @@ func Run(ctx context.Context) error {
 	}
 	srv := &http.Server{
 		Handler: otelhttp.NewHandler(mux, "ingress",
-			otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return r.Method + " " + r.Pattern })),
+			otelhttp.WithSpanNameFormatter(spanName)),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       15 * time.Second,
 		WriteTimeout:      15 * time.Second,
@@ -99,4 +99,13 @@ func Run(ctx context.Context) error {
 	svc.OnShutdown("webhook http drain", 10*time.Second, srv.Shutdown)
 	svc.CloseProducer(producer)
 	return svc.Run()
+}
+
+// spanName names the server span after the route pattern ("POST
+// /v1/hooks/{source}/{token}"), never after the path, which holds the token.
+func spanName(_ string, r *http.Request) string {
+	if r.Pattern != "" {
+		return r.Pattern
+	}
+	return r.Method
 }

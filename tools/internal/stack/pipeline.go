@@ -1,0 +1,166 @@
+package stack
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/closedloop/closedloop/libs/localinfra"
+)
+
+// Pipeline describes one closedloop deployment on shared infrastructure.
+// Everything that could collide between two pipelines on the same broker,
+// Redis and PostgreSQL is derived from Name: topic prefix, consumer groups,
+// Redis key prefix, warehouse schema.
+type Pipeline struct {
+	Name    string // lower-case letters, digits and '_'
+	BinDir  string
+	Dir     string // logs and config
+	Brokers string
+	Redis   string // host:port
+	// DatabaseURL empty means: no PostgreSQL, use the console sink.
+	DatabaseURL string
+	// Secret signs the Delighted webhooks; Token is the source's ingest token.
+	Secret, Token string
+	// FixedPorts, when set, gives the ingress's public port (other ports are
+	// free ones); else every port is picked free.
+	IngressPort int
+	// Env is added to every service's environment (OTEL_*, LOG_LEVEL, ...).
+	Env []string
+	// Tee receives every service's output too.
+	Tee io.Writer
+
+	Services   map[string]*Process
+	OpsAddrs   map[string]string
+	IngressURL string // http://127.0.0.1:port/v1/hooks/delighted/<token>
+	order      []string
+}
+
+// Schema is the warehouse schema of the pipeline.
+func (p *Pipeline) Schema() string { return "cl_" + p.Name }
+
+// TopicPrefix is put before every topic name.
+func (p *Pipeline) TopicPrefix() string {
+	if p.Name == "" {
+		return ""
+	}
+	return p.Name + "."
+}
+
+func (p *Pipeline) writeConfig() (string, error) {
+	path := filepath.Join(p.Dir, "pipeline.yaml")
+	yml := fmt.Sprintf(`# Written by tools/internal/stack for pipeline %q.
+sources:
+  - name: delighted
+    provider: delighted
+    secrets: [env:CLOSEDLOOP_DEV_DELIGHTED_SECRET]
+    ingest_tokens: [env:CLOSEDLOOP_DEV_INGEST_TOKEN]
+    dedupe_ttl: 72h
+sinks:
+  warehouse:
+    schema: %s
+`, p.Name, p.Schema())
+	return path, os.WriteFile(path, []byte(yml), 0o644)
+}
+
+// Start starts the services downstream first (sink, enricher, normalizer,
+// ingress), each once ready, so the ingress answers only when the pipeline
+// behind it is up.
+func (p *Pipeline) Start(ctx context.Context) error {
+	if err := os.MkdirAll(p.Dir, 0o755); err != nil {
+		return err
+	}
+	cfgPath, err := p.writeConfig()
+	if err != nil {
+		return err
+	}
+	sink := "sink-warehouse"
+	if p.DatabaseURL == "" {
+		sink = "sink-console"
+	}
+	p.order = []string{sink, "enricher", "normalizer", "ingress"}
+	p.Services, p.OpsAddrs = map[string]*Process{}, map[string]string{}
+	prefix := p.TopicPrefix()
+	for _, name := range p.order {
+		ops, err := freeAddr()
+		if err != nil {
+			return err
+		}
+		grpc, err := freeAddr()
+		if err != nil {
+			return err
+		}
+		env := append([]string{
+			"KAFKA_BROKERS=" + p.Brokers,
+			"KAFKA_CREATE_TOPICS=true",
+			"CLOSEDLOOP_TOPIC_PREFIX=" + prefix,
+			"PIPELINE_CONFIG=" + cfgPath,
+			"CLOSEDLOOP_DEV_DELIGHTED_SECRET=" + p.Secret,
+			"CLOSEDLOOP_DEV_INGEST_TOKEN=" + p.Token,
+			"OPS_ADDR=" + ops,
+			"GRPC_ADDR=" + grpc,
+			"INSTANCE_ID=" + p.Name + "-" + name,
+			"REDIS_URL=redis://" + p.Redis + "/0",
+			"REDIS_KEY_PREFIX=" + p.Name + ":",
+			"DATABASE_URL=" + p.DatabaseURL,
+			"DEDUPE_PROCESSING_TTL=5s",
+			"NORMALIZER_GROUP=" + p.Name + "-normalizer",
+			"ENRICHER_GROUP=" + p.Name + "-enricher",
+			"SINK_WAREHOUSE_GROUP=" + p.Name + "-sink-warehouse",
+			"SINK_CONSOLE_GROUP=" + p.Name + "-sink-console",
+		}, p.Env...)
+		if name == "ingress" {
+			port := p.IngressPort
+			if port == 0 {
+				if port, err = localinfra.FreePort(); err != nil {
+					return err
+				}
+			}
+			env = append(env, "INGRESS_ADDR=127.0.0.1:"+strconv.Itoa(port))
+			p.IngressURL = fmt.Sprintf("http://127.0.0.1:%d/v1/hooks/delighted/%s", port, p.Token)
+		}
+		proc := &Process{Name: name, Bin: filepath.Join(p.BinDir, name), Env: env, Log: filepath.Join(p.Dir, name+".log"), Tee: p.Tee}
+		if err := proc.Start(); err != nil {
+			return err
+		}
+		p.Services[name], p.OpsAddrs[name] = proc, ops
+		if err := WaitReady(ctx, proc, ops, 60*time.Second); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Restart starts a stopped or killed service again and waits until it is ready.
+func (p *Pipeline) Restart(ctx context.Context, name string) error {
+	proc := p.Services[name]
+	if err := proc.Start(); err != nil {
+		return err
+	}
+	return WaitReady(ctx, proc, p.OpsAddrs[name], 60*time.Second)
+}
+
+// Stop stops the services gracefully, ingress first.
+func (p *Pipeline) Stop() error {
+	var first error
+	for i := len(p.order) - 1; i >= 0; i-- {
+		if proc := p.Services[p.order[i]]; proc != nil && proc.Running() {
+			if err := proc.Stop(); err != nil && first == nil {
+				first = err
+			}
+		}
+	}
+	return first
+}
+
+func freeAddr() (string, error) {
+	port, err := localinfra.FreePort()
+	if err != nil {
+		return "", err
+	}
+	return "127.0.0.1:" + strconv.Itoa(port), nil
+}
