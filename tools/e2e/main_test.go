@@ -63,7 +63,7 @@ func runMain(m *testing.M) int {
 		return missing(m, err)
 	}
 	defer infra.pg.Stop()
-	infra.broker, err = stack.StartBroker(ctx, infra.binDir, dir, 1, 3, nil)
+	infra.broker, err = stack.StartBroker(ctx, infra.binDir, dir, 0, 3, nil)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		return 1

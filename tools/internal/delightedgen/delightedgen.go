@@ -92,8 +92,8 @@ func (g *Generator) Response() (created, updated Webhook) {
 	respID := strconv.Itoa(100000 + g.rnd.IntN(900000))
 	t := g.now().Unix()
 	data := map[string]any{
-		"id": respID,
-		"person": map[string]any{"id": strconv.Itoa(5000 + g.rnd.IntN(5000)), "email": p.email, "name": p.name, "created_at": t - 86400},
+		"id":          respID,
+		"person":      map[string]any{"id": strconv.Itoa(5000 + g.rnd.IntN(5000)), "email": p.email, "name": p.name, "created_at": t - 86400},
 		"survey_type": "nps", "score": score, "comment": nil,
 		"permalink":  "https://app.delighted.com/r/" + respID,
 		"created_at": t, "updated_at": t,
@@ -153,4 +153,6 @@ func IngestToken() string {
 }
 
 // String describes w for logs.
-func (w Webhook) String() string { return fmt.Sprintf("%s %s subject=%s", w.EventType, w.EventID[:12], w.Subject) }
+func (w Webhook) String() string {
+	return fmt.Sprintf("%s %s subject=%s", w.EventType, w.EventID[:12], w.Subject)
+}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/closedloop/closedloop/libs/localinfra"
@@ -40,15 +41,37 @@ type Pipeline struct {
 	order      []string
 }
 
-// Schema is the warehouse schema of the pipeline.
-func (p *Pipeline) Schema() string { return "cl_" + p.Name }
+// Schema is the warehouse schema of the pipeline ("closedloop" for the
+// unnamed, default pipeline).
+func (p *Pipeline) Schema() string {
+	if p.Name == "" {
+		return "closedloop"
+	}
+	return "cl_" + p.Name
+}
 
-// TopicPrefix is put before every topic name.
+// TopicPrefix is put before every topic name ("" for the default pipeline).
 func (p *Pipeline) TopicPrefix() string {
 	if p.Name == "" {
 		return ""
 	}
 	return p.Name + "."
+}
+
+// scoped returns the environment that keeps this pipeline's consumer
+// groups and Redis keys apart from others; the default pipeline uses the
+// services' defaults.
+func (p *Pipeline) scoped() []string {
+	if p.Name == "" {
+		return nil
+	}
+	return []string{
+		"REDIS_KEY_PREFIX=" + p.Name + ":",
+		"NORMALIZER_GROUP=" + p.Name + "-normalizer",
+		"ENRICHER_GROUP=" + p.Name + "-enricher",
+		"SINK_WAREHOUSE_GROUP=" + p.Name + "-sink-warehouse",
+		"SINK_CONSOLE_GROUP=" + p.Name + "-sink-console",
+	}
 }
 
 func (p *Pipeline) writeConfig() (string, error) {
@@ -103,16 +126,11 @@ func (p *Pipeline) Start(ctx context.Context) error {
 			"CLOSEDLOOP_DEV_INGEST_TOKEN=" + p.Token,
 			"OPS_ADDR=" + ops,
 			"GRPC_ADDR=" + grpc,
-			"INSTANCE_ID=" + p.Name + "-" + name,
+			"INSTANCE_ID=" + strings.TrimPrefix(p.Name+"-"+name, "-"),
 			"REDIS_URL=redis://" + p.Redis + "/0",
-			"REDIS_KEY_PREFIX=" + p.Name + ":",
 			"DATABASE_URL=" + p.DatabaseURL,
 			"DEDUPE_PROCESSING_TTL=5s",
-			"NORMALIZER_GROUP=" + p.Name + "-normalizer",
-			"ENRICHER_GROUP=" + p.Name + "-enricher",
-			"SINK_WAREHOUSE_GROUP=" + p.Name + "-sink-warehouse",
-			"SINK_CONSOLE_GROUP=" + p.Name + "-sink-console",
-		}, p.Env...)
+		}, append(p.scoped(), p.Env...)...)
 		if name == "ingress" {
 			port := p.IngressPort
 			if port == 0 {

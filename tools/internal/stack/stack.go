@@ -185,13 +185,19 @@ type Broker struct {
 	Addrs string
 }
 
-// StartBroker starts the devbroker with topics seeded, its data in dir.
-func StartBroker(ctx context.Context, binDir, dir string, brokers, partitions int, topics []string) (*Broker, error) {
+// StartBroker starts a single devbroker with topics seeded, its data in
+// dir, on port (0: a free one).
+func StartBroker(ctx context.Context, binDir, dir string, port, partitions int, topics []string) (*Broker, error) {
 	addrFile := filepath.Join(dir, "broker.addrs")
 	_ = os.Remove(addrFile)
-	p := &Process{Name: "devbroker", Bin: filepath.Join(binDir, "devbroker"), Log: filepath.Join(dir, "devbroker.log"),
-		Args: []string{"-brokers", strconv.Itoa(brokers), "-partitions", strconv.Itoa(partitions), "-data-dir", filepath.Join(dir, "kafka"),
-			"-addr-file", addrFile, "-topics", strings.Join(topics, ",")}}
+	args := []string{"-brokers", "1", "-partitions", strconv.Itoa(partitions), "-data-dir", filepath.Join(dir, "kafka"), "-addr-file", addrFile}
+	if port != 0 {
+		args = append(args, "-ports", strconv.Itoa(port))
+	}
+	if len(topics) > 0 {
+		args = append(args, "-topics", strings.Join(topics, ","))
+	}
+	p := &Process{Name: "devbroker", Bin: filepath.Join(binDir, "devbroker"), Log: filepath.Join(dir, "devbroker.log"), Args: args}
 	if err := p.Start(); err != nil {
 		return nil, err
 	}

@@ -1,0 +1,287 @@
+// Command devstack is `make run`: it builds closedloop and starts it on this
+// machine — the dev broker, Redis (redis-server when installed, else an
+// embedded Redis-protocol server), PostgreSQL (DATABASE_URL, else a local
+// server when installed, else the console sink), every service as its own
+// process, and a generator sending signed Delighted webhooks — then shows
+// the events arriving until Ctrl-C, when it stops everything in order.
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/closedloop/closedloop/libs/kafkaio"
+	"github.com/closedloop/closedloop/libs/localinfra"
+	"github.com/closedloop/closedloop/tools/internal/delightedgen"
+	"github.com/closedloop/closedloop/tools/internal/stack"
+)
+
+type options struct {
+	ingressPort int
+	brokerPort  int
+	rate        time.Duration
+	noGenerator bool
+	databaseURL string
+}
+
+func main() {
+	var o options
+	flag.IntVar(&o.ingressPort, "ingress-port", 8080, "port of the webhook ingress on 127.0.0.1")
+	flag.IntVar(&o.brokerPort, "broker-port", 9092, "port of the dev Kafka broker on 127.0.0.1 (0: any free port)")
+	flag.DurationVar(&o.rate, "every", 1500*time.Millisecond, "how often the generator sends a new survey response")
+	flag.BoolVar(&o.noGenerator, "no-generator", false, "start the stack without sending webhooks")
+	flag.Parse()
+	o.databaseURL = os.Getenv("DATABASE_URL")
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o); err != nil {
+		fmt.Fprintln(os.Stderr, "devstack:", err)
+		stop()
+		os.Exit(1)
+	}
+}
+
+func say(format string, args ...any) { fmt.Printf(format+"\n", args...) }
+
+func run(ctx context.Context, o options) error {
+	root, err := stack.RepoRoot()
+	if err != nil {
+		return err
+	}
+	state := filepath.Join(root, ".devstack")
+	if err := os.RemoveAll(state); err != nil {
+		return err
+	}
+	bin := filepath.Join(state, "bin")
+	say("closedloop devstack: building the services…")
+	if err := stack.Build(ctx, root, bin); err != nil {
+		return err
+	}
+
+	topics := kafkaio.NewTopics("")
+	broker, err := stack.StartBroker(ctx, bin, state, o.brokerPort, 3, topics.All())
+	if err != nil && o.brokerPort != 0 {
+		say("  port %d is taken; starting the broker on a free port", o.brokerPort)
+		broker, err = stack.StartBroker(ctx, bin, state, 0, 3, topics.All())
+	}
+	if err != nil {
+		return err
+	}
+	defer stopped("dev broker", broker.Stop)
+	say("  kafka      %s (dev broker, data in %s)", broker.Addrs, filepath.Join(state, "kafka"))
+
+	redisAddr, stopRedis, err := startRedis(ctx, state)
+	if err != nil {
+		return err
+	}
+	defer stopRedis()
+
+	dbURL, stopPG, err := startPostgres(ctx, o.databaseURL)
+	if err != nil {
+		return err
+	}
+	defer stopPG()
+
+	secret, token := "dev_delighted_api_key", "tok_dev_0123456789abcdefghijklmnop"
+	p := &stack.Pipeline{BinDir: bin, Dir: filepath.Join(state, "logs"), Brokers: broker.Addrs, Redis: redisAddr,
+		DatabaseURL: dbURL, Secret: secret, Token: token, IngressPort: o.ingressPort, Env: []string{"LOG_LEVEL=info"}}
+	say("  services   starting (logs in %s)…", p.Dir)
+	if err := p.Start(ctx); err != nil {
+		_ = p.Stop()
+		return err
+	}
+	defer stopped("services", p.Stop)
+
+	say("")
+	say("Ready. Webhooks go to")
+	say("  POST %s", p.IngressURL)
+	say("  signed with X-Delighted-Webhook-Signature: sha256=HMAC-SHA256(%q, body)", secret)
+	say("Metrics and health: http://%s/metrics, /readyz (ingress; other services in %s)", p.OpsAddrs["ingress"], filepath.Join(state, "logs"))
+	if dbURL != "" {
+		say("Rows:  psql '%s' -c 'SELECT _cl_received_at, kind, subject_id, score, segment, comment FROM %s.feedback_latest'", dbURL, p.Schema())
+	}
+	say("Ctrl-C stops everything.")
+	say("")
+
+	if !o.noGenerator {
+		go generate(ctx, p, secret, o.rate)
+	}
+	if dbURL != "" {
+		return showRows(ctx, dbURL, p.Schema())
+	}
+	return followConsole(ctx, filepath.Join(p.Dir, "sink-console.log"))
+}
+
+func stopped(what string, fn func() error) {
+	if err := fn(); err != nil {
+		say("stopping %s: %v", what, err)
+		return
+	}
+	say("stopped %s", what)
+}
+
+func startRedis(ctx context.Context, dir string) (string, func(), error) {
+	p, err := localinfra.StartRedis(ctx, dir)
+	if err == nil {
+		say("  redis      %s (redis-server)", p.Addr)
+		return p.Addr, func() { p.Stop(); say("stopped redis") }, nil
+	}
+	if !errors.Is(err, localinfra.ErrNotInstalled) {
+		return "", nil, err
+	}
+	m, err := miniredis.Run()
+	if err != nil {
+		return "", nil, err
+	}
+	say("  redis      %s (embedded: redis-server is not installed)", m.Addr())
+	return m.Addr(), func() { m.Close(); say("stopped redis") }, nil
+}
+
+func startPostgres(ctx context.Context, url string) (string, func(), error) {
+	if url != "" {
+		pool, err := pgxpool.New(ctx, url)
+		if err == nil {
+			err = pool.Ping(ctx)
+			pool.Close()
+		}
+		if err != nil {
+			return "", nil, fmt.Errorf("DATABASE_URL is set but PostgreSQL is not reachable: %w", err)
+		}
+		say("  postgres   DATABASE_URL")
+		return url, func() {}, nil
+	}
+	pg, err := localinfra.StartPostgres(ctx)
+	if errors.Is(err, localinfra.ErrNotInstalled) {
+		say("  postgres   not installed and DATABASE_URL not set: events go to the console sink instead of the warehouse")
+		return "", func() {}, nil
+	}
+	if err != nil {
+		return "", nil, err
+	}
+	say("  postgres   %s (local server in a temporary directory)", pg.Addr)
+	return pg.URL, func() { pg.Stop(); say("stopped postgres") }, nil
+}
+
+// generate sends a new response every interval: the created event, its
+// update with the comment a moment later, now and then an unsubscribe and a
+// duplicate delivery, as Delighted does.
+func generate(ctx context.Context, p *stack.Pipeline, secret string, every time.Duration) {
+	gen := delightedgen.New([]byte(secret), uint64(time.Now().UnixNano()))
+	client := &http.Client{Timeout: 5 * time.Second}
+	send := func(w delightedgen.Webhook, note string) {
+		code, err := delightedgen.Send(ctx, client, p.IngressURL, w)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			say("→ %-26s %s: %v", w.EventType, w.Subject, err)
+			return
+		}
+		say("→ %-26s subject %-7s %d %s%s", w.EventType, w.Subject, code, http.StatusText(code), note)
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		created, updated := gen.Response()
+		send(created, "")
+		if rand.IntN(5) == 0 {
+			send(created, "  (duplicate delivery)")
+		}
+		go func() {
+			select {
+			case <-ctx.Done():
+			case <-time.After(every / 2):
+				send(updated, "")
+			}
+		}()
+		if rand.IntN(8) == 0 {
+			u := gen.Unsubscribe()
+			send(u, "")
+		}
+	}
+}
+
+// showRows prints every new warehouse row with its end-to-end latency.
+func showRows(ctx context.Context, url, schema string) error {
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	var last int64
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(300 * time.Millisecond):
+		}
+		rows, err := pool.Query(ctx, `SELECT _cl_row_id, kind, subject_id, coalesce(score::text, '-'), coalesce(segment, ''), coalesce(comment, ''),
+			extract(epoch FROM _cl_batched_at - _cl_received_at) * 1000
+			FROM `+schema+`.feedback_events WHERE _cl_row_id > $1 ORDER BY _cl_row_id`, last)
+		if err != nil {
+			continue // not migrated yet, or shutting down
+		}
+		for rows.Next() {
+			var id int64
+			var kind, subject, score, segment, comment string
+			var ms float64
+			if rows.Scan(&id, &kind, &subject, &score, &segment, &comment, &ms) == nil {
+				last = id
+				say("  ← row %-5d %-17s %-8s score %-3s %-9s %-40q webhook→row %.0f ms", id, kind, subject, score, segment, comment, ms)
+			}
+		}
+		rows.Close()
+	}
+}
+
+// followConsole prints the event lines the console sink writes.
+func followConsole(ctx context.Context, path string) error {
+	var f *os.File
+	for f == nil {
+		var err error
+		if f, err = os.Open(path); err != nil {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}
+	defer f.Close()
+	r := bufio.NewReader(f)
+	for ctx.Err() == nil {
+		line, err := r.ReadString('\n')
+		if errors.Is(err, io.EOF) {
+			time.Sleep(200 * time.Millisecond)
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if !strings.HasPrefix(line, "{") { // JSON lines are the sink's own logs
+			fmt.Print("  ← ", line)
+		}
+	}
+	return nil
+}
+
