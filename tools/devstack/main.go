@@ -284,4 +284,3 @@ func followConsole(ctx context.Context, path string) error {
 	}
 	return nil
 }
-
