@@ -114,3 +114,17 @@ func TestEnvCollectsEveryBadValue(t *testing.T) {
 		}
 	}
 }
+
+func TestWithoutALookupReferencesAreCheckedButNotResolved(t *testing.T) {
+	p, err := ParsePipeline([]byte(validYAML), nil)
+	if err != nil {
+		t.Fatalf("a service without secrets could not load the pipeline: %v", err)
+	}
+	s, _ := p.Source("delighted")
+	if len(s.Secrets) != 0 || s.MatchToken("tok_abcdefghijklmnopqrstuvwxyz") {
+		t.Fatal("secrets were resolved without a lookup")
+	}
+	if _, err := ParsePipeline([]byte("sources:\n  - name: a\n    provider: delighted\n    secrets: [hunter2]\n    ingest_tokens: [env:T]\n"), nil); err == nil {
+		t.Fatal("a literal secret passed without a lookup")
+	}
+}

@@ -108,7 +108,9 @@ func (p *Pipeline) Source(name string) (*Source, bool) {
 }
 
 // LoadPipeline reads and validates a pipeline file and resolves its secret
-// references with lookup (os.LookupEnv in services).
+// references with lookup (os.LookupEnv in services). A service that does not
+// verify webhooks passes a nil lookup: the references are then only checked
+// for form, and the service never holds the signing keys or ingest tokens.
 func LoadPipeline(path string, lookup func(string) (string, bool)) (*Pipeline, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -151,6 +153,20 @@ func ParsePipeline(b []byte, lookup func(string) (string, bool)) (*Pipeline, err
 		if len(s.SecretRefs) == 0 {
 			errs = append(errs, fmt.Errorf("%s: secrets: at least one signing secret reference is required", at))
 		}
+		if len(s.IngestTokenRefs) == 0 || len(s.IngestTokenRefs) > MaxIngestTokens {
+			errs = append(errs, fmt.Errorf("%s: ingest_tokens: give 1 or %d token references, got %d", at, MaxIngestTokens, len(s.IngestTokenRefs)))
+		}
+		if s.DedupeTTL.Duration == 0 {
+			s.DedupeTTL.Duration = DefaultDedupeTTL
+		}
+		if lookup == nil {
+			for j, ref := range append(append([]string(nil), s.SecretRefs...), s.IngestTokenRefs...) {
+				if err := checkRef(ref); err != nil {
+					errs = append(errs, fmt.Errorf("%s: secret reference %d: %w", at, j, err))
+				}
+			}
+			continue
+		}
 		for j, ref := range s.SecretRefs {
 			sec, err := ResolveSecret(ref, lookup)
 			if err != nil {
@@ -158,9 +174,6 @@ func ParsePipeline(b []byte, lookup func(string) (string, bool)) (*Pipeline, err
 				continue
 			}
 			s.Secrets = append(s.Secrets, sec)
-		}
-		if len(s.IngestTokenRefs) == 0 || len(s.IngestTokenRefs) > MaxIngestTokens {
-			errs = append(errs, fmt.Errorf("%s: ingest_tokens: give 1 or %d token references, got %d", at, MaxIngestTokens, len(s.IngestTokenRefs)))
 		}
 		for j, ref := range s.IngestTokenRefs {
 			tok, err := ResolveSecret(ref, lookup)
@@ -173,9 +186,6 @@ func ParsePipeline(b []byte, lookup func(string) (string, bool)) (*Pipeline, err
 				continue
 			}
 			s.tokenHashes = append(s.tokenHashes, sha256.Sum256(tok.Reveal()))
-		}
-		if s.DedupeTTL.Duration == 0 {
-			s.DedupeTTL.Duration = DefaultDedupeTTL
 		}
 	}
 	w := &p.Sinks.Warehouse

@@ -37,6 +37,15 @@ func (s Secret) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 // ErrSecretRef is returned for a reference that is not env:NAME or file:PATH.
 var ErrSecretRef = errors.New("secret reference must be env:NAME or file:PATH")
 
+// checkRef checks that ref has the form env:NAME or file:PATH without reading it.
+func checkRef(ref string) error {
+	kind, arg, ok := strings.Cut(ref, ":")
+	if !ok || arg == "" || (kind != "env" && kind != "file") {
+		return fmt.Errorf("%w (literal secrets are not accepted)", ErrSecretRef)
+	}
+	return nil
+}
+
 // ResolveSecret reads a secret reference: "env:NAME" takes the environment
 // variable NAME, "file:PATH" the file's contents with one trailing newline
 // removed (as Kubernetes secret volumes and `echo` write them). A literal

@@ -33,7 +33,7 @@ type Config struct {
 }
 
 // Load reads and validates the configuration.
-func Load(e *config.Env, lookup func(string) (string, bool)) (Config, error) {
+func Load(e *config.Env) (Config, error) {
 	c := Config{
 		Common:        service.LoadCommon(e, 8082, 9092),
 		GroupID:       e.String("NORMALIZER_GROUP", "closedloop-normalizer"),
@@ -42,7 +42,7 @@ func Load(e *config.Env, lookup func(string) (string, bool)) (Config, error) {
 		ProcessingTTL: e.Duration("DEDUPE_PROCESSING_TTL", 30*time.Second),
 	}
 	if path := e.Required("PIPELINE_CONFIG", "the pipeline YAML file (sources and sinks)"); path != "" {
-		p, err := config.LoadPipeline(path, lookup)
+		p, err := config.LoadPipeline(path, nil) // the normalizer needs no secrets
 		if err != nil {
 			e.Errorf("%v", err)
 		}
@@ -58,7 +58,7 @@ func Load(e *config.Env, lookup func(string) (string, bool)) (Config, error) {
 
 // Run starts the normalizer and blocks until ctx is cancelled.
 func Run(ctx context.Context) error {
-	cfg, err := Load(config.FromEnviron(), os.LookupEnv)
+	cfg, err := Load(config.FromEnviron())
 	if err != nil {
 		return err
 	}

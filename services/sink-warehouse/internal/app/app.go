@@ -4,7 +4,7 @@ package app
 import (
 	"context"
 	"fmt"
-	"os"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -26,19 +26,22 @@ type Config struct {
 }
 
 // Load reads and validates the configuration.
-func Load(e *config.Env, lookup func(string) (string, bool)) (Config, error) {
+func Load(e *config.Env) (Config, error) {
 	c := Config{
 		Common:      service.LoadCommon(e, 8084, 9094),
 		GroupID:     e.String("SINK_WAREHOUSE_GROUP", "closedloop-sink-warehouse"),
 		DatabaseURL: e.Required("DATABASE_URL", "the PostgreSQL database, e.g. postgres://user@host:5432/db"),
 	}
 	if c.DatabaseURL != "" {
+		scheme, _, isURL := strings.Cut(c.DatabaseURL, "://")
 		if _, err := pgxpool.ParseConfig(c.DatabaseURL); err != nil {
 			e.Errorf("DATABASE_URL is not a PostgreSQL URL: %v", err)
+		} else if isURL && scheme != "postgres" && scheme != "postgresql" {
+			e.Errorf("DATABASE_URL has scheme %q: use postgres://user:password@host:5432/db", scheme)
 		}
 	}
 	if path := e.Required("PIPELINE_CONFIG", "the pipeline YAML file (sources and sinks)"); path != "" {
-		p, err := config.LoadPipeline(path, lookup)
+		p, err := config.LoadPipeline(path, nil) // the sink needs no secrets
 		if err != nil {
 			e.Errorf("%v", err)
 		}
@@ -49,7 +52,7 @@ func Load(e *config.Env, lookup func(string) (string, bool)) (Config, error) {
 
 // Run starts the sink and blocks until ctx is cancelled.
 func Run(ctx context.Context) error {
-	cfg, err := Load(config.FromEnviron(), os.LookupEnv)
+	cfg, err := Load(config.FromEnviron())
 	if err != nil {
 		return err
 	}
