@@ -1,6 +1,7 @@
 package verify
 
 import (
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"net/http"
@@ -77,4 +78,19 @@ func FuzzDelightedVerifyNeverPanics(f *testing.F) {
 	f.Fuzz(func(t *testing.T, sig string, body []byte) {
 		_ = Delighted{}.Verify(Request{Header: http.Header{DelightedHeader: {sig}}, Body: body}, []config.Secret{config.NewSecret("k", []byte("k"))})
 	})
+}
+
+func BenchmarkDelightedVerify(b *testing.B) {
+	body := []byte(`{"event_type":"survey_response.created","event_id":"42b2876978c3f54ef4945f41bbc943a37732339b200c0ceffebcc79ef478b70a","event_data":{"id":"5435","score":9}}`)
+	secrets := []config.Secret{config.NewSecret("k", []byte("dl_live_k3y9f8e7d6c5b4a"))}
+	m := hmac.New(sha256.New, secrets[0].Reveal())
+	m.Write(body)
+	h := http.Header{DelightedHeader: {"sha256=" + hex.EncodeToString(m.Sum(nil))}}
+	b.ReportAllocs()
+	b.SetBytes(int64(len(body)))
+	for b.Loop() {
+		if err := (Delighted{}).Verify(Request{Header: h, Body: body}, secrets); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

@@ -109,3 +109,16 @@ func FuzzDelightedMapNeverPanics(f *testing.F) {
 		_ = json.Valid(body)
 	})
 }
+
+func BenchmarkDelightedMap(b *testing.B) {
+	body := []byte(`{"event_type":"survey_response.updated","event_id":"5d6b5d812f92914589e2b2bae3d6a22b23805c732669bffa8bfb5f9a5dd13030","event_data":{"id":"5435","person":{"id":"5975","email":"anna.mueller@example.de","name":"Anna Müller","created_at":1763693600},"survey_type":"nps","score":9,"comment":"Schnell und zuverlässig — danke!","permalink":"https://app.delighted.com/r/5435abc","created_at":1763780000,"updated_at":1763780095,"person_properties":{"plan":"enterprise","account":{"id":"acct_42","region":"eu-central"},"seats":120},"notes":[],"tags":[],"additional_answers":[{"id":"4","value":{"free_response":null,"scale":null,"select_one":{"id":"opt_1","text":"Price"},"select_many":null},"question":{"id":"enum_z9EvYV","type":"select_one","text":"What matters most?"}}]}}`)
+	raw := &feedbackv1.RawWebhook{EventId: "e", Source: "s", Provider: "delighted", Body: body}
+	now := time.Now()
+	b.ReportAllocs()
+	b.SetBytes(int64(len(body)))
+	for b.Loop() {
+		if _, err := Map(raw, now); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
