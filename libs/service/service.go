@@ -206,3 +206,18 @@ func (s *Service) Consume(group string, topics []string, producer *kafkaio.Produ
 func (s *Service) CloseProducer(p *kafkaio.Producer) {
 	s.OnShutdown("kafka producer", 5*time.Second, func(context.Context) error { return p.Close() })
 }
+
+// LoadPipeline reads the pipeline file named by PIPELINE_CONFIG (required),
+// recording problems in e. lookup resolves secret references; a service that
+// does not verify webhooks passes nil and never holds the secrets.
+func LoadPipeline(e *config.Env, lookup func(string) (string, bool)) *config.Pipeline {
+	path := e.Required("PIPELINE_CONFIG", "the pipeline YAML file (sources and sinks)")
+	if path == "" {
+		return nil
+	}
+	p, err := config.LoadPipeline(path, lookup)
+	if err != nil {
+		e.Errorf("%v", err)
+	}
+	return p
+}

@@ -37,6 +37,8 @@ type options struct {
 	rate        time.Duration
 	noGenerator bool
 	databaseURL string
+	sink        string
+	redis       string
 }
 
 func main() {
@@ -45,7 +47,13 @@ func main() {
 	flag.IntVar(&o.brokerPort, "broker-port", 9092, "port of the dev Kafka broker on 127.0.0.1 (0: any free port)")
 	flag.DurationVar(&o.rate, "every", 1500*time.Millisecond, "how often the generator sends a new survey response")
 	flag.BoolVar(&o.noGenerator, "no-generator", false, "start the stack without sending webhooks")
+	flag.StringVar(&o.sink, "sink", "auto", "auto: the warehouse when PostgreSQL is available, else the console; warehouse; console")
+	flag.StringVar(&o.redis, "redis", "auto", "auto: redis-server when installed, else embedded; embedded")
 	flag.Parse()
+	if o.sink != "auto" && o.sink != "warehouse" && o.sink != "console" || o.redis != "auto" && o.redis != "embedded" {
+		fmt.Fprintln(os.Stderr, "devstack: -sink is auto, warehouse or console; -redis is auto or embedded")
+		os.Exit(2)
+	}
 	o.databaseURL = os.Getenv("DATABASE_URL")
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -85,13 +93,13 @@ func run(ctx context.Context, o options) error {
 	defer stopped("dev broker", broker.Stop)
 	say("  kafka      %s (dev broker, data in %s)", broker.Addrs, filepath.Join(state, "kafka"))
 
-	redisAddr, stopRedis, err := startRedis(ctx, state)
+	redisAddr, stopRedis, err := startRedis(ctx, state, o.redis == "embedded")
 	if err != nil {
 		return err
 	}
 	defer stopRedis()
 
-	dbURL, stopPG, err := startPostgres(ctx, o.databaseURL)
+	dbURL, stopPG, err := startPostgres(ctx, o.databaseURL, o.sink)
 	if err != nil {
 		return err
 	}
@@ -135,24 +143,32 @@ func stopped(what string, fn func() error) {
 	say("stopped %s", what)
 }
 
-func startRedis(ctx context.Context, dir string) (string, func(), error) {
-	p, err := localinfra.StartRedis(ctx, dir)
-	if err == nil {
-		say("  redis      %s (redis-server)", p.Addr)
-		return p.Addr, func() { p.Stop(); say("stopped redis") }, nil
-	}
-	if !errors.Is(err, localinfra.ErrNotInstalled) {
-		return "", nil, err
+func startRedis(ctx context.Context, dir string, embedded bool) (string, func(), error) {
+	why := "asked for with -redis embedded"
+	if !embedded {
+		p, err := localinfra.StartRedis(ctx, dir)
+		if err == nil {
+			say("  redis      %s (redis-server)", p.Addr)
+			return p.Addr, func() { p.Stop(); say("stopped redis") }, nil
+		}
+		if !errors.Is(err, localinfra.ErrNotInstalled) {
+			return "", nil, err
+		}
+		why = "redis-server is not installed"
 	}
 	m, err := miniredis.Run()
 	if err != nil {
 		return "", nil, err
 	}
-	say("  redis      %s (embedded: redis-server is not installed)", m.Addr())
+	say("  redis      %s (embedded: %s)", m.Addr(), why)
 	return m.Addr(), func() { m.Close(); say("stopped redis") }, nil
 }
 
-func startPostgres(ctx context.Context, url string) (string, func(), error) {
+func startPostgres(ctx context.Context, url, sink string) (string, func(), error) {
+	if sink == "console" {
+		say("  postgres   not used (-sink console): events go to the console sink")
+		return "", func() {}, nil
+	}
 	if url != "" {
 		pool, err := pgxpool.New(ctx, url)
 		if err == nil {
@@ -166,7 +182,7 @@ func startPostgres(ctx context.Context, url string) (string, func(), error) {
 		return url, func() {}, nil
 	}
 	pg, err := localinfra.StartPostgres(ctx)
-	if errors.Is(err, localinfra.ErrNotInstalled) {
+	if errors.Is(err, localinfra.ErrNotInstalled) && sink == "auto" {
 		say("  postgres   not installed and DATABASE_URL not set: events go to the console sink instead of the warehouse")
 		return "", func() {}, nil
 	}

@@ -105,7 +105,7 @@ func (g *Generator) Response() (created, updated Webhook) {
 	created.Subject = respID
 	cs := comments[segment(score)]
 	data["comment"] = cs[g.rnd.IntN(len(cs))]
-	data["updated_at"] = t + 1 + int64(g.rnd.IntN(90))
+	data["updated_at"] = t + 1 + int64(g.rnd.IntN(3))
 	updated = g.envelope("survey_response.updated", data)
 	updated.Subject = respID
 	return created, updated

@@ -44,13 +44,7 @@ func Load(e *config.Env, lookup func(string) (string, bool)) (Config, error) {
 	if c.ProduceTimeout > 4*time.Second {
 		e.Errorf("INGRESS_PRODUCE_TIMEOUT=%s must stay under the providers' 5s answer deadline", c.ProduceTimeout)
 	}
-	if path := e.Required("PIPELINE_CONFIG", "the pipeline YAML file (sources and sinks)"); path != "" {
-		p, err := config.LoadPipeline(path, lookup)
-		if err != nil {
-			e.Errorf("%v", err)
-		}
-		c.Pipeline = p
-	}
+	c.Pipeline = service.LoadPipeline(e, lookup)
 	return c, e.Err()
 }
 

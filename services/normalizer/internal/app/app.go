@@ -41,13 +41,7 @@ func Load(e *config.Env) (Config, error) {
 		RedisPrefix:   e.String("REDIS_KEY_PREFIX", "closedloop:"),
 		ProcessingTTL: e.Duration("DEDUPE_PROCESSING_TTL", 30*time.Second),
 	}
-	if path := e.Required("PIPELINE_CONFIG", "the pipeline YAML file (sources and sinks)"); path != "" {
-		p, err := config.LoadPipeline(path, nil) // the normalizer needs no secrets
-		if err != nil {
-			e.Errorf("%v", err)
-		}
-		c.Pipeline = p
-	}
+	c.Pipeline = service.LoadPipeline(e, nil)
 	if c.RedisURL != "" {
 		if _, err := redis.ParseURL(c.RedisURL); err != nil {
 			e.Errorf("REDIS_URL: %v", err)

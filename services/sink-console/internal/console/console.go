@@ -12,8 +12,8 @@ import (
 
 	"github.com/segmentio/kafka-go"
 	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
 
+	"github.com/closedloop/closedloop/libs/feedback"
 	"github.com/closedloop/closedloop/libs/kafkaio"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 )
@@ -27,23 +27,23 @@ type Printer struct {
 
 // Handle implements kafkaio.Handler.
 func (p *Printer) Handle(_ context.Context, m kafka.Message) error {
-	var ev feedbackv1.FeedbackEvent
-	if err := proto.Unmarshal(m.Value, &ev); err != nil {
-		return kafkaio.Permanent("undecodable_record", err)
+	ev, err := feedback.Decode(m.Value)
+	if err != nil {
+		return err
 	}
 	var line string
 	if p.JSON {
-		b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(&ev)
+		b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(ev)
 		if err != nil {
 			return kafkaio.Permanent("unencodable_event", err)
 		}
 		line = string(b)
 	} else {
-		line = Line(&ev)
+		line = Line(ev)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	_, err := fmt.Fprintln(p.Out, line)
+	_, err = fmt.Fprintln(p.Out, line)
 	return err
 }
 

@@ -40,13 +40,7 @@ func Load(e *config.Env) (Config, error) {
 			e.Errorf("DATABASE_URL has scheme %q: use postgres://user:password@host:5432/db", scheme)
 		}
 	}
-	if path := e.Required("PIPELINE_CONFIG", "the pipeline YAML file (sources and sinks)"); path != "" {
-		p, err := config.LoadPipeline(path, nil) // the sink needs no secrets
-		if err != nil {
-			e.Errorf("%v", err)
-		}
-		c.Pipeline = p
-	}
+	c.Pipeline = service.LoadPipeline(e, nil)
 	return c, e.Err()
 }
 

@@ -11,8 +11,8 @@ import (
 	"github.com/segmentio/kafka-go"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
 
+	"github.com/closedloop/closedloop/libs/feedback"
 	"github.com/closedloop/closedloop/libs/kafkaio"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 )
@@ -50,18 +50,15 @@ func NewWriter(pool *pgxpool.Pool, schema string) *Writer {
 // Handle implements kafkaio.Handler: one row per event_id, whatever the
 // number of deliveries.
 func (w *Writer) Handle(ctx context.Context, m kafka.Message) error {
-	var ev feedbackv1.FeedbackEvent
-	if err := proto.Unmarshal(m.Value, &ev); err != nil {
-		return kafkaio.Permanent("undecodable_record", err)
+	ev, err := feedback.Decode(m.Value)
+	if err != nil {
+		return err
 	}
-	if ev.EventId == "" || ev.GetSubject().GetId() == "" {
-		return kafkaio.Permanentf("missing_required_id", "event without event_id or subject")
-	}
-	js, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(&ev)
+	js, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(ev)
 	if err != nil {
 		return kafkaio.Permanent("unencodable_event", err)
 	}
-	args := row(&ev, js, trace.SpanContextFromContext(ctx).TraceID().String())
+	args := row(ev, js, trace.SpanContextFromContext(ctx).TraceID().String())
 	stmt := w.insert
 	if ev.ReplayId != "" {
 		stmt = w.upsert

@@ -1,0 +1,23 @@
+// Package feedback holds helpers for consumers of FeedbackEvent records.
+package feedback
+
+import (
+	"google.golang.org/protobuf/proto"
+
+	"github.com/closedloop/closedloop/libs/kafkaio"
+	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
+)
+
+// Decode reads a FeedbackEvent record value. A value that is not a
+// FeedbackEvent, or one without its event id or subject, is a permanent
+// error (quarantine reason "undecodable_record" or "missing_required_id").
+func Decode(value []byte) (*feedbackv1.FeedbackEvent, error) {
+	var ev feedbackv1.FeedbackEvent
+	if err := proto.Unmarshal(value, &ev); err != nil {
+		return nil, kafkaio.Permanent("undecodable_record", err)
+	}
+	if ev.EventId == "" || ev.GetSubject().GetId() == "" {
+		return nil, kafkaio.Permanentf("missing_required_id", "FeedbackEvent without event_id or subject")
+	}
+	return &ev, nil
+}
