@@ -7,9 +7,9 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/segmentio/kafka-go"
 	"github.com/closedloop/closedloop/libs/feedback"
 	"github.com/closedloop/closedloop/libs/kafkaio"
+	"github.com/segmentio/kafka-go"
 )
 
 // Producer is the part of kafkaio.Producer the handler needs.
