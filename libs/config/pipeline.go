@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"sort"
+	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -21,8 +23,22 @@ const DefaultDedupeTTL = 72 * time.Hour
 // the current one and the one being rotated out.
 const MaxIngestTokens = 2
 
-// Providers the services know. A source naming another provider is refused at start-up.
-var knownProviders = map[string]bool{"delighted": true}
+// Providers lists the provider names a source may use. "hmac" is the
+// generic scheme whose details are in the source's hmac block. The value
+// says whether the provider signs its webhooks (then secrets are required).
+var Providers = map[string]bool{
+	"delighted": true, "delightloop": true, "chattosurvey": false, "feedbackpro": true,
+	"standardwebhooks": true, "typeform": true, "github": true, "stripe": true, "hmac": true,
+}
+
+func providerNames() string {
+	names := make([]string, 0, len(Providers))
+	for n := range Providers {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return strings.Join(names, ", ")
+}
 
 var sourceNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 
@@ -45,6 +61,14 @@ type Source struct {
 	IngestTokenRefs []string `yaml:"ingest_tokens"`
 	// DedupeTTL is how long an event id is remembered (default 72h).
 	DedupeTTL Duration `yaml:"dedupe_ttl"`
+	// HMAC defines the generic scheme; required with provider "hmac", refused otherwise.
+	HMAC *HMACScheme `yaml:"hmac"`
+	// EventID and EventType say where a provider "hmac" source's event id and
+	// type are found. Without an event id the id is derived from the body.
+	EventID   FieldRef `yaml:"event_id"`
+	EventType FieldRef `yaml:"event_type"`
+	// RateLimit bounds the requests the source may make (default 100/s, burst 200).
+	RateLimit RateLimit `yaml:"rate_limit"`
 
 	// Secrets are resolved from SecretRefs by LoadPipeline.
 	Secrets []Secret `yaml:"-"`
@@ -62,6 +86,47 @@ func (s *Source) MatchToken(token string) bool {
 		match |= subtle.ConstantTimeCompare(sum[:], s.tokenHashes[i][:])
 	}
 	return match == 1
+}
+
+// HMACScheme is a signature scheme defined in configuration, so that a new
+// tool is configuration, not code.
+type HMACScheme struct {
+	// Header carries the signature.
+	Header string `yaml:"header"`
+	// Algorithm is sha1, sha256 (default) or sha512.
+	Algorithm string `yaml:"algorithm"`
+	// Encoding of the signature: hex (default) or base64.
+	Encoding string `yaml:"encoding"`
+	// Prefix before the encoded signature in the header, e.g. "sha256=".
+	Prefix string `yaml:"prefix"`
+	// Signed is the template of the signed content: {body}, {id} and
+	// {timestamp} are replaced (default "{body}").
+	Signed string `yaml:"signed"`
+	// TimestampHeader carries the unix-seconds timestamp for {timestamp}.
+	TimestampHeader string `yaml:"timestamp_header"`
+	// IDHeader carries the delivery id for {id}.
+	IDHeader string `yaml:"id_header"`
+	// Tolerance is the largest accepted clock difference for a signed
+	// timestamp (default 5m).
+	Tolerance Duration `yaml:"tolerance"`
+	// SecretEncoding says how the configured secret becomes the key: raw
+	// (default), base64, or whsec (Standard Webhooks: "whsec_" + base64).
+	SecretEncoding string `yaml:"secret_encoding"`
+}
+
+// FieldRef names where a value is found: a request header, or a dotted
+// path into the JSON body ("data.id"). The header wins when both are set.
+type FieldRef struct {
+	Header string `yaml:"header"`
+	Path   string `yaml:"path"`
+}
+
+// RateLimit is a token bucket.
+type RateLimit struct {
+	// PerSecond is the sustained rate (default 100).
+	PerSecond float64 `yaml:"per_second"`
+	// Burst is how many requests may come at once (default 2 × PerSecond).
+	Burst int `yaml:"burst"`
 }
 
 // Sinks holds the per-destination settings.
@@ -147,12 +212,17 @@ func ParsePipeline(b []byte, lookup func(string) (string, bool)) (*Pipeline, err
 			errs = append(errs, fmt.Errorf("%s: name is used twice", at))
 		}
 		seen[s.Name] = true
-		if !knownProviders[s.Provider] {
-			errs = append(errs, fmt.Errorf("%s: provider %q is not supported (supported: delighted)", at, s.Provider))
+		signs, known := Providers[s.Provider]
+		if !known {
+			errs = append(errs, fmt.Errorf("%s: provider %q is not supported (supported: %s)", at, s.Provider, providerNames()))
 		}
-		if len(s.SecretRefs) == 0 {
+		if signs && len(s.SecretRefs) == 0 {
 			errs = append(errs, fmt.Errorf("%s: secrets: at least one signing secret reference is required", at))
 		}
+		if known && !signs && len(s.SecretRefs) > 0 {
+			errs = append(errs, fmt.Errorf("%s: secrets: provider %s does not sign its webhooks; remove the secrets (the ingest token is the check)", at, s.Provider))
+		}
+		errs = append(errs, s.validateScheme(at)...)
 		if len(s.IngestTokenRefs) == 0 || len(s.IngestTokenRefs) > MaxIngestTokens {
 			errs = append(errs, fmt.Errorf("%s: ingest_tokens: give 1 or %d token references, got %d", at, MaxIngestTokens, len(s.IngestTokenRefs)))
 		}
@@ -208,4 +278,78 @@ func ParsePipeline(b []byte, lookup func(string) (string, bool)) (*Pipeline, err
 		return nil, errors.Join(errs...)
 	}
 	return &p, nil
+}
+
+var headerNameRE = regexp.MustCompile(`^[A-Za-z0-9-]+$`)
+
+// validateScheme checks the hmac block and the rate limit, and fills in defaults.
+func (s *Source) validateScheme(at string) []error {
+	var errs []error
+	if s.RateLimit.PerSecond == 0 {
+		s.RateLimit.PerSecond = 100
+	}
+	if s.RateLimit.PerSecond < 0 || s.RateLimit.Burst < 0 {
+		errs = append(errs, fmt.Errorf("%s: rate_limit must not be negative", at))
+	}
+	if s.RateLimit.Burst == 0 {
+		s.RateLimit.Burst = int(2*s.RateLimit.PerSecond) + 1
+	}
+	for _, h := range []string{s.EventID.Header, s.EventType.Header} {
+		if h != "" && !headerNameRE.MatchString(h) {
+			errs = append(errs, fmt.Errorf("%s: %q is not a header name", at, h))
+		}
+	}
+	if s.Provider != "hmac" {
+		if s.HMAC != nil {
+			errs = append(errs, fmt.Errorf("%s: hmac: only a source with provider hmac defines its scheme", at))
+		}
+		return errs
+	}
+	h := s.HMAC
+	if h == nil {
+		return append(errs, fmt.Errorf("%s: provider hmac needs an hmac block (header, algorithm, encoding, prefix, signed, ...)", at))
+	}
+	if !headerNameRE.MatchString(h.Header) {
+		errs = append(errs, fmt.Errorf("%s: hmac.header %q is not a header name", at, h.Header))
+	}
+	switch h.Algorithm {
+	case "":
+		h.Algorithm = "sha256"
+	case "sha1", "sha256", "sha512":
+	default:
+		errs = append(errs, fmt.Errorf("%s: hmac.algorithm %q: use sha1, sha256 or sha512", at, h.Algorithm))
+	}
+	switch h.Encoding {
+	case "":
+		h.Encoding = "hex"
+	case "hex", "base64":
+	default:
+		errs = append(errs, fmt.Errorf("%s: hmac.encoding %q: use hex or base64", at, h.Encoding))
+	}
+	switch h.SecretEncoding {
+	case "":
+		h.SecretEncoding = "raw"
+	case "raw", "base64", "whsec":
+	default:
+		errs = append(errs, fmt.Errorf("%s: hmac.secret_encoding %q: use raw, base64 or whsec", at, h.SecretEncoding))
+	}
+	if h.Signed == "" {
+		h.Signed = "{body}"
+	}
+	if !strings.Contains(h.Signed, "{body}") {
+		errs = append(errs, fmt.Errorf("%s: hmac.signed %q must contain {body}: a signature that does not cover the body proves nothing", at, h.Signed))
+	}
+	if strings.Contains(h.Signed, "{timestamp}") && h.TimestampHeader == "" {
+		errs = append(errs, fmt.Errorf("%s: hmac.signed uses {timestamp}: set hmac.timestamp_header", at))
+	}
+	if strings.Contains(h.Signed, "{id}") && h.IDHeader == "" {
+		errs = append(errs, fmt.Errorf("%s: hmac.signed uses {id}: set hmac.id_header", at))
+	}
+	if rest := strings.NewReplacer("{body}", "", "{id}", "", "{timestamp}", "").Replace(h.Signed); strings.ContainsAny(rest, "{}") {
+		errs = append(errs, fmt.Errorf("%s: hmac.signed %q: only {body}, {id} and {timestamp} may be used", at, h.Signed))
+	}
+	if h.Tolerance.Duration == 0 {
+		h.Tolerance.Duration = 5 * time.Minute
+	}
+	return errs
 }

@@ -62,10 +62,13 @@ func Run(ctx context.Context) error {
 		return err
 	}
 	producer := svc.Producer()
-	h := ingest.New(ingest.Options{
+	h, err := ingest.New(ingest.Options{
 		Pipeline: cfg.Pipeline, Producer: producer, RawTopic: cfg.Common.Topics.Raw,
 		MaxBody: int64(cfg.MaxBody), ProduceTimeout: cfg.ProduceTimeout, Instance: cfg.Common.Instance, Log: svc.Log,
 	})
+	if err != nil {
+		return err
+	}
 	mux := http.NewServeMux()
 	h.Mount(mux)
 	lis, err := net.Listen("tcp", cfg.Addr)

@@ -6,8 +6,6 @@ package ingest
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
@@ -16,6 +14,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel"
@@ -36,14 +35,32 @@ type Producer interface {
 	Produce(ctx context.Context, recs ...kafkaio.Record) error
 }
 
+// Tokens checks a URL ingest token for a source. StaticTokens uses the
+// tokens of the pipeline file; the ingress combines them with the tokens of
+// the control topic.
+type Tokens interface {
+	Match(src *config.Source, token string) bool
+}
+
+// StaticTokens matches the tokens declared in the pipeline file.
+type StaticTokens struct{}
+
+// Match implements Tokens.
+func (StaticTokens) Match(src *config.Source, token string) bool { return src.MatchToken(token) }
+
 // Options configure the Handler.
 type Options struct {
 	Pipeline *config.Pipeline
 	Producer Producer
+	// Tokens checks ingest tokens (default StaticTokens).
+	Tokens Tokens
 	// RawTopic receives the RawWebhook records.
 	RawTopic string
 	// MaxBody is the largest body accepted (default 1 MiB); larger gets 413.
 	MaxBody int64
+	// MaxInFlight bounds the requests being handled at once (default 1024);
+	// past it the answer is 503 + Retry-After instead of unbounded memory.
+	MaxInFlight int
 	// ProduceTimeout bounds the acks=all write (default 3s, inside the
 	// strictest provider's 5 s); past it the answer is 503 + Retry-After.
 	ProduceTimeout time.Duration
@@ -59,14 +76,20 @@ type Options struct {
 // Handler serves POST /v1/hooks/{source}/{token}.
 type Handler struct {
 	o        Options
+	sources  atomic.Pointer[Sources]
+	limiters limiters
+	inflight chan struct{}
 	requests metric.Int64Counter
 	bytes    metric.Int64Histogram
 }
 
-// New returns the handler.
-func New(o Options) *Handler {
+// New returns the handler serving the pipeline's sources.
+func New(o Options) (*Handler, error) {
 	if o.MaxBody <= 0 {
 		o.MaxBody = 1 << 20
+	}
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = 1024
 	}
 	if o.ProduceTimeout <= 0 {
 		o.ProduceTimeout = 3 * time.Second
@@ -77,11 +100,30 @@ func New(o Options) *Handler {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.Tokens == nil {
+		o.Tokens = StaticTokens{}
+	}
 	m := otel.Meter("github.com/closedloop/closedloop/services/ingress")
-	h := &Handler{o: o}
+	h := &Handler{o: o, inflight: make(chan struct{}, o.MaxInFlight)}
 	h.requests, _ = m.Int64Counter("closedloop.ingress.requests", metric.WithDescription("Webhook requests by source and outcome."))
 	h.bytes, _ = m.Int64Histogram("closedloop.ingress.body.size", metric.WithUnit("By"), metric.WithDescription("Accepted body sizes."))
-	return h
+	_, _ = m.Int64ObservableGauge("closedloop.ingress.inflight", metric.WithDescription("Requests being handled."),
+		metric.WithInt64Callback(func(_ context.Context, ob metric.Int64Observer) error { ob.Observe(int64(len(h.inflight))); return nil }))
+	if err := h.Reload(o.Pipeline); err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+// Reload swaps in the sources of a new pipeline; requests in flight finish
+// with the sources they started with.
+func (h *Handler) Reload(p *config.Pipeline) error {
+	s, err := h.NewSources(p)
+	if err != nil {
+		return err
+	}
+	h.sources.Store(s)
+	return nil
 }
 
 // Mount registers the routes on mux. Go's mux answers 405 with an Allow
@@ -93,6 +135,7 @@ func (h *Handler) Mount(mux *http.ServeMux) {
 type answer struct {
 	Status  string `json:"status,omitempty"`
 	EventID string `json:"event_id,omitempty"`
+	Test    bool   `json:"test,omitempty"`
 	Error   string `json:"error,omitempty"`
 	Message string `json:"message,omitempty"`
 }
@@ -100,22 +143,39 @@ type answer struct {
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
+	select {
+	case h.inflight <- struct{}{}:
+		defer func() { <-h.inflight }()
+	default:
+		w.Header().Set("Retry-After", strconv.Itoa(int(h.o.RetryAfter.Seconds())))
+		h.reject(ctx, w, "", http.StatusServiceUnavailable, "overloaded", "too many requests in flight; retry later")
+		return
+	}
 	sourceName := r.PathValue("source")
 	span := trace.SpanFromContext(ctx)
 	span.SetAttributes(attribute.String("closedloop.source", sourceName))
 
-	src, ok := h.o.Pipeline.Source(sourceName)
+	src, ok := h.sources.Load().byName[sourceName]
 	// One answer for an unknown source and a wrong token, so the answer does
 	// not tell an attacker which source names exist.
-	if !ok || !src.MatchToken(r.PathValue("token")) {
-		h.reject(ctx, w, sourceName, http.StatusNotFound, "unknown_source", "no source with that name and ingest token")
+	if !ok || !h.o.Tokens.Match(src.cfg, r.PathValue("token")) {
+		h.reject(ctx, w, "", http.StatusNotFound, "unknown_source", "no source with that name and ingest token")
+		return
+	}
+	if !src.limiter.Allow() {
+		w.Header().Set("Retry-After", retryAfter(src.cfg.RateLimit.PerSecond))
+		h.reject(ctx, w, sourceName, http.StatusTooManyRequests, "rate_limited", "the source's rate limit is exceeded; retry later")
 		return
 	}
 	if !jsonMediaType(r.Header.Get("Content-Type")) {
 		h.reject(ctx, w, sourceName, http.StatusUnsupportedMediaType, "unsupported_media_type", "Content-Type must be application/json")
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.o.MaxBody))
+	if r.ContentLength > h.o.MaxBody {
+		h.reject(ctx, w, sourceName, http.StatusRequestEntityTooLarge, "payload_too_large", "body exceeds "+strconv.FormatInt(h.o.MaxBody, 10)+" bytes")
+		return
+	}
+	body, err := readBody(w, r, h.o.MaxBody)
 	if err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
@@ -125,31 +185,30 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.reject(ctx, w, sourceName, http.StatusBadRequest, "unreadable_body", "the request body could not be read")
 		return
 	}
-	scheme, ok := verify.ForProvider(src.Provider)
-	if !ok { // configuration validation prevents this; refuse rather than accept unverified
-		h.reject(ctx, w, sourceName, http.StatusInternalServerError, "unsupported_provider", "the source's provider has no signature scheme")
-		return
-	}
-	if err := scheme.Verify(verify.Request{Header: r.Header, Body: body, Now: h.o.Now()}, src.Secrets); err != nil {
+	vreq := verify.Request{Header: r.Header, Body: body, Now: h.o.Now()}
+	if err := src.provider.Scheme.Verify(vreq, src.cfg.Secrets); err != nil {
 		var rej *verify.Rejection
 		reason := verify.ReasonBadSignature
 		if errors.As(err, &rej) {
 			reason = rej.Reason
+		} else {
+			h.o.Log.ErrorContext(ctx, "signature check failed", "source", sourceName, "error", err.Error())
 		}
 		h.reject(ctx, w, sourceName, http.StatusUnauthorized, reason, "the webhook signature could not be verified")
 		return
 	}
 
-	eventID, eventType := identify(sourceName, body)
-	span.SetAttributes(attribute.String("closedloop.event_id", eventID))
+	id := src.provider.Identify(sourceName, vreq)
+	span.SetAttributes(attribute.String("closedloop.event_id", id.EventID))
 	raw := &feedbackv1.RawWebhook{
-		EventId:         eventID,
+		EventId:         id.EventID,
 		Source:          sourceName,
-		Provider:        src.Provider,
-		EventType:       eventType,
-		ReceivedAt:      timestamppb.New(h.o.Now()),
+		Provider:        src.cfg.Provider,
+		EventType:       id.EventType,
+		ReceivedAt:      timestamppb.New(vreq.Now),
 		Body:            body,
-		Headers:         keptHeaders(r.Header),
+		Headers:         keptHeaders(r.Header, src.provider.KeepHeaders),
+		Test:            id.Test,
 		IngressInstance: h.o.Instance,
 	}
 	value, err := proto.Marshal(raw)
@@ -161,15 +220,32 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// has started, finish it (a retry is then deduplicated downstream).
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.o.ProduceTimeout)
 	defer cancel()
-	if err := h.o.Producer.Produce(pctx, kafkaio.Record{Topic: h.o.RawTopic, Key: []byte(eventID), Value: value}); err != nil {
-		h.o.Log.ErrorContext(ctx, "raw webhook not durable; asking the provider to retry", "source", sourceName, "event_id", eventID, "error", err.Error())
+	if err := h.o.Producer.Produce(pctx, kafkaio.Record{Topic: h.o.RawTopic, Key: []byte(id.EventID), Value: value}); err != nil {
+		h.o.Log.ErrorContext(ctx, "raw webhook not durable; asking the provider to retry", "source", sourceName, "event_id", id.EventID, "error", err.Error())
 		w.Header().Set("Retry-After", strconv.Itoa(int(h.o.RetryAfter.Seconds())))
 		h.write(ctx, w, sourceName, http.StatusServiceUnavailable, answer{Error: "unavailable", Message: "the event could not be stored; retry later"})
 		return
 	}
 	h.bytes.Record(ctx, int64(len(body)), metric.WithAttributes(attribute.String("source", sourceName)))
-	h.o.Log.DebugContext(ctx, "webhook accepted", "source", sourceName, "event_id", eventID, "event_type", eventType, "bytes", len(body))
-	h.write(ctx, w, sourceName, http.StatusAccepted, answer{Status: "accepted", EventID: eventID})
+	h.o.Log.DebugContext(ctx, "webhook accepted", "source", sourceName, "event_id", id.EventID, "event_type", id.EventType, "bytes", len(body), "test", id.Test)
+	h.write(ctx, w, sourceName, http.StatusAccepted, answer{Status: "accepted", EventID: id.EventID, Test: id.Test})
+}
+
+// readBody reads at most limit bytes, sized up front when the length is known.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	rd := http.MaxBytesReader(w, r.Body, limit)
+	if r.ContentLength > 0 {
+		buf := make([]byte, r.ContentLength)
+		if _, err := io.ReadFull(rd, buf); err != nil {
+			return nil, err
+		}
+		// Anything past the declared length is a malformed request.
+		if n, _ := rd.Read(make([]byte, 1)); n > 0 {
+			return nil, errors.New("body longer than Content-Length")
+		}
+		return buf, nil
+	}
+	return io.ReadAll(rd)
 }
 
 func (h *Handler) reject(ctx context.Context, w http.ResponseWriter, source string, status int, reason, msg string) {
@@ -182,6 +258,8 @@ func (h *Handler) write(ctx context.Context, w http.ResponseWriter, source strin
 	if outcome == "" {
 		outcome = a.Status
 	}
+	// Unknown sources are counted under "" so that scanners cannot create
+	// unbounded label values.
 	h.requests.Add(ctx, 1, metric.WithAttributes(attribute.String("source", source), attribute.String("outcome", outcome), attribute.Int("status", status)))
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
@@ -194,33 +272,17 @@ func jsonMediaType(ct string) bool {
 	return err == nil && (mt == "application/json" || strings.HasSuffix(mt, "+json"))
 }
 
-// identify returns the event's deterministic id and type: the provider's
-// event_id and event_type when the body carries them, else the hex SHA-256
-// of the source name and body (the same delivery always gets the same id).
-func identify(source string, body []byte) (id, typ string) {
-	var env struct {
-		EventID   string `json:"event_id"`
-		EventType string `json:"event_type"`
-	}
-	if json.Unmarshal(body, &env) == nil && env.EventID != "" {
-		return env.EventID, env.EventType
-	}
-	sum := sha256.New()
-	sum.Write([]byte(source))
-	sum.Write([]byte{0})
-	sum.Write(body)
-	return "sha256:" + hex.EncodeToString(sum.Sum(nil)), env.EventType
-}
+// baseHeaders are kept for every provider. Signature headers and
+// credentials are deliberately never kept.
+var baseHeaders = []string{"Content-Type", "User-Agent"}
 
-// keptHeaders are the request headers worth keeping with the event.
-// Signature headers and credentials are deliberately not in the list.
-var keptHeaderNames = []string{"Content-Type", "User-Agent"}
-
-func keptHeaders(h http.Header) map[string]string {
-	out := make(map[string]string, len(keptHeaderNames))
-	for _, n := range keptHeaderNames {
-		if v := h.Get(n); v != "" {
-			out[strings.ToLower(n)] = v
+func keptHeaders(h http.Header, provider []string) map[string]string {
+	out := make(map[string]string, len(baseHeaders)+len(provider))
+	for _, list := range [][]string{baseHeaders, provider} {
+		for _, n := range list {
+			if v := h.Get(n); v != "" {
+				out[strings.ToLower(n)] = v
+			}
 		}
 	}
 	return out

@@ -57,8 +57,12 @@ sources:
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
-	New(Options{Pipeline: pipe, Producer: p, RawTopic: "raw", MaxBody: 4096, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Now: func() time.Time { return time.Unix(1763800000, 0) }}).Mount(mux)
+	h, err := New(Options{Pipeline: pipe, Producer: p, RawTopic: "raw", MaxBody: 4096, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Now: func() time.Time { return time.Unix(1763800000, 0) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Mount(mux)
 	s := httptest.NewServer(mux)
 	t.Cleanup(s.Close)
 	return s
@@ -163,11 +167,112 @@ func TestWhenKafkaCannotTakeTheEventTheAnswerIs503WithRetryAfter(t *testing.T) {
 	}
 }
 
-func TestABodyWithoutAnEventIDGetsADeterministicOne(t *testing.T) {
-	a1, _ := identify("s", []byte(`{"x":1}`))
-	a2, _ := identify("s", []byte(`{"x":1}`))
-	b, _ := identify("other", []byte(`{"x":1}`))
-	if a1 != a2 || a1 == b || !strings.HasPrefix(a1, "sha256:") {
-		t.Fatalf("ids %q %q %q", a1, a2, b)
+
+func TestASourceOverItsRateLimitGets429WithRetryAfter(t *testing.T) {
+	pipe, err := config.ParsePipeline([]byte(`
+sources:
+  - name: delighted
+    provider: delighted
+    secrets: [env:K]
+    ingest_tokens: [env:T]
+    rate_limit: {per_second: 0.5, burst: 2}
+`), func(k string) (string, bool) { return map[string]string{"K": secret, "T": token}[k], true })
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := New(Options{Pipeline: pipe, Producer: &recorder{}, RawTopic: "raw", Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	h.Mount(mux)
+	s := httptest.NewServer(mux)
+	defer s.Close()
+	var codes []int
+	var retry string
+	for range 3 {
+		resp, _ := post(t, s.URL+"/v1/hooks/delighted/"+token, "application/json", sign(body), body)
+		codes = append(codes, resp.StatusCode)
+		retry = resp.Header.Get("Retry-After")
+	}
+	if codes[0] != 202 || codes[1] != 202 || codes[2] != 429 || retry != "2" {
+		t.Fatalf("codes %v, Retry-After %q; want 202 202 429 with Retry-After 2", codes, retry)
+	}
+	// A reload with a higher limit keeps the bucket (no fresh burst) but raises the rate.
+	if err := h.Reload(pipe); err != nil {
+		t.Fatal(err)
+	}
+	if resp, _ := post(t, s.URL+"/v1/hooks/delighted/"+token, "application/json", sign(body), body); resp.StatusCode != 429 {
+		t.Fatalf("a reload handed out a fresh burst: %d", resp.StatusCode)
+	}
+}
+
+type blockingProducer struct{ release chan struct{} }
+
+func (b *blockingProducer) Produce(ctx context.Context, _ ...kafkaio.Record) error {
+	select {
+	case <-b.release:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func TestRequestsPastTheInFlightBoundGet503InsteadOfQueueing(t *testing.T) {
+	pipe, _ := config.ParsePipeline([]byte("sources:\n  - name: delighted\n    provider: delighted\n    secrets: [env:K]\n    ingest_tokens: [env:T]\n"),
+		func(k string) (string, bool) { return map[string]string{"K": secret, "T": token}[k], true })
+	bp := &blockingProducer{release: make(chan struct{})}
+	h, err := New(Options{Pipeline: pipe, Producer: bp, RawTopic: "raw", MaxInFlight: 2, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	h.Mount(mux)
+	s := httptest.NewServer(mux)
+	defer s.Close()
+	results := make(chan int, 2)
+	for range 2 {
+		go func() {
+			resp, _ := post(t, s.URL+"/v1/hooks/delighted/"+token, "application/json", sign(body), body)
+			results <- resp.StatusCode
+		}()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(h.inflight) < 2 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	resp, a := post(t, s.URL+"/v1/hooks/delighted/"+token, "application/json", sign(body), body)
+	if resp.StatusCode != 503 || a.Error != "overloaded" || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("third request: %d %+v", resp.StatusCode, a)
+	}
+	close(bp.release)
+	if c1, c2 := <-results, <-results; c1 != 202 || c2 != 202 {
+		t.Fatalf("the two in flight got %d and %d", c1, c2)
+	}
+}
+
+func TestATestDeliveryIsAcceptedAndMarked(t *testing.T) {
+	pipe, _ := config.ParsePipeline([]byte("sources:\n  - name: chat\n    provider: chattosurvey\n    ingest_tokens: [env:T]\n"),
+		func(k string) (string, bool) { return token, true })
+	rec := &recorder{}
+	h, _ := New(Options{Pipeline: pipe, Producer: rec, RawTopic: "raw", Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	mux := http.NewServeMux()
+	h.Mount(mux)
+	s := httptest.NewServer(mux)
+	defer s.Close()
+	req, _ := http.NewRequest("POST", s.URL+"/v1/hooks/chat/"+token, strings.NewReader(`{"id":"u1","event":"test.webhook"}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Webhook-Event", "test.webhook")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var a answer
+	_ = json.NewDecoder(resp.Body).Decode(&a)
+	resp.Body.Close()
+	var raw feedbackv1.RawWebhook
+	_ = proto.Unmarshal(rec.recs[0].Value, &raw)
+	if resp.StatusCode != 202 || !a.Test || !raw.Test || raw.EventId != "u1" || raw.Headers["x-webhook-event"] != "test.webhook" {
+		t.Fatalf("%d %+v %v", resp.StatusCode, a, &raw)
 	}
 }

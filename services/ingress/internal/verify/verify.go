@@ -1,15 +1,17 @@
-// Package verify checks webhook signatures. Each provider's scheme is a
-// Scheme; a verdict is nil (authentic) or a *Rejection whose Reason is the
+// Package verify checks webhook signatures and finds each webhook's event id
+// and type. Every provider is a Provider: a Scheme (how its signature is
+// checked) and the places its event id and type are found. Most providers
+// are presets of the configurable HMAC scheme; Standard Webhooks and Stripe
+// have signature headers of their own.
+//
+// Every comparison is constant-time and every active secret is tried (no
+// early exit), so timing tells neither the signature nor which secret
+// matched. A verdict is nil (authentic) or a *Rejection whose Reason is the
 // machine-readable code the ingress answers with.
 package verify
 
 import (
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/hex"
-	"hash"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/closedloop/closedloop/libs/config"
@@ -22,6 +24,10 @@ const (
 	ReasonStaleTimestamp   = "stale_timestamp"
 )
 
+// DefaultTolerance is the largest accepted clock difference for schemes that
+// sign a timestamp.
+const DefaultTolerance = 5 * time.Minute
+
 // Rejection is a failed verification. Its message never contains a secret
 // or the expected signature.
 type Rejection struct {
@@ -31,6 +37,12 @@ type Rejection struct {
 
 func (r *Rejection) Error() string { return r.Reason + ": " + r.Detail }
 
+func missing(header string) error {
+	return &Rejection{Reason: ReasonMissingSignature, Detail: header + " header is missing or empty"}
+}
+
+func bad(detail string) error { return &Rejection{Reason: ReasonBadSignature, Detail: detail} }
+
 // Request is what a scheme verifies: the headers and the exact body bytes.
 type Request struct {
 	Header http.Header
@@ -38,60 +50,15 @@ type Request struct {
 	Now    time.Time
 }
 
-// Scheme verifies one provider's signatures against the source's active
-// secrets (several during a rotation: any one of them may match).
+// Scheme verifies signatures against the source's active secrets (several
+// during a rotation: any one of them may match).
 type Scheme interface {
 	Verify(r Request, secrets []config.Secret) error
 }
 
-// ForProvider returns the scheme of a provider, or false.
-func ForProvider(provider string) (Scheme, bool) {
-	switch provider {
-	case "delighted":
-		return Delighted{}, true
-	}
-	return nil, false
-}
-
-// Delighted is Delighted's scheme: X-Delighted-Webhook-Signature is
-// "sha256=" followed by the hex HMAC-SHA256 of the raw body keyed with the
-// project's API key. It signs no timestamp, so replays are caught by dedupe.
-type Delighted struct{}
-
-// DelightedHeader is the header carrying Delighted's signature.
-const DelightedHeader = "X-Delighted-Webhook-Signature"
+// None is the scheme of providers that sign nothing (ChatToSurvey): the
+// secret ingest token in the URL, checked before, is the proof.
+type None struct{}
 
 // Verify implements Scheme.
-func (Delighted) Verify(r Request, secrets []config.Secret) error {
-	sig := strings.TrimSpace(r.Header.Get(DelightedHeader))
-	if sig == "" {
-		return &Rejection{Reason: ReasonMissingSignature, Detail: DelightedHeader + " header is missing or empty"}
-	}
-	hexSig, ok := strings.CutPrefix(sig, "sha256=")
-	if !ok {
-		return &Rejection{Reason: ReasonBadSignature, Detail: DelightedHeader + " must start with sha256="}
-	}
-	got, err := hex.DecodeString(hexSig)
-	if err != nil || len(got) != sha256.Size {
-		return &Rejection{Reason: ReasonBadSignature, Detail: DelightedHeader + " is not a hex SHA-256 digest"}
-	}
-	if !anyHMACMatches(sha256.New, secrets, r.Body, got) {
-		return &Rejection{Reason: ReasonBadSignature, Detail: "signature does not match the body with any active secret"}
-	}
-	return nil
-}
-
-// anyHMACMatches computes the HMAC with every secret (no early exit, so the
-// time taken does not tell which secret, if any, matched) and compares each
-// in constant time.
-func anyHMACMatches(h func() hash.Hash, secrets []config.Secret, msg, want []byte) bool {
-	ok := false
-	for _, s := range secrets {
-		m := hmac.New(h, s.Reveal())
-		m.Write(msg)
-		if hmac.Equal(m.Sum(nil), want) {
-			ok = true
-		}
-	}
-	return ok
-}
+func (None) Verify(Request, []config.Secret) error { return nil }
