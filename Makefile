@@ -22,7 +22,12 @@ run: ## build and start the whole pipeline locally with a webhook generator (Ctr
 	go run ./tools/devstack
 
 .PHONY: test
-test: check-generated lint unit e2e ## everything CI runs: generated code, lint, unit tests (-race), end-to-end
+test: check-generated lint unit conformance fuzz e2e ## everything CI runs: generated code, lint, unit tests (-race), conformance, short fuzz, end-to-end
+
+.PHONY: conformance
+conformance: ## every webhook vector through the real ingress handler (CLOSEDLOOP_VECTORS=file.json for another file)
+	cd services/ingress && go test -count=1 -run 'Conformance|TestSchemesReachEveryVectorsVerdict' -v ./internal/ingest ./internal/verify | grep -E '^(--- FAIL|FAIL|ok|\s+\S+_test\.go:)|^=== RUN +TestConformance[^/]*$$'; exit $${PIPESTATUS[0]}
+	cd services/normalizer && go test -count=1 -run 'TestEveryAcceptedVectorMapsToItsCanonicalMeaning' ./internal/mapping
 
 .PHONY: unit
 unit: ## unit tests with -race in every module (end-to-end tests excluded)
@@ -64,10 +69,12 @@ check-generated: generate ## fail when the committed generated code is stale
 breaking: tools ## buf breaking against the main branch
 	cd proto && buf breaking --against '../.git#branch=main,subdir=proto'
 
+FUZZTIME ?= 5s
 .PHONY: fuzz
-fuzz: ## run each fuzz target for 30s
-	cd services/ingress && go test -run XXX -fuzz FuzzDelightedVerifyNeverPanics -fuzztime 30s ./internal/verify
-	cd services/normalizer && go test -run XXX -fuzz FuzzDelightedMapNeverPanics -fuzztime 30s ./internal/mapping
+fuzz: ## run each fuzz target for FUZZTIME (default 5s; seed corpora in testdata/fuzz)
+	cd services/ingress && for f in FuzzDelightedVerifyNeverPanics FuzzIdentify FuzzSignatureHeaders; do \
+	  go test -run XXX -fuzz "^$$f$$" -fuzztime $(FUZZTIME) ./internal/verify || exit 1; done
+	cd services/normalizer && go test -run XXX -fuzz '^FuzzDelightedMapNeverPanics$$' -fuzztime $(FUZZTIME) ./internal/mapping
 
 .PHONY: build
 build: ## build every binary into bin/

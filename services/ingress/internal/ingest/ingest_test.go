@@ -167,7 +167,6 @@ func TestWhenKafkaCannotTakeTheEventTheAnswerIs503WithRetryAfter(t *testing.T) {
 	}
 }
 
-
 func TestASourceOverItsRateLimitGets429WithRetryAfter(t *testing.T) {
 	pipe, err := config.ParsePipeline([]byte(`
 sources:
