@@ -16,7 +16,11 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"sync/atomic"
 	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 
 	"github.com/closedloop/closedloop/libs/config"
 	"github.com/closedloop/closedloop/libs/grpcserver"
@@ -210,14 +214,55 @@ func (s *Service) CloseProducer(p *kafkaio.Producer) {
 // LoadPipeline reads the pipeline file named by PIPELINE_CONFIG (required),
 // recording problems in e. lookup resolves secret references; a service that
 // does not verify webhooks passes nil and never holds the secrets.
-func LoadPipeline(e *config.Env, lookup func(string) (string, bool)) *config.Pipeline {
+func LoadPipeline(e *config.Env, lookup func(string) (string, bool)) *Pipeline {
 	path := e.Required("PIPELINE_CONFIG", "the pipeline YAML file (sources and sinks)")
+	interval := e.Duration("PIPELINE_RELOAD_INTERVAL", time.Second)
 	if path == "" {
 		return nil
 	}
 	p, err := config.LoadPipeline(path, lookup)
 	if err != nil {
 		e.Errorf("%v", err)
+		return nil
 	}
-	return p
+	out := &Pipeline{Path: path, Interval: interval, lookup: lookup}
+	out.cur.Store(p)
+	return out
+}
+
+// Pipeline is the pipeline file of a service, reloaded on change.
+type Pipeline struct {
+	// Path is PIPELINE_CONFIG; Interval (PIPELINE_RELOAD_INTERVAL, default
+	// 1s) is how often it is checked for changes.
+	Path     string
+	Interval time.Duration
+	lookup   func(string) (string, bool)
+	cur      atomic.Pointer[config.Pipeline]
+}
+
+// Current is the pipeline in force.
+func (p *Pipeline) Current() *config.Pipeline { return p.cur.Load() }
+
+// Watch runs in the service's group: every change of the file (or of a
+// secret file it references) that loads and that apply accepts replaces the
+// pipeline; a change that does not is logged and the old pipeline stays.
+func (s *Service) Watch(p *Pipeline, apply func(*config.Pipeline) error) {
+	reloads, _ := s.Tel.Meter("github.com/closedloop/closedloop/libs/service").Int64Counter("closedloop.pipeline.reloads",
+		metric.WithDescription("Pipeline file reloads by result (applied, rejected)."))
+	s.Group.Go("pipeline watch", func(ctx context.Context) error {
+		config.Watch(ctx, p.Path, p.Interval, p.lookup, func(np *config.Pipeline) {
+			if err := apply(np); err != nil {
+				reloads.Add(ctx, 1, metric.WithAttributes(attribute.String("result", "rejected")))
+				s.Log.Error("pipeline change rejected; the previous pipeline stays in force", "path", p.Path, "error", err.Error())
+				return
+			}
+			p.cur.Store(np)
+			reloads.Add(ctx, 1, metric.WithAttributes(attribute.String("result", "applied")))
+			s.Log.Info("pipeline reloaded", "path", p.Path, "sources", len(np.Sources))
+		}, func(err error) {
+			reloads.Add(ctx, 1, metric.WithAttributes(attribute.String("result", "rejected")))
+			s.Log.Error("pipeline file does not load; the previous pipeline stays in force", "path", p.Path, "error", err.Error())
+		})
+		return ctx.Err()
+	})
 }

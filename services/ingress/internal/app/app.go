@@ -22,8 +22,8 @@ type Config struct {
 	Common service.Common
 	// Addr (INGRESS_ADDR, default :8080) is the public webhook listener.
 	Addr string
-	// Pipeline is read from PIPELINE_CONFIG (required).
-	Pipeline *config.Pipeline
+	// Pipeline is read from PIPELINE_CONFIG (required) and reloaded on change.
+	Pipeline *service.Pipeline
 	// MaxBody (INGRESS_MAX_BODY_BYTES, default 1 MiB).
 	MaxBody int
 	// ProduceTimeout (INGRESS_PRODUCE_TIMEOUT, default 3s).
@@ -63,12 +63,13 @@ func Run(ctx context.Context) error {
 	}
 	producer := svc.Producer()
 	h, err := ingest.New(ingest.Options{
-		Pipeline: cfg.Pipeline, Producer: producer, RawTopic: cfg.Common.Topics.Raw,
+		Pipeline: cfg.Pipeline.Current(), Producer: producer, RawTopic: cfg.Common.Topics.Raw,
 		MaxBody: int64(cfg.MaxBody), ProduceTimeout: cfg.ProduceTimeout, Instance: cfg.Common.Instance, Log: svc.Log,
 	})
 	if err != nil {
 		return err
 	}
+	svc.Watch(cfg.Pipeline, h.Reload)
 	mux := http.NewServeMux()
 	h.Mount(mux)
 	lis, err := net.Listen("tcp", cfg.Addr)
@@ -85,7 +86,7 @@ func Run(ctx context.Context) error {
 		MaxHeaderBytes:    32 << 10,
 	}
 	svc.Group.Go("webhook http", func(context.Context) error {
-		svc.Log.Info("webhooks listening", "addr", lis.Addr().String(), "sources", len(cfg.Pipeline.Sources))
+		svc.Log.Info("webhooks listening", "addr", lis.Addr().String(), "sources", len(cfg.Pipeline.Current().Sources))
 		if err := srv.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
 			return err
 		}

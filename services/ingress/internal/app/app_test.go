@@ -30,7 +30,7 @@ func TestAValidEnvironmentLoads(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(c.Common.Brokers) != 2 || c.ProduceTimeout.Seconds() != 2 || c.Addr != ":8080" || len(c.Pipeline.Sources) != 1 {
+	if len(c.Common.Brokers) != 2 || c.ProduceTimeout.Seconds() != 2 || c.Addr != ":8080" || len(c.Pipeline.Current().Sources) != 1 {
 		t.Fatalf("config = %+v", c)
 	}
 }

@@ -28,8 +28,9 @@ type Config struct {
 	// ProcessingTTL (DEDUPE_PROCESSING_TTL, default 30s): how long a claim
 	// of a crashed worker blocks its event before it is processed again.
 	ProcessingTTL time.Duration
-	// Pipeline is read from PIPELINE_CONFIG (required): per-source dedupe TTLs.
-	Pipeline *config.Pipeline
+	// Pipeline is read from PIPELINE_CONFIG (required) and reloaded on
+	// change: per-source dedupe TTLs.
+	Pipeline *service.Pipeline
 }
 
 // Load reads and validates the configuration.
@@ -79,12 +80,13 @@ func Run(ctx context.Context) error {
 	h := normalize.New(normalize.Options{
 		Dedupe: store, Producer: producer, NormalizedTopic: t.Normalized, Log: svc.Log,
 		TTL: func(source string) time.Duration {
-			if s, ok := cfg.Pipeline.Source(source); ok {
+			if s, ok := cfg.Pipeline.Current().Source(source); ok {
 				return s.DedupeTTL.Duration
 			}
 			return config.DefaultDedupeTTL
 		},
 	})
+	svc.Watch(cfg.Pipeline, func(*config.Pipeline) error { return nil })
 	if err := svc.Consume(cfg.GroupID, []string{t.Raw}, producer, h.Handle); err != nil {
 		return err
 	}

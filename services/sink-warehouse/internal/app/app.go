@@ -21,8 +21,9 @@ type Config struct {
 	GroupID string
 	// DatabaseURL (DATABASE_URL, required): a PostgreSQL connection URL.
 	DatabaseURL string
-	// Pipeline is read from PIPELINE_CONFIG (required): sinks.warehouse.
-	Pipeline *config.Pipeline
+	// Pipeline is read from PIPELINE_CONFIG (required): sinks.warehouse
+	// (read at start-up; a schema change needs a restart).
+	Pipeline *service.Pipeline
 }
 
 // Load reads and validates the configuration.
@@ -62,7 +63,7 @@ func Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	schema := cfg.Pipeline.Sinks.Warehouse.Schema
+	schema := cfg.Pipeline.Current().Sinks.Warehouse.Schema
 	if err := warehouse.Migrate(ctx, pool, schema); err != nil {
 		pool.Close()
 		return err

@@ -1,0 +1,65 @@
+package config
+
+import (
+	"context"
+	"crypto/sha256"
+	"os"
+	"time"
+)
+
+// Watch re-reads the pipeline file every interval and calls apply with the
+// new pipeline when it changed — the file, or a secret it references by
+// file: (a rotated Kubernetes secret changes no YAML). A file that no longer
+// loads is reported to fail and the previous pipeline stays in force. Watch
+// returns when ctx ends. Polling works with the symlink swaps of Kubernetes
+// ConfigMap and Secret volumes, which file-change notifications miss.
+func Watch(ctx context.Context, path string, interval time.Duration, lookup func(string) (string, bool),
+	apply func(*Pipeline), fail func(error)) {
+	if interval <= 0 {
+		interval = time.Second
+	}
+	last := fingerprint(path, lookup)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		fp := fingerprint(path, lookup)
+		if fp == last {
+			continue
+		}
+		p, err := LoadPipeline(path, lookup)
+		if err != nil {
+			fail(err)
+			last = fp // report a broken file once, not every interval
+			continue
+		}
+		last = fp
+		apply(p)
+	}
+}
+
+// fingerprint hashes the file and the files its secrets reference.
+func fingerprint(path string, lookup func(string) (string, bool)) [sha256.Size]byte {
+	h := sha256.New()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		h.Write([]byte("unreadable: " + err.Error()))
+		return [sha256.Size]byte(h.Sum(nil))
+	}
+	h.Write(b)
+	if p, err := ParsePipeline(b, nil); err == nil {
+		for _, s := range p.Sources {
+			for _, ref := range append(append([]string(nil), s.SecretRefs...), s.IngestTokenRefs...) {
+				if sec, err := ResolveSecret(ref, lookup); err == nil {
+					sum := sha256.Sum256(sec.Reveal())
+					h.Write(sum[:])
+				}
+			}
+		}
+	}
+	return [sha256.Size]byte(h.Sum(nil))
+}
