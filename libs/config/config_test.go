@@ -61,7 +61,7 @@ sources:
 	if err == nil {
 		t.Fatal("want an error")
 	}
-	for _, want := range []string{"name \"Bad Name\"", "provider \"nosuch\"", "literal secrets are not accepted", "give 1 or 2 token", "MISSING is not set", "128 bits"} {
+	for _, want := range []string{"name \"Bad Name\"", "provider \"nosuch\"", "literal secrets are not accepted", "at most 2 token", "MISSING is not set", "128 bits"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not mention %q:\n%v", want, err)
 		}

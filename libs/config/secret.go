@@ -57,6 +57,9 @@ func ResolveSecret(ref string, lookup func(string) (string, bool)) (Secret, erro
 	}
 	switch kind {
 	case "env":
+		if lookup == nil {
+			return Secret{}, fmt.Errorf("secret %s: no environment to read it from", ref)
+		}
 		v, ok := lookup(arg)
 		if !ok || v == "" {
 			return Secret{}, fmt.Errorf("secret %s: environment variable %s is not set", ref, arg)

@@ -51,6 +51,9 @@ func fingerprint(path string, lookup func(string) (string, bool)) [sha256.Size]b
 		return [sha256.Size]byte(h.Sum(nil))
 	}
 	h.Write(b)
+	if lookup == nil { // the service holds no secrets: only the file matters
+		return [sha256.Size]byte(h.Sum(nil))
+	}
 	if p, err := ParsePipeline(b, nil); err == nil {
 		for _, s := range p.Sources {
 			for _, ref := range append(append([]string(nil), s.SecretRefs...), s.IngestTokenRefs...) {

@@ -47,3 +47,23 @@ func TestWatchAppliesAChangedFileOrSecretAndKeepsTheOldPipelineOnAnError(t *test
 		t.Fatal("a broken file was not reported")
 	}
 }
+
+func TestWatchWithoutSecretsReactsToTheFileOnly(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "pipeline.yaml")
+	yml := "sources:\n  - name: a\n    provider: delighted\n    secrets: [env:NOT_SET]\n    dedupe_ttl: 1h\n"
+	_ = os.WriteFile(path, []byte(yml), 0o600)
+	applied := make(chan *Pipeline, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go Watch(ctx, path, 20*time.Millisecond, nil, func(p *Pipeline) { applied <- p }, func(err error) { t.Error(err) })
+	time.Sleep(60 * time.Millisecond)
+	_ = os.WriteFile(path, []byte(strings.Replace(yml, "1h", "2h", 1)), 0o600)
+	select {
+	case p := <-applied:
+		if p.Sources[0].DedupeTTL.Duration != 2*time.Hour {
+			t.Fatalf("ttl %v", p.Sources[0].DedupeTTL)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("change not applied")
+	}
+}

@@ -20,21 +20,26 @@ type Topics struct {
 	Enriched   string
 	Priority   string
 	Quarantine string
+	// IngestTokens is the compacted, single-partition control topic of the
+	// ingest tokens (see package ingesttokens).
+	IngestTokens string
 }
 
 // NewTopics returns the default topic names with prefix put in front
 // (prefix "" gives "feedback.raw.v1", prefix "t42." gives "t42.feedback.raw.v1").
 func NewTopics(prefix string) Topics {
 	return Topics{
-		Raw:        prefix + "feedback.raw.v1",
-		Normalized: prefix + "feedback.normalized.v1",
-		Enriched:   prefix + "feedback.enriched.v1",
-		Priority:   prefix + "feedback.enriched.priority.v1",
-		Quarantine: prefix + "feedback.quarantine.v1",
+		Raw:          prefix + "feedback.raw.v1",
+		Normalized:   prefix + "feedback.normalized.v1",
+		Enriched:     prefix + "feedback.enriched.v1",
+		Priority:     prefix + "feedback.enriched.priority.v1",
+		Quarantine:   prefix + "feedback.quarantine.v1",
+		IngestTokens: prefix + "closedloop.control.ingest-tokens.v1",
 	}
 }
 
-// All lists every topic name.
+// All lists every data topic name (the control topics are created with
+// their own settings by the packages that own them).
 func (t Topics) All() []string {
 	return []string{t.Raw, t.Normalized, t.Enriched, t.Priority, t.Quarantine}
 }
@@ -45,6 +50,8 @@ type TopicSpec struct {
 	Partitions int
 	// ReplicationFactor (default 1; production uses 3).
 	ReplicationFactor int
+	// Configs are topic settings, e.g. cleanup.policy=compact.
+	Configs map[string]string
 }
 
 // EnsureTopics checks that every topic exists. Missing topics are created
@@ -71,7 +78,11 @@ func EnsureTopics(ctx context.Context, brokers []string, topics []string, create
 		if err == nil {
 			req := &kafka.CreateTopicsRequest{}
 			for _, t := range missing {
-				req.Topics = append(req.Topics, kafka.TopicConfig{Topic: t, NumPartitions: spec.Partitions, ReplicationFactor: spec.ReplicationFactor})
+				tc := kafka.TopicConfig{Topic: t, NumPartitions: spec.Partitions, ReplicationFactor: spec.ReplicationFactor}
+				for k, v := range spec.Configs {
+					tc.ConfigEntries = append(tc.ConfigEntries, kafka.ConfigEntry{ConfigName: k, ConfigValue: v})
+				}
+				req.Topics = append(req.Topics, tc)
 			}
 			var resp *kafka.CreateTopicsResponse
 			resp, err = client.CreateTopics(ctx, req)

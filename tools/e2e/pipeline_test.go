@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"regexp"
@@ -15,6 +16,8 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/closedloop/closedloop/libs/ingesttokens"
+	"github.com/closedloop/closedloop/libs/kafkaio"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 	"github.com/closedloop/closedloop/tools/internal/delightedgen"
 	"github.com/closedloop/closedloop/tools/internal/stack"
@@ -232,5 +235,55 @@ func TestKillingTheNormalizerMidStreamLosesNoEventAndDuplicatesNoRow(t *testing.
 		sent.Load(), dupes.Load(), want, len(normalized), len(seen), repeats, len(rows))
 	if len(seen) != want {
 		t.Fatalf("normalized topic has %d unique events, want %d (lost events)", len(seen), want)
+	}
+}
+
+func TestAnIssuedIngestTokenWorksAndARevokedOneStopsWithinASecond(t *testing.T) {
+	requireInfra(t)
+	p := newPipeline(t, "e2e_tokens")
+	gen := delightedgen.New([]byte(p.Secret), 3)
+	ctx := context.Background()
+	topic := p.TopicPrefix() + "closedloop.control.ingest-tokens.v1"
+	store := ingesttokens.NewStore([]string{p.Brokers}, topic, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() { _ = store.Run(sctx) }()
+	for !store.Ready() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	prod := kafkaio.NewProducer(kafkaio.ProducerConfig{Brokers: []string{p.Brokers}})
+	defer prod.Close()
+	url := strings.TrimSuffix(p.IngressURL, p.Token)
+
+	tok, issued, err := store.Issue(ctx, prod, "delighted", "e2e")
+	if err != nil {
+		t.Fatal(err)
+	}
+	took := untilStatus(t, url+tok, gen, http.StatusAccepted, time.Second)
+	t.Logf("an issued token was accepted by the ingress after %s", took)
+	if err := store.Revoke(ctx, prod, "delighted", issued.ID); err != nil {
+		t.Fatal(err)
+	}
+	took = untilStatus(t, url+tok, gen, http.StatusNotFound, time.Second)
+	t.Logf("a revoked token was refused by the ingress after %s", took)
+	// The static token of the pipeline file still works.
+	c, _ := gen.Response()
+	send(t, p, c, http.StatusAccepted)
+}
+
+// untilStatus posts fresh webhooks to url until one gets want, failing after limit.
+func untilStatus(t *testing.T, url string, gen *delightedgen.Generator, want int, limit time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for {
+		w, _ := gen.Response()
+		code, err := delightedgen.Send(context.Background(), http.DefaultClient, url, w)
+		if err == nil && code == want {
+			return time.Since(start)
+		}
+		if time.Since(start) > limit {
+			t.Fatalf("still %d %v after %s, want %d", code, err, limit, want)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

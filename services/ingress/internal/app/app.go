@@ -13,6 +13,8 @@ import (
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 
 	"github.com/closedloop/closedloop/libs/config"
+	"github.com/closedloop/closedloop/libs/ingesttokens"
+	"github.com/closedloop/closedloop/libs/kafkaio"
 	"github.com/closedloop/closedloop/libs/service"
 	"github.com/closedloop/closedloop/services/ingress/internal/ingest"
 )
@@ -61,9 +63,17 @@ func Run(ctx context.Context) error {
 	if err := svc.EnsureTopics(ctx, cfg.Common.Topics.Raw); err != nil {
 		return err
 	}
+	tokensTopic := cfg.Common.Topics.IngestTokens
+	if err := kafkaio.EnsureTopics(ctx, cfg.Common.Brokers, []string{tokensTopic}, cfg.Common.CreateTopics,
+		ingesttokens.TopicSpec(cfg.Common.TopicReplication)); err != nil {
+		return err
+	}
+	tokens := ingesttokens.NewStore(cfg.Common.Brokers, tokensTopic, svc.Log)
+	svc.Group.Go("ingest tokens", tokens.Run)
+	svc.Status.AddCheck("ingest-tokens", tokens.Check)
 	producer := svc.Producer()
 	h, err := ingest.New(ingest.Options{
-		Pipeline: cfg.Pipeline.Current(), Producer: producer, RawTopic: cfg.Common.Topics.Raw,
+		Pipeline: cfg.Pipeline.Current(), Producer: producer, Tokens: ingest.AnyTokens{Issued: tokens}, RawTopic: cfg.Common.Topics.Raw,
 		MaxBody: int64(cfg.MaxBody), ProduceTimeout: cfg.ProduceTimeout, Instance: cfg.Common.Instance, Log: svc.Log,
 	})
 	if err != nil {

@@ -48,6 +48,22 @@ type StaticTokens struct{}
 // Match implements Tokens.
 func (StaticTokens) Match(src *config.Source, token string) bool { return src.MatchToken(token) }
 
+// IssuedTokens matches the tokens issued at run time (the control topic).
+type IssuedTokens interface {
+	Match(source, token string) bool
+}
+
+// AnyTokens accepts a token of the pipeline file or an issued one. Both are
+// checked every time, so the time taken does not tell which set holds it.
+type AnyTokens struct{ Issued IssuedTokens }
+
+// Match implements Tokens.
+func (a AnyTokens) Match(src *config.Source, token string) bool {
+	static := src.MatchToken(token)
+	issued := a.Issued.Match(src.Name, token)
+	return static || issued
+}
+
 // Options configure the Handler.
 type Options struct {
 	Pipeline *config.Pipeline
