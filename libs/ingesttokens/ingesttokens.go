@@ -84,29 +84,66 @@ func (s *Store) Check(context.Context) error {
 	return nil
 }
 
-// Run follows the topic from its beginning until ctx ends.
+// Run follows the topic from its beginning until ctx ends. When the broker
+// is unreachable it keeps the tokens it has (an ingress goes on answering
+// with what it knew) and retries; it only returns when ctx ends.
 func (s *Store) Run(ctx context.Context) error {
-	end, err := lastOffset(ctx, s.brokers, s.topic)
-	if err != nil {
-		return err
+	next := kafka.FirstOffset
+	end := int64(-1)
+	for failures := 0; ; failures++ {
+		if failures > 0 {
+			if failures == 1 || failures%20 == 0 {
+				s.log.Warn("ingest token topic unreachable; retrying", "topic", s.topic, "failures", failures)
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(min(time.Duration(failures)*200*time.Millisecond, 5*time.Second)):
+			}
+		}
+		if end < 0 {
+			var err error
+			if end, err = lastOffset(ctx, s.brokers, s.topic); err != nil {
+				end = -1
+				continue
+			}
+			if end == 0 {
+				s.markReady()
+			}
+		}
+		var progressed bool
+		next, progressed = s.follow(ctx, next, end)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if progressed {
+			failures = 0
+		}
 	}
-	if end == 0 {
-		s.markReady()
-	}
+}
+
+// follow reads from offset until an error or ctx ends and returns the next
+// offset to read.
+func (s *Store) follow(ctx context.Context, offset, end int64) (int64, bool) {
 	r := kafka.NewReader(kafka.ReaderConfig{
 		Brokers: s.brokers, Topic: s.topic, Partition: 0, StartOffset: kafka.FirstOffset,
-		MinBytes: 1, MaxBytes: 4 << 20, MaxWait: 200 * time.Millisecond, ReadBackoffMin: 50 * time.Millisecond, ReadBackoffMax: time.Second,
+		MinBytes: 1, MaxBytes: 4 << 20, MaxWait: 200 * time.Millisecond, MaxAttempts: 1,
 	})
 	defer r.Close()
+	if offset != kafka.FirstOffset {
+		if err := r.SetOffset(offset); err != nil {
+			return offset, false
+		}
+	}
+	progressed := false
 	for {
 		m, err := r.FetchMessage(ctx)
 		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return fmt.Errorf("follow %s: %w", s.topic, err)
+			return offset, progressed
 		}
+		progressed = true
 		s.apply(m)
+		offset = m.Offset + 1
 		if m.Offset >= end-1 || m.Offset >= m.HighWaterMark-1 {
 			s.markReady()
 		}

@@ -198,14 +198,30 @@ func (c *Consumer) Run(ctx context.Context) error {
 
 	queues := map[partKey]chan kafka.Message{}
 	var wg sync.WaitGroup
-	var fetchErr error
+	failures := 0
 	for {
 		m, err := c.r.FetchMessage(ctx)
 		if err != nil {
-			if ctx.Err() == nil && !errors.Is(err, io.EOF) {
-				fetchErr = fmt.Errorf("fetch: %w", err)
+			if ctx.Err() != nil || errors.Is(err, io.EOF) {
+				break
 			}
-			break
+			// The broker is unreachable or the group is rebalancing: the
+			// reader reconnects by itself. Wait and fetch again; the
+			// consumer never gives up on its own (readiness reports it).
+			failures++
+			wait := backoff(failures, c.cfg.RetryBackoffMax)
+			if failures == 1 || failures%20 == 0 {
+				c.cfg.Log.Warn("fetch failed; retrying", "group", c.cfg.GroupID, "failures", failures, "retry_in", wait.String(), "error", err.Error())
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(wait):
+			}
+			continue
+		}
+		if failures > 0 {
+			c.cfg.Log.Info("fetching again", "group", c.cfg.GroupID, "after_failures", failures)
+			failures = 0
 		}
 		k := partKey{m.Topic, m.Partition}
 		c.setLag(k, m.HighWaterMark-m.Offset-1)
@@ -234,7 +250,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	if err := c.r.Close(); err != nil { // flushes the pending commits
 		c.cfg.Log.Warn("closing kafka reader", "group", c.cfg.GroupID, "error", err.Error())
 	}
-	return fetchErr
+	return nil
 }
 
 // worker handles one partition's records in order. After stop is done it

@@ -22,12 +22,18 @@ import (
 	"github.com/closedloop/closedloop/tools/internal/stack"
 )
 
-// newPipeline starts a pipeline of its own for the test.
+// newPipeline starts a pipeline of its own for the test on the shared broker.
 func newPipeline(t *testing.T, name string, env ...string) *stack.Pipeline {
+	t.Helper()
+	return newPipelineOn(t, infra.broker.Addrs, name, env...)
+}
+
+// newPipelineOn starts a pipeline of its own on the given brokers.
+func newPipelineOn(t *testing.T, brokers, name string, env ...string) *stack.Pipeline {
 	t.Helper()
 	dir := filepath.Join(infra.dir, name)
 	p := &stack.Pipeline{
-		Name: name, BinDir: infra.binDir, Dir: dir, Brokers: infra.broker.Addrs, Redis: infra.redis.Addr,
+		Name: name, BinDir: infra.binDir, Dir: dir, Brokers: brokers, Redis: infra.redis.Addr,
 		DatabaseURL: infra.pg.URL, Secret: "dl_test_" + name, Token: delightedgen.IngestToken(),
 		Env: append([]string{"LOG_LEVEL=info"}, env...),
 	}

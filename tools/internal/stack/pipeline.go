@@ -83,6 +83,7 @@ sources:
     secrets: [env:CLOSEDLOOP_DEV_DELIGHTED_SECRET]
     ingest_tokens: [env:CLOSEDLOOP_DEV_INGEST_TOKEN]
     dedupe_ttl: 72h
+    rate_limit: {per_second: 50000}   # high: local load tests must not hit it
 sinks:
   warehouse:
     schema: %s
