@@ -72,7 +72,7 @@ breaking: tools ## buf breaking against the main branch
 FUZZTIME ?= 5s
 .PHONY: fuzz
 fuzz: ## run each fuzz target for FUZZTIME (default 5s; seed corpora in testdata/fuzz)
-	cd services/ingress && for f in FuzzDelightedVerifyNeverPanics FuzzIdentify FuzzSignatureHeaders; do \
+	cd services/ingress && for f in FuzzDelightedVerifyNeverPanics FuzzIdentify FuzzSignatureHeaders FuzzLookupPathMatchesEncodingJSON; do \
 	  go test -run XXX -fuzz "^$$f$$" -fuzztime $(FUZZTIME) ./internal/verify || exit 1; done
 	cd services/normalizer && go test -run XXX -fuzz '^FuzzDelightedMapNeverPanics$$' -fuzztime $(FUZZTIME) ./internal/mapping
 

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"strconv"
 	"sync/atomic"
@@ -56,6 +57,9 @@ type Common struct {
 	Instance string
 	// ShutdownTimeout (SHUTDOWN_TIMEOUT, default 20s) bounds the whole shutdown.
 	ShutdownTimeout time.Duration
+	// ProduceLinger (KAFKA_PRODUCE_LINGER, default 2ms) is how long a produce
+	// batch waits for more records before it is sent.
+	ProduceLinger time.Duration
 	// SessionTimeout (CONSUMER_SESSION_TIMEOUT, default 10s) is how long the
 	// group waits for a silent consumer before giving its partitions to
 	// another: the pause after a crash. Brokers refuse less than their
@@ -79,6 +83,7 @@ func LoadCommon(e *config.Env, opsPort, grpcPort int) Common {
 		Instance:         e.String("INSTANCE_ID", host),
 		ShutdownTimeout:  e.Duration("SHUTDOWN_TIMEOUT", 20*time.Second),
 		SessionTimeout:   e.Duration("CONSUMER_SESSION_TIMEOUT", 10*time.Second),
+		ProduceLinger:    e.Duration("KAFKA_PRODUCE_LINGER", 2*time.Millisecond),
 	}
 	if len(c.Brokers) == 0 {
 		e.Errorf("KAFKA_BROKERS is not set: it must list the Kafka brokers as host:port,host:port")
@@ -120,6 +125,10 @@ func New(ctx context.Context, name string, c Common) (*Service, error) {
 	s.Status.AddCheck("kafka", kafkaio.Ping(c.Brokers))
 	s.Status.Mount(s.OpsMux)
 	s.OpsMux.Handle("GET /metrics", tel.MetricsHandler())
+	// Profiles on the ops port (never the public one): go tool pprof http://<ops>/debug/pprof/profile
+	s.OpsMux.HandleFunc("/debug/pprof/", pprof.Index)
+	s.OpsMux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	s.OpsMux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	s.opsLis, err = net.Listen("tcp", c.OpsAddr)
 	if err != nil {
 		return nil, fmt.Errorf("ops listen on %s (OPS_ADDR): %w", c.OpsAddr, err)
@@ -142,7 +151,7 @@ func (s *Service) EnsureTopics(ctx context.Context, topics ...string) error {
 
 // Producer builds a producer on the service's brokers.
 func (s *Service) Producer() *kafkaio.Producer {
-	return kafkaio.NewProducer(kafkaio.ProducerConfig{Brokers: s.Common.Brokers, ClientID: s.Name + "-" + s.Common.Instance})
+	return kafkaio.NewProducer(kafkaio.ProducerConfig{Brokers: s.Common.Brokers, ClientID: s.Name + "-" + s.Common.Instance, BatchTimeout: s.Common.ProduceLinger})
 }
 
 // OnShutdown adds a step that runs after the servers stopped accepting, in
@@ -205,9 +214,15 @@ func (s *Service) Consume(group string, topics []string, producer *kafkaio.Produ
 	return nil
 }
 
+// Batcher builds a natural-batching producer (kafkaio.Batcher) for a
+// service whose many concurrent callers each wait for their record.
+func (s *Service) Batcher() *kafkaio.Batcher {
+	return kafkaio.NewBatcher(kafkaio.BatcherConfig{Brokers: s.Common.Brokers, ClientID: s.Name + "-" + s.Common.Instance})
+}
+
 // CloseProducer adds the step that flushes and closes producer; add it after
 // the consumers that use it.
-func (s *Service) CloseProducer(p *kafkaio.Producer) {
+func (s *Service) CloseProducer(p interface{ Close() error }) {
 	s.OnShutdown("kafka producer", 5*time.Second, func(context.Context) error { return p.Close() })
 }
 

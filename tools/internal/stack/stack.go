@@ -246,3 +246,13 @@ func WaitReady(ctx context.Context, p *Process, opsAddr string, timeout time.Dur
 		}
 	}
 }
+
+// PID is the process id, or 0 when not started.
+func (p *Process) PID() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil || p.cmd.Process == nil {
+		return 0
+	}
+	return p.cmd.Process.Pid
+}

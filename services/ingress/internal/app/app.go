@@ -30,6 +30,9 @@ type Config struct {
 	MaxBody int
 	// ProduceTimeout (INGRESS_PRODUCE_TIMEOUT, default 3s).
 	ProduceTimeout time.Duration
+	// MaxInFlight (INGRESS_MAX_IN_FLIGHT, default 1024): requests handled at
+	// once; more get 503 + Retry-After.
+	MaxInFlight int
 }
 
 // Load reads and validates the configuration.
@@ -39,6 +42,10 @@ func Load(e *config.Env, lookup func(string) (string, bool)) (Config, error) {
 		Addr:           e.String("INGRESS_ADDR", ":8080"),
 		MaxBody:        e.Int("INGRESS_MAX_BODY_BYTES", 1<<20),
 		ProduceTimeout: e.Duration("INGRESS_PRODUCE_TIMEOUT", 3*time.Second),
+		MaxInFlight:    e.Int("INGRESS_MAX_IN_FLIGHT", 1024),
+	}
+	if c.MaxInFlight < 1 {
+		e.Errorf("INGRESS_MAX_IN_FLIGHT=%d must be at least 1", c.MaxInFlight)
 	}
 	if c.MaxBody < 1024 {
 		e.Errorf("INGRESS_MAX_BODY_BYTES=%d is too small (at least 1024)", c.MaxBody)
@@ -71,10 +78,11 @@ func Run(ctx context.Context) error {
 	tokens := ingesttokens.NewStore(cfg.Common.Brokers, tokensTopic, svc.Log)
 	svc.Group.Go("ingest tokens", tokens.Run)
 	svc.Status.AddCheck("ingest-tokens", tokens.Check)
-	producer := svc.Producer()
+	// One record per request, many requests at once: batch them naturally.
+	producer := svc.Batcher()
 	h, err := ingest.New(ingest.Options{
 		Pipeline: cfg.Pipeline.Current(), Producer: producer, Tokens: ingest.AnyTokens{Issued: tokens}, RawTopic: cfg.Common.Topics.Raw,
-		MaxBody: int64(cfg.MaxBody), ProduceTimeout: cfg.ProduceTimeout, Instance: cfg.Common.Instance, Log: svc.Log,
+		MaxBody: int64(cfg.MaxBody), ProduceTimeout: cfg.ProduceTimeout, MaxInFlight: cfg.MaxInFlight, Instance: cfg.Common.Instance, Log: svc.Log,
 	})
 	if err != nil {
 		return err

@@ -1,10 +1,8 @@
 package verify
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"strings"
 
@@ -131,8 +129,6 @@ const maxIDLen = 200
 
 // Identify finds the event id, type and test flag of an authentic request.
 func (p Provider) Identify(source string, r Request) Identity {
-	var top map[string]json.RawMessage // parsed once, lazily
-	parsed := false
 	lookup := func(f FieldRef) string {
 		if f.Header != "" {
 			if v := strings.TrimSpace(r.Header.Get(f.Header)); v != "" {
@@ -142,11 +138,7 @@ func (p Provider) Identify(source string, r Request) Identity {
 		if f.Path == "" {
 			return ""
 		}
-		if !parsed {
-			parsed = true
-			_ = json.Unmarshal(r.Body, &top)
-		}
-		return jsonPath(top, f.Path)
+		return lookupPath(r.Body, f.Path)
 	}
 	id := Identity{EventID: lookup(p.ID), EventType: lookup(p.Type)}
 	switch {
@@ -175,35 +167,6 @@ func DerivedID(source string, body []byte) string {
 	h.Write([]byte{0})
 	h.Write(body)
 	return "sha256:" + hex.EncodeToString(h.Sum(nil))
-}
-
-// jsonPath reads a dotted path ("data.id") of strings and numbers.
-func jsonPath(top map[string]json.RawMessage, path string) string {
-	cur := top
-	parts := strings.Split(path, ".")
-	for i, k := range parts {
-		raw, ok := cur[k]
-		if !ok {
-			return ""
-		}
-		if i == len(parts)-1 {
-			raw = bytes.TrimSpace(raw)
-			var s string
-			if json.Unmarshal(raw, &s) == nil {
-				return strings.TrimSpace(s)
-			}
-			var n json.Number
-			if json.Unmarshal(raw, &n) == nil {
-				return n.String()
-			}
-			return ""
-		}
-		cur = nil
-		if json.Unmarshal(raw, &cur) != nil {
-			return ""
-		}
-	}
-	return ""
 }
 
 func printable(s string) bool {

@@ -1,0 +1,70 @@
+package kafkaio
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+)
+
+func TestConcurrentCallersAreBatchedAndEachRecordIsWrittenOnceToItsKeysPartition(t *testing.T) {
+	addrs := broker(t, "raw")
+	b := NewBatcher(BatcherConfig{Brokers: addrs})
+	p := NewProducer(ProducerConfig{Brokers: addrs})
+	defer p.Close()
+	var wg sync.WaitGroup
+	errs := make(chan error, 200)
+	for i := range 200 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- b.Produce(context.Background(), Record{Topic: "raw", Key: []byte(fmt.Sprint("k", i)), Value: []byte(fmt.Sprint(i))})
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := readAny(context.Background(), addrs, "raw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]int{}
+	for _, m := range msgs {
+		seen[string(m.Value)]++
+		// The batcher and the Producer agree on a key's partition.
+		want := kafka.Murmur2Balancer{}.Balance(kafka.Message{Key: m.Key}, 0, 1, 2)
+		if m.Partition != want {
+			t.Fatalf("key %s on partition %d, want %d", m.Key, m.Partition, want)
+		}
+		if Header(m, "traceparent") == "" {
+			t.Fatalf("record %s has no trace context", m.Value)
+		}
+	}
+	if len(seen) != 200 || len(msgs) != 200 {
+		t.Fatalf("%d records, %d distinct; want 200 once each", len(msgs), len(seen))
+	}
+	if err := b.Produce(context.Background(), Record{Topic: "raw", Value: []byte("late")}); err == nil {
+		t.Fatal("produce after Close succeeded")
+	}
+}
+
+func TestAProduceToAMissingTopicFailsFast(t *testing.T) {
+	addrs := broker(t, "raw")
+	b := NewBatcher(BatcherConfig{Brokers: addrs})
+	defer b.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := b.Produce(ctx, Record{Topic: "nope", Value: []byte("x")}); err == nil {
+		t.Fatal("produce to a missing topic succeeded")
+	}
+}
