@@ -76,9 +76,18 @@ fuzz: ## run each fuzz target for FUZZTIME (default 5s; seed corpora in testdata
 	  go test -run XXX -fuzz "^$$f$$" -fuzztime $(FUZZTIME) ./internal/verify || exit 1; done
 	cd services/normalizer && go test -run XXX -fuzz '^FuzzDelightedMapNeverPanics$$' -fuzztime $(FUZZTIME) ./internal/mapping
 
+.PHONY: bench-ingress
+bench-ingress: ## ingress vs a bare HMAC-checking server: req/s, latency, RSS, every 2xx found in Kafka
+	go run ./tools/ingressbench
+
+.PHONY: bench
+bench: ## Go micro-benchmarks (verify, mapping)
+	cd services/ingress && go test -run XXX -bench . -benchmem ./internal/verify
+	cd services/normalizer && go test -run XXX -bench . -benchmem ./internal/mapping
+
 .PHONY: build
 build: ## build every binary into bin/
-	go build -o bin/ ./tools/devbroker ./tools/devstack ./tools/webhookgen ./services/ingress/cmd/ingress \
+	go build -o bin/ ./tools/devbroker ./tools/devstack ./tools/webhookgen ./tools/tokenctl ./tools/ingressbench ./services/ingress/cmd/ingress \
 	  ./services/normalizer/cmd/normalizer ./services/enricher/cmd/enricher ./services/sink-warehouse/cmd/sink-warehouse \
 	  ./services/sink-console/cmd/sink-console
 

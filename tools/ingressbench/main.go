@@ -353,7 +353,6 @@ func keysIn(ctx context.Context, brokers, topic string) (map[string]bool, error)
 	return out, nil
 }
 
-
 var profile = flag.String("cpuprofile", "", "write a CPU profile of the ingress during the closed-loop run to this file")
 
 type multiFlag []string
