@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
@@ -95,8 +96,8 @@ func Run(ctx context.Context) error {
 		return fmt.Errorf("listen on %s (INGRESS_ADDR): %w", cfg.Addr, err)
 	}
 	srv := &http.Server{
-		Handler: otelhttp.NewHandler(mux, "ingress",
-			otelhttp.WithSpanNameFormatter(spanName)),
+		Handler: redactToken(otelhttp.NewHandler(restorePath(mux), "ingress",
+			otelhttp.WithSpanNameFormatter(spanName))),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       15 * time.Second,
 		WriteTimeout:      15 * time.Second,
@@ -124,4 +125,37 @@ func spanName(_ string, r *http.Request) string {
 		return r.Pattern
 	}
 	return r.Method
+}
+
+type originalPath struct{}
+
+// redactToken hides the ingest token from everything between it and
+// restorePath — the tracing middleware records the request path as a span
+// attribute, and a token in a trace store is a leaked token.
+func redactToken(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		parts := strings.Split(r.URL.Path, "/")
+		if len(parts) == 5 && parts[1] == "v1" && parts[2] == "hooks" {
+			r2 := r.WithContext(context.WithValue(r.Context(), originalPath{}, r.URL.Path))
+			u := *r.URL
+			u.Path = strings.Join(append(parts[:4:4], "{token}"), "/")
+			u.RawPath = ""
+			r2.URL = &u
+			r2.RequestURI = u.Path
+			r = r2
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// restorePath puts the real path back for routing.
+func restorePath(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if p, ok := r.Context().Value(originalPath{}).(string); ok {
+			u := *r.URL
+			u.Path = p
+			r.URL = &u
+		}
+		next.ServeHTTP(w, r)
+	})
 }
