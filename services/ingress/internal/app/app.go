@@ -8,10 +8,8 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strings"
 	"time"
 
-	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 
 	"github.com/closedloop/closedloop/libs/config"
 	"github.com/closedloop/closedloop/libs/ingesttokens"
@@ -96,8 +94,7 @@ func Run(ctx context.Context) error {
 		return fmt.Errorf("listen on %s (INGRESS_ADDR): %w", cfg.Addr, err)
 	}
 	srv := &http.Server{
-		Handler: redactToken(otelhttp.NewHandler(restorePath(mux), "ingress",
-			otelhttp.WithSpanNameFormatter(spanName))),
+		Handler:           ingest.Traced(mux),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       15 * time.Second,
 		WriteTimeout:      15 * time.Second,
@@ -116,46 +113,4 @@ func Run(ctx context.Context) error {
 	svc.OnShutdown("webhook http drain", 10*time.Second, srv.Shutdown)
 	svc.CloseProducer(producer)
 	return svc.Run()
-}
-
-// spanName names the server span after the route pattern ("POST
-// /v1/hooks/{source}/{token}"), never after the path, which holds the token.
-func spanName(_ string, r *http.Request) string {
-	if r.Pattern != "" {
-		return r.Pattern
-	}
-	return r.Method
-}
-
-type originalPath struct{}
-
-// redactToken hides the ingest token from everything between it and
-// restorePath — the tracing middleware records the request path as a span
-// attribute, and a token in a trace store is a leaked token.
-func redactToken(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		parts := strings.Split(r.URL.Path, "/")
-		if len(parts) == 5 && parts[1] == "v1" && parts[2] == "hooks" {
-			r2 := r.WithContext(context.WithValue(r.Context(), originalPath{}, r.URL.Path))
-			u := *r.URL
-			u.Path = strings.Join(append(parts[:4:4], "{token}"), "/")
-			u.RawPath = ""
-			r2.URL = &u
-			r2.RequestURI = u.Path
-			r = r2
-		}
-		next.ServeHTTP(w, r)
-	})
-}
-
-// restorePath puts the real path back for routing.
-func restorePath(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if p, ok := r.Context().Value(originalPath{}).(string); ok {
-			u := *r.URL
-			u.Path = p
-			r.URL = &u
-		}
-		next.ServeHTTP(w, r)
-	})
 }
