@@ -226,7 +226,7 @@ func run(conns int, d time.Duration, rate int, steady time.Duration, extraEnv []
 	ing := &stack.Process{Name: "ingress", Bin: filepath.Join(bin, "ingress"), Log: filepath.Join(dir, "ingress.log"), Env: []string{
 		"KAFKA_BROKERS=" + broker.Addrs, "KAFKA_CREATE_TOPICS=true", "PIPELINE_CONFIG=" + cfg, "BENCH_SECRET=" + secret, "BENCH_TOKEN=" + token,
 		"INGRESS_ADDR=127.0.0.1:" + strconv.Itoa(port), "OPS_ADDR=127.0.0.1:" + strconv.Itoa(ops), "GRPC_ADDR=127.0.0.1:" + strconv.Itoa(grpc),
-		"LOG_LEVEL=warn", "INGRESS_MAX_IN_FLIGHT=4096",
+		"LOG_LEVEL=warn",
 	}}
 	ing.Env = append(ing.Env, extraEnv...)
 	if err := ing.Start(); err != nil {
