@@ -10,7 +10,6 @@ import (
 	"os"
 	"time"
 
-
 	"github.com/closedloop/closedloop/libs/config"
 	"github.com/closedloop/closedloop/libs/ingesttokens"
 	"github.com/closedloop/closedloop/libs/kafkaio"
