@@ -74,7 +74,8 @@ FUZZTIME ?= 5s
 fuzz: ## run each fuzz target for FUZZTIME (default 5s; seed corpora in testdata/fuzz)
 	cd services/ingress && for f in FuzzDelightedVerifyNeverPanics FuzzIdentify FuzzSignatureHeaders FuzzLookupPathMatchesEncodingJSON; do \
 	  go test -run XXX -fuzz "^$$f$$" -fuzztime $(FUZZTIME) ./internal/verify || exit 1; done
-	cd services/normalizer && go test -run XXX -fuzz '^FuzzDelightedMapNeverPanics$$' -fuzztime $(FUZZTIME) ./internal/mapping
+	cd services/normalizer && for f in FuzzDelightedMapNeverPanics FuzzEveryMapperNeverPanics; do \
+	  go test -run XXX -fuzz "^$$f$$" -fuzztime $(FUZZTIME) ./internal/mapping || exit 1; done
 
 .PHONY: bench-ingress
 bench-ingress: ## ingress vs a bare HMAC-checking server: req/s, latency, RSS, every 2xx found in Kafka

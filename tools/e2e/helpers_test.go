@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -95,6 +97,9 @@ func rowsByEventID(t *testing.T, pool *pgxpool.Pool, schema string) map[string]i
 
 // waitRows waits until the warehouse holds every want id (or the timeout),
 // then a little longer, so late duplicates would show.
+// onMissing, when set, is told which events never arrived (for diagnosis).
+var onMissing func(missing []string)
+
 func waitRows(t *testing.T, pool *pgxpool.Pool, schema string, want map[string]bool, timeout time.Duration) map[string]int {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
@@ -111,7 +116,17 @@ func waitRows(t *testing.T, pool *pgxpool.Pool, schema string, want map[string]b
 			return rowsByEventID(t, pool, schema)
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("after %s the warehouse has %d of %d events", timeout, have, len(want))
+			var missing []string
+			for id := range want {
+				if got[id] == 0 {
+					missing = append(missing, id)
+				}
+			}
+			sort.Strings(missing)
+			if onMissing != nil {
+				onMissing(missing)
+			}
+			t.Fatalf("after %s the warehouse has %d of %d events; missing: %s", timeout, have, len(want), strings.Join(missing[:min(5, len(missing))], ", "))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -224,4 +239,18 @@ func (s *spanSink) services(traceID string) map[string][]string {
 		out[k] = append([]string(nil), v...)
 	}
 	return out
+}
+
+// locate reports which of the pipeline's topics hold each event id.
+func locate(t *testing.T, p *stack.Pipeline, ids []string) {
+	t.Helper()
+	for _, topic := range []string{"feedback.raw.v1", "feedback.normalized.v1", "feedback.enriched.v1", "feedback.quarantine.v1"} {
+		for _, m := range readTopic(t, p.Brokers, p.TopicPrefix()+topic) {
+			for _, id := range ids {
+				if strings.Contains(string(m.Key), id) || strings.Contains(string(m.Value), id) {
+					t.Logf("event %s is on %s partition %d offset %d", id, topic, m.Partition, m.Offset)
+				}
+			}
+		}
+	}
 }

@@ -33,12 +33,14 @@ type Generator struct {
 	Secret []byte
 	rnd    *mrand.Rand
 	seq    int
+	base   int
 	now    func() time.Time
 }
 
 // New returns a generator; seed makes the sequence reproducible.
 func New(secret []byte, seed uint64) *Generator {
-	return &Generator{Secret: secret, rnd: mrand.New(mrand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), now: time.Now}
+	rnd := mrand.New(mrand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	return &Generator{Secret: secret, rnd: rnd, base: 100000 + rnd.IntN(899999)*1000, now: time.Now}
 }
 
 var people = []struct{ name, email string }{
@@ -89,7 +91,9 @@ func (g *Generator) Response() (created, updated Webhook) {
 	g.seq++
 	p := people[g.rnd.IntN(len(people))]
 	score := g.rnd.IntN(11)
-	respID := strconv.Itoa(100000 + g.rnd.IntN(900000))
+	// Response ids must be unique: two responses with one id and one
+	// updated_at are the same response version, and dedupe drops the second.
+	respID := strconv.Itoa(g.base + g.seq)
 	t := g.now().Unix()
 	data := map[string]any{
 		"id":          respID,
@@ -114,7 +118,8 @@ func (g *Generator) Response() (created, updated Webhook) {
 // Unsubscribe returns an unsubscribe.created webhook.
 func (g *Generator) Unsubscribe() Webhook {
 	p := people[g.rnd.IntN(len(people))]
-	pid := strconv.Itoa(5000 + g.rnd.IntN(5000))
+	g.seq++
+	pid := strconv.Itoa(g.base + g.seq)
 	w := g.envelope("unsubscribe.created", map[string]any{"person_id": pid, "email": p.email, "name": p.name, "unsubscribed_at": g.now().Unix()})
 	w.Subject = pid
 	return w

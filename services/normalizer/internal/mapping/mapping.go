@@ -38,11 +38,21 @@ type Mapper interface {
 	Map(raw *feedbackv1.RawWebhook) (*feedbackv1.FeedbackEvent, error)
 }
 
-// ForProvider returns the mapper of a provider.
+// ForProvider returns the mapper of a provider. Providers without a mapping
+// of their own (Standard Webhooks senders, Typeform, GitHub, Stripe, generic
+// HMAC sources) get Generic: an engagement event with the body's data kept.
 func ForProvider(provider string) (Mapper, bool) {
 	switch provider {
 	case "delighted":
 		return Delighted{}, true
+	case "delightloop":
+		return DelightLoop{}, true
+	case "chattosurvey":
+		return ChatToSurvey{}, true
+	case "feedbackpro":
+		return FeedBackPro{}, true
+	case "standardwebhooks", "typeform", "github", "stripe", "hmac":
+		return Generic{}, true
 	}
 	return nil, false
 }
@@ -159,6 +169,20 @@ func (c *coercer) number(field string, raw json.RawMessage) (float64, bool, erro
 	}
 	c.mark(field)
 	return f, true, nil
+}
+
+// isoTime reads a time a provider documents as ISO 8601 / RFC 3339 (not a
+// coercion); unix seconds in its place are coerced and flagged.
+func (c *coercer) isoTime(field string, raw json.RawMessage) (*timestamppb.Timestamp, error) {
+	if isString(raw) {
+		var s string
+		if err := json.Unmarshal(raw, &s); err == nil {
+			if t, err := time.Parse(time.RFC3339Nano, strings.TrimSpace(s)); err == nil {
+				return timestamppb.New(t.UTC()), nil
+			}
+		}
+	}
+	return c.time(field, raw)
 }
 
 // time reads unix seconds (number), or a numeric string or ISO-8601/RFC 3339

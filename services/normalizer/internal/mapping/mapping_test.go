@@ -122,3 +122,66 @@ func BenchmarkDelightedMap(b *testing.B) {
 		}
 	}
 }
+
+func mapAs(t *testing.T, provider, eventType, body string) (*feedbackv1.FeedbackEvent, error) {
+	t.Helper()
+	return Map(&feedbackv1.RawWebhook{EventId: "e1", Source: "s", Provider: provider, EventType: eventType, Body: []byte(body)}, time.Unix(0, 0))
+}
+
+func TestProviderEventsThatAreNotFeedbackAreKeptAsEngagement(t *testing.T) {
+	cases := []struct {
+		name, provider, typ, body string
+		subjectType               feedbackv1.SubjectType
+		subject                   string
+	}{
+		{"a DelightLoop campaign", "delightloop", "campaign.completed", `{"event":"campaign.completed","timestamp":"2025-11-22T02:55:20Z","data":{"campaignId":"camp_1"}}`,
+			feedbackv1.SubjectType_SUBJECT_TYPE_CAMPAIGN, "camp_1"},
+		{"a DelightLoop contact list", "delightloop", "contact_list.updated", `{"event":"contact_list.updated","timestamp":"2025-11-22T02:55:20Z","data":{"id":"cl_9"}}`,
+			feedbackv1.SubjectType_SUBJECT_TYPE_CONTACT_LIST, "cl_9"},
+		{"an unknown FeedBackPro event", "feedbackpro", "cart_abandoned", `{"event":"cart_abandoned","id":"evt_1","timestamp":"2025-11-22T02:55:20Z","data":{"x":{"y":1}}}`,
+			feedbackv1.SubjectType_SUBJECT_TYPE_EVENT, "e1"},
+		{"a Stripe event", "stripe", "customer.updated", `{"id":"evt_1Qs","type":"customer.updated","data":{"object":{"email":"a@b.c"}}}`,
+			feedbackv1.SubjectType_SUBJECT_TYPE_EVENT, "e1"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ev, err := mapAs(t, c.provider, c.typ, c.body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ev.Kind != feedbackv1.Kind_KIND_ENGAGEMENT || ev.Subject.Type != c.subjectType || ev.Subject.Id != c.subject || len(ev.Properties) == 0 || ev.ProviderEventType != c.typ {
+				t.Fatalf("event = %v", ev)
+			}
+		})
+	}
+}
+
+func TestAChatToSurveyResponseWithoutAConversationIsQuarantined(t *testing.T) {
+	_, err := mapAs(t, "chattosurvey", "conversation.completed", `{"id":"u1","event":"conversation.completed","created_at":"2025-11-22T02:58:20Z","data":{}}`)
+	if reason, ok := kafkaio.IsPermanent(err); !ok || reason != ReasonMissingID {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestAFiveStarRatingOutsideItsScaleIsQuarantined(t *testing.T) {
+	_, err := mapAs(t, "feedbackpro", "rating_submitted", `{"event":"rating_submitted","id":"evt_1","timestamp":"2025-11-22T03:03:20Z","data":{"score":6}}`)
+	if reason, ok := kafkaio.IsPermanent(err); !ok || reason != ReasonScoreOutOfScale {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func FuzzEveryMapperNeverPanics(f *testing.F) {
+	f.Add(uint8(0), []byte(`{"event":"rating_submitted","id":"e","timestamp":"2025-11-22T03:03:20Z","data":{"score":"4"}}`))
+	f.Add(uint8(1), []byte(`{"id":"u","event":"conversation.completed","data":{"conversation":{"id":"c"},"responses":[{"answer":"x","answer_type":"nps"}]}}`))
+	f.Add(uint8(2), []byte(`{"event":"recipient.acknowledged","timestamp":1763780120,"data":{"recipientId":5}}`))
+	providers := []string{"feedbackpro", "chattosurvey", "delightloop", "delighted", "stripe"}
+	f.Fuzz(func(t *testing.T, p uint8, body []byte) {
+		ev, err := Map(&feedbackv1.RawWebhook{EventId: "e", Provider: providers[int(p)%len(providers)], Body: body}, time.Unix(0, 0))
+		if err == nil && (ev.Subject == nil || ev.Subject.Id == "") {
+			t.Fatalf("mapped without a subject: %s", body)
+		}
+		if _, ok := kafkaio.IsPermanent(err); err != nil && !ok {
+			t.Fatalf("a mapping error that is not a quarantine reason: %v", err)
+		}
+	})
+}

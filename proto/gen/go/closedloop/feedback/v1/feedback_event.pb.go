@@ -114,7 +114,10 @@ const (
 	SubjectType_SUBJECT_TYPE_RESPONSE     SubjectType = 1
 	SubjectType_SUBJECT_TYPE_PERSON       SubjectType = 2
 	SubjectType_SUBJECT_TYPE_CONVERSATION SubjectType = 3
+	// The event itself, when it is about nothing with an id of its own.
 	SubjectType_SUBJECT_TYPE_EVENT        SubjectType = 4
+	SubjectType_SUBJECT_TYPE_CAMPAIGN     SubjectType = 5
+	SubjectType_SUBJECT_TYPE_CONTACT_LIST SubjectType = 6
 )
 
 // Enum value maps for SubjectType.
@@ -125,6 +128,8 @@ var (
 		2: "SUBJECT_TYPE_PERSON",
 		3: "SUBJECT_TYPE_CONVERSATION",
 		4: "SUBJECT_TYPE_EVENT",
+		5: "SUBJECT_TYPE_CAMPAIGN",
+		6: "SUBJECT_TYPE_CONTACT_LIST",
 	}
 	SubjectType_value = map[string]int32{
 		"SUBJECT_TYPE_UNSPECIFIED":  0,
@@ -132,6 +137,8 @@ var (
 		"SUBJECT_TYPE_PERSON":       2,
 		"SUBJECT_TYPE_CONVERSATION": 3,
 		"SUBJECT_TYPE_EVENT":        4,
+		"SUBJECT_TYPE_CAMPAIGN":     5,
+		"SUBJECT_TYPE_CONTACT_LIST": 6,
 	}
 )
 
@@ -1026,13 +1033,15 @@ const file_closedloop_feedback_v1_feedback_event_proto_rawDesc = "" +
 	"\x11KIND_UNSUBSCRIBED\x10\n" +
 	"\x12\x13\n" +
 	"\x0fKIND_ENGAGEMENT\x10\v\x12\r\n" +
-	"\tKIND_TEST\x10\f*\x96\x01\n" +
+	"\tKIND_TEST\x10\f*\xd0\x01\n" +
 	"\vSubjectType\x12\x1c\n" +
 	"\x18SUBJECT_TYPE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15SUBJECT_TYPE_RESPONSE\x10\x01\x12\x17\n" +
 	"\x13SUBJECT_TYPE_PERSON\x10\x02\x12\x1d\n" +
 	"\x19SUBJECT_TYPE_CONVERSATION\x10\x03\x12\x16\n" +
-	"\x12SUBJECT_TYPE_EVENT\x10\x04*\xf7\x01\n" +
+	"\x12SUBJECT_TYPE_EVENT\x10\x04\x12\x19\n" +
+	"\x15SUBJECT_TYPE_CAMPAIGN\x10\x05\x12\x1d\n" +
+	"\x19SUBJECT_TYPE_CONTACT_LIST\x10\x06*\xf7\x01\n" +
 	"\n" +
 	"SurveyType\x12\x1b\n" +
 	"\x17SURVEY_TYPE_UNSPECIFIED\x10\x00\x12\x13\n" +
