@@ -107,11 +107,7 @@ func (b *Batcher) Produce(ctx context.Context, recs ...Record) error {
 	waits := make([]chan error, len(recs))
 	spans := make([]trace.Span, len(recs))
 	for i, r := range recs {
-		headers := append([]kafka.Header(nil), r.Headers...)
-		sctx, span := b.tracer.Start(ctx, r.Topic+" publish", trace.WithSpanKind(trace.SpanKindProducer),
-			trace.WithAttributes(attribute.String("messaging.system", "kafka"), attribute.String("messaging.operation.type", "send"),
-				attribute.String("messaging.destination.name", r.Topic), attribute.String("messaging.kafka.message.key", string(r.Key))))
-		b.prop.Inject(sctx, HeaderCarrier{Headers: &headers})
+		headers, span := startPublish(ctx, b.tracer, b.prop, r)
 		spans[i] = span
 		p := &pending{rec: kafka.Record{Key: kafka.NewBytes(r.Key), Value: kafka.NewBytes(r.Value), Headers: headers}, done: make(chan error, 1)}
 		waits[i] = p.done

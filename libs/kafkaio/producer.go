@@ -108,16 +108,7 @@ func (p *Producer) Produce(ctx context.Context, recs ...Record) error {
 	msgs := make([]kafka.Message, len(recs))
 	spans := make([]trace.Span, len(recs))
 	for i, r := range recs {
-		headers := append([]kafka.Header(nil), r.Headers...)
-		sctx, span := p.tracer.Start(ctx, r.Topic+" publish",
-			trace.WithSpanKind(trace.SpanKindProducer),
-			trace.WithAttributes(
-				attribute.String("messaging.system", "kafka"),
-				attribute.String("messaging.operation.type", "send"),
-				attribute.String("messaging.destination.name", r.Topic),
-				attribute.String("messaging.kafka.message.key", string(r.Key)),
-			))
-		p.prop.Inject(sctx, HeaderCarrier{Headers: &headers})
+		headers, span := startPublish(ctx, p.tracer, p.prop, r)
 		spans[i] = span
 		msgs[i] = kafka.Message{Topic: r.Topic, Key: r.Key, Value: r.Value, Headers: headers}
 	}
@@ -158,3 +149,19 @@ func (p *Producer) Close() error { return p.w.Close() }
 func (p *Producer) Stats() kafka.WriterStats { return p.w.Stats() }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+// startPublish starts the "<topic> publish" producer span of a record and
+// returns the record's headers with the span's trace context injected.
+func startPublish(ctx context.Context, tracer trace.Tracer, prop propagation.TextMapPropagator, r Record) ([]kafka.Header, trace.Span) {
+	headers := append([]kafka.Header(nil), r.Headers...)
+	sctx, span := tracer.Start(ctx, r.Topic+" publish",
+		trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(
+			attribute.String("messaging.system", "kafka"),
+			attribute.String("messaging.operation.type", "send"),
+			attribute.String("messaging.destination.name", r.Topic),
+			attribute.String("messaging.kafka.message.key", string(r.Key)),
+		))
+	prop.Inject(sctx, HeaderCarrier{Headers: &headers})
+	return headers, span
+}

@@ -28,6 +28,27 @@ func newEvent(raw *feedbackv1.RawWebhook) *feedbackv1.FeedbackEvent {
 	return &feedbackv1.FeedbackEvent{ProviderEventType: raw.EventType, Properties: map[string]*structpb.Value{}}
 }
 
+// begin is the common start of the envelope mappers: decode the object,
+// take the event type from the ingress (else from typeField), and the time
+// from timeField (ISO 8601 documented; else the receive time).
+func begin(raw *feedbackv1.RawWebhook, typeField, timeField string) (obj, *feedbackv1.FeedbackEvent, *coercer, error) {
+	o, err := envelope(raw)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ev := newEvent(raw)
+	if ev.ProviderEventType == "" {
+		ev.ProviderEventType = o.str(typeField)
+	}
+	c := &coercer{}
+	t, err := c.isoTime(timeField, o[timeField])
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	when(ev, t, raw)
+	return o, ev, c, nil
+}
+
 // eventSubject makes the event itself the subject, for events about nothing
 // with an id of its own.
 func eventSubject(raw *feedbackv1.RawWebhook) *feedbackv1.Subject {
@@ -70,20 +91,10 @@ type DelightLoop struct{}
 
 // Map implements Mapper.
 func (DelightLoop) Map(raw *feedbackv1.RawWebhook) (*feedbackv1.FeedbackEvent, error) {
-	o, err := envelope(raw)
+	o, ev, c, err := begin(raw, "event", "timestamp")
 	if err != nil {
 		return nil, err
 	}
-	ev := newEvent(raw)
-	if ev.ProviderEventType == "" {
-		ev.ProviderEventType = o.str("event")
-	}
-	c := &coercer{}
-	t, err := c.isoTime("timestamp", o["timestamp"])
-	if err != nil {
-		return nil, err
-	}
-	when(ev, t, raw)
 	if err := Flatten("", raw.Body, ev.Properties); err != nil {
 		return nil, kafkaio.Permanent(ReasonMalformedJSON, err)
 	}
@@ -123,20 +134,10 @@ type ChatToSurvey struct{}
 
 // Map implements Mapper.
 func (ChatToSurvey) Map(raw *feedbackv1.RawWebhook) (*feedbackv1.FeedbackEvent, error) {
-	o, err := envelope(raw)
+	o, ev, c, err := begin(raw, "event", "created_at")
 	if err != nil {
 		return nil, err
 	}
-	ev := newEvent(raw)
-	if ev.ProviderEventType == "" {
-		ev.ProviderEventType = o.str("event")
-	}
-	c := &coercer{}
-	t, err := c.isoTime("created_at", o["created_at"])
-	if err != nil {
-		return nil, err
-	}
-	when(ev, t, raw)
 	data := o.sub("data")
 	switch ev.ProviderEventType {
 	case "conversation.completed":
@@ -216,20 +217,10 @@ type FeedBackPro struct{}
 
 // Map implements Mapper.
 func (FeedBackPro) Map(raw *feedbackv1.RawWebhook) (*feedbackv1.FeedbackEvent, error) {
-	o, err := envelope(raw)
+	o, ev, c, err := begin(raw, "event", "timestamp")
 	if err != nil {
 		return nil, err
 	}
-	ev := newEvent(raw)
-	if ev.ProviderEventType == "" {
-		ev.ProviderEventType = o.str("event")
-	}
-	c := &coercer{}
-	t, err := c.isoTime("timestamp", o["timestamp"])
-	if err != nil {
-		return nil, err
-	}
-	when(ev, t, raw)
 	data := o.sub("data")
 	if !isNull(o["data"]) {
 		if err := Flatten("data", o["data"], ev.Properties); err != nil {
