@@ -70,7 +70,9 @@ type lru struct {
 	items map[string]*list.Element
 }
 
-func newLRU(max int) *lru { return &lru{max: max, order: list.New(), items: map[string]*list.Element{}} }
+func newLRU(max int) *lru {
+	return &lru{max: max, order: list.New(), items: map[string]*list.Element{}}
+}
 
 // add reports whether id is new.
 func (l *lru) add(id string) bool {
