@@ -13,6 +13,7 @@ import (
 	"github.com/closedloop/closedloop/libs/config"
 	"github.com/closedloop/closedloop/libs/idempotency"
 	"github.com/closedloop/closedloop/libs/service"
+	"github.com/closedloop/closedloop/services/normalizer/internal/drift"
 	"github.com/closedloop/closedloop/services/normalizer/internal/normalize"
 )
 
@@ -79,6 +80,7 @@ func Run(ctx context.Context) error {
 	producer := svc.Producer()
 	h := normalize.New(normalize.Options{
 		Dedupe: store, Producer: producer, NormalizedTopic: t.Normalized, Log: svc.Log,
+		Drift: drift.New(rdb, cfg.RedisPrefix+"drift:"),
 		TTL: func(source string) time.Duration {
 			if s, ok := cfg.Pipeline.Current().Source(source); ok {
 				return s.DedupeTTL.Duration

@@ -36,8 +36,15 @@ type Producer interface {
 	Produce(ctx context.Context, recs ...kafkaio.Record) error
 }
 
+// DriftObserver records the field paths of authentic events (package drift).
+type DriftObserver interface {
+	Observe(ctx context.Context, provider, eventType, eventID string, body []byte) ([]string, error)
+}
+
 // Options configure the Handler.
 type Options struct {
+	// Drift, when set, is told the body of every event that is processed.
+	Drift           DriftObserver
 	Dedupe          Deduper
 	Producer        Producer
 	NormalizedTopic string
@@ -121,6 +128,16 @@ func (h *Handler) Handle(ctx context.Context, m kafka.Message) error {
 		return idempotency.ErrInProgress
 	}
 	h.dedupe.Add(ctx, 1, metric.WithAttributes(src, attribute.String("result", "miss")))
+	if h.o.Drift != nil {
+		// Observability only: a failure is logged, and the paths are tried
+		// again with the next event that carries them.
+		if drifted, err := h.o.Drift.Observe(ctx, ev.Provider, ev.ProviderEventType, ev.EventId, raw.Body); err != nil {
+			h.o.Log.WarnContext(ctx, "schema drift not recorded", "error", err.Error())
+		} else if len(drifted) > 0 {
+			h.o.Log.InfoContext(ctx, "new fields in provider payloads", "provider", ev.Provider, "event_type", ev.ProviderEventType,
+				"event_id", ev.EventId, "paths", drifted)
+		}
+	}
 
 	value, err := proto.Marshal(ev)
 	if err != nil {

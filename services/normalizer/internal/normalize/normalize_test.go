@@ -121,3 +121,25 @@ func TestAnUndecodableRecordIsQuarantined(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+type driftRecorder struct{ ids []string }
+
+func (d *driftRecorder) Observe(_ context.Context, _, _, eventID string, _ []byte) ([]string, error) {
+	d.ids = append(d.ids, eventID)
+	return nil, nil
+}
+
+func TestOnlyProcessedEventsAreObservedForSchemaDrift(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: localinfra.RedisForTest(t)})
+	d := &driftRecorder{}
+	h := handler(t, rdb, &recorder{})
+	h.o.Drift = d
+	for _, m := range []kafka.Message{rawMsg(t, "e1", response("e1", "100")), rawMsg(t, "e1", response("e1", "100"))} {
+		if err := h.Handle(context.Background(), m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(d.ids) != 1 || d.ids[0] != "e1" {
+		t.Fatalf("observed %v, want the first delivery only", d.ids)
+	}
+}
