@@ -94,13 +94,20 @@ func WaitTCP(ctx context.Context, addr string, timeout time.Duration) error {
 // StartRedis starts redis-server without persistence on a free port, its
 // files in dir. It returns ErrNotInstalled when redis-server is not on PATH.
 func StartRedis(ctx context.Context, dir string) (*Proc, error) {
+	return StartRedisOn(ctx, dir, 0)
+}
+
+// StartRedisOn is StartRedis on a given port (0: a free one), so that a test
+// can stop Redis and start it again where its clients expect it.
+func StartRedisOn(ctx context.Context, dir string, port int) (*Proc, error) {
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		return nil, fmt.Errorf("redis-server: %w (Debian: apt-get install redis-server)", ErrNotInstalled)
 	}
-	port, err := FreePort()
-	if err != nil {
-		return nil, err
+	if port == 0 {
+		if port, err = FreePort(); err != nil {
+			return nil, err
+		}
 	}
 	p := &Proc{Name: "redis", Addr: "127.0.0.1:" + strconv.Itoa(port), Dir: dir}
 	args := []string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",

@@ -33,9 +33,15 @@ func newPipeline(t *testing.T, name string, env ...string) *stack.Pipeline {
 // newPipelineOn starts a pipeline of its own on the given brokers.
 func newPipelineOn(t *testing.T, brokers, name string, env ...string) *stack.Pipeline {
 	t.Helper()
+	return newPipelineWith(t, brokers, infra.redis.Addr, name, env...)
+}
+
+// newPipelineWith starts a pipeline of its own on the given brokers and Redis.
+func newPipelineWith(t *testing.T, brokers, redisAddr, name string, env ...string) *stack.Pipeline {
+	t.Helper()
 	dir := filepath.Join(infra.dir, name)
 	p := &stack.Pipeline{
-		Name: name, BinDir: infra.binDir, Dir: dir, Brokers: brokers, Redis: infra.redis.Addr,
+		Name: name, BinDir: infra.binDir, Dir: dir, Brokers: brokers, Redis: redisAddr,
 		DatabaseURL: infra.pg.URL, Secret: "dl_test_" + name, Token: delightedgen.IngestToken(),
 		Env: append([]string{"LOG_LEVEL=info"}, env...),
 	}
