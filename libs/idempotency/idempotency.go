@@ -177,3 +177,103 @@ func (s *Store) Release(ctx context.Context, scope string, ids ...string) error 
 func Ping(rdb redis.UniversalClient) func(ctx context.Context) error {
 	return func(ctx context.Context) error { return rdb.Ping(ctx).Err() }
 }
+
+// Item names one event in the batch calls: its scope, its ids and (for
+// CompleteAll) the TTL of its "done" marks.
+type Item struct {
+	Scope string
+	IDs   []string
+	TTL   time.Duration
+}
+
+// ForWorker returns a Store whose claims belong to one worker of this
+// process (for example one partition's): a retry by that worker re-claims
+// its own keys, while another worker — in this process or any other — sees
+// them in progress. Without it two partitions of one process could both
+// claim the same subject version.
+func (s *Store) ForWorker(worker string) *Store {
+	c := *s
+	c.owner = s.owner + "/" + worker
+	return &c
+}
+
+// ClaimAll claims many events in one round trip (one atomic script per
+// event, pipelined). Outcomes are in the order of items. Two items of one
+// batch that share a key are both Claimed (same owner): the caller must
+// dedupe within its batch.
+func (s *Store) ClaimAll(ctx context.Context, items []Item) ([]Outcome, error) {
+	for _, it := range items {
+		if len(it.IDs) == 0 {
+			return nil, errors.New("idempotency: claim with no ids")
+		}
+	}
+	ns, err := s.runAll(ctx, claimScript, items, func(it Item) []any {
+		return []any{s.marker(), s.processingTTL.Milliseconds()}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("idempotency claim: %w", err)
+	}
+	out := make([]Outcome, len(items))
+	for i, n := range ns {
+		switch n {
+		case 0:
+			out[i] = Claimed
+		case 1:
+			out[i] = Duplicate
+		default:
+			out[i] = InProgress
+		}
+	}
+	return out, nil
+}
+
+// CompleteAll marks many claimed events done, each for its TTL.
+func (s *Store) CompleteAll(ctx context.Context, items []Item) error {
+	if _, err := s.runAll(ctx, completeScript, items, func(it Item) []any { return []any{it.TTL.Milliseconds()} }); err != nil {
+		return fmt.Errorf("idempotency complete: %w", err)
+	}
+	return nil
+}
+
+// ReleaseAll drops this worker's claims of many events.
+func (s *Store) ReleaseAll(ctx context.Context, items []Item) error {
+	if _, err := s.runAll(ctx, releaseScript, items, func(Item) []any { return []any{s.marker()} }); err != nil {
+		return fmt.Errorf("idempotency release: %w", err)
+	}
+	return nil
+}
+
+// runAll runs script once per item in one pipeline. A Redis that lost its
+// script cache (restart, failover) answers NOSCRIPT: the scripts are loaded
+// and the pipeline is run once more (every script here is safe to repeat).
+func (s *Store) runAll(ctx context.Context, script *redis.Script, items []Item, args func(Item) []any) ([]int64, error) {
+	if len(items) == 0 {
+		return nil, nil
+	}
+	for attempt := 0; ; attempt++ {
+		pipe := s.rdb.Pipeline()
+		cmds := make([]*redis.Cmd, len(items))
+		for i, it := range items {
+			cmds[i] = script.EvalSha(ctx, pipe, s.Keys(it.Scope, it.IDs...), args(it)...)
+		}
+		_, err := pipe.Exec(ctx)
+		if err != nil && attempt == 0 && redis.HasErrorPrefix(err, "NOSCRIPT") {
+			if lerr := script.Load(ctx, s.rdb).Err(); lerr != nil {
+				return nil, lerr
+			}
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out := make([]int64, len(items))
+		for i, c := range cmds {
+			n, err := c.Int64()
+			if err != nil {
+				return nil, err
+			}
+			out[i] = n
+		}
+		return out, nil
+	}
+}

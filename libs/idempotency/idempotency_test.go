@@ -105,3 +105,38 @@ func TestConcurrentClaimsOfOneEventHaveExactlyOneWinner(t *testing.T) {
 		t.Fatalf("%d workers claimed the event, want exactly 1", wins.Load())
 	}
 }
+
+func TestBatchCallsMatchTheSingleOnesAndSurviveAScriptFlush(t *testing.T) {
+	s, rdb := newStore(t, "w1", time.Second)
+	ctx := context.Background()
+	// Redis lost its scripts (restart): the pipeline reloads them.
+	if err := rdb.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	items := []Item{
+		{Scope: "src", IDs: []string{"evt:1", "subj:1"}, TTL: time.Hour},
+		{Scope: "src", IDs: []string{"evt:2"}, TTL: time.Hour},
+	}
+	out, err := s.ClaimAll(ctx, items)
+	if err != nil || out[0] != Claimed || out[1] != Claimed {
+		t.Fatalf("ClaimAll = %v, %v", out, err)
+	}
+	if err := s.CompleteAll(ctx, items[:1]); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ReleaseAll(ctx, items[1:]); err != nil {
+		t.Fatal(err)
+	}
+	other := s.ForWorker("partition-7")
+	out, err = other.ClaimAll(ctx, []Item{{Scope: "src", IDs: []string{"evt:9", "subj:1"}}, {Scope: "src", IDs: []string{"evt:2"}}})
+	if err != nil || out[0] != Duplicate || out[1] != Claimed {
+		t.Fatalf("after complete and release: %v, %v (want duplicate through subj:1, claimed after release)", out, err)
+	}
+	// The claim of partition-7's worker is in progress for every other worker, also of this process.
+	if o, _ := s.ForWorker("partition-8").Claim(ctx, "src", "evt:2"); o != InProgress {
+		t.Fatalf("claim by a sibling worker = %v, want in progress", o)
+	}
+	if o, _ := other.Claim(ctx, "src", "evt:2"); o != Claimed {
+		t.Fatalf("re-claim by its own worker = %v, want claimed", o)
+	}
+}

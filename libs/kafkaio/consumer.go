@@ -39,6 +39,24 @@ const (
 // other error is retried with backoff, and the partition waits.
 type Handler func(ctx context.Context, m kafka.Message) error
 
+// Delivery is one record of a batch with the context of its consumer span:
+// the record's trace continues from its headers, so work done for it (a
+// produce, an INSERT) belongs to its own trace even inside a batch.
+type Delivery struct {
+	Ctx context.Context
+	Msg kafka.Message
+}
+
+// BatchHandler handles consecutive records of one partition, in offset
+// order. It returns nil when the work of every record is durable, or one
+// result per record: nil (done), a Permanent error (the record goes to
+// quarantine) or any other error (retryable). The records before the first
+// retryable one are committed; that one and all after it are retried
+// together after a backoff, so order is kept and nothing is skipped. A
+// handler that panics on a batch is run again record by record, so only the
+// record that panics is quarantined.
+type BatchHandler func(ctx context.Context, batch []Delivery) []error
+
 // ConsumerConfig configures a Consumer. Zero values take the stated defaults.
 type ConsumerConfig struct {
 	Brokers []string
@@ -64,6 +82,11 @@ type ConsumerConfig struct {
 	// PartitionQueue is how many fetched records may wait per partition
 	// (default 256). It bounds memory while a partition is retrying.
 	PartitionQueue int
+	// MaxBatch is the most records of one partition handed to a
+	// BatchHandler at once (default 500 for NewBatchConsumer; always 1 for
+	// NewConsumer). Batches form naturally: a worker takes what has been
+	// fetched and is waiting, never waits for more.
+	MaxBatch int
 	// StartFromLatest makes a group with no committed offset start at the end
 	// of the topics instead of the beginning (default false: read everything).
 	StartFromLatest bool
@@ -76,7 +99,7 @@ type ConsumerConfig struct {
 // Consumer runs a consumer-group loop; see the package documentation.
 type Consumer struct {
 	cfg     ConsumerConfig
-	handle  Handler
+	handle  BatchHandler
 	r       *kafka.Reader
 	tracer  trace.Tracer
 	prop    propagation.TextMapPropagator
@@ -87,6 +110,7 @@ type Consumer struct {
 	retries metric.Int64Counter
 	quar    metric.Int64Counter
 	dur     metric.Float64Histogram
+	batch   metric.Int64Histogram
 }
 
 type partKey struct {
@@ -95,8 +119,21 @@ type partKey struct {
 }
 
 // NewConsumer validates the configuration and builds the reader; it does not
-// join the group until Run.
+// join the group until Run. h is called for one record at a time.
 func NewConsumer(cfg ConsumerConfig, h Handler) (*Consumer, error) {
+	cfg.MaxBatch = 1
+	return NewBatchConsumer(cfg, func(_ context.Context, batch []Delivery) []error {
+		if err := h(batch[0].Ctx, batch[0].Msg); err != nil {
+			return []error{err}
+		}
+		return nil
+	})
+}
+
+// NewBatchConsumer is NewConsumer for a handler that takes a partition's
+// waiting records together (one Redis round trip and one produce for many
+// records instead of one each).
+func NewBatchConsumer(cfg ConsumerConfig, h BatchHandler) (*Consumer, error) {
 	switch {
 	case len(cfg.Brokers) == 0:
 		return nil, errors.New("kafkaio consumer: no brokers")
@@ -124,6 +161,10 @@ func NewConsumer(cfg ConsumerConfig, h Handler) (*Consumer, error) {
 	if cfg.PartitionQueue <= 0 {
 		cfg.PartitionQueue = 256
 	}
+	if cfg.MaxBatch <= 0 {
+		cfg.MaxBatch = 500
+	}
+	cfg.PartitionQueue = max(cfg.PartitionQueue, 2*cfg.MaxBatch)
 	start := kafka.FirstOffset
 	if cfg.StartFromLatest {
 		start = kafka.LastOffset
@@ -135,6 +176,7 @@ func NewConsumer(cfg ConsumerConfig, h Handler) (*Consumer, error) {
 		MinBytes:          1,
 		MaxBytes:          10 << 20,
 		MaxWait:           250 * time.Millisecond,
+		QueueCapacity:     max(100, cfg.MaxBatch),
 		ReadBatchTimeout:  2 * time.Second,
 		SessionTimeout:    cfg.SessionTimeout,
 		HeartbeatInterval: cfg.SessionTimeout / 4,
@@ -165,7 +207,9 @@ func NewConsumer(cfg ConsumerConfig, h Handler) (*Consumer, error) {
 	c.handled, _ = meter.Int64Counter("closedloop.consumer.records", metric.WithDescription("Records handled successfully."))
 	c.retries, _ = meter.Int64Counter("closedloop.consumer.retries", metric.WithDescription("Handler failures that were retried."))
 	c.quar, _ = meter.Int64Counter("closedloop.consumer.quarantined", metric.WithDescription("Records sent to the quarantine topic."))
-	c.dur, _ = meter.Float64Histogram("closedloop.consumer.handle.duration", metric.WithUnit("s"), metric.WithDescription("Time to handle one record."))
+	c.dur, _ = meter.Float64Histogram("closedloop.consumer.handle.duration", metric.WithUnit("s"), metric.WithDescription("Time to handle one batch of records (one record for a per-record handler)."))
+	c.batch, _ = meter.Int64Histogram("closedloop.consumer.batch.size", metric.WithDescription("Records per handler call."),
+		metric.WithExplicitBucketBoundaries(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000))
 	_, _ = meter.Int64ObservableGauge("closedloop.consumer.lag", metric.WithDescription("Records behind the partition end, summed per topic."),
 		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
 			for topic, n := range c.lagByTopic() {
@@ -253,55 +297,88 @@ func (c *Consumer) Run(ctx context.Context) error {
 	return nil
 }
 
-// worker handles one partition's records in order. After stop is done it
-// drops queued records that have not started (they were not committed, so
-// they are redelivered to whoever owns the partition next).
+// worker handles one partition's records in order, in natural batches.
+// After stop is done it drops queued records that have not started (they
+// were not committed, so they are redelivered to whoever owns the partition
+// next).
 func (c *Consumer) worker(stop, work context.Context, q <-chan kafka.Message) {
+	batch := make([]kafka.Message, 0, c.cfg.MaxBatch)
 	for m := range q {
 		if stop.Err() != nil {
 			continue
 		}
-		if err := c.process(stop, work, m); err != nil {
+		batch = append(batch[:0], m)
+	fill:
+		for len(batch) < c.cfg.MaxBatch {
+			select {
+			case m, ok := <-q:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, m)
+			default:
+				break fill
+			}
+		}
+		if err := c.process(stop, work, batch); err != nil {
 			return
-		}
-		// Hand the offset to the committer. It is only queued here; the
-		// reader commits every CommitInterval and on Close.
-		if err := c.r.CommitMessages(work, m); err != nil {
-			c.cfg.Log.Warn("queueing offset commit", "topic", m.Topic, "partition", m.Partition, "offset", m.Offset, "error", err.Error())
-		}
-		if s := c.stats[m.Topic]; s != nil {
-			s.LastAt.Store(time.Now().UnixNano())
 		}
 	}
 }
 
-// process runs the handler until it succeeds or the record is quarantined.
-// It returns an error only when the consumer is stopping and the record was
-// left unhandled.
-func (c *Consumer) process(stop, work context.Context, m kafka.Message) error {
-	s := c.stats[m.Topic]
-	topicAttr := metric.WithAttributes(attribute.String("topic", m.Topic), attribute.String("group", c.cfg.GroupID))
+// process runs the handler on a batch until every record is done or
+// quarantined, committing as it goes. It returns an error only when the
+// consumer is stopping and records were left unhandled.
+func (c *Consumer) process(stop, work context.Context, batch []kafka.Message) error {
+	pending := batch
 	for attempt := 1; ; attempt++ {
+		topicAttr := metric.WithAttributes(attribute.String("topic", pending[0].Topic), attribute.String("group", c.cfg.GroupID))
 		start := time.Now()
-		err := c.handleOnce(work, m, attempt)
+		results, panicked := c.handleOnce(work, pending, attempt)
 		c.dur.Record(work, time.Since(start).Seconds(), topicAttr)
-		if err == nil {
-			c.handled.Add(work, 1, topicAttr)
-			if s != nil {
-				s.Processed.Add(1)
+		c.batch.Record(work, int64(len(pending)), topicAttr)
+		if panicked && len(pending) > 1 {
+			// Find the record that panics: one at a time from here.
+			for i := range pending {
+				if err := c.process(stop, work, pending[i:i+1]); err != nil {
+					return err
+				}
 			}
 			return nil
 		}
-		if reason, ok := IsPermanent(err); ok {
-			return c.quarantine(stop, work, m, reason, err)
+		done := 0
+		var failure error
+		for ; done < len(pending); done++ {
+			var err error
+			if results != nil {
+				err = results[done]
+			}
+			if err == nil {
+				continue
+			}
+			if reason, ok := IsPermanent(err); ok {
+				if qerr := c.quarantine(stop, work, pending[done], reason, err); qerr != nil {
+					c.commit(work, pending[:done])
+					return qerr
+				}
+				continue
+			}
+			failure = err
+			break
 		}
+		c.commit(work, pending[:done])
+		if done == len(pending) {
+			return nil
+		}
+		pending = pending[done:]
 		c.retries.Add(work, 1, topicAttr)
-		if s != nil {
+		if s := c.stats[pending[0].Topic]; s != nil {
 			s.Retries.Add(1)
 		}
 		wait := backoff(attempt, c.cfg.RetryBackoffMax)
+		m := pending[0]
 		c.cfg.Log.Warn("handler failed; retrying", "topic", m.Topic, "partition", m.Partition, "offset", m.Offset,
-			"attempt", attempt, "retry_in", wait.String(), "error", err.Error())
+			"records", len(pending), "attempt", attempt, "retry_in", wait.String(), "error", failure.Error())
 		select {
 		case <-stop.Done():
 			return stop.Err()
@@ -310,32 +387,75 @@ func (c *Consumer) process(stop, work context.Context, m kafka.Message) error {
 	}
 }
 
-func (c *Consumer) handleOnce(ctx context.Context, m kafka.Message, attempt int) (err error) {
-	pctx := c.prop.Extract(ctx, HeaderCarrier{Headers: &m.Headers})
-	sctx, span := c.tracer.Start(pctx, m.Topic+" process",
-		trace.WithSpanKind(trace.SpanKindConsumer),
-		trace.WithAttributes(
-			attribute.String("messaging.system", "kafka"),
-			attribute.String("messaging.operation.type", "process"),
-			attribute.String("messaging.destination.name", m.Topic),
-			attribute.String("messaging.consumer.group.name", c.cfg.GroupID),
-			attribute.Int("messaging.destination.partition.id", m.Partition),
-			attribute.Int64("messaging.kafka.offset", m.Offset),
-			attribute.Int("closedloop.attempt", attempt),
-		))
+// commit hands the offsets of done records to the committer. They are only
+// queued here; the reader commits every CommitInterval and on Close.
+func (c *Consumer) commit(ctx context.Context, done []kafka.Message) {
+	if len(done) == 0 {
+		return
+	}
+	last := done[len(done)-1]
+	if err := c.r.CommitMessages(ctx, last); err != nil {
+		c.cfg.Log.Warn("queueing offset commit", "topic", last.Topic, "partition", last.Partition, "offset", last.Offset, "error", err.Error())
+	}
+	if s := c.stats[last.Topic]; s != nil {
+		s.Processed.Add(int64(len(done)))
+		s.LastAt.Store(time.Now().UnixNano())
+	}
+	c.handled.Add(ctx, int64(len(done)), metric.WithAttributes(attribute.String("topic", last.Topic), attribute.String("group", c.cfg.GroupID)))
+}
+
+// handleOnce calls the handler with one consumer span per record, each a
+// child of the trace context in the record's headers. results is nil when
+// every record is done; panicked reports a handler panic (every record then
+// gets a handler_panic Permanent error).
+func (c *Consumer) handleOnce(ctx context.Context, batch []kafka.Message, attempt int) (results []error, panicked bool) {
+	ds := make([]Delivery, len(batch))
+	spans := make([]trace.Span, len(batch))
+	for i := range batch {
+		m := &batch[i]
+		pctx := c.prop.Extract(ctx, HeaderCarrier{Headers: &m.Headers})
+		ds[i].Ctx, spans[i] = c.tracer.Start(pctx, m.Topic+" process",
+			trace.WithSpanKind(trace.SpanKindConsumer),
+			trace.WithAttributes(
+				attribute.String("messaging.system", "kafka"),
+				attribute.String("messaging.operation.type", "process"),
+				attribute.String("messaging.destination.name", m.Topic),
+				attribute.String("messaging.consumer.group.name", c.cfg.GroupID),
+				attribute.Int("messaging.destination.partition.id", m.Partition),
+				attribute.Int64("messaging.kafka.offset", m.Offset),
+				attribute.Int("messaging.batch.message_count", len(batch)),
+				attribute.Int("closedloop.attempt", attempt),
+			))
+		ds[i].Msg = *m
+	}
 	defer func() {
 		if p := recover(); p != nil {
-			c.cfg.Log.ErrorContext(sctx, "handler panicked", "topic", m.Topic, "partition", m.Partition, "offset", m.Offset,
-				"panic", fmt.Sprint(p), "stack", string(debug.Stack()))
-			err = Permanentf("handler_panic", "handler panicked: %v", p)
+			m := batch[0]
+			c.cfg.Log.ErrorContext(ds[0].Ctx, "handler panicked", "topic", m.Topic, "partition", m.Partition, "offset", m.Offset,
+				"records", len(batch), "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			panicked = true
+			results = make([]error, len(batch))
+			for i := range results {
+				results[i] = Permanentf("handler_panic", "handler panicked: %v", p)
+			}
 		}
-		if err != nil {
-			span.RecordError(err)
-			span.SetStatus(codes.Error, err.Error())
+		if results != nil && len(results) != len(batch) {
+			err := fmt.Errorf("kafkaio: batch handler returned %d results for %d records", len(results), len(batch))
+			c.cfg.Log.Error("handler bug; retrying the batch", "error", err.Error())
+			results = make([]error, len(batch))
+			for i := range results {
+				results[i] = err
+			}
 		}
-		span.End()
+		for i, span := range spans {
+			if results != nil && results[i] != nil {
+				span.RecordError(results[i])
+				span.SetStatus(codes.Error, results[i].Error())
+			}
+			span.End()
+		}
 	}()
-	return c.handle(sctx, m)
+	return c.handle(ctx, ds), false
 }
 
 // quarantine writes the record with the reason to the quarantine topic,

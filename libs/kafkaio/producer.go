@@ -42,6 +42,10 @@ type Record struct {
 	Key     []byte
 	Value   []byte
 	Headers []kafka.Header
+	// Context, when set, is the trace parent of this record's publish span
+	// instead of the ctx given to Produce: a batch of records from different
+	// traces keeps each record in its own trace.
+	Context context.Context
 }
 
 // Producer writes records synchronously with acks=all. It is safe for
@@ -99,9 +103,23 @@ func NewProducer(cfg ProducerConfig) *Producer {
 
 // Produce writes the records and returns once every one of them was
 // acknowledged by all in-sync replicas, or with the error of the first that
-// was not. Each record gets a "<topic> publish" span, child of ctx, whose
-// context is injected into its headers.
+// was not. Each record gets a "<topic> publish" span, child of ctx (or of the
+// record's Context), whose context is injected into its headers.
 func (p *Producer) Produce(ctx context.Context, recs ...Record) error {
+	errs := p.ProduceEach(ctx, recs...)
+	for i, e := range errs {
+		if e != nil {
+			return fmt.Errorf("produce to %s (record %d of %d): %w", recs[i].Topic, i+1, len(recs), e)
+		}
+	}
+	return nil
+}
+
+// ProduceEach is Produce with one result per record: nil when every record
+// was acknowledged, else a slice where errs[i] is the error of recs[i] (nil
+// for the records that were written). A caller that marks records done can
+// then mark exactly the written ones.
+func (p *Producer) ProduceEach(ctx context.Context, recs ...Record) []error {
 	if len(recs) == 0 {
 		return nil
 	}
@@ -116,30 +134,25 @@ func (p *Producer) Produce(ctx context.Context, recs ...Record) error {
 	err := p.w.WriteMessages(ctx, msgs...)
 	p.latency.Record(ctx, time.Since(start).Seconds())
 	var werrs kafka.WriteErrors
-	isWriteErrs := errors.As(err, &werrs)
+	isWriteErrs := errors.As(err, &werrs) && len(werrs) == len(recs)
+	var errs []error
+	if err != nil {
+		errs = make([]error, len(recs))
+	}
 	for i, span := range spans {
 		rerr := err
-		if isWriteErrs && i < len(werrs) {
+		if isWriteErrs {
 			rerr = werrs[i]
 		}
 		if rerr != nil {
+			errs[i] = rerr
 			span.RecordError(rerr)
 			span.SetStatus(codes.Error, rerr.Error())
 			p.failed.Add(ctx, 1, metric.WithAttributes(attribute.String("topic", recs[i].Topic)))
 		}
 		span.End()
 	}
-	if err != nil {
-		if isWriteErrs {
-			for i, e := range werrs {
-				if e != nil {
-					return fmt.Errorf("produce to %s (record %d of %d): %w", recs[i].Topic, i+1, len(recs), e)
-				}
-			}
-		}
-		return fmt.Errorf("produce to %s: %w", recs[0].Topic, err)
-	}
-	return nil
+	return errs
 }
 
 // Close flushes pending writes and releases connections.
@@ -153,6 +166,9 @@ func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 // startPublish starts the "<topic> publish" producer span of a record and
 // returns the record's headers with the span's trace context injected.
 func startPublish(ctx context.Context, tracer trace.Tracer, prop propagation.TextMapPropagator, r Record) ([]kafka.Header, trace.Span) {
+	if r.Context != nil {
+		ctx = r.Context
+	}
 	headers := append([]kafka.Header(nil), r.Headers...)
 	sctx, span := tracer.Start(ctx, r.Topic+" publish",
 		trace.WithSpanKind(trace.SpanKindProducer),

@@ -190,14 +190,36 @@ func (s *Service) OpsAddr() string { return s.opsLis.Addr().String() }
 // at shutdown it is drained (in-flight records finish and their offsets are
 // committed) before later steps such as closing producer.
 func (s *Service) Consume(group string, topics []string, producer *kafkaio.Producer, h kafkaio.Handler) error {
-	c, err := kafkaio.NewConsumer(kafkaio.ConsumerConfig{
-		Brokers: s.Common.Brokers, GroupID: group, Topics: topics,
-		Quarantine: producer, QuarantineTopic: s.Common.Topics.Quarantine, Log: s.Log, Status: s.Status,
-		SessionTimeout: s.Common.SessionTimeout,
-	}, h)
+	c, err := kafkaio.NewConsumer(s.consumerConfig(group, topics, producer), h)
 	if err != nil {
 		return err
 	}
+	s.runConsumer(group, c)
+	return nil
+}
+
+// ConsumeBatch is Consume with a handler that takes each partition's
+// waiting records together (up to maxBatch; 0 means the default, 500).
+func (s *Service) ConsumeBatch(group string, topics []string, producer *kafkaio.Producer, maxBatch int, h kafkaio.BatchHandler) error {
+	cfg := s.consumerConfig(group, topics, producer)
+	cfg.MaxBatch = maxBatch
+	c, err := kafkaio.NewBatchConsumer(cfg, h)
+	if err != nil {
+		return err
+	}
+	s.runConsumer(group, c)
+	return nil
+}
+
+func (s *Service) consumerConfig(group string, topics []string, producer *kafkaio.Producer) kafkaio.ConsumerConfig {
+	return kafkaio.ConsumerConfig{
+		Brokers: s.Common.Brokers, GroupID: group, Topics: topics,
+		Quarantine: producer, QuarantineTopic: s.Common.Topics.Quarantine, Log: s.Log, Status: s.Status,
+		SessionTimeout: s.Common.SessionTimeout,
+	}
+}
+
+func (s *Service) runConsumer(group string, c *kafkaio.Consumer) {
 	done := make(chan struct{})
 	s.Group.Go("consumer "+group, func(ctx context.Context) error {
 		defer close(done)
@@ -211,7 +233,6 @@ func (s *Service) Consume(group string, topics []string, producer *kafkaio.Produ
 			return ctx.Err()
 		}
 	})
-	return nil
 }
 
 // Batcher builds a natural-batching producer (kafkaio.Batcher) for a

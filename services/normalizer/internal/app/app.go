@@ -29,6 +29,9 @@ type Config struct {
 	// ProcessingTTL (DEDUPE_PROCESSING_TTL, default 30s): how long a claim
 	// of a crashed worker blocks its event before it is processed again.
 	ProcessingTTL time.Duration
+	// MaxBatch (NORMALIZER_MAX_BATCH, default 500): the most records of one
+	// partition deduplicated and produced together.
+	MaxBatch int
 	// Pipeline is read from PIPELINE_CONFIG (required) and reloaded on
 	// change: per-source dedupe TTLs.
 	Pipeline *service.Pipeline
@@ -42,6 +45,7 @@ func Load(e *config.Env) (Config, error) {
 		RedisURL:      e.Required("REDIS_URL", "the Redis server for dedupe, e.g. redis://localhost:6379/0"),
 		RedisPrefix:   e.String("REDIS_KEY_PREFIX", "closedloop:"),
 		ProcessingTTL: e.Duration("DEDUPE_PROCESSING_TTL", 30*time.Second),
+		MaxBatch:      e.Int("NORMALIZER_MAX_BATCH", 500),
 	}
 	c.Pipeline = service.LoadPipeline(e, nil)
 	if c.RedisURL != "" {
@@ -89,7 +93,7 @@ func Run(ctx context.Context) error {
 		},
 	})
 	svc.Watch(cfg.Pipeline, func(*config.Pipeline) error { return nil })
-	if err := svc.Consume(cfg.GroupID, []string{t.Raw}, producer, h.Handle); err != nil {
+	if err := svc.ConsumeBatch(cfg.GroupID, []string{t.Raw}, producer, cfg.MaxBatch, h.HandleBatch); err != nil {
 		return err
 	}
 	svc.CloseProducer(producer)

@@ -9,7 +9,7 @@ package drift
 import (
 	"bytes"
 	"context"
-	"encoding/json"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -25,7 +25,7 @@ import (
 type Tracker struct {
 	rdb    redis.UniversalClient
 	prefix string
-	mu     sync.Mutex
+	mu     sync.RWMutex
 	seen   map[string]map[string]bool // "<provider>/<event type>" -> paths
 	newOne metric.Int64Counter
 }
@@ -38,16 +38,13 @@ func New(rdb redis.UniversalClient, prefix string) *Tracker {
 	return t
 }
 
-// Paths lists the folded field paths of a JSON body, sorted.
+// Paths lists the folded field paths of a JSON body, sorted; nil when the
+// body is not valid JSON.
 func Paths(body []byte) []string {
-	d := json.NewDecoder(bytes.NewReader(body))
-	d.UseNumber()
-	var v any
-	if d.Decode(&v) != nil {
+	set := map[string]bool{}
+	if !scanPaths(body, func(p []byte) { set[string(p)] = true }) {
 		return nil
 	}
-	set := map[string]bool{}
-	walk("", v, set)
 	out := make([]string, 0, len(set))
 	for p := range set {
 		out = append(out, p)
@@ -56,44 +53,23 @@ func Paths(body []byte) []string {
 	return out
 }
 
-func walk(prefix string, v any, set map[string]bool) {
-	switch x := v.(type) {
-	case map[string]any:
-		for k, c := range x {
-			p := k
-			if prefix != "" {
-				p = prefix + "." + k
-			}
-			set[p] = true
-			walk(p, c, set)
-		}
-	case []any:
-		for _, c := range x {
-			walk(prefix+"[]", c, set)
-		}
-	}
-}
-
 // Observe records the paths of one event's body. New paths (new to this
 // process) are written to Redis with HSETNX, so the first event id that
 // carried a path anywhere is kept; it returns the paths Redis had not seen.
 // A Redis failure is returned but loses nothing: the paths are retried with
-// the next event that carries them.
+// the next event that carries them. A body whose paths are all known costs
+// one scan and no allocation.
 func (t *Tracker) Observe(ctx context.Context, provider, eventType, eventID string, body []byte) ([]string, error) {
 	key := provider + "/" + eventType
 	var fresh []string
-	t.mu.Lock()
+	t.mu.RLock()
 	known := t.seen[key]
-	if known == nil {
-		known = map[string]bool{}
-		t.seen[key] = known
-	}
-	for _, p := range Paths(body) {
-		if !known[p] {
-			fresh = append(fresh, p)
+	scanPaths(body, func(p []byte) {
+		if !known[string(p)] && !slices.Contains(fresh, string(p)) {
+			fresh = append(fresh, string(p))
 		}
-	}
-	t.mu.Unlock()
+	})
+	t.mu.RUnlock()
 	if len(fresh) == 0 {
 		return nil, nil
 	}
@@ -108,8 +84,11 @@ func (t *Tracker) Observe(ctx context.Context, provider, eventType, eventID stri
 	}
 	var drifted []string
 	t.mu.Lock()
+	if t.seen[key] == nil {
+		t.seen[key] = map[string]bool{}
+	}
 	for i, p := range fresh {
-		known[p] = true
+		t.seen[key][p] = true
 		if cmds[i].Val() {
 			drifted = append(drifted, p)
 		}

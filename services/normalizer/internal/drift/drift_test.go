@@ -2,6 +2,9 @@ package drift
 
 import (
 	"context"
+	"encoding/json"
+	"slices"
+	"sort"
 	"strings"
 	"testing"
 
@@ -48,5 +51,77 @@ func TestANewFieldIsRecordedOnceWithTheFirstEventThatCarriedIt(t *testing.T) {
 	}
 	if len(list) != 3 || channel.FirstEventID != "e3" || channel.FirstSeen.IsZero() {
 		t.Fatalf("list = %+v", list)
+	}
+}
+
+// referencePaths is the obvious implementation the scanner must match.
+func referencePaths(body []byte) []string {
+	var v any
+	if json.Unmarshal(body, &v) != nil {
+		return nil
+	}
+	set := map[string]bool{}
+	var walk func(prefix string, v any)
+	walk = func(prefix string, v any) {
+		switch x := v.(type) {
+		case map[string]any:
+			for k, c := range x {
+				p := k
+				if prefix != "" {
+					p = prefix + "." + k
+				}
+				set[p] = true
+				walk(p, c)
+			}
+		case []any:
+			for _, c := range x {
+				walk(prefix+"[]", c)
+			}
+		}
+	}
+	walk("", v)
+	out := make([]string, 0, len(set))
+	for p := range set {
+		out = append(out, p)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func FuzzPathsMatchTheReference(f *testing.F) {
+	for _, s := range []string{
+		`{"a":{"b":1},"l":[{"x":1},{"x":2,"y":null}],"n":null}`,
+		`[{"a":[[{"b":"x\"y"}]]}]`, `{"k\u00e9y":{"a b":true},"e":{},"f":[]}`, `"str"`, `12`, `{ "a" : [ 1 , { "b" : 2 } ] }`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		want := referencePaths(body)
+		if want == nil {
+			return // invalid JSON: the scanner may stop anywhere, it only must not panic
+		}
+		// Every path the reference sees is found. (The scanner may see more:
+		// with duplicate keys the reference keeps only the last member.)
+		got := Paths(body)
+		for _, p := range want {
+			if !slices.Contains(got, p) {
+				t.Fatalf("Paths(%q) = %q, misses %q of %q", body, got, p, want)
+			}
+		}
+	})
+}
+
+func BenchmarkObserveKnownShape(b *testing.B) {
+	t := New(nil, "bench:")
+	body := []byte(`{"event_type":"survey_response.updated","event_id":"e","event_data":{"id":"5435","person":{"id":"5975","email":"a@example.de","name":"Anna","created_at":1763693600},"survey_type":"nps","score":9,"comment":"Schnell und zuverlässig","permalink":"https://x","created_at":1763780000,"updated_at":1763780095,"person_properties":{"plan":"enterprise","account":{"id":"acct_42","region":"eu-central"},"seats":120},"notes":[],"tags":[],"additional_answers":[{"id":"4","value":{"free_response":null,"scale":null,"select_one":{"id":"opt_1","text":"Price"},"select_many":null},"question":{"id":"enum_z9EvYV","type":"select_one","text":"What matters most?"}}]}}`)
+	t.seen["delighted/x"] = map[string]bool{}
+	for _, p := range Paths(body) {
+		t.seen["delighted/x"][p] = true
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if fresh, _ := t.Observe(context.Background(), "delighted", "x", "e", body); fresh != nil {
+			b.Fatal(fresh)
+		}
 	}
 }

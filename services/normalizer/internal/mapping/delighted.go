@@ -1,7 +1,7 @@
 package mapping
 
 import (
-	"encoding/json"
+	"github.com/segmentio/encoding/json"
 	"strconv"
 	"strings"
 
@@ -79,8 +79,47 @@ var delightedSurveyTypes = map[string]feedbackv1.SurveyType{
 	"thumbs":    feedbackv1.SurveyType_SURVEY_TYPE_THUMBS,
 }
 
+// delightedDoc decodes a response or unsubscribe webhook in one pass: the
+// two event_data shapes share no field name, so one struct holds either.
+type delightedDoc struct {
+	EventType string `json:"event_type"`
+	EventData *struct {
+		delightedResponse
+		delightedUnsubscribe
+	} `json:"event_data"`
+}
+
 // Map implements Mapper.
 func (Delighted) Map(raw *feedbackv1.RawWebhook) (*feedbackv1.FeedbackEvent, error) {
+	// Fast path: the known event types, decoded once.
+	var doc delightedDoc
+	if decodeJSON(raw.Body, &doc) == nil {
+		ev := &feedbackv1.FeedbackEvent{ProviderEventType: doc.EventType, Properties: map[string]*structpb.Value{}}
+		c := &coercer{}
+		var err error
+		switch {
+		case doc.EventData == nil && (isDelightedResponse(doc.EventType) || doc.EventType == "unsubscribe.created"):
+			err = kafkaio.Permanentf(ReasonMissingID, "event_data is missing")
+		case isDelightedResponse(doc.EventType):
+			err = mapDelightedResponse(ev, doc.EventType, &doc.EventData.delightedResponse, c)
+		case doc.EventType == "unsubscribe.created":
+			err = mapDelightedUnsubscribe(ev, &doc.EventData.delightedUnsubscribe, c)
+		default:
+			return delightedGeneric(raw)
+		}
+		return finishDelighted(ev, c, err)
+	}
+	return delightedGeneric(raw)
+}
+
+func isDelightedResponse(eventType string) bool {
+	return eventType == "survey_response.created" || eventType == "survey_response.updated"
+}
+
+// delightedGeneric maps what the fast path could not decode: an event type
+// not foreseen, or a body whose fields have unexpected types (for a precise
+// error).
+func delightedGeneric(raw *feedbackv1.RawWebhook) (*feedbackv1.FeedbackEvent, error) {
 	var env delightedEnvelope
 	if err := decodeJSON(raw.Body, &env); err != nil {
 		return nil, kafkaio.Permanent(ReasonMalformedJSON, err)
@@ -88,11 +127,19 @@ func (Delighted) Map(raw *feedbackv1.RawWebhook) (*feedbackv1.FeedbackEvent, err
 	ev := &feedbackv1.FeedbackEvent{ProviderEventType: env.EventType, Properties: map[string]*structpb.Value{}}
 	c := &coercer{}
 	var err error
-	switch env.EventType {
-	case "survey_response.created", "survey_response.updated":
-		err = mapDelightedResponse(ev, env, c)
-	case "unsubscribe.created":
-		err = mapDelightedUnsubscribe(ev, env, c)
+	switch {
+	case isNull(env.EventData) && (isDelightedResponse(env.EventType) || env.EventType == "unsubscribe.created"):
+		err = kafkaio.Permanentf(ReasonMissingID, "event_data is missing")
+	case isDelightedResponse(env.EventType):
+		var r delightedResponse
+		if err = decodeJSON(env.EventData, &r); err == nil {
+			err = mapDelightedResponse(ev, env.EventType, &r, c)
+		}
+	case env.EventType == "unsubscribe.created":
+		var u delightedUnsubscribe
+		if err = decodeJSON(env.EventData, &u); err == nil {
+			err = mapDelightedUnsubscribe(ev, &u, c)
+		}
 	default:
 		// Not foreseen: keep it as an engagement event with its data.
 		ev.Kind = feedbackv1.Kind_KIND_ENGAGEMENT
@@ -103,6 +150,10 @@ func (Delighted) Map(raw *feedbackv1.RawWebhook) (*feedbackv1.FeedbackEvent, err
 			err = Flatten("event_data", env.EventData, ev.Properties)
 		}
 	}
+	return finishDelighted(ev, c, err)
+}
+
+func finishDelighted(ev *feedbackv1.FeedbackEvent, c *coercer, err error) (*feedbackv1.FeedbackEvent, error) {
 	if err != nil {
 		if _, ok := kafkaio.IsPermanent(err); ok {
 			return nil, err
@@ -113,20 +164,13 @@ func (Delighted) Map(raw *feedbackv1.RawWebhook) (*feedbackv1.FeedbackEvent, err
 	return ev, nil
 }
 
-func mapDelightedResponse(ev *feedbackv1.FeedbackEvent, env delightedEnvelope, c *coercer) error {
-	var r delightedResponse
-	if isNull(env.EventData) {
-		return kafkaio.Permanentf(ReasonMissingID, "event_data is missing")
-	}
-	if err := decodeJSON(env.EventData, &r); err != nil {
-		return kafkaio.Permanent(ReasonMalformedJSON, err)
-	}
+func mapDelightedResponse(ev *feedbackv1.FeedbackEvent, eventType string, r *delightedResponse, c *coercer) error {
 	id := idString(r.ID)
 	if id == "" {
 		return kafkaio.Permanentf(ReasonMissingID, "event_data.id (the response id) is missing")
 	}
 	ev.Kind = feedbackv1.Kind_KIND_RESPONSE_CREATED
-	if env.EventType == "survey_response.updated" {
+	if eventType == "survey_response.updated" {
 		ev.Kind = feedbackv1.Kind_KIND_RESPONSE_UPDATED
 	}
 	ev.Subject = &feedbackv1.Subject{Type: feedbackv1.SubjectType_SUBJECT_TYPE_RESPONSE, Id: id}
@@ -203,14 +247,7 @@ func mapDelightedResponse(ev *feedbackv1.FeedbackEvent, env delightedEnvelope, c
 	return nil
 }
 
-func mapDelightedUnsubscribe(ev *feedbackv1.FeedbackEvent, env delightedEnvelope, c *coercer) error {
-	var u delightedUnsubscribe
-	if isNull(env.EventData) {
-		return kafkaio.Permanentf(ReasonMissingID, "event_data is missing")
-	}
-	if err := decodeJSON(env.EventData, &u); err != nil {
-		return kafkaio.Permanent(ReasonMalformedJSON, err)
-	}
+func mapDelightedUnsubscribe(ev *feedbackv1.FeedbackEvent, u *delightedUnsubscribe, c *coercer) error {
 	pid := idString(u.PersonID)
 	if pid == "" && u.Email == "" {
 		return kafkaio.Permanentf(ReasonMissingID, "event_data.person_id and email are both missing")

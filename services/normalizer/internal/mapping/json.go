@@ -1,7 +1,7 @@
 package mapping
 
 import (
-	"encoding/json"
+	"github.com/segmentio/encoding/json"
 	"strings"
 )
 

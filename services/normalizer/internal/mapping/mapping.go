@@ -7,13 +7,16 @@ package mapping
 
 import (
 	"bytes"
-	"encoding/json"
+	stdjson "encoding/json"
+	"errors"
 	"fmt"
+	"github.com/segmentio/encoding/json"
 	"math"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -135,9 +138,14 @@ func scoreOnScale(st feedbackv1.SurveyType, v float64) (*feedbackv1.Score, error
 
 // decodeJSON decodes with numbers kept exact.
 func decodeJSON(b []byte, v any) error {
-	d := json.NewDecoder(bytes.NewReader(b))
-	d.UseNumber()
-	return d.Decode(v)
+	rest, err := json.Parse(b, v, json.UseNumber)
+	if err != nil {
+		return err
+	}
+	if rest = bytes.TrimSpace(rest); len(rest) != 0 {
+		return fmt.Errorf("invalid character %q after top-level value", rest[0])
+	}
+	return nil
 }
 
 // coercer records fields whose type had to be converted.
@@ -237,48 +245,229 @@ func isNull(raw json.RawMessage) bool {
 }
 
 // Flatten turns nested JSON into dotted keys under prefix: objects by key,
-// arrays by index ("tags.0"). null stays null; numbers keep their value.
+// arrays by index ("tags.0"). null stays null; numbers keep their value
+// (one too large for a double keeps its text); an empty object or array
+// under a key is kept as such. It walks the bytes once, without building a
+// generic tree.
 func Flatten(prefix string, raw json.RawMessage, out map[string]*structpb.Value) error {
-	var v any
-	if err := decodeJSON(raw, &v); err != nil {
+	f := flattener{b: raw, out: out, key: append(make([]byte, 0, 64), prefix...)}
+	if err := f.value(0); err != nil {
 		return err
 	}
-	flatten(prefix, v, out)
+	if f.ws(); f.i != len(f.b) {
+		return fmt.Errorf("invalid character %q after top-level value", f.b[f.i])
+	}
 	return nil
 }
 
-func flatten(key string, v any, out map[string]*structpb.Value) {
-	switch x := v.(type) {
-	case map[string]any:
-		if len(x) == 0 && key != "" {
-			out[key] = structpb.NewStructValue(&structpb.Struct{})
-		}
-		for k, child := range x {
-			flatten(join(key, k), child, out)
-		}
-	case []any:
-		if len(x) == 0 && key != "" {
-			out[key] = structpb.NewListValue(&structpb.ListValue{})
-		}
-		for i, child := range x {
-			flatten(join(key, strconv.Itoa(i)), child, out)
-		}
-	case nil:
-		out[key] = structpb.NewNullValue()
-	case json.Number:
-		f, err := x.Float64()
-		if err != nil {
-			out[key] = structpb.NewStringValue(x.String())
-			return
-		}
-		out[key] = structpb.NewNumberValue(f)
-	case string:
-		out[key] = structpb.NewStringValue(x)
-	case bool:
-		out[key] = structpb.NewBoolValue(x)
-	default:
-		out[key] = structpb.NewStringValue(fmt.Sprint(x))
+type flattener struct {
+	b   []byte
+	i   int
+	key []byte
+	out map[string]*structpb.Value
+}
+
+const maxFlattenDepth = 64
+
+var errFlattenSyntax = errors.New("malformed JSON")
+
+func (f *flattener) ws() {
+	for f.i < len(f.b) && (f.b[f.i] == ' ' || f.b[f.i] == '\t' || f.b[f.i] == '\n' || f.b[f.i] == '\r') {
+		f.i++
 	}
+}
+
+func (f *flattener) set(v *structpb.Value) { f.out[string(f.key)] = v }
+
+// push appends ".k" (or "k" at the top) to the key and returns the length
+// to restore.
+func (f *flattener) push(k []byte) int {
+	n := len(f.key)
+	if n > 0 {
+		f.key = append(f.key, '.')
+	}
+	f.key = append(f.key, k...)
+	return n
+}
+
+func (f *flattener) value(depth int) error {
+	if depth > maxFlattenDepth {
+		return fmt.Errorf("JSON nested deeper than %d levels", maxFlattenDepth)
+	}
+	f.ws()
+	if f.i >= len(f.b) {
+		return errFlattenSyntax
+	}
+	switch c := f.b[f.i]; {
+	case c == '{':
+		f.i++
+		f.ws()
+		if f.i < len(f.b) && f.b[f.i] == '}' {
+			f.i++
+			if len(f.key) > 0 {
+				f.set(structpb.NewStructValue(&structpb.Struct{}))
+			}
+			return nil
+		}
+		for {
+			f.ws()
+			k, err := f.str()
+			if err != nil {
+				return err
+			}
+			f.ws()
+			if f.i >= len(f.b) || f.b[f.i] != ':' {
+				return errFlattenSyntax
+			}
+			f.i++
+			n := f.push(k)
+			if err := f.value(depth + 1); err != nil {
+				return err
+			}
+			f.key = f.key[:n]
+			f.ws()
+			if f.i >= len(f.b) {
+				return errFlattenSyntax
+			}
+			if f.b[f.i] == '}' {
+				f.i++
+				return nil
+			}
+			if f.b[f.i] != ',' {
+				return errFlattenSyntax
+			}
+			f.i++
+		}
+	case c == '[':
+		f.i++
+		f.ws()
+		if f.i < len(f.b) && f.b[f.i] == ']' {
+			f.i++
+			if len(f.key) > 0 {
+				f.set(structpb.NewListValue(&structpb.ListValue{}))
+			}
+			return nil
+		}
+		var idx [20]byte
+		for n := 0; ; n++ {
+			m := f.push(strconv.AppendInt(idx[:0], int64(n), 10))
+			if err := f.value(depth + 1); err != nil {
+				return err
+			}
+			f.key = f.key[:m]
+			f.ws()
+			if f.i >= len(f.b) {
+				return errFlattenSyntax
+			}
+			if f.b[f.i] == ']' {
+				f.i++
+				return nil
+			}
+			if f.b[f.i] != ',' {
+				return errFlattenSyntax
+			}
+			f.i++
+		}
+	case c == '"':
+		s, err := f.str()
+		if err != nil {
+			return err
+		}
+		f.set(structpb.NewStringValue(string(s)))
+		return nil
+	default:
+		start := f.i
+		for f.i < len(f.b) && !strings.ContainsRune(",}] \t\n\r", rune(f.b[f.i])) {
+			f.i++
+		}
+		lit := f.b[start:f.i]
+		switch string(lit) {
+		case "null":
+			f.set(structpb.NewNullValue())
+		case "true":
+			f.set(structpb.NewBoolValue(true))
+		case "false":
+			f.set(structpb.NewBoolValue(false))
+		default:
+			if !validNumber(lit) {
+				return fmt.Errorf("invalid JSON literal %q", lit)
+			}
+			if v, err := strconv.ParseFloat(string(lit), 64); err == nil {
+				f.set(structpb.NewNumberValue(v))
+			} else {
+				f.set(structpb.NewStringValue(string(lit)))
+			}
+		}
+		return nil
+	}
+}
+
+// str reads a JSON string and returns its text (decoded when it has escapes
+// or invalid UTF-8, as encoding/json decodes it).
+func (f *flattener) str() ([]byte, error) {
+	if f.i >= len(f.b) || f.b[f.i] != '"' {
+		return nil, errFlattenSyntax
+	}
+	start := f.i
+	plain := true
+	for f.i++; f.i < len(f.b); f.i++ {
+		switch c := f.b[f.i]; {
+		case c == '\\':
+			plain = false
+			f.i++
+		case c == '"':
+			f.i++
+			quoted := f.b[start:f.i]
+			inner := quoted[1 : len(quoted)-1]
+			if plain && utf8.Valid(inner) {
+				return inner, nil
+			}
+			var s string
+			if err := stdjson.Unmarshal(quoted, &s); err != nil {
+				return nil, err
+			}
+			return []byte(s), nil
+		case c < 0x20:
+			return nil, errFlattenSyntax
+		}
+	}
+	return nil, errFlattenSyntax
+}
+
+// validNumber reports whether b is a JSON number.
+func validNumber(b []byte) bool {
+	i := 0
+	if i < len(b) && b[i] == '-' {
+		i++
+	}
+	digits := func() int {
+		s := i
+		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+			i++
+		}
+		return i - s
+	}
+	if i < len(b) && b[i] == '0' {
+		i++
+	} else if digits() == 0 {
+		return false
+	}
+	if i < len(b) && b[i] == '.' {
+		i++
+		if digits() == 0 {
+			return false
+		}
+	}
+	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
+		i++
+		if i < len(b) && (b[i] == '+' || b[i] == '-') {
+			i++
+		}
+		if digits() == 0 {
+			return false
+		}
+	}
+	return i == len(b)
 }
 
 func join(prefix, k string) string {

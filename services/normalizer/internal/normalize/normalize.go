@@ -5,7 +5,6 @@ package normalize
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -24,16 +23,9 @@ import (
 	"github.com/closedloop/closedloop/services/normalizer/internal/mapping"
 )
 
-// Deduper is the part of idempotency.Store the handler needs.
-type Deduper interface {
-	Claim(ctx context.Context, scope string, ids ...string) (idempotency.Outcome, error)
-	Complete(ctx context.Context, scope string, ttl time.Duration, ids ...string) error
-	Release(ctx context.Context, scope string, ids ...string) error
-}
-
 // Producer is the part of kafkaio.Producer the handler needs.
 type Producer interface {
-	Produce(ctx context.Context, recs ...kafkaio.Record) error
+	ProduceEach(ctx context.Context, recs ...kafkaio.Record) []error
 }
 
 // DriftObserver records the field paths of authentic events (package drift).
@@ -45,7 +37,7 @@ type DriftObserver interface {
 type Options struct {
 	// Drift, when set, is told the body of every event that is processed.
 	Drift           DriftObserver
-	Dedupe          Deduper
+	Dedupe          *idempotency.Store
 	Producer        Producer
 	NormalizedTopic string
 	// TTL returns the dedupe TTL of a source (its dedupe_ttl, default 72h).
@@ -97,64 +89,184 @@ func SubjectKey(ev *feedbackv1.FeedbackEvent) []byte {
 	return []byte(ev.Source + "/" + ev.GetSubject().GetType().String() + "/" + ev.GetSubject().GetId())
 }
 
-// Handle implements kafkaio.Handler.
-func (h *Handler) Handle(ctx context.Context, m kafka.Message) error {
-	var raw feedbackv1.RawWebhook
-	if err := proto.Unmarshal(m.Value, &raw); err != nil {
-		return kafkaio.Permanent(mapping.ReasonUndecodableRecord, err)
-	}
-	ev, err := mapping.Map(&raw, h.o.Now())
-	if err != nil {
-		return err // Permanent: quarantined with its reason by the consumer
-	}
-	span := trace.SpanFromContext(ctx)
-	span.SetAttributes(attribute.String("closedloop.event_id", ev.EventId), attribute.String("closedloop.source", ev.Source))
+// item is one mapped event of a batch.
+type item struct {
+	idx   int // in the batch
+	ev    *feedbackv1.FeedbackEvent
+	body  []byte
+	idem  idempotency.Item
+	dupOf int // index in items of an earlier event of this batch with a shared key, or -1
+}
 
-	scope, ids := Scope(ev), Keys(ev)
-	outcome, err := h.o.Dedupe.Claim(ctx, scope, ids...)
+// HandleBatch implements kafkaio.BatchHandler: decode and map every record,
+// claim all new events in one Redis round trip, produce them in one call,
+// mark the written ones done in one round trip. A record's result is nil
+// (normalized, or a duplicate), a Permanent error (quarantined by the
+// consumer with its reason) or a retryable error (Redis or Kafka
+// unavailable, or the event claimed by another worker).
+func (h *Handler) HandleBatch(ctx context.Context, batch []kafkaio.Delivery) []error {
+	results := make([]error, len(batch))
+	failed := false
+	fail := func(i int, err error) { results[i], failed = err, true }
+	items := make([]item, 0, len(batch))
+	byKey := make(map[string]int, 2*len(batch))
+	now := h.o.Now()
+	for i, d := range batch {
+		var raw feedbackv1.RawWebhook
+		if err := proto.Unmarshal(d.Msg.Value, &raw); err != nil {
+			fail(i, kafkaio.Permanent(mapping.ReasonUndecodableRecord, err))
+			continue
+		}
+		ev, err := mapping.Map(&raw, now)
+		if err != nil {
+			fail(i, err) // Permanent: quarantined with its reason by the consumer
+			continue
+		}
+		trace.SpanFromContext(d.Ctx).SetAttributes(attribute.String("closedloop.event_id", ev.EventId), attribute.String("closedloop.source", ev.Source))
+		it := item{idx: i, ev: ev, body: raw.Body, dupOf: -1,
+			idem: idempotency.Item{Scope: Scope(ev), IDs: Keys(ev), TTL: h.o.TTL(ev.Source)}}
+		// Two deliveries of one event in the same batch: the claim script
+		// cannot tell them apart (same owner), so the batch does.
+		for _, id := range it.idem.IDs {
+			k := it.idem.Scope + "\x00" + id
+			if j, seen := byKey[k]; seen && it.dupOf < 0 {
+				it.dupOf = j
+			}
+		}
+		if it.dupOf < 0 {
+			for _, id := range it.idem.IDs {
+				byKey[it.idem.Scope+"\x00"+id] = len(items)
+			}
+		}
+		items = append(items, it)
+	}
+	if len(items) == 0 {
+		return resultsOrNil(results, failed)
+	}
+
+	// Claim every event that is not a repeat within this batch.
+	store := h.o.Dedupe.ForWorker(batch[0].Msg.Topic + "/" + strconv.Itoa(batch[0].Msg.Partition))
+	claims := make([]idempotency.Item, 0, len(items))
+	claimOf := make([]int, len(items)) // item -> index in claims
+	for i, it := range items {
+		claimOf[i] = -1
+		if it.dupOf < 0 {
+			claimOf[i] = len(claims)
+			claims = append(claims, it.idem)
+		}
+	}
+	outcomes, err := store.ClaimAll(ctx, claims)
 	if err != nil {
 		// Redis is down: fail the attempt; the consumer retries with backoff
 		// and the partition waits. Dedupe is never skipped.
-		return fmt.Errorf("dedupe unavailable: %w", err)
-	}
-	src := attribute.String("source", ev.Source)
-	switch outcome {
-	case idempotency.Duplicate:
-		h.dedupe.Add(ctx, 1, metric.WithAttributes(src, attribute.String("result", "hit")))
-		h.o.Log.DebugContext(ctx, "duplicate dropped", "event_id", ev.EventId, "source", ev.Source)
-		return nil
-	case idempotency.InProgress:
-		h.dedupe.Add(ctx, 1, metric.WithAttributes(src, attribute.String("result", "in_progress")))
-		return idempotency.ErrInProgress
-	}
-	h.dedupe.Add(ctx, 1, metric.WithAttributes(src, attribute.String("result", "miss")))
-	if h.o.Drift != nil {
-		// Observability only: a failure is logged, and the paths are tried
-		// again with the next event that carries them.
-		if drifted, err := h.o.Drift.Observe(ctx, ev.Provider, ev.ProviderEventType, ev.EventId, raw.Body); err != nil {
-			h.o.Log.WarnContext(ctx, "schema drift not recorded", "error", err.Error())
-		} else if len(drifted) > 0 {
-			h.o.Log.InfoContext(ctx, "new fields in provider payloads", "provider", ev.Provider, "event_type", ev.ProviderEventType,
-				"event_id", ev.EventId, "paths", drifted)
+		err = fmt.Errorf("dedupe unavailable: %w", err)
+		for _, it := range items {
+			fail(it.idx, err)
 		}
+		return results
 	}
 
-	value, err := proto.Marshal(ev)
-	if err != nil {
-		_ = h.o.Dedupe.Release(ctx, scope, ids...)
-		return fmt.Errorf("encode FeedbackEvent: %w", err)
-	}
-	if err := h.o.Producer.Produce(ctx, kafkaio.Record{Topic: h.o.NormalizedTopic, Key: SubjectKey(ev), Value: value}); err != nil {
-		if rerr := h.o.Dedupe.Release(ctx, scope, ids...); rerr != nil {
-			err = errors.Join(err, rerr)
+	// Produce the claimed events.
+	var recs []kafkaio.Record
+	var produced []int // items, parallel to recs
+	for i, it := range items {
+		if it.dupOf >= 0 {
+			continue
 		}
-		return err
+		switch outcomes[claimOf[i]] {
+		case idempotency.Duplicate:
+			h.count(ctx, it.ev.Source, "hit")
+		case idempotency.InProgress:
+			h.count(ctx, it.ev.Source, "in_progress")
+			fail(it.idx, idempotency.ErrInProgress)
+		case idempotency.Claimed:
+			h.count(ctx, it.ev.Source, "miss")
+			value, err := proto.Marshal(it.ev)
+			if err != nil {
+				fail(it.idx, fmt.Errorf("encode FeedbackEvent: %w", err))
+				continue
+			}
+			recs = append(recs, kafkaio.Record{Topic: h.o.NormalizedTopic, Key: SubjectKey(it.ev), Value: value, Context: batch[it.idx].Ctx})
+			produced = append(produced, i)
+		}
 	}
-	// The event is durable downstream. If this mark fails the claim expires
-	// and a redelivery produces the event again: the documented window.
-	if err := h.o.Dedupe.Complete(ctx, scope, h.o.TTL(ev.Source), ids...); err != nil {
-		h.o.Log.WarnContext(ctx, "dedupe mark failed after produce; a redelivery may repeat this event", "event_id", ev.EventId, "error", err.Error())
+	perrs := h.o.Producer.ProduceEach(ctx, recs...)
+	var done, release []idempotency.Item
+	for r, i := range produced {
+		it := items[i]
+		if perrs != nil && perrs[r] != nil {
+			fail(it.idx, perrs[r])
+			release = append(release, it.idem)
+			continue
+		}
+		done = append(done, it.idem)
 	}
-	h.o.Log.DebugContext(ctx, "event normalized", "event_id", ev.EventId, "kind", ev.Kind.String(), "subject", ev.GetSubject().GetId())
+	// Failed produces give their claims back so the retry need not wait for
+	// the processing TTL (the retry by this worker may re-claim them anyway).
+	if err := store.ReleaseAll(ctx, release); err != nil {
+		h.o.Log.WarnContext(ctx, "releasing claims after a failed produce", "error", err.Error())
+	}
+	// The events are durable downstream. If this mark fails the claims
+	// expire and a redelivery produces the events again: the documented window.
+	if err := store.CompleteAll(ctx, done); err != nil {
+		h.o.Log.WarnContext(ctx, "dedupe mark failed after produce; a redelivery may repeat these events", "events", len(done), "error", err.Error())
+	}
+	// A repeat within the batch shares the fate of its first delivery.
+	for _, it := range items {
+		if it.dupOf < 0 {
+			continue
+		}
+		first := items[it.dupOf]
+		if err := results[first.idx]; err != nil {
+			fail(it.idx, err)
+			continue
+		}
+		h.count(ctx, it.ev.Source, "hit")
+	}
+	debug := h.o.Log.Enabled(ctx, slog.LevelDebug)
+	for r, i := range produced {
+		if perrs != nil && perrs[r] != nil {
+			continue
+		}
+		it := items[i]
+		h.observeDrift(batch[it.idx].Ctx, it)
+		if debug {
+			h.o.Log.DebugContext(batch[it.idx].Ctx, "event normalized", "event_id", it.ev.EventId, "kind", it.ev.Kind.String(), "subject", it.ev.GetSubject().GetId())
+		}
+	}
+	return resultsOrNil(results, failed)
+}
+
+// Handle handles one record (HandleBatch with a batch of one).
+func (h *Handler) Handle(ctx context.Context, m kafka.Message) error {
+	if errs := h.HandleBatch(ctx, []kafkaio.Delivery{{Ctx: ctx, Msg: m}}); errs != nil {
+		return errs[0]
+	}
 	return nil
+}
+
+func resultsOrNil(results []error, failed bool) []error {
+	if !failed {
+		return nil
+	}
+	return results
+}
+
+func (h *Handler) count(ctx context.Context, source, result string) {
+	h.dedupe.Add(ctx, 1, metric.WithAttributes(attribute.String("source", source), attribute.String("result", result)))
+}
+
+// observeDrift is observability only: a failure is logged, and the paths
+// are tried again with the next event that carries them.
+func (h *Handler) observeDrift(ctx context.Context, it item) {
+	if h.o.Drift == nil {
+		return
+	}
+	drifted, err := h.o.Drift.Observe(ctx, it.ev.Provider, it.ev.ProviderEventType, it.ev.EventId, it.body)
+	if err != nil {
+		h.o.Log.WarnContext(ctx, "schema drift not recorded", "error", err.Error())
+	} else if len(drifted) > 0 {
+		h.o.Log.InfoContext(ctx, "new fields in provider payloads", "provider", it.ev.Provider, "event_type", it.ev.ProviderEventType,
+			"event_id", it.ev.EventId, "paths", drifted)
+	}
 }
