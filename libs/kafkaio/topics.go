@@ -23,7 +23,11 @@ type Topics struct {
 	// IngestTokens is the compacted, single-partition control topic of the
 	// ingest tokens (see package ingesttokens).
 	IngestTokens string
+	prefix       string
 }
+
+// DLQ is the dead-letter topic of a sink service: "<prefix>feedback.dlq.<sink>.v1".
+func (t Topics) DLQ(sink string) string { return t.prefix + "feedback.dlq." + sink + ".v1" }
 
 // NewTopics returns the default topic names with prefix put in front
 // (prefix "" gives "feedback.raw.v1", prefix "t42." gives "t42.feedback.raw.v1").
@@ -35,6 +39,7 @@ func NewTopics(prefix string) Topics {
 		Priority:     prefix + "feedback.enriched.priority.v1",
 		Quarantine:   prefix + "feedback.quarantine.v1",
 		IngestTokens: prefix + "closedloop.control.ingest-tokens.v1",
+		prefix:       prefix,
 	}
 }
 

@@ -1,0 +1,421 @@
+// Package sink is the runtime every destination service shares: it turns a
+// Destination (deliver a batch of FeedbackEvents somewhere) into a
+// kafkaio.BatchHandler that delivers each event once in outcome.
+//
+// Per batch of one partition, in order:
+//
+//  1. decode (an undecodable record is quarantined by the consumer) and
+//     filter (Config.Filter; a filtered event is done);
+//  2. skip events the Checkpoint says were delivered (a redelivery after a
+//     crash or rebalance has no second outcome);
+//  3. deliver, retrying what failed retryably with exponential backoff and
+//     full jitter (Retry-After honoured as a floor), at most MaxAttempts
+//     times and for at most MaxElapsed — counted only while the breaker is
+//     closed, so an outage pauses instead of exhausting budgets;
+//  4. dead-letter permanent failures and exhausted events as DeadLetter
+//     records (the event, the error, its class and every attempt) on the DLQ
+//     topic, durably, before the batch is done;
+//  5. mark the delivered events in the Checkpoint, then return: the consumer
+//     commits the offsets.
+//
+// A Breaker shared by all partitions opens after consecutive failed
+// deliveries: every worker then waits (consumption pauses, Kafka holds the
+// backlog, memory stays flat, nothing floods the DLQ), one probe tests the
+// destination after OpenFor, and delivery resumes by itself. Pause and
+// Resume do the same by hand.
+package sink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strconv"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"golang.org/x/time/rate"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/closedloop/closedloop/libs/kafkaio"
+	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
+	sinkv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/sink/v1"
+)
+
+// Event is one event handed to a Destination.
+type Event struct {
+	// Ctx carries the event's trace (its consumer span).
+	Ctx      context.Context
+	Feedback *feedbackv1.FeedbackEvent
+	// Value is the serialized FeedbackEvent as consumed.
+	Value []byte
+	// Attempt is 1 on the first delivery of this event, 2 on its first retry, ...
+	Attempt int
+}
+
+// Destination delivers events to one place.
+type Destination interface {
+	// Deliver delivers the events (in order, at most Config.MaxBatch) and
+	// returns nil when every one reached the destination, else one error per
+	// event (nil for those delivered). Errors are classified with Classify:
+	// return Permanent for data the destination rejects, HTTPStatus for
+	// HTTP answers, Retryable with the destination's Retry-After.
+	Deliver(ctx context.Context, events []*Event) []error
+}
+
+// Producer is the part of kafkaio.Producer the runtime needs (dead letters).
+type Producer interface {
+	Produce(ctx context.Context, recs ...kafkaio.Record) error
+}
+
+// Config configures a Runner. Zero values take the stated defaults.
+type Config struct {
+	// Sink is the service name ("sink-warehouse"); Destination names one
+	// target inside it (a webhook endpoint), empty when there is one.
+	Sink, Destination string
+	// DLQTopic receives DeadLetter records; DLQ produces them.
+	DLQTopic string
+	DLQ      Producer
+	// Checkpoint (default Idempotent: the destination dedupes itself).
+	Checkpoint Checkpoint
+	// Filter, when set, decides which events this sink delivers; the others
+	// are done without a delivery.
+	Filter func(*feedbackv1.FeedbackEvent) bool
+	// MaxAttempts per event (default 8) and MaxElapsed since its first
+	// attempt (default 10m), both counted while the breaker is closed.
+	MaxAttempts int
+	MaxElapsed  time.Duration
+	// BackoffBase (default 200ms) doubles per attempt up to BackoffMax (30s);
+	// each wait is drawn uniformly from [0, that] (full jitter).
+	BackoffBase, BackoffMax time.Duration
+	// Breaker (default NewBreaker(5, 10s, nil)) is shared by every partition.
+	Breaker *Breaker
+	// RatePerSecond limits events per second to the destination (0: none).
+	RatePerSecond float64
+	Log           *slog.Logger
+	// Now is the clock (tests).
+	Now func() time.Time
+}
+
+// Runner delivers consumed events to a Destination; HandleBatch is its
+// kafkaio.BatchHandler.
+type Runner struct {
+	cfg     Config
+	dest    Destination
+	limiter *rate.Limiter
+	attrs   metric.MeasurementOption
+
+	delivered metric.Int64Counter
+	failed    metric.Int64Counter
+	retries   metric.Int64Counter
+	dead      metric.Int64Counter
+	latency   metric.Float64Histogram
+}
+
+// New returns a Runner for dest.
+func New(cfg Config, dest Destination) (*Runner, error) {
+	switch {
+	case cfg.Sink == "":
+		return nil, errors.New("sink: no sink name")
+	case cfg.DLQ == nil || cfg.DLQTopic == "":
+		return nil, errors.New("sink: a dead-letter producer and topic are required")
+	case cfg.Log == nil:
+		return nil, errors.New("sink: no logger")
+	}
+	if cfg.Checkpoint == nil {
+		cfg.Checkpoint = Idempotent{}
+	}
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = 8
+	}
+	if cfg.MaxElapsed <= 0 {
+		cfg.MaxElapsed = 10 * time.Minute
+	}
+	if cfg.BackoffBase <= 0 {
+		cfg.BackoffBase = 200 * time.Millisecond
+	}
+	if cfg.BackoffMax <= 0 {
+		cfg.BackoffMax = 30 * time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	r := &Runner{cfg: cfg, dest: dest}
+	attrs := []attribute.KeyValue{attribute.String("sink", cfg.Sink), attribute.String("destination", cfg.Destination)}
+	r.attrs = metric.WithAttributes(attrs...)
+	meter := otel.Meter("github.com/closedloop/closedloop/libs/sink")
+	r.delivered, _ = meter.Int64Counter("closedloop.sink.delivered", metric.WithDescription("Events delivered to the destination."))
+	r.failed, _ = meter.Int64Counter("closedloop.sink.failed", metric.WithDescription("Failed delivery attempts, by error class."))
+	r.retries, _ = meter.Int64Counter("closedloop.sink.retries", metric.WithDescription("Delivery rounds retried after a backoff."))
+	r.dead, _ = meter.Int64Counter("closedloop.sink.dead_lettered", metric.WithDescription("Events written to the dead-letter topic, by class."))
+	r.latency, _ = meter.Float64Histogram("closedloop.sink.delivery.latency", metric.WithUnit("s"),
+		metric.WithDescription("From ingress receipt of the webhook to delivery at the destination."),
+		metric.WithExplicitBucketBoundaries(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+	if cfg.Breaker == nil {
+		r.cfg.Breaker = NewBreaker(5, 10*time.Second, nil)
+	}
+	_, _ = meter.Int64ObservableGauge("closedloop.sink.breaker.state",
+		metric.WithDescription("Circuit breaker: 0 closed, 1 open, 2 half-open; 3 paused by an operator."),
+		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
+			v := int64(r.cfg.Breaker.State())
+			if r.cfg.Breaker.Paused() {
+				v = 3
+			}
+			o.Observe(v, metric.WithAttributes(attrs...))
+			return nil
+		}))
+	if cfg.RatePerSecond > 0 {
+		r.limiter = rate.NewLimiter(rate.Limit(cfg.RatePerSecond), max(1, int(cfg.RatePerSecond)))
+	}
+	return r, nil
+}
+
+// Breaker is the runner's circuit breaker (for status, Pause and Resume).
+func (r *Runner) Breaker() *Breaker { return r.cfg.Breaker }
+
+// CheckpointKey is the checkpoint key of an event: its id, scoped by its
+// replay id so an operator's replay is delivered again, once per replay.
+func CheckpointKey(ev *feedbackv1.FeedbackEvent) string {
+	if ev.ReplayId != "" {
+		return ev.EventId + "/replay:" + ev.ReplayId
+	}
+	return ev.EventId
+}
+
+// pending is one event in delivery.
+type pending struct {
+	idx      int
+	ev       *Event
+	attempts []*sinkv1.Attempt
+	first    time.Time
+	active   time.Duration // time spent retrying while the breaker was closed
+}
+
+// HandleBatch implements kafkaio.BatchHandler.
+func (r *Runner) HandleBatch(ctx context.Context, batch []kafkaio.Delivery) []error {
+	results := make([]error, len(batch))
+	failed := false
+	var todo []*pending
+	for i, d := range batch {
+		var ev feedbackv1.FeedbackEvent
+		if err := proto.Unmarshal(d.Msg.Value, &ev); err != nil || ev.EventId == "" {
+			if err == nil {
+				err = errors.New("FeedbackEvent without event_id")
+			}
+			results[i], failed = kafkaio.Permanent("undecodable_event", err), true
+			continue
+		}
+		if r.cfg.Filter != nil && !r.cfg.Filter(&ev) {
+			continue
+		}
+		todo = append(todo, &pending{idx: i, ev: &Event{Ctx: d.Ctx, Feedback: &ev, Value: d.Msg.Value}})
+	}
+	if len(todo) == 0 {
+		return orNil(results, failed)
+	}
+	keys := make([]string, len(todo))
+	for i, p := range todo {
+		keys[i] = CheckpointKey(p.ev.Feedback)
+	}
+	seen, err := r.cfg.Checkpoint.Delivered(ctx, keys)
+	if err != nil {
+		return r.failAll(results, todo, fmt.Errorf("checkpoint unavailable: %w", err))
+	}
+	fresh := todo[:0]
+	for i, p := range todo {
+		if !seen[i] {
+			fresh = append(fresh, p)
+		}
+	}
+	delivered, deadP, dead, err := r.deliver(ctx, batch, fresh)
+	// Dead letters are durable before anything is committed.
+	if len(dead) > 0 {
+		if derr := r.cfg.DLQ.Produce(ctx, dead...); derr != nil {
+			return r.failAll(results, fresh, fmt.Errorf("dead-letter produce: %w", derr))
+		}
+	}
+	if len(delivered) > 0 {
+		dkeys := make([]string, len(delivered))
+		for i, p := range delivered {
+			dkeys[i] = CheckpointKey(p.ev.Feedback)
+		}
+		if merr := r.cfg.Checkpoint.Mark(ctx, dkeys); merr != nil {
+			// Delivered but not remembered: a redelivery before the offset
+			// commit could repeat them. Retried rather than committed blind.
+			r.cfg.Log.Warn("checkpoint mark failed after delivery", "sink", r.cfg.Sink, "events", len(dkeys), "error", merr.Error())
+			return r.failAll(results, delivered, fmt.Errorf("checkpoint mark: %w", merr))
+		}
+	}
+	if err != nil { // stopped while events were still pending
+		return r.failAll(results, notDone(fresh, delivered, deadP), err)
+	}
+	return orNil(results, failed)
+}
+
+// deliver runs delivery rounds until every event is delivered or dead. It
+// returns early with ctx's error when the consumer stops.
+func (r *Runner) deliver(ctx context.Context, batch []kafkaio.Delivery, todo []*pending) (delivered, deadP []*pending, dead []kafkaio.Record, err error) {
+	now := r.cfg.Now()
+	for _, p := range todo {
+		p.first = now
+	}
+	for round := 1; len(todo) > 0; round++ {
+		probe, err := r.cfg.Breaker.Acquire(ctx)
+		if err != nil {
+			return delivered, deadP, dead, err
+		}
+		if r.limiter != nil {
+			if err := r.limiter.WaitN(ctx, min(len(todo), r.limiter.Burst())); err != nil {
+				return delivered, deadP, dead, err
+			}
+		}
+		events := make([]*Event, len(todo))
+		for i, p := range todo {
+			p.ev.Attempt = len(p.attempts) + 1
+			events[i] = p.ev
+		}
+		start := r.cfg.Now()
+		errs := r.dest.Deliver(ctx, events)
+		took := r.cfg.Now().Sub(start)
+		var retry []*pending
+		var wait time.Duration
+		anyDelivered := false
+		for i, p := range todo {
+			var e error
+			if errs != nil {
+				e = errs[i]
+			}
+			if e == nil {
+				anyDelivered = true
+				delivered = append(delivered, p)
+				r.delivered.Add(ctx, 1, r.attrs)
+				if rcv := p.ev.Feedback.GetReceivedAt(); rcv != nil {
+					r.latency.Record(ctx, r.cfg.Now().Sub(rcv.AsTime()).Seconds(), r.attrs)
+				}
+				continue
+			}
+			class, after, status := Classify(e)
+			p.attempts = append(p.attempts, &sinkv1.Attempt{At: timestamppb.New(start), Error: truncate(e.Error(), 1024),
+				ErrorClass: class, StatusCode: int32(status), DurationMs: took.Milliseconds()})
+			r.failed.Add(ctx, 1, metric.WithAttributes(attribute.String("sink", r.cfg.Sink), attribute.String("destination", r.cfg.Destination),
+				attribute.String("class", class.String())))
+			if class == sinkv1.ErrorClass_ERROR_CLASS_PERMANENT {
+				dead, deadP = append(dead, r.deadLetter(batch, p, e, class)), append(deadP, p)
+				continue
+			}
+			retry = append(retry, p)
+			wait = max(wait, after)
+		}
+		switch {
+		case anyDelivered || len(retry) == 0:
+			r.cfg.Breaker.Success()
+		default:
+			r.cfg.Breaker.Failure()
+		}
+		if len(retry) == 0 {
+			return delivered, deadP, dead, nil
+		}
+		// The budget runs only while the destination is otherwise healthy: an
+		// outage (breaker open) pauses instead of exhausting every event.
+		closed := r.cfg.Breaker.State() == Closed && !probe
+		backoff := r.backoff(round)
+		todo = todo[:0]
+		for _, p := range retry {
+			if closed {
+				p.active += took + backoff
+			}
+			if closed && (len(p.attempts) >= r.cfg.MaxAttempts || p.active >= r.cfg.MaxElapsed) {
+				dead = append(dead, r.deadLetter(batch, p, errors.New(p.attempts[len(p.attempts)-1].Error), sinkv1.ErrorClass_ERROR_CLASS_EXHAUSTED))
+				deadP = append(deadP, p)
+				continue
+			}
+			todo = append(todo, p)
+		}
+		if len(todo) == 0 {
+			return delivered, deadP, dead, nil
+		}
+		r.retries.Add(ctx, 1, r.attrs)
+		wait = max(wait, backoff)
+		r.cfg.Log.Warn("delivery failed; retrying", "sink", r.cfg.Sink, "destination", r.cfg.Destination, "events", len(todo),
+			"round", round, "retry_in", wait.String(), "breaker", r.cfg.Breaker.State().String(),
+			"error", todo[0].attempts[len(todo[0].attempts)-1].Error)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return delivered, deadP, dead, ctx.Err()
+		case <-t.C:
+		}
+	}
+	return delivered, deadP, dead, nil
+}
+
+// backoff is exponential from BackoffBase with full jitter, capped at BackoffMax.
+func (r *Runner) backoff(round int) time.Duration {
+	d := r.cfg.BackoffBase << min(round-1, 20)
+	if d > r.cfg.BackoffMax || d <= 0 {
+		d = r.cfg.BackoffMax
+	}
+	return time.Duration(rand.Int64N(int64(d)) + 1)
+}
+
+func (r *Runner) deadLetter(batch []kafkaio.Delivery, p *pending, err error, class sinkv1.ErrorClass) kafkaio.Record {
+	m := batch[p.idx].Msg
+	ev := p.ev.Feedback
+	dl := &sinkv1.DeadLetter{
+		Sink: r.cfg.Sink, Destination: r.cfg.Destination, EventId: ev.EventId, Event: p.ev.Value,
+		Error: truncate(err.Error(), 1024), ErrorClass: class, Attempts: p.attempts, DeadAt: timestamppb.New(r.cfg.Now()),
+		SourceTopic: m.Topic, SourcePartition: int32(m.Partition), SourceOffset: m.Offset, Provider: ev.Provider, ReplayId: ev.ReplayId,
+	}
+	v, _ := proto.Marshal(dl)
+	r.dead.Add(p.ev.Ctx, 1, metric.WithAttributes(attribute.String("sink", r.cfg.Sink), attribute.String("destination", r.cfg.Destination),
+		attribute.String("class", class.String())))
+	r.cfg.Log.WarnContext(p.ev.Ctx, "event dead-lettered", "sink", r.cfg.Sink, "destination", r.cfg.Destination, "event_id", ev.EventId,
+		"class", class.String(), "attempts", len(p.attempts), "error", dl.Error)
+	return kafkaio.Record{Topic: r.cfg.DLQTopic, Key: m.Key, Value: v, Context: p.ev.Ctx, Headers: []kafka.Header{
+		{Key: "closedloop-sink", Value: []byte(r.cfg.Sink)},
+		{Key: "closedloop-error-class", Value: []byte(class.String())},
+		{Key: "closedloop-attempts", Value: []byte(strconv.Itoa(len(p.attempts)))},
+	}}
+}
+
+func (r *Runner) failAll(results []error, ps []*pending, err error) []error {
+	for _, p := range ps {
+		results[p.idx] = err
+	}
+	return results
+}
+
+// notDone lists the events neither delivered nor dead-lettered.
+func notDone(all, delivered, dead []*pending) []*pending {
+	done := map[*pending]bool{}
+	for _, p := range append(append([]*pending(nil), delivered...), dead...) {
+		done[p] = true
+	}
+	var out []*pending
+	for _, p := range all {
+		if !done[p] {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func orNil(results []error, failed bool) []error {
+	if !failed {
+		return nil
+	}
+	return results
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}

@@ -1,0 +1,344 @@
+package sink
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/segmentio/kafka-go"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/closedloop/closedloop/libs/kafkaio"
+	"github.com/closedloop/closedloop/libs/localinfra"
+	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
+	sinkv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/sink/v1"
+)
+
+// dest is a destination that fails on command.
+type dest struct {
+	mu        sync.Mutex
+	got       []string // delivered event ids, in order
+	calls     int
+	failWith  func(ev *feedbackv1.FeedbackEvent, attempt int) error
+	callTimes []time.Time
+}
+
+func (d *dest) Deliver(_ context.Context, events []*Event) []error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.calls++
+	d.callTimes = append(d.callTimes, time.Now())
+	var errs []error
+	for i, e := range events {
+		if d.failWith != nil {
+			if err := d.failWith(e.Feedback, e.Attempt); err != nil {
+				if errs == nil {
+					errs = make([]error, len(events))
+				}
+				errs[i] = err
+				continue
+			}
+		}
+		d.got = append(d.got, e.Feedback.EventId)
+	}
+	return errs
+}
+
+func (d *dest) delivered() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]string(nil), d.got...)
+}
+
+type dlq struct {
+	mu   sync.Mutex
+	recs []kafkaio.Record
+	fail error
+}
+
+func (q *dlq) Produce(_ context.Context, recs ...kafkaio.Record) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.fail != nil {
+		return q.fail
+	}
+	q.recs = append(q.recs, recs...)
+	return nil
+}
+
+func (q *dlq) letters(t *testing.T) []*sinkv1.DeadLetter {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var out []*sinkv1.DeadLetter
+	for _, r := range q.recs {
+		var dl sinkv1.DeadLetter
+		if err := proto.Unmarshal(r.Value, &dl); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, &dl)
+	}
+	return out
+}
+
+func batchOf(t *testing.T, ids ...string) []kafkaio.Delivery {
+	t.Helper()
+	out := make([]kafkaio.Delivery, len(ids))
+	for i, id := range ids {
+		v, err := proto.Marshal(&feedbackv1.FeedbackEvent{EventId: id, Source: "dl", Provider: "delighted",
+			Subject: &feedbackv1.Subject{Type: feedbackv1.SubjectType_SUBJECT_TYPE_RESPONSE, Id: "r-" + id}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[i] = kafkaio.Delivery{Ctx: context.Background(), Msg: kafka.Message{Topic: "in", Partition: 0, Offset: int64(i), Value: v}}
+	}
+	return out
+}
+
+func runner(t *testing.T, d Destination, q *dlq, mod func(*Config)) *Runner {
+	t.Helper()
+	cfg := Config{Sink: "sink-test", DLQTopic: "dlq", DLQ: q, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		BackoffBase: time.Millisecond, BackoffMax: 5 * time.Millisecond, MaxAttempts: 4, Breaker: NewBreaker(100, time.Second, nil)}
+	if mod != nil {
+		mod(&cfg)
+	}
+	r, err := New(cfg, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestRetryableFailuresAreRetriedAndDeliveredOnceInOrder(t *testing.T) {
+	d := &dest{failWith: func(ev *feedbackv1.FeedbackEvent, attempt int) error {
+		if ev.EventId == "b" && attempt < 3 {
+			return HTTPStatus(503, http.Header{}, []byte("busy"))
+		}
+		return nil
+	}}
+	q := &dlq{}
+	if errs := runner(t, d, q, nil).HandleBatch(context.Background(), batchOf(t, "a", "b", "c")); errs != nil {
+		t.Fatal(errs)
+	}
+	if got := d.delivered(); len(got) != 3 || got[0] != "a" || got[1] != "c" || got[2] != "b" {
+		t.Fatalf("delivered %v, want a and c, then b on its third attempt", got)
+	}
+	if len(q.recs) != 0 {
+		t.Fatalf("%d dead letters for a retryable failure that recovered", len(q.recs))
+	}
+}
+
+func TestAPermanentFailureIsDeadLetteredWithItsHistoryAndTheRestDelivered(t *testing.T) {
+	d := &dest{failWith: func(ev *feedbackv1.FeedbackEvent, _ int) error {
+		if ev.EventId == "bad" {
+			return HTTPStatus(422, http.Header{}, []byte(`{"error":"email invalid"}`))
+		}
+		return nil
+	}}
+	q := &dlq{}
+	if errs := runner(t, d, q, nil).HandleBatch(context.Background(), batchOf(t, "a", "bad", "c")); errs != nil {
+		t.Fatal(errs)
+	}
+	dl := q.letters(t)
+	if len(dl) != 1 || dl[0].EventId != "bad" || dl[0].ErrorClass != sinkv1.ErrorClass_ERROR_CLASS_PERMANENT ||
+		len(dl[0].Attempts) != 1 || dl[0].Attempts[0].StatusCode != 422 || dl[0].Sink != "sink-test" || dl[0].SourceOffset != 1 {
+		t.Fatalf("dead letters %v", dl)
+	}
+	var ev feedbackv1.FeedbackEvent
+	if err := proto.Unmarshal(dl[0].Event, &ev); err != nil || ev.EventId != "bad" {
+		t.Fatalf("the dead letter does not carry the event: %v %v", &ev, err)
+	}
+	if got := d.delivered(); len(got) != 2 {
+		t.Fatalf("delivered %v", got)
+	}
+}
+
+func TestAnEventThatKeepsFailingIsExhaustedAfterMaxAttempts(t *testing.T) {
+	d := &dest{failWith: func(ev *feedbackv1.FeedbackEvent, _ int) error {
+		if ev.EventId == "b" {
+			return errors.New("connection reset by peer")
+		}
+		return nil
+	}}
+	q := &dlq{}
+	if errs := runner(t, d, q, nil).HandleBatch(context.Background(), batchOf(t, "a", "b")); errs != nil {
+		t.Fatal(errs)
+	}
+	dl := q.letters(t)
+	if len(dl) != 1 || dl[0].ErrorClass != sinkv1.ErrorClass_ERROR_CLASS_EXHAUSTED || len(dl[0].Attempts) != 4 {
+		t.Fatalf("dead letters %v, want b exhausted after 4 attempts", dl)
+	}
+}
+
+func TestRetryAfterIsAFloorOnTheWait(t *testing.T) {
+	d := &dest{failWith: func(_ *feedbackv1.FeedbackEvent, attempt int) error {
+		if attempt == 1 {
+			return HTTPStatus(429, http.Header{"Retry-After": {"1"}}, nil)
+		}
+		return nil
+	}}
+	if errs := runner(t, d, &dlq{}, nil).HandleBatch(context.Background(), batchOf(t, "a")); errs != nil {
+		t.Fatal(errs)
+	}
+	if gap := d.callTimes[1].Sub(d.callTimes[0]); gap < time.Second {
+		t.Fatalf("retried after %s, before the destination's Retry-After of 1s", gap)
+	}
+}
+
+func TestAnOutageOpensTheBreakerPausesWithoutDeadLettersAndResumesByItself(t *testing.T) {
+	var mu sync.Mutex
+	down := true
+	d := &dest{failWith: func(*feedbackv1.FeedbackEvent, int) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if down {
+			return HTTPStatus(502, http.Header{}, nil)
+		}
+		return nil
+	}}
+	q := &dlq{}
+	states := make(chan BreakerState, 16)
+	r := runner(t, d, q, func(c *Config) {
+		c.Breaker = NewBreaker(3, 150*time.Millisecond, func(s BreakerState) { states <- s })
+		c.MaxAttempts = 3 // would exhaust at once if the outage counted
+	})
+	done := make(chan []error, 1)
+	go func() { done <- r.HandleBatch(context.Background(), batchOf(t, "a", "b")) }()
+	if s := <-states; s != Open {
+		t.Fatalf("state %v, want open", s)
+	}
+	// While open, the destination is only probed every 150ms.
+	time.Sleep(600 * time.Millisecond)
+	d.mu.Lock()
+	callsWhileDown := d.calls
+	d.mu.Unlock()
+	if callsWhileDown > 3+5 {
+		t.Fatalf("%d delivery calls in 600ms of outage: the breaker did not pause delivery", callsWhileDown)
+	}
+	mu.Lock()
+	down = false
+	mu.Unlock()
+	select {
+	case errs := <-done:
+		if errs != nil {
+			t.Fatal(errs)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("did not resume after the destination came back")
+	}
+	if len(q.recs) != 0 {
+		t.Fatalf("%d dead letters during an outage", len(q.recs))
+	}
+	if got := d.delivered(); len(got) != 2 || r.Breaker().State() != Closed || r.Breaker().Opened() != 1 {
+		t.Fatalf("delivered %v, breaker %v opened %d times", got, r.Breaker().State(), r.Breaker().Opened())
+	}
+}
+
+func TestPauseHoldsDeliveryUntilResume(t *testing.T) {
+	d := &dest{}
+	r := runner(t, d, &dlq{}, nil)
+	r.Breaker().Pause()
+	done := make(chan []error, 1)
+	go func() { done <- r.HandleBatch(context.Background(), batchOf(t, "a")) }()
+	time.Sleep(200 * time.Millisecond)
+	if len(d.delivered()) != 0 {
+		t.Fatal("delivered while paused")
+	}
+	r.Breaker().Resume()
+	if errs := <-done; errs != nil || len(d.delivered()) != 1 {
+		t.Fatalf("after resume: %v, delivered %v", errs, d.delivered())
+	}
+}
+
+func TestAStopWhileWaitingLeavesTheEventsUncommitted(t *testing.T) {
+	d := &dest{}
+	r := runner(t, d, &dlq{}, nil)
+	r.Breaker().Pause()
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	errs := r.HandleBatch(ctx, batchOf(t, "a", "b"))
+	if errs == nil || errs[0] == nil || errs[1] == nil {
+		t.Fatalf("results %v: undelivered events must not be committed", errs)
+	}
+	if _, perm := kafkaio.IsPermanent(errs[0]); perm {
+		t.Fatal("a stop was treated as a bad record")
+	}
+}
+
+func TestADeadLetterThatCannotBeWrittenIsNotCommitted(t *testing.T) {
+	d := &dest{failWith: func(*feedbackv1.FeedbackEvent, int) error { return Permanent(errors.New("rejected")) }}
+	errs := runner(t, d, &dlq{fail: errors.New("broker down")}, nil).HandleBatch(context.Background(), batchOf(t, "a"))
+	if errs == nil || errs[0] == nil {
+		t.Fatal("committed an event whose dead letter was not written: it would be lost")
+	}
+}
+
+func TestTheCheckpointSkipsARedeliveryButNotAReplay(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: localinfra.RedisForTest(t)})
+	d := &dest{}
+	cp := RedisCheckpoint{RDB: rdb, Prefix: t.Name() + ":", TTL: time.Hour}
+	r := runner(t, d, &dlq{}, func(c *Config) { c.Checkpoint = cp })
+	ctx := context.Background()
+	if errs := r.HandleBatch(ctx, batchOf(t, "a", "b")); errs != nil {
+		t.Fatal(errs)
+	}
+	if errs := r.HandleBatch(ctx, batchOf(t, "a", "b", "c")); errs != nil { // redelivery after a crash
+		t.Fatal(errs)
+	}
+	v, _ := proto.Marshal(&feedbackv1.FeedbackEvent{EventId: "a", ReplayId: "rp-1"})
+	replay := []kafkaio.Delivery{{Ctx: ctx, Msg: kafka.Message{Value: v}}}
+	_ = r.HandleBatch(ctx, replay)
+	_ = r.HandleBatch(ctx, replay) // the same replay again: once per replay
+	if got := d.delivered(); len(got) != 4 || got[0] != "a" || got[1] != "b" || got[2] != "c" || got[3] != "a" {
+		t.Fatalf("delivered %v, want a b c, then a once for the replay", got)
+	}
+}
+
+func TestFilteredAndUndecodableEvents(t *testing.T) {
+	d := &dest{}
+	r := runner(t, d, &dlq{}, func(c *Config) {
+		c.Filter = func(ev *feedbackv1.FeedbackEvent) bool { return ev.EventId != "skip" }
+	})
+	batch := append(batchOf(t, "a", "skip"), kafkaio.Delivery{Ctx: context.Background(), Msg: kafka.Message{Value: []byte{0xff}}})
+	errs := r.HandleBatch(context.Background(), batch)
+	if errs == nil || errs[0] != nil || errs[1] != nil {
+		t.Fatalf("results %v", errs)
+	}
+	if reason, ok := kafkaio.IsPermanent(errs[2]); !ok || reason != "undecodable_event" {
+		t.Fatalf("undecodable record: %v", errs[2])
+	}
+	if got := d.delivered(); len(got) != 1 || got[0] != "a" {
+		t.Fatalf("delivered %v", got)
+	}
+}
+
+func TestHTTPStatusClassification(t *testing.T) {
+	for status, want := range map[int]sinkv1.ErrorClass{
+		200: sinkv1.ErrorClass_ERROR_CLASS_UNSPECIFIED, 204: sinkv1.ErrorClass_ERROR_CLASS_UNSPECIFIED,
+		400: sinkv1.ErrorClass_ERROR_CLASS_PERMANENT, 401: sinkv1.ErrorClass_ERROR_CLASS_PERMANENT,
+		404: sinkv1.ErrorClass_ERROR_CLASS_PERMANENT, 410: sinkv1.ErrorClass_ERROR_CLASS_PERMANENT,
+		422: sinkv1.ErrorClass_ERROR_CLASS_PERMANENT, 408: sinkv1.ErrorClass_ERROR_CLASS_RETRYABLE,
+		429: sinkv1.ErrorClass_ERROR_CLASS_RETRYABLE, 500: sinkv1.ErrorClass_ERROR_CLASS_RETRYABLE,
+		503: sinkv1.ErrorClass_ERROR_CLASS_RETRYABLE,
+	} {
+		err := HTTPStatus(status, http.Header{}, nil)
+		if err == nil {
+			if want != sinkv1.ErrorClass_ERROR_CLASS_UNSPECIFIED {
+				t.Errorf("%d: nil error", status)
+			}
+			continue
+		}
+		if got, _, code := Classify(err); got != want || code != status {
+			t.Errorf("%d: class %v status %d, want %v", status, got, code, want)
+		}
+	}
+	date := time.Now().Add(3 * time.Second).UTC().Format(http.TimeFormat)
+	if _, after, _ := Classify(HTTPStatus(503, http.Header{"Retry-After": {date}}, nil)); after < time.Second || after > 3*time.Second {
+		t.Errorf("Retry-After as a date: %s", after)
+	}
+}
