@@ -6,6 +6,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"regexp"
 	"sort"
@@ -134,6 +135,29 @@ type RateLimit struct {
 // Sinks holds the per-destination settings.
 type Sinks struct {
 	Warehouse WarehouseSink `yaml:"warehouse"`
+	Webhook   WebhookSink   `yaml:"webhook"`
+}
+
+// WebhookSink configures sink-webhook: every endpoint receives every event,
+// each with its own consumer group, checkpoint and circuit breaker, so a dead
+// endpoint never slows another.
+type WebhookSink struct {
+	Endpoints []WebhookEndpoint `yaml:"endpoints"`
+}
+
+// WebhookEndpoint is one receiver of signed webhooks (Standard Webhooks).
+type WebhookEndpoint struct {
+	// Name identifies the endpoint in metrics, dead letters and its consumer
+	// group: lower-case letters, digits and '-'.
+	Name string `yaml:"name"`
+	// URL receives a POST per event (http or https).
+	URL string `yaml:"url"`
+	// SecretRef is the signing secret's reference (env:NAME or file:PATH);
+	// a "whsec_" secret is base64 after the prefix, as Standard Webhooks
+	// senders hand them out. The service resolves it; others only check it.
+	SecretRef string `yaml:"secret"`
+	// Timeout of one POST (default 10s, at most 60s).
+	Timeout Duration `yaml:"timeout"`
 }
 
 // WarehouseSink configures sink-warehouse. The database address comes from
@@ -141,9 +165,11 @@ type Sinks struct {
 type WarehouseSink struct {
 	// Schema is the PostgreSQL schema the tables live in (default "closedloop").
 	Schema string `yaml:"schema"`
-	// BatchSize is the most rows written in one transaction (default 500).
+	// BatchSize is the most rows written in one statement (default 500):
+	// the sink's batches form naturally from what has been fetched, up to it.
 	BatchSize int `yaml:"batch_size"`
-	// FlushInterval is the longest a row waits for its batch to fill (default 20ms).
+	// FlushInterval is accepted and ignored: no row waits for its batch to
+	// fill (natural batching). Kept so that existing files still load.
 	FlushInterval Duration `yaml:"flush_interval"`
 }
 
@@ -275,6 +301,30 @@ func ParsePipeline(b []byte, lookup func(string) (string, bool)) (*Pipeline, err
 	}
 	if w.FlushInterval.Duration == 0 {
 		w.FlushInterval.Duration = 20 * time.Millisecond
+	}
+	names := map[string]bool{}
+	for i := range p.Sinks.Webhook.Endpoints {
+		e := &p.Sinks.Webhook.Endpoints[i]
+		at := fmt.Sprintf("sinks.webhook.endpoints[%d] (%s)", i, e.Name)
+		if !regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`).MatchString(e.Name) {
+			errs = append(errs, fmt.Errorf("%s: name must be lower-case letters, digits and '-'", at))
+		}
+		if names[e.Name] {
+			errs = append(errs, fmt.Errorf("%s: name is used twice", at))
+		}
+		names[e.Name] = true
+		if u, err := url.Parse(e.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("%s: url %q must be an http(s) URL", at, e.URL))
+		}
+		if err := checkRef(e.SecretRef); err != nil {
+			errs = append(errs, fmt.Errorf("%s: secret: %w", at, err))
+		}
+		if e.Timeout.Duration == 0 {
+			e.Timeout.Duration = 10 * time.Second
+		}
+		if e.Timeout.Duration < 0 || e.Timeout.Duration > time.Minute {
+			errs = append(errs, fmt.Errorf("%s: timeout must be between 0 and 60s", at))
+		}
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/closedloop/closedloop/libs/config"
 	"github.com/closedloop/closedloop/libs/service"
+	"github.com/closedloop/closedloop/libs/sink"
 	"github.com/closedloop/closedloop/services/sink-warehouse/internal/warehouse"
 )
 
@@ -21,6 +22,9 @@ type Config struct {
 	GroupID string
 	// DatabaseURL (DATABASE_URL, required): a PostgreSQL connection URL.
 	DatabaseURL string
+	// Sink holds the runtime settings (SINK_MAX_ATTEMPTS, ...; the batch
+	// size is the pipeline's sinks.warehouse.batch_size).
+	Sink sink.Settings
 	// Pipeline is read from PIPELINE_CONFIG (required): sinks.warehouse
 	// (read at start-up; a schema change needs a restart).
 	Pipeline *service.Pipeline
@@ -41,6 +45,7 @@ func Load(e *config.Env) (Config, error) {
 			e.Errorf("DATABASE_URL has scheme %q: use postgres://user:password@host:5432/db", scheme)
 		}
 	}
+	c.Sink = sink.LoadSettings(e)
 	c.Pipeline = service.LoadPipeline(e, nil)
 	return c, e.Err()
 }
@@ -56,7 +61,8 @@ func Run(ctx context.Context) error {
 		return err
 	}
 	t := cfg.Common.Topics
-	if err := svc.EnsureTopics(ctx, t.Enriched, t.Priority, t.Quarantine); err != nil {
+	dlq := t.DLQ("sink-warehouse")
+	if err := svc.EnsureTopics(ctx, t.Enriched, t.Priority, t.Quarantine, dlq); err != nil {
 		return err
 	}
 	pool, err := connect(ctx, cfg.DatabaseURL)
@@ -70,9 +76,16 @@ func Run(ctx context.Context) error {
 	}
 	svc.Status.AddCheck("postgres", warehouse.Ping(pool))
 	svc.Log.Info("warehouse ready", "schema", schema, "table", schema+".feedback_events", "view", schema+".feedback_latest")
-	producer := svc.Producer() // quarantine only
-	w := warehouse.NewWriter(pool, schema)
-	if err := svc.Consume(cfg.GroupID, []string{t.Priority, t.Enriched}, producer, w.Handle); err != nil {
+	producer := svc.Producer() // quarantine and dead letters
+	rcfg := sink.Config{Sink: "sink-warehouse", DLQTopic: dlq, DLQ: producer, Log: svc.Log,
+		Checkpoint: sink.Idempotent{}} // the unique event_id is the warehouse's own checkpoint
+	cfg.Sink.Apply(&rcfg)
+	runner, err := sink.New(rcfg, warehouse.NewWriter(pool, schema))
+	if err != nil {
+		pool.Close()
+		return err
+	}
+	if err := svc.ConsumeBatch(cfg.GroupID, []string{t.Priority, t.Enriched}, producer, cfg.Pipeline.Current().Sinks.Warehouse.BatchSize, runner.HandleBatch); err != nil {
 		pool.Close()
 		return err
 	}

@@ -2,71 +2,205 @@ package warehouse
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/segmentio/kafka-go"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/encoding/protojson"
 
-	"github.com/closedloop/closedloop/libs/feedback"
-	"github.com/closedloop/closedloop/libs/kafkaio"
+	"github.com/closedloop/closedloop/libs/sink"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 )
 
-// Writer inserts events into <schema>.feedback_events.
+// Writer inserts events into <schema>.feedback_events. It is the
+// warehouse's sink.Destination: a batch is one INSERT ... SELECT FROM
+// unnest(...) statement (one round trip, one transaction), idempotent on
+// event_id; a deliberate replay overwrites its row instead.
 type Writer struct {
-	pool   *pgxpool.Pool
-	insert string
-	upsert string
+	pool        *pgxpool.Pool
+	insert      string
+	upsert      string
+	batchInsert string
+	batchUpsert string
+}
+
+// columns of the insert, in order; types are the unnest array types.
+var columns = []struct{ name, typ string }{
+	{"_cl_received_at", "timestamptz"}, {"_cl_sequence", "int8"}, {"event_id", "text"}, {"source", "text"},
+	{"provider", "text"}, {"kind", "text"}, {"provider_event_type", "text"}, {"subject_type", "text"},
+	{"subject_id", "text"}, {"version", "timestamptz"}, {"occurred_at", "timestamptz"}, {"survey_type", "text"},
+	{"score", "float8"}, {"score_min", "float8"}, {"score_max", "float8"}, {"segment", "text"}, {"comment", "text"},
+	{"respondent_id", "text"}, {"respondent_email", "text"}, {"respondent_name", "text"}, {"tags", "jsonb"},
+	{"is_test", "bool"}, {"replay_id", "text"}, {"trace_id", "text"}, {"event", "jsonb"},
 }
 
 // NewWriter returns a writer for schema (already migrated).
 func NewWriter(pool *pgxpool.Pool, schema string) *Writer {
-	cols := `_cl_received_at, _cl_sequence, event_id, source, provider, kind, provider_event_type, subject_type, subject_id,
-		version, occurred_at, survey_type, score, score_min, score_max, segment, comment, respondent_id, respondent_email,
-		respondent_name, tags, is_test, replay_id, trace_id, event`
-	vals := `$1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24,$25`
-	table := pgx.Identifier{schema, "feedback_events"}.Sanitize()
-	base := `INSERT INTO ` + table + ` (` + cols + `) VALUES (` + vals + `) ON CONFLICT (event_id) `
-	var set []string
-	for _, c := range strings.Split(cols, ",") {
-		c = strings.TrimSpace(c)
-		if c != "event_id" {
-			set = append(set, c+" = excluded."+c)
+	names, vals, arrays, sel, set := make([]string, len(columns)), make([]string, len(columns)), make([]string, len(columns)), make([]string, len(columns)), []string{}
+	for i, c := range columns {
+		names[i] = c.name
+		vals[i] = "$" + strconv.Itoa(i+1)
+		arrays[i] = "$" + strconv.Itoa(i+1) + "::" + c.typ + "[]"
+		sel[i] = "u.c" + strconv.Itoa(i+1)
+		if c.name == "tags" {
+			// Tags travel as a JSON array per row (unnest cannot carry a text[] per row).
+			vals[i] = "ARRAY(SELECT jsonb_array_elements_text($" + strconv.Itoa(i+1) + "::jsonb))"
+			sel[i] = "ARRAY(SELECT jsonb_array_elements_text(u.c" + strconv.Itoa(i+1) + "))"
+		}
+		if c.name != "event_id" {
+			set = append(set, c.name+" = excluded."+c.name)
 		}
 	}
+	aliases := make([]string, len(columns))
+	for i := range columns {
+		aliases[i] = "c" + strconv.Itoa(i+1)
+	}
+	table := pgx.Identifier{schema, "feedback_events"}.Sanitize()
+	cols := strings.Join(names, ", ")
+	single := `INSERT INTO ` + table + ` (` + cols + `) VALUES (` + strings.Join(vals, ", ") + `) ON CONFLICT (event_id) `
+	batch := `INSERT INTO ` + table + ` (` + cols + `) SELECT ` + strings.Join(sel, ", ") +
+		` FROM unnest(` + strings.Join(arrays, ", ") + `) AS u(` + strings.Join(aliases, ", ") + `) ON CONFLICT (event_id) `
+	// A deliberate replay overwrites the row (e.g. after a mapping fix).
+	update := `DO UPDATE SET _cl_batched_at = now(), ` + strings.Join(set, ", ")
 	return &Writer{
-		pool:   pool,
-		insert: base + `DO NOTHING`,
-		// A deliberate replay overwrites the row (e.g. after a mapping fix).
-		upsert: base + `DO UPDATE SET _cl_batched_at = now(), ` + strings.Join(set, ", "),
+		pool: pool, insert: single + `DO NOTHING`, upsert: single + update,
+		batchInsert: batch + `DO NOTHING`, batchUpsert: batch + update,
 	}
 }
 
-// Handle implements kafkaio.Handler: one row per event_id, whatever the
-// number of deliveries.
-func (w *Writer) Handle(ctx context.Context, m kafka.Message) error {
-	ev, err := feedback.Decode(m.Value)
-	if err != nil {
-		return err
+// Deliver implements sink.Destination: the whole batch in one statement. If
+// PostgreSQL rejects the batch for its data, each row is written on its own
+// so that only the rows it rejects fail (permanently: dead-lettered).
+func (w *Writer) Deliver(ctx context.Context, events []*sink.Event) []error {
+	errs := make([]error, len(events))
+	var fresh, replays []int
+	rows := make([][]any, len(events))
+	failed := false
+	for i, e := range events {
+		js, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(e.Feedback)
+		if err != nil {
+			errs[i], failed = sink.Permanent(fmt.Errorf("event %s cannot be encoded as JSON: %w", e.Feedback.EventId, err)), true
+			continue
+		}
+		rows[i] = row(e.Feedback, js, trace.SpanContextFromContext(e.Ctx).TraceID().String())
+		if e.Feedback.ReplayId != "" {
+			replays = append(replays, i)
+		} else {
+			fresh = append(fresh, i)
+		}
 	}
-	js, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(ev)
-	if err != nil {
-		return kafkaio.Permanent("unencodable_event", err)
+	for _, part := range []struct {
+		idx          []int
+		batch, first string
+	}{{fresh, w.batchInsert, w.insert}, {lastPerEvent(events, replays), w.batchUpsert, w.upsert}} {
+		if len(part.idx) == 0 {
+			continue
+		}
+		_, err := w.pool.Exec(ctx, part.batch, columnsOf(rows, part.idx)...)
+		if err == nil {
+			continue
+		}
+		if !isDataError(err) {
+			for _, i := range part.idx {
+				errs[i], failed = sink.Retryable(fmt.Errorf("insert %d events: %w", len(part.idx), err), 0), true
+			}
+			continue
+		}
+		for _, i := range part.idx { // find the rows PostgreSQL rejects
+			if _, err := w.pool.Exec(ctx, part.first, rows[i]...); err != nil {
+				errs[i], failed = fmt.Errorf("insert event %s: %w", events[i].Feedback.EventId, err), true
+				if isDataError(err) {
+					errs[i] = sink.Permanent(errs[i])
+				}
+			}
+		}
 	}
-	args := row(ev, js, trace.SpanContextFromContext(ctx).TraceID().String())
-	stmt := w.insert
-	if ev.ReplayId != "" {
-		stmt = w.upsert
+	if !failed {
+		return nil
 	}
-	if _, err := w.pool.Exec(ctx, stmt, args...); err != nil {
-		return fmt.Errorf("insert event %s: %w", ev.EventId, err)
+	return errs
+}
+
+// lastPerEvent keeps, per event id, the last of the replayed events (an
+// upsert may not touch one row twice in a statement).
+func lastPerEvent(events []*sink.Event, idx []int) []int {
+	if len(idx) < 2 {
+		return idx
 	}
-	return nil
+	last := map[string]int{}
+	for _, i := range idx {
+		last[events[i].Feedback.EventId] = i
+	}
+	out := idx[:0:0]
+	for _, i := range idx {
+		if last[events[i].Feedback.EventId] == i {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+// columnsOf turns rows into one array argument per column.
+func columnsOf(rows [][]any, idx []int) []any {
+	out := make([]any, len(columns))
+	for c, col := range columns {
+		switch col.typ {
+		case "timestamptz":
+			a := make([]*time.Time, len(idx))
+			for k, i := range idx {
+				a[k] = rows[i][c].(*time.Time)
+			}
+			out[c] = a
+		case "int8":
+			a := make([]int64, len(idx))
+			for k, i := range idx {
+				a[k] = rows[i][c].(int64)
+			}
+			out[c] = a
+		case "float8":
+			a := make([]*float64, len(idx))
+			for k, i := range idx {
+				a[k] = rows[i][c].(*float64)
+			}
+			out[c] = a
+		case "bool":
+			a := make([]bool, len(idx))
+			for k, i := range idx {
+				a[k] = rows[i][c].(bool)
+			}
+			out[c] = a
+		default: // text, jsonb
+			a := make([]*string, len(idx))
+			for k, i := range idx {
+				switch v := rows[i][c].(type) {
+				case *string:
+					a[k] = v
+				case string:
+					a[k] = &v
+				case []byte:
+					s := string(v)
+					a[k] = &s
+				}
+			}
+			out[c] = a
+		}
+	}
+	return out
+}
+
+// isDataError reports whether PostgreSQL rejected the data itself (classes
+// 22 data exception and 23 integrity constraint violation): retrying the
+// same rows cannot succeed.
+func isDataError(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (strings.HasPrefix(pe.Code, "22") || strings.HasPrefix(pe.Code, "23"))
 }
 
 func row(ev *feedbackv1.FeedbackEvent, js []byte, traceID string) []any {
@@ -98,13 +232,14 @@ func row(ev *feedbackv1.FeedbackEvent, js []byte, traceID string) []any {
 	if tags == nil {
 		tags = []string{}
 	}
+	tagsJSON, _ := json.Marshal(tags)
 	return []any{
 		received, seq, ev.EventId, ev.Source, ev.Provider, lower(ev.Kind.String(), "KIND_"), ev.ProviderEventType,
 		lower(ev.GetSubject().GetType().String(), "SUBJECT_TYPE_"), ev.GetSubject().GetId(),
 		version, occurred, nullIf(lower(ev.GetSurvey().GetType().String(), "SURVEY_TYPE_"), "unspecified"),
 		score, smin, smax, nullIf(lower(ev.Segment.String(), "SEGMENT_"), "unspecified"), ev.Comment,
 		nullIf(ev.GetRespondent().GetId(), ""), nullIf(ev.GetRespondent().GetEmail(), ""), nullIf(ev.GetRespondent().GetName(), ""),
-		tags, ev.Test, nullIf(ev.ReplayId, ""), nullIf(traceID, "00000000000000000000000000000000"), js,
+		string(tagsJSON), ev.Test, nullIf(ev.ReplayId, ""), nullIf(traceID, "00000000000000000000000000000000"), js,
 	}
 }
 
