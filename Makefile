@@ -103,7 +103,7 @@ bench: ## Go micro-benchmarks (verify, mapping)
 build: ## build every binary into bin/
 	go build -o bin/ ./tools/devbroker ./tools/devstack ./tools/webhookgen ./tools/tokenctl ./tools/ingressbench ./tools/normalizerbench ./services/ingress/cmd/ingress \
 	  ./services/normalizer/cmd/normalizer ./services/enricher/cmd/enricher ./services/sink-warehouse/cmd/sink-warehouse \
-	  ./services/sink-console/cmd/sink-console
+	  ./services/sink-console/cmd/sink-console ./services/sink-webhook/cmd/sink-webhook
 
 .PHONY: clean
 clean: ## remove build output and local state

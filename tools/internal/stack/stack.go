@@ -30,6 +30,7 @@ var Binaries = map[string]string{
 	"enricher":       "./services/enricher/cmd/enricher",
 	"sink-warehouse": "./services/sink-warehouse/cmd/sink-warehouse",
 	"sink-console":   "./services/sink-console/cmd/sink-console",
+	"sink-webhook":   "./services/sink-webhook/cmd/sink-webhook",
 }
 
 // RepoRoot finds the directory holding go.work above the working directory.

@@ -1,0 +1,128 @@
+// Package app is the sink-webhook composition root: one sink runtime, with
+// its own consumer group, Redis checkpoint and circuit breaker, per endpoint
+// in the pipeline's sinks.webhook.endpoints.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/closedloop/closedloop/libs/config"
+	"github.com/closedloop/closedloop/libs/service"
+	"github.com/closedloop/closedloop/libs/sink"
+	"github.com/closedloop/closedloop/services/sink-webhook/internal/webhook"
+)
+
+// Config is the sink-webhook configuration.
+type Config struct {
+	Common service.Common
+	// GroupID (SINK_WEBHOOK_GROUP, default "closedloop-sink-webhook"): each
+	// endpoint consumes in group "<GroupID>-<endpoint name>".
+	GroupID string
+	// RedisURL (REDIS_URL, required): checkpoints and disabled flags.
+	RedisURL string
+	// RedisPrefix (REDIS_KEY_PREFIX, default "closedloop:").
+	RedisPrefix string
+	// CheckpointTTL (SINK_CHECKPOINT_TTL, default 168h): how long a delivered
+	// event is remembered; it must outlast any redelivery.
+	CheckpointTTL time.Duration
+	Sink          sink.Settings
+	Pipeline      *service.Pipeline
+}
+
+// Load reads and validates the configuration.
+func Load(e *config.Env) (Config, error) {
+	c := Config{
+		Common:        service.LoadCommon(e, 8085, 9095),
+		GroupID:       e.String("SINK_WEBHOOK_GROUP", "closedloop-sink-webhook"),
+		RedisURL:      e.Required("REDIS_URL", "the Redis server for delivery checkpoints, e.g. redis://localhost:6379/0"),
+		RedisPrefix:   e.String("REDIS_KEY_PREFIX", "closedloop:"),
+		CheckpointTTL: e.Duration("SINK_CHECKPOINT_TTL", 7*24*time.Hour),
+		Sink:          sink.LoadSettings(e),
+	}
+	if c.RedisURL != "" {
+		if _, err := redis.ParseURL(c.RedisURL); err != nil {
+			e.Errorf("REDIS_URL: %v", err)
+		}
+	}
+	c.Pipeline = service.LoadPipeline(e, nil)
+	if err := e.Err(); err != nil {
+		return c, err
+	}
+	if len(c.Pipeline.Current().Sinks.Webhook.Endpoints) == 0 {
+		return c, errors.New("sinks.webhook.endpoints in PIPELINE_CONFIG is empty: nothing to deliver to")
+	}
+	return c, nil
+}
+
+// redisFlag keeps an endpoint's disabled flag in Redis.
+type redisFlag struct {
+	rdb *redis.Client
+	key string
+}
+
+func (f redisFlag) Disabled(ctx context.Context) (string, bool, error) {
+	v, err := f.rdb.Get(ctx, f.key).Result()
+	if errors.Is(err, redis.Nil) {
+		return "", false, nil
+	}
+	return v, err == nil, err
+}
+
+func (f redisFlag) Disable(ctx context.Context, why string) error {
+	return f.rdb.Set(ctx, f.key, why, 0).Err()
+}
+
+// Run starts the sink and blocks until ctx is cancelled.
+func Run(ctx context.Context) error {
+	cfg, err := Load(config.FromEnviron())
+	if err != nil {
+		return err
+	}
+	svc, err := service.New(ctx, "sink-webhook", cfg.Common)
+	if err != nil {
+		return err
+	}
+	t := cfg.Common.Topics
+	dlq := t.DLQ("sink-webhook")
+	if err := svc.EnsureTopics(ctx, t.Enriched, t.Priority, t.Quarantine, dlq); err != nil {
+		return err
+	}
+	ropts, _ := redis.ParseURL(cfg.RedisURL)
+	rdb := redis.NewClient(ropts)
+	svc.Status.AddCheck("redis", func(ctx context.Context) error { return rdb.Ping(ctx).Err() })
+	producer := svc.Producer() // quarantine and dead letters
+	for _, ep := range cfg.Pipeline.Current().Sinks.Webhook.Endpoints {
+		secret, err := config.ResolveSecret(ep.SecretRef, os.LookupEnv)
+		if err != nil {
+			return fmt.Errorf("sinks.webhook.endpoints %s: %w", ep.Name, err)
+		}
+		prefix := cfg.RedisPrefix + "sink:webhook:" + ep.Name + ":"
+		dest, err := webhook.New(ctx, ep.Name, ep.URL, secret.Reveal(), ep.Timeout.Duration, redisFlag{rdb: rdb, key: prefix + "disabled"})
+		if err != nil {
+			return err
+		}
+		if why, off := dest.Disabled(); off {
+			svc.Log.Warn("endpoint is disabled: its events go to the dead-letter topic", "endpoint", ep.Name, "why", why, "reenable", "DEL "+prefix+"disabled, then restart")
+		}
+		rcfg := sink.Config{Sink: "sink-webhook", Destination: ep.Name, DLQTopic: dlq, DLQ: producer, Log: svc.Log,
+			Checkpoint: sink.RedisCheckpoint{RDB: rdb, Prefix: prefix + "done:", TTL: cfg.CheckpointTTL}}
+		cfg.Sink.Apply(&rcfg)
+		runner, err := sink.New(rcfg, dest)
+		if err != nil {
+			return err
+		}
+		if err := svc.ConsumeBatch(cfg.GroupID+"-"+ep.Name, []string{t.Priority, t.Enriched}, producer, cfg.Sink.MaxBatch, runner.HandleBatch); err != nil {
+			return err
+		}
+		svc.Log.Info("endpoint ready", "endpoint", ep.Name, "group", cfg.GroupID+"-"+ep.Name)
+	}
+	svc.CloseProducer(producer)
+	svc.OnShutdown("redis", time.Second, func(context.Context) error { return rdb.Close() })
+	return svc.Run()
+}

@@ -1,0 +1,123 @@
+package webhook
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/closedloop/closedloop/libs/sink"
+	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
+	sinkv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/sink/v1"
+)
+
+const secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+// receiver verifies every request as a Standard Webhooks receiver would and
+// answers what the test scripts.
+type receiver struct {
+	mu      sync.Mutex
+	ids     []string
+	answers []int // next statuses; 200 when empty
+	bad     []string
+}
+
+func (r *receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	body, _ := io.ReadAll(req.Body)
+	key, _ := base64.StdEncoding.DecodeString(secret[len("whsec_"):])
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(req.Header.Get("webhook-id") + "." + req.Header.Get("webhook-timestamp") + "." + string(body)))
+	want := "v1," + base64.StdEncoding.EncodeToString(m.Sum(nil))
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var ev map[string]any
+	if req.Header.Get("webhook-signature") != want || json.Unmarshal(body, &ev) != nil || ev["event_id"] != req.Header.Get("webhook-id") {
+		r.bad = append(r.bad, req.Header.Get("webhook-id"))
+		w.WriteHeader(http.StatusUnauthorized)
+		return
+	}
+	status := 200
+	if len(r.answers) > 0 {
+		status, r.answers = r.answers[0], r.answers[1:]
+	}
+	if status/100 == 2 {
+		r.ids = append(r.ids, req.Header.Get("webhook-id"))
+	}
+	w.WriteHeader(status)
+}
+
+type memFlag struct{ why string }
+
+func (f *memFlag) Disabled(context.Context) (string, bool, error) { return f.why, f.why != "", nil }
+func (f *memFlag) Disable(_ context.Context, why string) error   { f.why = why; return nil }
+
+func events(ids ...string) []*sink.Event {
+	out := make([]*sink.Event, len(ids))
+	for i, id := range ids {
+		out[i] = &sink.Event{Ctx: context.Background(), Feedback: &feedbackv1.FeedbackEvent{EventId: id, Source: "dl", Kind: feedbackv1.Kind_KIND_RESPONSE_CREATED}}
+	}
+	return out
+}
+
+func TestEventsArriveSignedPerStandardWebhooksAndOnly2xxCounts(t *testing.T) {
+	rcv := &receiver{answers: []int{200, 503, 200}}
+	srv := httptest.NewServer(rcv)
+	defer srv.Close()
+	e, err := New(context.Background(), "crm", srv.URL, []byte(secret), 5*time.Second, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := e.Deliver(context.Background(), events("a", "b", "c"))
+	if errs == nil || errs[0] != nil || errs[1] == nil || errs[2] != nil {
+		t.Fatalf("results %v, want b to fail", errs)
+	}
+	if class, _, status := sink.Classify(errs[1]); class != sinkv1.ErrorClass_ERROR_CLASS_RETRYABLE || status != 503 {
+		t.Fatalf("503 classified %v/%d", class, status)
+	}
+	if len(rcv.bad) != 0 || len(rcv.ids) != 2 {
+		t.Fatalf("receiver rejected %v, accepted %v", rcv.bad, rcv.ids)
+	}
+}
+
+func TestGoneDisablesTheEndpointAndKeepsItDisabled(t *testing.T) {
+	rcv := &receiver{answers: []int{410}}
+	srv := httptest.NewServer(rcv)
+	defer srv.Close()
+	flag := &memFlag{}
+	e, _ := New(context.Background(), "old", srv.URL, []byte(secret), time.Second, flag)
+	errs := e.Deliver(context.Background(), events("a", "b"))
+	for i, err := range errs {
+		if class, _, _ := sink.Classify(err); class != sinkv1.ErrorClass_ERROR_CLASS_PERMANENT {
+			t.Fatalf("event %d: %v (%v), want permanent", i, err, class)
+		}
+	}
+	if rcv.ids != nil || flag.why == "" {
+		t.Fatalf("receiver got %v, flag %q", rcv.ids, flag.why)
+	}
+	// A restart reads the flag: still disabled, no request sent.
+	again, _ := New(context.Background(), "old", srv.URL, []byte(secret), time.Second, flag)
+	if _, off := again.Disabled(); !off {
+		t.Fatal("a restarted endpoint forgot its 410")
+	}
+}
+
+func TestAnUnreachableEndpointIsRetryable(t *testing.T) {
+	e, _ := New(context.Background(), "down", "http://127.0.0.1:1/hook", []byte("plain-secret"), time.Second, nil)
+	errs := e.Deliver(context.Background(), events("a"))
+	if class, _, _ := sink.Classify(errs[0]); class != sinkv1.ErrorClass_ERROR_CLASS_RETRYABLE {
+		t.Fatalf("%v classified %v", errs[0], class)
+	}
+}
+
+func TestABadWhsecSecretIsRefused(t *testing.T) {
+	if _, err := New(context.Background(), "x", "http://127.0.0.1/", []byte("whsec_not base64!"), time.Second, nil); err == nil {
+		t.Fatal("accepted a whsec_ secret that is not base64")
+	}
+}
