@@ -136,41 +136,25 @@ func (s *Store) Keys(scope string, ids ...string) []string {
 func (s *Store) marker() string { return "processing:" + s.owner }
 
 // Claim tries to claim the event named by ids (its event id, its subject
-// version, ...) within scope.
+// version, ...) within scope: ClaimAll for one event.
 func (s *Store) Claim(ctx context.Context, scope string, ids ...string) (Outcome, error) {
-	if len(ids) == 0 {
-		return 0, errors.New("idempotency: claim with no ids")
-	}
-	n, err := claimScript.Run(ctx, s.rdb, s.Keys(scope, ids...), s.marker(), s.processingTTL.Milliseconds()).Int()
+	out, err := s.ClaimAll(ctx, []Item{{Scope: scope, IDs: ids}})
 	if err != nil {
-		return 0, fmt.Errorf("idempotency claim: %w", err)
+		return 0, err
 	}
-	switch n {
-	case 0:
-		return Claimed, nil
-	case 1:
-		return Duplicate, nil
-	default:
-		return InProgress, nil
-	}
+	return out[0], nil
 }
 
 // Complete marks the claimed event done for ttl.
 func (s *Store) Complete(ctx context.Context, scope string, ttl time.Duration, ids ...string) error {
-	if err := completeScript.Run(ctx, s.rdb, s.Keys(scope, ids...), ttl.Milliseconds()).Err(); err != nil {
-		return fmt.Errorf("idempotency complete: %w", err)
-	}
-	return nil
+	return s.CompleteAll(ctx, []Item{{Scope: scope, IDs: ids, TTL: ttl}})
 }
 
 // Release drops this worker's claim (when the work failed and will be
 // retried), so the retry need not wait for ProcessingTTL. Claims held by
 // others are left alone.
 func (s *Store) Release(ctx context.Context, scope string, ids ...string) error {
-	if err := releaseScript.Run(ctx, s.rdb, s.Keys(scope, ids...), s.marker()).Err(); err != nil {
-		return fmt.Errorf("idempotency release: %w", err)
-	}
-	return nil
+	return s.ReleaseAll(ctx, []Item{{Scope: scope, IDs: ids}})
 }
 
 // Ping is the "redis" readiness check.

@@ -513,13 +513,19 @@ func (c *Consumer) lagByTopic() map[string]int64 {
 	return out
 }
 
-// backoff is exponential from 100ms with full jitter, capped at max.
+// backoff is Backoff from 100ms.
 func backoff(attempt int, max time.Duration) time.Duration {
-	d := 100 * time.Millisecond << min(attempt-1, 16)
+	return Backoff(attempt, 100*time.Millisecond, max)
+}
+
+// Backoff is the wait before retry number attempt (from 1): exponential
+// from base, capped at max, drawn uniformly from (0, that] (full jitter).
+func Backoff(attempt int, base, max time.Duration) time.Duration {
+	d := base << min(attempt-1, 20)
 	if d > max || d <= 0 {
 		d = max
 	}
-	return time.Duration(rand.Int64N(int64(d))) + time.Millisecond
+	return time.Duration(rand.Int64N(int64(d))) + 1
 }
 
 func truncate(s string, n int) string {

@@ -1,10 +1,8 @@
 package sink
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"strconv"
 	"time"
@@ -72,19 +70,13 @@ func parseRetryAfter(v string, now time.Time) time.Duration {
 }
 
 // Classify returns the class of a delivery error: an *Error's own class;
-// timeouts, network and connection errors retryable; anything else
-// retryable too — an error the destination did not classify is assumed to
-// be transient, so nothing is dead-lettered on a guess (the retry budget
-// still ends it).
+// anything else — timeouts, network and connection errors, and errors the
+// destination did not classify — is retryable, so nothing is dead-lettered
+// on a guess (the retry budget still ends it).
 func Classify(err error) (class sinkv1.ErrorClass, retryAfter time.Duration, status int) {
 	var e *Error
 	if errors.As(err, &e) {
 		return e.Class, e.RetryAfter, e.StatusCode
-	}
-	var ne net.Error
-	switch {
-	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne):
-		return sinkv1.ErrorClass_ERROR_CLASS_RETRYABLE, 0, 0
 	}
 	return sinkv1.ErrorClass_ERROR_CLASS_RETRYABLE, 0, 0
 }

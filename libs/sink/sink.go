@@ -30,7 +30,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"strconv"
 	"time"
 
@@ -145,6 +144,9 @@ func New(cfg Config, dest Destination) (*Runner, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.Breaker == nil {
+		cfg.Breaker = NewBreaker(5, 10*time.Second, nil)
+	}
 	r := &Runner{cfg: cfg, dest: dest}
 	attrs := []attribute.KeyValue{attribute.String("sink", cfg.Sink), attribute.String("destination", cfg.Destination)}
 	r.attrs = metric.WithAttributes(attrs...)
@@ -156,9 +158,6 @@ func New(cfg Config, dest Destination) (*Runner, error) {
 	r.latency, _ = meter.Float64Histogram("closedloop.sink.delivery.latency", metric.WithUnit("s"),
 		metric.WithDescription("From ingress receipt of the webhook to delivery at the destination."),
 		metric.WithExplicitBucketBoundaries(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
-	if cfg.Breaker == nil {
-		r.cfg.Breaker = NewBreaker(5, 10*time.Second, nil)
-	}
 	_, _ = meter.Int64ObservableGauge("closedloop.sink.breaker.state",
 		metric.WithDescription("Circuit breaker: 0 closed, 1 open, 2 half-open; 3 paused by an operator."),
 		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
@@ -323,7 +322,7 @@ func (r *Runner) deliver(ctx context.Context, batch []kafkaio.Delivery, todo []*
 		// The budget runs only while the destination is otherwise healthy: an
 		// outage (breaker open) pauses instead of exhausting every event.
 		closed := r.cfg.Breaker.State() == Closed && !probe
-		backoff := r.backoff(round)
+		backoff := kafkaio.Backoff(round, r.cfg.BackoffBase, r.cfg.BackoffMax)
 		todo = todo[:0]
 		for _, p := range retry {
 			if closed {
@@ -353,15 +352,6 @@ func (r *Runner) deliver(ctx context.Context, batch []kafkaio.Delivery, todo []*
 		}
 	}
 	return delivered, deadP, dead, nil
-}
-
-// backoff is exponential from BackoffBase with full jitter, capped at BackoffMax.
-func (r *Runner) backoff(round int) time.Duration {
-	d := r.cfg.BackoffBase << min(round-1, 20)
-	if d > r.cfg.BackoffMax || d <= 0 {
-		d = r.cfg.BackoffMax
-	}
-	return time.Duration(rand.Int64N(int64(d)) + 1)
 }
 
 func (r *Runner) deadLetter(batch []kafkaio.Delivery, p *pending, err error, class sinkv1.ErrorClass) kafkaio.Record {

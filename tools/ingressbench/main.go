@@ -46,7 +46,7 @@ func main() {
 	duration := flag.Duration("duration", 10*time.Second, "length of the closed-loop run against each server")
 	rate := flag.Int("rate", 1000, "requests per second of the steady (open-loop) run")
 	steady := flag.Duration("steady", 10*time.Second, "length of the steady run")
-	var env multiFlag
+	var env stack.EnvFlags
 	flag.Var(&env, "env", "extra NAME=VALUE for the ingress (repeatable), e.g. -env KAFKA_PRODUCE_LINGER=500us")
 	flag.Parse()
 	if *ceilingAddr != "" {
@@ -307,18 +307,11 @@ func run(conns int, d time.Duration, rate int, steady time.Duration, extraEnv []
 }
 
 func peakRSS(p *stack.Process) string {
-	pid := p.PID()
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
+	kb := stack.PeakRSSKiB(p.PID())
+	if kb == 0 {
 		return "unknown"
 	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "VmHWM:") {
-			kb, _ := strconv.Atoi(strings.Fields(l)[1])
-			return fmt.Sprintf("%.1f MiB", float64(kb)/1024)
-		}
-	}
-	return "unknown"
+	return fmt.Sprintf("%.1f MiB", float64(kb)/1024)
 }
 
 // keysIn reads every record key of topic.
@@ -354,8 +347,3 @@ func keysIn(ctx context.Context, brokers, topic string) (map[string]bool, error)
 }
 
 var profile = flag.String("cpuprofile", "", "write a CPU profile of the ingress during the closed-loop run to this file")
-
-type multiFlag []string
-
-func (m *multiFlag) String() string     { return strings.Join(*m, " ") }
-func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }

@@ -42,7 +42,7 @@ func main() {
 	dup := flag.Float64("dup", 0.2, "fraction of raw records that repeat an earlier event (provider retries)")
 	partitions := flag.Int("partitions", 6, "partitions of the raw and normalized topics")
 	profile := flag.String("cpuprofile", "", "write a CPU profile of the normalizer (3 s, from the first event) to this file")
-	var env multiFlag
+	var env stack.EnvFlags
 	flag.Var(&env, "env", "extra NAME=VALUE for the normalizer (repeatable), e.g. -env NORMALIZER_MAX_BATCH=100")
 	flag.Parse()
 	if err := run(*n, *dup, *partitions, *profile, env); err != nil {
@@ -50,11 +50,6 @@ func main() {
 		os.Exit(1)
 	}
 }
-
-type multiFlag []string
-
-func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
-func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
 
 // body is a Delighted survey_response.updated webhook of ~1.5 KiB.
 func body(i int) []byte {
@@ -122,9 +117,7 @@ func run(n int, dupFrac float64, partitions int, profile string, extraEnv []stri
 		}
 	}
 	_ = p.Close()
-	if next != unique {
-		unique = next
-	}
+	unique = next // the interleaving rounds; this is the exact count written
 
 	ops, _ := localinfra.FreePort()
 	grpc, _ := localinfra.FreePort()
@@ -153,8 +146,8 @@ func run(n int, dupFrac float64, partitions int, profile string, extraEnv []stri
 		}
 		if got > 0 && firstAt.IsZero() {
 			// Process start-up and the group join are not throughput.
-			firstAt, cpu0 = time.Now(), cpuSeconds(normalizer.PID())
-			bcpu0, rcpu0 = cpuSeconds(broker.PID()), cpuSeconds(rds.PID())
+			firstAt, cpu0 = time.Now(), stack.CPUSeconds(normalizer.PID())
+			bcpu0, rcpu0 = stack.CPUSeconds(broker.PID()), stack.CPUSeconds(rds.PID())
 			if profile != "" {
 				go fetchProfile("http://127.0.0.1:"+strconv.Itoa(ops)+"/debug/pprof/profile?seconds=3", profile)
 			}
@@ -168,9 +161,9 @@ func run(n int, dupFrac float64, partitions int, profile string, extraEnv []stri
 		time.Sleep(20 * time.Millisecond)
 	}
 	elapsed := time.Since(firstAt)
-	cpu := cpuSeconds(normalizer.PID()) - cpu0
-	bcpu, rcpu := cpuSeconds(broker.PID())-bcpu0, cpuSeconds(rds.PID())-rcpu0
-	rss := peakRSS(normalizer.PID())
+	cpu := stack.CPUSeconds(normalizer.PID()) - cpu0
+	bcpu, rcpu := stack.CPUSeconds(broker.PID())-bcpu0, stack.CPUSeconds(rds.PID())-rcpu0
+	rss := stack.PeakRSSKiB(normalizer.PID())
 	time.Sleep(time.Second) // anything beyond the unique count would be a duplicate
 	got, err := endOffsets(ctx, client, norm, partitions)
 	if err != nil {
@@ -253,32 +246,4 @@ func endOffsets(ctx context.Context, c *kafka.Client, topic string, partitions i
 		sum += p.LastOffset
 	}
 	return sum, nil
-}
-
-// cpuSeconds is the user+system CPU time of a process (/proc/<pid>/stat).
-func cpuSeconds(pid int) float64 {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0
-	}
-	s := string(b)
-	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	utime, _ := strconv.ParseFloat(fields[11], 64)
-	stime, _ := strconv.ParseFloat(fields[12], 64)
-	return (utime + stime) / 100 // USER_HZ
-}
-
-// peakRSS is VmHWM in KiB.
-func peakRSS(pid int) int {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "VmHWM:") {
-			kb, _ := strconv.Atoi(strings.Fields(line)[1])
-			return kb
-		}
-	}
-	return 0
 }

@@ -1,6 +1,7 @@
 package drift
 
 import (
+	"bytes"
 	"encoding/json"
 	"unicode/utf8"
 )
@@ -156,14 +157,7 @@ func (s *pathScanner) str() ([]byte, bool) {
 // (rare) are decoded as encoding/json does, so paths match the mapping's view.
 func appendKey(dst, quoted []byte) []byte {
 	inner := quoted[1 : len(quoted)-1]
-	plain := true
-	for _, c := range inner {
-		if c == '\\' || c >= utf8.RuneSelf {
-			plain = false
-			break
-		}
-	}
-	if plain || (utf8.Valid(inner) && !containsByte(inner, '\\')) {
+	if bytes.IndexByte(inner, '\\') < 0 && utf8.Valid(inner) {
 		return append(dst, inner...)
 	}
 	var k string
@@ -171,13 +165,4 @@ func appendKey(dst, quoted []byte) []byte {
 		return append(dst, inner...)
 	}
 	return append(dst, k...)
-}
-
-func containsByte(b []byte, c byte) bool {
-	for _, x := range b {
-		if x == c {
-			return true
-		}
-	}
-	return false
 }

@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/segmentio/kafka-go"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
@@ -235,14 +234,6 @@ func (h *Handler) HandleBatch(ctx context.Context, batch []kafkaio.Delivery) []e
 		}
 	}
 	return resultsOrNil(results, failed)
-}
-
-// Handle handles one record (HandleBatch with a batch of one).
-func (h *Handler) Handle(ctx context.Context, m kafka.Message) error {
-	if errs := h.HandleBatch(ctx, []kafkaio.Delivery{{Ctx: ctx, Msg: m}}); errs != nil {
-		return errs[0]
-	}
-	return nil
 }
 
 func resultsOrNil(results []error, failed bool) []error {

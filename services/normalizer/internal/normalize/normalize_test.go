@@ -40,6 +40,14 @@ func (r *recorder) ProduceEach(_ context.Context, recs ...kafkaio.Record) []erro
 	return nil
 }
 
+// handle runs one record through HandleBatch (a batch of one).
+func (h *Handler) handle(ctx context.Context, m kafka.Message) error {
+	if errs := h.HandleBatch(ctx, []kafkaio.Delivery{{Ctx: ctx, Msg: m}}); errs != nil {
+		return errs[0]
+	}
+	return nil
+}
+
 func handler(t *testing.T, rdb *redis.Client, p Producer) *Handler {
 	t.Helper()
 	return New(Options{
@@ -73,7 +81,7 @@ func TestDuplicatesByEventIDOrSubjectVersionProduceNothing(t *testing.T) {
 		rawMsg(t, "e2", response("e2", "100")), // same response version under another id (backfill)
 		rawMsg(t, "e3", response("e3", "200")), // a newer version: new
 	} {
-		if err := h.Handle(ctx, m); err != nil {
+		if err := h.handle(ctx, m); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -92,11 +100,11 @@ func TestAFailedProduceReleasesTheClaimSoTheRetrySucceeds(t *testing.T) {
 	rec := &recorder{fail: errors.New("kafka down")}
 	h := handler(t, rdb, rec)
 	m := rawMsg(t, "e1", response("e1", "100"))
-	if err := h.Handle(context.Background(), m); err == nil {
+	if err := h.handle(context.Background(), m); err == nil {
 		t.Fatal("a failed produce returned nil: the offset would be committed and the event lost")
 	}
 	rec.fail = nil
-	if err := h.Handle(context.Background(), m); err != nil {
+	if err := h.handle(context.Background(), m); err != nil {
 		t.Fatalf("retry after the broker came back: %v", err)
 	}
 	if len(rec.recs) != 1 {
@@ -107,7 +115,7 @@ func TestAFailedProduceReleasesTheClaimSoTheRetrySucceeds(t *testing.T) {
 func TestWhenRedisIsDownTheRecordFailsAndIsNotSkipped(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialTimeout: 100 * time.Millisecond})
 	rec := &recorder{}
-	err := handler(t, rdb, rec).Handle(context.Background(), rawMsg(t, "e1", response("e1", "100")))
+	err := handler(t, rdb, rec).handle(context.Background(), rawMsg(t, "e1", response("e1", "100")))
 	if err == nil {
 		t.Fatal("handled without dedupe")
 	}
@@ -121,7 +129,7 @@ func TestWhenRedisIsDownTheRecordFailsAndIsNotSkipped(t *testing.T) {
 
 func TestAnUndecodableRecordIsQuarantined(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
-	err := handler(t, rdb, &recorder{}).Handle(context.Background(), kafka.Message{Value: []byte{0xff, 0x01}})
+	err := handler(t, rdb, &recorder{}).handle(context.Background(), kafka.Message{Value: []byte{0xff, 0x01}})
 	if reason, ok := kafkaio.IsPermanent(err); !ok || reason != "undecodable_record" {
 		t.Fatalf("err = %v", err)
 	}
@@ -140,7 +148,7 @@ func TestOnlyProcessedEventsAreObservedForSchemaDrift(t *testing.T) {
 	h := handler(t, rdb, &recorder{})
 	h.o.Drift = d
 	for _, m := range []kafka.Message{rawMsg(t, "e1", response("e1", "100")), rawMsg(t, "e1", response("e1", "100"))} {
-		if err := h.Handle(context.Background(), m); err != nil {
+		if err := h.handle(context.Background(), m); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -153,30 +153,14 @@ func columnsOf(rows [][]any, idx []int) []any {
 	for c, col := range columns {
 		switch col.typ {
 		case "timestamptz":
-			a := make([]*time.Time, len(idx))
-			for k, i := range idx {
-				a[k] = rows[i][c].(*time.Time)
-			}
-			out[c] = a
+			out[c] = column[*time.Time](rows, idx, c)
 		case "int8":
-			a := make([]int64, len(idx))
-			for k, i := range idx {
-				a[k] = rows[i][c].(int64)
-			}
-			out[c] = a
+			out[c] = column[int64](rows, idx, c)
 		case "float8":
-			a := make([]*float64, len(idx))
-			for k, i := range idx {
-				a[k] = rows[i][c].(*float64)
-			}
-			out[c] = a
+			out[c] = column[*float64](rows, idx, c)
 		case "bool":
-			a := make([]bool, len(idx))
-			for k, i := range idx {
-				a[k] = rows[i][c].(bool)
-			}
-			out[c] = a
-		default: // text, jsonb
+			out[c] = column[bool](rows, idx, c)
+		default: // text and jsonb travel as text
 			a := make([]*string, len(idx))
 			for k, i := range idx {
 				switch v := rows[i][c].(type) {
@@ -193,6 +177,15 @@ func columnsOf(rows [][]any, idx []int) []any {
 		}
 	}
 	return out
+}
+
+// column collects column c of the rows at idx, each of type T.
+func column[T any](rows [][]any, idx []int, c int) []T {
+	a := make([]T, len(idx))
+	for k, i := range idx {
+		a[k] = rows[i][c].(T)
+	}
+	return a
 }
 
 // isDataError reports whether PostgreSQL rejected the data itself (classes

@@ -1,0 +1,41 @@
+package stack
+
+import (
+	"os"
+	"strconv"
+	"strings"
+)
+
+// EnvFlags is a repeatable NAME=VALUE command-line flag (flag.Var).
+type EnvFlags []string
+
+func (m *EnvFlags) String() string     { return strings.Join(*m, " ") }
+func (m *EnvFlags) Set(v string) error { *m = append(*m, v); return nil }
+
+// PeakRSSKiB is a process's peak resident set (VmHWM) in KiB; 0 when unknown.
+func PeakRSSKiB(pid int) int {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "VmHWM:") {
+			kb, _ := strconv.Atoi(strings.Fields(line)[1])
+			return kb
+		}
+	}
+	return 0
+}
+
+// CPUSeconds is a process's user+system CPU time (/proc/<pid>/stat); 0 when unknown.
+func CPUSeconds(pid int) float64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	utime, _ := strconv.ParseFloat(fields[11], 64)
+	stime, _ := strconv.ParseFloat(fields[12], 64)
+	return (utime + stime) / 100 // USER_HZ
+}
