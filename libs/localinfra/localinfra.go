@@ -134,6 +134,11 @@ type Postgres struct {
 func PostgresBinDir() (string, error) {
 	if p, err := exec.LookPath("initdb"); err == nil {
 		if _, err := exec.LookPath("postgres"); err == nil {
+			// Follow a symlink (e.g. /usr/local/bin/initdb) to the real
+			// bin directory, where pg_isready lives too.
+			if real, err := filepath.EvalSymlinks(p); err == nil {
+				p = real
+			}
 			return filepath.Dir(p), nil
 		}
 	}
@@ -211,7 +216,41 @@ func startPostgres(ctx context.Context, binDir, dir string, cred *syscall.Creden
 		p.Stop()
 		return nil, fmt.Errorf("postgres did not start: %w\n%s", err, p.LogTail())
 	}
+	// An open port is not a ready server: during start-up postgres accepts
+	// the TCP connection and answers "the database system is starting up".
+	if err := waitPostgresReady(ctx, binDir, p, port, 30*time.Second); err != nil {
+		p.Stop()
+		return nil, err
+	}
 	return &Postgres{Proc: p, URL: fmt.Sprintf("postgres://closedloop@%s/postgres?sslmode=disable", p.Addr)}, nil
+}
+
+// waitPostgresReady polls pg_isready until the server accepts sessions
+// (exit 0); 1 means "rejecting connections" (still starting up).
+func waitPostgresReady(ctx context.Context, binDir string, p *Proc, port int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		cmd := exec.CommandContext(ctx, filepath.Join(binDir, "pg_isready"), "-h", "127.0.0.1",
+			"-p", strconv.Itoa(port), "-U", "closedloop", "-d", "postgres", "-t", "2")
+		out, err := cmd.CombinedOutput()
+		if err == nil {
+			return nil
+		}
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) {
+			return fmt.Errorf("postgres readiness check: %w", err)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("postgres not ready after %s: %v %s\n%s", timeout, err, out, p.LogTail())
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-p.done:
+			return fmt.Errorf("postgres exited during start-up\n%s", p.LogTail())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 func dropRoot() (*syscall.Credential, error) {
