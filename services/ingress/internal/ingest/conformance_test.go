@@ -23,6 +23,8 @@ import (
 // and clock, and checks the status, the reason, and for accepted vectors the
 // RawWebhook written: the body byte for byte, the event id (the provider's,
 // or derived so that a duplicate delivery gets the same one) and the test flag.
+// With CLOSEDLOOP_CONFORMANCE_RECORDS set it appends each accepted vector's
+// record to that file, for the end-to-end meaning check (tools/e2e).
 func TestConformanceEveryVectorThroughTheHTTPHandler(t *testing.T) {
 	f, path, err := vectors.Load()
 	if err != nil {
@@ -79,6 +81,13 @@ func TestConformanceEveryVectorThroughTheHTTPHandler(t *testing.T) {
 				}
 			}
 			ids[v.Name] = raw.EventId
+			out := vectors.Record{Vector: v.Name, Key: rec.recs[0].Key, Value: rec.recs[0].Value}
+			for _, h := range rec.recs[0].Headers {
+				out.Headers = append(out.Headers, vectors.Header{Key: h.Key, Value: h.Value})
+			}
+			if err := vectors.AppendRecord(out); err != nil {
+				t.Fatal(err)
+			}
 			if d := v.Expect.DuplicateOf; d != "" {
 				if ids[d] == "" {
 					t.Fatalf("duplicate_of %q: that vector must come earlier in %s", d, path)
