@@ -13,6 +13,7 @@ import (
 	"github.com/closedloop/closedloop/libs/config"
 	"github.com/closedloop/closedloop/libs/idempotency"
 	"github.com/closedloop/closedloop/libs/service"
+	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 	"github.com/closedloop/closedloop/services/normalizer/internal/drift"
 	"github.com/closedloop/closedloop/services/normalizer/internal/normalize"
 )
@@ -82,9 +83,11 @@ func Run(ctx context.Context) error {
 		ProcessingTTL: cfg.ProcessingTTL,
 	})
 	producer := svc.Producer()
+	tracker := drift.New(rdb, cfg.RedisPrefix+"drift:")
+	adminv1.RegisterSchemaDriftServiceServer(svc.GRPC.GRPC, &drift.Server{Tracker: tracker})
 	h := normalize.New(normalize.Options{
 		Dedupe: store, Producer: producer, NormalizedTopic: t.Normalized, Log: svc.Log,
-		Drift: drift.New(rdb, cfg.RedisPrefix+"drift:"),
+		Drift: tracker,
 		TTL: func(source string) time.Duration {
 			if s, ok := cfg.Pipeline.Current().Source(source); ok {
 				return s.DedupeTTL.Duration

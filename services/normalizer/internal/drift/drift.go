@@ -7,11 +7,11 @@
 package drift
 
 import (
-	"bytes"
 	"context"
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -102,23 +102,64 @@ func (t *Tracker) Observe(ctx context.Context, provider, eventType, eventID stri
 
 // Seen is one recorded path.
 type Seen struct {
+	Provider     string
+	EventType    string
 	Path         string
 	FirstEventID string
 	FirstSeen    time.Time
 }
 
-// List returns the recorded paths of a provider's event type, sorted.
+// List returns the recorded paths of one provider's event type (both empty:
+// of every one; provider alone: of its every type), sorted by provider,
+// event type and path. Hashes are found with SCAN, never KEYS.
 func (t *Tracker) List(ctx context.Context, provider, eventType string) ([]Seen, error) {
-	m, err := t.rdb.HGetAll(ctx, t.prefix+provider+"/"+eventType).Result()
-	if err != nil {
-		return nil, err
+	var keys []string
+	if provider != "" && eventType != "" {
+		keys = []string{t.prefix + provider + "/" + eventType}
+	} else {
+		pattern := t.prefix + escapeGlob(provider) + "*"
+		if provider != "" {
+			pattern = t.prefix + escapeGlob(provider) + "/*"
+		}
+		iter := t.rdb.Scan(ctx, 0, pattern, 500).Iterator()
+		for iter.Next(ctx) {
+			keys = append(keys, iter.Val())
+		}
+		if err := iter.Err(); err != nil {
+			return nil, err
+		}
 	}
-	out := make([]Seen, 0, len(m))
-	for p, v := range m {
-		id, ts, _ := bytes.Cut([]byte(v), []byte(" "))
-		sec, _ := strconv.ParseInt(string(ts), 10, 64)
-		out = append(out, Seen{Path: p, FirstEventID: string(id), FirstSeen: time.Unix(sec, 0).UTC()})
+	var out []Seen
+	for _, key := range keys {
+		prov, typ, ok := strings.Cut(strings.TrimPrefix(key, t.prefix), "/")
+		if !ok {
+			continue
+		}
+		m, err := t.rdb.HGetAll(ctx, key).Result()
+		if err != nil {
+			return nil, err
+		}
+		for p, v := range m {
+			id, ts, _ := strings.Cut(v, " ")
+			sec, _ := strconv.ParseInt(ts, 10, 64)
+			out = append(out, Seen{Provider: prov, EventType: typ, Path: p, FirstEventID: id, FirstSeen: time.Unix(sec, 0).UTC()})
+		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
+	sort.Slice(out, func(i, j int) bool { return out[i].key() < out[j].key() })
 	return out, nil
+}
+
+// key orders entries; "\x00" sorts before every character of a name.
+func (s Seen) key() string { return s.Provider + "\x00" + s.EventType + "\x00" + s.Path }
+
+// escapeGlob quotes the characters SCAN's MATCH treats as a pattern.
+func escapeGlob(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if strings.ContainsRune(`*?[]\^-`, r) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
