@@ -128,3 +128,31 @@ func TestWithoutALookupReferencesAreCheckedButNotResolved(t *testing.T) {
 		t.Fatal("a literal secret passed without a lookup")
 	}
 }
+
+func TestSinkFiltersAreCompiledWhenTheFileLoadsAndTheirMistakesNamed(t *testing.T) {
+	ok := `
+sinks:
+  warehouse:
+    filter: 'event.kind != Kind.KIND_TEST'
+  webhook:
+    endpoints:
+      - name: alerts
+        url: https://hooks.example.com/in
+        secret: env:WH
+        filter: 'event.segment == Segment.SEGMENT_DETRACTOR'
+`
+	p, err := ParsePipeline([]byte(ok), lookupFrom(map[string]string{"WH": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Sinks.Warehouse.Filter.Expr == nil || p.Sinks.Webhook.Endpoints[0].Filter.Expr == nil {
+		t.Fatal("filters not compiled")
+	}
+	bad := strings.NewReplacer("Kind.KIND_TEST", "event.kindd", "Segment.SEGMENT_DETRACTOR", `"detractor"`).Replace(ok)
+	_, err = ParsePipeline([]byte(bad), lookupFrom(map[string]string{"WH": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}))
+	for _, want := range []string{"sinks.warehouse.filter", "undefined field 'kindd'", "sinks.webhook.endpoints[0] (alerts): filter", "no matching overload"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not mention %q:\n%v", want, err)
+		}
+	}
+}

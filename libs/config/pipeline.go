@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/closedloop/closedloop/libs/expr"
 )
 
 // DefaultDedupeTTL outlasts the longest documented provider retry window
@@ -158,6 +160,9 @@ type WebhookEndpoint struct {
 	SecretRef string `yaml:"secret"`
 	// Timeout of one POST (default 10s, at most 60s).
 	Timeout Duration `yaml:"timeout"`
+	// Filter, a CEL expression over `event` (package expr), selects the
+	// events this endpoint receives; empty: every event.
+	Filter Filter `yaml:"filter"`
 }
 
 // WarehouseSink configures sink-warehouse. The database address comes from
@@ -171,6 +176,33 @@ type WarehouseSink struct {
 	// FlushInterval is accepted and ignored: no row waits for its batch to
 	// fill (natural batching). Kept so that existing files still load.
 	FlushInterval Duration `yaml:"flush_interval"`
+	// Filter, a CEL expression over `event` (package expr), selects the
+	// events written; empty: every event.
+	Filter Filter `yaml:"filter"`
+}
+
+// Filter is a boolean CEL expression over `event`, compiled (and so
+// type-checked) when the pipeline file is loaded.
+type Filter struct {
+	Source string
+	// Expr is the compiled expression; nil when Source is empty.
+	Expr *expr.Bool
+}
+
+// UnmarshalYAML takes the expression as a string.
+func (f *Filter) UnmarshalYAML(n *yaml.Node) error { return n.Decode(&f.Source) }
+
+func (f *Filter) compile(at string) error {
+	f.Expr = nil
+	if strings.TrimSpace(f.Source) == "" {
+		return nil
+	}
+	b, err := expr.CompileBool(f.Source)
+	if err != nil {
+		return fmt.Errorf("%s: %w", at, err)
+	}
+	f.Expr = b
+	return nil
 }
 
 // Duration is a time.Duration written as "72h" or "20ms" in YAML.
@@ -302,6 +334,9 @@ func ParsePipeline(b []byte, lookup func(string) (string, bool)) (*Pipeline, err
 	if w.FlushInterval.Duration == 0 {
 		w.FlushInterval.Duration = 20 * time.Millisecond
 	}
+	if err := w.Filter.compile("sinks.warehouse.filter"); err != nil {
+		errs = append(errs, err)
+	}
 	names := map[string]bool{}
 	for i := range p.Sinks.Webhook.Endpoints {
 		e := &p.Sinks.Webhook.Endpoints[i]
@@ -324,6 +359,9 @@ func ParsePipeline(b []byte, lookup func(string) (string, bool)) (*Pipeline, err
 		}
 		if e.Timeout.Duration < 0 || e.Timeout.Duration > time.Minute {
 			errs = append(errs, fmt.Errorf("%s: timeout must be between 0 and 60s", at))
+		}
+		if err := e.Filter.compile(at + ": filter"); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if len(errs) > 0 {

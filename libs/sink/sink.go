@@ -31,6 +31,8 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -41,7 +43,9 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/closedloop/closedloop/libs/expr"
 	"github.com/closedloop/closedloop/libs/kafkaio"
+	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 	sinkv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/sink/v1"
 )
@@ -67,6 +71,20 @@ type Destination interface {
 	Deliver(ctx context.Context, events []*Event) []error
 }
 
+// Matcher decides whether an event is for this sink (an *expr.Bool).
+type Matcher interface {
+	Eval(*feedbackv1.FeedbackEvent) (bool, error)
+}
+
+// FilterOf is the Matcher of a compiled expression; nil (deliver every
+// event) when there is none — never a non-nil Matcher holding a nil one.
+func FilterOf(b *expr.Bool) Matcher {
+	if b == nil {
+		return nil
+	}
+	return b
+}
+
 // Producer is the part of kafkaio.Producer the runtime needs (dead letters).
 type Producer interface {
 	Produce(ctx context.Context, recs ...kafkaio.Record) error
@@ -83,8 +101,15 @@ type Config struct {
 	// Checkpoint (default Idempotent: the destination dedupes itself).
 	Checkpoint Checkpoint
 	// Filter, when set, decides which events this sink delivers; the others
-	// are done without a delivery.
-	Filter func(*feedbackv1.FeedbackEvent) bool
+	// are done without a delivery. An event it cannot judge (an evaluation
+	// error) is dead-lettered as permanent, never silently skipped.
+	Filter Matcher
+	// PriorityTopic is the priority lane: its batches are delivered before
+	// the standard lane's (a standard batch waits while one is in delivery).
+	PriorityTopic string
+	// Concurrency is the most batches delivered to the destination at once
+	// (0: one per partition the consumer works on).
+	Concurrency int
 	// MaxAttempts per event (default 8) and MaxElapsed since its first
 	// attempt (default 10m), both counted while the breaker is closed.
 	MaxAttempts int
@@ -107,7 +132,11 @@ type Runner struct {
 	cfg     Config
 	dest    Destination
 	limiter *rate.Limiter
+	lanes   *lanes
 	attrs   metric.MeasurementOption
+
+	nDelivered, nFailed, nDead atomic.Int64
+	pauseReason                atomic.Pointer[string]
 
 	delivered metric.Int64Counter
 	failed    metric.Int64Counter
@@ -147,7 +176,7 @@ func New(cfg Config, dest Destination) (*Runner, error) {
 	if cfg.Breaker == nil {
 		cfg.Breaker = NewBreaker(5, 10*time.Second, nil)
 	}
-	r := &Runner{cfg: cfg, dest: dest}
+	r := &Runner{cfg: cfg, dest: dest, lanes: newLanes(cfg.Concurrency, cfg.Now)}
 	attrs := []attribute.KeyValue{attribute.String("sink", cfg.Sink), attribute.String("destination", cfg.Destination)}
 	r.attrs = metric.WithAttributes(attrs...)
 	meter := otel.Meter("github.com/closedloop/closedloop/libs/sink")
@@ -177,6 +206,60 @@ func New(cfg Config, dest Destination) (*Runner, error) {
 // Breaker is the runner's circuit breaker (for status, Pause and Resume).
 func (r *Runner) Breaker() *Breaker { return r.cfg.Breaker }
 
+// Name is the destination's name: Config.Destination, else the sink's
+// name without its "sink-" prefix ("warehouse").
+func (r *Runner) Name() string {
+	if r.cfg.Destination != "" {
+		return r.cfg.Destination
+	}
+	return strings.TrimPrefix(r.cfg.Sink, "sink-")
+}
+
+// Pause stops deliveries by hand: every partition worker waits before its
+// next delivery, so consumption stops and Kafka holds the backlog.
+func (r *Runner) Pause(reason string) {
+	r.pauseReason.Store(&reason)
+	r.cfg.Breaker.Pause()
+	r.cfg.Log.Warn("destination paused", "sink", r.cfg.Sink, "destination", r.Name(), "reason", reason)
+}
+
+// Resume undoes Pause.
+func (r *Runner) Resume() {
+	r.cfg.Breaker.Resume()
+	r.pauseReason.Store(nil)
+	r.cfg.Log.Info("destination resumed", "sink", r.cfg.Sink, "destination", r.Name())
+}
+
+// Disabler is implemented by destinations that can refuse for good (a
+// webhook endpoint that answered 410 Gone).
+type Disabler interface {
+	Disabled() (why string, disabled bool)
+}
+
+// Status is the destination's state for the admin API.
+func (r *Runner) Status() *adminv1.DestinationStatus {
+	st := &adminv1.DestinationStatus{
+		Name: r.Name(), Sink: r.cfg.Sink, Paused: r.cfg.Breaker.Paused(),
+		BreakerOpened: int64(r.cfg.Breaker.Opened()), Delivered: r.nDelivered.Load(),
+		FailedAttempts: r.nFailed.Load(), DeadLettered: r.nDead.Load(), DlqTopic: r.cfg.DLQTopic,
+	}
+	switch r.cfg.Breaker.State() {
+	case Closed:
+		st.Breaker = adminv1.BreakerState_BREAKER_STATE_CLOSED
+	case Open:
+		st.Breaker = adminv1.BreakerState_BREAKER_STATE_OPEN
+	case HalfOpen:
+		st.Breaker = adminv1.BreakerState_BREAKER_STATE_HALF_OPEN
+	}
+	if why := r.pauseReason.Load(); why != nil && st.Paused {
+		st.PauseReason = *why
+	}
+	if d, ok := r.dest.(Disabler); ok {
+		st.DisabledReason, st.Disabled = d.Disabled()
+	}
+	return st
+}
+
 // CheckpointKey is the checkpoint key of an event: its id, scoped by its
 // replay id so an operator's replay is delivered again, once per replay.
 func CheckpointKey(ev *feedbackv1.FeedbackEvent) string {
@@ -200,6 +283,7 @@ func (r *Runner) HandleBatch(ctx context.Context, batch []kafkaio.Delivery) []er
 	results := make([]error, len(batch))
 	failed := false
 	var todo []*pending
+	var unjudged []kafkaio.Record // events the filter could not judge: dead letters
 	for i, d := range batch {
 		var ev feedbackv1.FeedbackEvent
 		if err := proto.Unmarshal(d.Msg.Value, &ev); err != nil || ev.EventId == "" {
@@ -209,14 +293,37 @@ func (r *Runner) HandleBatch(ctx context.Context, batch []kafkaio.Delivery) []er
 			results[i], failed = kafkaio.Permanent("undecodable_event", err), true
 			continue
 		}
-		if r.cfg.Filter != nil && !r.cfg.Filter(&ev) {
-			continue
+		p := &pending{idx: i, ev: &Event{Ctx: d.Ctx, Feedback: &ev, Value: d.Msg.Value}}
+		if r.cfg.Filter != nil {
+			ok, err := r.cfg.Filter.Eval(&ev)
+			if err != nil {
+				unjudged = append(unjudged, r.deadLetter(batch, p, fmt.Errorf("filter: %w", err), sinkv1.ErrorClass_ERROR_CLASS_PERMANENT))
+				continue
+			}
+			if !ok {
+				continue
+			}
 		}
-		todo = append(todo, &pending{idx: i, ev: &Event{Ctx: d.Ctx, Feedback: &ev, Value: d.Msg.Value}})
+		todo = append(todo, p)
+	}
+	if len(unjudged) > 0 {
+		if err := r.cfg.DLQ.Produce(ctx, unjudged...); err != nil {
+			for i := range results {
+				if results[i] == nil {
+					results[i] = fmt.Errorf("dead-letter produce: %w", err)
+				}
+			}
+			return results
+		}
 	}
 	if len(todo) == 0 {
 		return orNil(results, failed)
 	}
+	release, err := r.lanes.acquire(ctx, len(batch) > 0 && r.cfg.PriorityTopic != "" && batch[0].Msg.Topic == r.cfg.PriorityTopic)
+	if err != nil {
+		return r.failAll(results, todo, err)
+	}
+	defer release()
 	keys := make([]string, len(todo))
 	for i, p := range todo {
 		keys[i] = CheckpointKey(p.ev.Feedback)
@@ -293,6 +400,7 @@ func (r *Runner) deliver(ctx context.Context, batch []kafkaio.Delivery, todo []*
 				anyDelivered = true
 				delivered = append(delivered, p)
 				r.delivered.Add(ctx, 1, r.attrs)
+				r.nDelivered.Add(1)
 				if rcv := p.ev.Feedback.GetReceivedAt(); rcv != nil {
 					r.latency.Record(ctx, r.cfg.Now().Sub(rcv.AsTime()).Seconds(), r.attrs)
 				}
@@ -301,6 +409,7 @@ func (r *Runner) deliver(ctx context.Context, batch []kafkaio.Delivery, todo []*
 			class, after, status := Classify(e)
 			p.attempts = append(p.attempts, &sinkv1.Attempt{At: timestamppb.New(start), Error: truncate(e.Error(), 1024),
 				ErrorClass: class, StatusCode: int32(status), DurationMs: took.Milliseconds()})
+			r.nFailed.Add(1)
 			r.failed.Add(ctx, 1, metric.WithAttributes(attribute.String("sink", r.cfg.Sink), attribute.String("destination", r.cfg.Destination),
 				attribute.String("class", class.String())))
 			if class == sinkv1.ErrorClass_ERROR_CLASS_PERMANENT {
@@ -363,6 +472,7 @@ func (r *Runner) deadLetter(batch []kafkaio.Delivery, p *pending, err error, cla
 		SourceTopic: m.Topic, SourcePartition: int32(m.Partition), SourceOffset: m.Offset, Provider: ev.Provider, ReplayId: ev.ReplayId,
 	}
 	v, _ := proto.Marshal(dl)
+	r.nDead.Add(1)
 	r.dead.Add(p.ev.Ctx, 1, metric.WithAttributes(attribute.String("sink", r.cfg.Sink), attribute.String("destination", r.cfg.Destination),
 		attribute.String("class", class.String())))
 	r.cfg.Log.WarnContext(p.ev.Ctx, "event dead-lettered", "sink", r.cfg.Sink, "destination", r.cfg.Destination, "event_id", ev.EventId,
@@ -420,6 +530,7 @@ type Settings struct {
 	BreakerThreshold int           // SINK_BREAKER_THRESHOLD (5 consecutive failed deliveries)
 	BreakerOpenFor   time.Duration // SINK_BREAKER_OPEN_FOR (10s between probes)
 	RatePerSecond    float64       // SINK_RATE_LIMIT (events/s; 0 = none)
+	Concurrency      int           // SINK_CONCURRENCY (batches at once; 0 = one per partition)
 }
 
 // Env is the part of config.Env LoadSettings reads.
@@ -439,9 +550,10 @@ func LoadSettings(e Env) Settings {
 		BreakerThreshold: e.Int("SINK_BREAKER_THRESHOLD", 5),
 		BreakerOpenFor:   e.Duration("SINK_BREAKER_OPEN_FOR", 10*time.Second),
 		RatePerSecond:    float64(e.Int("SINK_RATE_LIMIT", 0)),
+		Concurrency:      e.Int("SINK_CONCURRENCY", 0),
 	}
-	if s.MaxBatch < 1 || s.MaxAttempts < 1 || s.BreakerThreshold < 1 || s.RatePerSecond < 0 {
-		e.Errorf("SINK_MAX_BATCH, SINK_MAX_ATTEMPTS and SINK_BREAKER_THRESHOLD must be at least 1, SINK_RATE_LIMIT at least 0")
+	if s.MaxBatch < 1 || s.MaxAttempts < 1 || s.BreakerThreshold < 1 || s.RatePerSecond < 0 || s.Concurrency < 0 {
+		e.Errorf("SINK_MAX_BATCH, SINK_MAX_ATTEMPTS and SINK_BREAKER_THRESHOLD must be at least 1, SINK_RATE_LIMIT and SINK_CONCURRENCY at least 0")
 	}
 	return s
 }
@@ -449,6 +561,7 @@ func LoadSettings(e Env) Settings {
 // Apply copies the settings into cfg (a new Breaker when cfg has none).
 func (s Settings) Apply(cfg *Config) {
 	cfg.MaxAttempts, cfg.MaxElapsed, cfg.BackoffMax, cfg.RatePerSecond = s.MaxAttempts, s.MaxElapsed, s.BackoffMax, s.RatePerSecond
+	cfg.Concurrency = s.Concurrency
 	if cfg.Breaker == nil {
 		cfg.Breaker = NewBreaker(s.BreakerThreshold, s.BreakerOpenFor, nil)
 	}

@@ -6,16 +6,23 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/segmentio/kafka-go"
+	"google.golang.org/grpc/codes"
+	grpcstatus "google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/closedloop/closedloop/libs/expr"
 	"github.com/closedloop/closedloop/libs/kafkaio"
 	"github.com/closedloop/closedloop/libs/localinfra"
+	"github.com/closedloop/closedloop/libs/status"
+	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 	sinkv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/sink/v1"
 )
@@ -239,19 +246,41 @@ func TestAnOutageOpensTheBreakerPausesWithoutDeadLettersAndResumesByItself(t *te
 	}
 }
 
-func TestPauseHoldsDeliveryUntilResume(t *testing.T) {
+func TestPauseByTheAdminAPIHoldsDeliveryUntilResumeAndStatusShowsIt(t *testing.T) {
 	d := &dest{}
 	r := runner(t, d, &dlq{}, nil)
-	r.Breaker().Pause()
+	reg := status.NewRegistry("sink-test", "dev", "i1")
+	reg.AddDestination(r)
+	admin := &status.AdminServer{Registry: reg}
+	ctx := context.Background()
+	if _, err := admin.PauseDestination(ctx, &adminv1.PauseDestinationRequest{Destination: "nosuch"}); grpcstatus.Code(err) != codes.NotFound ||
+		!strings.Contains(err.Error(), "it has: test") {
+		t.Fatalf("pause of an unknown destination: %v", err)
+	}
+	p, err := admin.PauseDestination(ctx, &adminv1.PauseDestinationRequest{Destination: "test", Reason: "ann: CRM migration"})
+	if err != nil || !p.Destination.Paused || p.Destination.PauseReason != "ann: CRM migration" {
+		t.Fatalf("pause: %v %v", p, err)
+	}
 	done := make(chan []error, 1)
-	go func() { done <- r.HandleBatch(context.Background(), batchOf(t, "a")) }()
+	go func() { done <- r.HandleBatch(ctx, batchOf(t, "a")) }()
 	time.Sleep(200 * time.Millisecond)
 	if len(d.delivered()) != 0 {
 		t.Fatal("delivered while paused")
 	}
-	r.Breaker().Resume()
+	if _, err := admin.ResumeDestination(ctx, &adminv1.ResumeDestinationRequest{Destination: "test"}); err != nil {
+		t.Fatal(err)
+	}
 	if errs := <-done; errs != nil || len(d.delivered()) != 1 {
 		t.Fatalf("after resume: %v, delivered %v", errs, d.delivered())
+	}
+	st, err := admin.GetStatus(ctx, &adminv1.GetStatusRequest{})
+	if err != nil || len(st.Destinations) != 1 {
+		t.Fatalf("status: %v %v", st, err)
+	}
+	ds := st.Destinations[0]
+	if ds.Name != "test" || ds.Sink != "sink-test" || ds.Paused || ds.PauseReason != "" || ds.Delivered != 1 ||
+		ds.Breaker != adminv1.BreakerState_BREAKER_STATE_CLOSED || ds.DlqTopic != "dlq" {
+		t.Fatalf("destination status %v", ds)
 	}
 }
 
@@ -299,22 +328,104 @@ func TestTheCheckpointSkipsARedeliveryButNotAReplay(t *testing.T) {
 	}
 }
 
-func TestFilteredAndUndecodableEvents(t *testing.T) {
+func TestFilteredUnjudgedAndUndecodableEvents(t *testing.T) {
 	d := &dest{}
-	r := runner(t, d, &dlq{}, func(c *Config) {
-		c.Filter = func(ev *feedbackv1.FeedbackEvent) bool { return ev.EventId != "skip" }
-	})
-	batch := append(batchOf(t, "a", "skip"), kafkaio.Delivery{Ctx: context.Background(), Msg: kafka.Message{Value: []byte{0xff}}})
-	errs := r.HandleBatch(context.Background(), batch)
-	if errs == nil || errs[0] != nil || errs[1] != nil {
+	q := &dlq{}
+	filter, err := expr.CompileBool(`event.properties["tier"] == "gold"`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := runner(t, d, q, func(c *Config) { c.Filter = filter })
+	ev := func(id string, props map[string]string) []byte {
+		e := &feedbackv1.FeedbackEvent{EventId: id, Properties: map[string]*structpb.Value{}}
+		for k, v := range props {
+			e.Properties[k] = structpb.NewStringValue(v)
+		}
+		b, _ := proto.Marshal(e)
+		return b
+	}
+	ctx := context.Background()
+	batch := []kafkaio.Delivery{
+		{Ctx: ctx, Msg: kafka.Message{Value: ev("gold", map[string]string{"tier": "gold"})}},
+		{Ctx: ctx, Msg: kafka.Message{Value: ev("silver", map[string]string{"tier": "silver"})}},
+		{Ctx: ctx, Msg: kafka.Message{Value: ev("untiered", nil)}}, // no such key: cannot be judged
+		{Ctx: ctx, Msg: kafka.Message{Value: []byte{0xff}}},
+	}
+	errs := r.HandleBatch(ctx, batch)
+	if errs == nil || errs[0] != nil || errs[1] != nil || errs[2] != nil {
 		t.Fatalf("results %v", errs)
 	}
-	if reason, ok := kafkaio.IsPermanent(errs[2]); !ok || reason != "undecodable_event" {
-		t.Fatalf("undecodable record: %v", errs[2])
+	if reason, ok := kafkaio.IsPermanent(errs[3]); !ok || reason != "undecodable_event" {
+		t.Fatalf("undecodable record: %v", errs[3])
 	}
-	if got := d.delivered(); len(got) != 1 || got[0] != "a" {
+	if got := d.delivered(); len(got) != 1 || got[0] != "gold" {
 		t.Fatalf("delivered %v", got)
 	}
+	letters := q.letters(t)
+	if len(letters) != 1 || letters[0].EventId != "untiered" || letters[0].ErrorClass != sinkv1.ErrorClass_ERROR_CLASS_PERMANENT ||
+		!strings.Contains(letters[0].Error, "no such key") {
+		t.Fatalf("dead letters %v, want the unjudged event as permanent with the filter's error", letters)
+	}
+}
+
+// gate is a destination whose deliveries block until released.
+type gate struct {
+	mu      sync.Mutex
+	order   []string
+	started chan string
+	release chan struct{}
+}
+
+func (g *gate) Deliver(_ context.Context, events []*Event) []error {
+	g.started <- events[0].Feedback.EventId
+	<-g.release
+	g.mu.Lock()
+	g.order = append(g.order, events[0].Feedback.EventId)
+	g.mu.Unlock()
+	return nil
+}
+
+func TestThePriorityLaneIsDeliveredBeforeTheStandardOne(t *testing.T) {
+	g := &gate{started: make(chan string, 4), release: make(chan struct{})}
+	r := runner(t, g, &dlq{}, func(c *Config) { c.Concurrency, c.PriorityTopic = 1, "prio" })
+	ctx := context.Background()
+	lane := func(topic, id string) []kafkaio.Delivery {
+		b := batchOf(t, id)
+		b[0].Msg.Topic = topic
+		return b
+	}
+	var wg sync.WaitGroup
+	handle := func(b []kafkaio.Delivery) {
+		wg.Add(1)
+		go func() { defer wg.Done(); r.HandleBatch(ctx, b) }()
+	}
+	handle(lane("std", "s1"))
+	if id := <-g.started; id != "s1" {
+		t.Fatalf("first delivery %s", id)
+	}
+	handle(lane("std", "s2")) // waits for the one slot
+	time.Sleep(50 * time.Millisecond)
+	handle(lane("prio", "p1"))
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		r.lanes.mu.Lock()
+		waiting := r.lanes.prioWaiting
+		r.lanes.mu.Unlock()
+		if waiting == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the priority batch never waited for the slot")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(g.release) // s1 finishes; p1 must get the slot before s2
+	if id := <-g.started; id != "p1" {
+		t.Fatalf("after s1 came %s, want the priority batch p1", id)
+	}
+	if id := <-g.started; id != "s2" {
+		t.Fatalf("then %s, want s2", id)
+	}
+	wg.Wait()
 }
 
 func TestHTTPStatusClassification(t *testing.T) {

@@ -8,11 +8,14 @@ import (
 	"encoding/json"
 	"net/http"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -39,9 +42,39 @@ type Registry struct {
 	Instance string
 	Started  time.Time
 
-	mu        sync.Mutex
-	checks    map[string]Check
-	consumers []*ConsumerStats
+	mu           sync.Mutex
+	checks       map[string]Check
+	consumers    []*ConsumerStats
+	destinations []Destination
+}
+
+// Destination is one destination of a sink service, as the admin API sees
+// it (a sink.Runner).
+type Destination interface {
+	Status() *adminv1.DestinationStatus
+	Pause(reason string)
+	Resume()
+}
+
+// AddDestination registers a destination for GetStatus and Pause/Resume.
+func (r *Registry) AddDestination(d Destination) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.destinations = append(r.destinations, d)
+}
+
+func (r *Registry) destination(name string) (Destination, []string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var names []string
+	for _, d := range r.destinations {
+		n := d.Status().Name
+		if n == name {
+			return d, nil
+		}
+		names = append(names, n)
+	}
+	return nil, names
 }
 
 // NewRegistry returns an empty registry.
@@ -153,5 +186,49 @@ func (a *AdminServer) GetStatus(ctx context.Context, _ *adminv1.GetStatusRequest
 		}
 		resp.Consumers = append(resp.Consumers, cs)
 	}
+	r.mu.Lock()
+	dests := append([]Destination(nil), r.destinations...)
+	r.mu.Unlock()
+	for _, d := range dests {
+		resp.Destinations = append(resp.Destinations, d.Status())
+	}
 	return resp, nil
+}
+
+// PauseDestination implements ServiceAdminService.
+func (a *AdminServer) PauseDestination(_ context.Context, req *adminv1.PauseDestinationRequest) (*adminv1.PauseDestinationResponse, error) {
+	d, err := a.find(req.Destination)
+	if err != nil {
+		return nil, err
+	}
+	reason := req.Reason
+	if reason == "" {
+		reason = "paused by an operator"
+	}
+	d.Pause(reason)
+	return &adminv1.PauseDestinationResponse{Destination: d.Status()}, nil
+}
+
+// ResumeDestination implements ServiceAdminService.
+func (a *AdminServer) ResumeDestination(_ context.Context, req *adminv1.ResumeDestinationRequest) (*adminv1.ResumeDestinationResponse, error) {
+	d, err := a.find(req.Destination)
+	if err != nil {
+		return nil, err
+	}
+	d.Resume()
+	return &adminv1.ResumeDestinationResponse{Destination: d.Status()}, nil
+}
+
+func (a *AdminServer) find(name string) (Destination, error) {
+	if name == "" {
+		return nil, status.Error(codes.InvalidArgument, "destination is required")
+	}
+	d, names := a.Registry.destination(name)
+	if d == nil {
+		if len(names) == 0 {
+			return nil, status.Errorf(codes.NotFound, "%s has no destinations (only sink services do)", a.Registry.Service)
+		}
+		return nil, status.Errorf(codes.NotFound, "%s has no destination %q; it has: %s", a.Registry.Service, name, strings.Join(names, ", "))
+	}
+	return d, nil
 }

@@ -78,13 +78,16 @@ func Run(ctx context.Context) error {
 	svc.Log.Info("warehouse ready", "schema", schema, "table", schema+".feedback_events", "view", schema+".feedback_latest")
 	producer := svc.Producer() // quarantine and dead letters
 	rcfg := sink.Config{Sink: "sink-warehouse", DLQTopic: dlq, DLQ: producer, Log: svc.Log,
-		Checkpoint: sink.Idempotent{}} // the unique event_id is the warehouse's own checkpoint
+		Checkpoint:    sink.Idempotent{}, // the unique event_id is the warehouse's own checkpoint
+		Filter:        sink.FilterOf(cfg.Pipeline.Current().Sinks.Warehouse.Filter.Expr),
+		PriorityTopic: t.Priority}
 	cfg.Sink.Apply(&rcfg)
 	runner, err := sink.New(rcfg, warehouse.NewWriter(pool, schema))
 	if err != nil {
 		pool.Close()
 		return err
 	}
+	svc.Status.AddDestination(runner)
 	if err := svc.ConsumeBatch(cfg.GroupID, []string{t.Priority, t.Enriched}, producer, cfg.Pipeline.Current().Sinks.Warehouse.BatchSize, runner.HandleBatch); err != nil {
 		pool.Close()
 		return err

@@ -111,12 +111,15 @@ func Run(ctx context.Context) error {
 			svc.Log.Warn("endpoint is disabled: its events go to the dead-letter topic", "endpoint", ep.Name, "why", why, "reenable", "DEL "+prefix+"disabled, then restart")
 		}
 		rcfg := sink.Config{Sink: "sink-webhook", Destination: ep.Name, DLQTopic: dlq, DLQ: producer, Log: svc.Log,
-			Checkpoint: sink.RedisCheckpoint{RDB: rdb, Prefix: prefix + "done:", TTL: cfg.CheckpointTTL}}
+			Checkpoint:    sink.RedisCheckpoint{RDB: rdb, Prefix: prefix + "done:", TTL: cfg.CheckpointTTL},
+			Filter:        sink.FilterOf(ep.Filter.Expr),
+			PriorityTopic: t.Priority}
 		cfg.Sink.Apply(&rcfg)
 		runner, err := sink.New(rcfg, dest)
 		if err != nil {
 			return err
 		}
+		svc.Status.AddDestination(runner)
 		if err := svc.ConsumeBatch(cfg.GroupID+"-"+ep.Name, []string{t.Priority, t.Enriched}, producer, cfg.Sink.MaxBatch, runner.HandleBatch); err != nil {
 			return err
 		}

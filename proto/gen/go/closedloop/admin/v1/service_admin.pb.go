@@ -22,6 +22,253 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// BreakerState is a destination's circuit breaker.
+type BreakerState int32
+
+const (
+	BreakerState_BREAKER_STATE_UNSPECIFIED BreakerState = 0
+	// Deliveries flow.
+	BreakerState_BREAKER_STATE_CLOSED BreakerState = 1
+	// The destination failed repeatedly: consumption is paused until a probe.
+	BreakerState_BREAKER_STATE_OPEN BreakerState = 2
+	// One probe delivery is testing the destination.
+	BreakerState_BREAKER_STATE_HALF_OPEN BreakerState = 3
+)
+
+// Enum value maps for BreakerState.
+var (
+	BreakerState_name = map[int32]string{
+		0: "BREAKER_STATE_UNSPECIFIED",
+		1: "BREAKER_STATE_CLOSED",
+		2: "BREAKER_STATE_OPEN",
+		3: "BREAKER_STATE_HALF_OPEN",
+	}
+	BreakerState_value = map[string]int32{
+		"BREAKER_STATE_UNSPECIFIED": 0,
+		"BREAKER_STATE_CLOSED":      1,
+		"BREAKER_STATE_OPEN":        2,
+		"BREAKER_STATE_HALF_OPEN":   3,
+	}
+)
+
+func (x BreakerState) Enum() *BreakerState {
+	p := new(BreakerState)
+	*p = x
+	return p
+}
+
+func (x BreakerState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (BreakerState) Descriptor() protoreflect.EnumDescriptor {
+	return file_closedloop_admin_v1_service_admin_proto_enumTypes[0].Descriptor()
+}
+
+func (BreakerState) Type() protoreflect.EnumType {
+	return &file_closedloop_admin_v1_service_admin_proto_enumTypes[0]
+}
+
+func (x BreakerState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use BreakerState.Descriptor instead.
+func (BreakerState) EnumDescriptor() ([]byte, []int) {
+	return file_closedloop_admin_v1_service_admin_proto_rawDescGZIP(), []int{0}
+}
+
+// PauseDestinationRequest names the destination.
+type PauseDestinationRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The destination's name as GetStatus lists it ("warehouse", a webhook
+	// endpoint's name).
+	Destination string `protobuf:"bytes,1,opt,name=destination,proto3" json:"destination,omitempty"`
+	// Why, for the status and the log (who paused it and what for).
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PauseDestinationRequest) Reset() {
+	*x = PauseDestinationRequest{}
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PauseDestinationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PauseDestinationRequest) ProtoMessage() {}
+
+func (x *PauseDestinationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PauseDestinationRequest.ProtoReflect.Descriptor instead.
+func (*PauseDestinationRequest) Descriptor() ([]byte, []int) {
+	return file_closedloop_admin_v1_service_admin_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *PauseDestinationRequest) GetDestination() string {
+	if x != nil {
+		return x.Destination
+	}
+	return ""
+}
+
+func (x *PauseDestinationRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// PauseDestinationResponse is the destination's status after the pause.
+type PauseDestinationResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Destination   *DestinationStatus     `protobuf:"bytes,1,opt,name=destination,proto3" json:"destination,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PauseDestinationResponse) Reset() {
+	*x = PauseDestinationResponse{}
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PauseDestinationResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PauseDestinationResponse) ProtoMessage() {}
+
+func (x *PauseDestinationResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PauseDestinationResponse.ProtoReflect.Descriptor instead.
+func (*PauseDestinationResponse) Descriptor() ([]byte, []int) {
+	return file_closedloop_admin_v1_service_admin_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *PauseDestinationResponse) GetDestination() *DestinationStatus {
+	if x != nil {
+		return x.Destination
+	}
+	return nil
+}
+
+// ResumeDestinationRequest names the destination.
+type ResumeDestinationRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Destination   string                 `protobuf:"bytes,1,opt,name=destination,proto3" json:"destination,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeDestinationRequest) Reset() {
+	*x = ResumeDestinationRequest{}
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeDestinationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeDestinationRequest) ProtoMessage() {}
+
+func (x *ResumeDestinationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeDestinationRequest.ProtoReflect.Descriptor instead.
+func (*ResumeDestinationRequest) Descriptor() ([]byte, []int) {
+	return file_closedloop_admin_v1_service_admin_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ResumeDestinationRequest) GetDestination() string {
+	if x != nil {
+		return x.Destination
+	}
+	return ""
+}
+
+// ResumeDestinationResponse is the destination's status after the resume.
+type ResumeDestinationResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Destination   *DestinationStatus     `protobuf:"bytes,1,opt,name=destination,proto3" json:"destination,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeDestinationResponse) Reset() {
+	*x = ResumeDestinationResponse{}
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeDestinationResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeDestinationResponse) ProtoMessage() {}
+
+func (x *ResumeDestinationResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeDestinationResponse.ProtoReflect.Descriptor instead.
+func (*ResumeDestinationResponse) Descriptor() ([]byte, []int) {
+	return file_closedloop_admin_v1_service_admin_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ResumeDestinationResponse) GetDestination() *DestinationStatus {
+	if x != nil {
+		return x.Destination
+	}
+	return nil
+}
+
 // GetStatusRequest has no parameters yet.
 type GetStatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -31,7 +278,7 @@ type GetStatusRequest struct {
 
 func (x *GetStatusRequest) Reset() {
 	*x = GetStatusRequest{}
-	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[0]
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -43,7 +290,7 @@ func (x *GetStatusRequest) String() string {
 func (*GetStatusRequest) ProtoMessage() {}
 
 func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[0]
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -56,7 +303,7 @@ func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetStatusRequest) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_service_admin_proto_rawDescGZIP(), []int{0}
+	return file_closedloop_admin_v1_service_admin_proto_rawDescGZIP(), []int{4}
 }
 
 // GetStatusResponse is a point-in-time view of one service instance.
@@ -74,14 +321,16 @@ type GetStatusResponse struct {
 	// One entry per dependency check (kafka, redis, postgres, ...).
 	Components []*ComponentStatus `protobuf:"bytes,6,rep,name=components,proto3" json:"components,omitempty"`
 	// One entry per consumed topic.
-	Consumers     []*ConsumerStatus `protobuf:"bytes,7,rep,name=consumers,proto3" json:"consumers,omitempty"`
+	Consumers []*ConsumerStatus `protobuf:"bytes,7,rep,name=consumers,proto3" json:"consumers,omitempty"`
+	// Sink services: one entry per destination.
+	Destinations  []*DestinationStatus `protobuf:"bytes,8,rep,name=destinations,proto3" json:"destinations,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetStatusResponse) Reset() {
 	*x = GetStatusResponse{}
-	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[1]
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -93,7 +342,7 @@ func (x *GetStatusResponse) String() string {
 func (*GetStatusResponse) ProtoMessage() {}
 
 func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[1]
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -106,7 +355,7 @@ func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetStatusResponse) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_service_admin_proto_rawDescGZIP(), []int{1}
+	return file_closedloop_admin_v1_service_admin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetStatusResponse) GetService() string {
@@ -158,6 +407,154 @@ func (x *GetStatusResponse) GetConsumers() []*ConsumerStatus {
 	return nil
 }
 
+func (x *GetStatusResponse) GetDestinations() []*DestinationStatus {
+	if x != nil {
+		return x.Destinations
+	}
+	return nil
+}
+
+// DestinationStatus is one destination of a sink service on this instance.
+type DestinationStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "warehouse", or a webhook endpoint's name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The sink service ("sink-warehouse", "sink-webhook").
+	Sink    string       `protobuf:"bytes,2,opt,name=sink,proto3" json:"sink,omitempty"`
+	Breaker BreakerState `protobuf:"varint,3,opt,name=breaker,proto3,enum=closedloop.admin.v1.BreakerState" json:"breaker,omitempty"`
+	// Paused by an operator (PauseDestination), with the reason given.
+	Paused      bool   `protobuf:"varint,4,opt,name=paused,proto3" json:"paused,omitempty"`
+	PauseReason string `protobuf:"bytes,5,opt,name=pause_reason,json=pauseReason,proto3" json:"pause_reason,omitempty"`
+	// The destination refused for good (a webhook endpoint answered 410 Gone):
+	// its events go to the dead-letter topic until re-enabled.
+	Disabled       bool   `protobuf:"varint,6,opt,name=disabled,proto3" json:"disabled,omitempty"`
+	DisabledReason string `protobuf:"bytes,7,opt,name=disabled_reason,json=disabledReason,proto3" json:"disabled_reason,omitempty"`
+	// Times the breaker opened since start.
+	BreakerOpened int64 `protobuf:"varint,8,opt,name=breaker_opened,json=breakerOpened,proto3" json:"breaker_opened,omitempty"`
+	// Since start: events delivered, failed attempts, events dead-lettered.
+	Delivered      int64 `protobuf:"varint,9,opt,name=delivered,proto3" json:"delivered,omitempty"`
+	FailedAttempts int64 `protobuf:"varint,10,opt,name=failed_attempts,json=failedAttempts,proto3" json:"failed_attempts,omitempty"`
+	DeadLettered   int64 `protobuf:"varint,11,opt,name=dead_lettered,json=deadLettered,proto3" json:"dead_lettered,omitempty"`
+	// The dead-letter topic.
+	DlqTopic      string `protobuf:"bytes,12,opt,name=dlq_topic,json=dlqTopic,proto3" json:"dlq_topic,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DestinationStatus) Reset() {
+	*x = DestinationStatus{}
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DestinationStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DestinationStatus) ProtoMessage() {}
+
+func (x *DestinationStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DestinationStatus.ProtoReflect.Descriptor instead.
+func (*DestinationStatus) Descriptor() ([]byte, []int) {
+	return file_closedloop_admin_v1_service_admin_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *DestinationStatus) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DestinationStatus) GetSink() string {
+	if x != nil {
+		return x.Sink
+	}
+	return ""
+}
+
+func (x *DestinationStatus) GetBreaker() BreakerState {
+	if x != nil {
+		return x.Breaker
+	}
+	return BreakerState_BREAKER_STATE_UNSPECIFIED
+}
+
+func (x *DestinationStatus) GetPaused() bool {
+	if x != nil {
+		return x.Paused
+	}
+	return false
+}
+
+func (x *DestinationStatus) GetPauseReason() string {
+	if x != nil {
+		return x.PauseReason
+	}
+	return ""
+}
+
+func (x *DestinationStatus) GetDisabled() bool {
+	if x != nil {
+		return x.Disabled
+	}
+	return false
+}
+
+func (x *DestinationStatus) GetDisabledReason() string {
+	if x != nil {
+		return x.DisabledReason
+	}
+	return ""
+}
+
+func (x *DestinationStatus) GetBreakerOpened() int64 {
+	if x != nil {
+		return x.BreakerOpened
+	}
+	return 0
+}
+
+func (x *DestinationStatus) GetDelivered() int64 {
+	if x != nil {
+		return x.Delivered
+	}
+	return 0
+}
+
+func (x *DestinationStatus) GetFailedAttempts() int64 {
+	if x != nil {
+		return x.FailedAttempts
+	}
+	return 0
+}
+
+func (x *DestinationStatus) GetDeadLettered() int64 {
+	if x != nil {
+		return x.DeadLettered
+	}
+	return 0
+}
+
+func (x *DestinationStatus) GetDlqTopic() string {
+	if x != nil {
+		return x.DlqTopic
+	}
+	return ""
+}
+
 // ComponentStatus is the result of one dependency check.
 type ComponentStatus struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -171,7 +568,7 @@ type ComponentStatus struct {
 
 func (x *ComponentStatus) Reset() {
 	*x = ComponentStatus{}
-	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[2]
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -183,7 +580,7 @@ func (x *ComponentStatus) String() string {
 func (*ComponentStatus) ProtoMessage() {}
 
 func (x *ComponentStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[2]
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -196,7 +593,7 @@ func (x *ComponentStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ComponentStatus.ProtoReflect.Descriptor instead.
 func (*ComponentStatus) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_service_admin_proto_rawDescGZIP(), []int{2}
+	return file_closedloop_admin_v1_service_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ComponentStatus) GetName() string {
@@ -241,7 +638,7 @@ type ConsumerStatus struct {
 
 func (x *ConsumerStatus) Reset() {
 	*x = ConsumerStatus{}
-	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[3]
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -253,7 +650,7 @@ func (x *ConsumerStatus) String() string {
 func (*ConsumerStatus) ProtoMessage() {}
 
 func (x *ConsumerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[3]
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -266,7 +663,7 @@ func (x *ConsumerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumerStatus.ProtoReflect.Descriptor instead.
 func (*ConsumerStatus) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_service_admin_proto_rawDescGZIP(), []int{3}
+	return file_closedloop_admin_v1_service_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ConsumerStatus) GetGroup() string {
@@ -322,8 +719,17 @@ var File_closedloop_admin_v1_service_admin_proto protoreflect.FileDescriptor
 
 const file_closedloop_admin_v1_service_admin_proto_rawDesc = "" +
 	"\n" +
-	"'closedloop/admin/v1/service_admin.proto\x12\x13closedloop.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n" +
-	"\x10GetStatusRequest\"\xbd\x02\n" +
+	"'closedloop/admin/v1/service_admin.proto\x12\x13closedloop.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"S\n" +
+	"\x17PauseDestinationRequest\x12 \n" +
+	"\vdestination\x18\x01 \x01(\tR\vdestination\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"d\n" +
+	"\x18PauseDestinationResponse\x12H\n" +
+	"\vdestination\x18\x01 \x01(\v2&.closedloop.admin.v1.DestinationStatusR\vdestination\"<\n" +
+	"\x18ResumeDestinationRequest\x12 \n" +
+	"\vdestination\x18\x01 \x01(\tR\vdestination\"e\n" +
+	"\x19ResumeDestinationResponse\x12H\n" +
+	"\vdestination\x18\x01 \x01(\v2&.closedloop.admin.v1.DestinationStatusR\vdestination\"\x12\n" +
+	"\x10GetStatusRequest\"\x89\x03\n" +
 	"\x11GetStatusResponse\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x1a\n" +
@@ -334,7 +740,22 @@ const file_closedloop_admin_v1_service_admin_proto_rawDesc = "" +
 	"\n" +
 	"components\x18\x06 \x03(\v2$.closedloop.admin.v1.ComponentStatusR\n" +
 	"components\x12A\n" +
-	"\tconsumers\x18\a \x03(\v2#.closedloop.admin.v1.ConsumerStatusR\tconsumers\"W\n" +
+	"\tconsumers\x18\a \x03(\v2#.closedloop.admin.v1.ConsumerStatusR\tconsumers\x12J\n" +
+	"\fdestinations\x18\b \x03(\v2&.closedloop.admin.v1.DestinationStatusR\fdestinations\"\xa8\x03\n" +
+	"\x11DestinationStatus\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04sink\x18\x02 \x01(\tR\x04sink\x12;\n" +
+	"\abreaker\x18\x03 \x01(\x0e2!.closedloop.admin.v1.BreakerStateR\abreaker\x12\x16\n" +
+	"\x06paused\x18\x04 \x01(\bR\x06paused\x12!\n" +
+	"\fpause_reason\x18\x05 \x01(\tR\vpauseReason\x12\x1a\n" +
+	"\bdisabled\x18\x06 \x01(\bR\bdisabled\x12'\n" +
+	"\x0fdisabled_reason\x18\a \x01(\tR\x0edisabledReason\x12%\n" +
+	"\x0ebreaker_opened\x18\b \x01(\x03R\rbreakerOpened\x12\x1c\n" +
+	"\tdelivered\x18\t \x01(\x03R\tdelivered\x12'\n" +
+	"\x0ffailed_attempts\x18\n" +
+	" \x01(\x03R\x0efailedAttempts\x12#\n" +
+	"\rdead_lettered\x18\v \x01(\x03R\fdeadLettered\x12\x1b\n" +
+	"\tdlq_topic\x18\f \x01(\tR\bdlqTopic\"W\n" +
 	"\x0fComponentStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\ahealthy\x18\x02 \x01(\bR\ahealthy\x12\x16\n" +
@@ -346,9 +767,16 @@ const file_closedloop_admin_v1_service_admin_proto_rawDesc = "" +
 	"\vquarantined\x18\x04 \x01(\x03R\vquarantined\x12\x18\n" +
 	"\aretries\x18\x05 \x01(\x03R\aretries\x12\x10\n" +
 	"\x03lag\x18\x06 \x01(\x03R\x03lag\x12F\n" +
-	"\x11last_processed_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x0flastProcessedAt2q\n" +
+	"\x11last_processed_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x0flastProcessedAt*|\n" +
+	"\fBreakerState\x12\x1d\n" +
+	"\x19BREAKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14BREAKER_STATE_CLOSED\x10\x01\x12\x16\n" +
+	"\x12BREAKER_STATE_OPEN\x10\x02\x12\x1b\n" +
+	"\x17BREAKER_STATE_HALF_OPEN\x10\x032\xd6\x02\n" +
 	"\x13ServiceAdminService\x12Z\n" +
-	"\tGetStatus\x12%.closedloop.admin.v1.GetStatusRequest\x1a&.closedloop.admin.v1.GetStatusResponseB\xe5\x01\n" +
+	"\tGetStatus\x12%.closedloop.admin.v1.GetStatusRequest\x1a&.closedloop.admin.v1.GetStatusResponse\x12o\n" +
+	"\x10PauseDestination\x12,.closedloop.admin.v1.PauseDestinationRequest\x1a-.closedloop.admin.v1.PauseDestinationResponse\x12r\n" +
+	"\x11ResumeDestination\x12-.closedloop.admin.v1.ResumeDestinationRequest\x1a..closedloop.admin.v1.ResumeDestinationResponseB\xe5\x01\n" +
 	"\x17com.closedloop.admin.v1B\x11ServiceAdminProtoP\x01ZIgithub.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1;adminv1\xa2\x02\x03CAX\xaa\x02\x13Closedloop.Admin.V1\xca\x02\x13Closedloop\\Admin\\V1\xe2\x02\x1fClosedloop\\Admin\\V1\\GPBMetadata\xea\x02\x15Closedloop::Admin::V1b\x06proto3"
 
 var (
@@ -363,26 +791,41 @@ func file_closedloop_admin_v1_service_admin_proto_rawDescGZIP() []byte {
 	return file_closedloop_admin_v1_service_admin_proto_rawDescData
 }
 
-var file_closedloop_admin_v1_service_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_closedloop_admin_v1_service_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_closedloop_admin_v1_service_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_closedloop_admin_v1_service_admin_proto_goTypes = []any{
-	(*GetStatusRequest)(nil),      // 0: closedloop.admin.v1.GetStatusRequest
-	(*GetStatusResponse)(nil),     // 1: closedloop.admin.v1.GetStatusResponse
-	(*ComponentStatus)(nil),       // 2: closedloop.admin.v1.ComponentStatus
-	(*ConsumerStatus)(nil),        // 3: closedloop.admin.v1.ConsumerStatus
-	(*timestamppb.Timestamp)(nil), // 4: google.protobuf.Timestamp
+	(BreakerState)(0),                 // 0: closedloop.admin.v1.BreakerState
+	(*PauseDestinationRequest)(nil),   // 1: closedloop.admin.v1.PauseDestinationRequest
+	(*PauseDestinationResponse)(nil),  // 2: closedloop.admin.v1.PauseDestinationResponse
+	(*ResumeDestinationRequest)(nil),  // 3: closedloop.admin.v1.ResumeDestinationRequest
+	(*ResumeDestinationResponse)(nil), // 4: closedloop.admin.v1.ResumeDestinationResponse
+	(*GetStatusRequest)(nil),          // 5: closedloop.admin.v1.GetStatusRequest
+	(*GetStatusResponse)(nil),         // 6: closedloop.admin.v1.GetStatusResponse
+	(*DestinationStatus)(nil),         // 7: closedloop.admin.v1.DestinationStatus
+	(*ComponentStatus)(nil),           // 8: closedloop.admin.v1.ComponentStatus
+	(*ConsumerStatus)(nil),            // 9: closedloop.admin.v1.ConsumerStatus
+	(*timestamppb.Timestamp)(nil),     // 10: google.protobuf.Timestamp
 }
 var file_closedloop_admin_v1_service_admin_proto_depIdxs = []int32{
-	4, // 0: closedloop.admin.v1.GetStatusResponse.started_at:type_name -> google.protobuf.Timestamp
-	2, // 1: closedloop.admin.v1.GetStatusResponse.components:type_name -> closedloop.admin.v1.ComponentStatus
-	3, // 2: closedloop.admin.v1.GetStatusResponse.consumers:type_name -> closedloop.admin.v1.ConsumerStatus
-	4, // 3: closedloop.admin.v1.ConsumerStatus.last_processed_at:type_name -> google.protobuf.Timestamp
-	0, // 4: closedloop.admin.v1.ServiceAdminService.GetStatus:input_type -> closedloop.admin.v1.GetStatusRequest
-	1, // 5: closedloop.admin.v1.ServiceAdminService.GetStatus:output_type -> closedloop.admin.v1.GetStatusResponse
-	5, // [5:6] is the sub-list for method output_type
-	4, // [4:5] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	7,  // 0: closedloop.admin.v1.PauseDestinationResponse.destination:type_name -> closedloop.admin.v1.DestinationStatus
+	7,  // 1: closedloop.admin.v1.ResumeDestinationResponse.destination:type_name -> closedloop.admin.v1.DestinationStatus
+	10, // 2: closedloop.admin.v1.GetStatusResponse.started_at:type_name -> google.protobuf.Timestamp
+	8,  // 3: closedloop.admin.v1.GetStatusResponse.components:type_name -> closedloop.admin.v1.ComponentStatus
+	9,  // 4: closedloop.admin.v1.GetStatusResponse.consumers:type_name -> closedloop.admin.v1.ConsumerStatus
+	7,  // 5: closedloop.admin.v1.GetStatusResponse.destinations:type_name -> closedloop.admin.v1.DestinationStatus
+	0,  // 6: closedloop.admin.v1.DestinationStatus.breaker:type_name -> closedloop.admin.v1.BreakerState
+	10, // 7: closedloop.admin.v1.ConsumerStatus.last_processed_at:type_name -> google.protobuf.Timestamp
+	5,  // 8: closedloop.admin.v1.ServiceAdminService.GetStatus:input_type -> closedloop.admin.v1.GetStatusRequest
+	1,  // 9: closedloop.admin.v1.ServiceAdminService.PauseDestination:input_type -> closedloop.admin.v1.PauseDestinationRequest
+	3,  // 10: closedloop.admin.v1.ServiceAdminService.ResumeDestination:input_type -> closedloop.admin.v1.ResumeDestinationRequest
+	6,  // 11: closedloop.admin.v1.ServiceAdminService.GetStatus:output_type -> closedloop.admin.v1.GetStatusResponse
+	2,  // 12: closedloop.admin.v1.ServiceAdminService.PauseDestination:output_type -> closedloop.admin.v1.PauseDestinationResponse
+	4,  // 13: closedloop.admin.v1.ServiceAdminService.ResumeDestination:output_type -> closedloop.admin.v1.ResumeDestinationResponse
+	11, // [11:14] is the sub-list for method output_type
+	8,  // [8:11] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_closedloop_admin_v1_service_admin_proto_init() }
@@ -395,13 +838,14 @@ func file_closedloop_admin_v1_service_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_closedloop_admin_v1_service_admin_proto_rawDesc), len(file_closedloop_admin_v1_service_admin_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   4,
+			NumEnums:      1,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_closedloop_admin_v1_service_admin_proto_goTypes,
 		DependencyIndexes: file_closedloop_admin_v1_service_admin_proto_depIdxs,
+		EnumInfos:         file_closedloop_admin_v1_service_admin_proto_enumTypes,
 		MessageInfos:      file_closedloop_admin_v1_service_admin_proto_msgTypes,
 	}.Build()
 	File_closedloop_admin_v1_service_admin_proto = out.File

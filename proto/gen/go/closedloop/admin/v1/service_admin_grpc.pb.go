@@ -19,7 +19,9 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ServiceAdminService_GetStatus_FullMethodName = "/closedloop.admin.v1.ServiceAdminService/GetStatus"
+	ServiceAdminService_GetStatus_FullMethodName         = "/closedloop.admin.v1.ServiceAdminService/GetStatus"
+	ServiceAdminService_PauseDestination_FullMethodName  = "/closedloop.admin.v1.ServiceAdminService/PauseDestination"
+	ServiceAdminService_ResumeDestination_FullMethodName = "/closedloop.admin.v1.ServiceAdminService/ResumeDestination"
 )
 
 // ServiceAdminServiceClient is the client API for ServiceAdminService service.
@@ -32,6 +34,14 @@ type ServiceAdminServiceClient interface {
 	// GetStatus reports what the service is doing: readiness, its dependencies
 	// and, for consumers, progress per input topic.
 	GetStatus(ctx context.Context, in *GetStatusRequest, opts ...grpc.CallOption) (*GetStatusResponse, error)
+	// PauseDestination stops deliveries to one destination of a sink service
+	// by hand, on this instance: its consumers stop taking records (Kafka
+	// holds the backlog) until ResumeDestination. NOT_FOUND when the service
+	// has no such destination (or is not a sink).
+	PauseDestination(ctx context.Context, in *PauseDestinationRequest, opts ...grpc.CallOption) (*PauseDestinationResponse, error)
+	// ResumeDestination undoes PauseDestination; a breaker the destination's
+	// failures opened stays in charge of its own probing.
+	ResumeDestination(ctx context.Context, in *ResumeDestinationRequest, opts ...grpc.CallOption) (*ResumeDestinationResponse, error)
 }
 
 type serviceAdminServiceClient struct {
@@ -52,6 +62,26 @@ func (c *serviceAdminServiceClient) GetStatus(ctx context.Context, in *GetStatus
 	return out, nil
 }
 
+func (c *serviceAdminServiceClient) PauseDestination(ctx context.Context, in *PauseDestinationRequest, opts ...grpc.CallOption) (*PauseDestinationResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PauseDestinationResponse)
+	err := c.cc.Invoke(ctx, ServiceAdminService_PauseDestination_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *serviceAdminServiceClient) ResumeDestination(ctx context.Context, in *ResumeDestinationRequest, opts ...grpc.CallOption) (*ResumeDestinationResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ResumeDestinationResponse)
+	err := c.cc.Invoke(ctx, ServiceAdminService_ResumeDestination_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ServiceAdminServiceServer is the server API for ServiceAdminService service.
 // All implementations must embed UnimplementedServiceAdminServiceServer
 // for forward compatibility.
@@ -62,6 +92,14 @@ type ServiceAdminServiceServer interface {
 	// GetStatus reports what the service is doing: readiness, its dependencies
 	// and, for consumers, progress per input topic.
 	GetStatus(context.Context, *GetStatusRequest) (*GetStatusResponse, error)
+	// PauseDestination stops deliveries to one destination of a sink service
+	// by hand, on this instance: its consumers stop taking records (Kafka
+	// holds the backlog) until ResumeDestination. NOT_FOUND when the service
+	// has no such destination (or is not a sink).
+	PauseDestination(context.Context, *PauseDestinationRequest) (*PauseDestinationResponse, error)
+	// ResumeDestination undoes PauseDestination; a breaker the destination's
+	// failures opened stays in charge of its own probing.
+	ResumeDestination(context.Context, *ResumeDestinationRequest) (*ResumeDestinationResponse, error)
 	mustEmbedUnimplementedServiceAdminServiceServer()
 }
 
@@ -74,6 +112,12 @@ type UnimplementedServiceAdminServiceServer struct{}
 
 func (UnimplementedServiceAdminServiceServer) GetStatus(context.Context, *GetStatusRequest) (*GetStatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetStatus not implemented")
+}
+func (UnimplementedServiceAdminServiceServer) PauseDestination(context.Context, *PauseDestinationRequest) (*PauseDestinationResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PauseDestination not implemented")
+}
+func (UnimplementedServiceAdminServiceServer) ResumeDestination(context.Context, *ResumeDestinationRequest) (*ResumeDestinationResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ResumeDestination not implemented")
 }
 func (UnimplementedServiceAdminServiceServer) mustEmbedUnimplementedServiceAdminServiceServer() {}
 func (UnimplementedServiceAdminServiceServer) testEmbeddedByValue()                             {}
@@ -114,6 +158,42 @@ func _ServiceAdminService_GetStatus_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ServiceAdminService_PauseDestination_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PauseDestinationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ServiceAdminServiceServer).PauseDestination(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ServiceAdminService_PauseDestination_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ServiceAdminServiceServer).PauseDestination(ctx, req.(*PauseDestinationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ServiceAdminService_ResumeDestination_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResumeDestinationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ServiceAdminServiceServer).ResumeDestination(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ServiceAdminService_ResumeDestination_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ServiceAdminServiceServer).ResumeDestination(ctx, req.(*ResumeDestinationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ServiceAdminService_ServiceDesc is the grpc.ServiceDesc for ServiceAdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -124,6 +204,14 @@ var ServiceAdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetStatus",
 			Handler:    _ServiceAdminService_GetStatus_Handler,
+		},
+		{
+			MethodName: "PauseDestination",
+			Handler:    _ServiceAdminService_PauseDestination_Handler,
+		},
+		{
+			MethodName: "ResumeDestination",
+			Handler:    _ServiceAdminService_ResumeDestination_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
