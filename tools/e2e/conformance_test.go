@@ -43,7 +43,8 @@ func TestEveryVectorMeansOnTheNormalizedTopicWhatItsCanonicalSays(t *testing.T) 
 
 	p := newPipeline(t, "vectors")
 	w := &kafka.Writer{Addr: kafka.TCP(strings.Split(p.Brokers, ",")...), Topic: p.TopicPrefix() + "feedback.raw.v1",
-		Balancer: &kafka.Hash{}, RequiredAcks: kafka.RequireAll, BatchTimeout: 5 * time.Millisecond}
+		Balancer: &kafka.Hash{}, RequiredAcks: kafka.RequireAll, BatchTimeout: 5 * time.Millisecond,
+		Transport: &kafka.Transport{}} // its own metadata cache: the shared one may predate these topics
 	defer w.Close()
 	msgs := make([]kafka.Message, 0, len(recs))
 	for _, r := range recs {

@@ -34,9 +34,17 @@ type Pipeline struct {
 	Env []string
 	// Tee receives every service's output too.
 	Tee io.Writer
+	// Run names the services to start, in start order (default: the sink —
+	// sink-warehouse, or sink-console without a database — then enricher,
+	// normalizer, ingress).
+	Run []string
+	// SinksYAML is added under "sinks:" of the pipeline file (indented by
+	// two spaces), e.g. a warehouse filter or webhook endpoints.
+	SinksYAML string
 
 	Services   map[string]*Process
 	OpsAddrs   map[string]string
+	GRPCAddrs  map[string]string
 	IngressURL string // http://127.0.0.1:port/v1/hooks/delighted/<token>
 	order      []string
 }
@@ -71,6 +79,7 @@ func (p *Pipeline) scoped() []string {
 		"ENRICHER_GROUP=" + p.Name + "-enricher",
 		"SINK_WAREHOUSE_GROUP=" + p.Name + "-sink-warehouse",
 		"SINK_CONSOLE_GROUP=" + p.Name + "-sink-console",
+		"SINK_WEBHOOK_GROUP=" + p.Name + "-sink-webhook",
 	}
 }
 
@@ -87,7 +96,7 @@ sources:
 sinks:
   warehouse:
     schema: %s
-`, p.Name, p.Schema())
+%s`, p.Name, p.Schema(), p.SinksYAML)
 	return path, os.WriteFile(path, []byte(yml), 0o644)
 }
 
@@ -107,7 +116,10 @@ func (p *Pipeline) Start(ctx context.Context) error {
 		sink = "sink-console"
 	}
 	p.order = []string{sink, "enricher", "normalizer", "ingress"}
-	p.Services, p.OpsAddrs = map[string]*Process{}, map[string]string{}
+	if len(p.Run) > 0 {
+		p.order = p.Run
+	}
+	p.Services, p.OpsAddrs, p.GRPCAddrs = map[string]*Process{}, map[string]string{}, map[string]string{}
 	prefix := p.TopicPrefix()
 	for _, name := range p.order {
 		ops, err := freeAddr()
@@ -146,7 +158,7 @@ func (p *Pipeline) Start(ctx context.Context) error {
 		if err := proc.Start(); err != nil {
 			return err
 		}
-		p.Services[name], p.OpsAddrs[name] = proc, ops
+		p.Services[name], p.OpsAddrs[name], p.GRPCAddrs[name] = proc, ops, grpc
 		if err := WaitReady(ctx, proc, ops, 60*time.Second); err != nil {
 			return err
 		}

@@ -110,8 +110,10 @@ func Run(ctx context.Context) error {
 		if why, off := dest.Disabled(); off {
 			svc.Log.Warn("endpoint is disabled: its events go to the dead-letter topic", "endpoint", ep.Name, "why", why, "reenable", "DEL "+prefix+"disabled, then restart")
 		}
+		checkpoint := sink.RedisCheckpoint{RDB: rdb, Prefix: prefix + "done:", TTL: cfg.CheckpointTTL}
+		dest.Checkpoint = checkpoint
 		rcfg := sink.Config{Sink: "sink-webhook", Destination: ep.Name, DLQTopic: dlq, DLQ: producer, Log: svc.Log,
-			Checkpoint:    sink.RedisCheckpoint{RDB: rdb, Prefix: prefix + "done:", TTL: cfg.CheckpointTTL},
+			Checkpoint:    checkpoint,
 			Filter:        sink.FilterOf(ep.Filter.Expr),
 			PriorityTopic: t.Priority}
 		cfg.Sink.Apply(&rcfg)

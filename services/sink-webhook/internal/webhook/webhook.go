@@ -28,6 +28,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/closedloop/closedloop/libs/sink"
+	sinkv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/sink/v1"
 )
 
 // Flag remembers that an endpoint is disabled (Redis in the service).
@@ -45,6 +46,11 @@ type Endpoint struct {
 	flag   Flag
 	now    func() time.Time
 	off    atomic.Pointer[string] // why it is disabled, nil when enabled
+	// Checkpoint, when set, records each event the moment its 2xx arrives
+	// (the runtime marks the batch again when it is done): a crash in the
+	// middle of a batch then re-sends at most the event in flight, not every
+	// event of the batch already acknowledged.
+	Checkpoint sink.Checkpoint
 }
 
 // SigningKey turns a configured secret into the HMAC key: a "whsec_"
@@ -97,15 +103,35 @@ func Sign(key []byte, id string, ts int64, body []byte) string {
 	return "v1," + base64.StdEncoding.EncodeToString(m.Sum(nil))
 }
 
-// Deliver implements sink.Destination: one POST per event, in order.
+// Deliver implements sink.Destination: one POST per event, in order. After
+// an event fails retryably, later events of the same subject are held back
+// (retryable too) so a receiver never gets a subject's versions out of order.
 func (e *Endpoint) Deliver(ctx context.Context, events []*sink.Event) []error {
 	var errs []error
+	var held map[string]bool
 	for i, ev := range events {
-		if err := e.post(ev); err != nil {
-			if errs == nil {
-				errs = make([]error, len(events))
+		subject := ev.Feedback.GetSubject().GetType().String() + "/" + ev.Feedback.GetSubject().GetId()
+		if ev.Feedback.GetSubject().GetId() == "" {
+			subject = "event/" + ev.Feedback.EventId // no subject: nothing to keep in order
+		}
+		var err error
+		if held[subject] {
+			err = sink.Retryable(fmt.Errorf("held behind an earlier event of subject %s that failed", subject), 0)
+		} else if err = e.post(ev); err == nil && e.Checkpoint != nil {
+			_ = e.Checkpoint.Mark(ctx, []string{sink.CheckpointKey(ev.Feedback)}) // the runtime marks again and reports
+		}
+		if err == nil {
+			continue
+		}
+		if errs == nil {
+			errs = make([]error, len(events))
+		}
+		errs[i] = err
+		if class, _, _ := sink.Classify(err); class == sinkv1.ErrorClass_ERROR_CLASS_RETRYABLE {
+			if held == nil {
+				held = map[string]bool{}
 			}
-			errs[i] = err
+			held[subject] = true
 		}
 	}
 	return errs

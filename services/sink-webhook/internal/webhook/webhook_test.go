@@ -86,6 +86,30 @@ func TestEventsArriveSignedPerStandardWebhooksAndOnly2xxCounts(t *testing.T) {
 	}
 }
 
+func TestAfterARetryableFailureLaterVersionsOfThatSubjectWait(t *testing.T) {
+	rcv := &receiver{answers: []int{503, 200, 200}}
+	srv := httptest.NewServer(rcv)
+	defer srv.Close()
+	e, err := New(context.Background(), "crm", srv.URL, []byte(secret), 5*time.Second, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs := events("r1-v1", "other", "r1-v2")
+	for _, i := range []int{0, 2} {
+		evs[i].Feedback.Subject = &feedbackv1.Subject{Type: feedbackv1.SubjectType_SUBJECT_TYPE_RESPONSE, Id: "r1"}
+	}
+	errs := e.Deliver(context.Background(), evs)
+	if errs == nil || errs[0] == nil || errs[1] != nil || errs[2] == nil {
+		t.Fatalf("results %v, want r1-v1 failed, other delivered, r1-v2 held", errs)
+	}
+	if class, _, _ := sink.Classify(errs[2]); class != sinkv1.ErrorClass_ERROR_CLASS_RETRYABLE {
+		t.Fatalf("held event classified %v", class)
+	}
+	if len(rcv.ids) != 1 || rcv.ids[0] != "other" {
+		t.Fatalf("receiver accepted %v, want only the other subject's event", rcv.ids)
+	}
+}
+
 func TestGoneDisablesTheEndpointAndKeepsItDisabled(t *testing.T) {
 	rcv := &receiver{answers: []int{410}}
 	srv := httptest.NewServer(rcv)

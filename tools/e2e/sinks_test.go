@@ -1,0 +1,509 @@
+package e2e
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
+	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
+	sinkv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/sink/v1"
+	"github.com/closedloop/closedloop/tools/internal/stack"
+)
+
+// sinkUnderTest is one sink service with a destination the test controls.
+type sinkUnderTest struct {
+	service  string // "sink-warehouse"
+	dest     string // its destination's name in the admin API
+	p        *stack.Pipeline
+	outcomes func(t *testing.T) map[string]int  // event id -> outcomes at the destination
+	down     func(bool)                         // the destination fails (retryably) while down
+	reject   func(ev *feedbackv1.FeedbackEvent) // makes the destination refuse ev for good
+	resent   func() int                         // deliveries the destination saw again (0 where it cannot tell)
+}
+
+// The sink settings of the suite: a breaker that opens after three failed
+// rounds and probes every second, short backoffs.
+var sinksUnderTest = []func(t *testing.T) *sinkUnderTest{warehouseUnderTest, webhookUnderTest}
+
+var suiteEnv = []string{"SINK_BREAKER_THRESHOLD=3", "SINK_BREAKER_OPEN_FOR=1s", "SINK_BACKOFF_MAX=300ms", "LOG_LEVEL=warn"}
+
+// TestSinkConformance runs the conformance suite every sink passes against
+// sink-warehouse (real PostgreSQL behind a proxy that can cut it off) and
+// sink-webhook (a local receiver that verifies signatures and fails on
+// command), each its own process: every event delivered once; a retryable
+// failure retried; a permanent one dead-lettered with its attempts; an
+// outage opens the breaker (no dead letters) and delivery resumes by
+// itself; Pause/Resume by hand through the admin API; a SIGKILL in the
+// middle of a stream and a restart lose nothing and add no second outcome.
+func TestSinkConformance(t *testing.T) {
+	requireInfra(t)
+	for _, mk := range sinksUnderTest {
+		s := mk(t)
+		t.Run(s.service, func(t *testing.T) { runSinkSuite(t, s) })
+	}
+}
+
+func runSinkSuite(t *testing.T, s *sinkUnderTest) {
+	ctx := context.Background()
+	p := s.p
+	w := &kafka.Writer{Addr: kafka.TCP(strings.Split(p.Brokers, ",")...), Balancer: &kafka.Hash{},
+		RequiredAcks: kafka.RequireAll, BatchTimeout: 5 * time.Millisecond,
+		Transport: &kafka.Transport{}} // its own metadata cache: the shared one may predate these topics
+	defer w.Close()
+	produce := func(topic string, evs ...*feedbackv1.FeedbackEvent) {
+		t.Helper()
+		msgs := make([]kafka.Message, len(evs))
+		for i, ev := range evs {
+			v, _ := proto.Marshal(ev)
+			msgs[i] = kafka.Message{Topic: p.TopicPrefix() + topic, Key: []byte(ev.Source + "/" + ev.Subject.Id), Value: v}
+		}
+		if err := w.WriteMessages(ctx, msgs...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conn, err := grpc.NewClient(p.GRPCAddrs[s.service], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	admin := adminv1.NewServiceAdminServiceClient(conn)
+	destStatus := func() *adminv1.DestinationStatus {
+		t.Helper()
+		st, err := admin.GetStatus(ctx, &adminv1.GetStatusRequest{})
+		if err != nil {
+			t.Fatalf("GetStatus: %v", err)
+		}
+		for _, d := range st.Destinations {
+			if d.Name == s.dest {
+				return d
+			}
+		}
+		t.Fatalf("GetStatus lists no destination %q: %v", s.dest, st.Destinations)
+		return nil
+	}
+	dlqTopic := p.TopicPrefix() + "feedback.dlq." + s.service + ".v1"
+	deadLetters := func() []*sinkv1.DeadLetter {
+		var out []*sinkv1.DeadLetter
+		for _, m := range readTopicIfAny(t, p.Brokers, dlqTopic) {
+			var dl sinkv1.DeadLetter
+			if err := proto.Unmarshal(m.Value, &dl); err != nil {
+				t.Fatalf("dead letter at offset %d: %v", m.Offset, err)
+			}
+			out = append(out, &dl)
+		}
+		return out
+	}
+	want := map[string]bool{}
+	waitAll := func(timeout time.Duration) map[string]int {
+		t.Helper()
+		deadline := time.Now().Add(timeout)
+		for {
+			got := s.outcomes(t)
+			missing := 0
+			for id := range want {
+				if got[id] == 0 {
+					missing++
+				}
+			}
+			if missing == 0 {
+				time.Sleep(time.Second) // late second outcomes would show
+				return s.outcomes(t)
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("after %s, %d of %d events have no outcome at the destination", timeout, missing, len(want))
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	checkOnce := func(phase string, got map[string]int) {
+		t.Helper()
+		for id := range want {
+			if got[id] != 1 {
+				t.Errorf("%s: event %s has %d outcomes, want 1", phase, id, got[id])
+			}
+		}
+	}
+	next := 0
+	batch := func(n int) []*feedbackv1.FeedbackEvent {
+		out := make([]*feedbackv1.FeedbackEvent, n)
+		for i := range out {
+			next++
+			out[i] = suiteEvent(next)
+			want[out[i].EventId] = true
+		}
+		return out
+	}
+
+	// 1. Each event once, also when the topic carries it twice (at least
+	// once upstream), priority lane and standard lane alike.
+	evs := batch(300)
+	produce("feedback.enriched.v1", evs[:250]...)
+	produce("feedback.enriched.priority.v1", evs[250:]...)
+	produce("feedback.enriched.v1", evs[:30]...) // repeats
+	checkOnce("once", waitAll(60*time.Second))
+	t.Logf("once: %d events (30 of them on the topic twice) have one outcome each", len(want))
+
+	// 2. A retryable failure is retried.
+	before := destStatus().FailedAttempts
+	s.down(true)
+	produce("feedback.enriched.v1", batch(20)...)
+	time.Sleep(700 * time.Millisecond)
+	s.down(false)
+	checkOnce("retry", waitAll(60*time.Second))
+	if after := destStatus().FailedAttempts; after <= before {
+		t.Errorf("retry: failed attempts %d -> %d: the outage was never seen", before, after)
+	}
+	if dl := deadLetters(); len(dl) != 0 {
+		t.Fatalf("retry: %d dead letters, want none", len(dl))
+	}
+
+	// 3. A permanent failure is dead-lettered with its attempts; the rest
+	// is delivered.
+	evs = batch(10)
+	bad := evs[4]
+	s.reject(bad)
+	delete(want, bad.EventId)
+	produce("feedback.enriched.v1", evs...)
+	checkOnce("permanent", waitAll(60*time.Second))
+	var dl []*sinkv1.DeadLetter
+	for deadline := time.Now().Add(30 * time.Second); len(dl) == 0 && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		dl = deadLetters()
+	}
+	if len(dl) != 1 || dl[0].EventId != bad.EventId || dl[0].ErrorClass != sinkv1.ErrorClass_ERROR_CLASS_PERMANENT ||
+		dl[0].Sink != s.service || len(dl[0].Attempts) == 0 || dl[0].Attempts[0].At == nil || len(dl[0].Event) == 0 {
+		t.Fatalf("dead letters %v, want one permanent letter for %s with its attempts", dl, bad.EventId)
+	}
+	if got := s.outcomes(t)[bad.EventId]; got != 0 {
+		t.Fatalf("the rejected event has %d outcomes", got)
+	}
+	t.Logf("permanent: %s dead-lettered (%s, %d attempt(s)): %s", bad.EventId, dl[0].ErrorClass, len(dl[0].Attempts), dl[0].Error)
+
+	// 4. An outage opens the breaker: consumption pauses, nothing is
+	// dead-lettered, and delivery resumes by itself.
+	s.down(true)
+	produce("feedback.enriched.v1", batch(50)...)
+	opened := false
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if st := destStatus(); st.Breaker == adminv1.BreakerState_BREAKER_STATE_OPEN || st.Breaker == adminv1.BreakerState_BREAKER_STATE_HALF_OPEN {
+			opened = true
+			break
+		}
+	}
+	if !opened {
+		t.Fatalf("outage: the breaker never opened: %v", destStatus())
+	}
+	time.Sleep(2500 * time.Millisecond) // probes fail meanwhile
+	s.down(false)
+	checkOnce("outage", waitAll(60*time.Second))
+	if n := len(deadLetters()); n != 1 {
+		t.Fatalf("outage: %d dead letters, want still the one permanent", n)
+	}
+	if st := destStatus(); st.Breaker != adminv1.BreakerState_BREAKER_STATE_CLOSED || st.BreakerOpened == 0 {
+		t.Fatalf("after the outage: %v, want closed after having opened", st)
+	}
+
+	// 5. Pause and Resume by hand through the admin API.
+	if _, err := admin.PauseDestination(ctx, &adminv1.PauseDestinationRequest{Destination: s.dest, Reason: "e2e"}); err != nil {
+		t.Fatal(err)
+	}
+	held := batch(5)
+	produce("feedback.enriched.v1", held...)
+	time.Sleep(1500 * time.Millisecond)
+	got := s.outcomes(t)
+	for _, ev := range held {
+		if got[ev.EventId] != 0 {
+			t.Fatalf("pause: %s delivered while paused", ev.EventId)
+		}
+	}
+	if st := destStatus(); !st.Paused || st.PauseReason != "e2e" {
+		t.Fatalf("paused status %v", st)
+	}
+	if _, err := admin.ResumeDestination(ctx, &adminv1.ResumeDestinationRequest{Destination: s.dest}); err != nil {
+		t.Fatal(err)
+	}
+	checkOnce("resume", waitAll(60*time.Second))
+
+	// 6. SIGKILL in the middle of a stream, then a restart.
+	resentBefore := s.resent()
+	stream := batch(3000)
+	produce("feedback.enriched.v1", stream...)
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		got := s.outcomes(t)
+		n := 0
+		for _, ev := range stream {
+			if got[ev.EventId] > 0 {
+				n++
+			}
+		}
+		if n >= 300 {
+			if n == len(stream) {
+				t.Logf("kill: the whole stream was delivered before the kill; the kill tests a restart only")
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("kill: only %d of the stream delivered", n)
+		}
+	}
+	proc := p.Services[s.service]
+	proc.Kill()
+	partial := 0
+	for _, n := range s.outcomes(t) {
+		partial += min(n, 1)
+	}
+	rctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	if err := p.Restart(rctx, s.service); err != nil {
+		t.Fatal(err)
+	}
+	checkOnce("kill", waitAll(90*time.Second))
+	resent := s.resent() - resentBefore
+	t.Logf("kill: SIGKILL when %d of the suite's %d events had their outcome; after the restart every event has exactly one; %d delivery(ies) reached the destination a second time (a webhook receiver deduplicates them on webhook-id)",
+		partial, len(want), resent)
+	if resent > 12 {
+		t.Errorf("kill: %d deliveries sent again; at most the events in flight (one per partition worker) may be", resent)
+	}
+	if n := len(deadLetters()); n != 1 {
+		t.Fatalf("kill: %d dead letters, want still the one permanent", n)
+	}
+}
+
+// suiteEvent is the i-th event of the suite: a detractor response.
+func suiteEvent(i int) *feedbackv1.FeedbackEvent {
+	comment := "it broke, twice"
+	now := time.Now()
+	return &feedbackv1.FeedbackEvent{
+		EventId: fmt.Sprintf("sink-ev-%05d", i), Source: "delighted", Provider: "delighted",
+		Kind:    feedbackv1.Kind_KIND_RESPONSE_CREATED,
+		Subject: &feedbackv1.Subject{Type: feedbackv1.SubjectType_SUBJECT_TYPE_RESPONSE, Id: "r" + strconv.Itoa(i)},
+		Version: timestamppb.New(now), OccurredAt: timestamppb.New(now), ReceivedAt: timestamppb.New(now), NormalizedAt: timestamppb.New(now),
+		Survey: &feedbackv1.Survey{Type: feedbackv1.SurveyType_SURVEY_TYPE_NPS},
+		Score:  &feedbackv1.Score{Value: 3, Min: 0, Max: 10}, Segment: feedbackv1.Segment_SEGMENT_DETRACTOR,
+		Comment: &comment, Respondent: &feedbackv1.Respondent{Email: fmt.Sprintf("p%d@example.com", i)},
+	}
+}
+
+func warehouseUnderTest(t *testing.T) *sinkUnderTest {
+	proxy := newTCPProxy(t, infra.pg.Addr)
+	p := &stack.Pipeline{
+		Name: "sinkwh", BinDir: infra.binDir, Dir: infra.dir + "/sinkwh", Brokers: infra.broker.Addrs, Redis: infra.redis.Addr,
+		DatabaseURL: strings.Replace(infra.pg.URL, infra.pg.Addr, proxy.Addr(), 1),
+		Run:         []string{"sink-warehouse"}, Env: suiteEnv,
+	}
+	startPipeline(t, p)
+	pool := db(t)
+	return &sinkUnderTest{
+		service: "sink-warehouse", dest: "warehouse", p: p,
+		outcomes: func(t *testing.T) map[string]int { return rowsByEventID(t, pool, p.Schema()) },
+		down:     proxy.SetDown,
+		reject: func(ev *feedbackv1.FeedbackEvent) {
+			c := "nul \x00 byte" // PostgreSQL text cannot hold NUL: the row is refused for good
+			ev.Comment = &c
+		},
+		resent: func() int { return 0 },
+	}
+}
+
+func webhookUnderTest(t *testing.T) *sinkUnderTest {
+	rcv := newWebhookReceiver(t, "whsec_"+base64.StdEncoding.EncodeToString([]byte("e2e-webhook-signing-key-32-bytes")))
+	p := &stack.Pipeline{
+		Name: "sinkhook", BinDir: infra.binDir, Dir: infra.dir + "/sinkhook", Brokers: infra.broker.Addrs, Redis: infra.redis.Addr,
+		Run: []string{"sink-webhook"},
+		SinksYAML: "  webhook:\n    endpoints:\n      - name: receiver\n        url: " + rcv.URL + "\n" +
+			"        secret: env:E2E_WEBHOOK_SECRET\n        timeout: 2s\n",
+		Env: append([]string{"E2E_WEBHOOK_SECRET=" + rcv.secret}, suiteEnv...),
+	}
+	startPipeline(t, p)
+	return &sinkUnderTest{
+		service: "sink-webhook", dest: "receiver", p: p,
+		outcomes: func(*testing.T) map[string]int { return rcv.outcomes() },
+		down:     rcv.down.Store,
+		reject:   func(ev *feedbackv1.FeedbackEvent) { rcv.refuse(ev.EventId) },
+		resent:   func() int { return int(rcv.resent.Load()) },
+	}
+}
+
+// startPipeline starts p and stops it when the test ends, keeping its logs
+// on failure.
+func startPipeline(t *testing.T, p *stack.Pipeline) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := p.Start(ctx); err != nil {
+		_ = p.Stop()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := p.Stop(); err != nil {
+			t.Errorf("graceful stop: %v", err)
+		}
+		if t.Failed() {
+			for name, proc := range p.Services {
+				t.Logf("--- %s log (last lines) ---\n%s", name, proc.Tail(30))
+			}
+		}
+	})
+}
+
+// webhookReceiver is an endpoint that verifies Standard Webhooks
+// signatures, answers 2xx (or 503 while down, 422 for refused ids) and,
+// as the specification asks of receivers, counts an event once per
+// webhook-id however often it arrives.
+type webhookReceiver struct {
+	URL     string
+	secret  string
+	key     []byte
+	down    atomic.Bool
+	resent  atomic.Int64
+	mu      sync.Mutex
+	got     map[string]int
+	refused map[string]bool
+}
+
+func newWebhookReceiver(t *testing.T, secret string) *webhookReceiver {
+	t.Helper()
+	key, _ := base64.StdEncoding.DecodeString(strings.TrimPrefix(secret, "whsec_"))
+	r := &webhookReceiver{secret: secret, key: key, got: map[string]int{}, refused: map[string]bool{}}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: r}
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	r.URL = "http://" + lis.Addr().String() + "/hook"
+	return r
+}
+
+func (r *webhookReceiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	body, _ := io.ReadAll(req.Body)
+	id, ts := req.Header.Get("webhook-id"), req.Header.Get("webhook-timestamp")
+	m := hmac.New(sha256.New, r.key)
+	m.Write([]byte(id + "." + ts + "."))
+	m.Write(body)
+	if req.Header.Get("webhook-signature") != "v1,"+base64.StdEncoding.EncodeToString(m.Sum(nil)) {
+		http.Error(w, "bad signature", http.StatusUnauthorized)
+		return
+	}
+	if r.down.Load() {
+		http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.refused[id] {
+		http.Error(w, "unprocessable", http.StatusUnprocessableEntity)
+		return
+	}
+	if r.got[id] > 0 {
+		r.resent.Add(1)
+	} else {
+		r.got[id] = 1
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (r *webhookReceiver) refuse(id string) { r.mu.Lock(); r.refused[id] = true; r.mu.Unlock() }
+
+func (r *webhookReceiver) outcomes() map[string]int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make(map[string]int, len(r.got))
+	for k, v := range r.got {
+		out[k] = v
+	}
+	return out
+}
+
+// tcpProxy forwards to a server and can cut it off: while down, open
+// connections are closed and new ones refused — to the client the server
+// is unreachable.
+type tcpProxy struct {
+	lis    net.Listener
+	target string
+	down   atomic.Bool
+	mu     sync.Mutex
+	conns  map[net.Conn]bool
+}
+
+func newTCPProxy(t *testing.T, target string) *tcpProxy {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &tcpProxy{lis: lis, target: target, conns: map[net.Conn]bool{}}
+	go p.serve()
+	t.Cleanup(func() { _ = lis.Close(); p.SetDown(true) })
+	return p
+}
+
+func (p *tcpProxy) Addr() string { return p.lis.Addr().String() }
+
+// SetDown cuts the server off (true) or restores it.
+func (p *tcpProxy) SetDown(down bool) {
+	p.down.Store(down)
+	if !down {
+		return
+	}
+	p.mu.Lock()
+	for c := range p.conns {
+		_ = c.Close()
+	}
+	p.mu.Unlock()
+}
+
+func (p *tcpProxy) serve() {
+	for {
+		c, err := p.lis.Accept()
+		if err != nil {
+			return
+		}
+		if p.down.Load() {
+			_ = c.Close()
+			continue
+		}
+		go p.forward(c)
+	}
+}
+
+func (p *tcpProxy) forward(c net.Conn) {
+	s, err := net.DialTimeout("tcp", p.target, 2*time.Second)
+	if err != nil {
+		_ = c.Close()
+		return
+	}
+	p.mu.Lock()
+	p.conns[c], p.conns[s] = true, true
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		delete(p.conns, c)
+		delete(p.conns, s)
+		p.mu.Unlock()
+		_ = c.Close()
+		_ = s.Close()
+	}()
+	done := make(chan struct{}, 2)
+	go func() { _, _ = io.Copy(s, c); done <- struct{}{} }()
+	go func() { _, _ = io.Copy(c, s); done <- struct{}{} }()
+	<-done
+}
