@@ -41,6 +41,10 @@ unit: ## unit tests with -race in every module (end-to-end tests excluded)
 e2e: ## end-to-end: dev broker, redis-server, PostgreSQL and the service binaries as processes
 	cd tools && go test -race -count=1 -v -timeout 10m -skip 'TestEveryVectorMeansOnTheNormalizedTopic' ./e2e 2>&1 | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+\S+_test\.go:)' ; exit $${PIPESTATUS[0]}
 
+.PHONY: e2e-outage
+e2e-outage: ## the full destination outage: both sinks' destinations down for two minutes under load (make test runs 8 s)
+	cd tools && CLOSEDLOOP_E2E_OUTAGE=2m go test -count=1 -v -timeout 15m -run 'TestADestinationOutageLosesNothingAndCatchesUpByItself' ./e2e 2>&1 | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+\S+_test\.go:)' ; exit $${PIPESTATUS[0]}
+
 .PHONY: lint
 lint: ## go vet in every module, gofmt, buf lint
 	@for m in $(MODULES); do (cd $$m && go vet ./...) || exit 1; done

@@ -156,3 +156,13 @@ sinks:
 		}
 	}
 }
+
+func TestTheComposePipelineFileLoads(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "..", "deploy", "compose", "pipeline.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ParsePipeline(b, nil); err != nil {
+		t.Fatalf("deploy/compose/pipeline.yaml: %v", err)
+	}
+}

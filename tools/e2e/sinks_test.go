@@ -305,7 +305,7 @@ func warehouseUnderTest(t *testing.T) *sinkUnderTest {
 	proxy := newTCPProxy(t, infra.pg.Addr)
 	p := &stack.Pipeline{
 		Name: "sinkwh", BinDir: infra.binDir, Dir: infra.dir + "/sinkwh", Brokers: infra.broker.Addrs, Redis: infra.redis.Addr,
-		DatabaseURL: strings.Replace(infra.pg.URL, infra.pg.Addr, proxy.Addr(), 1),
+		DatabaseURL: proxyURL(proxy),
 		Run:         []string{"sink-warehouse"}, Env: suiteEnv,
 	}
 	startPipeline(t, p)
