@@ -7,10 +7,11 @@
 //     for every row, webhook→row = the row's _cl_batched_at (the INSERT's
 //     transaction time) minus its _cl_received_at (the ingress's receipt),
 //     both from this machine's clock; p50/p90/p99/max are printed.
+//
 //  2. drain: -burst webhooks sent as fast as -c senders can; the time from
 //     the first send to the last row gives the pipeline's rows/s.
 //
-//	go run ./tools/pipelinebench -rate 200 -duration 20s -burst 20000
+//     go run ./tools/pipelinebench -rate 200 -duration 20s -burst 20000
 package main
 
 import (
