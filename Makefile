@@ -95,6 +95,14 @@ fuzz: ## run each fuzz target for FUZZTIME executions (default 40000x; seed corp
 bench-ingress: ## ingress vs a bare HMAC-checking server: req/s, latency, RSS, every 2xx found in Kafka
 	go run ./tools/ingressbench
 
+.PHONY: bench-sink
+bench-sink: ## sink-warehouse as a process on 100k enriched events: rows/s, CPU per row, RSS, each event one row
+	go run ./tools/sinkbench -n 100000
+
+.PHONY: bench-pipeline
+bench-pipeline: ## the whole pipeline as processes: webhook→row latency at 200/s, then a 20k burst drained (rows/s)
+	go run ./tools/pipelinebench -rate 200 -duration 20s -burst 20000
+
 .PHONY: bench-normalizer
 bench-normalizer: ## one normalizer process on 200k raw records (20 % repeats): events/s, CPU per record, RSS, each event once
 	go run ./tools/normalizerbench -n 200000
