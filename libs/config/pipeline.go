@@ -48,8 +48,9 @@ var sourceNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 // Pipeline is the YAML pipeline definition shared by every service; each
 // service reads the parts it needs.
 type Pipeline struct {
-	Sources []Source `yaml:"sources"`
-	Sinks   Sinks    `yaml:"sinks"`
+	Sources    []Source   `yaml:"sources"`
+	Enrichment Enrichment `yaml:"enrichment"`
+	Sinks      Sinks      `yaml:"sinks"`
 }
 
 // Source is one webhook endpoint: /v1/hooks/{name}/{token}.
@@ -318,6 +319,7 @@ func ParsePipeline(b []byte, lookup func(string) (string, bool)) (*Pipeline, err
 			s.tokenHashes = append(s.tokenHashes, sha256.Sum256(tok.Reveal()))
 		}
 	}
+	errs = append(errs, p.Enrichment.validate()...)
 	w := &p.Sinks.Warehouse
 	if w.Schema == "" {
 		w.Schema = "closedloop"

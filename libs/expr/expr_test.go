@@ -92,3 +92,38 @@ func BenchmarkEvalDetractorRule(b *testing.B) {
 		}
 	}
 }
+
+func TestRulesSeeTheEnrichmentByFieldName(t *testing.T) {
+	r, err := CompileRule(`event.segment == Segment.SEGMENT_DETRACTOR && has(enrichment.tier) && enrichment.tier == "enterprise" && enrichment.arr > 100000`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := detractor()
+	if ok, err := r.Eval(ev, map[string]any{"tier": "enterprise", "arr": 250000.0}); !ok || err != nil {
+		t.Fatalf("enterprise detractor: %v %v", ok, err)
+	}
+	if ok, err := r.Eval(ev, map[string]any{}); ok || err != nil {
+		t.Fatalf("not enriched: %v %v, want false without an error (has() guards it)", ok, err)
+	}
+	if _, err := CompileRule(`enrichment.tier`); err == nil || !strings.Contains(err.Error(), "not a bool") {
+		t.Fatalf("a non-bool rule: %v", err)
+	}
+	if _, err := CompileBool(`has(enrichment.tier)`); err == nil || !strings.Contains(err.Error(), "undeclared reference to 'enrichment'") {
+		t.Fatalf("a filter cannot see enrichment: %v", err)
+	}
+}
+
+func TestAStringExpressionGivesALookupKey(t *testing.T) {
+	s, err := CompileString(`event.respondent.email.contains("@") ? event.respondent.email.split("@")[1].lowerAscii() : ""`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := detractor()
+	ev.Respondent.Email = "Ann@Example.COM"
+	if got, err := s.Eval(ev); got != "example.com" || err != nil {
+		t.Fatalf("key = %q, %v", got, err)
+	}
+	if _, err := CompileString(`event.score.value`); err == nil || !strings.Contains(err.Error(), "not a string") {
+		t.Fatalf("a non-string key: %v", err)
+	}
+}

@@ -20,6 +20,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 
@@ -38,7 +39,9 @@ var Version = "dev"
 type Common struct {
 	// Brokers (KAFKA_BROKERS, required): comma-separated host:port list.
 	Brokers []string
-	// Topics are the pipeline topic names, with CLOSEDLOOP_TOPIC_PREFIX in front.
+	// Topics are the pipeline topic names, with CLOSEDLOOP_TOPIC_PREFIX in
+	// front; the lanes can be renamed with TOPIC_ENRICHED and TOPIC_PRIORITY
+	// (set both on the enricher and the sinks).
 	Topics kafkaio.Topics
 	// CreateTopics (KAFKA_CREATE_TOPICS, default false) creates missing topics at start-up.
 	CreateTopics bool
@@ -85,6 +88,16 @@ func LoadCommon(e *config.Env, opsPort, grpcPort int) Common {
 		SessionTimeout:   e.Duration("CONSUMER_SESSION_TIMEOUT", 10*time.Second),
 		ProduceLinger:    e.Duration("KAFKA_PRODUCE_LINGER", 2*time.Millisecond),
 	}
+	prefix := e.String("CLOSEDLOOP_TOPIC_PREFIX", "")
+	if v := e.String("TOPIC_ENRICHED", ""); v != "" {
+		c.Topics.Enriched = prefix + v
+	}
+	if v := e.String("TOPIC_PRIORITY", ""); v != "" {
+		c.Topics.Priority = prefix + v
+	}
+	if c.Topics.Enriched == c.Topics.Priority {
+		e.Errorf("TOPIC_ENRICHED and TOPIC_PRIORITY name the same topic %q: the lanes must differ", c.Topics.Enriched)
+	}
 	if len(c.Brokers) == 0 {
 		e.Errorf("KAFKA_BROKERS is not set: it must list the Kafka brokers as host:port,host:port")
 	}
@@ -111,6 +124,8 @@ type Service struct {
 	opsLis net.Listener
 	// steps run after the servers stopped and before telemetry flushes.
 	steps []lifecycle.Step
+	// closers run after every step: clients the steps may still use.
+	closers []lifecycle.Step
 }
 
 // New sets up telemetry and binds the ops and gRPC listeners (so a port
@@ -174,7 +189,7 @@ func (s *Service) Run() error {
 	})
 	s.Group.Go("grpc", func(ctx context.Context) error { return s.GRPC.Serve(ctx, 5*time.Second) })
 	s.Group.OnShutdown("ops http", 2*time.Second, ops.Shutdown)
-	for _, st := range s.steps {
+	for _, st := range append(s.steps, s.closers...) {
 		s.Group.OnShutdown(st.Name, st.Timeout, st.Fn)
 	}
 	s.Group.OnShutdown("telemetry", 5*time.Second, s.Tel.Shutdown)
@@ -301,4 +316,30 @@ func (s *Service) Watch(p *Pipeline, apply func(*config.Pipeline) error) {
 		})
 		return ctx.Err()
 	})
+}
+
+// Redis connects to the Redis server at url (redis://host:6379/0), waiting
+// up to 15 s for it to answer (it may start after the service), and closes
+// the client at shutdown, after every other step (the consumers that use it
+// have stopped by then).
+func (s *Service) Redis(ctx context.Context, url string) (*redis.Client, error) {
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		return nil, fmt.Errorf("REDIS_URL: %w", err)
+	}
+	rdb := redis.NewClient(opts)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		err := rdb.Ping(ctx).Err()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			_ = rdb.Close()
+			return nil, fmt.Errorf("redis at %s is not reachable: %w (check REDIS_URL)", opts.Addr, err)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	s.closers = append(s.closers, lifecycle.Step{Name: "redis", Timeout: time.Second, Fn: func(context.Context) error { return rdb.Close() }})
+	return rdb, nil
 }

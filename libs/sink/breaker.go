@@ -128,6 +128,25 @@ func (b *Breaker) Acquire(ctx context.Context) (probe bool, err error) {
 	}
 }
 
+// TryAcquire is Acquire without waiting, for callers that fail open
+// instead of holding on (the enricher's lookups): ok is false while the
+// breaker is open (or paused, or another caller is probing).
+func (b *Breaker) TryAcquire() (probe, ok bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.paused:
+		return false, false
+	case b.state == Closed:
+		return false, true
+	case b.state == Open && !b.openedAt.Add(b.openFor).After(b.now()):
+		b.setLocked(HalfOpen)
+		b.probing = true
+		return true, true
+	}
+	return false, false
+}
+
 // Success reports a delivery that reached the destination.
 func (b *Breaker) Success() {
 	b.mu.Lock()

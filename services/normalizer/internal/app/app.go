@@ -3,7 +3,6 @@ package app
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"strconv"
 	"time"
@@ -71,9 +70,8 @@ func Run(ctx context.Context) error {
 	if err := svc.EnsureTopics(ctx, t.Raw, t.Normalized, t.Quarantine); err != nil {
 		return err
 	}
-	ropts, _ := redis.ParseURL(cfg.RedisURL)
-	rdb := redis.NewClient(ropts)
-	if err := pingRedis(ctx, rdb); err != nil {
+	rdb, err := svc.Redis(ctx, cfg.RedisURL)
+	if err != nil {
 		return err
 	}
 	svc.Status.AddCheck("redis", idempotency.Ping(rdb))
@@ -100,20 +98,5 @@ func Run(ctx context.Context) error {
 		return err
 	}
 	svc.CloseProducer(producer)
-	svc.OnShutdown("redis", time.Second, func(context.Context) error { return rdb.Close() })
 	return svc.Run()
-}
-
-func pingRedis(ctx context.Context, rdb *redis.Client) error {
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		err := rdb.Ping(ctx).Err()
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("redis at %s is not reachable: %w (check REDIS_URL)", rdb.Options().Addr, err)
-		}
-		time.Sleep(300 * time.Millisecond)
-	}
 }

@@ -93,8 +93,10 @@ func Run(ctx context.Context) error {
 	if err := svc.EnsureTopics(ctx, t.Enriched, t.Priority, t.Quarantine, dlq); err != nil {
 		return err
 	}
-	ropts, _ := redis.ParseURL(cfg.RedisURL)
-	rdb := redis.NewClient(ropts)
+	rdb, err := svc.Redis(ctx, cfg.RedisURL)
+	if err != nil {
+		return err
+	}
 	svc.Status.AddCheck("redis", func(ctx context.Context) error { return rdb.Ping(ctx).Err() })
 	producer := svc.Producer() // quarantine and dead letters
 	for _, ep := range cfg.Pipeline.Current().Sinks.Webhook.Endpoints {
@@ -128,6 +130,5 @@ func Run(ctx context.Context) error {
 		svc.Log.Info("endpoint ready", "endpoint", ep.Name, "group", cfg.GroupID+"-"+ep.Name)
 	}
 	svc.CloseProducer(producer)
-	svc.OnShutdown("redis", time.Second, func(context.Context) error { return rdb.Close() })
 	return svc.Run()
 }

@@ -23,6 +23,119 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// LookupStatus says whether a lookup enriched the event.
+type LookupStatus int32
+
+const (
+	LookupStatus_LOOKUP_STATUS_UNSPECIFIED LookupStatus = 0
+	// The lookup found the record; fields are set.
+	LookupStatus_LOOKUP_STATUS_FOUND LookupStatus = 1
+	// The service answered that there is no such record (cached negatively).
+	LookupStatus_LOOKUP_STATUS_NOT_FOUND LookupStatus = 2
+	// The event has no value to look up (e.g. no respondent email).
+	LookupStatus_LOOKUP_STATUS_NO_KEY LookupStatus = 3
+	// The lookup failed or took too long: the event went on not enriched
+	// (fail-open), with the reason in error.
+	LookupStatus_LOOKUP_STATUS_FAILED LookupStatus = 4
+)
+
+// Enum value maps for LookupStatus.
+var (
+	LookupStatus_name = map[int32]string{
+		0: "LOOKUP_STATUS_UNSPECIFIED",
+		1: "LOOKUP_STATUS_FOUND",
+		2: "LOOKUP_STATUS_NOT_FOUND",
+		3: "LOOKUP_STATUS_NO_KEY",
+		4: "LOOKUP_STATUS_FAILED",
+	}
+	LookupStatus_value = map[string]int32{
+		"LOOKUP_STATUS_UNSPECIFIED": 0,
+		"LOOKUP_STATUS_FOUND":       1,
+		"LOOKUP_STATUS_NOT_FOUND":   2,
+		"LOOKUP_STATUS_NO_KEY":      3,
+		"LOOKUP_STATUS_FAILED":      4,
+	}
+)
+
+func (x LookupStatus) Enum() *LookupStatus {
+	p := new(LookupStatus)
+	*p = x
+	return p
+}
+
+func (x LookupStatus) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (LookupStatus) Descriptor() protoreflect.EnumDescriptor {
+	return file_closedloop_feedback_v1_feedback_event_proto_enumTypes[0].Descriptor()
+}
+
+func (LookupStatus) Type() protoreflect.EnumType {
+	return &file_closedloop_feedback_v1_feedback_event_proto_enumTypes[0]
+}
+
+func (x LookupStatus) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use LookupStatus.Descriptor instead.
+func (LookupStatus) EnumDescriptor() ([]byte, []int) {
+	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{0}
+}
+
+// Lane is the enriched topic an event was routed to.
+type Lane int32
+
+const (
+	Lane_LANE_UNSPECIFIED Lane = 0
+	// feedback.enriched.v1.
+	Lane_LANE_STANDARD Lane = 1
+	// feedback.enriched.priority.v1: sinks deliver it before the standard lane.
+	Lane_LANE_PRIORITY Lane = 2
+)
+
+// Enum value maps for Lane.
+var (
+	Lane_name = map[int32]string{
+		0: "LANE_UNSPECIFIED",
+		1: "LANE_STANDARD",
+		2: "LANE_PRIORITY",
+	}
+	Lane_value = map[string]int32{
+		"LANE_UNSPECIFIED": 0,
+		"LANE_STANDARD":    1,
+		"LANE_PRIORITY":    2,
+	}
+)
+
+func (x Lane) Enum() *Lane {
+	p := new(Lane)
+	*p = x
+	return p
+}
+
+func (x Lane) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Lane) Descriptor() protoreflect.EnumDescriptor {
+	return file_closedloop_feedback_v1_feedback_event_proto_enumTypes[1].Descriptor()
+}
+
+func (Lane) Type() protoreflect.EnumType {
+	return &file_closedloop_feedback_v1_feedback_event_proto_enumTypes[1]
+}
+
+func (x Lane) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Lane.Descriptor instead.
+func (Lane) EnumDescriptor() ([]byte, []int) {
+	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{1}
+}
+
 // Kind says what happened. New kinds may be added; consumers must treat an
 // unknown value like KIND_ENGAGEMENT.
 type Kind int32
@@ -90,11 +203,11 @@ func (x Kind) String() string {
 }
 
 func (Kind) Descriptor() protoreflect.EnumDescriptor {
-	return file_closedloop_feedback_v1_feedback_event_proto_enumTypes[0].Descriptor()
+	return file_closedloop_feedback_v1_feedback_event_proto_enumTypes[2].Descriptor()
 }
 
 func (Kind) Type() protoreflect.EnumType {
-	return &file_closedloop_feedback_v1_feedback_event_proto_enumTypes[0]
+	return &file_closedloop_feedback_v1_feedback_event_proto_enumTypes[2]
 }
 
 func (x Kind) Number() protoreflect.EnumNumber {
@@ -103,7 +216,7 @@ func (x Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Kind.Descriptor instead.
 func (Kind) EnumDescriptor() ([]byte, []int) {
-	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{0}
+	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{2}
 }
 
 // SubjectType is the kind of thing a Subject names.
@@ -153,11 +266,11 @@ func (x SubjectType) String() string {
 }
 
 func (SubjectType) Descriptor() protoreflect.EnumDescriptor {
-	return file_closedloop_feedback_v1_feedback_event_proto_enumTypes[1].Descriptor()
+	return file_closedloop_feedback_v1_feedback_event_proto_enumTypes[3].Descriptor()
 }
 
 func (SubjectType) Type() protoreflect.EnumType {
-	return &file_closedloop_feedback_v1_feedback_event_proto_enumTypes[1]
+	return &file_closedloop_feedback_v1_feedback_event_proto_enumTypes[3]
 }
 
 func (x SubjectType) Number() protoreflect.EnumNumber {
@@ -166,7 +279,7 @@ func (x SubjectType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use SubjectType.Descriptor instead.
 func (SubjectType) EnumDescriptor() ([]byte, []int) {
-	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{1}
+	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{3}
 }
 
 // SurveyType is the family of question asked.
@@ -225,11 +338,11 @@ func (x SurveyType) String() string {
 }
 
 func (SurveyType) Descriptor() protoreflect.EnumDescriptor {
-	return file_closedloop_feedback_v1_feedback_event_proto_enumTypes[2].Descriptor()
+	return file_closedloop_feedback_v1_feedback_event_proto_enumTypes[4].Descriptor()
 }
 
 func (SurveyType) Type() protoreflect.EnumType {
-	return &file_closedloop_feedback_v1_feedback_event_proto_enumTypes[2]
+	return &file_closedloop_feedback_v1_feedback_event_proto_enumTypes[4]
 }
 
 func (x SurveyType) Number() protoreflect.EnumNumber {
@@ -238,7 +351,7 @@ func (x SurveyType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use SurveyType.Descriptor instead.
 func (SurveyType) EnumDescriptor() ([]byte, []int) {
-	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{2}
+	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{4}
 }
 
 // Segment is the NPS group a score falls into.
@@ -279,11 +392,11 @@ func (x Segment) String() string {
 }
 
 func (Segment) Descriptor() protoreflect.EnumDescriptor {
-	return file_closedloop_feedback_v1_feedback_event_proto_enumTypes[3].Descriptor()
+	return file_closedloop_feedback_v1_feedback_event_proto_enumTypes[5].Descriptor()
 }
 
 func (Segment) Type() protoreflect.EnumType {
-	return &file_closedloop_feedback_v1_feedback_event_proto_enumTypes[3]
+	return &file_closedloop_feedback_v1_feedback_event_proto_enumTypes[5]
 }
 
 func (x Segment) Number() protoreflect.EnumNumber {
@@ -292,7 +405,7 @@ func (x Segment) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Segment.Descriptor instead.
 func (Segment) EnumDescriptor() ([]byte, []int) {
-	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{3}
+	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{5}
 }
 
 // FeedbackEvent is the canonical, provider-independent form of one piece of
@@ -352,7 +465,11 @@ type FeedbackEvent struct {
 	// Set when an operator replayed this event; empty for live traffic.
 	ReplayId string `protobuf:"bytes,22,opt,name=replay_id,json=replayId,proto3" json:"replay_id,omitempty"`
 	// Provider permalink to the response, when there is one.
-	Permalink     string `protobuf:"bytes,23,opt,name=permalink,proto3" json:"permalink,omitempty"`
+	Permalink string `protobuf:"bytes,23,opt,name=permalink,proto3" json:"permalink,omitempty"`
+	// Set by the enricher on feedback.enriched.v1 and .priority.v1: account or
+	// contact context from the configured lookups, and the routing decision.
+	// Absent on feedback.normalized.v1.
+	Enrichment    *Enrichment `protobuf:"bytes,24,opt,name=enrichment,proto3" json:"enrichment,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -548,6 +665,179 @@ func (x *FeedbackEvent) GetPermalink() string {
 	return ""
 }
 
+func (x *FeedbackEvent) GetEnrichment() *Enrichment {
+	if x != nil {
+		return x.Enrichment
+	}
+	return nil
+}
+
+// Enrichment is what the enricher added to an event.
+type Enrichment struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One result per configured lookup, by the lookup's name ("account").
+	Lookups map[string]*LookupResult `protobuf:"bytes,1,rep,name=lookups,proto3" json:"lookups,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Labels the routing rules set ("escalate"), in rule order, each once.
+	Labels []string `protobuf:"bytes,2,rep,name=labels,proto3" json:"labels,omitempty"`
+	// The lane the event was routed to.
+	Lane Lane `protobuf:"varint,3,opt,name=lane,proto3,enum=closedloop.feedback.v1.Lane" json:"lane,omitempty"`
+	// Names of the rules that matched, in rule order.
+	MatchedRules []string `protobuf:"bytes,4,rep,name=matched_rules,json=matchedRules,proto3" json:"matched_rules,omitempty"`
+	// When the enricher produced the event.
+	EnrichedAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=enriched_at,json=enrichedAt,proto3" json:"enriched_at,omitempty"`
+	// Rules that could not be evaluated for this event (e.g. a field a lookup
+	// did not return), as "<rule>: <error>"; such a rule counts as not matched.
+	RuleErrors    []string `protobuf:"bytes,6,rep,name=rule_errors,json=ruleErrors,proto3" json:"rule_errors,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Enrichment) Reset() {
+	*x = Enrichment{}
+	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Enrichment) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Enrichment) ProtoMessage() {}
+
+func (x *Enrichment) ProtoReflect() protoreflect.Message {
+	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Enrichment.ProtoReflect.Descriptor instead.
+func (*Enrichment) Descriptor() ([]byte, []int) {
+	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Enrichment) GetLookups() map[string]*LookupResult {
+	if x != nil {
+		return x.Lookups
+	}
+	return nil
+}
+
+func (x *Enrichment) GetLabels() []string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *Enrichment) GetLane() Lane {
+	if x != nil {
+		return x.Lane
+	}
+	return Lane_LANE_UNSPECIFIED
+}
+
+func (x *Enrichment) GetMatchedRules() []string {
+	if x != nil {
+		return x.MatchedRules
+	}
+	return nil
+}
+
+func (x *Enrichment) GetEnrichedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EnrichedAt
+	}
+	return nil
+}
+
+func (x *Enrichment) GetRuleErrors() []string {
+	if x != nil {
+		return x.RuleErrors
+	}
+	return nil
+}
+
+// LookupResult is the outcome of one lookup for one event.
+type LookupResult struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Status LookupStatus           `protobuf:"varint,1,opt,name=status,proto3,enum=closedloop.feedback.v1.LookupStatus" json:"status,omitempty"`
+	// The configured fields taken from the response, by field name. A field
+	// absent from the response is absent here; JSON null stays null.
+	Fields map[string]*structpb.Value `protobuf:"bytes,2,rep,name=fields,proto3" json:"fields,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Why the event is not enriched (LOOKUP_STATUS_FAILED): a timeout, the
+	// circuit breaker, a 5xx after retries, ...
+	Error string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	// True when the result came from the cache.
+	Cached        bool `protobuf:"varint,4,opt,name=cached,proto3" json:"cached,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LookupResult) Reset() {
+	*x = LookupResult{}
+	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LookupResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LookupResult) ProtoMessage() {}
+
+func (x *LookupResult) ProtoReflect() protoreflect.Message {
+	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LookupResult.ProtoReflect.Descriptor instead.
+func (*LookupResult) Descriptor() ([]byte, []int) {
+	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *LookupResult) GetStatus() LookupStatus {
+	if x != nil {
+		return x.Status
+	}
+	return LookupStatus_LOOKUP_STATUS_UNSPECIFIED
+}
+
+func (x *LookupResult) GetFields() map[string]*structpb.Value {
+	if x != nil {
+		return x.Fields
+	}
+	return nil
+}
+
+func (x *LookupResult) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *LookupResult) GetCached() bool {
+	if x != nil {
+		return x.Cached
+	}
+	return false
+}
+
 // Subject identifies what an event is about. The type keeps a person id from
 // ever colliding with a response id.
 type Subject struct {
@@ -561,7 +851,7 @@ type Subject struct {
 
 func (x *Subject) Reset() {
 	*x = Subject{}
-	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[1]
+	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -573,7 +863,7 @@ func (x *Subject) String() string {
 func (*Subject) ProtoMessage() {}
 
 func (x *Subject) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[1]
+	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -586,7 +876,7 @@ func (x *Subject) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Subject.ProtoReflect.Descriptor instead.
 func (*Subject) Descriptor() ([]byte, []int) {
-	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{1}
+	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Subject) GetType() SubjectType {
@@ -617,7 +907,7 @@ type Survey struct {
 
 func (x *Survey) Reset() {
 	*x = Survey{}
-	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[2]
+	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -629,7 +919,7 @@ func (x *Survey) String() string {
 func (*Survey) ProtoMessage() {}
 
 func (x *Survey) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[2]
+	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -642,7 +932,7 @@ func (x *Survey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Survey.ProtoReflect.Descriptor instead.
 func (*Survey) Descriptor() ([]byte, []int) {
-	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{2}
+	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Survey) GetId() string {
@@ -685,7 +975,7 @@ type Score struct {
 
 func (x *Score) Reset() {
 	*x = Score{}
-	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[3]
+	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -697,7 +987,7 @@ func (x *Score) String() string {
 func (*Score) ProtoMessage() {}
 
 func (x *Score) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[3]
+	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -710,7 +1000,7 @@ func (x *Score) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Score.ProtoReflect.Descriptor instead.
 func (*Score) Descriptor() ([]byte, []int) {
-	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{3}
+	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Score) GetValue() float64 {
@@ -751,7 +1041,7 @@ type Answer struct {
 
 func (x *Answer) Reset() {
 	*x = Answer{}
-	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[4]
+	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -763,7 +1053,7 @@ func (x *Answer) String() string {
 func (*Answer) ProtoMessage() {}
 
 func (x *Answer) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[4]
+	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -776,7 +1066,7 @@ func (x *Answer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Answer.ProtoReflect.Descriptor instead.
 func (*Answer) Descriptor() ([]byte, []int) {
-	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{4}
+	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Answer) GetQuestionId() string {
@@ -828,7 +1118,7 @@ type Respondent struct {
 
 func (x *Respondent) Reset() {
 	*x = Respondent{}
-	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[5]
+	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -840,7 +1130,7 @@ func (x *Respondent) String() string {
 func (*Respondent) ProtoMessage() {}
 
 func (x *Respondent) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[5]
+	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -853,7 +1143,7 @@ func (x *Respondent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Respondent.ProtoReflect.Descriptor instead.
 func (*Respondent) Descriptor() ([]byte, []int) {
-	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{5}
+	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Respondent) GetId() string {
@@ -904,7 +1194,7 @@ type Quality struct {
 
 func (x *Quality) Reset() {
 	*x = Quality{}
-	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[6]
+	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -916,7 +1206,7 @@ func (x *Quality) String() string {
 func (*Quality) ProtoMessage() {}
 
 func (x *Quality) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[6]
+	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -929,7 +1219,7 @@ func (x *Quality) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Quality.ProtoReflect.Descriptor instead.
 func (*Quality) Descriptor() ([]byte, []int) {
-	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{6}
+	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Quality) GetIncomplete() bool {
@@ -950,7 +1240,7 @@ var File_closedloop_feedback_v1_feedback_event_proto protoreflect.FileDescriptor
 
 const file_closedloop_feedback_v1_feedback_event_proto_rawDesc = "" +
 	"\n" +
-	"+closedloop/feedback/v1/feedback_event.proto\x12\x16closedloop.feedback.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaa\t\n" +
+	"+closedloop/feedback/v1/feedback_event.proto\x12\x16closedloop.feedback.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xee\t\n" +
 	"\rFeedbackEvent\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12\x1a\n" +
@@ -982,12 +1272,36 @@ const file_closedloop_feedback_v1_feedback_event_proto_rawDesc = "" +
 	"\aquality\x18\x14 \x01(\v2\x1f.closedloop.feedback.v1.QualityR\aquality\x12\x12\n" +
 	"\x04test\x18\x15 \x01(\bR\x04test\x12\x1b\n" +
 	"\treplay_id\x18\x16 \x01(\tR\breplayId\x12\x1c\n" +
-	"\tpermalink\x18\x17 \x01(\tR\tpermalink\x1aU\n" +
+	"\tpermalink\x18\x17 \x01(\tR\tpermalink\x12B\n" +
+	"\n" +
+	"enrichment\x18\x18 \x01(\v2\".closedloop.feedback.v1.EnrichmentR\n" +
+	"enrichment\x1aU\n" +
 	"\x0fPropertiesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12,\n" +
 	"\x05value\x18\x02 \x01(\v2\x16.google.protobuf.ValueR\x05value:\x028\x01B\n" +
 	"\n" +
-	"\b_comment\"R\n" +
+	"\b_comment\"\x86\x03\n" +
+	"\n" +
+	"Enrichment\x12I\n" +
+	"\alookups\x18\x01 \x03(\v2/.closedloop.feedback.v1.Enrichment.LookupsEntryR\alookups\x12\x16\n" +
+	"\x06labels\x18\x02 \x03(\tR\x06labels\x120\n" +
+	"\x04lane\x18\x03 \x01(\x0e2\x1c.closedloop.feedback.v1.LaneR\x04lane\x12#\n" +
+	"\rmatched_rules\x18\x04 \x03(\tR\fmatchedRules\x12;\n" +
+	"\venriched_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"enrichedAt\x12\x1f\n" +
+	"\vrule_errors\x18\x06 \x03(\tR\n" +
+	"ruleErrors\x1a`\n" +
+	"\fLookupsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12:\n" +
+	"\x05value\x18\x02 \x01(\v2$.closedloop.feedback.v1.LookupResultR\x05value:\x028\x01\"\x97\x02\n" +
+	"\fLookupResult\x12<\n" +
+	"\x06status\x18\x01 \x01(\x0e2$.closedloop.feedback.v1.LookupStatusR\x06status\x12H\n" +
+	"\x06fields\x18\x02 \x03(\v20.closedloop.feedback.v1.LookupResult.FieldsEntryR\x06fields\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\x12\x16\n" +
+	"\x06cached\x18\x04 \x01(\bR\x06cached\x1aQ\n" +
+	"\vFieldsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12,\n" +
+	"\x05value\x18\x02 \x01(\v2\x16.google.protobuf.ValueR\x05value:\x028\x01\"R\n" +
 	"\aSubject\x127\n" +
 	"\x04type\x18\x01 \x01(\x0e2#.closedloop.feedback.v1.SubjectTypeR\x04type\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\"\x89\x01\n" +
@@ -1018,7 +1332,17 @@ const file_closedloop_feedback_v1_feedback_event_proto_rawDesc = "" +
 	"\n" +
 	"incomplete\x18\x01 \x01(\bR\n" +
 	"incomplete\x12%\n" +
-	"\x0ecoerced_fields\x18\x02 \x03(\tR\rcoercedFields*\xb2\x02\n" +
+	"\x0ecoerced_fields\x18\x02 \x03(\tR\rcoercedFields*\x97\x01\n" +
+	"\fLookupStatus\x12\x1d\n" +
+	"\x19LOOKUP_STATUS_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13LOOKUP_STATUS_FOUND\x10\x01\x12\x1b\n" +
+	"\x17LOOKUP_STATUS_NOT_FOUND\x10\x02\x12\x18\n" +
+	"\x14LOOKUP_STATUS_NO_KEY\x10\x03\x12\x18\n" +
+	"\x14LOOKUP_STATUS_FAILED\x10\x04*B\n" +
+	"\x04Lane\x12\x14\n" +
+	"\x10LANE_UNSPECIFIED\x10\x00\x12\x11\n" +
+	"\rLANE_STANDARD\x10\x01\x12\x11\n" +
+	"\rLANE_PRIORITY\x10\x02*\xb2\x02\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15KIND_RESPONSE_CREATED\x10\x01\x12\x19\n" +
@@ -1073,46 +1397,60 @@ func file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP() []byte {
 	return file_closedloop_feedback_v1_feedback_event_proto_rawDescData
 }
 
-var file_closedloop_feedback_v1_feedback_event_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_closedloop_feedback_v1_feedback_event_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_closedloop_feedback_v1_feedback_event_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_closedloop_feedback_v1_feedback_event_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_closedloop_feedback_v1_feedback_event_proto_goTypes = []any{
-	(Kind)(0),                     // 0: closedloop.feedback.v1.Kind
-	(SubjectType)(0),              // 1: closedloop.feedback.v1.SubjectType
-	(SurveyType)(0),               // 2: closedloop.feedback.v1.SurveyType
-	(Segment)(0),                  // 3: closedloop.feedback.v1.Segment
-	(*FeedbackEvent)(nil),         // 4: closedloop.feedback.v1.FeedbackEvent
-	(*Subject)(nil),               // 5: closedloop.feedback.v1.Subject
-	(*Survey)(nil),                // 6: closedloop.feedback.v1.Survey
-	(*Score)(nil),                 // 7: closedloop.feedback.v1.Score
-	(*Answer)(nil),                // 8: closedloop.feedback.v1.Answer
-	(*Respondent)(nil),            // 9: closedloop.feedback.v1.Respondent
-	(*Quality)(nil),               // 10: closedloop.feedback.v1.Quality
-	nil,                           // 11: closedloop.feedback.v1.FeedbackEvent.PropertiesEntry
-	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
-	(*structpb.Value)(nil),        // 13: google.protobuf.Value
+	(LookupStatus)(0),             // 0: closedloop.feedback.v1.LookupStatus
+	(Lane)(0),                     // 1: closedloop.feedback.v1.Lane
+	(Kind)(0),                     // 2: closedloop.feedback.v1.Kind
+	(SubjectType)(0),              // 3: closedloop.feedback.v1.SubjectType
+	(SurveyType)(0),               // 4: closedloop.feedback.v1.SurveyType
+	(Segment)(0),                  // 5: closedloop.feedback.v1.Segment
+	(*FeedbackEvent)(nil),         // 6: closedloop.feedback.v1.FeedbackEvent
+	(*Enrichment)(nil),            // 7: closedloop.feedback.v1.Enrichment
+	(*LookupResult)(nil),          // 8: closedloop.feedback.v1.LookupResult
+	(*Subject)(nil),               // 9: closedloop.feedback.v1.Subject
+	(*Survey)(nil),                // 10: closedloop.feedback.v1.Survey
+	(*Score)(nil),                 // 11: closedloop.feedback.v1.Score
+	(*Answer)(nil),                // 12: closedloop.feedback.v1.Answer
+	(*Respondent)(nil),            // 13: closedloop.feedback.v1.Respondent
+	(*Quality)(nil),               // 14: closedloop.feedback.v1.Quality
+	nil,                           // 15: closedloop.feedback.v1.FeedbackEvent.PropertiesEntry
+	nil,                           // 16: closedloop.feedback.v1.Enrichment.LookupsEntry
+	nil,                           // 17: closedloop.feedback.v1.LookupResult.FieldsEntry
+	(*timestamppb.Timestamp)(nil), // 18: google.protobuf.Timestamp
+	(*structpb.Value)(nil),        // 19: google.protobuf.Value
 }
 var file_closedloop_feedback_v1_feedback_event_proto_depIdxs = []int32{
-	0,  // 0: closedloop.feedback.v1.FeedbackEvent.kind:type_name -> closedloop.feedback.v1.Kind
-	12, // 1: closedloop.feedback.v1.FeedbackEvent.occurred_at:type_name -> google.protobuf.Timestamp
-	12, // 2: closedloop.feedback.v1.FeedbackEvent.received_at:type_name -> google.protobuf.Timestamp
-	12, // 3: closedloop.feedback.v1.FeedbackEvent.normalized_at:type_name -> google.protobuf.Timestamp
-	5,  // 4: closedloop.feedback.v1.FeedbackEvent.subject:type_name -> closedloop.feedback.v1.Subject
-	12, // 5: closedloop.feedback.v1.FeedbackEvent.version:type_name -> google.protobuf.Timestamp
-	6,  // 6: closedloop.feedback.v1.FeedbackEvent.survey:type_name -> closedloop.feedback.v1.Survey
-	7,  // 7: closedloop.feedback.v1.FeedbackEvent.score:type_name -> closedloop.feedback.v1.Score
-	3,  // 8: closedloop.feedback.v1.FeedbackEvent.segment:type_name -> closedloop.feedback.v1.Segment
-	8,  // 9: closedloop.feedback.v1.FeedbackEvent.answers:type_name -> closedloop.feedback.v1.Answer
-	9,  // 10: closedloop.feedback.v1.FeedbackEvent.respondent:type_name -> closedloop.feedback.v1.Respondent
-	11, // 11: closedloop.feedback.v1.FeedbackEvent.properties:type_name -> closedloop.feedback.v1.FeedbackEvent.PropertiesEntry
-	10, // 12: closedloop.feedback.v1.FeedbackEvent.quality:type_name -> closedloop.feedback.v1.Quality
-	1,  // 13: closedloop.feedback.v1.Subject.type:type_name -> closedloop.feedback.v1.SubjectType
-	2,  // 14: closedloop.feedback.v1.Survey.type:type_name -> closedloop.feedback.v1.SurveyType
-	13, // 15: closedloop.feedback.v1.FeedbackEvent.PropertiesEntry.value:type_name -> google.protobuf.Value
-	16, // [16:16] is the sub-list for method output_type
-	16, // [16:16] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	2,  // 0: closedloop.feedback.v1.FeedbackEvent.kind:type_name -> closedloop.feedback.v1.Kind
+	18, // 1: closedloop.feedback.v1.FeedbackEvent.occurred_at:type_name -> google.protobuf.Timestamp
+	18, // 2: closedloop.feedback.v1.FeedbackEvent.received_at:type_name -> google.protobuf.Timestamp
+	18, // 3: closedloop.feedback.v1.FeedbackEvent.normalized_at:type_name -> google.protobuf.Timestamp
+	9,  // 4: closedloop.feedback.v1.FeedbackEvent.subject:type_name -> closedloop.feedback.v1.Subject
+	18, // 5: closedloop.feedback.v1.FeedbackEvent.version:type_name -> google.protobuf.Timestamp
+	10, // 6: closedloop.feedback.v1.FeedbackEvent.survey:type_name -> closedloop.feedback.v1.Survey
+	11, // 7: closedloop.feedback.v1.FeedbackEvent.score:type_name -> closedloop.feedback.v1.Score
+	5,  // 8: closedloop.feedback.v1.FeedbackEvent.segment:type_name -> closedloop.feedback.v1.Segment
+	12, // 9: closedloop.feedback.v1.FeedbackEvent.answers:type_name -> closedloop.feedback.v1.Answer
+	13, // 10: closedloop.feedback.v1.FeedbackEvent.respondent:type_name -> closedloop.feedback.v1.Respondent
+	15, // 11: closedloop.feedback.v1.FeedbackEvent.properties:type_name -> closedloop.feedback.v1.FeedbackEvent.PropertiesEntry
+	14, // 12: closedloop.feedback.v1.FeedbackEvent.quality:type_name -> closedloop.feedback.v1.Quality
+	7,  // 13: closedloop.feedback.v1.FeedbackEvent.enrichment:type_name -> closedloop.feedback.v1.Enrichment
+	16, // 14: closedloop.feedback.v1.Enrichment.lookups:type_name -> closedloop.feedback.v1.Enrichment.LookupsEntry
+	1,  // 15: closedloop.feedback.v1.Enrichment.lane:type_name -> closedloop.feedback.v1.Lane
+	18, // 16: closedloop.feedback.v1.Enrichment.enriched_at:type_name -> google.protobuf.Timestamp
+	0,  // 17: closedloop.feedback.v1.LookupResult.status:type_name -> closedloop.feedback.v1.LookupStatus
+	17, // 18: closedloop.feedback.v1.LookupResult.fields:type_name -> closedloop.feedback.v1.LookupResult.FieldsEntry
+	3,  // 19: closedloop.feedback.v1.Subject.type:type_name -> closedloop.feedback.v1.SubjectType
+	4,  // 20: closedloop.feedback.v1.Survey.type:type_name -> closedloop.feedback.v1.SurveyType
+	19, // 21: closedloop.feedback.v1.FeedbackEvent.PropertiesEntry.value:type_name -> google.protobuf.Value
+	8,  // 22: closedloop.feedback.v1.Enrichment.LookupsEntry.value:type_name -> closedloop.feedback.v1.LookupResult
+	19, // 23: closedloop.feedback.v1.LookupResult.FieldsEntry.value:type_name -> google.protobuf.Value
+	24, // [24:24] is the sub-list for method output_type
+	24, // [24:24] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_closedloop_feedback_v1_feedback_event_proto_init() }
@@ -1126,8 +1464,8 @@ func file_closedloop_feedback_v1_feedback_event_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_closedloop_feedback_v1_feedback_event_proto_rawDesc), len(file_closedloop_feedback_v1_feedback_event_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   8,
+			NumEnums:      6,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
