@@ -109,7 +109,7 @@ func (s *server) count(kind string) {
 
 func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
-	case r.URL.Path == "/healthz":
+	case r.URL.Path == "/healthz" || r.URL.Path == "/readyz":
 		_, _ = w.Write([]byte("ok\n"))
 		return
 	case r.URL.Path == "/_control" && r.Method == http.MethodPost:

@@ -105,9 +105,19 @@ func run(ctx context.Context, o options) error {
 	}
 	defer stopPG()
 
+	if err := os.MkdirAll(filepath.Join(state, "logs"), 0o755); err != nil {
+		return err
+	}
+	crm, crmURL, err := stack.StartCRM(ctx, bin, filepath.Join(state, "logs"), "-latency", "15ms")
+	if err != nil {
+		return err
+	}
+	defer stopped("crm server", crm.Stop)
+	say("  crm        %s (tools/crmserver: accounts by email domain; try %s/v1/accounts/example.com)", crmURL, crmURL)
+
 	secret, token := "dev_delighted_api_key", "tok_dev_0123456789abcdefghijklmnop"
 	p := &stack.Pipeline{BinDir: bin, Dir: filepath.Join(state, "logs"), Brokers: broker.Addrs, Redis: redisAddr,
-		DatabaseURL: dbURL, Secret: secret, Token: token, IngressPort: o.ingressPort, Env: []string{"LOG_LEVEL=info"}}
+		DatabaseURL: dbURL, Secret: secret, Token: token, IngressPort: o.ingressPort, Env: []string{"LOG_LEVEL=info"}, CRMURL: crmURL}
 	say("  services   starting (logs in %s)…", p.Dir)
 	if err := p.Start(ctx); err != nil {
 		_ = p.Stop()
@@ -252,6 +262,9 @@ func showRows(ctx context.Context, url, schema string) error {
 		case <-time.After(300 * time.Millisecond):
 		}
 		rows, err := pool.Query(ctx, `SELECT _cl_row_id, kind, subject_id, coalesce(score::text, '-'), coalesce(segment, ''), coalesce(comment, ''),
+			coalesce(lane, ''), array_to_string(labels, ','),
+			coalesce(event->'enrichment'->'lookups'->'account'->'fields'->>'account_name', event->'enrichment'->'lookups'->'account'->>'status', ''),
+			coalesce(event->'enrichment'->'lookups'->'account'->'fields'->>'tier', ''),
 			extract(epoch FROM _cl_batched_at - _cl_received_at) * 1000
 			FROM `+schema+`.feedback_events WHERE _cl_row_id > $1 ORDER BY _cl_row_id`, last)
 		if err != nil {
@@ -259,11 +272,12 @@ func showRows(ctx context.Context, url, schema string) error {
 		}
 		for rows.Next() {
 			var id int64
-			var kind, subject, score, segment, comment string
+			var kind, subject, score, segment, comment, lane, labels, account, tier string
 			var ms float64
-			if rows.Scan(&id, &kind, &subject, &score, &segment, &comment, &ms) == nil {
+			if rows.Scan(&id, &kind, &subject, &score, &segment, &comment, &lane, &labels, &account, &tier, &ms) == nil {
 				last = id
-				say("  ← row %-5d %-17s %-8s score %-3s %-9s %-40q webhook→row %.0f ms", id, kind, subject, score, segment, comment, ms)
+				say("  ← row %-5d %-17s %-8s score %-3s %-9s lane %-8s %-9s %-22s %-30.30q webhook→row %.0f ms",
+					id, kind, subject, score, segment, lane, labels, strings.TrimSpace(account+" "+tier), comment, ms)
 			}
 		}
 		rows.Close()

@@ -41,6 +41,11 @@ type Pipeline struct {
 	// SinksYAML is added under "sinks:" of the pipeline file (indented by
 	// two spaces), e.g. a warehouse filter or webhook endpoints.
 	SinksYAML string
+	// CRMURL, when set, is a tools/crmserver: the enricher looks accounts up
+	// there by the respondent's email domain (lookup "account": tier, arr,
+	// account name, owner) and a rule sends enterprise detractors, labelled
+	// "escalate", to the priority lane.
+	CRMURL string
 
 	Services   map[string]*Process
 	OpsAddrs   map[string]string
@@ -93,11 +98,34 @@ sources:
     ingest_tokens: [env:CLOSEDLOOP_DEV_INGEST_TOKEN]
     dedupe_ttl: 72h
     rate_limit: {per_second: 50000}   # high: local load tests must not hit it
-sinks:
+%ssinks:
   warehouse:
     schema: %s
-%s`, p.Name, p.Schema(), p.SinksYAML)
+%s`, p.Name, p.enrichmentYAML(), p.Schema(), p.SinksYAML)
 	return path, os.WriteFile(path, []byte(yml), 0o644)
+}
+
+func (p *Pipeline) enrichmentYAML() string {
+	if p.CRMURL == "" {
+		return ""
+	}
+	return `enrichment:
+  lookups:
+    - name: account
+      key: 'event.respondent.email.contains("@") ? event.respondent.email.split("@")[1].lowerAscii() : ""'
+      url: ` + p.CRMURL + `/v1/accounts/{key}
+      fields: {tier: account.tier, arr: account.arr, account_name: account.name, account_owner: account.owner.email}
+      cache_ttl: 10m
+      negative_ttl: 1m
+  rules:
+    - name: escalate
+      when: 'event.segment == Segment.SEGMENT_DETRACTOR && has(enrichment.tier) && enrichment.tier == "enterprise"'
+      labels: [escalate]
+      lane: priority
+    - name: nurture
+      when: 'event.segment == Segment.SEGMENT_PASSIVE'
+      labels: [nurture]
+`
 }
 
 // Start starts the services downstream first (sink, enricher, normalizer,

@@ -31,6 +31,7 @@ var Binaries = map[string]string{
 	"sink-warehouse": "./services/sink-warehouse/cmd/sink-warehouse",
 	"sink-console":   "./services/sink-console/cmd/sink-console",
 	"sink-webhook":   "./services/sink-webhook/cmd/sink-webhook",
+	"crmserver":      "./tools/crmserver",
 }
 
 // RepoRoot finds the directory holding go.work above the working directory.
@@ -256,4 +257,24 @@ func (p *Process) PID() int {
 		return 0
 	}
 	return p.cmd.Process.Pid
+}
+
+// StartCRM starts tools/crmserver on a free loopback port with args (e.g.
+// "-latency", "20ms") and returns it with its base URL once it answers.
+func StartCRM(ctx context.Context, binDir, dir string, args ...string) (*Process, string, error) {
+	port, err := localinfra.FreePort()
+	if err != nil {
+		return nil, "", err
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	p := &Process{Name: "crmserver", Bin: filepath.Join(binDir, "crmserver"), Args: append([]string{"-addr", addr}, args...),
+		Log: filepath.Join(dir, "crmserver.log")}
+	if err := p.Start(); err != nil {
+		return nil, "", err
+	}
+	if err := WaitReady(ctx, p, addr, 30*time.Second); err != nil {
+		p.Kill()
+		return nil, "", err
+	}
+	return p, "http://" + addr, nil
 }

@@ -7,11 +7,13 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"sync"
 
 	"github.com/segmentio/kafka-go"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/closedloop/closedloop/libs/feedback"
 	"github.com/closedloop/closedloop/libs/kafkaio"
@@ -64,6 +66,30 @@ func Line(ev *feedbackv1.FeedbackEvent) string {
 	if ev.Comment != nil {
 		fmt.Fprintf(&b, " %q", ev.GetComment())
 	}
+	if en := ev.GetEnrichment(); en != nil {
+		fmt.Fprintf(&b, " lane=%s", strings.ToLower(strings.TrimPrefix(en.Lane.String(), "LANE_")))
+		if len(en.Labels) > 0 {
+			fmt.Fprintf(&b, " labels=%s", strings.Join(en.Labels, ","))
+		}
+		for name, r := range en.Lookups {
+			if r.Status != feedbackv1.LookupStatus_LOOKUP_STATUS_FOUND {
+				fmt.Fprintf(&b, " %s=%s", name, strings.ToLower(strings.TrimPrefix(r.Status.String(), "LOOKUP_STATUS_")))
+				continue
+			}
+			for _, f := range sortedFields(r.Fields) {
+				fmt.Fprintf(&b, " %s.%s=%v", name, f, r.Fields[f].AsInterface())
+			}
+		}
+	}
 	fmt.Fprintf(&b, " event_id=%s", ev.EventId)
 	return b.String()
+}
+
+func sortedFields(m map[string]*structpb.Value) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }

@@ -18,7 +18,7 @@ import (
 // migrations are applied in order, each once, recorded in schema_migrations.
 // Never edit one that has shipped: add another.
 var migrations = []string{
-	// 1: the append-only table and the latest-version view.
+	// 1–4: the append-only table, its indexes and the latest-version view.
 	`CREATE TABLE {{schema}}.feedback_events (
 		_cl_row_id        BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
 		_cl_received_at   TIMESTAMPTZ NOT NULL,
@@ -51,6 +51,12 @@ var migrations = []string{
 	`CREATE INDEX feedback_events_subject_idx ON {{schema}}.feedback_events (source, subject_type, subject_id, _cl_sequence DESC, _cl_row_id DESC)`,
 	`CREATE INDEX feedback_events_occurred_idx ON {{schema}}.feedback_events (occurred_at)`,
 	`CREATE VIEW {{schema}}.feedback_latest AS
+		SELECT DISTINCT ON (source, subject_type, subject_id) *
+		FROM {{schema}}.feedback_events
+		ORDER BY source, subject_type, subject_id, _cl_sequence DESC, _cl_row_id DESC`,
+	// 5–6: the enricher's routing (lane, labels); the view gains them too.
+	`ALTER TABLE {{schema}}.feedback_events ADD COLUMN lane TEXT, ADD COLUMN labels TEXT[] NOT NULL DEFAULT '{}'`,
+	`CREATE OR REPLACE VIEW {{schema}}.feedback_latest AS
 		SELECT DISTINCT ON (source, subject_type, subject_id) *
 		FROM {{schema}}.feedback_events
 		ORDER BY source, subject_type, subject_id, _cl_sequence DESC, _cl_row_id DESC`,

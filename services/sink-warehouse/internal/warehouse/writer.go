@@ -39,6 +39,7 @@ var columns = []struct{ name, typ string }{
 	{"score", "float8"}, {"score_min", "float8"}, {"score_max", "float8"}, {"segment", "text"}, {"comment", "text"},
 	{"respondent_id", "text"}, {"respondent_email", "text"}, {"respondent_name", "text"}, {"tags", "jsonb"},
 	{"is_test", "bool"}, {"replay_id", "text"}, {"trace_id", "text"}, {"event", "jsonb"},
+	{"lane", "text"}, {"labels", "jsonb"},
 }
 
 // NewWriter returns a writer for schema (already migrated).
@@ -49,8 +50,8 @@ func NewWriter(pool *pgxpool.Pool, schema string) *Writer {
 		vals[i] = "$" + strconv.Itoa(i+1)
 		arrays[i] = "$" + strconv.Itoa(i+1) + "::" + c.typ + "[]"
 		sel[i] = "u.c" + strconv.Itoa(i+1)
-		if c.name == "tags" {
-			// Tags travel as a JSON array per row (unnest cannot carry a text[] per row).
+		if c.name == "tags" || c.name == "labels" {
+			// Arrays travel as a JSON array per row (unnest cannot carry a text[] per row).
 			vals[i] = "ARRAY(SELECT jsonb_array_elements_text($" + strconv.Itoa(i+1) + "::jsonb))"
 			sel[i] = "ARRAY(SELECT jsonb_array_elements_text(u.c" + strconv.Itoa(i+1) + "))"
 		}
@@ -226,6 +227,11 @@ func row(ev *feedbackv1.FeedbackEvent, js []byte, traceID string) []any {
 		tags = []string{}
 	}
 	tagsJSON, _ := json.Marshal(tags)
+	labels := ev.GetEnrichment().GetLabels()
+	if labels == nil {
+		labels = []string{}
+	}
+	labelsJSON, _ := json.Marshal(labels)
 	return []any{
 		received, seq, ev.EventId, ev.Source, ev.Provider, lower(ev.Kind.String(), "KIND_"), ev.ProviderEventType,
 		lower(ev.GetSubject().GetType().String(), "SUBJECT_TYPE_"), ev.GetSubject().GetId(),
@@ -233,6 +239,7 @@ func row(ev *feedbackv1.FeedbackEvent, js []byte, traceID string) []any {
 		score, smin, smax, nullIf(lower(ev.Segment.String(), "SEGMENT_"), "unspecified"), ev.Comment,
 		nullIf(ev.GetRespondent().GetId(), ""), nullIf(ev.GetRespondent().GetEmail(), ""), nullIf(ev.GetRespondent().GetName(), ""),
 		string(tagsJSON), ev.Test, nullIf(ev.ReplayId, ""), nullIf(traceID, "00000000000000000000000000000000"), js,
+		nullIf(lower(ev.GetEnrichment().GetLane().String(), "LANE_"), "unspecified"), string(labelsJSON),
 	}
 }
 
