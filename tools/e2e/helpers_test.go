@@ -39,12 +39,25 @@ func newPipelineOn(t *testing.T, brokers, name string, env ...string) *stack.Pip
 // newPipelineWith starts a pipeline of its own on the given brokers and Redis.
 func newPipelineWith(t *testing.T, brokers, redisAddr, name string, env ...string) *stack.Pipeline {
 	t.Helper()
-	dir := filepath.Join(infra.dir, name)
-	p := &stack.Pipeline{
-		Name: name, BinDir: infra.binDir, Dir: dir, Brokers: brokers, Redis: redisAddr,
+	p := pipelineSpec(name, brokers, redisAddr, env...)
+	startPipeline(t, p)
+	return p
+}
+
+// pipelineSpec describes a pipeline of its own for the test, to adjust
+// before startPipeline.
+func pipelineSpec(name, brokers, redisAddr string, env ...string) *stack.Pipeline {
+	return &stack.Pipeline{
+		Name: name, BinDir: infra.binDir, Dir: filepath.Join(infra.dir, name), Brokers: brokers, Redis: redisAddr,
 		DatabaseURL: infra.pg.URL, Secret: "dl_test_" + name, Token: delightedgen.IngestToken(),
 		Env: append([]string{"LOG_LEVEL=info"}, env...),
 	}
+}
+
+// startPipeline starts p and stops it when the test ends; on failure it
+// prints the services' last log lines and keeps the logs.
+func startPipeline(t *testing.T, p *stack.Pipeline) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if err := p.Start(ctx); err != nil {
@@ -59,16 +72,15 @@ func newPipelineWith(t *testing.T, brokers, redisAddr, name string, env ...strin
 			for name, proc := range p.Services {
 				t.Logf("--- %s log (last lines) ---\n%s", name, proc.Tail(30))
 			}
-			keep := filepath.Join(os.TempDir(), "closedloop-e2e-failed-"+name)
+			keep := filepath.Join(os.TempDir(), "closedloop-e2e-failed-"+p.Name)
 			_ = os.RemoveAll(keep)
-			if err := os.Rename(dir, keep); err == nil {
+			if err := os.Rename(p.Dir, keep); err == nil {
 				t.Logf("service logs kept in %s", keep)
 			}
 			return
 		}
-		_ = os.RemoveAll(dir)
+		_ = os.RemoveAll(p.Dir)
 	})
-	return p
 }
 
 func db(t *testing.T) *pgxpool.Pool {

@@ -341,28 +341,6 @@ func webhookUnderTest(t *testing.T) *sinkUnderTest {
 	}
 }
 
-// startPipeline starts p and stops it when the test ends, keeping its logs
-// on failure.
-func startPipeline(t *testing.T, p *stack.Pipeline) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	if err := p.Start(ctx); err != nil {
-		_ = p.Stop()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := p.Stop(); err != nil {
-			t.Errorf("graceful stop: %v", err)
-		}
-		if t.Failed() {
-			for name, proc := range p.Services {
-				t.Logf("--- %s log (last lines) ---\n%s", name, proc.Tail(30))
-			}
-		}
-	})
-}
-
 // webhookReceiver is an endpoint that verifies Standard Webhooks
 // signatures, answers 2xx (or 503 while down, 422 for refused ids) and,
 // as the specification asks of receivers, counts an event once per

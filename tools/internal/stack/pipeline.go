@@ -117,6 +117,7 @@ func (p *Pipeline) enrichmentYAML() string {
       fields: {tier: account.tier, arr: account.arr, account_name: account.name, account_owner: account.owner.email}
       cache_ttl: 10m
       negative_ttl: 1m
+      breaker_open_for: 5s
   rules:
     - name: escalate
       when: 'event.segment == Segment.SEGMENT_DETRACTOR && has(enrichment.tier) && enrichment.tier == "enterprise"'
