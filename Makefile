@@ -95,6 +95,10 @@ fuzz: ## run each fuzz target for FUZZTIME executions (default 40000x; seed corp
 bench-ingress: ## ingress vs a bare HMAC-checking server: req/s, latency, RSS, every 2xx found in Kafka
 	go run ./tools/ingressbench
 
+.PHONY: bench-enricher
+bench-enricher: ## the enricher process against the local CRM server (20 ms answers): events/s and added latency, warm and cold cache
+	go run ./tools/enricherbench -n 30000 -rate 200 -seconds 10
+
 .PHONY: bench-sink
 bench-sink: ## sink-warehouse as a process on 100k enriched events: rows/s, CPU per row, RSS, each event one row
 	go run ./tools/sinkbench -n 100000

@@ -46,6 +46,8 @@ type Pipeline struct {
 	// account name, owner) and a rule sends enterprise detractors, labelled
 	// "escalate", to the priority lane.
 	CRMURL string
+	// LookupRatePerSecond overrides the account lookup's rate limit (default 50/s).
+	LookupRatePerSecond float64
 
 	Services   map[string]*Process
 	OpsAddrs   map[string]string
@@ -109,6 +111,10 @@ func (p *Pipeline) enrichmentYAML() string {
 	if p.CRMURL == "" {
 		return ""
 	}
+	rateLimit := ""
+	if p.LookupRatePerSecond > 0 {
+		rateLimit = fmt.Sprintf("      rate_limit: {per_second: %g}\n", p.LookupRatePerSecond)
+	}
 	return `enrichment:
   lookups:
     - name: account
@@ -118,7 +124,7 @@ func (p *Pipeline) enrichmentYAML() string {
       cache_ttl: 10m
       negative_ttl: 1m
       breaker_open_for: 5s
-  rules:
+` + rateLimit + `  rules:
     - name: escalate
       when: 'event.segment == Segment.SEGMENT_DETRACTOR && has(enrichment.tier) && enrichment.tier == "enterprise"'
       labels: [escalate]
