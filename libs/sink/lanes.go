@@ -8,13 +8,16 @@ import (
 
 // lanes admits batches to the destination: at most `slots` at once (the
 // per-destination concurrency), and the priority lane before the standard
-// one — a standard batch waits while a priority batch is in delivery or
-// waiting for a slot, and for priorityGrace after the last one finished,
-// so a priority backlog (whose next batch is being fetched) drains first.
+// one. A priority batch waiting for a slot gets the next one. While the
+// priority lane has a backlog (a batch in delivery with more records behind
+// it on its partition) standard batches wait, also for priorityGrace after
+// such a batch finished (its next batch is being fetched), so the backlog
+// drains first. A priority lane without a backlog — live traffic — does not
+// hold the standard lane up: both flow, so neither starves.
 type lanes struct {
 	mu            sync.Mutex
 	free          int // free slots; < 0 never
-	prioActive    int // priority batches holding a slot
+	prioBacklog   int // priority batches holding a slot with records behind them
 	prioWaiting   int // priority batches waiting for one
 	lastPriority  time.Time
 	changed       chan struct{} // closed and replaced on every release
@@ -31,9 +34,10 @@ func newLanes(slots int, now func() time.Time) *lanes {
 	return &lanes{free: slots, changed: make(chan struct{}), priorityGrace: priorityGrace, now: now}
 }
 
-// acquire waits for a slot for a batch of the given lane; release it with
-// the returned func.
-func (l *lanes) acquire(ctx context.Context, priority bool) (func(), error) {
+// acquire waits for a slot for a batch of the given lane (backlog: a
+// priority batch with more records behind it); release it with the
+// returned func.
+func (l *lanes) acquire(ctx context.Context, priority, backlog bool) (func(), error) {
 	l.mu.Lock()
 	counted := false
 	for {
@@ -41,7 +45,7 @@ func (l *lanes) acquire(ctx context.Context, priority bool) (func(), error) {
 		admit := l.free > 0
 		if admit && !priority {
 			switch {
-			case l.prioActive > 0 || l.prioWaiting > 0:
+			case l.prioBacklog > 0 || l.prioWaiting > 0:
 				admit = false
 			case !l.lastPriority.IsZero():
 				if since := l.now().Sub(l.lastPriority); since < l.priorityGrace {
@@ -51,14 +55,15 @@ func (l *lanes) acquire(ctx context.Context, priority bool) (func(), error) {
 		}
 		if admit {
 			l.free--
-			if priority {
-				l.prioActive++
-				if counted {
-					l.prioWaiting--
-				}
+			if counted {
+				l.prioWaiting--
+			}
+			backlog = priority && backlog
+			if backlog {
+				l.prioBacklog++
 			}
 			l.mu.Unlock()
-			return func() { l.release(priority) }, nil
+			return func() { l.release(backlog) }, nil
 		}
 		if priority && !counted {
 			l.prioWaiting++
@@ -92,11 +97,11 @@ func (l *lanes) acquire(ctx context.Context, priority bool) (func(), error) {
 	}
 }
 
-func (l *lanes) release(priority bool) {
+func (l *lanes) release(backlog bool) {
 	l.mu.Lock()
 	l.free++
-	if priority {
-		l.prioActive--
+	if backlog {
+		l.prioBacklog--
 		l.lastPriority = l.now()
 	}
 	l.signal()

@@ -104,8 +104,8 @@ type Config struct {
 	// are done without a delivery. An event it cannot judge (an evaluation
 	// error) is dead-lettered as permanent, never silently skipped.
 	Filter Matcher
-	// PriorityTopic is the priority lane: its batches are delivered before
-	// the standard lane's (a standard batch waits while one is in delivery).
+	// PriorityTopic is the priority lane: its batches get the next free
+	// slot, and while it has a backlog the standard lane waits (see lanes).
 	PriorityTopic string
 	// Concurrency is the most batches delivered to the destination at once
 	// (0: one per partition the consumer works on).
@@ -319,7 +319,9 @@ func (r *Runner) HandleBatch(ctx context.Context, batch []kafkaio.Delivery) []er
 	if len(todo) == 0 {
 		return orNil(results, failed)
 	}
-	release, err := r.lanes.acquire(ctx, len(batch) > 0 && r.cfg.PriorityTopic != "" && batch[0].Msg.Topic == r.cfg.PriorityTopic)
+	priority := r.cfg.PriorityTopic != "" && batch[0].Msg.Topic == r.cfg.PriorityTopic
+	last := batch[len(batch)-1].Msg
+	release, err := r.lanes.acquire(ctx, priority, last.HighWaterMark > last.Offset+1)
 	if err != nil {
 		return r.failAll(results, todo, err)
 	}

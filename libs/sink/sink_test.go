@@ -428,6 +428,51 @@ func TestThePriorityLaneIsDeliveredBeforeTheStandardOne(t *testing.T) {
 	wg.Wait()
 }
 
+func TestAPriorityBacklogHoldsTheStandardLaneButLiveTrafficDoesNot(t *testing.T) {
+	g := &gate{started: make(chan string, 4), release: make(chan struct{})}
+	r := runner(t, g, &dlq{}, func(c *Config) { c.PriorityTopic = "prio" }) // no concurrency limit
+	ctx := context.Background()
+	lane := func(topic, id string, behind int64) []kafkaio.Delivery {
+		b := batchOf(t, id)
+		b[0].Msg.Topic, b[0].Msg.Offset, b[0].Msg.HighWaterMark = topic, 10, 11+behind
+		return b
+	}
+	var wg sync.WaitGroup
+	handle := func(b []kafkaio.Delivery) {
+		wg.Add(1)
+		go func() { defer wg.Done(); r.HandleBatch(ctx, b) }()
+	}
+	// Live priority traffic (nothing behind it): the standard lane flows beside it.
+	handle(lane("prio", "p-live", 0))
+	<-g.started
+	handle(lane("std", "s1", 0))
+	select {
+	case id := <-g.started:
+		if id != "s1" {
+			t.Fatalf("got %s", id)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a live priority batch held the standard lane up")
+	}
+	g.release <- struct{}{}
+	g.release <- struct{}{}
+	// A priority batch with 500 records behind it: the standard lane waits.
+	handle(lane("prio", "p-backlog", 500))
+	<-g.started
+	handle(lane("std", "s2", 0))
+	select {
+	case id := <-g.started:
+		t.Fatalf("%s started while the priority lane had a backlog", id)
+	case <-time.After(300 * time.Millisecond):
+	}
+	g.release <- struct{}{} // the backlog batch ends; after the grace the standard one goes
+	if id := <-g.started; id != "s2" {
+		t.Fatalf("got %s", id)
+	}
+	close(g.release)
+	wg.Wait()
+}
+
 func TestHTTPStatusClassification(t *testing.T) {
 	for status, want := range map[int]sinkv1.ErrorClass{
 		200: sinkv1.ErrorClass_ERROR_CLASS_UNSPECIFIED, 204: sinkv1.ErrorClass_ERROR_CLASS_UNSPECIFIED,
