@@ -51,6 +51,7 @@ type Pipeline struct {
 	Sources    []Source   `yaml:"sources"`
 	Enrichment Enrichment `yaml:"enrichment"`
 	Sinks      Sinks      `yaml:"sinks"`
+	Admin      Admin      `yaml:"admin"`
 }
 
 // Source is one webhook endpoint: /v1/hooks/{name}/{token}.
@@ -320,6 +321,7 @@ func ParsePipeline(b []byte, lookup func(string) (string, bool)) (*Pipeline, err
 		}
 	}
 	errs = append(errs, p.Enrichment.validate()...)
+	errs = append(errs, p.Admin.validate(lookup)...)
 	w := &p.Sinks.Warehouse
 	if w.Schema == "" {
 		w.Schema = "closedloop"

@@ -29,6 +29,17 @@ type Topics struct {
 // DLQ is the dead-letter topic of a sink service: "<prefix>feedback.dlq.<sink>.v1".
 func (t Topics) DLQ(sink string) string { return t.prefix + "feedback.dlq." + sink + ".v1" }
 
+// Replay is the replay topic of a sink service: "<prefix>feedback.replay.<sink>.v1".
+// The admin service writes replayed events there; only that sink reads it.
+func (t Topics) Replay(sink string) string { return t.prefix + "feedback.replay." + sink + ".v1" }
+
+// Audit is the topic the admin service writes every mutating call to.
+func (t Topics) Audit() string { return t.prefix + "closedloop.audit.v1" }
+
+// DLQState is the compacted control topic of dead-letter resolutions
+// (replayed, discarded), keyed by dead-letter id.
+func (t Topics) DLQState() string { return t.prefix + "closedloop.control.dlq-state.v1" }
+
 // NewTopics returns the default topic names with prefix put in front
 // (prefix "" gives "feedback.raw.v1", prefix "t42." gives "t42.feedback.raw.v1").
 func NewTopics(prefix string) Topics {

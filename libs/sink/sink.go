@@ -76,6 +76,19 @@ type Matcher interface {
 	Eval(*feedbackv1.FeedbackEvent) (bool, error)
 }
 
+// HeaderDestination on a record of a sink's replay topic names the one
+// destination (Runner.Name) that is to deliver it; the others skip it.
+const HeaderDestination = "closedloop-destination"
+
+func header(m kafka.Message, key string) (string, bool) {
+	for _, h := range m.Headers {
+		if h.Key == key {
+			return string(h.Value), true
+		}
+	}
+	return "", false
+}
+
 // FilterOf is the Matcher of a compiled expression; nil (deliver every
 // event) when there is none — never a non-nil Matcher holding a nil one.
 func FilterOf(b *expr.Bool) Matcher {
@@ -285,6 +298,9 @@ func (r *Runner) HandleBatch(ctx context.Context, batch []kafkaio.Delivery) []er
 	var todo []*pending
 	var unjudged []kafkaio.Record // events the filter could not judge: dead letters
 	for i, d := range batch {
+		if to, ok := header(d.Msg, HeaderDestination); ok && to != r.Name() {
+			continue // a replay for another destination of this sink
+		}
 		var ev feedbackv1.FeedbackEvent
 		if err := proto.Unmarshal(d.Msg.Value, &ev); err != nil || ev.EventId == "" {
 			if err == nil {
@@ -469,7 +485,7 @@ func (r *Runner) deadLetter(batch []kafkaio.Delivery, p *pending, err error, cla
 	m := batch[p.idx].Msg
 	ev := p.ev.Feedback
 	dl := &sinkv1.DeadLetter{
-		Sink: r.cfg.Sink, Destination: r.cfg.Destination, EventId: ev.EventId, Event: p.ev.Value,
+		Sink: r.cfg.Sink, Destination: r.Name(), EventId: ev.EventId, Event: p.ev.Value,
 		Error: truncate(err.Error(), 1024), ErrorClass: class, Attempts: p.attempts, DeadAt: timestamppb.New(r.cfg.Now()),
 		SourceTopic: m.Topic, SourcePartition: int32(m.Partition), SourceOffset: m.Offset, Provider: ev.Provider, ReplayId: ev.ReplayId,
 	}

@@ -62,7 +62,7 @@ func Run(ctx context.Context) error {
 	}
 	t := cfg.Common.Topics
 	dlq := t.DLQ("sink-warehouse")
-	if err := svc.EnsureTopics(ctx, t.Enriched, t.Priority, t.Quarantine, dlq); err != nil {
+	if err := svc.EnsureTopics(ctx, t.Enriched, t.Priority, t.Quarantine, dlq, t.Replay("sink-warehouse")); err != nil {
 		return err
 	}
 	pool, err := connect(ctx, cfg.DatabaseURL)
@@ -88,7 +88,7 @@ func Run(ctx context.Context) error {
 		return err
 	}
 	svc.Status.AddDestination(runner)
-	if err := svc.ConsumeBatch(cfg.GroupID, []string{t.Priority, t.Enriched}, producer, cfg.Pipeline.Current().Sinks.Warehouse.BatchSize, runner.HandleBatch); err != nil {
+	if err := svc.ConsumeBatch(cfg.GroupID, []string{t.Priority, t.Enriched, t.Replay("sink-warehouse")}, producer, cfg.Pipeline.Current().Sinks.Warehouse.BatchSize, runner.HandleBatch); err != nil {
 		pool.Close()
 		return err
 	}

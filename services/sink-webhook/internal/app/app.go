@@ -38,7 +38,7 @@ type Config struct {
 // Load reads and validates the configuration.
 func Load(e *config.Env) (Config, error) {
 	c := Config{
-		Common:        service.LoadCommon(e, 8085, 9095),
+		Common:        service.LoadCommon(e, 8086, 9096),
 		GroupID:       e.String("SINK_WEBHOOK_GROUP", "closedloop-sink-webhook"),
 		RedisURL:      e.Required("REDIS_URL", "the Redis server for delivery checkpoints, e.g. redis://localhost:6379/0"),
 		RedisPrefix:   e.String("REDIS_KEY_PREFIX", "closedloop:"),
@@ -90,7 +90,7 @@ func Run(ctx context.Context) error {
 	}
 	t := cfg.Common.Topics
 	dlq := t.DLQ("sink-webhook")
-	if err := svc.EnsureTopics(ctx, t.Enriched, t.Priority, t.Quarantine, dlq); err != nil {
+	if err := svc.EnsureTopics(ctx, t.Enriched, t.Priority, t.Quarantine, dlq, t.Replay("sink-webhook")); err != nil {
 		return err
 	}
 	rdb, err := svc.Redis(ctx, cfg.RedisURL)
@@ -124,7 +124,7 @@ func Run(ctx context.Context) error {
 			return err
 		}
 		svc.Status.AddDestination(runner)
-		if err := svc.ConsumeBatch(cfg.GroupID+"-"+ep.Name, []string{t.Priority, t.Enriched}, producer, cfg.Sink.MaxBatch, runner.HandleBatch); err != nil {
+		if err := svc.ConsumeBatch(cfg.GroupID+"-"+ep.Name, []string{t.Priority, t.Enriched, t.Replay("sink-webhook")}, producer, cfg.Sink.MaxBatch, runner.HandleBatch); err != nil {
 			return err
 		}
 		svc.Log.Info("endpoint ready", "endpoint", ep.Name, "group", cfg.GroupID+"-"+ep.Name)
