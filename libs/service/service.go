@@ -22,6 +22,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel/attribute"
+	"google.golang.org/grpc"
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/closedloop/closedloop/libs/config"
@@ -129,8 +130,9 @@ type Service struct {
 }
 
 // New sets up telemetry and binds the ops and gRPC listeners (so a port
-// conflict fails start-up at once). Call Run to serve.
-func New(ctx context.Context, name string, c Common) (*Service, error) {
+// conflict fails start-up at once). Call Run to serve. grpcOpts are added
+// to the gRPC server's (credentials, interceptors of the admin service).
+func New(ctx context.Context, name string, c Common, grpcOpts ...grpc.ServerOption) (*Service, error) {
 	tel, err := telemetry.Setup(ctx, telemetry.Options{Service: name, Version: Version, Instance: c.Instance, LogLevel: c.LogLevel, OTLPEndpoint: c.OTLPEndpoint})
 	if err != nil {
 		return nil, err
@@ -148,7 +150,7 @@ func New(ctx context.Context, name string, c Common) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ops listen on %s (OPS_ADDR): %w", c.OpsAddr, err)
 	}
-	s.GRPC, err = grpcserver.New(c.GRPCAddr, s.Log, s.Status)
+	s.GRPC, err = grpcserver.New(c.GRPCAddr, s.Log, s.Status, grpcOpts...)
 	if err != nil {
 		_ = s.opsLis.Close()
 		return nil, fmt.Errorf("%w (GRPC_ADDR)", err)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"strings"
+	"unicode/utf8"
 )
 
 // lookupPath reads a dotted path ("data.id") of a string or number in a JSON
@@ -72,7 +73,7 @@ func objectField(b []byte, key string) ([]byte, bool) {
 }
 
 func keyEquals(raw []byte, key string) bool {
-	if bytes.IndexByte(raw, '\\') < 0 {
+	if bytes.IndexByte(raw, '\\') < 0 && utf8.Valid(raw) {
 		return string(raw) == key
 	}
 	var s string
@@ -137,7 +138,9 @@ func scalarText(v []byte) string {
 		return ""
 	}
 	if v[0] == '"' {
-		if bytes.IndexByte(v, '\\') < 0 {
+		// The fast path only for plain valid UTF-8: encoding/json turns an
+		// invalid byte into U+FFFD, and so must this.
+		if bytes.IndexByte(v, '\\') < 0 && utf8.Valid(v) {
 			return strings.TrimSpace(string(v[1 : len(v)-1]))
 		}
 		var s string

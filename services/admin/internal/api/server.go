@@ -1,0 +1,342 @@
+// Package api implements closedloop.admin.v1.AdminService: sources and
+// ingest tokens (the control topic the ingress replicas follow), dead
+// letters (package dlq), and the pipeline's status from the brokers (lag,
+// DLQ depth) and from every service instance's own admin API (freshness,
+// throughput, breakers, drift).
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/closedloop/closedloop/libs/config"
+	"github.com/closedloop/closedloop/libs/ingesttokens"
+	"github.com/closedloop/closedloop/libs/kafkaio"
+	"github.com/closedloop/closedloop/services/admin/internal/dlq"
+	"github.com/closedloop/closedloop/services/admin/internal/lag"
+	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
+)
+
+// Stage is one consumer group the status reports on.
+type Stage struct {
+	Name   string   // "normalizer", "sink-webhook/crm-bridge"
+	Group  string   // its consumer group
+	Topics []string // what it consumes
+	Sink   string   // the sink service, for sinks ("" otherwise)
+	// Service names the instances' service in Instances.
+	Service string
+	// MaxLag above which the stage is a problem.
+	MaxLag int64
+}
+
+// Options configure the Server.
+type Options struct {
+	Pipeline  func() *config.Pipeline
+	Tokens    *ingesttokens.Store
+	Producer  *kafkaio.Producer
+	DLQ       *dlq.Store
+	Lag       *lag.Reader
+	Stages    []Stage
+	Instances map[string][]string // service -> gRPC addresses of its instances
+	// PublicURL is the ingress's public base URL (https://hooks.example.com).
+	PublicURL string
+	Log       *slog.Logger
+}
+
+// Server implements AdminService.
+type Server struct {
+	adminv1.UnimplementedAdminServiceServer
+	o Options
+
+	mu    sync.Mutex
+	conns map[string]*grpc.ClientConn
+}
+
+// New returns a Server.
+func New(o Options) *Server { return &Server{o: o, conns: map[string]*grpc.ClientConn{}} }
+
+// Close closes the connections to the services.
+func (s *Server) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range s.conns {
+		_ = c.Close()
+	}
+}
+
+func (s *Server) conn(addr string) (*grpc.ClientConn, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c := s.conns[addr]; c != nil {
+		return c, nil
+	}
+	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	s.conns[addr] = c
+	return c, nil
+}
+
+// ListSources implements AdminService.
+func (s *Server) ListSources(context.Context, *adminv1.ListSourcesRequest) (*adminv1.ListSourcesResponse, error) {
+	resp := &adminv1.ListSourcesResponse{}
+	for _, src := range s.o.Pipeline().Sources {
+		out := &adminv1.Source{Name: src.Name, Provider: src.Provider, UrlPrefix: s.urlPrefix(src.Name), StaticTokens: int32(len(src.IngestTokenRefs))}
+		for _, t := range s.o.Tokens.Active(src.Name) {
+			out.Tokens = append(out.Tokens, tokenInfo(t))
+		}
+		resp.Sources = append(resp.Sources, out)
+	}
+	return resp, nil
+}
+
+func (s *Server) urlPrefix(source string) string {
+	return strings.TrimRight(s.o.PublicURL, "/") + "/v1/hooks/" + source + "/"
+}
+
+func tokenInfo(t ingesttokens.Token) *adminv1.IngestTokenInfo {
+	return &adminv1.IngestTokenInfo{TokenId: t.ID, CreatedAt: timestamppb.New(t.CreatedAt), CreatedBy: t.CreatedBy}
+}
+
+func (s *Server) source(name string) error {
+	if name == "" {
+		return status.Error(codes.InvalidArgument, "source is required")
+	}
+	if _, ok := s.o.Pipeline().Source(name); !ok {
+		var names []string
+		for _, src := range s.o.Pipeline().Sources {
+			names = append(names, src.Name)
+		}
+		return status.Errorf(codes.NotFound, "no source %q; the pipeline file has: %s", name, strings.Join(names, ", "))
+	}
+	return nil
+}
+
+// IssueIngestToken implements AdminService.
+func (s *Server) IssueIngestToken(ctx context.Context, req *adminv1.IssueIngestTokenRequest) (*adminv1.IssueIngestTokenResponse, error) {
+	if err := s.source(req.Source); err != nil {
+		return nil, err
+	}
+	token, t, err := s.o.Tokens.Issue(ctx, s.o.Producer, req.Source, CallerOf(ctx).Name)
+	if errors.Is(err, ingesttokens.ErrTooMany) {
+		return nil, status.Errorf(codes.FailedPrecondition, "%s already has %d active tokens: revoke one first (closedloopctl tokens revoke %s <id>)",
+			req.Source, ingesttokens.MaxActive, req.Source)
+	}
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "writing the token to the control topic: %v", err)
+	}
+	return &adminv1.IssueIngestTokenResponse{Token: tokenInfo(t), Url: s.urlPrefix(req.Source) + token}, nil
+}
+
+// RevokeIngestToken implements AdminService.
+func (s *Server) RevokeIngestToken(ctx context.Context, req *adminv1.RevokeIngestTokenRequest) (*adminv1.RevokeIngestTokenResponse, error) {
+	if err := s.source(req.Source); err != nil {
+		return nil, err
+	}
+	found := false
+	for _, t := range s.o.Tokens.Active(req.Source) {
+		found = found || t.ID == req.TokenId
+	}
+	if !found {
+		return nil, status.Errorf(codes.NotFound, "%s has no active token %q (closedloopctl sources lists them)", req.Source, req.TokenId)
+	}
+	if err := s.o.Tokens.Revoke(ctx, s.o.Producer, req.Source, req.TokenId); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "writing the revocation to the control topic: %v", err)
+	}
+	return &adminv1.RevokeIngestTokenResponse{}, nil
+}
+
+func dlqError(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, dlq.ErrNotFound):
+		return status.Error(codes.NotFound, err.Error())
+	case strings.Contains(err.Error(), "required") || strings.Contains(err.Error(), "not <sink>") ||
+		strings.Contains(err.Error(), "not both") || strings.Contains(err.Error(), "give the ids") || strings.Contains(err.Error(), "page_token"):
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	return status.Errorf(codes.Unavailable, "reading the dead letters from Kafka: %v", err)
+}
+
+// ListDeadLetters implements AdminService.
+func (s *Server) ListDeadLetters(ctx context.Context, req *adminv1.ListDeadLettersRequest) (*adminv1.ListDeadLettersResponse, error) {
+	if req.PageSize < 0 {
+		return nil, status.Error(codes.InvalidArgument, "page_size must not be negative")
+	}
+	size := int(req.PageSize)
+	if size == 0 {
+		size = 50
+	}
+	all, err := s.o.DLQ.Select(ctx, req.Filter)
+	if err != nil {
+		return nil, dlqError(err)
+	}
+	page, next, err := dlq.Page(all, min(size, 1000), req.PageToken)
+	if err != nil {
+		return nil, dlqError(err)
+	}
+	open := 0
+	for _, d := range all {
+		if d.State == adminv1.DeadLetterState_DEAD_LETTER_STATE_OPEN {
+			open++
+		}
+	}
+	return &adminv1.ListDeadLettersResponse{DeadLetters: page, NextPageToken: next, TotalUnresolved: int32(open)}, nil
+}
+
+// GetDeadLetter implements AdminService.
+func (s *Server) GetDeadLetter(ctx context.Context, req *adminv1.GetDeadLetterRequest) (*adminv1.GetDeadLetterResponse, error) {
+	sum, dl, err := s.o.DLQ.Get(ctx, req.Id)
+	if err != nil {
+		return nil, dlqError(err)
+	}
+	return &adminv1.GetDeadLetterResponse{Summary: sum, DeadLetter: dl}, nil
+}
+
+// ReplayDeadLetters implements AdminService.
+func (s *Server) ReplayDeadLetters(ctx context.Context, req *adminv1.ReplayDeadLettersRequest) (*adminv1.ReplayDeadLettersResponse, error) {
+	id, n, skipped, err := s.o.DLQ.Replay(ctx, req.Ids, req.Filter, CallerOf(ctx).Name, req.DryRun)
+	if err != nil && n == 0 {
+		return nil, dlqError(err)
+	}
+	resp := &adminv1.ReplayDeadLettersResponse{ReplayId: id, Replayed: int32(n), Skipped: skipped}
+	if err != nil {
+		return resp, status.Error(codes.DataLoss, err.Error())
+	}
+	return resp, nil
+}
+
+// DiscardDeadLetters implements AdminService.
+func (s *Server) DiscardDeadLetters(ctx context.Context, req *adminv1.DiscardDeadLettersRequest) (*adminv1.DiscardDeadLettersResponse, error) {
+	n, skipped, err := s.o.DLQ.Discard(ctx, req.Ids, req.Filter, CallerOf(ctx).Name, req.Reason, req.DryRun)
+	if err != nil {
+		return nil, dlqError(err)
+	}
+	return &adminv1.DiscardDeadLettersResponse{Discarded: int32(n), Skipped: skipped}, nil
+}
+
+// GetPipelineStatus implements AdminService.
+func (s *Server) GetPipelineStatus(ctx context.Context, _ *adminv1.GetPipelineStatusRequest) (*adminv1.GetPipelineStatusResponse, error) {
+	resp := &adminv1.GetPipelineStatusResponse{At: timestamppb.Now(), Healthy: true}
+	problem := func(format string, args ...any) {
+		resp.Healthy = false
+		resp.Problems = append(resp.Problems, fmt.Sprintf(format, args...))
+	}
+	// Every instance's own status, once per service.
+	type answer struct {
+		addr string
+		st   *adminv1.GetStatusResponse
+		err  error
+	}
+	answers := map[string][]answer{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for svc, addrs := range s.o.Instances {
+		for _, addr := range addrs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				a := answer{addr: addr}
+				if c, err := s.conn(addr); err != nil {
+					a.err = err
+				} else {
+					cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+					a.st, a.err = adminv1.NewServiceAdminServiceClient(c).GetStatus(cctx, &adminv1.GetStatusRequest{})
+					cancel()
+				}
+				mu.Lock()
+				answers[svc] = append(answers[svc], a)
+				mu.Unlock()
+			}()
+		}
+	}
+	wg.Wait()
+
+	for _, st := range s.o.Stages {
+		out := &adminv1.StageStatus{Name: st.Name, Group: st.Group}
+		parts, err := s.o.Lag.Group(ctx, st.Group, st.Topics)
+		if err != nil {
+			problem("%s: lag unknown: %v", st.Name, err)
+		}
+		for _, p := range parts {
+			out.Partitions = append(out.Partitions, &adminv1.PartitionLag{Topic: p.Topic, Partition: int32(p.Partition), Committed: p.Committed, End: p.End, Lag: p.Lag})
+			out.Lag += p.Lag
+		}
+		if st.MaxLag > 0 && out.Lag > st.MaxLag {
+			problem("%s: %d records behind (threshold %d)", st.Name, out.Lag, st.MaxLag)
+		}
+		if st.Sink != "" {
+			depth, err := s.o.DLQ.Depth(ctx, st.Sink)
+			if err != nil && !errors.Is(err, dlq.ErrNotFound) {
+				problem("%s: dead letters unknown: %v", st.Name, err)
+			}
+			out.DlqDepth = int64(depth)
+		}
+		var processed int64
+		var uptime float64
+		for _, a := range answers[st.Service] {
+			if a.err != nil {
+				out.Unreachable = append(out.Unreachable, a.addr)
+				continue
+			}
+			out.Instances = append(out.Instances, a.st.Instance+" ("+a.addr+")")
+			uptime = max(uptime, time.Since(a.st.StartedAt.AsTime()).Seconds())
+			for _, c := range a.st.Consumers {
+				if c.Group != st.Group {
+					continue
+				}
+				processed += c.Processed
+				if c.LastProcessedAt != nil && (out.LastProcessedAt == nil || c.LastProcessedAt.AsTime().After(out.LastProcessedAt.AsTime())) {
+					out.LastProcessedAt = c.LastProcessedAt
+				}
+			}
+			for _, d := range a.st.Destinations {
+				if st.Sink != "" && (st.Name == st.Sink || st.Name == st.Sink+"/"+d.Name) {
+					out.Destinations = append(out.Destinations, d)
+					if d.Breaker == adminv1.BreakerState_BREAKER_STATE_OPEN || d.Breaker == adminv1.BreakerState_BREAKER_STATE_HALF_OPEN {
+						problem("%s: destination %s: breaker %s on %s", st.Name, d.Name, strings.TrimPrefix(d.Breaker.String(), "BREAKER_STATE_"), a.st.Instance)
+					}
+					if d.Paused {
+						problem("%s: destination %s paused on %s: %s", st.Name, d.Name, a.st.Instance, d.PauseReason)
+					}
+				}
+			}
+		}
+		if uptime > 0 {
+			out.Throughput = float64(processed) / uptime
+		}
+		if len(out.Unreachable) > 0 {
+			problem("%s: instance(s) not answering: %s", st.Name, strings.Join(out.Unreachable, ", "))
+		}
+		resp.Stages = append(resp.Stages, out)
+	}
+	// Schema drift of the last 24 hours, from any normalizer instance.
+	for _, addr := range s.o.Instances["normalizer"] {
+		c, err := s.conn(addr)
+		if err != nil {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		d, err := adminv1.NewSchemaDriftServiceClient(c).ListSchemaDrift(cctx, &adminv1.ListSchemaDriftRequest{
+			Since: timestamppb.New(time.Now().Add(-24 * time.Hour)), PageSize: 200})
+		cancel()
+		if err == nil {
+			resp.RecentDrift = d.Paths
+			break
+		}
+	}
+	return resp, nil
+}

@@ -1,0 +1,185 @@
+// Package app is the admin service's composition root.
+package app
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/closedloop/closedloop/libs/config"
+	"github.com/closedloop/closedloop/libs/ingesttokens"
+	"github.com/closedloop/closedloop/libs/kafkaio"
+	"github.com/closedloop/closedloop/libs/service"
+	"github.com/closedloop/closedloop/services/admin/internal/api"
+	"github.com/closedloop/closedloop/services/admin/internal/dlq"
+	"github.com/closedloop/closedloop/services/admin/internal/lag"
+	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
+)
+
+// Config is the admin service's configuration.
+type Config struct {
+	Common service.Common
+	// PublicURL (ADMIN_PUBLIC_URL, default http://localhost:8080) is the
+	// ingress's public base URL, for the ingest URLs handed out.
+	PublicURL string
+	// Instances (ADMIN_SERVICES): the services' gRPC addresses,
+	// "normalizer=host:9092,enricher=host:9093,sink-warehouse=host:9094,...";
+	// a name may repeat (replicas).
+	Instances map[string][]string
+	// Sinks (ADMIN_SINKS, default sink-warehouse): the sink services whose
+	// dead letters and lag are reported; sink-webhook is added when the
+	// pipeline file has webhook endpoints.
+	Sinks []string
+	// MaxLag (ADMIN_MAX_LAG, default 10000): a stage further behind is a problem.
+	MaxLag int
+	// Groups are the consumer groups, named as the services name them.
+	NormalizerGroup, EnricherGroup, WarehouseGroup, WebhookGroup string
+	// TLS (ADMIN_TLS_CERT, ADMIN_TLS_KEY; ADMIN_TLS_CLIENT_CA for mTLS).
+	TLSCert, TLSKey, TLSClientCA string
+	Pipeline                     *service.Pipeline
+}
+
+// Load reads and validates the configuration.
+func Load(e *config.Env) (Config, error) {
+	c := Config{
+		Common:          service.LoadCommon(e, 8087, 9097),
+		PublicURL:       e.String("ADMIN_PUBLIC_URL", "http://localhost:8080"),
+		Sinks:           e.List("ADMIN_SINKS", []string{"sink-warehouse"}),
+		MaxLag:          e.Int("ADMIN_MAX_LAG", 10000),
+		NormalizerGroup: e.String("NORMALIZER_GROUP", "closedloop-normalizer"),
+		EnricherGroup:   e.String("ENRICHER_GROUP", "closedloop-enricher"),
+		WarehouseGroup:  e.String("SINK_WAREHOUSE_GROUP", "closedloop-sink-warehouse"),
+		WebhookGroup:    e.String("SINK_WEBHOOK_GROUP", "closedloop-sink-webhook"),
+		TLSCert:         e.String("ADMIN_TLS_CERT", ""),
+		TLSKey:          e.String("ADMIN_TLS_KEY", ""),
+		TLSClientCA:     e.String("ADMIN_TLS_CLIENT_CA", ""),
+		Instances:       map[string][]string{},
+	}
+	for _, kv := range e.List("ADMIN_SERVICES", nil) {
+		name, addr, ok := strings.Cut(kv, "=")
+		if !ok || name == "" || addr == "" {
+			e.Errorf("ADMIN_SERVICES: %q is not service=host:port", kv)
+			continue
+		}
+		c.Instances[name] = append(c.Instances[name], addr)
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		e.Errorf("ADMIN_TLS_CERT and ADMIN_TLS_KEY go together")
+	}
+	if c.TLSClientCA != "" && c.TLSCert == "" {
+		e.Errorf("ADMIN_TLS_CLIENT_CA (mTLS) needs ADMIN_TLS_CERT and ADMIN_TLS_KEY")
+	}
+	// The admin resolves the pipeline's secrets: the admin tokens (and the
+	// sources' signing keys, for signed test events).
+	c.Pipeline = service.LoadPipeline(e, os.LookupEnv)
+	if c.Pipeline != nil && len(c.Pipeline.Current().Admin.Tokens) == 0 {
+		e.Errorf("PIPELINE_CONFIG has no admin.tokens: nobody could call the admin API (add a viewer and an operator token, as secret references)")
+	}
+	return c, e.Err()
+}
+
+func (c Config) serverCreds() (grpc.ServerOption, error) {
+	if c.TLSCert == "" {
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(c.TLSCert, c.TLSKey)
+	if err != nil {
+		return nil, fmt.Errorf("ADMIN_TLS_CERT/ADMIN_TLS_KEY: %w", err)
+	}
+	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if c.TLSClientCA != "" {
+		pem, err := os.ReadFile(c.TLSClientCA)
+		if err != nil {
+			return nil, fmt.Errorf("ADMIN_TLS_CLIENT_CA: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, errors.New("ADMIN_TLS_CLIENT_CA holds no PEM certificate")
+		}
+		tc.ClientCAs, tc.ClientAuth = pool, tls.RequireAndVerifyClientCert
+	}
+	return grpc.Creds(credentials.NewTLS(tc)), nil
+}
+
+// stages lists the consumer groups to report on.
+func (c Config) stages(t kafkaio.Topics) []api.Stage {
+	lagMax := int64(c.MaxLag)
+	out := []api.Stage{
+		{Name: "normalizer", Service: "normalizer", Group: c.NormalizerGroup, Topics: []string{t.Raw}, MaxLag: lagMax},
+		{Name: "enricher", Service: "enricher", Group: c.EnricherGroup, Topics: []string{t.Normalized}, MaxLag: lagMax},
+	}
+	for _, s := range c.Sinks {
+		if s == "sink-warehouse" {
+			out = append(out, api.Stage{Name: s, Service: s, Sink: s, Group: c.WarehouseGroup,
+				Topics: []string{t.Priority, t.Enriched, t.Replay(s)}, MaxLag: lagMax})
+		}
+	}
+	for _, ep := range c.Pipeline.Current().Sinks.Webhook.Endpoints {
+		out = append(out, api.Stage{Name: "sink-webhook/" + ep.Name, Service: "sink-webhook", Sink: "sink-webhook",
+			Group: c.WebhookGroup + "-" + ep.Name, Topics: []string{t.Priority, t.Enriched, t.Replay("sink-webhook")}, MaxLag: lagMax})
+	}
+	return out
+}
+
+// Run starts the admin service and blocks until ctx is cancelled.
+func Run(ctx context.Context) error {
+	cfg, err := Load(config.FromEnviron())
+	if err != nil {
+		return err
+	}
+	creds, err := cfg.serverCreds()
+	if err != nil {
+		return err
+	}
+	t := cfg.Common.Topics
+	auth := &api.Auth{Admin: func() *config.Admin { return &cfg.Pipeline.Current().Admin }, Audit: kafkaio.Record{Topic: t.Audit()}}
+	opts := []grpc.ServerOption{grpc.ChainUnaryInterceptor(auth.Unary), grpc.ChainStreamInterceptor(auth.Stream)}
+	if creds != nil {
+		opts = append(opts, creds)
+	}
+	svc, err := service.New(ctx, "admin", cfg.Common, opts...)
+	if err != nil {
+		return err
+	}
+	auth.Log = svc.Log
+	sinks := append([]string(nil), cfg.Sinks...)
+	if len(cfg.Pipeline.Current().Sinks.Webhook.Endpoints) > 0 {
+		sinks = append(sinks, "sink-webhook")
+	}
+	topics := []string{t.Audit()}
+	for _, s := range sinks {
+		topics = append(topics, t.Replay(s), t.DLQ(s))
+	}
+	if err := svc.EnsureTopics(ctx, topics...); err != nil {
+		return err
+	}
+	compacted := ingesttokens.TopicSpec(cfg.Common.TopicReplication) // one partition, compacted
+	if err := kafkaio.EnsureTopics(ctx, cfg.Common.Brokers, []string{t.IngestTokens, t.DLQState()}, cfg.Common.CreateTopics, compacted); err != nil {
+		return err
+	}
+	tokens := ingesttokens.NewStore(cfg.Common.Brokers, t.IngestTokens, svc.Log)
+	svc.Group.Go("ingest tokens", tokens.Run)
+	svc.Status.AddCheck("ingest-tokens", tokens.Check)
+	producer := svc.Producer()
+	auth.Producer = producer
+	server := api.New(api.Options{
+		Pipeline: cfg.Pipeline.Current, Tokens: tokens, Producer: producer,
+		DLQ: dlq.New(cfg.Common.Brokers, t, producer), Lag: lag.New(cfg.Common.Brokers),
+		Stages: cfg.stages(t), Instances: cfg.Instances, PublicURL: cfg.PublicURL, Log: svc.Log,
+	})
+	adminv1.RegisterAdminServiceServer(svc.GRPC.GRPC, server)
+	svc.Watch(cfg.Pipeline, func(*config.Pipeline) error { return nil }) // admin tokens and sources follow the file
+	svc.OnShutdown("service connections", time.Second, func(context.Context) error { server.Close(); return nil })
+	svc.CloseProducer(producer)
+	svc.Log.Info("admin ready", "tls", cfg.TLSCert != "", "mtls", cfg.TLSClientCA != "", "sinks", sinks,
+		"callers", len(cfg.Pipeline.Current().Admin.Tokens), "services", len(cfg.Instances))
+	return svc.Run()
+}
