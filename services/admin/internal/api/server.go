@@ -23,9 +23,9 @@ import (
 	"github.com/closedloop/closedloop/libs/config"
 	"github.com/closedloop/closedloop/libs/ingesttokens"
 	"github.com/closedloop/closedloop/libs/kafkaio"
+	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 	"github.com/closedloop/closedloop/services/admin/internal/dlq"
 	"github.com/closedloop/closedloop/services/admin/internal/lag"
-	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 )
 
 // Stage is one consumer group the status reports on.

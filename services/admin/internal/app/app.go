@@ -18,10 +18,10 @@ import (
 	"github.com/closedloop/closedloop/libs/ingesttokens"
 	"github.com/closedloop/closedloop/libs/kafkaio"
 	"github.com/closedloop/closedloop/libs/service"
+	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 	"github.com/closedloop/closedloop/services/admin/internal/api"
 	"github.com/closedloop/closedloop/services/admin/internal/dlq"
 	"github.com/closedloop/closedloop/services/admin/internal/lag"
-	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 )
 
 // Config is the admin service's configuration.

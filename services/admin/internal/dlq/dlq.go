@@ -31,10 +31,10 @@ import (
 
 	"github.com/closedloop/closedloop/libs/kafkaio"
 	"github.com/closedloop/closedloop/libs/sink"
-	"github.com/closedloop/closedloop/services/admin/internal/lag"
 	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 	sinkv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/sink/v1"
+	"github.com/closedloop/closedloop/services/admin/internal/lag"
 )
 
 // ErrNotFound is returned for an id that names no dead letter.
