@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -46,6 +47,10 @@ type Pipeline struct {
 	// account name, owner) and a rule sends enterprise detractors, labelled
 	// "escalate", to the priority lane.
 	CRMURL string
+	// AdminTokens, by caller name, are the roles ("viewer", "operator") of
+	// the admin API's callers; AdminToken gives each one's token. Run
+	// "admin" last so that it knows every service's address.
+	AdminTokens map[string]string
 	// LookupRatePerSecond overrides the account lookup's rate limit (default 50/s).
 	LookupRatePerSecond float64
 
@@ -100,11 +105,33 @@ sources:
     ingest_tokens: [env:CLOSEDLOOP_DEV_INGEST_TOKEN]
     dedupe_ttl: 72h
     rate_limit: {per_second: 50000}   # high: local load tests must not hit it
-%ssinks:
+%s%ssinks:
   warehouse:
     schema: %s
-%s`, p.Name, p.enrichmentYAML(), p.Schema(), p.SinksYAML)
+%s`, p.Name, p.enrichmentYAML(), p.adminYAML(), p.Schema(), p.SinksYAML)
 	return path, os.WriteFile(path, []byte(yml), 0o644)
+}
+
+// AdminToken is the admin API token of a caller in AdminTokens.
+func (p *Pipeline) AdminToken(name string) string { return "tok-" + name + "-0123456789abcdef" }
+
+// AdminAddr is the admin service's gRPC address (when it runs).
+func (p *Pipeline) AdminAddr() string { return p.GRPCAddrs["admin"] }
+
+func (p *Pipeline) adminYAML() string {
+	if len(p.AdminTokens) == 0 {
+		return ""
+	}
+	names := make([]string, 0, len(p.AdminTokens))
+	for n := range p.AdminTokens {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	out := "admin:\n  tokens:\n"
+	for _, n := range names {
+		out += fmt.Sprintf("    - {name: %s, role: %s, token: env:CLOSEDLOOP_ADMIN_TOKEN_%s}\n", n, p.AdminTokens[n], strings.ToUpper(n))
+	}
+	return out
 }
 
 func (p *Pipeline) enrichmentYAML() string {
@@ -179,6 +206,24 @@ func (p *Pipeline) Start(ctx context.Context) error {
 			"DATABASE_URL=" + p.DatabaseURL,
 			"DEDUPE_PROCESSING_TTL=5s",
 		}, append(p.scoped(), p.Env...)...)
+		for n := range p.AdminTokens {
+			env = append(env, "CLOSEDLOOP_ADMIN_TOKEN_"+strings.ToUpper(n)+"="+p.AdminToken(n))
+		}
+		if name == "admin" {
+			var svcs, sinks []string
+			for _, started := range p.order {
+				if addr := p.GRPCAddrs[started]; addr != "" {
+					svcs = append(svcs, started+"="+addr)
+				}
+				if started == "sink-warehouse" {
+					sinks = append(sinks, started)
+				}
+			}
+			env = append(env, "ADMIN_SERVICES="+strings.Join(svcs, ","), "ADMIN_PUBLIC_URL="+strings.TrimSuffix(p.IngressURL, "/v1/hooks/delighted/"+p.Token))
+			if len(sinks) > 0 {
+				env = append(env, "ADMIN_SINKS="+strings.Join(sinks, ","))
+			}
+		}
 		if name == "ingress" {
 			port := p.IngressPort
 			if port == 0 {

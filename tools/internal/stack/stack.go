@@ -32,6 +32,8 @@ var Binaries = map[string]string{
 	"sink-console":   "./services/sink-console/cmd/sink-console",
 	"sink-webhook":   "./services/sink-webhook/cmd/sink-webhook",
 	"crmserver":      "./tools/crmserver",
+	"admin":          "./services/admin/cmd/admin",
+	"closedloopctl":  "./services/admin/cmd/closedloopctl",
 }
 
 // RepoRoot finds the directory holding go.work above the working directory.

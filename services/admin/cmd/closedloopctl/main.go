@@ -57,6 +57,8 @@ Commands:
   sources                         configured webhook sources and their ingest tokens (ids only)
   tokens issue <source>           a new ingest URL for a source (shown once; at most two per source)
   tokens revoke <source> <id>     revoke a token: its URL answers 404 within a second
+  pause <sink> [destination] --reason r   stop deliveries (every instance); Kafka keeps the backlog
+  resume <sink> [destination]     deliver again
   dlq ls <sink>                   a sink's open dead letters, newest first (--all: resolved too)
   dlq show <id>                   one dead letter: the error, every attempt, the event
   dlq replay <id>...              deliver dead letters again (after fixing the cause), once per replay
@@ -145,7 +147,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	code, err := c.dispatch(rest)
 	if err != nil {
 		fmt.Fprintln(stderr, "closedloopctl:", describe(err, *addr))
-		if code == exitOK {
+		if code == exitOK || code == exitFailed {
 			code = exitCode(err)
 		}
 	}
@@ -227,6 +229,8 @@ func (c *cli) dispatch(args []string) (int, error) {
 			return c.revoke(rest[1], rest[2])
 		}
 		return exitUsage, usageError{"tokens: issue or revoke, not " + rest[0]}
+	case "pause", "resume":
+		return c.pause(cmd, rest)
 	case "dlq":
 		if len(rest) == 0 {
 			return exitUsage, usageError{"dlq ls|show|replay|discard"}
@@ -582,6 +586,62 @@ func (c *cli) dlqResolve(action string, args []string) (int, error) {
 	}
 	if n == 0 && len(ids) > 0 {
 		return exitNotFound, nil
+	}
+	return exitOK, nil
+}
+
+func (c *cli) pause(cmd string, args []string) (int, error) {
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	reason := fs.String("reason", "", "why (shown in the status, kept in the audit trail)")
+	pos, err := parseMixed(fs, args)
+	if err != nil {
+		return exitUsage, err
+	}
+	if len(pos) < 1 || len(pos) > 2 {
+		return exitUsage, usageError{cmd + " <sink> [destination]"}
+	}
+	dest := ""
+	if len(pos) == 2 {
+		dest = pos[1]
+	}
+	if cmd == "pause" && *reason == "" {
+		return exitUsage, usageError{"pause needs --reason (on-call will want to know)"}
+	}
+	ctx, cancel := c.ctx()
+	defer cancel()
+	var instances []*adminv1.InstanceDestinations
+	var msg proto.Message
+	var callErr error
+	if cmd == "pause" {
+		res, err := c.client.PauseSink(ctx, &adminv1.PauseSinkRequest{Sink: pos[0], Destination: dest, Reason: *reason})
+		if res != nil {
+			instances, msg = res.Instances, res
+		}
+		callErr = err
+	} else {
+		res, err := c.client.ResumeSink(ctx, &adminv1.ResumeSinkRequest{Sink: pos[0], Destination: dest})
+		if res != nil {
+			instances, msg = res.Instances, res
+		}
+		callErr = err
+	}
+	if msg == nil {
+		return exitFailed, callErr
+	}
+	c.emit(msg, func(w *tabwriter.Writer) {
+		fmt.Fprintln(w, "INSTANCE	DESTINATION	PAUSED	BREAKER	REASON / ERROR")
+		for _, in := range instances {
+			if in.Error != "" {
+				fmt.Fprintf(w, "%s\t-\t?\t?\t%s\n", in.Address, in.Error)
+			}
+			for _, d := range in.Destinations {
+				fmt.Fprintf(w, "%s\t%s\t%v\t%s\t%s\n", in.Address, d.Name, d.Paused, short(d.Breaker, "BREAKER_STATE_"), d.PauseReason)
+			}
+		}
+	})
+	if callErr != nil {
+		return exitCode(callErr), callErr
 	}
 	return exitOK, nil
 }

@@ -37,6 +37,8 @@ var mutating = map[string]bool{
 	"/closedloop.admin.v1.AdminService/RevokeIngestToken":        true,
 	"/closedloop.admin.v1.AdminService/ReplayDeadLetters":        true,
 	"/closedloop.admin.v1.AdminService/DiscardDeadLetters":       true,
+	"/closedloop.admin.v1.AdminService/PauseSink":                true,
+	"/closedloop.admin.v1.AdminService/ResumeSink":               true,
 	"/closedloop.admin.v1.ServiceAdminService/PauseDestination":  true,
 	"/closedloop.admin.v1.ServiceAdminService/ResumeDestination": true,
 }
@@ -74,10 +76,12 @@ func (a *Auth) authenticate(ctx context.Context, method string) (context.Context
 	if !ok {
 		return nil, status.Error(codes.Unauthenticated, "the bearer token is not one of admin.tokens")
 	}
+	caller := Caller{Name: t.Name, Role: t.Role}
+	ctx = context.WithValue(ctx, callerKey{}, caller)
 	if mutating[method] && t.Role != config.RoleOperator {
-		return nil, status.Errorf(codes.PermissionDenied, "%s needs the operator role; %s is a %s", method, t.Name, t.Role)
+		return ctx, status.Errorf(codes.PermissionDenied, "%s needs the operator role; %s is a %s", method, t.Name, t.Role)
 	}
-	return context.WithValue(ctx, callerKey{}, Caller{Name: t.Name, Role: t.Role}), nil
+	return ctx, nil
 }
 
 // Unary is the unary server interceptor.
@@ -85,7 +89,14 @@ func (a *Auth) Unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h
 	actx, err := a.authenticate(ctx, info.FullMethod)
 	if err != nil {
 		if mutating[info.FullMethod] {
-			a.audit(ctx, Caller{Name: "?"}, info.FullMethod, req, err)
+			if actx == nil {
+				actx = ctx
+			}
+			who := CallerOf(actx)
+			if who.Name == "" {
+				who.Name = "?"
+			}
+			a.audit(actx, who, info.FullMethod, req, err)
 		}
 		return nil, err
 	}

@@ -228,6 +228,85 @@ func (s *Server) DiscardDeadLetters(ctx context.Context, req *adminv1.DiscardDea
 	return &adminv1.DiscardDeadLettersResponse{Discarded: int32(n), Skipped: skipped}, nil
 }
 
+// PauseSink implements AdminService.
+func (s *Server) PauseSink(ctx context.Context, req *adminv1.PauseSinkRequest) (*adminv1.PauseSinkResponse, error) {
+	reason := req.Reason
+	if reason == "" {
+		reason = "paused by " + CallerOf(ctx).Name
+	} else {
+		reason = CallerOf(ctx).Name + ": " + reason
+	}
+	out, err := s.eachDestination(ctx, req.Sink, req.Destination, func(ctx context.Context, c adminv1.ServiceAdminServiceClient, dest string) error {
+		_, err := c.PauseDestination(ctx, &adminv1.PauseDestinationRequest{Destination: dest, Reason: reason})
+		return err
+	})
+	return &adminv1.PauseSinkResponse{Instances: out}, err
+}
+
+// ResumeSink implements AdminService.
+func (s *Server) ResumeSink(ctx context.Context, req *adminv1.ResumeSinkRequest) (*adminv1.ResumeSinkResponse, error) {
+	out, err := s.eachDestination(ctx, req.Sink, req.Destination, func(ctx context.Context, c adminv1.ServiceAdminServiceClient, dest string) error {
+		_, err := c.ResumeDestination(ctx, &adminv1.ResumeDestinationRequest{Destination: dest})
+		return err
+	})
+	return &adminv1.ResumeSinkResponse{Instances: out}, err
+}
+
+// eachDestination applies fn to the named destination (or every one) on
+// every instance of sink and reports each instance's destinations after.
+func (s *Server) eachDestination(ctx context.Context, sinkName, dest string, fn func(context.Context, adminv1.ServiceAdminServiceClient, string) error) ([]*adminv1.InstanceDestinations, error) {
+	if sinkName == "" {
+		return nil, status.Error(codes.InvalidArgument, "sink is required (e.g. sink-warehouse)")
+	}
+	addrs := s.o.Instances[sinkName]
+	if len(addrs) == 0 {
+		return nil, status.Errorf(codes.NotFound, "no instances of %s are known: list them in ADMIN_SERVICES (%s=host:port)", sinkName, sinkName)
+	}
+	var out []*adminv1.InstanceDestinations
+	failed, matched := 0, false
+	for _, addr := range addrs {
+		res := &adminv1.InstanceDestinations{Address: addr}
+		out = append(out, res)
+		c, err := s.conn(addr)
+		if err != nil {
+			res.Error, failed = err.Error(), failed+1
+			continue
+		}
+		client := adminv1.NewServiceAdminServiceClient(c)
+		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		st, err := client.GetStatus(cctx, &adminv1.GetStatusRequest{})
+		if err == nil {
+			for _, d := range st.Destinations {
+				if dest != "" && d.Name != dest {
+					continue
+				}
+				matched = true
+				if err = fn(cctx, client, d.Name); err != nil {
+					break
+				}
+			}
+		}
+		if err == nil {
+			st, err = client.GetStatus(cctx, &adminv1.GetStatusRequest{})
+		}
+		cancel()
+		if err != nil {
+			res.Error, failed = status.Convert(err).Message(), failed+1
+			continue
+		}
+		res.Destinations = st.Destinations
+	}
+	switch {
+	case failed == len(addrs):
+		return out, status.Errorf(codes.Unavailable, "no instance of %s could be reached: %s", sinkName, out[0].Error)
+	case !matched && dest != "":
+		return out, status.Errorf(codes.NotFound, "%s has no destination %q", sinkName, dest)
+	case failed > 0:
+		return out, status.Errorf(codes.Unavailable, "%d of %d instances of %s could not be reached (see instances)", failed, len(addrs), sinkName)
+	}
+	return out, nil
+}
+
 // GetPipelineStatus implements AdminService.
 func (s *Server) GetPipelineStatus(ctx context.Context, _ *adminv1.GetPipelineStatusRequest) (*adminv1.GetPipelineStatusResponse, error) {
 	resp := &adminv1.GetPipelineStatusResponse{At: timestamppb.Now(), Healthy: true}

@@ -1524,6 +1524,275 @@ func (x *PartitionLag) GetLag() int64 {
 	return 0
 }
 
+// PauseSinkRequest names the sink and, optionally, one destination.
+type PauseSinkRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The sink service, e.g. "sink-warehouse".
+	Sink string `protobuf:"bytes,1,opt,name=sink,proto3" json:"sink,omitempty"`
+	// One destination ("warehouse", a webhook endpoint); empty: all of them.
+	Destination string `protobuf:"bytes,2,opt,name=destination,proto3" json:"destination,omitempty"`
+	// Why, shown in the status and kept in the audit trail.
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PauseSinkRequest) Reset() {
+	*x = PauseSinkRequest{}
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PauseSinkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PauseSinkRequest) ProtoMessage() {}
+
+func (x *PauseSinkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PauseSinkRequest.ProtoReflect.Descriptor instead.
+func (*PauseSinkRequest) Descriptor() ([]byte, []int) {
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *PauseSinkRequest) GetSink() string {
+	if x != nil {
+		return x.Sink
+	}
+	return ""
+}
+
+func (x *PauseSinkRequest) GetDestination() string {
+	if x != nil {
+		return x.Destination
+	}
+	return ""
+}
+
+func (x *PauseSinkRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// PauseSinkResponse lists what each instance now reports.
+type PauseSinkResponse struct {
+	state         protoimpl.MessageState  `protogen:"open.v1"`
+	Instances     []*InstanceDestinations `protobuf:"bytes,1,rep,name=instances,proto3" json:"instances,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PauseSinkResponse) Reset() {
+	*x = PauseSinkResponse{}
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PauseSinkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PauseSinkResponse) ProtoMessage() {}
+
+func (x *PauseSinkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PauseSinkResponse.ProtoReflect.Descriptor instead.
+func (*PauseSinkResponse) Descriptor() ([]byte, []int) {
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *PauseSinkResponse) GetInstances() []*InstanceDestinations {
+	if x != nil {
+		return x.Instances
+	}
+	return nil
+}
+
+// ResumeSinkRequest names the sink and, optionally, one destination.
+type ResumeSinkRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sink          string                 `protobuf:"bytes,1,opt,name=sink,proto3" json:"sink,omitempty"`
+	Destination   string                 `protobuf:"bytes,2,opt,name=destination,proto3" json:"destination,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeSinkRequest) Reset() {
+	*x = ResumeSinkRequest{}
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeSinkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeSinkRequest) ProtoMessage() {}
+
+func (x *ResumeSinkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeSinkRequest.ProtoReflect.Descriptor instead.
+func (*ResumeSinkRequest) Descriptor() ([]byte, []int) {
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ResumeSinkRequest) GetSink() string {
+	if x != nil {
+		return x.Sink
+	}
+	return ""
+}
+
+func (x *ResumeSinkRequest) GetDestination() string {
+	if x != nil {
+		return x.Destination
+	}
+	return ""
+}
+
+// ResumeSinkResponse lists what each instance now reports.
+type ResumeSinkResponse struct {
+	state         protoimpl.MessageState  `protogen:"open.v1"`
+	Instances     []*InstanceDestinations `protobuf:"bytes,1,rep,name=instances,proto3" json:"instances,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeSinkResponse) Reset() {
+	*x = ResumeSinkResponse{}
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeSinkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeSinkResponse) ProtoMessage() {}
+
+func (x *ResumeSinkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeSinkResponse.ProtoReflect.Descriptor instead.
+func (*ResumeSinkResponse) Descriptor() ([]byte, []int) {
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ResumeSinkResponse) GetInstances() []*InstanceDestinations {
+	if x != nil {
+		return x.Instances
+	}
+	return nil
+}
+
+// InstanceDestinations is one instance's answer.
+type InstanceDestinations struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Address      string                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	Destinations []*DestinationStatus   `protobuf:"bytes,2,rep,name=destinations,proto3" json:"destinations,omitempty"`
+	// Set when the instance could not be reached or refused.
+	Error         string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InstanceDestinations) Reset() {
+	*x = InstanceDestinations{}
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InstanceDestinations) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InstanceDestinations) ProtoMessage() {}
+
+func (x *InstanceDestinations) ProtoReflect() protoreflect.Message {
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InstanceDestinations.ProtoReflect.Descriptor instead.
+func (*InstanceDestinations) Descriptor() ([]byte, []int) {
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *InstanceDestinations) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *InstanceDestinations) GetDestinations() []*DestinationStatus {
+	if x != nil {
+		return x.Destinations
+	}
+	return nil
+}
+
+func (x *InstanceDestinations) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 var File_closedloop_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_closedloop_admin_v1_admin_proto_rawDesc = "" +
@@ -1640,12 +1909,27 @@ const file_closedloop_admin_v1_admin_proto_rawDesc = "" +
 	"\tpartition\x18\x02 \x01(\x05R\tpartition\x12\x1c\n" +
 	"\tcommitted\x18\x03 \x01(\x03R\tcommitted\x12\x10\n" +
 	"\x03end\x18\x04 \x01(\x03R\x03end\x12\x10\n" +
-	"\x03lag\x18\x05 \x01(\x03R\x03lag*\x91\x01\n" +
+	"\x03lag\x18\x05 \x01(\x03R\x03lag\"`\n" +
+	"\x10PauseSinkRequest\x12\x12\n" +
+	"\x04sink\x18\x01 \x01(\tR\x04sink\x12 \n" +
+	"\vdestination\x18\x02 \x01(\tR\vdestination\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\\\n" +
+	"\x11PauseSinkResponse\x12G\n" +
+	"\tinstances\x18\x01 \x03(\v2).closedloop.admin.v1.InstanceDestinationsR\tinstances\"I\n" +
+	"\x11ResumeSinkRequest\x12\x12\n" +
+	"\x04sink\x18\x01 \x01(\tR\x04sink\x12 \n" +
+	"\vdestination\x18\x02 \x01(\tR\vdestination\"]\n" +
+	"\x12ResumeSinkResponse\x12G\n" +
+	"\tinstances\x18\x01 \x03(\v2).closedloop.admin.v1.InstanceDestinationsR\tinstances\"\x92\x01\n" +
+	"\x14InstanceDestinations\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\x12J\n" +
+	"\fdestinations\x18\x02 \x03(\v2&.closedloop.admin.v1.DestinationStatusR\fdestinations\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error*\x91\x01\n" +
 	"\x0fDeadLetterState\x12!\n" +
 	"\x1dDEAD_LETTER_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16DEAD_LETTER_STATE_OPEN\x10\x01\x12\x1e\n" +
 	"\x1aDEAD_LETTER_STATE_REPLAYED\x10\x02\x12\x1f\n" +
-	"\x1bDEAD_LETTER_STATE_DISCARDED\x10\x032\x8a\a\n" +
+	"\x1bDEAD_LETTER_STATE_DISCARDED\x10\x032\xc5\b\n" +
 	"\fAdminService\x12`\n" +
 	"\vListSources\x12'.closedloop.admin.v1.ListSourcesRequest\x1a(.closedloop.admin.v1.ListSourcesResponse\x12o\n" +
 	"\x10IssueIngestToken\x12,.closedloop.admin.v1.IssueIngestTokenRequest\x1a-.closedloop.admin.v1.IssueIngestTokenResponse\x12r\n" +
@@ -1653,7 +1937,10 @@ const file_closedloop_admin_v1_admin_proto_rawDesc = "" +
 	"\x0fListDeadLetters\x12+.closedloop.admin.v1.ListDeadLettersRequest\x1a,.closedloop.admin.v1.ListDeadLettersResponse\x12f\n" +
 	"\rGetDeadLetter\x12).closedloop.admin.v1.GetDeadLetterRequest\x1a*.closedloop.admin.v1.GetDeadLetterResponse\x12r\n" +
 	"\x11ReplayDeadLetters\x12-.closedloop.admin.v1.ReplayDeadLettersRequest\x1a..closedloop.admin.v1.ReplayDeadLettersResponse\x12u\n" +
-	"\x12DiscardDeadLetters\x12..closedloop.admin.v1.DiscardDeadLettersRequest\x1a/.closedloop.admin.v1.DiscardDeadLettersResponse\x12r\n" +
+	"\x12DiscardDeadLetters\x12..closedloop.admin.v1.DiscardDeadLettersRequest\x1a/.closedloop.admin.v1.DiscardDeadLettersResponse\x12Z\n" +
+	"\tPauseSink\x12%.closedloop.admin.v1.PauseSinkRequest\x1a&.closedloop.admin.v1.PauseSinkResponse\x12]\n" +
+	"\n" +
+	"ResumeSink\x12&.closedloop.admin.v1.ResumeSinkRequest\x1a'.closedloop.admin.v1.ResumeSinkResponse\x12r\n" +
 	"\x11GetPipelineStatus\x12-.closedloop.admin.v1.GetPipelineStatusRequest\x1a..closedloop.admin.v1.GetPipelineStatusResponseB\xde\x01\n" +
 	"\x17com.closedloop.admin.v1B\n" +
 	"AdminProtoP\x01ZIgithub.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1;adminv1\xa2\x02\x03CAX\xaa\x02\x13Closedloop.Admin.V1\xca\x02\x13Closedloop\\Admin\\V1\xe2\x02\x1fClosedloop\\Admin\\V1\\GPBMetadata\xea\x02\x15Closedloop::Admin::V1b\x06proto3"
@@ -1671,7 +1958,7 @@ func file_closedloop_admin_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_closedloop_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_closedloop_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_closedloop_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_closedloop_admin_v1_admin_proto_goTypes = []any{
 	(DeadLetterState)(0),               // 0: closedloop.admin.v1.DeadLetterState
 	(*ListSourcesRequest)(nil),         // 1: closedloop.admin.v1.ListSourcesRequest
@@ -1696,57 +1983,69 @@ var file_closedloop_admin_v1_admin_proto_goTypes = []any{
 	(*GetPipelineStatusResponse)(nil),  // 20: closedloop.admin.v1.GetPipelineStatusResponse
 	(*StageStatus)(nil),                // 21: closedloop.admin.v1.StageStatus
 	(*PartitionLag)(nil),               // 22: closedloop.admin.v1.PartitionLag
-	(*timestamppb.Timestamp)(nil),      // 23: google.protobuf.Timestamp
-	(v1.ErrorClass)(0),                 // 24: closedloop.sink.v1.ErrorClass
-	(*v1.DeadLetter)(nil),              // 25: closedloop.sink.v1.DeadLetter
-	(*SchemaPath)(nil),                 // 26: closedloop.admin.v1.SchemaPath
-	(*DestinationStatus)(nil),          // 27: closedloop.admin.v1.DestinationStatus
+	(*PauseSinkRequest)(nil),           // 23: closedloop.admin.v1.PauseSinkRequest
+	(*PauseSinkResponse)(nil),          // 24: closedloop.admin.v1.PauseSinkResponse
+	(*ResumeSinkRequest)(nil),          // 25: closedloop.admin.v1.ResumeSinkRequest
+	(*ResumeSinkResponse)(nil),         // 26: closedloop.admin.v1.ResumeSinkResponse
+	(*InstanceDestinations)(nil),       // 27: closedloop.admin.v1.InstanceDestinations
+	(*timestamppb.Timestamp)(nil),      // 28: google.protobuf.Timestamp
+	(v1.ErrorClass)(0),                 // 29: closedloop.sink.v1.ErrorClass
+	(*v1.DeadLetter)(nil),              // 30: closedloop.sink.v1.DeadLetter
+	(*SchemaPath)(nil),                 // 31: closedloop.admin.v1.SchemaPath
+	(*DestinationStatus)(nil),          // 32: closedloop.admin.v1.DestinationStatus
 }
 var file_closedloop_admin_v1_admin_proto_depIdxs = []int32{
 	3,  // 0: closedloop.admin.v1.ListSourcesResponse.sources:type_name -> closedloop.admin.v1.Source
 	4,  // 1: closedloop.admin.v1.Source.tokens:type_name -> closedloop.admin.v1.IngestTokenInfo
-	23, // 2: closedloop.admin.v1.IngestTokenInfo.created_at:type_name -> google.protobuf.Timestamp
+	28, // 2: closedloop.admin.v1.IngestTokenInfo.created_at:type_name -> google.protobuf.Timestamp
 	4,  // 3: closedloop.admin.v1.IssueIngestTokenResponse.token:type_name -> closedloop.admin.v1.IngestTokenInfo
-	23, // 4: closedloop.admin.v1.DeadLetterFilter.since:type_name -> google.protobuf.Timestamp
-	23, // 5: closedloop.admin.v1.DeadLetterFilter.until:type_name -> google.protobuf.Timestamp
-	24, // 6: closedloop.admin.v1.DeadLetterFilter.error_class:type_name -> closedloop.sink.v1.ErrorClass
+	28, // 4: closedloop.admin.v1.DeadLetterFilter.since:type_name -> google.protobuf.Timestamp
+	28, // 5: closedloop.admin.v1.DeadLetterFilter.until:type_name -> google.protobuf.Timestamp
+	29, // 6: closedloop.admin.v1.DeadLetterFilter.error_class:type_name -> closedloop.sink.v1.ErrorClass
 	9,  // 7: closedloop.admin.v1.ListDeadLettersRequest.filter:type_name -> closedloop.admin.v1.DeadLetterFilter
 	12, // 8: closedloop.admin.v1.ListDeadLettersResponse.dead_letters:type_name -> closedloop.admin.v1.DeadLetterSummary
-	24, // 9: closedloop.admin.v1.DeadLetterSummary.error_class:type_name -> closedloop.sink.v1.ErrorClass
-	23, // 10: closedloop.admin.v1.DeadLetterSummary.dead_at:type_name -> google.protobuf.Timestamp
+	29, // 9: closedloop.admin.v1.DeadLetterSummary.error_class:type_name -> closedloop.sink.v1.ErrorClass
+	28, // 10: closedloop.admin.v1.DeadLetterSummary.dead_at:type_name -> google.protobuf.Timestamp
 	0,  // 11: closedloop.admin.v1.DeadLetterSummary.state:type_name -> closedloop.admin.v1.DeadLetterState
-	23, // 12: closedloop.admin.v1.DeadLetterSummary.resolved_at:type_name -> google.protobuf.Timestamp
+	28, // 12: closedloop.admin.v1.DeadLetterSummary.resolved_at:type_name -> google.protobuf.Timestamp
 	12, // 13: closedloop.admin.v1.GetDeadLetterResponse.summary:type_name -> closedloop.admin.v1.DeadLetterSummary
-	25, // 14: closedloop.admin.v1.GetDeadLetterResponse.dead_letter:type_name -> closedloop.sink.v1.DeadLetter
+	30, // 14: closedloop.admin.v1.GetDeadLetterResponse.dead_letter:type_name -> closedloop.sink.v1.DeadLetter
 	9,  // 15: closedloop.admin.v1.ReplayDeadLettersRequest.filter:type_name -> closedloop.admin.v1.DeadLetterFilter
 	9,  // 16: closedloop.admin.v1.DiscardDeadLettersRequest.filter:type_name -> closedloop.admin.v1.DeadLetterFilter
-	23, // 17: closedloop.admin.v1.GetPipelineStatusResponse.at:type_name -> google.protobuf.Timestamp
+	28, // 17: closedloop.admin.v1.GetPipelineStatusResponse.at:type_name -> google.protobuf.Timestamp
 	21, // 18: closedloop.admin.v1.GetPipelineStatusResponse.stages:type_name -> closedloop.admin.v1.StageStatus
-	26, // 19: closedloop.admin.v1.GetPipelineStatusResponse.recent_drift:type_name -> closedloop.admin.v1.SchemaPath
+	31, // 19: closedloop.admin.v1.GetPipelineStatusResponse.recent_drift:type_name -> closedloop.admin.v1.SchemaPath
 	22, // 20: closedloop.admin.v1.StageStatus.partitions:type_name -> closedloop.admin.v1.PartitionLag
-	23, // 21: closedloop.admin.v1.StageStatus.last_processed_at:type_name -> google.protobuf.Timestamp
-	27, // 22: closedloop.admin.v1.StageStatus.destinations:type_name -> closedloop.admin.v1.DestinationStatus
-	1,  // 23: closedloop.admin.v1.AdminService.ListSources:input_type -> closedloop.admin.v1.ListSourcesRequest
-	5,  // 24: closedloop.admin.v1.AdminService.IssueIngestToken:input_type -> closedloop.admin.v1.IssueIngestTokenRequest
-	7,  // 25: closedloop.admin.v1.AdminService.RevokeIngestToken:input_type -> closedloop.admin.v1.RevokeIngestTokenRequest
-	10, // 26: closedloop.admin.v1.AdminService.ListDeadLetters:input_type -> closedloop.admin.v1.ListDeadLettersRequest
-	13, // 27: closedloop.admin.v1.AdminService.GetDeadLetter:input_type -> closedloop.admin.v1.GetDeadLetterRequest
-	15, // 28: closedloop.admin.v1.AdminService.ReplayDeadLetters:input_type -> closedloop.admin.v1.ReplayDeadLettersRequest
-	17, // 29: closedloop.admin.v1.AdminService.DiscardDeadLetters:input_type -> closedloop.admin.v1.DiscardDeadLettersRequest
-	19, // 30: closedloop.admin.v1.AdminService.GetPipelineStatus:input_type -> closedloop.admin.v1.GetPipelineStatusRequest
-	2,  // 31: closedloop.admin.v1.AdminService.ListSources:output_type -> closedloop.admin.v1.ListSourcesResponse
-	6,  // 32: closedloop.admin.v1.AdminService.IssueIngestToken:output_type -> closedloop.admin.v1.IssueIngestTokenResponse
-	8,  // 33: closedloop.admin.v1.AdminService.RevokeIngestToken:output_type -> closedloop.admin.v1.RevokeIngestTokenResponse
-	11, // 34: closedloop.admin.v1.AdminService.ListDeadLetters:output_type -> closedloop.admin.v1.ListDeadLettersResponse
-	14, // 35: closedloop.admin.v1.AdminService.GetDeadLetter:output_type -> closedloop.admin.v1.GetDeadLetterResponse
-	16, // 36: closedloop.admin.v1.AdminService.ReplayDeadLetters:output_type -> closedloop.admin.v1.ReplayDeadLettersResponse
-	18, // 37: closedloop.admin.v1.AdminService.DiscardDeadLetters:output_type -> closedloop.admin.v1.DiscardDeadLettersResponse
-	20, // 38: closedloop.admin.v1.AdminService.GetPipelineStatus:output_type -> closedloop.admin.v1.GetPipelineStatusResponse
-	31, // [31:39] is the sub-list for method output_type
-	23, // [23:31] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	28, // 21: closedloop.admin.v1.StageStatus.last_processed_at:type_name -> google.protobuf.Timestamp
+	32, // 22: closedloop.admin.v1.StageStatus.destinations:type_name -> closedloop.admin.v1.DestinationStatus
+	27, // 23: closedloop.admin.v1.PauseSinkResponse.instances:type_name -> closedloop.admin.v1.InstanceDestinations
+	27, // 24: closedloop.admin.v1.ResumeSinkResponse.instances:type_name -> closedloop.admin.v1.InstanceDestinations
+	32, // 25: closedloop.admin.v1.InstanceDestinations.destinations:type_name -> closedloop.admin.v1.DestinationStatus
+	1,  // 26: closedloop.admin.v1.AdminService.ListSources:input_type -> closedloop.admin.v1.ListSourcesRequest
+	5,  // 27: closedloop.admin.v1.AdminService.IssueIngestToken:input_type -> closedloop.admin.v1.IssueIngestTokenRequest
+	7,  // 28: closedloop.admin.v1.AdminService.RevokeIngestToken:input_type -> closedloop.admin.v1.RevokeIngestTokenRequest
+	10, // 29: closedloop.admin.v1.AdminService.ListDeadLetters:input_type -> closedloop.admin.v1.ListDeadLettersRequest
+	13, // 30: closedloop.admin.v1.AdminService.GetDeadLetter:input_type -> closedloop.admin.v1.GetDeadLetterRequest
+	15, // 31: closedloop.admin.v1.AdminService.ReplayDeadLetters:input_type -> closedloop.admin.v1.ReplayDeadLettersRequest
+	17, // 32: closedloop.admin.v1.AdminService.DiscardDeadLetters:input_type -> closedloop.admin.v1.DiscardDeadLettersRequest
+	23, // 33: closedloop.admin.v1.AdminService.PauseSink:input_type -> closedloop.admin.v1.PauseSinkRequest
+	25, // 34: closedloop.admin.v1.AdminService.ResumeSink:input_type -> closedloop.admin.v1.ResumeSinkRequest
+	19, // 35: closedloop.admin.v1.AdminService.GetPipelineStatus:input_type -> closedloop.admin.v1.GetPipelineStatusRequest
+	2,  // 36: closedloop.admin.v1.AdminService.ListSources:output_type -> closedloop.admin.v1.ListSourcesResponse
+	6,  // 37: closedloop.admin.v1.AdminService.IssueIngestToken:output_type -> closedloop.admin.v1.IssueIngestTokenResponse
+	8,  // 38: closedloop.admin.v1.AdminService.RevokeIngestToken:output_type -> closedloop.admin.v1.RevokeIngestTokenResponse
+	11, // 39: closedloop.admin.v1.AdminService.ListDeadLetters:output_type -> closedloop.admin.v1.ListDeadLettersResponse
+	14, // 40: closedloop.admin.v1.AdminService.GetDeadLetter:output_type -> closedloop.admin.v1.GetDeadLetterResponse
+	16, // 41: closedloop.admin.v1.AdminService.ReplayDeadLetters:output_type -> closedloop.admin.v1.ReplayDeadLettersResponse
+	18, // 42: closedloop.admin.v1.AdminService.DiscardDeadLetters:output_type -> closedloop.admin.v1.DiscardDeadLettersResponse
+	24, // 43: closedloop.admin.v1.AdminService.PauseSink:output_type -> closedloop.admin.v1.PauseSinkResponse
+	26, // 44: closedloop.admin.v1.AdminService.ResumeSink:output_type -> closedloop.admin.v1.ResumeSinkResponse
+	20, // 45: closedloop.admin.v1.AdminService.GetPipelineStatus:output_type -> closedloop.admin.v1.GetPipelineStatusResponse
+	36, // [36:46] is the sub-list for method output_type
+	26, // [26:36] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_closedloop_admin_v1_admin_proto_init() }
@@ -1762,7 +2061,7 @@ func file_closedloop_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_closedloop_admin_v1_admin_proto_rawDesc), len(file_closedloop_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   22,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -26,6 +26,8 @@ const (
 	AdminService_GetDeadLetter_FullMethodName      = "/closedloop.admin.v1.AdminService/GetDeadLetter"
 	AdminService_ReplayDeadLetters_FullMethodName  = "/closedloop.admin.v1.AdminService/ReplayDeadLetters"
 	AdminService_DiscardDeadLetters_FullMethodName = "/closedloop.admin.v1.AdminService/DiscardDeadLetters"
+	AdminService_PauseSink_FullMethodName          = "/closedloop.admin.v1.AdminService/PauseSink"
+	AdminService_ResumeSink_FullMethodName         = "/closedloop.admin.v1.AdminService/ResumeSink"
 	AdminService_GetPipelineStatus_FullMethodName  = "/closedloop.admin.v1.AdminService/GetPipelineStatus"
 )
 
@@ -63,6 +65,12 @@ type AdminServiceClient interface {
 	// DiscardDeadLetters marks dead letters as handled without delivery.
 	// Operator.
 	DiscardDeadLetters(ctx context.Context, in *DiscardDeadLettersRequest, opts ...grpc.CallOption) (*DiscardDeadLettersResponse, error)
+	// PauseSink pauses a sink's destination (every destination when none is
+	// named) on every instance of the sink; consumption stops, Kafka keeps
+	// the backlog. Operator.
+	PauseSink(ctx context.Context, in *PauseSinkRequest, opts ...grpc.CallOption) (*PauseSinkResponse, error)
+	// ResumeSink undoes PauseSink on every instance. Operator.
+	ResumeSink(ctx context.Context, in *ResumeSinkRequest, opts ...grpc.CallOption) (*ResumeSinkResponse, error)
 	// GetPipelineStatus answers "is feedback flowing?": per stage and sink,
 	// consumer lag per partition and in total, DLQ depth, freshness, breaker
 	// states; and the schema drift the normalizer recorded.
@@ -147,6 +155,26 @@ func (c *adminServiceClient) DiscardDeadLetters(ctx context.Context, in *Discard
 	return out, nil
 }
 
+func (c *adminServiceClient) PauseSink(ctx context.Context, in *PauseSinkRequest, opts ...grpc.CallOption) (*PauseSinkResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PauseSinkResponse)
+	err := c.cc.Invoke(ctx, AdminService_PauseSink_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ResumeSink(ctx context.Context, in *ResumeSinkRequest, opts ...grpc.CallOption) (*ResumeSinkResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ResumeSinkResponse)
+	err := c.cc.Invoke(ctx, AdminService_ResumeSink_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminServiceClient) GetPipelineStatus(ctx context.Context, in *GetPipelineStatusRequest, opts ...grpc.CallOption) (*GetPipelineStatusResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(GetPipelineStatusResponse)
@@ -191,6 +219,12 @@ type AdminServiceServer interface {
 	// DiscardDeadLetters marks dead letters as handled without delivery.
 	// Operator.
 	DiscardDeadLetters(context.Context, *DiscardDeadLettersRequest) (*DiscardDeadLettersResponse, error)
+	// PauseSink pauses a sink's destination (every destination when none is
+	// named) on every instance of the sink; consumption stops, Kafka keeps
+	// the backlog. Operator.
+	PauseSink(context.Context, *PauseSinkRequest) (*PauseSinkResponse, error)
+	// ResumeSink undoes PauseSink on every instance. Operator.
+	ResumeSink(context.Context, *ResumeSinkRequest) (*ResumeSinkResponse, error)
 	// GetPipelineStatus answers "is feedback flowing?": per stage and sink,
 	// consumer lag per partition and in total, DLQ depth, freshness, breaker
 	// states; and the schema drift the normalizer recorded.
@@ -225,6 +259,12 @@ func (UnimplementedAdminServiceServer) ReplayDeadLetters(context.Context, *Repla
 }
 func (UnimplementedAdminServiceServer) DiscardDeadLetters(context.Context, *DiscardDeadLettersRequest) (*DiscardDeadLettersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DiscardDeadLetters not implemented")
+}
+func (UnimplementedAdminServiceServer) PauseSink(context.Context, *PauseSinkRequest) (*PauseSinkResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PauseSink not implemented")
+}
+func (UnimplementedAdminServiceServer) ResumeSink(context.Context, *ResumeSinkRequest) (*ResumeSinkResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ResumeSink not implemented")
 }
 func (UnimplementedAdminServiceServer) GetPipelineStatus(context.Context, *GetPipelineStatusRequest) (*GetPipelineStatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetPipelineStatus not implemented")
@@ -376,6 +416,42 @@ func _AdminService_DiscardDeadLetters_Handler(srv interface{}, ctx context.Conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_PauseSink_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PauseSinkRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).PauseSink(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_PauseSink_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).PauseSink(ctx, req.(*PauseSinkRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ResumeSink_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResumeSinkRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ResumeSink(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ResumeSink_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ResumeSink(ctx, req.(*ResumeSinkRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _AdminService_GetPipelineStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GetPipelineStatusRequest)
 	if err := dec(in); err != nil {
@@ -428,6 +504,14 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DiscardDeadLetters",
 			Handler:    _AdminService_DiscardDeadLetters_Handler,
+		},
+		{
+			MethodName: "PauseSink",
+			Handler:    _AdminService_PauseSink_Handler,
+		},
+		{
+			MethodName: "ResumeSink",
+			Handler:    _AdminService_ResumeSink_Handler,
 		},
 		{
 			MethodName: "GetPipelineStatus",
