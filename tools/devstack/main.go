@@ -117,7 +117,13 @@ func run(ctx context.Context, o options) error {
 
 	secret, token := "dev_delighted_api_key", "tok_dev_0123456789abcdefghijklmnop"
 	p := &stack.Pipeline{BinDir: bin, Dir: filepath.Join(state, "logs"), Brokers: broker.Addrs, Redis: redisAddr,
-		DatabaseURL: dbURL, Secret: secret, Token: token, IngressPort: o.ingressPort, Env: []string{"LOG_LEVEL=info"}, CRMURL: crmURL}
+		DatabaseURL: dbURL, Secret: secret, Token: token, IngressPort: o.ingressPort, Env: []string{"LOG_LEVEL=info"}, CRMURL: crmURL,
+		AdminTokens: map[string]string{"dev": "operator", "viewer": "viewer"}}
+	sinkName := "sink-warehouse"
+	if dbURL == "" {
+		sinkName = "sink-console"
+	}
+	p.Run = []string{sinkName, "enricher", "normalizer", "ingress", "admin"}
 	say("  services   starting (logs in %s)…", p.Dir)
 	if err := p.Start(ctx); err != nil {
 		_ = p.Stop()
@@ -133,6 +139,9 @@ func run(ctx context.Context, o options) error {
 	if dbURL != "" {
 		say("Rows:  psql '%s' -c 'SELECT _cl_received_at, kind, subject_id, score, segment, comment FROM %s.feedback_latest'", dbURL, p.Schema())
 	}
+	say("Operate it (docs/operations.md):")
+	say("  export CLOSEDLOOP_ADMIN_ADDR=%s CLOSEDLOOP_ADMIN_TOKEN=%s", p.AdminAddr(), p.AdminToken("dev"))
+	say("  %s status      (or: go run ./services/admin/cmd/closedloopctl status)", filepath.Join(bin, "closedloopctl"))
 	say("Ctrl-C stops everything.")
 	say("")
 
