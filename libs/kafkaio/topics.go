@@ -40,6 +40,10 @@ func (t Topics) Audit() string { return t.prefix + "closedloop.audit.v1" }
 // (replayed, discarded), keyed by dead-letter id.
 func (t Topics) DLQState() string { return t.prefix + "closedloop.control.dlq-state.v1" }
 
+// ReplayJobs is the compacted control topic of the admin service's range
+// replay jobs, keyed by job id.
+func (t Topics) ReplayJobs() string { return t.prefix + "closedloop.control.replay-jobs.v1" }
+
 // NewTopics returns the default topic names with prefix put in front
 // (prefix "" gives "feedback.raw.v1", prefix "t42." gives "t42.feedback.raw.v1").
 func NewTopics(prefix string) Topics {

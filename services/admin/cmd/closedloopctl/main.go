@@ -65,6 +65,12 @@ Commands:
   dlq replay --sink <sink> ...    ... every open one matching the filter flags (try --dry-run first)
   dlq discard <id>... --reason r  mark dead letters handled without delivering them
 
+  replay raw --since 2h [--until t] [--source s] [--dry-run] [--rate 500]
+                                  a time range of the raw topic back through the normalizer
+                                  (after a mapping fix: the warehouse rows are rewritten)
+  replay normalized --sink s --since 2h [--filter CEL] ...   a range into one sink
+  replay ls | watch <job> | cancel <job>    jobs, live progress, stop one
+
 Filter flags (dlq ls, and dlq replay/discard with --sink): --since 24h|2026-11-20T00:00:00Z,
   --until, --class permanent|exhausted, --provider delighted, --destination <webhook endpoint>
 
@@ -231,6 +237,8 @@ func (c *cli) dispatch(args []string) (int, error) {
 		return exitUsage, usageError{"tokens: issue or revoke, not " + rest[0]}
 	case "pause", "resume":
 		return c.pause(cmd, rest)
+	case "replay":
+		return c.replay(rest)
 	case "dlq":
 		if len(rest) == 0 {
 			return exitUsage, usageError{"dlq ls|show|replay|discard"}
@@ -644,4 +652,167 @@ func (c *cli) pause(cmd string, args []string) (int, error) {
 		return exitCode(callErr), callErr
 	}
 	return exitOK, nil
+}
+
+func (c *cli) replay(args []string) (int, error) {
+	if len(args) == 0 {
+		return exitUsage, usageError{"replay raw|normalized|ls|watch|cancel"}
+	}
+	switch args[0] {
+	case "ls":
+		ctx, cancel := c.ctx()
+		defer cancel()
+		res, err := c.client.ListReplays(ctx, &adminv1.ListReplaysRequest{})
+		if err != nil {
+			return exitFailed, err
+		}
+		c.emit(res, func(w *tabwriter.Writer) {
+			fmt.Fprintln(w, "JOB\tFROM\tSTATE\tSTARTED\tBY\tPRODUCED\tMATCHED\tSCANNED\tTOTAL")
+			for _, j := range res.Jobs {
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\n", j.Id, short(j.Request.GetFrom(), "REPLAY_FROM_"), short(j.State, "REPLAY_STATE_"),
+					ago(j.StartedAt), j.StartedBy, j.Produced, j.Matched, j.Scanned, j.Total)
+			}
+		})
+		return exitOK, nil
+	case "watch":
+		if len(args) != 2 {
+			return exitUsage, usageError{"replay watch <job>"}
+		}
+		return c.watch(args[1])
+	case "cancel":
+		if len(args) != 2 {
+			return exitUsage, usageError{"replay cancel <job>"}
+		}
+		ctx, cancel := c.ctx()
+		defer cancel()
+		res, err := c.client.CancelReplay(ctx, &adminv1.CancelReplayRequest{Id: args[1]})
+		if err != nil {
+			return exitFailed, err
+		}
+		c.emit(res, func(w *tabwriter.Writer) {
+			fmt.Fprintf(w, "job %s: %s after %d of %d records produced\n", res.Job.Id, short(res.Job.State, "REPLAY_STATE_"), res.Job.Produced, res.Job.Matched)
+		})
+		return exitOK, nil
+	case "raw", "normalized":
+	default:
+		return exitUsage, usageError{"replay raw|normalized|ls|watch|cancel, not " + args[0]}
+	}
+	fs := flag.NewFlagSet("replay", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	since := fs.String("since", "", "start of the range: a duration back (2h) or a time (RFC 3339)")
+	until := fs.String("until", "", "end of the range (default now)")
+	source := fs.String("source", "", "only this source")
+	sinkName := fs.String("sink", "", "the sink to replay into (normalized)")
+	filter := fs.String("filter", "", "a CEL expression over event (normalized)")
+	dry := fs.Bool("dry-run", false, "count only")
+	ratePS := fs.Float64("rate", 500, "records per second at most")
+	detach := fs.Bool("detach", false, "start the job and return (watch it with replay watch)")
+	if _, err := parseMixed(fs, args[1:]); err != nil {
+		return exitUsage, err
+	}
+	req := &adminv1.StartReplayRequest{From: adminv1.ReplayFrom_REPLAY_FROM_RAW, Sink: *sinkName, Source: *source, Filter: *filter,
+		DryRun: *dry, RatePerSecond: *ratePS}
+	if args[0] == "normalized" {
+		req.From = adminv1.ReplayFrom_REPLAY_FROM_NORMALIZED
+	}
+	if *since == "" {
+		return exitUsage, usageError{"replay needs --since"}
+	}
+	for _, t := range []struct {
+		v   string
+		dst **timestamppb.Timestamp
+	}{{*since, &req.Since}, {*until, &req.Until}} {
+		if t.v == "" {
+			continue
+		}
+		ts, err := parseWhen(t.v)
+		if err != nil {
+			return exitUsage, err
+		}
+		*t.dst = ts
+	}
+	ctx, cancel := c.ctx()
+	defer cancel()
+	res, err := c.client.StartReplay(ctx, req)
+	if err != nil {
+		return exitFailed, err
+	}
+	if !c.json {
+		fmt.Fprintf(c.out, "replay job %s started (replay id %s)\n", res.Job.Id, res.Job.ReplayId)
+	}
+	if *detach {
+		if c.json {
+			c.emit(res, nil)
+		}
+		return exitOK, nil
+	}
+	return c.watch(res.Job.Id)
+}
+
+// watch follows a job with a progress bar until it ends.
+func (c *cli) watch(id string) (int, error) {
+	ctx := context.Background()
+	if c.token != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+c.token)
+	}
+	stream, err := c.client.WatchReplay(ctx, &adminv1.WatchReplayRequest{Id: id})
+	if err != nil {
+		return exitFailed, err
+	}
+	var last *adminv1.ReplayJob
+	for {
+		msg, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return exitFailed, err
+		}
+		last = msg.Job
+		if !c.json {
+			fmt.Fprintf(c.out, "\r%s %s", bar(last.Scanned, last.Total, 30), progressText(last))
+		}
+	}
+	if last == nil {
+		return exitFailed, fmt.Errorf("no progress from job %s", id)
+	}
+	if c.json {
+		c.emit(last, nil)
+	} else {
+		fmt.Fprintf(c.out, "\njob %s %s", last.Id, short(last.State, "REPLAY_STATE_"))
+		if last.Error != "" {
+			fmt.Fprintf(c.out, ": %s", last.Error)
+		}
+		fmt.Fprintln(c.out)
+	}
+	if last.State != adminv1.ReplayState_REPLAY_STATE_DONE {
+		return exitFailed, nil
+	}
+	return exitOK, nil
+}
+
+func progressText(j *adminv1.ReplayJob) string {
+	verb := "produced"
+	if j.Request.GetDryRun() {
+		verb = "would replay"
+	}
+	return fmt.Sprintf("%d/%d scanned, %d matched, %d %s  ", j.Scanned, j.Total, j.Matched, map[bool]int64{true: j.Matched, false: j.Produced}[j.Request.GetDryRun()], verb)
+}
+
+func bar(done, total int64, width int) string {
+	if total <= 0 {
+		return "[" + strings.Repeat("=", width) + "]"
+	}
+	n := int(int64(width) * min(done, total) / total)
+	return "[" + strings.Repeat("=", n) + strings.Repeat(" ", width-n) + "]"
+}
+
+func parseWhen(v string) (*timestamppb.Timestamp, error) {
+	if d, err := time.ParseDuration(v); err == nil {
+		return timestamppb.New(time.Now().Add(-d)), nil
+	}
+	if at, err := time.Parse(time.RFC3339, v); err == nil {
+		return timestamppb.New(at), nil
+	}
+	return nil, usageError{fmt.Sprintf("%q is neither a duration (2h) nor an RFC 3339 time", v)}
 }

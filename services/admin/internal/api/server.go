@@ -26,6 +26,7 @@ import (
 	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 	"github.com/closedloop/closedloop/services/admin/internal/dlq"
 	"github.com/closedloop/closedloop/services/admin/internal/lag"
+	"github.com/closedloop/closedloop/services/admin/internal/replay"
 )
 
 // Stage is one consumer group the status reports on.
@@ -46,6 +47,7 @@ type Options struct {
 	Tokens    *ingesttokens.Store
 	Producer  *kafkaio.Producer
 	DLQ       *dlq.Store
+	Replays   *replay.Jobs
 	Lag       *lag.Reader
 	Stages    []Stage
 	Instances map[string][]string // service -> gRPC addresses of its instances
@@ -305,6 +307,47 @@ func (s *Server) eachDestination(ctx context.Context, sinkName, dest string, fn 
 		return out, status.Errorf(codes.Unavailable, "%d of %d instances of %s could not be reached (see instances)", failed, len(addrs), sinkName)
 	}
 	return out, nil
+}
+
+func replayError(err error) error {
+	if errors.Is(err, replay.ErrNotFound) {
+		return status.Error(codes.NotFound, err.Error())
+	}
+	return status.Error(codes.InvalidArgument, err.Error())
+}
+
+// StartReplay implements AdminService.
+func (s *Server) StartReplay(ctx context.Context, req *adminv1.StartReplayRequest) (*adminv1.StartReplayResponse, error) {
+	job, err := s.o.Replays.Start(ctx, req, CallerOf(ctx).Name)
+	if err != nil {
+		return nil, replayError(err)
+	}
+	return &adminv1.StartReplayResponse{Job: job}, nil
+}
+
+// WatchReplay implements AdminService.
+func (s *Server) WatchReplay(req *adminv1.WatchReplayRequest, stream grpc.ServerStreamingServer[adminv1.WatchReplayResponse]) error {
+	err := s.o.Replays.Watch(stream.Context(), req.Id, func(job *adminv1.ReplayJob) error {
+		return stream.Send(&adminv1.WatchReplayResponse{Job: job})
+	})
+	if errors.Is(err, replay.ErrNotFound) {
+		return status.Error(codes.NotFound, err.Error())
+	}
+	return err
+}
+
+// CancelReplay implements AdminService.
+func (s *Server) CancelReplay(_ context.Context, req *adminv1.CancelReplayRequest) (*adminv1.CancelReplayResponse, error) {
+	job, err := s.o.Replays.Cancel(req.Id)
+	if err != nil {
+		return nil, replayError(err)
+	}
+	return &adminv1.CancelReplayResponse{Job: job}, nil
+}
+
+// ListReplays implements AdminService.
+func (s *Server) ListReplays(context.Context, *adminv1.ListReplaysRequest) (*adminv1.ListReplaysResponse, error) {
+	return &adminv1.ListReplaysResponse{Jobs: s.o.Replays.List()}, nil
 }
 
 // GetPipelineStatus implements AdminService.

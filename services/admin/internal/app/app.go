@@ -22,6 +22,7 @@ import (
 	"github.com/closedloop/closedloop/services/admin/internal/api"
 	"github.com/closedloop/closedloop/services/admin/internal/dlq"
 	"github.com/closedloop/closedloop/services/admin/internal/lag"
+	"github.com/closedloop/closedloop/services/admin/internal/replay"
 )
 
 // Config is the admin service's configuration.
@@ -162,7 +163,10 @@ func Run(ctx context.Context) error {
 		return err
 	}
 	compacted := ingesttokens.TopicSpec(cfg.Common.TopicReplication) // one partition, compacted
-	if err := kafkaio.EnsureTopics(ctx, cfg.Common.Brokers, []string{t.IngestTokens, t.DLQState()}, cfg.Common.CreateTopics, compacted); err != nil {
+	if err := svc.EnsureTopics(ctx, t.Raw, t.Normalized); err != nil {
+		return err
+	}
+	if err := kafkaio.EnsureTopics(ctx, cfg.Common.Brokers, []string{t.IngestTokens, t.DLQState(), t.ReplayJobs()}, cfg.Common.CreateTopics, compacted); err != nil {
 		return err
 	}
 	tokens := ingesttokens.NewStore(cfg.Common.Brokers, t.IngestTokens, svc.Log)
@@ -170,13 +174,18 @@ func Run(ctx context.Context) error {
 	svc.Status.AddCheck("ingest-tokens", tokens.Check)
 	producer := svc.Producer()
 	auth.Producer = producer
+	replays := replay.New(cfg.Common.Brokers, t, sinks, producer, svc.Log)
+	if err := replays.Load(ctx); err != nil {
+		return err
+	}
 	server := api.New(api.Options{
 		Pipeline: cfg.Pipeline.Current, Tokens: tokens, Producer: producer,
-		DLQ: dlq.New(cfg.Common.Brokers, t, producer), Lag: lag.New(cfg.Common.Brokers),
+		DLQ: dlq.New(cfg.Common.Brokers, t, producer), Replays: replays, Lag: lag.New(cfg.Common.Brokers),
 		Stages: cfg.stages(t), Instances: cfg.Instances, PublicURL: cfg.PublicURL, Log: svc.Log,
 	})
 	adminv1.RegisterAdminServiceServer(svc.GRPC.GRPC, server)
 	svc.Watch(cfg.Pipeline, func(*config.Pipeline) error { return nil }) // admin tokens and sources follow the file
+	svc.OnShutdown("replay jobs", 10*time.Second, func(context.Context) error { replays.Stop(); return nil })
 	svc.OnShutdown("service connections", time.Second, func(context.Context) error { server.Close(); return nil })
 	svc.CloseProducer(producer)
 	svc.Log.Info("admin ready", "tls", cfg.TLSCert != "", "mtls", cfg.TLSClientCA != "", "sinks", sinks,

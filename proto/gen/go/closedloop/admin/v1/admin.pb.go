@@ -76,6 +76,118 @@ func (DeadLetterState) EnumDescriptor() ([]byte, []int) {
 	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{0}
 }
 
+// ReplayFrom is the topic a range replay reads.
+type ReplayFrom int32
+
+const (
+	ReplayFrom_REPLAY_FROM_UNSPECIFIED ReplayFrom = 0
+	// feedback.raw.v1, back through the normalizer and everything after it.
+	ReplayFrom_REPLAY_FROM_RAW ReplayFrom = 1
+	// feedback.normalized.v1, into one sink (its replay topic).
+	ReplayFrom_REPLAY_FROM_NORMALIZED ReplayFrom = 2
+)
+
+// Enum value maps for ReplayFrom.
+var (
+	ReplayFrom_name = map[int32]string{
+		0: "REPLAY_FROM_UNSPECIFIED",
+		1: "REPLAY_FROM_RAW",
+		2: "REPLAY_FROM_NORMALIZED",
+	}
+	ReplayFrom_value = map[string]int32{
+		"REPLAY_FROM_UNSPECIFIED": 0,
+		"REPLAY_FROM_RAW":         1,
+		"REPLAY_FROM_NORMALIZED":  2,
+	}
+)
+
+func (x ReplayFrom) Enum() *ReplayFrom {
+	p := new(ReplayFrom)
+	*p = x
+	return p
+}
+
+func (x ReplayFrom) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ReplayFrom) Descriptor() protoreflect.EnumDescriptor {
+	return file_closedloop_admin_v1_admin_proto_enumTypes[1].Descriptor()
+}
+
+func (ReplayFrom) Type() protoreflect.EnumType {
+	return &file_closedloop_admin_v1_admin_proto_enumTypes[1]
+}
+
+func (x ReplayFrom) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ReplayFrom.Descriptor instead.
+func (ReplayFrom) EnumDescriptor() ([]byte, []int) {
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+// ReplayState is where a job is.
+type ReplayState int32
+
+const (
+	ReplayState_REPLAY_STATE_UNSPECIFIED ReplayState = 0
+	ReplayState_REPLAY_STATE_RUNNING     ReplayState = 1
+	ReplayState_REPLAY_STATE_DONE        ReplayState = 2
+	ReplayState_REPLAY_STATE_CANCELLED   ReplayState = 3
+	ReplayState_REPLAY_STATE_FAILED      ReplayState = 4
+	// The admin service stopped while the job ran; start it again if needed.
+	ReplayState_REPLAY_STATE_INTERRUPTED ReplayState = 5
+)
+
+// Enum value maps for ReplayState.
+var (
+	ReplayState_name = map[int32]string{
+		0: "REPLAY_STATE_UNSPECIFIED",
+		1: "REPLAY_STATE_RUNNING",
+		2: "REPLAY_STATE_DONE",
+		3: "REPLAY_STATE_CANCELLED",
+		4: "REPLAY_STATE_FAILED",
+		5: "REPLAY_STATE_INTERRUPTED",
+	}
+	ReplayState_value = map[string]int32{
+		"REPLAY_STATE_UNSPECIFIED": 0,
+		"REPLAY_STATE_RUNNING":     1,
+		"REPLAY_STATE_DONE":        2,
+		"REPLAY_STATE_CANCELLED":   3,
+		"REPLAY_STATE_FAILED":      4,
+		"REPLAY_STATE_INTERRUPTED": 5,
+	}
+)
+
+func (x ReplayState) Enum() *ReplayState {
+	p := new(ReplayState)
+	*p = x
+	return p
+}
+
+func (x ReplayState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ReplayState) Descriptor() protoreflect.EnumDescriptor {
+	return file_closedloop_admin_v1_admin_proto_enumTypes[2].Descriptor()
+}
+
+func (ReplayState) Type() protoreflect.EnumType {
+	return &file_closedloop_admin_v1_admin_proto_enumTypes[2]
+}
+
+func (x ReplayState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ReplayState.Descriptor instead.
+func (ReplayState) EnumDescriptor() ([]byte, []int) {
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
 // ListSourcesRequest has no parameters.
 type ListSourcesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1793,6 +1905,557 @@ func (x *InstanceDestinations) GetError() string {
 	return ""
 }
 
+// StartReplayRequest describes a range replay.
+type StartReplayRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	From  ReplayFrom             `protobuf:"varint,1,opt,name=from,proto3,enum=closedloop.admin.v1.ReplayFrom" json:"from,omitempty"`
+	// The sink to replay into (REPLAY_FROM_NORMALIZED only), e.g. "sink-warehouse".
+	Sink string `protobuf:"bytes,2,opt,name=sink,proto3" json:"sink,omitempty"`
+	// Records written to the topic at or after since and before until
+	// (required; until defaults to now).
+	Since *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=since,proto3" json:"since,omitempty"`
+	Until *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=until,proto3" json:"until,omitempty"`
+	// Only records of this source (both topics).
+	Source string `protobuf:"bytes,5,opt,name=source,proto3" json:"source,omitempty"`
+	// A CEL expression over `event` (REPLAY_FROM_NORMALIZED only).
+	Filter string `protobuf:"bytes,6,opt,name=filter,proto3" json:"filter,omitempty"`
+	// Count only.
+	DryRun bool `protobuf:"varint,7,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// Records produced per second at most (default 500).
+	RatePerSecond float64 `protobuf:"fixed64,8,opt,name=rate_per_second,json=ratePerSecond,proto3" json:"rate_per_second,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartReplayRequest) Reset() {
+	*x = StartReplayRequest{}
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartReplayRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartReplayRequest) ProtoMessage() {}
+
+func (x *StartReplayRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartReplayRequest.ProtoReflect.Descriptor instead.
+func (*StartReplayRequest) Descriptor() ([]byte, []int) {
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *StartReplayRequest) GetFrom() ReplayFrom {
+	if x != nil {
+		return x.From
+	}
+	return ReplayFrom_REPLAY_FROM_UNSPECIFIED
+}
+
+func (x *StartReplayRequest) GetSink() string {
+	if x != nil {
+		return x.Sink
+	}
+	return ""
+}
+
+func (x *StartReplayRequest) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *StartReplayRequest) GetUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Until
+	}
+	return nil
+}
+
+func (x *StartReplayRequest) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *StartReplayRequest) GetFilter() string {
+	if x != nil {
+		return x.Filter
+	}
+	return ""
+}
+
+func (x *StartReplayRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+func (x *StartReplayRequest) GetRatePerSecond() float64 {
+	if x != nil {
+		return x.RatePerSecond
+	}
+	return 0
+}
+
+// StartReplayResponse is the job as started.
+type StartReplayResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Job           *ReplayJob             `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartReplayResponse) Reset() {
+	*x = StartReplayResponse{}
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartReplayResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartReplayResponse) ProtoMessage() {}
+
+func (x *StartReplayResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartReplayResponse.ProtoReflect.Descriptor instead.
+func (*StartReplayResponse) Descriptor() ([]byte, []int) {
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *StartReplayResponse) GetJob() *ReplayJob {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
+// ReplayJob is a range replay and its progress.
+type ReplayJob struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The replay id every replayed record carries (the job id).
+	ReplayId   string                 `protobuf:"bytes,2,opt,name=replay_id,json=replayId,proto3" json:"replay_id,omitempty"`
+	Request    *StartReplayRequest    `protobuf:"bytes,3,opt,name=request,proto3" json:"request,omitempty"`
+	State      ReplayState            `protobuf:"varint,4,opt,name=state,proto3,enum=closedloop.admin.v1.ReplayState" json:"state,omitempty"`
+	StartedBy  string                 `protobuf:"bytes,5,opt,name=started_by,json=startedBy,proto3" json:"started_by,omitempty"`
+	StartedAt  *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	FinishedAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
+	// Records in the range (all partitions), read so far, matching, produced.
+	Total    int64 `protobuf:"varint,8,opt,name=total,proto3" json:"total,omitempty"`
+	Scanned  int64 `protobuf:"varint,9,opt,name=scanned,proto3" json:"scanned,omitempty"`
+	Matched  int64 `protobuf:"varint,10,opt,name=matched,proto3" json:"matched,omitempty"`
+	Produced int64 `protobuf:"varint,11,opt,name=produced,proto3" json:"produced,omitempty"`
+	// Why it failed.
+	Error         string `protobuf:"bytes,12,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplayJob) Reset() {
+	*x = ReplayJob{}
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplayJob) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplayJob) ProtoMessage() {}
+
+func (x *ReplayJob) ProtoReflect() protoreflect.Message {
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplayJob.ProtoReflect.Descriptor instead.
+func (*ReplayJob) Descriptor() ([]byte, []int) {
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ReplayJob) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ReplayJob) GetReplayId() string {
+	if x != nil {
+		return x.ReplayId
+	}
+	return ""
+}
+
+func (x *ReplayJob) GetRequest() *StartReplayRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *ReplayJob) GetState() ReplayState {
+	if x != nil {
+		return x.State
+	}
+	return ReplayState_REPLAY_STATE_UNSPECIFIED
+}
+
+func (x *ReplayJob) GetStartedBy() string {
+	if x != nil {
+		return x.StartedBy
+	}
+	return ""
+}
+
+func (x *ReplayJob) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+func (x *ReplayJob) GetFinishedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FinishedAt
+	}
+	return nil
+}
+
+func (x *ReplayJob) GetTotal() int64 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
+func (x *ReplayJob) GetScanned() int64 {
+	if x != nil {
+		return x.Scanned
+	}
+	return 0
+}
+
+func (x *ReplayJob) GetMatched() int64 {
+	if x != nil {
+		return x.Matched
+	}
+	return 0
+}
+
+func (x *ReplayJob) GetProduced() int64 {
+	if x != nil {
+		return x.Produced
+	}
+	return 0
+}
+
+func (x *ReplayJob) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+// WatchReplayRequest names the job.
+type WatchReplayRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchReplayRequest) Reset() {
+	*x = WatchReplayRequest{}
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchReplayRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchReplayRequest) ProtoMessage() {}
+
+func (x *WatchReplayRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchReplayRequest.ProtoReflect.Descriptor instead.
+func (*WatchReplayRequest) Descriptor() ([]byte, []int) {
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *WatchReplayRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// WatchReplayResponse is one progress report.
+type WatchReplayResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Job           *ReplayJob             `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchReplayResponse) Reset() {
+	*x = WatchReplayResponse{}
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchReplayResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchReplayResponse) ProtoMessage() {}
+
+func (x *WatchReplayResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchReplayResponse.ProtoReflect.Descriptor instead.
+func (*WatchReplayResponse) Descriptor() ([]byte, []int) {
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *WatchReplayResponse) GetJob() *ReplayJob {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
+// CancelReplayRequest names the job.
+type CancelReplayRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelReplayRequest) Reset() {
+	*x = CancelReplayRequest{}
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelReplayRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelReplayRequest) ProtoMessage() {}
+
+func (x *CancelReplayRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelReplayRequest.ProtoReflect.Descriptor instead.
+func (*CancelReplayRequest) Descriptor() ([]byte, []int) {
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *CancelReplayRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// CancelReplayResponse is the job after the cancel.
+type CancelReplayResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Job           *ReplayJob             `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelReplayResponse) Reset() {
+	*x = CancelReplayResponse{}
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelReplayResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelReplayResponse) ProtoMessage() {}
+
+func (x *CancelReplayResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelReplayResponse.ProtoReflect.Descriptor instead.
+func (*CancelReplayResponse) Descriptor() ([]byte, []int) {
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *CancelReplayResponse) GetJob() *ReplayJob {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
+// ListReplaysRequest has no parameters.
+type ListReplaysRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListReplaysRequest) Reset() {
+	*x = ListReplaysRequest{}
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListReplaysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListReplaysRequest) ProtoMessage() {}
+
+func (x *ListReplaysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListReplaysRequest.ProtoReflect.Descriptor instead.
+func (*ListReplaysRequest) Descriptor() ([]byte, []int) {
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{34}
+}
+
+// ListReplaysResponse lists the jobs, newest first.
+type ListReplaysResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Jobs          []*ReplayJob           `protobuf:"bytes,1,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListReplaysResponse) Reset() {
+	*x = ListReplaysResponse{}
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListReplaysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListReplaysResponse) ProtoMessage() {}
+
+func (x *ListReplaysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListReplaysResponse.ProtoReflect.Descriptor instead.
+func (*ListReplaysResponse) Descriptor() ([]byte, []int) {
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *ListReplaysResponse) GetJobs() []*ReplayJob {
+	if x != nil {
+		return x.Jobs
+	}
+	return nil
+}
+
 var File_closedloop_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_closedloop_admin_v1_admin_proto_rawDesc = "" +
@@ -1924,12 +2587,63 @@ const file_closedloop_admin_v1_admin_proto_rawDesc = "" +
 	"\x14InstanceDestinations\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12J\n" +
 	"\fdestinations\x18\x02 \x03(\v2&.closedloop.admin.v1.DestinationStatusR\fdestinations\x12\x14\n" +
-	"\x05error\x18\x03 \x01(\tR\x05error*\x91\x01\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\"\xb2\x02\n" +
+	"\x12StartReplayRequest\x123\n" +
+	"\x04from\x18\x01 \x01(\x0e2\x1f.closedloop.admin.v1.ReplayFromR\x04from\x12\x12\n" +
+	"\x04sink\x18\x02 \x01(\tR\x04sink\x120\n" +
+	"\x05since\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x120\n" +
+	"\x05until\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x05until\x12\x16\n" +
+	"\x06source\x18\x05 \x01(\tR\x06source\x12\x16\n" +
+	"\x06filter\x18\x06 \x01(\tR\x06filter\x12\x17\n" +
+	"\adry_run\x18\a \x01(\bR\x06dryRun\x12&\n" +
+	"\x0frate_per_second\x18\b \x01(\x01R\rratePerSecond\"G\n" +
+	"\x13StartReplayResponse\x120\n" +
+	"\x03job\x18\x01 \x01(\v2\x1e.closedloop.admin.v1.ReplayJobR\x03job\"\xc6\x03\n" +
+	"\tReplayJob\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
+	"\treplay_id\x18\x02 \x01(\tR\breplayId\x12A\n" +
+	"\arequest\x18\x03 \x01(\v2'.closedloop.admin.v1.StartReplayRequestR\arequest\x126\n" +
+	"\x05state\x18\x04 \x01(\x0e2 .closedloop.admin.v1.ReplayStateR\x05state\x12\x1d\n" +
+	"\n" +
+	"started_by\x18\x05 \x01(\tR\tstartedBy\x129\n" +
+	"\n" +
+	"started_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12;\n" +
+	"\vfinished_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"finishedAt\x12\x14\n" +
+	"\x05total\x18\b \x01(\x03R\x05total\x12\x18\n" +
+	"\ascanned\x18\t \x01(\x03R\ascanned\x12\x18\n" +
+	"\amatched\x18\n" +
+	" \x01(\x03R\amatched\x12\x1a\n" +
+	"\bproduced\x18\v \x01(\x03R\bproduced\x12\x14\n" +
+	"\x05error\x18\f \x01(\tR\x05error\"$\n" +
+	"\x12WatchReplayRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"G\n" +
+	"\x13WatchReplayResponse\x120\n" +
+	"\x03job\x18\x01 \x01(\v2\x1e.closedloop.admin.v1.ReplayJobR\x03job\"%\n" +
+	"\x13CancelReplayRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"H\n" +
+	"\x14CancelReplayResponse\x120\n" +
+	"\x03job\x18\x01 \x01(\v2\x1e.closedloop.admin.v1.ReplayJobR\x03job\"\x14\n" +
+	"\x12ListReplaysRequest\"I\n" +
+	"\x13ListReplaysResponse\x122\n" +
+	"\x04jobs\x18\x01 \x03(\v2\x1e.closedloop.admin.v1.ReplayJobR\x04jobs*\x91\x01\n" +
 	"\x0fDeadLetterState\x12!\n" +
 	"\x1dDEAD_LETTER_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16DEAD_LETTER_STATE_OPEN\x10\x01\x12\x1e\n" +
 	"\x1aDEAD_LETTER_STATE_REPLAYED\x10\x02\x12\x1f\n" +
-	"\x1bDEAD_LETTER_STATE_DISCARDED\x10\x032\xc5\b\n" +
+	"\x1bDEAD_LETTER_STATE_DISCARDED\x10\x03*Z\n" +
+	"\n" +
+	"ReplayFrom\x12\x1b\n" +
+	"\x17REPLAY_FROM_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fREPLAY_FROM_RAW\x10\x01\x12\x1a\n" +
+	"\x16REPLAY_FROM_NORMALIZED\x10\x02*\xaf\x01\n" +
+	"\vReplayState\x12\x1c\n" +
+	"\x18REPLAY_STATE_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14REPLAY_STATE_RUNNING\x10\x01\x12\x15\n" +
+	"\x11REPLAY_STATE_DONE\x10\x02\x12\x1a\n" +
+	"\x16REPLAY_STATE_CANCELLED\x10\x03\x12\x17\n" +
+	"\x13REPLAY_STATE_FAILED\x10\x04\x12\x1c\n" +
+	"\x18REPLAY_STATE_INTERRUPTED\x10\x052\xd2\v\n" +
 	"\fAdminService\x12`\n" +
 	"\vListSources\x12'.closedloop.admin.v1.ListSourcesRequest\x1a(.closedloop.admin.v1.ListSourcesResponse\x12o\n" +
 	"\x10IssueIngestToken\x12,.closedloop.admin.v1.IssueIngestTokenRequest\x1a-.closedloop.admin.v1.IssueIngestTokenResponse\x12r\n" +
@@ -1940,7 +2654,11 @@ const file_closedloop_admin_v1_admin_proto_rawDesc = "" +
 	"\x12DiscardDeadLetters\x12..closedloop.admin.v1.DiscardDeadLettersRequest\x1a/.closedloop.admin.v1.DiscardDeadLettersResponse\x12Z\n" +
 	"\tPauseSink\x12%.closedloop.admin.v1.PauseSinkRequest\x1a&.closedloop.admin.v1.PauseSinkResponse\x12]\n" +
 	"\n" +
-	"ResumeSink\x12&.closedloop.admin.v1.ResumeSinkRequest\x1a'.closedloop.admin.v1.ResumeSinkResponse\x12r\n" +
+	"ResumeSink\x12&.closedloop.admin.v1.ResumeSinkRequest\x1a'.closedloop.admin.v1.ResumeSinkResponse\x12`\n" +
+	"\vStartReplay\x12'.closedloop.admin.v1.StartReplayRequest\x1a(.closedloop.admin.v1.StartReplayResponse\x12b\n" +
+	"\vWatchReplay\x12'.closedloop.admin.v1.WatchReplayRequest\x1a(.closedloop.admin.v1.WatchReplayResponse0\x01\x12c\n" +
+	"\fCancelReplay\x12(.closedloop.admin.v1.CancelReplayRequest\x1a).closedloop.admin.v1.CancelReplayResponse\x12`\n" +
+	"\vListReplays\x12'.closedloop.admin.v1.ListReplaysRequest\x1a(.closedloop.admin.v1.ListReplaysResponse\x12r\n" +
 	"\x11GetPipelineStatus\x12-.closedloop.admin.v1.GetPipelineStatusRequest\x1a..closedloop.admin.v1.GetPipelineStatusResponseB\xde\x01\n" +
 	"\x17com.closedloop.admin.v1B\n" +
 	"AdminProtoP\x01ZIgithub.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1;adminv1\xa2\x02\x03CAX\xaa\x02\x13Closedloop.Admin.V1\xca\x02\x13Closedloop\\Admin\\V1\xe2\x02\x1fClosedloop\\Admin\\V1\\GPBMetadata\xea\x02\x15Closedloop::Admin::V1b\x06proto3"
@@ -1957,95 +2675,125 @@ func file_closedloop_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_closedloop_admin_v1_admin_proto_rawDescData
 }
 
-var file_closedloop_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_closedloop_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_closedloop_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_closedloop_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_closedloop_admin_v1_admin_proto_goTypes = []any{
 	(DeadLetterState)(0),               // 0: closedloop.admin.v1.DeadLetterState
-	(*ListSourcesRequest)(nil),         // 1: closedloop.admin.v1.ListSourcesRequest
-	(*ListSourcesResponse)(nil),        // 2: closedloop.admin.v1.ListSourcesResponse
-	(*Source)(nil),                     // 3: closedloop.admin.v1.Source
-	(*IngestTokenInfo)(nil),            // 4: closedloop.admin.v1.IngestTokenInfo
-	(*IssueIngestTokenRequest)(nil),    // 5: closedloop.admin.v1.IssueIngestTokenRequest
-	(*IssueIngestTokenResponse)(nil),   // 6: closedloop.admin.v1.IssueIngestTokenResponse
-	(*RevokeIngestTokenRequest)(nil),   // 7: closedloop.admin.v1.RevokeIngestTokenRequest
-	(*RevokeIngestTokenResponse)(nil),  // 8: closedloop.admin.v1.RevokeIngestTokenResponse
-	(*DeadLetterFilter)(nil),           // 9: closedloop.admin.v1.DeadLetterFilter
-	(*ListDeadLettersRequest)(nil),     // 10: closedloop.admin.v1.ListDeadLettersRequest
-	(*ListDeadLettersResponse)(nil),    // 11: closedloop.admin.v1.ListDeadLettersResponse
-	(*DeadLetterSummary)(nil),          // 12: closedloop.admin.v1.DeadLetterSummary
-	(*GetDeadLetterRequest)(nil),       // 13: closedloop.admin.v1.GetDeadLetterRequest
-	(*GetDeadLetterResponse)(nil),      // 14: closedloop.admin.v1.GetDeadLetterResponse
-	(*ReplayDeadLettersRequest)(nil),   // 15: closedloop.admin.v1.ReplayDeadLettersRequest
-	(*ReplayDeadLettersResponse)(nil),  // 16: closedloop.admin.v1.ReplayDeadLettersResponse
-	(*DiscardDeadLettersRequest)(nil),  // 17: closedloop.admin.v1.DiscardDeadLettersRequest
-	(*DiscardDeadLettersResponse)(nil), // 18: closedloop.admin.v1.DiscardDeadLettersResponse
-	(*GetPipelineStatusRequest)(nil),   // 19: closedloop.admin.v1.GetPipelineStatusRequest
-	(*GetPipelineStatusResponse)(nil),  // 20: closedloop.admin.v1.GetPipelineStatusResponse
-	(*StageStatus)(nil),                // 21: closedloop.admin.v1.StageStatus
-	(*PartitionLag)(nil),               // 22: closedloop.admin.v1.PartitionLag
-	(*PauseSinkRequest)(nil),           // 23: closedloop.admin.v1.PauseSinkRequest
-	(*PauseSinkResponse)(nil),          // 24: closedloop.admin.v1.PauseSinkResponse
-	(*ResumeSinkRequest)(nil),          // 25: closedloop.admin.v1.ResumeSinkRequest
-	(*ResumeSinkResponse)(nil),         // 26: closedloop.admin.v1.ResumeSinkResponse
-	(*InstanceDestinations)(nil),       // 27: closedloop.admin.v1.InstanceDestinations
-	(*timestamppb.Timestamp)(nil),      // 28: google.protobuf.Timestamp
-	(v1.ErrorClass)(0),                 // 29: closedloop.sink.v1.ErrorClass
-	(*v1.DeadLetter)(nil),              // 30: closedloop.sink.v1.DeadLetter
-	(*SchemaPath)(nil),                 // 31: closedloop.admin.v1.SchemaPath
-	(*DestinationStatus)(nil),          // 32: closedloop.admin.v1.DestinationStatus
+	(ReplayFrom)(0),                    // 1: closedloop.admin.v1.ReplayFrom
+	(ReplayState)(0),                   // 2: closedloop.admin.v1.ReplayState
+	(*ListSourcesRequest)(nil),         // 3: closedloop.admin.v1.ListSourcesRequest
+	(*ListSourcesResponse)(nil),        // 4: closedloop.admin.v1.ListSourcesResponse
+	(*Source)(nil),                     // 5: closedloop.admin.v1.Source
+	(*IngestTokenInfo)(nil),            // 6: closedloop.admin.v1.IngestTokenInfo
+	(*IssueIngestTokenRequest)(nil),    // 7: closedloop.admin.v1.IssueIngestTokenRequest
+	(*IssueIngestTokenResponse)(nil),   // 8: closedloop.admin.v1.IssueIngestTokenResponse
+	(*RevokeIngestTokenRequest)(nil),   // 9: closedloop.admin.v1.RevokeIngestTokenRequest
+	(*RevokeIngestTokenResponse)(nil),  // 10: closedloop.admin.v1.RevokeIngestTokenResponse
+	(*DeadLetterFilter)(nil),           // 11: closedloop.admin.v1.DeadLetterFilter
+	(*ListDeadLettersRequest)(nil),     // 12: closedloop.admin.v1.ListDeadLettersRequest
+	(*ListDeadLettersResponse)(nil),    // 13: closedloop.admin.v1.ListDeadLettersResponse
+	(*DeadLetterSummary)(nil),          // 14: closedloop.admin.v1.DeadLetterSummary
+	(*GetDeadLetterRequest)(nil),       // 15: closedloop.admin.v1.GetDeadLetterRequest
+	(*GetDeadLetterResponse)(nil),      // 16: closedloop.admin.v1.GetDeadLetterResponse
+	(*ReplayDeadLettersRequest)(nil),   // 17: closedloop.admin.v1.ReplayDeadLettersRequest
+	(*ReplayDeadLettersResponse)(nil),  // 18: closedloop.admin.v1.ReplayDeadLettersResponse
+	(*DiscardDeadLettersRequest)(nil),  // 19: closedloop.admin.v1.DiscardDeadLettersRequest
+	(*DiscardDeadLettersResponse)(nil), // 20: closedloop.admin.v1.DiscardDeadLettersResponse
+	(*GetPipelineStatusRequest)(nil),   // 21: closedloop.admin.v1.GetPipelineStatusRequest
+	(*GetPipelineStatusResponse)(nil),  // 22: closedloop.admin.v1.GetPipelineStatusResponse
+	(*StageStatus)(nil),                // 23: closedloop.admin.v1.StageStatus
+	(*PartitionLag)(nil),               // 24: closedloop.admin.v1.PartitionLag
+	(*PauseSinkRequest)(nil),           // 25: closedloop.admin.v1.PauseSinkRequest
+	(*PauseSinkResponse)(nil),          // 26: closedloop.admin.v1.PauseSinkResponse
+	(*ResumeSinkRequest)(nil),          // 27: closedloop.admin.v1.ResumeSinkRequest
+	(*ResumeSinkResponse)(nil),         // 28: closedloop.admin.v1.ResumeSinkResponse
+	(*InstanceDestinations)(nil),       // 29: closedloop.admin.v1.InstanceDestinations
+	(*StartReplayRequest)(nil),         // 30: closedloop.admin.v1.StartReplayRequest
+	(*StartReplayResponse)(nil),        // 31: closedloop.admin.v1.StartReplayResponse
+	(*ReplayJob)(nil),                  // 32: closedloop.admin.v1.ReplayJob
+	(*WatchReplayRequest)(nil),         // 33: closedloop.admin.v1.WatchReplayRequest
+	(*WatchReplayResponse)(nil),        // 34: closedloop.admin.v1.WatchReplayResponse
+	(*CancelReplayRequest)(nil),        // 35: closedloop.admin.v1.CancelReplayRequest
+	(*CancelReplayResponse)(nil),       // 36: closedloop.admin.v1.CancelReplayResponse
+	(*ListReplaysRequest)(nil),         // 37: closedloop.admin.v1.ListReplaysRequest
+	(*ListReplaysResponse)(nil),        // 38: closedloop.admin.v1.ListReplaysResponse
+	(*timestamppb.Timestamp)(nil),      // 39: google.protobuf.Timestamp
+	(v1.ErrorClass)(0),                 // 40: closedloop.sink.v1.ErrorClass
+	(*v1.DeadLetter)(nil),              // 41: closedloop.sink.v1.DeadLetter
+	(*SchemaPath)(nil),                 // 42: closedloop.admin.v1.SchemaPath
+	(*DestinationStatus)(nil),          // 43: closedloop.admin.v1.DestinationStatus
 }
 var file_closedloop_admin_v1_admin_proto_depIdxs = []int32{
-	3,  // 0: closedloop.admin.v1.ListSourcesResponse.sources:type_name -> closedloop.admin.v1.Source
-	4,  // 1: closedloop.admin.v1.Source.tokens:type_name -> closedloop.admin.v1.IngestTokenInfo
-	28, // 2: closedloop.admin.v1.IngestTokenInfo.created_at:type_name -> google.protobuf.Timestamp
-	4,  // 3: closedloop.admin.v1.IssueIngestTokenResponse.token:type_name -> closedloop.admin.v1.IngestTokenInfo
-	28, // 4: closedloop.admin.v1.DeadLetterFilter.since:type_name -> google.protobuf.Timestamp
-	28, // 5: closedloop.admin.v1.DeadLetterFilter.until:type_name -> google.protobuf.Timestamp
-	29, // 6: closedloop.admin.v1.DeadLetterFilter.error_class:type_name -> closedloop.sink.v1.ErrorClass
-	9,  // 7: closedloop.admin.v1.ListDeadLettersRequest.filter:type_name -> closedloop.admin.v1.DeadLetterFilter
-	12, // 8: closedloop.admin.v1.ListDeadLettersResponse.dead_letters:type_name -> closedloop.admin.v1.DeadLetterSummary
-	29, // 9: closedloop.admin.v1.DeadLetterSummary.error_class:type_name -> closedloop.sink.v1.ErrorClass
-	28, // 10: closedloop.admin.v1.DeadLetterSummary.dead_at:type_name -> google.protobuf.Timestamp
+	5,  // 0: closedloop.admin.v1.ListSourcesResponse.sources:type_name -> closedloop.admin.v1.Source
+	6,  // 1: closedloop.admin.v1.Source.tokens:type_name -> closedloop.admin.v1.IngestTokenInfo
+	39, // 2: closedloop.admin.v1.IngestTokenInfo.created_at:type_name -> google.protobuf.Timestamp
+	6,  // 3: closedloop.admin.v1.IssueIngestTokenResponse.token:type_name -> closedloop.admin.v1.IngestTokenInfo
+	39, // 4: closedloop.admin.v1.DeadLetterFilter.since:type_name -> google.protobuf.Timestamp
+	39, // 5: closedloop.admin.v1.DeadLetterFilter.until:type_name -> google.protobuf.Timestamp
+	40, // 6: closedloop.admin.v1.DeadLetterFilter.error_class:type_name -> closedloop.sink.v1.ErrorClass
+	11, // 7: closedloop.admin.v1.ListDeadLettersRequest.filter:type_name -> closedloop.admin.v1.DeadLetterFilter
+	14, // 8: closedloop.admin.v1.ListDeadLettersResponse.dead_letters:type_name -> closedloop.admin.v1.DeadLetterSummary
+	40, // 9: closedloop.admin.v1.DeadLetterSummary.error_class:type_name -> closedloop.sink.v1.ErrorClass
+	39, // 10: closedloop.admin.v1.DeadLetterSummary.dead_at:type_name -> google.protobuf.Timestamp
 	0,  // 11: closedloop.admin.v1.DeadLetterSummary.state:type_name -> closedloop.admin.v1.DeadLetterState
-	28, // 12: closedloop.admin.v1.DeadLetterSummary.resolved_at:type_name -> google.protobuf.Timestamp
-	12, // 13: closedloop.admin.v1.GetDeadLetterResponse.summary:type_name -> closedloop.admin.v1.DeadLetterSummary
-	30, // 14: closedloop.admin.v1.GetDeadLetterResponse.dead_letter:type_name -> closedloop.sink.v1.DeadLetter
-	9,  // 15: closedloop.admin.v1.ReplayDeadLettersRequest.filter:type_name -> closedloop.admin.v1.DeadLetterFilter
-	9,  // 16: closedloop.admin.v1.DiscardDeadLettersRequest.filter:type_name -> closedloop.admin.v1.DeadLetterFilter
-	28, // 17: closedloop.admin.v1.GetPipelineStatusResponse.at:type_name -> google.protobuf.Timestamp
-	21, // 18: closedloop.admin.v1.GetPipelineStatusResponse.stages:type_name -> closedloop.admin.v1.StageStatus
-	31, // 19: closedloop.admin.v1.GetPipelineStatusResponse.recent_drift:type_name -> closedloop.admin.v1.SchemaPath
-	22, // 20: closedloop.admin.v1.StageStatus.partitions:type_name -> closedloop.admin.v1.PartitionLag
-	28, // 21: closedloop.admin.v1.StageStatus.last_processed_at:type_name -> google.protobuf.Timestamp
-	32, // 22: closedloop.admin.v1.StageStatus.destinations:type_name -> closedloop.admin.v1.DestinationStatus
-	27, // 23: closedloop.admin.v1.PauseSinkResponse.instances:type_name -> closedloop.admin.v1.InstanceDestinations
-	27, // 24: closedloop.admin.v1.ResumeSinkResponse.instances:type_name -> closedloop.admin.v1.InstanceDestinations
-	32, // 25: closedloop.admin.v1.InstanceDestinations.destinations:type_name -> closedloop.admin.v1.DestinationStatus
-	1,  // 26: closedloop.admin.v1.AdminService.ListSources:input_type -> closedloop.admin.v1.ListSourcesRequest
-	5,  // 27: closedloop.admin.v1.AdminService.IssueIngestToken:input_type -> closedloop.admin.v1.IssueIngestTokenRequest
-	7,  // 28: closedloop.admin.v1.AdminService.RevokeIngestToken:input_type -> closedloop.admin.v1.RevokeIngestTokenRequest
-	10, // 29: closedloop.admin.v1.AdminService.ListDeadLetters:input_type -> closedloop.admin.v1.ListDeadLettersRequest
-	13, // 30: closedloop.admin.v1.AdminService.GetDeadLetter:input_type -> closedloop.admin.v1.GetDeadLetterRequest
-	15, // 31: closedloop.admin.v1.AdminService.ReplayDeadLetters:input_type -> closedloop.admin.v1.ReplayDeadLettersRequest
-	17, // 32: closedloop.admin.v1.AdminService.DiscardDeadLetters:input_type -> closedloop.admin.v1.DiscardDeadLettersRequest
-	23, // 33: closedloop.admin.v1.AdminService.PauseSink:input_type -> closedloop.admin.v1.PauseSinkRequest
-	25, // 34: closedloop.admin.v1.AdminService.ResumeSink:input_type -> closedloop.admin.v1.ResumeSinkRequest
-	19, // 35: closedloop.admin.v1.AdminService.GetPipelineStatus:input_type -> closedloop.admin.v1.GetPipelineStatusRequest
-	2,  // 36: closedloop.admin.v1.AdminService.ListSources:output_type -> closedloop.admin.v1.ListSourcesResponse
-	6,  // 37: closedloop.admin.v1.AdminService.IssueIngestToken:output_type -> closedloop.admin.v1.IssueIngestTokenResponse
-	8,  // 38: closedloop.admin.v1.AdminService.RevokeIngestToken:output_type -> closedloop.admin.v1.RevokeIngestTokenResponse
-	11, // 39: closedloop.admin.v1.AdminService.ListDeadLetters:output_type -> closedloop.admin.v1.ListDeadLettersResponse
-	14, // 40: closedloop.admin.v1.AdminService.GetDeadLetter:output_type -> closedloop.admin.v1.GetDeadLetterResponse
-	16, // 41: closedloop.admin.v1.AdminService.ReplayDeadLetters:output_type -> closedloop.admin.v1.ReplayDeadLettersResponse
-	18, // 42: closedloop.admin.v1.AdminService.DiscardDeadLetters:output_type -> closedloop.admin.v1.DiscardDeadLettersResponse
-	24, // 43: closedloop.admin.v1.AdminService.PauseSink:output_type -> closedloop.admin.v1.PauseSinkResponse
-	26, // 44: closedloop.admin.v1.AdminService.ResumeSink:output_type -> closedloop.admin.v1.ResumeSinkResponse
-	20, // 45: closedloop.admin.v1.AdminService.GetPipelineStatus:output_type -> closedloop.admin.v1.GetPipelineStatusResponse
-	36, // [36:46] is the sub-list for method output_type
-	26, // [26:36] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	39, // 12: closedloop.admin.v1.DeadLetterSummary.resolved_at:type_name -> google.protobuf.Timestamp
+	14, // 13: closedloop.admin.v1.GetDeadLetterResponse.summary:type_name -> closedloop.admin.v1.DeadLetterSummary
+	41, // 14: closedloop.admin.v1.GetDeadLetterResponse.dead_letter:type_name -> closedloop.sink.v1.DeadLetter
+	11, // 15: closedloop.admin.v1.ReplayDeadLettersRequest.filter:type_name -> closedloop.admin.v1.DeadLetterFilter
+	11, // 16: closedloop.admin.v1.DiscardDeadLettersRequest.filter:type_name -> closedloop.admin.v1.DeadLetterFilter
+	39, // 17: closedloop.admin.v1.GetPipelineStatusResponse.at:type_name -> google.protobuf.Timestamp
+	23, // 18: closedloop.admin.v1.GetPipelineStatusResponse.stages:type_name -> closedloop.admin.v1.StageStatus
+	42, // 19: closedloop.admin.v1.GetPipelineStatusResponse.recent_drift:type_name -> closedloop.admin.v1.SchemaPath
+	24, // 20: closedloop.admin.v1.StageStatus.partitions:type_name -> closedloop.admin.v1.PartitionLag
+	39, // 21: closedloop.admin.v1.StageStatus.last_processed_at:type_name -> google.protobuf.Timestamp
+	43, // 22: closedloop.admin.v1.StageStatus.destinations:type_name -> closedloop.admin.v1.DestinationStatus
+	29, // 23: closedloop.admin.v1.PauseSinkResponse.instances:type_name -> closedloop.admin.v1.InstanceDestinations
+	29, // 24: closedloop.admin.v1.ResumeSinkResponse.instances:type_name -> closedloop.admin.v1.InstanceDestinations
+	43, // 25: closedloop.admin.v1.InstanceDestinations.destinations:type_name -> closedloop.admin.v1.DestinationStatus
+	1,  // 26: closedloop.admin.v1.StartReplayRequest.from:type_name -> closedloop.admin.v1.ReplayFrom
+	39, // 27: closedloop.admin.v1.StartReplayRequest.since:type_name -> google.protobuf.Timestamp
+	39, // 28: closedloop.admin.v1.StartReplayRequest.until:type_name -> google.protobuf.Timestamp
+	32, // 29: closedloop.admin.v1.StartReplayResponse.job:type_name -> closedloop.admin.v1.ReplayJob
+	30, // 30: closedloop.admin.v1.ReplayJob.request:type_name -> closedloop.admin.v1.StartReplayRequest
+	2,  // 31: closedloop.admin.v1.ReplayJob.state:type_name -> closedloop.admin.v1.ReplayState
+	39, // 32: closedloop.admin.v1.ReplayJob.started_at:type_name -> google.protobuf.Timestamp
+	39, // 33: closedloop.admin.v1.ReplayJob.finished_at:type_name -> google.protobuf.Timestamp
+	32, // 34: closedloop.admin.v1.WatchReplayResponse.job:type_name -> closedloop.admin.v1.ReplayJob
+	32, // 35: closedloop.admin.v1.CancelReplayResponse.job:type_name -> closedloop.admin.v1.ReplayJob
+	32, // 36: closedloop.admin.v1.ListReplaysResponse.jobs:type_name -> closedloop.admin.v1.ReplayJob
+	3,  // 37: closedloop.admin.v1.AdminService.ListSources:input_type -> closedloop.admin.v1.ListSourcesRequest
+	7,  // 38: closedloop.admin.v1.AdminService.IssueIngestToken:input_type -> closedloop.admin.v1.IssueIngestTokenRequest
+	9,  // 39: closedloop.admin.v1.AdminService.RevokeIngestToken:input_type -> closedloop.admin.v1.RevokeIngestTokenRequest
+	12, // 40: closedloop.admin.v1.AdminService.ListDeadLetters:input_type -> closedloop.admin.v1.ListDeadLettersRequest
+	15, // 41: closedloop.admin.v1.AdminService.GetDeadLetter:input_type -> closedloop.admin.v1.GetDeadLetterRequest
+	17, // 42: closedloop.admin.v1.AdminService.ReplayDeadLetters:input_type -> closedloop.admin.v1.ReplayDeadLettersRequest
+	19, // 43: closedloop.admin.v1.AdminService.DiscardDeadLetters:input_type -> closedloop.admin.v1.DiscardDeadLettersRequest
+	25, // 44: closedloop.admin.v1.AdminService.PauseSink:input_type -> closedloop.admin.v1.PauseSinkRequest
+	27, // 45: closedloop.admin.v1.AdminService.ResumeSink:input_type -> closedloop.admin.v1.ResumeSinkRequest
+	30, // 46: closedloop.admin.v1.AdminService.StartReplay:input_type -> closedloop.admin.v1.StartReplayRequest
+	33, // 47: closedloop.admin.v1.AdminService.WatchReplay:input_type -> closedloop.admin.v1.WatchReplayRequest
+	35, // 48: closedloop.admin.v1.AdminService.CancelReplay:input_type -> closedloop.admin.v1.CancelReplayRequest
+	37, // 49: closedloop.admin.v1.AdminService.ListReplays:input_type -> closedloop.admin.v1.ListReplaysRequest
+	21, // 50: closedloop.admin.v1.AdminService.GetPipelineStatus:input_type -> closedloop.admin.v1.GetPipelineStatusRequest
+	4,  // 51: closedloop.admin.v1.AdminService.ListSources:output_type -> closedloop.admin.v1.ListSourcesResponse
+	8,  // 52: closedloop.admin.v1.AdminService.IssueIngestToken:output_type -> closedloop.admin.v1.IssueIngestTokenResponse
+	10, // 53: closedloop.admin.v1.AdminService.RevokeIngestToken:output_type -> closedloop.admin.v1.RevokeIngestTokenResponse
+	13, // 54: closedloop.admin.v1.AdminService.ListDeadLetters:output_type -> closedloop.admin.v1.ListDeadLettersResponse
+	16, // 55: closedloop.admin.v1.AdminService.GetDeadLetter:output_type -> closedloop.admin.v1.GetDeadLetterResponse
+	18, // 56: closedloop.admin.v1.AdminService.ReplayDeadLetters:output_type -> closedloop.admin.v1.ReplayDeadLettersResponse
+	20, // 57: closedloop.admin.v1.AdminService.DiscardDeadLetters:output_type -> closedloop.admin.v1.DiscardDeadLettersResponse
+	26, // 58: closedloop.admin.v1.AdminService.PauseSink:output_type -> closedloop.admin.v1.PauseSinkResponse
+	28, // 59: closedloop.admin.v1.AdminService.ResumeSink:output_type -> closedloop.admin.v1.ResumeSinkResponse
+	31, // 60: closedloop.admin.v1.AdminService.StartReplay:output_type -> closedloop.admin.v1.StartReplayResponse
+	34, // 61: closedloop.admin.v1.AdminService.WatchReplay:output_type -> closedloop.admin.v1.WatchReplayResponse
+	36, // 62: closedloop.admin.v1.AdminService.CancelReplay:output_type -> closedloop.admin.v1.CancelReplayResponse
+	38, // 63: closedloop.admin.v1.AdminService.ListReplays:output_type -> closedloop.admin.v1.ListReplaysResponse
+	22, // 64: closedloop.admin.v1.AdminService.GetPipelineStatus:output_type -> closedloop.admin.v1.GetPipelineStatusResponse
+	51, // [51:65] is the sub-list for method output_type
+	37, // [37:51] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_closedloop_admin_v1_admin_proto_init() }
@@ -2060,8 +2808,8 @@ func file_closedloop_admin_v1_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_closedloop_admin_v1_admin_proto_rawDesc), len(file_closedloop_admin_v1_admin_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   27,
+			NumEnums:      3,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -28,6 +28,10 @@ const (
 	AdminService_DiscardDeadLetters_FullMethodName = "/closedloop.admin.v1.AdminService/DiscardDeadLetters"
 	AdminService_PauseSink_FullMethodName          = "/closedloop.admin.v1.AdminService/PauseSink"
 	AdminService_ResumeSink_FullMethodName         = "/closedloop.admin.v1.AdminService/ResumeSink"
+	AdminService_StartReplay_FullMethodName        = "/closedloop.admin.v1.AdminService/StartReplay"
+	AdminService_WatchReplay_FullMethodName        = "/closedloop.admin.v1.AdminService/WatchReplay"
+	AdminService_CancelReplay_FullMethodName       = "/closedloop.admin.v1.AdminService/CancelReplay"
+	AdminService_ListReplays_FullMethodName        = "/closedloop.admin.v1.AdminService/ListReplays"
 	AdminService_GetPipelineStatus_FullMethodName  = "/closedloop.admin.v1.AdminService/GetPipelineStatus"
 )
 
@@ -71,6 +75,19 @@ type AdminServiceClient interface {
 	PauseSink(ctx context.Context, in *PauseSinkRequest, opts ...grpc.CallOption) (*PauseSinkResponse, error)
 	// ResumeSink undoes PauseSink on every instance. Operator.
 	ResumeSink(ctx context.Context, in *ResumeSinkRequest, opts ...grpc.CallOption) (*ResumeSinkResponse, error)
+	// StartReplay replays a time range of a topic: the raw topic back through
+	// the normalizer (after a mapping fix: every stage and sink processes the
+	// events again, the warehouse rewrites its rows), or the normalized topic
+	// into one named sink. Every replayed record carries the job's replay id.
+	// A dry run only counts. Operator.
+	StartReplay(ctx context.Context, in *StartReplayRequest, opts ...grpc.CallOption) (*StartReplayResponse, error)
+	// WatchReplay streams a job's progress until it ends.
+	WatchReplay(ctx context.Context, in *WatchReplayRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchReplayResponse], error)
+	// CancelReplay stops a running job; what it produced stays. Operator.
+	CancelReplay(ctx context.Context, in *CancelReplayRequest, opts ...grpc.CallOption) (*CancelReplayResponse, error)
+	// ListReplays lists the jobs, newest first. Jobs that were running when
+	// the admin service stopped are reported INTERRUPTED, never silently lost.
+	ListReplays(ctx context.Context, in *ListReplaysRequest, opts ...grpc.CallOption) (*ListReplaysResponse, error)
 	// GetPipelineStatus answers "is feedback flowing?": per stage and sink,
 	// consumer lag per partition and in total, DLQ depth, freshness, breaker
 	// states; and the schema drift the normalizer recorded.
@@ -175,6 +192,55 @@ func (c *adminServiceClient) ResumeSink(ctx context.Context, in *ResumeSinkReque
 	return out, nil
 }
 
+func (c *adminServiceClient) StartReplay(ctx context.Context, in *StartReplayRequest, opts ...grpc.CallOption) (*StartReplayResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StartReplayResponse)
+	err := c.cc.Invoke(ctx, AdminService_StartReplay_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) WatchReplay(ctx context.Context, in *WatchReplayRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchReplayResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AdminService_ServiceDesc.Streams[0], AdminService_WatchReplay_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchReplayRequest, WatchReplayResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_WatchReplayClient = grpc.ServerStreamingClient[WatchReplayResponse]
+
+func (c *adminServiceClient) CancelReplay(ctx context.Context, in *CancelReplayRequest, opts ...grpc.CallOption) (*CancelReplayResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CancelReplayResponse)
+	err := c.cc.Invoke(ctx, AdminService_CancelReplay_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListReplays(ctx context.Context, in *ListReplaysRequest, opts ...grpc.CallOption) (*ListReplaysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListReplaysResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListReplays_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminServiceClient) GetPipelineStatus(ctx context.Context, in *GetPipelineStatusRequest, opts ...grpc.CallOption) (*GetPipelineStatusResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(GetPipelineStatusResponse)
@@ -225,6 +291,19 @@ type AdminServiceServer interface {
 	PauseSink(context.Context, *PauseSinkRequest) (*PauseSinkResponse, error)
 	// ResumeSink undoes PauseSink on every instance. Operator.
 	ResumeSink(context.Context, *ResumeSinkRequest) (*ResumeSinkResponse, error)
+	// StartReplay replays a time range of a topic: the raw topic back through
+	// the normalizer (after a mapping fix: every stage and sink processes the
+	// events again, the warehouse rewrites its rows), or the normalized topic
+	// into one named sink. Every replayed record carries the job's replay id.
+	// A dry run only counts. Operator.
+	StartReplay(context.Context, *StartReplayRequest) (*StartReplayResponse, error)
+	// WatchReplay streams a job's progress until it ends.
+	WatchReplay(*WatchReplayRequest, grpc.ServerStreamingServer[WatchReplayResponse]) error
+	// CancelReplay stops a running job; what it produced stays. Operator.
+	CancelReplay(context.Context, *CancelReplayRequest) (*CancelReplayResponse, error)
+	// ListReplays lists the jobs, newest first. Jobs that were running when
+	// the admin service stopped are reported INTERRUPTED, never silently lost.
+	ListReplays(context.Context, *ListReplaysRequest) (*ListReplaysResponse, error)
 	// GetPipelineStatus answers "is feedback flowing?": per stage and sink,
 	// consumer lag per partition and in total, DLQ depth, freshness, breaker
 	// states; and the schema drift the normalizer recorded.
@@ -265,6 +344,18 @@ func (UnimplementedAdminServiceServer) PauseSink(context.Context, *PauseSinkRequ
 }
 func (UnimplementedAdminServiceServer) ResumeSink(context.Context, *ResumeSinkRequest) (*ResumeSinkResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ResumeSink not implemented")
+}
+func (UnimplementedAdminServiceServer) StartReplay(context.Context, *StartReplayRequest) (*StartReplayResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method StartReplay not implemented")
+}
+func (UnimplementedAdminServiceServer) WatchReplay(*WatchReplayRequest, grpc.ServerStreamingServer[WatchReplayResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchReplay not implemented")
+}
+func (UnimplementedAdminServiceServer) CancelReplay(context.Context, *CancelReplayRequest) (*CancelReplayResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CancelReplay not implemented")
+}
+func (UnimplementedAdminServiceServer) ListReplays(context.Context, *ListReplaysRequest) (*ListReplaysResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListReplays not implemented")
 }
 func (UnimplementedAdminServiceServer) GetPipelineStatus(context.Context, *GetPipelineStatusRequest) (*GetPipelineStatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetPipelineStatus not implemented")
@@ -452,6 +543,71 @@ func _AdminService_ResumeSink_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_StartReplay_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StartReplayRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).StartReplay(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_StartReplay_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).StartReplay(ctx, req.(*StartReplayRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_WatchReplay_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchReplayRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AdminServiceServer).WatchReplay(m, &grpc.GenericServerStream[WatchReplayRequest, WatchReplayResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_WatchReplayServer = grpc.ServerStreamingServer[WatchReplayResponse]
+
+func _AdminService_CancelReplay_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CancelReplayRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).CancelReplay(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_CancelReplay_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).CancelReplay(ctx, req.(*CancelReplayRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListReplays_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListReplaysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListReplays(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListReplays_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListReplays(ctx, req.(*ListReplaysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _AdminService_GetPipelineStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GetPipelineStatusRequest)
 	if err := dec(in); err != nil {
@@ -514,10 +670,28 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _AdminService_ResumeSink_Handler,
 		},
 		{
+			MethodName: "StartReplay",
+			Handler:    _AdminService_StartReplay_Handler,
+		},
+		{
+			MethodName: "CancelReplay",
+			Handler:    _AdminService_CancelReplay_Handler,
+		},
+		{
+			MethodName: "ListReplays",
+			Handler:    _AdminService_ListReplays_Handler,
+		},
+		{
 			MethodName: "GetPipelineStatus",
 			Handler:    _AdminService_GetPipelineStatus_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchReplay",
+			Handler:       _AdminService_WatchReplay_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "closedloop/admin/v1/admin.proto",
 }
