@@ -252,7 +252,9 @@ func (s *Store) Revoke(ctx context.Context, p *kafkaio.Producer, source, id stri
 }
 
 func lastOffset(ctx context.Context, brokers []string, topic string) (int64, error) {
-	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 5 * time.Second}
+	tr := &kafka.Transport{} // its own metadata cache (see kafkaio.EnsureTopics)
+	defer tr.CloseIdleConnections()
+	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 5 * time.Second, Transport: tr}
 	resp, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: {kafka.LastOffsetOf(0)}}})
 	if err != nil {
 		return 0, fmt.Errorf("offsets of %s: %w", topic, err)

@@ -84,7 +84,11 @@ func EnsureTopics(ctx context.Context, brokers []string, topics []string, create
 	if spec.ReplicationFactor <= 0 {
 		spec.ReplicationFactor = 1
 	}
-	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 5 * time.Second}
+	// Its own transport: the shared default one caches metadata that may
+	// predate topics created meanwhile.
+	tr := &kafka.Transport{}
+	defer tr.CloseIdleConnections()
+	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 5 * time.Second, Transport: tr}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		missing, err := missingTopics(ctx, client, topics)
@@ -152,7 +156,7 @@ func missingTopics(ctx context.Context, client *kafka.Client, topics []string) (
 // Ping checks that at least one broker answers a metadata request; it is the
 // "kafka" readiness check.
 func Ping(brokers []string) func(ctx context.Context) error {
-	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 2 * time.Second}
+	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 2 * time.Second, Transport: &kafka.Transport{}}
 	return func(ctx context.Context) error {
 		_, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{}})
 		var ne net.Error

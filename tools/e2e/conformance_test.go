@@ -180,7 +180,7 @@ func ingressRecords(t *testing.T, vectorsPath string) []vectors.Record {
 // readTopicIfAny is readTopic for a topic that may not exist yet.
 func readTopicIfAny(t *testing.T, brokers, topic string) []kafka.Message {
 	t.Helper()
-	client := &kafka.Client{Addr: kafka.TCP(brokers)}
+	client := &kafka.Client{Addr: kafka.TCP(brokers), Transport: &kafka.Transport{}}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})

@@ -155,7 +155,7 @@ func readTopic(t *testing.T, brokers, topic string) []kafka.Message {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	client := &kafka.Client{Addr: kafka.TCP(brokers)}
+	client := &kafka.Client{Addr: kafka.TCP(brokers), Transport: &kafka.Transport{}} // the shared transport's metadata may predate the topic
 	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
 	if err != nil || len(md.Topics) != 1 || md.Topics[0].Error != nil {
 		t.Fatalf("metadata of %s: %v %+v", topic, err, md)

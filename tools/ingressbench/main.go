@@ -316,7 +316,7 @@ func peakRSS(p *stack.Process) string {
 
 // keysIn reads every record key of topic.
 func keysIn(ctx context.Context, brokers, topic string) (map[string]bool, error) {
-	client := &kafka.Client{Addr: kafka.TCP(brokers)}
+	client := &kafka.Client{Addr: kafka.TCP(brokers), Transport: &kafka.Transport{}}
 	out := map[string]bool{}
 	for p := range 3 {
 		offs, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: {kafka.LastOffsetOf(p)}}})
