@@ -203,6 +203,17 @@ func TestOperatorsFixDeadLettersRotateTokensAndWatchLagWithClosedloopctl(t *test
 		t.Fatalf("replay ls: exit %d\n%s", code, out)
 	}
 
+	// A signed test event through the real ingress reaches every stage and the sink.
+	out, code = ctl(t, p, "ann", "test-event", "delighted")
+	if code != 0 || !strings.Contains(out, "sink-warehouse") || strings.Contains(out, "false") {
+		t.Fatalf("test-event: exit %d\n%s", code, out)
+	}
+	t.Logf("closedloopctl test-event delighted:\n%s", out)
+	var testRows int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM `+p.Schema()+`.feedback_events WHERE is_test AND event_id LIKE 'closedloop-test-%'`).Scan(&testRows); err != nil || testRows != 1 {
+		t.Fatalf("test event rows flagged test: %d, %v", testRows, err)
+	}
+
 	// Token rotation: an issued URL works until it is revoked.
 	out, code = ctl(t, p, "ann", "-o", "json", "tokens", "issue", "delighted")
 	var issued struct {

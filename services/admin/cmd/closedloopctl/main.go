@@ -57,6 +57,7 @@ Commands:
   sources                         configured webhook sources and their ingest tokens (ids only)
   tokens issue <source>           a new ingest URL for a source (shown once; at most two per source)
   tokens revoke <source> <id>     revoke a token: its URL answers 404 within a second
+  test-event <source>             a signed test webhook through the real ingress: when it reached each stage and sink
   pause <sink> [destination] --reason r   stop deliveries (every instance); Kafka keeps the backlog
   resume <sink> [destination]     deliver again
   dlq ls <sink>                   a sink's open dead letters, newest first (--all: resolved too)
@@ -239,6 +240,8 @@ func (c *cli) dispatch(args []string) (int, error) {
 		return c.pause(cmd, rest)
 	case "replay":
 		return c.replay(rest)
+	case "test-event":
+		return c.testEvent(rest)
 	case "dlq":
 		if len(rest) == 0 {
 			return exitUsage, usageError{"dlq ls|show|replay|discard"}
@@ -815,4 +818,41 @@ func parseWhen(v string) (*timestamppb.Timestamp, error) {
 		return timestamppb.New(at), nil
 	}
 	return nil, usageError{fmt.Sprintf("%q is neither a duration (2h) nor an RFC 3339 time", v)}
+}
+
+func (c *cli) testEvent(args []string) (int, error) {
+	fs := flag.NewFlagSet("test-event", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	wait := fs.Duration("wait", 30*time.Second, "how long to wait for every sink")
+	pos, err := parseMixed(fs, args)
+	if err != nil {
+		return exitUsage, err
+	}
+	if len(pos) != 1 {
+		return exitUsage, usageError{"test-event <source>"}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *wait+10*time.Second)
+	defer cancel()
+	if c.token != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+c.token)
+	}
+	res, err := c.client.SendTestEvent(ctx, &adminv1.SendTestEventRequest{Source: pos[0], TimeoutSeconds: int32(wait.Seconds())})
+	if err != nil {
+		return exitFailed, err
+	}
+	c.emit(res, func(w *tabwriter.Writer) {
+		fmt.Fprintf(w, "test event %s (flagged test)\n\n", res.EventId)
+		fmt.Fprintln(w, "STAGE\tREACHED\tAFTER\tDETAIL")
+		for _, st := range res.Stages {
+			after := "-"
+			if st.Reached {
+				after = (time.Duration(st.AfterMs) * time.Millisecond).String()
+			}
+			fmt.Fprintf(w, "%s\t%v\t%s\t%s\n", st.Stage, st.Reached, after, st.Detail)
+		}
+	})
+	if !res.Complete {
+		return exitFailed, nil
+	}
+	return exitOK, nil
 }

@@ -39,6 +39,7 @@ var mutating = map[string]bool{
 	"/closedloop.admin.v1.AdminService/DiscardDeadLetters":       true,
 	"/closedloop.admin.v1.AdminService/PauseSink":                true,
 	"/closedloop.admin.v1.AdminService/StartReplay":              true,
+	"/closedloop.admin.v1.AdminService/SendTestEvent":            true,
 	"/closedloop.admin.v1.AdminService/CancelReplay":             true,
 	"/closedloop.admin.v1.AdminService/ResumeSink":               true,
 	"/closedloop.admin.v1.ServiceAdminService/PauseDestination":  true,

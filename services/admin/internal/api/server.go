@@ -53,7 +53,11 @@ type Options struct {
 	Instances map[string][]string // service -> gRPC addresses of its instances
 	// PublicURL is the ingress's public base URL (https://hooks.example.com).
 	PublicURL string
-	Log       *slog.Logger
+	// IngressURL is where the admin itself reaches the ingress (test events).
+	IngressURL string
+	Topics     kafkaio.Topics
+	Brokers    []string
+	Log        *slog.Logger
 }
 
 // Server implements AdminService.

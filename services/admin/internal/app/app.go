@@ -31,6 +31,9 @@ type Config struct {
 	// PublicURL (ADMIN_PUBLIC_URL, default http://localhost:8080) is the
 	// ingress's public base URL, for the ingest URLs handed out.
 	PublicURL string
+	// IngressURL (ADMIN_INGRESS_URL, default PublicURL) is where the admin
+	// posts test events: the ingress as the admin reaches it.
+	IngressURL string
 	// Instances (ADMIN_SERVICES): the services' gRPC addresses,
 	// "normalizer=host:9092,enricher=host:9093,sink-warehouse=host:9094,...";
 	// a name may repeat (replicas).
@@ -64,6 +67,7 @@ func Load(e *config.Env) (Config, error) {
 		TLSClientCA:     e.String("ADMIN_TLS_CLIENT_CA", ""),
 		Instances:       map[string][]string{},
 	}
+	c.IngressURL = e.String("ADMIN_INGRESS_URL", c.PublicURL)
 	for _, kv := range e.List("ADMIN_SERVICES", nil) {
 		name, addr, ok := strings.Cut(kv, "=")
 		if !ok || name == "" || addr == "" {
@@ -182,6 +186,7 @@ func Run(ctx context.Context) error {
 		Pipeline: cfg.Pipeline.Current, Tokens: tokens, Producer: producer,
 		DLQ: dlq.New(cfg.Common.Brokers, t, producer), Replays: replays, Lag: lag.New(cfg.Common.Brokers),
 		Stages: cfg.stages(t), Instances: cfg.Instances, PublicURL: cfg.PublicURL, Log: svc.Log,
+		IngressURL: cfg.IngressURL, Topics: t, Brokers: cfg.Common.Brokers,
 	})
 	adminv1.RegisterAdminServiceServer(svc.GRPC.GRPC, server)
 	svc.Watch(cfg.Pipeline, func(*config.Pipeline) error { return nil }) // admin tokens and sources follow the file

@@ -77,7 +77,11 @@ func Map(raw *feedbackv1.RawWebhook, now time.Time) (*feedbackv1.FeedbackEvent, 
 	ev.ReceivedAt = raw.ReceivedAt
 	ev.NormalizedAt = timestamppb.New(now)
 	ev.RawPayload = raw.Body
-	ev.Test = ev.Test || raw.Test
+	// An operator's test event (closedloopctl test-event) keeps its kind
+	// and meaning but is flagged, so consumers can tell it apart; its id is
+	// inside the signed body, so only a holder of the source's secret can
+	// send one.
+	ev.Test = ev.Test || raw.Test || strings.HasPrefix(raw.EventId, TestEventPrefix)
 	ev.ReplayId = raw.ReplayId
 	if ev.Quality == nil {
 		ev.Quality = &feedbackv1.Quality{}
@@ -85,6 +89,10 @@ func Map(raw *feedbackv1.RawWebhook, now time.Time) (*feedbackv1.FeedbackEvent, 
 	sort.Strings(ev.Quality.CoercedFields)
 	return ev, nil
 }
+
+// TestEventPrefix starts the event id of the test events the admin service
+// sends through the ingress.
+const TestEventPrefix = "closedloop-test-"
 
 // scale is a survey type's score range and whether it defines NPS segments.
 type scale struct {

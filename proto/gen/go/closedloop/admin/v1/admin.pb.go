@@ -2456,6 +2456,203 @@ func (x *ListReplaysResponse) GetJobs() []*ReplayJob {
 	return nil
 }
 
+// SendTestEventRequest names the source.
+type SendTestEventRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Source string                 `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
+	// How long to wait for every stage (default 30 s, at most 5 min).
+	TimeoutSeconds int32 `protobuf:"varint,2,opt,name=timeout_seconds,json=timeoutSeconds,proto3" json:"timeout_seconds,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *SendTestEventRequest) Reset() {
+	*x = SendTestEventRequest{}
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SendTestEventRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SendTestEventRequest) ProtoMessage() {}
+
+func (x *SendTestEventRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SendTestEventRequest.ProtoReflect.Descriptor instead.
+func (*SendTestEventRequest) Descriptor() ([]byte, []int) {
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *SendTestEventRequest) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *SendTestEventRequest) GetTimeoutSeconds() int32 {
+	if x != nil {
+		return x.TimeoutSeconds
+	}
+	return 0
+}
+
+// SendTestEventResponse is where the test event got to, and when.
+type SendTestEventResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	EventId string                 `protobuf:"bytes,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	// The ingress's answer (202).
+	IngressStatus int32           `protobuf:"varint,2,opt,name=ingress_status,json=ingressStatus,proto3" json:"ingress_status,omitempty"`
+	Stages        []*StageReached `protobuf:"bytes,3,rep,name=stages,proto3" json:"stages,omitempty"`
+	// True when it reached every stage and every sink.
+	Complete      bool `protobuf:"varint,4,opt,name=complete,proto3" json:"complete,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SendTestEventResponse) Reset() {
+	*x = SendTestEventResponse{}
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SendTestEventResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SendTestEventResponse) ProtoMessage() {}
+
+func (x *SendTestEventResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SendTestEventResponse.ProtoReflect.Descriptor instead.
+func (*SendTestEventResponse) Descriptor() ([]byte, []int) {
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *SendTestEventResponse) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+func (x *SendTestEventResponse) GetIngressStatus() int32 {
+	if x != nil {
+		return x.IngressStatus
+	}
+	return 0
+}
+
+func (x *SendTestEventResponse) GetStages() []*StageReached {
+	if x != nil {
+		return x.Stages
+	}
+	return nil
+}
+
+func (x *SendTestEventResponse) GetComplete() bool {
+	if x != nil {
+		return x.Complete
+	}
+	return false
+}
+
+// StageReached is one stage's part: "ingress", "raw", "normalized",
+// "enriched" (with its lane), then each sink (delivered, or dead-lettered).
+type StageReached struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Stage   string                 `protobuf:"bytes,1,opt,name=stage,proto3" json:"stage,omitempty"`
+	Reached bool                   `protobuf:"varint,2,opt,name=reached,proto3" json:"reached,omitempty"`
+	// Time from sending the webhook.
+	AfterMs int64 `protobuf:"varint,3,opt,name=after_ms,json=afterMs,proto3" json:"after_ms,omitempty"`
+	// E.g. the topic partition and offset, the lane, or why not.
+	Detail        string `protobuf:"bytes,4,opt,name=detail,proto3" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StageReached) Reset() {
+	*x = StageReached{}
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StageReached) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StageReached) ProtoMessage() {}
+
+func (x *StageReached) ProtoReflect() protoreflect.Message {
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StageReached.ProtoReflect.Descriptor instead.
+func (*StageReached) Descriptor() ([]byte, []int) {
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *StageReached) GetStage() string {
+	if x != nil {
+		return x.Stage
+	}
+	return ""
+}
+
+func (x *StageReached) GetReached() bool {
+	if x != nil {
+		return x.Reached
+	}
+	return false
+}
+
+func (x *StageReached) GetAfterMs() int64 {
+	if x != nil {
+		return x.AfterMs
+	}
+	return 0
+}
+
+func (x *StageReached) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
 var File_closedloop_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_closedloop_admin_v1_admin_proto_rawDesc = "" +
@@ -2626,7 +2823,20 @@ const file_closedloop_admin_v1_admin_proto_rawDesc = "" +
 	"\x03job\x18\x01 \x01(\v2\x1e.closedloop.admin.v1.ReplayJobR\x03job\"\x14\n" +
 	"\x12ListReplaysRequest\"I\n" +
 	"\x13ListReplaysResponse\x122\n" +
-	"\x04jobs\x18\x01 \x03(\v2\x1e.closedloop.admin.v1.ReplayJobR\x04jobs*\x91\x01\n" +
+	"\x04jobs\x18\x01 \x03(\v2\x1e.closedloop.admin.v1.ReplayJobR\x04jobs\"W\n" +
+	"\x14SendTestEventRequest\x12\x16\n" +
+	"\x06source\x18\x01 \x01(\tR\x06source\x12'\n" +
+	"\x0ftimeout_seconds\x18\x02 \x01(\x05R\x0etimeoutSeconds\"\xb0\x01\n" +
+	"\x15SendTestEventResponse\x12\x19\n" +
+	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12%\n" +
+	"\x0eingress_status\x18\x02 \x01(\x05R\ringressStatus\x129\n" +
+	"\x06stages\x18\x03 \x03(\v2!.closedloop.admin.v1.StageReachedR\x06stages\x12\x1a\n" +
+	"\bcomplete\x18\x04 \x01(\bR\bcomplete\"q\n" +
+	"\fStageReached\x12\x14\n" +
+	"\x05stage\x18\x01 \x01(\tR\x05stage\x12\x18\n" +
+	"\areached\x18\x02 \x01(\bR\areached\x12\x19\n" +
+	"\bafter_ms\x18\x03 \x01(\x03R\aafterMs\x12\x16\n" +
+	"\x06detail\x18\x04 \x01(\tR\x06detail*\x91\x01\n" +
 	"\x0fDeadLetterState\x12!\n" +
 	"\x1dDEAD_LETTER_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16DEAD_LETTER_STATE_OPEN\x10\x01\x12\x1e\n" +
@@ -2643,7 +2853,7 @@ const file_closedloop_admin_v1_admin_proto_rawDesc = "" +
 	"\x11REPLAY_STATE_DONE\x10\x02\x12\x1a\n" +
 	"\x16REPLAY_STATE_CANCELLED\x10\x03\x12\x17\n" +
 	"\x13REPLAY_STATE_FAILED\x10\x04\x12\x1c\n" +
-	"\x18REPLAY_STATE_INTERRUPTED\x10\x052\xd2\v\n" +
+	"\x18REPLAY_STATE_INTERRUPTED\x10\x052\xba\f\n" +
 	"\fAdminService\x12`\n" +
 	"\vListSources\x12'.closedloop.admin.v1.ListSourcesRequest\x1a(.closedloop.admin.v1.ListSourcesResponse\x12o\n" +
 	"\x10IssueIngestToken\x12,.closedloop.admin.v1.IssueIngestTokenRequest\x1a-.closedloop.admin.v1.IssueIngestTokenResponse\x12r\n" +
@@ -2658,7 +2868,8 @@ const file_closedloop_admin_v1_admin_proto_rawDesc = "" +
 	"\vStartReplay\x12'.closedloop.admin.v1.StartReplayRequest\x1a(.closedloop.admin.v1.StartReplayResponse\x12b\n" +
 	"\vWatchReplay\x12'.closedloop.admin.v1.WatchReplayRequest\x1a(.closedloop.admin.v1.WatchReplayResponse0\x01\x12c\n" +
 	"\fCancelReplay\x12(.closedloop.admin.v1.CancelReplayRequest\x1a).closedloop.admin.v1.CancelReplayResponse\x12`\n" +
-	"\vListReplays\x12'.closedloop.admin.v1.ListReplaysRequest\x1a(.closedloop.admin.v1.ListReplaysResponse\x12r\n" +
+	"\vListReplays\x12'.closedloop.admin.v1.ListReplaysRequest\x1a(.closedloop.admin.v1.ListReplaysResponse\x12f\n" +
+	"\rSendTestEvent\x12).closedloop.admin.v1.SendTestEventRequest\x1a*.closedloop.admin.v1.SendTestEventResponse\x12r\n" +
 	"\x11GetPipelineStatus\x12-.closedloop.admin.v1.GetPipelineStatusRequest\x1a..closedloop.admin.v1.GetPipelineStatusResponseB\xde\x01\n" +
 	"\x17com.closedloop.admin.v1B\n" +
 	"AdminProtoP\x01ZIgithub.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1;adminv1\xa2\x02\x03CAX\xaa\x02\x13Closedloop.Admin.V1\xca\x02\x13Closedloop\\Admin\\V1\xe2\x02\x1fClosedloop\\Admin\\V1\\GPBMetadata\xea\x02\x15Closedloop::Admin::V1b\x06proto3"
@@ -2676,7 +2887,7 @@ func file_closedloop_admin_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_closedloop_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_closedloop_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_closedloop_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_closedloop_admin_v1_admin_proto_goTypes = []any{
 	(DeadLetterState)(0),               // 0: closedloop.admin.v1.DeadLetterState
 	(ReplayFrom)(0),                    // 1: closedloop.admin.v1.ReplayFrom
@@ -2717,83 +2928,89 @@ var file_closedloop_admin_v1_admin_proto_goTypes = []any{
 	(*CancelReplayResponse)(nil),       // 36: closedloop.admin.v1.CancelReplayResponse
 	(*ListReplaysRequest)(nil),         // 37: closedloop.admin.v1.ListReplaysRequest
 	(*ListReplaysResponse)(nil),        // 38: closedloop.admin.v1.ListReplaysResponse
-	(*timestamppb.Timestamp)(nil),      // 39: google.protobuf.Timestamp
-	(v1.ErrorClass)(0),                 // 40: closedloop.sink.v1.ErrorClass
-	(*v1.DeadLetter)(nil),              // 41: closedloop.sink.v1.DeadLetter
-	(*SchemaPath)(nil),                 // 42: closedloop.admin.v1.SchemaPath
-	(*DestinationStatus)(nil),          // 43: closedloop.admin.v1.DestinationStatus
+	(*SendTestEventRequest)(nil),       // 39: closedloop.admin.v1.SendTestEventRequest
+	(*SendTestEventResponse)(nil),      // 40: closedloop.admin.v1.SendTestEventResponse
+	(*StageReached)(nil),               // 41: closedloop.admin.v1.StageReached
+	(*timestamppb.Timestamp)(nil),      // 42: google.protobuf.Timestamp
+	(v1.ErrorClass)(0),                 // 43: closedloop.sink.v1.ErrorClass
+	(*v1.DeadLetter)(nil),              // 44: closedloop.sink.v1.DeadLetter
+	(*SchemaPath)(nil),                 // 45: closedloop.admin.v1.SchemaPath
+	(*DestinationStatus)(nil),          // 46: closedloop.admin.v1.DestinationStatus
 }
 var file_closedloop_admin_v1_admin_proto_depIdxs = []int32{
 	5,  // 0: closedloop.admin.v1.ListSourcesResponse.sources:type_name -> closedloop.admin.v1.Source
 	6,  // 1: closedloop.admin.v1.Source.tokens:type_name -> closedloop.admin.v1.IngestTokenInfo
-	39, // 2: closedloop.admin.v1.IngestTokenInfo.created_at:type_name -> google.protobuf.Timestamp
+	42, // 2: closedloop.admin.v1.IngestTokenInfo.created_at:type_name -> google.protobuf.Timestamp
 	6,  // 3: closedloop.admin.v1.IssueIngestTokenResponse.token:type_name -> closedloop.admin.v1.IngestTokenInfo
-	39, // 4: closedloop.admin.v1.DeadLetterFilter.since:type_name -> google.protobuf.Timestamp
-	39, // 5: closedloop.admin.v1.DeadLetterFilter.until:type_name -> google.protobuf.Timestamp
-	40, // 6: closedloop.admin.v1.DeadLetterFilter.error_class:type_name -> closedloop.sink.v1.ErrorClass
+	42, // 4: closedloop.admin.v1.DeadLetterFilter.since:type_name -> google.protobuf.Timestamp
+	42, // 5: closedloop.admin.v1.DeadLetterFilter.until:type_name -> google.protobuf.Timestamp
+	43, // 6: closedloop.admin.v1.DeadLetterFilter.error_class:type_name -> closedloop.sink.v1.ErrorClass
 	11, // 7: closedloop.admin.v1.ListDeadLettersRequest.filter:type_name -> closedloop.admin.v1.DeadLetterFilter
 	14, // 8: closedloop.admin.v1.ListDeadLettersResponse.dead_letters:type_name -> closedloop.admin.v1.DeadLetterSummary
-	40, // 9: closedloop.admin.v1.DeadLetterSummary.error_class:type_name -> closedloop.sink.v1.ErrorClass
-	39, // 10: closedloop.admin.v1.DeadLetterSummary.dead_at:type_name -> google.protobuf.Timestamp
+	43, // 9: closedloop.admin.v1.DeadLetterSummary.error_class:type_name -> closedloop.sink.v1.ErrorClass
+	42, // 10: closedloop.admin.v1.DeadLetterSummary.dead_at:type_name -> google.protobuf.Timestamp
 	0,  // 11: closedloop.admin.v1.DeadLetterSummary.state:type_name -> closedloop.admin.v1.DeadLetterState
-	39, // 12: closedloop.admin.v1.DeadLetterSummary.resolved_at:type_name -> google.protobuf.Timestamp
+	42, // 12: closedloop.admin.v1.DeadLetterSummary.resolved_at:type_name -> google.protobuf.Timestamp
 	14, // 13: closedloop.admin.v1.GetDeadLetterResponse.summary:type_name -> closedloop.admin.v1.DeadLetterSummary
-	41, // 14: closedloop.admin.v1.GetDeadLetterResponse.dead_letter:type_name -> closedloop.sink.v1.DeadLetter
+	44, // 14: closedloop.admin.v1.GetDeadLetterResponse.dead_letter:type_name -> closedloop.sink.v1.DeadLetter
 	11, // 15: closedloop.admin.v1.ReplayDeadLettersRequest.filter:type_name -> closedloop.admin.v1.DeadLetterFilter
 	11, // 16: closedloop.admin.v1.DiscardDeadLettersRequest.filter:type_name -> closedloop.admin.v1.DeadLetterFilter
-	39, // 17: closedloop.admin.v1.GetPipelineStatusResponse.at:type_name -> google.protobuf.Timestamp
+	42, // 17: closedloop.admin.v1.GetPipelineStatusResponse.at:type_name -> google.protobuf.Timestamp
 	23, // 18: closedloop.admin.v1.GetPipelineStatusResponse.stages:type_name -> closedloop.admin.v1.StageStatus
-	42, // 19: closedloop.admin.v1.GetPipelineStatusResponse.recent_drift:type_name -> closedloop.admin.v1.SchemaPath
+	45, // 19: closedloop.admin.v1.GetPipelineStatusResponse.recent_drift:type_name -> closedloop.admin.v1.SchemaPath
 	24, // 20: closedloop.admin.v1.StageStatus.partitions:type_name -> closedloop.admin.v1.PartitionLag
-	39, // 21: closedloop.admin.v1.StageStatus.last_processed_at:type_name -> google.protobuf.Timestamp
-	43, // 22: closedloop.admin.v1.StageStatus.destinations:type_name -> closedloop.admin.v1.DestinationStatus
+	42, // 21: closedloop.admin.v1.StageStatus.last_processed_at:type_name -> google.protobuf.Timestamp
+	46, // 22: closedloop.admin.v1.StageStatus.destinations:type_name -> closedloop.admin.v1.DestinationStatus
 	29, // 23: closedloop.admin.v1.PauseSinkResponse.instances:type_name -> closedloop.admin.v1.InstanceDestinations
 	29, // 24: closedloop.admin.v1.ResumeSinkResponse.instances:type_name -> closedloop.admin.v1.InstanceDestinations
-	43, // 25: closedloop.admin.v1.InstanceDestinations.destinations:type_name -> closedloop.admin.v1.DestinationStatus
+	46, // 25: closedloop.admin.v1.InstanceDestinations.destinations:type_name -> closedloop.admin.v1.DestinationStatus
 	1,  // 26: closedloop.admin.v1.StartReplayRequest.from:type_name -> closedloop.admin.v1.ReplayFrom
-	39, // 27: closedloop.admin.v1.StartReplayRequest.since:type_name -> google.protobuf.Timestamp
-	39, // 28: closedloop.admin.v1.StartReplayRequest.until:type_name -> google.protobuf.Timestamp
+	42, // 27: closedloop.admin.v1.StartReplayRequest.since:type_name -> google.protobuf.Timestamp
+	42, // 28: closedloop.admin.v1.StartReplayRequest.until:type_name -> google.protobuf.Timestamp
 	32, // 29: closedloop.admin.v1.StartReplayResponse.job:type_name -> closedloop.admin.v1.ReplayJob
 	30, // 30: closedloop.admin.v1.ReplayJob.request:type_name -> closedloop.admin.v1.StartReplayRequest
 	2,  // 31: closedloop.admin.v1.ReplayJob.state:type_name -> closedloop.admin.v1.ReplayState
-	39, // 32: closedloop.admin.v1.ReplayJob.started_at:type_name -> google.protobuf.Timestamp
-	39, // 33: closedloop.admin.v1.ReplayJob.finished_at:type_name -> google.protobuf.Timestamp
+	42, // 32: closedloop.admin.v1.ReplayJob.started_at:type_name -> google.protobuf.Timestamp
+	42, // 33: closedloop.admin.v1.ReplayJob.finished_at:type_name -> google.protobuf.Timestamp
 	32, // 34: closedloop.admin.v1.WatchReplayResponse.job:type_name -> closedloop.admin.v1.ReplayJob
 	32, // 35: closedloop.admin.v1.CancelReplayResponse.job:type_name -> closedloop.admin.v1.ReplayJob
 	32, // 36: closedloop.admin.v1.ListReplaysResponse.jobs:type_name -> closedloop.admin.v1.ReplayJob
-	3,  // 37: closedloop.admin.v1.AdminService.ListSources:input_type -> closedloop.admin.v1.ListSourcesRequest
-	7,  // 38: closedloop.admin.v1.AdminService.IssueIngestToken:input_type -> closedloop.admin.v1.IssueIngestTokenRequest
-	9,  // 39: closedloop.admin.v1.AdminService.RevokeIngestToken:input_type -> closedloop.admin.v1.RevokeIngestTokenRequest
-	12, // 40: closedloop.admin.v1.AdminService.ListDeadLetters:input_type -> closedloop.admin.v1.ListDeadLettersRequest
-	15, // 41: closedloop.admin.v1.AdminService.GetDeadLetter:input_type -> closedloop.admin.v1.GetDeadLetterRequest
-	17, // 42: closedloop.admin.v1.AdminService.ReplayDeadLetters:input_type -> closedloop.admin.v1.ReplayDeadLettersRequest
-	19, // 43: closedloop.admin.v1.AdminService.DiscardDeadLetters:input_type -> closedloop.admin.v1.DiscardDeadLettersRequest
-	25, // 44: closedloop.admin.v1.AdminService.PauseSink:input_type -> closedloop.admin.v1.PauseSinkRequest
-	27, // 45: closedloop.admin.v1.AdminService.ResumeSink:input_type -> closedloop.admin.v1.ResumeSinkRequest
-	30, // 46: closedloop.admin.v1.AdminService.StartReplay:input_type -> closedloop.admin.v1.StartReplayRequest
-	33, // 47: closedloop.admin.v1.AdminService.WatchReplay:input_type -> closedloop.admin.v1.WatchReplayRequest
-	35, // 48: closedloop.admin.v1.AdminService.CancelReplay:input_type -> closedloop.admin.v1.CancelReplayRequest
-	37, // 49: closedloop.admin.v1.AdminService.ListReplays:input_type -> closedloop.admin.v1.ListReplaysRequest
-	21, // 50: closedloop.admin.v1.AdminService.GetPipelineStatus:input_type -> closedloop.admin.v1.GetPipelineStatusRequest
-	4,  // 51: closedloop.admin.v1.AdminService.ListSources:output_type -> closedloop.admin.v1.ListSourcesResponse
-	8,  // 52: closedloop.admin.v1.AdminService.IssueIngestToken:output_type -> closedloop.admin.v1.IssueIngestTokenResponse
-	10, // 53: closedloop.admin.v1.AdminService.RevokeIngestToken:output_type -> closedloop.admin.v1.RevokeIngestTokenResponse
-	13, // 54: closedloop.admin.v1.AdminService.ListDeadLetters:output_type -> closedloop.admin.v1.ListDeadLettersResponse
-	16, // 55: closedloop.admin.v1.AdminService.GetDeadLetter:output_type -> closedloop.admin.v1.GetDeadLetterResponse
-	18, // 56: closedloop.admin.v1.AdminService.ReplayDeadLetters:output_type -> closedloop.admin.v1.ReplayDeadLettersResponse
-	20, // 57: closedloop.admin.v1.AdminService.DiscardDeadLetters:output_type -> closedloop.admin.v1.DiscardDeadLettersResponse
-	26, // 58: closedloop.admin.v1.AdminService.PauseSink:output_type -> closedloop.admin.v1.PauseSinkResponse
-	28, // 59: closedloop.admin.v1.AdminService.ResumeSink:output_type -> closedloop.admin.v1.ResumeSinkResponse
-	31, // 60: closedloop.admin.v1.AdminService.StartReplay:output_type -> closedloop.admin.v1.StartReplayResponse
-	34, // 61: closedloop.admin.v1.AdminService.WatchReplay:output_type -> closedloop.admin.v1.WatchReplayResponse
-	36, // 62: closedloop.admin.v1.AdminService.CancelReplay:output_type -> closedloop.admin.v1.CancelReplayResponse
-	38, // 63: closedloop.admin.v1.AdminService.ListReplays:output_type -> closedloop.admin.v1.ListReplaysResponse
-	22, // 64: closedloop.admin.v1.AdminService.GetPipelineStatus:output_type -> closedloop.admin.v1.GetPipelineStatusResponse
-	51, // [51:65] is the sub-list for method output_type
-	37, // [37:51] is the sub-list for method input_type
-	37, // [37:37] is the sub-list for extension type_name
-	37, // [37:37] is the sub-list for extension extendee
-	0,  // [0:37] is the sub-list for field type_name
+	41, // 37: closedloop.admin.v1.SendTestEventResponse.stages:type_name -> closedloop.admin.v1.StageReached
+	3,  // 38: closedloop.admin.v1.AdminService.ListSources:input_type -> closedloop.admin.v1.ListSourcesRequest
+	7,  // 39: closedloop.admin.v1.AdminService.IssueIngestToken:input_type -> closedloop.admin.v1.IssueIngestTokenRequest
+	9,  // 40: closedloop.admin.v1.AdminService.RevokeIngestToken:input_type -> closedloop.admin.v1.RevokeIngestTokenRequest
+	12, // 41: closedloop.admin.v1.AdminService.ListDeadLetters:input_type -> closedloop.admin.v1.ListDeadLettersRequest
+	15, // 42: closedloop.admin.v1.AdminService.GetDeadLetter:input_type -> closedloop.admin.v1.GetDeadLetterRequest
+	17, // 43: closedloop.admin.v1.AdminService.ReplayDeadLetters:input_type -> closedloop.admin.v1.ReplayDeadLettersRequest
+	19, // 44: closedloop.admin.v1.AdminService.DiscardDeadLetters:input_type -> closedloop.admin.v1.DiscardDeadLettersRequest
+	25, // 45: closedloop.admin.v1.AdminService.PauseSink:input_type -> closedloop.admin.v1.PauseSinkRequest
+	27, // 46: closedloop.admin.v1.AdminService.ResumeSink:input_type -> closedloop.admin.v1.ResumeSinkRequest
+	30, // 47: closedloop.admin.v1.AdminService.StartReplay:input_type -> closedloop.admin.v1.StartReplayRequest
+	33, // 48: closedloop.admin.v1.AdminService.WatchReplay:input_type -> closedloop.admin.v1.WatchReplayRequest
+	35, // 49: closedloop.admin.v1.AdminService.CancelReplay:input_type -> closedloop.admin.v1.CancelReplayRequest
+	37, // 50: closedloop.admin.v1.AdminService.ListReplays:input_type -> closedloop.admin.v1.ListReplaysRequest
+	39, // 51: closedloop.admin.v1.AdminService.SendTestEvent:input_type -> closedloop.admin.v1.SendTestEventRequest
+	21, // 52: closedloop.admin.v1.AdminService.GetPipelineStatus:input_type -> closedloop.admin.v1.GetPipelineStatusRequest
+	4,  // 53: closedloop.admin.v1.AdminService.ListSources:output_type -> closedloop.admin.v1.ListSourcesResponse
+	8,  // 54: closedloop.admin.v1.AdminService.IssueIngestToken:output_type -> closedloop.admin.v1.IssueIngestTokenResponse
+	10, // 55: closedloop.admin.v1.AdminService.RevokeIngestToken:output_type -> closedloop.admin.v1.RevokeIngestTokenResponse
+	13, // 56: closedloop.admin.v1.AdminService.ListDeadLetters:output_type -> closedloop.admin.v1.ListDeadLettersResponse
+	16, // 57: closedloop.admin.v1.AdminService.GetDeadLetter:output_type -> closedloop.admin.v1.GetDeadLetterResponse
+	18, // 58: closedloop.admin.v1.AdminService.ReplayDeadLetters:output_type -> closedloop.admin.v1.ReplayDeadLettersResponse
+	20, // 59: closedloop.admin.v1.AdminService.DiscardDeadLetters:output_type -> closedloop.admin.v1.DiscardDeadLettersResponse
+	26, // 60: closedloop.admin.v1.AdminService.PauseSink:output_type -> closedloop.admin.v1.PauseSinkResponse
+	28, // 61: closedloop.admin.v1.AdminService.ResumeSink:output_type -> closedloop.admin.v1.ResumeSinkResponse
+	31, // 62: closedloop.admin.v1.AdminService.StartReplay:output_type -> closedloop.admin.v1.StartReplayResponse
+	34, // 63: closedloop.admin.v1.AdminService.WatchReplay:output_type -> closedloop.admin.v1.WatchReplayResponse
+	36, // 64: closedloop.admin.v1.AdminService.CancelReplay:output_type -> closedloop.admin.v1.CancelReplayResponse
+	38, // 65: closedloop.admin.v1.AdminService.ListReplays:output_type -> closedloop.admin.v1.ListReplaysResponse
+	40, // 66: closedloop.admin.v1.AdminService.SendTestEvent:output_type -> closedloop.admin.v1.SendTestEventResponse
+	22, // 67: closedloop.admin.v1.AdminService.GetPipelineStatus:output_type -> closedloop.admin.v1.GetPipelineStatusResponse
+	53, // [53:68] is the sub-list for method output_type
+	38, // [38:53] is the sub-list for method input_type
+	38, // [38:38] is the sub-list for extension type_name
+	38, // [38:38] is the sub-list for extension extendee
+	0,  // [0:38] is the sub-list for field type_name
 }
 
 func init() { file_closedloop_admin_v1_admin_proto_init() }
@@ -2809,7 +3026,7 @@ func file_closedloop_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_closedloop_admin_v1_admin_proto_rawDesc), len(file_closedloop_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   36,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -32,6 +32,7 @@ const (
 	AdminService_WatchReplay_FullMethodName        = "/closedloop.admin.v1.AdminService/WatchReplay"
 	AdminService_CancelReplay_FullMethodName       = "/closedloop.admin.v1.AdminService/CancelReplay"
 	AdminService_ListReplays_FullMethodName        = "/closedloop.admin.v1.AdminService/ListReplays"
+	AdminService_SendTestEvent_FullMethodName      = "/closedloop.admin.v1.AdminService/SendTestEvent"
 	AdminService_GetPipelineStatus_FullMethodName  = "/closedloop.admin.v1.AdminService/GetPipelineStatus"
 )
 
@@ -88,6 +89,12 @@ type AdminServiceClient interface {
 	// ListReplays lists the jobs, newest first. Jobs that were running when
 	// the admin service stopped are reported INTERRUPTED, never silently lost.
 	ListReplays(ctx context.Context, in *ListReplaysRequest, opts ...grpc.CallOption) (*ListReplaysResponse, error)
+	// SendTestEvent sends a signed test webhook for a source through the real
+	// ingress (with a temporary ingest token, revoked afterwards) and reports
+	// when it reached each stage and each sink. The event is flagged test
+	// (FeedbackEvent.test) and its id starts with "closedloop-test-".
+	// Delighted sources. Operator.
+	SendTestEvent(ctx context.Context, in *SendTestEventRequest, opts ...grpc.CallOption) (*SendTestEventResponse, error)
 	// GetPipelineStatus answers "is feedback flowing?": per stage and sink,
 	// consumer lag per partition and in total, DLQ depth, freshness, breaker
 	// states; and the schema drift the normalizer recorded.
@@ -241,6 +248,16 @@ func (c *adminServiceClient) ListReplays(ctx context.Context, in *ListReplaysReq
 	return out, nil
 }
 
+func (c *adminServiceClient) SendTestEvent(ctx context.Context, in *SendTestEventRequest, opts ...grpc.CallOption) (*SendTestEventResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SendTestEventResponse)
+	err := c.cc.Invoke(ctx, AdminService_SendTestEvent_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminServiceClient) GetPipelineStatus(ctx context.Context, in *GetPipelineStatusRequest, opts ...grpc.CallOption) (*GetPipelineStatusResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(GetPipelineStatusResponse)
@@ -304,6 +321,12 @@ type AdminServiceServer interface {
 	// ListReplays lists the jobs, newest first. Jobs that were running when
 	// the admin service stopped are reported INTERRUPTED, never silently lost.
 	ListReplays(context.Context, *ListReplaysRequest) (*ListReplaysResponse, error)
+	// SendTestEvent sends a signed test webhook for a source through the real
+	// ingress (with a temporary ingest token, revoked afterwards) and reports
+	// when it reached each stage and each sink. The event is flagged test
+	// (FeedbackEvent.test) and its id starts with "closedloop-test-".
+	// Delighted sources. Operator.
+	SendTestEvent(context.Context, *SendTestEventRequest) (*SendTestEventResponse, error)
 	// GetPipelineStatus answers "is feedback flowing?": per stage and sink,
 	// consumer lag per partition and in total, DLQ depth, freshness, breaker
 	// states; and the schema drift the normalizer recorded.
@@ -356,6 +379,9 @@ func (UnimplementedAdminServiceServer) CancelReplay(context.Context, *CancelRepl
 }
 func (UnimplementedAdminServiceServer) ListReplays(context.Context, *ListReplaysRequest) (*ListReplaysResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListReplays not implemented")
+}
+func (UnimplementedAdminServiceServer) SendTestEvent(context.Context, *SendTestEventRequest) (*SendTestEventResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SendTestEvent not implemented")
 }
 func (UnimplementedAdminServiceServer) GetPipelineStatus(context.Context, *GetPipelineStatusRequest) (*GetPipelineStatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetPipelineStatus not implemented")
@@ -608,6 +634,24 @@ func _AdminService_ListReplays_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_SendTestEvent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SendTestEventRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).SendTestEvent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_SendTestEvent_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).SendTestEvent(ctx, req.(*SendTestEventRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _AdminService_GetPipelineStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GetPipelineStatusRequest)
 	if err := dec(in); err != nil {
@@ -680,6 +724,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListReplays",
 			Handler:    _AdminService_ListReplays_Handler,
+		},
+		{
+			MethodName: "SendTestEvent",
+			Handler:    _AdminService_SendTestEvent_Handler,
 		},
 		{
 			MethodName: "GetPipelineStatus",

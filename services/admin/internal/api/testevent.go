@@ -1,0 +1,250 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
+	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
+	sinkv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/sink/v1"
+)
+
+// testEventPrefix marks the admin's test events; the normalizer flags
+// events whose id starts with it as test (mapping.TestEventPrefix).
+const testEventPrefix = "closedloop-test-"
+
+// SendTestEvent implements AdminService.
+func (s *Server) SendTestEvent(ctx context.Context, req *adminv1.SendTestEventRequest) (*adminv1.SendTestEventResponse, error) {
+	if err := s.source(req.Source); err != nil {
+		return nil, err
+	}
+	src, _ := s.o.Pipeline().Source(req.Source)
+	if src.Provider != "delighted" {
+		return nil, status.Errorf(codes.FailedPrecondition, "test events are signed the Delighted way; %s is a %s source: use the provider's own \"send test\"", src.Name, src.Provider)
+	}
+	if len(src.Secrets) == 0 {
+		return nil, status.Errorf(codes.FailedPrecondition, "%s has no signing secret the admin service can read (its secrets must resolve in the admin's environment)", src.Name)
+	}
+	timeout := 30 * time.Second
+	if req.TimeoutSeconds > 0 {
+		timeout = min(time.Duration(req.TimeoutSeconds)*time.Second, 5*time.Minute)
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	t := s.o.Topics
+	watched := []string{t.Raw, t.Normalized, t.Enriched, t.Priority}
+	for _, st := range s.o.Stages {
+		if st.Sink != "" {
+			watched = append(watched, t.DLQ(st.Sink))
+		}
+	}
+	_, before, err := s.o.Lag.Ends(ctx, dedupe(watched))
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "reading the topics' ends: %v", err)
+	}
+
+	// A temporary ingest token: the admin never holds the sources' own tokens.
+	token, tok, err := s.o.Tokens.Issue(ctx, s.o.Producer, src.Name, "test-event by "+CallerOf(ctx).Name)
+	if err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "a temporary ingest token for the test event: %v (a source has at most two; revoke one)", err)
+	}
+	defer func() {
+		if err := s.o.Tokens.Revoke(context.WithoutCancel(ctx), s.o.Producer, src.Name, tok.ID); err != nil {
+			s.o.Log.Error("the test event's temporary token was not revoked: revoke it by hand", "source", src.Name, "token_id", tok.ID, "error", err.Error())
+		}
+	}()
+	id := testEventPrefix + randomHex(12)
+	now := time.Now().Unix()
+	body, _ := json.Marshal(map[string]any{"event_type": "survey_response.created", "event_id": id, "event_data": map[string]any{
+		"id": id, "survey_type": "nps", "score": 10, "comment": "closedloop test event", "created_at": now, "updated_at": now,
+		"person": map[string]any{"id": "closedloop-test", "email": "test@closedloop.invalid", "name": "closedloop test"},
+	}})
+	mac := hmac.New(sha256.New, src.Secrets[0].Reveal())
+	mac.Write(body)
+	resp := &adminv1.SendTestEventResponse{EventId: id}
+	start := time.Now()
+	reached := func(stage, detail string) {
+		resp.Stages = append(resp.Stages, &adminv1.StageReached{Stage: stage, Reached: true, AfterMs: time.Since(start).Milliseconds(), Detail: detail})
+	}
+	missed := func(stage, why string) {
+		resp.Stages = append(resp.Stages, &adminv1.StageReached{Stage: stage, Detail: why})
+	}
+	// Every ingress replica follows the control topic and accepts the new
+	// token within a second: until then it answers 404.
+	url := strings.TrimRight(s.o.IngressURL, "/") + "/v1/hooks/" + src.Name + "/" + token
+	sig := "sha256=" + hex.EncodeToString(mac.Sum(nil))
+	var hres *http.Response
+	for {
+		hreq, _ := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+		hreq.Header.Set("Content-Type", "application/json")
+		hreq.Header.Set("X-Delighted-Webhook-Signature", sig)
+		hres, err = http.DefaultClient.Do(hreq)
+		if err != nil {
+			return nil, status.Errorf(codes.Unavailable, "POST to the ingress at %s: %v (ADMIN_INGRESS_URL)", s.o.IngressURL, err)
+		}
+		hres.Body.Close()
+		if hres.StatusCode != http.StatusNotFound || time.Since(start) > 5*time.Second {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	resp.IngressStatus = int32(hres.StatusCode)
+	if hres.StatusCode != http.StatusAccepted {
+		missed("ingress", fmt.Sprintf("answered %d", hres.StatusCode))
+		return resp, nil
+	}
+	reached("ingress", "202 Accepted: written to Kafka with acks=all")
+
+	find := func(topic string, match func(kafka.Message) bool) (kafka.Message, bool) {
+		return s.waitFor(ctx, []string{topic}, before, match)
+	}
+	if m, ok := find(t.Raw, func(m kafka.Message) bool { return string(m.Key) == id }); ok {
+		reached("raw", fmt.Sprintf("%s partition %d offset %d", m.Topic, m.Partition, m.Offset))
+	} else {
+		missed("raw", "not on "+t.Raw+" in time")
+		return resp, nil
+	}
+	isOurs := func(m kafka.Message) bool {
+		var ev feedbackv1.FeedbackEvent
+		return proto.Unmarshal(m.Value, &ev) == nil && ev.EventId == id
+	}
+	if m, ok := find(t.Normalized, isOurs); ok {
+		reached("normalized", fmt.Sprintf("%s partition %d offset %d (flagged test)", m.Topic, m.Partition, m.Offset))
+	} else {
+		missed("normalized", "not on "+t.Normalized+" in time (quarantined? see closedloopctl status and the quarantine topic)")
+		return resp, nil
+	}
+	lane, found := s.waitFor(ctx, []string{t.Priority, t.Enriched}, before, isOurs)
+	if !found {
+		missed("enriched", "on neither lane in time")
+		return resp, nil
+	}
+	reached("enriched", fmt.Sprintf("%s partition %d offset %d", lane.Topic, lane.Partition, lane.Offset))
+
+	// Each sink: its group committed past the event (delivered or
+	// filtered), or it dead-lettered it.
+	complete := true
+	for _, st := range s.o.Stages {
+		if st.Sink == "" {
+			continue
+		}
+		done := false
+		for ctx.Err() == nil && !done {
+			if m, ok := findOnce(ctx, s, t.DLQ(st.Sink), before, func(m kafka.Message) bool {
+				var dl sinkv1.DeadLetter
+				return proto.Unmarshal(m.Value, &dl) == nil && dl.EventId == id && (dl.Destination == "" || strings.HasSuffix(st.Name, "/"+dl.Destination) || st.Name == st.Sink)
+			}); ok {
+				var dl sinkv1.DeadLetter
+				_ = proto.Unmarshal(m.Value, &dl)
+				reached(st.Name, "DEAD-LETTERED: "+dl.Error)
+				complete, done = false, true
+				break
+			}
+			parts, err := s.o.Lag.Group(ctx, st.Group, []string{lane.Topic})
+			if err == nil {
+				for _, p := range parts {
+					if p.Partition == lane.Partition && p.Committed > lane.Offset {
+						reached(st.Name, "delivered (its consumer group committed past the event)")
+						done = true
+					}
+				}
+			}
+			if !done {
+				time.Sleep(100 * time.Millisecond)
+			}
+		}
+		if !done {
+			missed(st.Name, "not delivered in time (paused, breaker open, or behind: closedloopctl status)")
+			complete = false
+		}
+	}
+	resp.Complete = complete
+	return resp, nil
+}
+
+// waitFor looks for a matching record written to topics after the offsets
+// of before, until ctx ends.
+func (s *Server) waitFor(ctx context.Context, topics []string, before map[string]map[int]int64, match func(kafka.Message) bool) (kafka.Message, bool) {
+	for {
+		for _, topic := range topics {
+			if m, ok := findOnce(ctx, s, topic, before, match); ok {
+				return m, true
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return kafka.Message{}, false
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// findOnce looks for a record after the offsets of before, once.
+func findOnce(ctx context.Context, s *Server, topic string, before map[string]map[int]int64, match func(kafka.Message) bool) (kafka.Message, bool) {
+	_, now, err := s.o.Lag.Ends(ctx, []string{topic})
+	if err != nil {
+		return kafka.Message{}, false
+	}
+	for p, end := range now[topic] {
+		if m, ok := scan(ctx, s.o.Brokers, topic, p, before[topic][p], end, match); ok {
+			return m, true
+		}
+	}
+	return kafka.Message{}, false
+}
+
+// scan reads [from, end) of a partition for a matching record.
+func scan(ctx context.Context, brokers []string, topic string, partition int, from, end int64, match func(kafka.Message) bool) (kafka.Message, bool) {
+	if from >= end {
+		return kafka.Message{}, false
+	}
+	r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: partition, MinBytes: 1, MaxBytes: 10 << 20, MaxWait: 50 * time.Millisecond})
+	defer r.Close()
+	if r.SetOffset(from) != nil {
+		return kafka.Message{}, false
+	}
+	for {
+		m, err := r.ReadMessage(ctx)
+		if err != nil {
+			return kafka.Message{}, false
+		}
+		if match(m) {
+			return m, true
+		}
+		if m.Offset >= end-1 {
+			return kafka.Message{}, false
+		}
+	}
+}
+
+func dedupe(in []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, s := range in {
+		if !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
