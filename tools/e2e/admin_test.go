@@ -241,6 +241,12 @@ func TestOperatorsFixDeadLettersRotateTokensAndWatchLagWithClosedloopctl(t *test
 	if out, code := ctl(t, p, "val", "sources"); code != 0 || !strings.Contains(out, issued.Token.TokenID) || strings.Contains(out, issued.URL) {
 		t.Fatalf("sources must list the token id and never the URL: exit %d\n%s", code, out)
 	}
+	if out, code := ctl(t, p, "val", "sources", "delighted"); code != 0 || !strings.Contains(out, issued.Token.TokenID) {
+		t.Fatalf("sources delighted: exit %d\n%s", code, out)
+	}
+	if out, code := ctl(t, p, "val", "sources", "nosuch"); code != 4 || !strings.Contains(out, "delighted") {
+		t.Fatalf("an unknown source must be exit 4 naming the configured ones: exit %d\n%s", code, out)
+	}
 	if out, code := ctl(t, p, "ann", "tokens", "revoke", "delighted", issued.Token.TokenID); code != 0 {
 		t.Fatalf("tokens revoke: exit %d\n%s", code, out)
 	}

@@ -54,7 +54,7 @@ Usage: closedloopctl [global flags] <command> [arguments] [flags]
 
 Commands:
   status                          is feedback flowing? lag, dead letters, freshness, breakers per stage
-  sources                         configured webhook sources and their ingest tokens (ids only)
+  sources [name]                  configured webhook sources and their ingest tokens (ids only)
   tokens issue <source>           a new ingest URL for a source (shown once; at most two per source)
   tokens revoke <source> <id>     revoke a token: its URL answers 404 within a second
   test-event <source>             a signed test webhook through the real ingress: when it reached each stage and sink
@@ -218,7 +218,10 @@ func (c *cli) dispatch(args []string) (int, error) {
 	case "status":
 		return c.status()
 	case "sources":
-		return c.sources()
+		if len(rest) > 1 {
+			return exitUsage, usageError{"sources [name]"}
+		}
+		return c.sources(rest)
 	case "tokens":
 		if len(rest) == 0 {
 			return exitUsage, usageError{"tokens issue <source> | tokens revoke <source> <id>"}
@@ -346,10 +349,17 @@ func orDash(s string) string {
 	return s
 }
 
-func (c *cli) sources() (int, error) {
+func (c *cli) sources(names []string) (int, error) {
 	ctx, cancel := c.ctx()
 	defer cancel()
 	res, err := c.client.ListSources(ctx, &adminv1.ListSourcesRequest{})
+	if len(names) == 1 {
+		var one *adminv1.GetSourceResponse
+		one, err = c.client.GetSource(ctx, &adminv1.GetSourceRequest{Name: names[0]})
+		if err == nil {
+			res = &adminv1.ListSourcesResponse{Sources: []*adminv1.Source{one.Source}}
+		}
+	}
 	if err != nil {
 		return exitFailed, err
 	}

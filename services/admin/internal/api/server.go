@@ -108,6 +108,20 @@ func (s *Server) ListSources(context.Context, *adminv1.ListSourcesRequest) (*adm
 	return resp, nil
 }
 
+// GetSource implements AdminService.
+func (s *Server) GetSource(ctx context.Context, req *adminv1.GetSourceRequest) (*adminv1.GetSourceResponse, error) {
+	if err := s.source(req.Name); err != nil {
+		return nil, err
+	}
+	all, _ := s.ListSources(ctx, nil)
+	for _, src := range all.Sources {
+		if src.Name == req.Name {
+			return &adminv1.GetSourceResponse{Source: src}, nil
+		}
+	}
+	return nil, status.Errorf(codes.NotFound, "no source %q", req.Name)
+}
+
 func (s *Server) urlPrefix(source string) string {
 	return strings.TrimRight(s.o.PublicURL, "/") + "/v1/hooks/" + source + "/"
 }

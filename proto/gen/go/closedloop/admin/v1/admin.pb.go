@@ -270,6 +270,96 @@ func (x *ListSourcesResponse) GetSources() []*Source {
 	return nil
 }
 
+// GetSourceRequest names the source.
+type GetSourceRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSourceRequest) Reset() {
+	*x = GetSourceRequest{}
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSourceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSourceRequest) ProtoMessage() {}
+
+func (x *GetSourceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSourceRequest.ProtoReflect.Descriptor instead.
+func (*GetSourceRequest) Descriptor() ([]byte, []int) {
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *GetSourceRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// GetSourceResponse is the source.
+type GetSourceResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Source        *Source                `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSourceResponse) Reset() {
+	*x = GetSourceResponse{}
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSourceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSourceResponse) ProtoMessage() {}
+
+func (x *GetSourceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSourceResponse.ProtoReflect.Descriptor instead.
+func (*GetSourceResponse) Descriptor() ([]byte, []int) {
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *GetSourceResponse) GetSource() *Source {
+	if x != nil {
+		return x.Source
+	}
+	return nil
+}
+
 // Source is one configured webhook source.
 type Source struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
@@ -287,7 +377,7 @@ type Source struct {
 
 func (x *Source) Reset() {
 	*x = Source{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[2]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -299,7 +389,7 @@ func (x *Source) String() string {
 func (*Source) ProtoMessage() {}
 
 func (x *Source) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[2]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -312,7 +402,7 @@ func (x *Source) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Source.ProtoReflect.Descriptor instead.
 func (*Source) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Source) GetName() string {
@@ -362,7 +452,7 @@ type IngestTokenInfo struct {
 
 func (x *IngestTokenInfo) Reset() {
 	*x = IngestTokenInfo{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[3]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -374,7 +464,7 @@ func (x *IngestTokenInfo) String() string {
 func (*IngestTokenInfo) ProtoMessage() {}
 
 func (x *IngestTokenInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[3]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -387,7 +477,7 @@ func (x *IngestTokenInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IngestTokenInfo.ProtoReflect.Descriptor instead.
 func (*IngestTokenInfo) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *IngestTokenInfo) GetTokenId() string {
@@ -421,7 +511,7 @@ type IssueIngestTokenRequest struct {
 
 func (x *IssueIngestTokenRequest) Reset() {
 	*x = IssueIngestTokenRequest{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[4]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -433,7 +523,7 @@ func (x *IssueIngestTokenRequest) String() string {
 func (*IssueIngestTokenRequest) ProtoMessage() {}
 
 func (x *IssueIngestTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[4]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -446,7 +536,7 @@ func (x *IssueIngestTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueIngestTokenRequest.ProtoReflect.Descriptor instead.
 func (*IssueIngestTokenRequest) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *IssueIngestTokenRequest) GetSource() string {
@@ -468,7 +558,7 @@ type IssueIngestTokenResponse struct {
 
 func (x *IssueIngestTokenResponse) Reset() {
 	*x = IssueIngestTokenResponse{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[5]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -480,7 +570,7 @@ func (x *IssueIngestTokenResponse) String() string {
 func (*IssueIngestTokenResponse) ProtoMessage() {}
 
 func (x *IssueIngestTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[5]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -493,7 +583,7 @@ func (x *IssueIngestTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueIngestTokenResponse.ProtoReflect.Descriptor instead.
 func (*IssueIngestTokenResponse) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *IssueIngestTokenResponse) GetToken() *IngestTokenInfo {
@@ -521,7 +611,7 @@ type RevokeIngestTokenRequest struct {
 
 func (x *RevokeIngestTokenRequest) Reset() {
 	*x = RevokeIngestTokenRequest{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[6]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -533,7 +623,7 @@ func (x *RevokeIngestTokenRequest) String() string {
 func (*RevokeIngestTokenRequest) ProtoMessage() {}
 
 func (x *RevokeIngestTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[6]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -546,7 +636,7 @@ func (x *RevokeIngestTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeIngestTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeIngestTokenRequest) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RevokeIngestTokenRequest) GetSource() string {
@@ -572,7 +662,7 @@ type RevokeIngestTokenResponse struct {
 
 func (x *RevokeIngestTokenResponse) Reset() {
 	*x = RevokeIngestTokenResponse{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[7]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -584,7 +674,7 @@ func (x *RevokeIngestTokenResponse) String() string {
 func (*RevokeIngestTokenResponse) ProtoMessage() {}
 
 func (x *RevokeIngestTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[7]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -597,7 +687,7 @@ func (x *RevokeIngestTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeIngestTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeIngestTokenResponse) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 // DeadLetterFilter selects dead letters of one sink.
@@ -622,7 +712,7 @@ type DeadLetterFilter struct {
 
 func (x *DeadLetterFilter) Reset() {
 	*x = DeadLetterFilter{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[8]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -634,7 +724,7 @@ func (x *DeadLetterFilter) String() string {
 func (*DeadLetterFilter) ProtoMessage() {}
 
 func (x *DeadLetterFilter) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[8]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -647,7 +737,7 @@ func (x *DeadLetterFilter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeadLetterFilter.ProtoReflect.Descriptor instead.
 func (*DeadLetterFilter) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DeadLetterFilter) GetSink() string {
@@ -713,7 +803,7 @@ type ListDeadLettersRequest struct {
 
 func (x *ListDeadLettersRequest) Reset() {
 	*x = ListDeadLettersRequest{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[9]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -725,7 +815,7 @@ func (x *ListDeadLettersRequest) String() string {
 func (*ListDeadLettersRequest) ProtoMessage() {}
 
 func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[9]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -738,7 +828,7 @@ func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersRequest.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersRequest) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListDeadLettersRequest) GetFilter() *DeadLetterFilter {
@@ -775,7 +865,7 @@ type ListDeadLettersResponse struct {
 
 func (x *ListDeadLettersResponse) Reset() {
 	*x = ListDeadLettersResponse{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[10]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -787,7 +877,7 @@ func (x *ListDeadLettersResponse) String() string {
 func (*ListDeadLettersResponse) ProtoMessage() {}
 
 func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[10]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -800,7 +890,7 @@ func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersResponse.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersResponse) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListDeadLettersResponse) GetDeadLetters() []*DeadLetterSummary {
@@ -850,7 +940,7 @@ type DeadLetterSummary struct {
 
 func (x *DeadLetterSummary) Reset() {
 	*x = DeadLetterSummary{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[11]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -862,7 +952,7 @@ func (x *DeadLetterSummary) String() string {
 func (*DeadLetterSummary) ProtoMessage() {}
 
 func (x *DeadLetterSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[11]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -875,7 +965,7 @@ func (x *DeadLetterSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeadLetterSummary.ProtoReflect.Descriptor instead.
 func (*DeadLetterSummary) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DeadLetterSummary) GetId() string {
@@ -979,7 +1069,7 @@ type GetDeadLetterRequest struct {
 
 func (x *GetDeadLetterRequest) Reset() {
 	*x = GetDeadLetterRequest{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[12]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -991,7 +1081,7 @@ func (x *GetDeadLetterRequest) String() string {
 func (*GetDeadLetterRequest) ProtoMessage() {}
 
 func (x *GetDeadLetterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[12]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1004,7 +1094,7 @@ func (x *GetDeadLetterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDeadLetterRequest.ProtoReflect.Descriptor instead.
 func (*GetDeadLetterRequest) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetDeadLetterRequest) GetId() string {
@@ -1026,7 +1116,7 @@ type GetDeadLetterResponse struct {
 
 func (x *GetDeadLetterResponse) Reset() {
 	*x = GetDeadLetterResponse{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[13]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1038,7 +1128,7 @@ func (x *GetDeadLetterResponse) String() string {
 func (*GetDeadLetterResponse) ProtoMessage() {}
 
 func (x *GetDeadLetterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[13]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1051,7 +1141,7 @@ func (x *GetDeadLetterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDeadLetterResponse.ProtoReflect.Descriptor instead.
 func (*GetDeadLetterResponse) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetDeadLetterResponse) GetSummary() *DeadLetterSummary {
@@ -1081,7 +1171,7 @@ type ReplayDeadLettersRequest struct {
 
 func (x *ReplayDeadLettersRequest) Reset() {
 	*x = ReplayDeadLettersRequest{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[14]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1093,7 +1183,7 @@ func (x *ReplayDeadLettersRequest) String() string {
 func (*ReplayDeadLettersRequest) ProtoMessage() {}
 
 func (x *ReplayDeadLettersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[14]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1106,7 +1196,7 @@ func (x *ReplayDeadLettersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplayDeadLettersRequest.ProtoReflect.Descriptor instead.
 func (*ReplayDeadLettersRequest) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ReplayDeadLettersRequest) GetIds() []string {
@@ -1144,7 +1234,7 @@ type ReplayDeadLettersResponse struct {
 
 func (x *ReplayDeadLettersResponse) Reset() {
 	*x = ReplayDeadLettersResponse{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[15]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1156,7 +1246,7 @@ func (x *ReplayDeadLettersResponse) String() string {
 func (*ReplayDeadLettersResponse) ProtoMessage() {}
 
 func (x *ReplayDeadLettersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[15]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1169,7 +1259,7 @@ func (x *ReplayDeadLettersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplayDeadLettersResponse.ProtoReflect.Descriptor instead.
 func (*ReplayDeadLettersResponse) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ReplayDeadLettersResponse) GetReplayId() string {
@@ -1207,7 +1297,7 @@ type DiscardDeadLettersRequest struct {
 
 func (x *DiscardDeadLettersRequest) Reset() {
 	*x = DiscardDeadLettersRequest{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[16]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1219,7 +1309,7 @@ func (x *DiscardDeadLettersRequest) String() string {
 func (*DiscardDeadLettersRequest) ProtoMessage() {}
 
 func (x *DiscardDeadLettersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[16]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1232,7 +1322,7 @@ func (x *DiscardDeadLettersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscardDeadLettersRequest.ProtoReflect.Descriptor instead.
 func (*DiscardDeadLettersRequest) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *DiscardDeadLettersRequest) GetIds() []string {
@@ -1274,7 +1364,7 @@ type DiscardDeadLettersResponse struct {
 
 func (x *DiscardDeadLettersResponse) Reset() {
 	*x = DiscardDeadLettersResponse{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[17]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1286,7 +1376,7 @@ func (x *DiscardDeadLettersResponse) String() string {
 func (*DiscardDeadLettersResponse) ProtoMessage() {}
 
 func (x *DiscardDeadLettersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[17]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1299,7 +1389,7 @@ func (x *DiscardDeadLettersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscardDeadLettersResponse.ProtoReflect.Descriptor instead.
 func (*DiscardDeadLettersResponse) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *DiscardDeadLettersResponse) GetDiscarded() int32 {
@@ -1325,7 +1415,7 @@ type GetPipelineStatusRequest struct {
 
 func (x *GetPipelineStatusRequest) Reset() {
 	*x = GetPipelineStatusRequest{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[18]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1337,7 +1427,7 @@ func (x *GetPipelineStatusRequest) String() string {
 func (*GetPipelineStatusRequest) ProtoMessage() {}
 
 func (x *GetPipelineStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[18]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1350,7 +1440,7 @@ func (x *GetPipelineStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPipelineStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetPipelineStatusRequest) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 // GetPipelineStatusResponse is the pipeline at a glance.
@@ -1371,7 +1461,7 @@ type GetPipelineStatusResponse struct {
 
 func (x *GetPipelineStatusResponse) Reset() {
 	*x = GetPipelineStatusResponse{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[19]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1383,7 +1473,7 @@ func (x *GetPipelineStatusResponse) String() string {
 func (*GetPipelineStatusResponse) ProtoMessage() {}
 
 func (x *GetPipelineStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[19]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1396,7 +1486,7 @@ func (x *GetPipelineStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPipelineStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetPipelineStatusResponse) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetPipelineStatusResponse) GetAt() *timestamppb.Timestamp {
@@ -1460,7 +1550,7 @@ type StageStatus struct {
 
 func (x *StageStatus) Reset() {
 	*x = StageStatus{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[20]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1472,7 +1562,7 @@ func (x *StageStatus) String() string {
 func (*StageStatus) ProtoMessage() {}
 
 func (x *StageStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[20]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1485,7 +1575,7 @@ func (x *StageStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StageStatus.ProtoReflect.Descriptor instead.
 func (*StageStatus) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *StageStatus) GetName() string {
@@ -1573,7 +1663,7 @@ type PartitionLag struct {
 
 func (x *PartitionLag) Reset() {
 	*x = PartitionLag{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[21]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1585,7 +1675,7 @@ func (x *PartitionLag) String() string {
 func (*PartitionLag) ProtoMessage() {}
 
 func (x *PartitionLag) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[21]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1598,7 +1688,7 @@ func (x *PartitionLag) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionLag.ProtoReflect.Descriptor instead.
 func (*PartitionLag) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PartitionLag) GetTopic() string {
@@ -1651,7 +1741,7 @@ type PauseSinkRequest struct {
 
 func (x *PauseSinkRequest) Reset() {
 	*x = PauseSinkRequest{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[22]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1663,7 +1753,7 @@ func (x *PauseSinkRequest) String() string {
 func (*PauseSinkRequest) ProtoMessage() {}
 
 func (x *PauseSinkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[22]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1676,7 +1766,7 @@ func (x *PauseSinkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseSinkRequest.ProtoReflect.Descriptor instead.
 func (*PauseSinkRequest) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PauseSinkRequest) GetSink() string {
@@ -1710,7 +1800,7 @@ type PauseSinkResponse struct {
 
 func (x *PauseSinkResponse) Reset() {
 	*x = PauseSinkResponse{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[23]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1722,7 +1812,7 @@ func (x *PauseSinkResponse) String() string {
 func (*PauseSinkResponse) ProtoMessage() {}
 
 func (x *PauseSinkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[23]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1735,7 +1825,7 @@ func (x *PauseSinkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseSinkResponse.ProtoReflect.Descriptor instead.
 func (*PauseSinkResponse) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PauseSinkResponse) GetInstances() []*InstanceDestinations {
@@ -1756,7 +1846,7 @@ type ResumeSinkRequest struct {
 
 func (x *ResumeSinkRequest) Reset() {
 	*x = ResumeSinkRequest{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[24]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1768,7 +1858,7 @@ func (x *ResumeSinkRequest) String() string {
 func (*ResumeSinkRequest) ProtoMessage() {}
 
 func (x *ResumeSinkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[24]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1781,7 +1871,7 @@ func (x *ResumeSinkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeSinkRequest.ProtoReflect.Descriptor instead.
 func (*ResumeSinkRequest) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ResumeSinkRequest) GetSink() string {
@@ -1808,7 +1898,7 @@ type ResumeSinkResponse struct {
 
 func (x *ResumeSinkResponse) Reset() {
 	*x = ResumeSinkResponse{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[25]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1820,7 +1910,7 @@ func (x *ResumeSinkResponse) String() string {
 func (*ResumeSinkResponse) ProtoMessage() {}
 
 func (x *ResumeSinkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[25]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1833,7 +1923,7 @@ func (x *ResumeSinkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeSinkResponse.ProtoReflect.Descriptor instead.
 func (*ResumeSinkResponse) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ResumeSinkResponse) GetInstances() []*InstanceDestinations {
@@ -1856,7 +1946,7 @@ type InstanceDestinations struct {
 
 func (x *InstanceDestinations) Reset() {
 	*x = InstanceDestinations{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[26]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1868,7 +1958,7 @@ func (x *InstanceDestinations) String() string {
 func (*InstanceDestinations) ProtoMessage() {}
 
 func (x *InstanceDestinations) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[26]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1881,7 +1971,7 @@ func (x *InstanceDestinations) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceDestinations.ProtoReflect.Descriptor instead.
 func (*InstanceDestinations) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *InstanceDestinations) GetAddress() string {
@@ -1929,7 +2019,7 @@ type StartReplayRequest struct {
 
 func (x *StartReplayRequest) Reset() {
 	*x = StartReplayRequest{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[27]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1941,7 +2031,7 @@ func (x *StartReplayRequest) String() string {
 func (*StartReplayRequest) ProtoMessage() {}
 
 func (x *StartReplayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[27]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1954,7 +2044,7 @@ func (x *StartReplayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartReplayRequest.ProtoReflect.Descriptor instead.
 func (*StartReplayRequest) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *StartReplayRequest) GetFrom() ReplayFrom {
@@ -2023,7 +2113,7 @@ type StartReplayResponse struct {
 
 func (x *StartReplayResponse) Reset() {
 	*x = StartReplayResponse{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2035,7 +2125,7 @@ func (x *StartReplayResponse) String() string {
 func (*StartReplayResponse) ProtoMessage() {}
 
 func (x *StartReplayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2048,7 +2138,7 @@ func (x *StartReplayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartReplayResponse.ProtoReflect.Descriptor instead.
 func (*StartReplayResponse) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *StartReplayResponse) GetJob() *ReplayJob {
@@ -2082,7 +2172,7 @@ type ReplayJob struct {
 
 func (x *ReplayJob) Reset() {
 	*x = ReplayJob{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2094,7 +2184,7 @@ func (x *ReplayJob) String() string {
 func (*ReplayJob) ProtoMessage() {}
 
 func (x *ReplayJob) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2107,7 +2197,7 @@ func (x *ReplayJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplayJob.ProtoReflect.Descriptor instead.
 func (*ReplayJob) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ReplayJob) GetId() string {
@@ -2204,7 +2294,7 @@ type WatchReplayRequest struct {
 
 func (x *WatchReplayRequest) Reset() {
 	*x = WatchReplayRequest{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2216,7 +2306,7 @@ func (x *WatchReplayRequest) String() string {
 func (*WatchReplayRequest) ProtoMessage() {}
 
 func (x *WatchReplayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2229,7 +2319,7 @@ func (x *WatchReplayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchReplayRequest.ProtoReflect.Descriptor instead.
 func (*WatchReplayRequest) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *WatchReplayRequest) GetId() string {
@@ -2249,7 +2339,7 @@ type WatchReplayResponse struct {
 
 func (x *WatchReplayResponse) Reset() {
 	*x = WatchReplayResponse{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[31]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2261,7 +2351,7 @@ func (x *WatchReplayResponse) String() string {
 func (*WatchReplayResponse) ProtoMessage() {}
 
 func (x *WatchReplayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[31]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2274,7 +2364,7 @@ func (x *WatchReplayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchReplayResponse.ProtoReflect.Descriptor instead.
 func (*WatchReplayResponse) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *WatchReplayResponse) GetJob() *ReplayJob {
@@ -2294,7 +2384,7 @@ type CancelReplayRequest struct {
 
 func (x *CancelReplayRequest) Reset() {
 	*x = CancelReplayRequest{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[32]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2306,7 +2396,7 @@ func (x *CancelReplayRequest) String() string {
 func (*CancelReplayRequest) ProtoMessage() {}
 
 func (x *CancelReplayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[32]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2319,7 +2409,7 @@ func (x *CancelReplayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelReplayRequest.ProtoReflect.Descriptor instead.
 func (*CancelReplayRequest) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *CancelReplayRequest) GetId() string {
@@ -2339,7 +2429,7 @@ type CancelReplayResponse struct {
 
 func (x *CancelReplayResponse) Reset() {
 	*x = CancelReplayResponse{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[33]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2351,7 +2441,7 @@ func (x *CancelReplayResponse) String() string {
 func (*CancelReplayResponse) ProtoMessage() {}
 
 func (x *CancelReplayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[33]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2364,7 +2454,7 @@ func (x *CancelReplayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelReplayResponse.ProtoReflect.Descriptor instead.
 func (*CancelReplayResponse) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{33}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CancelReplayResponse) GetJob() *ReplayJob {
@@ -2383,7 +2473,7 @@ type ListReplaysRequest struct {
 
 func (x *ListReplaysRequest) Reset() {
 	*x = ListReplaysRequest{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[34]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2395,7 +2485,7 @@ func (x *ListReplaysRequest) String() string {
 func (*ListReplaysRequest) ProtoMessage() {}
 
 func (x *ListReplaysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[34]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2408,7 +2498,7 @@ func (x *ListReplaysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListReplaysRequest.ProtoReflect.Descriptor instead.
 func (*ListReplaysRequest) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{34}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{36}
 }
 
 // ListReplaysResponse lists the jobs, newest first.
@@ -2421,7 +2511,7 @@ type ListReplaysResponse struct {
 
 func (x *ListReplaysResponse) Reset() {
 	*x = ListReplaysResponse{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[35]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2433,7 +2523,7 @@ func (x *ListReplaysResponse) String() string {
 func (*ListReplaysResponse) ProtoMessage() {}
 
 func (x *ListReplaysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[35]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2446,7 +2536,7 @@ func (x *ListReplaysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListReplaysResponse.ProtoReflect.Descriptor instead.
 func (*ListReplaysResponse) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{35}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ListReplaysResponse) GetJobs() []*ReplayJob {
@@ -2468,7 +2558,7 @@ type SendTestEventRequest struct {
 
 func (x *SendTestEventRequest) Reset() {
 	*x = SendTestEventRequest{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[36]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2480,7 +2570,7 @@ func (x *SendTestEventRequest) String() string {
 func (*SendTestEventRequest) ProtoMessage() {}
 
 func (x *SendTestEventRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[36]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2493,7 +2583,7 @@ func (x *SendTestEventRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendTestEventRequest.ProtoReflect.Descriptor instead.
 func (*SendTestEventRequest) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{36}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *SendTestEventRequest) GetSource() string {
@@ -2525,7 +2615,7 @@ type SendTestEventResponse struct {
 
 func (x *SendTestEventResponse) Reset() {
 	*x = SendTestEventResponse{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[37]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2537,7 +2627,7 @@ func (x *SendTestEventResponse) String() string {
 func (*SendTestEventResponse) ProtoMessage() {}
 
 func (x *SendTestEventResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[37]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2550,7 +2640,7 @@ func (x *SendTestEventResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendTestEventResponse.ProtoReflect.Descriptor instead.
 func (*SendTestEventResponse) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{37}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *SendTestEventResponse) GetEventId() string {
@@ -2597,7 +2687,7 @@ type StageReached struct {
 
 func (x *StageReached) Reset() {
 	*x = StageReached{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[38]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2609,7 +2699,7 @@ func (x *StageReached) String() string {
 func (*StageReached) ProtoMessage() {}
 
 func (x *StageReached) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[38]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2622,7 +2712,7 @@ func (x *StageReached) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StageReached.ProtoReflect.Descriptor instead.
 func (*StageReached) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{38}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *StageReached) GetStage() string {
@@ -2660,7 +2750,11 @@ const file_closedloop_admin_v1_admin_proto_rawDesc = "" +
 	"\x1fclosedloop/admin/v1/admin.proto\x12\x13closedloop.admin.v1\x1a\x1fclosedloop/admin/v1/drift.proto\x1a'closedloop/admin/v1/service_admin.proto\x1a$closedloop/sink/v1/dead_letter.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x14\n" +
 	"\x12ListSourcesRequest\"L\n" +
 	"\x13ListSourcesResponse\x125\n" +
-	"\asources\x18\x01 \x03(\v2\x1b.closedloop.admin.v1.SourceR\asources\"\xba\x01\n" +
+	"\asources\x18\x01 \x03(\v2\x1b.closedloop.admin.v1.SourceR\asources\"&\n" +
+	"\x10GetSourceRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"H\n" +
+	"\x11GetSourceResponse\x123\n" +
+	"\x06source\x18\x01 \x01(\v2\x1b.closedloop.admin.v1.SourceR\x06source\"\xba\x01\n" +
 	"\x06Source\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bprovider\x18\x02 \x01(\tR\bprovider\x12\x1d\n" +
@@ -2853,9 +2947,10 @@ const file_closedloop_admin_v1_admin_proto_rawDesc = "" +
 	"\x11REPLAY_STATE_DONE\x10\x02\x12\x1a\n" +
 	"\x16REPLAY_STATE_CANCELLED\x10\x03\x12\x17\n" +
 	"\x13REPLAY_STATE_FAILED\x10\x04\x12\x1c\n" +
-	"\x18REPLAY_STATE_INTERRUPTED\x10\x052\xba\f\n" +
+	"\x18REPLAY_STATE_INTERRUPTED\x10\x052\x96\r\n" +
 	"\fAdminService\x12`\n" +
-	"\vListSources\x12'.closedloop.admin.v1.ListSourcesRequest\x1a(.closedloop.admin.v1.ListSourcesResponse\x12o\n" +
+	"\vListSources\x12'.closedloop.admin.v1.ListSourcesRequest\x1a(.closedloop.admin.v1.ListSourcesResponse\x12Z\n" +
+	"\tGetSource\x12%.closedloop.admin.v1.GetSourceRequest\x1a&.closedloop.admin.v1.GetSourceResponse\x12o\n" +
 	"\x10IssueIngestToken\x12,.closedloop.admin.v1.IssueIngestTokenRequest\x1a-.closedloop.admin.v1.IssueIngestTokenResponse\x12r\n" +
 	"\x11RevokeIngestToken\x12-.closedloop.admin.v1.RevokeIngestTokenRequest\x1a..closedloop.admin.v1.RevokeIngestTokenResponse\x12l\n" +
 	"\x0fListDeadLetters\x12+.closedloop.admin.v1.ListDeadLettersRequest\x1a,.closedloop.admin.v1.ListDeadLettersResponse\x12f\n" +
@@ -2887,130 +2982,135 @@ func file_closedloop_admin_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_closedloop_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_closedloop_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_closedloop_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_closedloop_admin_v1_admin_proto_goTypes = []any{
 	(DeadLetterState)(0),               // 0: closedloop.admin.v1.DeadLetterState
 	(ReplayFrom)(0),                    // 1: closedloop.admin.v1.ReplayFrom
 	(ReplayState)(0),                   // 2: closedloop.admin.v1.ReplayState
 	(*ListSourcesRequest)(nil),         // 3: closedloop.admin.v1.ListSourcesRequest
 	(*ListSourcesResponse)(nil),        // 4: closedloop.admin.v1.ListSourcesResponse
-	(*Source)(nil),                     // 5: closedloop.admin.v1.Source
-	(*IngestTokenInfo)(nil),            // 6: closedloop.admin.v1.IngestTokenInfo
-	(*IssueIngestTokenRequest)(nil),    // 7: closedloop.admin.v1.IssueIngestTokenRequest
-	(*IssueIngestTokenResponse)(nil),   // 8: closedloop.admin.v1.IssueIngestTokenResponse
-	(*RevokeIngestTokenRequest)(nil),   // 9: closedloop.admin.v1.RevokeIngestTokenRequest
-	(*RevokeIngestTokenResponse)(nil),  // 10: closedloop.admin.v1.RevokeIngestTokenResponse
-	(*DeadLetterFilter)(nil),           // 11: closedloop.admin.v1.DeadLetterFilter
-	(*ListDeadLettersRequest)(nil),     // 12: closedloop.admin.v1.ListDeadLettersRequest
-	(*ListDeadLettersResponse)(nil),    // 13: closedloop.admin.v1.ListDeadLettersResponse
-	(*DeadLetterSummary)(nil),          // 14: closedloop.admin.v1.DeadLetterSummary
-	(*GetDeadLetterRequest)(nil),       // 15: closedloop.admin.v1.GetDeadLetterRequest
-	(*GetDeadLetterResponse)(nil),      // 16: closedloop.admin.v1.GetDeadLetterResponse
-	(*ReplayDeadLettersRequest)(nil),   // 17: closedloop.admin.v1.ReplayDeadLettersRequest
-	(*ReplayDeadLettersResponse)(nil),  // 18: closedloop.admin.v1.ReplayDeadLettersResponse
-	(*DiscardDeadLettersRequest)(nil),  // 19: closedloop.admin.v1.DiscardDeadLettersRequest
-	(*DiscardDeadLettersResponse)(nil), // 20: closedloop.admin.v1.DiscardDeadLettersResponse
-	(*GetPipelineStatusRequest)(nil),   // 21: closedloop.admin.v1.GetPipelineStatusRequest
-	(*GetPipelineStatusResponse)(nil),  // 22: closedloop.admin.v1.GetPipelineStatusResponse
-	(*StageStatus)(nil),                // 23: closedloop.admin.v1.StageStatus
-	(*PartitionLag)(nil),               // 24: closedloop.admin.v1.PartitionLag
-	(*PauseSinkRequest)(nil),           // 25: closedloop.admin.v1.PauseSinkRequest
-	(*PauseSinkResponse)(nil),          // 26: closedloop.admin.v1.PauseSinkResponse
-	(*ResumeSinkRequest)(nil),          // 27: closedloop.admin.v1.ResumeSinkRequest
-	(*ResumeSinkResponse)(nil),         // 28: closedloop.admin.v1.ResumeSinkResponse
-	(*InstanceDestinations)(nil),       // 29: closedloop.admin.v1.InstanceDestinations
-	(*StartReplayRequest)(nil),         // 30: closedloop.admin.v1.StartReplayRequest
-	(*StartReplayResponse)(nil),        // 31: closedloop.admin.v1.StartReplayResponse
-	(*ReplayJob)(nil),                  // 32: closedloop.admin.v1.ReplayJob
-	(*WatchReplayRequest)(nil),         // 33: closedloop.admin.v1.WatchReplayRequest
-	(*WatchReplayResponse)(nil),        // 34: closedloop.admin.v1.WatchReplayResponse
-	(*CancelReplayRequest)(nil),        // 35: closedloop.admin.v1.CancelReplayRequest
-	(*CancelReplayResponse)(nil),       // 36: closedloop.admin.v1.CancelReplayResponse
-	(*ListReplaysRequest)(nil),         // 37: closedloop.admin.v1.ListReplaysRequest
-	(*ListReplaysResponse)(nil),        // 38: closedloop.admin.v1.ListReplaysResponse
-	(*SendTestEventRequest)(nil),       // 39: closedloop.admin.v1.SendTestEventRequest
-	(*SendTestEventResponse)(nil),      // 40: closedloop.admin.v1.SendTestEventResponse
-	(*StageReached)(nil),               // 41: closedloop.admin.v1.StageReached
-	(*timestamppb.Timestamp)(nil),      // 42: google.protobuf.Timestamp
-	(v1.ErrorClass)(0),                 // 43: closedloop.sink.v1.ErrorClass
-	(*v1.DeadLetter)(nil),              // 44: closedloop.sink.v1.DeadLetter
-	(*SchemaPath)(nil),                 // 45: closedloop.admin.v1.SchemaPath
-	(*DestinationStatus)(nil),          // 46: closedloop.admin.v1.DestinationStatus
+	(*GetSourceRequest)(nil),           // 5: closedloop.admin.v1.GetSourceRequest
+	(*GetSourceResponse)(nil),          // 6: closedloop.admin.v1.GetSourceResponse
+	(*Source)(nil),                     // 7: closedloop.admin.v1.Source
+	(*IngestTokenInfo)(nil),            // 8: closedloop.admin.v1.IngestTokenInfo
+	(*IssueIngestTokenRequest)(nil),    // 9: closedloop.admin.v1.IssueIngestTokenRequest
+	(*IssueIngestTokenResponse)(nil),   // 10: closedloop.admin.v1.IssueIngestTokenResponse
+	(*RevokeIngestTokenRequest)(nil),   // 11: closedloop.admin.v1.RevokeIngestTokenRequest
+	(*RevokeIngestTokenResponse)(nil),  // 12: closedloop.admin.v1.RevokeIngestTokenResponse
+	(*DeadLetterFilter)(nil),           // 13: closedloop.admin.v1.DeadLetterFilter
+	(*ListDeadLettersRequest)(nil),     // 14: closedloop.admin.v1.ListDeadLettersRequest
+	(*ListDeadLettersResponse)(nil),    // 15: closedloop.admin.v1.ListDeadLettersResponse
+	(*DeadLetterSummary)(nil),          // 16: closedloop.admin.v1.DeadLetterSummary
+	(*GetDeadLetterRequest)(nil),       // 17: closedloop.admin.v1.GetDeadLetterRequest
+	(*GetDeadLetterResponse)(nil),      // 18: closedloop.admin.v1.GetDeadLetterResponse
+	(*ReplayDeadLettersRequest)(nil),   // 19: closedloop.admin.v1.ReplayDeadLettersRequest
+	(*ReplayDeadLettersResponse)(nil),  // 20: closedloop.admin.v1.ReplayDeadLettersResponse
+	(*DiscardDeadLettersRequest)(nil),  // 21: closedloop.admin.v1.DiscardDeadLettersRequest
+	(*DiscardDeadLettersResponse)(nil), // 22: closedloop.admin.v1.DiscardDeadLettersResponse
+	(*GetPipelineStatusRequest)(nil),   // 23: closedloop.admin.v1.GetPipelineStatusRequest
+	(*GetPipelineStatusResponse)(nil),  // 24: closedloop.admin.v1.GetPipelineStatusResponse
+	(*StageStatus)(nil),                // 25: closedloop.admin.v1.StageStatus
+	(*PartitionLag)(nil),               // 26: closedloop.admin.v1.PartitionLag
+	(*PauseSinkRequest)(nil),           // 27: closedloop.admin.v1.PauseSinkRequest
+	(*PauseSinkResponse)(nil),          // 28: closedloop.admin.v1.PauseSinkResponse
+	(*ResumeSinkRequest)(nil),          // 29: closedloop.admin.v1.ResumeSinkRequest
+	(*ResumeSinkResponse)(nil),         // 30: closedloop.admin.v1.ResumeSinkResponse
+	(*InstanceDestinations)(nil),       // 31: closedloop.admin.v1.InstanceDestinations
+	(*StartReplayRequest)(nil),         // 32: closedloop.admin.v1.StartReplayRequest
+	(*StartReplayResponse)(nil),        // 33: closedloop.admin.v1.StartReplayResponse
+	(*ReplayJob)(nil),                  // 34: closedloop.admin.v1.ReplayJob
+	(*WatchReplayRequest)(nil),         // 35: closedloop.admin.v1.WatchReplayRequest
+	(*WatchReplayResponse)(nil),        // 36: closedloop.admin.v1.WatchReplayResponse
+	(*CancelReplayRequest)(nil),        // 37: closedloop.admin.v1.CancelReplayRequest
+	(*CancelReplayResponse)(nil),       // 38: closedloop.admin.v1.CancelReplayResponse
+	(*ListReplaysRequest)(nil),         // 39: closedloop.admin.v1.ListReplaysRequest
+	(*ListReplaysResponse)(nil),        // 40: closedloop.admin.v1.ListReplaysResponse
+	(*SendTestEventRequest)(nil),       // 41: closedloop.admin.v1.SendTestEventRequest
+	(*SendTestEventResponse)(nil),      // 42: closedloop.admin.v1.SendTestEventResponse
+	(*StageReached)(nil),               // 43: closedloop.admin.v1.StageReached
+	(*timestamppb.Timestamp)(nil),      // 44: google.protobuf.Timestamp
+	(v1.ErrorClass)(0),                 // 45: closedloop.sink.v1.ErrorClass
+	(*v1.DeadLetter)(nil),              // 46: closedloop.sink.v1.DeadLetter
+	(*SchemaPath)(nil),                 // 47: closedloop.admin.v1.SchemaPath
+	(*DestinationStatus)(nil),          // 48: closedloop.admin.v1.DestinationStatus
 }
 var file_closedloop_admin_v1_admin_proto_depIdxs = []int32{
-	5,  // 0: closedloop.admin.v1.ListSourcesResponse.sources:type_name -> closedloop.admin.v1.Source
-	6,  // 1: closedloop.admin.v1.Source.tokens:type_name -> closedloop.admin.v1.IngestTokenInfo
-	42, // 2: closedloop.admin.v1.IngestTokenInfo.created_at:type_name -> google.protobuf.Timestamp
-	6,  // 3: closedloop.admin.v1.IssueIngestTokenResponse.token:type_name -> closedloop.admin.v1.IngestTokenInfo
-	42, // 4: closedloop.admin.v1.DeadLetterFilter.since:type_name -> google.protobuf.Timestamp
-	42, // 5: closedloop.admin.v1.DeadLetterFilter.until:type_name -> google.protobuf.Timestamp
-	43, // 6: closedloop.admin.v1.DeadLetterFilter.error_class:type_name -> closedloop.sink.v1.ErrorClass
-	11, // 7: closedloop.admin.v1.ListDeadLettersRequest.filter:type_name -> closedloop.admin.v1.DeadLetterFilter
-	14, // 8: closedloop.admin.v1.ListDeadLettersResponse.dead_letters:type_name -> closedloop.admin.v1.DeadLetterSummary
-	43, // 9: closedloop.admin.v1.DeadLetterSummary.error_class:type_name -> closedloop.sink.v1.ErrorClass
-	42, // 10: closedloop.admin.v1.DeadLetterSummary.dead_at:type_name -> google.protobuf.Timestamp
-	0,  // 11: closedloop.admin.v1.DeadLetterSummary.state:type_name -> closedloop.admin.v1.DeadLetterState
-	42, // 12: closedloop.admin.v1.DeadLetterSummary.resolved_at:type_name -> google.protobuf.Timestamp
-	14, // 13: closedloop.admin.v1.GetDeadLetterResponse.summary:type_name -> closedloop.admin.v1.DeadLetterSummary
-	44, // 14: closedloop.admin.v1.GetDeadLetterResponse.dead_letter:type_name -> closedloop.sink.v1.DeadLetter
-	11, // 15: closedloop.admin.v1.ReplayDeadLettersRequest.filter:type_name -> closedloop.admin.v1.DeadLetterFilter
-	11, // 16: closedloop.admin.v1.DiscardDeadLettersRequest.filter:type_name -> closedloop.admin.v1.DeadLetterFilter
-	42, // 17: closedloop.admin.v1.GetPipelineStatusResponse.at:type_name -> google.protobuf.Timestamp
-	23, // 18: closedloop.admin.v1.GetPipelineStatusResponse.stages:type_name -> closedloop.admin.v1.StageStatus
-	45, // 19: closedloop.admin.v1.GetPipelineStatusResponse.recent_drift:type_name -> closedloop.admin.v1.SchemaPath
-	24, // 20: closedloop.admin.v1.StageStatus.partitions:type_name -> closedloop.admin.v1.PartitionLag
-	42, // 21: closedloop.admin.v1.StageStatus.last_processed_at:type_name -> google.protobuf.Timestamp
-	46, // 22: closedloop.admin.v1.StageStatus.destinations:type_name -> closedloop.admin.v1.DestinationStatus
-	29, // 23: closedloop.admin.v1.PauseSinkResponse.instances:type_name -> closedloop.admin.v1.InstanceDestinations
-	29, // 24: closedloop.admin.v1.ResumeSinkResponse.instances:type_name -> closedloop.admin.v1.InstanceDestinations
-	46, // 25: closedloop.admin.v1.InstanceDestinations.destinations:type_name -> closedloop.admin.v1.DestinationStatus
-	1,  // 26: closedloop.admin.v1.StartReplayRequest.from:type_name -> closedloop.admin.v1.ReplayFrom
-	42, // 27: closedloop.admin.v1.StartReplayRequest.since:type_name -> google.protobuf.Timestamp
-	42, // 28: closedloop.admin.v1.StartReplayRequest.until:type_name -> google.protobuf.Timestamp
-	32, // 29: closedloop.admin.v1.StartReplayResponse.job:type_name -> closedloop.admin.v1.ReplayJob
-	30, // 30: closedloop.admin.v1.ReplayJob.request:type_name -> closedloop.admin.v1.StartReplayRequest
-	2,  // 31: closedloop.admin.v1.ReplayJob.state:type_name -> closedloop.admin.v1.ReplayState
-	42, // 32: closedloop.admin.v1.ReplayJob.started_at:type_name -> google.protobuf.Timestamp
-	42, // 33: closedloop.admin.v1.ReplayJob.finished_at:type_name -> google.protobuf.Timestamp
-	32, // 34: closedloop.admin.v1.WatchReplayResponse.job:type_name -> closedloop.admin.v1.ReplayJob
-	32, // 35: closedloop.admin.v1.CancelReplayResponse.job:type_name -> closedloop.admin.v1.ReplayJob
-	32, // 36: closedloop.admin.v1.ListReplaysResponse.jobs:type_name -> closedloop.admin.v1.ReplayJob
-	41, // 37: closedloop.admin.v1.SendTestEventResponse.stages:type_name -> closedloop.admin.v1.StageReached
-	3,  // 38: closedloop.admin.v1.AdminService.ListSources:input_type -> closedloop.admin.v1.ListSourcesRequest
-	7,  // 39: closedloop.admin.v1.AdminService.IssueIngestToken:input_type -> closedloop.admin.v1.IssueIngestTokenRequest
-	9,  // 40: closedloop.admin.v1.AdminService.RevokeIngestToken:input_type -> closedloop.admin.v1.RevokeIngestTokenRequest
-	12, // 41: closedloop.admin.v1.AdminService.ListDeadLetters:input_type -> closedloop.admin.v1.ListDeadLettersRequest
-	15, // 42: closedloop.admin.v1.AdminService.GetDeadLetter:input_type -> closedloop.admin.v1.GetDeadLetterRequest
-	17, // 43: closedloop.admin.v1.AdminService.ReplayDeadLetters:input_type -> closedloop.admin.v1.ReplayDeadLettersRequest
-	19, // 44: closedloop.admin.v1.AdminService.DiscardDeadLetters:input_type -> closedloop.admin.v1.DiscardDeadLettersRequest
-	25, // 45: closedloop.admin.v1.AdminService.PauseSink:input_type -> closedloop.admin.v1.PauseSinkRequest
-	27, // 46: closedloop.admin.v1.AdminService.ResumeSink:input_type -> closedloop.admin.v1.ResumeSinkRequest
-	30, // 47: closedloop.admin.v1.AdminService.StartReplay:input_type -> closedloop.admin.v1.StartReplayRequest
-	33, // 48: closedloop.admin.v1.AdminService.WatchReplay:input_type -> closedloop.admin.v1.WatchReplayRequest
-	35, // 49: closedloop.admin.v1.AdminService.CancelReplay:input_type -> closedloop.admin.v1.CancelReplayRequest
-	37, // 50: closedloop.admin.v1.AdminService.ListReplays:input_type -> closedloop.admin.v1.ListReplaysRequest
-	39, // 51: closedloop.admin.v1.AdminService.SendTestEvent:input_type -> closedloop.admin.v1.SendTestEventRequest
-	21, // 52: closedloop.admin.v1.AdminService.GetPipelineStatus:input_type -> closedloop.admin.v1.GetPipelineStatusRequest
-	4,  // 53: closedloop.admin.v1.AdminService.ListSources:output_type -> closedloop.admin.v1.ListSourcesResponse
-	8,  // 54: closedloop.admin.v1.AdminService.IssueIngestToken:output_type -> closedloop.admin.v1.IssueIngestTokenResponse
-	10, // 55: closedloop.admin.v1.AdminService.RevokeIngestToken:output_type -> closedloop.admin.v1.RevokeIngestTokenResponse
-	13, // 56: closedloop.admin.v1.AdminService.ListDeadLetters:output_type -> closedloop.admin.v1.ListDeadLettersResponse
-	16, // 57: closedloop.admin.v1.AdminService.GetDeadLetter:output_type -> closedloop.admin.v1.GetDeadLetterResponse
-	18, // 58: closedloop.admin.v1.AdminService.ReplayDeadLetters:output_type -> closedloop.admin.v1.ReplayDeadLettersResponse
-	20, // 59: closedloop.admin.v1.AdminService.DiscardDeadLetters:output_type -> closedloop.admin.v1.DiscardDeadLettersResponse
-	26, // 60: closedloop.admin.v1.AdminService.PauseSink:output_type -> closedloop.admin.v1.PauseSinkResponse
-	28, // 61: closedloop.admin.v1.AdminService.ResumeSink:output_type -> closedloop.admin.v1.ResumeSinkResponse
-	31, // 62: closedloop.admin.v1.AdminService.StartReplay:output_type -> closedloop.admin.v1.StartReplayResponse
-	34, // 63: closedloop.admin.v1.AdminService.WatchReplay:output_type -> closedloop.admin.v1.WatchReplayResponse
-	36, // 64: closedloop.admin.v1.AdminService.CancelReplay:output_type -> closedloop.admin.v1.CancelReplayResponse
-	38, // 65: closedloop.admin.v1.AdminService.ListReplays:output_type -> closedloop.admin.v1.ListReplaysResponse
-	40, // 66: closedloop.admin.v1.AdminService.SendTestEvent:output_type -> closedloop.admin.v1.SendTestEventResponse
-	22, // 67: closedloop.admin.v1.AdminService.GetPipelineStatus:output_type -> closedloop.admin.v1.GetPipelineStatusResponse
-	53, // [53:68] is the sub-list for method output_type
-	38, // [38:53] is the sub-list for method input_type
-	38, // [38:38] is the sub-list for extension type_name
-	38, // [38:38] is the sub-list for extension extendee
-	0,  // [0:38] is the sub-list for field type_name
+	7,  // 0: closedloop.admin.v1.ListSourcesResponse.sources:type_name -> closedloop.admin.v1.Source
+	7,  // 1: closedloop.admin.v1.GetSourceResponse.source:type_name -> closedloop.admin.v1.Source
+	8,  // 2: closedloop.admin.v1.Source.tokens:type_name -> closedloop.admin.v1.IngestTokenInfo
+	44, // 3: closedloop.admin.v1.IngestTokenInfo.created_at:type_name -> google.protobuf.Timestamp
+	8,  // 4: closedloop.admin.v1.IssueIngestTokenResponse.token:type_name -> closedloop.admin.v1.IngestTokenInfo
+	44, // 5: closedloop.admin.v1.DeadLetterFilter.since:type_name -> google.protobuf.Timestamp
+	44, // 6: closedloop.admin.v1.DeadLetterFilter.until:type_name -> google.protobuf.Timestamp
+	45, // 7: closedloop.admin.v1.DeadLetterFilter.error_class:type_name -> closedloop.sink.v1.ErrorClass
+	13, // 8: closedloop.admin.v1.ListDeadLettersRequest.filter:type_name -> closedloop.admin.v1.DeadLetterFilter
+	16, // 9: closedloop.admin.v1.ListDeadLettersResponse.dead_letters:type_name -> closedloop.admin.v1.DeadLetterSummary
+	45, // 10: closedloop.admin.v1.DeadLetterSummary.error_class:type_name -> closedloop.sink.v1.ErrorClass
+	44, // 11: closedloop.admin.v1.DeadLetterSummary.dead_at:type_name -> google.protobuf.Timestamp
+	0,  // 12: closedloop.admin.v1.DeadLetterSummary.state:type_name -> closedloop.admin.v1.DeadLetterState
+	44, // 13: closedloop.admin.v1.DeadLetterSummary.resolved_at:type_name -> google.protobuf.Timestamp
+	16, // 14: closedloop.admin.v1.GetDeadLetterResponse.summary:type_name -> closedloop.admin.v1.DeadLetterSummary
+	46, // 15: closedloop.admin.v1.GetDeadLetterResponse.dead_letter:type_name -> closedloop.sink.v1.DeadLetter
+	13, // 16: closedloop.admin.v1.ReplayDeadLettersRequest.filter:type_name -> closedloop.admin.v1.DeadLetterFilter
+	13, // 17: closedloop.admin.v1.DiscardDeadLettersRequest.filter:type_name -> closedloop.admin.v1.DeadLetterFilter
+	44, // 18: closedloop.admin.v1.GetPipelineStatusResponse.at:type_name -> google.protobuf.Timestamp
+	25, // 19: closedloop.admin.v1.GetPipelineStatusResponse.stages:type_name -> closedloop.admin.v1.StageStatus
+	47, // 20: closedloop.admin.v1.GetPipelineStatusResponse.recent_drift:type_name -> closedloop.admin.v1.SchemaPath
+	26, // 21: closedloop.admin.v1.StageStatus.partitions:type_name -> closedloop.admin.v1.PartitionLag
+	44, // 22: closedloop.admin.v1.StageStatus.last_processed_at:type_name -> google.protobuf.Timestamp
+	48, // 23: closedloop.admin.v1.StageStatus.destinations:type_name -> closedloop.admin.v1.DestinationStatus
+	31, // 24: closedloop.admin.v1.PauseSinkResponse.instances:type_name -> closedloop.admin.v1.InstanceDestinations
+	31, // 25: closedloop.admin.v1.ResumeSinkResponse.instances:type_name -> closedloop.admin.v1.InstanceDestinations
+	48, // 26: closedloop.admin.v1.InstanceDestinations.destinations:type_name -> closedloop.admin.v1.DestinationStatus
+	1,  // 27: closedloop.admin.v1.StartReplayRequest.from:type_name -> closedloop.admin.v1.ReplayFrom
+	44, // 28: closedloop.admin.v1.StartReplayRequest.since:type_name -> google.protobuf.Timestamp
+	44, // 29: closedloop.admin.v1.StartReplayRequest.until:type_name -> google.protobuf.Timestamp
+	34, // 30: closedloop.admin.v1.StartReplayResponse.job:type_name -> closedloop.admin.v1.ReplayJob
+	32, // 31: closedloop.admin.v1.ReplayJob.request:type_name -> closedloop.admin.v1.StartReplayRequest
+	2,  // 32: closedloop.admin.v1.ReplayJob.state:type_name -> closedloop.admin.v1.ReplayState
+	44, // 33: closedloop.admin.v1.ReplayJob.started_at:type_name -> google.protobuf.Timestamp
+	44, // 34: closedloop.admin.v1.ReplayJob.finished_at:type_name -> google.protobuf.Timestamp
+	34, // 35: closedloop.admin.v1.WatchReplayResponse.job:type_name -> closedloop.admin.v1.ReplayJob
+	34, // 36: closedloop.admin.v1.CancelReplayResponse.job:type_name -> closedloop.admin.v1.ReplayJob
+	34, // 37: closedloop.admin.v1.ListReplaysResponse.jobs:type_name -> closedloop.admin.v1.ReplayJob
+	43, // 38: closedloop.admin.v1.SendTestEventResponse.stages:type_name -> closedloop.admin.v1.StageReached
+	3,  // 39: closedloop.admin.v1.AdminService.ListSources:input_type -> closedloop.admin.v1.ListSourcesRequest
+	5,  // 40: closedloop.admin.v1.AdminService.GetSource:input_type -> closedloop.admin.v1.GetSourceRequest
+	9,  // 41: closedloop.admin.v1.AdminService.IssueIngestToken:input_type -> closedloop.admin.v1.IssueIngestTokenRequest
+	11, // 42: closedloop.admin.v1.AdminService.RevokeIngestToken:input_type -> closedloop.admin.v1.RevokeIngestTokenRequest
+	14, // 43: closedloop.admin.v1.AdminService.ListDeadLetters:input_type -> closedloop.admin.v1.ListDeadLettersRequest
+	17, // 44: closedloop.admin.v1.AdminService.GetDeadLetter:input_type -> closedloop.admin.v1.GetDeadLetterRequest
+	19, // 45: closedloop.admin.v1.AdminService.ReplayDeadLetters:input_type -> closedloop.admin.v1.ReplayDeadLettersRequest
+	21, // 46: closedloop.admin.v1.AdminService.DiscardDeadLetters:input_type -> closedloop.admin.v1.DiscardDeadLettersRequest
+	27, // 47: closedloop.admin.v1.AdminService.PauseSink:input_type -> closedloop.admin.v1.PauseSinkRequest
+	29, // 48: closedloop.admin.v1.AdminService.ResumeSink:input_type -> closedloop.admin.v1.ResumeSinkRequest
+	32, // 49: closedloop.admin.v1.AdminService.StartReplay:input_type -> closedloop.admin.v1.StartReplayRequest
+	35, // 50: closedloop.admin.v1.AdminService.WatchReplay:input_type -> closedloop.admin.v1.WatchReplayRequest
+	37, // 51: closedloop.admin.v1.AdminService.CancelReplay:input_type -> closedloop.admin.v1.CancelReplayRequest
+	39, // 52: closedloop.admin.v1.AdminService.ListReplays:input_type -> closedloop.admin.v1.ListReplaysRequest
+	41, // 53: closedloop.admin.v1.AdminService.SendTestEvent:input_type -> closedloop.admin.v1.SendTestEventRequest
+	23, // 54: closedloop.admin.v1.AdminService.GetPipelineStatus:input_type -> closedloop.admin.v1.GetPipelineStatusRequest
+	4,  // 55: closedloop.admin.v1.AdminService.ListSources:output_type -> closedloop.admin.v1.ListSourcesResponse
+	6,  // 56: closedloop.admin.v1.AdminService.GetSource:output_type -> closedloop.admin.v1.GetSourceResponse
+	10, // 57: closedloop.admin.v1.AdminService.IssueIngestToken:output_type -> closedloop.admin.v1.IssueIngestTokenResponse
+	12, // 58: closedloop.admin.v1.AdminService.RevokeIngestToken:output_type -> closedloop.admin.v1.RevokeIngestTokenResponse
+	15, // 59: closedloop.admin.v1.AdminService.ListDeadLetters:output_type -> closedloop.admin.v1.ListDeadLettersResponse
+	18, // 60: closedloop.admin.v1.AdminService.GetDeadLetter:output_type -> closedloop.admin.v1.GetDeadLetterResponse
+	20, // 61: closedloop.admin.v1.AdminService.ReplayDeadLetters:output_type -> closedloop.admin.v1.ReplayDeadLettersResponse
+	22, // 62: closedloop.admin.v1.AdminService.DiscardDeadLetters:output_type -> closedloop.admin.v1.DiscardDeadLettersResponse
+	28, // 63: closedloop.admin.v1.AdminService.PauseSink:output_type -> closedloop.admin.v1.PauseSinkResponse
+	30, // 64: closedloop.admin.v1.AdminService.ResumeSink:output_type -> closedloop.admin.v1.ResumeSinkResponse
+	33, // 65: closedloop.admin.v1.AdminService.StartReplay:output_type -> closedloop.admin.v1.StartReplayResponse
+	36, // 66: closedloop.admin.v1.AdminService.WatchReplay:output_type -> closedloop.admin.v1.WatchReplayResponse
+	38, // 67: closedloop.admin.v1.AdminService.CancelReplay:output_type -> closedloop.admin.v1.CancelReplayResponse
+	40, // 68: closedloop.admin.v1.AdminService.ListReplays:output_type -> closedloop.admin.v1.ListReplaysResponse
+	42, // 69: closedloop.admin.v1.AdminService.SendTestEvent:output_type -> closedloop.admin.v1.SendTestEventResponse
+	24, // 70: closedloop.admin.v1.AdminService.GetPipelineStatus:output_type -> closedloop.admin.v1.GetPipelineStatusResponse
+	55, // [55:71] is the sub-list for method output_type
+	39, // [39:55] is the sub-list for method input_type
+	39, // [39:39] is the sub-list for extension type_name
+	39, // [39:39] is the sub-list for extension extendee
+	0,  // [0:39] is the sub-list for field type_name
 }
 
 func init() { file_closedloop_admin_v1_admin_proto_init() }
@@ -3026,7 +3126,7 @@ func file_closedloop_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_closedloop_admin_v1_admin_proto_rawDesc), len(file_closedloop_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   39,
+			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -20,6 +20,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	AdminService_ListSources_FullMethodName        = "/closedloop.admin.v1.AdminService/ListSources"
+	AdminService_GetSource_FullMethodName          = "/closedloop.admin.v1.AdminService/GetSource"
 	AdminService_IssueIngestToken_FullMethodName   = "/closedloop.admin.v1.AdminService/IssueIngestToken"
 	AdminService_RevokeIngestToken_FullMethodName  = "/closedloop.admin.v1.AdminService/RevokeIngestToken"
 	AdminService_ListDeadLetters_FullMethodName    = "/closedloop.admin.v1.AdminService/ListDeadLetters"
@@ -49,6 +50,8 @@ type AdminServiceClient interface {
 	// ListSources lists the configured webhook sources with their active
 	// ingest tokens (ids and times only, never the tokens).
 	ListSources(ctx context.Context, in *ListSourcesRequest, opts ...grpc.CallOption) (*ListSourcesResponse, error)
+	// GetSource returns one source (NOT_FOUND names the configured ones).
+	GetSource(ctx context.Context, in *GetSourceRequest, opts ...grpc.CallOption) (*GetSourceResponse, error)
 	// IssueIngestToken creates a new ingest token for a source and returns its
 	// full webhook URL — the only time the token is ever shown. A source has at
 	// most two active tokens (FAILED_PRECONDITION beyond). Every ingress
@@ -113,6 +116,16 @@ func (c *adminServiceClient) ListSources(ctx context.Context, in *ListSourcesReq
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListSourcesResponse)
 	err := c.cc.Invoke(ctx, AdminService_ListSources_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) GetSource(ctx context.Context, in *GetSourceRequest, opts ...grpc.CallOption) (*GetSourceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetSourceResponse)
+	err := c.cc.Invoke(ctx, AdminService_GetSource_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -281,6 +294,8 @@ type AdminServiceServer interface {
 	// ListSources lists the configured webhook sources with their active
 	// ingest tokens (ids and times only, never the tokens).
 	ListSources(context.Context, *ListSourcesRequest) (*ListSourcesResponse, error)
+	// GetSource returns one source (NOT_FOUND names the configured ones).
+	GetSource(context.Context, *GetSourceRequest) (*GetSourceResponse, error)
 	// IssueIngestToken creates a new ingest token for a source and returns its
 	// full webhook URL — the only time the token is ever shown. A source has at
 	// most two active tokens (FAILED_PRECONDITION beyond). Every ingress
@@ -343,6 +358,9 @@ type UnimplementedAdminServiceServer struct{}
 
 func (UnimplementedAdminServiceServer) ListSources(context.Context, *ListSourcesRequest) (*ListSourcesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListSources not implemented")
+}
+func (UnimplementedAdminServiceServer) GetSource(context.Context, *GetSourceRequest) (*GetSourceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetSource not implemented")
 }
 func (UnimplementedAdminServiceServer) IssueIngestToken(context.Context, *IssueIngestTokenRequest) (*IssueIngestTokenResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method IssueIngestToken not implemented")
@@ -421,6 +439,24 @@ func _AdminService_ListSources_Handler(srv interface{}, ctx context.Context, dec
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(AdminServiceServer).ListSources(ctx, req.(*ListSourcesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_GetSource_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetSourceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).GetSource(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_GetSource_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).GetSource(ctx, req.(*GetSourceRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -680,6 +716,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListSources",
 			Handler:    _AdminService_ListSources_Handler,
+		},
+		{
+			MethodName: "GetSource",
+			Handler:    _AdminService_GetSource_Handler,
 		},
 		{
 			MethodName: "IssueIngestToken",
