@@ -31,6 +31,7 @@ import (
 	"github.com/closedloop/closedloop/libs/lifecycle"
 	"github.com/closedloop/closedloop/libs/status"
 	"github.com/closedloop/closedloop/libs/telemetry"
+	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 )
 
 // Version is the build version, set with -ldflags "-X github.com/closedloop/closedloop/libs/service.Version=v1.2.3".
@@ -127,6 +128,8 @@ type Service struct {
 	steps []lifecycle.Step
 	// closers run after every step: clients the steps may still use.
 	closers []lifecycle.Step
+	// consumers are the ones Consume and ConsumeBatch started.
+	consumers []*kafkaio.Consumer
 }
 
 // New sets up telemetry and binds the ops and gRPC listeners (so a port
@@ -236,7 +239,33 @@ func (s *Service) consumerConfig(group string, topics []string, producer *kafkai
 	}
 }
 
+// PausableConsumers lets operators pause and resume this service's
+// consumers through the admin API (PauseDestination with the service's
+// name), and shows their pause in GetStatus. Sink services expose their
+// destinations instead (package sink).
+func (s *Service) PausableConsumers() {
+	for _, c := range s.consumers {
+		s.Status.AddDestination(consumerValve{c: c, service: s.Name})
+	}
+}
+
+// consumerValve is a consumer as a status.Destination.
+type consumerValve struct {
+	c       *kafkaio.Consumer
+	service string
+}
+
+func (v consumerValve) Status() *adminv1.DestinationStatus {
+	why, paused := v.c.Paused()
+	return &adminv1.DestinationStatus{Name: v.service, Sink: v.service, Paused: paused, PauseReason: why}
+}
+func (v consumerValve) Pause(reason string) {
+	v.c.Pause(reason)
+}
+func (v consumerValve) Resume() { v.c.Resume() }
+
 func (s *Service) runConsumer(group string, c *kafkaio.Consumer) {
+	s.consumers = append(s.consumers, c)
 	done := make(chan struct{})
 	s.Group.Go("consumer "+group, func(ctx context.Context) error {
 		defer close(done)

@@ -310,6 +310,20 @@ func TestOperatorsFixDeadLettersRotateTokensAndWatchLagWithClosedloopctl(t *test
 			t.Fatalf("after resume the lag stays %d\n%s", n, out)
 		}
 	}
+	// A stage other than a sink pauses the same way.
+	if out, code := ctl(t, p, "ann", "pause", "normalizer", "--reason", "mapping deploy"); code != 0 || !strings.Contains(out, "true") {
+		t.Fatalf("pause normalizer: exit %d\n%s", code, out)
+	}
+	c2, _ := gen.Response()
+	send(t, p, c2, http.StatusAccepted)
+	if out, code := ctl(t, p, "val", "status"); code != 1 || !strings.Contains(out, "normalizer paused") {
+		t.Fatalf("status with the normalizer paused: exit %d\n%s", code, out)
+	}
+	if out, code := ctl(t, p, "ann", "resume", "normalizer"); code != 0 {
+		t.Fatalf("resume normalizer: exit %d\n%s", code, out)
+	}
+	waitRows(t, pool, p.Schema(), map[string]bool{c2.EventID: true}, 30*time.Second)
+
 	out, code = ctl(t, p, "val", "status")
 	t.Logf("lag %d while paused, 0 after resume; closedloopctl status (exit %d):\n%s", paused, code, out)
 }

@@ -59,6 +59,7 @@ Commands:
   tokens revoke <source> <id>     revoke a token: its URL answers 404 within a second
   test-event <source>             a signed test webhook through the real ingress: when it reached each stage and sink
   pause <sink> [destination] --reason r   stop deliveries (every instance); Kafka keeps the backlog
+                                  (normalizer and enricher pause those stages the same way)
   resume <sink> [destination]     deliver again
   dlq ls <sink>                   a sink's open dead letters, newest first (--all: resolved too)
   dlq show <id>                   one dead letter: the error, every attempt, the event

@@ -276,7 +276,7 @@ func (s *Server) ResumeSink(ctx context.Context, req *adminv1.ResumeSinkRequest)
 // every instance of sink and reports each instance's destinations after.
 func (s *Server) eachDestination(ctx context.Context, sinkName, dest string, fn func(context.Context, adminv1.ServiceAdminServiceClient, string) error) ([]*adminv1.InstanceDestinations, error) {
 	if sinkName == "" {
-		return nil, status.Error(codes.InvalidArgument, "sink is required (e.g. sink-warehouse)")
+		return nil, status.Error(codes.InvalidArgument, "sink is required: a sink service (sink-warehouse) or normalizer / enricher")
 	}
 	addrs := s.o.Instances[sinkName]
 	if len(addrs) == 0 {
@@ -444,7 +444,7 @@ func (s *Server) GetPipelineStatus(ctx context.Context, _ *adminv1.GetPipelineSt
 				}
 			}
 			for _, d := range a.st.Destinations {
-				if st.Sink != "" && (st.Name == st.Sink || st.Name == st.Sink+"/"+d.Name) {
+				if st.Sink != "" && (st.Name == st.Sink || st.Name == st.Sink+"/"+d.Name) || st.Sink == "" && d.Name == st.Service {
 					out.Destinations = append(out.Destinations, d)
 					if d.Breaker == adminv1.BreakerState_BREAKER_STATE_OPEN || d.Breaker == adminv1.BreakerState_BREAKER_STATE_HALF_OPEN {
 						problem("%s: destination %s: breaker %s on %s", st.Name, d.Name, strings.TrimPrefix(d.Breaker.String(), "BREAKER_STATE_"), a.st.Instance)

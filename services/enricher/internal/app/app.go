@@ -97,6 +97,7 @@ func Run(ctx context.Context) error {
 	if err := svc.ConsumeBatch(cfg.GroupID, []string{t.Normalized}, producer, cfg.MaxBatch, h.HandleBatch); err != nil {
 		return err
 	}
+	svc.PausableConsumers() // closedloopctl pause enricher
 	svc.CloseProducer(producer)
 	return svc.Run()
 }

@@ -97,6 +97,7 @@ func Run(ctx context.Context) error {
 	if err := svc.ConsumeBatch(cfg.GroupID, []string{t.Raw}, producer, cfg.MaxBatch, h.HandleBatch); err != nil {
 		return err
 	}
+	svc.PausableConsumers() // closedloopctl pause normalizer
 	svc.CloseProducer(producer)
 	return svc.Run()
 }

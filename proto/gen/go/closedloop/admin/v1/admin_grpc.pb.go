@@ -75,7 +75,8 @@ type AdminServiceClient interface {
 	DiscardDeadLetters(ctx context.Context, in *DiscardDeadLettersRequest, opts ...grpc.CallOption) (*DiscardDeadLettersResponse, error)
 	// PauseSink pauses a sink's destination (every destination when none is
 	// named) on every instance of the sink; consumption stops, Kafka keeps
-	// the backlog. Operator.
+	// the backlog. "normalizer" and "enricher" pause those stages' consumers
+	// the same way. Operator.
 	PauseSink(ctx context.Context, in *PauseSinkRequest, opts ...grpc.CallOption) (*PauseSinkResponse, error)
 	// ResumeSink undoes PauseSink on every instance. Operator.
 	ResumeSink(ctx context.Context, in *ResumeSinkRequest, opts ...grpc.CallOption) (*ResumeSinkResponse, error)
@@ -319,7 +320,8 @@ type AdminServiceServer interface {
 	DiscardDeadLetters(context.Context, *DiscardDeadLettersRequest) (*DiscardDeadLettersResponse, error)
 	// PauseSink pauses a sink's destination (every destination when none is
 	// named) on every instance of the sink; consumption stops, Kafka keeps
-	// the backlog. Operator.
+	// the backlog. "normalizer" and "enricher" pause those stages' consumers
+	// the same way. Operator.
 	PauseSink(context.Context, *PauseSinkRequest) (*PauseSinkResponse, error)
 	// ResumeSink undoes PauseSink on every instance. Operator.
 	ResumeSink(context.Context, *ResumeSinkRequest) (*ResumeSinkResponse, error)
