@@ -202,6 +202,22 @@ func TestOperatorsFixDeadLettersRotateTokensAndWatchLagWithClosedloopctl(t *test
 	if out, code := ctl(t, p, "val", "replay", "ls"); code != 0 || strings.Count(out, "done") < 2 {
 		t.Fatalf("replay ls: exit %d\n%s", code, out)
 	}
+	if out, code := ctl(t, p, "ann", "dlq", "discard", dlIDs[0], "--reason", "e2e"); code != 5 || !strings.Contains(out, "already replayed") {
+		t.Fatalf("discarding a replayed dead letter: exit %d\n%s", code, out)
+	}
+	// A job running when the admin service dies is reported interrupted.
+	out, code = ctl(t, p, "ann", "replay", "raw", "--since", "10m", "--rate", "2", "--detach")
+	if code != 0 {
+		t.Fatalf("replay --detach: exit %d\n%s", code, out)
+	}
+	time.Sleep(1500 * time.Millisecond) // a progress record is written every second
+	p.Services["admin"].Kill()
+	if err := p.Restart(ctx, "admin"); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := ctl(t, p, "val", "replay", "ls"); code != 0 || !strings.Contains(out, "interrupted") {
+		t.Fatalf("after the admin was killed mid-job: exit %d\n%s", code, out)
+	}
 
 	// A signed test event through the real ingress reaches every stage and the sink.
 	out, code = ctl(t, p, "ann", "test-event", "delighted")
