@@ -55,20 +55,11 @@ func main() {
 const coldAccounts = 200000
 
 func run(ctx context.Context, n, rate, seconds int, crmLatency time.Duration) error {
-	root, err := stack.RepoRoot()
+	dir, bin, cleanup, err := stack.Workspace(ctx, "enricherbench")
 	if err != nil {
 		return err
 	}
-	dir, err := os.MkdirTemp("", "closedloop-enricherbench-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "bin")
-	fmt.Println("building…")
-	if err := stack.Build(ctx, root, bin); err != nil {
-		return err
-	}
+	defer cleanup()
 	// The CRM knows 8 warm accounts and coldAccounts cold ones.
 	type account struct {
 		ID     string `json:"id"`

@@ -197,20 +197,11 @@ func drive(name, url string, conns int, d time.Duration, rate int, next *atomic.
 
 func run(conns int, d time.Duration, rate int, steady time.Duration, extraEnv []string) error {
 	ctx := context.Background()
-	root, err := stack.RepoRoot()
+	dir, bin, cleanup, err := stack.Workspace(ctx, "ingressbench")
 	if err != nil {
 		return err
 	}
-	dir, err := os.MkdirTemp("", "ingressbench-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "bin")
-	fmt.Println("building…")
-	if err := stack.Build(ctx, root, bin); err != nil {
-		return err
-	}
+	defer cleanup()
 	broker, err := stack.StartBroker(ctx, bin, dir, 0, 3, []string{"feedback.raw.v1"})
 	if err != nil {
 		return err

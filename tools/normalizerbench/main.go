@@ -60,20 +60,11 @@ func body(i int) []byte {
 
 func run(n int, dupFrac float64, partitions int, profile string, extraEnv []string) error {
 	ctx := context.Background()
-	root, err := stack.RepoRoot()
+	dir, bin, cleanup, err := stack.Workspace(ctx, "normalizerbench")
 	if err != nil {
 		return err
 	}
-	dir, err := os.MkdirTemp("", "normalizerbench-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "bin")
-	fmt.Println("building…")
-	if err := stack.Build(ctx, root, bin); err != nil {
-		return err
-	}
+	defer cleanup()
 	raw, norm, quar := "feedback.raw.v1", "feedback.normalized.v1", "feedback.quarantine.v1"
 	broker, err := stack.StartBroker(ctx, bin, dir, 0, partitions, []string{raw, norm, quar})
 	if err != nil {

@@ -54,20 +54,11 @@ func main() {
 }
 
 func run(ctx context.Context, rate int, duration time.Duration, burst, conc, partitions int, env []string) error {
-	root, err := stack.RepoRoot()
+	dir, bin, cleanup, err := stack.Workspace(ctx, "pipelinebench")
 	if err != nil {
 		return err
 	}
-	dir, err := os.MkdirTemp("", "closedloop-pipelinebench-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "bin")
-	fmt.Println("building…")
-	if err := stack.Build(ctx, root, bin); err != nil {
-		return err
-	}
+	defer cleanup()
 	broker, err := stack.StartBroker(ctx, bin, dir, 0, partitions, kafkaio.NewTopics("").All())
 	if err != nil {
 		return err

@@ -43,20 +43,11 @@ func main() {
 }
 
 func run(ctx context.Context, n, partitions int, env []string) error {
-	root, err := stack.RepoRoot()
+	dir, bin, cleanup, err := stack.Workspace(ctx, "sinkbench")
 	if err != nil {
 		return err
 	}
-	dir, err := os.MkdirTemp("", "closedloop-sinkbench-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "bin")
-	fmt.Println("building…")
-	if err := stack.Build(ctx, root, bin); err != nil {
-		return err
-	}
+	defer cleanup()
 	topics := kafkaio.NewTopics("")
 	broker, err := stack.StartBroker(ctx, bin, dir, 0, partitions, topics.All())
 	if err != nil {

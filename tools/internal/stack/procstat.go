@@ -1,7 +1,10 @@
 package stack
 
 import (
+	"context"
+	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 )
@@ -38,4 +41,25 @@ func CPUSeconds(pid int) float64 {
 	utime, _ := strconv.ParseFloat(fields[11], 64)
 	stime, _ := strconv.ParseFloat(fields[12], 64)
 	return (utime + stime) / 100 // USER_HZ
+}
+
+// Workspace builds every binary into a new temporary directory for a
+// benchmark tool; remove it with the returned cleanup.
+func Workspace(ctx context.Context, name string) (dir, bin string, cleanup func(), err error) {
+	root, err := RepoRoot()
+	if err != nil {
+		return "", "", nil, err
+	}
+	dir, err = os.MkdirTemp("", "closedloop-"+name+"-")
+	if err != nil {
+		return "", "", nil, err
+	}
+	cleanup = func() { _ = os.RemoveAll(dir) }
+	bin = filepath.Join(dir, "bin")
+	fmt.Println("building…")
+	if err := Build(ctx, root, bin); err != nil {
+		cleanup()
+		return "", "", nil, err
+	}
+	return dir, bin, cleanup, nil
 }
