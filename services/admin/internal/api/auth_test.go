@@ -79,3 +79,15 @@ func TestTokensRolesAndTheAuditTrail(t *testing.T) {
 		t.Fatalf("audit records %+v / %+v", denied, done)
 	}
 }
+
+func TestADNSEntryStandsForEveryAddressOfTheName(t *testing.T) {
+	s := New(Options{Instances: map[string][]string{"normalizer": {"dns+localhost:9090", "10.0.0.7:9090"}}})
+	got := s.addrs(context.Background(), "normalizer")
+	found := false
+	for _, a := range got {
+		found = found || a == "127.0.0.1:9090"
+	}
+	if !found || got[len(got)-1] != "10.0.0.7:9090" {
+		t.Fatalf("addrs = %v, want localhost's addresses and the literal one", got)
+	}
+}

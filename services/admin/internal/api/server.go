@@ -10,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -79,6 +81,35 @@ func (s *Server) Close() {
 	for _, c := range s.conns {
 		_ = c.Close()
 	}
+}
+
+// addrs lists the instances of a service: the configured addresses, with a
+// "dns+host:port" entry expanded to every address the name resolves to
+// (a Kubernetes headless Service: one per replica), looked up now.
+func (s *Server) addrs(ctx context.Context, service string) []string {
+	var out []string
+	for _, a := range s.o.Instances[service] {
+		rest, ok := strings.CutPrefix(a, "dns+")
+		if !ok {
+			out = append(out, a)
+			continue
+		}
+		host, port, err := net.SplitHostPort(rest)
+		if err != nil {
+			out = append(out, rest)
+			continue
+		}
+		ips, err := net.DefaultResolver.LookupHost(ctx, host)
+		if err != nil || len(ips) == 0 {
+			out = append(out, rest) // reported unreachable with the name
+			continue
+		}
+		sort.Strings(ips)
+		for _, ip := range ips {
+			out = append(out, net.JoinHostPort(ip, port))
+		}
+	}
+	return out
 }
 
 func (s *Server) conn(addr string) (*grpc.ClientConn, error) {
@@ -278,7 +309,7 @@ func (s *Server) eachDestination(ctx context.Context, sinkName, dest string, fn 
 	if sinkName == "" {
 		return nil, status.Error(codes.InvalidArgument, "sink is required: a sink service (sink-warehouse) or normalizer / enricher")
 	}
-	addrs := s.o.Instances[sinkName]
+	addrs := s.addrs(ctx, sinkName)
 	if len(addrs) == 0 {
 		return nil, status.Errorf(codes.NotFound, "no instances of %s are known: list them in ADMIN_SERVICES (%s=host:port)", sinkName, sinkName)
 	}
@@ -384,8 +415,8 @@ func (s *Server) GetPipelineStatus(ctx context.Context, _ *adminv1.GetPipelineSt
 	answers := map[string][]answer{}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	for svc, addrs := range s.o.Instances {
-		for _, addr := range addrs {
+	for svc := range s.o.Instances {
+		for _, addr := range s.addrs(ctx, svc) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -464,7 +495,7 @@ func (s *Server) GetPipelineStatus(ctx context.Context, _ *adminv1.GetPipelineSt
 		resp.Stages = append(resp.Stages, out)
 	}
 	// Schema drift of the last 24 hours, from any normalizer instance.
-	for _, addr := range s.o.Instances["normalizer"] {
+	for _, addr := range s.addrs(ctx, "normalizer") {
 		c, err := s.conn(addr)
 		if err != nil {
 			continue
