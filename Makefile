@@ -12,6 +12,7 @@ export PATH := $(BIN):$(PATH)
 BUF_VERSION := v1.75.0
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
+HELM_VERSION := v3.16.4
 
 .PHONY: help
 help: ## list the targets
@@ -50,10 +51,19 @@ lint: ## go vet in every module, gofmt, buf lint
 	@for m in $(MODULES); do (cd $$m && go vet ./...) || exit 1; done
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '/gen/')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	cd proto && buf lint
+	$(MAKE) --no-print-directory helm-check
+
+.PHONY: helm-check
+helm-check: $(BIN)/helm ## helm lint and render the chart (defaults, and every option on); check what it renders
+	helm lint --quiet deploy/helm/closedloop
+	helm template closedloop deploy/helm/closedloop | (cd tools && go run ./helmcheck)
+	helm template closedloop deploy/helm/closedloop --set autoscaling.enabled=true,ingress.enabled=true,ingress.tlsSecret=tls,services.sink-webhook.enabled=true | (cd tools && go run ./helmcheck)
 
 .PHONY: tools
 tools: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc ## install the pinned code generators into .bin/
 
+$(BIN)/helm:
+	GOBIN=$(BIN) GOWORK=off go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 $(BIN)/buf:
 	GOBIN=$(BIN) GOWORK=off go install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
 $(BIN)/protoc-gen-go:

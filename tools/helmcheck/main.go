@@ -1,0 +1,231 @@
+// Command helmcheck reads `helm template` output on stdin and checks that
+// the rendered objects hang together: every Deployment runs an image with
+// probes on the ops port and the Kafka brokers set, every Service, PDB,
+// ScaledObject and Ingress points at something that exists, and the admin's
+// ADMIN_SERVICES names only headless Services of the release. It prints
+// what it checked and exits 1 with every problem found.
+//
+//	helm template r deploy/helm/closedloop | go run ./tools/helmcheck
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+type object struct {
+	Kind     string `yaml:"kind"`
+	Metadata struct {
+		Name   string            `yaml:"name"`
+		Labels map[string]string `yaml:"labels"`
+	} `yaml:"metadata"`
+	Spec yaml.Node `yaml:"spec"`
+}
+
+type deployment struct {
+	Selector struct {
+		MatchLabels map[string]string `yaml:"matchLabels"`
+	} `yaml:"selector"`
+	Template struct {
+		Metadata struct {
+			Labels map[string]string `yaml:"labels"`
+		} `yaml:"metadata"`
+		Spec struct {
+			Containers []struct {
+				Name           string `yaml:"name"`
+				Image          string `yaml:"image"`
+				ReadinessProbe *struct {
+					HTTPGet struct {
+						Path string `yaml:"path"`
+						Port string `yaml:"port"`
+					} `yaml:"httpGet"`
+				} `yaml:"readinessProbe"`
+				LivenessProbe *struct{} `yaml:"livenessProbe"`
+				Env           []struct {
+					Name  string `yaml:"name"`
+					Value string `yaml:"value"`
+				} `yaml:"env"`
+				Ports []struct {
+					Name string `yaml:"name"`
+				} `yaml:"ports"`
+			} `yaml:"containers"`
+		} `yaml:"spec"`
+	} `yaml:"template"`
+}
+
+func main() {
+	if err := run(os.Stdin, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "helmcheck:", err)
+		os.Exit(1)
+	}
+}
+
+func run(in io.Reader, out io.Writer) error {
+	dec := yaml.NewDecoder(in)
+	var objs []object
+	for {
+		var o object
+		err := dec.Decode(&o)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("not YAML: %w", err)
+		}
+		if o.Kind != "" {
+			objs = append(objs, o)
+		}
+	}
+	var problems []string
+	bad := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+	deploys, services, counts := map[string]map[string]string{}, map[string]bool{}, map[string]int{}
+	var admin []string
+	for _, o := range objs {
+		counts[o.Kind]++
+		if o.Kind == "Service" {
+			services[o.Metadata.Name] = true
+		}
+		if o.Kind != "Deployment" {
+			continue
+		}
+		var d deployment
+		if err := o.Spec.Decode(&d); err != nil {
+			bad("Deployment %s: %v", o.Metadata.Name, err)
+			continue
+		}
+		for k, v := range d.Selector.MatchLabels {
+			if d.Template.Metadata.Labels[k] != v {
+				bad("Deployment %s: selector %s=%s does not match its pods", o.Metadata.Name, k, v)
+			}
+		}
+		deploys[o.Metadata.Name] = d.Selector.MatchLabels
+		if len(d.Template.Spec.Containers) != 1 {
+			bad("Deployment %s: %d containers, want 1", o.Metadata.Name, len(d.Template.Spec.Containers))
+			continue
+		}
+		c := d.Template.Spec.Containers[0]
+		env := map[string]string{}
+		for _, e := range c.Env {
+			env[e.Name] = e.Value
+		}
+		ports := map[string]bool{}
+		for _, p := range c.Ports {
+			ports[p.Name] = true
+		}
+		switch {
+		case c.Image == "" || strings.HasSuffix(c.Image, ":"):
+			bad("Deployment %s: no image tag", o.Metadata.Name)
+		case c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet.Path != "/readyz" || !ports[c.ReadinessProbe.HTTPGet.Port]:
+			bad("Deployment %s: readiness must probe /readyz on a declared port", o.Metadata.Name)
+		case c.LivenessProbe == nil:
+			bad("Deployment %s: no liveness probe", o.Metadata.Name)
+		case env["KAFKA_BROKERS"] == "" || env["PIPELINE_CONFIG"] == "":
+			bad("Deployment %s: KAFKA_BROKERS and PIPELINE_CONFIG must be set", o.Metadata.Name)
+		}
+		if v, ok := env["ADMIN_SERVICES"]; ok {
+			admin = strings.Split(v, ",")
+		}
+	}
+	matches := func(sel map[string]string) bool {
+		for _, labels := range deploys {
+			ok := len(sel) > 0
+			for k, v := range sel {
+				ok = ok && labels[k] == v
+			}
+			if ok {
+				return true
+			}
+		}
+		return false
+	}
+	for _, o := range objs {
+		switch o.Kind {
+		case "Service", "PodDisruptionBudget":
+			var s struct {
+				Selector    map[string]string `yaml:"selector"`
+				MatchLabels map[string]string `yaml:"-"`
+			}
+			_ = o.Spec.Decode(&s)
+			sel := s.Selector
+			if o.Kind == "PodDisruptionBudget" {
+				var p struct {
+					Selector struct {
+						MatchLabels map[string]string `yaml:"matchLabels"`
+					} `yaml:"selector"`
+				}
+				_ = o.Spec.Decode(&p)
+				sel = p.Selector.MatchLabels
+			}
+			if !matches(sel) {
+				bad("%s %s selects no Deployment's pods", o.Kind, o.Metadata.Name)
+			}
+		case "ScaledObject":
+			var s struct {
+				ScaleTargetRef struct {
+					Name string `yaml:"name"`
+				} `yaml:"scaleTargetRef"`
+				Max      int `yaml:"maxReplicaCount"`
+				Triggers []struct {
+					Metadata map[string]string `yaml:"metadata"`
+				} `yaml:"triggers"`
+			}
+			_ = o.Spec.Decode(&s)
+			if _, ok := deploys[s.ScaleTargetRef.Name]; !ok {
+				bad("ScaledObject %s scales %q, which is no Deployment", o.Metadata.Name, s.ScaleTargetRef.Name)
+			}
+			for _, tr := range s.Triggers {
+				if tr.Metadata["consumerGroup"] == "" || tr.Metadata["topic"] == "" || tr.Metadata["bootstrapServers"] == "" {
+					bad("ScaledObject %s: a kafka trigger needs bootstrapServers, consumerGroup and topic", o.Metadata.Name)
+				}
+			}
+		case "Ingress":
+			var s struct {
+				Rules []struct {
+					HTTP struct {
+						Paths []struct {
+							Backend struct {
+								Service struct {
+									Name string `yaml:"name"`
+								} `yaml:"service"`
+							} `yaml:"backend"`
+						} `yaml:"paths"`
+					} `yaml:"http"`
+				} `yaml:"rules"`
+			}
+			_ = o.Spec.Decode(&s)
+			for _, r := range s.Rules {
+				for _, p := range r.HTTP.Paths {
+					if !services[p.Backend.Service.Name] {
+						bad("Ingress %s routes to %q, which is no Service", o.Metadata.Name, p.Backend.Service.Name)
+					}
+				}
+			}
+		}
+	}
+	for _, a := range admin {
+		name, addr, _ := strings.Cut(a, "=")
+		host := strings.TrimPrefix(strings.Split(addr, ":")[0], "dns+")
+		if !services[host] {
+			bad("ADMIN_SERVICES: %s at %q, which is no Service", name, addr)
+		}
+	}
+	var kinds []string
+	for k, n := range counts {
+		kinds = append(kinds, fmt.Sprintf("%d %s", n, k))
+	}
+	sort.Strings(kinds)
+	fmt.Fprintf(out, "helmcheck: %s; admin reaches %d services\n", strings.Join(kinds, ", "), len(admin))
+	if counts["Deployment"] == 0 {
+		bad("no Deployment rendered")
+	}
+	if len(problems) > 0 {
+		return errors.New(strings.Join(problems, "\n  "))
+	}
+	return nil
+}
