@@ -54,10 +54,11 @@ lint: ## go vet in every module, gofmt, buf lint
 	$(MAKE) --no-print-directory helm-check
 
 .PHONY: helm-check
-helm-check: $(BIN)/helm ## helm lint and render the chart (defaults, and every option on); check what it renders
+helm-check: $(BIN)/helm ## helm lint and render the chart (defaults, and every option on); check what it renders and the alert rules' metrics
 	helm lint --quiet deploy/helm/closedloop
 	helm template closedloop deploy/helm/closedloop | (cd tools && go run ./helmcheck)
 	helm template closedloop deploy/helm/closedloop --set autoscaling.enabled=true,ingress.enabled=true,ingress.tlsSecret=tls,services.sink-webhook.enabled=true | (cd tools && go run ./helmcheck)
+	cd tools && go run ./helmcheck -alerts ../deploy/alerts/closedloop.rules.yaml ..
 
 .PHONY: tools
 tools: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc ## install the pinned code generators into .bin/

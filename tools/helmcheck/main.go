@@ -6,13 +6,22 @@
 // what it checked and exits 1 with every problem found.
 //
 //	helm template r deploy/helm/closedloop | go run ./tools/helmcheck
+//
+// With -alerts <rules file> <source dir> it checks a Prometheus rules file
+// instead: every rule has an alert name, an expression, a severity and a
+// summary, and every closedloop_* metric it uses is one the code registers
+// (an OpenTelemetry instrument "closedloop.sink.dead_lettered" is exported
+// as closedloop_sink_dead_lettered[_total|_seconds_bucket|…]).
 package main
 
 import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 
@@ -60,6 +69,13 @@ type deployment struct {
 }
 
 func main() {
+	if len(os.Args) == 4 && os.Args[1] == "-alerts" {
+		if err := checkAlerts(os.Args[2], os.Args[3], os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "helmcheck:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(os.Stdin, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "helmcheck:", err)
 		os.Exit(1)
@@ -223,6 +239,75 @@ func run(in io.Reader, out io.Writer) error {
 	fmt.Fprintf(out, "helmcheck: %s; admin reaches %d services\n", strings.Join(kinds, ", "), len(admin))
 	if counts["Deployment"] == 0 {
 		bad("no Deployment rendered")
+	}
+	if len(problems) > 0 {
+		return errors.New(strings.Join(problems, "\n  "))
+	}
+	return nil
+}
+
+var metricRE = regexp.MustCompile(`closedloop_[a-z_]+`)
+var instrumentRE = regexp.MustCompile(`(?:Counter|Histogram|Gauge)\("(closedloop\.[a-z_.]+)"`)
+
+func checkAlerts(rulesFile, srcDir string, out io.Writer) error {
+	b, err := os.ReadFile(rulesFile)
+	if err != nil {
+		return err
+	}
+	var doc struct {
+		Groups []struct {
+			Name  string `yaml:"name"`
+			Rules []struct {
+				Alert       string            `yaml:"alert"`
+				Expr        string            `yaml:"expr"`
+				Labels      map[string]string `yaml:"labels"`
+				Annotations map[string]string `yaml:"annotations"`
+			} `yaml:"rules"`
+		} `yaml:"groups"`
+	}
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return fmt.Errorf("%s: %w", rulesFile, err)
+	}
+	known := map[string]bool{}
+	err = filepath.WalkDir(srcDir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") || strings.Contains(path, "/gen/") {
+			return err
+		}
+		src, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for _, m := range instrumentRE.FindAllSubmatch(src, -1) {
+			known[strings.ReplaceAll(string(m[1]), ".", "_")] = true
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	var problems []string
+	rules, used := 0, map[string]bool{}
+	for _, g := range doc.Groups {
+		for _, r := range g.Rules {
+			rules++
+			if r.Alert == "" || r.Expr == "" || r.Labels["severity"] == "" || r.Annotations["summary"] == "" {
+				problems = append(problems, fmt.Sprintf("rule %q: alert, expr, labels.severity and annotations.summary are required", r.Alert))
+			}
+			for _, name := range metricRE.FindAllString(r.Expr, -1) {
+				base := name
+				for _, suffix := range []string{"_bucket", "_sum", "_count", "_total", "_seconds", "_bytes"} {
+					base = strings.TrimSuffix(base, suffix)
+				}
+				used[name] = true
+				if !known[base] {
+					problems = append(problems, fmt.Sprintf("rule %q uses %s: no instrument %s is registered in the code", r.Alert, name, strings.ReplaceAll(base, "_", ".")))
+				}
+			}
+		}
+	}
+	fmt.Fprintf(out, "helmcheck: %d alert rules over %d metrics, all registered by the code\n", rules, len(used))
+	if rules == 0 {
+		problems = append(problems, "no rules")
 	}
 	if len(problems) > 0 {
 		return errors.New(strings.Join(problems, "\n  "))
