@@ -307,12 +307,17 @@ func (c *cli) status() (int, error) {
 		return exitFailed, err
 	}
 	c.emit(st, func(w *tabwriter.Writer) {
-		fmt.Fprintln(w, "STAGE\tLAG\tDLQ\tLAST EVENT\tRATE/s\tBREAKERS\tINSTANCES")
+		fmt.Fprintln(w, "STAGE\tLAG\tDLQ\tLAST EVENT\tRATE/s\tSTATE\tINSTANCES")
 		for _, s := range st.Stages {
 			var br []string
 			for _, d := range s.Destinations {
 				b := d.Name + ":" + short(d.Breaker, "BREAKER_STATE_")
-				if d.Paused {
+				switch {
+				case d.Breaker == adminv1.BreakerState_BREAKER_STATE_UNSPECIFIED && d.Paused: // a stage's consumer: no breaker
+					b = d.Name + ":paused"
+				case d.Breaker == adminv1.BreakerState_BREAKER_STATE_UNSPECIFIED:
+					b = d.Name + ":consuming"
+				case d.Paused:
 					b += "(paused)"
 				}
 				br = append(br, b)
