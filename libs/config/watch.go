@@ -10,7 +10,8 @@ import (
 // Watch re-reads the pipeline file every interval and calls apply with the
 // new pipeline when it changed — the file, or a secret it references by
 // file: (a rotated Kubernetes secret changes no YAML). A file that no longer
-// loads is reported to fail and the previous pipeline stays in force. Watch
+// loads (and still does not one interval later: it was not caught mid-write)
+// is reported to fail, once, and the previous pipeline stays in force. Watch
 // returns when ctx ends. Polling works with the symlink swaps of Kubernetes
 // ConfigMap and Secret volumes, which file-change notifications miss.
 func Watch(ctx context.Context, path string, interval time.Duration, lookup func(string) (string, bool),
@@ -19,6 +20,7 @@ func Watch(ctx context.Context, path string, interval time.Duration, lookup func
 		interval = time.Second
 	}
 	last := fingerprint(path, lookup)
+	var broken *[sha256.Size]byte // a file that did not load, reported once it stays so
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -33,11 +35,17 @@ func Watch(ctx context.Context, path string, interval time.Duration, lookup func
 		}
 		p, err := LoadPipeline(path, lookup)
 		if err != nil {
-			fail(err)
-			last = fp // report a broken file once, not every interval
+			// A file caught in the middle of being written does not load;
+			// it is a problem only if it is still the same at the next look.
+			if broken != nil && *broken == fp {
+				fail(err)
+				last, broken = fp, nil // report a broken file once, not every interval
+			} else {
+				broken = &fp
+			}
 			continue
 		}
-		last = fp
+		last, broken = fp, nil
 		apply(p)
 	}
 }
