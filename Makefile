@@ -47,7 +47,7 @@ e2e-outage: ## the full destination outage: both sinks' destinations down for tw
 	cd tools && CLOSEDLOOP_E2E_OUTAGE=2m go test -count=1 -v -timeout 15m -run 'TestADestinationOutageLosesNothingAndCatchesUpByItself' ./e2e 2>&1 | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+\S+_test\.go:)' ; exit $${PIPESTATUS[0]}
 
 .PHONY: lint
-lint: ## go vet in every module, gofmt, buf lint
+lint: ## go vet in every module, gofmt, buf lint, helm-check
 	@for m in $(MODULES); do (cd $$m && go vet ./...) || exit 1; done
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '/gen/')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	cd proto && buf lint

@@ -21,3 +21,9 @@ func Decode(value []byte) (*feedbackv1.FeedbackEvent, error) {
 	}
 	return &ev, nil
 }
+
+// TestEventPrefix starts the event id of the test events the admin service
+// sends through the ingress (closedloopctl test-event); the normalizer
+// flags such events test. The id is inside the signed body, so only a
+// holder of the source's signing secret can send one.
+const TestEventPrefix = "closedloop-test-"

@@ -149,9 +149,6 @@ func (c *Consumer) Paused() (string, bool) {
 	return *c.paused, true
 }
 
-// GroupID is the consumer's group.
-func (c *Consumer) GroupID() string { return c.cfg.GroupID }
-
 // waitResumed blocks while paused, until Resume or stop.
 func (c *Consumer) waitResumed(stop context.Context) error {
 	c.pauseMu.Lock()

@@ -255,6 +255,8 @@ type consumerValve struct {
 	service string
 }
 
+func (v consumerValve) Name() string { return v.service }
+
 func (v consumerValve) Status() *adminv1.DestinationStatus {
 	why, paused := v.c.Paused()
 	return &adminv1.DestinationStatus{Name: v.service, Sink: v.service, Paused: paused, PauseReason: why}

@@ -51,6 +51,7 @@ type Registry struct {
 // Destination is one destination of a sink service, as the admin API sees
 // it (a sink.Runner).
 type Destination interface {
+	Name() string
 	Status() *adminv1.DestinationStatus
 	Pause(reason string)
 	Resume()
@@ -68,7 +69,7 @@ func (r *Registry) destination(name string) (Destination, []string) {
 	defer r.mu.Unlock()
 	var names []string
 	for _, d := range r.destinations {
-		n := d.Status().Name
+		n := d.Name()
 		if n == name {
 			return d, nil
 		}

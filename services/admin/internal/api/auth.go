@@ -53,9 +53,9 @@ func open(method string) bool {
 
 // Auth checks bearer tokens and roles and writes the audit trail.
 type Auth struct {
-	Admin    func() *config.Admin
-	Audit    kafkaio.Record // Topic is used; the rest is filled per call
-	Producer interface {
+	Admin      func() *config.Admin
+	AuditTopic string
+	Producer   interface {
 		Produce(ctx context.Context, recs ...kafkaio.Record) error
 	}
 	Log *slog.Logger
@@ -150,8 +150,7 @@ func (a *Auth) audit(ctx context.Context, c Caller, method string, req any, err 
 	}
 	b, _ := json.Marshal(e)
 	a.Log.InfoContext(ctx, "audit", "who", e.Who, "role", e.Role, "method", method, "request", string(e.Request), "result", e.Result, "error", e.Error)
-	rec := a.Audit
-	rec.Key, rec.Value = []byte(e.Who), b
+	rec := kafkaio.Record{Topic: a.AuditTopic, Key: []byte(e.Who), Value: b}
 	if perr := a.Producer.Produce(context.WithoutCancel(ctx), rec); perr != nil {
 		a.Log.ErrorContext(ctx, "audit record not written", "method", method, "error", perr.Error())
 	}

@@ -38,7 +38,7 @@ func TestTokensRolesAndTheAuditTrail(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec := &audits{}
-	a := &Auth{Admin: func() *config.Admin { return &p.Admin }, Audit: kafkaio.Record{Topic: "audit"}, Producer: rec,
+	a := &Auth{Admin: func() *config.Admin { return &p.Admin }, AuditTopic: "audit", Producer: rec,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	call := func(token, method string) (Caller, error) {
 		ctx := context.Background()

@@ -27,7 +27,7 @@ import (
 	"github.com/closedloop/closedloop/libs/kafkaio"
 	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 	"github.com/closedloop/closedloop/services/admin/internal/dlq"
-	"github.com/closedloop/closedloop/services/admin/internal/lag"
+	"github.com/closedloop/closedloop/services/admin/internal/offsets"
 	"github.com/closedloop/closedloop/services/admin/internal/replay"
 )
 
@@ -50,7 +50,7 @@ type Options struct {
 	Producer  *kafkaio.Producer
 	DLQ       *dlq.Store
 	Replays   *replay.Jobs
-	Lag       *lag.Reader
+	Offsets   *offsets.Reader
 	Stages    []Stage
 	Instances map[string][]string // service -> gRPC addresses of its instances
 	// PublicURL is the ingress's public base URL (https://hooks.example.com).
@@ -438,7 +438,7 @@ func (s *Server) GetPipelineStatus(ctx context.Context, _ *adminv1.GetPipelineSt
 
 	for _, st := range s.o.Stages {
 		out := &adminv1.StageStatus{Name: st.Name, Group: st.Group}
-		parts, err := s.o.Lag.Group(ctx, st.Group, st.Topics)
+		parts, err := s.o.Offsets.Group(ctx, st.Group, st.Topics)
 		if err != nil {
 			problem("%s: lag unknown: %v", st.Name, err)
 		}

@@ -4,11 +4,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/hmac"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"strings"
 	"time"
@@ -18,14 +18,13 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/closedloop/closedloop/libs/feedback"
 	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 	sinkv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/sink/v1"
+	"github.com/closedloop/closedloop/services/admin/internal/offsets"
+	"github.com/closedloop/closedloop/services/admin/internal/randid"
 )
-
-// testEventPrefix marks the admin's test events; the normalizer flags
-// events whose id starts with it as test (mapping.TestEventPrefix).
-const testEventPrefix = "closedloop-test-"
 
 // SendTestEvent implements AdminService.
 func (s *Server) SendTestEvent(ctx context.Context, req *adminv1.SendTestEventRequest) (*adminv1.SendTestEventResponse, error) {
@@ -52,7 +51,8 @@ func (s *Server) SendTestEvent(ctx context.Context, req *adminv1.SendTestEventRe
 			watched = append(watched, t.DLQ(st.Sink))
 		}
 	}
-	_, before, err := s.o.Lag.Ends(ctx, dedupe(watched))
+	// Where each topic ends now: the test event can only be after these.
+	cursor, err := s.o.Offsets.Ends(ctx, dedupe(watched))
 	if err != nil {
 		return nil, status.Errorf(codes.Unavailable, "reading the topics' ends: %v", err)
 	}
@@ -67,7 +67,7 @@ func (s *Server) SendTestEvent(ctx context.Context, req *adminv1.SendTestEventRe
 			s.o.Log.Error("the test event's temporary token was not revoked: revoke it by hand", "source", src.Name, "token_id", tok.ID, "error", err.Error())
 		}
 	}()
-	id := testEventPrefix + randomHex(12)
+	id := randid.New(feedback.TestEventPrefix, 12)
 	now := time.Now().Unix()
 	body, _ := json.Marshal(map[string]any{"event_type": "survey_response.created", "event_id": id, "event_data": map[string]any{
 		"id": id, "survey_type": "nps", "score": 10, "comment": "closedloop test event", "created_at": now, "updated_at": now,
@@ -110,7 +110,7 @@ func (s *Server) SendTestEvent(ctx context.Context, req *adminv1.SendTestEventRe
 	reached("ingress", "202 Accepted: written to Kafka with acks=all")
 
 	find := func(topic string, match func(kafka.Message) bool) (kafka.Message, bool) {
-		return s.waitFor(ctx, []string{topic}, before, match)
+		return s.waitFor(ctx, []string{topic}, cursor, match)
 	}
 	if m, ok := find(t.Raw, func(m kafka.Message) bool { return string(m.Key) == id }); ok {
 		reached("raw", fmt.Sprintf("%s partition %d offset %d", m.Topic, m.Partition, m.Offset))
@@ -128,7 +128,7 @@ func (s *Server) SendTestEvent(ctx context.Context, req *adminv1.SendTestEventRe
 		missed("normalized", "not on "+t.Normalized+" in time (quarantined? see closedloopctl status and the quarantine topic)")
 		return resp, nil
 	}
-	lane, found := s.waitFor(ctx, []string{t.Priority, t.Enriched}, before, isOurs)
+	lane, found := s.waitFor(ctx, []string{t.Priority, t.Enriched}, cursor, isOurs)
 	if !found {
 		missed("enriched", "on neither lane in time")
 		return resp, nil
@@ -143,8 +143,10 @@ func (s *Server) SendTestEvent(ctx context.Context, req *adminv1.SendTestEventRe
 			continue
 		}
 		done := false
+		// Its own cursor on the DLQ topic: the destinations of one sink share it.
+		dlqCursor := map[string]map[int]int64{t.DLQ(st.Sink): maps.Clone(cursor[t.DLQ(st.Sink)])}
 		for ctx.Err() == nil && !done {
-			if m, ok := findOnce(ctx, s, t.DLQ(st.Sink), before, func(m kafka.Message) bool {
+			if m, ok := s.findOnce(ctx, t.DLQ(st.Sink), dlqCursor, func(m kafka.Message) bool {
 				var dl sinkv1.DeadLetter
 				return proto.Unmarshal(m.Value, &dl) == nil && dl.EventId == id && (dl.Destination == "" || strings.HasSuffix(st.Name, "/"+dl.Destination) || st.Name == st.Sink)
 			}); ok {
@@ -154,7 +156,7 @@ func (s *Server) SendTestEvent(ctx context.Context, req *adminv1.SendTestEventRe
 				complete, done = false, true
 				break
 			}
-			parts, err := s.o.Lag.Group(ctx, st.Group, []string{lane.Topic})
+			parts, err := s.o.Offsets.Group(ctx, st.Group, []string{lane.Topic})
 			if err == nil {
 				for _, p := range parts {
 					if p.Partition == lane.Partition && p.Committed > lane.Offset {
@@ -176,12 +178,12 @@ func (s *Server) SendTestEvent(ctx context.Context, req *adminv1.SendTestEventRe
 	return resp, nil
 }
 
-// waitFor looks for a matching record written to topics after the offsets
-// of before, until ctx ends.
-func (s *Server) waitFor(ctx context.Context, topics []string, before map[string]map[int]int64, match func(kafka.Message) bool) (kafka.Message, bool) {
+// waitFor looks for a matching record written to topics after cursor,
+// until ctx ends.
+func (s *Server) waitFor(ctx context.Context, topics []string, cursor map[string]map[int]int64, match func(kafka.Message) bool) (kafka.Message, bool) {
 	for {
 		for _, topic := range topics {
-			if m, ok := findOnce(ctx, s, topic, before, match); ok {
+			if m, ok := s.findOnce(ctx, topic, cursor, match); ok {
 				return m, true
 			}
 		}
@@ -193,42 +195,30 @@ func (s *Server) waitFor(ctx context.Context, topics []string, before map[string
 	}
 }
 
-// findOnce looks for a record after the offsets of before, once.
-func findOnce(ctx context.Context, s *Server, topic string, before map[string]map[int]int64, match func(kafka.Message) bool) (kafka.Message, bool) {
-	_, now, err := s.o.Lag.Ends(ctx, []string{topic})
+// findOnce reads what topic holds after cursor, once, and moves the cursor
+// past what it read, so no record is read twice.
+func (s *Server) findOnce(ctx context.Context, topic string, cursor map[string]map[int]int64, match func(kafka.Message) bool) (kafka.Message, bool) {
+	ends, err := s.o.Offsets.Ends(ctx, []string{topic})
 	if err != nil {
 		return kafka.Message{}, false
 	}
-	for p, end := range now[topic] {
-		if m, ok := scan(ctx, s.o.Brokers, topic, p, before[topic][p], end, match); ok {
-			return m, true
+	for p, end := range ends[topic] {
+		var found *kafka.Message
+		err := offsets.ReadRange(ctx, s.o.Brokers, topic, p, cursor[topic][p], end, func(m kafka.Message) (bool, error) {
+			if match(m) {
+				found = &m
+				return false, nil
+			}
+			return true, nil
+		})
+		if found != nil {
+			return *found, true
+		}
+		if err == nil {
+			cursor[topic][p] = end
 		}
 	}
 	return kafka.Message{}, false
-}
-
-// scan reads [from, end) of a partition for a matching record.
-func scan(ctx context.Context, brokers []string, topic string, partition int, from, end int64, match func(kafka.Message) bool) (kafka.Message, bool) {
-	if from >= end {
-		return kafka.Message{}, false
-	}
-	r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: partition, MinBytes: 1, MaxBytes: 10 << 20, MaxWait: 50 * time.Millisecond})
-	defer r.Close()
-	if r.SetOffset(from) != nil {
-		return kafka.Message{}, false
-	}
-	for {
-		m, err := r.ReadMessage(ctx)
-		if err != nil {
-			return kafka.Message{}, false
-		}
-		if match(m) {
-			return m, true
-		}
-		if m.Offset >= end-1 {
-			return kafka.Message{}, false
-		}
-	}
 }
 
 func dedupe(in []string) []string {
@@ -241,10 +231,4 @@ func dedupe(in []string) []string {
 		}
 	}
 	return out
-}
-
-func randomHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
 }

@@ -21,7 +21,7 @@ import (
 	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 	"github.com/closedloop/closedloop/services/admin/internal/api"
 	"github.com/closedloop/closedloop/services/admin/internal/dlq"
-	"github.com/closedloop/closedloop/services/admin/internal/lag"
+	"github.com/closedloop/closedloop/services/admin/internal/offsets"
 	"github.com/closedloop/closedloop/services/admin/internal/replay"
 )
 
@@ -145,7 +145,7 @@ func Run(ctx context.Context) error {
 		return err
 	}
 	t := cfg.Common.Topics
-	auth := &api.Auth{Admin: func() *config.Admin { return &cfg.Pipeline.Current().Admin }, Audit: kafkaio.Record{Topic: t.Audit()}}
+	auth := &api.Auth{Admin: func() *config.Admin { return &cfg.Pipeline.Current().Admin }, AuditTopic: t.Audit()}
 	opts := []grpc.ServerOption{grpc.ChainUnaryInterceptor(auth.Unary), grpc.ChainStreamInterceptor(auth.Stream)}
 	if creds != nil {
 		opts = append(opts, creds)
@@ -184,7 +184,7 @@ func Run(ctx context.Context) error {
 	}
 	server := api.New(api.Options{
 		Pipeline: cfg.Pipeline.Current, Tokens: tokens, Producer: producer,
-		DLQ: dlq.New(cfg.Common.Brokers, t, producer), Replays: replays, Lag: lag.New(cfg.Common.Brokers),
+		DLQ: dlq.New(cfg.Common.Brokers, t, producer), Replays: replays, Offsets: offsets.New(cfg.Common.Brokers),
 		Stages: cfg.stages(t), Instances: cfg.Instances, PublicURL: cfg.PublicURL, Log: svc.Log,
 		IngressURL: cfg.IngressURL, Topics: t, Brokers: cfg.Common.Brokers,
 	})

@@ -13,9 +13,7 @@ package dlq
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -34,7 +32,8 @@ import (
 	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 	sinkv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/sink/v1"
-	"github.com/closedloop/closedloop/services/admin/internal/lag"
+	"github.com/closedloop/closedloop/services/admin/internal/offsets"
+	"github.com/closedloop/closedloop/services/admin/internal/randid"
 )
 
 // ErrNotFound is returned for an id that names no dead letter.
@@ -67,7 +66,7 @@ type Resolution struct {
 type Store struct {
 	topics   kafkaio.Topics
 	brokers  []string
-	lag      *lag.Reader
+	offsets  *offsets.Reader
 	producer Producer
 
 	mu      sync.Mutex
@@ -84,7 +83,7 @@ type sinkLetters struct {
 
 // New returns a store.
 func New(brokers []string, topics kafkaio.Topics, producer Producer) *Store {
-	return &Store{topics: topics, brokers: brokers, lag: lag.New(brokers), producer: producer,
+	return &Store{topics: topics, brokers: brokers, offsets: offsets.New(brokers), producer: producer,
 		letters: map[string]*sinkLetters{}, state: map[string]Resolution{}}
 }
 
@@ -111,7 +110,7 @@ func parseID(id string) (string, error) {
 // Callers hold s.mu.
 func (s *Store) refresh(ctx context.Context, sinkName string) (*sinkLetters, error) {
 	topic := s.topics.DLQ(sinkName)
-	_, ends, err := s.lag.Ends(ctx, []string{topic, s.topics.DLQState()})
+	ends, err := s.offsets.Ends(ctx, []string{topic, s.topics.DLQState()})
 	if err != nil {
 		if strings.Contains(err.Error(), "Unknown Topic") {
 			return nil, fmt.Errorf("%w: %s has no dead-letter topic %s (is it a sink?)", ErrNotFound, sinkName, topic)
@@ -123,15 +122,17 @@ func (s *Store) refresh(ctx context.Context, sinkName string) (*sinkLetters, err
 		sl = &sinkLetters{next: map[int]int64{}, byID: map[string]*Entry{}}
 		s.letters[sinkName] = sl
 	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
 	for p, end := range ends[topic] {
-		err := readRange(ctx, s.brokers, topic, p, sl.next[p], end, func(m kafka.Message) {
+		err := offsets.ReadRange(ctx, s.brokers, topic, p, sl.next[p], end, func(m kafka.Message) (bool, error) {
 			var dl sinkv1.DeadLetter
-			if proto.Unmarshal(m.Value, &dl) != nil {
-				return
+			if proto.Unmarshal(m.Value, &dl) == nil {
+				e := &Entry{ID: ID(sinkName, p, m.Offset), Partition: p, Offset: m.Offset, Key: m.Key, Letter: &dl}
+				sl.entries = append(sl.entries, e)
+				sl.byID[e.ID] = e
 			}
-			e := &Entry{ID: ID(sinkName, p, m.Offset), Partition: p, Offset: m.Offset, Key: m.Key, Letter: &dl}
-			sl.entries = append(sl.entries, e)
-			sl.byID[e.ID] = e
+			return true, nil
 		})
 		if err != nil {
 			return nil, err
@@ -139,15 +140,15 @@ func (s *Store) refresh(ctx context.Context, sinkName string) (*sinkLetters, err
 		sl.next[p] = end
 	}
 	if end := ends[s.topics.DLQState()][0]; end > s.stateAt {
-		err := readRange(ctx, s.brokers, s.topics.DLQState(), 0, s.stateAt, end, func(m kafka.Message) {
-			if m.Value == nil {
-				delete(s.state, string(m.Key))
-				return
-			}
+		err := offsets.ReadRange(ctx, s.brokers, s.topics.DLQState(), 0, s.stateAt, end, func(m kafka.Message) (bool, error) {
 			var r Resolution
-			if json.Unmarshal(m.Value, &r) == nil {
+			switch {
+			case m.Value == nil:
+				delete(s.state, string(m.Key))
+			case json.Unmarshal(m.Value, &r) == nil:
 				s.state[string(m.Key)] = r
 			}
+			return true, nil
 		})
 		if err != nil {
 			return nil, err
@@ -155,31 +156,6 @@ func (s *Store) refresh(ctx context.Context, sinkName string) (*sinkLetters, err
 		s.stateAt = end
 	}
 	return sl, nil
-}
-
-// readRange reads [from, end) of one partition.
-func readRange(ctx context.Context, brokers []string, topic string, partition int, from, end int64, each func(kafka.Message)) error {
-	if from >= end {
-		return nil
-	}
-	r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: partition, MinBytes: 1, MaxBytes: 10 << 20,
-		MaxWait: 100 * time.Millisecond})
-	defer r.Close()
-	if err := r.SetOffset(from); err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	for {
-		m, err := r.ReadMessage(ctx)
-		if err != nil {
-			return fmt.Errorf("reading %s/%d at %d: %w", topic, partition, from, err)
-		}
-		each(m)
-		if m.Offset >= end-1 {
-			return nil
-		}
-	}
 }
 
 // Summary describes an entry with its resolution.
@@ -342,7 +318,7 @@ func (s *Store) Replay(ctx context.Context, ids []string, f *adminv1.DeadLetterF
 	if err != nil || len(entries) == 0 || dryRun {
 		return "", len(entries), skipped, err
 	}
-	replayID := "rp_" + randomHex(8)
+	replayID := randid.New("rp_", 8)
 	recs := make([]kafkaio.Record, 0, len(entries))
 	var sent []*Entry
 	for _, e := range entries {
@@ -422,10 +398,4 @@ func (s *Store) Depth(ctx context.Context, sinkName string) (int, error) {
 		}
 	}
 	return n, nil
-}
-
-func randomHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
 }

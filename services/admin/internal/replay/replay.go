@@ -10,8 +10,6 @@ package replay
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -30,6 +28,8 @@ import (
 	"github.com/closedloop/closedloop/libs/kafkaio"
 	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
+	"github.com/closedloop/closedloop/services/admin/internal/offsets"
+	"github.com/closedloop/closedloop/services/admin/internal/randid"
 )
 
 // ErrNotFound names no job.
@@ -47,7 +47,7 @@ type Jobs struct {
 	sinks    map[string]bool
 	producer Producer
 	log      *slog.Logger
-	client   *kafka.Client
+	offsets  *offsets.Reader
 
 	mu      sync.Mutex
 	jobs    map[string]*adminv1.ReplayJob
@@ -61,8 +61,8 @@ type Jobs struct {
 // New returns Jobs; sinks are the sink services a normalized replay may target.
 func New(brokers []string, topics kafkaio.Topics, sinks []string, producer Producer, log *slog.Logger) *Jobs {
 	j := &Jobs{brokers: brokers, topics: topics, sinks: map[string]bool{}, producer: producer, log: log,
-		client: &kafka.Client{Addr: kafka.TCP(brokers...), Transport: &kafka.Transport{}},
-		jobs:   map[string]*adminv1.ReplayJob{}, cancels: map[string]context.CancelFunc{}, changed: make(chan struct{})}
+		offsets: offsets.New(brokers),
+		jobs:    map[string]*adminv1.ReplayJob{}, cancels: map[string]context.CancelFunc{}, changed: make(chan struct{})}
 	for _, s := range sinks {
 		j.sinks[s] = true
 	}
@@ -73,29 +73,21 @@ func New(brokers []string, topics kafkaio.Topics, sinks []string, producer Produ
 // recorded so).
 func (j *Jobs) Load(ctx context.Context) error {
 	topic := j.topics.ReplayJobs()
-	res, err := j.client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: {kafka.LastOffsetOf(0)}}})
+	ends, err := j.offsets.Ends(ctx, []string{topic})
 	if err != nil {
 		return fmt.Errorf("replay jobs: %w", err)
 	}
-	end := res.Topics[topic][0].LastOffset
-	if end > 0 {
-		r := kafka.NewReader(kafka.ReaderConfig{Brokers: j.brokers, Topic: topic, Partition: 0, MinBytes: 1, MaxBytes: 10 << 20, MaxWait: 100 * time.Millisecond})
-		defer r.Close()
-		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		for {
-			m, err := r.ReadMessage(rctx)
-			if err != nil {
-				return fmt.Errorf("replay jobs: %w", err)
-			}
-			var job adminv1.ReplayJob
-			if m.Value != nil && protojson.Unmarshal(m.Value, &job) == nil {
-				j.jobs[job.Id] = &job
-			}
-			if m.Offset >= end-1 {
-				break
-			}
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	err = offsets.ReadRange(rctx, j.brokers, topic, 0, 0, ends[topic][0], func(m kafka.Message) (bool, error) {
+		var job adminv1.ReplayJob
+		if m.Value != nil && protojson.Unmarshal(m.Value, &job) == nil {
+			j.jobs[job.Id] = &job
 		}
+		return true, nil
+	})
+	if err != nil {
+		return fmt.Errorf("replay jobs: %w", err)
 	}
 	for _, job := range j.jobs {
 		if job.State == adminv1.ReplayState_REPLAY_STATE_RUNNING {
@@ -171,7 +163,7 @@ func (j *Jobs) Start(ctx context.Context, req *adminv1.StartReplayRequest, by st
 	if req.RatePerSecond <= 0 {
 		req.RatePerSecond = 500
 	}
-	id := "rj_" + randomHex(6)
+	id := randid.New("rj_", 6)
 	job := &adminv1.ReplayJob{Id: id, ReplayId: id, Request: req, State: adminv1.ReplayState_REPLAY_STATE_RUNNING,
 		StartedBy: by, StartedAt: timestamppb.Now()}
 	if err := j.record(ctx, job); err != nil {
@@ -213,37 +205,34 @@ func (j *Jobs) run(ctx context.Context, id string, req *adminv1.StartReplayReque
 	if req.From == adminv1.ReplayFrom_REPLAY_FROM_NORMALIZED {
 		topic, target = j.topics.Normalized, j.topics.Replay(req.Sink)
 	}
-	md, err := j.client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
-	if err != nil || len(md.Topics) != 1 || md.Topics[0].Error != nil {
-		return fmt.Errorf("metadata of %s: %v", topic, err)
-	}
 	since, until := req.Since.AsTime(), req.Until.AsTime()
+	ends, err := j.offsets.Ends(ctx, []string{topic})
+	if err != nil {
+		return err
+	}
+	var byTime []kafka.OffsetRequest
+	for p := range ends[topic] {
+		byTime = append(byTime, kafka.TimeOffsetOf(p, since))
+	}
+	starts, err := j.offsets.Client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: byTime}})
+	if err != nil {
+		return err
+	}
 	type span struct {
 		partition  int
 		from, stop int64
 	}
 	var spans []span
-	starts, err := j.client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: timeOffsets(md.Topics[0].Partitions, since)}})
-	if err != nil {
-		return err
-	}
-	ends, err := j.client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: lastOffsets(md.Topics[0].Partitions)}})
-	if err != nil {
-		return err
-	}
-	endOf := map[int]int64{}
-	for _, p := range ends.Topics[topic] {
-		endOf[p.Partition] = p.LastOffset
-	}
 	var total int64
 	for _, p := range starts.Topics[topic] {
-		from := endOf[p.Partition]   // nothing at or after since, unless the broker names an offset
+		stop := ends[topic][p.Partition]
+		from := stop                 // nothing at or after since, unless the broker names an offset
 		for off := range p.Offsets { // one entry: the first offset whose time is at or after since
 			if off >= 0 && p.Error == nil {
 				from = off
 			}
 		}
-		if stop := endOf[p.Partition]; from < stop {
+		if from < stop {
 			spans = append(spans, span{p.Partition, from, stop})
 			total += stop - from
 		}
@@ -253,35 +242,22 @@ func (j *Jobs) run(ctx context.Context, id string, req *adminv1.StartReplayReque
 	limiter := rate.NewLimiter(rate.Limit(req.RatePerSecond), max(1, int(req.RatePerSecond/10)))
 	lastRecord := time.Now()
 	for _, sp := range spans {
-		r := kafka.NewReader(kafka.ReaderConfig{Brokers: j.brokers, Topic: topic, Partition: sp.partition, MinBytes: 1, MaxBytes: 10 << 20,
-			MaxWait: 100 * time.Millisecond})
-		if err := r.SetOffset(sp.from); err != nil {
-			r.Close()
-			return err
-		}
-		for off := sp.from; off < sp.stop; {
-			m, err := r.ReadMessage(ctx)
-			if err != nil {
-				r.Close()
-				return err
-			}
-			off = m.Offset + 1
+		err := offsets.ReadRange(ctx, j.brokers, topic, sp.partition, sp.from, sp.stop, func(m kafka.Message) (bool, error) {
 			matched := false
-			var rec kafkaio.Record
+			var out kafkaio.Record
 			if !m.Time.Before(since) && m.Time.Before(until) {
-				rec, matched, err = j.prepare(m, req, filter, id, target)
+				var err error
+				out, matched, err = j.prepare(m, req, filter, id, target)
 				if err != nil {
 					j.log.Warn("replay: record skipped", "job", id, "topic", topic, "partition", m.Partition, "offset", m.Offset, "error", err.Error())
 				}
 			}
 			if matched && !req.DryRun {
 				if err := limiter.Wait(ctx); err != nil {
-					r.Close()
-					return err
+					return false, err
 				}
-				if err := j.producer.Produce(ctx, rec); err != nil {
-					r.Close()
-					return fmt.Errorf("producing to %s: %w", target, err)
+				if err := j.producer.Produce(ctx, out); err != nil {
+					return false, fmt.Errorf("producing to %s: %w", target, err)
 				}
 			}
 			snap := j.update(id, func(job *adminv1.ReplayJob) {
@@ -297,26 +273,13 @@ func (j *Jobs) run(ctx context.Context, id string, req *adminv1.StartReplayReque
 				_ = j.record(ctx, snap)
 				lastRecord = time.Now()
 			}
+			return true, nil
+		})
+		if err != nil {
+			return err
 		}
-		r.Close()
 	}
 	return nil
-}
-
-func timeOffsets(parts []kafka.Partition, t time.Time) []kafka.OffsetRequest {
-	out := make([]kafka.OffsetRequest, len(parts))
-	for i, p := range parts {
-		out[i] = kafka.TimeOffsetOf(p.ID, t)
-	}
-	return out
-}
-
-func lastOffsets(parts []kafka.Partition) []kafka.OffsetRequest {
-	out := make([]kafka.OffsetRequest, len(parts))
-	for i, p := range parts {
-		out[i] = kafka.LastOffsetOf(p.ID)
-	}
-	return out
 }
 
 // prepare decodes a record, applies the filters and stamps the replay id.
@@ -379,14 +342,6 @@ func (j *Jobs) Cancel(id string) (*adminv1.ReplayJob, error) {
 	return j.snapshot(id), nil
 }
 
-// Get returns a job.
-func (j *Jobs) Get(id string) (*adminv1.ReplayJob, error) {
-	if s := j.snapshot(id); s != nil {
-		return s, nil
-	}
-	return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
-}
-
 // List returns every job, newest first.
 func (j *Jobs) List() []*adminv1.ReplayJob {
 	j.mu.Lock()
@@ -438,10 +393,4 @@ func (j *Jobs) Stop() {
 	}
 	j.mu.Unlock()
 	j.wg.Wait()
-}
-
-func randomHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
 }

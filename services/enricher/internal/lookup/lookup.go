@@ -163,6 +163,7 @@ func (l *Lookup) Resolve(ctx context.Context, keys []string) map[string]*feedbac
 		res *feedbackv1.LookupResult
 	}
 	answers := make(chan answer, len(misses))
+	late := fmt.Sprintf("no answer within max_delay %s", l.cfg.MaxDelay.Duration)
 	sem := make(chan struct{}, 16)
 	for _, k := range misses {
 		go func() {
@@ -170,7 +171,7 @@ func (l *Lookup) Resolve(ctx context.Context, keys []string) map[string]*feedbac
 			case sem <- struct{}{}:
 				defer func() { <-sem }()
 			case <-ctx.Done():
-				answers <- answer{k, failed(fmt.Sprintf("no answer within max_delay %s", l.cfg.MaxDelay.Duration))}
+				answers <- answer{k, failed(late)}
 				return
 			}
 			ch := l.sf.DoChan(k, func() (any, error) { return l.fetchAndCache(k), nil })
@@ -178,7 +179,7 @@ func (l *Lookup) Resolve(ctx context.Context, keys []string) map[string]*feedbac
 			case r := <-ch:
 				answers <- answer{k, r.Val.(*feedbackv1.LookupResult)}
 			case <-ctx.Done():
-				answers <- answer{k, failed(fmt.Sprintf("no answer within max_delay %s", l.cfg.MaxDelay.Duration))}
+				answers <- answer{k, failed(late)}
 			}
 		}()
 	}

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/closedloop/closedloop/libs/feedback"
 	"github.com/closedloop/closedloop/libs/kafkaio"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 )
@@ -77,11 +78,9 @@ func Map(raw *feedbackv1.RawWebhook, now time.Time) (*feedbackv1.FeedbackEvent, 
 	ev.ReceivedAt = raw.ReceivedAt
 	ev.NormalizedAt = timestamppb.New(now)
 	ev.RawPayload = raw.Body
-	// An operator's test event (closedloopctl test-event) keeps its kind
-	// and meaning but is flagged, so consumers can tell it apart; its id is
-	// inside the signed body, so only a holder of the source's secret can
-	// send one.
-	ev.Test = ev.Test || raw.Test || strings.HasPrefix(raw.EventId, TestEventPrefix)
+	// An operator's test event keeps its kind and meaning but is flagged,
+	// so consumers can tell it apart (feedback.TestEventPrefix).
+	ev.Test = ev.Test || raw.Test || strings.HasPrefix(raw.EventId, feedback.TestEventPrefix)
 	ev.ReplayId = raw.ReplayId
 	if ev.Quality == nil {
 		ev.Quality = &feedbackv1.Quality{}
@@ -89,10 +88,6 @@ func Map(raw *feedbackv1.RawWebhook, now time.Time) (*feedbackv1.FeedbackEvent, 
 	sort.Strings(ev.Quality.CoercedFields)
 	return ev, nil
 }
-
-// TestEventPrefix starts the event id of the test events the admin service
-// sends through the ingress.
-const TestEventPrefix = "closedloop-test-"
 
 // scale is a survey type's score range and whether it defines NPS segments.
 type scale struct {

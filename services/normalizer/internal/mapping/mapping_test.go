@@ -185,3 +185,15 @@ func FuzzEveryMapperNeverPanics(f *testing.F) {
 		}
 	})
 }
+
+func TestAnOperatorsTestEventIsFlaggedTestAndKeepsItsMeaning(t *testing.T) {
+	body := []byte(`{"event_type":"survey_response.created","event_id":"closedloop-test-1","event_data":{"id":"t1","survey_type":"nps","score":10,"person":{"id":"p"},"created_at":1700000000,"updated_at":1700000000}}`)
+	ev, err := Map(&feedbackv1.RawWebhook{EventId: "closedloop-test-1", Source: "s", Provider: "delighted", Body: body}, time.Unix(0, 0))
+	if err != nil || !ev.Test || ev.Kind != feedbackv1.Kind_KIND_RESPONSE_CREATED || ev.GetScore().GetValue() != 10 {
+		t.Fatalf("test event: %v %v", ev, err)
+	}
+	live, err := Map(&feedbackv1.RawWebhook{EventId: "42", Source: "s", Provider: "delighted", Body: body}, time.Unix(0, 0))
+	if err != nil || live.Test {
+		t.Fatalf("a live event flagged test: %v %v", live, err)
+	}
+}
