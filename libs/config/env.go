@@ -92,6 +92,20 @@ func (e *Env) Int(name string, def int) int {
 	return n
 }
 
+// Float returns the variable as a number, or def.
+func (e *Env) Float(name string, def float64) float64 {
+	v, ok := e.get(name)
+	if !ok {
+		return def
+	}
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil {
+		e.Errorf("%s=%q is not a number", name, v)
+		return def
+	}
+	return f
+}
+
 // Bool returns the variable as a boolean (1/0, true/false, yes/no), or def.
 func (e *Env) Bool(name string, def bool) bool {
 	v, ok := e.get(name)

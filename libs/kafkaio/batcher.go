@@ -27,6 +27,7 @@ import (
 type Batcher struct {
 	client   *kafka.Client
 	maxBatch int
+	limit    int
 	inFlight int
 	tracer   trace.Tracer
 	prop     propagation.TextMapPropagator
@@ -50,8 +51,10 @@ type topicPartition struct {
 }
 
 type pending struct {
-	rec  kafka.Record
-	done chan error
+	key, value []byte
+	headers    []kafka.Header
+	size       int // EncodedSize without the batch header
+	done       chan error
 }
 
 // BatcherConfig configures a Batcher.
@@ -66,6 +69,11 @@ type BatcherConfig struct {
 	// order of the calls — fine for records whose keys are all distinct,
 	// such as the ingress's event ids; use 1 to keep call order.
 	InFlight int
+	// MaxMessageBytes is the topic's max.message.bytes (default
+	// DefaultMaxMessageBytes): a produce request's batch for a partition
+	// never exceeds it, so large records cannot make the small ones sent
+	// with them fail, and a record that cannot fit fails alone at once.
+	MaxMessageBytes int
 }
 
 // NewBatcher returns a batcher; it connects on first use.
@@ -79,11 +87,15 @@ func NewBatcher(cfg BatcherConfig) *Batcher {
 	if cfg.InFlight <= 0 {
 		cfg.InFlight = 2
 	}
+	if cfg.MaxMessageBytes <= batchOverhead {
+		cfg.MaxMessageBytes = DefaultMaxMessageBytes
+	}
 	meter := otel.Meter(instrumentation)
 	b := &Batcher{
 		client: &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Timeout: 10 * time.Second,
 			Transport: &kafka.Transport{ClientID: cfg.ClientID, DialTimeout: 3 * time.Second, MetadataTTL: 10 * time.Second}},
 		maxBatch: cfg.MaxBatch,
+		limit:    cfg.MaxMessageBytes,
 		inFlight: cfg.InFlight,
 		tracer:   otel.Tracer(instrumentation),
 		prop:     otel.GetTextMapPropagator(),
@@ -109,7 +121,13 @@ func (b *Batcher) Produce(ctx context.Context, recs ...Record) error {
 	for i, r := range recs {
 		headers, span := startPublish(ctx, b.tracer, b.prop, r)
 		spans[i] = span
-		p := &pending{rec: kafka.Record{Key: kafka.NewBytes(r.Key), Value: kafka.NewBytes(r.Value), Headers: headers}, done: make(chan error, 1)}
+		size := EncodedSize(r.Key, r.Value, headers)
+		if size > b.limit {
+			err := fmt.Errorf("produce to %s: %w", r.Topic, tooLarge(r.Topic, size, b.limit))
+			endSpans(spans[:i+1], err)
+			return err
+		}
+		p := &pending{key: r.Key, value: r.Value, headers: headers, size: size - batchOverhead, done: make(chan error, 1)}
 		waits[i] = p.done
 		if err := b.enqueue(ctx, r.Topic, r.Key, p); err != nil {
 			endSpans(spans[:i+1], err)
@@ -214,12 +232,25 @@ func (b *Batcher) partitions(ctx context.Context, topic string) ([]int, error) {
 }
 
 // send is the partition's sender: take what is queued (waiting for the
-// first record), send it as one request, answer every caller, repeat.
+// first record) up to MaxBatch records and MaxMessageBytes, send it as one
+// request, answer every caller, repeat. A record that would overflow the
+// batch starts the next one.
 func (b *Batcher) send(tp topicPartition, q chan *pending) {
 	defer b.wg.Done()
 	batch := make([]*pending, 0, b.maxBatch)
-	for first := range q {
+	var carry *pending
+	for {
+		first := carry
+		carry = nil
+		if first == nil {
+			p, ok := <-q
+			if !ok {
+				return
+			}
+			first = p
+		}
 		batch = append(batch[:0], first)
+		bytes := batchOverhead + first.size
 	drain:
 		for len(batch) < b.maxBatch {
 			select {
@@ -227,7 +258,12 @@ func (b *Batcher) send(tp topicPartition, q chan *pending) {
 				if !ok {
 					break drain
 				}
+				if bytes+p.size > b.limit {
+					carry = p
+					break drain
+				}
 				batch = append(batch, p)
+				bytes += p.size
 			default:
 				break drain
 			}
@@ -239,7 +275,7 @@ func (b *Batcher) send(tp topicPartition, q chan *pending) {
 func (b *Batcher) write(tp topicPartition, batch []*pending) {
 	recs := make([]kafka.Record, len(batch))
 	for i, p := range batch {
-		recs[i] = p.rec
+		recs[i] = kafka.Record{Key: kafka.NewBytes(p.key), Value: kafka.NewBytes(p.value), Headers: p.headers}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -249,6 +285,17 @@ func (b *Batcher) write(tp topicPartition, batch []*pending) {
 	})
 	if err == nil && resp.Error != nil {
 		err = resp.Error
+	}
+	if errors.Is(err, kafka.MessageSizeTooLarge) {
+		// The topic's limit is below ours: send the records one by one so
+		// that only a record that alone does not fit fails.
+		if len(batch) > 1 {
+			for i := range batch {
+				b.write(tp, batch[i:i+1])
+			}
+			return
+		}
+		err = tooLarge(tp.topic, batch[0].size+batchOverhead, 0)
 	}
 	if err != nil {
 		// The partition may have moved or the topic changed: look it up again.

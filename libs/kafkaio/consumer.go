@@ -31,6 +31,10 @@ const (
 	HeaderQuarantinePartition = "closedloop-source-partition"
 	HeaderQuarantineOffset    = "closedloop-source-offset"
 	HeaderQuarantineGroup     = "closedloop-consumer-group"
+	// HeaderQuarantineValueOmitted (the original value's size) is set when the
+	// record and the quarantine headers did not fit in the quarantine topic:
+	// the value stays at its source topic, partition and offset.
+	HeaderQuarantineValueOmitted = "closedloop-quarantine-value-omitted"
 )
 
 // Handler does the work for one record. It returns nil once the work is
@@ -530,6 +534,18 @@ func (c *Consumer) quarantine(stop, work context.Context, m kafka.Message, reaso
 		err := c.cfg.Quarantine.Produce(work, rec)
 		if err == nil {
 			break
+		}
+		if errors.Is(err, ErrRecordTooLarge) && rec.Value != nil {
+			// Never block the partition on its own quarantine: keep the
+			// coordinates and the reason, leave the value where it is.
+			rec.Value = nil
+			rec.Headers = append(rec.Headers, kafka.Header{Key: HeaderQuarantineValueOmitted, Value: []byte(strconv.Itoa(len(m.Value)))})
+			continue
+		}
+		if errors.Is(err, ErrRecordTooLarge) && len(rec.Headers) > len(m.Headers) && len(m.Headers) > 0 {
+			// Still too large: the original headers go too, ours stay.
+			rec.Headers = rec.Headers[len(m.Headers):]
+			continue
 		}
 		wait := backoff(attempt, c.cfg.RetryBackoffMax)
 		c.cfg.Log.Warn("quarantine produce failed; retrying", "topic", m.Topic, "offset", m.Offset, "error", err.Error(), "retry_in", wait.String())

@@ -39,3 +39,35 @@ func IsPermanent(err error) (string, bool) {
 	}
 	return "", false
 }
+
+// ReasonRecordTooLarge is the quarantine and dead-letter reason of a record
+// that does not fit in its topic's max.message.bytes.
+const ReasonRecordTooLarge = "record_too_large"
+
+// ErrRecordTooLarge matches (errors.Is) every RecordTooLargeError.
+var ErrRecordTooLarge = errors.New("record too large for its topic")
+
+// RecordTooLargeError is a record that cannot be written because it is larger
+// than its topic accepts. It is always returned wrapped in a PermanentError
+// (reason ReasonRecordTooLarge): retrying the same record cannot succeed, so a
+// consumer quarantines it and its partition moves on.
+type RecordTooLargeError struct {
+	Topic string
+	// Size is the record's encoded size as the broker measures it (a batch
+	// of one record); Limit the topic's limit, 0 when only the broker knew it.
+	Size, Limit int
+}
+
+func (e *RecordTooLargeError) Error() string {
+	if e.Limit > 0 {
+		return fmt.Sprintf("record of %d bytes does not fit in topic %s (max.message.bytes %d)", e.Size, e.Topic, e.Limit)
+	}
+	return fmt.Sprintf("record of %d bytes refused by the broker as too large for topic %s (MESSAGE_TOO_LARGE)", e.Size, e.Topic)
+}
+
+// Is makes errors.Is(err, ErrRecordTooLarge) true.
+func (e *RecordTooLargeError) Is(target error) bool { return target == ErrRecordTooLarge }
+
+func tooLarge(topic string, size, limit int) error {
+	return &PermanentError{Reason: ReasonRecordTooLarge, Err: &RecordTooLargeError{Topic: topic, Size: size, Limit: limit}}
+}

@@ -34,6 +34,12 @@ type ProducerConfig struct {
 	MaxAttempts int
 	// ClientID names this producer in broker logs (default "closedloop").
 	ClientID string
+	// MaxMessageBytes is the smallest max.message.bytes of the topics this
+	// producer writes (default DefaultMaxMessageBytes; read it with
+	// SmallestMaxMessageBytes). Batches never exceed it, and a record that
+	// cannot fit fails alone with a RecordTooLargeError (Permanent) while the
+	// other records of the call are written.
+	MaxMessageBytes int
 }
 
 // Record is one record to produce.
@@ -52,6 +58,7 @@ type Record struct {
 // concurrent use; concurrent calls share batches.
 type Producer struct {
 	w       *kafka.Writer
+	limit   int
 	tracer  trace.Tracer
 	prop    propagation.TextMapPropagator
 	latency metric.Float64Histogram
@@ -75,6 +82,9 @@ func NewProducer(cfg ProducerConfig) *Producer {
 	if cfg.ClientID == "" {
 		cfg.ClientID = "closedloop"
 	}
+	if cfg.MaxMessageBytes <= batchOverhead {
+		cfg.MaxMessageBytes = DefaultMaxMessageBytes
+	}
 	transport := &kafka.Transport{ClientID: cfg.ClientID, DialTimeout: 3 * time.Second, MetadataTTL: 10 * time.Second}
 	meter := otel.Meter(instrumentation)
 	latency, _ := meter.Float64Histogram("closedloop.kafka.produce.duration", metric.WithUnit("s"),
@@ -82,11 +92,14 @@ func NewProducer(cfg ProducerConfig) *Producer {
 	failed, _ := meter.Int64Counter("closedloop.kafka.produce.failures", metric.WithDescription("Records whose produce call failed."))
 	return &Producer{
 		w: &kafka.Writer{
-			Addr:                   kafka.TCP(cfg.Brokers...),
-			Balancer:               kafka.Murmur2Balancer{},
-			RequiredAcks:           kafka.RequireAll,
-			BatchTimeout:           cfg.BatchTimeout,
-			BatchSize:              cfg.BatchSize,
+			Addr:         kafka.TCP(cfg.Brokers...),
+			Balancer:     kafka.Murmur2Balancer{},
+			RequiredAcks: kafka.RequireAll,
+			BatchTimeout: cfg.BatchTimeout,
+			BatchSize:    cfg.BatchSize,
+			// kafka-go counts a batch's bytes by its messages' sizes; the
+			// broker adds the batch header to them.
+			BatchBytes:             int64(cfg.MaxMessageBytes - batchOverhead),
 			WriteTimeout:           cfg.WriteTimeout,
 			MaxAttempts:            cfg.MaxAttempts,
 			WriteBackoffMin:        20 * time.Millisecond,
@@ -94,12 +107,16 @@ func NewProducer(cfg ProducerConfig) *Producer {
 			AllowAutoTopicCreation: false,
 			Transport:              transport,
 		},
+		limit:   cfg.MaxMessageBytes,
 		tracer:  otel.Tracer(instrumentation),
 		prop:    otel.GetTextMapPropagator(),
 		latency: latency,
 		failed:  failed,
 	}
 }
+
+// MaxMessageBytes is the producer's record size limit.
+func (p *Producer) MaxMessageBytes() int { return p.limit }
 
 // Produce writes the records and returns once every one of them was
 // acknowledged by all in-sync replicas, or with the error of the first that
@@ -123,36 +140,89 @@ func (p *Producer) ProduceEach(ctx context.Context, recs ...Record) []error {
 	if len(recs) == 0 {
 		return nil
 	}
-	msgs := make([]kafka.Message, len(recs))
+	msgs := make([]kafka.Message, 0, len(recs))
+	idx := make([]int, 0, len(recs)) // msgs[j] is recs[idx[j]]
 	spans := make([]trace.Span, len(recs))
+	sizes := make([]int, len(recs))
+	var errs []error
 	for i, r := range recs {
 		headers, span := startPublish(ctx, p.tracer, p.prop, r)
 		spans[i] = span
-		msgs[i] = kafka.Message{Topic: r.Topic, Key: r.Key, Value: r.Value, Headers: headers}
+		sizes[i] = EncodedSize(r.Key, r.Value, headers)
+		if sizes[i] > p.limit {
+			// Fails alone: the other records of the call are still written.
+			if errs == nil {
+				errs = make([]error, len(recs))
+			}
+			errs[i] = tooLarge(r.Topic, sizes[i], p.limit)
+			continue
+		}
+		msgs = append(msgs, kafka.Message{Topic: r.Topic, Key: r.Key, Value: r.Value, Headers: headers})
+		idx = append(idx, i)
 	}
 	start := time.Now()
-	err := p.w.WriteMessages(ctx, msgs...)
+	werrs := p.write(ctx, msgs)
 	p.latency.Record(ctx, time.Since(start).Seconds())
-	var werrs kafka.WriteErrors
-	isWriteErrs := errors.As(err, &werrs) && len(werrs) == len(recs)
-	var errs []error
-	if err != nil {
-		errs = make([]error, len(recs))
+	// The broker's limit may be smaller than ours (a topic set lower): a
+	// batch it refuses as too large is sent again one record at a time, so
+	// only a record that alone does not fit fails.
+	var big []int
+	for j, e := range werrs {
+		if e != nil && errors.Is(e, kafka.MessageSizeTooLarge) {
+			big = append(big, j)
+		}
+	}
+	if len(big) > 1 {
+		for _, j := range big {
+			werrs[j] = nil
+			if e := p.write(ctx, msgs[j:j+1]); e != nil {
+				werrs[j] = e[0]
+			}
+		}
+	}
+	for j, e := range werrs {
+		if e == nil {
+			continue
+		}
+		if errs == nil {
+			errs = make([]error, len(recs))
+		}
+		i := idx[j]
+		if errors.Is(e, kafka.MessageSizeTooLarge) {
+			e = tooLarge(recs[i].Topic, sizes[i], 0)
+		}
+		errs[i] = e
 	}
 	for i, span := range spans {
-		rerr := err
-		if isWriteErrs {
-			rerr = werrs[i]
-		}
-		if rerr != nil {
-			errs[i] = rerr
-			span.RecordError(rerr)
-			span.SetStatus(codes.Error, rerr.Error())
+		if errs != nil && errs[i] != nil {
+			span.RecordError(errs[i])
+			span.SetStatus(codes.Error, errs[i].Error())
 			p.failed.Add(ctx, 1, metric.WithAttributes(attribute.String("topic", recs[i].Topic)))
 		}
 		span.End()
 	}
 	return errs
+}
+
+// write writes msgs and returns nil or one error per message.
+func (p *Producer) write(ctx context.Context, msgs []kafka.Message) []error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	err := p.w.WriteMessages(ctx, msgs...)
+	if err == nil {
+		return nil
+	}
+	out := make([]error, len(msgs))
+	var werrs kafka.WriteErrors
+	if errors.As(err, &werrs) && len(werrs) == len(msgs) {
+		copy(out, werrs)
+		return out
+	}
+	for i := range out {
+		out[i] = err
+	}
+	return out
 }
 
 // Close flushes pending writes and releases connections.

@@ -65,6 +65,11 @@ type Common struct {
 	// ProduceLinger (KAFKA_PRODUCE_LINGER, default 2ms) is how long a produce
 	// batch waits for more records before it is sent.
 	ProduceLinger time.Duration
+	// MaxMessageBytes (KAFKA_MAX_MESSAGE_BYTES, default: read from the
+	// brokers) is the record size limit of the service's producers. By
+	// default it is the smallest max.message.bytes of the topics the service
+	// ensured; set lower, it is used instead; set higher, start-up fails.
+	MaxMessageBytes int
 	// SessionTimeout (CONSUMER_SESSION_TIMEOUT, default 10s) is how long the
 	// group waits for a silent consumer before giving its partitions to
 	// another: the pause after a crash. Brokers refuse less than their
@@ -89,6 +94,10 @@ func LoadCommon(e *config.Env, opsPort, grpcPort int) Common {
 		ShutdownTimeout:  e.Duration("SHUTDOWN_TIMEOUT", 20*time.Second),
 		SessionTimeout:   e.Duration("CONSUMER_SESSION_TIMEOUT", 10*time.Second),
 		ProduceLinger:    e.Duration("KAFKA_PRODUCE_LINGER", 2*time.Millisecond),
+		MaxMessageBytes:  e.Int("KAFKA_MAX_MESSAGE_BYTES", 0),
+	}
+	if c.MaxMessageBytes != 0 && c.MaxMessageBytes < 4096 {
+		e.Errorf("KAFKA_MAX_MESSAGE_BYTES=%d is too small (at least 4096; unset, it is read from the topics)", c.MaxMessageBytes)
 	}
 	prefix := e.String("CLOSEDLOOP_TOPIC_PREFIX", "")
 	if v := e.String("TOPIC_ENRICHED", ""); v != "" {
@@ -130,6 +139,8 @@ type Service struct {
 	closers []lifecycle.Step
 	// consumers are the ones Consume and ConsumeBatch started.
 	consumers []*kafkaio.Consumer
+	// maxMessageBytes is the smallest record limit of the ensured topics.
+	maxMessageBytes int
 }
 
 // New sets up telemetry and binds the ops and gRPC listeners (so a port
@@ -164,14 +175,58 @@ func New(ctx context.Context, name string, c Common, grpcOpts ...grpc.ServerOpti
 
 // EnsureTopics checks (or, with KAFKA_CREATE_TOPICS, creates) the topics the
 // service reads and writes, failing start-up with an actionable message.
+// It also reads the topics' max.message.bytes: the service's producers never
+// write a record larger than the smallest of them (MaxMessageBytes).
 func (s *Service) EnsureTopics(ctx context.Context, topics ...string) error {
-	return kafkaio.EnsureTopics(ctx, s.Common.Brokers, topics, s.Common.CreateTopics,
-		kafkaio.TopicSpec{Partitions: s.Common.TopicPartitions, ReplicationFactor: s.Common.TopicReplication})
+	if err := kafkaio.EnsureTopics(ctx, s.Common.Brokers, topics, s.Common.CreateTopics,
+		kafkaio.TopicSpec{Partitions: s.Common.TopicPartitions, ReplicationFactor: s.Common.TopicReplication}); err != nil {
+		return err
+	}
+	return s.LearnMessageLimit(ctx, topics...)
+}
+
+// LearnMessageLimit lowers MaxMessageBytes to the smallest max.message.bytes
+// of topics, as the brokers report it, checked against KAFKA_MAX_MESSAGE_BYTES.
+func (s *Service) LearnMessageLimit(ctx context.Context, topics ...string) error {
+	limits, err := kafkaio.TopicMaxMessageBytes(ctx, s.Common.Brokers, topics...)
+	conf := s.Common.MaxMessageBytes
+	least, leastTopic := 0, ""
+	for t, n := range limits {
+		if least == 0 || n < least {
+			least, leastTopic = n, t
+		}
+	}
+	switch {
+	case err != nil && conf == 0:
+		return fmt.Errorf("reading max.message.bytes of the topics: %w (allow DescribeConfigs on them, or set KAFKA_MAX_MESSAGE_BYTES to their smallest max.message.bytes)", err)
+	case err != nil:
+		s.Log.Warn("max.message.bytes of the topics not readable; using KAFKA_MAX_MESSAGE_BYTES", "bytes", conf, "error", err.Error())
+		least = conf
+	case conf > least:
+		return fmt.Errorf("KAFKA_MAX_MESSAGE_BYTES=%d is larger than topic %s accepts (max.message.bytes=%d): lower it, or raise the topic's max.message.bytes", conf, leastTopic, least)
+	case conf > 0:
+		least = conf
+	}
+	if s.maxMessageBytes == 0 || least < s.maxMessageBytes {
+		s.maxMessageBytes = least
+	}
+	return nil
+}
+
+// MaxMessageBytes is the record size limit of the service's producers: the
+// smallest max.message.bytes of the topics it ensured (or
+// kafkaio.DefaultMaxMessageBytes before any).
+func (s *Service) MaxMessageBytes() int {
+	if s.maxMessageBytes == 0 {
+		return kafkaio.DefaultMaxMessageBytes
+	}
+	return s.maxMessageBytes
 }
 
 // Producer builds a producer on the service's brokers.
 func (s *Service) Producer() *kafkaio.Producer {
-	return kafkaio.NewProducer(kafkaio.ProducerConfig{Brokers: s.Common.Brokers, ClientID: s.Name + "-" + s.Common.Instance, BatchTimeout: s.Common.ProduceLinger})
+	return kafkaio.NewProducer(kafkaio.ProducerConfig{Brokers: s.Common.Brokers, ClientID: s.Name + "-" + s.Common.Instance,
+		BatchTimeout: s.Common.ProduceLinger, MaxMessageBytes: s.MaxMessageBytes()})
 }
 
 // OnShutdown adds a step that runs after the servers stopped accepting, in
@@ -286,7 +341,8 @@ func (s *Service) runConsumer(group string, c *kafkaio.Consumer) {
 // Batcher builds a natural-batching producer (kafkaio.Batcher) for a
 // service whose many concurrent callers each wait for their record.
 func (s *Service) Batcher() *kafkaio.Batcher {
-	return kafkaio.NewBatcher(kafkaio.BatcherConfig{Brokers: s.Common.Brokers, ClientID: s.Name + "-" + s.Common.Instance})
+	return kafkaio.NewBatcher(kafkaio.BatcherConfig{Brokers: s.Common.Brokers, ClientID: s.Name + "-" + s.Common.Instance,
+		MaxMessageBytes: s.MaxMessageBytes()})
 }
 
 // CloseProducer adds the step that flushes and closes producer; add it after

@@ -323,7 +323,7 @@ func (r *Runner) HandleBatch(ctx context.Context, batch []kafkaio.Delivery) []er
 		todo = append(todo, p)
 	}
 	if len(unjudged) > 0 {
-		if err := r.cfg.DLQ.Produce(ctx, unjudged...); err != nil {
+		if err := r.produceDead(ctx, unjudged); err != nil {
 			for i := range results {
 				if results[i] == nil {
 					results[i] = fmt.Errorf("dead-letter produce: %w", err)
@@ -359,7 +359,7 @@ func (r *Runner) HandleBatch(ctx context.Context, batch []kafkaio.Delivery) []er
 	delivered, deadP, dead, err := r.deliver(ctx, batch, fresh)
 	// Dead letters are durable before anything is committed.
 	if len(dead) > 0 {
-		if derr := r.cfg.DLQ.Produce(ctx, dead...); derr != nil {
+		if derr := r.produceDead(ctx, dead); derr != nil {
 			return r.failAll(results, fresh, fmt.Errorf("dead-letter produce: %w", derr))
 		}
 	}
@@ -500,6 +500,36 @@ func (r *Runner) deadLetter(batch []kafkaio.Delivery, p *pending, err error, cla
 		{Key: "closedloop-error-class", Value: []byte(class.String())},
 		{Key: "closedloop-attempts", Value: []byte(strconv.Itoa(len(p.attempts)))},
 	}}
+}
+
+// produceDead writes dead letters. One too large for the dead-letter topic
+// (an event near the size limit plus its attempts) is written again without
+// the event, which stays at its source topic, partition and offset: a dead
+// letter can never block its partition.
+func (r *Runner) produceDead(ctx context.Context, recs []kafkaio.Record) error {
+	err := r.cfg.DLQ.Produce(ctx, recs...)
+	if err == nil || !errors.Is(err, kafkaio.ErrRecordTooLarge) {
+		return err
+	}
+	slim := make([]kafkaio.Record, len(recs))
+	for i, rec := range recs {
+		var dl sinkv1.DeadLetter
+		if uerr := proto.Unmarshal(rec.Value, &dl); uerr != nil {
+			return err
+		}
+		if len(dl.Event) > 0 {
+			dl.EventOmittedBytes = int64(len(dl.Event))
+			dl.Event = nil
+		}
+		for _, a := range dl.Attempts {
+			a.Error = truncate(a.Error, 256)
+		}
+		rec.Value, _ = proto.Marshal(&dl)
+		slim[i] = rec
+	}
+	r.cfg.Log.Warn("dead letters too large for their topic; written without the events (read them at their source offsets)",
+		"sink", r.cfg.Sink, "destination", r.cfg.Destination, "records", len(recs), "error", err.Error())
+	return r.cfg.DLQ.Produce(ctx, slim...)
 }
 
 func (r *Runner) failAll(results []error, ps []*pending, err error) []error {

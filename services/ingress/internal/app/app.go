@@ -24,35 +24,83 @@ type Config struct {
 	Addr string
 	// Pipeline is read from PIPELINE_CONFIG (required) and reloaded on change.
 	Pipeline *service.Pipeline
-	// MaxBody (INGRESS_MAX_BODY_BYTES, default 1 MiB).
+	// MaxBody (INGRESS_MAX_BODY_BYTES, default: what the raw topic can store,
+	// its max.message.bytes less EnvelopeReserve). Set higher than that, the
+	// ingress does not start.
 	MaxBody int
 	// ProduceTimeout (INGRESS_PRODUCE_TIMEOUT, default 3s).
 	ProduceTimeout time.Duration
 	// MaxInFlight (INGRESS_MAX_IN_FLIGHT, default 1024): requests handled at
 	// once; more get 503 + Retry-After.
 	MaxInFlight int
+	// SourceMaxInFlight (INGRESS_SOURCE_MAX_IN_FLIGHT, default 64): one
+	// source's share; more get 429 + Retry-After.
+	SourceMaxInFlight int
+	// MaxBodyMemory (INGRESS_MAX_BODY_MEMORY_BYTES, default 64 MiB) and
+	// SourceMaxBodyMemory (INGRESS_SOURCE_MAX_BODY_MEMORY_BYTES, default 16
+	// MiB): body memory held at once, in total and per source (each body
+	// counts twice: the body and its record).
+	MaxBodyMemory, SourceMaxBodyMemory int64
+	// UnverifiedPerSecond (INGRESS_UNVERIFIED_PER_SECOND, default 5) and
+	// UnverifiedBurst (INGRESS_UNVERIFIED_BURST, default 20): requests per
+	// source that fail verification before they get 429.
+	UnverifiedPerSecond float64
+	UnverifiedBurst     int
 }
+
+// EnvelopeReserve is what a raw record needs besides the body: the
+// RawWebhook's other fields (ids, source, kept headers of at most 256 bytes
+// each), the record's key and trace headers, and the batch framing.
+const EnvelopeReserve = 8 << 10
 
 // Load reads and validates the configuration.
 func Load(e *config.Env, lookup func(string) (string, bool)) (Config, error) {
 	c := Config{
-		Common:         service.LoadCommon(e, 8081, 9091),
-		Addr:           e.String("INGRESS_ADDR", ":8080"),
-		MaxBody:        e.Int("INGRESS_MAX_BODY_BYTES", 1<<20),
-		ProduceTimeout: e.Duration("INGRESS_PRODUCE_TIMEOUT", 3*time.Second),
-		MaxInFlight:    e.Int("INGRESS_MAX_IN_FLIGHT", 1024),
+		Common:              service.LoadCommon(e, 8081, 9091),
+		Addr:                e.String("INGRESS_ADDR", ":8080"),
+		MaxBody:             e.Int("INGRESS_MAX_BODY_BYTES", 0),
+		ProduceTimeout:      e.Duration("INGRESS_PRODUCE_TIMEOUT", 3*time.Second),
+		MaxInFlight:         e.Int("INGRESS_MAX_IN_FLIGHT", 1024),
+		SourceMaxInFlight:   e.Int("INGRESS_SOURCE_MAX_IN_FLIGHT", 64),
+		MaxBodyMemory:       int64(e.Int("INGRESS_MAX_BODY_MEMORY_BYTES", 64<<20)),
+		SourceMaxBodyMemory: int64(e.Int("INGRESS_SOURCE_MAX_BODY_MEMORY_BYTES", 16<<20)),
+		UnverifiedPerSecond: e.Float("INGRESS_UNVERIFIED_PER_SECOND", 5),
+		UnverifiedBurst:     e.Int("INGRESS_UNVERIFIED_BURST", 20),
 	}
-	if c.MaxInFlight < 1 {
-		e.Errorf("INGRESS_MAX_IN_FLIGHT=%d must be at least 1", c.MaxInFlight)
+	if c.MaxInFlight < 1 || c.SourceMaxInFlight < 1 {
+		e.Errorf("INGRESS_MAX_IN_FLIGHT=%d and INGRESS_SOURCE_MAX_IN_FLIGHT=%d must be at least 1", c.MaxInFlight, c.SourceMaxInFlight)
 	}
-	if c.MaxBody < 1024 {
-		e.Errorf("INGRESS_MAX_BODY_BYTES=%d is too small (at least 1024)", c.MaxBody)
+	if c.MaxBody != 0 && c.MaxBody < 1024 {
+		e.Errorf("INGRESS_MAX_BODY_BYTES=%d is too small (at least 1024; unset, it is computed from the raw topic)", c.MaxBody)
+	}
+	if c.SourceMaxBodyMemory > c.MaxBodyMemory {
+		e.Errorf("INGRESS_SOURCE_MAX_BODY_MEMORY_BYTES=%d is more than INGRESS_MAX_BODY_MEMORY_BYTES=%d: a source's share cannot exceed the total", c.SourceMaxBodyMemory, c.MaxBodyMemory)
+	}
+	if c.UnverifiedPerSecond <= 0 || c.UnverifiedBurst < 1 {
+		e.Errorf("INGRESS_UNVERIFIED_PER_SECOND and INGRESS_UNVERIFIED_BURST must be positive")
 	}
 	if c.ProduceTimeout > 4*time.Second {
 		e.Errorf("INGRESS_PRODUCE_TIMEOUT=%s must stay under the providers' 5s answer deadline", c.ProduceTimeout)
 	}
 	c.Pipeline = service.LoadPipeline(e, lookup)
 	return c, e.Err()
+}
+
+// bodyLimit is the largest body the raw topic can store (its max.message.bytes
+// less EnvelopeReserve), or INGRESS_MAX_BODY_BYTES when that is set and fits.
+func (c Config) bodyLimit(rawMax int) (int, error) {
+	fits := rawMax - EnvelopeReserve
+	if fits < 1024 {
+		return 0, fmt.Errorf("the raw topic %s accepts records of only %d bytes (max.message.bytes): raise it", c.Common.Topics.Raw, rawMax)
+	}
+	if c.MaxBody == 0 {
+		return fits, nil
+	}
+	if c.MaxBody > fits {
+		return 0, fmt.Errorf("INGRESS_MAX_BODY_BYTES=%d cannot be stored: the raw topic %s accepts records of %d bytes (max.message.bytes), which leaves %d for a body; lower INGRESS_MAX_BODY_BYTES or raise the topic's max.message.bytes",
+			c.MaxBody, c.Common.Topics.Raw, rawMax, fits)
+	}
+	return c.MaxBody, nil
 }
 
 // Run starts the ingress and blocks until ctx is cancelled.
@@ -68,6 +116,13 @@ func Run(ctx context.Context) error {
 	if err := svc.EnsureTopics(ctx, cfg.Common.Topics.Raw); err != nil {
 		return err
 	}
+	maxBody, err := cfg.bodyLimit(svc.MaxMessageBytes())
+	if err != nil {
+		return err
+	}
+	if 2*int64(maxBody) > cfg.SourceMaxBodyMemory {
+		return fmt.Errorf("INGRESS_SOURCE_MAX_BODY_MEMORY_BYTES=%d cannot hold one body of %d bytes (each counts twice): raise it to at least %d", cfg.SourceMaxBodyMemory, maxBody, 2*maxBody)
+	}
 	tokensTopic := cfg.Common.Topics.IngestTokens
 	if err := kafkaio.EnsureTopics(ctx, cfg.Common.Brokers, []string{tokensTopic}, cfg.Common.CreateTopics,
 		ingesttokens.TopicSpec(cfg.Common.TopicReplication)); err != nil {
@@ -80,7 +135,9 @@ func Run(ctx context.Context) error {
 	producer := svc.Batcher()
 	h, err := ingest.New(ingest.Options{
 		Pipeline: cfg.Pipeline.Current(), Producer: producer, Tokens: ingest.AnyTokens{Issued: tokens}, RawTopic: cfg.Common.Topics.Raw,
-		MaxBody: int64(cfg.MaxBody), ProduceTimeout: cfg.ProduceTimeout, MaxInFlight: cfg.MaxInFlight, Instance: cfg.Common.Instance, Log: svc.Log,
+		MaxBody: int64(maxBody), ProduceTimeout: cfg.ProduceTimeout, MaxInFlight: cfg.MaxInFlight, Instance: cfg.Common.Instance, Log: svc.Log,
+		SourceMaxInFlight: cfg.SourceMaxInFlight, MaxBodyMemory: cfg.MaxBodyMemory, SourceMaxBodyMemory: cfg.SourceMaxBodyMemory,
+		UnverifiedPerSecond: cfg.UnverifiedPerSecond, UnverifiedBurst: cfg.UnverifiedBurst,
 	})
 	if err != nil {
 		return err
@@ -101,7 +158,7 @@ func Run(ctx context.Context) error {
 		MaxHeaderBytes:    32 << 10,
 	}
 	svc.Group.Go("webhook http", func(context.Context) error {
-		svc.Log.Info("webhooks listening", "addr", lis.Addr().String(), "sources", len(cfg.Pipeline.Current().Sources))
+		svc.Log.Info("webhooks listening", "addr", lis.Addr().String(), "sources", len(cfg.Pipeline.Current().Sources), "max_body_bytes", maxBody)
 		if err := srv.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
 			return err
 		}

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -74,10 +75,28 @@ type Options struct {
 	// RawTopic receives the RawWebhook records.
 	RawTopic string
 	// MaxBody is the largest body accepted (default 1 MiB); larger gets 413.
+	// The ingress computes it from the raw topic's max.message.bytes; a body
+	// whose record still does not fit gets 413 too.
 	MaxBody int64
 	// MaxInFlight bounds the requests being handled at once (default 1024);
 	// past it the answer is 503 + Retry-After instead of unbounded memory.
 	MaxInFlight int
+	// SourceMaxInFlight bounds one source's requests at once (default 64);
+	// past it that source gets 429 + Retry-After and the others are unaffected.
+	SourceMaxInFlight int
+	// MaxBodyMemory bounds the bytes of bodies held at once, counting each
+	// body twice (the body and its encoded record; default 64 MiB); past it
+	// the answer is 503 + Retry-After. Body memory is taken as bytes arrive.
+	MaxBodyMemory int64
+	// SourceMaxBodyMemory is one source's share of it (default 16 MiB);
+	// past it that source gets 429 + Retry-After.
+	SourceMaxBodyMemory int64
+	// UnverifiedPerSecond and UnverifiedBurst bound the requests per source
+	// that fail signature verification (default 5/s, burst 20). They never
+	// spend the source's rate limit; past this one they get 429 instead of
+	// 401 and are not logged one by one.
+	UnverifiedPerSecond float64
+	UnverifiedBurst     int
 	// ProduceTimeout bounds the acks=all write (default 3s, inside the
 	// strictest provider's 5 s); past it the answer is 503 + Retry-After.
 	ProduceTimeout time.Duration
@@ -92,13 +111,15 @@ type Options struct {
 
 // Handler serves POST /v1/hooks/{source}/{token}.
 type Handler struct {
-	o         Options
-	sources   atomic.Pointer[Sources]
-	limiters  limiters
-	inflight  chan struct{}
-	attrCache sync.Map // attrKey -> attribute.Set
-	requests  metric.Int64Counter
-	bytes     metric.Int64Histogram
+	o          Options
+	sources    atomic.Pointer[Sources]
+	limiters   limiters
+	unverified limiters
+	budget     *budget
+	logs       sampler
+	attrCache  sync.Map // attrKey -> attribute.Set
+	requests   metric.Int64Counter
+	bytes      metric.Int64Histogram
 }
 
 // New returns the handler serving the pipeline's sources.
@@ -108,6 +129,21 @@ func New(o Options) (*Handler, error) {
 	}
 	if o.MaxInFlight <= 0 {
 		o.MaxInFlight = 1024
+	}
+	if o.SourceMaxInFlight <= 0 {
+		o.SourceMaxInFlight = min(64, o.MaxInFlight)
+	}
+	if o.MaxBodyMemory <= 0 {
+		o.MaxBodyMemory = 64 << 20
+	}
+	if o.SourceMaxBodyMemory <= 0 {
+		o.SourceMaxBodyMemory = min(16<<20, o.MaxBodyMemory)
+	}
+	if o.UnverifiedPerSecond <= 0 {
+		o.UnverifiedPerSecond = 5
+	}
+	if o.UnverifiedBurst <= 0 {
+		o.UnverifiedBurst = 20
 	}
 	if o.ProduceTimeout <= 0 {
 		o.ProduceTimeout = 3 * time.Second
@@ -122,11 +158,21 @@ func New(o Options) (*Handler, error) {
 		o.Tokens = StaticTokens{}
 	}
 	m := otel.Meter("github.com/closedloop/closedloop/services/ingress")
-	h := &Handler{o: o, inflight: make(chan struct{}, o.MaxInFlight)}
+	h := &Handler{o: o, budget: newBudget(o.MaxInFlight, o.SourceMaxInFlight, o.MaxBodyMemory, o.SourceMaxBodyMemory)}
 	h.requests, _ = m.Int64Counter("closedloop.ingress.requests", metric.WithDescription("Webhook requests by source and outcome."))
 	h.bytes, _ = m.Int64Histogram("closedloop.ingress.body.size", metric.WithUnit("By"), metric.WithDescription("Accepted body sizes."))
 	_, _ = m.Int64ObservableGauge("closedloop.ingress.inflight", metric.WithDescription("Requests being handled."),
-		metric.WithInt64Callback(func(_ context.Context, ob metric.Int64Observer) error { ob.Observe(int64(len(h.inflight))); return nil }))
+		metric.WithInt64Callback(func(_ context.Context, ob metric.Int64Observer) error {
+			n, _ := h.budget.inFlight()
+			ob.Observe(int64(n))
+			return nil
+		}))
+	_, _ = m.Int64ObservableGauge("closedloop.ingress.body.memory", metric.WithUnit("By"), metric.WithDescription("Bytes of body memory held by the requests being handled (each body counted twice: body and record)."),
+		metric.WithInt64Callback(func(_ context.Context, ob metric.Int64Observer) error {
+			_, b := h.budget.inFlight()
+			ob.Observe(b)
+			return nil
+		}))
 	if err := h.Reload(o.Pipeline); err != nil {
 		return nil, err
 	}
@@ -158,17 +204,13 @@ type answer struct {
 	Message string `json:"message,omitempty"`
 }
 
-// ServeHTTP implements http.Handler.
+// ServeHTTP implements http.Handler. The order is the cheapest refusal
+// first: the source and its token, the media type and declared size, the
+// request and memory budgets (the source's share, then the total), the body
+// (taken as it arrives), the signature, and only for an authentic webhook
+// the source's rate limit; then the write to Kafka.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	select {
-	case h.inflight <- struct{}{}:
-		defer func() { <-h.inflight }()
-	default:
-		w.Header().Set("Retry-After", strconv.Itoa(int(h.o.RetryAfter.Seconds())))
-		h.reject(ctx, w, "", http.StatusServiceUnavailable, "overloaded", "too many requests in flight; retry later")
-		return
-	}
 	sourceName := r.PathValue("source")
 	span := trace.SpanFromContext(ctx)
 	span.SetAttributes(attribute.String("closedloop.source", sourceName))
@@ -180,27 +222,36 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.reject(ctx, w, "", http.StatusNotFound, "unknown_source", "no source with that name and ingest token")
 		return
 	}
-	if !src.limiter.Allow() {
-		w.Header().Set("Retry-After", retryAfter(src.cfg.RateLimit.PerSecond))
-		h.reject(ctx, w, sourceName, http.StatusTooManyRequests, "rate_limited", "the source's rate limit is exceeded; retry later")
-		return
-	}
 	if !jsonMediaType(r.Header.Get("Content-Type")) {
 		h.reject(ctx, w, sourceName, http.StatusUnsupportedMediaType, "unsupported_media_type", "Content-Type must be application/json")
 		return
 	}
 	if r.ContentLength > h.o.MaxBody {
-		h.reject(ctx, w, sourceName, http.StatusRequestEntityTooLarge, "payload_too_large", "body exceeds "+strconv.FormatInt(h.o.MaxBody, 10)+" bytes")
+		h.tooLarge(ctx, w, sourceName)
 		return
 	}
-	body, err := readBody(w, r, h.o.MaxBody)
+	switch h.budget.enter(sourceName) {
+	case sourceFull:
+		h.overloaded(ctx, w, sourceName, sourceFull, "requests")
+		return
+	case allFull:
+		h.overloaded(ctx, w, sourceName, allFull, "requests")
+		return
+	}
+	var held int64
+	defer func() { h.budget.leave(sourceName, held) }()
+	body, err := h.readBody(w, r, sourceName, &held)
 	if err != nil {
 		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
-			h.reject(ctx, w, sourceName, http.StatusRequestEntityTooLarge, "payload_too_large", "body exceeds "+strconv.FormatInt(h.o.MaxBody, 10)+" bytes")
-			return
+		var full budgetError
+		switch {
+		case errors.As(err, &tooLarge):
+			h.tooLarge(ctx, w, sourceName)
+		case errors.As(err, &full):
+			h.overloaded(ctx, w, sourceName, full.v, "memory")
+		default:
+			h.reject(ctx, w, sourceName, http.StatusBadRequest, "unreadable_body", "the request body could not be read")
 		}
-		h.reject(ctx, w, sourceName, http.StatusBadRequest, "unreadable_body", "the request body could not be read")
 		return
 	}
 	vreq := verify.Request{Header: r.Header, Body: body, Now: h.o.Now()}
@@ -212,7 +263,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		} else {
 			h.o.Log.ErrorContext(ctx, "signature check failed", "source", sourceName, "error", err.Error())
 		}
+		// Failures have their own, smaller budget: they never spend the
+		// source's rate limit, and a flood of them is answered 429.
+		if !src.unverified.Allow() {
+			w.Header().Set("Retry-After", retryAfter(h.o.UnverifiedPerSecond))
+			h.reject(ctx, w, sourceName, http.StatusTooManyRequests, "unverified_rate_limited", "too many requests that fail verification; retry later")
+			return
+		}
 		h.reject(ctx, w, sourceName, http.StatusUnauthorized, reason, "the webhook signature could not be verified")
+		return
+	}
+	if !src.limiter.Allow() {
+		w.Header().Set("Retry-After", retryAfter(src.cfg.RateLimit.PerSecond))
+		h.reject(ctx, w, sourceName, http.StatusTooManyRequests, "rate_limited", "the source's rate limit is exceeded; retry later")
 		return
 	}
 
@@ -239,6 +302,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.o.ProduceTimeout)
 	defer cancel()
 	if err := h.o.Producer.Produce(pctx, kafkaio.Record{Topic: h.o.RawTopic, Key: []byte(id.EventID), Value: value}); err != nil {
+		if errors.Is(err, kafkaio.ErrRecordTooLarge) {
+			// Cannot be stored, ever: a retry would fail the same way.
+			h.tooLarge(ctx, w, sourceName)
+			return
+		}
 		h.o.Log.ErrorContext(ctx, "raw webhook not durable; asking the provider to retry", "source", sourceName, "event_id", id.EventID, "error", err.Error())
 		w.Header().Set("Retry-After", strconv.Itoa(int(h.o.RetryAfter.Seconds())))
 		h.write(ctx, w, sourceName, http.StatusServiceUnavailable, answer{Error: "unavailable", Message: "the event could not be stored; retry later"})
@@ -249,25 +317,97 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.write(ctx, w, sourceName, http.StatusAccepted, answer{Status: "accepted", EventID: id.EventID, Test: id.Test})
 }
 
-// readBody reads at most limit bytes, sized up front when the length is known.
-func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
-	rd := http.MaxBytesReader(w, r.Body, limit)
-	if r.ContentLength > 0 {
-		buf := make([]byte, r.ContentLength)
-		if _, err := io.ReadFull(rd, buf); err != nil {
+func (h *Handler) tooLarge(ctx context.Context, w http.ResponseWriter, source string) {
+	h.reject(ctx, w, source, http.StatusRequestEntityTooLarge, "payload_too_large", "body exceeds "+strconv.FormatInt(h.o.MaxBody, 10)+" bytes, the most the raw topic can store")
+}
+
+// overloaded answers a request over a budget: 429 when its source is over
+// its own share (the others are unaffected), 503 when the ingress is full.
+func (h *Handler) overloaded(ctx context.Context, w http.ResponseWriter, source string, v verdict, what string) {
+	w.Header().Set("Retry-After", strconv.Itoa(int(h.o.RetryAfter.Seconds())))
+	if v == sourceFull {
+		h.reject(ctx, w, source, http.StatusTooManyRequests, "source_overloaded", "this source has too many "+what+" in flight; retry later")
+		return
+	}
+	h.reject(ctx, w, source, http.StatusServiceUnavailable, "overloaded", "too many "+what+" in flight; retry later")
+}
+
+// budgetError is a body refused for the memory budget.
+type budgetError struct{ v verdict }
+
+func (budgetError) Error() string { return "body memory budget exhausted" }
+
+// chunk is the most body memory taken at once when the length is unknown,
+// and the most allocated up front when it is known.
+const chunk = 64 << 10
+
+// readBody reads at most MaxBody bytes as they arrive, charging the memory
+// budget (twice the bytes: the body, then its encoded record) before it
+// holds them: up front for a declared length (so a slow sender holds no more
+// than it declared, and an over-budget one is refused before it sends),
+// chunk by chunk otherwise. The buffer grows with what arrived, never from
+// the declared length alone. *held is what was charged, for the caller to
+// give back.
+func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, source string, held *int64) ([]byte, error) {
+	charge := func(n int64) error {
+		if v := h.budget.grow(source, 2*n); v != granted {
+			return budgetError{v}
+		}
+		*held += 2 * n
+		return nil
+	}
+	rd := http.MaxBytesReader(w, r.Body, h.o.MaxBody)
+	want := r.ContentLength // -1 when unknown
+	if want > 0 {
+		if err := charge(want); err != nil {
 			return nil, err
 		}
-		// Anything past the declared length is a malformed request.
-		if n, _ := rd.Read(make([]byte, 1)); n > 0 {
-			return nil, errors.New("body longer than Content-Length")
-		}
-		return buf, nil
 	}
-	return io.ReadAll(rd)
+	var buf []byte
+	for {
+		if len(buf) == cap(buf) {
+			grow := int64(min(max(cap(buf), 4096), chunk))
+			if want > 0 {
+				if int64(len(buf)) == want {
+					// Anything past the declared length is a malformed request.
+					if n, _ := rd.Read(make([]byte, 1)); n > 0 {
+						return nil, errors.New("body longer than Content-Length")
+					}
+					return buf, nil
+				}
+				grow = min(grow, want-int64(len(buf)))
+			} else if err := charge(grow); err != nil {
+				return nil, err
+			}
+			buf = slices.Grow(buf, int(grow))
+		}
+		end := cap(buf)
+		if want > 0 {
+			end = int(min(int64(end), want))
+		}
+		n, err := rd.Read(buf[len(buf):end])
+		buf = buf[:len(buf)+n]
+		if errors.Is(err, io.EOF) {
+			if want > 0 && int64(len(buf)) != want {
+				return nil, io.ErrUnexpectedEOF
+			}
+			return buf, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
 }
 
 func (h *Handler) reject(ctx context.Context, w http.ResponseWriter, source string, status int, reason, msg string) {
-	h.o.Log.InfoContext(ctx, "webhook rejected", "source", source, "status", status, "reason", reason)
+	// Every rejection is counted (closedloop.ingress.requests); the log has
+	// at most one line per source and reason every logEvery, with the count
+	// of the ones it left out, so a flood cannot flood the logs.
+	if suppressed, ok := h.logs.allow(source, reason, h.o.Now()); ok {
+		h.o.Log.InfoContext(ctx, "webhook rejected", "source", source, "status", status, "reason", reason, "suppressed_since_last", suppressed)
+	} else {
+		h.o.Log.DebugContext(ctx, "webhook rejected", "source", source, "status", status, "reason", reason)
+	}
 	h.write(ctx, w, source, status, answer{Error: reason, Message: msg})
 }
 
@@ -353,14 +493,61 @@ func jsonMediaType(ct string) bool {
 // credentials are deliberately never kept.
 var baseHeaders = []string{"Content-Type", "User-Agent"}
 
+// maxKeptHeader bounds each kept header's value: they are informational, and
+// the record's size must stay close to the body's.
+const maxKeptHeader = 256
+
 func keptHeaders(h http.Header, provider []string) map[string]string {
 	out := make(map[string]string, len(baseHeaders)+len(provider))
 	for _, list := range [][]string{baseHeaders, provider} {
 		for _, n := range list {
 			if v := h.Get(n); v != "" {
+				if len(v) > maxKeptHeader {
+					v = strings.ToValidUTF8(v[:maxKeptHeader], "")
+				}
 				out[strings.ToLower(n)] = v
 			}
 		}
 	}
 	return out
+}
+
+// logEvery is how often a rejection of one source and reason is logged.
+const logEvery = 10 * time.Second
+
+// sampler lets one log line per key through every logEvery.
+type sampler struct {
+	mu sync.Mutex
+	m  map[[2]string]*sampled
+}
+
+type sampled struct {
+	last       time.Time
+	suppressed int
+}
+
+// allow reports whether to log now, and how many were left out since the
+// last line. Keys are bounded: unknown sources are logged under "".
+func (s *sampler) allow(source, reason string, now time.Time) (int, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil {
+		s.m = map[[2]string]*sampled{}
+	}
+	k := [2]string{source, reason}
+	e := s.m[k]
+	if e == nil {
+		if len(s.m) > 10_000 {
+			clear(s.m)
+		}
+		e = &sampled{}
+		s.m[k] = e
+	}
+	if !e.last.IsZero() && now.Sub(e.last) < logEvery {
+		e.suppressed++
+		return 0, false
+	}
+	n := e.suppressed
+	e.last, e.suppressed = now, 0
+	return n, true
 }

@@ -221,7 +221,7 @@ func TestRequestsPastTheInFlightBoundGet503InsteadOfQueueing(t *testing.T) {
 	pipe, _ := config.ParsePipeline([]byte("sources:\n  - name: delighted\n    provider: delighted\n    secrets: [env:K]\n    ingest_tokens: [env:T]\n"),
 		func(k string) (string, bool) { return map[string]string{"K": secret, "T": token}[k], true })
 	bp := &blockingProducer{release: make(chan struct{})}
-	h, err := New(Options{Pipeline: pipe, Producer: bp, RawTopic: "raw", MaxInFlight: 2, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	h, err := New(Options{Pipeline: pipe, Producer: bp, RawTopic: "raw", MaxInFlight: 2, SourceMaxInFlight: 10, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +237,7 @@ func TestRequestsPastTheInFlightBoundGet503InsteadOfQueueing(t *testing.T) {
 		}()
 	}
 	deadline := time.Now().Add(5 * time.Second)
-	for len(h.inflight) < 2 && time.Now().Before(deadline) {
+	for n, _ := h.budget.inFlight(); n < 2 && time.Now().Before(deadline); n, _ = h.budget.inFlight() {
 		time.Sleep(5 * time.Millisecond)
 	}
 	resp, a := post(t, s.URL+"/v1/hooks/delighted/"+token, "application/json", sign(body), body)

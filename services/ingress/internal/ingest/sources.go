@@ -16,6 +16,9 @@ type source struct {
 	cfg      *config.Source
 	provider verify.Provider
 	limiter  *rate.Limiter
+	// unverified bounds the requests that fail verification; it is separate
+	// so that forged requests never spend the source's rate limit.
+	unverified *rate.Limiter
 }
 
 // Sources is an immutable snapshot of the configured sources. A reload
@@ -62,7 +65,8 @@ func (h *Handler) NewSources(p *config.Pipeline) (*Sources, error) {
 		if err != nil {
 			return nil, err
 		}
-		s.byName[c.Name] = &source{cfg: c, provider: prov, limiter: h.limiters.get(c.Name, c.RateLimit)}
+		s.byName[c.Name] = &source{cfg: c, provider: prov, limiter: h.limiters.get(c.Name, c.RateLimit),
+			unverified: h.unverified.get(c.Name, config.RateLimit{PerSecond: h.o.UnverifiedPerSecond, Burst: h.o.UnverifiedBurst})}
 	}
 	return s, nil
 }

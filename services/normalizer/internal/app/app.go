@@ -32,6 +32,10 @@ type Config struct {
 	// MaxBatch (NORMALIZER_MAX_BATCH, default 500): the most records of one
 	// partition deduplicated and produced together.
 	MaxBatch int
+	// RawInlineMax (RAW_PAYLOAD_INLINE_MAX_BYTES, default 64 KiB): a body up
+	// to this size is copied into FeedbackEvent.raw_payload; a larger one is
+	// referenced (raw_ref) so the event stays under the topic's size limit.
+	RawInlineMax int
 	// Pipeline is read from PIPELINE_CONFIG (required) and reloaded on
 	// change: per-source dedupe TTLs.
 	Pipeline *service.Pipeline
@@ -46,6 +50,10 @@ func Load(e *config.Env) (Config, error) {
 		RedisPrefix:   e.String("REDIS_KEY_PREFIX", "closedloop:"),
 		ProcessingTTL: e.Duration("DEDUPE_PROCESSING_TTL", 30*time.Second),
 		MaxBatch:      e.Int("NORMALIZER_MAX_BATCH", 500),
+		RawInlineMax:  e.Int("RAW_PAYLOAD_INLINE_MAX_BYTES", 64<<10),
+	}
+	if c.RawInlineMax < 1024 || c.RawInlineMax > 256<<10 {
+		e.Errorf("RAW_PAYLOAD_INLINE_MAX_BYTES=%d must be between 1024 and 262144 (a larger copy would bring events near the topics' size limit)", c.RawInlineMax)
 	}
 	c.Pipeline = service.LoadPipeline(e, nil)
 	if c.RedisURL != "" {
@@ -84,7 +92,7 @@ func Run(ctx context.Context) error {
 	tracker := drift.New(rdb, cfg.RedisPrefix+"drift:")
 	adminv1.RegisterSchemaDriftServiceServer(svc.GRPC.GRPC, &drift.Server{Tracker: tracker})
 	h := normalize.New(normalize.Options{
-		Dedupe: store, Producer: producer, NormalizedTopic: t.Normalized, Log: svc.Log,
+		Dedupe: store, Producer: producer, NormalizedTopic: t.Normalized, Log: svc.Log, RawInlineMax: cfg.RawInlineMax,
 		Drift: tracker,
 		TTL: func(source string) time.Duration {
 			if s, ok := cfg.Pipeline.Current().Source(source); ok {

@@ -5,6 +5,8 @@ package normalize
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -39,6 +41,11 @@ type Options struct {
 	Dedupe          *idempotency.Store
 	Producer        Producer
 	NormalizedTopic string
+	// RawInlineMax is the largest body copied into raw_payload; larger ones
+	// are referenced by raw_ref (the event must fit in its topic: a body of
+	// up to the raw topic's limit plus the fields mapped from it would not).
+	// Default 64 KiB.
+	RawInlineMax int
 	// TTL returns the dedupe TTL of a source (its dedupe_ttl, default 72h).
 	TTL func(source string) time.Duration
 	Log *slog.Logger
@@ -55,6 +62,9 @@ type Handler struct {
 func New(o Options) *Handler {
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.RawInlineMax <= 0 {
+		o.RawInlineMax = 64 << 10
 	}
 	h := &Handler{o: o}
 	h.dedupe, _ = otel.Meter("github.com/closedloop/closedloop/services/normalizer").Int64Counter("closedloop.normalizer.dedupe",
@@ -120,6 +130,12 @@ func (h *Handler) HandleBatch(ctx context.Context, batch []kafkaio.Delivery) []e
 		if err != nil {
 			fail(i, err) // Permanent: quarantined with its reason by the consumer
 			continue
+		}
+		if len(ev.RawPayload) > h.o.RawInlineMax {
+			sum := sha256.Sum256(ev.RawPayload)
+			ev.RawRef = &feedbackv1.RawRef{Topic: d.Msg.Topic, Partition: int32(d.Msg.Partition), Offset: d.Msg.Offset,
+				Size: int64(len(ev.RawPayload)), Sha256: hex.EncodeToString(sum[:])}
+			ev.RawPayload = nil
 		}
 		trace.SpanFromContext(d.Ctx).SetAttributes(attribute.String("closedloop.event_id", ev.EventId), attribute.String("closedloop.source", ev.Source))
 		it := item{idx: i, ev: ev, body: raw.Body, dupOf: -1,

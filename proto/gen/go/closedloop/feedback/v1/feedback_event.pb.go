@@ -456,7 +456,10 @@ type FeedbackEvent struct {
 	// Custom properties flattened to dotted keys ("person_properties.account.id").
 	// JSON null stays null.
 	Properties map[string]*structpb.Value `protobuf:"bytes,18,rep,name=properties,proto3" json:"properties,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	// The provider payload (the webhook body), byte for byte.
+	// The provider payload (the webhook body), byte for byte, when it is at
+	// most the normalizer's inline limit (RAW_PAYLOAD_INLINE_MAX_BYTES, default
+	// 64 KiB). A larger body is not copied (the event would not fit in its
+	// topic): raw_payload is empty and raw_ref says where the RawWebhook is.
 	RawPayload []byte `protobuf:"bytes,19,opt,name=raw_payload,json=rawPayload,proto3" json:"raw_payload,omitempty"`
 	// Data quality notes for this event.
 	Quality *Quality `protobuf:"bytes,20,opt,name=quality,proto3" json:"quality,omitempty"`
@@ -469,7 +472,10 @@ type FeedbackEvent struct {
 	// Set by the enricher on feedback.enriched.v1 and .priority.v1: account or
 	// contact context from the configured lookups, and the routing decision.
 	// Absent on feedback.normalized.v1.
-	Enrichment    *Enrichment `protobuf:"bytes,24,opt,name=enrichment,proto3" json:"enrichment,omitempty"`
+	Enrichment *Enrichment `protobuf:"bytes,24,opt,name=enrichment,proto3" json:"enrichment,omitempty"`
+	// Where the RawWebhook this event came from is, when raw_payload was left
+	// out because the body was larger than the inline limit.
+	RawRef        *RawRef `protobuf:"bytes,25,opt,name=raw_ref,json=rawRef,proto3" json:"raw_ref,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -672,6 +678,91 @@ func (x *FeedbackEvent) GetEnrichment() *Enrichment {
 	return nil
 }
 
+func (x *FeedbackEvent) GetRawRef() *RawRef {
+	if x != nil {
+		return x.RawRef
+	}
+	return nil
+}
+
+// RawRef points at a RawWebhook record on the raw topic.
+type RawRef struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Topic     string                 `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
+	Partition int32                  `protobuf:"varint,2,opt,name=partition,proto3" json:"partition,omitempty"`
+	Offset    int64                  `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"`
+	// The webhook body's size in bytes and its SHA-256 (hex).
+	Size          int64  `protobuf:"varint,4,opt,name=size,proto3" json:"size,omitempty"`
+	Sha256        string `protobuf:"bytes,5,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RawRef) Reset() {
+	*x = RawRef{}
+	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RawRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RawRef) ProtoMessage() {}
+
+func (x *RawRef) ProtoReflect() protoreflect.Message {
+	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RawRef.ProtoReflect.Descriptor instead.
+func (*RawRef) Descriptor() ([]byte, []int) {
+	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RawRef) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *RawRef) GetPartition() int32 {
+	if x != nil {
+		return x.Partition
+	}
+	return 0
+}
+
+func (x *RawRef) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *RawRef) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *RawRef) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
 // Enrichment is what the enricher added to an event.
 type Enrichment struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -694,7 +785,7 @@ type Enrichment struct {
 
 func (x *Enrichment) Reset() {
 	*x = Enrichment{}
-	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[1]
+	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -706,7 +797,7 @@ func (x *Enrichment) String() string {
 func (*Enrichment) ProtoMessage() {}
 
 func (x *Enrichment) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[1]
+	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -719,7 +810,7 @@ func (x *Enrichment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Enrichment.ProtoReflect.Descriptor instead.
 func (*Enrichment) Descriptor() ([]byte, []int) {
-	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{1}
+	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Enrichment) GetLookups() map[string]*LookupResult {
@@ -782,7 +873,7 @@ type LookupResult struct {
 
 func (x *LookupResult) Reset() {
 	*x = LookupResult{}
-	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[2]
+	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -794,7 +885,7 @@ func (x *LookupResult) String() string {
 func (*LookupResult) ProtoMessage() {}
 
 func (x *LookupResult) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[2]
+	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -807,7 +898,7 @@ func (x *LookupResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupResult.ProtoReflect.Descriptor instead.
 func (*LookupResult) Descriptor() ([]byte, []int) {
-	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{2}
+	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *LookupResult) GetStatus() LookupStatus {
@@ -851,7 +942,7 @@ type Subject struct {
 
 func (x *Subject) Reset() {
 	*x = Subject{}
-	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[3]
+	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -863,7 +954,7 @@ func (x *Subject) String() string {
 func (*Subject) ProtoMessage() {}
 
 func (x *Subject) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[3]
+	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -876,7 +967,7 @@ func (x *Subject) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Subject.ProtoReflect.Descriptor instead.
 func (*Subject) Descriptor() ([]byte, []int) {
-	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{3}
+	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Subject) GetType() SubjectType {
@@ -907,7 +998,7 @@ type Survey struct {
 
 func (x *Survey) Reset() {
 	*x = Survey{}
-	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[4]
+	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -919,7 +1010,7 @@ func (x *Survey) String() string {
 func (*Survey) ProtoMessage() {}
 
 func (x *Survey) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[4]
+	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -932,7 +1023,7 @@ func (x *Survey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Survey.ProtoReflect.Descriptor instead.
 func (*Survey) Descriptor() ([]byte, []int) {
-	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{4}
+	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Survey) GetId() string {
@@ -975,7 +1066,7 @@ type Score struct {
 
 func (x *Score) Reset() {
 	*x = Score{}
-	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[5]
+	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -987,7 +1078,7 @@ func (x *Score) String() string {
 func (*Score) ProtoMessage() {}
 
 func (x *Score) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[5]
+	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1000,7 +1091,7 @@ func (x *Score) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Score.ProtoReflect.Descriptor instead.
 func (*Score) Descriptor() ([]byte, []int) {
-	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{5}
+	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Score) GetValue() float64 {
@@ -1041,7 +1132,7 @@ type Answer struct {
 
 func (x *Answer) Reset() {
 	*x = Answer{}
-	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[6]
+	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1053,7 +1144,7 @@ func (x *Answer) String() string {
 func (*Answer) ProtoMessage() {}
 
 func (x *Answer) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[6]
+	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1066,7 +1157,7 @@ func (x *Answer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Answer.ProtoReflect.Descriptor instead.
 func (*Answer) Descriptor() ([]byte, []int) {
-	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{6}
+	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Answer) GetQuestionId() string {
@@ -1118,7 +1209,7 @@ type Respondent struct {
 
 func (x *Respondent) Reset() {
 	*x = Respondent{}
-	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[7]
+	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1130,7 +1221,7 @@ func (x *Respondent) String() string {
 func (*Respondent) ProtoMessage() {}
 
 func (x *Respondent) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[7]
+	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1143,7 +1234,7 @@ func (x *Respondent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Respondent.ProtoReflect.Descriptor instead.
 func (*Respondent) Descriptor() ([]byte, []int) {
-	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{7}
+	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Respondent) GetId() string {
@@ -1194,7 +1285,7 @@ type Quality struct {
 
 func (x *Quality) Reset() {
 	*x = Quality{}
-	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[8]
+	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1206,7 +1297,7 @@ func (x *Quality) String() string {
 func (*Quality) ProtoMessage() {}
 
 func (x *Quality) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[8]
+	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1219,7 +1310,7 @@ func (x *Quality) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Quality.ProtoReflect.Descriptor instead.
 func (*Quality) Descriptor() ([]byte, []int) {
-	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{8}
+	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Quality) GetIncomplete() bool {
@@ -1240,7 +1331,8 @@ var File_closedloop_feedback_v1_feedback_event_proto protoreflect.FileDescriptor
 
 const file_closedloop_feedback_v1_feedback_event_proto_rawDesc = "" +
 	"\n" +
-	"+closedloop/feedback/v1/feedback_event.proto\x12\x16closedloop.feedback.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xee\t\n" +
+	"+closedloop/feedback/v1/feedback_event.proto\x12\x16closedloop.feedback.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa7\n" +
+	"\n" +
 	"\rFeedbackEvent\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12\x1a\n" +
@@ -1275,12 +1367,19 @@ const file_closedloop_feedback_v1_feedback_event_proto_rawDesc = "" +
 	"\tpermalink\x18\x17 \x01(\tR\tpermalink\x12B\n" +
 	"\n" +
 	"enrichment\x18\x18 \x01(\v2\".closedloop.feedback.v1.EnrichmentR\n" +
-	"enrichment\x1aU\n" +
+	"enrichment\x127\n" +
+	"\araw_ref\x18\x19 \x01(\v2\x1e.closedloop.feedback.v1.RawRefR\x06rawRef\x1aU\n" +
 	"\x0fPropertiesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12,\n" +
 	"\x05value\x18\x02 \x01(\v2\x16.google.protobuf.ValueR\x05value:\x028\x01B\n" +
 	"\n" +
-	"\b_comment\"\x86\x03\n" +
+	"\b_comment\"\x80\x01\n" +
+	"\x06RawRef\x12\x14\n" +
+	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x1c\n" +
+	"\tpartition\x18\x02 \x01(\x05R\tpartition\x12\x16\n" +
+	"\x06offset\x18\x03 \x01(\x03R\x06offset\x12\x12\n" +
+	"\x04size\x18\x04 \x01(\x03R\x04size\x12\x16\n" +
+	"\x06sha256\x18\x05 \x01(\tR\x06sha256\"\x86\x03\n" +
 	"\n" +
 	"Enrichment\x12I\n" +
 	"\alookups\x18\x01 \x03(\v2/.closedloop.feedback.v1.Enrichment.LookupsEntryR\alookups\x12\x16\n" +
@@ -1398,7 +1497,7 @@ func file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP() []byte {
 }
 
 var file_closedloop_feedback_v1_feedback_event_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_closedloop_feedback_v1_feedback_event_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_closedloop_feedback_v1_feedback_event_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_closedloop_feedback_v1_feedback_event_proto_goTypes = []any{
 	(LookupStatus)(0),             // 0: closedloop.feedback.v1.LookupStatus
 	(Lane)(0),                     // 1: closedloop.feedback.v1.Lane
@@ -1407,50 +1506,52 @@ var file_closedloop_feedback_v1_feedback_event_proto_goTypes = []any{
 	(SurveyType)(0),               // 4: closedloop.feedback.v1.SurveyType
 	(Segment)(0),                  // 5: closedloop.feedback.v1.Segment
 	(*FeedbackEvent)(nil),         // 6: closedloop.feedback.v1.FeedbackEvent
-	(*Enrichment)(nil),            // 7: closedloop.feedback.v1.Enrichment
-	(*LookupResult)(nil),          // 8: closedloop.feedback.v1.LookupResult
-	(*Subject)(nil),               // 9: closedloop.feedback.v1.Subject
-	(*Survey)(nil),                // 10: closedloop.feedback.v1.Survey
-	(*Score)(nil),                 // 11: closedloop.feedback.v1.Score
-	(*Answer)(nil),                // 12: closedloop.feedback.v1.Answer
-	(*Respondent)(nil),            // 13: closedloop.feedback.v1.Respondent
-	(*Quality)(nil),               // 14: closedloop.feedback.v1.Quality
-	nil,                           // 15: closedloop.feedback.v1.FeedbackEvent.PropertiesEntry
-	nil,                           // 16: closedloop.feedback.v1.Enrichment.LookupsEntry
-	nil,                           // 17: closedloop.feedback.v1.LookupResult.FieldsEntry
-	(*timestamppb.Timestamp)(nil), // 18: google.protobuf.Timestamp
-	(*structpb.Value)(nil),        // 19: google.protobuf.Value
+	(*RawRef)(nil),                // 7: closedloop.feedback.v1.RawRef
+	(*Enrichment)(nil),            // 8: closedloop.feedback.v1.Enrichment
+	(*LookupResult)(nil),          // 9: closedloop.feedback.v1.LookupResult
+	(*Subject)(nil),               // 10: closedloop.feedback.v1.Subject
+	(*Survey)(nil),                // 11: closedloop.feedback.v1.Survey
+	(*Score)(nil),                 // 12: closedloop.feedback.v1.Score
+	(*Answer)(nil),                // 13: closedloop.feedback.v1.Answer
+	(*Respondent)(nil),            // 14: closedloop.feedback.v1.Respondent
+	(*Quality)(nil),               // 15: closedloop.feedback.v1.Quality
+	nil,                           // 16: closedloop.feedback.v1.FeedbackEvent.PropertiesEntry
+	nil,                           // 17: closedloop.feedback.v1.Enrichment.LookupsEntry
+	nil,                           // 18: closedloop.feedback.v1.LookupResult.FieldsEntry
+	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
+	(*structpb.Value)(nil),        // 20: google.protobuf.Value
 }
 var file_closedloop_feedback_v1_feedback_event_proto_depIdxs = []int32{
 	2,  // 0: closedloop.feedback.v1.FeedbackEvent.kind:type_name -> closedloop.feedback.v1.Kind
-	18, // 1: closedloop.feedback.v1.FeedbackEvent.occurred_at:type_name -> google.protobuf.Timestamp
-	18, // 2: closedloop.feedback.v1.FeedbackEvent.received_at:type_name -> google.protobuf.Timestamp
-	18, // 3: closedloop.feedback.v1.FeedbackEvent.normalized_at:type_name -> google.protobuf.Timestamp
-	9,  // 4: closedloop.feedback.v1.FeedbackEvent.subject:type_name -> closedloop.feedback.v1.Subject
-	18, // 5: closedloop.feedback.v1.FeedbackEvent.version:type_name -> google.protobuf.Timestamp
-	10, // 6: closedloop.feedback.v1.FeedbackEvent.survey:type_name -> closedloop.feedback.v1.Survey
-	11, // 7: closedloop.feedback.v1.FeedbackEvent.score:type_name -> closedloop.feedback.v1.Score
+	19, // 1: closedloop.feedback.v1.FeedbackEvent.occurred_at:type_name -> google.protobuf.Timestamp
+	19, // 2: closedloop.feedback.v1.FeedbackEvent.received_at:type_name -> google.protobuf.Timestamp
+	19, // 3: closedloop.feedback.v1.FeedbackEvent.normalized_at:type_name -> google.protobuf.Timestamp
+	10, // 4: closedloop.feedback.v1.FeedbackEvent.subject:type_name -> closedloop.feedback.v1.Subject
+	19, // 5: closedloop.feedback.v1.FeedbackEvent.version:type_name -> google.protobuf.Timestamp
+	11, // 6: closedloop.feedback.v1.FeedbackEvent.survey:type_name -> closedloop.feedback.v1.Survey
+	12, // 7: closedloop.feedback.v1.FeedbackEvent.score:type_name -> closedloop.feedback.v1.Score
 	5,  // 8: closedloop.feedback.v1.FeedbackEvent.segment:type_name -> closedloop.feedback.v1.Segment
-	12, // 9: closedloop.feedback.v1.FeedbackEvent.answers:type_name -> closedloop.feedback.v1.Answer
-	13, // 10: closedloop.feedback.v1.FeedbackEvent.respondent:type_name -> closedloop.feedback.v1.Respondent
-	15, // 11: closedloop.feedback.v1.FeedbackEvent.properties:type_name -> closedloop.feedback.v1.FeedbackEvent.PropertiesEntry
-	14, // 12: closedloop.feedback.v1.FeedbackEvent.quality:type_name -> closedloop.feedback.v1.Quality
-	7,  // 13: closedloop.feedback.v1.FeedbackEvent.enrichment:type_name -> closedloop.feedback.v1.Enrichment
-	16, // 14: closedloop.feedback.v1.Enrichment.lookups:type_name -> closedloop.feedback.v1.Enrichment.LookupsEntry
-	1,  // 15: closedloop.feedback.v1.Enrichment.lane:type_name -> closedloop.feedback.v1.Lane
-	18, // 16: closedloop.feedback.v1.Enrichment.enriched_at:type_name -> google.protobuf.Timestamp
-	0,  // 17: closedloop.feedback.v1.LookupResult.status:type_name -> closedloop.feedback.v1.LookupStatus
-	17, // 18: closedloop.feedback.v1.LookupResult.fields:type_name -> closedloop.feedback.v1.LookupResult.FieldsEntry
-	3,  // 19: closedloop.feedback.v1.Subject.type:type_name -> closedloop.feedback.v1.SubjectType
-	4,  // 20: closedloop.feedback.v1.Survey.type:type_name -> closedloop.feedback.v1.SurveyType
-	19, // 21: closedloop.feedback.v1.FeedbackEvent.PropertiesEntry.value:type_name -> google.protobuf.Value
-	8,  // 22: closedloop.feedback.v1.Enrichment.LookupsEntry.value:type_name -> closedloop.feedback.v1.LookupResult
-	19, // 23: closedloop.feedback.v1.LookupResult.FieldsEntry.value:type_name -> google.protobuf.Value
-	24, // [24:24] is the sub-list for method output_type
-	24, // [24:24] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	13, // 9: closedloop.feedback.v1.FeedbackEvent.answers:type_name -> closedloop.feedback.v1.Answer
+	14, // 10: closedloop.feedback.v1.FeedbackEvent.respondent:type_name -> closedloop.feedback.v1.Respondent
+	16, // 11: closedloop.feedback.v1.FeedbackEvent.properties:type_name -> closedloop.feedback.v1.FeedbackEvent.PropertiesEntry
+	15, // 12: closedloop.feedback.v1.FeedbackEvent.quality:type_name -> closedloop.feedback.v1.Quality
+	8,  // 13: closedloop.feedback.v1.FeedbackEvent.enrichment:type_name -> closedloop.feedback.v1.Enrichment
+	7,  // 14: closedloop.feedback.v1.FeedbackEvent.raw_ref:type_name -> closedloop.feedback.v1.RawRef
+	17, // 15: closedloop.feedback.v1.Enrichment.lookups:type_name -> closedloop.feedback.v1.Enrichment.LookupsEntry
+	1,  // 16: closedloop.feedback.v1.Enrichment.lane:type_name -> closedloop.feedback.v1.Lane
+	19, // 17: closedloop.feedback.v1.Enrichment.enriched_at:type_name -> google.protobuf.Timestamp
+	0,  // 18: closedloop.feedback.v1.LookupResult.status:type_name -> closedloop.feedback.v1.LookupStatus
+	18, // 19: closedloop.feedback.v1.LookupResult.fields:type_name -> closedloop.feedback.v1.LookupResult.FieldsEntry
+	3,  // 20: closedloop.feedback.v1.Subject.type:type_name -> closedloop.feedback.v1.SubjectType
+	4,  // 21: closedloop.feedback.v1.Survey.type:type_name -> closedloop.feedback.v1.SurveyType
+	20, // 22: closedloop.feedback.v1.FeedbackEvent.PropertiesEntry.value:type_name -> google.protobuf.Value
+	9,  // 23: closedloop.feedback.v1.Enrichment.LookupsEntry.value:type_name -> closedloop.feedback.v1.LookupResult
+	20, // 24: closedloop.feedback.v1.LookupResult.FieldsEntry.value:type_name -> google.protobuf.Value
+	25, // [25:25] is the sub-list for method output_type
+	25, // [25:25] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_closedloop_feedback_v1_feedback_event_proto_init() }
@@ -1465,7 +1566,7 @@ func file_closedloop_feedback_v1_feedback_event_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_closedloop_feedback_v1_feedback_event_proto_rawDesc), len(file_closedloop_feedback_v1_feedback_event_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   12,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -94,6 +94,9 @@ type DeadLetter struct {
 	// The event's id (FeedbackEvent.event_id), for lookups without decoding.
 	EventId string `protobuf:"bytes,3,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
 	// The event as it was consumed: a serialized closedloop.feedback.v1.FeedbackEvent.
+	// Empty when the dead letter would not fit in its topic with it
+	// (event_omitted_bytes is then its size): read it at source_topic,
+	// source_partition, source_offset.
 	Event []byte `protobuf:"bytes,4,opt,name=event,proto3" json:"event,omitempty"`
 	// The last error.
 	Error string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
@@ -110,9 +113,11 @@ type DeadLetter struct {
 	// The event's provider (copied for filtering without decoding).
 	Provider string `protobuf:"bytes,12,opt,name=provider,proto3" json:"provider,omitempty"`
 	// The replay id the event carried, if it was being replayed.
-	ReplayId      string `protobuf:"bytes,13,opt,name=replay_id,json=replayId,proto3" json:"replay_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ReplayId string `protobuf:"bytes,13,opt,name=replay_id,json=replayId,proto3" json:"replay_id,omitempty"`
+	// Set when event is empty because it was too large to be copied here.
+	EventOmittedBytes int64 `protobuf:"varint,14,opt,name=event_omitted_bytes,json=eventOmittedBytes,proto3" json:"event_omitted_bytes,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *DeadLetter) Reset() {
@@ -236,6 +241,13 @@ func (x *DeadLetter) GetReplayId() string {
 	return ""
 }
 
+func (x *DeadLetter) GetEventOmittedBytes() int64 {
+	if x != nil {
+		return x.EventOmittedBytes
+	}
+	return 0
+}
+
 // Attempt is one delivery attempt.
 type Attempt struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -320,7 +332,7 @@ var File_closedloop_sink_v1_dead_letter_proto protoreflect.FileDescriptor
 
 const file_closedloop_sink_v1_dead_letter_proto_rawDesc = "" +
 	"\n" +
-	"$closedloop/sink/v1/dead_letter.proto\x12\x12closedloop.sink.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe4\x03\n" +
+	"$closedloop/sink/v1/dead_letter.proto\x12\x12closedloop.sink.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x94\x04\n" +
 	"\n" +
 	"DeadLetter\x12\x12\n" +
 	"\x04sink\x18\x01 \x01(\tR\x04sink\x12 \n" +
@@ -337,7 +349,8 @@ const file_closedloop_sink_v1_dead_letter_proto_rawDesc = "" +
 	" \x01(\x05R\x0fsourcePartition\x12#\n" +
 	"\rsource_offset\x18\v \x01(\x03R\fsourceOffset\x12\x1a\n" +
 	"\bprovider\x18\f \x01(\tR\bprovider\x12\x1b\n" +
-	"\treplay_id\x18\r \x01(\tR\breplayId\"\xce\x01\n" +
+	"\treplay_id\x18\r \x01(\tR\breplayId\x12.\n" +
+	"\x13event_omitted_bytes\x18\x0e \x01(\x03R\x11eventOmittedBytes\"\xce\x01\n" +
 	"\aAttempt\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x12?\n" +
