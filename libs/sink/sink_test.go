@@ -67,6 +67,8 @@ type dlq struct {
 	mu   sync.Mutex
 	recs []kafkaio.Record
 	fail error
+	// limit, when set, refuses records larger than it as the producer does.
+	limit int
 }
 
 func (q *dlq) Produce(_ context.Context, recs ...kafkaio.Record) error {
@@ -74,6 +76,11 @@ func (q *dlq) Produce(_ context.Context, recs ...kafkaio.Record) error {
 	defer q.mu.Unlock()
 	if q.fail != nil {
 		return q.fail
+	}
+	for _, r := range recs {
+		if n := kafkaio.EncodedSize(r.Key, r.Value, r.Headers); q.limit > 0 && n > q.limit {
+			return kafkaio.Permanent(kafkaio.ReasonRecordTooLarge, &kafkaio.RecordTooLargeError{Topic: r.Topic, Size: n, Limit: q.limit})
+		}
 	}
 	q.recs = append(q.recs, recs...)
 	return nil
@@ -304,6 +311,34 @@ func TestADeadLetterThatCannotBeWrittenIsNotCommitted(t *testing.T) {
 	errs := runner(t, d, &dlq{fail: errors.New("broker down")}, nil).HandleBatch(context.Background(), batchOf(t, "a"))
 	if errs == nil || errs[0] == nil {
 		t.Fatal("committed an event whose dead letter was not written: it would be lost")
+	}
+}
+
+// A dead letter too large for its topic (an event near the size limit plus
+// its attempts) is written without the event, which stays at its source
+// offset: the partition never stops on it.
+func TestADeadLetterTooLargeForItsTopicIsWrittenWithoutTheEvent(t *testing.T) {
+	d := &dest{failWith: func(ev *feedbackv1.FeedbackEvent, _ int) error {
+		if ev.EventId == "big" {
+			return Permanent(errors.New("rejected"))
+		}
+		return nil
+	}}
+	batch := batchOf(t, "a", "big", "c")
+	v, _ := proto.Marshal(&feedbackv1.FeedbackEvent{EventId: "big", Source: "dl", Comment: proto.String(strings.Repeat("x", 9000)),
+		Subject: &feedbackv1.Subject{Type: feedbackv1.SubjectType_SUBJECT_TYPE_RESPONSE, Id: "r-big"}})
+	batch[1].Msg.Value = v
+	q := &dlq{limit: 8000}
+	if errs := runner(t, d, q, nil).HandleBatch(context.Background(), batch); errs != nil {
+		t.Fatalf("the batch was not done: %v", errs)
+	}
+	dl := q.letters(t)
+	if len(dl) != 1 || dl[0].EventId != "big" || len(dl[0].Event) != 0 || dl[0].EventOmittedBytes != int64(len(v)) ||
+		dl[0].SourceTopic != "in" || dl[0].SourceOffset != 1 {
+		t.Fatalf("dead letters %v", dl)
+	}
+	if got := d.delivered(); len(got) != 2 {
+		t.Fatalf("delivered %v", got)
 	}
 }
 

@@ -322,8 +322,18 @@ func (s *Store) Replay(ctx context.Context, ids []string, f *adminv1.DeadLetterF
 	recs := make([]kafkaio.Record, 0, len(entries))
 	var sent []*Entry
 	for _, e := range entries {
+		value := e.Letter.Event
+		if len(value) == 0 && e.Letter.EventOmittedBytes > 0 {
+			// Too large to be copied into the dead letter: read it where it was consumed.
+			v, err := s.sourceEvent(ctx, e.Letter)
+			if err != nil {
+				skipped = append(skipped, e.ID+": its event was not in the dead letter and could not be read from "+e.Letter.SourceTopic+": "+err.Error())
+				continue
+			}
+			value = v
+		}
 		var ev feedbackv1.FeedbackEvent
-		if err := proto.Unmarshal(e.Letter.Event, &ev); err != nil {
+		if err := proto.Unmarshal(value, &ev); err != nil {
 			skipped = append(skipped, e.ID+": its event cannot be decoded: "+err.Error())
 			continue
 		}
@@ -347,6 +357,27 @@ func (s *Store) Replay(ctx context.Context, ids []string, f *adminv1.DeadLetterF
 		return replayID, len(marks), skipped, fmt.Errorf("replayed %d, but recording it failed (they may be listed as open): %w", len(marks), err)
 	}
 	return replayID, len(marks), skipped, nil
+}
+
+// sourceEvent reads the event of a dead letter that left it out at its
+// source topic, partition and offset.
+func (s *Store) sourceEvent(ctx context.Context, dl *sinkv1.DeadLetter) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var value []byte
+	err := offsets.ReadRange(ctx, s.brokers, dl.SourceTopic, int(dl.SourcePartition), dl.SourceOffset, dl.SourceOffset+1, func(m kafka.Message) (bool, error) {
+		if m.Offset == dl.SourceOffset {
+			value = m.Value
+		}
+		return false, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if value == nil {
+		return nil, fmt.Errorf("offset %d is no longer in the topic (retention)", dl.SourceOffset)
+	}
+	return value, nil
 }
 
 // Discard marks the selected open dead letters discarded.

@@ -2,10 +2,13 @@ package normalize
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"io"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -282,4 +285,54 @@ func BenchmarkHandleBatch(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*size), "ns/event")
+}
+
+// Finding 1 of the hardening review: a signed body of 600 kB made a
+// normalized event (the mapped comment plus a second full copy of the body)
+// over the topic's limit, and the partition retried it forever.
+func TestALargeBodyIsReferencedNotCopiedSoTheEventFitsItsTopic(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: localinfra.RedisForTest(t)})
+	rec := &recorder{}
+	h := handler(t, rdb, rec)
+	comment := strings.Repeat("slow support ", 600_000/13)
+	body := `{"event_type":"survey_response.created","event_id":"big1","event_data":{"id":"77","survey_type":"nps","score":2,"comment":"` + comment + `","updated_at":100}}`
+	m := rawMsg(t, "big1", body)
+	m.Partition, m.Offset = 2, 41
+	if err := h.handle(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+	var ev feedbackv1.FeedbackEvent
+	if err := proto.Unmarshal(rec.recs[0].Value, &ev); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256([]byte(body))
+	if len(ev.RawPayload) != 0 || ev.RawRef.GetTopic() != "raw" || ev.RawRef.GetPartition() != 2 || ev.RawRef.GetOffset() != 41 ||
+		ev.RawRef.GetSize() != int64(len(body)) || ev.RawRef.GetSha256() != hex.EncodeToString(sum[:]) {
+		t.Fatalf("raw_payload %d bytes, raw_ref %v", len(ev.RawPayload), ev.RawRef)
+	}
+	if ev.GetComment() != comment {
+		t.Fatal("the comment was not kept whole")
+	}
+	if n := len(rec.recs[0].Value); n > len(body)+1024 {
+		t.Fatalf("the event is %d bytes for a %d-byte body: it must not carry the body twice", n, len(body))
+	}
+	// A small body is still copied.
+	if err := h.handle(context.Background(), rawMsg(t, "small1", response("small1", "100"))); err != nil {
+		t.Fatal(err)
+	}
+	var small feedbackv1.FeedbackEvent
+	_ = proto.Unmarshal(rec.recs[1].Value, &small)
+	if len(small.RawPayload) == 0 || small.RawRef != nil {
+		t.Fatalf("small body: raw_payload %d bytes, raw_ref %v", len(small.RawPayload), small.RawRef)
+	}
+}
+
+func TestAnEventTooLargeForItsTopicIsQuarantinedNotRetried(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: localinfra.RedisForTest(t)})
+	rec := &recorder{fail: kafkaio.Permanent(kafkaio.ReasonRecordTooLarge, &kafkaio.RecordTooLargeError{Topic: "norm", Size: 2 << 20, Limit: 1 << 20})}
+	h := handler(t, rdb, rec)
+	err := h.handle(context.Background(), rawMsg(t, "e9", response("e9", "100")))
+	if reason, ok := kafkaio.IsPermanent(err); !ok || reason != kafkaio.ReasonRecordTooLarge {
+		t.Fatalf("err = %v; want Permanent(%s) so the consumer quarantines it and moves on", err, kafkaio.ReasonRecordTooLarge)
+	}
 }
