@@ -56,8 +56,9 @@ lint: ## go vet in every module, gofmt, buf lint, helm-check
 .PHONY: helm-check
 helm-check: $(BIN)/helm ## helm lint and render the chart (defaults, and every option on); check what it renders and the alert rules' metrics
 	helm lint --quiet deploy/helm/closedloop
-	helm template closedloop deploy/helm/closedloop | (cd tools && go run ./helmcheck)
-	helm template closedloop deploy/helm/closedloop --set autoscaling.enabled=true,ingress.enabled=true,ingress.tlsSecret=tls,services.sink-webhook.enabled=true | (cd tools && go run ./helmcheck)
+	helm template closedloop deploy/helm/closedloop | (cd tools && HELMCHECK_EXTERNAL_SECRETS=closedloop-postgres go run ./helmcheck)
+	helm template closedloop deploy/helm/closedloop --set autoscaling.enabled=true,ingress.enabled=true,ingress.tlsSecret=tls,services.sink-webhook.enabled=true,adminTLS.certManagerIssuer.name=ca | (cd tools && HELMCHECK_EXTERNAL_SECRETS=closedloop-postgres go run ./helmcheck)
+	helm template closedloop deploy/helm/closedloop --set adminTLS.enabled=false,ops.pprof=true,serviceToken.secret=mine | (cd tools && HELMCHECK_PPROF=true HELMCHECK_EXTERNAL_SECRETS=closedloop-postgres,mine go run ./helmcheck)
 	cd tools && go run ./helmcheck -alerts ../deploy/alerts/closedloop.rules.yaml ..
 
 .PHONY: tools

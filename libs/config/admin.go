@@ -69,8 +69,8 @@ func (a *Admin) validate(lookup func(string) (string, bool)) []error {
 			errs = append(errs, fmt.Errorf("%s: token: %w", at, err))
 			continue
 		}
-		if len(s.Reveal()) < 16 {
-			errs = append(errs, fmt.Errorf("%s: token: at least 16 characters (128 bits) are required", at))
+		if why := WeakToken(s.Reveal(), MinAdminTokenLength); why != "" {
+			errs = append(errs, fmt.Errorf("%s: token: %s (make one with: openssl rand -hex 24)", at, why))
 		}
 		t.hash = sha256.Sum256(s.Reveal())
 	}

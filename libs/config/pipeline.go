@@ -313,8 +313,8 @@ func ParsePipeline(b []byte, lookup func(string) (string, bool)) (*Pipeline, err
 				errs = append(errs, fmt.Errorf("%s: ingest_tokens[%d]: %w", at, j, err))
 				continue
 			}
-			if len(tok.Reveal()) < 22 {
-				errs = append(errs, fmt.Errorf("%s: ingest_tokens[%d] (%s): a token needs at least 128 bits of randomness (22+ characters)", at, j, ref))
+			if why := WeakToken(tok.Reveal(), MinIngestTokenLength); why != "" {
+				errs = append(errs, fmt.Errorf("%s: ingest_tokens[%d] (%s): %s; a token needs at least 128 bits of randomness (make one with: openssl rand -hex 24)", at, j, ref, why))
 				continue
 			}
 			s.tokenHashes = append(s.tokenHashes, sha256.Sum256(tok.Reveal()))

@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -25,6 +26,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"google.golang.org/grpc"
 
+	"github.com/closedloop/closedloop/libs/audit"
 	"github.com/closedloop/closedloop/libs/config"
 	"github.com/closedloop/closedloop/libs/grpcserver"
 	"github.com/closedloop/closedloop/libs/kafkaio"
@@ -50,8 +52,11 @@ type Common struct {
 	// TopicPartitions (KAFKA_TOPIC_PARTITIONS, default 3) and
 	// TopicReplication (KAFKA_TOPIC_REPLICATION, default 1) apply to created topics.
 	TopicPartitions, TopicReplication int
-	// OpsAddr (OPS_ADDR) serves /metrics, /healthz and /readyz.
+	// OpsAddr (OPS_ADDR) serves /metrics, /healthz and /readyz; bind it to
+	// 127.0.0.1 when nothing outside the host scrapes or probes it.
 	OpsAddr string
+	// Pprof (OPS_PPROF, default false) serves /debug/pprof on the ops port.
+	Pprof bool
 	// GRPCAddr (GRPC_ADDR) serves gRPC health, reflection and the admin API.
 	GRPCAddr string
 	// LogLevel (LOG_LEVEL, default info).
@@ -65,6 +70,13 @@ type Common struct {
 	// ProduceLinger (KAFKA_PRODUCE_LINGER, default 2ms) is how long a produce
 	// batch waits for more records before it is sent.
 	ProduceLinger time.Duration
+	// ServiceTokens (CLOSEDLOOP_SERVICE_TOKEN, required; comma-separated
+	// during a rotation, the first one is sent) authenticate the calls on
+	// every service's gRPC port; the admin sends the first one.
+	ServiceTokens []string
+	// OwnAuth is set by a service that authenticates its gRPC callers itself
+	// (the admin: admin.tokens) instead of with the service token.
+	OwnAuth bool
 	// MaxMessageBytes (KAFKA_MAX_MESSAGE_BYTES, default: read from the
 	// brokers) is the record size limit of the service's producers. By
 	// default it is the smallest max.message.bytes of the topics the service
@@ -77,6 +89,19 @@ type Common struct {
 	SessionTimeout time.Duration
 }
 
+// MinServiceTokenLength is the shortest service token accepted.
+const MinServiceTokenLength = 32
+
+// ServiceCredentials are the per-call credentials for calling other
+// services' gRPC ports (the first service token).
+func (c Common) ServiceCredentials(service string) grpcserver.ServiceCredentials {
+	var tok string
+	if len(c.ServiceTokens) > 0 {
+		tok = c.ServiceTokens[0]
+	}
+	return grpcserver.ServiceCredentials{Token: tok, Service: service}
+}
+
 // LoadCommon reads Common; opsPort and grpcPort are the service's default ports.
 func LoadCommon(e *config.Env, opsPort, grpcPort int) Common {
 	host, _ := os.Hostname()
@@ -87,6 +112,7 @@ func LoadCommon(e *config.Env, opsPort, grpcPort int) Common {
 		TopicPartitions:  e.Int("KAFKA_TOPIC_PARTITIONS", 3),
 		TopicReplication: e.Int("KAFKA_TOPIC_REPLICATION", 1),
 		OpsAddr:          e.String("OPS_ADDR", ":"+strconv.Itoa(opsPort)),
+		Pprof:            e.Bool("OPS_PPROF", false),
 		GRPCAddr:         e.String("GRPC_ADDR", ":"+strconv.Itoa(grpcPort)),
 		LogLevel:         e.String("LOG_LEVEL", "info"),
 		OTLPEndpoint:     e.String("OTEL_EXPORTER_OTLP_ENDPOINT", e.String("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "")),
@@ -95,6 +121,15 @@ func LoadCommon(e *config.Env, opsPort, grpcPort int) Common {
 		SessionTimeout:   e.Duration("CONSUMER_SESSION_TIMEOUT", 10*time.Second),
 		ProduceLinger:    e.Duration("KAFKA_PRODUCE_LINGER", 2*time.Millisecond),
 		MaxMessageBytes:  e.Int("KAFKA_MAX_MESSAGE_BYTES", 0),
+		ServiceTokens:    e.List("CLOSEDLOOP_SERVICE_TOKEN", nil),
+	}
+	if len(c.ServiceTokens) == 0 {
+		e.Errorf("CLOSEDLOOP_SERVICE_TOKEN is not set: every gRPC port requires it (the same random value, at least %d characters, on the admin and every service; e.g. openssl rand -hex 32)", MinServiceTokenLength)
+	}
+	for i, tok := range c.ServiceTokens {
+		if len(tok) < MinServiceTokenLength {
+			e.Errorf("CLOSEDLOOP_SERVICE_TOKEN: token %d has %d characters; at least %d are required (e.g. openssl rand -hex 32)", i+1, len(tok), MinServiceTokenLength)
+		}
 	}
 	if c.MaxMessageBytes != 0 && c.MaxMessageBytes < 4096 {
 		e.Errorf("KAFKA_MAX_MESSAGE_BYTES=%d is too small (at least 4096; unset, it is read from the topics)", c.MaxMessageBytes)
@@ -156,13 +191,25 @@ func New(ctx context.Context, name string, c Common, grpcOpts ...grpc.ServerOpti
 	s.Status.AddCheck("kafka", kafkaio.Ping(c.Brokers))
 	s.Status.Mount(s.OpsMux)
 	s.OpsMux.Handle("GET /metrics", tel.MetricsHandler())
-	// Profiles on the ops port (never the public one): go tool pprof http://<ops>/debug/pprof/profile
-	s.OpsMux.HandleFunc("/debug/pprof/", pprof.Index)
-	s.OpsMux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	s.OpsMux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	// Profiles only when enabled (OPS_PPROF=true), on the ops port (never the
+	// public one): go tool pprof http://<ops>/debug/pprof/profile
+	if c.Pprof {
+		s.OpsMux.HandleFunc("/debug/pprof/", pprof.Index)
+		s.OpsMux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		s.OpsMux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	s.opsLis, err = net.Listen("tcp", c.OpsAddr)
 	if err != nil {
 		return nil, fmt.Errorf("ops listen on %s (OPS_ADDR): %w", c.OpsAddr, err)
+	}
+	if !c.OwnAuth {
+		// Every call needs the service token; every mutation is audited
+		// before it runs, on the audit topic, through a producer of its own.
+		ap := kafkaio.NewProducer(kafkaio.ProducerConfig{Brokers: c.Brokers, ClientID: name + "-" + c.Instance + "-audit"})
+		s.closers = append(s.closers, lifecycle.Step{Name: "audit producer", Timeout: 2 * time.Second, Fn: func(context.Context) error { return ap.Close() }})
+		guard := &grpcserver.Guard{Tokens: c.ServiceTokens, Service: name, Instance: c.Instance,
+			Audit: &audit.Writer{Producer: ap, Topic: c.Topics.Audit(), Log: s.Log}}
+		grpcOpts = append(guard.ServerOptions(), grpcOpts...)
 	}
 	s.GRPC, err = grpcserver.New(c.GRPCAddr, s.Log, s.Status, grpcOpts...)
 	if err != nil {
@@ -178,6 +225,10 @@ func New(ctx context.Context, name string, c Common, grpcOpts ...grpc.ServerOpti
 // It also reads the topics' max.message.bytes: the service's producers never
 // write a record larger than the smallest of them (MaxMessageBytes).
 func (s *Service) EnsureTopics(ctx context.Context, topics ...string) error {
+	if !slices.Contains(topics, s.Common.Topics.Audit()) {
+		// Every service audits the mutations on its gRPC port.
+		topics = append(topics[:len(topics):len(topics)], s.Common.Topics.Audit())
+	}
 	if err := kafkaio.EnsureTopics(ctx, s.Common.Brokers, topics, s.Common.CreateTopics,
 		kafkaio.TopicSpec{Partitions: s.Common.TopicPartitions, ReplicationFactor: s.Common.TopicReplication}); err != nil {
 		return err

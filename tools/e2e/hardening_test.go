@@ -4,12 +4,22 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	grpcstatus "google.golang.org/grpc/status"
+
+	"github.com/closedloop/closedloop/libs/audit"
+	"github.com/closedloop/closedloop/libs/grpcserver"
+	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 	"github.com/closedloop/closedloop/tools/internal/delightedgen"
+	"github.com/closedloop/closedloop/tools/internal/stack"
 )
 
 // withComment returns w with its comment replaced by one of n bytes, signed again.
@@ -33,9 +43,74 @@ func withComment(t *testing.T, secret []byte, w delightedgen.Webhook, n int) del
 // the topic, and the normalizer retried it forever — none of the 22 events
 // after it on the partition was normalized. A signed body of exactly 1 MiB
 // got 503 every time, and 30 concurrent 200 kB bodies made small ones fail.
-func TestLargeSignedWebhooksNeverStallAPartition(t *testing.T) {
+func TestHardening(t *testing.T) {
 	requireInfra(t)
-	p := newPipeline(t, "e2e_size")
+	p := newPipeline(t, "e2e_hardening")
+	t.Run("large signed webhooks never stall a partition", func(t *testing.T) { largeWebhooks(t, p) })
+	t.Run("service ports need the service token and audit mutations", func(t *testing.T) { servicePorts(t, p) })
+}
+
+// Finding 2 of the hardening review: PauseDestination on the normalizer's
+// port answered OK with no token and left no audit record.
+func servicePorts(t *testing.T, p *stack.Pipeline) {
+	ctx := context.Background()
+	anon, err := grpc.NewClient(p.GRPCAddrs["normalizer"], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer anon.Close()
+	pause := &adminv1.PauseDestinationRequest{Destination: "normalizer", Reason: "e2e"}
+	if _, err := adminv1.NewServiceAdminServiceClient(anon).PauseDestination(ctx, pause); grpcstatus.Code(err) != codes.Unauthenticated {
+		t.Fatalf("PauseDestination without a token: %v, want Unauthenticated", err)
+	}
+	if _, err := adminv1.NewSchemaDriftServiceClient(anon).ListSchemaDrift(ctx, &adminv1.ListSchemaDriftRequest{}); grpcstatus.Code(err) != codes.Unauthenticated {
+		t.Fatalf("ListSchemaDrift without a token: %v, want Unauthenticated", err)
+	}
+	svc := adminv1.NewServiceAdminServiceClient(serviceConn(t, p, "normalizer"))
+	st, err := svc.GetStatus(ctx, &adminv1.GetStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range st.Destinations {
+		if d.Paused {
+			t.Fatalf("the normalizer was paused by a call without a token: %v", d)
+		}
+	}
+	if _, err := svc.PauseDestination(grpcserver.ActingFor(ctx, "e2e-operator", "operator"), pause); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.ResumeDestination(ctx, &adminv1.ResumeDestinationRequest{Destination: "normalizer"}); err != nil {
+		t.Fatal(err)
+	}
+	// The audit topic has the refused pause and both mutations, each
+	// requested before it ran and completed after.
+	var phases []string
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		phases = phases[:0]
+		for _, m := range readTopicIfAny(t, p.Brokers, p.TopicPrefix()+"closedloop.audit.v1") {
+			var e audit.Entry
+			if json.Unmarshal(m.Value, &e) == nil && e.Service == "normalizer" {
+				phases = append(phases, e.Who+" "+e.Method[strings.LastIndex(e.Method, "/")+1:]+" "+e.Phase+" "+e.Result)
+			}
+		}
+		if len(phases) >= 5 {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	want := []string{"? PauseDestination completed Unauthenticated", "e2e-operator PauseDestination requested ", "e2e-operator PauseDestination completed OK",
+		"? ResumeDestination requested ", "? ResumeDestination completed OK"}
+	// Records are keyed by who: in order per caller, not across callers.
+	byWho := func(l []string) { sort.SliceStable(l, func(i, j int) bool { return strings.Fields(l[i])[0] < strings.Fields(l[j])[0] }) }
+	byWho(phases)
+	byWho(want)
+	if strings.Join(phases, "|") != strings.Join(want, "|") {
+		t.Fatalf("audit trail of the normalizer:\n%s\nwant\n%s", strings.Join(phases, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+func largeWebhooks(t *testing.T, p *stack.Pipeline) {
 	gen := delightedgen.New([]byte(p.Secret), 7)
 	want := map[string]bool{}
 

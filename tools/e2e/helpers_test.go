@@ -17,9 +17,12 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/closedloop/closedloop/libs/grpcserver"
 	"github.com/closedloop/closedloop/tools/internal/delightedgen"
 	"github.com/closedloop/closedloop/tools/internal/stack"
 )
@@ -271,4 +274,17 @@ func locate(t *testing.T, p *stack.Pipeline, ids []string) {
 			}
 		}
 	}
+}
+
+// serviceConn dials a service's gRPC port with the service token, as the
+// admin does; it is closed when the test ends.
+func serviceConn(t *testing.T, p *stack.Pipeline, service string) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(p.GRPCAddrs[service], grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithPerRPCCredentials(grpcserver.ServiceCredentials{Token: p.ServiceToken(), Service: "e2e"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
 }

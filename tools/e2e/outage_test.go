@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 	"github.com/closedloop/closedloop/tools/internal/delightedgen"
@@ -84,12 +82,7 @@ func TestADestinationOutageLosesNothingAndCatchesUpByItself(t *testing.T) {
 
 	conns := map[string]adminv1.ServiceAdminServiceClient{}
 	for _, svc := range []string{"sink-warehouse", "sink-webhook"} {
-		conn, err := grpc.NewClient(p.GRPCAddrs[svc], grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		conns[svc] = adminv1.NewServiceAdminServiceClient(conn)
+		conns[svc] = adminv1.NewServiceAdminServiceClient(serviceConn(t, p, svc))
 	}
 	status := func(svc string) *adminv1.GetStatusResponse {
 		st, err := conns[svc].GetStatus(context.Background(), &adminv1.GetStatusRequest{})

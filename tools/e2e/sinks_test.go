@@ -17,8 +17,6 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -79,12 +77,7 @@ func runSinkSuite(t *testing.T, s *sinkUnderTest) {
 			t.Fatal(err)
 		}
 	}
-	conn, err := grpc.NewClient(p.GRPCAddrs[s.service], grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	admin := adminv1.NewServiceAdminServiceClient(conn)
+	admin := adminv1.NewServiceAdminServiceClient(serviceConn(t, p, s.service))
 	destStatus := func() *adminv1.DestinationStatus {
 		t.Helper()
 		st, err := admin.GetStatus(ctx, &adminv1.GetStatusRequest{})

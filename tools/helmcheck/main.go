@@ -46,6 +46,12 @@ type deployment struct {
 			Labels map[string]string `yaml:"labels"`
 		} `yaml:"metadata"`
 		Spec struct {
+			Volumes []struct {
+				Name   string `yaml:"name"`
+				Secret *struct {
+					SecretName string `yaml:"secretName"`
+				} `yaml:"secret"`
+			} `yaml:"volumes"`
 			Containers []struct {
 				Name           string `yaml:"name"`
 				Image          string `yaml:"image"`
@@ -57,9 +63,17 @@ type deployment struct {
 				} `yaml:"readinessProbe"`
 				LivenessProbe *struct{} `yaml:"livenessProbe"`
 				Env           []struct {
-					Name  string `yaml:"name"`
-					Value string `yaml:"value"`
+					Name      string `yaml:"name"`
+					Value     string `yaml:"value"`
+					ValueFrom *struct {
+						SecretKeyRef *struct {
+							Name string `yaml:"name"`
+						} `yaml:"secretKeyRef"`
+					} `yaml:"valueFrom"`
 				} `yaml:"env"`
+				VolumeMounts []struct {
+					Name string `yaml:"name"`
+				} `yaml:"volumeMounts"`
 				Ports []struct {
 					Name string `yaml:"name"`
 				} `yaml:"ports"`
@@ -102,6 +116,8 @@ func run(in io.Reader, out io.Writer) error {
 	bad := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
 	deploys, services, counts := map[string]map[string]string{}, map[string]bool{}, map[string]int{}
 	var admin []string
+	var secretRefs [][2]string // deployment, secret
+	pprofOn := os.Getenv("HELMCHECK_PPROF") == "true"
 	for _, o := range objs {
 		counts[o.Kind]++
 		if o.Kind == "Service" {
@@ -129,6 +145,39 @@ func run(in io.Reader, out io.Writer) error {
 		env := map[string]string{}
 		for _, e := range c.Env {
 			env[e.Name] = e.Value
+			if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
+				env[e.Name] = "secret:" + e.ValueFrom.SecretKeyRef.Name
+				secretRefs = append(secretRefs, [2]string{o.Metadata.Name, e.ValueFrom.SecretKeyRef.Name})
+			}
+		}
+		// Every gRPC port requires the service token: from a Secret, never a literal.
+		if !strings.HasPrefix(env["CLOSEDLOOP_SERVICE_TOKEN"], "secret:") {
+			bad("Deployment %s: CLOSEDLOOP_SERVICE_TOKEN must come from a Secret (secretKeyRef)", o.Metadata.Name)
+		}
+		if env["OPS_PPROF"] == "true" && !pprofOn {
+			bad("Deployment %s: profiles are on (OPS_PPROF) though ops.pprof is not", o.Metadata.Name)
+		}
+		if _, ok := env["ADMIN_SERVICES"]; ok {
+			// The admin API: TLS, or plaintext explicitly allowed.
+			if env["ADMIN_TLS_CERT"] == "" && env["ADMIN_ALLOW_PLAINTEXT"] != "true" {
+				bad("Deployment %s: the admin has neither ADMIN_TLS_CERT nor ADMIN_ALLOW_PLAINTEXT", o.Metadata.Name)
+			}
+			if env["ADMIN_TLS_CERT"] != "" {
+				mounted := map[string]bool{}
+				for _, m := range c.VolumeMounts {
+					mounted[m.Name] = true
+				}
+				found := false
+				for _, v := range d.Template.Spec.Volumes {
+					if v.Secret != nil && mounted[v.Name] {
+						found = true
+						secretRefs = append(secretRefs, [2]string{o.Metadata.Name, v.Secret.SecretName})
+					}
+				}
+				if !found {
+					bad("Deployment %s: ADMIN_TLS_CERT is set but no Secret volume is mounted", o.Metadata.Name)
+				}
+			}
 		}
 		ports := map[string]bool{}
 		for _, p := range c.Ports {
@@ -146,6 +195,23 @@ func run(in io.Reader, out io.Writer) error {
 		}
 		if v, ok := env["ADMIN_SERVICES"]; ok {
 			admin = strings.Split(v, ",")
+		}
+	}
+	// Secrets the chart makes (or cert-manager will) must be the ones used;
+	// the user's own (secretsFrom, postgres, serviceToken.secret) are listed
+	// in HELMCHECK_EXTERNAL_SECRETS.
+	made := map[string]bool{}
+	for _, o := range objs {
+		if o.Kind == "Secret" || o.Kind == "Certificate" {
+			made[o.Metadata.Name] = true
+		}
+	}
+	for _, n := range strings.Split(os.Getenv("HELMCHECK_EXTERNAL_SECRETS"), ",") {
+		made[n] = true
+	}
+	for _, r := range secretRefs {
+		if !made[r[1]] {
+			bad("Deployment %s uses Secret %s, which the chart does not create", r[0], r[1])
 		}
 	}
 	matches := func(sel map[string]string) bool {

@@ -215,7 +215,7 @@ func run(conns int, d time.Duration, rate int, steady time.Duration, extraEnv []
 	ops, _ := localinfra.FreePort()
 	grpc, _ := localinfra.FreePort()
 	ing := &stack.Process{Name: "ingress", Bin: filepath.Join(bin, "ingress"), Log: filepath.Join(dir, "ingress.log"), Env: []string{
-		"KAFKA_BROKERS=" + broker.Addrs, "KAFKA_CREATE_TOPICS=true", "PIPELINE_CONFIG=" + cfg, "BENCH_SECRET=" + secret, "BENCH_TOKEN=" + token,
+		"KAFKA_BROKERS=" + broker.Addrs, "CLOSEDLOOP_SERVICE_TOKEN=" + stack.ServiceToken, "OPS_PPROF=true", "KAFKA_CREATE_TOPICS=true", "PIPELINE_CONFIG=" + cfg, "BENCH_SECRET=" + secret, "BENCH_TOKEN=" + token,
 		"INGRESS_ADDR=127.0.0.1:" + strconv.Itoa(port), "OPS_ADDR=127.0.0.1:" + strconv.Itoa(ops), "GRPC_ADDR=127.0.0.1:" + strconv.Itoa(grpc),
 		"LOG_LEVEL=warn",
 	}}

@@ -115,7 +115,7 @@ func run(n int, dupFrac float64, partitions int, profile string, extraEnv []stri
 	cfg := filepath.Join(dir, "pipeline.yaml")
 	_ = os.WriteFile(cfg, []byte("sources:\n  - name: delighted\n    provider: delighted\n    secrets: [env:BENCH_SECRET]\n"), 0o600)
 	normalizer := &stack.Process{Name: "normalizer", Bin: filepath.Join(bin, "normalizer"), Log: filepath.Join(dir, "normalizer.log"), Env: append([]string{
-		"KAFKA_BROKERS=" + broker.Addrs, "REDIS_URL=redis://" + rds.Addr + "/0", "PIPELINE_CONFIG=" + cfg, "BENCH_SECRET=x",
+		"KAFKA_BROKERS=" + broker.Addrs, "CLOSEDLOOP_SERVICE_TOKEN=" + stack.ServiceToken, "OPS_PPROF=true", "REDIS_URL=redis://" + rds.Addr + "/0", "PIPELINE_CONFIG=" + cfg, "BENCH_SECRET=x",
 		"OPS_ADDR=127.0.0.1:" + strconv.Itoa(ops), "GRPC_ADDR=127.0.0.1:" + strconv.Itoa(grpc), "LOG_LEVEL=warn",
 	}, extraEnv...)}
 	fmt.Println("normalizing…")

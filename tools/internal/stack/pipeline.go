@@ -113,7 +113,13 @@ sources:
 }
 
 // AdminToken is the admin API token of a caller in AdminTokens.
-func (p *Pipeline) AdminToken(name string) string { return "tok-" + name + "-0123456789abcdef" }
+func (p *Pipeline) AdminToken(name string) string { return "tok-" + name + "-0123456789abcdef0123456789abcdef" }
+
+// ServiceToken is the token of the services' gRPC ports (CLOSEDLOOP_SERVICE_TOKEN).
+func (p *Pipeline) ServiceToken() string { return ServiceToken }
+
+// ServiceToken is the service token of the stacks the tools start.
+const ServiceToken = "svc-dev-0123456789abcdef0123456789abcdef"
 
 // AdminAddr is the admin service's gRPC address (when it runs).
 func (p *Pipeline) AdminAddr() string { return p.GRPCAddrs["admin"] }
@@ -205,6 +211,7 @@ func (p *Pipeline) Start(ctx context.Context) error {
 			"REDIS_URL=redis://" + p.Redis + "/0",
 			"DATABASE_URL=" + p.DatabaseURL,
 			"DEDUPE_PROCESSING_TTL=5s",
+			"CLOSEDLOOP_SERVICE_TOKEN=" + p.ServiceToken(),
 		}, append(p.scoped(), p.Env...)...)
 		for n := range p.AdminTokens {
 			env = append(env, "CLOSEDLOOP_ADMIN_TOKEN_"+strings.ToUpper(n)+"="+p.AdminToken(n))

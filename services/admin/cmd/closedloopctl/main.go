@@ -80,7 +80,7 @@ Global flags (before the command; or the environment):
   --addr host:port     admin gRPC address   (CLOSEDLOOP_ADMIN_ADDR, default 127.0.0.1:9097)
   --token t            bearer token         (CLOSEDLOOP_ADMIN_TOKEN)
   -o table|json        output format        (default table)
-  --tls, --ca file     TLS, with a CA to trust; --cert/--key for mTLS
+  --tls, --ca file     TLS, with a CA to trust (CLOSEDLOOP_ADMIN_TLS=true, CLOSEDLOOP_ADMIN_CA); --cert/--key for mTLS
   --timeout 30s        per call
 
 Exit codes: 0 done, 1 failed, 2 usage, 3 not allowed, 4 not found, 5 done in part.
@@ -103,8 +103,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	addr := g.String("addr", envOr("CLOSEDLOOP_ADMIN_ADDR", "127.0.0.1:9097"), "admin gRPC address")
 	token := g.String("token", os.Getenv("CLOSEDLOOP_ADMIN_TOKEN"), "bearer token")
 	output := g.String("o", "table", "output: table or json")
-	useTLS := g.Bool("tls", false, "use TLS")
-	ca := g.String("ca", "", "CA certificate to trust (PEM)")
+	useTLS := g.Bool("tls", envOr("CLOSEDLOOP_ADMIN_TLS", "") == "true", "use TLS")
+	ca := g.String("ca", os.Getenv("CLOSEDLOOP_ADMIN_CA"), "CA certificate to trust (PEM)")
 	cert := g.String("cert", "", "client certificate (mTLS)")
 	key := g.String("key", "", "client key (mTLS)")
 	timeout := g.Duration("timeout", 30*time.Second, "per call")

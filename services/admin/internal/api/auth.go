@@ -2,10 +2,6 @@ package api
 
 import (
 	"context"
-	"encoding/json"
-	"log/slog"
-	"strings"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -14,8 +10,9 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/closedloop/closedloop/libs/audit"
 	"github.com/closedloop/closedloop/libs/config"
-	"github.com/closedloop/closedloop/libs/kafkaio"
+	"github.com/closedloop/closedloop/libs/grpcserver"
 )
 
 // Caller is who is calling, from the bearer token.
@@ -31,47 +28,20 @@ func CallerOf(ctx context.Context) Caller {
 	return c
 }
 
-// mutating lists the methods that need the operator role; each is audited.
-var mutating = map[string]bool{
-	"/closedloop.admin.v1.AdminService/IssueIngestToken":         true,
-	"/closedloop.admin.v1.AdminService/RevokeIngestToken":        true,
-	"/closedloop.admin.v1.AdminService/ReplayDeadLetters":        true,
-	"/closedloop.admin.v1.AdminService/DiscardDeadLetters":       true,
-	"/closedloop.admin.v1.AdminService/PauseSink":                true,
-	"/closedloop.admin.v1.AdminService/StartReplay":              true,
-	"/closedloop.admin.v1.AdminService/SendTestEvent":            true,
-	"/closedloop.admin.v1.AdminService/CancelReplay":             true,
-	"/closedloop.admin.v1.AdminService/ResumeSink":               true,
-	"/closedloop.admin.v1.ServiceAdminService/PauseDestination":  true,
-	"/closedloop.admin.v1.ServiceAdminService/ResumeDestination": true,
-}
-
-// open are served without a token: health checks and reflection.
-func open(method string) bool {
-	return strings.HasPrefix(method, "/grpc.health.v1.") || strings.HasPrefix(method, "/grpc.reflection.")
-}
-
 // Auth checks bearer tokens and roles and writes the audit trail.
 type Auth struct {
-	Admin      func() *config.Admin
-	AuditTopic string
-	Producer   interface {
-		Produce(ctx context.Context, recs ...kafkaio.Record) error
-	}
-	Log *slog.Logger
+	Admin func() *config.Admin
+	Audit *audit.Writer
+	// Service and Instance name this side in the audit trail.
+	Service, Instance string
 }
 
 func (a *Auth) authenticate(ctx context.Context, method string) (context.Context, error) {
-	if open(method) {
+	if grpcserver.Open(method) {
 		return ctx, nil
 	}
 	md, _ := metadata.FromIncomingContext(ctx)
-	var token string
-	for _, v := range md.Get("authorization") {
-		if t, ok := strings.CutPrefix(v, "Bearer "); ok {
-			token = strings.TrimSpace(t)
-		}
-	}
+	token := grpcserver.BearerToken(md)
 	if token == "" {
 		return nil, status.Error(codes.Unauthenticated, "no bearer token: send \"authorization: Bearer <token>\" (closedloopctl: CLOSEDLOOP_ADMIN_TOKEN)")
 	}
@@ -81,17 +51,23 @@ func (a *Auth) authenticate(ctx context.Context, method string) (context.Context
 	}
 	caller := Caller{Name: t.Name, Role: t.Role}
 	ctx = context.WithValue(ctx, callerKey{}, caller)
-	if mutating[method] && t.Role != config.RoleOperator {
+	// Calls the admin makes to the services on this caller's behalf carry
+	// its name into their audit trail.
+	ctx = grpcserver.ActingFor(ctx, t.Name, t.Role)
+	if grpcserver.Mutating(method) && t.Role != config.RoleOperator {
 		return ctx, status.Errorf(codes.PermissionDenied, "%s needs the operator role; %s is a %s", method, t.Name, t.Role)
 	}
 	return ctx, nil
 }
 
-// Unary is the unary server interceptor.
+// Unary is the unary server interceptor. A mutation is audited before it
+// runs — if the record cannot be written the call is refused and nothing
+// changes — and again with its result.
 func (a *Auth) Unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	mutating := grpcserver.Mutating(info.FullMethod)
 	actx, err := a.authenticate(ctx, info.FullMethod)
 	if err != nil {
-		if mutating[info.FullMethod] {
+		if mutating {
 			if actx == nil {
 				actx = ctx
 			}
@@ -99,14 +75,18 @@ func (a *Auth) Unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h
 			if who.Name == "" {
 				who.Name = "?"
 			}
-			a.audit(actx, who, info.FullMethod, req, err)
+			_ = a.Audit.Write(actx, a.entry(who, info.FullMethod, req, audit.Completed, err))
 		}
 		return nil, err
 	}
-	resp, err := handler(actx, req)
-	if mutating[info.FullMethod] {
-		a.audit(actx, CallerOf(actx), info.FullMethod, req, err)
+	if !mutating {
+		return handler(actx, req)
 	}
+	if err := a.Audit.Write(actx, a.entry(CallerOf(actx), info.FullMethod, req, audit.Requested, nil)); err != nil {
+		return nil, status.Error(codes.Unavailable, "refused: the audit record could not be written, so nothing was changed; retry when Kafka is back")
+	}
+	resp, err := handler(actx, req)
+	_ = a.Audit.Write(actx, a.entry(CallerOf(actx), info.FullMethod, req, audit.Completed, err))
 	return resp, err
 }
 
@@ -126,32 +106,16 @@ type authedStream struct {
 
 func (s *authedStream) Context() context.Context { return s.ctx }
 
-// AuditEntry is one record on the audit topic.
-type AuditEntry struct {
-	At      time.Time       `json:"at"`
-	Who     string          `json:"who"`
-	Role    string          `json:"role,omitempty"`
-	Method  string          `json:"method"`
-	Request json.RawMessage `json:"request,omitempty"`
-	Result  string          `json:"result"`
-	Error   string          `json:"error,omitempty"`
-}
-
-// audit writes who did what and how it ended to the audit topic and the
-// log. Requests carry no secrets (tokens are only ever in responses, which
-// are not recorded).
-func (a *Auth) audit(ctx context.Context, c Caller, method string, req any, err error) {
-	e := AuditEntry{At: time.Now().UTC(), Who: c.Name, Role: c.Role, Method: method, Result: status.Code(err).String()}
+func (a *Auth) entry(c Caller, method string, req any, phase string, err error) audit.Entry {
+	e := audit.Entry{Who: c.Name, Role: c.Role, Service: a.Service, Instance: a.Instance, Method: method, Phase: phase}
 	if m, ok := req.(proto.Message); ok {
 		e.Request, _ = protojson.Marshal(m)
 	}
-	if err != nil {
-		e.Error = status.Convert(err).Message()
+	if phase == audit.Completed {
+		e.Result = status.Code(err).String()
+		if err != nil {
+			e.Error = status.Convert(err).Message()
+		}
 	}
-	b, _ := json.Marshal(e)
-	a.Log.InfoContext(ctx, "audit", "who", e.Who, "role", e.Role, "method", method, "request", string(e.Request), "result", e.Result, "error", e.Error)
-	rec := kafkaio.Record{Topic: a.AuditTopic, Key: []byte(e.Who), Value: b}
-	if perr := a.Producer.Produce(context.WithoutCancel(ctx), rec); perr != nil {
-		a.Log.ErrorContext(ctx, "audit record not written", "method", method, "error", perr.Error())
-	}
+	return e
 }

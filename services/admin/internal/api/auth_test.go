@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"sync"
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/closedloop/closedloop/libs/audit"
 	"github.com/closedloop/closedloop/libs/config"
 	"github.com/closedloop/closedloop/libs/kafkaio"
 	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
@@ -21,25 +23,30 @@ import (
 type audits struct {
 	mu   sync.Mutex
 	recs []kafkaio.Record
+	fail error
 }
 
 func (a *audits) Produce(_ context.Context, recs ...kafkaio.Record) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.fail != nil {
+		return a.fail
+	}
 	a.recs = append(a.recs, recs...)
 	return nil
 }
 
 func TestTokensRolesAndTheAuditTrail(t *testing.T) {
 	yml := "admin:\n  tokens:\n    - {name: ann, role: operator, token: env:A}\n    - {name: val, role: viewer, token: env:V}\n"
-	env := map[string]string{"A": "operator-token-0123456789", "V": "viewer-token-0123456789"}
+	env := map[string]string{"A": "operator-token-0123456789abcdef0123456789", "V": "viewer-token-0123456789abcdef0123456789"}
 	p, err := config.ParsePipeline([]byte(yml), func(k string) (string, bool) { v, ok := env[k]; return v, ok })
 	if err != nil {
 		t.Fatal(err)
 	}
 	rec := &audits{}
-	a := &Auth{Admin: func() *config.Admin { return &p.Admin }, AuditTopic: "audit", Producer: rec,
-		Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	a := &Auth{Admin: func() *config.Admin { return &p.Admin }, Service: "admin",
+		Audit: &audit.Writer{Topic: "audit", Producer: rec, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}}
+	ran := 0
 	call := func(token, method string) (Caller, error) {
 		ctx := context.Background()
 		if token != "" {
@@ -47,7 +54,7 @@ func TestTokensRolesAndTheAuditTrail(t *testing.T) {
 		}
 		var got Caller
 		_, err := a.Unary(ctx, &adminv1.ReplayDeadLettersRequest{Ids: []string{"sink-warehouse/0/1"}}, &grpc.UnaryServerInfo{FullMethod: method},
-			func(ctx context.Context, _ any) (any, error) { got = CallerOf(ctx); return "ok", nil })
+			func(ctx context.Context, _ any) (any, error) { ran++; got = CallerOf(ctx); return "ok", nil })
 		return got, err
 	}
 	const replay, list = "/closedloop.admin.v1.AdminService/ReplayDeadLetters", "/closedloop.admin.v1.AdminService/ListDeadLetters"
@@ -67,16 +74,32 @@ func TestTokensRolesAndTheAuditTrail(t *testing.T) {
 			t.Errorf("caller %+v, want ann", who)
 		}
 	}
-	// Two replay attempts were audited (the denied one and the allowed one); reads are not.
-	if len(rec.recs) != 2 {
-		t.Fatalf("%d audit records, want 2", len(rec.recs))
+	// Two replay attempts were audited (the denied one, and the allowed one
+	// before and after it ran); reads are not.
+	if len(rec.recs) != 3 {
+		t.Fatalf("%d audit records, want 3", len(rec.recs))
 	}
-	var denied, done AuditEntry
+	var denied, requested, done audit.Entry
 	_ = json.Unmarshal(rec.recs[0].Value, &denied)
-	_ = json.Unmarshal(rec.recs[1].Value, &done)
-	if denied.Who != "val" || denied.Result != "PermissionDenied" || done.Who != "ann" || done.Result != "OK" ||
-		string(done.Request) != `{"ids":["sink-warehouse/0/1"]}` || rec.recs[1].Topic != "audit" {
-		t.Fatalf("audit records %+v / %+v", denied, done)
+	_ = json.Unmarshal(rec.recs[1].Value, &requested)
+	_ = json.Unmarshal(rec.recs[2].Value, &done)
+	if denied.Who != "val" || denied.Result != "PermissionDenied" || requested.Who != "ann" || requested.Phase != audit.Requested ||
+		done.Who != "ann" || done.Phase != audit.Completed || done.Result != "OK" ||
+		string(done.Request) != `{"ids":["sink-warehouse/0/1"]}` || rec.recs[2].Topic != "audit" {
+		t.Fatalf("audit records %+v / %+v / %+v", denied, requested, done)
+	}
+
+	// Finding 7: an audit record that cannot be written refuses the mutation.
+	rec.fail = errors.New("broker down")
+	before := ran
+	if _, err := call(env["A"], replay); status.Code(err) != codes.Unavailable {
+		t.Fatalf("a replay with the audit trail down: %v, want Unavailable", err)
+	}
+	if ran != before {
+		t.Fatal("the replay ran although its audit record was not written")
+	}
+	if _, err := call(env["V"], list); err != nil {
+		t.Fatalf("a read with the audit trail down: %v (reads are not audited)", err)
 	}
 }
 

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/closedloop/closedloop/libs/config"
+	"github.com/closedloop/closedloop/libs/grpcserver"
 	"github.com/closedloop/closedloop/libs/ingesttokens"
 	"github.com/closedloop/closedloop/libs/kafkaio"
 	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
@@ -60,6 +61,9 @@ type Options struct {
 	Topics     kafkaio.Topics
 	Brokers    []string
 	Log        *slog.Logger
+	// ServiceCredentials authenticate the admin on the services' gRPC ports
+	// and name the person it acts for.
+	ServiceCredentials grpcserver.ServiceCredentials
 }
 
 // Server implements AdminService.
@@ -118,7 +122,7 @@ func (s *Server) conn(addr string) (*grpc.ClientConn, error) {
 	if c := s.conns[addr]; c != nil {
 		return c, nil
 	}
-	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithPerRPCCredentials(s.o.ServiceCredentials))
 	if err != nil {
 		return nil, err
 	}

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/closedloop/closedloop/libs/audit"
 	"github.com/closedloop/closedloop/libs/config"
 	"github.com/closedloop/closedloop/libs/ingesttokens"
 	"github.com/closedloop/closedloop/libs/kafkaio"
@@ -82,6 +84,13 @@ func Load(e *config.Env) (Config, error) {
 	if c.TLSClientCA != "" && c.TLSCert == "" {
 		e.Errorf("ADMIN_TLS_CLIENT_CA (mTLS) needs ADMIN_TLS_CERT and ADMIN_TLS_KEY")
 	}
+	// Bearer tokens must not cross a network in clear: without TLS the admin
+	// API listens on loopback only, unless plaintext is allowed explicitly
+	// (a TLS-terminating proxy in front, or a published port on the host's
+	// loopback as in docker-compose).
+	if c.TLSCert == "" && !isLoopback(c.Common.GRPCAddr) && !e.Bool("ADMIN_ALLOW_PLAINTEXT", false) {
+		e.Errorf("GRPC_ADDR=%s without ADMIN_TLS_CERT/ADMIN_TLS_KEY would take bearer tokens in clear from the network: set the certificate, bind GRPC_ADDR to 127.0.0.1, or set ADMIN_ALLOW_PLAINTEXT=true behind a TLS-terminating proxy", c.Common.GRPCAddr)
+	}
 	// The admin resolves the pipeline's secrets: the admin tokens (and the
 	// sources' signing keys, for signed test events).
 	c.Pipeline = service.LoadPipeline(e, os.LookupEnv)
@@ -89,6 +98,18 @@ func Load(e *config.Env) (Config, error) {
 		e.Errorf("PIPELINE_CONFIG has no admin.tokens: nobody could call the admin API (add a viewer and an operator token, as secret references)")
 	}
 	return c, e.Err()
+}
+
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func (c Config) serverCreds() (grpc.ServerOption, error) {
@@ -145,7 +166,9 @@ func Run(ctx context.Context) error {
 		return err
 	}
 	t := cfg.Common.Topics
-	auth := &api.Auth{Admin: func() *config.Admin { return &cfg.Pipeline.Current().Admin }, AuditTopic: t.Audit()}
+	cfg.Common.OwnAuth = true // admin.tokens with roles, not the service token
+	auth := &api.Auth{Admin: func() *config.Admin { return &cfg.Pipeline.Current().Admin }, Service: "admin", Instance: cfg.Common.Instance,
+		Audit: &audit.Writer{Topic: t.Audit()}}
 	opts := []grpc.ServerOption{grpc.ChainUnaryInterceptor(auth.Unary), grpc.ChainStreamInterceptor(auth.Stream)}
 	if creds != nil {
 		opts = append(opts, creds)
@@ -154,7 +177,7 @@ func Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	auth.Log = svc.Log
+	auth.Audit.Log = svc.Log
 	sinks := append([]string(nil), cfg.Sinks...)
 	if len(cfg.Pipeline.Current().Sinks.Webhook.Endpoints) > 0 {
 		sinks = append(sinks, "sink-webhook")
@@ -177,7 +200,7 @@ func Run(ctx context.Context) error {
 	svc.Group.Go("ingest tokens", tokens.Run)
 	svc.Status.AddCheck("ingest-tokens", tokens.Check)
 	producer := svc.Producer()
-	auth.Producer = producer
+	auth.Audit.Producer = producer
 	replays := replay.New(cfg.Common.Brokers, t, sinks, producer, svc.Log)
 	if err := replays.Load(ctx); err != nil {
 		return err
@@ -186,7 +209,7 @@ func Run(ctx context.Context) error {
 		Pipeline: cfg.Pipeline.Current, Tokens: tokens, Producer: producer,
 		DLQ: dlq.New(cfg.Common.Brokers, t, producer), Replays: replays, Offsets: offsets.New(cfg.Common.Brokers),
 		Stages: cfg.stages(t), Instances: cfg.Instances, PublicURL: cfg.PublicURL, Log: svc.Log,
-		IngressURL: cfg.IngressURL, Topics: t, Brokers: cfg.Common.Brokers,
+		IngressURL: cfg.IngressURL, Topics: t, Brokers: cfg.Common.Brokers, ServiceCredentials: cfg.Common.ServiceCredentials("admin"),
 	})
 	adminv1.RegisterAdminServiceServer(svc.GRPC.GRPC, server)
 	svc.Watch(cfg.Pipeline, func(*config.Pipeline) error { return nil }) // admin tokens and sources follow the file

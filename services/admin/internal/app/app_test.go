@@ -90,3 +90,31 @@ func TestStartWithoutAdminTokensIsRefusedWithTheReason(t *testing.T) {
 		}
 	}
 }
+
+// Finding 5 of the hardening review: admin traffic was plaintext by default.
+// Without a certificate the admin listens on loopback only, unless plaintext
+// is allowed explicitly.
+func TestTheAdminAPIDoesNotTakeTokensInClearFromTheNetwork(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "p.yaml")
+	_ = os.WriteFile(path, []byte("admin:\n  tokens:\n    - {name: ann, role: operator, token: env:A}\n"), 0o600)
+	t.Setenv("A", "operator-token-0123456789abcdef0123456789")
+	base := map[string]string{"KAFKA_BROKERS": "k:9092", "PIPELINE_CONFIG": path, "CLOSEDLOOP_SERVICE_TOKEN": "svc-0123456789abcdef0123456789abcdef"}
+	with := func(kv ...string) map[string]string {
+		m := map[string]string{}
+		for k, v := range base {
+			m[k] = v
+		}
+		for i := 0; i < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return m
+	}
+	if _, err := Load(config.FromMap(with("GRPC_ADDR", ":9097"))); err == nil || !strings.Contains(err.Error(), "in clear") {
+		t.Fatalf("plaintext on every interface: %v, want refused", err)
+	}
+	for _, env := range []map[string]string{with("GRPC_ADDR", "127.0.0.1:9097"), with("GRPC_ADDR", ":9097", "ADMIN_ALLOW_PLAINTEXT", "true")} {
+		if _, err := Load(config.FromMap(env)); err != nil {
+			t.Fatalf("%v: %v", env, err)
+		}
+	}
+}
