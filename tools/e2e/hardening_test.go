@@ -102,7 +102,9 @@ func servicePorts(t *testing.T, p *stack.Pipeline) {
 	want := []string{"? PauseDestination completed Unauthenticated", "e2e-operator PauseDestination requested ", "e2e-operator PauseDestination completed OK",
 		"? ResumeDestination requested ", "? ResumeDestination completed OK"}
 	// Records are keyed by who: in order per caller, not across callers.
-	byWho := func(l []string) { sort.SliceStable(l, func(i, j int) bool { return strings.Fields(l[i])[0] < strings.Fields(l[j])[0] }) }
+	byWho := func(l []string) {
+		sort.SliceStable(l, func(i, j int) bool { return strings.Fields(l[i])[0] < strings.Fields(l[j])[0] })
+	}
 	byWho(phases)
 	byWho(want)
 	if strings.Join(phases, "|") != strings.Join(want, "|") {

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-
 	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 	"github.com/closedloop/closedloop/tools/internal/delightedgen"
 	"github.com/closedloop/closedloop/tools/internal/stack"

@@ -113,7 +113,9 @@ sources:
 }
 
 // AdminToken is the admin API token of a caller in AdminTokens.
-func (p *Pipeline) AdminToken(name string) string { return "tok-" + name + "-0123456789abcdef0123456789abcdef" }
+func (p *Pipeline) AdminToken(name string) string {
+	return "tok-" + name + "-0123456789abcdef0123456789abcdef"
+}
 
 // ServiceToken is the token of the services' gRPC ports (CLOSEDLOOP_SERVICE_TOKEN).
 func (p *Pipeline) ServiceToken() string { return ServiceToken }
