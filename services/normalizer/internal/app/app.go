@@ -36,6 +36,9 @@ type Config struct {
 	// to this size is copied into FeedbackEvent.raw_payload; a larger one is
 	// referenced (raw_ref) so the event stays under the topic's size limit.
 	RawInlineMax int
+	// Drift bounds schema-drift tracking: DRIFT_MAX_PATHS_PER_TYPE (2000),
+	// DRIFT_MAX_TYPES_PER_PROVIDER (100), DRIFT_TTL (720h).
+	Drift drift.Limits
 	// Pipeline is read from PIPELINE_CONFIG (required) and reloaded on
 	// change: per-source dedupe TTLs.
 	Pipeline *service.Pipeline
@@ -51,6 +54,11 @@ func Load(e *config.Env) (Config, error) {
 		ProcessingTTL: e.Duration("DEDUPE_PROCESSING_TTL", 30*time.Second),
 		MaxBatch:      e.Int("NORMALIZER_MAX_BATCH", 500),
 		RawInlineMax:  e.Int("RAW_PAYLOAD_INLINE_MAX_BYTES", 64<<10),
+		Drift: drift.Limits{PathsPerType: e.Int("DRIFT_MAX_PATHS_PER_TYPE", 2000), TypesPerProvider: e.Int("DRIFT_MAX_TYPES_PER_PROVIDER", 100),
+			TTL: e.Duration("DRIFT_TTL", 30*24*time.Hour)},
+	}
+	if c.Drift.PathsPerType < 1 || c.Drift.TypesPerProvider < 1 || c.Drift.TTL < time.Hour {
+		e.Errorf("DRIFT_MAX_PATHS_PER_TYPE and DRIFT_MAX_TYPES_PER_PROVIDER must be at least 1, DRIFT_TTL at least 1h")
 	}
 	if c.RawInlineMax < 1024 || c.RawInlineMax > 256<<10 {
 		e.Errorf("RAW_PAYLOAD_INLINE_MAX_BYTES=%d must be between 1024 and 262144 (a larger copy would bring events near the topics' size limit)", c.RawInlineMax)
@@ -89,7 +97,7 @@ func Run(ctx context.Context) error {
 		ProcessingTTL: cfg.ProcessingTTL,
 	})
 	producer := svc.Producer()
-	tracker := drift.New(rdb, cfg.RedisPrefix+"drift:")
+	tracker := drift.New(rdb, cfg.RedisPrefix+"drift:", cfg.Drift)
 	adminv1.RegisterSchemaDriftServiceServer(svc.GRPC.GRPC, &drift.Server{Tracker: tracker})
 	h := normalize.New(normalize.Options{
 		Dedupe: store, Producer: producer, NormalizedTopic: t.Normalized, Log: svc.Log, RawInlineMax: cfg.RawInlineMax,

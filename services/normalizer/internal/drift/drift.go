@@ -8,7 +8,6 @@ package drift
 
 import (
 	"context"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -21,21 +20,74 @@ import (
 	"go.opentelemetry.io/otel/metric"
 )
 
-// Tracker records new field paths. It is safe for concurrent use.
+// Tracker records new field paths. It is safe for concurrent use. What it
+// keeps is bounded, whatever the bodies hold: paths per event type, event
+// types per provider, the length of a path, and the time a record lives.
 type Tracker struct {
 	rdb    redis.UniversalClient
 	prefix string
+	lim    Limits
 	mu     sync.RWMutex
 	seen   map[string]map[string]bool // "<provider>/<event type>" -> paths
+	types  map[string]int             // provider -> event types tracked
 	newOne metric.Int64Counter
+	capped metric.Int64Counter
 }
 
+// Limits bound drift tracking; zero values take the defaults.
+type Limits struct {
+	// PathsPerType is the most paths kept per provider and event type
+	// (default 2000); past it new paths are counted as capped, not kept.
+	PathsPerType int
+	// TypesPerProvider is the most event types tracked per provider
+	// (default 100); further types are tracked together as OtherType.
+	TypesPerProvider int
+	// MaxPathLength: longer paths are cut (default 256 bytes).
+	MaxPathLength int
+	// TTL of a record in Redis, renewed whenever its type gains a path
+	// (default 30 days).
+	TTL time.Duration
+}
+
+// OtherType is the event type of the types past Limits.TypesPerProvider
+// (invented event types cannot create unbounded keys or metric series).
+const OtherType = "(other)"
+
 // New returns a tracker storing under prefix ("closedloop:drift:").
-func New(rdb redis.UniversalClient, prefix string) *Tracker {
-	t := &Tracker{rdb: rdb, prefix: prefix, seen: map[string]map[string]bool{}}
-	t.newOne, _ = otel.Meter("github.com/closedloop/closedloop/services/normalizer").Int64Counter("closedloop.normalizer.schema_drift",
+func New(rdb redis.UniversalClient, prefix string, lim Limits) *Tracker {
+	if lim.PathsPerType <= 0 {
+		lim.PathsPerType = 2000
+	}
+	if lim.TypesPerProvider <= 0 {
+		lim.TypesPerProvider = 100
+	}
+	if lim.MaxPathLength <= 0 {
+		lim.MaxPathLength = 256
+	}
+	if lim.TTL <= 0 {
+		lim.TTL = 30 * 24 * time.Hour
+	}
+	t := &Tracker{rdb: rdb, prefix: prefix, lim: lim, seen: map[string]map[string]bool{}, types: map[string]int{}}
+	meter := otel.Meter("github.com/closedloop/closedloop/services/normalizer")
+	t.newOne, _ = meter.Int64Counter("closedloop.normalizer.schema_drift",
 		metric.WithDescription("Field paths seen for the first time, by provider and event type."))
+	t.capped, _ = meter.Int64Counter("closedloop.normalizer.schema_drift.capped",
+		metric.WithDescription("New field paths not recorded because their event type reached its limit of paths, by provider."))
 	return t
+}
+
+// typeKey returns the tracking key of an event type, folding the types past
+// the provider's limit into OtherType.
+func (t *Tracker) typeKey(provider, eventType string) (string, string) {
+	key := provider + "/" + eventType
+	t.mu.RLock()
+	_, ok := t.seen[key]
+	n := t.types[provider]
+	t.mu.RUnlock()
+	if ok || n < t.lim.TypesPerProvider {
+		return key, eventType
+	}
+	return provider + "/" + OtherType, OtherType
 }
 
 // Paths lists the folded field paths of a JSON body, sorted; nil when the
@@ -58,18 +110,36 @@ func Paths(body []byte) []string {
 // carried a path anywhere is kept; it returns the paths Redis had not seen.
 // A Redis failure is returned but loses nothing: the paths are retried with
 // the next event that carries them. A body whose paths are all known costs
-// one scan and no allocation.
+// one scan and no allocation; any body costs time linear in its size.
 func (t *Tracker) Observe(ctx context.Context, provider, eventType, eventID string, body []byte) ([]string, error) {
-	key := provider + "/" + eventType
+	key, eventType := t.typeKey(provider, eventType)
 	var fresh []string
+	var freshSet map[string]bool
+	overflow := 0
 	t.mu.RLock()
 	known := t.seen[key]
+	room := t.lim.PathsPerType - len(known)
 	scanPaths(body, func(p []byte) {
-		if !known[string(p)] && !slices.Contains(fresh, string(p)) {
-			fresh = append(fresh, string(p))
+		if len(p) > t.lim.MaxPathLength {
+			p = p[:t.lim.MaxPathLength]
 		}
+		if known[string(p)] || freshSet[string(p)] {
+			return
+		}
+		if len(fresh) >= room {
+			overflow++
+			return
+		}
+		if freshSet == nil {
+			freshSet = map[string]bool{}
+		}
+		freshSet[string(p)] = true
+		fresh = append(fresh, string(p))
 	})
 	t.mu.RUnlock()
+	if overflow > 0 {
+		t.capped.Add(ctx, int64(overflow), metric.WithAttributes(attribute.String("provider", provider)))
+	}
 	if len(fresh) == 0 {
 		return nil, nil
 	}
@@ -79,6 +149,7 @@ func (t *Tracker) Observe(ctx context.Context, provider, eventType, eventID stri
 	for i, p := range fresh {
 		cmds[i] = pipe.HSetNX(ctx, t.prefix+key, p, value)
 	}
+	pipe.Expire(ctx, t.prefix+key, t.lim.TTL)
 	if _, err := pipe.Exec(ctx); err != nil {
 		return nil, err
 	}
@@ -86,8 +157,12 @@ func (t *Tracker) Observe(ctx context.Context, provider, eventType, eventID stri
 	t.mu.Lock()
 	if t.seen[key] == nil {
 		t.seen[key] = map[string]bool{}
+		t.types[provider]++
 	}
 	for i, p := range fresh {
+		if len(t.seen[key]) >= t.lim.PathsPerType {
+			break // another event of the type filled it meanwhile
+		}
 		t.seen[key][p] = true
 		if cmds[i].Val() {
 			drifted = append(drifted, p)

@@ -3,10 +3,13 @@ package drift
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -26,12 +29,12 @@ func TestPathsFoldArraysAndKeepNesting(t *testing.T) {
 func TestANewFieldIsRecordedOnceWithTheFirstEventThatCarriedIt(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: localinfra.RedisForTest(t)})
 	ctx := context.Background()
-	a := New(rdb, "test:drift:")
+	a := New(rdb, "test:drift:", Limits{})
 	if _, err := a.Observe(ctx, "delighted", "survey_response.created", "e1", []byte(`{"event_data":{"score":9}}`)); err != nil {
 		t.Fatal(err)
 	}
 	// Another replica sees the same shape: nothing new.
-	b := New(rdb, "test:drift:")
+	b := New(rdb, "test:drift:", Limits{})
 	if d, _ := b.Observe(ctx, "delighted", "survey_response.created", "e2", []byte(`{"event_data":{"score":3}}`)); len(d) != 0 {
 		t.Fatalf("drift %v for a known shape", d)
 	}
@@ -112,7 +115,7 @@ func FuzzPathsMatchTheReference(f *testing.F) {
 }
 
 func BenchmarkObserveKnownShape(b *testing.B) {
-	t := New(nil, "bench:")
+	t := New(nil, "bench:", Limits{})
 	body := []byte(`{"event_type":"survey_response.updated","event_id":"e","event_data":{"id":"5435","person":{"id":"5975","email":"a@example.de","name":"Anna","created_at":1763693600},"survey_type":"nps","score":9,"comment":"Schnell und zuverlässig","permalink":"https://x","created_at":1763780000,"updated_at":1763780095,"person_properties":{"plan":"enterprise","account":{"id":"acct_42","region":"eu-central"},"seats":120},"notes":[],"tags":[],"additional_answers":[{"id":"4","value":{"free_response":null,"scale":null,"select_one":{"id":"opt_1","text":"Price"},"select_many":null},"question":{"id":"enum_z9EvYV","type":"select_one","text":"What matters most?"}}]}}`)
 	t.seen["delighted/x"] = map[string]bool{}
 	for _, p := range Paths(body) {
@@ -123,5 +126,53 @@ func BenchmarkObserveKnownShape(b *testing.B) {
 		if fresh, _ := t.Observe(context.Background(), "delighted", "x", "e", body); fresh != nil {
 			b.Fatal(fresh)
 		}
+	}
+}
+
+// Finding 6 of the hardening review: three 325 kB bodies with 25,000 new
+// fields each took 4 s of CPU and left 125,026 Redis fields without expiry;
+// 300 invented event types made 302 metric series.
+func TestDriftTrackingIsBoundedWhateverTheBodiesInvent(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: localinfra.RedisForTest(t)})
+	ctx := context.Background()
+	prefix := "bounded:" + strconv.FormatInt(time.Now().UnixNano(), 36) + ":"
+	tr := New(rdb, prefix, Limits{PathsPerType: 500, TypesPerProvider: 5, TTL: time.Hour})
+	for b := range 3 {
+		var body strings.Builder
+		body.WriteString(`{"event_data":{`)
+		for i := range 25_000 {
+			if i > 0 {
+				body.WriteByte(',')
+			}
+			fmt.Fprintf(&body, `"f%d_%d":1`, b, i)
+		}
+		body.WriteString(`}}`)
+		d, err := tr.Observe(ctx, "delighted", "survey_response.created", "e"+strconv.Itoa(b), []byte(body.String()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b > 0 && len(d) != 0 {
+			t.Fatalf("body %d recorded %d more paths past the type's limit", b, len(d))
+		}
+	}
+	key := prefix + "delighted/survey_response.created"
+	if n := rdb.HLen(ctx, key).Val(); n != 500 {
+		t.Fatalf("%d paths kept for one event type, want the limit of 500", n)
+	}
+	if ttl := rdb.TTL(ctx, key).Val(); ttl <= 0 || ttl > time.Hour {
+		t.Fatalf("TTL %s, want at most 1h", ttl)
+	}
+	// Invented event types beyond the limit share one record.
+	for i := range 300 {
+		if _, err := tr.Observe(ctx, "delighted", "invented."+strconv.Itoa(i), "x", []byte(`{"a":1}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keys := rdb.Keys(ctx, prefix+"*").Val()
+	if len(keys) != 5+1 {
+		t.Fatalf("%d event-type records for 301 event types, want the limit of 5 and %s: %v", len(keys), OtherType, keys)
+	}
+	if rdb.Exists(ctx, prefix+"delighted/"+OtherType).Val() != 1 {
+		t.Fatalf("no %s record", OtherType)
 	}
 }

@@ -38,7 +38,7 @@ func driftClient(t *testing.T, tr *Tracker) adminv1.SchemaDriftServiceClient {
 func TestTheAdminAPIListsDriftByProviderAndTypeAndPagesThroughIt(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: localinfra.RedisForTest(t)})
 	ctx := context.Background()
-	tr := New(rdb, "api:drift:")
+	tr := New(rdb, "api:drift:", Limits{})
 	observe := func(provider, typ, id, body string) {
 		t.Helper()
 		if _, err := tr.Observe(ctx, provider, typ, id, []byte(body)); err != nil {

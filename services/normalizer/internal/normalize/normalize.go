@@ -252,6 +252,16 @@ func (h *Handler) HandleBatch(ctx context.Context, batch []kafkaio.Delivery) []e
 	return resultsOrNil(results, failed)
 }
 
+// maxLoggedPaths is the most new field paths one log line names.
+const maxLoggedPaths = 20
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
 func resultsOrNil(results []error, failed bool) []error {
 	if !failed {
 		return nil
@@ -273,7 +283,9 @@ func (h *Handler) observeDrift(ctx context.Context, it item) {
 	if err != nil {
 		h.o.Log.WarnContext(ctx, "schema drift not recorded", "error", err.Error())
 	} else if len(drifted) > 0 {
-		h.o.Log.InfoContext(ctx, "new fields in provider payloads", "provider", it.ev.Provider, "event_type", it.ev.ProviderEventType,
-			"event_id", it.ev.EventId, "paths", drifted)
+		// Bounded: a body inventing thousands of fields gives one short line.
+		shown := drifted[:min(len(drifted), maxLoggedPaths)]
+		h.o.Log.InfoContext(ctx, "new fields in provider payloads", "provider", it.ev.Provider, "event_type", truncate(it.ev.ProviderEventType, 64),
+			"event_id", it.ev.EventId, "new_paths", len(drifted), "paths", shown)
 	}
 }
