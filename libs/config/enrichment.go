@@ -31,7 +31,9 @@ type Lookup struct {
 	// Key is a CEL expression over `event` giving the value looked up
 	// (e.g. the respondent's email domain); "" means the event has none.
 	Key string `yaml:"key"`
-	// URL is the request URL; "{key}" is replaced by the key, path-escaped.
+	// URL is the request URL; "{key}" is replaced by the key with every byte
+	// but letters, digits and "-_.~" percent-encoded (safe in a path or a
+	// query). Redirects are not followed (they would carry SecretHeaders).
 	URL string `yaml:"url"`
 	// Method is GET (default) or POST.
 	Method string `yaml:"method"`

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net/http"
+	"strings"
 	"sync"
 	"testing"
 
@@ -112,5 +114,23 @@ func TestADNSEntryStandsForEveryAddressOfTheName(t *testing.T) {
 	}
 	if !found || got[len(got)-1] != "10.0.0.7:9090" {
 		t.Fatalf("addrs = %v, want localhost's addresses and the literal one", got)
+	}
+}
+
+// Finding 7 of the hardening review: a failed SendTestEvent put its
+// temporary ingest URL (with the token) in the error, the audit topic and
+// the log.
+func TestAFailedTestEventPostDoesNotRevealItsURL(t *testing.T) {
+	const secretPath = "/v1/hooks/delighted/tok_temporary_0123456789abcdefXYZ"
+	req, _ := http.NewRequest(http.MethodPost, "http://127.0.0.1:1"+secretPath, nil)
+	_, err := http.DefaultClient.Do(req)
+	if err == nil {
+		t.Skip("something listens on port 1")
+	}
+	if !strings.Contains(err.Error(), "tok_temporary") {
+		t.Fatalf("the client's error no longer names the URL (%v): this test proves nothing", err)
+	}
+	if got := withoutURL(err).Error(); strings.Contains(got, "tok_temporary") || !strings.Contains(got, "Post") {
+		t.Fatalf("withoutURL = %q", got)
 	}
 }

@@ -7,9 +7,11 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -27,6 +29,17 @@ import (
 )
 
 // SendTestEvent implements AdminService.
+// withoutURL drops the request URL from an HTTP client error: the test
+// event's URL holds its temporary ingest token, which must not reach the
+// caller, the audit topic or the log.
+func withoutURL(err error) error {
+	var uerr *url.Error
+	if errors.As(err, &uerr) {
+		return fmt.Errorf("%s: %w", uerr.Op, uerr.Err)
+	}
+	return err
+}
+
 func (s *Server) SendTestEvent(ctx context.Context, req *adminv1.SendTestEventRequest) (*adminv1.SendTestEventResponse, error) {
 	if err := s.source(req.Source); err != nil {
 		return nil, err
@@ -85,16 +98,16 @@ func (s *Server) SendTestEvent(ctx context.Context, req *adminv1.SendTestEventRe
 	}
 	// Every ingress replica follows the control topic and accepts the new
 	// token within a second: until then it answers 404.
-	url := strings.TrimRight(s.o.IngressURL, "/") + "/v1/hooks/" + src.Name + "/" + token
+	target := strings.TrimRight(s.o.IngressURL, "/") + "/v1/hooks/" + src.Name + "/" + token
 	sig := "sha256=" + hex.EncodeToString(mac.Sum(nil))
 	var hres *http.Response
 	for {
-		hreq, _ := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+		hreq, _ := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(body))
 		hreq.Header.Set("Content-Type", "application/json")
 		hreq.Header.Set("X-Delighted-Webhook-Signature", sig)
 		hres, err = http.DefaultClient.Do(hreq)
 		if err != nil {
-			return nil, status.Errorf(codes.Unavailable, "POST to the ingress at %s: %v (ADMIN_INGRESS_URL)", s.o.IngressURL, err)
+			return nil, status.Errorf(codes.Unavailable, "POST to the ingress at %s: %v (ADMIN_INGRESS_URL)", s.o.IngressURL, withoutURL(err))
 		}
 		hres.Body.Close()
 		if hres.StatusCode != http.StatusNotFound || time.Since(start) > 5*time.Second {

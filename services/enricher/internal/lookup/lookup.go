@@ -93,6 +93,9 @@ func New(cfg config.Lookup, o Options) (*Lookup, error) {
 	}
 	c := *client
 	c.Timeout = cfg.Timeout.Duration
+	// Never follow a redirect: it would carry the secret headers to wherever
+	// the answer points. A 3xx is a configuration error, said as such.
+	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	l := &Lookup{cfg: cfg, headers: h, client: &c, rdb: o.RDB, prefix: o.Prefix + cfg.Name + ":", log: o.Log,
 		limiter: rate.NewLimiter(rate.Limit(cfg.RateLimit.PerSecond), cfg.RateLimit.Burst),
 		breaker: sink.NewBreaker(cfg.BreakerThreshold, cfg.BreakerOpenFor.Duration, nil),
@@ -299,10 +302,35 @@ func (l *Lookup) fetch(ctx context.Context, key string) (*feedbackv1.LookupResul
 
 type permanentErr struct{ error }
 
+// EscapeKey makes a key safe anywhere in a URL, path segment or query
+// value: every byte but the unreserved ones (RFC 3986: letters, digits,
+// "-", "_", ".", "~") is percent-encoded — "/", "?", "#", "&", "=" and "%"
+// included — and a key that is a dot segment ("." or "..") is encoded whole,
+// so no key can reach another path or add a parameter.
+func EscapeKey(key string) string {
+	if key == "." || key == ".." {
+		return strings.Repeat("%2E", len(key))
+	}
+	const hex = "0123456789ABCDEF"
+	var b strings.Builder
+	b.Grow(len(key))
+	for i := 0; i < len(key); i++ {
+		c := key[i]
+		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.' || c == '~' {
+			b.WriteByte(c)
+			continue
+		}
+		b.WriteByte('%')
+		b.WriteByte(hex[c>>4])
+		b.WriteByte(hex[c&15])
+	}
+	return b.String()
+}
+
 // request makes one request. A definite answer (found or not found) has a
 // nil error; retryable failures carry the Retry-After to wait.
 func (l *Lookup) request(ctx context.Context, key string) (*cached, time.Duration, error) {
-	u := strings.ReplaceAll(l.cfg.URL, "{key}", url.PathEscape(key))
+	u := strings.ReplaceAll(l.cfg.URL, "{key}", EscapeKey(key))
 	req, err := http.NewRequestWithContext(ctx, l.cfg.Method, u, nil)
 	if err != nil {
 		return nil, 0, permanentErr{err}
@@ -332,6 +360,8 @@ func (l *Lookup) request(ctx context.Context, key string) (*cached, time.Duratio
 			}
 		}
 		return &cached{Fields: fields}, 0, nil
+	case resp.StatusCode/100 == 3:
+		return nil, 0, permanentErr{fmt.Errorf("HTTP %d from %s: redirects are not followed (they would carry the secret headers); set the lookup's url to the final address", resp.StatusCode, redact(l.cfg.URL))}
 	case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusRequestTimeout || resp.StatusCode >= 500:
 		return nil, retryAfter(resp.Header.Get("Retry-After")), fmt.Errorf("HTTP %d from %s", resp.StatusCode, redact(l.cfg.URL))
 	default:
