@@ -99,9 +99,11 @@ FUZZTIME ?= 40000x
 fuzz: ## run each fuzz target for FUZZTIME executions (default 40000x; seed corpora in testdata/fuzz)
 	cd services/ingress && for f in FuzzDelightedVerifyNeverPanics FuzzIdentify FuzzSignatureHeaders FuzzLookupPathMatchesEncodingJSON; do \
 	  go test -run XXX -fuzz "^$$f$$" -fuzztime $(FUZZTIME) ./internal/verify || exit 1; done
+	cd services/ingress && go test -run XXX -fuzz '^FuzzTheHandler$$' -fuzztime $(FUZZTIME) ./internal/ingest
 	cd services/normalizer && for f in FuzzDelightedMapNeverPanics FuzzEveryMapperNeverPanics FuzzFlattenMatchesTheReference; do \
 	  go test -run XXX -fuzz "^$$f$$" -fuzztime $(FUZZTIME) ./internal/mapping || exit 1; done
 	cd services/normalizer && go test -run XXX -fuzz '^FuzzPathsMatchTheReference$$' -fuzztime $(FUZZTIME) ./internal/drift
+	cd services/normalizer && go test -run XXX -fuzz '^FuzzTheBatchHandler$$' -fuzztime $(FUZZTIME) ./internal/normalize
 
 .PHONY: bench-ingress
 bench-ingress: ## ingress vs a bare HMAC-checking server: req/s, latency, RSS, every 2xx found in Kafka

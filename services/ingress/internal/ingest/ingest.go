@@ -365,16 +365,16 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, source string
 	}
 	var buf []byte
 	for {
+		if want > 0 && int64(len(buf)) == want {
+			// Anything past the declared length is a malformed request.
+			if n, _ := rd.Read(make([]byte, 1)); n > 0 {
+				return nil, errors.New("body longer than Content-Length")
+			}
+			return buf, nil
+		}
 		if len(buf) == cap(buf) {
 			grow := int64(min(max(cap(buf), 4096), chunk))
 			if want > 0 {
-				if int64(len(buf)) == want {
-					// Anything past the declared length is a malformed request.
-					if n, _ := rd.Read(make([]byte, 1)); n > 0 {
-						return nil, errors.New("body longer than Content-Length")
-					}
-					return buf, nil
-				}
 				grow = min(grow, want-int64(len(buf)))
 			} else if err := charge(grow); err != nil {
 				return nil, err
