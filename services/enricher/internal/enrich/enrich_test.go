@@ -343,3 +343,24 @@ func keys(m map[string]*feedbackv1.FeedbackEvent) []string {
 	}
 	return out
 }
+
+// Finding 1 of the hardening review, at the enricher: an enriched event that
+// does not fit in its lane's topic is quarantined (its normalized record
+// fit on the topic before), never retried forever, and the others are done.
+func TestAnEnrichedEventTooLargeForItsLaneIsQuarantinedNotRetried(t *testing.T) {
+	c := newCRM(t)
+	h, rec, _ := handler(t, c, nil)
+	rec.fail = func(r kafkaio.Record) error {
+		if strings.HasSuffix(string(r.Key), "/b") {
+			return kafkaio.Permanent(kafkaio.ReasonRecordTooLarge, &kafkaio.RecordTooLargeError{Topic: r.Topic, Size: 2 << 20, Limit: 1 << 20})
+		}
+		return nil
+	}
+	errs := h.HandleBatch(context.Background(), []kafkaio.Delivery{ev("a", "ann@example.com", promoter), ev("b", "bob@example.com", promoter), ev("c", "cy@example.com", promoter)})
+	if errs == nil || errs[0] != nil || errs[2] != nil {
+		t.Fatalf("results %v: the events that fit must be done", errs)
+	}
+	if reason, perm := kafkaio.IsPermanent(errs[1]); !perm || reason != kafkaio.ReasonRecordTooLarge {
+		t.Fatalf("the event too large: %v, want Permanent(%s)", errs[1], kafkaio.ReasonRecordTooLarge)
+	}
+}
