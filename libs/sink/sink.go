@@ -350,11 +350,31 @@ func (r *Runner) HandleBatch(ctx context.Context, batch []kafkaio.Delivery) []er
 	if err != nil {
 		return r.failAll(results, todo, fmt.Errorf("checkpoint unavailable: %w", err))
 	}
+	// One outcome per event: a copy already delivered (checkpoint) is done;
+	// a second copy in this batch (a producer that retried after a crash
+	// writes the event twice, a few offsets apart) shares the fate of the
+	// first instead of being delivered again.
 	fresh := todo[:0]
+	firstOf := make(map[string]*pending, len(todo))
+	var copies [][2]*pending // {copy, first}
 	for i, p := range todo {
-		if !seen[i] {
-			fresh = append(fresh, p)
+		if seen[i] {
+			continue
 		}
+		if first, dup := firstOf[keys[i]]; dup {
+			copies = append(copies, [2]*pending{p, first})
+			continue
+		}
+		firstOf[keys[i]] = p
+		fresh = append(fresh, p)
+	}
+	if len(copies) > 0 {
+		r.cfg.Log.Info("repeated events in one batch delivered once", "sink", r.cfg.Sink, "destination", r.cfg.Destination, "repeats", len(copies))
+		defer func() {
+			for _, c := range copies {
+				results[c[0].idx] = results[c[1].idx]
+			}
+		}()
 	}
 	delivered, deadP, dead, err := r.deliver(ctx, batch, fresh)
 	// Dead letters are durable before anything is committed.

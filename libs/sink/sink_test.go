@@ -533,3 +533,47 @@ func TestHTTPStatusClassification(t *testing.T) {
 		t.Errorf("Retry-After as a date: %s", after)
 	}
 }
+
+// Issue 10, item 3: an enricher killed right after producing wrote the same
+// event twice a few offsets apart; the sink took both copies in one batch and
+// delivered the event twice. A copy in the batch shares its first's fate.
+func TestAnEventRepeatedWithinABatchIsDeliveredOnce(t *testing.T) {
+	d := &dest{failWith: func(ev *feedbackv1.FeedbackEvent, attempt int) error {
+		if ev.EventId == "b" && attempt < 2 {
+			return HTTPStatus(503, http.Header{}, nil)
+		}
+		return nil
+	}}
+	q := &dlq{}
+	batch := batchOf(t, "a", "b", "a", "c", "b", "a")
+	if errs := runner(t, d, q, nil).HandleBatch(context.Background(), batch); errs != nil {
+		t.Fatal(errs)
+	}
+	if got := d.delivered(); strings.Join(got, ",") != "a,c,b" {
+		t.Fatalf("delivered %v, want each event once: a, c, then b after its retry", got)
+	}
+
+	// A copy of an event that fails for good is done with it (one outcome:
+	// one dead letter), and a copy of one that cannot be delivered yet waits
+	// with it.
+	d2 := &dest{failWith: func(ev *feedbackv1.FeedbackEvent, _ int) error {
+		if ev.EventId == "bad" {
+			return Permanent(errors.New("rejected"))
+		}
+		return nil
+	}}
+	q2 := &dlq{}
+	if errs := runner(t, d2, q2, nil).HandleBatch(context.Background(), batchOf(t, "bad", "ok", "bad")); errs != nil {
+		t.Fatal(errs)
+	}
+	if dl := q2.letters(t); len(dl) != 1 {
+		t.Fatalf("%d dead letters for one event sent twice", len(dl))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // stopping: nothing can be delivered
+	d3 := &dest{failWith: func(*feedbackv1.FeedbackEvent, int) error { return HTTPStatus(503, http.Header{}, nil) }}
+	errs := runner(t, d3, &dlq{}, nil).HandleBatch(ctx, batchOf(t, "x", "y", "x"))
+	if errs == nil || errs[0] == nil || errs[2] == nil {
+		t.Fatalf("results %v: the copy of an undelivered event must not be done", errs)
+	}
+}
