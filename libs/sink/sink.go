@@ -120,6 +120,9 @@ type Config struct {
 	// PriorityTopic is the priority lane: its batches get the next free
 	// slot, and while it has a backlog the standard lane waits (see lanes).
 	PriorityTopic string
+	// Ready, when set, is waited for before each batch (a destination still
+	// connecting: consumption holds as if paused).
+	Ready func(ctx context.Context) error
 	// Concurrency is the most batches delivered to the destination at once
 	// (0: one per partition the consumer works on).
 	Concurrency int
@@ -294,6 +297,14 @@ type pending struct {
 // HandleBatch implements kafkaio.BatchHandler.
 func (r *Runner) HandleBatch(ctx context.Context, batch []kafkaio.Delivery) []error {
 	results := make([]error, len(batch))
+	if r.cfg.Ready != nil {
+		if err := r.cfg.Ready(ctx); err != nil {
+			for i := range results {
+				results[i] = fmt.Errorf("destination not connected: %w", err)
+			}
+			return results
+		}
+	}
 	failed := false
 	var todo []*pending
 	var unjudged []kafkaio.Record // events the filter could not judge: dead letters

@@ -277,6 +277,51 @@ func runSinkSuite(t *testing.T, s *sinkUnderTest) {
 	if n := len(deadLetters()); n != 1 {
 		t.Fatalf("kill: %d dead letters, want still the one permanent", n)
 	}
+
+	// 7. Start-up while the destination is down (issue 10: sink-warehouse
+	// killed while PostgreSQL was stopped did not listen for 18 s): the sink
+	// serves health and status at once, reports not ready with the reason,
+	// and delivers when the destination returns.
+	s.down(true)
+	proc.Kill()
+	if err := proc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	started := time.Now()
+	var healthy time.Duration
+	for deadline := time.Now().Add(15 * time.Second); healthy == 0; time.Sleep(50 * time.Millisecond) {
+		if resp, err := http.Get("http://" + p.OpsAddrs[s.service] + "/healthz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				healthy = time.Since(started)
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("start-up while down: no /healthz within 15 s")
+		}
+	}
+	down := batch(20)
+	produce("feedback.enriched.v1", down...)
+	var st *adminv1.GetStatusResponse
+	for deadline := time.Now().Add(10 * time.Second); st == nil; time.Sleep(100 * time.Millisecond) {
+		if r, err := admin.GetStatus(ctx, &adminv1.GetStatusRequest{}); err == nil {
+			st = r
+		} else if time.Now().After(deadline) {
+			t.Fatalf("start-up while down: GetStatus: %v", err)
+		}
+	}
+	reason := ""
+	for _, c := range st.Components {
+		if !c.Healthy {
+			reason += c.Name + ": " + c.Detail + "; "
+		}
+	}
+	if s.service == "sink-warehouse" && (st.Ready || !strings.Contains(reason, "destination warehouse")) {
+		t.Fatalf("start-up while down: ready %v, unhealthy components %q; want not ready because of the destination", st.Ready, reason)
+	}
+	s.down(false)
+	checkOnce("start-up while down", waitAll(90*time.Second))
+	t.Logf("start-up while down: /healthz after %s, not ready meanwhile (%s); every event once after the destination returned", healthy.Round(time.Millisecond), strings.TrimSuffix(reason, "; "))
 }
 
 // suiteEvent is the i-th event of the suite: a detractor response.

@@ -50,7 +50,9 @@ func Load(e *config.Env) (Config, error) {
 	return c, e.Err()
 }
 
-// Run starts the sink and blocks until ctx is cancelled.
+// Run starts the sink and blocks until ctx is cancelled. It serves health
+// and status at once; PostgreSQL is connected (and migrated) in the
+// background, and the sink is ready when it is.
 func Run(ctx context.Context) error {
 	cfg, err := Load(config.FromEnviron())
 	if err != nil {
@@ -60,43 +62,34 @@ func Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	t := cfg.Common.Topics
-	dlq := t.DLQ("sink-warehouse")
-	if err := svc.EnsureTopics(ctx, t.Enriched, t.Priority, t.Quarantine, dlq, t.Replay("sink-warehouse")); err != nil {
-		return err
-	}
-	pool, err := connect(ctx, cfg.DatabaseURL)
+	wh := cfg.Pipeline.Current().Sinks.Warehouse
+	var pool *pgxpool.Pool
+	err = sink.Host(ctx, svc, cfg.Sink, []sink.Instance{{
+		Name: "warehouse", Group: cfg.GroupID, MaxBatch: wh.BatchSize, Filter: sink.FilterOf(wh.Filter.Expr),
+		Checkpoint: sink.Idempotent{}, // the unique event_id is the warehouse's own checkpoint
+		Open: func(ctx context.Context) (sink.Destination, error) {
+			p, err := connect(ctx, cfg.DatabaseURL)
+			if err != nil {
+				return nil, err
+			}
+			if err := warehouse.Migrate(ctx, p, wh.Schema); err != nil {
+				p.Close()
+				return nil, err
+			}
+			pool = p
+			svc.Status.AddCheck("postgres", warehouse.Ping(p))
+			svc.Log.Info("warehouse ready", "schema", wh.Schema, "table", wh.Schema+".feedback_events", "view", wh.Schema+".feedback_latest")
+			return warehouse.NewWriter(p, wh.Schema), nil
+		},
+		Close: func() { pool.Close() },
+	}})
 	if err != nil {
 		return err
 	}
-	schema := cfg.Pipeline.Current().Sinks.Warehouse.Schema
-	if err := warehouse.Migrate(ctx, pool, schema); err != nil {
-		pool.Close()
-		return err
-	}
-	svc.Status.AddCheck("postgres", warehouse.Ping(pool))
-	svc.Log.Info("warehouse ready", "schema", schema, "table", schema+".feedback_events", "view", schema+".feedback_latest")
-	producer := svc.Producer() // quarantine and dead letters
-	rcfg := sink.Config{Sink: "sink-warehouse", DLQTopic: dlq, DLQ: producer, Log: svc.Log,
-		Checkpoint:    sink.Idempotent{}, // the unique event_id is the warehouse's own checkpoint
-		Filter:        sink.FilterOf(cfg.Pipeline.Current().Sinks.Warehouse.Filter.Expr),
-		PriorityTopic: t.Priority}
-	cfg.Sink.Apply(&rcfg)
-	runner, err := sink.New(rcfg, warehouse.NewWriter(pool, schema))
-	if err != nil {
-		pool.Close()
-		return err
-	}
-	svc.Status.AddDestination(runner)
-	if err := svc.ConsumeBatch(cfg.GroupID, []string{t.Priority, t.Enriched, t.Replay("sink-warehouse")}, producer, cfg.Pipeline.Current().Sinks.Warehouse.BatchSize, runner.HandleBatch); err != nil {
-		pool.Close()
-		return err
-	}
-	svc.CloseProducer(producer)
-	svc.OnShutdown("postgres", 2*time.Second, func(context.Context) error { pool.Close(); return nil })
 	return svc.Run()
 }
 
+// connect opens a pool and checks it answers (one try: the host retries).
 func connect(ctx context.Context, url string) (*pgxpool.Pool, error) {
 	pcfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
@@ -106,16 +99,11 @@ func connect(ctx context.Context, url string) (*pgxpool.Pool, error) {
 	if err != nil {
 		return nil, err
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		err = pool.Ping(ctx)
-		if err == nil {
-			return pool, nil
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			pool.Close()
-			return nil, fmt.Errorf("PostgreSQL at %s:%d is not reachable: %w (check DATABASE_URL)", pcfg.ConnConfig.Host, pcfg.ConnConfig.Port, err)
-		}
-		time.Sleep(300 * time.Millisecond)
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := pool.Ping(pctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("PostgreSQL at %s:%d is not reachable: %w (check DATABASE_URL)", pcfg.ConnConfig.Host, pcfg.ConnConfig.Port, err)
 	}
+	return pool, nil
 }

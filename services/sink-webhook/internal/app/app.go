@@ -88,47 +88,37 @@ func Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	t := cfg.Common.Topics
-	dlq := t.DLQ("sink-webhook")
-	if err := svc.EnsureTopics(ctx, t.Enriched, t.Priority, t.Quarantine, dlq, t.Replay("sink-webhook")); err != nil {
-		return err
-	}
 	rdb, err := svc.Redis(ctx, cfg.RedisURL)
 	if err != nil {
 		return err
 	}
 	svc.Status.AddCheck("redis", func(ctx context.Context) error { return rdb.Ping(ctx).Err() })
-	producer := svc.Producer() // quarantine and dead letters
+	var instances []sink.Instance
 	for _, ep := range cfg.Pipeline.Current().Sinks.Webhook.Endpoints {
 		secret, err := config.ResolveSecret(ep.SecretRef, os.LookupEnv)
 		if err != nil {
 			return fmt.Errorf("sinks.webhook.endpoints %s: %w", ep.Name, err)
 		}
 		prefix := cfg.RedisPrefix + "sink:webhook:" + ep.Name + ":"
-		dest, err := webhook.New(ctx, ep.Name, ep.URL, secret.Reveal(), ep.Timeout.Duration, redisFlag{rdb: rdb, key: prefix + "disabled"})
-		if err != nil {
-			return err
-		}
-		if why, off := dest.Disabled(); off {
-			svc.Log.Warn("endpoint is disabled: its events go to the dead-letter topic", "endpoint", ep.Name, "why", why, "reenable", "DEL "+prefix+"disabled, then restart")
-		}
 		checkpoint := sink.RedisCheckpoint{RDB: rdb, Prefix: prefix + "done:", TTL: cfg.CheckpointTTL}
-		dest.Checkpoint = checkpoint
-		rcfg := sink.Config{Sink: "sink-webhook", Destination: ep.Name, DLQTopic: dlq, DLQ: producer, Log: svc.Log,
-			Checkpoint:    checkpoint,
-			Filter:        sink.FilterOf(ep.Filter.Expr),
-			PriorityTopic: t.Priority}
-		cfg.Sink.Apply(&rcfg)
-		runner, err := sink.New(rcfg, dest)
-		if err != nil {
-			return err
-		}
-		svc.Status.AddDestination(runner)
-		if err := svc.ConsumeBatch(cfg.GroupID+"-"+ep.Name, []string{t.Priority, t.Enriched, t.Replay("sink-webhook")}, producer, cfg.Sink.MaxBatch, runner.HandleBatch); err != nil {
-			return err
-		}
-		svc.Log.Info("endpoint ready", "endpoint", ep.Name, "group", cfg.GroupID+"-"+ep.Name)
+		instances = append(instances, sink.Instance{
+			Name: ep.Name, Group: cfg.GroupID + "-" + ep.Name, Checkpoint: checkpoint, Filter: sink.FilterOf(ep.Filter.Expr),
+			Open: func(ctx context.Context) (sink.Destination, error) {
+				dest, err := webhook.New(ctx, ep.Name, ep.URL, secret.Reveal(), ep.Timeout.Duration, redisFlag{rdb: rdb, key: prefix + "disabled"})
+				if err != nil {
+					return nil, err
+				}
+				if why, off := dest.Disabled(); off {
+					svc.Log.Warn("endpoint is disabled: its events go to the dead-letter topic", "endpoint", ep.Name, "why", why, "reenable", "DEL "+prefix+"disabled, then restart")
+				}
+				dest.Checkpoint = checkpoint
+				svc.Log.Info("endpoint ready", "endpoint", ep.Name, "group", cfg.GroupID+"-"+ep.Name)
+				return dest, nil
+			},
+		})
 	}
-	svc.CloseProducer(producer)
+	if err := sink.Host(ctx, svc, cfg.Sink, instances); err != nil {
+		return err
+	}
 	return svc.Run()
 }
