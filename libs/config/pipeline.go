@@ -140,6 +140,11 @@ type RateLimit struct {
 type Sinks struct {
 	Warehouse WarehouseSink `yaml:"warehouse"`
 	Webhook   WebhookSink   `yaml:"webhook"`
+	// Kinds are the sections of the other destination kinds (sinks.slack,
+	// ...), each decoded strictly by the package of its kind in the service
+	// that hosts it (sink.Kind): an unknown key there fails that service's
+	// start, naming the key. Other services keep them as they are.
+	Kinds map[string]yaml.Node `yaml:",inline"`
 }
 
 // WebhookSink configures sink-webhook: every endpoint receives every event,

@@ -169,6 +169,14 @@ func (o *opening) Disabled() (string, bool) {
 	return "", false
 }
 
+// Enable forwards to a destination an operator re-enables.
+func (o *opening) Enable(ctx context.Context) error {
+	if d, ok := o.get().(Enabler); ok {
+		return d.Enable(ctx)
+	}
+	return nil
+}
+
 func (o *opening) close(fn func()) {
 	select {
 	case <-o.ready:

@@ -239,11 +239,27 @@ func (r *Runner) Pause(reason string) {
 	r.cfg.Log.Warn("destination paused", "sink", r.cfg.Sink, "destination", r.Name(), "reason", reason)
 }
 
-// Resume undoes Pause.
+// Resume undoes Pause, and re-enables a destination that disabled itself
+// (a webhook endpoint that answered 410, an archived Slack channel).
 func (r *Runner) Resume() {
 	r.cfg.Breaker.Resume()
 	r.pauseReason.Store(nil)
+	if e, ok := r.dest.(Enabler); ok {
+		if why, off := e.Disabled(); off {
+			if err := e.Enable(context.Background()); err != nil {
+				r.cfg.Log.Error("re-enabling the destination failed", "sink", r.cfg.Sink, "destination", r.Name(), "error", err.Error())
+			} else {
+				r.cfg.Log.Info("destination re-enabled", "sink", r.cfg.Sink, "destination", r.Name(), "was", why)
+			}
+		}
+	}
 	r.cfg.Log.Info("destination resumed", "sink", r.cfg.Sink, "destination", r.Name())
+}
+
+// Enabler is a Disabler an operator re-enables (ResumeDestination).
+type Enabler interface {
+	Disabler
+	Enable(ctx context.Context) error
 }
 
 // Disabler is implemented by destinations that can refuse for good (a

@@ -1,6 +1,8 @@
-// Package app is the sink-webhook composition root: one sink runtime, with
-// its own consumer group, Redis checkpoint and circuit breaker, per endpoint
-// in the pipeline's sinks.webhook.endpoints.
+// Package app is the sink-webhook composition root: the service of the
+// outbound HTTP destinations — webhook endpoints (sinks.webhook.endpoints)
+// and the kinds in Kinds (sinks.slack, ...) — each destination with its own
+// consumer group, Redis checkpoint and circuit breaker, so a dead vendor
+// never slows another.
 package app
 
 import (
@@ -54,11 +56,16 @@ func Load(e *config.Env) (Config, error) {
 	if err := e.Err(); err != nil {
 		return c, err
 	}
-	if len(c.Pipeline.Current().Sinks.Webhook.Endpoints) == 0 {
-		return c, errors.New("sinks.webhook.endpoints in PIPELINE_CONFIG is empty: nothing to deliver to")
+	if len(c.Pipeline.Current().Sinks.Webhook.Endpoints) == 0 && len(c.Pipeline.Current().Sinks.Kinds) == 0 {
+		return c, errors.New("PIPELINE_CONFIG has no sinks.webhook.endpoints and no other destination (sinks.slack, ...): nothing to deliver to")
 	}
 	return c, nil
 }
+
+// Kinds are the destination kinds this service hosts besides webhook
+// endpoints, each its own section under sinks: in the pipeline file
+// (docs/destinations.md). Adding one is a line here.
+var Kinds = []sink.Kind{}
 
 // redisFlag keeps an endpoint's disabled flag in Redis.
 type redisFlag struct {
@@ -77,6 +84,8 @@ func (f redisFlag) Disabled(ctx context.Context) (string, bool, error) {
 func (f redisFlag) Disable(ctx context.Context, why string) error {
 	return f.rdb.Set(ctx, f.key, why, 0).Err()
 }
+
+func (f redisFlag) Enable(ctx context.Context) error { return f.rdb.Del(ctx, f.key).Err() }
 
 // Run starts the sink and blocks until ctx is cancelled.
 func Run(ctx context.Context) error {
@@ -109,7 +118,7 @@ func Run(ctx context.Context) error {
 					return nil, err
 				}
 				if why, off := dest.Disabled(); off {
-					svc.Log.Warn("endpoint is disabled: its events go to the dead-letter topic", "endpoint", ep.Name, "why", why, "reenable", "DEL "+prefix+"disabled, then restart")
+					svc.Log.Warn("endpoint is disabled: its events go to the dead-letter topic", "endpoint", ep.Name, "why", why, "reenable", "closedloopctl resume sink-webhook "+ep.Name)
 				}
 				dest.Checkpoint = checkpoint
 				svc.Log.Info("endpoint ready", "endpoint", ep.Name, "group", cfg.GroupID+"-"+ep.Name)
@@ -117,7 +126,12 @@ func Run(ctx context.Context) error {
 			},
 		})
 	}
-	if err := sink.Host(ctx, svc, cfg.Sink, instances); err != nil {
+	kinds, err := sink.KindInstances(Kinds, cfg.Pipeline.Current().Sinks.Kinds, sink.KindEnv{Redis: rdb, RedisPrefix: cfg.RedisPrefix + "sink:",
+		GroupPrefix: cfg.GroupID + "-", LookupEnv: os.LookupEnv, Log: svc.Log})
+	if err != nil {
+		return err
+	}
+	if err := sink.Host(ctx, svc, cfg.Sink, append(instances, kinds...)); err != nil {
 		return err
 	}
 	return svc.Run()

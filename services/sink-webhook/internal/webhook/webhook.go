@@ -35,6 +35,7 @@ import (
 type Flag interface {
 	Disabled(ctx context.Context) (string, bool, error)
 	Disable(ctx context.Context, why string) error
+	Enable(ctx context.Context) error
 }
 
 // Endpoint delivers to one URL.
@@ -93,6 +94,17 @@ func (e *Endpoint) Disabled() (string, bool) {
 		return *p, true
 	}
 	return "", false
+}
+
+// Enable re-enables a disabled endpoint (an operator's ResumeDestination).
+func (e *Endpoint) Enable(ctx context.Context) error {
+	if e.flag != nil {
+		if err := e.flag.Enable(ctx); err != nil {
+			return err
+		}
+	}
+	e.off.Store(nil)
+	return nil
 }
 
 // Sign returns the webhook-signature header value for a message.

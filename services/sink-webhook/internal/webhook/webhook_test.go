@@ -57,6 +57,7 @@ type memFlag struct{ why string }
 
 func (f *memFlag) Disabled(context.Context) (string, bool, error) { return f.why, f.why != "", nil }
 func (f *memFlag) Disable(_ context.Context, why string) error    { f.why = why; return nil }
+func (f *memFlag) Enable(context.Context) error                   { f.why = ""; return nil }
 
 func events(ids ...string) []*sink.Event {
 	out := make([]*sink.Event, len(ids))
