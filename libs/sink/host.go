@@ -106,6 +106,7 @@ func (o *opening) run(ctx context.Context) error {
 			if attempt > 1 {
 				o.log.Log.Info("destination connected", "destination", o.name, "attempts", attempt)
 			}
+			<-ctx.Done() // a task of the service's group runs until shutdown
 			return nil
 		}
 		if ctx.Err() != nil {

@@ -55,7 +55,7 @@ func TestSinkConformance(t *testing.T) {
 	requireInfra(t)
 	for _, mk := range sinksUnderTest {
 		s := mk(t)
-		t.Run(s.service, func(t *testing.T) { runSinkSuite(t, s) })
+		t.Run(s.service+"/"+s.dest, func(t *testing.T) { runSinkSuite(t, s) })
 	}
 }
 

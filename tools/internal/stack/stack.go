@@ -64,6 +64,8 @@ func Build(ctx context.Context, root, binDir string) error {
 	for _, pkg := range Binaries {
 		args = append(args, pkg)
 	}
+	// Every vendor fake's server (tools/fakes/<kind>/cmd/<kind>server).
+	args = append(args, "./tools/fakes/...")
 	cmd := exec.CommandContext(ctx, "go", args...)
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {

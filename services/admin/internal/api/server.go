@@ -61,6 +61,11 @@ type Options struct {
 	Topics     kafkaio.Topics
 	Brokers    []string
 	Log        *slog.Logger
+	// DestinationStage, when set, gives the stage of a destination a sink
+	// instance reports in GetStatus that no configured stage covers (the
+	// destinations of kinds such as Slack): status learns them from the
+	// instances instead of a hand-kept list.
+	DestinationStage func(service, destination string) (Stage, bool)
 	// ServiceCredentials authenticate the admin on the services' gRPC ports
 	// and name the person it acts for.
 	ServiceCredentials grpcserver.ServiceCredentials
@@ -440,7 +445,30 @@ func (s *Server) GetPipelineStatus(ctx context.Context, _ *adminv1.GetPipelineSt
 	}
 	wg.Wait()
 
-	for _, st := range s.o.Stages {
+	stages := append([]Stage(nil), s.o.Stages...)
+	if s.o.DestinationStage != nil {
+		known := map[string]bool{}
+		for _, st := range stages {
+			known[st.Name] = true
+		}
+		var extra []Stage
+		for svc, as := range answers {
+			for _, a := range as {
+				if a.err != nil {
+					continue
+				}
+				for _, d := range a.st.Destinations {
+					if st, ok := s.o.DestinationStage(svc, d.Name); ok && !known[st.Name] {
+						known[st.Name] = true
+						extra = append(extra, st)
+					}
+				}
+			}
+		}
+		sort.Slice(extra, func(i, j int) bool { return extra[i].Name < extra[j].Name })
+		stages = append(stages, extra...)
+	}
+	for _, st := range stages {
 		out := &adminv1.StageStatus{Name: st.Name, Group: st.Group}
 		parts, err := s.o.Offsets.Group(ctx, st.Group, st.Topics)
 		if err != nil {

@@ -179,7 +179,8 @@ func Run(ctx context.Context) error {
 	}
 	auth.Audit.Log = svc.Log
 	sinks := append([]string(nil), cfg.Sinks...)
-	if len(cfg.Pipeline.Current().Sinks.Webhook.Endpoints) > 0 {
+	// sink-webhook runs the webhook endpoints and every other kind (sinks.slack, ...).
+	if len(cfg.Pipeline.Current().Sinks.Webhook.Endpoints) > 0 || len(cfg.Pipeline.Current().Sinks.Kinds) > 0 {
 		sinks = append(sinks, "sink-webhook")
 	}
 	topics := []string{t.Audit()}
@@ -210,6 +211,13 @@ func Run(ctx context.Context) error {
 		DLQ: dlq.New(cfg.Common.Brokers, t, producer), Replays: replays, Offsets: offsets.New(cfg.Common.Brokers),
 		Stages: cfg.stages(t), Instances: cfg.Instances, PublicURL: cfg.PublicURL, Log: svc.Log,
 		IngressURL: cfg.IngressURL, Topics: t, Brokers: cfg.Common.Brokers, ServiceCredentials: cfg.Common.ServiceCredentials("admin"),
+		DestinationStage: func(service, dest string) (api.Stage, bool) {
+			if service != "sink-webhook" {
+				return api.Stage{}, false
+			}
+			return api.Stage{Name: "sink-webhook/" + dest, Service: service, Sink: service, Group: cfg.WebhookGroup + "-" + dest,
+				Topics: []string{t.Priority, t.Enriched, t.Replay(service)}, MaxLag: int64(cfg.MaxLag)}, true
+		},
 	})
 	adminv1.RegisterAdminServiceServer(svc.GRPC.GRPC, server)
 	svc.Watch(cfg.Pipeline, func(*config.Pipeline) error { return nil }) // admin tokens and sources follow the file
