@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -115,15 +116,33 @@ func run(ctx context.Context, o options) error {
 	defer stopped("crm server", crm.Stop)
 	say("  crm        %s (tools/crmserver: accounts by email domain; try %s/v1/accounts/example.com)", crmURL, crmURL)
 
+	slackPort, err := localinfra.FreePort()
+	if err != nil {
+		return err
+	}
+	slackAddr := "127.0.0.1:" + strconv.Itoa(slackPort)
+	slackSrv := &stack.Process{Name: "slackserver", Bin: filepath.Join(bin, "slackserver"), Args: []string{"-addr", slackAddr},
+		Log: filepath.Join(state, "logs", "slackserver.log"), Tee: os.Stdout}
+	if err := slackSrv.Start(); err != nil {
+		return err
+	}
+	defer stopped("slack server", slackSrv.Stop)
+	if err := stack.WaitReady(ctx, slackSrv, slackAddr, 30*time.Second); err != nil {
+		return err
+	}
+	say("  slack      http://%s (tools/fakes/slack: detractor alerts are printed as ✉ lines)", slackAddr)
+
 	secret, token := "dev_delighted_api_key", "tok_dev_0123456789abcdefghijklmnop"
 	p := &stack.Pipeline{BinDir: bin, Dir: filepath.Join(state, "logs"), Brokers: broker.Addrs, Redis: redisAddr,
 		DatabaseURL: dbURL, Secret: secret, Token: token, IngressPort: o.ingressPort, Env: []string{"LOG_LEVEL=info"}, CRMURL: crmURL,
-		AdminTokens: map[string]string{"dev": "operator", "viewer": "viewer"}}
+		AdminTokens: map[string]string{"dev": "operator", "viewer": "viewer"},
+		SinksYAML:   "  slack:\n    channels:\n      - name: cx-alerts\n        webhook_url: env:SLACK_WEBHOOK_URL\n"}
+	p.Env = append(p.Env, "SLACK_WEBHOOK_URL=http://"+slackAddr+"/services/T0DEV/B0DEV/devwebhooksecret")
 	sinkName := "sink-warehouse"
 	if dbURL == "" {
 		sinkName = "sink-console"
 	}
-	p.Run = []string{sinkName, "enricher", "normalizer", "ingress", "admin"}
+	p.Run = []string{sinkName, "sink-webhook", "enricher", "normalizer", "ingress", "admin"}
 	say("  services   starting (logs in %s)…", p.Dir)
 	if err := p.Start(ctx); err != nil {
 		_ = p.Stop()

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,6 +24,7 @@ import (
 	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 	sinkv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/sink/v1"
+	slackfake "github.com/closedloop/closedloop/tools/fakes/slack"
 	"github.com/closedloop/closedloop/tools/internal/stack"
 )
 
@@ -39,7 +41,7 @@ type sinkUnderTest struct {
 
 // The sink settings of the suite: a breaker that opens after three failed
 // rounds and probes every second, short backoffs.
-var sinksUnderTest = []func(t *testing.T) *sinkUnderTest{warehouseUnderTest, webhookUnderTest}
+var sinksUnderTest = []func(t *testing.T) *sinkUnderTest{warehouseUnderTest, webhookUnderTest, slackUnderTest}
 
 var suiteEnv = []string{"SINK_BREAKER_THRESHOLD=3", "SINK_BREAKER_OPEN_FOR=1s", "SINK_BACKOFF_MAX=300ms", "LOG_LEVEL=warn"}
 
@@ -376,6 +378,65 @@ func webhookUnderTest(t *testing.T) *sinkUnderTest {
 		down:     rcv.down.Store,
 		reject:   func(ev *feedbackv1.FeedbackEvent) { rcv.refuse(ev.EventId) },
 		resent:   func() int { return int(rcv.resent.Load()) },
+	}
+}
+
+// slackUnderTest is a Slack channel of sink-webhook against the local Slack
+// (tools/fakes/slack), with limits high enough for the suite's volume and no
+// digests (the suite counts each event's own message). Slack has no
+// idempotency key: a message sent again after a kill shows twice, so
+// outcomes count distinct events and resent the repeats.
+func slackUnderTest(t *testing.T) *sinkUnderTest {
+	fake := slackfake.New()
+	fake.Rate, fake.Burst = 100000, 100000
+	srv := httptest.NewServer(fake)
+	t.Cleanup(srv.Close)
+	hook := srv.URL + fake.AddWebhook("C0E2E")
+	p := &stack.Pipeline{
+		Name: "sinkslack", BinDir: infra.binDir, Dir: infra.dir + "/sinkslack", Brokers: infra.broker.Addrs, Redis: infra.redis.Addr,
+		Run: []string{"sink-webhook"},
+		SinksYAML: "  slack:\n    channels:\n      - name: cx-alerts\n        webhook_url: env:E2E_SLACK_HOOK\n        when: 'true'\n" +
+			"        rate_per_second: 100000\n        burst: 100000\n        digest_after: 100000\n        timeout: 2s\n",
+		Env: append([]string{"E2E_SLACK_HOOK=" + hook}, suiteEnv...),
+	}
+	startPipeline(t, p)
+	counts := func() map[string]int {
+		out := map[string]int{}
+		for _, post := range fake.Posts() {
+			for _, part := range strings.Split(post.Text+string(post.Blocks), "sink-ev-")[1:] {
+				if len(part) >= 5 {
+					out["sink-ev-"+part[:5]]++
+				}
+			}
+		}
+		return out
+	}
+	return &sinkUnderTest{
+		service: "sink-webhook", dest: "cx-alerts", p: p,
+		outcomes: func(*testing.T) map[string]int {
+			out := counts()
+			for id := range out {
+				out[id] = 1 // a repeated message is one event's outcome shown twice: counted in resent
+			}
+			return out
+		},
+		down: func(down bool) {
+			if down {
+				fake.Fail(slackfake.Failure{Channel: "C0E2E", Status: http.StatusInternalServerError, Error: "rollup_error", N: 1 << 30})
+			} else {
+				fake.ClearFailures()
+			}
+		},
+		reject: func(ev *feedbackv1.FeedbackEvent) {
+			fake.Fail(slackfake.Failure{Match: ev.EventId, Status: http.StatusBadRequest, Error: "invalid_payload", N: 1 << 30})
+		},
+		resent: func() int {
+			n := 0
+			for _, c := range counts() {
+				n += c - 1
+			}
+			return n
+		},
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/closedloop/closedloop/libs/config"
+	"github.com/closedloop/closedloop/libs/destinations/slack"
 	"github.com/closedloop/closedloop/libs/service"
 	"github.com/closedloop/closedloop/libs/sink"
 	"github.com/closedloop/closedloop/services/sink-webhook/internal/webhook"
@@ -65,7 +66,9 @@ func Load(e *config.Env) (Config, error) {
 // Kinds are the destination kinds this service hosts besides webhook
 // endpoints, each its own section under sinks: in the pipeline file
 // (docs/destinations.md). Adding one is a line here.
-var Kinds = []sink.Kind{}
+var Kinds = []sink.Kind{
+	slack.Kind,
+}
 
 // redisFlag keeps an endpoint's disabled flag in Redis.
 type redisFlag struct {

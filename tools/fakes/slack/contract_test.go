@@ -1,0 +1,243 @@
+package slackfake_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/segmentio/kafka-go"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	"gopkg.in/yaml.v3"
+
+	"github.com/closedloop/closedloop/libs/destinations/slack"
+	"github.com/closedloop/closedloop/libs/kafkaio"
+	"github.com/closedloop/closedloop/libs/localinfra"
+	"github.com/closedloop/closedloop/libs/sink"
+	"github.com/closedloop/closedloop/libs/sink/sinktest"
+	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
+	sinkv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/sink/v1"
+	slackfake "github.com/closedloop/closedloop/tools/fakes/slack"
+)
+
+// channel builds the Slack destinations of a `sinks.slack` section, against
+// the fake, through the kind's own decoding (as the service does).
+func channel(t *testing.T, fake *slackfake.Server, url, section string, env map[string]string) sink.Instance {
+	t.Helper()
+	var n yaml.Node
+	if err := yaml.Unmarshal([]byte(section), &n); err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: localinfra.RedisForTest(t)})
+	ins, err := slack.Kind.Instances(n.Content[0], sink.KindEnv{Redis: rdb, RedisPrefix: "t:" + t.Name() + ":", GroupPrefix: "g-",
+		LookupEnv: func(k string) (string, bool) { v, ok := env[k]; return v, ok }, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ins[0]
+}
+
+func open(t *testing.T, in sink.Instance) sink.Destination {
+	t.Helper()
+	d, err := in.Open(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func mentions(fake *slackfake.Server) map[string]int {
+	out := map[string]int{}
+	for _, p := range fake.Posts() {
+		for _, part := range strings.Split(string(p.Blocks), "/r/")[1:] {
+			if i := strings.IndexByte(part, '|'); i > 0 {
+				out[part[:i]]++
+			}
+		}
+	}
+	return out
+}
+
+func TestTheSlackDestinationPassesTheContract(t *testing.T) {
+	fake := slackfake.New()
+	fake.Rate, fake.Burst = 1000, 1000
+	srv := httptest.NewServer(fake)
+	defer srv.Close()
+	hook := srv.URL + fake.AddWebhook("C0CONTRACT")
+	in := channel(t, fake, srv.URL, `
+channels:
+  - name: cx
+    webhook_url: env:HOOK
+    when: 'true'
+    rate_per_second: 1000
+    burst: 1000
+    digest_after: 100
+`, map[string]string{"HOOK": hook})
+	d := open(t, in)
+	sinktest.Run(t, sinktest.Harness{
+		New:        func(*testing.T) sink.Destination { return d },
+		Checkpoint: func(*testing.T) sink.Checkpoint { return in.Checkpoint },
+		Outcomes:   func(*testing.T) map[string]int { return mentions(fake) },
+		Fail: func(_ *testing.T, id string, f sinktest.Failure, n int) {
+			fl := slackfake.Failure{Match: "/r/" + id + "|", N: n}
+			switch f {
+			case sinktest.Unavailable:
+				fl.Status, fl.Error = http.StatusInternalServerError, "rollup_error"
+			case sinktest.RateLimited:
+				fl.Status, fl.Error, fl.RetryAfter = http.StatusTooManyRequests, "rate_limited", 1
+			case sinktest.Rejected:
+				fl.Status, fl.Error = http.StatusBadRequest, "invalid_payload"
+			}
+			fake.Fail(fl)
+		},
+		Supports: []sinktest.Failure{sinktest.Unavailable, sinktest.RateLimited, sinktest.Rejected},
+	})
+}
+
+type dlq struct{ recs []kafkaio.Record }
+
+func (q *dlq) Produce(_ context.Context, recs ...kafkaio.Record) error {
+	q.recs = append(q.recs, recs...)
+	return nil
+}
+
+func runner(t *testing.T, in sink.Instance, q *dlq) *sink.Runner {
+	t.Helper()
+	r, err := sink.New(sink.Config{Sink: "sink-webhook", Destination: in.Name, DLQTopic: "dlq", DLQ: q, Checkpoint: in.Checkpoint, Filter: in.Filter,
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), BackoffBase: 10 * time.Millisecond, BackoffMax: 100 * time.Millisecond, MaxAttempts: 3,
+		Breaker: sink.NewBreaker(100, time.Second, nil)}, open(t, in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+var seq int
+
+func events(t *testing.T, n int, seg feedbackv1.Segment) []kafkaio.Delivery {
+	out := make([]kafkaio.Delivery, n)
+	for i := range out {
+		seq++
+		id := "slack-ev-" + strconv.Itoa(seq)
+		c := "Support took three days to answer."
+		now := time.Now()
+		ev := &feedbackv1.FeedbackEvent{EventId: id, Source: "delighted", Provider: "delighted", ProviderEventType: "survey_response.updated",
+			Subject: &feedbackv1.Subject{Type: feedbackv1.SubjectType_SUBJECT_TYPE_RESPONSE, Id: id}, Score: &feedbackv1.Score{Value: 2, Max: 10},
+			Segment: seg, Comment: &c, OccurredAt: timestamppb.New(now), ReceivedAt: timestamppb.New(now), Version: timestamppb.New(now),
+			Respondent: &feedbackv1.Respondent{Name: "Anna Müller", Email: "anna@example.de"}, Permalink: "https://app.delighted.com/r/" + id,
+			Enrichment: &feedbackv1.Enrichment{Labels: []string{"escalate"}, Lookups: map[string]*feedbackv1.LookupResult{"account": {
+				Status: feedbackv1.LookupStatus_LOOKUP_STATUS_FOUND}}}}
+		v, _ := proto.Marshal(ev)
+		out[i] = kafkaio.Delivery{Ctx: context.Background(), Msg: kafka.Message{Topic: "enriched", Offset: int64(seq), Value: v}}
+	}
+	return out
+}
+
+// A backlog (an outage, a flood) is collapsed into one digest message
+// instead of a message a second for as long; only detractors by default.
+func TestABacklogOfDetractorsBecomesOneDigest(t *testing.T) {
+	fake := slackfake.New()
+	srv := httptest.NewServer(fake)
+	defer srv.Close()
+	in := channel(t, fake, srv.URL, "channels:\n  - name: cx\n    webhook_url: env:HOOK\n", map[string]string{"HOOK": srv.URL + fake.AddWebhook("C0DIGEST")})
+	r := runner(t, in, &dlq{})
+	batch := append(events(t, 12, feedbackv1.Segment_SEGMENT_DETRACTOR), events(t, 3, feedbackv1.Segment_SEGMENT_PROMOTER)...)
+	if errs := r.HandleBatch(context.Background(), batch); errs != nil {
+		t.Fatal(errs)
+	}
+	posts := fake.Posts()
+	if len(posts) != 1 || !strings.HasPrefix(posts[0].Text, "12 detractors in the last") || !strings.Contains(string(posts[0].Blocks), "and 2 more") {
+		t.Fatalf("posts %+v, want one digest of the 12 detractors (promoters are not alerted)", posts)
+	}
+	// A single detractor is an alert of its own, in Block Kit.
+	if errs := r.HandleBatch(context.Background(), events(t, 1, feedbackv1.Segment_SEGMENT_DETRACTOR)); errs != nil {
+		t.Fatal(errs)
+	}
+	p := fake.Posts()[1]
+	for _, want := range []string{`"type":"header"`, "Detractor: 2/10", "escalate", "Support took three days", "anna@example.de", "View the response"} {
+		if !strings.Contains(p.Text+string(p.Blocks), want) {
+			t.Fatalf("alert %s %s lacks %q", p.Text, p.Blocks, want)
+		}
+	}
+}
+
+// An archived channel disables the destination: that event and the next are
+// dead-lettered (the next without a request), until an operator resumes it.
+func TestAnArchivedChannelDisablesTheDestinationUntilResumed(t *testing.T) {
+	fake := slackfake.New()
+	srv := httptest.NewServer(fake)
+	defer srv.Close()
+	fake.AddChannel("C0ARCH")
+	fake.AddToken("xoxb-fake-token")
+	in := channel(t, fake, srv.URL, "channels:\n  - name: cx\n    token: env:TOKEN\n    channel: C0ARCH\n    api: "+srv.URL+"/api\n",
+		map[string]string{"TOKEN": "xoxb-fake-token"})
+	q := &dlq{}
+	r := runner(t, in, q)
+	fake.Archive("C0ARCH", true)
+	for range 2 {
+		if errs := r.HandleBatch(context.Background(), events(t, 1, feedbackv1.Segment_SEGMENT_DETRACTOR)); errs != nil {
+			t.Fatal(errs)
+		}
+	}
+	st := r.Status()
+	if len(q.recs) != 2 || !st.Disabled || !strings.Contains(st.DisabledReason, "is_archived") {
+		t.Fatalf("%d dead letters, status %v; want both dead-lettered and the destination disabled", len(q.recs), st)
+	}
+	var dl sinkv1.DeadLetter
+	_ = proto.Unmarshal(q.recs[1].Value, &dl)
+	if !strings.Contains(dl.Error, "disabled") {
+		t.Fatalf("second dead letter: %s", dl.Error)
+	}
+	fake.Archive("C0ARCH", false)
+	r.Resume()
+	if errs := r.HandleBatch(context.Background(), events(t, 1, feedbackv1.Segment_SEGMENT_DETRACTOR)); errs != nil {
+		t.Fatal(errs)
+	}
+	if posts := fake.Posts(); len(posts) != 1 || posts[0].API != "chat.postMessage" || r.Status().Disabled {
+		t.Fatalf("after resume: posts %+v, status %v", posts, r.Status())
+	}
+}
+
+// A wrong bot token is permanent per event (dead letters), never retried.
+func TestChatPostMessageErrorsAreClassified(t *testing.T) {
+	fake := slackfake.New()
+	srv := httptest.NewServer(fake)
+	defer srv.Close()
+	fake.AddChannel("C0AUTH")
+	in := channel(t, fake, srv.URL, "channels:\n  - name: cx\n    token: env:TOKEN\n    channel: C0AUTH\n    api: "+srv.URL+"/api\n",
+		map[string]string{"TOKEN": "xoxb-revoked"})
+	q := &dlq{}
+	if errs := runner(t, in, q).HandleBatch(context.Background(), events(t, 1, feedbackv1.Segment_SEGMENT_DETRACTOR)); errs != nil {
+		t.Fatal(errs)
+	}
+	var dl sinkv1.DeadLetter
+	if len(q.recs) != 1 || proto.Unmarshal(q.recs[0].Value, &dl) != nil || !strings.Contains(dl.Error, "invalid_auth") || len(dl.Attempts) != 1 {
+		t.Fatalf("dead letters %v", &dl)
+	}
+}
+
+// The channel's rate holds: at one a second (burst 3) six alerts take at
+// least three seconds and Slack never has to answer 429.
+func TestTheChannelRateIsKept(t *testing.T) {
+	fake := slackfake.New()
+	srv := httptest.NewServer(fake)
+	defer srv.Close()
+	in := channel(t, fake, srv.URL, "channels:\n  - name: cx\n    webhook_url: env:HOOK\n", map[string]string{"HOOK": srv.URL + fake.AddWebhook("C0RATE")})
+	r := runner(t, in, &dlq{})
+	start := time.Now()
+	for range 6 {
+		if errs := r.HandleBatch(context.Background(), events(t, 1, feedbackv1.Segment_SEGMENT_DETRACTOR)); errs != nil {
+			t.Fatal(errs)
+		}
+	}
+	if took := time.Since(start); took < 2500*time.Millisecond || len(fake.Posts()) != 6 {
+		t.Fatalf("6 alerts in %s (%d posted): the channel's rate of 1/s after a burst of 3 was not kept", took, len(fake.Posts()))
+	}
+}
