@@ -118,8 +118,8 @@ bench-sink: ## sink-warehouse as a process on 100k enriched events: rows/s, CPU 
 	go run ./tools/sinkbench -n 100000
 
 .PHONY: bench-pipeline
-bench-pipeline: ## the whole pipeline as processes: webhook→row latency at 200/s, then a 20k burst drained (rows/s)
-	go run ./tools/pipelinebench -rate 200 -duration 20s -burst 20000
+bench-pipeline: ## the whole pipeline as processes, to the warehouse and a webhook destination: latency per destination at 1,000/s, then a 20k burst drained
+	go run ./tools/pipelinebench -rate 1000 -duration 15s -burst 20000
 
 .PHONY: bench-normalizer
 bench-normalizer: ## one normalizer process on 200k raw records (20 % repeats): events/s, CPU per record, RSS, each event once

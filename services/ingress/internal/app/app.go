@@ -33,7 +33,7 @@ type Config struct {
 	// MaxInFlight (INGRESS_MAX_IN_FLIGHT, default 1024): requests handled at
 	// once; more get 503 + Retry-After.
 	MaxInFlight int
-	// SourceMaxInFlight (INGRESS_SOURCE_MAX_IN_FLIGHT, default 64): one
+	// SourceMaxInFlight (INGRESS_SOURCE_MAX_IN_FLIGHT, default 256): one
 	// source's share; more get 429 + Retry-After.
 	SourceMaxInFlight int
 	// MaxBodyMemory (INGRESS_MAX_BODY_MEMORY_BYTES, default 64 MiB) and
@@ -61,7 +61,7 @@ func Load(e *config.Env, lookup func(string) (string, bool)) (Config, error) {
 		MaxBody:             e.Int("INGRESS_MAX_BODY_BYTES", 0),
 		ProduceTimeout:      e.Duration("INGRESS_PRODUCE_TIMEOUT", 3*time.Second),
 		MaxInFlight:         e.Int("INGRESS_MAX_IN_FLIGHT", 1024),
-		SourceMaxInFlight:   e.Int("INGRESS_SOURCE_MAX_IN_FLIGHT", 64),
+		SourceMaxInFlight:   e.Int("INGRESS_SOURCE_MAX_IN_FLIGHT", 256),
 		MaxBodyMemory:       int64(e.Int("INGRESS_MAX_BODY_MEMORY_BYTES", 64<<20)),
 		SourceMaxBodyMemory: int64(e.Int("INGRESS_SOURCE_MAX_BODY_MEMORY_BYTES", 16<<20)),
 		UnverifiedPerSecond: e.Float("INGRESS_UNVERIFIED_PER_SECOND", 5),

@@ -81,7 +81,7 @@ type Options struct {
 	// MaxInFlight bounds the requests being handled at once (default 1024);
 	// past it the answer is 503 + Retry-After instead of unbounded memory.
 	MaxInFlight int
-	// SourceMaxInFlight bounds one source's requests at once (default 64);
+	// SourceMaxInFlight bounds one source's requests at once (default 256);
 	// past it that source gets 429 + Retry-After and the others are unaffected.
 	SourceMaxInFlight int
 	// MaxBodyMemory bounds the bytes of bodies held at once, counting each
@@ -131,7 +131,7 @@ func New(o Options) (*Handler, error) {
 		o.MaxInFlight = 1024
 	}
 	if o.SourceMaxInFlight <= 0 {
-		o.SourceMaxInFlight = min(64, o.MaxInFlight)
+		o.SourceMaxInFlight = min(256, o.MaxInFlight)
 	}
 	if o.MaxBodyMemory <= 0 {
 		o.MaxBodyMemory = 64 << 20

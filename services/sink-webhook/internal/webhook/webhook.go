@@ -22,6 +22,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -75,7 +76,7 @@ func New(ctx context.Context, name, url string, secret []byte, timeout time.Dura
 		return nil, fmt.Errorf("endpoint %s: %w", name, err)
 	}
 	e := &Endpoint{Name: name, URL: url, key: key, flag: flag, now: time.Now,
-		client: &http.Client{Timeout: timeout, Transport: &http.Transport{MaxIdleConnsPerHost: 16, IdleConnTimeout: 90 * time.Second}}}
+		client: &http.Client{Timeout: timeout, Transport: &http.Transport{MaxIdleConnsPerHost: 4 * Parallel, IdleConnTimeout: 90 * time.Second}}}
 	if flag != nil {
 		why, off, err := flag.Disabled(ctx)
 		if err != nil {
@@ -115,36 +116,60 @@ func Sign(key []byte, id string, ts int64, body []byte) string {
 	return "v1," + base64.StdEncoding.EncodeToString(m.Sum(nil))
 }
 
-// Deliver implements sink.Destination: one POST per event, in order. After
-// an event fails retryably, later events of the same subject are held back
-// (retryable too) so a receiver never gets a subject's versions out of order.
+// Parallel is how many subjects an endpoint delivers to at once within a
+// batch (each subject's events stay in order).
+const Parallel = 16
+
+// Deliver implements sink.Destination: one POST per event. Events of
+// different subjects go in parallel (up to Parallel at once, connections
+// reused); the events of one subject go in order, and after one fails
+// retryably the later ones of that subject are held back (retryable too), so
+// a receiver never gets a subject's versions out of order.
 func (e *Endpoint) Deliver(ctx context.Context, events []*sink.Event) []error {
-	var errs []error
-	var held map[string]bool
+	bySubject := map[string][]int{}
+	var order []string
 	for i, ev := range events {
 		subject := ev.Feedback.GetSubject().GetType().String() + "/" + ev.Feedback.GetSubject().GetId()
 		if ev.Feedback.GetSubject().GetId() == "" {
 			subject = "event/" + ev.Feedback.EventId // no subject: nothing to keep in order
 		}
-		var err error
-		if held[subject] {
-			err = sink.Retryable(fmt.Errorf("held behind an earlier event of subject %s that failed", subject), 0)
-		} else if err = e.post(ev); err == nil && e.Checkpoint != nil {
-			_ = e.Checkpoint.Mark(ctx, []string{sink.CheckpointKey(ev.Feedback)}) // the runtime marks again and reports
+		if _, ok := bySubject[subject]; !ok {
+			order = append(order, subject)
 		}
-		if err == nil {
-			continue
-		}
-		if errs == nil {
-			errs = make([]error, len(events))
-		}
-		errs[i] = err
-		if class, _, _ := sink.Classify(err); class == sinkv1.ErrorClass_ERROR_CLASS_RETRYABLE {
-			if held == nil {
-				held = map[string]bool{}
+		bySubject[subject] = append(bySubject[subject], i)
+	}
+	errs := make([]error, len(events))
+	var failed atomic.Bool
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, Parallel)
+	for _, subject := range order {
+		slots <- struct{}{}
+		wg.Add(1)
+		go func(idx []int) {
+			defer func() { <-slots; wg.Done() }()
+			for k, i := range idx {
+				ev := events[i]
+				err := e.post(ev)
+				if err == nil {
+					if e.Checkpoint != nil {
+						_ = e.Checkpoint.Mark(ctx, []string{sink.CheckpointKey(ev.Feedback)}) // the runtime marks again and reports
+					}
+					continue
+				}
+				errs[i] = err
+				failed.Store(true)
+				if class, _, _ := sink.Classify(err); class == sinkv1.ErrorClass_ERROR_CLASS_RETRYABLE {
+					for _, j := range idx[k+1:] {
+						errs[j] = sink.Retryable(fmt.Errorf("held behind an earlier event of subject %s that failed", subject), 0)
+					}
+					return
+				}
 			}
-			held[subject] = true
-		}
+		}(bySubject[subject])
+	}
+	wg.Wait()
+	if !failed.Load() {
+		return nil
 	}
 	return errs
 }

@@ -25,7 +25,8 @@ const secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 type receiver struct {
 	mu      sync.Mutex
 	ids     []string
-	answers []int // next statuses; 200 when empty
+	answers []int          // next statuses; 200 when empty
+	byID    map[string]int // the status of an id (every time), before answers
 	bad     []string
 }
 
@@ -44,7 +45,9 @@ func (r *receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	status := 200
-	if len(r.answers) > 0 {
+	if st, ok := r.byID[req.Header.Get("webhook-id")]; ok {
+		status = st
+	} else if len(r.answers) > 0 {
 		status, r.answers = r.answers[0], r.answers[1:]
 	}
 	if status/100 == 2 {
@@ -68,7 +71,7 @@ func events(ids ...string) []*sink.Event {
 }
 
 func TestEventsArriveSignedPerStandardWebhooksAndOnly2xxCounts(t *testing.T) {
-	rcv := &receiver{answers: []int{200, 503, 200}}
+	rcv := &receiver{byID: map[string]int{"b": 503}}
 	srv := httptest.NewServer(rcv)
 	defer srv.Close()
 	e, err := New(context.Background(), "crm", srv.URL, []byte(secret), 5*time.Second, nil)
@@ -88,7 +91,7 @@ func TestEventsArriveSignedPerStandardWebhooksAndOnly2xxCounts(t *testing.T) {
 }
 
 func TestAfterARetryableFailureLaterVersionsOfThatSubjectWait(t *testing.T) {
-	rcv := &receiver{answers: []int{503, 200, 200}}
+	rcv := &receiver{byID: map[string]int{"r1-v1": 503}}
 	srv := httptest.NewServer(rcv)
 	defer srv.Close()
 	e, err := New(context.Background(), "crm", srv.URL, []byte(secret), 5*time.Second, nil)
@@ -112,7 +115,7 @@ func TestAfterARetryableFailureLaterVersionsOfThatSubjectWait(t *testing.T) {
 }
 
 func TestGoneDisablesTheEndpointAndKeepsItDisabled(t *testing.T) {
-	rcv := &receiver{answers: []int{410}}
+	rcv := &receiver{byID: map[string]int{"a": 410, "b": 410}} // a gone receiver answers 410 to everything
 	srv := httptest.NewServer(rcv)
 	defer srv.Close()
 	flag := &memFlag{}
