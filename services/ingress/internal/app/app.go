@@ -73,6 +73,9 @@ func Load(e *config.Env, lookup func(string) (string, bool)) (Config, error) {
 	if c.MaxBody != 0 && c.MaxBody < 1024 {
 		e.Errorf("INGRESS_MAX_BODY_BYTES=%d is too small (at least 1024; unset, it is computed from the raw topic)", c.MaxBody)
 	}
+	if c.SourceMaxInFlight > c.MaxInFlight {
+		e.Errorf("INGRESS_SOURCE_MAX_IN_FLIGHT=%d is more than INGRESS_MAX_IN_FLIGHT=%d: a source's share cannot exceed the total", c.SourceMaxInFlight, c.MaxInFlight)
+	}
 	if c.SourceMaxBodyMemory > c.MaxBodyMemory {
 		e.Errorf("INGRESS_SOURCE_MAX_BODY_MEMORY_BYTES=%d is more than INGRESS_MAX_BODY_MEMORY_BYTES=%d: a source's share cannot exceed the total", c.SourceMaxBodyMemory, c.MaxBodyMemory)
 	}
