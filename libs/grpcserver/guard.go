@@ -163,10 +163,16 @@ func (g *Guard) entry(ctx context.Context, method string, req any, phase string,
 	if p, ok := peer.FromContext(ctx); ok && e.Via == "" {
 		e.Via = p.Addr.String()
 	}
+	return WithCall(e, req, err)
+}
+
+// WithCall fills an audit entry's request (as JSON) and, for a completed
+// call, its gRPC result and error message.
+func WithCall(e audit.Entry, req any, err error) audit.Entry {
 	if m, ok := req.(proto.Message); ok {
 		e.Request, _ = protojson.Marshal(m)
 	}
-	if phase == audit.Completed {
+	if e.Phase == audit.Completed {
 		e.Result = status.Code(err).String()
 		if err != nil {
 			e.Error = status.Convert(err).Message()

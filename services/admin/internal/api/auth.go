@@ -7,8 +7,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/closedloop/closedloop/libs/audit"
 	"github.com/closedloop/closedloop/libs/config"
@@ -107,15 +105,5 @@ type authedStream struct {
 func (s *authedStream) Context() context.Context { return s.ctx }
 
 func (a *Auth) entry(c Caller, method string, req any, phase string, err error) audit.Entry {
-	e := audit.Entry{Who: c.Name, Role: c.Role, Service: a.Service, Instance: a.Instance, Method: method, Phase: phase}
-	if m, ok := req.(proto.Message); ok {
-		e.Request, _ = protojson.Marshal(m)
-	}
-	if phase == audit.Completed {
-		e.Result = status.Code(err).String()
-		if err != nil {
-			e.Error = status.Convert(err).Message()
-		}
-	}
-	return e
+	return grpcserver.WithCall(audit.Entry{Who: c.Name, Role: c.Role, Service: a.Service, Instance: a.Instance, Method: method, Phase: phase}, req, err)
 }
