@@ -214,6 +214,7 @@ func run(in io.Reader, out io.Writer) error {
 			bad("Deployment %s uses Secret %s, which the chart does not create", r[0], r[1])
 		}
 	}
+	scaled := map[string]bool{}
 	matches := func(sel map[string]string) bool {
 		for _, labels := range deploys {
 			ok := len(sel) > 0
@@ -262,6 +263,7 @@ func run(in io.Reader, out io.Writer) error {
 				bad("ScaledObject %s scales %q, which is no Deployment", o.Metadata.Name, s.ScaleTargetRef.Name)
 			}
 			for _, tr := range s.Triggers {
+				scaled[tr.Metadata["consumerGroup"]] = true
 				if tr.Metadata["consumerGroup"] == "" || tr.Metadata["topic"] == "" || tr.Metadata["bootstrapServers"] == "" {
 					bad("ScaledObject %s: a kafka trigger needs bootstrapServers, consumerGroup and topic", o.Metadata.Name)
 				}
@@ -305,6 +307,13 @@ func run(in io.Reader, out io.Writer) error {
 	fmt.Fprintf(out, "helmcheck: %s; admin reaches %d services\n", strings.Join(kinds, ", "), len(admin))
 	if counts["Deployment"] == 0 {
 		bad("no Deployment rendered")
+	}
+	// HELMCHECK_GROUPS: consumer groups a ScaledObject must scale (the
+	// destinations of the pipeline in the values).
+	for _, g := range strings.Split(os.Getenv("HELMCHECK_GROUPS"), ",") {
+		if g != "" && !scaled[g] {
+			bad("no ScaledObject scales consumer group %s", g)
+		}
 	}
 	if len(problems) > 0 {
 		return errors.New(strings.Join(problems, "\n  "))
