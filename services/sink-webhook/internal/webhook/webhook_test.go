@@ -56,11 +56,31 @@ func (r *receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	w.WriteHeader(status)
 }
 
-type memFlag struct{ why string }
+// memFlag is a Flag in memory; Deliver posts in parallel, so it locks.
+type memFlag struct {
+	mu  sync.Mutex
+	why string
+}
 
-func (f *memFlag) Disabled(context.Context) (string, bool, error) { return f.why, f.why != "", nil }
-func (f *memFlag) Disable(_ context.Context, why string) error    { f.why = why; return nil }
-func (f *memFlag) Enable(context.Context) error                   { f.why = ""; return nil }
+func (f *memFlag) Disabled(context.Context) (string, bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.why, f.why != "", nil
+}
+
+func (f *memFlag) Disable(_ context.Context, why string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.why = why
+	return nil
+}
+
+func (f *memFlag) Enable(context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.why = ""
+	return nil
+}
 
 func events(ids ...string) []*sink.Event {
 	out := make([]*sink.Event, len(ids))
@@ -126,7 +146,7 @@ func TestGoneDisablesTheEndpointAndKeepsItDisabled(t *testing.T) {
 			t.Fatalf("event %d: %v (%v), want permanent", i, err, class)
 		}
 	}
-	if rcv.ids != nil || flag.why == "" {
+	if rcv.ids != nil || func() bool { why, _, _ := flag.Disabled(context.Background()); return why == "" }() {
 		t.Fatalf("receiver got %v, flag %q", rcv.ids, flag.why)
 	}
 	// A restart reads the flag: still disabled, no request sent.
