@@ -5,14 +5,17 @@ SHELL := /usr/bin/env bash
 
 # Every Go module of the workspace (go.work).
 MODULES := $(shell go list -m -f '{{.Dir}}' 2>/dev/null)
-BIN := $(CURDIR)/.bin
-export PATH := $(BIN):$(PATH)
 
-# Pinned code generators, installed into .bin/ by `make tools`.
+# Pinned code generators and helm, installed by `make tools` (see BIN).
 BUF_VERSION := v1.75.0
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 HELM_VERSION := v3.16.4
+# They live in a per-version cache outside the checkout, so a fresh clone on a
+# machine that built them once (CI runs on the development machine) does not
+# build them again; BIN=.bin keeps them in the checkout.
+BIN ?= $(if $(HOME),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/closedloop/tools-buf$(BUF_VERSION)-pgg$(PROTOC_GEN_GO_VERSION)-pggg$(PROTOC_GEN_GO_GRPC_VERSION)-helm$(HELM_VERSION),$(CURDIR)/.bin)
+export PATH := $(BIN):$(PATH)
 
 .PHONY: help
 help: ## list the targets
@@ -63,7 +66,7 @@ helm-check: $(BIN)/helm ## helm lint and render the chart (defaults, and every o
 	cd tools && go run ./helmcheck -alerts ../deploy/alerts/closedloop.rules.yaml ..
 
 .PHONY: tools
-tools: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc ## install the pinned code generators into .bin/
+tools: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc ## install the pinned code generators (into BIN, a per-version cache)
 
 $(BIN)/helm:
 	GOBIN=$(BIN) GOWORK=off go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
