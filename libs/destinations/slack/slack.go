@@ -126,6 +126,7 @@ type Destination struct {
 	rate       sink.SharedRate
 	rdb        redis.UniversalClient
 	offKey     string
+	threadKey  string // prefix of "response → its first alert's ts"
 	off        atomic.Pointer[string]
 	when       *expr.Bool
 	checkpoint sink.Checkpoint
@@ -136,7 +137,7 @@ func newChannel(ch Channel, env sink.KindEnv) (*Destination, error) {
 	if (ch.WebhookURL == "") == (ch.Token == "") {
 		return nil, errors.New("set either webhook_url or token (with channel)")
 	}
-	d := &Destination{cfg: ch, rdb: env.Redis, offKey: env.RedisPrefix + ch.Name + ":disabled", now: time.Now}
+	d := &Destination{cfg: ch, rdb: env.Redis, offKey: env.RedisPrefix + ch.Name + ":disabled", threadKey: env.RedisPrefix + ch.Name + ":thread:", now: time.Now}
 	if ch.WebhookURL != "" {
 		s, err := config.ResolveSecret(ch.WebhookURL, env.LookupEnv)
 		if err != nil {
@@ -242,7 +243,7 @@ func (d *Destination) Deliver(ctx context.Context, events []*sink.Event) []error
 	}
 	var errs []error
 	for i, ev := range events {
-		err := d.post(ev.Ctx, alert(ev.Feedback, d.link(ev.Feedback)))
+		err := d.alert(ctx, ev)
 		if err == nil {
 			if d.checkpoint != nil {
 				_ = d.checkpoint.Mark(ctx, []string{sink.CheckpointKey(ev.Feedback)}) // no idempotency at Slack
@@ -261,6 +262,34 @@ func (d *Destination) Deliver(ctx context.Context, events []*sink.Event) []error
 		}
 	}
 	return errs
+}
+
+// threadTTL is how long a response's first alert is kept as the thread of
+// its later versions.
+const threadTTL = 7 * 24 * time.Hour
+
+// alert posts one event. With chat.postMessage, a later version of a
+// response already alerted (its comment added, its score changed) is a
+// reply in the thread of the first alert instead of a new alert.
+func (d *Destination) alert(ctx context.Context, ev *sink.Event) error {
+	f := ev.Feedback
+	key := ""
+	reply := ""
+	if d.token != "" && f.GetSubject().GetId() != "" {
+		key = d.threadKey + f.Source + "/" + f.GetSubject().GetType().String() + "/" + f.GetSubject().GetId()
+		reply, _ = d.rdb.Get(ctx, key).Result() // without Redis: a new message
+	}
+	m := alert(f, d.link(f))
+	if reply != "" {
+		m.ThreadTS = reply
+		m.Text = "Update: " + m.Text
+		m.Blocks[0]["text"] = map[string]any{"type": "plain_text", "text": cut("Update: "+m.Blocks[0]["text"].(map[string]any)["text"].(string), 150)}
+	}
+	ts, err := d.send(ev.Ctx, m)
+	if err == nil && key != "" && reply == "" && ts != "" {
+		_ = d.rdb.Set(context.WithoutCancel(ctx), key, ts, threadTTL).Err()
+	}
+	return err
 }
 
 func all(n int, err error) []error {
@@ -283,9 +312,10 @@ func (d *Destination) link(ev *feedbackv1.FeedbackEvent) string {
 
 // message is a Slack message: fallback text and Block Kit blocks.
 type message struct {
-	Channel string  `json:"channel,omitempty"`
-	Text    string  `json:"text"`
-	Blocks  []block `json:"blocks,omitempty"`
+	Channel  string  `json:"channel,omitempty"`
+	Text     string  `json:"text"`
+	Blocks   []block `json:"blocks,omitempty"`
+	ThreadTS string  `json:"thread_ts,omitempty"`
 }
 
 type block map[string]any
@@ -294,8 +324,14 @@ func text(t string) map[string]any { return map[string]any{"type": "mrkdwn", "te
 
 // post sends one message, waiting for the channel's shared rate first.
 func (d *Destination) post(ctx context.Context, m message) error {
+	_, err := d.send(ctx, m)
+	return err
+}
+
+// send posts m and returns the message's ts (chat.postMessage only).
+func (d *Destination) send(ctx context.Context, m message) (string, error) {
 	if err := d.rate.Wait(ctx); err != nil {
-		return sink.Retryable(fmt.Errorf("waiting for the channel's rate: %w", err), 0)
+		return "", sink.Retryable(fmt.Errorf("waiting for the channel's rate: %w", err), 0)
 	}
 	target := d.webhook
 	if d.token != "" {
@@ -305,7 +341,7 @@ func (d *Destination) post(ctx context.Context, m message) error {
 	body, _ := json.Marshal(m)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(body))
 	if err != nil {
-		return sink.Permanent(err)
+		return "", sink.Permanent(err)
 	}
 	req.Header.Set("Content-Type", "application/json; charset=utf-8")
 	if d.token != "" {
@@ -317,7 +353,7 @@ func (d *Destination) post(ctx context.Context, m message) error {
 		if errors.As(err, &uerr) {
 			err = uerr.Err // the URL of an incoming webhook is its secret
 		}
-		return sink.Retryable(fmt.Errorf("POST to Slack (%s): %w", d.cfg.Name, err), 0)
+		return "", sink.Retryable(fmt.Errorf("POST to Slack (%s): %w", d.cfg.Name, err), 0)
 	}
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
@@ -327,22 +363,23 @@ func (d *Destination) post(ctx context.Context, m message) error {
 // permanentErrors are Slack's answers that retrying cannot fix.
 var disabling = map[string]bool{"channel_is_archived": true, "is_archived": true}
 
-func (d *Destination) classify(ctx context.Context, resp *http.Response, raw []byte) error {
+func (d *Destination) classify(ctx context.Context, resp *http.Response, raw []byte) (string, error) {
 	code := strings.TrimSpace(string(raw))
 	if d.token != "" && resp.StatusCode == http.StatusOK {
 		var r struct {
 			OK    bool   `json:"ok"`
 			Error string `json:"error"`
+			TS    string `json:"ts"`
 		}
 		if err := json.Unmarshal(raw, &r); err != nil {
-			return sink.Retryable(fmt.Errorf("chat.postMessage answered 200 with a body that is not JSON: %q", code), 0)
+			return "", sink.Retryable(fmt.Errorf("chat.postMessage answered 200 with a body that is not JSON: %q", code), 0)
 		}
 		if r.OK {
-			return nil
+			return r.TS, nil
 		}
 		code = r.Error
 	} else if resp.StatusCode == http.StatusOK {
-		return nil // an incoming webhook answers 200 "ok"
+		return "", nil // an incoming webhook answers 200 "ok"
 	}
 	if resp.StatusCode == http.StatusTooManyRequests || code == "ratelimited" {
 		after := time.Second
@@ -350,23 +387,23 @@ func (d *Destination) classify(ctx context.Context, resp *http.Response, raw []b
 			after = time.Duration(s) * time.Second
 		}
 		_ = d.rate.Push(ctx, after) // every replica waits
-		return sink.Retryable(fmt.Errorf("slack %s: rate limited (Retry-After %s)", d.cfg.Name, after), after)
+		return "", sink.Retryable(fmt.Errorf("slack %s: rate limited (Retry-After %s)", d.cfg.Name, after), after)
 	}
 	if disabling[code] || resp.StatusCode == http.StatusGone {
 		why := fmt.Sprintf("%s at %s", firstNonEmpty(code, "410 Gone"), d.now().UTC().Format(time.RFC3339))
 		if err := d.disable(ctx, why); err != nil {
-			return sink.Retryable(fmt.Errorf("slack %s: %s, and recording it failed: %w", d.cfg.Name, why, err), 0)
+			return "", sink.Retryable(fmt.Errorf("slack %s: %s, and recording it failed: %w", d.cfg.Name, why, err), 0)
 		}
-		return sink.Permanent(fmt.Errorf("slack %s: %s: the destination is disabled until an operator resumes it", d.cfg.Name, code))
+		return "", sink.Permanent(fmt.Errorf("slack %s: %s: the destination is disabled until an operator resumes it", d.cfg.Name, code))
 	}
 	switch code {
 	case "internal_error", "service_unavailable", "request_timeout", "rollup_error":
-		return sink.Retryable(fmt.Errorf("slack %s: %s", d.cfg.Name, code), 0)
+		return "", sink.Retryable(fmt.Errorf("slack %s: %s", d.cfg.Name, code), 0)
 	}
 	if resp.StatusCode >= 500 {
-		return sink.Retryable(fmt.Errorf("slack %s: HTTP %d %s", d.cfg.Name, resp.StatusCode, code), 0)
+		return "", sink.Retryable(fmt.Errorf("slack %s: HTTP %d %s", d.cfg.Name, resp.StatusCode, code), 0)
 	}
-	return sink.Permanent(fmt.Errorf("slack %s: HTTP %d %s", d.cfg.Name, resp.StatusCode, firstNonEmpty(code, "error")))
+	return "", sink.Permanent(fmt.Errorf("slack %s: HTTP %d %s", d.cfg.Name, resp.StatusCode, firstNonEmpty(code, "error")))
 }
 
 func firstNonEmpty(a, b string) string {

@@ -241,3 +241,35 @@ func TestTheChannelRateIsKept(t *testing.T) {
 		t.Fatalf("6 alerts in %s (%d posted): the channel's rate of 1/s after a burst of 3 was not kept", took, len(fake.Posts()))
 	}
 }
+
+// With chat.postMessage, a later version of a response (its comment added)
+// is a reply in the thread of the response's first alert, not a second alert.
+func TestALaterVersionOfAResponseIsAThreadReply(t *testing.T) {
+	fake := slackfake.New()
+	srv := httptest.NewServer(fake)
+	defer srv.Close()
+	fake.AddChannel("C0THREAD")
+	fake.AddToken("xoxb-fake-token")
+	in := channel(t, fake, srv.URL, "channels:\n  - name: cx\n    token: env:TOKEN\n    channel: C0THREAD\n    api: "+srv.URL+"/api\n",
+		map[string]string{"TOKEN": "xoxb-fake-token"})
+	r := runner(t, in, &dlq{})
+	first := events(t, 1, feedbackv1.Segment_SEGMENT_DETRACTOR)
+	second := events(t, 1, feedbackv1.Segment_SEGMENT_DETRACTOR)
+	// The second is a later version of the first's response.
+	var a, b feedbackv1.FeedbackEvent
+	_ = proto.Unmarshal(first[0].Msg.Value, &a)
+	_ = proto.Unmarshal(second[0].Msg.Value, &b)
+	b.Subject = a.Subject
+	second[0].Msg.Value, _ = proto.Marshal(&b)
+	other := events(t, 1, feedbackv1.Segment_SEGMENT_DETRACTOR)
+	for _, batch := range [][]kafkaio.Delivery{first, second, other} {
+		if errs := r.HandleBatch(context.Background(), batch); errs != nil {
+			t.Fatal(errs)
+		}
+	}
+	posts := fake.Posts()
+	if len(posts) != 3 || posts[0].ThreadTS != "" || posts[1].ThreadTS != posts[0].TS || posts[2].ThreadTS != "" ||
+		!strings.HasPrefix(posts[1].Text, "Update: ") {
+		t.Fatalf("posts %+v: want the second a reply in the first's thread, the third a new alert", posts)
+	}
+}

@@ -29,8 +29,10 @@ type Post struct {
 	Text    string          `json:"text"`
 	Blocks  json.RawMessage `json:"blocks,omitempty"`
 	API     string          `json:"api"` // "webhook" or "chat.postMessage"
-	At      time.Time       `json:"at"`
-	TS      string          `json:"ts"`
+	// ThreadTS is the parent message of a reply (chat.postMessage).
+	ThreadTS string    `json:"thread_ts,omitempty"`
+	At       time.Time `json:"at"`
+	TS       string    `json:"ts"`
 }
 
 // Failure answers the next N matching requests with Status (and the error
@@ -175,9 +177,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 type payload struct {
-	Channel string          `json:"channel"`
-	Text    string          `json:"text"`
-	Blocks  json.RawMessage `json:"blocks"`
+	Channel  string          `json:"channel"`
+	Text     string          `json:"text"`
+	Blocks   json.RawMessage `json:"blocks"`
+	ThreadTS string          `json:"thread_ts"`
 }
 
 // read decodes a message; "" when it is valid, else Slack's error code.
@@ -238,7 +241,7 @@ func (s *Server) allow(c *channel) (bool, int) {
 func (s *Server) accept(channel string, p payload, api string) string {
 	s.seq++
 	ts := strconv.FormatInt(s.Now().Unix(), 10) + "." + fmt.Sprintf("%06d", s.seq)
-	s.posts = append(s.posts, Post{Channel: channel, Text: p.Text, Blocks: p.Blocks, API: api, At: s.Now(), TS: ts})
+	s.posts = append(s.posts, Post{Channel: channel, Text: p.Text, Blocks: p.Blocks, API: api, At: s.Now(), TS: ts, ThreadTS: p.ThreadTS})
 	if s.Out != nil {
 		fmt.Fprintf(s.Out, "  ✉ slack #%s  %s\n", channel, strings.ReplaceAll(p.Text, "\n", " "))
 	}
