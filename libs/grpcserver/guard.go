@@ -123,21 +123,47 @@ func MatchToken(token string, accepted []string) bool {
 }
 
 func (g *Guard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-	if err := g.check(ctx, info.FullMethod); err != nil {
-		if Mutating(info.FullMethod) {
-			_ = g.Audit.Write(ctx, g.entry(ctx, info.FullMethod, req, audit.Completed, err))
+	return Audited(ctx, g.Audit, g.caller(ctx), req, info, h, g.check(ctx, info.FullMethod))
+}
+
+// Audited is the audit trail of a unary call whose caller is who (denied:
+// the error that refused its credentials, if they were). A mutation is
+// recorded before it runs — refused with UNAVAILABLE, and not run, if that
+// record cannot be written — and again with its result after; a refused
+// mutation is recorded with its refusal. Reads just run.
+func Audited(ctx context.Context, w *audit.Writer, who audit.Entry, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler, denied error) (any, error) {
+	mutating := Mutating(info.FullMethod)
+	if !mutating {
+		if denied != nil {
+			return nil, denied
 		}
-		return nil, err
-	}
-	if !Mutating(info.FullMethod) {
 		return h(ctx, req)
 	}
-	if err := g.Audit.Write(ctx, g.entry(ctx, info.FullMethod, req, audit.Requested, nil)); err != nil {
+	e := who
+	e.Method = info.FullMethod
+	if m, ok := req.(proto.Message); ok {
+		e.Request, _ = protojson.Marshal(m)
+	}
+	if denied != nil {
+		_ = w.Write(ctx, completed(e, denied))
+		return nil, denied
+	}
+	e.Phase = audit.Requested
+	if err := w.Write(ctx, e); err != nil {
 		return nil, status.Error(codes.Unavailable, "refused: the audit record could not be written, so nothing was changed; retry when Kafka is back")
 	}
 	resp, err := h(ctx, req)
-	_ = g.Audit.Write(ctx, g.entry(ctx, info.FullMethod, req, audit.Completed, err))
+	_ = w.Write(ctx, completed(e, err))
 	return resp, err
+}
+
+// completed is e as the record of a finished call.
+func completed(e audit.Entry, err error) audit.Entry {
+	e.Phase, e.Result = audit.Completed, status.Code(err).String()
+	if err != nil {
+		e.Error = status.Convert(err).Message()
+	}
+	return e
 }
 
 func (g *Guard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
@@ -150,9 +176,11 @@ func (g *Guard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInf
 	return h(srv, ss)
 }
 
-func (g *Guard) entry(ctx context.Context, method string, req any, phase string, err error) audit.Entry {
+// caller is who called, for the audit trail: the person the admin acted
+// for, and the calling service (or the peer's address).
+func (g *Guard) caller(ctx context.Context) audit.Entry {
 	md, _ := metadata.FromIncomingContext(ctx)
-	e := audit.Entry{Who: "?", Role: "service", Service: g.Service, Instance: g.Instance, Method: method, Phase: phase}
+	e := audit.Entry{Who: "?", Role: "service", Service: g.Service, Instance: g.Instance}
 	if v := md.Get(OnBehalfOf); len(v) > 0 {
 		who, role, _ := strings.Cut(v[0], "/")
 		e.Who, e.Role = truncate(who, 64), truncate(role, 16)
@@ -162,21 +190,6 @@ func (g *Guard) entry(ctx context.Context, method string, req any, phase string,
 	}
 	if p, ok := peer.FromContext(ctx); ok && e.Via == "" {
 		e.Via = p.Addr.String()
-	}
-	return WithCall(e, req, err)
-}
-
-// WithCall fills an audit entry's request (as JSON) and, for a completed
-// call, its gRPC result and error message.
-func WithCall(e audit.Entry, req any, err error) audit.Entry {
-	if m, ok := req.(proto.Message); ok {
-		e.Request, _ = protojson.Marshal(m)
-	}
-	if e.Phase == audit.Completed {
-		e.Result = status.Code(err).String()
-		if err != nil {
-			e.Error = status.Convert(err).Message()
-		}
 	}
 	return e
 }

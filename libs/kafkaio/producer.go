@@ -36,7 +36,7 @@ type ProducerConfig struct {
 	ClientID string
 	// MaxMessageBytes is the smallest max.message.bytes of the topics this
 	// producer writes (default DefaultMaxMessageBytes; read it with
-	// SmallestMaxMessageBytes). Batches never exceed it, and a record that
+	// TopicMaxMessageBytes; service.Service does). Batches never exceed it, and a record that
 	// cannot fit fails alone with a RecordTooLargeError (Permanent) while the
 	// other records of the call are written.
 	MaxMessageBytes int

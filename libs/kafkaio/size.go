@@ -24,8 +24,7 @@ const batchOverhead = 61
 // largest, key, value and headers). A record whose EncodedSize is at most the
 // topic's max.message.bytes is never refused as too large.
 func EncodedSize(key, value []byte, headers []kafka.Header) int {
-	n := batchOverhead + recordSize(key, value, headers)
-	return n
+	return batchOverhead + recordSize(key, value, headers)
 }
 
 // recordSize bounds one record inside a batch: length, attributes, timestamp
@@ -84,20 +83,4 @@ func TopicMaxMessageBytes(ctx context.Context, brokers []string, topics ...strin
 		return nil, err
 	}
 	return out, nil
-}
-
-// SmallestMaxMessageBytes is the smallest max.message.bytes of topics: the
-// limit of a producer that writes to all of them.
-func SmallestMaxMessageBytes(ctx context.Context, brokers []string, topics ...string) (int, error) {
-	m, err := TopicMaxMessageBytes(ctx, brokers, topics...)
-	if err != nil {
-		return 0, err
-	}
-	least := 0
-	for _, n := range m {
-		if least == 0 || n < least {
-			least = n
-		}
-	}
-	return least, nil
 }

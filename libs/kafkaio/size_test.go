@@ -57,10 +57,6 @@ func TestTheTopicsRealMaxMessageBytesIsRead(t *testing.T) {
 	if got["small"] != 50_000 || got["plain"] != DefaultMaxMessageBytes {
 		t.Fatalf("max.message.bytes = %v, want small=50000 and plain=%d", got, DefaultMaxMessageBytes)
 	}
-	least, err := SmallestMaxMessageBytes(context.Background(), addrs, "plain", "small")
-	if err != nil || least != 50_000 {
-		t.Fatalf("smallest = %d, %v; want 50000", least, err)
-	}
 }
 
 func TestAProducerFailsOnlyTheRecordThatCannotFit(t *testing.T) {

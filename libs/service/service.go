@@ -225,11 +225,13 @@ func New(ctx context.Context, name string, c Common, grpcOpts ...grpc.ServerOpti
 // It also reads the topics' max.message.bytes: the service's producers never
 // write a record larger than the smallest of them (MaxMessageBytes).
 func (s *Service) EnsureTopics(ctx context.Context, topics ...string) error {
+	ensure := topics
 	if !slices.Contains(topics, s.Common.Topics.Audit()) {
-		// Every service audits the mutations on its gRPC port.
-		topics = append(topics[:len(topics):len(topics)], s.Common.Topics.Audit())
+		// Every service audits the mutations on its gRPC port (through a
+		// producer of its own: the audit topic's limit is not the service's).
+		ensure = append(topics[:len(topics):len(topics)], s.Common.Topics.Audit())
 	}
-	if err := kafkaio.EnsureTopics(ctx, s.Common.Brokers, topics, s.Common.CreateTopics,
+	if err := kafkaio.EnsureTopics(ctx, s.Common.Brokers, ensure, s.Common.CreateTopics,
 		kafkaio.TopicSpec{Partitions: s.Common.TopicPartitions, ReplicationFactor: s.Common.TopicReplication}); err != nil {
 		return err
 	}

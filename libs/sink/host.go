@@ -3,6 +3,7 @@ package sink
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -45,7 +46,7 @@ func Host(ctx context.Context, svc *service.Service, settings Settings, instance
 	}
 	producer := svc.Producer() // quarantine and dead letters
 	for _, in := range instances {
-		o := &opening{name: in.Name, open: in.Open, ready: make(chan struct{}), log: svc}
+		o := &opening{name: in.Name, open: in.Open, ready: make(chan struct{}), log: svc.Log}
 		rcfg := Config{Sink: svc.Name, Destination: in.Name, DLQTopic: dlq, DLQ: producer, Log: svc.Log,
 			Checkpoint: in.Checkpoint, Filter: in.Filter, PriorityTopic: t.Priority, Ready: o.wait}
 		settings.Apply(&rcfg)
@@ -88,7 +89,7 @@ type opening struct {
 	name  string
 	open  func(ctx context.Context) (Destination, error)
 	ready chan struct{}
-	log   *service.Service
+	log   *slog.Logger
 
 	mu   sync.Mutex
 	dest Destination
@@ -104,7 +105,7 @@ func (o *opening) run(ctx context.Context) error {
 			o.mu.Unlock()
 			close(o.ready)
 			if attempt > 1 {
-				o.log.Log.Info("destination connected", "destination", o.name, "attempts", attempt)
+				o.log.Info("destination connected", "destination", o.name, "attempts", attempt)
 			}
 			<-ctx.Done() // a task of the service's group runs until shutdown
 			return nil
@@ -117,7 +118,7 @@ func (o *opening) run(ctx context.Context) error {
 		o.mu.Unlock()
 		wait := kafkaio.Backoff(attempt, 500*time.Millisecond, 10*time.Second)
 		if attempt == 1 || attempt%10 == 0 {
-			o.log.Log.Warn("destination not reachable; the service runs and retries", "destination", o.name, "attempt", attempt,
+			o.log.Warn("destination not reachable; the service runs and retries", "destination", o.name, "attempt", attempt,
 				"error", err.Error(), "retry_in", wait.String())
 		}
 		select {

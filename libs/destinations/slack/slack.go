@@ -236,7 +236,7 @@ func (d *Destination) Deliver(ctx context.Context, events []*sink.Event) []error
 		return all(len(events), sink.Permanent(fmt.Errorf("slack destination %s is disabled: %s (closedloopctl resume)", d.cfg.Name, why)))
 	}
 	if len(events) > d.cfg.DigestAfter {
-		if err := d.post(ctx, digest(events, d.link)); err != nil {
+		if _, err := d.send(ctx, digest(events, d.link)); err != nil {
 			return all(len(events), err)
 		}
 		return nil
@@ -322,13 +322,8 @@ type block map[string]any
 
 func text(t string) map[string]any { return map[string]any{"type": "mrkdwn", "text": t} }
 
-// post sends one message, waiting for the channel's shared rate first.
-func (d *Destination) post(ctx context.Context, m message) error {
-	_, err := d.send(ctx, m)
-	return err
-}
-
-// send posts m and returns the message's ts (chat.postMessage only).
+// send posts one message, waiting for the channel's shared rate first, and
+// returns its ts (chat.postMessage only).
 func (d *Destination) send(ctx context.Context, m message) (string, error) {
 	if err := d.rate.Wait(ctx); err != nil {
 		return "", sink.Retryable(fmt.Errorf("waiting for the channel's rate: %w", err), 0)
@@ -360,7 +355,8 @@ func (d *Destination) send(ctx context.Context, m message) (string, error) {
 	return d.classify(ctx, resp, raw)
 }
 
-// permanentErrors are Slack's answers that retrying cannot fix.
+// disabling are Slack's answers that disable the destination until an
+// operator resumes it (the channel is gone for good).
 var disabling = map[string]bool{"channel_is_archived": true, "is_archived": true}
 
 func (d *Destination) classify(ctx context.Context, resp *http.Response, raw []byte) (string, error) {

@@ -27,9 +27,32 @@ import (
 	slackfake "github.com/closedloop/closedloop/tools/fakes/slack"
 )
 
-// channel builds the Slack destinations of a `sinks.slack` section, against
-// the fake, through the kind's own decoding (as the service does).
-func channel(t *testing.T, fake *slackfake.Server, url, section string, env map[string]string) sink.Instance {
+// serve starts a local Slack for the test.
+func serve(t *testing.T) (*slackfake.Server, string) {
+	t.Helper()
+	fake := slackfake.New()
+	srv := httptest.NewServer(fake)
+	t.Cleanup(srv.Close)
+	return fake, srv.URL
+}
+
+// webhookChannel is a destination posting to a new incoming webhook of the
+// fake's channel ch.
+func webhookChannel(t *testing.T, fake *slackfake.Server, url, ch string) sink.Instance {
+	t.Helper()
+	return channel(t, "channels:\n  - name: cx\n    webhook_url: env:HOOK\n", map[string]string{"HOOK": url + fake.AddWebhook(ch)})
+}
+
+// tokenChannel is a destination posting with chat.postMessage and token to
+// the fake's channel ch.
+func tokenChannel(t *testing.T, url, ch, token string) sink.Instance {
+	t.Helper()
+	return channel(t, "channels:\n  - name: cx\n    token: env:TOKEN\n    channel: "+ch+"\n    api: "+url+"/api\n", map[string]string{"TOKEN": token})
+}
+
+// channel builds the Slack destinations of a `sinks.slack` section through
+// the kind's own decoding (as the service does).
+func channel(t *testing.T, section string, env map[string]string) sink.Instance {
 	t.Helper()
 	var n yaml.Node
 	if err := yaml.Unmarshal([]byte(section), &n); err != nil {
@@ -66,12 +89,10 @@ func mentions(fake *slackfake.Server) map[string]int {
 }
 
 func TestTheSlackDestinationPassesTheContract(t *testing.T) {
-	fake := slackfake.New()
+	fake, url := serve(t)
 	fake.Rate, fake.Burst = 1000, 1000
-	srv := httptest.NewServer(fake)
-	defer srv.Close()
-	hook := srv.URL + fake.AddWebhook("C0CONTRACT")
-	in := channel(t, fake, srv.URL, `
+	hook := url + fake.AddWebhook("C0CONTRACT")
+	in := channel(t, `
 channels:
   - name: cx
     webhook_url: env:HOOK
@@ -143,10 +164,8 @@ func events(t *testing.T, n int, seg feedbackv1.Segment) []kafkaio.Delivery {
 // A backlog (an outage, a flood) is collapsed into one digest message
 // instead of a message a second for as long; only detractors by default.
 func TestABacklogOfDetractorsBecomesOneDigest(t *testing.T) {
-	fake := slackfake.New()
-	srv := httptest.NewServer(fake)
-	defer srv.Close()
-	in := channel(t, fake, srv.URL, "channels:\n  - name: cx\n    webhook_url: env:HOOK\n", map[string]string{"HOOK": srv.URL + fake.AddWebhook("C0DIGEST")})
+	fake, url := serve(t)
+	in := webhookChannel(t, fake, url, "C0DIGEST")
 	r := runner(t, in, &dlq{})
 	batch := append(events(t, 12, feedbackv1.Segment_SEGMENT_DETRACTOR), events(t, 3, feedbackv1.Segment_SEGMENT_PROMOTER)...)
 	if errs := r.HandleBatch(context.Background(), batch); errs != nil {
@@ -171,13 +190,10 @@ func TestABacklogOfDetractorsBecomesOneDigest(t *testing.T) {
 // An archived channel disables the destination: that event and the next are
 // dead-lettered (the next without a request), until an operator resumes it.
 func TestAnArchivedChannelDisablesTheDestinationUntilResumed(t *testing.T) {
-	fake := slackfake.New()
-	srv := httptest.NewServer(fake)
-	defer srv.Close()
+	fake, url := serve(t)
 	fake.AddChannel("C0ARCH")
 	fake.AddToken("xoxb-fake-token")
-	in := channel(t, fake, srv.URL, "channels:\n  - name: cx\n    token: env:TOKEN\n    channel: C0ARCH\n    api: "+srv.URL+"/api\n",
-		map[string]string{"TOKEN": "xoxb-fake-token"})
+	in := tokenChannel(t, url, "C0ARCH", "xoxb-fake-token")
 	q := &dlq{}
 	r := runner(t, in, q)
 	fake.Archive("C0ARCH", true)
@@ -207,12 +223,9 @@ func TestAnArchivedChannelDisablesTheDestinationUntilResumed(t *testing.T) {
 
 // A wrong bot token is permanent per event (dead letters), never retried.
 func TestChatPostMessageErrorsAreClassified(t *testing.T) {
-	fake := slackfake.New()
-	srv := httptest.NewServer(fake)
-	defer srv.Close()
+	fake, url := serve(t)
 	fake.AddChannel("C0AUTH")
-	in := channel(t, fake, srv.URL, "channels:\n  - name: cx\n    token: env:TOKEN\n    channel: C0AUTH\n    api: "+srv.URL+"/api\n",
-		map[string]string{"TOKEN": "xoxb-revoked"})
+	in := tokenChannel(t, url, "C0AUTH", "xoxb-revoked")
 	q := &dlq{}
 	if errs := runner(t, in, q).HandleBatch(context.Background(), events(t, 1, feedbackv1.Segment_SEGMENT_DETRACTOR)); errs != nil {
 		t.Fatal(errs)
@@ -226,10 +239,8 @@ func TestChatPostMessageErrorsAreClassified(t *testing.T) {
 // The channel's rate holds: at one a second (burst 3) six alerts take at
 // least three seconds and Slack never has to answer 429.
 func TestTheChannelRateIsKept(t *testing.T) {
-	fake := slackfake.New()
-	srv := httptest.NewServer(fake)
-	defer srv.Close()
-	in := channel(t, fake, srv.URL, "channels:\n  - name: cx\n    webhook_url: env:HOOK\n", map[string]string{"HOOK": srv.URL + fake.AddWebhook("C0RATE")})
+	fake, url := serve(t)
+	in := webhookChannel(t, fake, url, "C0RATE")
 	r := runner(t, in, &dlq{})
 	start := time.Now()
 	for range 6 {
@@ -245,13 +256,10 @@ func TestTheChannelRateIsKept(t *testing.T) {
 // With chat.postMessage, a later version of a response (its comment added)
 // is a reply in the thread of the response's first alert, not a second alert.
 func TestALaterVersionOfAResponseIsAThreadReply(t *testing.T) {
-	fake := slackfake.New()
-	srv := httptest.NewServer(fake)
-	defer srv.Close()
+	fake, url := serve(t)
 	fake.AddChannel("C0THREAD")
 	fake.AddToken("xoxb-fake-token")
-	in := channel(t, fake, srv.URL, "channels:\n  - name: cx\n    token: env:TOKEN\n    channel: C0THREAD\n    api: "+srv.URL+"/api\n",
-		map[string]string{"TOKEN": "xoxb-fake-token"})
+	in := tokenChannel(t, url, "C0THREAD", "xoxb-fake-token")
 	r := runner(t, in, &dlq{})
 	first := events(t, 1, feedbackv1.Segment_SEGMENT_DETRACTOR)
 	second := events(t, 1, feedbackv1.Segment_SEGMENT_DETRACTOR)

@@ -62,30 +62,16 @@ func (a *Auth) authenticate(ctx context.Context, method string) (context.Context
 // runs — if the record cannot be written the call is refused and nothing
 // changes — and again with its result.
 func (a *Auth) Unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	mutating := grpcserver.Mutating(info.FullMethod)
 	actx, err := a.authenticate(ctx, info.FullMethod)
-	if err != nil {
-		if mutating {
-			if actx == nil {
-				actx = ctx
-			}
-			who := CallerOf(actx)
-			if who.Name == "" {
-				who.Name = "?"
-			}
-			_ = a.Audit.Write(actx, a.entry(who, info.FullMethod, req, audit.Completed, err))
-		}
-		return nil, err
+	if actx == nil {
+		actx = ctx
 	}
-	if !mutating {
-		return handler(actx, req)
+	who := CallerOf(actx)
+	if who.Name == "" {
+		who.Name = "?"
 	}
-	if err := a.Audit.Write(actx, a.entry(CallerOf(actx), info.FullMethod, req, audit.Requested, nil)); err != nil {
-		return nil, status.Error(codes.Unavailable, "refused: the audit record could not be written, so nothing was changed; retry when Kafka is back")
-	}
-	resp, err := handler(actx, req)
-	_ = a.Audit.Write(actx, a.entry(CallerOf(actx), info.FullMethod, req, audit.Completed, err))
-	return resp, err
+	return grpcserver.Audited(actx, a.Audit, audit.Entry{Who: who.Name, Role: who.Role, Service: a.Service, Instance: a.Instance},
+		req, info, handler, err)
 }
 
 // Stream is the stream server interceptor.
@@ -103,7 +89,3 @@ type authedStream struct {
 }
 
 func (s *authedStream) Context() context.Context { return s.ctx }
-
-func (a *Auth) entry(c Caller, method string, req any, phase string, err error) audit.Entry {
-	return grpcserver.WithCall(audit.Entry{Who: c.Name, Role: c.Role, Service: a.Service, Instance: a.Instance, Method: method, Phase: phase}, req, err)
-}

@@ -230,12 +230,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.tooLarge(ctx, w, sourceName)
 		return
 	}
-	switch h.budget.enter(sourceName) {
-	case sourceFull:
-		h.overloaded(ctx, w, sourceName, sourceFull, "requests")
-		return
-	case allFull:
-		h.overloaded(ctx, w, sourceName, allFull, "requests")
+	if v := h.budget.enter(sourceName); v != granted {
+		h.overloaded(ctx, w, sourceName, v, "requests")
 		return
 	}
 	var held int64
