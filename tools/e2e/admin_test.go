@@ -199,7 +199,8 @@ func TestOperatorsFixDeadLettersRotateTokensAndWatchLagWithClosedloopctl(t *test
 			t.Errorf("event %s has %d rows after the range replay, want 1", id, rows[id])
 		}
 	}
-	if out, code := ctl(t, p, "val", "replay", "ls"); code != 0 || strings.Count(out, "done") < 2 {
+	// The dry run counted without leaving a job behind.
+	if out, code := ctl(t, p, "val", "replay", "ls"); code != 0 || strings.Count(out, "done") != 1 {
 		t.Fatalf("replay ls: exit %d\n%s", code, out)
 	}
 	if out, code := ctl(t, p, "ann", "dlq", "discard", dlIDs[0], "--reason", "e2e"); code != 5 || !strings.Contains(out, "already replayed") {

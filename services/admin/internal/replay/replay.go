@@ -101,7 +101,12 @@ func (j *Jobs) Load(ctx context.Context) error {
 	return nil
 }
 
+// record writes the job to the jobs topic. A dry run only counts: it is
+// never recorded (nor listed), only watched while it runs.
 func (j *Jobs) record(ctx context.Context, job *adminv1.ReplayJob) error {
+	if job.Request.GetDryRun() {
+		return nil
+	}
 	b, err := protojson.Marshal(job)
 	if err != nil {
 		return err
@@ -347,7 +352,14 @@ func (j *Jobs) List() []*adminv1.ReplayJob {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	out := make([]*adminv1.ReplayJob, 0, len(j.jobs))
-	for _, job := range j.jobs {
+	for id, job := range j.jobs {
+		if job.Request.GetDryRun() {
+			if job.FinishedAt != nil && time.Since(job.FinishedAt.AsTime()) > 10*time.Minute {
+				delete(j.jobs, id) // its watchers have long had the result
+				delete(j.cancels, id)
+			}
+			continue
+		}
 		out = append(out, proto.Clone(job).(*adminv1.ReplayJob))
 	}
 	sort.Slice(out, func(a, b int) bool { return out[a].StartedAt.AsTime().After(out[b].StartedAt.AsTime()) })
