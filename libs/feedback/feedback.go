@@ -10,14 +10,14 @@ import (
 
 // Decode reads a FeedbackEvent record value. A value that is not a
 // FeedbackEvent, or one without its event id or subject, is a permanent
-// error (quarantine reason "undecodable_record" or "missing_required_id").
+// error (reason kafkaio.ReasonUndecodableRecord or ReasonMissingID).
 func Decode(value []byte) (*feedbackv1.FeedbackEvent, error) {
 	var ev feedbackv1.FeedbackEvent
 	if err := proto.Unmarshal(value, &ev); err != nil {
-		return nil, kafkaio.Permanent("undecodable_record", err)
+		return nil, kafkaio.Permanent(kafkaio.ReasonUndecodableRecord, err)
 	}
 	if ev.EventId == "" || ev.GetSubject().GetId() == "" {
-		return nil, kafkaio.Permanentf("missing_required_id", "FeedbackEvent without event_id or subject")
+		return nil, kafkaio.Permanentf(kafkaio.ReasonMissingID, "FeedbackEvent without event_id or subject")
 	}
 	return &ev, nil
 }

@@ -1,7 +1,10 @@
 // Package grpcserver builds the gRPC server every closedloop service runs:
-// OpenTelemetry stats handler, then recovery, then logging with the trace id
-// (health checks are not logged), gRPC health (grpc.health.v1), reflection and
-// the per-service admin API.
+// OpenTelemetry stats handler; logging of unary and streaming calls with the
+// trace id (health checks are not logged); the one mapping of typed errors
+// (package fault) to gRPC codes; the caller's interceptors (authentication,
+// audit); and innermost the recovery, so a panic anywhere in a handler is an
+// Internal error that is logged, mapped and audited like any other. gRPC
+// health (grpc.health.v1), reflection and the per-service admin API.
 package grpcserver
 
 import (
@@ -21,6 +24,7 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
+	"github.com/closedloop/closedloop/libs/fault"
 	clstatus "github.com/closedloop/closedloop/libs/status"
 	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 )
@@ -41,12 +45,14 @@ func New(addr string, log *slog.Logger, reg *clstatus.Registry, opts ...grpc.Ser
 	if err != nil {
 		return nil, fmt.Errorf("gRPC listen on %s: %w", addr, err)
 	}
-	base := []grpc.ServerOption{
+	all := []grpc.ServerOption{
 		grpc.StatsHandler(otelgrpc.NewServerHandler()),
-		grpc.ChainUnaryInterceptor(recoverUnary(log), logUnary(log)),
-		grpc.ChainStreamInterceptor(recoverStream(log)),
+		grpc.ChainUnaryInterceptor(logUnary(log), faultUnary),
+		grpc.ChainStreamInterceptor(logStream(log), faultStream),
 	}
-	s := &Server{GRPC: grpc.NewServer(append(base, opts...)...), Health: health.NewServer(), log: log, lis: lis}
+	all = append(all, opts...) // chained interceptors keep their order: these run inside the above
+	all = append(all, grpc.ChainUnaryInterceptor(recoverUnary(log)), grpc.ChainStreamInterceptor(recoverStream(log)))
+	s := &Server{GRPC: grpc.NewServer(all...), Health: health.NewServer(), log: log, lis: lis}
 	healthpb.RegisterHealthServer(s.GRPC, s.Health)
 	reflection.Register(s.GRPC)
 	adminv1.RegisterServiceAdminServiceServer(s.GRPC, &clstatus.AdminServer{Registry: reg})
@@ -89,6 +95,28 @@ func logUnary(log *slog.Logger) grpc.UnaryServerInterceptor {
 		}
 		return resp, err
 	}
+}
+
+func logStream(log *slog.Logger) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		start := time.Now()
+		err := h(srv, ss)
+		if !isHealth(info.FullMethod) {
+			log.InfoContext(ss.Context(), "grpc stream", "method", info.FullMethod, "code", status.Code(err).String(), "took_ms", time.Since(start).Milliseconds())
+		}
+		return err
+	}
+}
+
+// faultUnary and faultStream are where handlers' typed errors become gRPC
+// codes (fault.GRPC); an untyped error is Internal.
+func faultUnary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	resp, err := h(ctx, req)
+	return resp, fault.GRPC(err)
+}
+
+func faultStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	return fault.GRPC(h(srv, ss))
 }
 
 func recoverUnary(log *slog.Logger) grpc.UnaryServerInterceptor {

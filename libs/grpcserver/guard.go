@@ -16,34 +16,36 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/closedloop/closedloop/libs/audit"
+	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 )
 
 // Methods is every method of closedloop's admin contracts, each declared
-// once as a mutation or a read. Mutations need the operator role on the
+// once as a mutation or a read, keyed on the generated method names (a typo
+// does not compile). Mutations need the operator role on the
 // admin's port and are audited on every port; a test keeps this list equal
 // to the services in proto/closedloop/admin/v1, so a new method must be
 // classified here.
 var Methods = map[string]bool{
-	"/closedloop.admin.v1.AdminService/ListSources":              false,
-	"/closedloop.admin.v1.AdminService/GetSource":                false,
-	"/closedloop.admin.v1.AdminService/IssueIngestToken":         true,
-	"/closedloop.admin.v1.AdminService/RevokeIngestToken":        true,
-	"/closedloop.admin.v1.AdminService/ListDeadLetters":          false,
-	"/closedloop.admin.v1.AdminService/GetDeadLetter":            false,
-	"/closedloop.admin.v1.AdminService/ReplayDeadLetters":        true,
-	"/closedloop.admin.v1.AdminService/DiscardDeadLetters":       true,
-	"/closedloop.admin.v1.AdminService/PauseSink":                true,
-	"/closedloop.admin.v1.AdminService/ResumeSink":               true,
-	"/closedloop.admin.v1.AdminService/StartReplay":              true,
-	"/closedloop.admin.v1.AdminService/WatchReplay":              false,
-	"/closedloop.admin.v1.AdminService/CancelReplay":             true,
-	"/closedloop.admin.v1.AdminService/ListReplays":              false,
-	"/closedloop.admin.v1.AdminService/SendTestEvent":            true,
-	"/closedloop.admin.v1.AdminService/GetPipelineStatus":        false,
-	"/closedloop.admin.v1.SchemaDriftService/ListSchemaDrift":    false,
-	"/closedloop.admin.v1.ServiceAdminService/GetStatus":         false,
-	"/closedloop.admin.v1.ServiceAdminService/PauseDestination":  true,
-	"/closedloop.admin.v1.ServiceAdminService/ResumeDestination": true,
+	adminv1.AdminService_ListSources_FullMethodName:              false,
+	adminv1.AdminService_GetSource_FullMethodName:                false,
+	adminv1.AdminService_IssueIngestToken_FullMethodName:         true,
+	adminv1.AdminService_RevokeIngestToken_FullMethodName:        true,
+	adminv1.AdminService_ListDeadLetters_FullMethodName:          false,
+	adminv1.AdminService_GetDeadLetter_FullMethodName:            false,
+	adminv1.AdminService_ReplayDeadLetters_FullMethodName:        true,
+	adminv1.AdminService_DiscardDeadLetters_FullMethodName:       true,
+	adminv1.AdminService_PauseSink_FullMethodName:                true,
+	adminv1.AdminService_ResumeSink_FullMethodName:               true,
+	adminv1.AdminService_StartReplay_FullMethodName:              true,
+	adminv1.AdminService_WatchReplay_FullMethodName:              false,
+	adminv1.AdminService_CancelReplay_FullMethodName:             true,
+	adminv1.AdminService_ListReplays_FullMethodName:              false,
+	adminv1.AdminService_SendTestEvent_FullMethodName:            true,
+	adminv1.AdminService_GetPipelineStatus_FullMethodName:        false,
+	adminv1.SchemaDriftService_ListSchemaDrift_FullMethodName:    false,
+	adminv1.ServiceAdminService_GetStatus_FullMethodName:         false,
+	adminv1.ServiceAdminService_PauseDestination_FullMethodName:  true,
+	adminv1.ServiceAdminService_ResumeDestination_FullMethodName: true,
 }
 
 // Mutating reports whether method changes anything. A method of ours that

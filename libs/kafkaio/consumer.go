@@ -496,7 +496,7 @@ func (c *Consumer) handleOnce(ctx context.Context, batch []kafka.Message, attemp
 			panicked = true
 			results = make([]error, len(batch))
 			for i := range results {
-				results[i] = Permanentf("handler_panic", "handler panicked: %v", p)
+				results[i] = Permanentf(ReasonHandlerPanic, "handler panicked: %v", p)
 			}
 		}
 		if results != nil && len(results) != len(batch) {

@@ -40,9 +40,6 @@ func IsPermanent(err error) (string, bool) {
 	return "", false
 }
 
-// ReasonRecordTooLarge is the quarantine and dead-letter reason of a record
-// that does not fit in its topic's max.message.bytes.
-const ReasonRecordTooLarge = "record_too_large"
 
 // ErrRecordTooLarge matches (errors.Is) every RecordTooLargeError.
 var ErrRecordTooLarge = errors.New("record too large for its topic")

@@ -333,7 +333,7 @@ func (r *Runner) HandleBatch(ctx context.Context, batch []kafkaio.Delivery) []er
 			if err == nil {
 				err = errors.New("FeedbackEvent without event_id")
 			}
-			results[i], failed = kafkaio.Permanent("undecodable_event", err), true
+			results[i], failed = kafkaio.Permanent(kafkaio.ReasonUndecodableRecord, err), true
 			continue
 		}
 		p := &pending{idx: i, ev: &Event{Ctx: d.Ctx, Feedback: &ev, Value: d.Msg.Value}}

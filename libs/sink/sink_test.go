@@ -390,7 +390,7 @@ func TestFilteredUnjudgedAndUndecodableEvents(t *testing.T) {
 	if errs == nil || errs[0] != nil || errs[1] != nil || errs[2] != nil {
 		t.Fatalf("results %v", errs)
 	}
-	if reason, ok := kafkaio.IsPermanent(errs[3]); !ok || reason != "undecodable_event" {
+	if reason, ok := kafkaio.IsPermanent(errs[3]); !ok || reason != kafkaio.ReasonUndecodableRecord {
 		t.Fatalf("undecodable record: %v", errs[3])
 	}
 	if got := d.delivered(); len(got) != 1 || got[0] != "gold" {

@@ -4,12 +4,11 @@ import (
 	"context"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 
 	"github.com/closedloop/closedloop/libs/audit"
 	"github.com/closedloop/closedloop/libs/config"
+	"github.com/closedloop/closedloop/libs/fault"
 	"github.com/closedloop/closedloop/libs/grpcserver"
 )
 
@@ -41,11 +40,11 @@ func (a *Auth) authenticate(ctx context.Context, method string) (context.Context
 	md, _ := metadata.FromIncomingContext(ctx)
 	token := grpcserver.BearerToken(md)
 	if token == "" {
-		return nil, status.Error(codes.Unauthenticated, "no bearer token: send \"authorization: Bearer <token>\" (closedloopctl: CLOSEDLOOP_ADMIN_TOKEN)")
+		return nil, fault.Errorf(fault.Unauthenticated, "no bearer token: send \"authorization: Bearer <token>\" (closedloopctl: CLOSEDLOOP_ADMIN_TOKEN)")
 	}
 	t, ok := a.Admin().Caller(token)
 	if !ok {
-		return nil, status.Error(codes.Unauthenticated, "the bearer token is not one of admin.tokens")
+		return nil, fault.Errorf(fault.Unauthenticated, "the bearer token is not one of admin.tokens")
 	}
 	caller := Caller{Name: t.Name, Role: t.Role}
 	ctx = context.WithValue(ctx, callerKey{}, caller)
@@ -53,7 +52,7 @@ func (a *Auth) authenticate(ctx context.Context, method string) (context.Context
 	// its name into their audit trail.
 	ctx = grpcserver.ActingFor(ctx, t.Name, t.Role)
 	if grpcserver.Mutating(method) && t.Role != config.RoleOperator {
-		return ctx, status.Errorf(codes.PermissionDenied, "%s needs the operator role; %s is a %s", method, t.Name, t.Role)
+		return ctx, fault.Errorf(fault.Denied, "%s needs the operator role; %s is a %s", method, t.Name, t.Role)
 	}
 	return ctx, nil
 }

@@ -17,12 +17,12 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/closedloop/closedloop/libs/config"
+	"github.com/closedloop/closedloop/libs/fault"
 	"github.com/closedloop/closedloop/libs/grpcserver"
 	"github.com/closedloop/closedloop/libs/ingesttokens"
 	"github.com/closedloop/closedloop/libs/kafkaio"
@@ -159,7 +159,7 @@ func (s *Server) GetSource(ctx context.Context, req *adminv1.GetSourceRequest) (
 			return &adminv1.GetSourceResponse{Source: src}, nil
 		}
 	}
-	return nil, status.Errorf(codes.NotFound, "no source %q", req.Name)
+	return nil, fault.Errorf(fault.NotFound, "no source %q", req.Name)
 }
 
 func (s *Server) urlPrefix(source string) string {
@@ -172,14 +172,14 @@ func tokenInfo(t ingesttokens.Token) *adminv1.IngestTokenInfo {
 
 func (s *Server) source(name string) error {
 	if name == "" {
-		return status.Error(codes.InvalidArgument, "source is required")
+		return fault.Errorf(fault.Invalid, "source is required")
 	}
 	if _, ok := s.o.Pipeline().Source(name); !ok {
 		var names []string
 		for _, src := range s.o.Pipeline().Sources {
 			names = append(names, src.Name)
 		}
-		return status.Errorf(codes.NotFound, "no source %q; the pipeline file has: %s", name, strings.Join(names, ", "))
+		return fault.Errorf(fault.NotFound, "no source %q; the pipeline file has: %s", name, strings.Join(names, ", "))
 	}
 	return nil
 }
@@ -191,11 +191,11 @@ func (s *Server) IssueIngestToken(ctx context.Context, req *adminv1.IssueIngestT
 	}
 	token, t, err := s.o.Tokens.Issue(ctx, s.o.Producer, req.Source, CallerOf(ctx).Name)
 	if errors.Is(err, ingesttokens.ErrTooMany) {
-		return nil, status.Errorf(codes.FailedPrecondition, "%s already has %d active tokens: revoke one first (closedloopctl tokens revoke %s <id>)",
+		return nil, fault.Errorf(fault.Conflict, "%s already has %d active tokens: revoke one first (closedloopctl tokens revoke %s <id>)",
 			req.Source, ingesttokens.MaxActive, req.Source)
 	}
 	if err != nil {
-		return nil, status.Errorf(codes.Unavailable, "writing the token to the control topic: %v", err)
+		return nil, fault.Errorf(fault.Unavailable, "writing the token to the control topic: %v", err)
 	}
 	return &adminv1.IssueIngestTokenResponse{Token: tokenInfo(t), Url: s.urlPrefix(req.Source) + token}, nil
 }
@@ -210,31 +210,18 @@ func (s *Server) RevokeIngestToken(ctx context.Context, req *adminv1.RevokeInges
 		found = found || t.ID == req.TokenId
 	}
 	if !found {
-		return nil, status.Errorf(codes.NotFound, "%s has no active token %q (closedloopctl sources lists them)", req.Source, req.TokenId)
+		return nil, fault.Errorf(fault.NotFound, "%s has no active token %q (closedloopctl sources lists them)", req.Source, req.TokenId)
 	}
 	if err := s.o.Tokens.Revoke(ctx, s.o.Producer, req.Source, req.TokenId); err != nil {
-		return nil, status.Errorf(codes.Unavailable, "writing the revocation to the control topic: %v", err)
+		return nil, fault.Errorf(fault.Unavailable, "writing the revocation to the control topic: %v", err)
 	}
 	return &adminv1.RevokeIngestTokenResponse{}, nil
-}
-
-func dlqError(err error) error {
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, dlq.ErrNotFound):
-		return status.Error(codes.NotFound, err.Error())
-	case strings.Contains(err.Error(), "required") || strings.Contains(err.Error(), "not <sink>") ||
-		strings.Contains(err.Error(), "not both") || strings.Contains(err.Error(), "give the ids") || strings.Contains(err.Error(), "page_token"):
-		return status.Error(codes.InvalidArgument, err.Error())
-	}
-	return status.Errorf(codes.Unavailable, "reading the dead letters from Kafka: %v", err)
 }
 
 // ListDeadLetters implements AdminService.
 func (s *Server) ListDeadLetters(ctx context.Context, req *adminv1.ListDeadLettersRequest) (*adminv1.ListDeadLettersResponse, error) {
 	if req.PageSize < 0 {
-		return nil, status.Error(codes.InvalidArgument, "page_size must not be negative")
+		return nil, fault.Errorf(fault.Invalid, "page_size must not be negative")
 	}
 	size := int(req.PageSize)
 	if size == 0 {
@@ -242,11 +229,11 @@ func (s *Server) ListDeadLetters(ctx context.Context, req *adminv1.ListDeadLette
 	}
 	all, err := s.o.DLQ.Select(ctx, req.Filter)
 	if err != nil {
-		return nil, dlqError(err)
+		return nil, err
 	}
 	page, next, err := dlq.Page(all, min(size, 1000), req.PageToken)
 	if err != nil {
-		return nil, dlqError(err)
+		return nil, err
 	}
 	open := 0
 	for _, d := range all {
@@ -261,7 +248,7 @@ func (s *Server) ListDeadLetters(ctx context.Context, req *adminv1.ListDeadLette
 func (s *Server) GetDeadLetter(ctx context.Context, req *adminv1.GetDeadLetterRequest) (*adminv1.GetDeadLetterResponse, error) {
 	sum, dl, err := s.o.DLQ.Get(ctx, req.Id)
 	if err != nil {
-		return nil, dlqError(err)
+		return nil, err
 	}
 	return &adminv1.GetDeadLetterResponse{Summary: sum, DeadLetter: dl}, nil
 }
@@ -269,21 +256,17 @@ func (s *Server) GetDeadLetter(ctx context.Context, req *adminv1.GetDeadLetterRe
 // ReplayDeadLetters implements AdminService.
 func (s *Server) ReplayDeadLetters(ctx context.Context, req *adminv1.ReplayDeadLettersRequest) (*adminv1.ReplayDeadLettersResponse, error) {
 	id, n, skipped, err := s.o.DLQ.Replay(ctx, req.Ids, req.Filter, CallerOf(ctx).Name, req.DryRun)
-	if err != nil && n == 0 {
-		return nil, dlqError(err)
-	}
-	resp := &adminv1.ReplayDeadLettersResponse{ReplayId: id, Replayed: int32(n), Skipped: skipped}
 	if err != nil {
-		return resp, status.Error(codes.DataLoss, err.Error())
+		return nil, err // a partial replay is a fault.Partial from dlq
 	}
-	return resp, nil
+	return &adminv1.ReplayDeadLettersResponse{ReplayId: id, Replayed: int32(n), Skipped: skipped}, nil
 }
 
 // DiscardDeadLetters implements AdminService.
 func (s *Server) DiscardDeadLetters(ctx context.Context, req *adminv1.DiscardDeadLettersRequest) (*adminv1.DiscardDeadLettersResponse, error) {
 	n, skipped, err := s.o.DLQ.Discard(ctx, req.Ids, req.Filter, CallerOf(ctx).Name, req.Reason, req.DryRun)
 	if err != nil {
-		return nil, dlqError(err)
+		return nil, err
 	}
 	return &adminv1.DiscardDeadLettersResponse{Discarded: int32(n), Skipped: skipped}, nil
 }
@@ -316,11 +299,11 @@ func (s *Server) ResumeSink(ctx context.Context, req *adminv1.ResumeSinkRequest)
 // every instance of sink and reports each instance's destinations after.
 func (s *Server) eachDestination(ctx context.Context, sinkName, dest string, fn func(context.Context, adminv1.ServiceAdminServiceClient, string) error) ([]*adminv1.InstanceDestinations, error) {
 	if sinkName == "" {
-		return nil, status.Error(codes.InvalidArgument, "sink is required: a sink service (sink-warehouse) or normalizer / enricher")
+		return nil, fault.Errorf(fault.Invalid, "sink is required: a sink service (sink-warehouse) or normalizer / enricher")
 	}
 	addrs := s.addrs(ctx, sinkName)
 	if len(addrs) == 0 {
-		return nil, status.Errorf(codes.NotFound, "no instances of %s are known: list them in ADMIN_SERVICES (%s=host:port)", sinkName, sinkName)
+		return nil, fault.Errorf(fault.NotFound, "no instances of %s are known: list them in ADMIN_SERVICES (%s=host:port)", sinkName, sinkName)
 	}
 	var out []*adminv1.InstanceDestinations
 	failed, matched := 0, false
@@ -358,47 +341,36 @@ func (s *Server) eachDestination(ctx context.Context, sinkName, dest string, fn 
 	}
 	switch {
 	case failed == len(addrs):
-		return out, status.Errorf(codes.Unavailable, "no instance of %s could be reached: %s", sinkName, out[0].Error)
+		return out, fault.Errorf(fault.Unavailable, "no instance of %s could be reached: %s", sinkName, out[0].Error)
 	case !matched && dest != "":
-		return out, status.Errorf(codes.NotFound, "%s has no destination %q", sinkName, dest)
+		return out, fault.Errorf(fault.NotFound, "%s has no destination %q", sinkName, dest)
 	case failed > 0:
-		return out, status.Errorf(codes.Unavailable, "%d of %d instances of %s could not be reached (see instances)", failed, len(addrs), sinkName)
+		return out, fault.Errorf(fault.Unavailable, "%d of %d instances of %s could not be reached (see instances)", failed, len(addrs), sinkName)
 	}
 	return out, nil
-}
-
-func replayError(err error) error {
-	if errors.Is(err, replay.ErrNotFound) {
-		return status.Error(codes.NotFound, err.Error())
-	}
-	return status.Error(codes.InvalidArgument, err.Error())
 }
 
 // StartReplay implements AdminService.
 func (s *Server) StartReplay(ctx context.Context, req *adminv1.StartReplayRequest) (*adminv1.StartReplayResponse, error) {
 	job, err := s.o.Replays.Start(ctx, req, CallerOf(ctx).Name)
 	if err != nil {
-		return nil, replayError(err)
+		return nil, err
 	}
 	return &adminv1.StartReplayResponse{Job: job}, nil
 }
 
 // WatchReplay implements AdminService.
 func (s *Server) WatchReplay(req *adminv1.WatchReplayRequest, stream grpc.ServerStreamingServer[adminv1.WatchReplayResponse]) error {
-	err := s.o.Replays.Watch(stream.Context(), req.Id, func(job *adminv1.ReplayJob) error {
+	return s.o.Replays.Watch(stream.Context(), req.Id, func(job *adminv1.ReplayJob) error {
 		return stream.Send(&adminv1.WatchReplayResponse{Job: job})
 	})
-	if errors.Is(err, replay.ErrNotFound) {
-		return status.Error(codes.NotFound, err.Error())
-	}
-	return err
 }
 
 // CancelReplay implements AdminService.
 func (s *Server) CancelReplay(_ context.Context, req *adminv1.CancelReplayRequest) (*adminv1.CancelReplayResponse, error) {
 	job, err := s.o.Replays.Cancel(req.Id)
 	if err != nil {
-		return nil, replayError(err)
+		return nil, err
 	}
 	return &adminv1.CancelReplayResponse{Job: job}, nil
 }

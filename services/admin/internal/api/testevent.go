@@ -16,10 +16,9 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/closedloop/closedloop/libs/fault"
 	"github.com/closedloop/closedloop/libs/feedback"
 	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
@@ -46,10 +45,10 @@ func (s *Server) SendTestEvent(ctx context.Context, req *adminv1.SendTestEventRe
 	}
 	src, _ := s.o.Pipeline().Source(req.Source)
 	if src.Provider != "delighted" {
-		return nil, status.Errorf(codes.FailedPrecondition, "test events are signed the Delighted way; %s is a %s source: use the provider's own \"send test\"", src.Name, src.Provider)
+		return nil, fault.Errorf(fault.Conflict, "test events are signed the Delighted way; %s is a %s source: use the provider's own \"send test\"", src.Name, src.Provider)
 	}
 	if len(src.Secrets) == 0 {
-		return nil, status.Errorf(codes.FailedPrecondition, "%s has no signing secret the admin service can read (its secrets must resolve in the admin's environment)", src.Name)
+		return nil, fault.Errorf(fault.Conflict, "%s has no signing secret the admin service can read (its secrets must resolve in the admin's environment)", src.Name)
 	}
 	timeout := 30 * time.Second
 	if req.TimeoutSeconds > 0 {
@@ -67,13 +66,13 @@ func (s *Server) SendTestEvent(ctx context.Context, req *adminv1.SendTestEventRe
 	// Where each topic ends now: the test event can only be after these.
 	cursor, err := s.o.Offsets.Ends(ctx, dedupe(watched))
 	if err != nil {
-		return nil, status.Errorf(codes.Unavailable, "reading the topics' ends: %v", err)
+		return nil, fault.Errorf(fault.Unavailable, "reading the topics' ends: %v", err)
 	}
 
 	// A temporary ingest token: the admin never holds the sources' own tokens.
 	token, tok, err := s.o.Tokens.Issue(ctx, s.o.Producer, src.Name, "test-event by "+CallerOf(ctx).Name)
 	if err != nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "a temporary ingest token for the test event: %v (a source has at most two; revoke one)", err)
+		return nil, fault.Errorf(fault.Conflict, "a temporary ingest token for the test event: %v (a source has at most two; revoke one)", err)
 	}
 	defer func() {
 		if err := s.o.Tokens.Revoke(context.WithoutCancel(ctx), s.o.Producer, src.Name, tok.ID); err != nil {
@@ -107,7 +106,7 @@ func (s *Server) SendTestEvent(ctx context.Context, req *adminv1.SendTestEventRe
 		hreq.Header.Set("X-Delighted-Webhook-Signature", sig)
 		hres, err = http.DefaultClient.Do(hreq)
 		if err != nil {
-			return nil, status.Errorf(codes.Unavailable, "POST to the ingress at %s: %v (ADMIN_INGRESS_URL)", s.o.IngressURL, withoutURL(err))
+			return nil, fault.Errorf(fault.Unavailable, "POST to the ingress at %s: %v (ADMIN_INGRESS_URL)", s.o.IngressURL, withoutURL(err))
 		}
 		hres.Body.Close()
 		if hres.StatusCode != http.StatusNotFound || time.Since(start) > 5*time.Second {

@@ -27,6 +27,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/closedloop/closedloop/libs/fault"
 	"github.com/closedloop/closedloop/libs/kafkaio"
 	"github.com/closedloop/closedloop/libs/sink"
 	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
@@ -37,7 +38,7 @@ import (
 )
 
 // ErrNotFound is returned for an id that names no dead letter.
-var ErrNotFound = errors.New("no such dead letter")
+var ErrNotFound = fault.Errorf(fault.NotFound, "no such dead letter")
 
 // Producer is the part of kafkaio.Producer the store needs.
 type Producer interface {
@@ -95,13 +96,13 @@ func ID(sinkName string, partition int, offset int64) string {
 func parseID(id string) (string, error) {
 	parts := strings.Split(id, "/")
 	if len(parts) != 3 || parts[0] == "" {
-		return "", fmt.Errorf("dead letter id %q is not <sink>/<partition>/<offset>", id)
+		return "", fault.Errorf(fault.Invalid, "dead letter id %q is not <sink>/<partition>/<offset>", id)
 	}
 	if _, err := strconv.Atoi(parts[1]); err != nil {
-		return "", fmt.Errorf("dead letter id %q: partition is not a number", id)
+		return "", fault.Errorf(fault.Invalid, "dead letter id %q: partition is not a number", id)
 	}
 	if _, err := strconv.ParseInt(parts[2], 10, 64); err != nil {
-		return "", fmt.Errorf("dead letter id %q: offset is not a number", id)
+		return "", fault.Errorf(fault.Invalid, "dead letter id %q: offset is not a number", id)
 	}
 	return parts[0], nil
 }
@@ -112,10 +113,10 @@ func (s *Store) refresh(ctx context.Context, sinkName string) (*sinkLetters, err
 	topic := s.topics.DLQ(sinkName)
 	ends, err := s.offsets.Ends(ctx, []string{topic, s.topics.DLQState()})
 	if err != nil {
-		if strings.Contains(err.Error(), "Unknown Topic") {
+		if errors.Is(err, kafka.UnknownTopicOrPartition) {
 			return nil, fmt.Errorf("%w: %s has no dead-letter topic %s (is it a sink?)", ErrNotFound, sinkName, topic)
 		}
-		return nil, err
+		return nil, fault.Wrap(fault.Unavailable, fmt.Errorf("reading the dead letters of %s from Kafka: %w", sinkName, err))
 	}
 	sl := s.letters[sinkName]
 	if sl == nil {
@@ -176,7 +177,7 @@ func (s *Store) summary(sinkName string, e *Entry) *adminv1.DeadLetterSummary {
 // Select returns the entries matching f, newest first, with their summaries.
 func (s *Store) Select(ctx context.Context, f *adminv1.DeadLetterFilter) ([]*adminv1.DeadLetterSummary, error) {
 	if f.GetSink() == "" {
-		return nil, errors.New("filter.sink is required (e.g. sink-warehouse)")
+		return nil, fault.Errorf(fault.Invalid, "filter.sink is required (e.g. sink-warehouse)")
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -219,12 +220,12 @@ func Page(all []*adminv1.DeadLetterSummary, size int, token string) ([]*adminv1.
 	if token != "" {
 		b, err := base64.RawURLEncoding.DecodeString(token)
 		if err != nil {
-			return nil, "", errors.New("page_token is not one this service returned")
+			return nil, "", fault.Errorf(fault.Invalid, "page_token is not one this service returned")
 		}
 		at, id, _ := strings.Cut(string(b), "|")
 		ns, err := strconv.ParseInt(at, 10, 64)
 		if err != nil {
-			return nil, "", errors.New("page_token is not one this service returned")
+			return nil, "", fault.Errorf(fault.Invalid, "page_token is not one this service returned")
 		}
 		last := &adminv1.DeadLetterSummary{Id: id, DeadAt: timestamppb.New(time.Unix(0, ns))}
 		start = sort.Search(len(all), func(i int) bool { return less(all[i], last) })
@@ -262,9 +263,9 @@ func (s *Store) Get(ctx context.Context, id string) (*adminv1.DeadLetterSummary,
 func (s *Store) resolve(ctx context.Context, ids []string, f *adminv1.DeadLetterFilter) ([]*Entry, string, []string, error) {
 	switch {
 	case len(ids) > 0 && f != nil:
-		return nil, "", nil, errors.New("give ids or a filter, not both")
+		return nil, "", nil, fault.Errorf(fault.Invalid, "give ids or a filter, not both")
 	case len(ids) == 0 && f == nil:
-		return nil, "", nil, errors.New("give the ids of the dead letters, or a filter")
+		return nil, "", nil, fault.Errorf(fault.Invalid, "give the ids of the dead letters, or a filter")
 	}
 	if f != nil {
 		sums, err := s.Select(ctx, &adminv1.DeadLetterFilter{Sink: f.Sink, Destination: f.Destination, Since: f.Since, Until: f.Until,
@@ -353,8 +354,11 @@ func (s *Store) Replay(ctx context.Context, ids []string, f *adminv1.DeadLetterF
 		}
 		marks = append(marks, e)
 	}
+	if len(marks) == 0 && len(sent) > 0 {
+		return "", 0, skipped, fault.Wrap(fault.Unavailable, fmt.Errorf("writing the replays to %s: %w", s.topics.Replay(sinkName), firstError(errs)))
+	}
 	if err := s.mark(ctx, marks, Resolution{State: "replayed", ReplayID: replayID, By: by, At: time.Now().UTC()}); err != nil {
-		return replayID, len(marks), skipped, fmt.Errorf("replayed %d, but recording it failed (they may be listed as open): %w", len(marks), err)
+		return replayID, len(marks), skipped, fault.Errorf(fault.Partial, "replayed %d, but recording it failed (they may be listed as open): %w", len(marks), err)
 	}
 	return replayID, len(marks), skipped, nil
 }
@@ -372,10 +376,10 @@ func (s *Store) sourceEvent(ctx context.Context, dl *sinkv1.DeadLetter) ([]byte,
 		return false, nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, fault.Wrap(fault.Unavailable, err)
 	}
 	if value == nil {
-		return nil, fmt.Errorf("offset %d is no longer in the topic (retention)", dl.SourceOffset)
+		return nil, fault.Errorf(fault.Conflict, "offset %d is no longer in the topic (retention)", dl.SourceOffset)
 	}
 	return value, nil
 }
@@ -387,7 +391,7 @@ func (s *Store) Discard(ctx context.Context, ids []string, f *adminv1.DeadLetter
 		return len(entries), skipped, err
 	}
 	if err := s.mark(ctx, entries, Resolution{State: "discarded", By: by, At: time.Now().UTC(), Reason: reason}); err != nil {
-		return 0, skipped, err
+		return 0, skipped, fault.Wrap(fault.Unavailable, fmt.Errorf("recording the discard: %w", err))
 	}
 	return len(entries), skipped, nil
 }
@@ -429,4 +433,13 @@ func (s *Store) Depth(ctx context.Context, sinkName string) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+func firstError(errs []error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return errors.New("no error recorded")
 }

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/closedloop/closedloop/libs/expr"
+	"github.com/closedloop/closedloop/libs/fault"
 	"github.com/closedloop/closedloop/libs/kafkaio"
 	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
@@ -33,7 +34,7 @@ import (
 )
 
 // ErrNotFound names no job.
-var ErrNotFound = errors.New("no such replay job")
+var ErrNotFound = fault.Errorf(fault.NotFound, "no such replay job")
 
 // Producer is the part of kafkaio.Producer the jobs need.
 type Producer interface {
@@ -141,29 +142,29 @@ func (j *Jobs) Start(ctx context.Context, req *adminv1.StartReplayRequest, by st
 	switch req.From {
 	case adminv1.ReplayFrom_REPLAY_FROM_RAW:
 		if req.Sink != "" || req.Filter != "" {
-			return nil, errors.New("a raw replay goes through the whole pipeline: sink and filter are for normalized replays (use source to narrow it)")
+			return nil, fault.Errorf(fault.Invalid, "a raw replay goes through the whole pipeline: sink and filter are for normalized replays (use source to narrow it)")
 		}
 	case adminv1.ReplayFrom_REPLAY_FROM_NORMALIZED:
 		if !j.sinks[req.Sink] {
-			return nil, fmt.Errorf("sink %q is not one of the sinks this admin serves (ADMIN_SINKS)", req.Sink)
+			return nil, fault.Errorf(fault.Invalid, "sink %q is not one of the sinks this admin serves (ADMIN_SINKS)", req.Sink)
 		}
 		if req.Filter != "" {
 			var err error
 			if filter, err = expr.CompileBool(req.Filter); err != nil {
-				return nil, fmt.Errorf("filter: %w", err)
+				return nil, fault.Errorf(fault.Invalid, "filter: %w", err)
 			}
 		}
 	default:
-		return nil, errors.New("from must be REPLAY_FROM_RAW or REPLAY_FROM_NORMALIZED")
+		return nil, fault.Errorf(fault.Invalid, "from must be REPLAY_FROM_RAW or REPLAY_FROM_NORMALIZED")
 	}
 	if req.Since == nil {
-		return nil, errors.New("since is required: replays are of a time range")
+		return nil, fault.Errorf(fault.Invalid, "since is required: replays are of a time range")
 	}
 	if req.Until == nil {
 		req.Until = timestamppb.Now()
 	}
 	if !req.Until.AsTime().After(req.Since.AsTime()) {
-		return nil, errors.New("until must be after since")
+		return nil, fault.Errorf(fault.Invalid, "until must be after since")
 	}
 	if req.RatePerSecond <= 0 {
 		req.RatePerSecond = 500
@@ -172,7 +173,7 @@ func (j *Jobs) Start(ctx context.Context, req *adminv1.StartReplayRequest, by st
 	job := &adminv1.ReplayJob{Id: id, ReplayId: id, Request: req, State: adminv1.ReplayState_REPLAY_STATE_RUNNING,
 		StartedBy: by, StartedAt: timestamppb.Now()}
 	if err := j.record(ctx, job); err != nil {
-		return nil, fmt.Errorf("recording the job: %w", err)
+		return nil, fault.Errorf(fault.Unavailable, "recording the job in Kafka: %w", err)
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	j.mu.Lock()

@@ -149,7 +149,7 @@ func (h *Handler) HandleBatch(ctx context.Context, batch []kafkaio.Delivery) []e
 		it.ev.Enrichment = en
 		v, err := proto.Marshal(it.ev)
 		if err != nil {
-			results[it.idx], failed = kafkaio.Permanent("unencodable_event", err), true
+			results[it.idx], failed = kafkaio.Permanent(kafkaio.ReasonUnencodableEvent, err), true
 			continue
 		}
 		topic := h.o.StandardTopic

@@ -26,14 +26,14 @@ import (
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 )
 
-// Quarantine reasons.
+// Quarantine reasons (the vocabulary is kafkaio's).
 const (
-	ReasonMalformedJSON     = "malformed_json"
-	ReasonMissingID         = "missing_required_id"
-	ReasonScoreOutOfScale   = "score_out_of_scale"
-	ReasonUnknownProvider   = "unknown_provider"
-	ReasonInvalidField      = "invalid_field"
-	ReasonUndecodableRecord = "undecodable_record"
+	ReasonMalformedJSON     = kafkaio.ReasonMalformedJSON
+	ReasonMissingID         = kafkaio.ReasonMissingID
+	ReasonScoreOutOfScale   = kafkaio.ReasonScoreOutOfScale
+	ReasonUnknownProvider   = kafkaio.ReasonUnknownProvider
+	ReasonInvalidField      = kafkaio.ReasonInvalidField
+	ReasonUndecodableRecord = kafkaio.ReasonUndecodableRecord
 )
 
 // Mapper maps one provider's payloads. The event it returns has the

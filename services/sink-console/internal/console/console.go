@@ -37,7 +37,7 @@ func (p *Printer) Handle(_ context.Context, m kafka.Message) error {
 	if p.JSON {
 		b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(ev)
 		if err != nil {
-			return kafkaio.Permanent("unencodable_event", err)
+			return kafkaio.Permanent(kafkaio.ReasonUnencodableEvent, err)
 		}
 		line = string(b)
 	} else {
