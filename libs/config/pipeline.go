@@ -16,6 +16,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/closedloop/closedloop/libs/expr"
+	"github.com/closedloop/closedloop/libs/providers"
 )
 
 // DefaultDedupeTTL outlasts the longest documented provider retry window
@@ -26,13 +27,17 @@ const DefaultDedupeTTL = 72 * time.Hour
 // the current one and the one being rotated out.
 const MaxIngestTokens = 2
 
-// Providers lists the provider names a source may use. "hmac" is the
-// generic scheme whose details are in the source's hmac block. The value
-// says whether the provider signs its webhooks (then secrets are required).
-var Providers = map[string]bool{
-	"delighted": true, "delightloop": true, "chattosurvey": false, "feedbackpro": true,
-	"standardwebhooks": true, "typeform": true, "github": true, "stripe": true, "hmac": true,
-}
+// Providers lists the provider names a source may use, from the provider
+// table (package providers). "hmac" is the generic scheme whose details are
+// in the source's hmac block. The value says whether the provider signs its
+// webhooks (then secrets are required).
+var Providers = func() map[string]bool {
+	m := map[string]bool{}
+	for _, p := range providers.All() {
+		m[p.Name] = p.Signs()
+	}
+	return m
+}()
 
 func providerNames() string {
 	names := make([]string, 0, len(Providers))
@@ -119,6 +124,13 @@ type HMACScheme struct {
 	// SecretEncoding says how the configured secret becomes the key: raw
 	// (default), base64, or whsec (Standard Webhooks: "whsec_" + base64).
 	SecretEncoding string `yaml:"secret_encoding"`
+}
+
+// Spec is the scheme as the provider table describes one (signing and
+// verifying share it).
+func (h *HMACScheme) Spec() providers.HMAC {
+	return providers.HMAC{Header: h.Header, Algorithm: h.Algorithm, Encoding: h.Encoding, Prefix: h.Prefix, Signed: h.Signed,
+		TimestampHeader: h.TimestampHeader, IDHeader: h.IDHeader, Tolerance: h.Tolerance.Duration, SecretEncoding: h.SecretEncoding}
 }
 
 // FieldRef names where a value is found: a request header, or a dotted

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
+	"strings"
 )
 
 // File is the vectors file.
@@ -68,22 +70,53 @@ func Path() (string, error) {
 	}
 }
 
-// Load reads the vectors file from Path.
+// Load reads the vectors: the file CLOSEDLOOP_VECTORS names, alone; else
+// testdata/webhooks/vectors.json (the copy of the shared vectors) and every
+// other *.json beside it (the project's own vectors, such as closedloop.json),
+// merged in name order. Vector names are unique across the files.
 func Load() (*File, string, error) {
 	p, err := Path()
 	if err != nil {
 		return nil, "", err
 	}
-	b, err := os.ReadFile(p)
-	if err != nil {
-		return nil, p, err
+	files := []string{p}
+	if os.Getenv("CLOSEDLOOP_VECTORS") == "" {
+		more, _ := filepath.Glob(filepath.Join(filepath.Dir(p), "*.json"))
+		sort.Strings(more)
+		for _, m := range more {
+			if m != p {
+				files = append(files, m)
+			}
+		}
 	}
-	var f File
-	if err := json.Unmarshal(b, &f); err != nil {
-		return nil, p, fmt.Errorf("%s: %w", p, err)
+	var all File
+	seen := map[string]string{}
+	for _, name := range files {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			return nil, name, err
+		}
+		var f File
+		if err := json.Unmarshal(b, &f); err != nil {
+			return nil, name, fmt.Errorf("%s: %w", name, err)
+		}
+		if len(f.Vectors) == 0 {
+			return nil, name, fmt.Errorf("%s holds no vectors", name)
+		}
+		for i := range f.Vectors {
+			v := &f.Vectors[i]
+			if other, dup := seen[v.Name]; dup {
+				return nil, name, fmt.Errorf("%s: vector %s is also in %s", name, v.Name, other)
+			}
+			seen[v.Name] = name
+			if v.Now == 0 {
+				v.Now = f.Now
+			}
+		}
+		if all.About == "" {
+			all.About, all.Now = f.About, f.Now
+		}
+		all.Vectors = append(all.Vectors, f.Vectors...)
 	}
-	if len(f.Vectors) == 0 {
-		return nil, p, fmt.Errorf("%s holds no vectors", p)
-	}
-	return &f, p, nil
+	return &all, strings.Join(files, ", "), nil
 }

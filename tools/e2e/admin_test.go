@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/closedloop/closedloop/libs/providers"
 	"github.com/closedloop/closedloop/tools/internal/delightedgen"
 	"github.com/closedloop/closedloop/tools/internal/stack"
 )
@@ -52,6 +54,23 @@ func TestOperatorsFixDeadLettersRotateTokensAndWatchLagWithClosedloopctl(t *test
 	p := pipelineSpec("e2e_admin", infra.broker.Addrs, infra.redis.Addr, "SINK_BREAKER_OPEN_FOR=1s")
 	p.Run = []string{"sink-warehouse", "enricher", "normalizer", "ingress", "admin"}
 	p.AdminTokens = map[string]string{"ann": "operator", "val": "viewer"}
+	// A source of every other provider of the table: test events for each.
+	p.Env = append(p.Env, "E2E_SECRET=e2e-provider-secret-0123456789", "E2E_WHSEC=whsec_"+base64.StdEncoding.EncodeToString([]byte("e2e-standard-webhooks-key")))
+	for _, d := range providers.All() {
+		if d.Name == "delighted" {
+			continue
+		}
+		src := "  - name: " + d.Name + "\n    provider: " + d.Name + "\n"
+		switch {
+		case d.Scheme == providers.StandardWebhooks:
+			src += "    secrets: [env:E2E_WHSEC]\n"
+		case d.Configurable():
+			src += "    secrets: [env:E2E_SECRET]\n    hmac: {header: X-E2E-Signature, algorithm: sha512, encoding: base64, signed: \"{timestamp}.{body}\", timestamp_header: X-E2E-Timestamp}\n    event_id: {path: meta.delivery}\n"
+		case d.Signs():
+			src += "    secrets: [env:E2E_SECRET]\n"
+		}
+		p.SourcesYAML += src
+	}
 	startPipeline(t, p)
 	pool := db(t)
 	gen := delightedgen.New([]byte(p.Secret), 21)
@@ -226,9 +245,19 @@ func TestOperatorsFixDeadLettersRotateTokensAndWatchLagWithClosedloopctl(t *test
 		t.Fatalf("test-event: exit %d\n%s", code, out)
 	}
 	t.Logf("closedloopctl test-event delighted:\n%s", out)
+	// Every provider's test event, signed its own way, reaches the warehouse
+	// flagged test.
+	for _, d := range providers.All() {
+		if d.Name == "delighted" {
+			continue
+		}
+		if out, code := ctl(t, p, "ann", "test-event", d.Name); code != 0 || strings.Contains(out, "false") {
+			t.Errorf("test-event %s: exit %d\n%s", d.Name, code, out)
+		}
+	}
 	var testRows int
-	if err := pool.QueryRow(ctx, `SELECT count(*) FROM `+p.Schema()+`.feedback_events WHERE is_test AND event_id LIKE 'closedloop-test-%'`).Scan(&testRows); err != nil || testRows != 1 {
-		t.Fatalf("test event rows flagged test: %d, %v", testRows, err)
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM `+p.Schema()+`.feedback_events WHERE is_test`).Scan(&testRows); err != nil || testRows != len(providers.All()) {
+		t.Fatalf("test event rows flagged test: %d, want one per provider (%d), %v", testRows, len(providers.All()), err)
 	}
 
 	// Token rotation: an issued URL works until it is revoked.

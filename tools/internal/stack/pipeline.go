@@ -42,6 +42,9 @@ type Pipeline struct {
 	// SinksYAML is added under "sinks:" of the pipeline file (indented by
 	// two spaces), e.g. a warehouse filter or webhook endpoints.
 	SinksYAML string
+	// SourcesYAML is added to the sources: list after the delighted source
+	// (list items, indented two spaces).
+	SourcesYAML string
 	// CRMURL, when set, is a tools/crmserver: the enricher looks accounts up
 	// there by the respondent's email domain (lookup "account": tier, arr,
 	// account name, owner) and a rule sends enterprise detractors, labelled
@@ -105,10 +108,10 @@ sources:
     ingest_tokens: [env:CLOSEDLOOP_DEV_INGEST_TOKEN]
     dedupe_ttl: 72h
     rate_limit: {per_second: 50000}   # high: local load tests must not hit it
-%s%ssinks:
+%s%s%ssinks:
   warehouse:
     schema: %s
-%s`, p.Name, p.enrichmentYAML(), p.adminYAML(), p.Schema(), p.SinksYAML)
+%s`, p.Name, p.SourcesYAML, p.enrichmentYAML(), p.adminYAML(), p.Schema(), p.SinksYAML)
 	return path, os.WriteFile(path, []byte(yml), 0o644)
 }
 

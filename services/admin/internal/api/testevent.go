@@ -3,10 +3,6 @@ package api
 import (
 	"bytes"
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -18,8 +14,10 @@ import (
 	"github.com/segmentio/kafka-go"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/closedloop/closedloop/libs/config"
 	"github.com/closedloop/closedloop/libs/fault"
 	"github.com/closedloop/closedloop/libs/feedback"
+	"github.com/closedloop/closedloop/libs/providers"
 	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 	sinkv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/sink/v1"
@@ -44,10 +42,11 @@ func (s *Server) SendTestEvent(ctx context.Context, req *adminv1.SendTestEventRe
 		return nil, err
 	}
 	src, _ := s.o.Pipeline().Source(req.Source)
-	if src.Provider != "delighted" {
-		return nil, fault.Errorf(fault.Conflict, "test events are signed the Delighted way; %s is a %s source: use the provider's own \"send test\"", src.Name, src.Provider)
+	prov, ok := providers.Get(src.Provider)
+	if !ok {
+		return nil, fault.Errorf(fault.Conflict, "%s is a %s source, a provider closedloop does not know", src.Name, src.Provider)
 	}
-	if len(src.Secrets) == 0 {
+	if prov.Signs() && len(src.Secrets) == 0 {
 		return nil, fault.Errorf(fault.Conflict, "%s has no signing secret the admin service can read (its secrets must resolve in the admin's environment)", src.Name)
 	}
 	timeout := 30 * time.Second
@@ -79,14 +78,34 @@ func (s *Server) SendTestEvent(ctx context.Context, req *adminv1.SendTestEventRe
 			s.o.Log.Error("the test event's temporary token was not revoked: revoke it by hand", "source", src.Name, "token_id", tok.ID, "error", err.Error())
 		}
 	}()
+	// The provider's own sample, signed the provider's way with the source's
+	// current secret: the ingress verifies it like any webhook.
 	id := randid.New(feedback.TestEventPrefix, 12)
-	now := time.Now().Unix()
-	body, _ := json.Marshal(map[string]any{"event_type": "survey_response.created", "event_id": id, "event_data": map[string]any{
-		"id": id, "survey_type": "nps", "score": 10, "comment": "closedloop test event", "created_at": now, "updated_at": now,
-		"person": map[string]any{"id": "closedloop-test", "email": "test@closedloop.invalid", "name": "closedloop test"},
-	}})
-	mac := hmac.New(sha256.New, src.Secrets[0].Reveal())
-	mac.Write(body)
+	extra, body := prov.Sample(id, time.Now())
+	var scheme *providers.HMAC
+	if prov.Configurable() {
+		extra, body = providers.SampleAt(id, time.Now(), providers.FieldRef(src.EventID), providers.FieldRef(src.EventType))
+		spec := src.HMAC.Spec()
+		scheme = &spec
+	}
+	var secret []byte
+	if len(src.Secrets) > 0 {
+		secret = src.Secrets[0].Reveal()
+	}
+	headers, err := providers.Sign(prov, scheme, secret, id, body, extra, time.Now())
+	if err != nil {
+		return nil, fault.Errorf(fault.Conflict, "signing the test event for %s: %v", src.Name, err)
+	}
+	// The ingress names the event by the same rule (a provider without ids
+	// gets one derived from the body): follow it under that name.
+	idRef, typeRef := prov.ID, prov.Type
+	if src.EventID != (config.FieldRef{}) {
+		idRef = providers.FieldRef(src.EventID)
+	}
+	if src.EventType != (config.FieldRef{}) {
+		typeRef = providers.FieldRef(src.EventType)
+	}
+	id = providers.Identify(src.Name, idRef, typeRef, prov.TestTypes, headers, body).EventID
 	resp := &adminv1.SendTestEventResponse{EventId: id}
 	start := time.Now()
 	reached := func(stage, detail string) {
@@ -98,12 +117,10 @@ func (s *Server) SendTestEvent(ctx context.Context, req *adminv1.SendTestEventRe
 	// Every ingress replica follows the control topic and accepts the new
 	// token within a second: until then it answers 404.
 	target := strings.TrimRight(s.o.IngressURL, "/") + "/v1/hooks/" + src.Name + "/" + token
-	sig := "sha256=" + hex.EncodeToString(mac.Sum(nil))
 	var hres *http.Response
 	for {
 		hreq, _ := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(body))
-		hreq.Header.Set("Content-Type", "application/json")
-		hreq.Header.Set("X-Delighted-Webhook-Signature", sig)
+		hreq.Header = headers.Clone()
 		hres, err = http.DefaultClient.Do(hreq)
 		if err != nil {
 			return nil, fault.Errorf(fault.Unavailable, "POST to the ingress at %s: %v (ADMIN_INGRESS_URL)", s.o.IngressURL, withoutURL(err))

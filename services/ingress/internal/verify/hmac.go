@@ -2,9 +2,6 @@ package verify
 
 import (
 	"crypto/hmac"
-	"crypto/sha1"
-	"crypto/sha256"
-	"crypto/sha512"
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
@@ -14,40 +11,15 @@ import (
 	"time"
 
 	"github.com/closedloop/closedloop/libs/config"
+	"github.com/closedloop/closedloop/libs/providers"
 )
 
-// HMAC is the configurable scheme: Header holds Prefix followed by the
-// Encoding of HMAC-Algorithm(key, Signed), where Signed is a template over
-// {body}, {id} (from IDHeader) and {timestamp} (from TimestampHeader, unix
-// seconds, within Tolerance of now).
-type HMAC struct {
-	Header          string
-	Algorithm       string // sha1, sha256, sha512
-	Encoding        string // hex, base64
-	Prefix          string
-	Signed          string
-	TimestampHeader string
-	IDHeader        string
-	Tolerance       time.Duration
-	SecretEncoding  string // raw, base64, whsec
-}
+// HMAC is the HMAC scheme of the provider table (providers.HMAC): Header
+// holds Prefix followed by the Encoding of HMAC-Algorithm(key, Signed),
+// where Signed is a template over {body}, {id} (from IDHeader) and
+// {timestamp} (from TimestampHeader, unix seconds, within Tolerance of now).
+type HMAC providers.HMAC
 
-// FromConfig builds the scheme of a provider "hmac" source (validated and
-// defaulted by the config loader).
-func FromConfig(c *config.HMACScheme) HMAC {
-	return HMAC{Header: c.Header, Algorithm: c.Algorithm, Encoding: c.Encoding, Prefix: c.Prefix, Signed: c.Signed,
-		TimestampHeader: c.TimestampHeader, IDHeader: c.IDHeader, Tolerance: c.Tolerance.Duration, SecretEncoding: c.SecretEncoding}
-}
-
-func hashFunc(alg string) func() hash.Hash {
-	switch alg {
-	case "sha1":
-		return sha1.New
-	case "sha512":
-		return sha512.New
-	}
-	return sha256.New
-}
 
 // Verify implements Scheme.
 func (s HMAC) Verify(r Request, secrets []config.Secret) error {
@@ -59,7 +31,7 @@ func (s HMAC) Verify(r Request, secrets []config.Secret) error {
 	if !ok {
 		return bad(fmt.Sprintf("%s must start with %q", s.Header, s.Prefix))
 	}
-	h := hashFunc(s.Algorithm)
+	h := providers.HashOf(s.Algorithm)
 	got, err := decodeSig(s.Encoding, enc)
 	if err != nil || len(got) != h().Size() {
 		return bad(fmt.Sprintf("%s is not a %s-encoded %s digest", s.Header, s.Encoding, s.Algorithm))
@@ -151,22 +123,11 @@ func checkTimestamp(header, ts string, now time.Time, tol time.Duration) error {
 func keysOf(secrets []config.Secret, encoding string) ([][]byte, error) {
 	keys := make([][]byte, 0, len(secrets))
 	for _, s := range secrets {
-		v := s.Reveal()
-		switch encoding {
-		case "base64":
-			k, err := base64.StdEncoding.DecodeString(string(v))
-			if err != nil {
-				return nil, fmt.Errorf("secret %s is not base64", s.Ref())
-			}
-			v = k
-		case "whsec":
-			k, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(string(v), "whsec_"))
-			if err != nil {
-				return nil, fmt.Errorf("secret %s is not whsec_ followed by base64", s.Ref())
-			}
-			v = k
+		k, err := providers.Key(s.Reveal(), encoding)
+		if err != nil {
+			return nil, fmt.Errorf("secret %s: %w", s.Ref(), err)
 		}
-		keys = append(keys, v)
+		keys = append(keys, k)
 	}
 	return keys, nil
 }

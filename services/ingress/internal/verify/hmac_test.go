@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/closedloop/closedloop/libs/config"
+	"github.com/closedloop/closedloop/libs/providers"
 )
 
 func mac(h func() hash.Hash, key, msg string) []byte {
@@ -84,11 +85,11 @@ func TestIdentifyUsesHeaderThenBodyThenADerivedID(t *testing.T) {
 	}
 	a := p.Identify("s", Request{Header: http.Header{}, Body: []byte(`not json`)})
 	b := p.Identify("s", Request{Header: http.Header{}, Body: []byte(`not json`)})
-	if a.EventID != b.EventID || a.EventID != DerivedID("s", []byte("not json")) {
+	if a.EventID != b.EventID || a.EventID != providers.DerivedID("s", []byte("not json")) {
 		t.Fatalf("derived ids differ: %q %q", a.EventID, b.EventID)
 	}
 	long := p.Identify("s", Request{Header: http.Header{"X-Id": {string(make([]byte, 300))}}, Body: body})
-	if len(long.EventID) > maxIDLen {
+	if len(long.EventID) > providers.MaxIDLen {
 		t.Fatalf("an oversized id was kept: %d bytes", len(long.EventID))
 	}
 }
@@ -112,7 +113,7 @@ func FuzzIdentify(f *testing.F) {
 	f.Fuzz(func(t *testing.T, header string, body []byte) {
 		p := Provider{ID: FieldRef{Header: "X-Id", Path: "data.id"}, Type: FieldRef{Path: "event_type"}}
 		id := p.Identify("s", Request{Header: http.Header{"X-Id": {header}}, Body: body})
-		if id.EventID == "" || len(id.EventID) > maxIDLen || !printable(id.EventID) {
+		if id.EventID == "" || len(id.EventID) > providers.MaxIDLen || !providers.Printable(id.EventID) {
 			t.Fatalf("unusable event id %q", id.EventID)
 		}
 	})

@@ -1,12 +1,10 @@
 package verify
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
-	"strings"
 
 	"github.com/closedloop/closedloop/libs/config"
+	"github.com/closedloop/closedloop/libs/providers"
 )
 
 // FieldRef names where a value is found: a request header or a dotted path
@@ -14,14 +12,7 @@ import (
 type FieldRef struct{ Header, Path string }
 
 // Identity is what the ingress learns about an accepted webhook.
-type Identity struct {
-	// EventID is the provider's event or delivery id, else "sha256:" + the
-	// hex SHA-256 of source and body: the same delivery always has the same id.
-	EventID   string
-	EventType string
-	// Test is true for a provider's test delivery.
-	Test bool
-}
+type Identity = providers.Identity
 
 // Provider is a provider's scheme and where its ids are.
 type Provider struct {
@@ -36,51 +27,32 @@ type Provider struct {
 	KeepHeaders []string
 }
 
-// builtin are the providers closedloop knows by name. Facts and the parts
-// that are assumptions are in the design notes on providers:
-//   - FeedBackPro documents a "send test event" button but not its payload;
-//     an event named "test" or "test_event" is taken as the test (assumption).
-var builtin = map[string]Provider{
-	"delighted": {
-		Scheme: HMAC{Header: "X-Delighted-Webhook-Signature", Algorithm: "sha256", Encoding: "hex", Prefix: "sha256="},
-		ID:     FieldRef{Path: "event_id"}, Type: FieldRef{Path: "event_type"},
-	},
-	"delightloop": {
-		Scheme: HMAC{Header: "X-DelightLoop-Signature", Algorithm: "sha256", Encoding: "hex"},
-		Type:   FieldRef{Header: "X-DelightLoop-Event", Path: "event"},
-		// No event id: derived from the body.
-		KeepHeaders: []string{"X-DelightLoop-Event", "X-DelightLoop-Timestamp"},
-	},
-	"chattosurvey": {
-		Scheme: None{},
-		ID:     FieldRef{Header: "X-Webhook-ID", Path: "id"}, Type: FieldRef{Header: "X-Webhook-Event", Path: "event"},
-		TestTypes:   []string{"test.webhook"},
-		KeepHeaders: []string{"X-Webhook-ID", "X-Webhook-Event", "X-Webhook-Timestamp"},
-	},
-	"feedbackpro": {
-		Scheme: HMAC{Header: "X-FeedbackPro-Signature", Algorithm: "sha256", Encoding: "hex"},
-		ID:     FieldRef{Path: "id"}, Type: FieldRef{Path: "event"},
-		TestTypes: []string{"test", "test_event"},
-	},
-	"standardwebhooks": {
-		Scheme: StandardWebhooks{},
-		ID:     FieldRef{Header: SWHeaderID}, Type: FieldRef{Path: "type"},
-		KeepHeaders: []string{SWHeaderID, SWHeaderTimestamp},
-	},
-	"typeform": {
-		Scheme: HMAC{Header: "Typeform-Signature", Algorithm: "sha256", Encoding: "base64", Prefix: "sha256="},
-		ID:     FieldRef{Path: "event_id"}, Type: FieldRef{Path: "event_type"},
-	},
-	"github": {
-		Scheme: HMAC{Header: "X-Hub-Signature-256", Algorithm: "sha256", Encoding: "hex", Prefix: "sha256="},
-		ID:     FieldRef{Header: "X-GitHub-Delivery"}, Type: FieldRef{Header: "X-GitHub-Event"},
-		TestTypes:   []string{"ping"},
-		KeepHeaders: []string{"X-GitHub-Delivery", "X-GitHub-Event"},
-	},
-	"stripe": {
-		Scheme: Stripe{},
-		ID:     FieldRef{Path: "id"}, Type: FieldRef{Path: "type"},
-	},
+// builtin are the providers closedloop knows by name, derived from the
+// provider table (package providers): the scheme each declares becomes its
+// verifier here.
+var builtin = func() map[string]Provider {
+	m := map[string]Provider{}
+	for _, d := range providers.All() {
+		if d.Configurable() {
+			continue // "hmac": the source's own block, in ForSource
+		}
+		m[d.Name] = Provider{Name: d.Name, Scheme: SchemeOf(d), ID: FieldRef(d.ID), Type: FieldRef(d.Type),
+			TestTypes: d.TestTypes, KeepHeaders: d.KeepHeaders}
+	}
+	return m
+}()
+
+// SchemeOf is the verifier of a provider's declared scheme.
+func SchemeOf(d providers.Provider) Scheme {
+	switch d.Scheme {
+	case providers.HMACScheme:
+		return HMAC(d.HMAC)
+	case providers.StandardWebhooks:
+		return StandardWebhooks{}
+	case providers.Stripe:
+		return Stripe{}
+	}
+	return None{}
 }
 
 // Names lists the built-in providers.
@@ -101,7 +73,7 @@ func ForSource(s *config.Source) (Provider, error) {
 		if s.HMAC == nil {
 			return p, fmt.Errorf("source %s: provider hmac without an hmac block", s.Name)
 		}
-		p = Provider{Scheme: FromConfig(s.HMAC)}
+		p = Provider{Scheme: HMAC(s.HMAC.Spec())}
 		for _, h := range []string{s.HMAC.TimestampHeader, s.HMAC.IDHeader, s.EventID.Header, s.EventType.Header} {
 			if h != "" {
 				p.KeepHeaders = append(p.KeepHeaders, h)
@@ -124,56 +96,8 @@ func ForSource(s *config.Source) (Provider, error) {
 	return p, nil
 }
 
-// maxIDLen bounds a provider id used as-is; longer ones are hashed.
-const maxIDLen = 200
-
-// Identify finds the event id, type and test flag of an authentic request.
+// Identify finds the event id, type and test flag of an authentic request
+// (providers.Identify: the admin's test events are found by the same rule).
 func (p Provider) Identify(source string, r Request) Identity {
-	lookup := func(f FieldRef) string {
-		if f.Header != "" {
-			if v := strings.TrimSpace(r.Header.Get(f.Header)); v != "" {
-				return v
-			}
-		}
-		if f.Path == "" {
-			return ""
-		}
-		return lookupPath(r.Body, f.Path)
-	}
-	id := Identity{EventID: lookup(p.ID), EventType: lookup(p.Type)}
-	switch {
-	case id.EventID == "":
-		id.EventID = DerivedID(source, r.Body)
-	case len(id.EventID) > maxIDLen || !printable(id.EventID):
-		sum := sha256.Sum256([]byte(id.EventID))
-		id.EventID = "sha256:" + hex.EncodeToString(sum[:])
-	}
-	if len(id.EventType) > maxIDLen || !printable(id.EventType) {
-		id.EventType = ""
-	}
-	for _, t := range p.TestTypes {
-		if id.EventType == t {
-			id.Test = true
-		}
-	}
-	return id
-}
-
-// DerivedID is the id of an event whose provider gives none: "sha256:" and
-// the hex SHA-256 of the source name, a zero byte and the body.
-func DerivedID(source string, body []byte) string {
-	h := sha256.New()
-	h.Write([]byte(source))
-	h.Write([]byte{0})
-	h.Write(body)
-	return "sha256:" + hex.EncodeToString(h.Sum(nil))
-}
-
-func printable(s string) bool {
-	for _, r := range s {
-		if r < 0x20 || r == 0x7f {
-			return false
-		}
-	}
-	return true
+	return providers.Identify(source, providers.FieldRef(p.ID), providers.FieldRef(p.Type), p.TestTypes, r.Header, r.Body)
 }

@@ -23,6 +23,7 @@ import (
 
 	"github.com/closedloop/closedloop/libs/feedback"
 	"github.com/closedloop/closedloop/libs/kafkaio"
+	"github.com/closedloop/closedloop/libs/providers"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 )
 
@@ -42,23 +43,29 @@ type Mapper interface {
 	Map(raw *feedbackv1.RawWebhook) (*feedbackv1.FeedbackEvent, error)
 }
 
-// ForProvider returns the mapper of a provider. Providers without a mapping
-// of their own (Standard Webhooks senders, Typeform, GitHub, Stripe, generic
-// HMAC sources) get Generic: an engagement event with the body's data kept.
+// mappers are the mappings, by the name the provider table gives each
+// provider (providers.Provider.Mapping): a test checks every provider has
+// one and every one here is used.
+var mappers = map[string]Mapper{
+	providers.MapDelighted:    Delighted{},
+	providers.MapDelightLoop:  DelightLoop{},
+	providers.MapChatToSurvey: ChatToSurvey{},
+	providers.MapFeedBackPro:  FeedBackPro{},
+	providers.MapTypeform:     Typeform{},
+	providers.MapGeneric:      Generic{},
+}
+
+// ForProvider returns the mapper of a provider of the table. Providers
+// without a mapping of their own (Standard Webhooks senders, GitHub,
+// Stripe, generic HMAC sources) get Generic: an engagement event with the
+// body's data kept.
 func ForProvider(provider string) (Mapper, bool) {
-	switch provider {
-	case "delighted":
-		return Delighted{}, true
-	case "delightloop":
-		return DelightLoop{}, true
-	case "chattosurvey":
-		return ChatToSurvey{}, true
-	case "feedbackpro":
-		return FeedBackPro{}, true
-	case "standardwebhooks", "typeform", "github", "stripe", "hmac":
-		return Generic{}, true
+	p, ok := providers.Get(provider)
+	if !ok {
+		return nil, false
 	}
-	return nil, false
+	m, ok := mappers[p.Mapping]
+	return m, ok
 }
 
 // Map maps a RawWebhook with its provider's mapper and sets the envelope

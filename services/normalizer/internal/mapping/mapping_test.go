@@ -6,8 +6,11 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/closedloop/closedloop/libs/feedback"
 	"github.com/closedloop/closedloop/libs/kafkaio"
+	"github.com/closedloop/closedloop/libs/providers"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 )
 
@@ -174,9 +177,9 @@ func FuzzEveryMapperNeverPanics(f *testing.F) {
 	f.Add(uint8(0), []byte(`{"event":"rating_submitted","id":"e","timestamp":"2025-11-22T03:03:20Z","data":{"score":"4"}}`))
 	f.Add(uint8(1), []byte(`{"id":"u","event":"conversation.completed","data":{"conversation":{"id":"c"},"responses":[{"answer":"x","answer_type":"nps"}]}}`))
 	f.Add(uint8(2), []byte(`{"event":"recipient.acknowledged","timestamp":1763780120,"data":{"recipientId":5}}`))
-	providers := []string{"feedbackpro", "chattosurvey", "delightloop", "delighted", "stripe"}
+	names := providers.Names() // every provider of the table
 	f.Fuzz(func(t *testing.T, p uint8, body []byte) {
-		ev, err := Map(&feedbackv1.RawWebhook{EventId: "e", Provider: providers[int(p)%len(providers)], Body: body}, time.Unix(0, 0))
+		ev, err := Map(&feedbackv1.RawWebhook{EventId: "e", Provider: names[int(p)%len(names)], Body: body}, time.Unix(0, 0))
 		if err == nil && (ev.Subject == nil || ev.Subject.Id == "") {
 			t.Fatalf("mapped without a subject: %s", body)
 		}
@@ -195,5 +198,35 @@ func TestAnOperatorsTestEventIsFlaggedTestAndKeepsItsMeaning(t *testing.T) {
 	live, err := Map(&feedbackv1.RawWebhook{EventId: "42", Source: "s", Provider: "delighted", Body: body}, time.Unix(0, 0))
 	if err != nil || live.Test {
 		t.Fatalf("a live event flagged test: %v %v", live, err)
+	}
+}
+
+// Every provider of the table has a mapping, every mapping serves a
+// provider, and each provider's test event (the admin's sample) maps to an
+// event flagged test with a subject.
+func TestEveryProviderHasAMappingAndItsTestEventMaps(t *testing.T) {
+	used := map[string]bool{}
+	for _, p := range providers.All() {
+		if _, ok := ForProvider(p.Name); !ok {
+			t.Errorf("provider %s: no mapping %q", p.Name, p.Mapping)
+			continue
+		}
+		used[p.Mapping] = true
+		id := feedback.TestEventPrefix + "x1"
+		hdr, body := p.Sample(id, time.Unix(1763800000, 0))
+		eventType := ""
+		if p.Type.Header != "" {
+			eventType = hdr.Get(p.Type.Header)
+		}
+		ev, err := Map(&feedbackv1.RawWebhook{EventId: id, Source: "s", Provider: p.Name, EventType: eventType, Body: body,
+			ReceivedAt: timestamppb.New(time.Unix(1763800000, 0))}, time.Unix(1763800000, 0))
+		if err != nil || !ev.Test || ev.GetSubject().GetId() == "" {
+			t.Errorf("provider %s: its test event maps to %v, %v", p.Name, ev, err)
+		}
+	}
+	for name := range mappers {
+		if !used[name] {
+			t.Errorf("mapping %s serves no provider of the table", name)
+		}
 	}
 }

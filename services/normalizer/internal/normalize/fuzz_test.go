@@ -16,6 +16,7 @@ import (
 	"github.com/closedloop/closedloop/libs/idempotency"
 	"github.com/closedloop/closedloop/libs/kafkaio"
 	"github.com/closedloop/closedloop/libs/localinfra"
+	"github.com/closedloop/closedloop/libs/providers"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 )
 
@@ -35,10 +36,20 @@ func FuzzTheBatchHandler(f *testing.F) {
 		Producer: rec, NormalizedTopic: "norm", Log: slog.New(slog.NewTextHandler(io.Discard, nil)), RawInlineMax: 1024,
 		TTL: func(string) time.Duration { return time.Hour },
 	})
-	providers := []string{"delighted", "typeform", "feedbackpro", "chattosurvey", "delightloop", "standardwebhooks", "github", "stripe"}
-	f.Add([]byte("\x00\x00" + response("e1", "100") + "\xff\x00\x00" + response("e1", "100") + "\xff\x00\x00" + response("e2", "101")))
-	f.Add([]byte("\x01\x00{\"event_id\":\"t\",\"event_type\":\"form_response\",\"form_response\":{\"token\":\"x\"}}\xff\x00\x01garbage"))
-	f.Add([]byte("\x00\x00{\"event_type\":\"survey_response.created\",\"event_id\":\"big\",\"event_data\":{\"id\":\"9\",\"score\":1,\"updated_at\":5,\"comment\":\"" +
+	names := providers.Names()         // every provider of the table
+	pick := func(name string) string { // a record's first byte picks its provider
+		for i, n := range names {
+			if n == name {
+				return string([]byte{byte(i)})
+			}
+		}
+		f.Fatalf("no provider %s", name)
+		return ""
+	}
+	dl, tf := pick("delighted"), pick("typeform")
+	f.Add([]byte(dl + "\x00" + response("e1", "100") + "\xff" + dl + "\x00" + response("e1", "100") + "\xff" + dl + "\x00" + response("e2", "101")))
+	f.Add([]byte(tf + "\x00{\"event_id\":\"t\",\"event_type\":\"form_response\",\"form_response\":{\"token\":\"x\"}}\xff\x00\x01garbage"))
+	f.Add([]byte(dl + "\x00{\"event_type\":\"survey_response.created\",\"event_id\":\"big\",\"event_data\":{\"id\":\"9\",\"score\":1,\"updated_at\":5,\"comment\":\"" +
 		string(bytes.Repeat([]byte("z"), 2000)) + "\"}}"))
 	seq := 0
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -56,7 +67,7 @@ func FuzzTheBatchHandler(f *testing.F) {
 			} else {
 				prov, body := "delighted", p
 				if len(p) >= 2 {
-					prov, body = providers[int(p[0])%len(providers)], p[2:]
+					prov, body = names[int(p[0])%len(names)], p[2:]
 				}
 				// Ids repeat within a batch (redeliveries) but not across runs.
 				id := "f" + strconv.Itoa(seq) + "-" + strconv.Itoa(i%3)

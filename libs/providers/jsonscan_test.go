@@ -1,4 +1,4 @@
-package verify
+package providers
 
 import (
 	"encoding/json"
@@ -13,12 +13,12 @@ func TestLookupPathAgreesWithEncodingJSON(t *testing.T) {
 		"nul": "", "t": "", "a": "", "missing": "", "a.b": "", "obj.id.x": "",
 	}
 	for path, want := range cases {
-		if got := lookupPath([]byte(body), path); got != want {
+		if got := LookupPath([]byte(body), path); got != want {
 			t.Errorf("%s = %q, want %q", path, got, want)
 		}
 	}
 	for _, bad := range []string{``, `[]`, `{"a":`, `{"a" 1}`, `{"a":"x`, `nope`, `{"id":"x"`} {
-		_ = lookupPath([]byte(bad), "a.id") // must not panic
+		_ = LookupPath([]byte(bad), "a.id") // must not panic
 	}
 }
 
@@ -26,7 +26,7 @@ func FuzzLookupPathMatchesEncodingJSON(f *testing.F) {
 	f.Add([]byte(`{"event_id":"e","data":{"id":1}}`), "data.id")
 	f.Add([]byte(`{"a":"\"}","b":{"c":[{"d":2}]}}`), "b.c")
 	f.Fuzz(func(t *testing.T, body []byte, path string) {
-		got := lookupPath(body, path)
+		got := LookupPath(body, path)
 		if !json.Valid(body) || strings.Contains(path, "..") {
 			return
 		}

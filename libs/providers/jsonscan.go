@@ -1,4 +1,4 @@
-package verify
+package providers
 
 import (
 	"bytes"
@@ -7,12 +7,12 @@ import (
 	"unicode/utf8"
 )
 
-// lookupPath reads a dotted path ("data.id") of a string or number in a JSON
+// LookupPath reads a dotted path ("data.id") of a string or number in a JSON
 // body without decoding the rest of it: the ingress only needs an id and a
 // type, and a full decode of every body was its largest cost. It returns ""
 // for a missing path, a value that is not a string or number, or malformed
 // JSON on the way to it.
-func lookupPath(b []byte, path string) string {
+func LookupPath(b []byte, path string) string {
 	for {
 		key, rest, nested := strings.Cut(path, ".")
 		v, ok := objectField(b, key)
