@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"runtime/debug"
-	"strconv"
 	"sync"
 	"time"
 
@@ -20,21 +18,8 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/closedloop/closedloop/libs/retry"
 	"github.com/closedloop/closedloop/libs/status"
-)
-
-// Headers a quarantined record carries besides its original ones.
-const (
-	HeaderQuarantineReason    = "closedloop-quarantine-reason"
-	HeaderQuarantineError     = "closedloop-quarantine-error"
-	HeaderQuarantineTopic     = "closedloop-source-topic"
-	HeaderQuarantinePartition = "closedloop-source-partition"
-	HeaderQuarantineOffset    = "closedloop-source-offset"
-	HeaderQuarantineGroup     = "closedloop-consumer-group"
-	// HeaderQuarantineValueOmitted (the original value's size) is set when the
-	// record and the quarantine headers did not fit in the quarantine topic:
-	// the value stays at its source topic, partition and offset.
-	HeaderQuarantineValueOmitted = "closedloop-quarantine-value-omitted"
 )
 
 // Handler does the work for one record. It returns nil once the work is
@@ -119,60 +104,6 @@ type Consumer struct {
 	pauseMu sync.Mutex
 	paused  *string       // the reason while paused by hand
 	resumed chan struct{} // closed on Resume
-}
-
-// Pause stops handing records to the handler (by hand: an operator's
-// valve): each partition worker waits before its next batch, the reader's
-// small queue fills, and Kafka holds the rest. In-flight batches finish.
-func (c *Consumer) Pause(reason string) {
-	c.pauseMu.Lock()
-	defer c.pauseMu.Unlock()
-	if c.paused == nil {
-		c.resumed = make(chan struct{})
-	}
-	c.paused = &reason
-}
-
-// Resume undoes Pause.
-func (c *Consumer) Resume() {
-	c.pauseMu.Lock()
-	defer c.pauseMu.Unlock()
-	if c.paused != nil {
-		close(c.resumed)
-		c.paused = nil
-	}
-}
-
-// Paused reports whether the consumer is paused, and why.
-func (c *Consumer) Paused() (string, bool) {
-	c.pauseMu.Lock()
-	defer c.pauseMu.Unlock()
-	if c.paused == nil {
-		return "", false
-	}
-	return *c.paused, true
-}
-
-// waitResumed blocks while paused, until Resume or stop.
-func (c *Consumer) waitResumed(stop context.Context) error {
-	c.pauseMu.Lock()
-	ch := c.resumed
-	paused := c.paused != nil
-	c.pauseMu.Unlock()
-	if !paused {
-		return nil
-	}
-	select {
-	case <-ch:
-		return nil
-	case <-stop.Done():
-		return stop.Err()
-	}
-}
-
-type partKey struct {
-	topic     string
-	partition int
 }
 
 // NewConsumer validates the configuration and builds the reader; it does not
@@ -518,91 +449,7 @@ func (c *Consumer) handleOnce(ctx context.Context, batch []kafka.Message, attemp
 	return c.handle(ctx, ds), false
 }
 
-// quarantine writes the record with the reason to the quarantine topic,
-// retrying until it is durable or the consumer stops.
-func (c *Consumer) quarantine(stop, work context.Context, m kafka.Message, reason string, cause error) error {
-	headers := append(append([]kafka.Header(nil), m.Headers...),
-		kafka.Header{Key: HeaderQuarantineReason, Value: []byte(reason)},
-		kafka.Header{Key: HeaderQuarantineError, Value: []byte(truncate(cause.Error(), 1024))},
-		kafka.Header{Key: HeaderQuarantineTopic, Value: []byte(m.Topic)},
-		kafka.Header{Key: HeaderQuarantinePartition, Value: []byte(strconv.Itoa(m.Partition))},
-		kafka.Header{Key: HeaderQuarantineOffset, Value: []byte(itoa(m.Offset))},
-		kafka.Header{Key: HeaderQuarantineGroup, Value: []byte(c.cfg.GroupID)},
-	)
-	rec := Record{Topic: c.cfg.QuarantineTopic, Key: m.Key, Value: m.Value, Headers: headers}
-	for attempt := 1; ; attempt++ {
-		err := c.cfg.Quarantine.Produce(work, rec)
-		if err == nil {
-			break
-		}
-		if errors.Is(err, ErrRecordTooLarge) && rec.Value != nil {
-			// Never block the partition on its own quarantine: keep the
-			// coordinates and the reason, leave the value where it is.
-			rec.Value = nil
-			rec.Headers = append(rec.Headers, kafka.Header{Key: HeaderQuarantineValueOmitted, Value: []byte(strconv.Itoa(len(m.Value)))})
-			continue
-		}
-		if errors.Is(err, ErrRecordTooLarge) && len(rec.Headers) > len(m.Headers) && len(m.Headers) > 0 {
-			// Still too large: the original headers go too, ours stay.
-			rec.Headers = rec.Headers[len(m.Headers):]
-			continue
-		}
-		wait := backoff(attempt, c.cfg.RetryBackoffMax)
-		c.cfg.Log.Warn("quarantine produce failed; retrying", "topic", m.Topic, "offset", m.Offset, "error", err.Error(), "retry_in", wait.String())
-		select {
-		case <-stop.Done():
-			return stop.Err()
-		case <-time.After(wait):
-		}
-	}
-	c.quar.Add(work, 1, metric.WithAttributes(attribute.String("topic", m.Topic), attribute.String("reason", reason)))
-	if s := c.stats[m.Topic]; s != nil {
-		s.Quarantined.Add(1)
-	}
-	c.cfg.Log.Warn("record quarantined", "topic", m.Topic, "partition", m.Partition, "offset", m.Offset, "reason", reason, "error", cause.Error())
-	return nil
-}
-
-func (c *Consumer) setLag(k partKey, lag int64) {
-	if lag < 0 {
-		lag = 0
-	}
-	c.lagMu.Lock()
-	c.lag[k] = lag
-	c.lagMu.Unlock()
-	if s := c.stats[k.topic]; s != nil {
-		s.Lag.Store(c.lagByTopic()[k.topic])
-	}
-}
-
-func (c *Consumer) lagByTopic() map[string]int64 {
-	c.lagMu.Lock()
-	defer c.lagMu.Unlock()
-	out := map[string]int64{}
-	for k, v := range c.lag {
-		out[k.topic] += v
-	}
-	return out
-}
-
-// backoff is Backoff from 100ms.
+// backoff is retry.Backoff from 100ms.
 func backoff(attempt int, max time.Duration) time.Duration {
-	return Backoff(attempt, 100*time.Millisecond, max)
-}
-
-// Backoff is the wait before retry number attempt (from 1): exponential
-// from base, capped at max, drawn uniformly from (0, that] (full jitter).
-func Backoff(attempt int, base, max time.Duration) time.Duration {
-	d := base << min(attempt-1, 20)
-	if d > max || d <= 0 {
-		d = max
-	}
-	return time.Duration(rand.Int64N(int64(d))) + 1
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n]
+	return retry.Backoff(attempt, 100*time.Millisecond, max)
 }

@@ -40,7 +40,6 @@ func IsPermanent(err error) (string, bool) {
 	return "", false
 }
 
-
 // ErrRecordTooLarge matches (errors.Is) every RecordTooLargeError.
 var ErrRecordTooLarge = errors.New("record too large for its topic")
 

@@ -162,8 +162,8 @@ var all = []Provider{
 	},
 	{
 		Name: "feedbackpro", Title: "FeedBackPro", Scheme: HMACScheme,
-		HMAC:      HMAC{Header: "X-FeedbackPro-Signature", Algorithm: "sha256", Encoding: "hex"},
-		ID:        FieldRef{Path: "id"}, Type: FieldRef{Path: "event"},
+		HMAC: HMAC{Header: "X-FeedbackPro-Signature", Algorithm: "sha256", Encoding: "hex"},
+		ID:   FieldRef{Path: "id"}, Type: FieldRef{Path: "event"},
 		TestTypes: []string{"test", "test_event"},
 		Mapping:   MapFeedBackPro,
 		Sample: func(id string, now time.Time) (http.Header, []byte) {
@@ -173,7 +173,7 @@ var all = []Provider{
 	},
 	{
 		Name: "standardwebhooks", Title: "Standard Webhooks", Scheme: StandardWebhooks,
-		ID:          FieldRef{Header: "webhook-id"}, Type: FieldRef{Path: "type"},
+		ID: FieldRef{Header: "webhook-id"}, Type: FieldRef{Path: "type"},
 		KeepHeaders: []string{"webhook-id", "webhook-timestamp"},
 		Mapping:     MapGeneric,
 		Sample: func(id string, now time.Time) (http.Header, []byte) {
@@ -182,8 +182,8 @@ var all = []Provider{
 	},
 	{
 		Name: "typeform", Title: "Typeform", Scheme: HMACScheme,
-		HMAC:    HMAC{Header: "Typeform-Signature", Algorithm: "sha256", Encoding: "base64", Prefix: "sha256="},
-		ID:      FieldRef{Path: "event_id"}, Type: FieldRef{Path: "event_type"},
+		HMAC: HMAC{Header: "Typeform-Signature", Algorithm: "sha256", Encoding: "base64", Prefix: "sha256="},
+		ID:   FieldRef{Path: "event_id"}, Type: FieldRef{Path: "event_type"},
 		Mapping: MapTypeform,
 		Sample: func(id string, now time.Time) (http.Header, []byte) {
 			return nil, mustJSON(map[string]any{"event_id": id, "event_type": "form_response", "form_response": map[string]any{
@@ -200,8 +200,8 @@ var all = []Provider{
 	},
 	{
 		Name: "github", Title: "GitHub", Scheme: HMACScheme,
-		HMAC:        HMAC{Header: "X-Hub-Signature-256", Algorithm: "sha256", Encoding: "hex", Prefix: "sha256="},
-		ID:          FieldRef{Header: "X-GitHub-Delivery"}, Type: FieldRef{Header: "X-GitHub-Event"},
+		HMAC: HMAC{Header: "X-Hub-Signature-256", Algorithm: "sha256", Encoding: "hex", Prefix: "sha256="},
+		ID:   FieldRef{Header: "X-GitHub-Delivery"}, Type: FieldRef{Header: "X-GitHub-Event"},
 		TestTypes:   []string{"ping"},
 		KeepHeaders: []string{"X-GitHub-Delivery", "X-GitHub-Event"},
 		Mapping:     MapGeneric,
@@ -211,7 +211,7 @@ var all = []Provider{
 	},
 	{
 		Name: "stripe", Title: "Stripe", Scheme: Stripe,
-		ID:      FieldRef{Path: "id"}, Type: FieldRef{Path: "type"},
+		ID: FieldRef{Path: "id"}, Type: FieldRef{Path: "type"},
 		Mapping: MapGeneric,
 		Sample: func(id string, now time.Time) (http.Header, []byte) {
 			return nil, mustJSON(map[string]any{"id": id, "object": "event", "type": "closedloop.test", "created": now.Unix(), "data": map[string]any{"object": map[string]any{"id": id}}})

@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/closedloop/closedloop/libs/kafkaio"
+	"github.com/closedloop/closedloop/libs/retry"
 	"github.com/closedloop/closedloop/libs/service"
 )
 
@@ -116,7 +116,7 @@ func (o *opening) run(ctx context.Context) error {
 		o.mu.Lock()
 		o.err = err
 		o.mu.Unlock()
-		wait := kafkaio.Backoff(attempt, 500*time.Millisecond, 10*time.Second)
+		wait := retry.Backoff(attempt, 500*time.Millisecond, 10*time.Second)
 		if attempt == 1 || attempt%10 == 0 {
 			o.log.Warn("destination not reachable; the service runs and retries", "destination", o.name, "attempt", attempt,
 				"error", err.Error(), "retry_in", wait.String())

@@ -30,12 +30,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 
-	"github.com/segmentio/kafka-go"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
@@ -43,60 +41,11 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/closedloop/closedloop/libs/expr"
 	"github.com/closedloop/closedloop/libs/kafkaio"
-	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
+	"github.com/closedloop/closedloop/libs/retry"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 	sinkv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/sink/v1"
 )
-
-// Event is one event handed to a Destination.
-type Event struct {
-	// Ctx carries the event's trace (its consumer span).
-	Ctx      context.Context
-	Feedback *feedbackv1.FeedbackEvent
-	// Value is the serialized FeedbackEvent as consumed.
-	Value []byte
-	// Attempt is 1 on the first delivery of this event, 2 on its first retry, ...
-	Attempt int
-}
-
-// Destination delivers events to one place.
-type Destination interface {
-	// Deliver delivers the events (in order, at most Config.MaxBatch) and
-	// returns nil when every one reached the destination, else one error per
-	// event (nil for those delivered). Errors are classified with Classify:
-	// return Permanent for data the destination rejects, HTTPStatus for
-	// HTTP answers, Retryable with the destination's Retry-After.
-	Deliver(ctx context.Context, events []*Event) []error
-}
-
-// Matcher decides whether an event is for this sink (an *expr.Bool).
-type Matcher interface {
-	Eval(*feedbackv1.FeedbackEvent) (bool, error)
-}
-
-// HeaderDestination on a record of a sink's replay topic names the one
-// destination (Runner.Name) that is to deliver it; the others skip it.
-const HeaderDestination = "closedloop-destination"
-
-func header(m kafka.Message, key string) (string, bool) {
-	for _, h := range m.Headers {
-		if h.Key == key {
-			return string(h.Value), true
-		}
-	}
-	return "", false
-}
-
-// FilterOf is the Matcher of a compiled expression; nil (deliver every
-// event) when there is none — never a non-nil Matcher holding a nil one.
-func FilterOf(b *expr.Bool) Matcher {
-	if b == nil {
-		return nil
-	}
-	return b
-}
 
 // Producer is the part of kafkaio.Producer the runtime needs (dead letters).
 type Producer interface {
@@ -133,8 +82,8 @@ type Config struct {
 	// BackoffBase (default 200ms) doubles per attempt up to BackoffMax (30s);
 	// each wait is drawn uniformly from [0, that] (full jitter).
 	BackoffBase, BackoffMax time.Duration
-	// Breaker (default NewBreaker(5, 10s, nil)) is shared by every partition.
-	Breaker *Breaker
+	// Breaker (default retry.NewBreaker(5, 10s, nil)) is shared by every partition.
+	Breaker *retry.Breaker
 	// RatePerSecond limits events per second to the destination (0: none).
 	RatePerSecond float64
 	Log           *slog.Logger
@@ -190,7 +139,7 @@ func New(cfg Config, dest Destination) (*Runner, error) {
 		cfg.Now = time.Now
 	}
 	if cfg.Breaker == nil {
-		cfg.Breaker = NewBreaker(5, 10*time.Second, nil)
+		cfg.Breaker = retry.NewBreaker(5, 10*time.Second, nil)
 	}
 	r := &Runner{cfg: cfg, dest: dest, lanes: newLanes(cfg.Concurrency, cfg.Now)}
 	attrs := []attribute.KeyValue{attribute.String("sink", cfg.Sink), attribute.String("destination", cfg.Destination)}
@@ -219,9 +168,6 @@ func New(cfg Config, dest Destination) (*Runner, error) {
 	return r, nil
 }
 
-// Breaker is the runner's circuit breaker (for status, Pause and Resume).
-func (r *Runner) Breaker() *Breaker { return r.cfg.Breaker }
-
 // Name is the destination's name: Config.Destination, else the sink's
 // name without its "sink-" prefix ("warehouse").
 func (r *Runner) Name() string {
@@ -229,67 +175,6 @@ func (r *Runner) Name() string {
 		return r.cfg.Destination
 	}
 	return strings.TrimPrefix(r.cfg.Sink, "sink-")
-}
-
-// Pause stops deliveries by hand: every partition worker waits before its
-// next delivery, so consumption stops and Kafka holds the backlog.
-func (r *Runner) Pause(reason string) {
-	r.pauseReason.Store(&reason)
-	r.cfg.Breaker.Pause()
-	r.cfg.Log.Warn("destination paused", "sink", r.cfg.Sink, "destination", r.Name(), "reason", reason)
-}
-
-// Resume undoes Pause, and re-enables a destination that disabled itself
-// (a webhook endpoint that answered 410, an archived Slack channel).
-func (r *Runner) Resume() {
-	r.cfg.Breaker.Resume()
-	r.pauseReason.Store(nil)
-	if e, ok := r.dest.(Enabler); ok {
-		if why, off := e.Disabled(); off {
-			if err := e.Enable(context.Background()); err != nil {
-				r.cfg.Log.Error("re-enabling the destination failed", "sink", r.cfg.Sink, "destination", r.Name(), "error", err.Error())
-			} else {
-				r.cfg.Log.Info("destination re-enabled", "sink", r.cfg.Sink, "destination", r.Name(), "was", why)
-			}
-		}
-	}
-	r.cfg.Log.Info("destination resumed", "sink", r.cfg.Sink, "destination", r.Name())
-}
-
-// Enabler is a Disabler an operator re-enables (ResumeDestination).
-type Enabler interface {
-	Disabler
-	Enable(ctx context.Context) error
-}
-
-// Disabler is implemented by destinations that can refuse for good (a
-// webhook endpoint that answered 410 Gone).
-type Disabler interface {
-	Disabled() (why string, disabled bool)
-}
-
-// Status is the destination's state for the admin API.
-func (r *Runner) Status() *adminv1.DestinationStatus {
-	st := &adminv1.DestinationStatus{
-		Name: r.Name(), Sink: r.cfg.Sink, Paused: r.cfg.Breaker.Paused(),
-		BreakerOpened: int64(r.cfg.Breaker.Opened()), Delivered: r.nDelivered.Load(),
-		FailedAttempts: r.nFailed.Load(), DeadLettered: r.nDead.Load(), DlqTopic: r.cfg.DLQTopic,
-	}
-	switch r.cfg.Breaker.State() {
-	case Closed:
-		st.Breaker = adminv1.BreakerState_BREAKER_STATE_CLOSED
-	case Open:
-		st.Breaker = adminv1.BreakerState_BREAKER_STATE_OPEN
-	case HalfOpen:
-		st.Breaker = adminv1.BreakerState_BREAKER_STATE_HALF_OPEN
-	}
-	if why := r.pauseReason.Load(); why != nil && st.Paused {
-		st.PauseReason = *why
-	}
-	if d, ok := r.dest.(Disabler); ok {
-		st.DisabledReason, st.Disabled = d.Disabled()
-	}
-	return st
 }
 
 // CheckpointKey is the checkpoint key of an event: its id, scoped by its
@@ -453,7 +338,7 @@ func (r *Runner) deliver(ctx context.Context, batch []kafkaio.Delivery, todo []*
 		start := r.cfg.Now()
 		errs := r.dest.Deliver(ctx, events)
 		took := r.cfg.Now().Sub(start)
-		var retry []*pending
+		var again []*pending
 		var wait time.Duration
 		anyDelivered := false
 		for i, p := range todo {
@@ -481,24 +366,24 @@ func (r *Runner) deliver(ctx context.Context, batch []kafkaio.Delivery, todo []*
 				dead, deadP = append(dead, r.deadLetter(batch, p, e, class)), append(deadP, p)
 				continue
 			}
-			retry = append(retry, p)
+			again = append(again, p)
 			wait = max(wait, after)
 		}
 		switch {
-		case anyDelivered || len(retry) == 0:
+		case anyDelivered || len(again) == 0:
 			r.cfg.Breaker.Success()
 		default:
 			r.cfg.Breaker.Failure()
 		}
-		if len(retry) == 0 {
+		if len(again) == 0 {
 			return delivered, deadP, dead, nil
 		}
 		// The budget runs only while the destination is otherwise healthy: an
 		// outage (breaker open) pauses instead of exhausting every event.
-		closed := r.cfg.Breaker.State() == Closed && !probe
-		backoff := kafkaio.Backoff(round, r.cfg.BackoffBase, r.cfg.BackoffMax)
+		closed := r.cfg.Breaker.State() == retry.Closed && !probe
+		backoff := retry.Backoff(round, r.cfg.BackoffBase, r.cfg.BackoffMax)
 		todo = todo[:0]
-		for _, p := range retry {
+		for _, p := range again {
 			if closed {
 				p.active += took + backoff
 			}
@@ -528,57 +413,6 @@ func (r *Runner) deliver(ctx context.Context, batch []kafkaio.Delivery, todo []*
 	return delivered, deadP, dead, nil
 }
 
-func (r *Runner) deadLetter(batch []kafkaio.Delivery, p *pending, err error, class sinkv1.ErrorClass) kafkaio.Record {
-	m := batch[p.idx].Msg
-	ev := p.ev.Feedback
-	dl := &sinkv1.DeadLetter{
-		Sink: r.cfg.Sink, Destination: r.Name(), EventId: ev.EventId, Event: p.ev.Value,
-		Error: truncate(err.Error(), 1024), ErrorClass: class, Attempts: p.attempts, DeadAt: timestamppb.New(r.cfg.Now()),
-		SourceTopic: m.Topic, SourcePartition: int32(m.Partition), SourceOffset: m.Offset, Provider: ev.Provider, ReplayId: ev.ReplayId,
-	}
-	v, _ := proto.Marshal(dl)
-	r.nDead.Add(1)
-	r.dead.Add(p.ev.Ctx, 1, metric.WithAttributes(attribute.String("sink", r.cfg.Sink), attribute.String("destination", r.cfg.Destination),
-		attribute.String("class", class.String())))
-	r.cfg.Log.WarnContext(p.ev.Ctx, "event dead-lettered", "sink", r.cfg.Sink, "destination", r.cfg.Destination, "event_id", ev.EventId,
-		"class", class.String(), "attempts", len(p.attempts), "error", dl.Error)
-	return kafkaio.Record{Topic: r.cfg.DLQTopic, Key: m.Key, Value: v, Context: p.ev.Ctx, Headers: []kafka.Header{
-		{Key: "closedloop-sink", Value: []byte(r.cfg.Sink)},
-		{Key: "closedloop-error-class", Value: []byte(class.String())},
-		{Key: "closedloop-attempts", Value: []byte(strconv.Itoa(len(p.attempts)))},
-	}}
-}
-
-// produceDead writes dead letters. One too large for the dead-letter topic
-// (an event near the size limit plus its attempts) is written again without
-// the event, which stays at its source topic, partition and offset: a dead
-// letter can never block its partition.
-func (r *Runner) produceDead(ctx context.Context, recs []kafkaio.Record) error {
-	err := r.cfg.DLQ.Produce(ctx, recs...)
-	if err == nil || !errors.Is(err, kafkaio.ErrRecordTooLarge) {
-		return err
-	}
-	slim := make([]kafkaio.Record, len(recs))
-	for i, rec := range recs {
-		var dl sinkv1.DeadLetter
-		if uerr := proto.Unmarshal(rec.Value, &dl); uerr != nil {
-			return err
-		}
-		if len(dl.Event) > 0 {
-			dl.EventOmittedBytes = int64(len(dl.Event))
-			dl.Event = nil
-		}
-		for _, a := range dl.Attempts {
-			a.Error = truncate(a.Error, 256)
-		}
-		rec.Value, _ = proto.Marshal(&dl)
-		slim[i] = rec
-	}
-	r.cfg.Log.Warn("dead letters too large for their topic; written without the events (read them at their source offsets)",
-		"sink", r.cfg.Sink, "destination", r.cfg.Destination, "records", len(recs), "error", err.Error())
-	return r.cfg.DLQ.Produce(ctx, slim...)
-}
-
 func (r *Runner) failAll(results []error, ps []*pending, err error) []error {
 	for _, p := range ps {
 		results[p.idx] = err
@@ -606,58 +440,4 @@ func orNil(results []error, failed bool) []error {
 		return nil
 	}
 	return results
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n]
-}
-
-// Settings are the runtime settings every sink service reads from its
-// environment (LoadSettings).
-type Settings struct {
-	MaxBatch         int           // SINK_MAX_BATCH (500)
-	MaxAttempts      int           // SINK_MAX_ATTEMPTS (8)
-	MaxElapsed       time.Duration // SINK_MAX_ELAPSED (10m)
-	BackoffMax       time.Duration // SINK_BACKOFF_MAX (30s)
-	BreakerThreshold int           // SINK_BREAKER_THRESHOLD (5 consecutive failed deliveries)
-	BreakerOpenFor   time.Duration // SINK_BREAKER_OPEN_FOR (10s between probes)
-	RatePerSecond    float64       // SINK_RATE_LIMIT (events/s; 0 = none)
-	Concurrency      int           // SINK_CONCURRENCY (batches at once; 0 = one per partition)
-}
-
-// Env is the part of config.Env LoadSettings reads.
-type Env interface {
-	Int(name string, def int) int
-	Duration(name string, def time.Duration) time.Duration
-	Errorf(format string, args ...any)
-}
-
-// LoadSettings reads Settings, reporting bad values through e.
-func LoadSettings(e Env) Settings {
-	s := Settings{
-		MaxBatch:         e.Int("SINK_MAX_BATCH", 500),
-		MaxAttempts:      e.Int("SINK_MAX_ATTEMPTS", 8),
-		MaxElapsed:       e.Duration("SINK_MAX_ELAPSED", 10*time.Minute),
-		BackoffMax:       e.Duration("SINK_BACKOFF_MAX", 30*time.Second),
-		BreakerThreshold: e.Int("SINK_BREAKER_THRESHOLD", 5),
-		BreakerOpenFor:   e.Duration("SINK_BREAKER_OPEN_FOR", 10*time.Second),
-		RatePerSecond:    float64(e.Int("SINK_RATE_LIMIT", 0)),
-		Concurrency:      e.Int("SINK_CONCURRENCY", 0),
-	}
-	if s.MaxBatch < 1 || s.MaxAttempts < 1 || s.BreakerThreshold < 1 || s.RatePerSecond < 0 || s.Concurrency < 0 {
-		e.Errorf("SINK_MAX_BATCH, SINK_MAX_ATTEMPTS and SINK_BREAKER_THRESHOLD must be at least 1, SINK_RATE_LIMIT and SINK_CONCURRENCY at least 0")
-	}
-	return s
-}
-
-// Apply copies the settings into cfg (a new Breaker when cfg has none).
-func (s Settings) Apply(cfg *Config) {
-	cfg.MaxAttempts, cfg.MaxElapsed, cfg.BackoffMax, cfg.RatePerSecond = s.MaxAttempts, s.MaxElapsed, s.BackoffMax, s.RatePerSecond
-	cfg.Concurrency = s.Concurrency
-	if cfg.Breaker == nil {
-		cfg.Breaker = NewBreaker(s.BreakerThreshold, s.BreakerOpenFor, nil)
-	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/closedloop/closedloop/libs/expr"
 	"github.com/closedloop/closedloop/libs/kafkaio"
 	"github.com/closedloop/closedloop/libs/localinfra"
+	"github.com/closedloop/closedloop/libs/retry"
 	"github.com/closedloop/closedloop/libs/status"
 	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
@@ -117,7 +118,7 @@ func batchOf(t *testing.T, ids ...string) []kafkaio.Delivery {
 func runner(t *testing.T, d Destination, q *dlq, mod func(*Config)) *Runner {
 	t.Helper()
 	cfg := Config{Sink: "sink-test", DLQTopic: "dlq", DLQ: q, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		BackoffBase: time.Millisecond, BackoffMax: 5 * time.Millisecond, MaxAttempts: 4, Breaker: NewBreaker(100, time.Second, nil)}
+		BackoffBase: time.Millisecond, BackoffMax: 5 * time.Millisecond, MaxAttempts: 4, Breaker: retry.NewBreaker(100, time.Second, nil)}
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -216,14 +217,14 @@ func TestAnOutageOpensTheBreakerPausesWithoutDeadLettersAndResumesByItself(t *te
 		return nil
 	}}
 	q := &dlq{}
-	states := make(chan BreakerState, 16)
+	states := make(chan retry.BreakerState, 16)
 	r := runner(t, d, q, func(c *Config) {
-		c.Breaker = NewBreaker(3, 150*time.Millisecond, func(s BreakerState) { states <- s })
+		c.Breaker = retry.NewBreaker(3, 150*time.Millisecond, func(s retry.BreakerState) { states <- s })
 		c.MaxAttempts = 3 // would exhaust at once if the outage counted
 	})
 	done := make(chan []error, 1)
 	go func() { done <- r.HandleBatch(context.Background(), batchOf(t, "a", "b")) }()
-	if s := <-states; s != Open {
+	if s := <-states; s != retry.Open {
 		t.Fatalf("state %v, want open", s)
 	}
 	// While open, the destination is only probed every 150ms.
@@ -248,7 +249,7 @@ func TestAnOutageOpensTheBreakerPausesWithoutDeadLettersAndResumesByItself(t *te
 	if len(q.recs) != 0 {
 		t.Fatalf("%d dead letters during an outage", len(q.recs))
 	}
-	if got := d.delivered(); len(got) != 2 || r.Breaker().State() != Closed || r.Breaker().Opened() != 1 {
+	if got := d.delivered(); len(got) != 2 || r.Breaker().State() != retry.Closed || r.Breaker().Opened() != 1 {
 		t.Fatalf("delivered %v, breaker %v opened %d times", got, r.Breaker().State(), r.Breaker().Opened())
 	}
 }

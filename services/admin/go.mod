@@ -3,7 +3,7 @@ module github.com/closedloop/closedloop/services/admin
 go 1.26.0
 
 require (
-	github.com/closedloop/closedloop/libs v0.0.0-00010101000000-000000000000
+	github.com/closedloop/closedloop/libs v0.0.0
 	github.com/closedloop/closedloop/proto/gen/go v0.0.0
 	github.com/segmentio/kafka-go v0.4.51
 	github.com/spf13/cobra v1.10.2
@@ -56,7 +56,6 @@ require (
 	golang.org/x/text v0.42.0 // indirect
 	google.golang.org/genproto/googleapis/api v0.0.0-20260928230214-8a89bd6388cc // indirect
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20260928230214-8a89bd6388cc // indirect
-	gopkg.in/yaml.v3 v3.0.1 // indirect
 )
 
 replace (

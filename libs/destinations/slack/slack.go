@@ -28,16 +28,16 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/closedloop/closedloop/libs/config"
 	"github.com/closedloop/closedloop/libs/expr"
+	"github.com/closedloop/closedloop/libs/retry"
 	"github.com/closedloop/closedloop/libs/sink"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 	sinkv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/sink/v1"
@@ -378,9 +378,9 @@ func (d *Destination) classify(ctx context.Context, resp *http.Response, raw []b
 		return "", nil // an incoming webhook answers 200 "ok"
 	}
 	if resp.StatusCode == http.StatusTooManyRequests || code == "ratelimited" {
-		after := time.Second
-		if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s > 0 {
-			after = time.Duration(s) * time.Second
+		after := retry.After(resp.Header.Get("Retry-After"), d.now(), 0)
+		if after <= 0 {
+			after = time.Second // Slack always sends one; a second if it did not
 		}
 		_ = d.rate.Push(ctx, after) // every replica waits
 		return "", sink.Retryable(fmt.Errorf("slack %s: rate limited (Retry-After %s)", d.cfg.Name, after), after)

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/closedloop/closedloop/libs/kafkaio"
+	"github.com/closedloop/closedloop/libs/retry"
 	"github.com/closedloop/closedloop/libs/sink"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 	sinkv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/sink/v1"
@@ -127,7 +128,7 @@ func (s *suite) runner(t *testing.T, q *dlq) *sink.Runner {
 	r, err := sink.New(sink.Config{Sink: "sink-test", DLQTopic: "dlq", DLQ: q, Checkpoint: cp,
 		Log:         slog.New(slog.NewTextHandler(io.Discard, nil)),
 		BackoffBase: 10 * time.Millisecond, BackoffMax: 200 * time.Millisecond, MaxAttempts: 5,
-		Breaker: sink.NewBreaker(1000, time.Second, nil)}, s.h.New(t))
+		Breaker: retry.NewBreaker(1000, time.Second, nil)}, s.h.New(t))
 	if err != nil {
 		t.Fatal(err)
 	}

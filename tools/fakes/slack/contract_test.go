@@ -13,13 +13,14 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/segmentio/kafka-go"
+	"go.yaml.in/yaml/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
-	"gopkg.in/yaml.v3"
 
 	"github.com/closedloop/closedloop/libs/destinations/slack"
 	"github.com/closedloop/closedloop/libs/kafkaio"
 	"github.com/closedloop/closedloop/libs/localinfra"
+	"github.com/closedloop/closedloop/libs/retry"
 	"github.com/closedloop/closedloop/libs/sink"
 	"github.com/closedloop/closedloop/libs/sink/sinktest"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
@@ -133,7 +134,7 @@ func runner(t *testing.T, in sink.Instance, q *dlq) *sink.Runner {
 	t.Helper()
 	r, err := sink.New(sink.Config{Sink: "sink-webhook", Destination: in.Name, DLQTopic: "dlq", DLQ: q, Checkpoint: in.Checkpoint, Filter: in.Filter,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), BackoffBase: 10 * time.Millisecond, BackoffMax: 100 * time.Millisecond, MaxAttempts: 3,
-		Breaker: sink.NewBreaker(100, time.Second, nil)}, open(t, in))
+		Breaker: retry.NewBreaker(100, time.Second, nil)}, open(t, in))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -42,9 +42,11 @@ func TestErrorsMapToTheirCodes(t *testing.T) {
 	topics := kafkaio.Topics{Raw: "raw", Normalized: "norm"}
 	brokers := []string{"127.0.0.1:1"} // nothing listens: Kafka is down
 	s := New(Options{
-		Pipeline: func() *config.Pipeline { return &config.Pipeline{Sources: []config.Source{{Name: "delighted", Provider: "delighted"}}} },
-		DLQ:      dlq.New(brokers, topics, failingProducer{}),
-		Replays:  replay.New(brokers, topics, []string{"sink-warehouse"}, failingProducer{}, slog.New(slog.NewTextHandler(io.Discard, nil))),
+		Pipeline: func() *config.Pipeline {
+			return &config.Pipeline{Sources: []config.Source{{Name: "delighted", Provider: "delighted"}}}
+		},
+		DLQ:     dlq.New(brokers, topics, failingProducer{}),
+		Replays: replay.New(brokers, topics, []string{"sink-warehouse"}, failingProducer{}, slog.New(slog.NewTextHandler(io.Discard, nil))),
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

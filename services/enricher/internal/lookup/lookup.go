@@ -33,8 +33,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/closedloop/closedloop/libs/config"
-	"github.com/closedloop/closedloop/libs/kafkaio"
-	"github.com/closedloop/closedloop/libs/sink"
+	"github.com/closedloop/closedloop/libs/retry"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 )
 
@@ -46,7 +45,7 @@ type Lookup struct {
 	rdb     redis.UniversalClient
 	prefix  string
 	limiter *rate.Limiter
-	breaker *sink.Breaker
+	breaker *retry.Breaker
 	sf      singleflight.Group
 	log     *slog.Logger
 
@@ -98,7 +97,7 @@ func New(cfg config.Lookup, o Options) (*Lookup, error) {
 	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	l := &Lookup{cfg: cfg, headers: h, client: &c, rdb: o.RDB, prefix: o.Prefix + cfg.Name + ":", log: o.Log,
 		limiter: rate.NewLimiter(rate.Limit(cfg.RateLimit.PerSecond), cfg.RateLimit.Burst),
-		breaker: sink.NewBreaker(cfg.BreakerThreshold, cfg.BreakerOpenFor.Duration, nil),
+		breaker: retry.NewBreaker(cfg.BreakerThreshold, cfg.BreakerOpenFor.Duration, nil),
 		attrs:   attribute.NewSet(attribute.String("lookup", cfg.Name))}
 	meter := otel.Meter("github.com/closedloop/closedloop/services/enricher")
 	l.outcomes, _ = meter.Int64Counter("closedloop.enricher.lookups",
@@ -122,7 +121,7 @@ func (l *Lookup) Name() string { return l.cfg.Name }
 func (l *Lookup) Config() config.Lookup { return l.cfg }
 
 // Breaker is the lookup's circuit breaker.
-func (l *Lookup) Breaker() *sink.Breaker { return l.breaker }
+func (l *Lookup) Breaker() *retry.Breaker { return l.breaker }
 
 // cached is the Redis form of an answer.
 type cached struct {
@@ -288,7 +287,7 @@ func (l *Lookup) fetch(ctx context.Context, key string) (*feedbackv1.LookupResul
 		if errors.As(err, &perm) || attempt == l.cfg.Attempts {
 			break
 		}
-		wait := max(kafkaio.Backoff(attempt, 100*time.Millisecond, 2*time.Second), retryAfter)
+		wait := max(retry.Backoff(attempt, 100*time.Millisecond, 2*time.Second), retryAfter)
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -363,7 +362,7 @@ func (l *Lookup) request(ctx context.Context, key string) (*cached, time.Duratio
 	case resp.StatusCode/100 == 3:
 		return nil, 0, permanentErr{fmt.Errorf("HTTP %d from %s: redirects are not followed (they would carry the secret headers); set the lookup's url to the final address", resp.StatusCode, redact(l.cfg.URL))}
 	case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusRequestTimeout || resp.StatusCode >= 500:
-		return nil, retryAfter(resp.Header.Get("Retry-After")), fmt.Errorf("HTTP %d from %s", resp.StatusCode, redact(l.cfg.URL))
+		return nil, retry.After(resp.Header.Get("Retry-After"), time.Now(), time.Minute), fmt.Errorf("HTTP %d from %s", resp.StatusCode, redact(l.cfg.URL))
 	default:
 		return nil, 0, permanentErr{fmt.Errorf("HTTP %d from %s: %s", resp.StatusCode, redact(l.cfg.URL), strings.TrimSpace(string(body[:min(len(body), 200)])))}
 	}
@@ -416,16 +415,6 @@ func toValues(m map[string]any) map[string]*structpb.Value {
 
 func failed(why string) *feedbackv1.LookupResult {
 	return &feedbackv1.LookupResult{Status: feedbackv1.LookupStatus_LOOKUP_STATUS_FAILED, Error: why}
-}
-
-func retryAfter(h string) time.Duration {
-	if s, err := strconv.Atoi(strings.TrimSpace(h)); err == nil && s >= 0 {
-		return time.Duration(min(s, 60)) * time.Second
-	}
-	if t, err := http.ParseTime(h); err == nil {
-		return min(max(time.Until(t), 0), time.Minute)
-	}
-	return 0
 }
 
 // redact drops the query string of the URL template: errors name the

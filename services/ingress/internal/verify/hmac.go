@@ -20,7 +20,6 @@ import (
 // {timestamp} (from TimestampHeader, unix seconds, within Tolerance of now).
 type HMAC providers.HMAC
 
-
 // Verify implements Scheme.
 func (s HMAC) Verify(r Request, secrets []config.Secret) error {
 	raw := strings.TrimSpace(r.Header.Get(s.Header))
