@@ -37,7 +37,7 @@ type Config struct {
 	// posts test events: the ingress as the admin reaches it.
 	IngressURL string
 	// Instances (ADMIN_SERVICES): the services' gRPC addresses,
-	// "normalizer=host:9092,enricher=host:9093,sink-warehouse=host:9094,...";
+	// "normalizer=host:9192,enricher=host:9193,sink-warehouse=host:9194,...";
 	// a name may repeat (replicas).
 	Instances map[string][]string
 	// Sinks (ADMIN_SINKS, default sink-warehouse): the sink services whose

@@ -34,7 +34,7 @@ type Config struct {
 // Load reads and validates the configuration.
 func Load(e *config.Env) (Config, error) {
 	c := Config{
-		Common:      service.LoadCommon(e, 8083, 9093),
+		Common:      service.LoadCommon(e, 8083, 9193),
 		GroupID:     e.String("ENRICHER_GROUP", "closedloop-enricher"),
 		RedisURL:    e.String("REDIS_URL", ""),
 		RedisPrefix: e.String("REDIS_KEY_PREFIX", "closedloop:"),

@@ -56,7 +56,7 @@ const EnvelopeReserve = 8 << 10
 // Load reads and validates the configuration.
 func Load(e *config.Env, lookup func(string) (string, bool)) (Config, error) {
 	c := Config{
-		Common:              service.LoadCommon(e, 8081, 9091),
+		Common:              service.LoadCommon(e, 8081, 9191),
 		Addr:                e.String("INGRESS_ADDR", ":8080"),
 		MaxBody:             e.Int("INGRESS_MAX_BODY_BYTES", 0),
 		ProduceTimeout:      e.Duration("INGRESS_PRODUCE_TIMEOUT", 3*time.Second),

@@ -47,7 +47,7 @@ type Config struct {
 // Load reads and validates the configuration.
 func Load(e *config.Env) (Config, error) {
 	c := Config{
-		Common:        service.LoadCommon(e, 8082, 9092),
+		Common:        service.LoadCommon(e, 8082, 9192),
 		GroupID:       e.String("NORMALIZER_GROUP", "closedloop-normalizer"),
 		RedisURL:      e.Required("REDIS_URL", "the Redis server for dedupe, e.g. redis://localhost:6379/0"),
 		RedisPrefix:   e.String("REDIS_KEY_PREFIX", "closedloop:"),

@@ -3,7 +3,8 @@
 // seen before — counted in closedloop_normalizer_schema_drift_total and
 // stored in Redis with the id and time of the first event that carried it,
 // for the admin API to list. Array indices are folded ("answers[].id") so a
-// longer list is not drift.
+// longer list is not drift. The paths of the first event of a type ever
+// seen are its baseline, not drift: a fresh deployment reports none.
 package drift
 
 import (
@@ -145,6 +146,13 @@ func (t *Tracker) Observe(ctx context.Context, provider, eventType, eventID stri
 	}
 	value := eventID + " " + strconv.FormatInt(time.Now().Unix(), 10)
 	pipe := t.rdb.Pipeline()
+	t.mu.RLock()
+	newType := t.seen[key] == nil
+	t.mu.RUnlock()
+	var first *redis.BoolCmd
+	if newType { // this process's first of the type: is it the first anywhere?
+		first = pipe.HSetNX(ctx, t.prefix+key, baselineField, eventID)
+	}
 	cmds := make([]*redis.BoolCmd, len(fresh))
 	for i, p := range fresh {
 		cmds[i] = pipe.HSetNX(ctx, t.prefix+key, p, value)
@@ -164,7 +172,7 @@ func (t *Tracker) Observe(ctx context.Context, provider, eventType, eventID stri
 			break // another event of the type filled it meanwhile
 		}
 		t.seen[key][p] = true
-		if cmds[i].Val() {
+		if cmds[i].Val() && (first == nil || !first.Val()) {
 			drifted = append(drifted, p)
 		}
 	}
@@ -175,6 +183,10 @@ func (t *Tracker) Observe(ctx context.Context, provider, eventType, eventID stri
 	return drifted, nil
 }
 
+// baselineField holds, in a type's hash, the id of the first event of the
+// type: the paths it carried are the baseline. "\x00" starts no path.
+const baselineField = "\x00baseline"
+
 // Seen is one recorded path.
 type Seen struct {
 	Provider     string
@@ -182,6 +194,9 @@ type Seen struct {
 	Path         string
 	FirstEventID string
 	FirstSeen    time.Time
+	// Baseline: the path came with the first event of its type (the shape
+	// the type had when it was first seen), so it is not drift.
+	Baseline bool
 }
 
 // List returns the recorded paths of one provider's event type (both empty:
@@ -214,10 +229,15 @@ func (t *Tracker) List(ctx context.Context, provider, eventType string) ([]Seen,
 		if err != nil {
 			return nil, err
 		}
+		baseline, hasBaseline := m[baselineField]
 		for p, v := range m {
+			if p == baselineField {
+				continue
+			}
 			id, ts, _ := strings.Cut(v, " ")
 			sec, _ := strconv.ParseInt(ts, 10, 64)
-			out = append(out, Seen{Provider: prov, EventType: typ, Path: p, FirstEventID: id, FirstSeen: time.Unix(sec, 0).UTC()})
+			out = append(out, Seen{Provider: prov, EventType: typ, Path: p, FirstEventID: id, FirstSeen: time.Unix(sec, 0).UTC(),
+				Baseline: hasBaseline && id == baseline})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].key() < out[j].key() })

@@ -57,8 +57,8 @@ func (s *Server) ListSchemaDrift(ctx context.Context, req *adminv1.ListSchemaDri
 		if after != "" && p.key() <= after {
 			continue
 		}
-		if req.Since != nil && p.FirstSeen.Before(req.Since.AsTime()) {
-			continue
+		if req.Since != nil && p.FirstSeen.Before(req.Since.AsTime()) || p.Baseline {
+			continue // a type's baseline is not drift
 		}
 		if len(resp.Paths) == size {
 			resp.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(last))

@@ -22,7 +22,7 @@ type Config struct {
 // Run starts the sink and blocks until ctx is cancelled.
 func Run(ctx context.Context) error {
 	e := config.FromEnviron()
-	cfg := Config{Common: service.LoadCommon(e, 8085, 9095), GroupID: e.String("SINK_CONSOLE_GROUP", "closedloop-sink-console"), JSON: e.Bool("SINK_CONSOLE_JSON", false)}
+	cfg := Config{Common: service.LoadCommon(e, 8085, 9195), GroupID: e.String("SINK_CONSOLE_GROUP", "closedloop-sink-console"), JSON: e.Bool("SINK_CONSOLE_JSON", false)}
 	if err := e.Err(); err != nil {
 		return err
 	}

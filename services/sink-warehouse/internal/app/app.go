@@ -33,7 +33,7 @@ type Config struct {
 // Load reads and validates the configuration.
 func Load(e *config.Env) (Config, error) {
 	c := Config{
-		Common:      service.LoadCommon(e, 8084, 9094),
+		Common:      service.LoadCommon(e, 8084, 9194),
 		GroupID:     e.String("SINK_WAREHOUSE_GROUP", "closedloop-sink-warehouse"),
 		DatabaseURL: e.Required("DATABASE_URL", "the PostgreSQL database, e.g. postgres://user@host:5432/db"),
 	}

@@ -41,7 +41,7 @@ type Config struct {
 // Load reads and validates the configuration.
 func Load(e *config.Env) (Config, error) {
 	c := Config{
-		Common:        service.LoadCommon(e, 8086, 9096),
+		Common:        service.LoadCommon(e, 8086, 9196),
 		GroupID:       e.String("SINK_WEBHOOK_GROUP", "closedloop-sink-webhook"),
 		RedisURL:      e.Required("REDIS_URL", "the Redis server for delivery checkpoints, e.g. redis://localhost:6379/0"),
 		RedisPrefix:   e.String("REDIS_KEY_PREFIX", "closedloop:"),
