@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"runtime/debug"
 	"sync"
 	"time"
@@ -158,12 +159,18 @@ func NewBatchConsumer(cfg ConsumerConfig, h BatchHandler) (*Consumer, error) {
 		start = kafka.LastOffset
 	}
 	rc := kafka.ReaderConfig{
-		Brokers:           cfg.Brokers,
-		GroupID:           cfg.GroupID,
-		GroupTopics:       cfg.Topics,
-		MinBytes:          1,
-		MaxBytes:          10 << 20,
-		MaxWait:           250 * time.Millisecond,
+		Brokers:     cfg.Brokers,
+		GroupID:     cfg.GroupID,
+		GroupTopics: cfg.Topics,
+		MinBytes:    1,
+		MaxBytes:    10 << 20,
+		// The broker answers a fetch as soon as a record arrives; MaxWait is
+		// only how long an idle fetch waits (and bounds how long closing
+		// waits for one). kafka-go asks the broker to wait a quarter less
+		// and gives up on the connection at MaxWait: at 250 ms a busy
+		// broker's answer more than 62 ms late was an "i/o timeout" and a
+		// reconnect; at 500 ms it has 125 ms.
+		MaxWait:           500 * time.Millisecond,
 		QueueCapacity:     max(100, cfg.MaxBatch),
 		ReadBatchTimeout:  2 * time.Second,
 		SessionTimeout:    cfg.SessionTimeout,
@@ -180,6 +187,13 @@ func NewBatchConsumer(cfg ConsumerConfig, h BatchHandler) (*Consumer, error) {
 			}
 		}),
 		ErrorLogger: kafka.LoggerFunc(func(msg string, args ...any) {
+			// A fetch the broker answered late is retried on a new
+			// connection and loses nothing: counted, logged at debug.
+			if fetchTimedOut(args) {
+				fetchTimeouts.Add(context.Background(), 1, metric.WithAttributes(attribute.String("group", cfg.GroupID)))
+				cfg.Log.Debug("kafka reader: fetch answered late; reconnecting", "group", cfg.GroupID, "detail", fmt.Sprintf(msg, args...))
+				return
+			}
 			cfg.Log.Warn("kafka reader", "group", cfg.GroupID, "detail", fmt.Sprintf(msg, args...))
 		}),
 	}
@@ -452,4 +466,21 @@ func (c *Consumer) handleOnce(ctx context.Context, batch []kafka.Message, attemp
 // backoff is retry.Backoff from 100ms.
 func backoff(attempt int, max time.Duration) time.Duration {
 	return retry.Backoff(attempt, 100*time.Millisecond, max)
+}
+
+// fetchTimeouts counts fetches the broker answered after the reader's
+// deadline (the reader reconnects and fetches again).
+var fetchTimeouts, _ = otel.Meter(instrumentation).Int64Counter("closedloop.consumer.fetch_timeouts",
+	metric.WithDescription("Fetches answered after the reader's deadline; the reader reconnected and fetched again."))
+
+// fetchTimedOut reports whether a kafka-go error log's arguments carry a
+// network timeout (by type, not by message).
+func fetchTimedOut(args []any) bool {
+	for _, a := range args {
+		var ne net.Error
+		if err, ok := a.(error); ok && errors.As(err, &ne) && ne.Timeout() {
+			return true
+		}
+	}
+	return false
 }

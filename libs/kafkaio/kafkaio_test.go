@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -314,5 +316,17 @@ func TestABatchCommitsItsDonePrefixRetriesFromTheFailureAndIsolatesAPanic(t *tes
 	got := strings.Join(order, " ")
 	if strings.Count(got, "r1") != 1 || strings.Count(got, "r2") != 1 || !strings.Contains(got, "flaky") || !strings.HasSuffix(got, "r6") {
 		t.Fatalf("handled %q", got)
+	}
+}
+
+// A late fetch answer (a network timeout, whatever its words) is told apart
+// by its type; other reader errors are not.
+func TestAFetchTimeoutIsToldApartByItsType(t *testing.T) {
+	timeout := &net.OpError{Op: "read", Net: "tcp", Err: os.ErrDeadlineExceeded}
+	if !fetchTimedOut([]any{0, "topic", int64(5), timeout}) {
+		t.Fatal("a read deadline error is not a fetch timeout")
+	}
+	if fetchTimedOut([]any{0, "topic", errors.New("i/o timeout")}) || fetchTimedOut([]any{"i/o timeout"}) {
+		t.Fatal("a message that reads like a timeout counted as one")
 	}
 }
