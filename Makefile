@@ -22,8 +22,9 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 .PHONY: run
+# (exec: Ctrl-C reaches devstack, which stops everything and exits 0, and make reports no error)
 run: ## build and start the whole pipeline locally with a webhook generator (Ctrl-C stops it)
-	go run ./tools/devstack
+	@go build -o bin/devstack ./tools/devstack && exec bin/devstack $(ARGS)
 
 .PHONY: test
 test: check-generated lint breaking unit conformance fuzz e2e ## everything CI runs: generated code, lint, proto compatibility, unit tests (-race), conformance, short fuzz, end-to-end

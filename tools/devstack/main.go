@@ -14,10 +14,12 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -38,6 +40,7 @@ type options struct {
 	rate        time.Duration
 	noGenerator bool
 	databaseURL string
+	adminPort   int
 	sink        string
 	redis       string
 }
@@ -45,6 +48,7 @@ type options struct {
 func main() {
 	var o options
 	flag.IntVar(&o.ingressPort, "ingress-port", 8080, "port of the webhook ingress on 127.0.0.1")
+	flag.IntVar(&o.adminPort, "admin-port", 9097, "port of the admin service's gRPC API on 127.0.0.1 (closedloopctl's default; 0: any free port)")
 	flag.IntVar(&o.brokerPort, "broker-port", 9092, "port of the dev Kafka broker on 127.0.0.1 (0: any free port)")
 	flag.DurationVar(&o.rate, "every", 1500*time.Millisecond, "how often the generator sends a new survey response")
 	flag.BoolVar(&o.noGenerator, "no-generator", false, "start the stack without sending webhooks")
@@ -73,7 +77,8 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	state := filepath.Join(root, ".devstack")
-	if err := os.RemoveAll(state); err != nil {
+	logs, err := freshState(state)
+	if err != nil {
 		return err
 	}
 	bin := filepath.Join(state, "bin")
@@ -106,10 +111,7 @@ func run(ctx context.Context, o options) error {
 	}
 	defer stopPG()
 
-	if err := os.MkdirAll(filepath.Join(state, "logs"), 0o755); err != nil {
-		return err
-	}
-	crm, crmURL, err := stack.StartCRM(ctx, bin, filepath.Join(state, "logs"), "-latency", "15ms")
+	crm, crmURL, err := stack.StartCRM(ctx, bin, logs, "-latency", "15ms")
 	if err != nil {
 		return err
 	}
@@ -122,7 +124,7 @@ func run(ctx context.Context, o options) error {
 	}
 	slackAddr := "127.0.0.1:" + strconv.Itoa(slackPort)
 	slackSrv := &stack.Process{Name: "slackserver", Bin: filepath.Join(bin, "slackserver"), Args: []string{"-addr", slackAddr},
-		Log: filepath.Join(state, "logs", "slackserver.log"), Tee: os.Stdout}
+		Log: filepath.Join(logs, "slackserver.log"), Tee: os.Stdout}
 	if err := slackSrv.Start(); err != nil {
 		return err
 	}
@@ -133,7 +135,7 @@ func run(ctx context.Context, o options) error {
 	say("  slack      http://%s (tools/fakes/slack: detractor alerts are printed as ✉ lines)", slackAddr)
 
 	secret, token := "dev_delighted_api_key", "tok_dev_0123456789abcdefghijklmnop"
-	p := &stack.Pipeline{BinDir: bin, Dir: filepath.Join(state, "logs"), Brokers: broker.Addrs, Redis: redisAddr,
+	p := &stack.Pipeline{BinDir: bin, Dir: logs, AdminPort: o.adminPort, Brokers: broker.Addrs, Redis: redisAddr,
 		DatabaseURL: dbURL, Secret: secret, Token: token, IngressPort: o.ingressPort, Env: []string{"LOG_LEVEL=info"}, CRMURL: crmURL,
 		AdminTokens: map[string]string{"dev": "operator", "viewer": "viewer"},
 		SinksYAML:   "  slack:\n    channels:\n      - name: cx-alerts\n        webhook_url: env:SLACK_WEBHOOK_URL\n"}
@@ -143,7 +145,11 @@ func run(ctx context.Context, o options) error {
 		sinkName = "sink-console"
 	}
 	p.Run = []string{sinkName, "sink-webhook", "enricher", "normalizer", "ingress", "admin"}
-	say("  services   starting (logs in %s)…", p.Dir)
+	if o.adminPort > 0 && !portFree(o.adminPort) {
+		say("  port %d is taken; the admin service listens on a free port", o.adminPort)
+		p.AdminPort = 0
+	}
+	say("  services   starting (logs in %s; earlier runs' beside it)…", p.Dir)
 	if err := p.Start(ctx); err != nil {
 		_ = p.Stop()
 		return err
@@ -154,10 +160,15 @@ func run(ctx context.Context, o options) error {
 	say("Ready. Webhooks go to")
 	say("  POST %s", p.IngressURL)
 	say("  signed with X-Delighted-Webhook-Signature: sha256=HMAC-SHA256(%q, body)", secret)
-	say("Metrics and health: http://%s/metrics, /readyz (ingress; other services in %s)", p.OpsAddrs["ingress"], filepath.Join(state, "logs"))
+	say("Metrics and health: http://%s/metrics, /readyz (ingress; other services in %s)", p.OpsAddrs["ingress"], p.Dir)
 	if dbURL != "" {
 		say("Rows:  psql '%s' -c 'SELECT _cl_received_at, kind, subject_id, score, segment, comment FROM %s.feedback_latest'", dbURL, p.Schema())
 	}
+	var grpcAddrs []string
+	for _, name := range p.Run {
+		grpcAddrs = append(grpcAddrs, name+" "+p.GRPCAddrs[name])
+	}
+	say("gRPC (service token %s): %s", p.ServiceToken(), strings.Join(grpcAddrs, ", "))
 	say("Operate it (docs/operations.md):")
 	say("  export CLOSEDLOOP_ADMIN_ADDR=%s CLOSEDLOOP_ADMIN_TOKEN=%s", p.AdminAddr(), p.AdminToken("dev"))
 	say("  %s status      (or: go run ./services/admin/cmd/closedloopctl status)", filepath.Join(bin, "closedloopctl"))
@@ -341,4 +352,58 @@ func followConsole(ctx context.Context, path string) error {
 		}
 	}
 	return nil
+}
+
+// keptRuns is how many runs' logs .devstack/logs keeps.
+const keptRuns = 5
+
+// freshState empties the state directory of the last run (broker data,
+// binaries) but keeps the logs of the last runs: this run's go to
+// .devstack/logs/<start time>/, which .devstack/logs/latest points at.
+func freshState(state string) (string, error) {
+	entries, err := os.ReadDir(state)
+	if err != nil && !os.IsNotExist(err) {
+		return "", err
+	}
+	for _, e := range entries {
+		if e.Name() != "logs" {
+			if err := os.RemoveAll(filepath.Join(state, e.Name())); err != nil {
+				return "", err
+			}
+		}
+	}
+	root := filepath.Join(state, "logs")
+	runs, _ := filepath.Glob(filepath.Join(root, "20*"))
+	sort.Strings(runs)
+	for len(runs) >= keptRuns {
+		_ = os.RemoveAll(runs[0])
+		runs = runs[1:]
+	}
+	// Files of a run before this layout lie loose in logs/: keep them as one.
+	loose, _ := os.ReadDir(root)
+	for _, f := range loose {
+		if f.Type().IsRegular() {
+			old := filepath.Join(root, "earlier")
+			_ = os.MkdirAll(old, 0o755)
+			_ = os.Rename(filepath.Join(root, f.Name()), filepath.Join(old, f.Name()))
+		}
+	}
+	dir := filepath.Join(root, time.Now().Format("20060102-150405"))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	latest := filepath.Join(root, "latest")
+	_ = os.Remove(latest)
+	_ = os.Symlink(filepath.Base(dir), latest)
+	return dir, nil
+}
+
+// portFree reports whether 127.0.0.1:port can be listened on now.
+func portFree(port int) bool {
+	l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+	if err != nil {
+		return false
+	}
+	_ = l.Close()
+	return true
 }

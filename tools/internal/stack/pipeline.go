@@ -42,6 +42,8 @@ type Pipeline struct {
 	// SinksYAML is added under "sinks:" of the pipeline file (indented by
 	// two spaces), e.g. a warehouse filter or webhook endpoints.
 	SinksYAML string
+	// AdminPort is the admin's gRPC port on 127.0.0.1 (0: any free port).
+	AdminPort int
 	// SourcesYAML is added to the sources: list after the delighted source
 	// (list items, indented two spaces).
 	SourcesYAML string
@@ -202,6 +204,9 @@ func (p *Pipeline) Start(ctx context.Context) error {
 		grpc, err := freeAddr()
 		if err != nil {
 			return err
+		}
+		if name == "admin" && p.AdminPort > 0 {
+			grpc = "127.0.0.1:" + strconv.Itoa(p.AdminPort)
 		}
 		env := append([]string{
 			"KAFKA_BROKERS=" + p.Brokers,
