@@ -101,14 +101,15 @@ breaking: tools ## buf breaking: proto/ against main (the fork point, or on main
 # (golang/go#75804, fixed in Go 1.27) and fails with "context deadline exceeded" and no crasher.
 FUZZTIME ?= 40000x
 .PHONY: fuzz
-fuzz: ## run each fuzz target for FUZZTIME executions (default 40000x; seed corpora in testdata/fuzz)
-	cd services/ingress && for f in FuzzDelightedVerifyNeverPanics FuzzIdentify FuzzSignatureHeaders FuzzLookupPathMatchesEncodingJSON; do \
-	  go test -run XXX -fuzz "^$$f$$" -fuzztime $(FUZZTIME) ./internal/verify || exit 1; done
-	cd services/ingress && go test -run XXX -fuzz '^FuzzTheHandler$$' -fuzztime $(FUZZTIME) ./internal/ingest
-	cd services/normalizer && for f in FuzzDelightedMapNeverPanics FuzzEveryMapperNeverPanics FuzzFlattenMatchesTheReference; do \
-	  go test -run XXX -fuzz "^$$f$$" -fuzztime $(FUZZTIME) ./internal/mapping || exit 1; done
-	cd services/normalizer && go test -run XXX -fuzz '^FuzzPathsMatchTheReference$$' -fuzztime $(FUZZTIME) ./internal/drift
-	cd services/normalizer && go test -run XXX -fuzz '^FuzzTheBatchHandler$$' -fuzztime $(FUZZTIME) ./internal/normalize
+fuzz: ## run every fuzz target of every module for FUZZTIME executions (default 40000x; seed corpora in testdata/fuzz)
+	@for m in $(MODULES); do \
+	  for d in $$(cd $$m && grep -l --include='*_test.go' -r '^func Fuzz' . | xargs -r -n1 dirname | sort -u); do \
+	    for f in $$(cd $$m/$$d && grep -ho '^func Fuzz[A-Za-z0-9_]*' *_test.go | cut -c6-); do \
+	      echo "== fuzz $${m#$(CURDIR)/}/$${d#./} $$f"; \
+	      (cd $$m/$$d && go test -run XXX -fuzz "^$$f$$" -fuzztime $(FUZZTIME) .) || exit 1; \
+	    done; \
+	  done; \
+	done
 
 .PHONY: bench-ingress
 bench-ingress: ## ingress vs a bare HMAC-checking server: req/s, latency, RSS, every 2xx found in Kafka

@@ -35,7 +35,8 @@ func TestEveryVectorMeansOnTheNormalizedTopicWhatItsCanonicalSays(t *testing.T) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	recs := ingressRecords(t, path)
+	recs := ingressRecords(t)
+	t.Logf("vectors: %s", path)
 	byName := map[string]vectors.Vector{}
 	for _, v := range f.Vectors {
 		byName[v.Name] = v
@@ -153,8 +154,10 @@ func TestEveryVectorMeansOnTheNormalizedTopicWhatItsCanonicalSays(t *testing.T) 
 }
 
 // ingressRecords runs the ingress's conformance test in the ingress module
-// and returns the Kafka records its handler wrote for the accepted vectors.
-func ingressRecords(t *testing.T, vectorsPath string) []vectors.Record {
+// and returns the Kafka records its handler wrote for the accepted vectors
+// (it loads the same vectors: the same files, or this process's
+// CLOSEDLOOP_VECTORS).
+func ingressRecords(t *testing.T) []vectors.Record {
 	t.Helper()
 	root, err := stack.RepoRoot()
 	if err != nil {
@@ -163,7 +166,7 @@ func ingressRecords(t *testing.T, vectorsPath string) []vectors.Record {
 	out := filepath.Join(t.TempDir(), "records.jsonl")
 	cmd := exec.Command("go", "test", "-count=1", "-run", "^TestConformanceEveryVectorThroughTheHTTPHandler$", "./internal/ingest")
 	cmd.Dir = filepath.Join(root, "services", "ingress")
-	cmd.Env = append(os.Environ(), vectors.RecordsEnv+"="+out, "CLOSEDLOOP_VECTORS="+vectorsPath)
+	cmd.Env = append(os.Environ(), vectors.RecordsEnv+"="+out)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("ingress conformance: %v\n%s", err, b)
 	}
