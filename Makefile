@@ -27,7 +27,7 @@ run: ## build and start the whole pipeline locally with a webhook generator (Ctr
 	@go build -o bin/devstack ./tools/devstack && exec bin/devstack $(ARGS)
 
 .PHONY: test
-test: check-generated lint breaking unit conformance fuzz e2e ## everything CI runs: generated code, lint, proto compatibility, unit tests (-race), conformance, short fuzz, end-to-end
+test: check-generated lint breaking unit fuzz-smoke e2e-all ## everything CI runs: generated code, lint, proto compatibility, unit tests (-race; the conformance of the ingress and the mapping among them), short fuzz, end-to-end (with the vectors' end-to-end conformance)
 
 .PHONY: conformance
 conformance: ## every webhook vector: verdicts through the real ingress handler, meanings through the mapping and end to end via Kafka and the normalizer process (CLOSEDLOOP_VECTORS=file.json for another file)
@@ -36,15 +36,21 @@ conformance: ## every webhook vector: verdicts through the real ingress handler,
 	cd tools && go test -count=1 -run 'TestEveryVectorMeansOnTheNormalizedTopic' -v ./e2e 2>&1 | grep -E '^(--- |FAIL|ok|panic|\s+\S+_test\.go:)'; exit $${PIPESTATUS[0]}
 
 .PHONY: unit
+# One go test over every module of the workspace: packages of different modules run side by side.
+WORKSPACE_PKGS = $(shell go list -m -f '{{.Dir}}/...' | sed 's|^$(CURDIR)|.|')
 unit: ## unit tests with -race in every module (end-to-end tests excluded)
-	@for m in $(MODULES); do \
-	  echo "== go test -race $${m#$(CURDIR)/}"; \
-	  (cd $$m && go test -race -count=1 $$(go list ./... | grep -v '/tools/e2e$$')) || exit 1; \
-	done
+	go test -race -count=1 $$(go list $(WORKSPACE_PKGS) | grep -v '/tools/e2e$$')
 
 .PHONY: e2e
 e2e: ## end-to-end: dev broker, redis-server, PostgreSQL and the service binaries as processes
-	cd tools && go test -race -count=1 -v -timeout 10m -skip 'TestEveryVectorMeansOnTheNormalizedTopic' ./e2e 2>&1 | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+\S+_test\.go:)' ; exit $${PIPESTATUS[0]}
+	cd tools && go test -count=1 -v -timeout 10m -skip 'TestEveryVectorMeansOnTheNormalizedTopic' ./e2e 2>&1 | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+\S+_test\.go:)' ; exit $${PIPESTATUS[0]}
+
+# make test: every end-to-end test in one run (one set of infrastructure), the vectors' too. The service
+# binaries are built without -race (their code is race-tested in unit); -race here would only slow the
+# harness's in-process fakes.
+.PHONY: e2e-all
+e2e-all:
+	cd tools && go test -count=1 -v -timeout 15m ./e2e 2>&1 | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+\S+_test\.go:)' ; exit $${PIPESTATUS[0]}
 
 .PHONY: e2e-outage
 e2e-outage: ## the full destination outage: both sinks' destinations down for two minutes under load (make test runs 8 s)
@@ -71,8 +77,16 @@ tools: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc ## install the 
 
 $(BIN)/helm:
 	GOBIN=$(BIN) GOWORK=off go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+# buf: the release's prebuilt binary from the npm registry (@bufbuild/buf-<os>-<arch>, the same version;
+# seconds instead of minutes of compiling), else built from source.
 $(BIN)/buf:
-	GOBIN=$(BIN) GOWORK=off go install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
+	@mkdir -p $(BIN); arch=$$(uname -m | sed 's/x86_64/x64/'); os=$$(uname -s | tr A-Z a-z); tmp=$$(mktemp -d); \
+	if command -v npm >/dev/null 2>&1 && (cd $$tmp && npm pack --silent "@bufbuild/buf-$$os-$$arch@$(BUF_VERSION:v%=%)" >/dev/null 2>&1) && \
+	   tar -xzf $$tmp/*.tgz -C $$tmp && "$$tmp/package/bin/buf" --version | grep -qx '$(BUF_VERSION:v%=%)'; then \
+	  install -m 0755 "$$tmp/package/bin/buf" $@ && echo "buf $(BUF_VERSION): prebuilt, from the npm registry"; \
+	else \
+	  echo "buf $(BUF_VERSION): building from source"; GOBIN=$(BIN) GOWORK=off go install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION); \
+	fi; rm -rf $$tmp
 $(BIN)/protoc-gen-go:
 	GOBIN=$(BIN) GOWORK=off go install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
 $(BIN)/protoc-gen-go-grpc:
@@ -96,6 +110,11 @@ breaking: tools ## buf breaking: proto/ against main (the fork point, or on main
 	if [ -z "$$base" ]; then echo "breaking: no earlier commit of main to compare with; skipped"; exit 0; fi; \
 	if ! git cat-file -e "$$base:proto/buf.yaml" 2>/dev/null; then echo "breaking: $$base has no proto module yet; skipped"; exit 0; fi; \
 	echo "buf breaking against $$base"; cd proto && buf breaking --against "../.git#ref=$$base,subdir=proto"
+
+# make test fuzzes every target briefly (FUZZTIME=10000x: the seed corpora and a smoke run); make fuzz, longer.
+.PHONY: fuzz-smoke
+fuzz-smoke:
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=10000x
 
 # A count (Nx), not a duration: a duration races Go 1.26's fuzz coordinator at the deadline
 # (golang/go#75804, fixed in Go 1.27) and fails with "context deadline exceeded" and no crasher.

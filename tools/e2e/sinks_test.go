@@ -41,7 +41,10 @@ type sinkUnderTest struct {
 
 // The sink settings of the suite: a breaker that opens after three failed
 // rounds and probes every second, short backoffs.
-var sinksUnderTest = []func(t *testing.T) *sinkUnderTest{warehouseUnderTest, webhookUnderTest, slackUnderTest}
+var sinksUnderTest = []struct {
+	name string // service/destination
+	mk   func(t *testing.T) *sinkUnderTest
+}{{"sink-warehouse/warehouse", warehouseUnderTest}, {"sink-webhook/receiver", webhookUnderTest}, {"sink-webhook/cx-alerts", slackUnderTest}}
 
 var suiteEnv = []string{"SINK_BREAKER_THRESHOLD=3", "SINK_BREAKER_OPEN_FOR=1s", "SINK_BACKOFF_MAX=300ms", "LOG_LEVEL=warn"}
 
@@ -55,9 +58,17 @@ var suiteEnv = []string{"SINK_BREAKER_THRESHOLD=3", "SINK_BREAKER_OPEN_FOR=1s", 
 // middle of a stream and a restart lose nothing and add no second outcome.
 func TestSinkConformance(t *testing.T) {
 	requireInfra(t)
-	for _, mk := range sinksUnderTest {
-		s := mk(t)
-		t.Run(s.service+"/"+s.dest, func(t *testing.T) { runSinkSuite(t, s) })
+	// Each sink has its own pipeline (topics, groups, destination): the
+	// suites run side by side.
+	for _, u := range sinksUnderTest {
+		t.Run(u.name, func(t *testing.T) {
+			t.Parallel()
+			s := u.mk(t)
+			if got := s.service + "/" + s.dest; got != u.name {
+				t.Fatalf("the sink under test is %s, named %s", got, u.name)
+			}
+			runSinkSuite(t, s)
+		})
 	}
 }
 
