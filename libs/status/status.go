@@ -13,10 +13,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/closedloop/closedloop/libs/fault"
+	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 )
 
 // Check reports whether a dependency (Kafka, Redis, PostgreSQL) is usable.
@@ -222,14 +222,14 @@ func (a *AdminServer) ResumeDestination(_ context.Context, req *adminv1.ResumeDe
 
 func (a *AdminServer) find(name string) (Destination, error) {
 	if name == "" {
-		return nil, status.Error(codes.InvalidArgument, "destination is required")
+		return nil, fault.Errorf(fault.Invalid, "destination is required")
 	}
 	d, names := a.Registry.destination(name)
 	if d == nil {
 		if len(names) == 0 {
-			return nil, status.Errorf(codes.NotFound, "%s has no destinations (only sink services do)", a.Registry.Service)
+			return nil, fault.Errorf(fault.NotFound, "%s has no destinations (only sink services do)", a.Registry.Service)
 		}
-		return nil, status.Errorf(codes.NotFound, "%s has no destination %q; it has: %s", a.Registry.Service, name, strings.Join(names, ", "))
+		return nil, fault.Errorf(fault.NotFound, "%s has no destination %q; it has: %s", a.Registry.Service, name, strings.Join(names, ", "))
 	}
 	return d, nil
 }

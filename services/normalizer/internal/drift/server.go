@@ -5,10 +5,9 @@ import (
 	"encoding/base64"
 	"strings"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/closedloop/closedloop/libs/fault"
 	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 )
 
@@ -26,13 +25,13 @@ const (
 // ListSchemaDrift lists recorded paths, filtered and paged.
 func (s *Server) ListSchemaDrift(ctx context.Context, req *adminv1.ListSchemaDriftRequest) (*adminv1.ListSchemaDriftResponse, error) {
 	if req.EventType != "" && req.Provider == "" {
-		return nil, status.Error(codes.InvalidArgument, "event_type needs a provider")
+		return nil, fault.Errorf(fault.Invalid, "event_type needs a provider")
 	}
 	if strings.Contains(req.Provider, "/") {
-		return nil, status.Error(codes.InvalidArgument, "provider must not contain '/'")
+		return nil, fault.Errorf(fault.Invalid, "provider must not contain '/'")
 	}
 	if req.PageSize < 0 {
-		return nil, status.Error(codes.InvalidArgument, "page_size must not be negative")
+		return nil, fault.Errorf(fault.Invalid, "page_size must not be negative")
 	}
 	size := int(req.PageSize)
 	if size == 0 {
@@ -43,13 +42,13 @@ func (s *Server) ListSchemaDrift(ctx context.Context, req *adminv1.ListSchemaDri
 	if req.PageToken != "" {
 		b, err := base64.RawURLEncoding.DecodeString(req.PageToken)
 		if err != nil {
-			return nil, status.Error(codes.InvalidArgument, "page_token is not one this service returned")
+			return nil, fault.Errorf(fault.Invalid, "page_token is not one this service returned")
 		}
 		after = string(b)
 	}
 	all, err := s.Tracker.List(ctx, req.Provider, req.EventType)
 	if err != nil {
-		return nil, status.Errorf(codes.Unavailable, "reading the recorded paths from Redis: %v", err)
+		return nil, fault.Errorf(fault.Unavailable, "reading the recorded paths from Redis: %v", err)
 	}
 	resp := &adminv1.ListSchemaDriftResponse{}
 	last := ""
