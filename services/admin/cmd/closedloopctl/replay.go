@@ -177,7 +177,10 @@ func (c *cli) watch(id string) error {
 		fmt.Fprintln(c.out)
 	}
 	return c.emit(last, func(w *tabwriter.Writer) {
-		fmt.Fprintf(w, "%s\njob %s %s", progressText(last), last.Id, short(last.State, "REPLAY_STATE_"))
+		if !c.terminal { // on a terminal the bar's line already says it
+			fmt.Fprintln(w, progressText(last))
+		}
+		fmt.Fprintf(w, "job %s %s", last.Id, short(last.State, "REPLAY_STATE_"))
 		if last.Error != "" {
 			fmt.Fprintf(w, ": %s", last.Error)
 		}
