@@ -21,10 +21,12 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/closedloop/closedloop/libs/destinations/zendesk"
 	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 	sinkv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/sink/v1"
 	slackfake "github.com/closedloop/closedloop/tools/fakes/slack"
+	zendeskfake "github.com/closedloop/closedloop/tools/fakes/zendesk"
 	"github.com/closedloop/closedloop/tools/internal/stack"
 )
 
@@ -44,7 +46,7 @@ type sinkUnderTest struct {
 var sinksUnderTest = []struct {
 	name string // service/destination
 	mk   func(t *testing.T) *sinkUnderTest
-}{{"sink-warehouse/warehouse", warehouseUnderTest}, {"sink-webhook/receiver", webhookUnderTest}, {"sink-webhook/cx-alerts", slackUnderTest}}
+}{{"sink-warehouse/warehouse", warehouseUnderTest}, {"sink-webhook/receiver", webhookUnderTest}, {"sink-webhook/cx-alerts", slackUnderTest}, {"sink-webhook/support", zendeskUnderTest}}
 
 var suiteEnv = []string{"SINK_BREAKER_THRESHOLD=3", "SINK_BREAKER_OPEN_FOR=1s", "SINK_BACKOFF_MAX=300ms", "LOG_LEVEL=warn"}
 
@@ -450,6 +452,59 @@ func slackUnderTest(t *testing.T) *sinkUnderTest {
 			}
 			return n
 		},
+	}
+}
+
+// zendeskUnderTest is sink-webhook's Zendesk destination against the local
+// Zendesk: an event's outcome is the ticket that holds it (its marker tag);
+// a second ticket for one response would count twice.
+func zendeskUnderTest(t *testing.T) *sinkUnderTest {
+	fake := zendeskfake.New()
+	fake.PerMinute = 1 << 30
+	fake.AddAPIToken("agent@example.com", "zd-e2e-token-0123456789")
+	srv := httptest.NewServer(fake)
+	t.Cleanup(srv.Close)
+	p := &stack.Pipeline{
+		Name: "sinkzd", BinDir: infra.binDir, Dir: infra.dir + "/sinkzd", Brokers: infra.broker.Addrs, Redis: infra.redis.Addr,
+		Run: []string{"sink-webhook"},
+		SinksYAML: "  zendesk:\n    accounts:\n      - name: support\n        url: " + srv.URL + "\n        email: agent@example.com\n" +
+			"        api_token: env:E2E_ZENDESK_TOKEN\n        when: 'true'\n        requests_per_minute: 1000000\n        timeout: 2s\n",
+		Env: append([]string{"E2E_ZENDESK_TOKEN=zd-e2e-token-0123456789"}, suiteEnv...),
+	}
+	startPipeline(t, p)
+	return &sinkUnderTest{
+		service: "sink-webhook", dest: "support", p: p,
+		outcomes: func(*testing.T) map[string]int {
+			byMarker := map[string]int{}
+			events := map[string]string{} // marker -> event id
+			for _, tk := range fake.Tickets() {
+				for _, tag := range tk.Tags {
+					byMarker[tag]++
+				}
+				for _, c := range tk.Comments {
+					if i := strings.Index(c.Body, "closedloop event "); i >= 0 {
+						id := strings.Fields(c.Body[i+len("closedloop event "):])[0]
+						events[zendesk.Marker(id)] = id
+					}
+				}
+			}
+			out := map[string]int{}
+			for marker, id := range events {
+				out[id] = byMarker[marker]
+			}
+			return out
+		},
+		down: func(down bool) {
+			if down {
+				fake.Fail(zendeskfake.Failure{Status: http.StatusServiceUnavailable, N: 1 << 30})
+			} else {
+				fake.ClearFailures()
+			}
+		},
+		reject: func(ev *feedbackv1.FeedbackEvent) {
+			fake.Fail(zendeskfake.Failure{Match: ev.EventId, Status: http.StatusUnprocessableEntity, N: 1 << 30})
+		},
+		resent: func() int { return 0 }, // a second ticket would show as a second outcome
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 
 	"github.com/closedloop/closedloop/libs/config"
 	"github.com/closedloop/closedloop/libs/destinations/slack"
+	"github.com/closedloop/closedloop/libs/destinations/zendesk"
 	"github.com/closedloop/closedloop/libs/service"
 	"github.com/closedloop/closedloop/libs/sink"
 	"github.com/closedloop/closedloop/services/sink-webhook/internal/webhook"
@@ -68,6 +69,7 @@ func Load(e *config.Env) (Config, error) {
 // (docs/destinations.md). Adding one is a line here.
 var Kinds = []sink.Kind{
 	slack.Kind,
+	zendesk.Kind,
 }
 
 // redisFlag keeps an endpoint's disabled flag in Redis.
