@@ -134,12 +134,31 @@ func run(ctx context.Context, o options) error {
 	}
 	say("  slack      http://%s (tools/fakes/slack: detractor alerts are printed as ✉ lines)", slackAddr)
 
+	zdPort, err := localinfra.FreePort()
+	if err != nil {
+		return err
+	}
+	zdAddr := "127.0.0.1:" + strconv.Itoa(zdPort)
+	zdSrv := &stack.Process{Name: "zendeskserver", Bin: filepath.Join(bin, "zendeskserver"),
+		Args: []string{"-addr", zdAddr, "-email", "agent@example.com", "-token", "dev-zendesk-token"},
+		Log:  filepath.Join(logs, "zendeskserver.log"), Tee: os.Stdout}
+	if err := zdSrv.Start(); err != nil {
+		return err
+	}
+	defer stopped("zendesk server", zdSrv.Stop)
+	if err := stack.WaitReady(ctx, zdSrv, zdAddr, 30*time.Second); err != nil {
+		return err
+	}
+	say("  zendesk    http://%s (tools/fakes/zendesk: a ticket per detractor response is printed as a 🎫 line)", zdAddr)
+
 	secret, token := "dev_delighted_api_key", "tok_dev_0123456789abcdefghijklmnop"
 	p := &stack.Pipeline{BinDir: bin, Dir: logs, AdminPort: o.adminPort, Brokers: broker.Addrs, Redis: redisAddr,
 		DatabaseURL: dbURL, Secret: secret, Token: token, IngressPort: o.ingressPort, Env: []string{"LOG_LEVEL=info"}, CRMURL: crmURL,
 		AdminTokens: map[string]string{"dev": "operator", "viewer": "viewer"},
-		SinksYAML:   "  slack:\n    channels:\n      - name: cx-alerts\n        webhook_url: env:SLACK_WEBHOOK_URL\n"}
-	p.Env = append(p.Env, "SLACK_WEBHOOK_URL=http://"+slackAddr+"/services/T0DEV/B0DEV/devwebhooksecret")
+		SinksYAML: "  slack:\n    channels:\n      - name: cx-alerts\n        webhook_url: env:SLACK_WEBHOOK_URL\n" +
+			"  zendesk:\n    accounts:\n      - name: support\n        url: http://" + zdAddr + "\n        email: agent@example.com\n" +
+			"        api_token: env:ZENDESK_API_TOKEN\n        tags: [nps]\n"}
+	p.Env = append(p.Env, "SLACK_WEBHOOK_URL=http://"+slackAddr+"/services/T0DEV/B0DEV/devwebhooksecret", "ZENDESK_API_TOKEN=dev-zendesk-token")
 	sinkName := "sink-warehouse"
 	if dbURL == "" {
 		sinkName = "sink-console"

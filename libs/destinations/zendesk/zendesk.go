@@ -478,12 +478,17 @@ func (d *Destination) create(ctx context.Context, f *feedbackv1.FeedbackEvent, e
 }
 
 func (d *Destination) comment(ctx context.Context, f *feedbackv1.FeedbackEvent, id int64, marker string) error {
-	body, err := render(d.commentTmpl, ticketData(f))
+	data := ticketData(f)
+	body, err := render(d.commentTmpl, data)
 	if err != nil {
 		return err
 	}
+	head := fmt.Sprintf("Updated response (%s): score %s", data["Kind"], data["Score"])
+	if c := f.GetComment(); c != "" {
+		head += ", \"" + cut(c, 120) + "\""
+	}
 	req := map[string]any{"ticket": map[string]any{
-		"comment":         map[string]any{"body": "Updated response (" + strings.ToLower(strings.TrimPrefix(f.Kind.String(), "KIND_")) + "):\n\n" + body, "public": false},
+		"comment":         map[string]any{"body": head + "\n\n" + body, "public": false},
 		"additional_tags": []string{marker},
 	}}
 	status, err := d.call(ctx, http.MethodPut, d.api+"/tickets/"+strconv.FormatInt(id, 10)+".json", nil, req, nil)
