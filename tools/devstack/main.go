@@ -151,14 +151,33 @@ func run(ctx context.Context, o options) error {
 	}
 	say("  zendesk    http://%s (tools/fakes/zendesk: a ticket per detractor response is printed as a 🎫 line)", zdAddr)
 
+	fdPort, err := localinfra.FreePort()
+	if err != nil {
+		return err
+	}
+	fdAddr := "127.0.0.1:" + strconv.Itoa(fdPort)
+	fdSrv := &stack.Process{Name: "freshdeskserver", Bin: filepath.Join(bin, "freshdeskserver"),
+		Args: []string{"-addr", fdAddr, "-key", "dev-freshdesk-key"}, Log: filepath.Join(logs, "freshdeskserver.log"), Tee: os.Stdout}
+	if err := fdSrv.Start(); err != nil {
+		return err
+	}
+	defer stopped("freshdesk server", fdSrv.Stop)
+	if err := stack.WaitReady(ctx, fdSrv, fdAddr, 30*time.Second); err != nil {
+		return err
+	}
+	say("  freshdesk  http://%s (tools/fakes/freshdesk: tickets for enterprise detractors, printed as 🎫 lines)", fdAddr)
+
 	secret, token := "dev_delighted_api_key", "tok_dev_0123456789abcdefghijklmnop"
 	p := &stack.Pipeline{BinDir: bin, Dir: logs, AdminPort: o.adminPort, Brokers: broker.Addrs, Redis: redisAddr,
 		DatabaseURL: dbURL, Secret: secret, Token: token, IngressPort: o.ingressPort, Env: []string{"LOG_LEVEL=info"}, CRMURL: crmURL,
 		AdminTokens: map[string]string{"dev": "operator", "viewer": "viewer"},
 		SinksYAML: "  slack:\n    channels:\n      - name: cx-alerts\n        webhook_url: env:SLACK_WEBHOOK_URL\n" +
 			"  zendesk:\n    accounts:\n      - name: support\n        url: http://" + zdAddr + "\n        email: agent@example.com\n" +
-			"        api_token: env:ZENDESK_API_TOKEN\n        tags: [nps]\n"}
-	p.Env = append(p.Env, "SLACK_WEBHOOK_URL=http://"+slackAddr+"/services/T0DEV/B0DEV/devwebhooksecret", "ZENDESK_API_TOKEN=dev-zendesk-token")
+			"        api_token: env:ZENDESK_API_TOKEN\n        tags: [nps]\n" +
+			"  freshdesk:\n    accounts:\n      - name: enterprise-desk\n        url: http://" + fdAddr + "\n        api_key: env:FRESHDESK_API_KEY\n" +
+			"        when: 'event.segment == Segment.SEGMENT_DETRACTOR && event.enrichment.lane == Lane.LANE_PRIORITY'\n"}
+	p.Env = append(p.Env, "SLACK_WEBHOOK_URL=http://"+slackAddr+"/services/T0DEV/B0DEV/devwebhooksecret", "ZENDESK_API_TOKEN=dev-zendesk-token",
+		"FRESHDESK_API_KEY=dev-freshdesk-key")
 	sinkName := "sink-warehouse"
 	if dbURL == "" {
 		sinkName = "sink-console"

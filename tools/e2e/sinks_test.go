@@ -25,6 +25,7 @@ import (
 	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 	sinkv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/sink/v1"
+	freshdeskfake "github.com/closedloop/closedloop/tools/fakes/freshdesk"
 	slackfake "github.com/closedloop/closedloop/tools/fakes/slack"
 	zendeskfake "github.com/closedloop/closedloop/tools/fakes/zendesk"
 	"github.com/closedloop/closedloop/tools/internal/stack"
@@ -46,7 +47,7 @@ type sinkUnderTest struct {
 var sinksUnderTest = []struct {
 	name string // service/destination
 	mk   func(t *testing.T) *sinkUnderTest
-}{{"sink-warehouse/warehouse", warehouseUnderTest}, {"sink-webhook/receiver", webhookUnderTest}, {"sink-webhook/cx-alerts", slackUnderTest}, {"sink-webhook/support", zendeskUnderTest}}
+}{{"sink-warehouse/warehouse", warehouseUnderTest}, {"sink-webhook/receiver", webhookUnderTest}, {"sink-webhook/cx-alerts", slackUnderTest}, {"sink-webhook/support", zendeskUnderTest}, {"sink-webhook/helpdesk", freshdeskUnderTest}}
 
 var suiteEnv = []string{"SINK_BREAKER_THRESHOLD=3", "SINK_BREAKER_OPEN_FOR=1s", "SINK_BACKOFF_MAX=300ms", "LOG_LEVEL=warn"}
 
@@ -505,6 +506,55 @@ func zendeskUnderTest(t *testing.T) *sinkUnderTest {
 			fake.Fail(zendeskfake.Failure{Match: ev.EventId, Status: http.StatusUnprocessableEntity, N: 1 << 30})
 		},
 		resent: func() int { return 0 }, // a second ticket would show as a second outcome
+	}
+}
+
+// freshdeskUnderTest is sink-webhook's Freshdesk destination against the
+// local Freshdesk (no idempotency key: the response field finds the ticket).
+func freshdeskUnderTest(t *testing.T) *sinkUnderTest {
+	fake := freshdeskfake.New()
+	fake.PerMinute = 1 << 30
+	fake.AddAPIKey("fd-e2e-key-0123456789")
+	srv := httptest.NewServer(fake)
+	t.Cleanup(srv.Close)
+	p := &stack.Pipeline{
+		Name: "sinkfd", BinDir: infra.binDir, Dir: infra.dir + "/sinkfd", Brokers: infra.broker.Addrs, Redis: infra.redis.Addr,
+		Run: []string{"sink-webhook"},
+		SinksYAML: "  freshdesk:\n    accounts:\n      - name: helpdesk\n        url: " + srv.URL + "\n" +
+			"        api_key: env:E2E_FRESHDESK_KEY\n        when: 'true'\n        requests_per_minute: 1000000\n        timeout: 2s\n",
+		Env: append([]string{"E2E_FRESHDESK_KEY=fd-e2e-key-0123456789"}, suiteEnv...),
+	}
+	startPipeline(t, p)
+	return &sinkUnderTest{
+		service: "sink-webhook", dest: "helpdesk", p: p,
+		outcomes: func(*testing.T) map[string]int {
+			byMarker := map[string]int{}
+			tickets := fake.Tickets()
+			for _, tk := range tickets {
+				for _, tag := range tk.Tags {
+					byMarker[tag]++
+				}
+			}
+			out := map[string]int{}
+			for _, tk := range tickets {
+				if i := strings.Index(tk.Description, "closedloop event "); i >= 0 {
+					id := strings.Fields(tk.Description[i+len("closedloop event "):])[0]
+					out[id] = byMarker[zendesk.Marker(id)]
+				}
+			}
+			return out
+		},
+		down: func(down bool) {
+			if down {
+				fake.Fail(freshdeskfake.Failure{Status: http.StatusServiceUnavailable, N: 1 << 30})
+			} else {
+				fake.ClearFailures()
+			}
+		},
+		reject: func(ev *feedbackv1.FeedbackEvent) {
+			fake.Fail(freshdeskfake.Failure{Match: ev.EventId, Status: http.StatusBadRequest, N: 1 << 30})
+		},
+		resent: func() int { return 0 },
 	}
 }
 

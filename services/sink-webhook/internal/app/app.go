@@ -15,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/closedloop/closedloop/libs/config"
+	"github.com/closedloop/closedloop/libs/destinations/freshdesk"
 	"github.com/closedloop/closedloop/libs/destinations/slack"
 	"github.com/closedloop/closedloop/libs/destinations/zendesk"
 	"github.com/closedloop/closedloop/libs/service"
@@ -70,6 +71,7 @@ func Load(e *config.Env) (Config, error) {
 var Kinds = []sink.Kind{
 	slack.Kind,
 	zendesk.Kind,
+	freshdesk.Kind,
 }
 
 // redisFlag keeps an endpoint's disabled flag in Redis.

@@ -1,4 +1,4 @@
-package zendesk
+package helpdesk
 
 import (
 	"fmt"
@@ -10,7 +10,7 @@ import (
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 )
 
-// ticketData is what the subject and comment templates see:
+// TicketData is what the subject and comment templates see:
 //
 //	.EventID .Source .Provider .Kind .Received
 //	.Score ("3/10", "-") .ScoreValue .Segment ("detractor") .SegmentWord ("Detractor")
@@ -18,7 +18,7 @@ import (
 //	.Account (the enricher's lookup fields, by name: account_name, tier, ...)
 //	.Labels ("escalate, nurture") .Lane .Link (the provider's permalink)
 //	.Event (the FeedbackEvent itself, for anything else)
-func ticketData(f *feedbackv1.FeedbackEvent) map[string]any {
+func TicketData(f *feedbackv1.FeedbackEvent) map[string]any {
 	seg := strings.ToLower(strings.TrimPrefix(f.Segment.String(), "SEGMENT_"))
 	if seg == "unspecified" {
 		seg = ""
