@@ -18,11 +18,9 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
-	"sync/atomic"
 	"text/template"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/closedloop/closedloop/libs/config"
@@ -152,15 +150,10 @@ func LabelTags(f *feedbackv1.FeedbackEvent) []string {
 	return out
 }
 
-// Flag is a destination's disabled flag in Redis, set when the vendor
-// refuses its credential. It names the credential (a fingerprint): a flag
-// of another credential is stale — it was replaced — and cleared at load.
-type Flag struct {
-	RDB         redis.UniversalClient
-	Key         string
-	Fingerprint string
-	off         atomic.Pointer[string]
-}
+// Flag is a helpdesk's disabled flag, set when the vendor refuses its
+// credential; it names the credential (Fingerprint), so replacing the
+// credential clears it at start.
+type Flag = sink.DisabledFlag
 
 // Fingerprint names a credential without revealing it.
 func Fingerprint(credential string) string {
@@ -168,47 +161,12 @@ func Fingerprint(credential string) string {
 	return hex.EncodeToString(sum[:6])
 }
 
-// Load reads the flag (a destination's Open).
-func (f *Flag) Load(ctx context.Context) error {
-	v, err := f.RDB.Get(ctx, f.Key).Result()
-	if errors.Is(err, redis.Nil) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	fp, why, _ := strings.Cut(v, " ")
-	if fp != f.Fingerprint {
-		return f.RDB.Del(ctx, f.Key).Err()
-	}
-	f.off.Store(&why)
-	return nil
-}
-
-// Disabled implements sink.Disabler.
-func (f *Flag) Disabled() (string, bool) {
-	if p := f.off.Load(); p != nil {
-		return *p, true
-	}
-	return "", false
-}
-
-// Enable implements sink.Enabler.
-func (f *Flag) Enable(ctx context.Context) error {
-	if err := f.RDB.Del(ctx, f.Key).Err(); err != nil {
-		return err
-	}
-	f.off.Store(nil)
-	return nil
-}
-
 // Refused disables the destination: the credential was refused (401/403).
 // The error returned holds the event (retryable): nothing is dead-lettered.
-func (f *Flag) Refused(ctx context.Context, status int, now time.Time, cause error) error {
+func Refused(ctx context.Context, f *Flag, status int, now time.Time, cause error) error {
 	why := fmt.Sprintf("%d %s at %s: the credential was refused (revoked, expired, or without the right)",
 		status, http.StatusText(status), now.UTC().Format(time.RFC3339))
-	f.off.Store(&why)
-	if err := f.RDB.Set(context.WithoutCancel(ctx), f.Key, f.Fingerprint+" "+why, 0).Err(); err != nil {
+	if err := f.Disable(ctx, why); err != nil {
 		return sink.Retryable(fmt.Errorf("%w; recording it failed: %v", cause, err), 0)
 	}
 	return sink.Retryable(cause, 0)
@@ -397,7 +355,7 @@ func (c *Client) Classify(ctx context.Context, a *Answer, msg error, flag *Flag,
 		_ = c.Rate.Push(ctx, after)
 		return sink.Retryable(msg, after)
 	case a.Status == http.StatusUnauthorized || a.Status == http.StatusForbidden:
-		return flag.Refused(ctx, a.Status, now, msg)
+		return Refused(ctx, flag, a.Status, now, msg)
 	case a.Status >= 500 || a.Status == http.StatusRequestTimeout || conflictRetries && a.Status == http.StatusConflict:
 		return sink.Retryable(msg, retry.After(a.Header.Get("Retry-After"), now, time.Minute))
 	}

@@ -29,7 +29,6 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -112,32 +111,31 @@ func instances(section *yaml.Node, env sink.KindEnv) ([]sink.Instance, error) {
 		cp := sink.RedisCheckpoint{RDB: env.Redis, Prefix: env.RedisPrefix + ch.Name + ":done:", TTL: 7 * 24 * time.Hour}
 		d.checkpoint = cp
 		out = append(out, sink.Instance{Name: ch.Name, Group: env.GroupPrefix + ch.Name, Checkpoint: cp, Filter: sink.FilterOf(d.when),
-			Open: func(ctx context.Context) (sink.Destination, error) { return d, d.load(ctx) }})
+			Open: func(ctx context.Context) (sink.Destination, error) { return d, d.Load(ctx) }})
 	}
 	return out, nil
 }
 
 // Destination posts to one channel.
 type Destination struct {
-	cfg        Channel
-	webhook    string // incoming webhook URL, or
-	token      string // bot token for chat.postMessage
-	client     *http.Client
-	rate       sink.SharedRate
-	rdb        redis.UniversalClient
-	offKey     string
-	threadKey  string // prefix of "response → its first alert's ts"
-	off        atomic.Pointer[string]
-	when       *expr.Bool
-	checkpoint sink.Checkpoint
-	now        func() time.Time
+	*sink.DisabledFlag // archived channel: disabled until resumed
+	cfg                Channel
+	webhook            string // incoming webhook URL, or
+	token              string // bot token for chat.postMessage
+	client             *http.Client
+	rate               sink.SharedRate
+	rdb                redis.UniversalClient
+	threadKey          string // prefix of "response → its first alert's ts"
+	when               *expr.Bool
+	checkpoint         sink.Checkpoint
+	now                func() time.Time
 }
 
 func newChannel(ch Channel, env sink.KindEnv) (*Destination, error) {
 	if (ch.WebhookURL == "") == (ch.Token == "") {
 		return nil, errors.New("set either webhook_url or token (with channel)")
 	}
-	d := &Destination{cfg: ch, rdb: env.Redis, offKey: env.RedisPrefix + ch.Name + ":disabled", threadKey: env.RedisPrefix + ch.Name + ":thread:", now: time.Now}
+	d := &Destination{cfg: ch, rdb: env.Redis, DisabledFlag: &sink.DisabledFlag{RDB: env.Redis, Key: env.RedisPrefix + ch.Name + ":disabled"}, threadKey: env.RedisPrefix + ch.Name + ":thread:", now: time.Now}
 	if ch.WebhookURL != "" {
 		s, err := config.ResolveSecret(ch.WebhookURL, env.LookupEnv)
 		if err != nil {
@@ -192,41 +190,6 @@ func newChannel(ch Channel, env sink.KindEnv) (*Destination, error) {
 	d.rate = sink.SharedRate{RDB: env.Redis, Key: env.RedisPrefix + "rate:" + target,
 		Every: time.Duration(float64(time.Second) / d.cfg.RatePerSecond), Burst: d.cfg.Burst}
 	return d, nil
-}
-
-// load reads the disabled flag (the destination's Open).
-func (d *Destination) load(ctx context.Context) error {
-	why, err := d.rdb.Get(ctx, d.offKey).Result()
-	if errors.Is(err, redis.Nil) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	d.off.Store(&why)
-	return nil
-}
-
-// Disabled implements sink.Disabler.
-func (d *Destination) Disabled() (string, bool) {
-	if p := d.off.Load(); p != nil {
-		return *p, true
-	}
-	return "", false
-}
-
-// Enable implements sink.Enabler.
-func (d *Destination) Enable(ctx context.Context) error {
-	if err := d.rdb.Del(ctx, d.offKey).Err(); err != nil {
-		return err
-	}
-	d.off.Store(nil)
-	return nil
-}
-
-func (d *Destination) disable(ctx context.Context, why string) error {
-	d.off.Store(&why)
-	return d.rdb.Set(context.WithoutCancel(ctx), d.offKey, why, 0).Err()
 }
 
 // Deliver implements sink.Destination: a message per event, or one digest
@@ -387,7 +350,7 @@ func (d *Destination) classify(ctx context.Context, resp *http.Response, raw []b
 	}
 	if disabling[code] || resp.StatusCode == http.StatusGone {
 		why := fmt.Sprintf("%s at %s", firstNonEmpty(code, "410 Gone"), d.now().UTC().Format(time.RFC3339))
-		if err := d.disable(ctx, why); err != nil {
+		if err := d.Disable(ctx, why); err != nil {
 			return "", sink.Retryable(fmt.Errorf("slack %s: %s, and recording it failed: %w", d.cfg.Name, why, err), 0)
 		}
 		return "", sink.Permanent(fmt.Errorf("slack %s: %s: the destination is disabled until an operator resumes it", d.cfg.Name, code))

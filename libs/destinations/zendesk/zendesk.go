@@ -166,7 +166,8 @@ func (d *Destination) deliver(ctx context.Context, f *feedbackv1.FeedbackEvent) 
 	if t != nil {
 		for _, tag := range t.Tags {
 			if tag == marker {
-				return d.remember(ctx, ext, t.ID) // this version is on the ticket already
+				d.remember(ctx, ext, t.ID) // this version is on the ticket already
+				return nil
 			}
 		}
 		if t.Status != "closed" {
@@ -216,9 +217,10 @@ func (d *Destination) find(ctx context.Context, ext string) (*ticket, error) {
 	return &out.Tickets[0], nil
 }
 
-func (d *Destination) remember(ctx context.Context, ext string, id int64) error {
-	_ = d.rdb.Set(context.WithoutCancel(ctx), d.ticketKey+ext, id, 90*24*time.Hour).Err() // a hint: Zendesk is the record
-	return nil
+// remember records the response's ticket; a failure costs only a lookup
+// by external id next time (Zendesk is the record).
+func (d *Destination) remember(ctx context.Context, ext string, id int64) {
+	_ = d.rdb.Set(context.WithoutCancel(ctx), d.ticketKey+ext, id, 90*24*time.Hour).Err()
 }
 
 var errClosed = errors.New("the ticket is closed")
@@ -265,7 +267,8 @@ func (d *Destination) create(ctx context.Context, f *feedbackv1.FeedbackEvent, e
 	if _, err := d.call(ctx, http.MethodPost, d.api+"/tickets.json", hdr, map[string]any{"ticket": tk}, &out); err != nil {
 		return err
 	}
-	return d.remember(ctx, ext, out.Ticket.ID)
+	d.remember(ctx, ext, out.Ticket.ID)
+	return nil
 }
 
 func (d *Destination) comment(ctx context.Context, f *feedbackv1.FeedbackEvent, id int64, marker string) error {

@@ -28,6 +28,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/closedloop/closedloop/tools/fakes/internal/fake"
 )
 
 // Ticket is a ticket as the fake keeps it.
@@ -57,12 +59,7 @@ type Note struct {
 }
 
 // Failure answers the next N matching requests with Status.
-type Failure struct {
-	Match      string `json:"match,omitempty"`
-	Status     int    `json:"status"`
-	RetryAfter int    `json:"retry_after,omitempty"`
-	N          int    `json:"n"`
-}
+type Failure = fake.Failure
 
 // Server is the fake.
 type Server struct {
@@ -77,9 +74,8 @@ type Server struct {
 	mu      sync.Mutex
 	keys    map[string]bool
 	tickets []*Ticket
-	fails   []*Failure
-	window  time.Time
-	used    int
+	fails   fake.Failures
+	limit   fake.MinuteLimit
 }
 
 // New returns a fake with no API keys.
@@ -94,10 +90,10 @@ func (s *Server) AddAPIKey(key string) { s.mu.Lock(); s.keys[key] = true; s.mu.U
 func (s *Server) RevokeAPIKey(key string) { s.mu.Lock(); delete(s.keys, key); s.mu.Unlock() }
 
 // Fail queues a failure.
-func (s *Server) Fail(f Failure) { s.mu.Lock(); s.fails = append(s.fails, &f); s.mu.Unlock() }
+func (s *Server) Fail(f Failure) { s.mu.Lock(); s.fails.Add(f); s.mu.Unlock() }
 
 // ClearFailures drops the queued failures.
-func (s *Server) ClearFailures() { s.mu.Lock(); s.fails = nil; s.mu.Unlock() }
+func (s *Server) ClearFailures() { s.mu.Lock(); s.fails.Clear(); s.mu.Unlock() }
 
 // Tickets returns a copy of every ticket, with its notes, in creation order.
 func (s *Server) Tickets() []Ticket {
@@ -141,35 +137,26 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusUnauthorized, map[string]any{"code": "invalid_credentials", "message": "You have to be logged in to perform this action."})
 		return
 	}
-	for i, f := range s.fails {
-		if f.Match == "" || strings.Contains(string(body), f.Match) || strings.Contains(r.URL.String(), f.Match) {
-			if f.N--; f.N <= 0 {
-				s.fails = append(s.fails[:i], s.fails[i+1:]...)
-			}
-			if f.Status == http.StatusTooManyRequests {
-				w.Header().Set("Retry-After", strconv.Itoa(max(f.RetryAfter, 1)))
-			}
-			if f.Status == http.StatusBadRequest {
-				writeJSON(w, f.Status, invalid("description", "Injected validation error", "invalid_value"))
-				return
-			}
-			writeJSON(w, f.Status, map[string]any{"code": "error", "message": http.StatusText(f.Status)})
+	if f := s.fails.Take(r.URL.String(), body); f != nil {
+		if f.Status == http.StatusTooManyRequests {
+			w.Header().Set("Retry-After", strconv.Itoa(max(f.RetryAfter, 1)))
+		}
+		if f.Status == http.StatusBadRequest {
+			writeJSON(w, f.Status, invalid("description", "Injected validation error", "invalid_value"))
 			return
 		}
+		writeJSON(w, f.Status, map[string]any{"code": "error", "message": http.StatusText(f.Status)})
+		return
 	}
 	now := s.Now()
-	if now.Sub(s.window) >= time.Minute {
-		s.window, s.used = now.Truncate(time.Minute), 0
-	}
+	remaining, reset, ok := s.limit.Take(now, s.PerMinute)
 	w.Header().Set("X-Ratelimit-Total", strconv.Itoa(s.PerMinute))
-	if s.used >= s.PerMinute {
-		w.Header().Set("X-Ratelimit-Remaining", "0")
-		w.Header().Set("Retry-After", strconv.Itoa(int(s.window.Add(time.Minute).Sub(now).Seconds())+1))
+	w.Header().Set("X-Ratelimit-Remaining", strconv.Itoa(remaining))
+	if !ok {
+		w.Header().Set("Retry-After", strconv.Itoa(reset))
 		writeJSON(w, http.StatusTooManyRequests, map[string]any{"code": "too_many_requests", "message": "You have exceeded the limit of requests per minute"})
 		return
 	}
-	s.used++
-	w.Header().Set("X-Ratelimit-Remaining", strconv.Itoa(s.PerMinute-s.used))
 	w.Header().Set("X-Ratelimit-Used-CurrentRequest", "1")
 	switch {
 	case r.URL.Path == "/api/v2/tickets" && r.Method == http.MethodPost:

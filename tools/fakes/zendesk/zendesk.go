@@ -33,6 +33,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/closedloop/closedloop/tools/fakes/internal/fake"
 )
 
 // Ticket is a ticket as the fake keeps it.
@@ -71,12 +73,7 @@ type Comment struct {
 }
 
 // Failure answers the next N matching requests with Status.
-type Failure struct {
-	Match      string `json:"match,omitempty"` // requests whose body or URL contains it ("" every one)
-	Status     int    `json:"status"`
-	RetryAfter int    `json:"retry_after,omitempty"` // seconds, with a 429
-	N          int    `json:"n"`
-}
+type Failure = fake.Failure
 
 type idem struct {
 	bodyHash [32]byte
@@ -100,9 +97,8 @@ type Server struct {
 	tickets []*Ticket
 	byID    map[int64]*Ticket
 	idem    map[string]*idem
-	fails   []*Failure
-	window  time.Time
-	used    int
+	fails   fake.Failures
+	limit   fake.MinuteLimit
 	creates int
 }
 
@@ -137,14 +133,14 @@ func (s *Server) AddOAuthToken(token string) {
 func (s *Server) Fail(f Failure) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.fails = append(s.fails, &f)
+	s.fails.Add(f)
 }
 
 // ClearFailures drops the queued failures.
 func (s *Server) ClearFailures() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.fails = nil
+	s.fails.Clear()
 }
 
 // Tickets returns a copy of every ticket, in creation order.
@@ -193,7 +189,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusUnauthorized, map[string]any{"error": "Couldn't authenticate you"})
 		return
 	}
-	if f := s.injected(r, body); f != nil {
+	if f := s.fails.Take(r.URL.String(), body); f != nil {
 		if f.Status == http.StatusTooManyRequests {
 			w.Header().Set("Retry-After", strconv.Itoa(max(f.RetryAfter, 1)))
 		}
@@ -244,36 +240,17 @@ func (s *Server) authenticated(r *http.Request) bool {
 	return isToken && s.users[email] != "" && s.users[email] == pass
 }
 
-func (s *Server) injected(r *http.Request, body []byte) *Failure {
-	for i, f := range s.fails {
-		if f.Match == "" || strings.Contains(string(body), f.Match) || strings.Contains(r.URL.String(), f.Match) {
-			f.N--
-			if f.N <= 0 {
-				s.fails = append(s.fails[:i], s.fails[i+1:]...)
-			}
-			return f
-		}
-	}
-	return nil
-}
-
 // limited counts the request against the account's minute and returns the
 // seconds to wait when it is over (0: allowed). The rate headers are set
 // on every answer.
 func (s *Server) limited(w http.ResponseWriter) int {
-	now := s.Now()
-	if now.Sub(s.window) >= time.Minute {
-		s.window, s.used = now.Truncate(time.Minute), 0
-	}
-	reset := int(s.window.Add(time.Minute).Sub(now).Seconds()) + 1
+	remaining, reset, ok := s.limit.Take(s.Now(), s.PerMinute)
 	w.Header().Set("X-Rate-Limit", strconv.Itoa(s.PerMinute))
 	w.Header().Set("ratelimit-reset", strconv.Itoa(reset))
-	if s.used >= s.PerMinute {
-		w.Header().Set("X-Rate-Limit-Remaining", "0")
+	w.Header().Set("X-Rate-Limit-Remaining", strconv.Itoa(remaining))
+	if !ok {
 		return reset
 	}
-	s.used++
-	w.Header().Set("X-Rate-Limit-Remaining", strconv.Itoa(s.PerMinute-s.used))
 	return 0
 }
 

@@ -1,0 +1,64 @@
+// Package fake is what the local vendor APIs share: failures injected on
+// command and a per-account limit of requests per minute. A server calls
+// these under its own lock.
+package fake
+
+import (
+	"strings"
+	"time"
+)
+
+// Failure answers the next N matching requests with Status.
+type Failure struct {
+	// Match selects the requests whose body or URL contains it ("" every one).
+	Match string `json:"match,omitempty"`
+	// Status is the answer's HTTP status.
+	Status int `json:"status"`
+	// RetryAfter (seconds) is sent with a 429.
+	RetryAfter int `json:"retry_after,omitempty"`
+	N          int `json:"n"`
+}
+
+// Failures is a queue of injected failures.
+type Failures struct{ queue []*Failure }
+
+// Add queues a failure.
+func (q *Failures) Add(f Failure) { q.queue = append(q.queue, &f) }
+
+// Clear drops every queued failure.
+func (q *Failures) Clear() { q.queue = nil }
+
+// Take returns the first failure matching a request (its URL and body),
+// consuming one of its N, or nil.
+func (q *Failures) Take(url string, body []byte) *Failure {
+	for i, f := range q.queue {
+		if f.Match == "" || strings.Contains(string(body), f.Match) || strings.Contains(url, f.Match) {
+			if f.N--; f.N <= 0 {
+				q.queue = append(q.queue[:i], q.queue[i+1:]...)
+			}
+			return f
+		}
+	}
+	return nil
+}
+
+// MinuteLimit counts an account's requests per calendar minute, as the
+// helpdesks do.
+type MinuteLimit struct {
+	window time.Time
+	used   int
+}
+
+// Take counts a request at now against perMinute: the requests left, and
+// when none is (ok false) the seconds until the window resets.
+func (m *MinuteLimit) Take(now time.Time, perMinute int) (remaining, resetSeconds int, ok bool) {
+	if now.Sub(m.window) >= time.Minute {
+		m.window, m.used = now.Truncate(time.Minute), 0
+	}
+	resetSeconds = int(m.window.Add(time.Minute).Sub(now).Seconds()) + 1
+	if m.used >= perMinute {
+		return 0, resetSeconds, false
+	}
+	m.used++
+	return perMinute - m.used, resetSeconds, true
+}
