@@ -114,8 +114,11 @@ type HMACScheme struct {
 	// Signed is the template of the signed content: {body}, {id} and
 	// {timestamp} are replaced (default "{body}").
 	Signed string `yaml:"signed"`
-	// TimestampHeader carries the unix-seconds timestamp for {timestamp}.
+	// TimestampHeader carries the timestamp for {timestamp}.
 	TimestampHeader string `yaml:"timestamp_header"`
+	// TimestampFormat of that header: unix (seconds, default) or rfc3339
+	// (ISO 8601, as Zendesk sends it).
+	TimestampFormat string `yaml:"timestamp_format"`
 	// IDHeader carries the delivery id for {id}.
 	IDHeader string `yaml:"id_header"`
 	// Tolerance is the largest accepted clock difference for a signed
@@ -130,7 +133,8 @@ type HMACScheme struct {
 // verifying share it).
 func (h *HMACScheme) Spec() providers.HMAC {
 	return providers.HMAC{Header: h.Header, Algorithm: h.Algorithm, Encoding: h.Encoding, Prefix: h.Prefix, Signed: h.Signed,
-		TimestampHeader: h.TimestampHeader, IDHeader: h.IDHeader, Tolerance: h.Tolerance.Duration, SecretEncoding: h.SecretEncoding}
+		TimestampHeader: h.TimestampHeader, TimestampFormat: h.TimestampFormat, IDHeader: h.IDHeader, Tolerance: h.Tolerance.Duration,
+		SecretEncoding: h.SecretEncoding}
 }
 
 // FieldRef names where a value is found: a request header, or a dotted
@@ -443,6 +447,13 @@ func (s *Source) validateScheme(at string) []error {
 	case "raw", "base64", "whsec":
 	default:
 		errs = append(errs, fmt.Errorf("%s: hmac.secret_encoding %q: use raw, base64 or whsec", at, h.SecretEncoding))
+	}
+	switch h.TimestampFormat {
+	case "":
+		h.TimestampFormat = providers.TimestampUnix
+	case providers.TimestampUnix, providers.TimestampRFC3339:
+	default:
+		errs = append(errs, fmt.Errorf("%s: hmac.timestamp_format %q: use unix or rfc3339", at, h.TimestampFormat))
 	}
 	if h.Signed == "" {
 		h.Signed = "{body}"

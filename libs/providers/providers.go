@@ -40,7 +40,7 @@ const (
 
 // HMAC is an HMAC scheme: Header holds Prefix followed by the Encoding of
 // HMAC-Algorithm(key, Signed), Signed a template over {body}, {id} (from
-// IDHeader) and {timestamp} (from TimestampHeader, unix seconds, within
+// IDHeader) and {timestamp} (from TimestampHeader in TimestampFormat, within
 // Tolerance of now). The fields are those of the ingress's verifier, which
 // converts it as is.
 type HMAC struct {
@@ -50,9 +50,38 @@ type HMAC struct {
 	Prefix          string
 	Signed          string
 	TimestampHeader string
+	TimestampFormat string // TimestampUnix (default), TimestampRFC3339
 	IDHeader        string
 	Tolerance       time.Duration
 	SecretEncoding  string // raw, base64, whsec
+}
+
+// Timestamp formats of a signed timestamp header.
+const (
+	// TimestampUnix is unix seconds ("1700000000").
+	TimestampUnix = "unix"
+	// TimestampRFC3339 is ISO 8601 / RFC 3339 ("2024-04-17T17:18:10Z").
+	TimestampRFC3339 = "rfc3339"
+)
+
+// FormatTimestamp writes t as format says.
+func FormatTimestamp(format string, t time.Time) string {
+	if format == TimestampRFC3339 {
+		return t.UTC().Format(time.RFC3339)
+	}
+	return strconv.FormatInt(t.Unix(), 10)
+}
+
+// ParseTimestamp reads a timestamp written in format.
+func ParseTimestamp(format, s string) (time.Time, error) {
+	if format == TimestampRFC3339 {
+		return time.Parse(time.RFC3339, s)
+	}
+	sec, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return time.Time{}, err
+	}
+	return time.Unix(sec, 0), nil
 }
 
 // FieldRef names where a value is: a request header (tried first) or a
@@ -98,6 +127,8 @@ const (
 	MapChatToSurvey = "chattosurvey"
 	MapFeedBackPro  = "feedbackpro"
 	MapTypeform     = "typeform"
+	MapZendesk      = "zendesk"
+	MapFreshdesk    = "freshdesk"
 	// MapGeneric keeps any JSON body as an engagement event.
 	MapGeneric = "generic"
 )
@@ -215,6 +246,38 @@ var all = []Provider{
 		Mapping: MapGeneric,
 		Sample: func(id string, now time.Time) (http.Header, []byte) {
 			return nil, mustJSON(map[string]any{"id": id, "object": "event", "type": "closedloop.test", "created": now.Unix(), "data": map[string]any{"object": map[string]any{"id": id}}})
+		},
+	},
+	{
+		// Zendesk's webhooks (event subscriptions such as
+		// zen:event-type:ticket.status_changed): the ticket follow-ups of
+		// the responses the Zendesk destination opened tickets for.
+		Name: "zendesk", Title: "Zendesk", Scheme: HMACScheme,
+		HMAC: HMAC{Header: "X-Zendesk-Webhook-Signature", Algorithm: "sha256", Encoding: "base64", Signed: "{timestamp}{body}",
+			TimestampHeader: "X-Zendesk-Webhook-Signature-Timestamp", TimestampFormat: TimestampRFC3339},
+		ID: FieldRef{Path: "id"}, Type: FieldRef{Path: "type"},
+		KeepHeaders: []string{"X-Zendesk-Webhook-Id", "X-Zendesk-Webhook-Invocation-Id", "X-Zendesk-Account-Id"},
+		Mapping:     MapZendesk,
+		Sample: func(id string, now time.Time) (http.Header, []byte) {
+			return nil, mustJSON(map[string]any{"type": "zen:event-type:ticket.status_changed", "account_id": 1, "id": id, "time": iso(now),
+				"zendesk_event_version": "2022-11-06", "subject": "zen:ticket:1",
+				"detail": map[string]any{"id": "1", "external_id": "closedloop-test/response/" + id, "status": "SOLVED", "subject": "closedloop test event",
+					"created_at": iso(now.Add(-time.Hour)), "updated_at": iso(now), "tags": []string{"closedloop"}},
+				"event": map[string]any{"current": "SOLVED", "previous": "OPEN"}})
+		},
+	},
+	{
+		// Freshdesk's automation webhooks: the body is what the rule's
+		// admin writes (docs/destinations.md gives the template this
+		// mapping reads); nothing is signed, the ingest token in the URL is
+		// the check, and there is no event id (it is derived from the body).
+		Name: "freshdesk", Title: "Freshdesk", Scheme: Unsigned,
+		Type:      FieldRef{Path: "event"},
+		TestTypes: []string{TestEventType},
+		Mapping:   MapFreshdesk,
+		Sample: func(id string, now time.Time) (http.Header, []byte) {
+			return nil, mustJSON(map[string]any{"event": TestEventType, "ticket_id": "1", "ticket_status": "Resolved",
+				"closedloop_response": "closedloop-test/response/" + id, "ticket_created_at": iso(now.Add(-time.Hour)), "time": iso(now)})
 		},
 	},
 	{

@@ -9,7 +9,7 @@ import (
 // Every provider is complete: a scheme it can sign with, a mapping, and a
 // sample that is JSON carrying the test id where the provider's id is.
 func TestEveryProviderIsComplete(t *testing.T) {
-	known := map[string]bool{MapDelighted: true, MapDelightLoop: true, MapChatToSurvey: true, MapFeedBackPro: true, MapTypeform: true, MapGeneric: true}
+	known := map[string]bool{MapDelighted: true, MapDelightLoop: true, MapChatToSurvey: true, MapFeedBackPro: true, MapTypeform: true, MapZendesk: true, MapFreshdesk: true, MapGeneric: true}
 	now := time.Unix(1763800000, 0)
 	for _, p := range All() {
 		if p.Name == "" || p.Title == "" || !known[p.Mapping] || p.Sample == nil {

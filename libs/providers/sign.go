@@ -64,6 +64,10 @@ func signHMAC(h http.Header, s HMAC, secret []byte, id, ts string, body []byte) 
 	if !ok {
 		return errors.New("the signed template has no {body}")
 	}
+	if s.TimestampFormat == TimestampRFC3339 {
+		unix, _ := strconv.ParseInt(ts, 10, 64)
+		ts = FormatTimestamp(TimestampRFC3339, time.Unix(unix, 0))
+	}
 	fill := strings.NewReplacer("{id}", id, "{timestamp}", ts)
 	if strings.Contains(tmpl, "{timestamp}") {
 		h.Set(s.TimestampHeader, ts)

@@ -41,6 +41,12 @@ func Compare(ev *feedbackv1.FeedbackEvent, want map[string]any) []string {
 			if ev.GetSubject().GetId() != w {
 				bad(k, ev.GetSubject().GetId(), w)
 			}
+		case "subject_type":
+			if got := strings.ToLower(strings.TrimPrefix(ev.GetSubject().GetType().String(), "SUBJECT_TYPE_")); got != w {
+				bad(k, got, w)
+			}
+		case "follow_up":
+			out = append(out, compareFollowUp(ev.GetFollowUp(), w.(map[string]any), ts)...)
 		case "version":
 			if ts(ev.Version) != w {
 				bad(k, ts(ev.Version), w)
@@ -122,6 +128,29 @@ func Compare(ev *feedbackv1.FeedbackEvent, want map[string]any) []string {
 		default:
 			b, _ := json.Marshal(w)
 			out = append(out, fmt.Sprintf("canonical field %q (%s) is not checked by this comparator", k, b))
+		}
+	}
+	return out
+}
+
+// compareFollowUp compares a follow-up with its expectation, field by field.
+func compareFollowUp(fu *feedbackv1.FollowUp, want map[string]any, ts func(*timestamppb.Timestamp) string) []string {
+	if fu == nil {
+		return []string{fmt.Sprintf("follow_up is missing, want %v", want)}
+	}
+	got := map[string]string{
+		"system": fu.System, "ticket_id": fu.TicketId, "response_key": fu.ResponseKey, "status": fu.Status,
+		"stage":             strings.ToLower(strings.TrimPrefix(fu.Stage.String(), "FOLLOW_UP_STAGE_")),
+		"ticket_created_at": ts(fu.TicketCreatedAt),
+	}
+	var out []string
+	for k, w := range want {
+		g, known := got[k]
+		switch {
+		case !known:
+			out = append(out, fmt.Sprintf("canonical field follow_up.%s is not checked by this comparator", k))
+		case g != fmt.Sprint(w):
+			out = append(out, fmt.Sprintf("follow_up.%s = %q, want %q", k, g, w))
 		}
 	}
 	return out

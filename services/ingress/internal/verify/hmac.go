@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"hash"
-	"strconv"
 	"strings"
 	"time"
 
@@ -17,7 +16,8 @@ import (
 // HMAC is the HMAC scheme of the provider table (providers.HMAC): Header
 // holds Prefix followed by the Encoding of HMAC-Algorithm(key, Signed),
 // where Signed is a template over {body}, {id} (from IDHeader) and
-// {timestamp} (from TimestampHeader, unix seconds, within Tolerance of now).
+// {timestamp} (from TimestampHeader in TimestampFormat, within Tolerance of
+// now).
 type HMAC providers.HMAC
 
 // Verify implements Scheme.
@@ -40,7 +40,7 @@ func (s HMAC) Verify(r Request, secrets []config.Secret) error {
 		var ts, id string
 		if strings.Contains(s.Signed, "{timestamp}") {
 			ts = strings.TrimSpace(r.Header.Get(s.TimestampHeader))
-			if err := checkTimestamp(s.TimestampHeader, ts, r.Now, s.tolerance()); err != nil {
+			if err := checkTimestamp(s.TimestampHeader, s.TimestampFormat, ts, r.Now, s.tolerance()); err != nil {
 				return err
 			}
 		}
@@ -103,16 +103,20 @@ func expand(tmpl, id, ts string, body []byte) []byte {
 	return out
 }
 
-// checkTimestamp accepts unix seconds within tol of now, either way.
-func checkTimestamp(header, ts string, now time.Time, tol time.Duration) error {
+// checkTimestamp accepts a timestamp in format (unix seconds by default)
+// within tol of now, either way.
+func checkTimestamp(header, format, ts string, now time.Time, tol time.Duration) error {
 	if ts == "" {
 		return bad(header + " header is missing: the timestamp is part of the signed content")
 	}
-	sec, err := strconv.ParseInt(ts, 10, 64)
+	at, err := providers.ParseTimestamp(format, ts)
 	if err != nil {
+		if format == providers.TimestampRFC3339 {
+			return bad(header + " is not an RFC 3339 time")
+		}
 		return bad(header + " is not unix seconds")
 	}
-	if d := now.Sub(time.Unix(sec, 0)); d > tol || d < -tol {
+	if d := now.Sub(at); d > tol || d < -tol {
 		return &Rejection{Reason: ReasonStaleTimestamp, Detail: fmt.Sprintf("timestamp is %s away from now; at most %s is accepted", d.Round(time.Second), tol)}
 	}
 	return nil

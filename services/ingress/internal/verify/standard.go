@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/closedloop/closedloop/libs/config"
+	"github.com/closedloop/closedloop/libs/providers"
 )
 
 // StandardWebhooks is the Standard Webhooks scheme (standardwebhooks.com,
@@ -38,7 +39,7 @@ func (s StandardWebhooks) Verify(r Request, secrets []config.Secret) error {
 	if tol <= 0 {
 		tol = DefaultTolerance
 	}
-	if err := checkTimestamp(SWHeaderTimestamp, ts, r.Now, tol); err != nil {
+	if err := checkTimestamp(SWHeaderTimestamp, providers.TimestampUnix, ts, r.Now, tol); err != nil {
 		return err
 	}
 	var candidates [][]byte
@@ -98,7 +99,7 @@ func (s Stripe) Verify(r Request, secrets []config.Secret) error {
 	if tol <= 0 {
 		tol = DefaultTolerance
 	}
-	if err := checkTimestamp(StripeHeader+" t", ts, r.Now, tol); err != nil {
+	if err := checkTimestamp(StripeHeader+" t", providers.TimestampUnix, ts, r.Now, tol); err != nil {
 		return err
 	}
 	keys, _ := keysOf(secrets, "raw")

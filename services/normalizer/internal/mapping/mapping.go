@@ -52,6 +52,8 @@ var mappers = map[string]Mapper{
 	providers.MapChatToSurvey: ChatToSurvey{},
 	providers.MapFeedBackPro:  FeedBackPro{},
 	providers.MapTypeform:     Typeform{},
+	providers.MapZendesk:      Zendesk{},
+	providers.MapFreshdesk:    Freshdesk{},
 	providers.MapGeneric:      Generic{},
 }
 

@@ -1454,7 +1454,10 @@ type GetPipelineStatusResponse struct {
 	// no breaker is open.
 	Healthy bool `protobuf:"varint,4,opt,name=healthy,proto3" json:"healthy,omitempty"`
 	// Why not healthy, one line per problem.
-	Problems      []string `protobuf:"bytes,5,rep,name=problems,proto3" json:"problems,omitempty"`
+	Problems []string `protobuf:"bytes,5,rep,name=problems,proto3" json:"problems,omitempty"`
+	// Detractors to solved tickets over the last 24 hours, as the warehouse
+	// sink reports it (absent without one).
+	LoopClosure   *LoopClosure `protobuf:"bytes,6,opt,name=loop_closure,json=loopClosure,proto3" json:"loop_closure,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1520,6 +1523,13 @@ func (x *GetPipelineStatusResponse) GetHealthy() bool {
 func (x *GetPipelineStatusResponse) GetProblems() []string {
 	if x != nil {
 		return x.Problems
+	}
+	return nil
+}
+
+func (x *GetPipelineStatusResponse) GetLoopClosure() *LoopClosure {
+	if x != nil {
+		return x.LoopClosure
 	}
 	return nil
 }
@@ -2835,13 +2845,14 @@ const file_closedloop_admin_v1_admin_proto_rawDesc = "" +
 	"\x1aDiscardDeadLettersResponse\x12\x1c\n" +
 	"\tdiscarded\x18\x01 \x01(\x05R\tdiscarded\x12\x18\n" +
 	"\askipped\x18\x02 \x03(\tR\askipped\"\x1a\n" +
-	"\x18GetPipelineStatusRequest\"\xfb\x01\n" +
+	"\x18GetPipelineStatusRequest\"\xc0\x02\n" +
 	"\x19GetPipelineStatusResponse\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x128\n" +
 	"\x06stages\x18\x02 \x03(\v2 .closedloop.admin.v1.StageStatusR\x06stages\x12B\n" +
 	"\frecent_drift\x18\x03 \x03(\v2\x1f.closedloop.admin.v1.SchemaPathR\vrecentDrift\x12\x18\n" +
 	"\ahealthy\x18\x04 \x01(\bR\ahealthy\x12\x1a\n" +
-	"\bproblems\x18\x05 \x03(\tR\bproblems\"\x9d\x03\n" +
+	"\bproblems\x18\x05 \x03(\tR\bproblems\x12C\n" +
+	"\floop_closure\x18\x06 \x01(\v2 .closedloop.admin.v1.LoopClosureR\vloopClosure\"\x9d\x03\n" +
 	"\vStageStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05group\x18\x02 \x01(\tR\x05group\x12A\n" +
@@ -3032,7 +3043,8 @@ var file_closedloop_admin_v1_admin_proto_goTypes = []any{
 	(v1.ErrorClass)(0),                 // 45: closedloop.sink.v1.ErrorClass
 	(*v1.DeadLetter)(nil),              // 46: closedloop.sink.v1.DeadLetter
 	(*SchemaPath)(nil),                 // 47: closedloop.admin.v1.SchemaPath
-	(*DestinationStatus)(nil),          // 48: closedloop.admin.v1.DestinationStatus
+	(*LoopClosure)(nil),                // 48: closedloop.admin.v1.LoopClosure
+	(*DestinationStatus)(nil),          // 49: closedloop.admin.v1.DestinationStatus
 }
 var file_closedloop_admin_v1_admin_proto_depIdxs = []int32{
 	7,  // 0: closedloop.admin.v1.ListSourcesResponse.sources:type_name -> closedloop.admin.v1.Source
@@ -3056,61 +3068,62 @@ var file_closedloop_admin_v1_admin_proto_depIdxs = []int32{
 	44, // 18: closedloop.admin.v1.GetPipelineStatusResponse.at:type_name -> google.protobuf.Timestamp
 	25, // 19: closedloop.admin.v1.GetPipelineStatusResponse.stages:type_name -> closedloop.admin.v1.StageStatus
 	47, // 20: closedloop.admin.v1.GetPipelineStatusResponse.recent_drift:type_name -> closedloop.admin.v1.SchemaPath
-	26, // 21: closedloop.admin.v1.StageStatus.partitions:type_name -> closedloop.admin.v1.PartitionLag
-	44, // 22: closedloop.admin.v1.StageStatus.last_processed_at:type_name -> google.protobuf.Timestamp
-	48, // 23: closedloop.admin.v1.StageStatus.destinations:type_name -> closedloop.admin.v1.DestinationStatus
-	31, // 24: closedloop.admin.v1.PauseSinkResponse.instances:type_name -> closedloop.admin.v1.InstanceDestinations
-	31, // 25: closedloop.admin.v1.ResumeSinkResponse.instances:type_name -> closedloop.admin.v1.InstanceDestinations
-	48, // 26: closedloop.admin.v1.InstanceDestinations.destinations:type_name -> closedloop.admin.v1.DestinationStatus
-	1,  // 27: closedloop.admin.v1.StartReplayRequest.from:type_name -> closedloop.admin.v1.ReplayFrom
-	44, // 28: closedloop.admin.v1.StartReplayRequest.since:type_name -> google.protobuf.Timestamp
-	44, // 29: closedloop.admin.v1.StartReplayRequest.until:type_name -> google.protobuf.Timestamp
-	34, // 30: closedloop.admin.v1.StartReplayResponse.job:type_name -> closedloop.admin.v1.ReplayJob
-	32, // 31: closedloop.admin.v1.ReplayJob.request:type_name -> closedloop.admin.v1.StartReplayRequest
-	2,  // 32: closedloop.admin.v1.ReplayJob.state:type_name -> closedloop.admin.v1.ReplayState
-	44, // 33: closedloop.admin.v1.ReplayJob.started_at:type_name -> google.protobuf.Timestamp
-	44, // 34: closedloop.admin.v1.ReplayJob.finished_at:type_name -> google.protobuf.Timestamp
-	34, // 35: closedloop.admin.v1.WatchReplayResponse.job:type_name -> closedloop.admin.v1.ReplayJob
-	34, // 36: closedloop.admin.v1.CancelReplayResponse.job:type_name -> closedloop.admin.v1.ReplayJob
-	34, // 37: closedloop.admin.v1.ListReplaysResponse.jobs:type_name -> closedloop.admin.v1.ReplayJob
-	43, // 38: closedloop.admin.v1.SendTestEventResponse.stages:type_name -> closedloop.admin.v1.StageReached
-	3,  // 39: closedloop.admin.v1.AdminService.ListSources:input_type -> closedloop.admin.v1.ListSourcesRequest
-	5,  // 40: closedloop.admin.v1.AdminService.GetSource:input_type -> closedloop.admin.v1.GetSourceRequest
-	9,  // 41: closedloop.admin.v1.AdminService.IssueIngestToken:input_type -> closedloop.admin.v1.IssueIngestTokenRequest
-	11, // 42: closedloop.admin.v1.AdminService.RevokeIngestToken:input_type -> closedloop.admin.v1.RevokeIngestTokenRequest
-	14, // 43: closedloop.admin.v1.AdminService.ListDeadLetters:input_type -> closedloop.admin.v1.ListDeadLettersRequest
-	17, // 44: closedloop.admin.v1.AdminService.GetDeadLetter:input_type -> closedloop.admin.v1.GetDeadLetterRequest
-	19, // 45: closedloop.admin.v1.AdminService.ReplayDeadLetters:input_type -> closedloop.admin.v1.ReplayDeadLettersRequest
-	21, // 46: closedloop.admin.v1.AdminService.DiscardDeadLetters:input_type -> closedloop.admin.v1.DiscardDeadLettersRequest
-	27, // 47: closedloop.admin.v1.AdminService.PauseSink:input_type -> closedloop.admin.v1.PauseSinkRequest
-	29, // 48: closedloop.admin.v1.AdminService.ResumeSink:input_type -> closedloop.admin.v1.ResumeSinkRequest
-	32, // 49: closedloop.admin.v1.AdminService.StartReplay:input_type -> closedloop.admin.v1.StartReplayRequest
-	35, // 50: closedloop.admin.v1.AdminService.WatchReplay:input_type -> closedloop.admin.v1.WatchReplayRequest
-	37, // 51: closedloop.admin.v1.AdminService.CancelReplay:input_type -> closedloop.admin.v1.CancelReplayRequest
-	39, // 52: closedloop.admin.v1.AdminService.ListReplays:input_type -> closedloop.admin.v1.ListReplaysRequest
-	41, // 53: closedloop.admin.v1.AdminService.SendTestEvent:input_type -> closedloop.admin.v1.SendTestEventRequest
-	23, // 54: closedloop.admin.v1.AdminService.GetPipelineStatus:input_type -> closedloop.admin.v1.GetPipelineStatusRequest
-	4,  // 55: closedloop.admin.v1.AdminService.ListSources:output_type -> closedloop.admin.v1.ListSourcesResponse
-	6,  // 56: closedloop.admin.v1.AdminService.GetSource:output_type -> closedloop.admin.v1.GetSourceResponse
-	10, // 57: closedloop.admin.v1.AdminService.IssueIngestToken:output_type -> closedloop.admin.v1.IssueIngestTokenResponse
-	12, // 58: closedloop.admin.v1.AdminService.RevokeIngestToken:output_type -> closedloop.admin.v1.RevokeIngestTokenResponse
-	15, // 59: closedloop.admin.v1.AdminService.ListDeadLetters:output_type -> closedloop.admin.v1.ListDeadLettersResponse
-	18, // 60: closedloop.admin.v1.AdminService.GetDeadLetter:output_type -> closedloop.admin.v1.GetDeadLetterResponse
-	20, // 61: closedloop.admin.v1.AdminService.ReplayDeadLetters:output_type -> closedloop.admin.v1.ReplayDeadLettersResponse
-	22, // 62: closedloop.admin.v1.AdminService.DiscardDeadLetters:output_type -> closedloop.admin.v1.DiscardDeadLettersResponse
-	28, // 63: closedloop.admin.v1.AdminService.PauseSink:output_type -> closedloop.admin.v1.PauseSinkResponse
-	30, // 64: closedloop.admin.v1.AdminService.ResumeSink:output_type -> closedloop.admin.v1.ResumeSinkResponse
-	33, // 65: closedloop.admin.v1.AdminService.StartReplay:output_type -> closedloop.admin.v1.StartReplayResponse
-	36, // 66: closedloop.admin.v1.AdminService.WatchReplay:output_type -> closedloop.admin.v1.WatchReplayResponse
-	38, // 67: closedloop.admin.v1.AdminService.CancelReplay:output_type -> closedloop.admin.v1.CancelReplayResponse
-	40, // 68: closedloop.admin.v1.AdminService.ListReplays:output_type -> closedloop.admin.v1.ListReplaysResponse
-	42, // 69: closedloop.admin.v1.AdminService.SendTestEvent:output_type -> closedloop.admin.v1.SendTestEventResponse
-	24, // 70: closedloop.admin.v1.AdminService.GetPipelineStatus:output_type -> closedloop.admin.v1.GetPipelineStatusResponse
-	55, // [55:71] is the sub-list for method output_type
-	39, // [39:55] is the sub-list for method input_type
-	39, // [39:39] is the sub-list for extension type_name
-	39, // [39:39] is the sub-list for extension extendee
-	0,  // [0:39] is the sub-list for field type_name
+	48, // 21: closedloop.admin.v1.GetPipelineStatusResponse.loop_closure:type_name -> closedloop.admin.v1.LoopClosure
+	26, // 22: closedloop.admin.v1.StageStatus.partitions:type_name -> closedloop.admin.v1.PartitionLag
+	44, // 23: closedloop.admin.v1.StageStatus.last_processed_at:type_name -> google.protobuf.Timestamp
+	49, // 24: closedloop.admin.v1.StageStatus.destinations:type_name -> closedloop.admin.v1.DestinationStatus
+	31, // 25: closedloop.admin.v1.PauseSinkResponse.instances:type_name -> closedloop.admin.v1.InstanceDestinations
+	31, // 26: closedloop.admin.v1.ResumeSinkResponse.instances:type_name -> closedloop.admin.v1.InstanceDestinations
+	49, // 27: closedloop.admin.v1.InstanceDestinations.destinations:type_name -> closedloop.admin.v1.DestinationStatus
+	1,  // 28: closedloop.admin.v1.StartReplayRequest.from:type_name -> closedloop.admin.v1.ReplayFrom
+	44, // 29: closedloop.admin.v1.StartReplayRequest.since:type_name -> google.protobuf.Timestamp
+	44, // 30: closedloop.admin.v1.StartReplayRequest.until:type_name -> google.protobuf.Timestamp
+	34, // 31: closedloop.admin.v1.StartReplayResponse.job:type_name -> closedloop.admin.v1.ReplayJob
+	32, // 32: closedloop.admin.v1.ReplayJob.request:type_name -> closedloop.admin.v1.StartReplayRequest
+	2,  // 33: closedloop.admin.v1.ReplayJob.state:type_name -> closedloop.admin.v1.ReplayState
+	44, // 34: closedloop.admin.v1.ReplayJob.started_at:type_name -> google.protobuf.Timestamp
+	44, // 35: closedloop.admin.v1.ReplayJob.finished_at:type_name -> google.protobuf.Timestamp
+	34, // 36: closedloop.admin.v1.WatchReplayResponse.job:type_name -> closedloop.admin.v1.ReplayJob
+	34, // 37: closedloop.admin.v1.CancelReplayResponse.job:type_name -> closedloop.admin.v1.ReplayJob
+	34, // 38: closedloop.admin.v1.ListReplaysResponse.jobs:type_name -> closedloop.admin.v1.ReplayJob
+	43, // 39: closedloop.admin.v1.SendTestEventResponse.stages:type_name -> closedloop.admin.v1.StageReached
+	3,  // 40: closedloop.admin.v1.AdminService.ListSources:input_type -> closedloop.admin.v1.ListSourcesRequest
+	5,  // 41: closedloop.admin.v1.AdminService.GetSource:input_type -> closedloop.admin.v1.GetSourceRequest
+	9,  // 42: closedloop.admin.v1.AdminService.IssueIngestToken:input_type -> closedloop.admin.v1.IssueIngestTokenRequest
+	11, // 43: closedloop.admin.v1.AdminService.RevokeIngestToken:input_type -> closedloop.admin.v1.RevokeIngestTokenRequest
+	14, // 44: closedloop.admin.v1.AdminService.ListDeadLetters:input_type -> closedloop.admin.v1.ListDeadLettersRequest
+	17, // 45: closedloop.admin.v1.AdminService.GetDeadLetter:input_type -> closedloop.admin.v1.GetDeadLetterRequest
+	19, // 46: closedloop.admin.v1.AdminService.ReplayDeadLetters:input_type -> closedloop.admin.v1.ReplayDeadLettersRequest
+	21, // 47: closedloop.admin.v1.AdminService.DiscardDeadLetters:input_type -> closedloop.admin.v1.DiscardDeadLettersRequest
+	27, // 48: closedloop.admin.v1.AdminService.PauseSink:input_type -> closedloop.admin.v1.PauseSinkRequest
+	29, // 49: closedloop.admin.v1.AdminService.ResumeSink:input_type -> closedloop.admin.v1.ResumeSinkRequest
+	32, // 50: closedloop.admin.v1.AdminService.StartReplay:input_type -> closedloop.admin.v1.StartReplayRequest
+	35, // 51: closedloop.admin.v1.AdminService.WatchReplay:input_type -> closedloop.admin.v1.WatchReplayRequest
+	37, // 52: closedloop.admin.v1.AdminService.CancelReplay:input_type -> closedloop.admin.v1.CancelReplayRequest
+	39, // 53: closedloop.admin.v1.AdminService.ListReplays:input_type -> closedloop.admin.v1.ListReplaysRequest
+	41, // 54: closedloop.admin.v1.AdminService.SendTestEvent:input_type -> closedloop.admin.v1.SendTestEventRequest
+	23, // 55: closedloop.admin.v1.AdminService.GetPipelineStatus:input_type -> closedloop.admin.v1.GetPipelineStatusRequest
+	4,  // 56: closedloop.admin.v1.AdminService.ListSources:output_type -> closedloop.admin.v1.ListSourcesResponse
+	6,  // 57: closedloop.admin.v1.AdminService.GetSource:output_type -> closedloop.admin.v1.GetSourceResponse
+	10, // 58: closedloop.admin.v1.AdminService.IssueIngestToken:output_type -> closedloop.admin.v1.IssueIngestTokenResponse
+	12, // 59: closedloop.admin.v1.AdminService.RevokeIngestToken:output_type -> closedloop.admin.v1.RevokeIngestTokenResponse
+	15, // 60: closedloop.admin.v1.AdminService.ListDeadLetters:output_type -> closedloop.admin.v1.ListDeadLettersResponse
+	18, // 61: closedloop.admin.v1.AdminService.GetDeadLetter:output_type -> closedloop.admin.v1.GetDeadLetterResponse
+	20, // 62: closedloop.admin.v1.AdminService.ReplayDeadLetters:output_type -> closedloop.admin.v1.ReplayDeadLettersResponse
+	22, // 63: closedloop.admin.v1.AdminService.DiscardDeadLetters:output_type -> closedloop.admin.v1.DiscardDeadLettersResponse
+	28, // 64: closedloop.admin.v1.AdminService.PauseSink:output_type -> closedloop.admin.v1.PauseSinkResponse
+	30, // 65: closedloop.admin.v1.AdminService.ResumeSink:output_type -> closedloop.admin.v1.ResumeSinkResponse
+	33, // 66: closedloop.admin.v1.AdminService.StartReplay:output_type -> closedloop.admin.v1.StartReplayResponse
+	36, // 67: closedloop.admin.v1.AdminService.WatchReplay:output_type -> closedloop.admin.v1.WatchReplayResponse
+	38, // 68: closedloop.admin.v1.AdminService.CancelReplay:output_type -> closedloop.admin.v1.CancelReplayResponse
+	40, // 69: closedloop.admin.v1.AdminService.ListReplays:output_type -> closedloop.admin.v1.ListReplaysResponse
+	42, // 70: closedloop.admin.v1.AdminService.SendTestEvent:output_type -> closedloop.admin.v1.SendTestEventResponse
+	24, // 71: closedloop.admin.v1.AdminService.GetPipelineStatus:output_type -> closedloop.admin.v1.GetPipelineStatusResponse
+	56, // [56:72] is the sub-list for method output_type
+	40, // [40:56] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_closedloop_admin_v1_admin_proto_init() }

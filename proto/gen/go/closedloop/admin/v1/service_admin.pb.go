@@ -323,7 +323,10 @@ type GetStatusResponse struct {
 	// One entry per consumed topic.
 	Consumers []*ConsumerStatus `protobuf:"bytes,7,rep,name=consumers,proto3" json:"consumers,omitempty"`
 	// Sink services: one entry per destination.
-	Destinations  []*DestinationStatus `protobuf:"bytes,8,rep,name=destinations,proto3" json:"destinations,omitempty"`
+	Destinations []*DestinationStatus `protobuf:"bytes,8,rep,name=destinations,proto3" json:"destinations,omitempty"`
+	// The warehouse sink: how the loop from detractor to solved ticket went
+	// over the last 24 hours (from its loop_closure view).
+	LoopClosure   *LoopClosure `protobuf:"bytes,9,opt,name=loop_closure,json=loopClosure,proto3" json:"loop_closure,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -414,6 +417,198 @@ func (x *GetStatusResponse) GetDestinations() []*DestinationStatus {
 	return nil
 }
 
+func (x *GetStatusResponse) GetLoopClosure() *LoopClosure {
+	if x != nil {
+		return x.LoopClosure
+	}
+	return nil
+}
+
+// LoopClosure is the share of detractors whose feedback got a helpdesk
+// ticket, and how long closing the loop took, over a window.
+type LoopClosure struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The window: responses first received as detractors since this time.
+	Since *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=since,proto3" json:"since,omitempty"`
+	// Detractors received (test events excluded).
+	Detractors int64 `protobuf:"varint,2,opt,name=detractors,proto3" json:"detractors,omitempty"`
+	// Of them: with a ticket, with an agent's reply, with the ticket solved.
+	Ticketed int64 `protobuf:"varint,3,opt,name=ticketed,proto3" json:"ticketed,omitempty"`
+	Replied  int64 `protobuf:"varint,4,opt,name=replied,proto3" json:"replied,omitempty"`
+	Solved   int64 `protobuf:"varint,5,opt,name=solved,proto3" json:"solved,omitempty"`
+	// Median seconds from the response's arrival to the ticket's creation,
+	// the first agent reply and the ticket solved (0 when none).
+	MedianToTicketSeconds float64 `protobuf:"fixed64,6,opt,name=median_to_ticket_seconds,json=medianToTicketSeconds,proto3" json:"median_to_ticket_seconds,omitempty"`
+	MedianToReplySeconds  float64 `protobuf:"fixed64,7,opt,name=median_to_reply_seconds,json=medianToReplySeconds,proto3" json:"median_to_reply_seconds,omitempty"`
+	MedianToSolvedSeconds float64 `protobuf:"fixed64,8,opt,name=median_to_solved_seconds,json=medianToSolvedSeconds,proto3" json:"median_to_solved_seconds,omitempty"`
+	// The same per helpdesk.
+	Systems       []*LoopClosureSystem `protobuf:"bytes,9,rep,name=systems,proto3" json:"systems,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LoopClosure) Reset() {
+	*x = LoopClosure{}
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LoopClosure) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LoopClosure) ProtoMessage() {}
+
+func (x *LoopClosure) ProtoReflect() protoreflect.Message {
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LoopClosure.ProtoReflect.Descriptor instead.
+func (*LoopClosure) Descriptor() ([]byte, []int) {
+	return file_closedloop_admin_v1_service_admin_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *LoopClosure) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *LoopClosure) GetDetractors() int64 {
+	if x != nil {
+		return x.Detractors
+	}
+	return 0
+}
+
+func (x *LoopClosure) GetTicketed() int64 {
+	if x != nil {
+		return x.Ticketed
+	}
+	return 0
+}
+
+func (x *LoopClosure) GetReplied() int64 {
+	if x != nil {
+		return x.Replied
+	}
+	return 0
+}
+
+func (x *LoopClosure) GetSolved() int64 {
+	if x != nil {
+		return x.Solved
+	}
+	return 0
+}
+
+func (x *LoopClosure) GetMedianToTicketSeconds() float64 {
+	if x != nil {
+		return x.MedianToTicketSeconds
+	}
+	return 0
+}
+
+func (x *LoopClosure) GetMedianToReplySeconds() float64 {
+	if x != nil {
+		return x.MedianToReplySeconds
+	}
+	return 0
+}
+
+func (x *LoopClosure) GetMedianToSolvedSeconds() float64 {
+	if x != nil {
+		return x.MedianToSolvedSeconds
+	}
+	return 0
+}
+
+func (x *LoopClosure) GetSystems() []*LoopClosureSystem {
+	if x != nil {
+		return x.Systems
+	}
+	return nil
+}
+
+// LoopClosureSystem is one helpdesk's part of LoopClosure.
+type LoopClosureSystem struct {
+	state                 protoimpl.MessageState `protogen:"open.v1"`
+	System                string                 `protobuf:"bytes,1,opt,name=system,proto3" json:"system,omitempty"`
+	Ticketed              int64                  `protobuf:"varint,2,opt,name=ticketed,proto3" json:"ticketed,omitempty"`
+	Solved                int64                  `protobuf:"varint,3,opt,name=solved,proto3" json:"solved,omitempty"`
+	MedianToSolvedSeconds float64                `protobuf:"fixed64,4,opt,name=median_to_solved_seconds,json=medianToSolvedSeconds,proto3" json:"median_to_solved_seconds,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
+}
+
+func (x *LoopClosureSystem) Reset() {
+	*x = LoopClosureSystem{}
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LoopClosureSystem) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LoopClosureSystem) ProtoMessage() {}
+
+func (x *LoopClosureSystem) ProtoReflect() protoreflect.Message {
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LoopClosureSystem.ProtoReflect.Descriptor instead.
+func (*LoopClosureSystem) Descriptor() ([]byte, []int) {
+	return file_closedloop_admin_v1_service_admin_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *LoopClosureSystem) GetSystem() string {
+	if x != nil {
+		return x.System
+	}
+	return ""
+}
+
+func (x *LoopClosureSystem) GetTicketed() int64 {
+	if x != nil {
+		return x.Ticketed
+	}
+	return 0
+}
+
+func (x *LoopClosureSystem) GetSolved() int64 {
+	if x != nil {
+		return x.Solved
+	}
+	return 0
+}
+
+func (x *LoopClosureSystem) GetMedianToSolvedSeconds() float64 {
+	if x != nil {
+		return x.MedianToSolvedSeconds
+	}
+	return 0
+}
+
 // DestinationStatus is one destination of a sink service on this instance.
 type DestinationStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -443,7 +638,7 @@ type DestinationStatus struct {
 
 func (x *DestinationStatus) Reset() {
 	*x = DestinationStatus{}
-	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[6]
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -455,7 +650,7 @@ func (x *DestinationStatus) String() string {
 func (*DestinationStatus) ProtoMessage() {}
 
 func (x *DestinationStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[6]
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -468,7 +663,7 @@ func (x *DestinationStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestinationStatus.ProtoReflect.Descriptor instead.
 func (*DestinationStatus) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_service_admin_proto_rawDescGZIP(), []int{6}
+	return file_closedloop_admin_v1_service_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DestinationStatus) GetName() string {
@@ -568,7 +763,7 @@ type ComponentStatus struct {
 
 func (x *ComponentStatus) Reset() {
 	*x = ComponentStatus{}
-	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[7]
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -580,7 +775,7 @@ func (x *ComponentStatus) String() string {
 func (*ComponentStatus) ProtoMessage() {}
 
 func (x *ComponentStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[7]
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -593,7 +788,7 @@ func (x *ComponentStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ComponentStatus.ProtoReflect.Descriptor instead.
 func (*ComponentStatus) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_service_admin_proto_rawDescGZIP(), []int{7}
+	return file_closedloop_admin_v1_service_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ComponentStatus) GetName() string {
@@ -638,7 +833,7 @@ type ConsumerStatus struct {
 
 func (x *ConsumerStatus) Reset() {
 	*x = ConsumerStatus{}
-	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[8]
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -650,7 +845,7 @@ func (x *ConsumerStatus) String() string {
 func (*ConsumerStatus) ProtoMessage() {}
 
 func (x *ConsumerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[8]
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -663,7 +858,7 @@ func (x *ConsumerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumerStatus.ProtoReflect.Descriptor instead.
 func (*ConsumerStatus) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_service_admin_proto_rawDescGZIP(), []int{8}
+	return file_closedloop_admin_v1_service_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ConsumerStatus) GetGroup() string {
@@ -729,7 +924,7 @@ const file_closedloop_admin_v1_service_admin_proto_rawDesc = "" +
 	"\vdestination\x18\x01 \x01(\tR\vdestination\"e\n" +
 	"\x19ResumeDestinationResponse\x12H\n" +
 	"\vdestination\x18\x01 \x01(\v2&.closedloop.admin.v1.DestinationStatusR\vdestination\"\x12\n" +
-	"\x10GetStatusRequest\"\x89\x03\n" +
+	"\x10GetStatusRequest\"\xce\x03\n" +
 	"\x11GetStatusResponse\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x1a\n" +
@@ -741,7 +936,25 @@ const file_closedloop_admin_v1_service_admin_proto_rawDesc = "" +
 	"components\x18\x06 \x03(\v2$.closedloop.admin.v1.ComponentStatusR\n" +
 	"components\x12A\n" +
 	"\tconsumers\x18\a \x03(\v2#.closedloop.admin.v1.ConsumerStatusR\tconsumers\x12J\n" +
-	"\fdestinations\x18\b \x03(\v2&.closedloop.admin.v1.DestinationStatusR\fdestinations\"\xa8\x03\n" +
+	"\fdestinations\x18\b \x03(\v2&.closedloop.admin.v1.DestinationStatusR\fdestinations\x12C\n" +
+	"\floop_closure\x18\t \x01(\v2 .closedloop.admin.v1.LoopClosureR\vloopClosure\"\x98\x03\n" +
+	"\vLoopClosure\x120\n" +
+	"\x05since\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x1e\n" +
+	"\n" +
+	"detractors\x18\x02 \x01(\x03R\n" +
+	"detractors\x12\x1a\n" +
+	"\bticketed\x18\x03 \x01(\x03R\bticketed\x12\x18\n" +
+	"\areplied\x18\x04 \x01(\x03R\areplied\x12\x16\n" +
+	"\x06solved\x18\x05 \x01(\x03R\x06solved\x127\n" +
+	"\x18median_to_ticket_seconds\x18\x06 \x01(\x01R\x15medianToTicketSeconds\x125\n" +
+	"\x17median_to_reply_seconds\x18\a \x01(\x01R\x14medianToReplySeconds\x127\n" +
+	"\x18median_to_solved_seconds\x18\b \x01(\x01R\x15medianToSolvedSeconds\x12@\n" +
+	"\asystems\x18\t \x03(\v2&.closedloop.admin.v1.LoopClosureSystemR\asystems\"\x98\x01\n" +
+	"\x11LoopClosureSystem\x12\x16\n" +
+	"\x06system\x18\x01 \x01(\tR\x06system\x12\x1a\n" +
+	"\bticketed\x18\x02 \x01(\x03R\bticketed\x12\x16\n" +
+	"\x06solved\x18\x03 \x01(\x03R\x06solved\x127\n" +
+	"\x18median_to_solved_seconds\x18\x04 \x01(\x01R\x15medianToSolvedSeconds\"\xa8\x03\n" +
 	"\x11DestinationStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04sink\x18\x02 \x01(\tR\x04sink\x12;\n" +
@@ -792,7 +1005,7 @@ func file_closedloop_admin_v1_service_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_closedloop_admin_v1_service_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_closedloop_admin_v1_service_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_closedloop_admin_v1_service_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_closedloop_admin_v1_service_admin_proto_goTypes = []any{
 	(BreakerState)(0),                 // 0: closedloop.admin.v1.BreakerState
 	(*PauseDestinationRequest)(nil),   // 1: closedloop.admin.v1.PauseDestinationRequest
@@ -801,31 +1014,36 @@ var file_closedloop_admin_v1_service_admin_proto_goTypes = []any{
 	(*ResumeDestinationResponse)(nil), // 4: closedloop.admin.v1.ResumeDestinationResponse
 	(*GetStatusRequest)(nil),          // 5: closedloop.admin.v1.GetStatusRequest
 	(*GetStatusResponse)(nil),         // 6: closedloop.admin.v1.GetStatusResponse
-	(*DestinationStatus)(nil),         // 7: closedloop.admin.v1.DestinationStatus
-	(*ComponentStatus)(nil),           // 8: closedloop.admin.v1.ComponentStatus
-	(*ConsumerStatus)(nil),            // 9: closedloop.admin.v1.ConsumerStatus
-	(*timestamppb.Timestamp)(nil),     // 10: google.protobuf.Timestamp
+	(*LoopClosure)(nil),               // 7: closedloop.admin.v1.LoopClosure
+	(*LoopClosureSystem)(nil),         // 8: closedloop.admin.v1.LoopClosureSystem
+	(*DestinationStatus)(nil),         // 9: closedloop.admin.v1.DestinationStatus
+	(*ComponentStatus)(nil),           // 10: closedloop.admin.v1.ComponentStatus
+	(*ConsumerStatus)(nil),            // 11: closedloop.admin.v1.ConsumerStatus
+	(*timestamppb.Timestamp)(nil),     // 12: google.protobuf.Timestamp
 }
 var file_closedloop_admin_v1_service_admin_proto_depIdxs = []int32{
-	7,  // 0: closedloop.admin.v1.PauseDestinationResponse.destination:type_name -> closedloop.admin.v1.DestinationStatus
-	7,  // 1: closedloop.admin.v1.ResumeDestinationResponse.destination:type_name -> closedloop.admin.v1.DestinationStatus
-	10, // 2: closedloop.admin.v1.GetStatusResponse.started_at:type_name -> google.protobuf.Timestamp
-	8,  // 3: closedloop.admin.v1.GetStatusResponse.components:type_name -> closedloop.admin.v1.ComponentStatus
-	9,  // 4: closedloop.admin.v1.GetStatusResponse.consumers:type_name -> closedloop.admin.v1.ConsumerStatus
-	7,  // 5: closedloop.admin.v1.GetStatusResponse.destinations:type_name -> closedloop.admin.v1.DestinationStatus
-	0,  // 6: closedloop.admin.v1.DestinationStatus.breaker:type_name -> closedloop.admin.v1.BreakerState
-	10, // 7: closedloop.admin.v1.ConsumerStatus.last_processed_at:type_name -> google.protobuf.Timestamp
-	5,  // 8: closedloop.admin.v1.ServiceAdminService.GetStatus:input_type -> closedloop.admin.v1.GetStatusRequest
-	1,  // 9: closedloop.admin.v1.ServiceAdminService.PauseDestination:input_type -> closedloop.admin.v1.PauseDestinationRequest
-	3,  // 10: closedloop.admin.v1.ServiceAdminService.ResumeDestination:input_type -> closedloop.admin.v1.ResumeDestinationRequest
-	6,  // 11: closedloop.admin.v1.ServiceAdminService.GetStatus:output_type -> closedloop.admin.v1.GetStatusResponse
-	2,  // 12: closedloop.admin.v1.ServiceAdminService.PauseDestination:output_type -> closedloop.admin.v1.PauseDestinationResponse
-	4,  // 13: closedloop.admin.v1.ServiceAdminService.ResumeDestination:output_type -> closedloop.admin.v1.ResumeDestinationResponse
-	11, // [11:14] is the sub-list for method output_type
-	8,  // [8:11] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	9,  // 0: closedloop.admin.v1.PauseDestinationResponse.destination:type_name -> closedloop.admin.v1.DestinationStatus
+	9,  // 1: closedloop.admin.v1.ResumeDestinationResponse.destination:type_name -> closedloop.admin.v1.DestinationStatus
+	12, // 2: closedloop.admin.v1.GetStatusResponse.started_at:type_name -> google.protobuf.Timestamp
+	10, // 3: closedloop.admin.v1.GetStatusResponse.components:type_name -> closedloop.admin.v1.ComponentStatus
+	11, // 4: closedloop.admin.v1.GetStatusResponse.consumers:type_name -> closedloop.admin.v1.ConsumerStatus
+	9,  // 5: closedloop.admin.v1.GetStatusResponse.destinations:type_name -> closedloop.admin.v1.DestinationStatus
+	7,  // 6: closedloop.admin.v1.GetStatusResponse.loop_closure:type_name -> closedloop.admin.v1.LoopClosure
+	12, // 7: closedloop.admin.v1.LoopClosure.since:type_name -> google.protobuf.Timestamp
+	8,  // 8: closedloop.admin.v1.LoopClosure.systems:type_name -> closedloop.admin.v1.LoopClosureSystem
+	0,  // 9: closedloop.admin.v1.DestinationStatus.breaker:type_name -> closedloop.admin.v1.BreakerState
+	12, // 10: closedloop.admin.v1.ConsumerStatus.last_processed_at:type_name -> google.protobuf.Timestamp
+	5,  // 11: closedloop.admin.v1.ServiceAdminService.GetStatus:input_type -> closedloop.admin.v1.GetStatusRequest
+	1,  // 12: closedloop.admin.v1.ServiceAdminService.PauseDestination:input_type -> closedloop.admin.v1.PauseDestinationRequest
+	3,  // 13: closedloop.admin.v1.ServiceAdminService.ResumeDestination:input_type -> closedloop.admin.v1.ResumeDestinationRequest
+	6,  // 14: closedloop.admin.v1.ServiceAdminService.GetStatus:output_type -> closedloop.admin.v1.GetStatusResponse
+	2,  // 15: closedloop.admin.v1.ServiceAdminService.PauseDestination:output_type -> closedloop.admin.v1.PauseDestinationResponse
+	4,  // 16: closedloop.admin.v1.ServiceAdminService.ResumeDestination:output_type -> closedloop.admin.v1.ResumeDestinationResponse
+	14, // [14:17] is the sub-list for method output_type
+	11, // [11:14] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_closedloop_admin_v1_service_admin_proto_init() }
@@ -839,7 +1057,7 @@ func file_closedloop_admin_v1_service_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_closedloop_admin_v1_service_admin_proto_rawDesc), len(file_closedloop_admin_v1_service_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   9,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

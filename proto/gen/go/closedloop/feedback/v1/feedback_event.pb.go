@@ -156,6 +156,8 @@ const (
 	// its data is kept in properties.
 	Kind_KIND_ENGAGEMENT Kind = 11
 	Kind_KIND_TEST       Kind = 12
+	// A helpdesk ticket opened for a response changed (follow_up says how).
+	Kind_KIND_FOLLOW_UP Kind = 13
 )
 
 // Enum value maps for Kind.
@@ -174,6 +176,7 @@ var (
 		10: "KIND_UNSUBSCRIBED",
 		11: "KIND_ENGAGEMENT",
 		12: "KIND_TEST",
+		13: "KIND_FOLLOW_UP",
 	}
 	Kind_value = map[string]int32{
 		"KIND_UNSPECIFIED":        0,
@@ -189,6 +192,7 @@ var (
 		"KIND_UNSUBSCRIBED":       10,
 		"KIND_ENGAGEMENT":         11,
 		"KIND_TEST":               12,
+		"KIND_FOLLOW_UP":          13,
 	}
 )
 
@@ -231,6 +235,8 @@ const (
 	SubjectType_SUBJECT_TYPE_EVENT        SubjectType = 4
 	SubjectType_SUBJECT_TYPE_CAMPAIGN     SubjectType = 5
 	SubjectType_SUBJECT_TYPE_CONTACT_LIST SubjectType = 6
+	// A helpdesk ticket (id: the helpdesk's ticket id).
+	SubjectType_SUBJECT_TYPE_TICKET SubjectType = 7
 )
 
 // Enum value maps for SubjectType.
@@ -243,6 +249,7 @@ var (
 		4: "SUBJECT_TYPE_EVENT",
 		5: "SUBJECT_TYPE_CAMPAIGN",
 		6: "SUBJECT_TYPE_CONTACT_LIST",
+		7: "SUBJECT_TYPE_TICKET",
 	}
 	SubjectType_value = map[string]int32{
 		"SUBJECT_TYPE_UNSPECIFIED":  0,
@@ -252,6 +259,7 @@ var (
 		"SUBJECT_TYPE_EVENT":        4,
 		"SUBJECT_TYPE_CAMPAIGN":     5,
 		"SUBJECT_TYPE_CONTACT_LIST": 6,
+		"SUBJECT_TYPE_TICKET":       7,
 	}
 )
 
@@ -408,6 +416,74 @@ func (Segment) EnumDescriptor() ([]byte, []int) {
 	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{5}
 }
 
+// FollowUpStage is where a ticket is in closing the loop.
+type FollowUpStage int32
+
+const (
+	FollowUpStage_FOLLOW_UP_STAGE_UNSPECIFIED FollowUpStage = 0
+	// The ticket was created.
+	FollowUpStage_FOLLOW_UP_STAGE_CREATED FollowUpStage = 1
+	// An agent replied publicly to the customer.
+	FollowUpStage_FOLLOW_UP_STAGE_AGENT_REPLIED FollowUpStage = 2
+	// The ticket was solved (Zendesk solved, Freshdesk resolved): the loop is closed.
+	FollowUpStage_FOLLOW_UP_STAGE_SOLVED FollowUpStage = 3
+	// The ticket was closed (no further changes).
+	FollowUpStage_FOLLOW_UP_STAGE_CLOSED FollowUpStage = 4
+	// A solved or closed ticket was opened again.
+	FollowUpStage_FOLLOW_UP_STAGE_REOPENED FollowUpStage = 5
+	// Any other change of the ticket.
+	FollowUpStage_FOLLOW_UP_STAGE_UPDATED FollowUpStage = 6
+)
+
+// Enum value maps for FollowUpStage.
+var (
+	FollowUpStage_name = map[int32]string{
+		0: "FOLLOW_UP_STAGE_UNSPECIFIED",
+		1: "FOLLOW_UP_STAGE_CREATED",
+		2: "FOLLOW_UP_STAGE_AGENT_REPLIED",
+		3: "FOLLOW_UP_STAGE_SOLVED",
+		4: "FOLLOW_UP_STAGE_CLOSED",
+		5: "FOLLOW_UP_STAGE_REOPENED",
+		6: "FOLLOW_UP_STAGE_UPDATED",
+	}
+	FollowUpStage_value = map[string]int32{
+		"FOLLOW_UP_STAGE_UNSPECIFIED":   0,
+		"FOLLOW_UP_STAGE_CREATED":       1,
+		"FOLLOW_UP_STAGE_AGENT_REPLIED": 2,
+		"FOLLOW_UP_STAGE_SOLVED":        3,
+		"FOLLOW_UP_STAGE_CLOSED":        4,
+		"FOLLOW_UP_STAGE_REOPENED":      5,
+		"FOLLOW_UP_STAGE_UPDATED":       6,
+	}
+)
+
+func (x FollowUpStage) Enum() *FollowUpStage {
+	p := new(FollowUpStage)
+	*p = x
+	return p
+}
+
+func (x FollowUpStage) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (FollowUpStage) Descriptor() protoreflect.EnumDescriptor {
+	return file_closedloop_feedback_v1_feedback_event_proto_enumTypes[6].Descriptor()
+}
+
+func (FollowUpStage) Type() protoreflect.EnumType {
+	return &file_closedloop_feedback_v1_feedback_event_proto_enumTypes[6]
+}
+
+func (x FollowUpStage) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use FollowUpStage.Descriptor instead.
+func (FollowUpStage) EnumDescriptor() ([]byte, []int) {
+	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{6}
+}
+
 // FeedbackEvent is the canonical, provider-independent form of one piece of
 // customer feedback. It is the record on `feedback.normalized.v1` (and the
 // enriched topics), keyed by subject so that versions of one response keep
@@ -475,7 +551,11 @@ type FeedbackEvent struct {
 	Enrichment *Enrichment `protobuf:"bytes,24,opt,name=enrichment,proto3" json:"enrichment,omitempty"`
 	// Where the RawWebhook this event came from is, when raw_payload was left
 	// out because the body was larger than the inline limit.
-	RawRef        *RawRef `protobuf:"bytes,25,opt,name=raw_ref,json=rawRef,proto3" json:"raw_ref,omitempty"`
+	RawRef *RawRef `protobuf:"bytes,25,opt,name=raw_ref,json=rawRef,proto3" json:"raw_ref,omitempty"`
+	// A helpdesk's news about the ticket opened for a response (kind
+	// KIND_FOLLOW_UP, subject the ticket): created, an agent's first public
+	// reply, solved, closed, reopened.
+	FollowUp      *FollowUp `protobuf:"bytes,26,opt,name=follow_up,json=followUp,proto3" json:"follow_up,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -681,6 +761,13 @@ func (x *FeedbackEvent) GetEnrichment() *Enrichment {
 func (x *FeedbackEvent) GetRawRef() *RawRef {
 	if x != nil {
 		return x.RawRef
+	}
+	return nil
+}
+
+func (x *FeedbackEvent) GetFollowUp() *FollowUp {
+	if x != nil {
+		return x.FollowUp
 	}
 	return nil
 }
@@ -1327,11 +1414,103 @@ func (x *Quality) GetCoercedFields() []string {
 	return nil
 }
 
+// FollowUp links a helpdesk's ticket event to the response the ticket was
+// opened for: the loop from a detractor's answer to a solved ticket.
+type FollowUp struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The helpdesk: the provider that sent it ("zendesk", "freshdesk").
+	System   string `protobuf:"bytes,1,opt,name=system,proto3" json:"system,omitempty"`
+	TicketId string `protobuf:"bytes,2,opt,name=ticket_id,json=ticketId,proto3" json:"ticket_id,omitempty"`
+	// The response's key, <source>/<subject type>/<subject id>, as the
+	// destination wrote it into the ticket (Zendesk external_id, Freshdesk's
+	// custom field). Empty when the ticket is not one closedloop opened.
+	ResponseKey string        `protobuf:"bytes,3,opt,name=response_key,json=responseKey,proto3" json:"response_key,omitempty"`
+	Stage       FollowUpStage `protobuf:"varint,4,opt,name=stage,proto3,enum=closedloop.feedback.v1.FollowUpStage" json:"stage,omitempty"`
+	// The ticket's status as the helpdesk names it ("SOLVED", "Resolved", "4").
+	Status string `protobuf:"bytes,5,opt,name=status,proto3" json:"status,omitempty"`
+	// When the helpdesk created the ticket, when it says.
+	TicketCreatedAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=ticket_created_at,json=ticketCreatedAt,proto3" json:"ticket_created_at,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *FollowUp) Reset() {
+	*x = FollowUp{}
+	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FollowUp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FollowUp) ProtoMessage() {}
+
+func (x *FollowUp) ProtoReflect() protoreflect.Message {
+	mi := &file_closedloop_feedback_v1_feedback_event_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FollowUp.ProtoReflect.Descriptor instead.
+func (*FollowUp) Descriptor() ([]byte, []int) {
+	return file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *FollowUp) GetSystem() string {
+	if x != nil {
+		return x.System
+	}
+	return ""
+}
+
+func (x *FollowUp) GetTicketId() string {
+	if x != nil {
+		return x.TicketId
+	}
+	return ""
+}
+
+func (x *FollowUp) GetResponseKey() string {
+	if x != nil {
+		return x.ResponseKey
+	}
+	return ""
+}
+
+func (x *FollowUp) GetStage() FollowUpStage {
+	if x != nil {
+		return x.Stage
+	}
+	return FollowUpStage_FOLLOW_UP_STAGE_UNSPECIFIED
+}
+
+func (x *FollowUp) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *FollowUp) GetTicketCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.TicketCreatedAt
+	}
+	return nil
+}
+
 var File_closedloop_feedback_v1_feedback_event_proto protoreflect.FileDescriptor
 
 const file_closedloop_feedback_v1_feedback_event_proto_rawDesc = "" +
 	"\n" +
-	"+closedloop/feedback/v1/feedback_event.proto\x12\x16closedloop.feedback.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa7\n" +
+	"+closedloop/feedback/v1/feedback_event.proto\x12\x16closedloop.feedback.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe6\n" +
 	"\n" +
 	"\rFeedbackEvent\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x16\n" +
@@ -1368,7 +1547,8 @@ const file_closedloop_feedback_v1_feedback_event_proto_rawDesc = "" +
 	"\n" +
 	"enrichment\x18\x18 \x01(\v2\".closedloop.feedback.v1.EnrichmentR\n" +
 	"enrichment\x127\n" +
-	"\araw_ref\x18\x19 \x01(\v2\x1e.closedloop.feedback.v1.RawRefR\x06rawRef\x1aU\n" +
+	"\araw_ref\x18\x19 \x01(\v2\x1e.closedloop.feedback.v1.RawRefR\x06rawRef\x12=\n" +
+	"\tfollow_up\x18\x1a \x01(\v2 .closedloop.feedback.v1.FollowUpR\bfollowUp\x1aU\n" +
 	"\x0fPropertiesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12,\n" +
 	"\x05value\x18\x02 \x01(\v2\x16.google.protobuf.ValueR\x05value:\x028\x01B\n" +
@@ -1431,7 +1611,14 @@ const file_closedloop_feedback_v1_feedback_event_proto_rawDesc = "" +
 	"\n" +
 	"incomplete\x18\x01 \x01(\bR\n" +
 	"incomplete\x12%\n" +
-	"\x0ecoerced_fields\x18\x02 \x03(\tR\rcoercedFields*\x97\x01\n" +
+	"\x0ecoerced_fields\x18\x02 \x03(\tR\rcoercedFields\"\xff\x01\n" +
+	"\bFollowUp\x12\x16\n" +
+	"\x06system\x18\x01 \x01(\tR\x06system\x12\x1b\n" +
+	"\tticket_id\x18\x02 \x01(\tR\bticketId\x12!\n" +
+	"\fresponse_key\x18\x03 \x01(\tR\vresponseKey\x12;\n" +
+	"\x05stage\x18\x04 \x01(\x0e2%.closedloop.feedback.v1.FollowUpStageR\x05stage\x12\x16\n" +
+	"\x06status\x18\x05 \x01(\tR\x06status\x12F\n" +
+	"\x11ticket_created_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x0fticketCreatedAt*\x97\x01\n" +
 	"\fLookupStatus\x12\x1d\n" +
 	"\x19LOOKUP_STATUS_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13LOOKUP_STATUS_FOUND\x10\x01\x12\x1b\n" +
@@ -1441,7 +1628,7 @@ const file_closedloop_feedback_v1_feedback_event_proto_rawDesc = "" +
 	"\x04Lane\x12\x14\n" +
 	"\x10LANE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rLANE_STANDARD\x10\x01\x12\x11\n" +
-	"\rLANE_PRIORITY\x10\x02*\xb2\x02\n" +
+	"\rLANE_PRIORITY\x10\x02*\xc6\x02\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15KIND_RESPONSE_CREATED\x10\x01\x12\x19\n" +
@@ -1456,7 +1643,8 @@ const file_closedloop_feedback_v1_feedback_event_proto_rawDesc = "" +
 	"\x11KIND_UNSUBSCRIBED\x10\n" +
 	"\x12\x13\n" +
 	"\x0fKIND_ENGAGEMENT\x10\v\x12\r\n" +
-	"\tKIND_TEST\x10\f*\xd0\x01\n" +
+	"\tKIND_TEST\x10\f\x12\x12\n" +
+	"\x0eKIND_FOLLOW_UP\x10\r*\xe9\x01\n" +
 	"\vSubjectType\x12\x1c\n" +
 	"\x18SUBJECT_TYPE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15SUBJECT_TYPE_RESPONSE\x10\x01\x12\x17\n" +
@@ -1464,7 +1652,8 @@ const file_closedloop_feedback_v1_feedback_event_proto_rawDesc = "" +
 	"\x19SUBJECT_TYPE_CONVERSATION\x10\x03\x12\x16\n" +
 	"\x12SUBJECT_TYPE_EVENT\x10\x04\x12\x19\n" +
 	"\x15SUBJECT_TYPE_CAMPAIGN\x10\x05\x12\x1d\n" +
-	"\x19SUBJECT_TYPE_CONTACT_LIST\x10\x06*\xf7\x01\n" +
+	"\x19SUBJECT_TYPE_CONTACT_LIST\x10\x06\x12\x17\n" +
+	"\x13SUBJECT_TYPE_TICKET\x10\a*\xf7\x01\n" +
 	"\n" +
 	"SurveyType\x12\x1b\n" +
 	"\x17SURVEY_TYPE_UNSPECIFIED\x10\x00\x12\x13\n" +
@@ -1481,7 +1670,15 @@ const file_closedloop_feedback_v1_feedback_event_proto_rawDesc = "" +
 	"\x13SEGMENT_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11SEGMENT_DETRACTOR\x10\x01\x12\x13\n" +
 	"\x0fSEGMENT_PASSIVE\x10\x02\x12\x14\n" +
-	"\x10SEGMENT_PROMOTER\x10\x03B\xfb\x01\n" +
+	"\x10SEGMENT_PROMOTER\x10\x03*\xe3\x01\n" +
+	"\rFollowUpStage\x12\x1f\n" +
+	"\x1bFOLLOW_UP_STAGE_UNSPECIFIED\x10\x00\x12\x1b\n" +
+	"\x17FOLLOW_UP_STAGE_CREATED\x10\x01\x12!\n" +
+	"\x1dFOLLOW_UP_STAGE_AGENT_REPLIED\x10\x02\x12\x1a\n" +
+	"\x16FOLLOW_UP_STAGE_SOLVED\x10\x03\x12\x1a\n" +
+	"\x16FOLLOW_UP_STAGE_CLOSED\x10\x04\x12\x1c\n" +
+	"\x18FOLLOW_UP_STAGE_REOPENED\x10\x05\x12\x1b\n" +
+	"\x17FOLLOW_UP_STAGE_UPDATED\x10\x06B\xfb\x01\n" +
 	"\x1acom.closedloop.feedback.v1B\x12FeedbackEventProtoP\x01ZOgithub.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1;feedbackv1\xa2\x02\x03CFX\xaa\x02\x16Closedloop.Feedback.V1\xca\x02\x16Closedloop\\Feedback\\V1\xe2\x02\"Closedloop\\Feedback\\V1\\GPBMetadata\xea\x02\x18Closedloop::Feedback::V1b\x06proto3"
 
 var (
@@ -1496,8 +1693,8 @@ func file_closedloop_feedback_v1_feedback_event_proto_rawDescGZIP() []byte {
 	return file_closedloop_feedback_v1_feedback_event_proto_rawDescData
 }
 
-var file_closedloop_feedback_v1_feedback_event_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_closedloop_feedback_v1_feedback_event_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_closedloop_feedback_v1_feedback_event_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
+var file_closedloop_feedback_v1_feedback_event_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_closedloop_feedback_v1_feedback_event_proto_goTypes = []any{
 	(LookupStatus)(0),             // 0: closedloop.feedback.v1.LookupStatus
 	(Lane)(0),                     // 1: closedloop.feedback.v1.Lane
@@ -1505,53 +1702,58 @@ var file_closedloop_feedback_v1_feedback_event_proto_goTypes = []any{
 	(SubjectType)(0),              // 3: closedloop.feedback.v1.SubjectType
 	(SurveyType)(0),               // 4: closedloop.feedback.v1.SurveyType
 	(Segment)(0),                  // 5: closedloop.feedback.v1.Segment
-	(*FeedbackEvent)(nil),         // 6: closedloop.feedback.v1.FeedbackEvent
-	(*RawRef)(nil),                // 7: closedloop.feedback.v1.RawRef
-	(*Enrichment)(nil),            // 8: closedloop.feedback.v1.Enrichment
-	(*LookupResult)(nil),          // 9: closedloop.feedback.v1.LookupResult
-	(*Subject)(nil),               // 10: closedloop.feedback.v1.Subject
-	(*Survey)(nil),                // 11: closedloop.feedback.v1.Survey
-	(*Score)(nil),                 // 12: closedloop.feedback.v1.Score
-	(*Answer)(nil),                // 13: closedloop.feedback.v1.Answer
-	(*Respondent)(nil),            // 14: closedloop.feedback.v1.Respondent
-	(*Quality)(nil),               // 15: closedloop.feedback.v1.Quality
-	nil,                           // 16: closedloop.feedback.v1.FeedbackEvent.PropertiesEntry
-	nil,                           // 17: closedloop.feedback.v1.Enrichment.LookupsEntry
-	nil,                           // 18: closedloop.feedback.v1.LookupResult.FieldsEntry
-	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
-	(*structpb.Value)(nil),        // 20: google.protobuf.Value
+	(FollowUpStage)(0),            // 6: closedloop.feedback.v1.FollowUpStage
+	(*FeedbackEvent)(nil),         // 7: closedloop.feedback.v1.FeedbackEvent
+	(*RawRef)(nil),                // 8: closedloop.feedback.v1.RawRef
+	(*Enrichment)(nil),            // 9: closedloop.feedback.v1.Enrichment
+	(*LookupResult)(nil),          // 10: closedloop.feedback.v1.LookupResult
+	(*Subject)(nil),               // 11: closedloop.feedback.v1.Subject
+	(*Survey)(nil),                // 12: closedloop.feedback.v1.Survey
+	(*Score)(nil),                 // 13: closedloop.feedback.v1.Score
+	(*Answer)(nil),                // 14: closedloop.feedback.v1.Answer
+	(*Respondent)(nil),            // 15: closedloop.feedback.v1.Respondent
+	(*Quality)(nil),               // 16: closedloop.feedback.v1.Quality
+	(*FollowUp)(nil),              // 17: closedloop.feedback.v1.FollowUp
+	nil,                           // 18: closedloop.feedback.v1.FeedbackEvent.PropertiesEntry
+	nil,                           // 19: closedloop.feedback.v1.Enrichment.LookupsEntry
+	nil,                           // 20: closedloop.feedback.v1.LookupResult.FieldsEntry
+	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
+	(*structpb.Value)(nil),        // 22: google.protobuf.Value
 }
 var file_closedloop_feedback_v1_feedback_event_proto_depIdxs = []int32{
 	2,  // 0: closedloop.feedback.v1.FeedbackEvent.kind:type_name -> closedloop.feedback.v1.Kind
-	19, // 1: closedloop.feedback.v1.FeedbackEvent.occurred_at:type_name -> google.protobuf.Timestamp
-	19, // 2: closedloop.feedback.v1.FeedbackEvent.received_at:type_name -> google.protobuf.Timestamp
-	19, // 3: closedloop.feedback.v1.FeedbackEvent.normalized_at:type_name -> google.protobuf.Timestamp
-	10, // 4: closedloop.feedback.v1.FeedbackEvent.subject:type_name -> closedloop.feedback.v1.Subject
-	19, // 5: closedloop.feedback.v1.FeedbackEvent.version:type_name -> google.protobuf.Timestamp
-	11, // 6: closedloop.feedback.v1.FeedbackEvent.survey:type_name -> closedloop.feedback.v1.Survey
-	12, // 7: closedloop.feedback.v1.FeedbackEvent.score:type_name -> closedloop.feedback.v1.Score
+	21, // 1: closedloop.feedback.v1.FeedbackEvent.occurred_at:type_name -> google.protobuf.Timestamp
+	21, // 2: closedloop.feedback.v1.FeedbackEvent.received_at:type_name -> google.protobuf.Timestamp
+	21, // 3: closedloop.feedback.v1.FeedbackEvent.normalized_at:type_name -> google.protobuf.Timestamp
+	11, // 4: closedloop.feedback.v1.FeedbackEvent.subject:type_name -> closedloop.feedback.v1.Subject
+	21, // 5: closedloop.feedback.v1.FeedbackEvent.version:type_name -> google.protobuf.Timestamp
+	12, // 6: closedloop.feedback.v1.FeedbackEvent.survey:type_name -> closedloop.feedback.v1.Survey
+	13, // 7: closedloop.feedback.v1.FeedbackEvent.score:type_name -> closedloop.feedback.v1.Score
 	5,  // 8: closedloop.feedback.v1.FeedbackEvent.segment:type_name -> closedloop.feedback.v1.Segment
-	13, // 9: closedloop.feedback.v1.FeedbackEvent.answers:type_name -> closedloop.feedback.v1.Answer
-	14, // 10: closedloop.feedback.v1.FeedbackEvent.respondent:type_name -> closedloop.feedback.v1.Respondent
-	16, // 11: closedloop.feedback.v1.FeedbackEvent.properties:type_name -> closedloop.feedback.v1.FeedbackEvent.PropertiesEntry
-	15, // 12: closedloop.feedback.v1.FeedbackEvent.quality:type_name -> closedloop.feedback.v1.Quality
-	8,  // 13: closedloop.feedback.v1.FeedbackEvent.enrichment:type_name -> closedloop.feedback.v1.Enrichment
-	7,  // 14: closedloop.feedback.v1.FeedbackEvent.raw_ref:type_name -> closedloop.feedback.v1.RawRef
-	17, // 15: closedloop.feedback.v1.Enrichment.lookups:type_name -> closedloop.feedback.v1.Enrichment.LookupsEntry
-	1,  // 16: closedloop.feedback.v1.Enrichment.lane:type_name -> closedloop.feedback.v1.Lane
-	19, // 17: closedloop.feedback.v1.Enrichment.enriched_at:type_name -> google.protobuf.Timestamp
-	0,  // 18: closedloop.feedback.v1.LookupResult.status:type_name -> closedloop.feedback.v1.LookupStatus
-	18, // 19: closedloop.feedback.v1.LookupResult.fields:type_name -> closedloop.feedback.v1.LookupResult.FieldsEntry
-	3,  // 20: closedloop.feedback.v1.Subject.type:type_name -> closedloop.feedback.v1.SubjectType
-	4,  // 21: closedloop.feedback.v1.Survey.type:type_name -> closedloop.feedback.v1.SurveyType
-	20, // 22: closedloop.feedback.v1.FeedbackEvent.PropertiesEntry.value:type_name -> google.protobuf.Value
-	9,  // 23: closedloop.feedback.v1.Enrichment.LookupsEntry.value:type_name -> closedloop.feedback.v1.LookupResult
-	20, // 24: closedloop.feedback.v1.LookupResult.FieldsEntry.value:type_name -> google.protobuf.Value
-	25, // [25:25] is the sub-list for method output_type
-	25, // [25:25] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	14, // 9: closedloop.feedback.v1.FeedbackEvent.answers:type_name -> closedloop.feedback.v1.Answer
+	15, // 10: closedloop.feedback.v1.FeedbackEvent.respondent:type_name -> closedloop.feedback.v1.Respondent
+	18, // 11: closedloop.feedback.v1.FeedbackEvent.properties:type_name -> closedloop.feedback.v1.FeedbackEvent.PropertiesEntry
+	16, // 12: closedloop.feedback.v1.FeedbackEvent.quality:type_name -> closedloop.feedback.v1.Quality
+	9,  // 13: closedloop.feedback.v1.FeedbackEvent.enrichment:type_name -> closedloop.feedback.v1.Enrichment
+	8,  // 14: closedloop.feedback.v1.FeedbackEvent.raw_ref:type_name -> closedloop.feedback.v1.RawRef
+	17, // 15: closedloop.feedback.v1.FeedbackEvent.follow_up:type_name -> closedloop.feedback.v1.FollowUp
+	19, // 16: closedloop.feedback.v1.Enrichment.lookups:type_name -> closedloop.feedback.v1.Enrichment.LookupsEntry
+	1,  // 17: closedloop.feedback.v1.Enrichment.lane:type_name -> closedloop.feedback.v1.Lane
+	21, // 18: closedloop.feedback.v1.Enrichment.enriched_at:type_name -> google.protobuf.Timestamp
+	0,  // 19: closedloop.feedback.v1.LookupResult.status:type_name -> closedloop.feedback.v1.LookupStatus
+	20, // 20: closedloop.feedback.v1.LookupResult.fields:type_name -> closedloop.feedback.v1.LookupResult.FieldsEntry
+	3,  // 21: closedloop.feedback.v1.Subject.type:type_name -> closedloop.feedback.v1.SubjectType
+	4,  // 22: closedloop.feedback.v1.Survey.type:type_name -> closedloop.feedback.v1.SurveyType
+	6,  // 23: closedloop.feedback.v1.FollowUp.stage:type_name -> closedloop.feedback.v1.FollowUpStage
+	21, // 24: closedloop.feedback.v1.FollowUp.ticket_created_at:type_name -> google.protobuf.Timestamp
+	22, // 25: closedloop.feedback.v1.FeedbackEvent.PropertiesEntry.value:type_name -> google.protobuf.Value
+	10, // 26: closedloop.feedback.v1.Enrichment.LookupsEntry.value:type_name -> closedloop.feedback.v1.LookupResult
+	22, // 27: closedloop.feedback.v1.LookupResult.FieldsEntry.value:type_name -> google.protobuf.Value
+	28, // [28:28] is the sub-list for method output_type
+	28, // [28:28] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_closedloop_feedback_v1_feedback_event_proto_init() }
@@ -1565,8 +1767,8 @@ func file_closedloop_feedback_v1_feedback_event_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_closedloop_feedback_v1_feedback_event_proto_rawDesc), len(file_closedloop_feedback_v1_feedback_event_proto_rawDesc)),
-			NumEnums:      6,
-			NumMessages:   13,
+			NumEnums:      7,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
