@@ -46,6 +46,18 @@ type Registry struct {
 	checks       map[string]Check
 	consumers    []*ConsumerStats
 	destinations []Destination
+	reports      []Report
+}
+
+// Report adds a service's own part to its GetStatus answer (the warehouse
+// sink's loop closure). It runs within the RPC's deadline.
+type Report func(ctx context.Context, resp *adminv1.GetStatusResponse)
+
+// AddReport registers a Report.
+func (r *Registry) AddReport(f Report) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.reports = append(r.reports, f)
 }
 
 // Destination is one destination of a sink service, as the admin API sees
@@ -192,6 +204,12 @@ func (a *AdminServer) GetStatus(ctx context.Context, _ *adminv1.GetStatusRequest
 	r.mu.Unlock()
 	for _, d := range dests {
 		resp.Destinations = append(resp.Destinations, d.Status())
+	}
+	r.mu.Lock()
+	reports := append([]Report(nil), r.reports...)
+	r.mu.Unlock()
+	for _, f := range reports {
+		f(ctx, resp)
 	}
 	return resp, nil
 }

@@ -129,7 +129,10 @@ type fakeAdmin struct {
 
 func (fakeAdmin) GetPipelineStatus(context.Context, *adminv1.GetPipelineStatusRequest) (*adminv1.GetPipelineStatusResponse, error) {
 	return &adminv1.GetPipelineStatusResponse{Healthy: false, Problems: []string{"normalizer: 5000 records behind"},
-		Stages: []*adminv1.StageStatus{{Name: "normalizer", Lag: 5000}}}, nil
+		Stages: []*adminv1.StageStatus{{Name: "normalizer", Lag: 5000}},
+		LoopClosure: &adminv1.LoopClosure{Detractors: 8, Ticketed: 6, Replied: 5, Solved: 4,
+			MedianToTicketSeconds: 1.2, MedianToReplySeconds: 310, MedianToSolvedSeconds: 5400,
+			Systems: []*adminv1.LoopClosureSystem{{System: "zendesk", Ticketed: 6, Solved: 4, MedianToSolvedSeconds: 5400}}}}, nil
 }
 
 func (fakeAdmin) ListSources(context.Context, *adminv1.ListSourcesRequest) (*adminv1.ListSourcesResponse, error) {
@@ -200,6 +203,18 @@ func TestExitCodes(t *testing.T) {
 	_, out, _ := runCLI("sources", "--addr", addr)
 	if n := strings.Count(out, "\ndelighted-prod "); n != 1 {
 		t.Errorf("sources lists delighted-prod %d times:\n%s", n, out)
+	}
+}
+
+// The status shows the loop closure the warehouse reports.
+func TestStatusShowsTheLoopClosure(t *testing.T) {
+	addr := fakeServer(t)
+	_, out, _ := runCLI("status", "--addr", addr)
+	for _, want := range []string{"loop closure, last 24h: 8 detractors, 6 (75%) with a ticket, 5 (62%) replied, 4 (50%) solved",
+		"median from the detractor: ticket 1s, first reply 5m10s, solved 1h30m0s", "zendesk: 6 tickets, 4 solved, median to solved 1h30m0s"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status lacks %q:\n%s", want, out)
+		}
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -16,6 +17,9 @@ func (c *cli) statusCmd() *cobra.Command {
 		Short: "Is feedback flowing? Lag, dead letters, freshness and breakers per stage",
 		Long: `status asks every stage: its consumer lag, open dead letters, when it last processed an
 event, its rate, its destinations' breakers and pauses, and which instances answer.
+With a warehouse sink it also shows how the loop closed over the last 24 hours: the
+detractors, the share with a helpdesk ticket, a reply and a solved ticket, and the median
+times from the detractor's arrival.
 It exits 1 when the pipeline is not healthy (the problems are listed), so it can gate a script.`,
 		Args: noArgs,
 		RunE: func(*cobra.Command, []string) error {
@@ -62,8 +66,35 @@ func (c *cli) statusTable(w *tabwriter.Writer, st *adminv1.GetPipelineStatusResp
 			fmt.Fprintln(c.out, "  - "+p)
 		}
 	}
+	if lc := st.LoopClosure; lc != nil {
+		fmt.Fprint(c.out, loopLines(lc))
+	}
 	if len(st.RecentDrift) > 0 {
 		fmt.Fprintf(c.out, "\nnew payload fields in the last 24h: %d (e.g. %s %s %s)\n", len(st.RecentDrift),
 			st.RecentDrift[0].Provider, st.RecentDrift[0].EventType, st.RecentDrift[0].Path)
 	}
+}
+
+// loopLines is the loop-closure part of the status.
+func loopLines(lc *adminv1.LoopClosure) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "\nloop closure, last 24h: %d detractors", lc.Detractors)
+	if lc.Detractors == 0 {
+		b.WriteString("\n")
+		return b.String()
+	}
+	pct := func(n int64) string { return fmt.Sprintf("%d (%.0f%%)", n, 100*float64(n)/float64(lc.Detractors)) }
+	fmt.Fprintf(&b, ", %s with a ticket, %s replied, %s solved\n", pct(lc.Ticketed), pct(lc.Replied), pct(lc.Solved))
+	med := func(n int64, s float64) string {
+		if n == 0 {
+			return "-"
+		}
+		return (time.Duration(s * float64(time.Second))).Round(time.Second).String()
+	}
+	fmt.Fprintf(&b, "  median from the detractor: ticket %s, first reply %s, solved %s\n",
+		med(lc.Ticketed, lc.MedianToTicketSeconds), med(lc.Replied, lc.MedianToReplySeconds), med(lc.Solved, lc.MedianToSolvedSeconds))
+	for _, s := range lc.Systems {
+		fmt.Fprintf(&b, "  %s: %d tickets, %d solved, median to solved %s\n", s.System, s.Ticketed, s.Solved, med(s.Solved, s.MedianToSolvedSeconds))
+	}
+	return b.String()
 }

@@ -416,6 +416,15 @@ func (s *Server) GetPipelineStatus(ctx context.Context, _ *adminv1.GetPipelineSt
 		}
 	}
 	wg.Wait()
+	// The loop closure, as a warehouse sink instance reports it (every
+	// instance reads the same database: the freshest answer wins).
+	for _, as := range answers {
+		for _, a := range as {
+			if lc := a.st.GetLoopClosure(); lc != nil && (resp.LoopClosure == nil || lc.GetSince().AsTime().After(resp.LoopClosure.GetSince().AsTime())) {
+				resp.LoopClosure = lc
+			}
+		}
+	}
 
 	stages := append([]Stage(nil), s.o.Stages...)
 	if s.o.DestinationStage != nil {

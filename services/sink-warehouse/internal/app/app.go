@@ -12,6 +12,7 @@ import (
 	"github.com/closedloop/closedloop/libs/config"
 	"github.com/closedloop/closedloop/libs/service"
 	"github.com/closedloop/closedloop/libs/sink"
+	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 	"github.com/closedloop/closedloop/services/sink-warehouse/internal/warehouse"
 )
 
@@ -78,7 +79,19 @@ func Run(ctx context.Context) error {
 			}
 			pool = p
 			svc.Status.AddCheck("postgres", warehouse.Ping(p))
-			svc.Log.Info("warehouse ready", "schema", wh.Schema, "table", wh.Schema+".feedback_events", "view", wh.Schema+".feedback_latest")
+			loop := &warehouse.Loop{Pool: p, Schema: wh.Schema, MaxAge: 15 * time.Second, Now: time.Now}
+			svc.Status.AddReport(func(ctx context.Context, resp *adminv1.GetStatusResponse) {
+				if s, err := loop.Current(ctx); err == nil {
+					resp.LoopClosure = s
+				} else {
+					svc.Log.Warn("loop closure summary failed", "err", err)
+				}
+			})
+			if err := loop.Instrument(svc.Tel.Meter("github.com/closedloop/closedloop/services/sink-warehouse")); err != nil {
+				svc.Log.Warn("loop closure gauges not registered", "err", err)
+			}
+			svc.Log.Info("warehouse ready", "schema", wh.Schema, "table", wh.Schema+".feedback_events", "view", wh.Schema+".feedback_latest",
+				"loop_closure", wh.Schema+".loop_closure")
 			return warehouse.NewWriter(p, wh.Schema), nil
 		},
 		Close: func() { pool.Close() },

@@ -60,6 +60,56 @@ var migrations = []string{
 		SELECT DISTINCT ON (source, subject_type, subject_id) *
 		FROM {{schema}}.feedback_events
 		ORDER BY source, subject_type, subject_id, _cl_sequence DESC, _cl_row_id DESC`,
+	// 7–11: the helpdesks' follow-ups (kind follow_up: the ticket opened
+	// for a response) and the loop_closure view joining them to the
+	// detractors (docs/destinations.md, "Closing the loop").
+	`ALTER TABLE {{schema}}.feedback_events ADD COLUMN response_key TEXT, ADD COLUMN ticket_system TEXT,
+		ADD COLUMN ticket_id TEXT, ADD COLUMN ticket_stage TEXT, ADD COLUMN ticket_created_at TIMESTAMPTZ`,
+	`CREATE OR REPLACE VIEW {{schema}}.feedback_latest AS
+		SELECT DISTINCT ON (source, subject_type, subject_id) *
+		FROM {{schema}}.feedback_events
+		ORDER BY source, subject_type, subject_id, _cl_sequence DESC, _cl_row_id DESC`,
+	`CREATE INDEX feedback_events_detractors_idx ON {{schema}}.feedback_events (_cl_received_at) WHERE segment = 'detractor'`,
+	`CREATE INDEX feedback_events_follow_ups_idx ON {{schema}}.feedback_events (response_key, _cl_received_at) WHERE kind = 'follow_up'`,
+	// loop_closure_since(t): one row per detractor response first received
+	// since t (test events excluded) and ticket opened for it (none: the
+	// ticket columns are null): when the detractor arrived, when the
+	// helpdesk created the ticket, the first public agent reply, the first
+	// time it was solved (or closed), its latest stage, and the durations
+	// from the detractor's arrival. loop_closure is the whole history.
+	`CREATE FUNCTION {{schema}}.loop_closure_since(since TIMESTAMPTZ) RETURNS TABLE (
+		response_key TEXT, source TEXT, response_id TEXT, detractor_event_id TEXT, respondent_email TEXT,
+		score DOUBLE PRECISION, survey_type TEXT, labels TEXT[], detractor_received_at TIMESTAMPTZ,
+		ticket_system TEXT, ticket_id TEXT, ticket_created_at TIMESTAMPTZ, first_reply_at TIMESTAMPTZ,
+		solved_at TIMESTAMPTZ, ticket_stage TEXT,
+		time_to_ticket INTERVAL, time_to_first_reply INTERVAL, time_to_solved INTERVAL)
+	LANGUAGE sql STABLE AS $$
+		WITH detractors AS (
+			SELECT DISTINCT ON (e.source, e.subject_type, e.subject_id)
+				e.source || '/' || e.subject_type || '/' || e.subject_id AS response_key, e.source, e.subject_id AS response_id,
+				e.event_id AS detractor_event_id, e.respondent_email, e.score, e.survey_type, e.labels,
+				e._cl_received_at AS detractor_received_at
+			FROM {{schema}}.feedback_events e
+			WHERE e.segment = 'detractor' AND e._cl_received_at >= since AND NOT e.is_test AND e.kind <> 'follow_up'
+			ORDER BY e.source, e.subject_type, e.subject_id, e._cl_received_at, e._cl_row_id
+		), tickets AS (
+			SELECT f.response_key, f.ticket_system, f.ticket_id,
+				min(coalesce(f.ticket_created_at, CASE WHEN f.ticket_stage = 'created' THEN f.occurred_at END)) AS ticket_created_at,
+				min(f.occurred_at) FILTER (WHERE f.ticket_stage = 'agent_replied') AS first_reply_at,
+				min(f.occurred_at) FILTER (WHERE f.ticket_stage IN ('solved', 'closed')) AS solved_at,
+				(array_agg(f.ticket_stage ORDER BY f.occurred_at DESC, f._cl_row_id DESC))[1] AS ticket_stage
+			FROM {{schema}}.feedback_events f
+			WHERE f.kind = 'follow_up' AND f.response_key IN (SELECT d.response_key FROM detractors d) AND NOT f.is_test
+			GROUP BY f.response_key, f.ticket_system, f.ticket_id
+		)
+		SELECT d.response_key, d.source, d.response_id, d.detractor_event_id, d.respondent_email, d.score, d.survey_type,
+			d.labels, d.detractor_received_at, t.ticket_system, t.ticket_id, t.ticket_created_at, t.first_reply_at,
+			t.solved_at, t.ticket_stage,
+			t.ticket_created_at - d.detractor_received_at, t.first_reply_at - d.detractor_received_at,
+			t.solved_at - d.detractor_received_at
+		FROM detractors d LEFT JOIN tickets t ON t.response_key = d.response_key
+	$$`,
+	`CREATE VIEW {{schema}}.loop_closure AS SELECT * FROM {{schema}}.loop_closure_since('-infinity')`,
 }
 
 // Migrate creates the schema and applies pending migrations. Concurrent

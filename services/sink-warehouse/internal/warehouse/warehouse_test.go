@@ -144,3 +144,91 @@ func BenchmarkDeliver500(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N*len(batch))/b.Elapsed().Seconds(), "rows/s")
 }
+
+func response(id, subject string, score float64, segment feedbackv1.Segment, at time.Time, test bool) *sink.Event {
+	return &sink.Event{Ctx: context.Background(), Feedback: &feedbackv1.FeedbackEvent{
+		EventId: id, Source: "dl", Provider: "delighted", Kind: feedbackv1.Kind_KIND_RESPONSE_CREATED, Test: test,
+		Subject:    &feedbackv1.Subject{Type: feedbackv1.SubjectType_SUBJECT_TYPE_RESPONSE, Id: subject},
+		Version:    timestamppb.New(at), OccurredAt: timestamppb.New(at), ReceivedAt: timestamppb.New(at),
+		Survey:     &feedbackv1.Survey{Type: feedbackv1.SurveyType_SURVEY_TYPE_NPS},
+		Score:      &feedbackv1.Score{Value: score, Min: 0, Max: 10}, Segment: segment,
+		Respondent: &feedbackv1.Respondent{Email: subject + "@example.com"},
+	}}
+}
+
+func followUp(id, system, ticket, key string, stage feedbackv1.FollowUpStage, at, created time.Time) *sink.Event {
+	fu := &feedbackv1.FollowUp{System: system, TicketId: ticket, ResponseKey: key, Stage: stage, Status: stage.String()}
+	if !created.IsZero() {
+		fu.TicketCreatedAt = timestamppb.New(created)
+	}
+	return &sink.Event{Ctx: context.Background(), Feedback: &feedbackv1.FeedbackEvent{
+		EventId: id, Source: system + "-tickets", Provider: system, Kind: feedbackv1.Kind_KIND_FOLLOW_UP,
+		Subject: &feedbackv1.Subject{Type: feedbackv1.SubjectType_SUBJECT_TYPE_TICKET, Id: ticket},
+		Version: timestamppb.New(at), OccurredAt: timestamppb.New(at), ReceivedAt: timestamppb.New(at.Add(time.Second)),
+		FollowUp: fu,
+	}}
+}
+
+// The loop_closure view joins the helpdesks' follow-ups to the detractors
+// they were opened for, and the summary counts and takes medians over the
+// window: passives, test events and older detractors are left out, a
+// detractor without a ticket counts as one without.
+func TestTheLoopClosureViewFollowsEachDetractorToItsSolvedTicket(t *testing.T) {
+	p, w := migrated(t, "wh_loop")
+	ctx := context.Background()
+	t0 := time.Now().Add(-2 * time.Hour).Truncate(time.Second)
+	const (
+		detractor = feedbackv1.Segment_SEGMENT_DETRACTOR
+		created   = feedbackv1.FollowUpStage_FOLLOW_UP_STAGE_CREATED
+		replied   = feedbackv1.FollowUpStage_FOLLOW_UP_STAGE_AGENT_REPLIED
+		solved    = feedbackv1.FollowUpStage_FOLLOW_UP_STAGE_SOLVED
+		updated   = feedbackv1.FollowUpStage_FOLLOW_UP_STAGE_UPDATED
+	)
+	events := []*sink.Event{
+		response("r1v1", "r1", 3, detractor, t0, false),
+		response("r1v2", "r1", 4, detractor, t0.Add(30*time.Minute), false), // a later version: the first arrival counts
+		response("r2", "r2", 2, detractor, t0.Add(time.Minute), false),
+		response("r3", "r3", 5, detractor, t0.Add(2*time.Minute), false),
+		response("r4", "r4", 8, feedbackv1.Segment_SEGMENT_PASSIVE, t0, false),
+		response("r5", "r5", 0, detractor, t0, true),
+		response("old", "old", 1, detractor, t0.Add(-48*time.Hour), false),
+		// r1: Zendesk ticket 10, created after 1 min, replied at 5, solved at 20.
+		followUp("z1", "zendesk", "10", "dl/response/r1", created, t0.Add(time.Minute), t0.Add(time.Minute)),
+		followUp("z2", "zendesk", "10", "dl/response/r1", updated, t0.Add(3*time.Minute), t0.Add(time.Minute)),
+		followUp("z3", "zendesk", "10", "dl/response/r1", replied, t0.Add(5*time.Minute), t0.Add(time.Minute)),
+		followUp("z4", "zendesk", "10", "dl/response/r1", solved, t0.Add(20*time.Minute), t0.Add(time.Minute)),
+		// r3: Freshdesk ticket 7 (no created event; its time from ticket_created_at), solved after 62 min.
+		followUp("f1", "freshdesk", "7", "dl/response/r3", solved, t0.Add(64*time.Minute), t0.Add(4*time.Minute)),
+		// A ticket closedloop did not open.
+		followUp("z9", "zendesk", "99", "", solved, t0, time.Time{}),
+	}
+	if errs := w.Deliver(ctx, events); errs != nil {
+		t.Fatal(errs)
+	}
+	var n int
+	var toSolved time.Duration
+	var stage string
+	if err := p.QueryRow(ctx, `SELECT count(*) FROM wh_loop.loop_closure`).Scan(&n); err != nil || n != 4 {
+		t.Fatalf("loop_closure rows = %d (%v), want 4: r1, r2, r3 and the 48 h old one", n, err)
+	}
+	if err := p.QueryRow(ctx, `SELECT time_to_solved, ticket_stage FROM wh_loop.loop_closure WHERE response_id = 'r1'`).Scan(&toSolved, &stage); err != nil {
+		t.Fatal(err)
+	}
+	if toSolved != 20*time.Minute || stage != "solved" {
+		t.Fatalf("r1: time_to_solved %v, stage %q; want 20m, solved", toSolved, stage)
+	}
+	s, err := LoopSummary(ctx, p, "wh_loop", time.Now().Add(-LoopWindow))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Detractors != 3 || s.Ticketed != 2 || s.Replied != 1 || s.Solved != 2 {
+		t.Fatalf("summary %v: want 3 detractors, 2 with a ticket, 1 replied, 2 solved", s)
+	}
+	// Medians: to ticket (1 min, 2 min) → 90 s; to solved (20 min, 62 min) → 41 min.
+	if s.MedianToTicketSeconds != 90 || s.MedianToReplySeconds != 300 || s.MedianToSolvedSeconds != 41*60 {
+		t.Fatalf("medians %v / %v / %v s, want 90 / 300 / 2460", s.MedianToTicketSeconds, s.MedianToReplySeconds, s.MedianToSolvedSeconds)
+	}
+	if len(s.Systems) != 2 || s.Systems[0].System != "freshdesk" || s.Systems[0].MedianToSolvedSeconds != 62*60 || s.Systems[1].Solved != 1 {
+		t.Fatalf("per helpdesk: %v", s.Systems)
+	}
+}

@@ -40,6 +40,7 @@ var columns = []struct{ name, typ string }{
 	{"respondent_id", "text"}, {"respondent_email", "text"}, {"respondent_name", "text"}, {"tags", "jsonb"},
 	{"is_test", "bool"}, {"replay_id", "text"}, {"trace_id", "text"}, {"event", "jsonb"},
 	{"lane", "text"}, {"labels", "jsonb"},
+	{"response_key", "text"}, {"ticket_system", "text"}, {"ticket_id", "text"}, {"ticket_stage", "text"}, {"ticket_created_at", "timestamptz"},
 }
 
 // NewWriter returns a writer for schema (already migrated).
@@ -232,6 +233,12 @@ func row(ev *feedbackv1.FeedbackEvent, js []byte, traceID string) []any {
 		labels = []string{}
 	}
 	labelsJSON, _ := json.Marshal(labels)
+	fu := ev.GetFollowUp()
+	var ticketCreated *time.Time
+	if fu.GetTicketCreatedAt() != nil {
+		t := fu.GetTicketCreatedAt().AsTime()
+		ticketCreated = &t
+	}
 	return []any{
 		received, seq, ev.EventId, ev.Source, ev.Provider, lower(ev.Kind.String(), "KIND_"), ev.ProviderEventType,
 		lower(ev.GetSubject().GetType().String(), "SUBJECT_TYPE_"), ev.GetSubject().GetId(),
@@ -240,6 +247,8 @@ func row(ev *feedbackv1.FeedbackEvent, js []byte, traceID string) []any {
 		nullIf(ev.GetRespondent().GetId(), ""), nullIf(ev.GetRespondent().GetEmail(), ""), nullIf(ev.GetRespondent().GetName(), ""),
 		string(tagsJSON), ev.Test, nullIf(ev.ReplayId, ""), nullIf(traceID, "00000000000000000000000000000000"), js,
 		nullIf(lower(ev.GetEnrichment().GetLane().String(), "LANE_"), "unspecified"), string(labelsJSON),
+		nullIf(fu.GetResponseKey(), ""), nullIf(fu.GetSystem(), ""), nullIf(fu.GetTicketId(), ""),
+		nullIf(lower(fu.GetStage().String(), "FOLLOW_UP_STAGE_"), "unspecified"), ticketCreated,
 	}
 }
 
