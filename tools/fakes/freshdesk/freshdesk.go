@@ -14,7 +14,12 @@
 //   - no idempotency: the same POST twice makes two tickets;
 //   - a per-account limit per minute (Growth: 200) answered 429 with
 //     Retry-After and the X-Ratelimit headers;
-//   - failures on command.
+//   - failures on command;
+//   - outbound automation webhooks (Hooks), as rules "ticket created",
+//     "agent replied" and "status is Resolved/Closed" with the body template
+//     of docs/destinations.md send them (unsigned: the URL carries the
+//     ingest token), and an agent (Agent) who replies to and resolves a
+//     share of the tickets.
 package freshdeskfake
 
 import (
@@ -76,6 +81,14 @@ type Server struct {
 	tickets []*Ticket
 	fails   fake.Failures
 	limit   fake.MinuteLimit
+
+	// Hooks, when set, receives the automation webhooks.
+	Hooks *fake.Hooks
+	// Agent, when set, is given every new ticket.
+	Agent *fake.Agent
+	// ResponseField is the custom field the webhook template reads the
+	// response key from (default cf_closedloop_response).
+	ResponseField string
 }
 
 // New returns a fake with no API keys.
@@ -115,8 +128,83 @@ func (s *Server) SetStatus(id int64, status int) bool {
 	if id < 1 || int(id) > len(s.tickets) {
 		return false
 	}
-	s.tickets[id-1].Status, s.tickets[id-1].UpdatedAt = status, s.Now().UTC()
+	s.setStatus(s.tickets[id-1], status)
 	return true
+}
+
+// AgentReply adds an agent's reply to a ticket (a public conversation, as
+// POST /tickets/{id}/reply makes) and sets it pending.
+func (s *Server) AgentReply(id int64, body string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if id < 1 || int(id) > len(s.tickets) {
+		return false
+	}
+	t := s.tickets[id-1]
+	if t.Status == 5 {
+		return false
+	}
+	now := s.Now().UTC()
+	t.Notes = append(t.Notes, Note{Body: body, Private: false, At: now})
+	t.UpdatedAt = now
+	if s.Out != nil {
+		fmt.Fprintf(s.Out, "  📝 freshdesk #%d agent replied: %s\n", t.ID, firstLine(body))
+	}
+	s.webhook(t, "agent_reply")
+	if t.Status == 2 {
+		s.setStatus(t, 3)
+	}
+	return true
+}
+
+// NewAgent is an agent working this fake's tickets: a reply, then resolved.
+func (s *Server) NewAgent(share float64, replyAfter, solveAfter time.Duration) *fake.Agent {
+	return &fake.Agent{Share: share, ReplyAfter: replyAfter, SolveAfter: solveAfter,
+		Reply: func(id int64) { s.AgentReply(id, "Hello, thank you for your feedback. We are looking into it.") },
+		Solve: func(id int64) { s.SetStatus(id, 4) },
+	}
+}
+
+var statusNames = map[int]string{2: "Open", 3: "Pending", 4: "Resolved", 5: "Closed"}
+
+// setStatus changes the status and sends the rule's webhook: resolved,
+// closed, reopened (from resolved or closed).
+func (s *Server) setStatus(t *Ticket, status int) {
+	if t.Status == status {
+		return
+	}
+	prev := t.Status
+	t.Status, t.UpdatedAt = status, s.Now().UTC()
+	switch {
+	case status == 4:
+		s.webhook(t, "ticket_resolved")
+	case status == 5:
+		s.webhook(t, "ticket_closed")
+	case prev >= 4:
+		s.webhook(t, "ticket_reopened")
+	}
+	if s.Out != nil && status >= 4 {
+		fmt.Fprintf(s.Out, "  ✅ freshdesk #%d %s by the agent\n", t.ID, strings.ToLower(statusNames[status]))
+	}
+}
+
+// webhook sends the automation rule's body (docs/destinations.md's
+// template, its placeholders filled).
+func (s *Server) webhook(t *Ticket, event string) {
+	if s.Hooks == nil {
+		return
+	}
+	field := s.ResponseField
+	if field == "" {
+		field = "cf_closedloop_response"
+	}
+	key, _ := t.CustomFields[field].(string)
+	body, _ := json.Marshal(map[string]any{
+		"event": event, "ticket_id": strconv.FormatInt(t.ID, 10), "ticket_status": statusNames[t.Status],
+		"closedloop_response": key, "ticket_subject": t.Subject, "ticket_created_at": t.CreatedAt.Format(time.RFC3339),
+		"time": s.Now().UTC().Format(time.RFC3339),
+	})
+	s.Hooks.Send(body)
 }
 
 var (
@@ -182,10 +270,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			if in.Tags != nil {
 				t.Tags = in.Tags
 			}
-			if in.Status != 0 {
-				t.Status = in.Status
-			}
 			t.UpdatedAt = now.UTC()
+			if in.Status != 0 {
+				s.setStatus(t, in.Status)
+			}
 			writeJSON(w, http.StatusOK, t)
 		default:
 			w.WriteHeader(http.StatusMethodNotAllowed)
@@ -283,6 +371,10 @@ func (s *Server) create(w http.ResponseWriter, body []byte) {
 	s.tickets = append(s.tickets, t)
 	if s.Out != nil {
 		fmt.Fprintf(s.Out, "  🎫 freshdesk #%d p%d %s (%s)\n", t.ID, t.Priority, t.Subject, t.Email)
+	}
+	s.webhook(t, "ticket_created")
+	if s.Agent != nil {
+		s.Agent.Assign(t.ID)
 	}
 	writeJSON(w, http.StatusCreated, t)
 }

@@ -17,10 +17,17 @@
 //     a closed ticket answers 422;
 //   - a per-account limit of requests per minute (Team plan: 200) answered
 //     429 with Retry-After and the X-Rate-Limit headers;
-//   - failures on command (5xx, 429, 422 for a request that mentions a text).
+//   - failures on command (5xx, 429, 422 for a request that mentions a text);
+//   - outbound webhooks (Hooks), as a Zendesk webhook subscribed to ticket
+//     events sends them: zen:event-type:ticket.created, .comment_added
+//     (author.is_staff, is_public) and .status_changed, signed
+//     X-Zendesk-Webhook-Signature = base64 HMAC-SHA256(secret, timestamp +
+//     body) with the RFC 3339 X-Zendesk-Webhook-Signature-Timestamp (Signer);
+//   - an agent (Agent) who replies to and solves a share of the tickets.
 package zendeskfake
 
 import (
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
@@ -100,12 +107,19 @@ type Server struct {
 	fails   fake.Failures
 	limit   fake.MinuteLimit
 	creates int
+
+	// Hooks, when set, receives the ticket events (webhooks out).
+	Hooks *fake.Hooks
+	// Agent, when set, is given every new ticket.
+	Agent   *fake.Agent
+	eventID int64
+	epoch   int64
 }
 
 // New returns a fake with no credentials.
 func New() *Server {
 	return &Server{PerMinute: 200, Now: time.Now, users: map[string]string{}, oauth: map[string]bool{},
-		byID: map[int64]*Ticket{}, idem: map[string]*idem{}}
+		byID: map[int64]*Ticket{}, idem: map[string]*idem{}, epoch: time.Now().UnixNano()}
 }
 
 // AddAPIToken lets email authenticate with an API token.
@@ -164,8 +178,105 @@ func (s *Server) SetStatus(id int64, status string) bool {
 	if t == nil {
 		return false
 	}
-	t.Status, t.UpdatedAt = status, s.Now().UTC()
+	s.setStatus(t, status)
 	return true
+}
+
+// AgentReply adds an agent's public reply to a ticket (opening a new one).
+func (s *Server) AgentReply(id int64, body string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := s.byID[id]
+	if t == nil || t.Status == "closed" {
+		return false
+	}
+	s.comment(t, body, true)
+	if t.Status == "new" {
+		s.setStatus(t, "open")
+	}
+	return true
+}
+
+// NewAgent is an agent working this fake's tickets: a public reply, then
+// solved.
+func (s *Server) NewAgent(share float64, replyAfter, solveAfter time.Duration) *fake.Agent {
+	return &fake.Agent{Share: share, ReplyAfter: replyAfter, SolveAfter: solveAfter,
+		Reply: func(id int64) {
+			s.AgentReply(id, "Hi, thanks for telling us. We are on it and will follow up here.")
+		},
+		Solve: func(id int64) { s.SetStatus(id, "solved") },
+	}
+}
+
+// Signer signs outbound webhooks as Zendesk does with a webhook's signing
+// secret.
+func Signer(secret string) func(body []byte, now time.Time) http.Header {
+	return func(body []byte, now time.Time) http.Header {
+		ts := now.UTC().Format(time.RFC3339)
+		m := hmac.New(sha256.New, []byte(secret))
+		m.Write([]byte(ts))
+		m.Write(body)
+		return http.Header{
+			"X-Zendesk-Webhook-Signature":           {base64.StdEncoding.EncodeToString(m.Sum(nil))},
+			"X-Zendesk-Webhook-Signature-Timestamp": {ts},
+			"X-Zendesk-Webhook-Id":                  {"01JDFAKEZENDESKWEBHOOK0001"},
+			"X-Zendesk-Account-Id":                  {"1"},
+			"User-Agent":                            {"Zendesk Webhook"},
+		}
+	}
+}
+
+// setStatus changes the status and sends ticket.status_changed.
+func (s *Server) setStatus(t *Ticket, status string) {
+	if t.Status == status {
+		return
+	}
+	prev := t.Status
+	t.Status, t.UpdatedAt = status, s.Now().UTC()
+	if s.Out != nil && (status == "solved" || status == "closed") {
+		fmt.Fprintf(s.Out, "  ✅ zendesk #%d %s by the agent\n", t.ID, status)
+	}
+	s.event(t, "status_changed", map[string]any{"current": strings.ToUpper(status), "previous": strings.ToUpper(prev)})
+}
+
+// comment adds a comment by the API user (an agent) and sends
+// ticket.comment_added.
+func (s *Server) comment(t *Ticket, body string, public bool) {
+	now := s.Now().UTC()
+	t.Comments = append(t.Comments, Comment{Body: body, Public: public, At: now})
+	t.UpdatedAt = now
+	if s.Out != nil {
+		what := "comment"
+		if public {
+			what = "agent replied"
+		}
+		fmt.Fprintf(s.Out, "  🎫 zendesk #%d %s: %s\n", t.ID, what, firstLine(body))
+	}
+	s.event(t, "comment_added", map[string]any{"comment": map[string]any{
+		"id": strconv.Itoa(len(t.Comments)), "body": body, "is_public": public,
+		"author": map[string]any{"id": "1", "is_staff": true, "name": "closedloop fake agent"}}})
+}
+
+// event sends a ticket event (zen:event-type:ticket.<typ>) to Hooks.
+func (s *Server) event(t *Ticket, typ string, event map[string]any) {
+	if s.Hooks == nil {
+		return
+	}
+	s.eventID++
+	now := s.Now().UTC()
+	tags := t.Tags
+	if tags == nil {
+		tags = []string{}
+	}
+	body, _ := json.Marshal(map[string]any{
+		"type": "zen:event-type:ticket." + typ, "account_id": 1, "id": fmt.Sprintf("zdfake-%x-%d", s.epoch, s.eventID),
+		"time": now.Format(time.RFC3339), "zendesk_event_version": "2022-11-06", "subject": fmt.Sprintf("zen:ticket:%d", t.ID),
+		"detail": map[string]any{"id": strconv.FormatInt(t.ID, 10), "external_id": t.ExternalID, "status": strings.ToUpper(t.Status),
+			"subject": t.Subject, "priority": strings.ToUpper(t.Priority), "tags": tags, "requester_id": "2",
+			"created_at": t.CreatedAt.Format(time.RFC3339), "updated_at": t.UpdatedAt.Format(time.RFC3339), "via": map[string]any{"channel": "api"}},
+		"event": event,
+	})
+	s.Hooks.Send(body)
 }
 
 var (
@@ -353,6 +464,10 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request, body []byte) {
 	if s.Out != nil {
 		fmt.Fprintf(s.Out, "  🎫 zendesk #%d %-6s %s (%s) %s\n", id, firstNonEmpty(t.Priority, "-"), t.Subject, t.Requester.Email, t.ExternalID)
 	}
+	s.event(t, "created", map[string]any{"current": map[string]any{"status": strings.ToUpper(t.Status)}})
+	if s.Agent != nil {
+		s.Agent.Assign(id)
+	}
 	w.Header().Set("Location", t.URL)
 	w.Header().Set("Content-Type", "application/json; charset=utf-8")
 	w.WriteHeader(http.StatusCreated)
@@ -423,14 +538,10 @@ func (s *Server) update(w http.ResponseWriter, t *Ticket, body []byte) {
 	}
 	now := s.Now().UTC()
 	if in.Comment != nil && firstNonEmpty(in.Comment.Body, in.Comment.HTMLBody) != "" {
-		public := in.Comment.Public == nil || *in.Comment.Public
-		t.Comments = append(t.Comments, Comment{Body: firstNonEmpty(in.Comment.Body, in.Comment.HTMLBody), Public: public, At: now})
-		if s.Out != nil {
-			fmt.Fprintf(s.Out, "  🎫 zendesk #%d comment: %s\n", t.ID, firstLine(in.Comment.Body))
-		}
+		s.comment(t, firstNonEmpty(in.Comment.Body, in.Comment.HTMLBody), in.Comment.Public == nil || *in.Comment.Public)
 	}
 	if in.Status != "" {
-		t.Status = in.Status
+		s.setStatus(t, in.Status)
 	}
 	if in.Tags != nil {
 		t.Tags = in.Tags // tags replace the list, additional_tags add to it

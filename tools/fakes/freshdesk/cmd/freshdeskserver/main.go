@@ -15,16 +15,28 @@ import (
 	"time"
 
 	freshdeskfake "github.com/closedloop/closedloop/tools/fakes/freshdesk"
+	"github.com/closedloop/closedloop/tools/fakes/internal/fake"
 )
 
 func main() {
 	addr := flag.String("addr", "127.0.0.1:8097", "listen address")
 	key := flag.String("key", "dev-freshdesk-key", "an API key the fake accepts")
 	perMinute := flag.Int("per-minute", 200, "requests per minute (429 past it)")
+	hookURL := flag.String("webhook-url", "", "where the automation webhooks are sent (none when empty)")
+	share := flag.Float64("agent-share", 0, "share of the tickets a fake agent replies to and resolves (0 to 1)")
+	replyAfter := flag.Duration("agent-reply-after", 8*time.Second, "about when the agent replies")
+	solveAfter := flag.Duration("agent-solve-after", 20*time.Second, "about when the agent resolves")
 	flag.Parse()
 	s := freshdeskfake.New()
 	s.PerMinute, s.Out = *perMinute, os.Stdout
 	s.AddAPIKey(*key)
+	if *hookURL != "" {
+		s.Hooks = &fake.Hooks{URL: *hookURL, Log: os.Stdout}
+		fmt.Printf("freshdeskserver: automation webhooks go to %s\n", *hookURL)
+	}
+	if *share > 0 {
+		s.Agent = s.NewAgent(*share, *replyAfter, *solveAfter)
+	}
 	fmt.Printf("freshdeskserver on http://%s: API key %s\n", *addr, *key)
 	srv := &http.Server{Addr: *addr, Handler: s, ReadHeaderTimeout: 5 * time.Second}
 	log.Fatal(srv.ListenAndServe())
