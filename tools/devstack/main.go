@@ -27,9 +27,13 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/closedloop/closedloop/libs/grpcserver"
 	"github.com/closedloop/closedloop/libs/kafkaio"
 	"github.com/closedloop/closedloop/libs/localinfra"
+	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 	"github.com/closedloop/closedloop/tools/internal/delightedgen"
 	"github.com/closedloop/closedloop/tools/internal/stack"
 )
@@ -139,9 +143,23 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	zdAddr := "127.0.0.1:" + strconv.Itoa(zdPort)
+	// The helpdesks send their ticket events to the ingress, whose port is
+	// fixed before anything starts; a fake agent solves most tickets.
+	ingressPort := o.ingressPort
+	if ingressPort == 0 || !portFree(ingressPort) {
+		if ingressPort, err = localinfra.FreePort(); err != nil {
+			return err
+		}
+	}
+	secret, token := "dev_delighted_api_key", "tok_dev_0123456789abcdefghijklmnop"
+	hook := func(source string) string {
+		return fmt.Sprintf("http://127.0.0.1:%d/v1/hooks/%s/%s", ingressPort, source, token)
+	}
+	agent := []string{"-agent-share", "0.7", "-agent-reply-after", "6s", "-agent-solve-after", "15s"}
 	zdSrv := &stack.Process{Name: "zendeskserver", Bin: filepath.Join(bin, "zendeskserver"),
-		Args: []string{"-addr", zdAddr, "-email", "agent@example.com", "-token", "dev-zendesk-token"},
-		Log:  filepath.Join(logs, "zendeskserver.log"), Tee: os.Stdout}
+		Args: append([]string{"-addr", zdAddr, "-email", "agent@example.com", "-token", "dev-zendesk-token",
+			"-webhook-url", hook("zendesk-tickets"), "-webhook-secret", zendeskWebhookSecret}, agent...),
+		Log: filepath.Join(logs, "zendeskserver.log"), Tee: os.Stdout}
 	if err := zdSrv.Start(); err != nil {
 		return err
 	}
@@ -149,7 +167,7 @@ func run(ctx context.Context, o options) error {
 	if err := stack.WaitReady(ctx, zdSrv, zdAddr, 30*time.Second); err != nil {
 		return err
 	}
-	say("  zendesk    http://%s (tools/fakes/zendesk: a ticket per detractor response is printed as a 🎫 line)", zdAddr)
+	say("  zendesk    http://%s (tools/fakes/zendesk: a ticket per detractor response is printed as a 🎫 line; its agent solves most: ✅)", zdAddr)
 
 	fdPort, err := localinfra.FreePort()
 	if err != nil {
@@ -157,7 +175,8 @@ func run(ctx context.Context, o options) error {
 	}
 	fdAddr := "127.0.0.1:" + strconv.Itoa(fdPort)
 	fdSrv := &stack.Process{Name: "freshdeskserver", Bin: filepath.Join(bin, "freshdeskserver"),
-		Args: []string{"-addr", fdAddr, "-key", "dev-freshdesk-key"}, Log: filepath.Join(logs, "freshdeskserver.log"), Tee: os.Stdout}
+		Args: append([]string{"-addr", fdAddr, "-key", "dev-freshdesk-key", "-webhook-url", hook("freshdesk-tickets")}, agent...),
+		Log:  filepath.Join(logs, "freshdeskserver.log"), Tee: os.Stdout}
 	if err := fdSrv.Start(); err != nil {
 		return err
 	}
@@ -167,9 +186,11 @@ func run(ctx context.Context, o options) error {
 	}
 	say("  freshdesk  http://%s (tools/fakes/freshdesk: tickets for enterprise detractors, printed as 🎫 lines)", fdAddr)
 
-	secret, token := "dev_delighted_api_key", "tok_dev_0123456789abcdefghijklmnop"
 	p := &stack.Pipeline{BinDir: bin, Dir: logs, AdminPort: o.adminPort, Brokers: broker.Addrs, Redis: redisAddr,
-		DatabaseURL: dbURL, Secret: secret, Token: token, IngressPort: o.ingressPort, Env: []string{"LOG_LEVEL=info"}, CRMURL: crmURL,
+		DatabaseURL: dbURL, Secret: secret, Token: token, IngressPort: ingressPort, Env: []string{"LOG_LEVEL=info"}, CRMURL: crmURL,
+		SourcesYAML: "  - name: zendesk-tickets\n    provider: zendesk\n    secrets: [env:ZENDESK_WEBHOOK_SECRET]\n" +
+			"    ingest_tokens: [env:CLOSEDLOOP_DEV_INGEST_TOKEN]\n" +
+			"  - name: freshdesk-tickets\n    provider: freshdesk\n    ingest_tokens: [env:CLOSEDLOOP_DEV_INGEST_TOKEN]\n",
 		AdminTokens: map[string]string{"dev": "operator", "viewer": "viewer"},
 		SinksYAML: "  slack:\n    channels:\n      - name: cx-alerts\n        webhook_url: env:SLACK_WEBHOOK_URL\n" +
 			"  zendesk:\n    accounts:\n      - name: support\n        url: http://" + zdAddr + "\n        email: agent@example.com\n" +
@@ -177,7 +198,7 @@ func run(ctx context.Context, o options) error {
 			"  freshdesk:\n    accounts:\n      - name: enterprise-desk\n        url: http://" + fdAddr + "\n        api_key: env:FRESHDESK_API_KEY\n" +
 			"        when: 'event.segment == Segment.SEGMENT_DETRACTOR && event.enrichment.lane == Lane.LANE_PRIORITY'\n"}
 	p.Env = append(p.Env, "SLACK_WEBHOOK_URL=http://"+slackAddr+"/services/T0DEV/B0DEV/devwebhooksecret", "ZENDESK_API_TOKEN=dev-zendesk-token",
-		"FRESHDESK_API_KEY=dev-freshdesk-key")
+		"FRESHDESK_API_KEY=dev-freshdesk-key", "ZENDESK_WEBHOOK_SECRET="+zendeskWebhookSecret)
 	sinkName := "sink-warehouse"
 	if dbURL == "" {
 		sinkName = "sink-console"
@@ -217,10 +238,14 @@ func run(ctx context.Context, o options) error {
 		go generate(ctx, p, secret, o.rate)
 	}
 	if dbURL != "" {
+		go showLoop(ctx, p)
 		return showRows(ctx, dbURL, p.Schema())
 	}
 	return followConsole(ctx, filepath.Join(p.Dir, "sink-console.log"))
 }
+
+// zendeskWebhookSecret is the signing secret of the local Zendesk's webhook.
+const zendeskWebhookSecret = "dev-zendesk-webhook-signing-secret"
 
 func stopped(what string, fn func() error) {
 	if err := fn(); err != nil {
@@ -342,22 +367,66 @@ func showRows(ctx context.Context, url, schema string) error {
 			coalesce(lane, ''), array_to_string(labels, ','),
 			coalesce(event->'enrichment'->'lookups'->'account'->'fields'->>'account_name', event->'enrichment'->'lookups'->'account'->>'status', ''),
 			coalesce(event->'enrichment'->'lookups'->'account'->'fields'->>'tier', ''),
-			extract(epoch FROM _cl_batched_at - _cl_received_at) * 1000
-			FROM `+schema+`.feedback_events WHERE _cl_row_id > $1 ORDER BY _cl_row_id`, last)
+			extract(epoch FROM _cl_batched_at - _cl_received_at) * 1000,
+			coalesce(ticket_system, ''), coalesce(ticket_stage, ''), coalesce(response_key, ''),
+			CASE WHEN ticket_stage IN ('solved', 'closed') THEN (SELECT extract(epoch FROM min(l.time_to_solved))
+				FROM `+schema+`.loop_closure_since(now() - interval '1 day') l WHERE l.response_key = e.response_key) END
+			FROM `+schema+`.feedback_events e WHERE _cl_row_id > $1 ORDER BY _cl_row_id`, last)
 		if err != nil {
 			continue // not migrated yet, or shutting down
 		}
 		for rows.Next() {
 			var id int64
-			var kind, subject, score, segment, comment, lane, labels, account, tier string
+			var kind, subject, score, segment, comment, lane, labels, account, tier, system, stage, key string
 			var ms float64
-			if rows.Scan(&id, &kind, &subject, &score, &segment, &comment, &lane, &labels, &account, &tier, &ms) == nil {
-				last = id
-				say("  ← row %-5d %-17s %-8s score %-3s %-9s lane %-8s %-9s %-22s %-30.30q webhook→row %.0f ms",
-					id, kind, subject, score, segment, lane, labels, strings.TrimSpace(account+" "+tier), comment, ms)
+			var closedAfter *float64
+			if rows.Scan(&id, &kind, &subject, &score, &segment, &comment, &lane, &labels, &account, &tier, &ms, &system, &stage, &key, &closedAfter) != nil {
+				continue
 			}
+			last = id
+			if kind == "follow_up" {
+				loop := ""
+				if closedAfter != nil {
+					loop = fmt.Sprintf("  loop closed %s after the detractor", (time.Duration(*closedAfter) * time.Second).Round(time.Second))
+				}
+				say("  ↺ row %-5d %-9s ticket #%-4s %-13s for %s%s", id, system, subject, stage, key, loop)
+				continue
+			}
+			say("  ← row %-5d %-17s %-8s score %-3s %-9s lane %-8s %-9s %-22s %-30.30q webhook→row %.0f ms",
+				id, kind, subject, score, segment, lane, labels, strings.TrimSpace(account+" "+tier), comment, ms)
 		}
 		rows.Close()
+	}
+}
+
+// showLoop prints the loop closure the warehouse sink reports, every 30 s
+// when it changed.
+func showLoop(ctx context.Context, p *stack.Pipeline) {
+	conn, err := grpc.NewClient(p.GRPCAddrs["sink-warehouse"], grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithPerRPCCredentials(grpcserver.ServiceCredentials{Token: p.ServiceToken(), Service: "devstack"}))
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	client := adminv1.NewServiceAdminServiceClient(conn)
+	var shown string
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(30 * time.Second):
+		}
+		st, err := client.GetStatus(ctx, &adminv1.GetStatusRequest{})
+		lc := st.GetLoopClosure()
+		if err != nil || lc == nil || lc.Detractors == 0 {
+			continue
+		}
+		line := fmt.Sprintf("  ◎ loop closure, last 24h: %d detractors, %d with a ticket, %d replied, %d solved; median to solved %s",
+			lc.Detractors, lc.Ticketed, lc.Replied, lc.Solved, (time.Duration(lc.MedianToSolvedSeconds) * time.Second).Round(time.Second))
+		if line != shown {
+			say("%s", line)
+			shown = line
+		}
 	}
 }
 
