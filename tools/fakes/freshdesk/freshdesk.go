@@ -157,6 +157,14 @@ func (s *Server) AgentReply(id int64, body string) bool {
 	return true
 }
 
+// WebhooksTo sends the automation webhooks to url (Hooks).
+func (s *Server) WebhooksTo(url string) *fake.Hooks {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.Hooks = &fake.Hooks{URL: url}
+	return s.Hooks
+}
+
 // NewAgent is an agent working this fake's tickets: a reply, then resolved.
 func (s *Server) NewAgent(share float64, replyAfter, solveAfter time.Duration) *fake.Agent {
 	return &fake.Agent{Share: share, ReplyAfter: replyAfter, SolveAfter: solveAfter,

@@ -208,6 +208,14 @@ func (s *Server) NewAgent(share float64, replyAfter, solveAfter time.Duration) *
 	}
 }
 
+// WebhooksTo sends the ticket events to url, signed with secret (Hooks).
+func (s *Server) WebhooksTo(url, secret string) *fake.Hooks {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.Hooks = &fake.Hooks{URL: url, Sign: Signer(secret)}
+	return s.Hooks
+}
+
 // Signer signs outbound webhooks as Zendesk does with a webhook's signing
 // secret.
 func Signer(secret string) func(body []byte, now time.Time) http.Header {

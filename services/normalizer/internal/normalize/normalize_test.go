@@ -16,6 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/segmentio/kafka-go"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/closedloop/closedloop/libs/idempotency"
 	"github.com/closedloop/closedloop/libs/kafkaio"
@@ -334,5 +335,26 @@ func TestAnEventTooLargeForItsTopicIsQuarantinedNotRetried(t *testing.T) {
 	err := h.handle(context.Background(), rawMsg(t, "e9", response("e9", "100")))
 	if reason, ok := kafkaio.IsPermanent(err); !ok || reason != kafkaio.ReasonRecordTooLarge {
 		t.Fatalf("err = %v; want Permanent(%s) so the consumer quarantines it and moves on", err, kafkaio.ReasonRecordTooLarge)
+	}
+}
+
+// Two events of one ticket at one time (a comment and the status change of
+// one update) are two facts: only a response's versions share a subject key.
+func TestFollowUpsOfOneTicketAtOneTimeAreNotDuplicates(t *testing.T) {
+	at := time.Unix(1763800000, 0)
+	ticket := &feedbackv1.Subject{Type: feedbackv1.SubjectType_SUBJECT_TYPE_TICKET, Id: "35436"}
+	a := &feedbackv1.FeedbackEvent{EventId: "a", Kind: feedbackv1.Kind_KIND_FOLLOW_UP, Subject: ticket, Version: timestamppb.New(at)}
+	b := &feedbackv1.FeedbackEvent{EventId: "b", Kind: feedbackv1.Kind_KIND_FOLLOW_UP, Subject: ticket, Version: timestamppb.New(at)}
+	for _, ka := range Keys(a) {
+		for _, kb := range Keys(b) {
+			if ka == kb {
+				t.Fatalf("follow-ups a and b share the dedupe key %s", ka)
+			}
+		}
+	}
+	r := &feedbackv1.FeedbackEvent{EventId: "r", Kind: feedbackv1.Kind_KIND_RESPONSE_UPDATED, Version: timestamppb.New(at),
+		Subject: &feedbackv1.Subject{Type: feedbackv1.SubjectType_SUBJECT_TYPE_RESPONSE, Id: "1"}}
+	if len(Keys(r)) != 2 {
+		t.Fatalf("a response version has keys %v, want its event id and its subject version", Keys(r))
 	}
 }

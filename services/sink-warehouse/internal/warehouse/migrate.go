@@ -76,7 +76,9 @@ var migrations = []string{
 	// ticket columns are null): when the detractor arrived, when the
 	// helpdesk created the ticket, the first public agent reply, the first
 	// time it was solved (or closed), its latest stage, and the durations
-	// from the detractor's arrival. loop_closure is the whole history.
+	// from the detractor's arrival (never below zero: the helpdesks' times
+	// have whole seconds, and clocks differ). loop_closure is the whole
+	// history.
 	`CREATE FUNCTION {{schema}}.loop_closure_since(since TIMESTAMPTZ) RETURNS TABLE (
 		response_key TEXT, source TEXT, response_id TEXT, detractor_event_id TEXT, respondent_email TEXT,
 		score DOUBLE PRECISION, survey_type TEXT, labels TEXT[], detractor_received_at TIMESTAMPTZ,
@@ -105,8 +107,9 @@ var migrations = []string{
 		SELECT d.response_key, d.source, d.response_id, d.detractor_event_id, d.respondent_email, d.score, d.survey_type,
 			d.labels, d.detractor_received_at, t.ticket_system, t.ticket_id, t.ticket_created_at, t.first_reply_at,
 			t.solved_at, t.ticket_stage,
-			t.ticket_created_at - d.detractor_received_at, t.first_reply_at - d.detractor_received_at,
-			t.solved_at - d.detractor_received_at
+			CASE WHEN t.ticket_created_at IS NOT NULL THEN greatest(t.ticket_created_at - d.detractor_received_at, interval '0') END,
+			CASE WHEN t.first_reply_at IS NOT NULL THEN greatest(t.first_reply_at - d.detractor_received_at, interval '0') END,
+			CASE WHEN t.solved_at IS NOT NULL THEN greatest(t.solved_at - d.detractor_received_at, interval '0') END
 		FROM detractors d LEFT JOIN tickets t ON t.response_key = d.response_key
 	$$`,
 	`CREATE VIEW {{schema}}.loop_closure AS SELECT * FROM {{schema}}.loop_closure_since('-infinity')`,
