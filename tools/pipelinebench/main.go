@@ -13,8 +13,15 @@
 //     receipt time minus the event's received_at. The rate achieved and this
 //     process's CPU (load generator and receiver) are printed.
 //
+//     With -helpdesks (default), sink-webhook also opens a Zendesk and a
+//     Freshdesk ticket for every detractor in local fakes running in this
+//     process (their plan limits raised out of the way: the pipeline is
+//     measured, not the vendor's quota): webhook→ticket is the ticket's
+//     creation time minus the response's received_at.
+//
 //  2. drain: -burst webhooks sent as fast as -c senders can; the time from
-//     the first send to the last row gives the pipeline's rows/s.
+//     the first send to the last row gives the pipeline's rows/s, and to the
+//     last ticket each helpdesk's tickets/s.
 //
 //     go run ./tools/pipelinebench -rate 1000 -duration 15s -burst 20000
 package main
@@ -50,18 +57,19 @@ func main() {
 	conc := flag.Int("c", 32, "concurrent senders in the drain phase")
 	partitions := flag.Int("partitions", 6, "partitions per topic")
 	withWebhook := flag.Bool("webhook", true, "also deliver every event to a webhook destination (sink-webhook) and measure it")
+	withHelpdesks := flag.Bool("helpdesks", true, "also open Zendesk and Freshdesk tickets for the detractors (sink-webhook, local fakes) and measure them")
 	var env stack.EnvFlags
 	flag.Var(&env, "env", "NAME=value added to every service's environment (repeatable)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *rate, *duration, *burst, *conc, *partitions, *withWebhook, env); err != nil {
+	if err := run(ctx, *rate, *duration, *burst, *conc, *partitions, *withWebhook, *withHelpdesks, env); err != nil {
 		fmt.Fprintln(os.Stderr, "pipelinebench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, rate int, duration time.Duration, burst, conc, partitions int, withWebhook bool, env []string) error {
+func run(ctx context.Context, rate int, duration time.Duration, burst, conc, partitions int, withWebhook, withHelpdesks bool, env []string) error {
 	dir, bin, cleanup, err := stack.Workspace(ctx, "pipelinebench")
 	if err != nil {
 		return err
@@ -98,7 +106,17 @@ func run(ctx context.Context, rate int, duration time.Duration, burst, conc, par
 			"        secret: env:BENCH_WEBHOOK_SECRET\n        timeout: 5s\n"}
 	services := []string{"ingress", "normalizer", "enricher", "sink-warehouse", "sink-webhook"}
 	if !withWebhook {
-		p.SinksYAML, p.Run, services = "", []string{"sink-warehouse", "enricher", "normalizer", "ingress"}, services[:4]
+		p.SinksYAML = ""
+	}
+	var desks *helpdesks
+	if withHelpdesks {
+		desks = startHelpdesks()
+		defer desks.close()
+		p.SinksYAML += desks.yaml
+		p.Env = append(p.Env, desks.env...)
+	}
+	if !withWebhook && !withHelpdesks {
+		p.Run, services = []string{"sink-warehouse", "enricher", "normalizer", "ingress"}, services[:4]
 	}
 	if err := p.Start(ctx); err != nil {
 		_ = p.Stop()
@@ -164,7 +182,7 @@ func run(ctx context.Context, rate int, duration time.Duration, burst, conc, par
 		Scan(&p50, &p90, &p99, &mx); err != nil {
 		return err
 	}
-	fmt.Printf("sent %d webhooks in %s: %.0f/s achieved (asked %d/s); load generator and receiver (this process) CPU %.1f s\n",
+	fmt.Printf("sent %d webhooks in %s: %.0f/s achieved (asked %d/s); load generator, receiver and helpdesk fakes (this process) CPU %.1f s\n",
 		sent, sendTook.Round(time.Millisecond), float64(sent)/sendTook.Seconds(), rate, selfCPU()-cpu0)
 	fmt.Printf("warehouse  webhook→row      over %d rows:       p50 %.1f ms, p90 %.1f ms, p99 %.1f ms, max %.1f ms\n", accepted, p50, p90, p99, mx)
 	if withWebhook {
@@ -174,6 +192,11 @@ func run(ctx context.Context, rate int, duration time.Duration, burst, conc, par
 		d50, d90, d99, dmax, dups := rcv.latencies()
 		fmt.Printf("webhook    webhook→delivery over %d deliveries: p50 %.1f ms, p90 %.1f ms, p99 %.1f ms, max %.1f ms (%d delivered twice)\n",
 			accepted, d50, d90, d99, dmax, dups)
+	}
+	if desks != nil {
+		if err := desks.report(ctx, pool, 3*time.Minute); err != nil {
+			return err
+		}
 	}
 
 	if burst == 0 {
@@ -230,6 +253,16 @@ func run(ctx context.Context, rate int, duration time.Duration, burst, conc, par
 		}
 		hooked = time.Since(start)
 	}
+	ticketed := map[string]time.Duration{}
+	if desks != nil {
+		last, err := desks.wait(ctx, pool, 10*time.Minute)
+		if err != nil {
+			return err
+		}
+		for name, at := range last {
+			ticketed[name] = at.Sub(start)
+		}
+	}
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	fmt.Printf("ingress accepted %d in %s (%.0f req/s; answer p50 %s, p99 %s)\n", burst, acceptTook.Round(time.Millisecond),
 		float64(burst)/acceptTook.Seconds(), lat[len(lat)/2].Round(100*time.Microsecond), lat[len(lat)*99/100].Round(100*time.Microsecond))
@@ -238,6 +271,13 @@ func run(ctx context.Context, rate int, duration time.Duration, burst, conc, par
 	if withWebhook {
 		fmt.Printf("all %d at the webhook receiver %s after the first send: %.0f deliveries/s\n", burst,
 			hooked.Round(time.Millisecond), float64(burst)/hooked.Seconds())
+	}
+	if desks != nil {
+		for _, name := range []string{"zendesk", "freshdesk"} {
+			n := desks.count(name)
+			fmt.Printf("all %d %s tickets (every detractor's, both phases) %s after the drain's first send: %.0f tickets/s during the drain\n", n, name,
+				ticketed[name].Round(time.Millisecond), float64(n-desks.phase1[name])/ticketed[name].Seconds())
+		}
 	}
 	total := accepted + burst
 	for _, name := range services {

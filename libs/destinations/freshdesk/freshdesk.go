@@ -6,10 +6,14 @@
 // key (<source>/<subject type>/<subject id>) is kept in a custom ticket
 // field (`response_field`, default cf_closedloop_response; the account must
 // define it), and before creating a ticket the destination finds the
-// response's ticket: its own record in Redis, else the requester's tickets
-// (GET /api/v2/tickets?email=, from the database, not the search index that
-// lags by minutes) whose field holds the key. A crash between the POST and
-// the record therefore never makes a second ticket. A ticket's tags carry a
+// response's ticket: its own record in Redis; else, if a creation was
+// attempted (the attempt's time is recorded in Redis before the POST), the
+// requester's tickets updated since the attempt (GET /api/v2/tickets?email=
+// &updated_since=, from the database, not the search index that lags by
+// minutes) whose field holds the key. A crash between the POST and the
+// record therefore never makes a second ticket, and a response never
+// attempted costs no search. Records and attempts are kept 90 days and
+// rely on Redis's persistence, as the dedupe does. A ticket's tags carry a
 // marker of every event version it holds (closedloop_ev_<hash>): a version
 // it holds is done; a later version (a comment added, a score changed) is a
 // private note (POST /api/v2/tickets/{id}/notes), then its marker is added
@@ -179,8 +183,12 @@ func (d *Destination) call(ctx context.Context, method, target string, in, out a
 	return a.Status, a.Header, d.classify(ctx, method, a)
 }
 
-// find returns the response's ticket: the one recorded in Redis, else the
-// newest of the requester's tickets whose response field holds the key.
+// find returns the response's ticket: the one recorded in Redis; else, when
+// a creation was attempted (its time recorded before the POST) and may have
+// succeeded without being recorded (a crash between the two), the newest of
+// the requester's tickets updated since then whose response field holds the
+// key; else none — a response never attempted has no ticket, and the
+// requester's whole history is not read for every new ticket.
 func (d *Destination) find(ctx context.Context, ext, email string) (*ticket, error) {
 	if id, err := d.rdb.Get(ctx, d.ticketKey+ext).Int64(); err == nil && id > 0 {
 		var t ticket
@@ -191,11 +199,24 @@ func (d *Destination) find(ctx context.Context, ext, email string) (*ticket, err
 		if status != http.StatusNotFound {
 			return nil, err
 		}
+	} else if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, sink.Retryable(fmt.Errorf("redis: the ticket record of %s: %w", ext, err), 0)
 	}
-	q := url.Values{"email": {email}, "per_page": {"100"}, "updated_since": {"2000-01-01T00:00:00Z"}}
+	attempted, err := d.rdb.Get(ctx, d.ticketKey+ext+attemptSuffix).Int64()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return nil, nil
+	case err != nil:
+		return nil, sink.Retryable(fmt.Errorf("redis: the creation attempt of %s: %w", ext, err), 0)
+	}
+	since := time.Unix(attempted, 0).Add(-10 * time.Minute).UTC().Format(time.RFC3339) // clocks differ
+	q := url.Values{"email": {email}, "per_page": {"100"}, "updated_since": {since}}
 	next := d.api + "/tickets?" + q.Encode()
 	var found *ticket
-	for page := 0; next != "" && page < 10; page++ {
+	for page := 0; next != ""; page++ {
+		if page == maxScanPages {
+			return nil, sink.Permanent(fmt.Errorf("%s has more than %d tickets updated since %s: cannot tell whether the response %s has one", email, 100*maxScanPages, since, ext))
+		}
 		var list []ticket
 		_, hdr, err := d.call(ctx, http.MethodGet, next, nil, &list)
 		if err != nil {
@@ -210,6 +231,14 @@ func (d *Destination) find(ctx context.Context, ext, email string) (*ticket, err
 	}
 	return found, nil
 }
+
+const (
+	// attemptSuffix keys the time a response's ticket creation was first
+	// attempted.
+	attemptSuffix = ":attempt"
+	// maxScanPages bounds the requester's tickets read after an attempt.
+	maxScanPages = 50
+)
 
 var linkRE = regexp.MustCompile(`<([^>]+)>;\s*rel="next"`)
 
@@ -250,6 +279,11 @@ func (d *Destination) create(ctx context.Context, f *feedbackv1.FeedbackEvent, e
 	}
 	if d.cfg.GroupID != 0 {
 		tk["group_id"] = d.cfg.GroupID
+	}
+	// The attempt is recorded before the POST: a crash after it leaves the
+	// trace find follows.
+	if err := d.rdb.SetNX(ctx, d.ticketKey+ext+attemptSuffix, d.now().Unix(), 90*24*time.Hour).Err(); err != nil {
+		return sink.Retryable(fmt.Errorf("redis: recording the creation attempt of %s: %w", ext, err), 0)
 	}
 	var out ticket
 	if _, _, err := d.call(ctx, http.MethodPost, d.api+"/tickets", tk, &out); err != nil {

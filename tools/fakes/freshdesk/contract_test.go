@@ -127,8 +127,14 @@ func TestOneTicketPerResponseWithoutAnIdempotencyKey(t *testing.T) {
 	if errs := d.Deliver(ctx, []*sink.Event{detractor("ev-1", "r-1", "Slow exports")}); errs != nil {
 		t.Fatal(errs)
 	}
+	// The record is lost (a crash between the POST and the record); the
+	// attempt recorded before the POST remains.
 	keys, _ := rdb.Keys(ctx, prefix+"*ticket*").Result()
-	rdb.Del(ctx, keys...)
+	for _, k := range keys {
+		if !strings.HasSuffix(k, ":attempt") {
+			rdb.Del(ctx, k)
+		}
+	}
 	if errs := d.Deliver(ctx, []*sink.Event{detractor("ev-1", "r-1", "Slow exports"), detractor("ev-2", "r-1", "Slow exports, and support took a week")}); errs != nil {
 		t.Fatal(errs)
 	}

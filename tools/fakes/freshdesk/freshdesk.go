@@ -9,7 +9,8 @@
 //     outside 1–4 or an unknown custom field is 400 {"description":
 //     "Validation failed","errors":[{field,message,code}]};
 //   - GET /api/v2/tickets?email=X lists the requester's tickets, newest
-//     first, per_page ≤ 100 with page, a Link header to the next page;
+//     first, per_page ≤ 100 with page, a Link header to the next page; those
+//     created in the last 30 days, or with updated_since those updated since;
 //   - GET/PUT /api/v2/tickets/{id}, POST /api/v2/tickets/{id}/notes;
 //   - no idempotency: the same POST twice makes two tickets;
 //   - a per-account limit per minute (Growth: 200) answered 429 with
@@ -406,9 +407,21 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 		}
 		page = n
 	}
+	// Without updated_since, only the tickets created in the last 30 days
+	// are listed (as Freshdesk documents); with it, those updated since.
+	createdSince, updatedSince := s.Now().Add(-30*24*time.Hour), time.Time{}
+	if v := q.Get("updated_since"); v != "" {
+		t, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			writeJSON(w, http.StatusBadRequest, invalid("updated_since", "It should be in the 'valid date time' format", "invalid_value"))
+			return
+		}
+		createdSince, updatedSince = time.Time{}, t
+	}
 	var match []*Ticket
 	for i := len(s.tickets) - 1; i >= 0; i-- { // newest first
-		if t := s.tickets[i]; q.Get("email") == "" || strings.EqualFold(t.Email, q.Get("email")) {
+		t := s.tickets[i]
+		if (q.Get("email") == "" || strings.EqualFold(t.Email, q.Get("email"))) && !t.CreatedAt.Before(createdSince) && !t.UpdatedAt.Before(updatedSince) {
 			match = append(match, t)
 		}
 	}
