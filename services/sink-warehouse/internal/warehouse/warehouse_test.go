@@ -148,10 +148,10 @@ func BenchmarkDeliver500(b *testing.B) {
 func response(id, subject string, score float64, segment feedbackv1.Segment, at time.Time, test bool) *sink.Event {
 	return &sink.Event{Ctx: context.Background(), Feedback: &feedbackv1.FeedbackEvent{
 		EventId: id, Source: "dl", Provider: "delighted", Kind: feedbackv1.Kind_KIND_RESPONSE_CREATED, Test: test,
-		Subject:    &feedbackv1.Subject{Type: feedbackv1.SubjectType_SUBJECT_TYPE_RESPONSE, Id: subject},
-		Version:    timestamppb.New(at), OccurredAt: timestamppb.New(at), ReceivedAt: timestamppb.New(at),
-		Survey:     &feedbackv1.Survey{Type: feedbackv1.SurveyType_SURVEY_TYPE_NPS},
-		Score:      &feedbackv1.Score{Value: score, Min: 0, Max: 10}, Segment: segment,
+		Subject: &feedbackv1.Subject{Type: feedbackv1.SubjectType_SUBJECT_TYPE_RESPONSE, Id: subject},
+		Version: timestamppb.New(at), OccurredAt: timestamppb.New(at), ReceivedAt: timestamppb.New(at),
+		Survey: &feedbackv1.Survey{Type: feedbackv1.SurveyType_SURVEY_TYPE_NPS},
+		Score:  &feedbackv1.Score{Value: score, Min: 0, Max: 10}, Segment: segment,
 		Respondent: &feedbackv1.Respondent{Email: subject + "@example.com"},
 	}}
 }
