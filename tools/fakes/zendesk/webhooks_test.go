@@ -100,6 +100,10 @@ func TestTicketEventsAreSignedWebhooksAndTheAgentClosesTheLoop(t *testing.T) {
 	if got[3].Event["current"] != "SOLVED" || got[3].Event["previous"] != "OPEN" {
 		t.Fatalf("status change %v", got[3].Event)
 	}
+	// Counted once the receiver has answered: the 503 was retried, nothing given up.
+	for d, _ := f.Hooks.Counts(); d < 4 && time.Now().Before(deadline); d, _ = f.Hooks.Counts() {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if d, failed := f.Hooks.Counts(); d != 4 || failed != 0 {
 		t.Fatalf("delivered %d, failed %d", d, failed)
 	}
