@@ -90,6 +90,7 @@ type Server struct {
 	// ResponseField is the custom field the webhook template reads the
 	// response key from (default cf_closedloop_response).
 	ResponseField string
+	latency       fake.Latency
 }
 
 // New returns a fake with no API keys.
@@ -102,6 +103,9 @@ func (s *Server) AddAPIKey(key string) { s.mu.Lock(); s.keys[key] = true; s.mu.U
 
 // RevokeAPIKey refuses an API key.
 func (s *Server) RevokeAPIKey(key string) { s.mu.Lock(); delete(s.keys, key); s.mu.Unlock() }
+
+// SetLatency delays every API answer by d (0: none), as a slow vendor.
+func (s *Server) SetLatency(d time.Duration) { s.latency.Set(d) }
 
 // Fail queues a failure.
 func (s *Server) Fail(f Failure) { s.mu.Lock(); s.fails.Add(f); s.mu.Unlock() }
@@ -228,6 +232,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	s.latency.Wait(r.Context())
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if key, pass, ok := r.BasicAuth(); !ok || !s.keys[key] || pass != "X" {

@@ -108,3 +108,20 @@ func TestTicketEventsAreSignedWebhooksAndTheAgentClosesTheLoop(t *testing.T) {
 		t.Fatalf("delivered %d, failed %d", d, failed)
 	}
 }
+
+// Latency on command delays every answer (a slow Zendesk), at least by it.
+func TestLatencyOnCommand(t *testing.T) {
+	f, url := serve(t)
+	f.SetLatency(150 * time.Millisecond)
+	req, _ := http.NewRequest(http.MethodGet, url+"/api/v2/tickets.json", nil)
+	req.SetBasicAuth(agent+"/token", token)
+	start := time.Now()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("list: %v %v", resp, err)
+	}
+	_ = resp.Body.Close()
+	if took := time.Since(start); took < 150*time.Millisecond {
+		t.Fatalf("answered after %s, before the 150ms latency", took)
+	}
+}

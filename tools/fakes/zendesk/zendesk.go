@@ -114,6 +114,7 @@ type Server struct {
 	Agent   *fake.Agent
 	eventID int64
 	epoch   int64
+	latency fake.Latency
 }
 
 // New returns a fake with no credentials.
@@ -142,6 +143,9 @@ func (s *Server) AddOAuthToken(token string) {
 	defer s.mu.Unlock()
 	s.oauth[token] = true
 }
+
+// SetLatency delays every API answer by d (0: none), as a slow vendor.
+func (s *Server) SetLatency(d time.Duration) { s.latency.Set(d) }
 
 // Fail queues a failure.
 func (s *Server) Fail(f Failure) {
@@ -301,6 +305,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	s.latency.Wait(r.Context())
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.authenticated(r) {

@@ -4,7 +4,9 @@
 package fake
 
 import (
+	"context"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -61,4 +63,25 @@ func (m *MinuteLimit) Take(now time.Time, perMinute int) (remaining, resetSecond
 	}
 	m.used++
 	return perMinute - m.used, resetSeconds, true
+}
+
+// Latency delays a fake's answers on command (a slow vendor). It is read
+// without the server's lock, so concurrent requests wait side by side.
+type Latency struct{ d atomic.Int64 }
+
+// Set sets the delay.
+func (l *Latency) Set(d time.Duration) { l.d.Store(int64(d)) }
+
+// Wait waits the delay, or until ctx ends.
+func (l *Latency) Wait(ctx context.Context) {
+	d := time.Duration(l.d.Load())
+	if d <= 0 {
+		return
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
 }

@@ -22,6 +22,7 @@ func main() {
 	addr := flag.String("addr", "127.0.0.1:8097", "listen address")
 	key := flag.String("key", "dev-freshdesk-key", "an API key the fake accepts")
 	perMinute := flag.Int("per-minute", 200, "requests per minute (429 past it)")
+	latency := flag.Duration("latency", 0, "delay of every API answer")
 	hookURL := flag.String("webhook-url", "", "where the automation webhooks are sent (none when empty)")
 	share := flag.Float64("agent-share", 0, "share of the tickets a fake agent replies to and resolves (0 to 1)")
 	replyAfter := flag.Duration("agent-reply-after", 8*time.Second, "about when the agent replies")
@@ -29,6 +30,7 @@ func main() {
 	flag.Parse()
 	s := freshdeskfake.New()
 	s.PerMinute, s.Out = *perMinute, os.Stdout
+	s.SetLatency(*latency)
 	s.AddAPIKey(*key)
 	if *hookURL != "" {
 		s.Hooks = &fake.Hooks{URL: *hookURL, Log: os.Stdout}

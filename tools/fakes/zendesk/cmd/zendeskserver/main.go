@@ -25,6 +25,7 @@ func main() {
 	email := flag.String("email", "agent@example.com", "the API user's email")
 	token := flag.String("token", "dev-zendesk-token", "the API user's token")
 	perMinute := flag.Int("per-minute", 200, "requests per minute (429 past it)")
+	latency := flag.Duration("latency", 0, "delay of every API answer")
 	hookURL := flag.String("webhook-url", "", "where ticket events are sent as Zendesk webhooks (none when empty)")
 	hookSecret := flag.String("webhook-secret", "", "the webhook's signing secret")
 	share := flag.Float64("agent-share", 0, "share of the tickets a fake agent replies to and solves (0 to 1)")
@@ -33,6 +34,7 @@ func main() {
 	flag.Parse()
 	s := zendeskfake.New()
 	s.PerMinute, s.Out = *perMinute, os.Stdout
+	s.SetLatency(*latency)
 	s.AddAPIToken(*email, *token)
 	if *hookURL != "" {
 		s.Hooks = &fake.Hooks{URL: *hookURL, Sign: zendeskfake.Signer(*hookSecret), Log: os.Stdout}
