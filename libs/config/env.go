@@ -143,3 +143,19 @@ func (e *Env) Err() error {
 	}
 	return fmt.Errorf("invalid configuration:\n  - %w", errors.Join(e.errs...))
 }
+
+// Secret resolves the secret reference (env:NAME or file:PATH) held by
+// variable name; ok is false when the variable is unset (or the reference
+// is wrong: then the problem is recorded).
+func (e *Env) Secret(name string) (s Secret, ok bool) {
+	ref, set := e.get(name)
+	if !set {
+		return Secret{}, false
+	}
+	s, err := ResolveSecret(ref, e.lookup)
+	if err != nil {
+		e.Errorf("%s: %v", name, err)
+		return Secret{}, false
+	}
+	return s, true
+}

@@ -125,7 +125,7 @@ func (s *Store) Run(ctx context.Context) error {
 // follow reads from offset until an error or ctx ends and returns the next
 // offset to read.
 func (s *Store) follow(ctx context.Context, offset, end int64) (int64, bool) {
-	r := kafka.NewReader(kafka.ReaderConfig{
+	r := kafkaio.NewReader(kafka.ReaderConfig{
 		Brokers: s.brokers, Topic: s.topic, Partition: 0, StartOffset: kafka.FirstOffset,
 		MinBytes: 1, MaxBytes: 4 << 20, MaxWait: 200 * time.Millisecond, MaxAttempts: 1,
 	})
@@ -252,9 +252,8 @@ func (s *Store) Revoke(ctx context.Context, p *kafkaio.Producer, source, id stri
 }
 
 func lastOffset(ctx context.Context, brokers []string, topic string) (int64, error) {
-	tr := &kafka.Transport{} // its own metadata cache (see kafkaio.EnsureTopics)
-	defer tr.CloseIdleConnections()
-	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 5 * time.Second, Transport: tr}
+	client := kafkaio.NewClient(brokers, 5*time.Second) // its own metadata cache (see kafkaio.EnsureTopics)
+	defer client.Transport.(*kafka.Transport).CloseIdleConnections()
 	resp, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: {kafka.LastOffsetOf(0)}}})
 	if err != nil {
 		return 0, fmt.Errorf("offsets of %s: %w", topic, err)

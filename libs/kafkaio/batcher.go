@@ -92,8 +92,7 @@ func NewBatcher(cfg BatcherConfig) *Batcher {
 	}
 	meter := otel.Meter(instrumentation)
 	b := &Batcher{
-		client: &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Timeout: 10 * time.Second,
-			Transport: &kafka.Transport{ClientID: cfg.ClientID, DialTimeout: 3 * time.Second, MetadataTTL: 10 * time.Second}},
+		client:   &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Timeout: 10 * time.Second, Transport: NewTransport(cfg.ClientID)},
 		maxBatch: cfg.MaxBatch,
 		limit:    cfg.MaxMessageBytes,
 		inFlight: cfg.InFlight,

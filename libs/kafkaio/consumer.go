@@ -159,6 +159,7 @@ func NewBatchConsumer(cfg ConsumerConfig, h BatchHandler) (*Consumer, error) {
 		start = kafka.LastOffset
 	}
 	rc := kafka.ReaderConfig{
+		Dialer:      NewDialer(cfg.GroupID),
 		Brokers:     cfg.Brokers,
 		GroupID:     cfg.GroupID,
 		GroupTopics: cfg.Topics,

@@ -85,7 +85,7 @@ func NewProducer(cfg ProducerConfig) *Producer {
 	if cfg.MaxMessageBytes <= batchOverhead {
 		cfg.MaxMessageBytes = DefaultMaxMessageBytes
 	}
-	transport := &kafka.Transport{ClientID: cfg.ClientID, DialTimeout: 3 * time.Second, MetadataTTL: 10 * time.Second}
+	transport := NewTransport(cfg.ClientID)
 	meter := otel.Meter(instrumentation)
 	latency, _ := meter.Float64Histogram("closedloop.kafka.produce.duration", metric.WithUnit("s"),
 		metric.WithDescription("Time from produce call to acknowledgement by all in-sync replicas."))

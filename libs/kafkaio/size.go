@@ -43,9 +43,8 @@ func recordSize(key, value []byte, headers []kafka.Header) int {
 // message.max.bytes). The sizes a service accepts are computed from it
 // instead of a separate guess.
 func TopicMaxMessageBytes(ctx context.Context, brokers []string, topics ...string) (map[string]int, error) {
-	tr := &kafka.Transport{}
-	defer tr.CloseIdleConnections()
-	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 5 * time.Second, Transport: tr}
+	client := NewClient(brokers, 5*time.Second)
+	defer client.Transport.(*kafka.Transport).CloseIdleConnections()
 	req := &kafka.DescribeConfigsRequest{}
 	for _, t := range topics {
 		req.Resources = append(req.Resources, kafka.DescribeConfigRequestResource{

@@ -86,14 +86,23 @@ func EnsureTopics(ctx context.Context, brokers []string, topics []string, create
 	}
 	// Its own transport: the shared default one caches metadata that may
 	// predate topics created meanwhile.
-	tr := &kafka.Transport{}
-	defer tr.CloseIdleConnections()
-	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 5 * time.Second, Transport: tr}
+	client := NewClient(brokers, 5*time.Second)
+	defer client.Transport.(*kafka.Transport).CloseIdleConnections()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		missing, err := missingTopics(ctx, client, topics)
 		if err == nil && len(missing) == 0 {
 			return nil
+		}
+		if err = Explain(err); errors.Is(err, ErrKafkaAccess) {
+			return err // credentials, certificates or ACLs: waiting cannot help
+		}
+		if err != nil {
+			// A connection closed under the metadata request says little;
+			// a login of its own says whether the brokers refuse us.
+			if aerr := CheckAccess(ctx, brokers); errors.Is(aerr, ErrKafkaAccess) {
+				return aerr
+			}
 		}
 		if err == nil && !create {
 			return fmt.Errorf("kafka topics %s do not exist on %s: create them (partitions keyed by subject, e.g. `kafka-topics --create`) or set KAFKA_CREATE_TOPICS=true",
@@ -112,7 +121,12 @@ func EnsureTopics(ctx context.Context, brokers []string, topics []string, create
 			resp, err = client.CreateTopics(ctx, req)
 			if err == nil {
 				for t, terr := range resp.Errors {
-					if terr != nil && !errors.Is(terr, kafka.TopicAlreadyExists) {
+					switch {
+					case terr == nil || errors.Is(terr, kafka.TopicAlreadyExists):
+					case errors.Is(terr, kafka.TopicAuthorizationFailed) || errors.Is(terr, kafka.ClusterAuthorizationFailed):
+						return fmt.Errorf("%w: %s may not create topic %s (KAFKA_CREATE_TOPICS=true needs the Create ACL; in production create the topics beforehand, docs/deploy.md): %v",
+							ErrKafkaAccess, principal(), t, terr)
+					default:
 						err = errors.Join(err, fmt.Errorf("create topic %s: %w", t, terr))
 					}
 				}
@@ -137,12 +151,19 @@ func missingTopics(ctx context.Context, client *kafka.Client, topics []string) (
 	if err != nil {
 		return nil, err
 	}
-	var missing []string
+	var missing, denied []string
 	found := map[string]bool{}
 	for _, t := range md.Topics {
 		if t.Error == nil && len(t.Partitions) > 0 {
 			found[t.Name] = true
 		}
+		if errors.Is(t.Error, kafka.TopicAuthorizationFailed) {
+			denied = append(denied, t.Name)
+		}
+	}
+	if len(denied) > 0 {
+		sort.Strings(denied)
+		return nil, fmt.Errorf("%w: %s may not describe topics %s: grant this service's ACLs (docs/deploy.md)", ErrKafkaAccess, principal(), strings.Join(denied, ", "))
 	}
 	for _, t := range topics {
 		if !found[t] {
@@ -153,10 +174,18 @@ func missingTopics(ctx context.Context, client *kafka.Client, topics []string) (
 	return missing, nil
 }
 
+// principal names this process's Kafka user for messages.
+func principal() string {
+	if u := CurrentSecurity().User; u != "" {
+		return "user " + u
+	}
+	return "this client (no SASL user)"
+}
+
 // Ping checks that at least one broker answers a metadata request; it is the
 // "kafka" readiness check.
 func Ping(brokers []string) func(ctx context.Context) error {
-	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 2 * time.Second, Transport: &kafka.Transport{}}
+	client := NewClient(brokers, 2*time.Second)
 	return func(ctx context.Context) error {
 		_, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{}})
 		var ne net.Error

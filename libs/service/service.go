@@ -18,6 +18,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -43,6 +44,9 @@ var Version = "dev"
 type Common struct {
 	// Brokers (KAFKA_BROKERS, required): comma-separated host:port list.
 	Brokers []string
+	// Kafka is the brokers' TLS and SASL (KAFKA_TLS_*, KAFKA_SASL_*;
+	// kafkaio.LoadSecurity), used by every Kafka client of the process.
+	Kafka kafkaio.Security
 	// Topics are the pipeline topic names, with CLOSEDLOOP_TOPIC_PREFIX in
 	// front; the lanes can be renamed with TOPIC_ENRICHED and TOPIC_PRIORITY
 	// (set both on the enricher and the sinks).
@@ -107,6 +111,7 @@ func LoadCommon(e *config.Env, opsPort, grpcPort int) Common {
 	host, _ := os.Hostname()
 	c := Common{
 		Brokers:          e.List("KAFKA_BROKERS", nil),
+		Kafka:            kafkaio.LoadSecurity(e),
 		Topics:           kafkaio.NewTopics(e.String("CLOSEDLOOP_TOPIC_PREFIX", "")),
 		CreateTopics:     e.Bool("KAFKA_CREATE_TOPICS", false),
 		TopicPartitions:  e.Int("KAFKA_TOPIC_PARTITIONS", 3),
@@ -187,6 +192,8 @@ func New(ctx context.Context, name string, c Common, grpcOpts ...grpc.ServerOpti
 		return nil, err
 	}
 	s := &Service{Name: name, Common: c, Log: tel.Logger, Tel: tel, OpsMux: http.NewServeMux()}
+	kafkaio.UseSecurity(c.Kafka)
+	s.Log.Info("kafka", "brokers", strings.Join(c.Brokers, ","), "security", c.Kafka.Desc)
 	s.Status = status.NewRegistry(name, Version, c.Instance)
 	s.Status.AddCheck("kafka", kafkaio.Ping(c.Brokers))
 	s.Status.Mount(s.OpsMux)

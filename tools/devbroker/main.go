@@ -6,6 +6,10 @@
 //	devbroker -brokers 3 -ports 9092,9093,9094 -data-dir .devstack/kafka \
 //	          -topics feedback.raw.v1,feedback.normalized.v1 -partitions 3
 //
+// With -tls-cert/-tls-key its listeners speak TLS; with -sasl-superuser they
+// require a SASL login (PLAIN, SCRAM-SHA-256/512), -users adds users with
+// ACLs and -acls checks them, as a secured production cluster does.
+//
 // It prints one line "devbroker listening on <addr>,<addr>..." once the
 // listeners exist (and writes the list to -addr-file, when given), then runs
 // until SIGINT/SIGTERM, when it flushes the data directory and exits.
@@ -13,6 +17,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -25,6 +31,7 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 type options struct {
@@ -36,6 +43,28 @@ type options struct {
 	addrFile   string
 	minSession time.Duration
 	syncWrites bool
+	// Security: TLS listeners, SASL users (a superuser and users with
+	// ACLs), ACL checking.
+	tlsCert, tlsKey string
+	superuser       string // MECHANISM:USER:PASSWORD
+	usersFile       string
+	acls            bool
+}
+
+// usersFile is the -users file: SASL users, each with its ACLs.
+type userSpec struct {
+	Mechanism string    `json:"mechanism"`
+	User      string    `json:"user"`
+	Password  string    `json:"password"`
+	ACLs      []aclSpec `json:"acls"`
+}
+
+type aclSpec struct {
+	Resource   string   `json:"resource"` // topic, group, cluster, transactional_id
+	Name       string   `json:"name"`
+	Prefixed   bool     `json:"prefixed"`
+	Operations []string `json:"operations"` // read, write, create, delete, alter, describe, describe_configs, alter_configs, all
+	Deny       bool     `json:"deny"`
 }
 
 func parse(args []string) (options, error) {
@@ -50,6 +79,11 @@ func parse(args []string) (options, error) {
 	fs.StringVar(&o.addrFile, "addr-file", "", "write the comma-separated broker addresses to this file once listening")
 	fs.DurationVar(&o.minSession, "group-min-session-timeout", 6*time.Second, "smallest consumer-group session timeout accepted (Kafka's default is 6s)")
 	fs.BoolVar(&o.syncWrites, "sync-writes", false, "fsync every produced batch (with -data-dir)")
+	fs.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate of the TLS listeners (with -tls-key)")
+	fs.StringVar(&o.tlsKey, "tls-key", "", "PEM private key of the TLS listeners")
+	fs.StringVar(&o.superuser, "sasl-superuser", "", "enable SASL with this superuser: MECHANISM:USER:PASSWORD (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)")
+	fs.StringVar(&o.usersFile, "users", "", "JSON file of SASL users and their ACLs: [{mechanism, user, password, acls: [{resource, name, prefixed, operations}]}]")
+	fs.BoolVar(&o.acls, "acls", false, "check ACLs (the superuser bypasses them)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -76,7 +110,78 @@ func parse(args []string) (options, error) {
 	if o.partitions < 1 {
 		return o, errors.New("-partitions must be at least 1")
 	}
+	if (o.tlsCert == "") != (o.tlsKey == "") {
+		return o, errors.New("-tls-cert and -tls-key go together")
+	}
+	if (o.usersFile != "" || o.acls) && o.superuser == "" {
+		return o, errors.New("-users and -acls need -sasl-superuser")
+	}
 	return o, nil
+}
+
+var (
+	resources = map[string]kmsg.ACLResourceType{"topic": kmsg.ACLResourceTypeTopic, "group": kmsg.ACLResourceTypeGroup,
+		"cluster": kmsg.ACLResourceTypeCluster, "transactional_id": kmsg.ACLResourceTypeTransactionalId}
+	operations = map[string]kmsg.ACLOperation{"all": kmsg.ACLOperationAll, "read": kmsg.ACLOperationRead, "write": kmsg.ACLOperationWrite,
+		"create": kmsg.ACLOperationCreate, "delete": kmsg.ACLOperationDelete, "alter": kmsg.ACLOperationAlter,
+		"describe": kmsg.ACLOperationDescribe, "describe_configs": kmsg.ACLOperationDescribeConfigs,
+		"alter_configs": kmsg.ACLOperationAlterConfigs, "cluster_action": kmsg.ACLOperationClusterAction}
+)
+
+// securityOpts are the kfake options of the TLS, SASL and ACL flags.
+func securityOpts(o options) ([]kfake.Opt, error) {
+	var opts []kfake.Opt
+	if o.tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
+		if err != nil {
+			return nil, fmt.Errorf("-tls-cert/-tls-key: %w", err)
+		}
+		opts = append(opts, kfake.TLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}))
+	}
+	if o.superuser == "" {
+		return opts, nil
+	}
+	parts := strings.SplitN(o.superuser, ":", 3)
+	if len(parts) != 3 || parts[1] == "" || parts[2] == "" {
+		return nil, errors.New("-sasl-superuser is MECHANISM:USER:PASSWORD")
+	}
+	opts = append(opts, kfake.EnableSASL(), kfake.Superuser(parts[0], parts[1], parts[2]))
+	if o.acls {
+		opts = append(opts, kfake.EnableACLs())
+	}
+	if o.usersFile == "" {
+		return opts, nil
+	}
+	b, err := os.ReadFile(o.usersFile)
+	if err != nil {
+		return nil, err
+	}
+	var users []userSpec
+	if err := json.Unmarshal(b, &users); err != nil {
+		return nil, fmt.Errorf("-users %s: %w", o.usersFile, err)
+	}
+	for _, u := range users {
+		var acls []kfake.ACL
+		for _, a := range u.ACLs {
+			rt, ok := resources[a.Resource]
+			if !ok {
+				return nil, fmt.Errorf("-users: user %s: resource %q: use topic, group, cluster or transactional_id", u.User, a.Resource)
+			}
+			pattern := kmsg.ACLResourcePatternTypeLiteral
+			if a.Prefixed {
+				pattern = kmsg.ACLResourcePatternTypePrefixed
+			}
+			for _, op := range a.Operations {
+				ko, ok := operations[op]
+				if !ok {
+					return nil, fmt.Errorf("-users: user %s: operation %q", u.User, op)
+				}
+				acls = append(acls, kfake.ACL{Resource: rt, Name: a.Name, Pattern: pattern, Operation: ko, Allow: !a.Deny})
+			}
+		}
+		opts = append(opts, kfake.User(u.Mechanism, u.User, u.Password, acls...))
+	}
+	return opts, nil
 }
 
 func main() {
@@ -122,6 +227,11 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	if len(o.topics) > 0 {
 		opts = append(opts, kfake.SeedTopics(int32(o.partitions), o.topics...))
 	}
+	sec, err := securityOpts(o)
+	if err != nil {
+		return err
+	}
+	opts = append(opts, sec...)
 	c, err := kfake.NewCluster(opts...)
 	if err != nil {
 		return fmt.Errorf("start cluster: %w", err)
@@ -139,7 +249,8 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		}
 	}
 	fmt.Printf("devbroker listening on %s\n", addrs)
-	log.Info("devbroker ready", "brokers", o.brokers, "addrs", addrs, "data_dir", o.dataDir, "seeded_topics", len(o.topics))
+	log.Info("devbroker ready", "brokers", o.brokers, "addrs", addrs, "data_dir", o.dataDir, "seeded_topics", len(o.topics),
+		"tls", o.tlsCert != "", "sasl", o.superuser != "", "acls", o.acls)
 	<-ctx.Done()
 	log.Info("devbroker stopping")
 	c.Close()

@@ -115,8 +115,8 @@ func run(ctx context.Context, n, rate, seconds int, crmLatency time.Duration) er
 		if err := kafkaio.EnsureTopics(ctx, []string{broker.Addrs}, topics.All(), true, kafkaio.TopicSpec{Partitions: 6}); err != nil {
 			return err
 		}
-		w := &kafka.Writer{Addr: kafka.TCP(broker.Addrs), Topic: topics.Normalized, Balancer: &kafka.Hash{}, RequiredAcks: kafka.RequireAll,
-			BatchTimeout: 2 * time.Millisecond, BatchSize: 1000, Transport: &kafka.Transport{}}
+		w := kafkaio.NewWriter([]string{broker.Addrs}, topics.Normalized)
+		w.Balancer, w.BatchTimeout, w.BatchSize = &kafka.Hash{}, 2*time.Millisecond, 1000
 		if warm {
 			// Warm the cache: one event per warm account goes through first.
 			if err := produce(ctx, w, 0, 8, func(i int) string { return domainOf(true, i) }); err != nil {
@@ -225,7 +225,7 @@ func produce(ctx context.Context, w *kafka.Writer, from, n int, domain func(int)
 // countLanes polls the end offsets of the two lanes every 10 ms until they
 // hold want records, and returns when the first and the last appeared.
 func countLanes(ctx context.Context, broker string, topics kafkaio.Topics, want int) (time.Time, time.Time, error) {
-	client := &kafka.Client{Addr: kafka.TCP(broker), Transport: &kafka.Transport{}}
+	client := kafkaio.NewClient([]string{broker}, 0)
 	var first time.Time
 	deadline := time.Now().Add(5 * time.Minute)
 	for {
@@ -262,7 +262,7 @@ func countLanes(ctx context.Context, broker string, topics kafkaio.Topics, want 
 // drain reads the two lanes until want records came, calling each for
 // every record.
 func drain(ctx context.Context, broker string, topics kafkaio.Topics, want int, each func(*feedbackv1.FeedbackEvent)) error {
-	r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{broker}, GroupTopics: []string{topics.Enriched, topics.Priority},
+	r := kafkaio.NewReader(kafka.ReaderConfig{Brokers: []string{broker}, GroupTopics: []string{topics.Enriched, topics.Priority},
 		GroupID: "bench-drain-" + strconv.FormatInt(time.Now().UnixNano(), 36), StartOffset: kafka.FirstOffset,
 		MinBytes: 1, MaxBytes: 10 << 20, MaxWait: 50 * time.Millisecond, SessionTimeout: 6 * time.Second})
 	defer r.Close()

@@ -34,6 +34,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/closedloop/closedloop/libs/kafkaio"
 	"github.com/closedloop/closedloop/libs/localinfra"
 	"github.com/closedloop/closedloop/tools/internal/stack"
 )
@@ -307,7 +308,7 @@ func peakRSS(p *stack.Process) string {
 
 // keysIn reads every record key of topic.
 func keysIn(ctx context.Context, brokers, topic string) (map[string]bool, error) {
-	client := &kafka.Client{Addr: kafka.TCP(brokers), Transport: &kafka.Transport{}}
+	client := kafkaio.NewClient([]string{brokers}, 0)
 	out := map[string]bool{}
 	for p := range 3 {
 		offs, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: {kafka.LastOffsetOf(p)}}})
@@ -318,7 +319,7 @@ func keysIn(ctx context.Context, brokers, topic string) (map[string]bool, error)
 		if last == 0 {
 			continue
 		}
-		r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{brokers}, Topic: topic, Partition: p, MaxBytes: 16 << 20, MaxWait: 100 * time.Millisecond})
+		r := kafkaio.NewReader(kafka.ReaderConfig{Brokers: []string{brokers}, Topic: topic, Partition: p, MaxBytes: 16 << 20, MaxWait: 100 * time.Millisecond})
 		for {
 			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			m, err := r.ReadMessage(rctx)

@@ -124,7 +124,7 @@ func run(n int, dupFrac float64, partitions int, profile string, extraEnv []stri
 		return err
 	}
 	defer func() { _ = normalizer.Stop() }()
-	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 5 * time.Second, Transport: &kafka.Transport{}}
+	client := kafkaio.NewClient(brokers, 5*time.Second)
 	var firstAt time.Time
 	cpu0, bcpu0, rcpu0 := 0.0, 0.0, 0.0
 	for {

@@ -61,8 +61,8 @@ func run(ctx context.Context, n, partitions int, env []string) error {
 	defer pg.Stop()
 
 	fmt.Printf("filling %s with %d events, %d partitions…\n", topics.Enriched, n, partitions)
-	w := &kafka.Writer{Addr: kafka.TCP(broker.Addrs), Topic: topics.Enriched, Balancer: &kafka.Hash{}, RequiredAcks: kafka.RequireAll,
-		BatchTimeout: 5 * time.Millisecond, BatchSize: 1000, Transport: &kafka.Transport{}}
+	w := kafkaio.NewWriter([]string{broker.Addrs}, topics.Enriched)
+	w.Balancer, w.BatchTimeout, w.BatchSize = &kafka.Hash{}, 5*time.Millisecond, 1000
 	defer w.Close()
 	now := time.Now()
 	msgs := make([]kafka.Message, 0, 1000)

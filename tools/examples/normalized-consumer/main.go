@@ -21,6 +21,8 @@ import (
 	"github.com/segmentio/kafka-go"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/closedloop/closedloop/libs/config"
+	"github.com/closedloop/closedloop/libs/kafkaio"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 )
 
@@ -32,7 +34,16 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	r := kafka.NewReader(kafka.ReaderConfig{
+	// The brokers' TLS and SASL from the environment, as the services read
+	// them (KAFKA_TLS_*, KAFKA_SASL_*; docs/deploy.md).
+	env := config.FromEnviron()
+	sec := kafkaio.LoadSecurity(env)
+	if err := env.Err(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	kafkaio.UseSecurity(sec)
+	r := kafkaio.NewReader(kafka.ReaderConfig{
 		Brokers: strings.Split(*brokers, ","), GroupID: *group, Topic: *topic,
 		MinBytes: 1, MaxBytes: 10 << 20, MaxWait: 250 * time.Millisecond, SessionTimeout: 10 * time.Second,
 		StartOffset: kafka.FirstOffset,

@@ -194,9 +194,37 @@ type Broker struct {
 // StartBroker starts a single devbroker with topics seeded, its data in
 // dir, on port (0: a free one).
 func StartBroker(ctx context.Context, binDir, dir string, port, partitions int, topics []string) (*Broker, error) {
+	return StartSecureBroker(ctx, binDir, dir, port, partitions, topics, BrokerSecurity{})
+}
+
+// BrokerSecurity secures a devbroker as a production cluster is: TLS
+// listeners (CertFile, KeyFile), SASL with a superuser
+// ("MECHANISM:USER:PASSWORD"), users with ACLs (UsersFile, the devbroker's
+// -users JSON) and ACL checking.
+type BrokerSecurity struct {
+	CertFile, KeyFile string
+	Superuser         string
+	UsersFile         string
+	ACLs              bool
+}
+
+// StartSecureBroker is StartBroker with security.
+func StartSecureBroker(ctx context.Context, binDir, dir string, port, partitions int, topics []string, sec BrokerSecurity) (*Broker, error) {
 	addrFile := filepath.Join(dir, "broker.addrs")
 	_ = os.Remove(addrFile)
 	args := []string{"-brokers", "1", "-partitions", strconv.Itoa(partitions), "-data-dir", filepath.Join(dir, "kafka"), "-addr-file", addrFile}
+	if sec.CertFile != "" {
+		args = append(args, "-tls-cert", sec.CertFile, "-tls-key", sec.KeyFile)
+	}
+	if sec.Superuser != "" {
+		args = append(args, "-sasl-superuser", sec.Superuser)
+	}
+	if sec.UsersFile != "" {
+		args = append(args, "-users", sec.UsersFile)
+	}
+	if sec.ACLs {
+		args = append(args, "-acls")
+	}
 	if port != 0 {
 		args = append(args, "-ports", strconv.Itoa(port))
 	}

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+
+	"github.com/closedloop/closedloop/libs/kafkaio"
 )
 
 // Partition is one partition of a consumed topic.
@@ -30,7 +32,7 @@ type Reader struct {
 
 // New returns a Reader for the brokers.
 func New(brokers []string) *Reader {
-	return &Reader{Client: &kafka.Client{Addr: kafka.TCP(brokers...), Transport: &kafka.Transport{}}}
+	return &Reader{Client: kafkaio.NewClient(brokers, 0)}
 }
 
 // Ends returns the end offset of every partition of topics.
@@ -141,7 +143,7 @@ func ReadRange(ctx context.Context, brokers []string, topic string, partition in
 	if from >= end {
 		return nil
 	}
-	r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: partition, MinBytes: 1, MaxBytes: 10 << 20,
+	r := kafkaio.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: partition, MinBytes: 1, MaxBytes: 10 << 20,
 		MaxWait: 100 * time.Millisecond})
 	defer r.Close()
 	if err := r.SetOffset(from); err != nil {
