@@ -64,6 +64,17 @@ func (t Topics) All() []string {
 	return []string{t.Raw, t.Normalized, t.Enriched, t.Priority, t.Quarantine}
 }
 
+// Everything lists every topic a deployment with these sink services uses:
+// the data topics, the control topics, the audit topic, and each sink's
+// dead-letter and replay topics.
+func (t Topics) Everything(sinks ...string) []string {
+	out := append(t.All(), t.IngestTokens, t.DLQState(), t.ReplayJobs(), t.Audit())
+	for _, s := range sinks {
+		out = append(out, t.DLQ(s), t.Replay(s))
+	}
+	return out
+}
+
 // TopicSpec says how to create topics that are missing.
 type TopicSpec struct {
 	// Partitions per topic (default 3).

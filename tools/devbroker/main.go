@@ -39,7 +39,10 @@ type options struct {
 	ports      []int
 	dataDir    string
 	topics     []string
-	partitions int
+	// topicPartitions are the topics whose -topics entry gave their own
+	// partition count (name:partitions).
+	topicPartitions map[string]int
+	partitions      int
 	addrFile   string
 	minSession time.Duration
 	syncWrites bool
@@ -74,7 +77,7 @@ func parse(args []string) (options, error) {
 	fs.IntVar(&o.brokers, "brokers", 1, "number of brokers: 1 or 3")
 	fs.StringVar(&ports, "ports", "", "comma-separated ports, one per broker (default: random free ports)")
 	fs.StringVar(&o.dataDir, "data-dir", "", "persist topics, offsets and groups here and reload them at start (default: in memory)")
-	fs.StringVar(&topics, "topics", "", "comma-separated topics to create at start")
+	fs.StringVar(&topics, "topics", "", "comma-separated topics to create at start, each name or name:partitions")
 	fs.IntVar(&o.partitions, "partitions", 3, "partitions of each seeded topic")
 	fs.StringVar(&o.addrFile, "addr-file", "", "write the comma-separated broker addresses to this file once listening")
 	fs.DurationVar(&o.minSession, "group-min-session-timeout", 6*time.Second, "smallest consumer-group session timeout accepted (Kafka's default is 6s)")
@@ -102,10 +105,20 @@ func parse(args []string) (options, error) {
 			return o, fmt.Errorf("-ports lists %d ports for %d brokers", len(o.ports), o.brokers)
 		}
 	}
+	o.topicPartitions = map[string]int{}
 	for _, t := range strings.Split(topics, ",") {
-		if t = strings.TrimSpace(t); t != "" {
-			o.topics = append(o.topics, t)
+		if t = strings.TrimSpace(t); t == "" {
+			continue
 		}
+		name, n, hasN := strings.Cut(t, ":")
+		if hasN {
+			p, err := strconv.Atoi(n)
+			if err != nil || p < 1 {
+				return o, fmt.Errorf("-topics: %q: the partitions after ':' must be a positive number", t)
+			}
+			o.topicPartitions[name] = p
+		}
+		o.topics = append(o.topics, name)
 	}
 	if o.partitions < 1 {
 		return o, errors.New("-partitions must be at least 1")
@@ -224,8 +237,12 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 			opts = append(opts, kfake.SyncWrites())
 		}
 	}
-	if len(o.topics) > 0 {
-		opts = append(opts, kfake.SeedTopics(int32(o.partitions), o.topics...))
+	for _, t := range o.topics {
+		n, own := o.topicPartitions[t]
+		if !own {
+			n = o.partitions
+		}
+		opts = append(opts, kfake.SeedTopics(int32(n), t))
 	}
 	sec, err := securityOpts(o)
 	if err != nil {

@@ -33,6 +33,9 @@ type Pipeline struct {
 	IngressPort int
 	// Env is added to every service's environment (OTEL_*, LOG_LEVEL, ...).
 	Env []string
+	// ServiceEnv is added to one service's environment, after Env (a Kafka
+	// user per service).
+	ServiceEnv map[string][]string
 	// Tee receives every service's output too.
 	Tee io.Writer
 	// Run names the services to start, in start order (default: the sink —
@@ -222,7 +225,7 @@ func (p *Pipeline) Start(ctx context.Context) error {
 			"DATABASE_URL=" + p.DatabaseURL,
 			"DEDUPE_PROCESSING_TTL=5s",
 			"CLOSEDLOOP_SERVICE_TOKEN=" + p.ServiceToken(),
-		}, append(p.scoped(), p.Env...)...)
+		}, append(append(p.scoped(), p.Env...), p.ServiceEnv[name]...)...)
 		for n := range p.AdminTokens {
 			env = append(env, "CLOSEDLOOP_ADMIN_TOKEN_"+strings.ToUpper(n)+"="+p.AdminToken(n))
 		}
