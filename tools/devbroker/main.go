@@ -35,17 +35,17 @@ import (
 )
 
 type options struct {
-	brokers    int
-	ports      []int
-	dataDir    string
-	topics     []string
+	brokers int
+	ports   []int
+	dataDir string
+	topics  []string
 	// topicPartitions are the topics whose -topics entry gave their own
 	// partition count (name:partitions).
 	topicPartitions map[string]int
 	partitions      int
-	addrFile   string
-	minSession time.Duration
-	syncWrites bool
+	addrFile        string
+	minSession      time.Duration
+	syncWrites      bool
 	// Security: TLS listeners, SASL users (a superuser and users with
 	// ACLs), ACL checking.
 	tlsCert, tlsKey string
