@@ -43,8 +43,7 @@ var ErrTooMany = errors.New("the source already has 2 active ingest tokens: revo
 // order of issues and revocations) and compaction (the latest record per
 // token is all that is kept).
 func TopicSpec(replication int) kafkaio.TopicSpec {
-	return kafkaio.TopicSpec{Partitions: 1, ReplicationFactor: replication, Configs: map[string]string{
-		"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": "3600000"}}
+	return kafkaio.TopicSpec{Partitions: 1, ReplicationFactor: replication, Configs: kafkaio.ControlConfigs()}
 }
 
 // Token is an active token without its secret.

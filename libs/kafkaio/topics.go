@@ -64,17 +64,6 @@ func (t Topics) All() []string {
 	return []string{t.Raw, t.Normalized, t.Enriched, t.Priority, t.Quarantine}
 }
 
-// Everything lists every topic a deployment with these sink services uses:
-// the data topics, the control topics, the audit topic, and each sink's
-// dead-letter and replay topics.
-func (t Topics) Everything(sinks ...string) []string {
-	out := append(t.All(), t.IngestTokens, t.DLQState(), t.ReplayJobs(), t.Audit())
-	for _, s := range sinks {
-		out = append(out, t.DLQ(s), t.Replay(s))
-	}
-	return out
-}
-
 // TopicSpec says how to create topics that are missing.
 type TopicSpec struct {
 	// Partitions per topic (default 3).
@@ -83,6 +72,9 @@ type TopicSpec struct {
 	ReplicationFactor int
 	// Configs are topic settings, e.g. cleanup.policy=compact.
 	Configs map[string]string
+	// Defs, when a created topic is among them, give its partitions and
+	// settings (Topics.Defs: the one list of the deployment's topics).
+	Defs []TopicDef
 }
 
 // EnsureTopics checks that every topic exists. Missing topics are created
@@ -116,15 +108,34 @@ func EnsureTopics(ctx context.Context, brokers []string, topics []string, create
 			}
 		}
 		if err == nil && !create {
-			return fmt.Errorf("kafka topics %s do not exist on %s: create them (partitions keyed by subject, e.g. `kafka-topics --create`) or set KAFKA_CREATE_TOPICS=true",
-				strings.Join(missing, ", "), strings.Join(brokers, ","))
+			hint := ""
+			if u := CurrentSecurity().User; u != "" {
+				hint = " (or user " + u + " may not describe them: check its ACLs, docs/deploy.md)"
+			}
+			return fmt.Errorf("kafka topics %s do not exist on %s%s: create them with `admin topics apply` (docs/deploy.md) or set KAFKA_CREATE_TOPICS=true",
+				strings.Join(missing, ", "), strings.Join(brokers, ","), hint)
 		}
 		if err == nil {
 			req := &kafka.CreateTopicsRequest{}
 			for _, t := range missing {
 				tc := kafka.TopicConfig{Topic: t, NumPartitions: spec.Partitions, ReplicationFactor: spec.ReplicationFactor}
+				configs := map[string]string{}
 				for k, v := range spec.Configs {
-					tc.ConfigEntries = append(tc.ConfigEntries, kafka.ConfigEntry{ConfigName: k, ConfigValue: v})
+					configs[k] = v
+				}
+				for _, d := range spec.Defs {
+					if d.Name != t {
+						continue
+					}
+					if d.Partitions > 0 {
+						tc.NumPartitions = d.Partitions
+					}
+					for k, v := range d.Configs {
+						configs[k] = v
+					}
+				}
+				for _, k := range sortedKeys(configs) {
+					tc.ConfigEntries = append(tc.ConfigEntries, kafka.ConfigEntry{ConfigName: k, ConfigValue: configs[k]})
 				}
 				req.Topics = append(req.Topics, tc)
 			}

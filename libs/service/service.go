@@ -239,7 +239,8 @@ func (s *Service) EnsureTopics(ctx context.Context, topics ...string) error {
 		ensure = append(topics[:len(topics):len(topics)], s.Common.Topics.Audit())
 	}
 	if err := kafkaio.EnsureTopics(ctx, s.Common.Brokers, ensure, s.Common.CreateTopics,
-		kafkaio.TopicSpec{Partitions: s.Common.TopicPartitions, ReplicationFactor: s.Common.TopicReplication}); err != nil {
+		kafkaio.TopicSpec{Partitions: s.Common.TopicPartitions, ReplicationFactor: s.Common.TopicReplication,
+			Defs: s.Common.Topics.Defs(kafkaio.SinkServices...)}); err != nil {
 		return err
 	}
 	return s.LearnMessageLimit(ctx, topics...)

@@ -31,7 +31,6 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/closedloop/closedloop/libs/grpcserver"
-	"github.com/closedloop/closedloop/libs/kafkaio"
 	"github.com/closedloop/closedloop/libs/localinfra"
 	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 	"github.com/closedloop/closedloop/tools/internal/delightedgen"
@@ -91,17 +90,21 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 
-	topics := kafkaio.NewTopics("")
-	broker, err := stack.StartBroker(ctx, bin, state, o.brokerPort, 3, topics.All())
+	broker, err := stack.StartBroker(ctx, bin, state, o.brokerPort, 3, nil)
 	if err != nil && o.brokerPort != 0 {
 		say("  port %d is taken; starting the broker on a free port", o.brokerPort)
-		broker, err = stack.StartBroker(ctx, bin, state, 0, 3, topics.All())
+		broker, err = stack.StartBroker(ctx, bin, state, 0, 3, nil)
 	}
 	if err != nil {
 		return err
 	}
 	defer stopped("dev broker", broker.Stop)
-	say("  kafka      %s (dev broker, data in %s)", broker.Addrs, filepath.Join(state, "kafka"))
+	// The topics as production makes them: `admin topics apply` (the code's
+	// own list); the services then start without KAFKA_CREATE_TOPICS.
+	if _, err := stack.ApplyTopics(ctx, bin, broker.Addrs); err != nil {
+		return err
+	}
+	say("  kafka      %s (dev broker, data in %s; topics made by `admin topics apply`)", broker.Addrs, filepath.Join(state, "kafka"))
 
 	redisAddr, stopRedis, err := startRedis(ctx, state, o.redis == "embedded")
 	if err != nil {
@@ -186,7 +189,7 @@ func run(ctx context.Context, o options) error {
 	}
 	say("  freshdesk  http://%s (tools/fakes/freshdesk: tickets for enterprise detractors, printed as 🎫 lines)", fdAddr)
 
-	p := &stack.Pipeline{BinDir: bin, Dir: logs, AdminPort: o.adminPort, Brokers: broker.Addrs, Redis: redisAddr,
+	p := &stack.Pipeline{BinDir: bin, Dir: logs, AdminPort: o.adminPort, Brokers: broker.Addrs, Redis: redisAddr, TopicsMade: true,
 		DatabaseURL: dbURL, Secret: secret, Token: token, IngressPort: ingressPort, Env: []string{"LOG_LEVEL=info"}, CRMURL: crmURL,
 		SourcesYAML: "  - name: zendesk-tickets\n    provider: zendesk\n    secrets: [env:ZENDESK_WEBHOOK_SECRET]\n" +
 			"    ingest_tokens: [env:CLOSEDLOOP_DEV_INGEST_TOKEN]\n" +

@@ -36,6 +36,9 @@ type Pipeline struct {
 	// ServiceEnv is added to one service's environment, after Env (a Kafka
 	// user per service).
 	ServiceEnv map[string][]string
+	// TopicsMade: the topics were made beforehand (ApplyTopics); the
+	// services start without KAFKA_CREATE_TOPICS, as in production.
+	TopicsMade bool
 	// Tee receives every service's output too.
 	Tee io.Writer
 	// Run names the services to start, in start order (default: the sink —
@@ -213,7 +216,7 @@ func (p *Pipeline) Start(ctx context.Context) error {
 		}
 		env := append([]string{
 			"KAFKA_BROKERS=" + p.Brokers,
-			"KAFKA_CREATE_TOPICS=true",
+			"KAFKA_CREATE_TOPICS=" + strconv.FormatBool(!p.TopicsMade),
 			"CLOSEDLOOP_TOPIC_PREFIX=" + prefix,
 			"PIPELINE_CONFIG=" + cfgPath,
 			"CLOSEDLOOP_DEV_DELIGHTED_SECRET=" + p.Secret,

@@ -310,3 +310,16 @@ func StartCRM(ctx context.Context, binDir, dir string, args ...string) (*Process
 	}
 	return p, "http://" + addr, nil
 }
+
+// ApplyTopics runs `admin topics apply` (the admin binary in binDir)
+// against brokers with env (CLOSEDLOOP_TOPIC_PREFIX, KAFKA_TLS_*,
+// KAFKA_SASL_*, ...) and returns its output.
+func ApplyTopics(ctx context.Context, binDir, brokers string, env ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "admin"), "topics", "apply")
+	cmd.Env = append([]string{"KAFKA_BROKERS=" + brokers}, env...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("admin topics apply: %w\n%s", err, out)
+	}
+	return string(out), nil
+}
