@@ -8,11 +8,10 @@ import (
 	"testing"
 )
 
-// No code classifies an error by its message: errors are typed where they
-// are made (libs/fault, sentinels, error types) and told apart with
-// errors.Is/As.
-func TestNoErrorIsClassifiedByItsMessage(t *testing.T) {
-	bad := regexp.MustCompile(`strings\.(Contains|HasPrefix|HasSuffix|EqualFold)\(\s*\w+\.Error\(\)|\.Error\(\)\s*==|==\s*\w+\.Error\(\)`)
+// eachSourceLine calls fn with every line of the repository's non-test,
+// non-generated Go files (path relative to the root, 1-based line number).
+func eachSourceLine(t *testing.T, fn func(rel string, n int, line string)) {
+	t.Helper()
 	r := root(t)
 	err := filepath.WalkDir(r, func(path string, d os.DirEntry, err error) error {
 		if err != nil {
@@ -28,15 +27,25 @@ func TestNoErrorIsClassifiedByItsMessage(t *testing.T) {
 		if err != nil {
 			return err
 		}
+		rel, _ := filepath.Rel(r, path)
 		for i, line := range strings.Split(string(b), "\n") {
-			if bad.MatchString(line) {
-				rel, _ := filepath.Rel(r, path)
-				t.Errorf("%s:%d classifies an error by its message: %s", rel, i+1, strings.TrimSpace(line))
-			}
+			fn(rel, i+1, line)
 		}
 		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// No code classifies an error by its message: errors are typed where they
+// are made (libs/fault, sentinels, error types) and told apart with
+// errors.Is/As.
+func TestNoErrorIsClassifiedByItsMessage(t *testing.T) {
+	bad := regexp.MustCompile(`strings\.(Contains|HasPrefix|HasSuffix|EqualFold)\(\s*\w+\.Error\(\)|\.Error\(\)\s*==|==\s*\w+\.Error\(\)`)
+	eachSourceLine(t, func(rel string, n int, line string) {
+		if bad.MatchString(line) {
+			t.Errorf("%s:%d classifies an error by its message: %s", rel, n, strings.TrimSpace(line))
+		}
+	})
 }

@@ -1,7 +1,6 @@
 package repocheck
 
 import (
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -15,30 +14,9 @@ import (
 // broker).
 func TestEveryKafkaClientTakesTheProcessSecurity(t *testing.T) {
 	bad := regexp.MustCompile(`kafka\.(Transport|Dialer|Client|Writer)\{|kafka\.(NewReader|NewWriter|Dial|DialContext|DialLeader|DialPartition)\(|kafka\.DefaultTransport`)
-	r := root(t)
-	err := filepath.WalkDir(r, func(path string, d os.DirEntry, err error) error {
-		if err != nil {
-			return err
+	eachSourceLine(t, func(rel string, n int, line string) {
+		if filepath.Dir(rel) != filepath.Join("libs", "kafkaio") && bad.MatchString(line) {
+			t.Errorf("%s:%d makes a Kafka client without kafkaio (its TLS/SASL would be missing): %s", rel, n, strings.TrimSpace(line))
 		}
-		if d.IsDir() && (strings.HasPrefix(d.Name(), ".") || d.Name() == "node_modules" || d.Name() == "gen") {
-			return filepath.SkipDir
-		}
-		rel, _ := filepath.Rel(r, path)
-		if d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") || filepath.Dir(rel) == filepath.Join("libs", "kafkaio") {
-			return nil
-		}
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		for i, line := range strings.Split(string(b), "\n") {
-			if bad.MatchString(line) {
-				t.Errorf("%s:%d makes a Kafka client without kafkaio (its TLS/SASL would be missing): %s", rel, i+1, strings.TrimSpace(line))
-			}
-		}
-		return nil
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 }
