@@ -70,6 +70,7 @@ helm-check: $(BIN)/helm ## helm lint and render the chart (defaults, and every o
 	helm template closedloop deploy/helm/closedloop --set autoscaling.enabled=true,ingress.enabled=true,ingress.tlsSecret=tls,services.sink-webhook.enabled=true,adminTLS.certManagerIssuer.name=ca | (cd tools && HELMCHECK_EXTERNAL_SECRETS=closedloop-postgres go run ./helmcheck)
 	helm template closedloop deploy/helm/closedloop --set adminTLS.enabled=false,ops.pprof=true,serviceToken.secret=mine | (cd tools && HELMCHECK_PPROF=true HELMCHECK_EXTERNAL_SECRETS=closedloop-postgres,mine go run ./helmcheck)
 	helm template closedloop deploy/helm/closedloop -f deploy/helm/closedloop/ci/destinations-values.yaml | (cd tools && HELMCHECK_EXTERNAL_SECRETS=closedloop-postgres HELMCHECK_GROUPS=closedloop-sink-webhook-crm-bridge,closedloop-sink-webhook-cx-alerts go run ./helmcheck)
+	helm template closedloop deploy/helm/closedloop -f deploy/helm/closedloop/ci/destinations-values.yaml --set kafka.tls.enabled=true,kafka.tls.caSecret.name=kafka-ca,kafka.tls.clientCertSecret=kafka-client,kafka.tls.serverName=kafka.internal,kafka.sasl.mechanism=SCRAM-SHA-512,kafka.minInsyncReplicas=2 | (cd tools && HELMCHECK_EXTERNAL_SECRETS=closedloop-postgres,closedloop-kafka-passwords,kafka-ca,kafka-client HELMCHECK_GROUPS=closedloop-sink-webhook-crm-bridge,closedloop-sink-webhook-cx-alerts go run ./helmcheck)
 	cd tools && go run ./helmcheck -alerts ../deploy/alerts/closedloop.rules.yaml ..
 
 .PHONY: tools

@@ -21,6 +21,9 @@ const (
 	OpWrite           = "write"
 	OpDescribe        = "describe"
 	OpDescribeConfigs = "describe_configs"
+	OpCreate          = "create"
+	OpAlter           = "alter"
+	OpAlterConfigs    = "alter_configs"
 )
 
 // Groups are the consumer groups of a deployment (the services' *_GROUP
@@ -35,8 +38,10 @@ func DefaultGroups() Groups {
 		SinkConsole: "closedloop-sink-console", SinkWebhook: "closedloop-sink-webhook"}
 }
 
-// Services are the services ServiceGrants knows, in pipeline order.
-var Services = []string{"ingress", "normalizer", "enricher", "sink-warehouse", "sink-webhook", "sink-console", "admin"}
+// Services are the principals ServiceGrants knows: the services in
+// pipeline order, then "topics" (`admin topics apply`, the Helm hook Job)
+// and "keda" (the autoscaler reading the consumer groups' lag).
+var Services = []string{"ingress", "normalizer", "enricher", "sink-warehouse", "sink-webhook", "sink-console", "admin", "topics", "keda"}
 
 // ServiceGrants are the least-privilege ACLs of a service with topics t and
 // groups g: what its code reads, writes and describes, nothing more (no
@@ -47,11 +52,29 @@ var Services = []string{"ingress", "normalizer", "enricher", "sink-warehouse", "
 // they are enough.
 func ServiceGrants(service string, t Topics, g Groups) ([]Grant, error) {
 	var out []Grant
+	if service == "topics" {
+		// Every topic of the deployment: made, grown, its settings set.
+		for _, d := range t.Defs(SinkServices...) {
+			out = append(out, Grant{Resource: "topic", Name: d.Name, Operations: []string{OpDescribe, OpDescribeConfigs, OpCreate, OpAlter, OpAlterConfigs}})
+		}
+		return out, nil
+	}
 	topic := func(name string, ops ...string) {
 		out = append(out, Grant{Resource: "topic", Name: name, Operations: append([]string{OpDescribe, OpDescribeConfigs}, ops...)})
 	}
 	group := func(name string, prefixed bool, ops ...string) {
 		out = append(out, Grant{Resource: "group", Name: name, Prefixed: prefixed, Operations: ops})
+	}
+	if service == "keda" {
+		// The lag: the consumed topics' end offsets, the groups' commits.
+		for _, name := range []string{t.Raw, t.Normalized, t.Enriched, t.Priority} {
+			out = append(out, Grant{Resource: "topic", Name: name, Operations: []string{OpDescribe}})
+		}
+		for _, grp := range []string{g.Normalizer, g.Enricher, g.SinkWarehouse} {
+			out = append(out, Grant{Resource: "group", Name: grp, Operations: []string{OpDescribe}})
+		}
+		out = append(out, Grant{Resource: "group", Name: g.SinkWebhook + "-", Prefixed: true, Operations: []string{OpDescribe}})
+		return out, nil
 	}
 	topic(t.Audit(), OpWrite)
 	sink := func(name, grp string, prefixed bool) {
@@ -144,6 +167,8 @@ func aclOp(op string) string {
 	switch op {
 	case OpDescribeConfigs:
 		return "DescribeConfigs"
+	case OpAlterConfigs:
+		return "AlterConfigs"
 	}
 	return strings.ToUpper(op[:1]) + op[1:]
 }

@@ -48,7 +48,7 @@ func TestEachServiceRunsWithOnlyItsACLs(t *testing.T) {
 	}
 	var users []user
 	p.ServiceEnv = map[string][]string{}
-	for _, svc := range p.Run {
+	for _, svc := range append(append([]string(nil), p.Run...), "topics") {
 		grants, err := kafkaio.ServiceGrants(svc, topics, groups)
 		if err != nil {
 			t.Fatal(err)
@@ -58,7 +58,9 @@ func TestEachServiceRunsWithOnlyItsACLs(t *testing.T) {
 			u.ACLs = append(u.ACLs, acl{Resource: g.Resource, Name: g.Name, Prefixed: g.Prefixed, Operations: g.Operations})
 		}
 		users = append(users, u)
-		p.ServiceEnv[svc] = []string{"KAFKA_SASL_USERNAME=" + u.User, "E2E_KAFKA_PASSWORD=" + u.Password}
+		if svc != "topics" {
+			p.ServiceEnv[svc] = []string{"KAFKA_SASL_USERNAME=" + u.User, "E2E_KAFKA_PASSWORD=" + u.Password}
+		}
 	}
 	dir := filepath.Join(infra.dir, name+"_broker")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -84,10 +86,10 @@ func TestEachServiceRunsWithOnlyItsACLs(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = broker.Stop() })
 	p.Brokers = broker.Addrs
-	// The topics are made by `admin topics apply` as the cluster's
-	// administrator; the services start without KAFKA_CREATE_TOPICS.
+	// The topics are made by `admin topics apply` as the topics user (its
+	// grants only); the services start without KAFKA_CREATE_TOPICS.
 	admin := []string{"CLOSEDLOOP_TOPIC_PREFIX=" + p.TopicPrefix(), "KAFKA_TLS_CA_FILE=" + pki.CAFile, "KAFKA_SASL_MECHANISM=SCRAM-SHA-512",
-		"KAFKA_SASL_USERNAME=kafka-admin", "KAFKA_SASL_PASSWORD=env:SU_PASSWORD", "SU_PASSWORD=superuser-password"}
+		"KAFKA_SASL_USERNAME=cl-topics", "KAFKA_SASL_PASSWORD=env:TOPICS_PASSWORD", "TOPICS_PASSWORD=pw-topics-0123456789"}
 	if out, err := stack.ApplyTopics(ctx, infra.binDir, broker.Addrs, admin...); err != nil || !strings.Contains(out, "applied") {
 		t.Fatalf("%v\n%s", err, out)
 	}

@@ -31,8 +31,9 @@ import (
 type object struct {
 	Kind     string `yaml:"kind"`
 	Metadata struct {
-		Name   string            `yaml:"name"`
-		Labels map[string]string `yaml:"labels"`
+		Name        string            `yaml:"name"`
+		Labels      map[string]string `yaml:"labels"`
+		Annotations map[string]string `yaml:"annotations"`
 	} `yaml:"metadata"`
 	Spec yaml.Node `yaml:"spec"`
 }
@@ -53,8 +54,9 @@ type deployment struct {
 				} `yaml:"secret"`
 			} `yaml:"volumes"`
 			Containers []struct {
-				Name           string `yaml:"name"`
-				Image          string `yaml:"image"`
+				Name           string   `yaml:"name"`
+				Image          string   `yaml:"image"`
+				Args           []string `yaml:"args"`
 				ReadinessProbe *struct {
 					HTTPGet struct {
 						Path string `yaml:"path"`
@@ -72,7 +74,8 @@ type deployment struct {
 					} `yaml:"valueFrom"`
 				} `yaml:"env"`
 				VolumeMounts []struct {
-					Name string `yaml:"name"`
+					Name      string `yaml:"name"`
+					MountPath string `yaml:"mountPath"`
 				} `yaml:"volumeMounts"`
 				Ports []struct {
 					Name string `yaml:"name"`
@@ -114,9 +117,11 @@ func run(in io.Reader, out io.Writer) error {
 	}
 	var problems []string
 	bad := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+	kafkaProblems, kafkaSecrets, secured := checkKafka(objs)
+	problems = append(problems, kafkaProblems...)
 	deploys, services, counts := map[string]map[string]string{}, map[string]bool{}, map[string]int{}
 	var admin []string
-	var secretRefs [][2]string // deployment, secret
+	secretRefs := kafkaSecrets // [workload, secret]
 	pprofOn := os.Getenv("HELMCHECK_PPROF") == "true"
 	for _, o := range objs {
 		counts[o.Kind]++
@@ -215,6 +220,12 @@ func run(in io.Reader, out io.Writer) error {
 		}
 	}
 	scaled := map[string]bool{}
+	triggerAuths := map[string]bool{}
+	for _, o := range objs {
+		if o.Kind == "TriggerAuthentication" {
+			triggerAuths[o.Metadata.Name] = true
+		}
+	}
 	matches := func(sel map[string]string) bool {
 		for _, labels := range deploys {
 			ok := len(sel) > 0
@@ -255,7 +266,10 @@ func run(in io.Reader, out io.Writer) error {
 				} `yaml:"scaleTargetRef"`
 				Max      int `yaml:"maxReplicaCount"`
 				Triggers []struct {
-					Metadata map[string]string `yaml:"metadata"`
+					Metadata          map[string]string `yaml:"metadata"`
+					AuthenticationRef struct {
+						Name string `yaml:"name"`
+					} `yaml:"authenticationRef"`
 				} `yaml:"triggers"`
 			}
 			_ = o.Spec.Decode(&s)
@@ -263,6 +277,9 @@ func run(in io.Reader, out io.Writer) error {
 				bad("ScaledObject %s scales %q, which is no Deployment", o.Metadata.Name, s.ScaleTargetRef.Name)
 			}
 			for _, tr := range s.Triggers {
+				if secured && !triggerAuths[tr.AuthenticationRef.Name] {
+					bad("ScaledObject %s: the brokers need TLS/SASL but a kafka trigger names no rendered TriggerAuthentication (%q)", o.Metadata.Name, tr.AuthenticationRef.Name)
+				}
 				scaled[tr.Metadata["consumerGroup"]] = true
 				if tr.Metadata["consumerGroup"] == "" || tr.Metadata["topic"] == "" || tr.Metadata["bootstrapServers"] == "" {
 					bad("ScaledObject %s: a kafka trigger needs bootstrapServers, consumerGroup and topic", o.Metadata.Name)
@@ -388,4 +405,92 @@ func checkAlerts(rulesFile, srcDir string, out io.Writer) error {
 		return errors.New(strings.Join(problems, "\n  "))
 	}
 	return nil
+}
+
+// checkKafka checks the Kafka settings of every workload (Deployments and
+// the topics Job): the same brokers, prefix and security everywhere; a SASL
+// password and TLS files read from mounted Secrets (never a literal); the
+// topics Job a pre-install/pre-upgrade hook running `topics apply` (unless
+// HELMCHECK_NO_TOPICS_JOB). It returns the problems, the Secrets used
+// ([workload, secret]) and whether the brokers need TLS or SASL.
+func checkKafka(objs []object) (problems []string, secrets [][2]string, secured bool) {
+	bad := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+	shared := []string{"KAFKA_BROKERS", "CLOSEDLOOP_TOPIC_PREFIX", "KAFKA_TOPIC_PARTITIONS", "KAFKA_TOPIC_REPLICATION",
+		"KAFKA_TLS_ENABLED", "KAFKA_TLS_CA_FILE", "KAFKA_SASL_MECHANISM"}
+	var first map[string]string
+	firstName := ""
+	jobs := 0
+	for _, o := range objs {
+		if o.Kind != "Deployment" && o.Kind != "Job" {
+			continue
+		}
+		var d deployment
+		if err := o.Spec.Decode(&d); err != nil || len(d.Template.Spec.Containers) == 0 {
+			continue
+		}
+		c := d.Template.Spec.Containers[0]
+		if o.Kind == "Job" {
+			jobs++
+			if strings.Join(c.Args, " ") != "topics apply" {
+				bad("Job %s does not run `topics apply`: %v", o.Metadata.Name, c.Args)
+			}
+			hook := o.Metadata.Annotations["helm.sh/hook"]
+			if !strings.Contains(hook, "pre-install") || !strings.Contains(hook, "pre-upgrade") {
+				bad("Job %s is not a pre-install,pre-upgrade hook (%q): the topics must exist before the services start or change", o.Metadata.Name, hook)
+			}
+		}
+		env := map[string]string{}
+		for _, e := range c.Env {
+			env[e.Name] = e.Value
+		}
+		secretAt := map[string]string{} // mount path -> Secret
+		vols := map[string]string{}
+		for _, v := range d.Template.Spec.Volumes {
+			if v.Secret != nil {
+				vols[v.Name] = v.Secret.SecretName
+			}
+		}
+		for _, m := range c.VolumeMounts {
+			if s, ok := vols[m.Name]; ok {
+				secretAt[strings.TrimSuffix(m.MountPath, "/")] = s
+			}
+		}
+		fromSecret := func(name, path string) {
+			if s, ok := secretAt[filepath.Dir(path)]; ok {
+				secrets = append(secrets, [2]string{o.Metadata.Name, s})
+				return
+			}
+			bad("%s %s: %s=%s is not in a mounted Secret", o.Kind, o.Metadata.Name, name, path)
+		}
+		if env["KAFKA_SASL_MECHANISM"] != "" {
+			secured = true
+			path, ok := strings.CutPrefix(env["KAFKA_SASL_PASSWORD"], "file:")
+			if !ok || env["KAFKA_SASL_USERNAME"] == "" {
+				bad("%s %s: SASL needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD=file:<a mounted Secret>", o.Kind, o.Metadata.Name)
+			} else {
+				fromSecret("KAFKA_SASL_PASSWORD", path)
+			}
+		}
+		if env["KAFKA_TLS_ENABLED"] == "true" {
+			secured = true
+		}
+		for _, f := range []string{"KAFKA_TLS_CA_FILE", "KAFKA_TLS_CERT_FILE", "KAFKA_TLS_KEY_FILE"} {
+			if env[f] != "" {
+				fromSecret(f, env[f])
+			}
+		}
+		if first == nil {
+			first, firstName = env, o.Kind+" "+o.Metadata.Name
+			continue
+		}
+		for _, k := range shared {
+			if env[k] != first[k] {
+				bad("%s %s: %s=%q, but %s has %q: every workload must reach the same Kafka the same way", o.Kind, o.Metadata.Name, k, env[k], firstName, first[k])
+			}
+		}
+	}
+	if jobs == 0 && os.Getenv("HELMCHECK_NO_TOPICS_JOB") != "true" {
+		bad("no topics Job rendered: `admin topics apply` must run before the services")
+	}
+	return problems, secrets, secured
 }

@@ -30,3 +30,72 @@ group: closedloop-sink-warehouse
 topics: [{{ printf "%sfeedback.enriched.priority.v1" $p | quote }}, {{ printf "%sfeedback.enriched.v1" $p | quote }}]
 {{- end -}}
 {{- end -}}
+
+{{/* The Kafka variables of a container: brokers, TLS and SASL (the password
+     a file from the passwords Secret). ctx: root, service (the Kafka user's
+     suffix). */}}
+{{- define "closedloop.kafkaEnv" -}}
+{{- $k := .root.Values.kafka -}}
+- { name: KAFKA_BROKERS, value: {{ $k.brokers | quote }} }
+- { name: CLOSEDLOOP_TOPIC_PREFIX, value: {{ $k.topicPrefix | quote }} }
+- { name: KAFKA_TOPIC_PARTITIONS, value: {{ $k.partitions | quote }} }
+- { name: KAFKA_TOPIC_REPLICATION, value: {{ $k.replication | quote }} }
+{{- if $k.minInsyncReplicas }}
+- { name: KAFKA_MIN_INSYNC_REPLICAS, value: {{ $k.minInsyncReplicas | quote }} }
+{{- end }}
+{{- if $k.tls.enabled }}
+- { name: KAFKA_TLS_ENABLED, value: "true" }
+{{- if $k.tls.caSecret.name }}
+- { name: KAFKA_TLS_CA_FILE, value: /etc/closedloop-kafka/ca/{{ $k.tls.caSecret.key }} }
+{{- end }}
+{{- if $k.tls.clientCertSecret }}
+- { name: KAFKA_TLS_CERT_FILE, value: /etc/closedloop-kafka/client/tls.crt }
+- { name: KAFKA_TLS_KEY_FILE, value: /etc/closedloop-kafka/client/tls.key }
+{{- end }}
+{{- if $k.tls.serverName }}
+- { name: KAFKA_TLS_SERVER_NAME, value: {{ $k.tls.serverName | quote }} }
+{{- end }}
+{{- end }}
+{{- if $k.sasl.mechanism }}
+- { name: KAFKA_SASL_MECHANISM, value: {{ $k.sasl.mechanism | quote }} }
+- { name: KAFKA_SASL_USERNAME, value: {{ printf "%s%s" $k.sasl.userPrefix .service | quote }} }
+- { name: KAFKA_SASL_PASSWORD, value: "file:/etc/closedloop-kafka/sasl/{{ .service }}" }
+{{- end }}
+{{- end -}}
+
+{{/* Their volume mounts and volumes (secrets as files). */}}
+{{- define "closedloop.kafkaMounts" -}}
+{{- $k := .root.Values.kafka -}}
+{{- if and $k.tls.enabled $k.tls.caSecret.name }}
+- { name: kafka-ca, mountPath: /etc/closedloop-kafka/ca, readOnly: true }
+{{- end }}
+{{- if and $k.tls.enabled $k.tls.clientCertSecret }}
+- { name: kafka-client, mountPath: /etc/closedloop-kafka/client, readOnly: true }
+{{- end }}
+{{- if $k.sasl.mechanism }}
+- { name: kafka-sasl, mountPath: /etc/closedloop-kafka/sasl, readOnly: true }
+{{- end }}
+{{- end -}}
+
+{{- define "closedloop.kafkaVolumes" -}}
+{{- $k := .root.Values.kafka -}}
+{{- if and $k.tls.enabled $k.tls.caSecret.name }}
+- name: kafka-ca
+  secret: { secretName: {{ $k.tls.caSecret.name }}, items: [{ key: {{ $k.tls.caSecret.key }}, path: {{ $k.tls.caSecret.key }} }] }
+{{- end }}
+{{- if and $k.tls.enabled $k.tls.clientCertSecret }}
+- name: kafka-client
+  secret: { secretName: {{ $k.tls.clientCertSecret }} }
+{{- end }}
+{{- if $k.sasl.mechanism }}
+- name: kafka-sasl
+  secret: { secretName: {{ $k.sasl.passwordsSecret }}, items: [{ key: {{ .service }}, path: {{ .service }} }] }
+{{- end }}
+{{- end -}}
+
+{{/* A KEDA kafka trigger's authenticationRef when the brokers need TLS or SASL. */}}
+{{- define "closedloop.kedaAuthRef" -}}
+{{- if or .Values.kafka.tls.enabled .Values.kafka.sasl.mechanism -}}
+authenticationRef: { name: {{ printf "%s-kafka" .Release.Name }} }
+{{- end -}}
+{{- end -}}
