@@ -15,6 +15,7 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -38,7 +39,14 @@ type object struct {
 	Spec yaml.Node `yaml:"spec"`
 }
 
+type seccomp struct {
+	SeccompProfile struct {
+		Type string `yaml:"type"`
+	} `yaml:"seccompProfile"`
+}
+
 type deployment struct {
+	Replicas *int `yaml:"replicas"`
 	Selector struct {
 		MatchLabels map[string]string `yaml:"matchLabels"`
 	} `yaml:"selector"`
@@ -47,16 +55,31 @@ type deployment struct {
 			Labels map[string]string `yaml:"labels"`
 		} `yaml:"metadata"`
 		Spec struct {
-			Volumes []struct {
+			SecurityContext struct {
+				RunAsNonRoot *bool `yaml:"runAsNonRoot"`
+				seccomp      `yaml:",inline"`
+			} `yaml:"securityContext"`
+			AutomountServiceAccountToken *bool  `yaml:"automountServiceAccountToken"`
+			ServiceAccountName           string `yaml:"serviceAccountName"`
+			Volumes                      []struct {
 				Name   string `yaml:"name"`
 				Secret *struct {
 					SecretName string `yaml:"secretName"`
 				} `yaml:"secret"`
 			} `yaml:"volumes"`
 			Containers []struct {
-				Name           string   `yaml:"name"`
-				Image          string   `yaml:"image"`
-				Args           []string `yaml:"args"`
+				Name     string   `yaml:"name"`
+				Image    string   `yaml:"image"`
+				Args     []string `yaml:"args"`
+				Security struct {
+					RunAsNonRoot             *bool `yaml:"runAsNonRoot"`
+					AllowPrivilegeEscalation *bool `yaml:"allowPrivilegeEscalation"`
+					ReadOnlyRootFilesystem   *bool `yaml:"readOnlyRootFilesystem"`
+					Capabilities             struct {
+						Drop []string `yaml:"drop"`
+					} `yaml:"capabilities"`
+					seccomp `yaml:",inline"`
+				} `yaml:"securityContext"`
 				ReadinessProbe *struct {
 					HTTPGet struct {
 						Path string `yaml:"path"`
@@ -120,6 +143,7 @@ func run(in io.Reader, out io.Writer) error {
 	kafkaProblems, kafkaSecrets, secured := checkKafka(objs)
 	problems = append(problems, kafkaProblems...)
 	deploys, services, counts := map[string]map[string]string{}, map[string]bool{}, map[string]int{}
+	replicas := map[string]bool{}
 	var admin []string
 	secretRefs := kafkaSecrets // [workload, secret]
 	pprofOn := os.Getenv("HELMCHECK_PPROF") == "true"
@@ -142,6 +166,7 @@ func run(in io.Reader, out io.Writer) error {
 			}
 		}
 		deploys[o.Metadata.Name] = d.Selector.MatchLabels
+		replicas[o.Metadata.Name] = d.Replicas != nil
 		if len(d.Template.Spec.Containers) != 1 {
 			bad("Deployment %s: %d containers, want 1", o.Metadata.Name, len(d.Template.Spec.Containers))
 			continue
@@ -259,6 +284,16 @@ func run(in io.Reader, out io.Writer) error {
 			if !matches(sel) {
 				bad("%s %s selects no Deployment's pods", o.Kind, o.Metadata.Name)
 			}
+		case "NetworkPolicy":
+			var np struct {
+				PodSelector struct {
+					MatchLabels map[string]string `yaml:"matchLabels"`
+				} `yaml:"podSelector"`
+			}
+			_ = o.Spec.Decode(&np)
+			if !matches(np.PodSelector.MatchLabels) {
+				bad("NetworkPolicy %s selects no Deployment's pods", o.Metadata.Name)
+			}
 		case "ScaledObject":
 			var s struct {
 				ScaleTargetRef struct {
@@ -275,6 +310,9 @@ func run(in io.Reader, out io.Writer) error {
 			_ = o.Spec.Decode(&s)
 			if _, ok := deploys[s.ScaleTargetRef.Name]; !ok {
 				bad("ScaledObject %s scales %q, which is no Deployment", o.Metadata.Name, s.ScaleTargetRef.Name)
+			}
+			if replicas[s.ScaleTargetRef.Name] {
+				bad("Deployment %s sets replicas though ScaledObject %s owns them (every upgrade would reset the scale)", s.ScaleTargetRef.Name, o.Metadata.Name)
 			}
 			for _, tr := range s.Triggers {
 				if secured && !triggerAuths[tr.AuthenticationRef.Name] {
@@ -345,6 +383,11 @@ func checkAlerts(rulesFile, srcDir string, out io.Writer) error {
 	b, err := os.ReadFile(rulesFile)
 	if err != nil {
 		return err
+	}
+	// The chart ships the same rules (its PrometheusRule option).
+	chartCopy := filepath.Join(srcDir, "deploy", "helm", "closedloop", "files", "closedloop.rules.yaml")
+	if c, err := os.ReadFile(chartCopy); err != nil || !bytes.Equal(c, b) {
+		return fmt.Errorf("%s is not a copy of %s: cp %s %s", chartCopy, rulesFile, rulesFile, chartCopy)
 	}
 	var doc struct {
 		Groups []struct {
@@ -429,6 +472,7 @@ func checkKafka(objs []object) (problems []string, secrets [][2]string, secured 
 			continue
 		}
 		c := d.Template.Spec.Containers[0]
+		problems = append(problems, restricted(o.Kind+" "+o.Metadata.Name, d)...)
 		if o.Kind == "Job" {
 			jobs++
 			if strings.Join(c.Args, " ") != "topics apply" {
@@ -493,4 +537,27 @@ func checkKafka(objs []object) (problems []string, secrets [][2]string, secured 
 		bad("no topics Job rendered: `admin topics apply` must run before the services")
 	}
 	return problems, secrets, secured
+}
+
+// restricted lists how a workload's pod misses Pod Security "restricted":
+// non-root, seccomp RuntimeDefault, no privilege escalation, every
+// capability dropped; and no service account token mounted (the services
+// never call the Kubernetes API).
+func restricted(name string, d deployment) []string {
+	var out []string
+	ps := d.Template.Spec.SecurityContext
+	if ps.RunAsNonRoot == nil || !*ps.RunAsNonRoot || ps.SeccompProfile.Type != "RuntimeDefault" {
+		out = append(out, name+": the pod must run as non-root with seccompProfile RuntimeDefault")
+	}
+	if d.Template.Spec.AutomountServiceAccountToken == nil || *d.Template.Spec.AutomountServiceAccountToken || d.Template.Spec.ServiceAccountName == "" {
+		out = append(out, name+": a service account of its own, without its token mounted")
+	}
+	for _, c := range d.Template.Spec.Containers {
+		sc := c.Security
+		if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation || len(sc.Capabilities.Drop) != 1 || sc.Capabilities.Drop[0] != "ALL" ||
+			sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+			out = append(out, name+": container "+c.Name+" must not escalate privileges, must drop ALL capabilities and have a read-only root filesystem")
+		}
+	}
+	return out
 }

@@ -99,3 +99,73 @@ topics: [{{ printf "%sfeedback.enriched.priority.v1" $p | quote }}, {{ printf "%
 authenticationRef: { name: {{ printf "%s-kafka" .Release.Name }} }
 {{- end -}}
 {{- end -}}
+
+{{- define "closedloop.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- .Values.serviceAccount.name | default (printf "%s-closedloop" .Release.Name) -}}
+{{- else -}}
+{{- .Values.serviceAccount.name | default "default" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The pod spec every workload shares: identity, Pod Security "restricted",
+     scheduling (the service's own settings replace the chart's). ctx: root,
+     service, cfg (the service's values, or an empty dict). */}}
+{{- define "closedloop.podSpec" -}}
+{{- $v := .root.Values -}}
+{{- $cfg := .cfg | default dict -}}
+serviceAccountName: {{ include "closedloop.serviceAccountName" .root }}
+automountServiceAccountToken: {{ $v.serviceAccount.automountServiceAccountToken }}
+securityContext:
+  runAsNonRoot: true
+  runAsUser: 10001
+  runAsGroup: 10001
+  fsGroup: 10001
+  seccompProfile: { type: RuntimeDefault }
+{{- with $v.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with ($cfg.nodeSelector | default $v.nodeSelector) }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with ($cfg.tolerations | default $v.tolerations) }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with ($cfg.affinity | default $v.affinity) }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- $spread := $cfg.topologySpreadConstraints | default $v.topologySpreadConstraints }}
+topologySpreadConstraints:
+{{- if $spread }}
+  {{- toYaml $spread | nindent 2 }}
+{{- else }}
+  - maxSkew: 1
+    topologyKey: kubernetes.io/hostname
+    whenUnsatisfiable: ScheduleAnyway
+    labelSelector:
+      matchLabels:
+        {{- include "closedloop.selector" . | nindent 8 }}
+{{- end }}
+{{- with $v.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- end -}}
+
+{{/* The container security context of Pod Security "restricted". */}}
+{{- define "closedloop.containerSecurity" -}}
+securityContext:
+  runAsNonRoot: true
+  allowPrivilegeEscalation: false
+  readOnlyRootFilesystem: true
+  capabilities: { drop: [ALL] }
+  seccompProfile: { type: RuntimeDefault }
+{{- end -}}
+
+{{/* Whether KEDA owns a service's replicas. */}}
+{{- define "closedloop.autoscaled" -}}
+{{- if and .root.Values.autoscaling.enabled (has .service (list "normalizer" "enricher" "sink-warehouse" "sink-webhook")) -}}true{{- end -}}
+{{- end -}}
