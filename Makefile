@@ -29,6 +29,23 @@ run: ## build and start the whole pipeline locally with a webhook generator (Ctr
 .PHONY: test
 test: check-generated lint breaking unit fuzz-smoke e2e-all ## everything CI runs: generated code, lint, proto compatibility, unit tests (-race; the conformance of the ingress and the mapping among them), short fuzz, end-to-end (with the vectors' end-to-end conformance)
 
+# What every binary is built with: the version (git describe, or VERSION=…)
+# in libs/service.Version and in the images' tags.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMANDS := $(foreach s,ingress normalizer enricher sink-warehouse sink-webhook sink-console admin,services/$(s)/cmd/$(s)) services/admin/cmd/closedloopctl \
+  $(patsubst %/main.go,%,$(wildcard tools/*/main.go tools/fakes/*/cmd/*/main.go))
+
+.PHONY: build
+build: ## build every binary (services, admin, closedloopctl, the tools and fakes) into bin/ (version $(VERSION))
+	@mkdir -p bin
+	@for c in $(COMMANDS); do go build -trimpath -ldflags "-X github.com/closedloop/closedloop/libs/service.Version=$(VERSION) -X main.Version=$(VERSION)" -o bin/$$(basename $$c) ./$$c || exit 1; done
+	@echo "built $(words $(COMMANDS)) binaries into bin/ (version $(VERSION))"
+
+.PHONY: images
+images: ## docker images of every service, tagged closedloop/<service>:$(VERSION) (needs a Docker engine)
+	@for s in ingress normalizer enricher sink-warehouse sink-webhook sink-console admin; do \
+	  docker build -f deploy/docker/Dockerfile --build-arg SERVICE=$$s --build-arg VERSION=$(VERSION) -t closedloop/$$s:$(VERSION) . || exit 1; done
+
 .PHONY: conformance
 conformance: ## every webhook vector: verdicts through the real ingress handler, meanings through the mapping and end to end via Kafka and the normalizer process (CLOSEDLOOP_VECTORS=file.json for another file)
 	cd services/ingress && go test -count=1 -run 'Conformance|TestSchemesReachEveryVectorsVerdict' -v ./internal/ingest ./internal/verify | grep -E '^(--- FAIL|FAIL|ok|\s+\S+_test\.go:)|^=== RUN +TestConformance[^/]*$$'; exit $${PIPESTATUS[0]}
@@ -155,12 +172,6 @@ bench-normalizer: ## one normalizer process on 200k raw records (20 % repeats): 
 bench: ## Go micro-benchmarks (verify, mapping)
 	cd services/ingress && go test -run XXX -bench . -benchmem ./internal/verify
 	cd services/normalizer && go test -run XXX -bench . -benchmem ./internal/mapping ./internal/drift ./internal/normalize
-
-.PHONY: build
-build: ## build every binary into bin/
-	go build -o bin/ ./tools/devbroker ./tools/devstack ./tools/webhookgen ./tools/tokenctl ./tools/ingressbench ./tools/normalizerbench ./services/ingress/cmd/ingress \
-	  ./services/normalizer/cmd/normalizer ./services/enricher/cmd/enricher ./services/sink-warehouse/cmd/sink-warehouse \
-	  ./services/sink-console/cmd/sink-console ./services/sink-webhook/cmd/sink-webhook
 
 .PHONY: clean
 clean: ## remove build output and local state

@@ -94,3 +94,21 @@ func TestOneVersionOfEachDependency(t *testing.T) {
 		}
 	}
 }
+
+// The contract module is what other teams depend on: its go.mod has no
+// replace directive and needs nothing but protobuf and gRPC.
+func TestTheContractModuleStandsAlone(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(root(t), "proto", "gen", "go", "go.mod"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if strings.HasPrefix(line, "replace") {
+			t.Errorf("proto/gen/go/go.mod: %q: a consumer's go get would not honour it", line)
+		}
+		if strings.HasPrefix(line, "github.com/closedloop/") {
+			t.Errorf("proto/gen/go/go.mod requires %q: the contract must not pull closedloop's code", line)
+		}
+	}
+}
