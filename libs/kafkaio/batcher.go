@@ -14,6 +14,8 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/closedloop/closedloop/libs/telemetry"
 )
 
 // Batcher is a producer for many concurrent callers that each wait for
@@ -102,8 +104,10 @@ func NewBatcher(cfg BatcherConfig) *Batcher {
 		queues:   map[topicPartition]chan *pending{},
 	}
 	b.latency, _ = meter.Float64Histogram("closedloop.kafka.produce.duration", metric.WithUnit("s"),
-		metric.WithDescription("Time from produce call to acknowledgement by all in-sync replicas."))
-	b.sizes, _ = meter.Int64Histogram("closedloop.kafka.produce.batch.size", metric.WithDescription("Records per produce request of the natural batcher."))
+		metric.WithDescription("Time from produce call to acknowledgement by all in-sync replicas."),
+		metric.WithExplicitBucketBoundaries(telemetry.FastSeconds...))
+	b.sizes, _ = meter.Int64Histogram("closedloop.kafka.produce.batch.size", metric.WithUnit("{record}"), metric.WithDescription("Records per produce request of the natural batcher."),
+		metric.WithExplicitBucketBoundaries(telemetry.Records...))
 	return b
 }
 

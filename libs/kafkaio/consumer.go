@@ -21,6 +21,7 @@ import (
 
 	"github.com/closedloop/closedloop/libs/retry"
 	"github.com/closedloop/closedloop/libs/status"
+	"github.com/closedloop/closedloop/libs/telemetry"
 )
 
 // Handler does the work for one record. It returns nil once the work is
@@ -210,9 +211,10 @@ func NewBatchConsumer(cfg ConsumerConfig, h BatchHandler) (*Consumer, error) {
 	c.handled, _ = meter.Int64Counter("closedloop.consumer.records", metric.WithDescription("Records handled successfully."))
 	c.retries, _ = meter.Int64Counter("closedloop.consumer.retries", metric.WithDescription("Handler failures that were retried."))
 	c.quar, _ = meter.Int64Counter("closedloop.consumer.quarantined", metric.WithDescription("Records sent to the quarantine topic."))
-	c.dur, _ = meter.Float64Histogram("closedloop.consumer.handle.duration", metric.WithUnit("s"), metric.WithDescription("Time to handle one batch of records (one record for a per-record handler)."))
-	c.batch, _ = meter.Int64Histogram("closedloop.consumer.batch.size", metric.WithDescription("Records per handler call."),
-		metric.WithExplicitBucketBoundaries(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000))
+	c.dur, _ = meter.Float64Histogram("closedloop.consumer.handle.duration", metric.WithUnit("s"), metric.WithDescription("Time to handle one batch of records (one record for a per-record handler)."),
+		metric.WithExplicitBucketBoundaries(telemetry.FastSeconds...))
+	c.batch, _ = meter.Int64Histogram("closedloop.consumer.batch.size", metric.WithUnit("{record}"), metric.WithDescription("Records per handler call."),
+		metric.WithExplicitBucketBoundaries(telemetry.Records...))
 	_, _ = meter.Int64ObservableGauge("closedloop.consumer.lag", metric.WithDescription("Records behind the partition end, summed per topic."),
 		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
 			for topic, n := range c.lagByTopic() {

@@ -14,6 +14,8 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/closedloop/closedloop/libs/telemetry"
 )
 
 const instrumentation = "github.com/closedloop/closedloop/libs/kafkaio"
@@ -88,7 +90,8 @@ func NewProducer(cfg ProducerConfig) *Producer {
 	transport := NewTransport(cfg.ClientID)
 	meter := otel.Meter(instrumentation)
 	latency, _ := meter.Float64Histogram("closedloop.kafka.produce.duration", metric.WithUnit("s"),
-		metric.WithDescription("Time from produce call to acknowledgement by all in-sync replicas."))
+		metric.WithDescription("Time from produce call to acknowledgement by all in-sync replicas."),
+		metric.WithExplicitBucketBoundaries(telemetry.FastSeconds...))
 	failed, _ := meter.Int64Counter("closedloop.kafka.produce.failures", metric.WithDescription("Records whose produce call failed."))
 	return &Producer{
 		w: &kafka.Writer{

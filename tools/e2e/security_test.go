@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -71,6 +72,18 @@ func TestThePipelineRunsOverTLSWithSCRAM(t *testing.T) {
 	}
 	if out, code := ctl(t, p, "ann", "status"); code != 0 || !strings.Contains(out, "healthy") {
 		t.Fatalf("status over TLS+SCRAM (exit %d):\n%s", code, out)
+	}
+	// The ingress's request durations, by source, method and status, in
+	// explicit buckets down to a quarter millisecond.
+	resp, err := http.Get("http://" + p.OpsAddrs["ingress"] + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	if want := `http_server_request_duration_seconds_bucket{closedloop_source="delighted",http_request_method="POST",http_response_status_code="202"`; !strings.Contains(string(metrics), want) ||
+		!strings.Contains(string(metrics), `le="0.00025"`) {
+		t.Errorf("the ingress's /metrics lacks %s… with explicit buckets", want)
 	}
 
 	// A wrong password and an untrusted CA fail fast with what to fix.

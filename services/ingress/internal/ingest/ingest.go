@@ -28,6 +28,7 @@ import (
 
 	"github.com/closedloop/closedloop/libs/config"
 	"github.com/closedloop/closedloop/libs/kafkaio"
+	"github.com/closedloop/closedloop/libs/telemetry"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 	"github.com/closedloop/closedloop/services/ingress/internal/verify"
 )
@@ -119,6 +120,7 @@ type Handler struct {
 	logs       sampler
 	attrCache  sync.Map // attrKey -> attribute.Set
 	requests   metric.Int64Counter
+	duration   metric.Float64Histogram
 	bytes      metric.Int64Histogram
 }
 
@@ -160,7 +162,11 @@ func New(o Options) (*Handler, error) {
 	m := otel.Meter("github.com/closedloop/closedloop/services/ingress")
 	h := &Handler{o: o, budget: newBudget(o.MaxInFlight, o.SourceMaxInFlight, o.MaxBodyMemory, o.SourceMaxBodyMemory)}
 	h.requests, _ = m.Int64Counter("closedloop.ingress.requests", metric.WithDescription("Webhook requests by source and outcome."))
-	h.bytes, _ = m.Int64Histogram("closedloop.ingress.body.size", metric.WithUnit("By"), metric.WithDescription("Accepted body sizes."))
+	h.bytes, _ = m.Int64Histogram("closedloop.ingress.body.size", metric.WithUnit("By"), metric.WithDescription("Accepted body sizes."),
+		metric.WithExplicitBucketBoundaries(telemetry.Bytes...))
+	h.duration, _ = m.Float64Histogram("http.server.request.duration", metric.WithUnit("s"),
+		metric.WithDescription("Duration of webhook requests, by source, method and status (OpenTelemetry HTTP semantic conventions)."),
+		metric.WithExplicitBucketBoundaries(telemetry.FastSeconds...))
 	_, _ = m.Int64ObservableGauge("closedloop.ingress.inflight", metric.WithDescription("Requests being handled."),
 		metric.WithInt64Callback(func(_ context.Context, ob metric.Int64Observer) error {
 			n, _ := h.budget.inFlight()
@@ -193,8 +199,49 @@ func (h *Handler) Reload(p *config.Pipeline) error {
 // Mount registers the routes on mux. Go's mux answers 405 with an Allow
 // header for other methods on the same path.
 func (h *Handler) Mount(mux *http.ServeMux) {
-	mux.Handle("POST /v1/hooks/{source}/{token}", h)
+	mux.Handle("POST /v1/hooks/{source}/{token}", http.HandlerFunc(h.timed))
 }
+
+// timed serves a webhook and records its duration with its source (a
+// configured one, else "unknown": the label's values stay bounded), method
+// and status code.
+func (h *Handler) timed(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	rec := &statusRecorder{ResponseWriter: w}
+	h.ServeHTTP(rec, r)
+	source := r.PathValue("source")
+	if _, ok := h.sources.Load().byName[source]; !ok {
+		source = "unknown"
+	}
+	if rec.status == 0 {
+		rec.status = http.StatusOK
+	}
+	h.duration.Record(r.Context(), time.Since(start).Seconds(), metric.WithAttributes(attribute.String("closedloop.source", source),
+		attribute.String("http.request.method", r.Method), attribute.Int("http.response.status_code", rec.status)))
+}
+
+// statusRecorder remembers the status code written.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	if s.status == 0 {
+		s.status = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusRecorder) Write(b []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	return s.ResponseWriter.Write(b)
+}
+
+// Unwrap gives http.ResponseController (and MaxBytesReader) the writer.
+func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
 type answer struct {
 	Status  string `json:"status,omitempty"`
