@@ -4,7 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -207,7 +208,7 @@ func PlanTopics(ctx context.Context, brokers []string, defs []TopicDef, layout L
 			out = append(out, c)
 		}
 		var drift []string
-		for _, k := range sortedKeys(cfg) {
+		for _, k := range slices.Sorted(maps.Keys(cfg)) {
 			if cur := current[d.Name][k]; cur != cfg[k] {
 				drift = append(drift, fmt.Sprintf("%s %s → %s", k, orNone(cur), cfg[k]))
 			}
@@ -236,7 +237,7 @@ func ApplyTopics(ctx context.Context, brokers []string, plan []TopicChange, layo
 		switch c.Kind {
 		case ChangeCreate:
 			tc := kafka.TopicConfig{Topic: c.Topic, NumPartitions: c.partitions, ReplicationFactor: layout.Replication}
-			for _, k := range sortedKeys(c.configs) {
+			for _, k := range slices.Sorted(maps.Keys(c.configs)) {
 				tc.ConfigEntries = append(tc.ConfigEntries, kafka.ConfigEntry{ConfigName: k, ConfigValue: c.configs[k]})
 			}
 			create.Topics = append(create.Topics, tc)
@@ -244,7 +245,7 @@ func ApplyTopics(ctx context.Context, brokers []string, plan []TopicChange, layo
 			parts.Topics = append(parts.Topics, kafka.TopicPartitionsConfig{Name: c.Topic, Count: int32(c.partitions)})
 		case ChangeConfigs:
 			r := kafka.IncrementalAlterConfigsRequestResource{ResourceType: kafka.ResourceTypeTopic, ResourceName: c.Topic}
-			for _, k := range sortedKeys(c.configs) {
+			for _, k := range slices.Sorted(maps.Keys(c.configs)) {
 				r.Configs = append(r.Configs, kafka.IncrementalAlterConfigsRequestConfig{Name: k, Value: c.configs[k], ConfigOperation: kafka.ConfigOperationSet})
 			}
 			alter.Resources = append(alter.Resources, r)
@@ -289,18 +290,9 @@ func ApplyTopics(ctx context.Context, brokers []string, plan []TopicChange, layo
 	return manual, errors.Join(errs...)
 }
 
-func sortedKeys(m map[string]string) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
-
 func fmtConfigs(m map[string]string) string {
 	var parts []string
-	for _, k := range sortedKeys(m) {
+	for _, k := range slices.Sorted(maps.Keys(m)) {
 		parts = append(parts, k+"="+m[k])
 	}
 	return strings.Join(parts, " ")

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -134,7 +136,7 @@ func EnsureTopics(ctx context.Context, brokers []string, topics []string, create
 						configs[k] = v
 					}
 				}
-				for _, k := range sortedKeys(configs) {
+				for _, k := range slices.Sorted(maps.Keys(configs)) {
 					tc.ConfigEntries = append(tc.ConfigEntries, kafka.ConfigEntry{ConfigName: k, ConfigValue: configs[k]})
 				}
 				req.Topics = append(req.Topics, tc)

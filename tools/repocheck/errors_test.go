@@ -8,9 +8,9 @@ import (
 	"testing"
 )
 
-// eachSourceLine calls fn with every line of the repository's non-test,
-// non-generated Go files (path relative to the root, 1-based line number).
-func eachSourceLine(t *testing.T, fn func(rel string, n int, line string)) {
+// eachSourceFile calls fn with every non-test, non-generated Go file of the
+// repository (path relative to the root, its content).
+func eachSourceFile(t *testing.T, fn func(rel, src string)) {
 	t.Helper()
 	r := root(t)
 	err := filepath.WalkDir(r, func(path string, d os.DirEntry, err error) error {
@@ -28,14 +28,22 @@ func eachSourceLine(t *testing.T, fn func(rel string, n int, line string)) {
 			return err
 		}
 		rel, _ := filepath.Rel(r, path)
-		for i, line := range strings.Split(string(b), "\n") {
-			fn(rel, i+1, line)
-		}
+		fn(rel, string(b))
 		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// eachSourceLine calls fn with every line of those files (1-based number).
+func eachSourceLine(t *testing.T, fn func(rel string, n int, line string)) {
+	t.Helper()
+	eachSourceFile(t, func(rel, src string) {
+		for i, line := range strings.Split(src, "\n") {
+			fn(rel, i+1, line)
+		}
+	})
 }
 
 // No code classifies an error by its message: errors are typed where they

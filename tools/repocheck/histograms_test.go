@@ -1,8 +1,6 @@
 package repocheck
 
 import (
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -11,22 +9,7 @@ import (
 // its own): the SDK's default (0 to 10,000) makes a percentile of
 // milliseconds meaningless.
 func TestEveryHistogramHasExplicitBuckets(t *testing.T) {
-	r := root(t)
-	err := filepath.WalkDir(r, func(path string, d os.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.IsDir() && (strings.HasPrefix(d.Name(), ".") || d.Name() == "gen" || d.Name() == "node_modules") {
-			return filepath.SkipDir
-		}
-		if d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
-			return nil
-		}
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		src := string(b)
+	eachSourceFile(t, func(rel, src string) {
 		for _, kind := range []string{"Float64Histogram(", "Int64Histogram("} {
 			for i := strings.Index(src, kind); i >= 0; {
 				open := i + len(kind) - 1
@@ -42,7 +25,6 @@ func TestEveryHistogramHasExplicitBuckets(t *testing.T) {
 					}
 				}
 				if call := src[open:end]; strings.HasPrefix(strings.TrimSpace(call[1:]), `"`) && !strings.Contains(call, "WithExplicitBucketBoundaries") {
-					rel, _ := filepath.Rel(r, path)
 					t.Errorf("%s:%d: a histogram without explicit bucket boundaries", rel, strings.Count(src[:i], "\n")+1)
 				}
 				next := strings.Index(src[i+1:], kind)
@@ -52,9 +34,5 @@ func TestEveryHistogramHasExplicitBuckets(t *testing.T) {
 				i += 1 + next
 			}
 		}
-		return nil
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 }

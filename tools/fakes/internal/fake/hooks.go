@@ -3,6 +3,7 @@ package fake
 import (
 	"bytes"
 	"context"
+	"flag"
 	"fmt"
 	"hash/fnv"
 	"io"
@@ -177,4 +178,18 @@ func (a *Agent) Assign(id int64) {
 	if a.Solve != nil {
 		time.AfterFunc(solve, func() { a.Solve(id) })
 	}
+}
+
+// AgentFlags are the fake agent's command-line flags, the same on every
+// local helpdesk.
+type AgentFlags struct {
+	Share                  float64
+	ReplyAfter, SolveAfter time.Duration
+}
+
+// Register adds -agent-share, -agent-reply-after and -agent-solve-after.
+func (a *AgentFlags) Register(fs *flag.FlagSet) {
+	fs.Float64Var(&a.Share, "agent-share", 0, "share of the tickets a fake agent replies to and solves (0 to 1)")
+	fs.DurationVar(&a.ReplyAfter, "agent-reply-after", 8*time.Second, "about when the agent replies")
+	fs.DurationVar(&a.SolveAfter, "agent-solve-after", 20*time.Second, "about when the agent solves")
 }

@@ -24,20 +24,19 @@ func main() {
 	perMinute := flag.Int("per-minute", 200, "requests per minute (429 past it)")
 	latency := flag.Duration("latency", 0, "delay of every API answer")
 	hookURL := flag.String("webhook-url", "", "where the automation webhooks are sent (none when empty)")
-	share := flag.Float64("agent-share", 0, "share of the tickets a fake agent replies to and resolves (0 to 1)")
-	replyAfter := flag.Duration("agent-reply-after", 8*time.Second, "about when the agent replies")
-	solveAfter := flag.Duration("agent-solve-after", 20*time.Second, "about when the agent resolves")
+	var agent fake.AgentFlags
+	agent.Register(flag.CommandLine)
 	flag.Parse()
 	s := freshdeskfake.New()
 	s.PerMinute, s.Out = *perMinute, os.Stdout
 	s.SetLatency(*latency)
 	s.AddAPIKey(*key)
 	if *hookURL != "" {
-		s.Hooks = &fake.Hooks{URL: *hookURL, Log: os.Stdout}
+		s.WebhooksTo(*hookURL).Log = os.Stdout
 		fmt.Printf("freshdeskserver: automation webhooks go to %s\n", *hookURL)
 	}
-	if *share > 0 {
-		s.Agent = s.NewAgent(*share, *replyAfter, *solveAfter)
+	if agent.Share > 0 {
+		s.Agent = s.NewAgent(agent.Share, agent.ReplyAfter, agent.SolveAfter)
 	}
 	fmt.Printf("freshdeskserver on http://%s: API key %s\n", *addr, *key)
 	srv := &http.Server{Addr: *addr, Handler: s, ReadHeaderTimeout: 5 * time.Second}

@@ -28,20 +28,19 @@ func main() {
 	latency := flag.Duration("latency", 0, "delay of every API answer")
 	hookURL := flag.String("webhook-url", "", "where ticket events are sent as Zendesk webhooks (none when empty)")
 	hookSecret := flag.String("webhook-secret", "", "the webhook's signing secret")
-	share := flag.Float64("agent-share", 0, "share of the tickets a fake agent replies to and solves (0 to 1)")
-	replyAfter := flag.Duration("agent-reply-after", 8*time.Second, "about when the agent replies")
-	solveAfter := flag.Duration("agent-solve-after", 20*time.Second, "about when the agent solves")
+	var agent fake.AgentFlags
+	agent.Register(flag.CommandLine)
 	flag.Parse()
 	s := zendeskfake.New()
 	s.PerMinute, s.Out = *perMinute, os.Stdout
 	s.SetLatency(*latency)
 	s.AddAPIToken(*email, *token)
 	if *hookURL != "" {
-		s.Hooks = &fake.Hooks{URL: *hookURL, Sign: zendeskfake.Signer(*hookSecret), Log: os.Stdout}
+		s.WebhooksTo(*hookURL, *hookSecret).Log = os.Stdout
 		fmt.Printf("zendeskserver: ticket events go to %s\n", *hookURL)
 	}
-	if *share > 0 {
-		s.Agent = s.NewAgent(*share, *replyAfter, *solveAfter)
+	if agent.Share > 0 {
+		s.Agent = s.NewAgent(agent.Share, agent.ReplyAfter, agent.SolveAfter)
 	}
 	fmt.Printf("zendeskserver on http://%s: API user %s/token\n", *addr, *email)
 	srv := &http.Server{Addr: *addr, Handler: s, ReadHeaderTimeout: 5 * time.Second}
