@@ -65,8 +65,6 @@ type Common struct {
 	GRPCAddr string
 	// LogLevel (LOG_LEVEL, default info).
 	LogLevel string
-	// OTLPEndpoint is OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT.
-	OTLPEndpoint string
 	// Instance (INSTANCE_ID, default host name) names this replica.
 	Instance string
 	// ShutdownTimeout (SHUTDOWN_TIMEOUT, default 20s) bounds the whole shutdown.
@@ -120,7 +118,6 @@ func LoadCommon(e *config.Env, opsPort, grpcPort int) Common {
 		Pprof:            e.Bool("OPS_PPROF", false),
 		GRPCAddr:         e.String("GRPC_ADDR", ":"+strconv.Itoa(grpcPort)),
 		LogLevel:         e.String("LOG_LEVEL", "info"),
-		OTLPEndpoint:     e.String("OTEL_EXPORTER_OTLP_ENDPOINT", e.String("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "")),
 		Instance:         e.String("INSTANCE_ID", host),
 		ShutdownTimeout:  e.Duration("SHUTDOWN_TIMEOUT", 20*time.Second),
 		SessionTimeout:   e.Duration("CONSUMER_SESSION_TIMEOUT", 10*time.Second),
@@ -187,7 +184,7 @@ type Service struct {
 // conflict fails start-up at once). Call Run to serve. grpcOpts are added
 // to the gRPC server's (credentials, interceptors of the admin service).
 func New(ctx context.Context, name string, c Common, grpcOpts ...grpc.ServerOption) (*Service, error) {
-	tel, err := telemetry.Setup(ctx, telemetry.Options{Service: name, Version: Version, Instance: c.Instance, LogLevel: c.LogLevel, OTLPEndpoint: c.OTLPEndpoint})
+	tel, err := telemetry.Setup(ctx, telemetry.Options{Service: name, Version: Version, Instance: c.Instance, LogLevel: c.LogLevel})
 	if err != nil {
 		return nil, err
 	}

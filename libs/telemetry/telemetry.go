@@ -3,12 +3,18 @@
 //   - log/slog JSON on stderr, with trace_id and span_id on every line logged
 //     with a context that carries a span;
 //   - an OpenTelemetry TracerProvider (always real, so trace ids exist and
-//     propagate) that exports over OTLP/HTTP when OTEL_EXPORTER_OTLP_ENDPOINT
-//     or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set; the other OTEL_* variables
-//     are read by the SDK itself. Without an endpoint spans are not recorded
+//     propagate) whose exporter is chosen by the SDK's environment variables
+//     through autoexport: OTEL_TRACES_EXPORTER (otlp, console, none),
+//     OTEL_EXPORTER_OTLP_PROTOCOL or OTEL_EXPORTER_OTLP_TRACES_PROTOCOL
+//     (http/protobuf, the default, or grpc), OTEL_EXPORTER_OTLP_ENDPOINT and
+//     the rest. Traces are exported when OTEL_TRACES_EXPORTER names an
+//     exporter or an OTLP endpoint is set; otherwise spans are not recorded
 //     (ids only);
 //   - a MeterProvider with a Prometheus exporter (served by MetricsHandler)
-//     and, when an OTLP endpoint is set, an OTLP metric exporter too;
+//     and, when OTEL_METRICS_EXPORTER names one (otlp, console) or an OTLP
+//     endpoint is set, a pushing exporter too;
+//   - the resource from OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES over
+//     the service's own name, version and instance;
 //   - W3C trace context and baggage as the global propagator.
 package telemetry
 
@@ -25,10 +31,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/contrib/exporters/autoexport"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetrichttp"
-	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
@@ -50,14 +55,16 @@ type Options struct {
 	LogLevel string
 	// LogOutput is where logs go (default os.Stderr).
 	LogOutput io.Writer
-	// OTLPEndpoint, when not empty, turns the OTLP exporters on. Services pass
-	// the value of OTEL_EXPORTER_OTLP_ENDPOINT (or the traces-specific variable)
-	// read by their config loader.
-	OTLPEndpoint string
+	// Getenv reads the OTEL_* variables that decide which exporters run
+	// (default os.Getenv; the exporters themselves read the environment).
+	Getenv func(string) string
 }
 
 // Telemetry holds the providers of one service.
 type Telemetry struct {
+	// ServiceName is service.name as exported: OTEL_SERVICE_NAME (or
+	// service.name in OTEL_RESOURCE_ATTRIBUTES) when set, else Options.Service.
+	ServiceName    string
 	Logger         *slog.Logger
 	TracerProvider *sdktrace.TracerProvider
 	MeterProvider  *sdkmetric.MeterProvider
@@ -73,46 +80,57 @@ func Setup(ctx context.Context, o Options) (*Telemetry, error) {
 	if o.LogOutput == nil {
 		o.LogOutput = os.Stderr
 	}
+	if o.Getenv == nil {
+		o.Getenv = os.Getenv
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(strings.ToUpper(orDefault(o.LogLevel, "info")))); err != nil {
 		return nil, fmt.Errorf("log level %q: use debug, info, warn or error", o.LogLevel)
 	}
-	logger := slog.New(NewTraceHandler(slog.NewJSONHandler(o.LogOutput, &slog.HandlerOptions{Level: level}))).
-		With("service", o.Service)
-	slog.SetDefault(logger)
 
+	// The service's own attributes first, then the environment's, which win:
+	// OTEL_SERVICE_NAME renames a service for the trace store.
 	res, err := resource.New(ctx,
-		resource.WithFromEnv(),
 		resource.WithTelemetrySDK(),
 		resource.WithAttributes(
 			attribute.String("service.name", o.Service),
 			attribute.String("service.version", o.Version),
 			attribute.String("service.instance.id", o.Instance),
-		))
+		),
+		resource.WithFromEnv())
 	if err != nil && !errors.Is(err, resource.ErrPartialResource) {
-		return nil, fmt.Errorf("telemetry resource: %w", err)
+		return nil, fmt.Errorf("telemetry resource (OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME): %w", err)
 	}
+	name := o.Service
+	if v, ok := res.Set().Value("service.name"); ok && v.AsString() != "" {
+		name = v.AsString()
+	}
+	logger := slog.New(NewTraceHandler(slog.NewJSONHandler(o.LogOutput, &slog.HandlerOptions{Level: level}))).
+		With("service", name)
+	slog.SetDefault(logger)
 
 	tpOpts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res)}
 	mpOpts := []sdkmetric.Option{sdkmetric.WithResource(res)}
-	if o.OTLPEndpoint != "" {
-		te, err := otlptracehttp.New(ctx)
+	if exportTraces(o.Getenv) {
+		te, err := autoexport.NewSpanExporter(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("OTLP trace exporter: %w", err)
+			return nil, fmt.Errorf("trace exporter (OTEL_TRACES_EXPORTER, OTEL_EXPORTER_OTLP_*): %w", err)
 		}
 		tpOpts = append(tpOpts, sdktrace.WithBatcher(te))
-		me, err := otlpmetrichttp.New(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("OTLP metric exporter: %w", err)
-		}
-		mpOpts = append(mpOpts, sdkmetric.WithReader(sdkmetric.NewPeriodicReader(me)))
 	} else {
 		// No exporter: spans are not recorded (recording them for nobody
 		// costs ~15 % of the normalizer's CPU), but they still exist, so
 		// trace ids are created, logged and propagated in record headers.
-		// They are marked not sampled, so set the endpoint on every service
-		// of a pipeline or on none.
+		// They are marked not sampled, so export from every service of a
+		// pipeline or from none.
 		tpOpts = append(tpOpts, sdktrace.WithSampler(sdktrace.NeverSample()))
+	}
+	if pushMetrics(o.Getenv) {
+		mr, err := autoexport.NewMetricReader(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("metric exporter (OTEL_METRICS_EXPORTER, OTEL_EXPORTER_OTLP_*): %w", err)
+		}
+		mpOpts = append(mpOpts, sdkmetric.WithReader(mr))
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -123,6 +141,7 @@ func Setup(ctx context.Context, o Options) (*Telemetry, error) {
 	mpOpts = append(mpOpts, sdkmetric.WithReader(pe))
 
 	t := &Telemetry{
+		ServiceName:    name,
 		Logger:         logger,
 		TracerProvider: sdktrace.NewTracerProvider(tpOpts...),
 		MeterProvider:  sdkmetric.NewMeterProvider(mpOpts...),
@@ -149,6 +168,33 @@ func (t *Telemetry) MetricsHandler() http.Handler {
 // Shutdown flushes and stops the exporters. Run it as the last shutdown step.
 func (t *Telemetry) Shutdown(ctx context.Context) error {
 	return errors.Join(t.TracerProvider.Shutdown(ctx), t.MeterProvider.Shutdown(ctx))
+}
+
+// exportTraces: OTEL_TRACES_EXPORTER names an exporter other than none, or
+// it is unset and an OTLP endpoint is (its default is otlp).
+func exportTraces(getenv func(string) string) bool {
+	switch e := strings.TrimSpace(getenv("OTEL_TRACES_EXPORTER")); e {
+	case "none":
+		return false
+	case "":
+		return getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != ""
+	default:
+		return true
+	}
+}
+
+// pushMetrics: OTEL_METRICS_EXPORTER names a pushing exporter, or it is
+// unset and an OTLP endpoint is. "prometheus" adds nothing: the ops port's
+// /metrics always serves them.
+func pushMetrics(getenv func(string) string) bool {
+	switch e := strings.TrimSpace(getenv("OTEL_METRICS_EXPORTER")); e {
+	case "none", "prometheus":
+		return false
+	case "":
+		return getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || getenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") != ""
+	default:
+		return true
+	}
 }
 
 func orDefault(s, def string) string {

@@ -5,10 +5,19 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"maps"
+	"net"
+	"net/http"
 	"net/http/httptest"
 	"regexp"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
+
+	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
+	"google.golang.org/grpc"
+	gproto "google.golang.org/protobuf/proto"
 )
 
 func TestLogLinesCarryTheTraceIDOfTheirContext(t *testing.T) {
@@ -56,5 +65,139 @@ func TestMetricsAreServedInPrometheusFormat(t *testing.T) {
 func TestAnUnknownLogLevelIsRefused(t *testing.T) {
 	if _, err := Setup(context.Background(), Options{Service: "t", LogLevel: "loud", LogOutput: io.Discard}); err == nil {
 		t.Fatal("want an error")
+	}
+}
+
+// otlpReceiver collects exported spans as "service.name/span name" and the
+// resource attributes it saw.
+type otlpReceiver struct {
+	coltracepb.UnimplementedTraceServiceServer
+	mu    sync.Mutex
+	spans []string
+	attrs map[string]string
+}
+
+func (o *otlpReceiver) Export(_ context.Context, req *coltracepb.ExportTraceServiceRequest) (*coltracepb.ExportTraceServiceResponse, error) {
+	o.add(req)
+	return &coltracepb.ExportTraceServiceResponse{}, nil
+}
+
+func (o *otlpReceiver) add(req *coltracepb.ExportTraceServiceRequest) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.attrs == nil {
+		o.attrs = map[string]string{}
+	}
+	for _, rs := range req.ResourceSpans {
+		for _, a := range rs.GetResource().GetAttributes() {
+			o.attrs[a.Key] = a.GetValue().GetStringValue()
+		}
+		for _, ss := range rs.ScopeSpans {
+			for _, sp := range ss.Spans {
+				o.spans = append(o.spans, o.attrs["service.name"]+"/"+sp.Name)
+			}
+		}
+	}
+}
+
+func (o *otlpReceiver) got() ([]string, map[string]string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return append([]string(nil), o.spans...), maps.Clone(o.attrs)
+}
+
+// Both OTLP protocols are honoured, chosen by OTEL_EXPORTER_OTLP_PROTOCOL,
+// and OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES name the exported
+// resource (and the log lines).
+func TestTracesGoOutOverEitherOTLPProtocolUnderTheConfiguredServiceName(t *testing.T) {
+	for _, proto := range []string{"grpc", "http/protobuf"} {
+		t.Run(strings.ReplaceAll(proto, "/", "-"), func(t *testing.T) {
+			rcv := &otlpReceiver{}
+			lis, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if proto == "grpc" {
+				srv := grpc.NewServer()
+				coltracepb.RegisterTraceServiceServer(srv, rcv)
+				go func() { _ = srv.Serve(lis) }()
+				defer srv.Stop()
+			} else {
+				srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					b, _ := io.ReadAll(r.Body)
+					var req coltracepb.ExportTraceServiceRequest
+					if r.URL.Path != "/v1/traces" || gproto.Unmarshal(b, &req) != nil {
+						http.Error(w, "bad export", http.StatusBadRequest)
+						return
+					}
+					rcv.add(&req)
+					w.Header().Set("Content-Type", "application/x-protobuf")
+				})}
+				go func() { _ = srv.Serve(lis) }()
+				defer srv.Close()
+			}
+			t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", proto)
+			t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://"+lis.Addr().String())
+			t.Setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
+			t.Setenv("OTEL_SERVICE_NAME", "feedback-ingress-eu")
+			t.Setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=staging")
+			t.Setenv("OTEL_METRICS_EXPORTER", "none")
+			var logs bytes.Buffer
+			tel, err := Setup(context.Background(), Options{Service: "ingress", Version: "1.2.3", LogOutput: &logs})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, span := tel.Tracer("t").Start(context.Background(), "op")
+			span.End()
+			tel.Logger.Info("hello")
+			if err := tel.Shutdown(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			spans, attrs := rcv.got()
+			if !slices.Equal(spans, []string{"feedback-ingress-eu/op"}) {
+				t.Fatalf("spans received over %s: %v", proto, spans)
+			}
+			if attrs["deployment.environment.name"] != "staging" || attrs["service.version"] != "1.2.3" {
+				t.Fatalf("resource: %v", attrs)
+			}
+			if !strings.Contains(logs.String(), `"service":"feedback-ingress-eu"`) {
+				t.Fatalf("log line: %s", logs.String())
+			}
+		})
+	}
+}
+
+func TestWithoutAnExporterSpansAreNotRecordedButHaveIDs(t *testing.T) {
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+	t.Setenv("OTEL_TRACES_EXPORTER", "")
+	tel, err := Setup(context.Background(), Options{Service: "t", LogOutput: io.Discard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tel.Shutdown(context.Background())
+	_, span := tel.Tracer("t").Start(context.Background(), "op")
+	if span.IsRecording() || !span.SpanContext().TraceID().IsValid() {
+		t.Fatalf("recording %v, trace id %v", span.IsRecording(), span.SpanContext().TraceID())
+	}
+	if tel.ServiceName != "t" {
+		t.Fatalf("service name %q", tel.ServiceName)
+	}
+}
+
+func TestTheExporterSwitches(t *testing.T) {
+	for _, c := range []struct {
+		env           map[string]string
+		traces, push bool
+	}{
+		{map[string]string{}, false, false},
+		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:4318"}, true, true},
+		{map[string]string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://x:4318"}, true, false},
+		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x", "OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "prometheus"}, false, false},
+		{map[string]string{"OTEL_TRACES_EXPORTER": "console", "OTEL_METRICS_EXPORTER": "otlp"}, true, true},
+	} {
+		get := func(k string) string { return c.env[k] }
+		if exportTraces(get) != c.traces || pushMetrics(get) != c.push {
+			t.Errorf("%v: traces %v push %v, want %v %v", c.env, exportTraces(get), pushMetrics(get), c.traces, c.push)
+		}
 	}
 }
