@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"runtime/debug"
+	"strconv"
 	"sync"
 	"time"
 
@@ -215,10 +216,12 @@ func NewBatchConsumer(cfg ConsumerConfig, h BatchHandler) (*Consumer, error) {
 		metric.WithExplicitBucketBoundaries(telemetry.FastSeconds...))
 	c.batch, _ = meter.Int64Histogram("closedloop.consumer.batch.size", metric.WithUnit("{record}"), metric.WithDescription("Records per handler call."),
 		metric.WithExplicitBucketBoundaries(telemetry.Records...))
-	_, _ = meter.Int64ObservableGauge("closedloop.consumer.lag", metric.WithDescription("Records behind the partition end, summed per topic."),
+	_, _ = meter.Int64ObservableGauge("closedloop.consumer.lag", metric.WithUnit("{record}"),
+		metric.WithDescription("Records behind the partition's end as of the last fetch, by group, topic and partition (of the partitions this instance consumes)."),
 		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
-			for topic, n := range c.lagByTopic() {
-				o.Observe(n, metric.WithAttributes(attribute.String("topic", topic), attribute.String("group", cfg.GroupID)))
+			for k, n := range c.lagByPartition() {
+				o.Observe(n, metric.WithAttributes(attribute.String("topic", k.topic), attribute.String("group", cfg.GroupID),
+					attribute.String("partition", strconv.Itoa(k.partition))))
 			}
 			return nil
 		}))
@@ -422,15 +425,17 @@ func (c *Consumer) handleOnce(ctx context.Context, batch []kafka.Message, attemp
 	for i := range batch {
 		m := &batch[i]
 		pctx := c.prop.Extract(ctx, HeaderCarrier{Headers: &m.Headers})
-		ds[i].Ctx, spans[i] = c.tracer.Start(pctx, m.Topic+" process",
+		ds[i].Ctx, spans[i] = c.tracer.Start(pctx, "process "+m.Topic,
 			trace.WithSpanKind(trace.SpanKindConsumer),
 			trace.WithAttributes(
 				attribute.String("messaging.system", "kafka"),
+				attribute.String("messaging.operation.name", "process"),
 				attribute.String("messaging.operation.type", "process"),
 				attribute.String("messaging.destination.name", m.Topic),
 				attribute.String("messaging.consumer.group.name", c.cfg.GroupID),
-				attribute.Int("messaging.destination.partition.id", m.Partition),
+				attribute.String("messaging.destination.partition.id", strconv.Itoa(m.Partition)),
 				attribute.Int64("messaging.kafka.offset", m.Offset),
+				attribute.String("messaging.kafka.message.key", string(m.Key)),
 				attribute.Int("messaging.batch.message_count", len(batch)),
 				attribute.Int("closedloop.attempt", attempt),
 			))

@@ -2,8 +2,8 @@
 //
 //   - Producer: synchronous, acks=all, murmur2 hash of the record key (the
 //     partitioner of the Java client, so other producers agree on where a
-//     subject lives), a BatchTimeout of a few milliseconds, and a "<topic>
-//     publish" span per record whose W3C trace context rides in the headers;
+//     subject lives), a BatchTimeout of a few milliseconds, and a "send
+//     <topic>" span per record whose W3C trace context rides in the headers;
 //   - Consumer: a consumer-group loop that hands records of one partition to
 //     the handler one at a time and in order, commits an offset only after the
 //     handler returned nil, retries dependency failures with backoff (the

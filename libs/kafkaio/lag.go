@@ -5,24 +5,33 @@ type partKey struct {
 	partition int
 }
 
+// setLag records a partition's lag as of the record just fetched (its high
+// watermark minus its offset) and the topic's sum in the status.
 func (c *Consumer) setLag(k partKey, lag int64) {
 	if lag < 0 {
 		lag = 0
 	}
 	c.lagMu.Lock()
 	c.lag[k] = lag
+	var sum int64
+	for pk, v := range c.lag {
+		if pk.topic == k.topic {
+			sum += v
+		}
+	}
 	c.lagMu.Unlock()
 	if s := c.stats[k.topic]; s != nil {
-		s.Lag.Store(c.lagByTopic()[k.topic])
+		s.Lag.Store(sum)
 	}
 }
 
-func (c *Consumer) lagByTopic() map[string]int64 {
+// lagByPartition is a copy of the partitions' lags.
+func (c *Consumer) lagByPartition() map[partKey]int64 {
 	c.lagMu.Lock()
 	defer c.lagMu.Unlock()
-	out := map[string]int64{}
+	out := make(map[partKey]int64, len(c.lag))
 	for k, v := range c.lag {
-		out[k.topic] += v
+		out[k] = v
 	}
 	return out
 }

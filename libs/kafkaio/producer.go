@@ -123,7 +123,7 @@ func (p *Producer) MaxMessageBytes() int { return p.limit }
 
 // Produce writes the records and returns once every one of them was
 // acknowledged by all in-sync replicas, or with the error of the first that
-// was not. Each record gets a "<topic> publish" span, child of ctx (or of the
+// was not. Each record gets a "send <topic>" span, child of ctx (or of the
 // record's Context), whose context is injected into its headers.
 func (p *Producer) Produce(ctx context.Context, recs ...Record) error {
 	errs := p.ProduceEach(ctx, recs...)
@@ -236,17 +236,19 @@ func (p *Producer) Stats() kafka.WriterStats { return p.w.Stats() }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 
-// startPublish starts the "<topic> publish" producer span of a record and
+// startPublish starts the "send <topic>" producer span of a record (the
+// OpenTelemetry messaging conventions: messaging.operation.name "send") and
 // returns the record's headers with the span's trace context injected.
 func startPublish(ctx context.Context, tracer trace.Tracer, prop propagation.TextMapPropagator, r Record) ([]kafka.Header, trace.Span) {
 	if r.Context != nil {
 		ctx = r.Context
 	}
 	headers := append([]kafka.Header(nil), r.Headers...)
-	sctx, span := tracer.Start(ctx, r.Topic+" publish",
+	sctx, span := tracer.Start(ctx, "send "+r.Topic,
 		trace.WithSpanKind(trace.SpanKindProducer),
 		trace.WithAttributes(
 			attribute.String("messaging.system", "kafka"),
+			attribute.String("messaging.operation.name", "send"),
 			attribute.String("messaging.operation.type", "send"),
 			attribute.String("messaging.destination.name", r.Topic),
 			attribute.String("messaging.kafka.message.key", string(r.Key)),

@@ -36,13 +36,16 @@ import (
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/closedloop/closedloop/libs/kafkaio"
 	"github.com/closedloop/closedloop/libs/retry"
+	"github.com/closedloop/closedloop/libs/telemetry"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 	sinkv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/sink/v1"
 )
@@ -107,7 +110,9 @@ type Runner struct {
 	failed    metric.Int64Counter
 	retries   metric.Int64Counter
 	dead      metric.Int64Counter
-	latency   metric.Float64Histogram
+	fresh     *telemetry.Freshness
+	duration  metric.Float64Histogram
+	tracer    trace.Tracer
 }
 
 // New returns a Runner for dest.
@@ -149,9 +154,11 @@ func New(cfg Config, dest Destination) (*Runner, error) {
 	r.failed, _ = meter.Int64Counter("closedloop.sink.failed", metric.WithDescription("Failed delivery attempts, by error class."))
 	r.retries, _ = meter.Int64Counter("closedloop.sink.retries", metric.WithDescription("Delivery rounds retried after a backoff."))
 	r.dead, _ = meter.Int64Counter("closedloop.sink.dead_lettered", metric.WithDescription("Events written to the dead-letter topic, by class."))
-	r.latency, _ = meter.Float64Histogram("closedloop.sink.delivery.latency", metric.WithUnit("s"),
-		metric.WithDescription("From ingress receipt of the webhook to delivery at the destination."),
-		metric.WithExplicitBucketBoundaries(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+	r.fresh = telemetry.NewFreshness(meter, cfg.Sink)
+	r.duration, _ = meter.Float64Histogram("closedloop.sink.delivery.duration", metric.WithUnit("s"),
+		metric.WithDescription("Time the destination took to answer one delivery call (a batch or one event)."),
+		metric.WithExplicitBucketBoundaries(telemetry.FastSeconds...))
+	r.tracer = otel.Tracer("github.com/closedloop/closedloop/libs/sink")
 	_, _ = meter.Int64ObservableGauge("closedloop.sink.breaker.state",
 		metric.WithDescription("Circuit breaker: 0 closed, 1 open, 2 half-open; 3 paused by an operator."),
 		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
@@ -336,8 +343,11 @@ func (r *Runner) deliver(ctx context.Context, batch []kafkaio.Delivery, todo []*
 			events[i] = p.ev
 		}
 		start := r.cfg.Now()
-		errs := r.dest.Deliver(ctx, events)
+		dctx, span := r.startDeliver(ctx, events, round)
+		errs := r.dest.Deliver(dctx, events)
 		took := r.cfg.Now().Sub(start)
+		r.duration.Record(ctx, took.Seconds(), r.attrs)
+		r.endDeliver(span, errs)
 		var again []*pending
 		var wait time.Duration
 		anyDelivered := false
@@ -352,7 +362,7 @@ func (r *Runner) deliver(ctx context.Context, batch []kafkaio.Delivery, todo []*
 				r.delivered.Add(ctx, 1, r.attrs)
 				r.nDelivered.Add(1)
 				if rcv := p.ev.Feedback.GetReceivedAt(); rcv != nil {
-					r.latency.Record(ctx, r.cfg.Now().Sub(rcv.AsTime()).Seconds(), r.attrs)
+					r.fresh.Record(ctx, rcv.AsTime(), r.Name())
 				}
 				continue
 			}
@@ -411,6 +421,49 @@ func (r *Runner) deliver(ctx context.Context, batch []kafkaio.Delivery, todo []*
 		}
 	}
 	return delivered, deadP, dead, nil
+}
+
+// startDeliver starts the "deliver <destination>" client span of one
+// delivery call: a child of the first event's span, linked to every event's
+// (a batch delivers records of many traces).
+func (r *Runner) startDeliver(ctx context.Context, events []*Event, round int) (context.Context, trace.Span) {
+	parent := ctx
+	if len(events) > 0 && events[0].Ctx != nil {
+		parent = events[0].Ctx
+	}
+	links := make([]trace.Link, 0, len(events))
+	for _, ev := range events {
+		if ev.Ctx == nil {
+			continue
+		}
+		if sc := trace.SpanContextFromContext(ev.Ctx); sc.IsValid() {
+			links = append(links, trace.Link{SpanContext: sc})
+		}
+	}
+	_, span := r.tracer.Start(parent, "deliver "+r.Name(), trace.WithSpanKind(trace.SpanKindClient), trace.WithLinks(links...),
+		trace.WithAttributes(
+			attribute.String("closedloop.sink", r.cfg.Sink),
+			attribute.String("closedloop.destination", r.Name()),
+			attribute.Int("closedloop.batch.size", len(events)),
+			attribute.Int("closedloop.delivery.round", round),
+		))
+	// The consumer's context (cancellation) with the span's trace context.
+	return trace.ContextWithSpan(ctx, span), span
+}
+
+// endDeliver ends a delivery span with the number of events that failed.
+func (r *Runner) endDeliver(span trace.Span, errs []error) {
+	failed := 0
+	for _, e := range errs {
+		if e != nil {
+			failed++
+		}
+	}
+	if failed > 0 {
+		span.SetAttributes(attribute.Int("closedloop.batch.failed", failed))
+		span.SetStatus(codes.Error, fmt.Sprintf("%d of the events failed", failed))
+	}
+	span.End()
 }
 
 func (r *Runner) failAll(results []error, ps []*pending, err error) []error {

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/closedloop/closedloop/libs/fault"
+	"github.com/closedloop/closedloop/libs/telemetry"
 	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 )
 
@@ -204,6 +205,9 @@ func (a *AdminServer) GetStatus(ctx context.Context, _ *adminv1.GetStatusRequest
 	r.mu.Unlock()
 	for _, d := range dests {
 		resp.Destinations = append(resp.Destinations, d.Status())
+	}
+	for _, f := range telemetry.LatestFreshness() {
+		resp.Freshness = append(resp.Freshness, &adminv1.StageFreshness{Stage: f.Stage, Destination: f.Destination, Seconds: f.Seconds, At: timestamppb.New(f.At)})
 	}
 	r.mu.Lock()
 	reports := append([]Report(nil), r.reports...)

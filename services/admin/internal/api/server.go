@@ -426,6 +426,25 @@ func (s *Server) GetPipelineStatus(ctx context.Context, _ *adminv1.GetPipelineSt
 		}
 	}
 
+	// Webhooks per source, summed over the ingress instances.
+	bySource := map[string]*adminv1.SourceTraffic{}
+	for _, as := range answers {
+		for _, a := range as {
+			for _, t := range a.st.GetSources() {
+				sum := bySource[t.Source]
+				if sum == nil {
+					sum = &adminv1.SourceTraffic{Source: t.Source}
+					bySource[t.Source] = sum
+					resp.Sources = append(resp.Sources, sum)
+				}
+				sum.Accepted += t.Accepted
+				sum.Rejected += t.Rejected
+				sum.Failed += t.Failed
+			}
+		}
+	}
+	sort.Slice(resp.Sources, func(i, j int) bool { return resp.Sources[i].Source < resp.Sources[j].Source })
+
 	stages := append([]Stage(nil), s.o.Stages...)
 	if s.o.DestinationStage != nil {
 		known := map[string]bool{}
@@ -478,6 +497,15 @@ func (s *Server) GetPipelineStatus(ctx context.Context, _ *adminv1.GetPipelineSt
 			}
 			out.Instances = append(out.Instances, a.st.Instance+" ("+a.addr+")")
 			uptime = max(uptime, time.Since(a.st.StartedAt.AsTime()).Seconds())
+			for _, f := range a.st.Freshness {
+				if f.Stage != st.Service || st.Sink != "" && st.Name != st.Sink && st.Name != st.Sink+"/"+f.Destination {
+					continue
+				}
+				// The stalest answer: a stage is as fresh as its slowest part.
+				if out.FreshnessAt == nil || f.Seconds > out.FreshnessSeconds {
+					out.FreshnessSeconds, out.FreshnessAt = f.Seconds, f.At
+				}
+			}
 			for _, c := range a.st.Consumers {
 				if c.Group != st.Group {
 					continue
@@ -499,6 +527,7 @@ func (s *Server) GetPipelineStatus(ctx context.Context, _ *adminv1.GetPipelineSt
 				}
 			}
 		}
+		out.Processed = processed
 		if uptime > 0 {
 			out.Throughput = float64(processed) / uptime
 		}

@@ -46,6 +46,9 @@ type Config struct {
 	Sinks []string
 	// MaxLag (ADMIN_MAX_LAG, default 10000): a stage further behind is a problem.
 	MaxLag int
+	// GaugeInterval (ADMIN_GAUGE_INTERVAL, default 15s) is how often the
+	// closedloop.pipeline.lag and closedloop.dlq.depth gauges are sampled.
+	GaugeInterval time.Duration
 	// Groups are the consumer groups, named as the services name them.
 	NormalizerGroup, EnricherGroup, WarehouseGroup, WebhookGroup string
 	// TLS (ADMIN_TLS_CERT, ADMIN_TLS_KEY; ADMIN_TLS_CLIENT_CA for mTLS).
@@ -60,6 +63,7 @@ func Load(e *config.Env) (Config, error) {
 		PublicURL:       e.String("ADMIN_PUBLIC_URL", "http://localhost:8080"),
 		Sinks:           e.List("ADMIN_SINKS", []string{"sink-warehouse"}),
 		MaxLag:          e.Int("ADMIN_MAX_LAG", 10000),
+		GaugeInterval:   e.Duration("ADMIN_GAUGE_INTERVAL", 15*time.Second),
 		NormalizerGroup: e.String("NORMALIZER_GROUP", "closedloop-normalizer"),
 		EnricherGroup:   e.String("ENRICHER_GROUP", "closedloop-enricher"),
 		WarehouseGroup:  e.String("SINK_WAREHOUSE_GROUP", "closedloop-sink-warehouse"),
@@ -220,6 +224,9 @@ func Run(ctx context.Context) error {
 		},
 	})
 	adminv1.RegisterAdminServiceServer(svc.GRPC.GRPC, server)
+	svc.Group.Go("pipeline gauges", func(ctx context.Context) error {
+		return server.RunGauges(ctx, svc.Tel.Meter("github.com/closedloop/closedloop/services/admin"), cfg.GaugeInterval)
+	})
 	svc.Watch(cfg.Pipeline, func(*config.Pipeline) error { return nil }) // admin tokens and sources follow the file
 	svc.OnShutdown("replay jobs", 10*time.Second, func(context.Context) error { replays.Stop(); return nil })
 	svc.OnShutdown("service connections", time.Second, func(context.Context) error { server.Close(); return nil })

@@ -26,6 +26,7 @@ import (
 	"github.com/closedloop/closedloop/libs/config"
 	"github.com/closedloop/closedloop/libs/feedback"
 	"github.com/closedloop/closedloop/libs/kafkaio"
+	"github.com/closedloop/closedloop/libs/telemetry"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 	"github.com/closedloop/closedloop/services/enricher/internal/lookup"
 )
@@ -52,6 +53,7 @@ type Handler struct {
 	o       Options
 	routed  metric.Int64Counter
 	ruleErr metric.Int64Counter
+	fresh   *telemetry.Freshness
 }
 
 // New returns a Handler.
@@ -62,6 +64,7 @@ func New(o Options) *Handler {
 	meter := otel.Meter("github.com/closedloop/closedloop/services/enricher")
 	h := &Handler{o: o}
 	h.routed, _ = meter.Int64Counter("closedloop.enricher.routed", metric.WithDescription("Events produced, by lane."))
+	h.fresh = telemetry.NewFreshness(meter, "enricher")
 	h.ruleErr, _ = meter.Int64Counter("closedloop.enricher.rule_errors", metric.WithDescription("Rules that could not be evaluated for an event, by rule."))
 	return h
 }
@@ -171,6 +174,9 @@ func (h *Handler) HandleBatch(ctx context.Context, batch []kafkaio.Delivery) []e
 			results[it.idx], failed = fmt.Errorf("produce to %s: %w", recs[n].Topic, errs[n]), true
 		} else {
 			h.routed.Add(ctx, 1, metric.WithAttributes(attribute.String("lane", it.ev.Enrichment.Lane.String())))
+			if rcv := it.ev.GetReceivedAt(); rcv != nil {
+				h.fresh.Record(ctx, rcv.AsTime(), "")
+			}
 		}
 		n++
 	}

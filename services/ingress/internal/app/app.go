@@ -10,6 +10,8 @@ import (
 	"os"
 	"time"
 
+	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
+
 	"github.com/closedloop/closedloop/libs/config"
 	"github.com/closedloop/closedloop/libs/ingesttokens"
 	"github.com/closedloop/closedloop/libs/kafkaio"
@@ -146,6 +148,7 @@ func Run(ctx context.Context) error {
 		return err
 	}
 	svc.Watch(cfg.Pipeline, h.Reload)
+	svc.Status.AddReport(func(_ context.Context, resp *adminv1.GetStatusResponse) { resp.Sources = h.Traffic() })
 	mux := http.NewServeMux()
 	h.Mount(mux)
 	lis, err := net.Listen("tcp", cfg.Addr)

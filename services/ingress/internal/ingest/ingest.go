@@ -13,11 +13,14 @@ import (
 	"mime"
 	"net/http"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -119,6 +122,7 @@ type Handler struct {
 	budget     *budget
 	logs       sampler
 	attrCache  sync.Map // attrKey -> attribute.Set
+	traffic    sync.Map // source -> *traffic
 	requests   metric.Int64Counter
 	duration   metric.Float64Histogram
 	bytes      metric.Int64Histogram
@@ -462,6 +466,7 @@ func (h *Handler) write(ctx context.Context, w http.ResponseWriter, source strin
 	// Unknown sources are counted under "" so that scanners cannot create
 	// unbounded label values.
 	h.requests.Add(ctx, 1, metric.WithAttributeSet(h.attrs(source, outcome, status)))
+	h.count(source, status)
 	hdr := w.Header()
 	hdr["Content-Type"] = jsonContentType
 	hdr["Cache-Control"] = noStore
@@ -473,6 +478,38 @@ var (
 	jsonContentType = []string{"application/json"}
 	noStore         = []string{"no-store"}
 )
+
+// traffic counts one source's requests by class of answer, for GetStatus
+// (closedloopctl top computes webhooks/s from it).
+type traffic struct{ accepted, rejected, failed atomic.Int64 }
+
+func (h *Handler) count(source string, status int) {
+	v, ok := h.traffic.Load(source)
+	if !ok {
+		v, _ = h.traffic.LoadOrStore(source, &traffic{})
+	}
+	t := v.(*traffic)
+	switch {
+	case status < 300:
+		t.accepted.Add(1)
+	case status < 500:
+		t.rejected.Add(1)
+	default:
+		t.failed.Add(1)
+	}
+}
+
+// Traffic lists the requests per source since start, sorted by source.
+func (h *Handler) Traffic() []*adminv1.SourceTraffic {
+	var out []*adminv1.SourceTraffic
+	h.traffic.Range(func(k, v any) bool {
+		t := v.(*traffic)
+		out = append(out, &adminv1.SourceTraffic{Source: k.(string), Accepted: t.accepted.Load(), Rejected: t.rejected.Load(), Failed: t.failed.Load()})
+		return true
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].Source < out[j].Source })
+	return out
+}
 
 type attrKey struct {
 	source, outcome string

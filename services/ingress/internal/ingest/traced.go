@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"net/http"
+	"strings"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -23,8 +24,14 @@ func Traced(next http.Handler) http.Handler {
 		r = r.WithContext(ctx)
 		next.ServeHTTP(sw, r)
 		if r.Pattern != "" {
+			// "{method} {route}", as the HTTP conventions name a server span;
+			// http.route is the route alone.
 			span.SetName(r.Pattern)
-			span.SetAttributes(attribute.String("http.route", r.Pattern))
+			route := r.Pattern
+			if _, path, ok := strings.Cut(r.Pattern, " "); ok {
+				route = path
+			}
+			span.SetAttributes(attribute.String("http.route", route))
 		}
 		span.SetAttributes(attribute.Int("http.response.status_code", sw.status))
 		if sw.status >= 500 {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/closedloop/closedloop/libs/idempotency"
 	"github.com/closedloop/closedloop/libs/kafkaio"
+	"github.com/closedloop/closedloop/libs/telemetry"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 	"github.com/closedloop/closedloop/services/normalizer/internal/mapping"
 )
@@ -56,6 +57,7 @@ type Options struct {
 type Handler struct {
 	o      Options
 	dedupe metric.Int64Counter
+	fresh  *telemetry.Freshness
 }
 
 // New returns a Handler.
@@ -66,8 +68,9 @@ func New(o Options) *Handler {
 	if o.RawInlineMax <= 0 {
 		o.RawInlineMax = 64 << 10
 	}
-	h := &Handler{o: o}
-	h.dedupe, _ = otel.Meter("github.com/closedloop/closedloop/services/normalizer").Int64Counter("closedloop.normalizer.dedupe",
+	meter := otel.Meter("github.com/closedloop/closedloop/services/normalizer")
+	h := &Handler{o: o, fresh: telemetry.NewFreshness(meter, "normalizer")}
+	h.dedupe, _ = meter.Int64Counter("closedloop.normalizer.dedupe",
 		metric.WithDescription("Dedupe decisions: result=miss (new event), hit (duplicate dropped), in_progress (claimed elsewhere; retried)."))
 	return h
 }
@@ -247,6 +250,9 @@ func (h *Handler) HandleBatch(ctx context.Context, batch []kafkaio.Delivery) []e
 			continue
 		}
 		it := items[i]
+		if rcv := it.ev.GetReceivedAt(); rcv != nil {
+			h.fresh.Record(ctx, rcv.AsTime(), "")
+		}
 		h.observeDrift(batch[it.idx].Ctx, it)
 		if debug {
 			h.o.Log.DebugContext(batch[it.idx].Ctx, "event normalized", "event_id", it.ev.EventId, "kind", it.ev.Kind.String(), "subject", it.ev.GetSubject().GetId())

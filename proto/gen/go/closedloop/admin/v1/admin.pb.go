@@ -1457,7 +1457,10 @@ type GetPipelineStatusResponse struct {
 	Problems []string `protobuf:"bytes,5,rep,name=problems,proto3" json:"problems,omitempty"`
 	// Detractors to solved tickets over the last 24 hours, as the warehouse
 	// sink reports it (absent without one).
-	LoopClosure   *LoopClosure `protobuf:"bytes,6,opt,name=loop_closure,json=loopClosure,proto3" json:"loop_closure,omitempty"`
+	LoopClosure *LoopClosure `protobuf:"bytes,6,opt,name=loop_closure,json=loopClosure,proto3" json:"loop_closure,omitempty"`
+	// Webhook requests per source since the ingress instances started,
+	// summed over them (a client computes rates from two answers).
+	Sources       []*SourceTraffic `protobuf:"bytes,7,rep,name=sources,proto3" json:"sources,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1534,6 +1537,13 @@ func (x *GetPipelineStatusResponse) GetLoopClosure() *LoopClosure {
 	return nil
 }
 
+func (x *GetPipelineStatusResponse) GetSources() []*SourceTraffic {
+	if x != nil {
+		return x.Sources
+	}
+	return nil
+}
+
 // StageStatus is one consumer group: a stage or a sink destination.
 type StageStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1552,10 +1562,17 @@ type StageStatus struct {
 	// Sinks: each destination's breaker as its instances report it.
 	Destinations []*DestinationStatus `protobuf:"bytes,8,rep,name=destinations,proto3" json:"destinations,omitempty"`
 	// The instances that answered GetStatus, and the ones that did not.
-	Instances     []string `protobuf:"bytes,9,rep,name=instances,proto3" json:"instances,omitempty"`
-	Unreachable   []string `protobuf:"bytes,10,rep,name=unreachable,proto3" json:"unreachable,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Instances   []string `protobuf:"bytes,9,rep,name=instances,proto3" json:"instances,omitempty"`
+	Unreachable []string `protobuf:"bytes,10,rep,name=unreachable,proto3" json:"unreachable,omitempty"`
+	// Records handled since the instances started, summed over them (a
+	// client computes rates from two answers).
+	Processed int64 `protobuf:"varint,11,opt,name=processed,proto3" json:"processed,omitempty"`
+	// The age of the latest event the stage finished (the oldest answer
+	// among its instances and destinations), and when it finished it.
+	FreshnessSeconds float64                `protobuf:"fixed64,12,opt,name=freshness_seconds,json=freshnessSeconds,proto3" json:"freshness_seconds,omitempty"`
+	FreshnessAt      *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=freshness_at,json=freshnessAt,proto3" json:"freshness_at,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *StageStatus) Reset() {
@@ -1654,6 +1671,27 @@ func (x *StageStatus) GetInstances() []string {
 func (x *StageStatus) GetUnreachable() []string {
 	if x != nil {
 		return x.Unreachable
+	}
+	return nil
+}
+
+func (x *StageStatus) GetProcessed() int64 {
+	if x != nil {
+		return x.Processed
+	}
+	return 0
+}
+
+func (x *StageStatus) GetFreshnessSeconds() float64 {
+	if x != nil {
+		return x.FreshnessSeconds
+	}
+	return 0
+}
+
+func (x *StageStatus) GetFreshnessAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FreshnessAt
 	}
 	return nil
 }
@@ -2845,14 +2883,15 @@ const file_closedloop_admin_v1_admin_proto_rawDesc = "" +
 	"\x1aDiscardDeadLettersResponse\x12\x1c\n" +
 	"\tdiscarded\x18\x01 \x01(\x05R\tdiscarded\x12\x18\n" +
 	"\askipped\x18\x02 \x03(\tR\askipped\"\x1a\n" +
-	"\x18GetPipelineStatusRequest\"\xc0\x02\n" +
+	"\x18GetPipelineStatusRequest\"\xfe\x02\n" +
 	"\x19GetPipelineStatusResponse\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x128\n" +
 	"\x06stages\x18\x02 \x03(\v2 .closedloop.admin.v1.StageStatusR\x06stages\x12B\n" +
 	"\frecent_drift\x18\x03 \x03(\v2\x1f.closedloop.admin.v1.SchemaPathR\vrecentDrift\x12\x18\n" +
 	"\ahealthy\x18\x04 \x01(\bR\ahealthy\x12\x1a\n" +
 	"\bproblems\x18\x05 \x03(\tR\bproblems\x12C\n" +
-	"\floop_closure\x18\x06 \x01(\v2 .closedloop.admin.v1.LoopClosureR\vloopClosure\"\x9d\x03\n" +
+	"\floop_closure\x18\x06 \x01(\v2 .closedloop.admin.v1.LoopClosureR\vloopClosure\x12<\n" +
+	"\asources\x18\a \x03(\v2\".closedloop.admin.v1.SourceTrafficR\asources\"\xa7\x04\n" +
 	"\vStageStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05group\x18\x02 \x01(\tR\x05group\x12A\n" +
@@ -2868,7 +2907,10 @@ const file_closedloop_admin_v1_admin_proto_rawDesc = "" +
 	"\fdestinations\x18\b \x03(\v2&.closedloop.admin.v1.DestinationStatusR\fdestinations\x12\x1c\n" +
 	"\tinstances\x18\t \x03(\tR\tinstances\x12 \n" +
 	"\vunreachable\x18\n" +
-	" \x03(\tR\vunreachable\"\x84\x01\n" +
+	" \x03(\tR\vunreachable\x12\x1c\n" +
+	"\tprocessed\x18\v \x01(\x03R\tprocessed\x12+\n" +
+	"\x11freshness_seconds\x18\f \x01(\x01R\x10freshnessSeconds\x12=\n" +
+	"\ffreshness_at\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\vfreshnessAt\"\x84\x01\n" +
 	"\fPartitionLag\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x1c\n" +
 	"\tpartition\x18\x02 \x01(\x05R\tpartition\x12\x1c\n" +
@@ -3044,7 +3086,8 @@ var file_closedloop_admin_v1_admin_proto_goTypes = []any{
 	(*v1.DeadLetter)(nil),              // 46: closedloop.sink.v1.DeadLetter
 	(*SchemaPath)(nil),                 // 47: closedloop.admin.v1.SchemaPath
 	(*LoopClosure)(nil),                // 48: closedloop.admin.v1.LoopClosure
-	(*DestinationStatus)(nil),          // 49: closedloop.admin.v1.DestinationStatus
+	(*SourceTraffic)(nil),              // 49: closedloop.admin.v1.SourceTraffic
+	(*DestinationStatus)(nil),          // 50: closedloop.admin.v1.DestinationStatus
 }
 var file_closedloop_admin_v1_admin_proto_depIdxs = []int32{
 	7,  // 0: closedloop.admin.v1.ListSourcesResponse.sources:type_name -> closedloop.admin.v1.Source
@@ -3069,61 +3112,63 @@ var file_closedloop_admin_v1_admin_proto_depIdxs = []int32{
 	25, // 19: closedloop.admin.v1.GetPipelineStatusResponse.stages:type_name -> closedloop.admin.v1.StageStatus
 	47, // 20: closedloop.admin.v1.GetPipelineStatusResponse.recent_drift:type_name -> closedloop.admin.v1.SchemaPath
 	48, // 21: closedloop.admin.v1.GetPipelineStatusResponse.loop_closure:type_name -> closedloop.admin.v1.LoopClosure
-	26, // 22: closedloop.admin.v1.StageStatus.partitions:type_name -> closedloop.admin.v1.PartitionLag
-	44, // 23: closedloop.admin.v1.StageStatus.last_processed_at:type_name -> google.protobuf.Timestamp
-	49, // 24: closedloop.admin.v1.StageStatus.destinations:type_name -> closedloop.admin.v1.DestinationStatus
-	31, // 25: closedloop.admin.v1.PauseSinkResponse.instances:type_name -> closedloop.admin.v1.InstanceDestinations
-	31, // 26: closedloop.admin.v1.ResumeSinkResponse.instances:type_name -> closedloop.admin.v1.InstanceDestinations
-	49, // 27: closedloop.admin.v1.InstanceDestinations.destinations:type_name -> closedloop.admin.v1.DestinationStatus
-	1,  // 28: closedloop.admin.v1.StartReplayRequest.from:type_name -> closedloop.admin.v1.ReplayFrom
-	44, // 29: closedloop.admin.v1.StartReplayRequest.since:type_name -> google.protobuf.Timestamp
-	44, // 30: closedloop.admin.v1.StartReplayRequest.until:type_name -> google.protobuf.Timestamp
-	34, // 31: closedloop.admin.v1.StartReplayResponse.job:type_name -> closedloop.admin.v1.ReplayJob
-	32, // 32: closedloop.admin.v1.ReplayJob.request:type_name -> closedloop.admin.v1.StartReplayRequest
-	2,  // 33: closedloop.admin.v1.ReplayJob.state:type_name -> closedloop.admin.v1.ReplayState
-	44, // 34: closedloop.admin.v1.ReplayJob.started_at:type_name -> google.protobuf.Timestamp
-	44, // 35: closedloop.admin.v1.ReplayJob.finished_at:type_name -> google.protobuf.Timestamp
-	34, // 36: closedloop.admin.v1.WatchReplayResponse.job:type_name -> closedloop.admin.v1.ReplayJob
-	34, // 37: closedloop.admin.v1.CancelReplayResponse.job:type_name -> closedloop.admin.v1.ReplayJob
-	34, // 38: closedloop.admin.v1.ListReplaysResponse.jobs:type_name -> closedloop.admin.v1.ReplayJob
-	43, // 39: closedloop.admin.v1.SendTestEventResponse.stages:type_name -> closedloop.admin.v1.StageReached
-	3,  // 40: closedloop.admin.v1.AdminService.ListSources:input_type -> closedloop.admin.v1.ListSourcesRequest
-	5,  // 41: closedloop.admin.v1.AdminService.GetSource:input_type -> closedloop.admin.v1.GetSourceRequest
-	9,  // 42: closedloop.admin.v1.AdminService.IssueIngestToken:input_type -> closedloop.admin.v1.IssueIngestTokenRequest
-	11, // 43: closedloop.admin.v1.AdminService.RevokeIngestToken:input_type -> closedloop.admin.v1.RevokeIngestTokenRequest
-	14, // 44: closedloop.admin.v1.AdminService.ListDeadLetters:input_type -> closedloop.admin.v1.ListDeadLettersRequest
-	17, // 45: closedloop.admin.v1.AdminService.GetDeadLetter:input_type -> closedloop.admin.v1.GetDeadLetterRequest
-	19, // 46: closedloop.admin.v1.AdminService.ReplayDeadLetters:input_type -> closedloop.admin.v1.ReplayDeadLettersRequest
-	21, // 47: closedloop.admin.v1.AdminService.DiscardDeadLetters:input_type -> closedloop.admin.v1.DiscardDeadLettersRequest
-	27, // 48: closedloop.admin.v1.AdminService.PauseSink:input_type -> closedloop.admin.v1.PauseSinkRequest
-	29, // 49: closedloop.admin.v1.AdminService.ResumeSink:input_type -> closedloop.admin.v1.ResumeSinkRequest
-	32, // 50: closedloop.admin.v1.AdminService.StartReplay:input_type -> closedloop.admin.v1.StartReplayRequest
-	35, // 51: closedloop.admin.v1.AdminService.WatchReplay:input_type -> closedloop.admin.v1.WatchReplayRequest
-	37, // 52: closedloop.admin.v1.AdminService.CancelReplay:input_type -> closedloop.admin.v1.CancelReplayRequest
-	39, // 53: closedloop.admin.v1.AdminService.ListReplays:input_type -> closedloop.admin.v1.ListReplaysRequest
-	41, // 54: closedloop.admin.v1.AdminService.SendTestEvent:input_type -> closedloop.admin.v1.SendTestEventRequest
-	23, // 55: closedloop.admin.v1.AdminService.GetPipelineStatus:input_type -> closedloop.admin.v1.GetPipelineStatusRequest
-	4,  // 56: closedloop.admin.v1.AdminService.ListSources:output_type -> closedloop.admin.v1.ListSourcesResponse
-	6,  // 57: closedloop.admin.v1.AdminService.GetSource:output_type -> closedloop.admin.v1.GetSourceResponse
-	10, // 58: closedloop.admin.v1.AdminService.IssueIngestToken:output_type -> closedloop.admin.v1.IssueIngestTokenResponse
-	12, // 59: closedloop.admin.v1.AdminService.RevokeIngestToken:output_type -> closedloop.admin.v1.RevokeIngestTokenResponse
-	15, // 60: closedloop.admin.v1.AdminService.ListDeadLetters:output_type -> closedloop.admin.v1.ListDeadLettersResponse
-	18, // 61: closedloop.admin.v1.AdminService.GetDeadLetter:output_type -> closedloop.admin.v1.GetDeadLetterResponse
-	20, // 62: closedloop.admin.v1.AdminService.ReplayDeadLetters:output_type -> closedloop.admin.v1.ReplayDeadLettersResponse
-	22, // 63: closedloop.admin.v1.AdminService.DiscardDeadLetters:output_type -> closedloop.admin.v1.DiscardDeadLettersResponse
-	28, // 64: closedloop.admin.v1.AdminService.PauseSink:output_type -> closedloop.admin.v1.PauseSinkResponse
-	30, // 65: closedloop.admin.v1.AdminService.ResumeSink:output_type -> closedloop.admin.v1.ResumeSinkResponse
-	33, // 66: closedloop.admin.v1.AdminService.StartReplay:output_type -> closedloop.admin.v1.StartReplayResponse
-	36, // 67: closedloop.admin.v1.AdminService.WatchReplay:output_type -> closedloop.admin.v1.WatchReplayResponse
-	38, // 68: closedloop.admin.v1.AdminService.CancelReplay:output_type -> closedloop.admin.v1.CancelReplayResponse
-	40, // 69: closedloop.admin.v1.AdminService.ListReplays:output_type -> closedloop.admin.v1.ListReplaysResponse
-	42, // 70: closedloop.admin.v1.AdminService.SendTestEvent:output_type -> closedloop.admin.v1.SendTestEventResponse
-	24, // 71: closedloop.admin.v1.AdminService.GetPipelineStatus:output_type -> closedloop.admin.v1.GetPipelineStatusResponse
-	56, // [56:72] is the sub-list for method output_type
-	40, // [40:56] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	49, // 22: closedloop.admin.v1.GetPipelineStatusResponse.sources:type_name -> closedloop.admin.v1.SourceTraffic
+	26, // 23: closedloop.admin.v1.StageStatus.partitions:type_name -> closedloop.admin.v1.PartitionLag
+	44, // 24: closedloop.admin.v1.StageStatus.last_processed_at:type_name -> google.protobuf.Timestamp
+	50, // 25: closedloop.admin.v1.StageStatus.destinations:type_name -> closedloop.admin.v1.DestinationStatus
+	44, // 26: closedloop.admin.v1.StageStatus.freshness_at:type_name -> google.protobuf.Timestamp
+	31, // 27: closedloop.admin.v1.PauseSinkResponse.instances:type_name -> closedloop.admin.v1.InstanceDestinations
+	31, // 28: closedloop.admin.v1.ResumeSinkResponse.instances:type_name -> closedloop.admin.v1.InstanceDestinations
+	50, // 29: closedloop.admin.v1.InstanceDestinations.destinations:type_name -> closedloop.admin.v1.DestinationStatus
+	1,  // 30: closedloop.admin.v1.StartReplayRequest.from:type_name -> closedloop.admin.v1.ReplayFrom
+	44, // 31: closedloop.admin.v1.StartReplayRequest.since:type_name -> google.protobuf.Timestamp
+	44, // 32: closedloop.admin.v1.StartReplayRequest.until:type_name -> google.protobuf.Timestamp
+	34, // 33: closedloop.admin.v1.StartReplayResponse.job:type_name -> closedloop.admin.v1.ReplayJob
+	32, // 34: closedloop.admin.v1.ReplayJob.request:type_name -> closedloop.admin.v1.StartReplayRequest
+	2,  // 35: closedloop.admin.v1.ReplayJob.state:type_name -> closedloop.admin.v1.ReplayState
+	44, // 36: closedloop.admin.v1.ReplayJob.started_at:type_name -> google.protobuf.Timestamp
+	44, // 37: closedloop.admin.v1.ReplayJob.finished_at:type_name -> google.protobuf.Timestamp
+	34, // 38: closedloop.admin.v1.WatchReplayResponse.job:type_name -> closedloop.admin.v1.ReplayJob
+	34, // 39: closedloop.admin.v1.CancelReplayResponse.job:type_name -> closedloop.admin.v1.ReplayJob
+	34, // 40: closedloop.admin.v1.ListReplaysResponse.jobs:type_name -> closedloop.admin.v1.ReplayJob
+	43, // 41: closedloop.admin.v1.SendTestEventResponse.stages:type_name -> closedloop.admin.v1.StageReached
+	3,  // 42: closedloop.admin.v1.AdminService.ListSources:input_type -> closedloop.admin.v1.ListSourcesRequest
+	5,  // 43: closedloop.admin.v1.AdminService.GetSource:input_type -> closedloop.admin.v1.GetSourceRequest
+	9,  // 44: closedloop.admin.v1.AdminService.IssueIngestToken:input_type -> closedloop.admin.v1.IssueIngestTokenRequest
+	11, // 45: closedloop.admin.v1.AdminService.RevokeIngestToken:input_type -> closedloop.admin.v1.RevokeIngestTokenRequest
+	14, // 46: closedloop.admin.v1.AdminService.ListDeadLetters:input_type -> closedloop.admin.v1.ListDeadLettersRequest
+	17, // 47: closedloop.admin.v1.AdminService.GetDeadLetter:input_type -> closedloop.admin.v1.GetDeadLetterRequest
+	19, // 48: closedloop.admin.v1.AdminService.ReplayDeadLetters:input_type -> closedloop.admin.v1.ReplayDeadLettersRequest
+	21, // 49: closedloop.admin.v1.AdminService.DiscardDeadLetters:input_type -> closedloop.admin.v1.DiscardDeadLettersRequest
+	27, // 50: closedloop.admin.v1.AdminService.PauseSink:input_type -> closedloop.admin.v1.PauseSinkRequest
+	29, // 51: closedloop.admin.v1.AdminService.ResumeSink:input_type -> closedloop.admin.v1.ResumeSinkRequest
+	32, // 52: closedloop.admin.v1.AdminService.StartReplay:input_type -> closedloop.admin.v1.StartReplayRequest
+	35, // 53: closedloop.admin.v1.AdminService.WatchReplay:input_type -> closedloop.admin.v1.WatchReplayRequest
+	37, // 54: closedloop.admin.v1.AdminService.CancelReplay:input_type -> closedloop.admin.v1.CancelReplayRequest
+	39, // 55: closedloop.admin.v1.AdminService.ListReplays:input_type -> closedloop.admin.v1.ListReplaysRequest
+	41, // 56: closedloop.admin.v1.AdminService.SendTestEvent:input_type -> closedloop.admin.v1.SendTestEventRequest
+	23, // 57: closedloop.admin.v1.AdminService.GetPipelineStatus:input_type -> closedloop.admin.v1.GetPipelineStatusRequest
+	4,  // 58: closedloop.admin.v1.AdminService.ListSources:output_type -> closedloop.admin.v1.ListSourcesResponse
+	6,  // 59: closedloop.admin.v1.AdminService.GetSource:output_type -> closedloop.admin.v1.GetSourceResponse
+	10, // 60: closedloop.admin.v1.AdminService.IssueIngestToken:output_type -> closedloop.admin.v1.IssueIngestTokenResponse
+	12, // 61: closedloop.admin.v1.AdminService.RevokeIngestToken:output_type -> closedloop.admin.v1.RevokeIngestTokenResponse
+	15, // 62: closedloop.admin.v1.AdminService.ListDeadLetters:output_type -> closedloop.admin.v1.ListDeadLettersResponse
+	18, // 63: closedloop.admin.v1.AdminService.GetDeadLetter:output_type -> closedloop.admin.v1.GetDeadLetterResponse
+	20, // 64: closedloop.admin.v1.AdminService.ReplayDeadLetters:output_type -> closedloop.admin.v1.ReplayDeadLettersResponse
+	22, // 65: closedloop.admin.v1.AdminService.DiscardDeadLetters:output_type -> closedloop.admin.v1.DiscardDeadLettersResponse
+	28, // 66: closedloop.admin.v1.AdminService.PauseSink:output_type -> closedloop.admin.v1.PauseSinkResponse
+	30, // 67: closedloop.admin.v1.AdminService.ResumeSink:output_type -> closedloop.admin.v1.ResumeSinkResponse
+	33, // 68: closedloop.admin.v1.AdminService.StartReplay:output_type -> closedloop.admin.v1.StartReplayResponse
+	36, // 69: closedloop.admin.v1.AdminService.WatchReplay:output_type -> closedloop.admin.v1.WatchReplayResponse
+	38, // 70: closedloop.admin.v1.AdminService.CancelReplay:output_type -> closedloop.admin.v1.CancelReplayResponse
+	40, // 71: closedloop.admin.v1.AdminService.ListReplays:output_type -> closedloop.admin.v1.ListReplaysResponse
+	42, // 72: closedloop.admin.v1.AdminService.SendTestEvent:output_type -> closedloop.admin.v1.SendTestEventResponse
+	24, // 73: closedloop.admin.v1.AdminService.GetPipelineStatus:output_type -> closedloop.admin.v1.GetPipelineStatusResponse
+	58, // [58:74] is the sub-list for method output_type
+	42, // [42:58] is the sub-list for method input_type
+	42, // [42:42] is the sub-list for extension type_name
+	42, // [42:42] is the sub-list for extension extendee
+	0,  // [0:42] is the sub-list for field type_name
 }
 
 func init() { file_closedloop_admin_v1_admin_proto_init() }

@@ -326,7 +326,12 @@ type GetStatusResponse struct {
 	Destinations []*DestinationStatus `protobuf:"bytes,8,rep,name=destinations,proto3" json:"destinations,omitempty"`
 	// The warehouse sink: how the loop from detractor to solved ticket went
 	// over the last 24 hours (from its loop_closure view).
-	LoopClosure   *LoopClosure `protobuf:"bytes,9,opt,name=loop_closure,json=loopClosure,proto3" json:"loop_closure,omitempty"`
+	LoopClosure *LoopClosure `protobuf:"bytes,9,opt,name=loop_closure,json=loopClosure,proto3" json:"loop_closure,omitempty"`
+	// Per stage (and sink destination) this instance runs: how old the latest
+	// event was when the stage finished it.
+	Freshness []*StageFreshness `protobuf:"bytes,10,rep,name=freshness,proto3" json:"freshness,omitempty"`
+	// The ingress: webhook requests per source since start.
+	Sources       []*SourceTraffic `protobuf:"bytes,11,rep,name=sources,proto3" json:"sources,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -424,6 +429,167 @@ func (x *GetStatusResponse) GetLoopClosure() *LoopClosure {
 	return nil
 }
 
+func (x *GetStatusResponse) GetFreshness() []*StageFreshness {
+	if x != nil {
+		return x.Freshness
+	}
+	return nil
+}
+
+func (x *GetStatusResponse) GetSources() []*SourceTraffic {
+	if x != nil {
+		return x.Sources
+	}
+	return nil
+}
+
+// StageFreshness is the age of the latest event a stage finished: now minus
+// the time the ingress received its webhook, when its output was durable
+// (a sink: when the destination accepted it).
+type StageFreshness struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The service: "normalizer", "enricher", "sink-warehouse".
+	Stage string `protobuf:"bytes,1,opt,name=stage,proto3" json:"stage,omitempty"`
+	// A sink's destination; empty for the other stages.
+	Destination string  `protobuf:"bytes,2,opt,name=destination,proto3" json:"destination,omitempty"`
+	Seconds     float64 `protobuf:"fixed64,3,opt,name=seconds,proto3" json:"seconds,omitempty"`
+	// When the stage finished that event.
+	At            *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=at,proto3" json:"at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StageFreshness) Reset() {
+	*x = StageFreshness{}
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StageFreshness) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StageFreshness) ProtoMessage() {}
+
+func (x *StageFreshness) ProtoReflect() protoreflect.Message {
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StageFreshness.ProtoReflect.Descriptor instead.
+func (*StageFreshness) Descriptor() ([]byte, []int) {
+	return file_closedloop_admin_v1_service_admin_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *StageFreshness) GetStage() string {
+	if x != nil {
+		return x.Stage
+	}
+	return ""
+}
+
+func (x *StageFreshness) GetDestination() string {
+	if x != nil {
+		return x.Destination
+	}
+	return ""
+}
+
+func (x *StageFreshness) GetSeconds() float64 {
+	if x != nil {
+		return x.Seconds
+	}
+	return 0
+}
+
+func (x *StageFreshness) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+// SourceTraffic counts the webhook requests of one source by outcome.
+type SourceTraffic struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The source's name; "" for requests naming no configured source.
+	Source string `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
+	// Answered 2xx: durable in Kafka (or a known duplicate).
+	Accepted int64 `protobuf:"varint,2,opt,name=accepted,proto3" json:"accepted,omitempty"`
+	// Answered 4xx: bad signature, token, size, body.
+	Rejected int64 `protobuf:"varint,3,opt,name=rejected,proto3" json:"rejected,omitempty"`
+	// Answered 5xx: not durable in time (the provider retries).
+	Failed        int64 `protobuf:"varint,4,opt,name=failed,proto3" json:"failed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SourceTraffic) Reset() {
+	*x = SourceTraffic{}
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SourceTraffic) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SourceTraffic) ProtoMessage() {}
+
+func (x *SourceTraffic) ProtoReflect() protoreflect.Message {
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SourceTraffic.ProtoReflect.Descriptor instead.
+func (*SourceTraffic) Descriptor() ([]byte, []int) {
+	return file_closedloop_admin_v1_service_admin_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *SourceTraffic) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *SourceTraffic) GetAccepted() int64 {
+	if x != nil {
+		return x.Accepted
+	}
+	return 0
+}
+
+func (x *SourceTraffic) GetRejected() int64 {
+	if x != nil {
+		return x.Rejected
+	}
+	return 0
+}
+
+func (x *SourceTraffic) GetFailed() int64 {
+	if x != nil {
+		return x.Failed
+	}
+	return 0
+}
+
 // LoopClosure is the share of detractors whose feedback got a helpdesk
 // ticket, and how long closing the loop took, over a window.
 type LoopClosure struct {
@@ -449,7 +615,7 @@ type LoopClosure struct {
 
 func (x *LoopClosure) Reset() {
 	*x = LoopClosure{}
-	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[6]
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -461,7 +627,7 @@ func (x *LoopClosure) String() string {
 func (*LoopClosure) ProtoMessage() {}
 
 func (x *LoopClosure) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[6]
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -474,7 +640,7 @@ func (x *LoopClosure) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoopClosure.ProtoReflect.Descriptor instead.
 func (*LoopClosure) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_service_admin_proto_rawDescGZIP(), []int{6}
+	return file_closedloop_admin_v1_service_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *LoopClosure) GetSince() *timestamppb.Timestamp {
@@ -553,7 +719,7 @@ type LoopClosureSystem struct {
 
 func (x *LoopClosureSystem) Reset() {
 	*x = LoopClosureSystem{}
-	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[7]
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -565,7 +731,7 @@ func (x *LoopClosureSystem) String() string {
 func (*LoopClosureSystem) ProtoMessage() {}
 
 func (x *LoopClosureSystem) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[7]
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -578,7 +744,7 @@ func (x *LoopClosureSystem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoopClosureSystem.ProtoReflect.Descriptor instead.
 func (*LoopClosureSystem) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_service_admin_proto_rawDescGZIP(), []int{7}
+	return file_closedloop_admin_v1_service_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *LoopClosureSystem) GetSystem() string {
@@ -638,7 +804,7 @@ type DestinationStatus struct {
 
 func (x *DestinationStatus) Reset() {
 	*x = DestinationStatus{}
-	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[8]
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -650,7 +816,7 @@ func (x *DestinationStatus) String() string {
 func (*DestinationStatus) ProtoMessage() {}
 
 func (x *DestinationStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[8]
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -663,7 +829,7 @@ func (x *DestinationStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestinationStatus.ProtoReflect.Descriptor instead.
 func (*DestinationStatus) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_service_admin_proto_rawDescGZIP(), []int{8}
+	return file_closedloop_admin_v1_service_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DestinationStatus) GetName() string {
@@ -763,7 +929,7 @@ type ComponentStatus struct {
 
 func (x *ComponentStatus) Reset() {
 	*x = ComponentStatus{}
-	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[9]
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -775,7 +941,7 @@ func (x *ComponentStatus) String() string {
 func (*ComponentStatus) ProtoMessage() {}
 
 func (x *ComponentStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[9]
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -788,7 +954,7 @@ func (x *ComponentStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ComponentStatus.ProtoReflect.Descriptor instead.
 func (*ComponentStatus) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_service_admin_proto_rawDescGZIP(), []int{9}
+	return file_closedloop_admin_v1_service_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ComponentStatus) GetName() string {
@@ -833,7 +999,7 @@ type ConsumerStatus struct {
 
 func (x *ConsumerStatus) Reset() {
 	*x = ConsumerStatus{}
-	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[10]
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -845,7 +1011,7 @@ func (x *ConsumerStatus) String() string {
 func (*ConsumerStatus) ProtoMessage() {}
 
 func (x *ConsumerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[10]
+	mi := &file_closedloop_admin_v1_service_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -858,7 +1024,7 @@ func (x *ConsumerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumerStatus.ProtoReflect.Descriptor instead.
 func (*ConsumerStatus) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_service_admin_proto_rawDescGZIP(), []int{10}
+	return file_closedloop_admin_v1_service_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ConsumerStatus) GetGroup() string {
@@ -924,7 +1090,7 @@ const file_closedloop_admin_v1_service_admin_proto_rawDesc = "" +
 	"\vdestination\x18\x01 \x01(\tR\vdestination\"e\n" +
 	"\x19ResumeDestinationResponse\x12H\n" +
 	"\vdestination\x18\x01 \x01(\v2&.closedloop.admin.v1.DestinationStatusR\vdestination\"\x12\n" +
-	"\x10GetStatusRequest\"\xce\x03\n" +
+	"\x10GetStatusRequest\"\xcf\x04\n" +
 	"\x11GetStatusResponse\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x1a\n" +
@@ -937,7 +1103,20 @@ const file_closedloop_admin_v1_service_admin_proto_rawDesc = "" +
 	"components\x12A\n" +
 	"\tconsumers\x18\a \x03(\v2#.closedloop.admin.v1.ConsumerStatusR\tconsumers\x12J\n" +
 	"\fdestinations\x18\b \x03(\v2&.closedloop.admin.v1.DestinationStatusR\fdestinations\x12C\n" +
-	"\floop_closure\x18\t \x01(\v2 .closedloop.admin.v1.LoopClosureR\vloopClosure\"\x98\x03\n" +
+	"\floop_closure\x18\t \x01(\v2 .closedloop.admin.v1.LoopClosureR\vloopClosure\x12A\n" +
+	"\tfreshness\x18\n" +
+	" \x03(\v2#.closedloop.admin.v1.StageFreshnessR\tfreshness\x12<\n" +
+	"\asources\x18\v \x03(\v2\".closedloop.admin.v1.SourceTrafficR\asources\"\x8e\x01\n" +
+	"\x0eStageFreshness\x12\x14\n" +
+	"\x05stage\x18\x01 \x01(\tR\x05stage\x12 \n" +
+	"\vdestination\x18\x02 \x01(\tR\vdestination\x12\x18\n" +
+	"\aseconds\x18\x03 \x01(\x01R\aseconds\x12*\n" +
+	"\x02at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"w\n" +
+	"\rSourceTraffic\x12\x16\n" +
+	"\x06source\x18\x01 \x01(\tR\x06source\x12\x1a\n" +
+	"\baccepted\x18\x02 \x01(\x03R\baccepted\x12\x1a\n" +
+	"\brejected\x18\x03 \x01(\x03R\brejected\x12\x16\n" +
+	"\x06failed\x18\x04 \x01(\x03R\x06failed\"\x98\x03\n" +
 	"\vLoopClosure\x120\n" +
 	"\x05since\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x1e\n" +
 	"\n" +
@@ -1005,7 +1184,7 @@ func file_closedloop_admin_v1_service_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_closedloop_admin_v1_service_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_closedloop_admin_v1_service_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_closedloop_admin_v1_service_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_closedloop_admin_v1_service_admin_proto_goTypes = []any{
 	(BreakerState)(0),                 // 0: closedloop.admin.v1.BreakerState
 	(*PauseDestinationRequest)(nil),   // 1: closedloop.admin.v1.PauseDestinationRequest
@@ -1014,36 +1193,41 @@ var file_closedloop_admin_v1_service_admin_proto_goTypes = []any{
 	(*ResumeDestinationResponse)(nil), // 4: closedloop.admin.v1.ResumeDestinationResponse
 	(*GetStatusRequest)(nil),          // 5: closedloop.admin.v1.GetStatusRequest
 	(*GetStatusResponse)(nil),         // 6: closedloop.admin.v1.GetStatusResponse
-	(*LoopClosure)(nil),               // 7: closedloop.admin.v1.LoopClosure
-	(*LoopClosureSystem)(nil),         // 8: closedloop.admin.v1.LoopClosureSystem
-	(*DestinationStatus)(nil),         // 9: closedloop.admin.v1.DestinationStatus
-	(*ComponentStatus)(nil),           // 10: closedloop.admin.v1.ComponentStatus
-	(*ConsumerStatus)(nil),            // 11: closedloop.admin.v1.ConsumerStatus
-	(*timestamppb.Timestamp)(nil),     // 12: google.protobuf.Timestamp
+	(*StageFreshness)(nil),            // 7: closedloop.admin.v1.StageFreshness
+	(*SourceTraffic)(nil),             // 8: closedloop.admin.v1.SourceTraffic
+	(*LoopClosure)(nil),               // 9: closedloop.admin.v1.LoopClosure
+	(*LoopClosureSystem)(nil),         // 10: closedloop.admin.v1.LoopClosureSystem
+	(*DestinationStatus)(nil),         // 11: closedloop.admin.v1.DestinationStatus
+	(*ComponentStatus)(nil),           // 12: closedloop.admin.v1.ComponentStatus
+	(*ConsumerStatus)(nil),            // 13: closedloop.admin.v1.ConsumerStatus
+	(*timestamppb.Timestamp)(nil),     // 14: google.protobuf.Timestamp
 }
 var file_closedloop_admin_v1_service_admin_proto_depIdxs = []int32{
-	9,  // 0: closedloop.admin.v1.PauseDestinationResponse.destination:type_name -> closedloop.admin.v1.DestinationStatus
-	9,  // 1: closedloop.admin.v1.ResumeDestinationResponse.destination:type_name -> closedloop.admin.v1.DestinationStatus
-	12, // 2: closedloop.admin.v1.GetStatusResponse.started_at:type_name -> google.protobuf.Timestamp
-	10, // 3: closedloop.admin.v1.GetStatusResponse.components:type_name -> closedloop.admin.v1.ComponentStatus
-	11, // 4: closedloop.admin.v1.GetStatusResponse.consumers:type_name -> closedloop.admin.v1.ConsumerStatus
-	9,  // 5: closedloop.admin.v1.GetStatusResponse.destinations:type_name -> closedloop.admin.v1.DestinationStatus
-	7,  // 6: closedloop.admin.v1.GetStatusResponse.loop_closure:type_name -> closedloop.admin.v1.LoopClosure
-	12, // 7: closedloop.admin.v1.LoopClosure.since:type_name -> google.protobuf.Timestamp
-	8,  // 8: closedloop.admin.v1.LoopClosure.systems:type_name -> closedloop.admin.v1.LoopClosureSystem
-	0,  // 9: closedloop.admin.v1.DestinationStatus.breaker:type_name -> closedloop.admin.v1.BreakerState
-	12, // 10: closedloop.admin.v1.ConsumerStatus.last_processed_at:type_name -> google.protobuf.Timestamp
-	5,  // 11: closedloop.admin.v1.ServiceAdminService.GetStatus:input_type -> closedloop.admin.v1.GetStatusRequest
-	1,  // 12: closedloop.admin.v1.ServiceAdminService.PauseDestination:input_type -> closedloop.admin.v1.PauseDestinationRequest
-	3,  // 13: closedloop.admin.v1.ServiceAdminService.ResumeDestination:input_type -> closedloop.admin.v1.ResumeDestinationRequest
-	6,  // 14: closedloop.admin.v1.ServiceAdminService.GetStatus:output_type -> closedloop.admin.v1.GetStatusResponse
-	2,  // 15: closedloop.admin.v1.ServiceAdminService.PauseDestination:output_type -> closedloop.admin.v1.PauseDestinationResponse
-	4,  // 16: closedloop.admin.v1.ServiceAdminService.ResumeDestination:output_type -> closedloop.admin.v1.ResumeDestinationResponse
-	14, // [14:17] is the sub-list for method output_type
-	11, // [11:14] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	11, // 0: closedloop.admin.v1.PauseDestinationResponse.destination:type_name -> closedloop.admin.v1.DestinationStatus
+	11, // 1: closedloop.admin.v1.ResumeDestinationResponse.destination:type_name -> closedloop.admin.v1.DestinationStatus
+	14, // 2: closedloop.admin.v1.GetStatusResponse.started_at:type_name -> google.protobuf.Timestamp
+	12, // 3: closedloop.admin.v1.GetStatusResponse.components:type_name -> closedloop.admin.v1.ComponentStatus
+	13, // 4: closedloop.admin.v1.GetStatusResponse.consumers:type_name -> closedloop.admin.v1.ConsumerStatus
+	11, // 5: closedloop.admin.v1.GetStatusResponse.destinations:type_name -> closedloop.admin.v1.DestinationStatus
+	9,  // 6: closedloop.admin.v1.GetStatusResponse.loop_closure:type_name -> closedloop.admin.v1.LoopClosure
+	7,  // 7: closedloop.admin.v1.GetStatusResponse.freshness:type_name -> closedloop.admin.v1.StageFreshness
+	8,  // 8: closedloop.admin.v1.GetStatusResponse.sources:type_name -> closedloop.admin.v1.SourceTraffic
+	14, // 9: closedloop.admin.v1.StageFreshness.at:type_name -> google.protobuf.Timestamp
+	14, // 10: closedloop.admin.v1.LoopClosure.since:type_name -> google.protobuf.Timestamp
+	10, // 11: closedloop.admin.v1.LoopClosure.systems:type_name -> closedloop.admin.v1.LoopClosureSystem
+	0,  // 12: closedloop.admin.v1.DestinationStatus.breaker:type_name -> closedloop.admin.v1.BreakerState
+	14, // 13: closedloop.admin.v1.ConsumerStatus.last_processed_at:type_name -> google.protobuf.Timestamp
+	5,  // 14: closedloop.admin.v1.ServiceAdminService.GetStatus:input_type -> closedloop.admin.v1.GetStatusRequest
+	1,  // 15: closedloop.admin.v1.ServiceAdminService.PauseDestination:input_type -> closedloop.admin.v1.PauseDestinationRequest
+	3,  // 16: closedloop.admin.v1.ServiceAdminService.ResumeDestination:input_type -> closedloop.admin.v1.ResumeDestinationRequest
+	6,  // 17: closedloop.admin.v1.ServiceAdminService.GetStatus:output_type -> closedloop.admin.v1.GetStatusResponse
+	2,  // 18: closedloop.admin.v1.ServiceAdminService.PauseDestination:output_type -> closedloop.admin.v1.PauseDestinationResponse
+	4,  // 19: closedloop.admin.v1.ServiceAdminService.ResumeDestination:output_type -> closedloop.admin.v1.ResumeDestinationResponse
+	17, // [17:20] is the sub-list for method output_type
+	14, // [14:17] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_closedloop_admin_v1_service_admin_proto_init() }
@@ -1057,7 +1241,7 @@ func file_closedloop_admin_v1_service_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_closedloop_admin_v1_service_admin_proto_rawDesc), len(file_closedloop_admin_v1_service_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   11,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
