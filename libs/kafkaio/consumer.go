@@ -209,9 +209,9 @@ func NewBatchConsumer(cfg ConsumerConfig, h BatchHandler) (*Consumer, error) {
 		tracer: otel.Tracer(instrumentation), prop: otel.GetTextMapPropagator(),
 		stats: map[string]*status.ConsumerStats{}, lag: map[partKey]int64{},
 	}
-	c.handled, _ = meter.Int64Counter("closedloop.consumer.records", metric.WithDescription("Records handled successfully."))
-	c.retries, _ = meter.Int64Counter("closedloop.consumer.retries", metric.WithDescription("Handler failures that were retried."))
-	c.quar, _ = meter.Int64Counter("closedloop.consumer.quarantined", metric.WithDescription("Records sent to the quarantine topic."))
+	c.handled, _ = meter.Int64Counter("closedloop.consumer.records", metric.WithUnit("{record}"), metric.WithDescription("Records handled successfully."))
+	c.retries, _ = meter.Int64Counter("closedloop.consumer.retries", metric.WithUnit("{retry}"), metric.WithDescription("Handler failures that were retried."))
+	c.quar, _ = meter.Int64Counter("closedloop.consumer.quarantined", metric.WithUnit("{record}"), metric.WithDescription("Records sent to the quarantine topic."))
 	c.dur, _ = meter.Float64Histogram("closedloop.consumer.handle.duration", metric.WithUnit("s"), metric.WithDescription("Time to handle one batch of records (one record for a per-record handler)."),
 		metric.WithExplicitBucketBoundaries(telemetry.FastSeconds...))
 	c.batch, _ = meter.Int64Histogram("closedloop.consumer.batch.size", metric.WithUnit("{record}"), metric.WithDescription("Records per handler call."),
@@ -478,7 +478,7 @@ func backoff(attempt int, max time.Duration) time.Duration {
 
 // fetchTimeouts counts fetches the broker answered after the reader's
 // deadline (the reader reconnects and fetches again).
-var fetchTimeouts, _ = otel.Meter(instrumentation).Int64Counter("closedloop.consumer.fetch_timeouts",
+var fetchTimeouts, _ = otel.Meter(instrumentation).Int64Counter("closedloop.consumer.fetch_timeouts", metric.WithUnit("{fetch}"),
 	metric.WithDescription("Fetches answered after the reader's deadline; the reader reconnected and fetched again."))
 
 // fetchTimedOut reports whether a kafka-go error log's arguments carry a

@@ -92,7 +92,7 @@ func NewProducer(cfg ProducerConfig) *Producer {
 	latency, _ := meter.Float64Histogram("closedloop.kafka.produce.duration", metric.WithUnit("s"),
 		metric.WithDescription("Time from produce call to acknowledgement by all in-sync replicas."),
 		metric.WithExplicitBucketBoundaries(telemetry.FastSeconds...))
-	failed, _ := meter.Int64Counter("closedloop.kafka.produce.failures", metric.WithDescription("Records whose produce call failed."))
+	failed, _ := meter.Int64Counter("closedloop.kafka.produce.failures", metric.WithUnit("{record}"), metric.WithDescription("Records whose produce call failed."))
 	return &Producer{
 		w: &kafka.Writer{
 			Addr:         kafka.TCP(cfg.Brokers...),

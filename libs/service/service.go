@@ -445,7 +445,7 @@ func (p *Pipeline) Current() *config.Pipeline { return p.cur.Load() }
 // secret file it references) that loads and that apply accepts replaces the
 // pipeline; a change that does not is logged and the old pipeline stays.
 func (s *Service) Watch(p *Pipeline, apply func(*config.Pipeline) error) {
-	reloads, _ := s.Tel.Meter("github.com/closedloop/closedloop/libs/service").Int64Counter("closedloop.pipeline.reloads",
+	reloads, _ := s.Tel.Meter("github.com/closedloop/closedloop/libs/service").Int64Counter("closedloop.pipeline.reloads", metric.WithUnit("{reload}"),
 		metric.WithDescription("Pipeline file reloads by result (applied, rejected)."))
 	s.Group.Go("pipeline watch", func(ctx context.Context) error {
 		config.Watch(ctx, p.Path, p.Interval, p.lookup, func(np *config.Pipeline) {

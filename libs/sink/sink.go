@@ -150,16 +150,16 @@ func New(cfg Config, dest Destination) (*Runner, error) {
 	attrs := []attribute.KeyValue{attribute.String("sink", cfg.Sink), attribute.String("destination", cfg.Destination)}
 	r.attrs = metric.WithAttributes(attrs...)
 	meter := otel.Meter("github.com/closedloop/closedloop/libs/sink")
-	r.delivered, _ = meter.Int64Counter("closedloop.sink.delivered", metric.WithDescription("Events delivered to the destination."))
-	r.failed, _ = meter.Int64Counter("closedloop.sink.failed", metric.WithDescription("Failed delivery attempts, by error class."))
-	r.retries, _ = meter.Int64Counter("closedloop.sink.retries", metric.WithDescription("Delivery rounds retried after a backoff."))
-	r.dead, _ = meter.Int64Counter("closedloop.sink.dead_lettered", metric.WithDescription("Events written to the dead-letter topic, by class."))
+	r.delivered, _ = meter.Int64Counter("closedloop.sink.delivered", metric.WithUnit("{event}"), metric.WithDescription("Events delivered to the destination."))
+	r.failed, _ = meter.Int64Counter("closedloop.sink.failed", metric.WithUnit("{attempt}"), metric.WithDescription("Failed delivery attempts, by error class."))
+	r.retries, _ = meter.Int64Counter("closedloop.sink.retries", metric.WithUnit("{round}"), metric.WithDescription("Delivery rounds retried after a backoff."))
+	r.dead, _ = meter.Int64Counter("closedloop.sink.dead_lettered", metric.WithUnit("{event}"), metric.WithDescription("Events written to the dead-letter topic, by class."))
 	r.fresh = telemetry.NewFreshness(meter, cfg.Sink)
 	r.duration, _ = meter.Float64Histogram("closedloop.sink.delivery.duration", metric.WithUnit("s"),
 		metric.WithDescription("Time the destination took to answer one delivery call (a batch or one event)."),
 		metric.WithExplicitBucketBoundaries(telemetry.FastSeconds...))
 	r.tracer = otel.Tracer("github.com/closedloop/closedloop/libs/sink")
-	_, _ = meter.Int64ObservableGauge("closedloop.sink.breaker.state",
+	_, _ = meter.Int64ObservableGauge("closedloop.sink.breaker.state", metric.WithUnit("{state}"),
 		metric.WithDescription("Circuit breaker: 0 closed, 1 open, 2 half-open; 3 paused by an operator."),
 		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
 			v := int64(r.cfg.Breaker.State())

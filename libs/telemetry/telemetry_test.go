@@ -186,7 +186,7 @@ func TestWithoutAnExporterSpansAreNotRecordedButHaveIDs(t *testing.T) {
 
 func TestTheExporterSwitches(t *testing.T) {
 	for _, c := range []struct {
-		env           map[string]string
+		env          map[string]string
 		traces, push bool
 	}{
 		{map[string]string{}, false, false},

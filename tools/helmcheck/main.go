@@ -19,14 +19,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strings"
+	"unicode"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/closedloop/closedloop/tools/internal/instruments"
 )
 
 type object struct {
@@ -376,8 +377,9 @@ func run(in io.Reader, out io.Writer) error {
 	return nil
 }
 
-var metricRE = regexp.MustCompile(`closedloop_[a-z_]+`)
-var instrumentRE = regexp.MustCompile(`(?:Counter|Histogram|Gauge)\("(closedloop\.[a-z_.]+)"`)
+// RunbookBase is where every alert's runbook_url points: a heading of one
+// of the docs (GitHub's anchor of it).
+const RunbookBase = "https://github.com/closedloop/closedloop/blob/main/"
 
 func checkAlerts(rulesFile, srcDir string, out io.Writer) error {
 	b, err := os.ReadFile(rulesFile)
@@ -394,6 +396,7 @@ func checkAlerts(rulesFile, srcDir string, out io.Writer) error {
 			Name  string `yaml:"name"`
 			Rules []struct {
 				Alert       string            `yaml:"alert"`
+				Record      string            `yaml:"record"`
 				Expr        string            `yaml:"expr"`
 				Labels      map[string]string `yaml:"labels"`
 				Annotations map[string]string `yaml:"annotations"`
@@ -403,51 +406,107 @@ func checkAlerts(rulesFile, srcDir string, out io.Writer) error {
 	if err := yaml.Unmarshal(b, &doc); err != nil {
 		return fmt.Errorf("%s: %w", rulesFile, err)
 	}
-	known := map[string]bool{}
-	err = filepath.WalkDir(srcDir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") || strings.Contains(path, "/gen/") {
-			return err
-		}
-		src, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		for _, m := range instrumentRE.FindAllSubmatch(src, -1) {
-			known[strings.ReplaceAll(string(m[1]), ".", "_")] = true
-		}
-		return nil
-	})
+	ins, err := instruments.Scan(srcDir)
 	if err != nil {
 		return err
 	}
-	var problems []string
-	rules, used := 0, map[string]bool{}
+	known, err := instruments.SeriesSet(ins)
+	if err != nil {
+		return err
+	}
+	recorded := map[string]bool{}
 	for _, g := range doc.Groups {
 		for _, r := range g.Rules {
-			rules++
-			if r.Alert == "" || r.Expr == "" || r.Labels["severity"] == "" || r.Annotations["summary"] == "" {
-				problems = append(problems, fmt.Sprintf("rule %q: alert, expr, labels.severity and annotations.summary are required", r.Alert))
+			if r.Record != "" {
+				recorded[r.Record] = true
 			}
-			for _, name := range metricRE.FindAllString(r.Expr, -1) {
-				base := name
-				for _, suffix := range []string{"_bucket", "_sum", "_count", "_total", "_seconds", "_bytes"} {
-					base = strings.TrimSuffix(base, suffix)
+		}
+	}
+	anchors := map[string]map[string]bool{} // doc file -> anchors
+	var problems []string
+	alerts, records, used := 0, 0, map[string]bool{}
+	for _, g := range doc.Groups {
+		for _, r := range g.Rules {
+			name := r.Alert
+			if r.Record != "" {
+				records++
+				name = r.Record
+			} else {
+				alerts++
+				switch {
+				case r.Alert == "" || r.Expr == "":
+					problems = append(problems, fmt.Sprintf("a rule of group %s has neither alert nor record, or no expr", g.Name))
+				case r.Labels["severity"] != "critical" && r.Labels["severity"] != "warning" && r.Labels["severity"] != "info":
+					problems = append(problems, fmt.Sprintf("alert %s: severity %q (use critical, warning or info)", r.Alert, r.Labels["severity"]))
 				}
-				used[name] = true
-				if !known[base] {
-					problems = append(problems, fmt.Sprintf("rule %q uses %s: no instrument %s is registered in the code", r.Alert, name, strings.ReplaceAll(base, "_", ".")))
+				for _, a := range []string{"summary", "description", "runbook_url"} {
+					if r.Annotations[a] == "" {
+						problems = append(problems, fmt.Sprintf("alert %s: annotations.%s is required", r.Alert, a))
+					}
+				}
+				if u := r.Annotations["runbook_url"]; u != "" {
+					if p := checkRunbook(srcDir, u, anchors); p != "" {
+						problems = append(problems, fmt.Sprintf("alert %s: %s", r.Alert, p))
+					}
+				}
+			}
+			for _, m := range instruments.MetricsIn(r.Expr) {
+				used[m] = true
+				if _, ok := known[m]; !ok && !recorded[m] && !instruments.External(m) {
+					problems = append(problems, fmt.Sprintf("rule %s uses %s: no instrument of the code makes that series", name, m))
 				}
 			}
 		}
 	}
-	fmt.Fprintf(out, "helmcheck: %d alert rules over %d metrics, all registered by the code\n", rules, len(used))
-	if rules == 0 {
+	fmt.Fprintf(out, "helmcheck: %d alert rules and %d recording rules over %d series, all made by the code or the rules; every runbook exists\n", alerts, records, len(used))
+	if alerts == 0 {
 		problems = append(problems, "no rules")
 	}
 	if len(problems) > 0 {
 		return errors.New(strings.Join(problems, "\n  "))
 	}
 	return nil
+}
+
+// checkRunbook checks that u is RunbookBase + docs/<file>.md#<anchor of a
+// heading of that file>.
+func checkRunbook(srcDir, u string, anchors map[string]map[string]bool) string {
+	rest, ok := strings.CutPrefix(u, RunbookBase)
+	file, anchor, hasAnchor := strings.Cut(rest, "#")
+	if !ok || !hasAnchor || !strings.HasPrefix(file, "docs/") || !strings.HasSuffix(file, ".md") {
+		return fmt.Sprintf("runbook_url %q is not %sdocs/<page>.md#<heading>", u, RunbookBase)
+	}
+	if anchors[file] == nil {
+		b, err := os.ReadFile(filepath.Join(srcDir, file))
+		if err != nil {
+			return fmt.Sprintf("runbook_url %q: %v", u, err)
+		}
+		anchors[file] = map[string]bool{}
+		for _, line := range strings.Split(string(b), "\n") {
+			if h, ok := strings.CutPrefix(line, "#"); ok {
+				anchors[file][GitHubAnchor(strings.TrimLeft(h, "#"))] = true
+			}
+		}
+	}
+	if !anchors[file][anchor] {
+		return fmt.Sprintf("runbook_url %q: %s has no heading with that anchor", u, file)
+	}
+	return ""
+}
+
+// GitHubAnchor is the anchor GitHub gives a Markdown heading: lower case,
+// punctuation dropped, spaces to hyphens.
+func GitHubAnchor(heading string) string {
+	var b strings.Builder
+	for _, r := range strings.ToLower(strings.TrimSpace(heading)) {
+		switch {
+		case r == ' ':
+			b.WriteByte('-')
+		case r == '-' || r == '_' || unicode.IsLetter(r) || unicode.IsDigit(r):
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
 }
 
 // checkKafka checks the Kafka settings of every workload (Deployments and

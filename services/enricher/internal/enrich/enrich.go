@@ -63,9 +63,9 @@ func New(o Options) *Handler {
 	}
 	meter := otel.Meter("github.com/closedloop/closedloop/services/enricher")
 	h := &Handler{o: o}
-	h.routed, _ = meter.Int64Counter("closedloop.enricher.routed", metric.WithDescription("Events produced, by lane."))
+	h.routed, _ = meter.Int64Counter("closedloop.enricher.routed", metric.WithUnit("{event}"), metric.WithDescription("Events produced, by lane."))
 	h.fresh = telemetry.NewFreshness(meter, "enricher")
-	h.ruleErr, _ = meter.Int64Counter("closedloop.enricher.rule_errors", metric.WithDescription("Rules that could not be evaluated for an event, by rule."))
+	h.ruleErr, _ = meter.Int64Counter("closedloop.enricher.rule_errors", metric.WithUnit("{error}"), metric.WithDescription("Rules that could not be evaluated for an event, by rule."))
 	return h
 }
 

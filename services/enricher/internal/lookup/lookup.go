@@ -100,12 +100,12 @@ func New(cfg config.Lookup, o Options) (*Lookup, error) {
 		breaker: retry.NewBreaker(cfg.BreakerThreshold, cfg.BreakerOpenFor.Duration, nil),
 		attrs:   attribute.NewSet(attribute.String("lookup", cfg.Name))}
 	meter := otel.Meter("github.com/closedloop/closedloop/services/enricher")
-	l.outcomes, _ = meter.Int64Counter("closedloop.enricher.lookups",
+	l.outcomes, _ = meter.Int64Counter("closedloop.enricher.lookups", metric.WithUnit("{lookup}"),
 		metric.WithDescription("Lookup results per event key, by outcome: hit, negative_hit, found, not_found, failed."))
 	l.latency, _ = meter.Float64Histogram("closedloop.enricher.lookup.duration", metric.WithUnit("s"),
 		metric.WithDescription("Time of one lookup request to the service, retries included."),
 		metric.WithExplicitBucketBoundaries(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
-	_, _ = meter.Int64ObservableGauge("closedloop.enricher.lookup.breaker_state",
+	_, _ = meter.Int64ObservableGauge("closedloop.enricher.lookup.breaker_state", metric.WithUnit("{state}"),
 		metric.WithDescription("Lookup circuit breaker: 0 closed, 1 open, 2 half-open."),
 		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
 			o.Observe(int64(l.breaker.State()), metric.WithAttributeSet(l.attrs))

@@ -165,13 +165,13 @@ func New(o Options) (*Handler, error) {
 	}
 	m := otel.Meter("github.com/closedloop/closedloop/services/ingress")
 	h := &Handler{o: o, budget: newBudget(o.MaxInFlight, o.SourceMaxInFlight, o.MaxBodyMemory, o.SourceMaxBodyMemory)}
-	h.requests, _ = m.Int64Counter("closedloop.ingress.requests", metric.WithDescription("Webhook requests by source and outcome."))
+	h.requests, _ = m.Int64Counter("closedloop.ingress.requests", metric.WithUnit("{request}"), metric.WithDescription("Webhook requests by source and outcome."))
 	h.bytes, _ = m.Int64Histogram("closedloop.ingress.body.size", metric.WithUnit("By"), metric.WithDescription("Accepted body sizes."),
 		metric.WithExplicitBucketBoundaries(telemetry.Bytes...))
 	h.duration, _ = m.Float64Histogram("http.server.request.duration", metric.WithUnit("s"),
 		metric.WithDescription("Duration of webhook requests, by source, method and status (OpenTelemetry HTTP semantic conventions)."),
 		metric.WithExplicitBucketBoundaries(telemetry.FastSeconds...))
-	_, _ = m.Int64ObservableGauge("closedloop.ingress.inflight", metric.WithDescription("Requests being handled."),
+	_, _ = m.Int64ObservableGauge("closedloop.ingress.inflight", metric.WithUnit("{request}"), metric.WithDescription("Requests being handled."),
 		metric.WithInt64Callback(func(_ context.Context, ob metric.Int64Observer) error {
 			n, _ := h.budget.inFlight()
 			ob.Observe(int64(n))

@@ -70,9 +70,9 @@ func New(rdb redis.UniversalClient, prefix string, lim Limits) *Tracker {
 	}
 	t := &Tracker{rdb: rdb, prefix: prefix, lim: lim, seen: map[string]map[string]bool{}, types: map[string]int{}}
 	meter := otel.Meter("github.com/closedloop/closedloop/services/normalizer")
-	t.newOne, _ = meter.Int64Counter("closedloop.normalizer.schema_drift",
+	t.newOne, _ = meter.Int64Counter("closedloop.normalizer.schema_drift", metric.WithUnit("{path}"),
 		metric.WithDescription("Field paths seen for the first time, by provider and event type."))
-	t.capped, _ = meter.Int64Counter("closedloop.normalizer.schema_drift.capped",
+	t.capped, _ = meter.Int64Counter("closedloop.normalizer.schema_drift.capped", metric.WithUnit("{path}"),
 		metric.WithDescription("New field paths not recorded because their event type reached its limit of paths, by provider."))
 	return t
 }

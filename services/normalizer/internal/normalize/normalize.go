@@ -70,7 +70,7 @@ func New(o Options) *Handler {
 	}
 	meter := otel.Meter("github.com/closedloop/closedloop/services/normalizer")
 	h := &Handler{o: o, fresh: telemetry.NewFreshness(meter, "normalizer")}
-	h.dedupe, _ = meter.Int64Counter("closedloop.normalizer.dedupe",
+	h.dedupe, _ = meter.Int64Counter("closedloop.normalizer.dedupe", metric.WithUnit("{decision}"),
 		metric.WithDescription("Dedupe decisions: result=miss (new event), hit (duplicate dropped), in_progress (claimed elsewhere; retried)."))
 	return h
 }
