@@ -21,6 +21,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"unicode"
@@ -37,7 +38,8 @@ type object struct {
 		Labels      map[string]string `yaml:"labels"`
 		Annotations map[string]string `yaml:"annotations"`
 	} `yaml:"metadata"`
-	Spec yaml.Node `yaml:"spec"`
+	Spec yaml.Node         `yaml:"spec"`
+	Data map[string]string `yaml:"data"`
 }
 
 type seccomp struct {
@@ -141,6 +143,7 @@ func run(in io.Reader, out io.Writer) error {
 	}
 	var problems []string
 	bad := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+	problems = append(problems, checkDashboards(objs)...)
 	kafkaProblems, kafkaSecrets, secured := checkKafka(objs)
 	problems = append(problems, kafkaProblems...)
 	deploys, services, counts := map[string]map[string]string{}, map[string]bool{}, map[string]int{}
@@ -375,6 +378,62 @@ func run(in io.Reader, out io.Writer) error {
 		return errors.New(strings.Join(problems, "\n  "))
 	}
 	return nil
+}
+
+// checkDashboards: with HELMCHECK_DASHBOARDS=on, a ConfigMap labelled
+// grafana_dashboard carries every file of deploy/grafana/dashboards,
+// unchanged; without it, none is rendered.
+func checkDashboards(objs []object) []string {
+	var problems []string
+	want, _ := filepath.Glob(filepath.Join("..", "deploy", "grafana", "dashboards", "*.json"))
+	found := 0
+	for _, o := range objs {
+		if o.Kind != "ConfigMap" || o.Metadata.Labels["grafana_dashboard"] == "" {
+			continue
+		}
+		for _, path := range want {
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return []string{err.Error()}
+			}
+			key := filepath.Base(path)
+			if got, ok := o.Data[key]; !ok || strings.TrimSpace(got) != strings.TrimSpace(string(b)) {
+				problems = append(problems, fmt.Sprintf("ConfigMap %s: %s missing or not the file in deploy/grafana/dashboards", o.Metadata.Name, key))
+			}
+			found++
+		}
+	}
+	// The rules and dashboards select services by closedloop_service.
+	for _, o := range objs {
+		if o.Kind != "ServiceMonitor" {
+			continue
+		}
+		var sm struct {
+			Endpoints []struct {
+				Relabelings []struct {
+					SourceLabels []string `yaml:"sourceLabels"`
+					TargetLabel  string   `yaml:"targetLabel"`
+				} `yaml:"relabelings"`
+			} `yaml:"endpoints"`
+		}
+		_ = o.Spec.Decode(&sm)
+		for _, e := range sm.Endpoints {
+			ok := false
+			for _, r := range e.Relabelings {
+				ok = ok || r.TargetLabel == "closedloop_service" && slices.Equal(r.SourceLabels, []string{"__meta_kubernetes_service_label_app_kubernetes_io_name"})
+			}
+			if !ok {
+				problems = append(problems, fmt.Sprintf("ServiceMonitor %s: an endpoint does not set closedloop_service (the alert rules and dashboards select by it)", o.Metadata.Name))
+			}
+		}
+	}
+	switch on := os.Getenv("HELMCHECK_DASHBOARDS") == "on"; {
+	case on && (len(want) == 0 || found != len(want)):
+		problems = append(problems, fmt.Sprintf("want a grafana_dashboard ConfigMap with the %d dashboards, found %d", len(want), found))
+	case !on && found > 0:
+		problems = append(problems, "a dashboards ConfigMap is rendered though metrics.grafanaDashboards.enabled is off")
+	}
+	return problems
 }
 
 // RunbookBase is where every alert's runbook_url points: a heading of one

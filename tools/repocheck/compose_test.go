@@ -170,3 +170,75 @@ func pipelineEnvRefs(t *testing.T, path string) map[string][]string {
 	}
 	return out
 }
+
+// The observability profile scrapes every closedloop service of the
+// compose file under the closedloop_service label the rules and dashboards
+// select by, loads the rules, and provisions the dashboards from the path
+// Grafana's provider reads.
+func TestTheComposeObservabilityProfileSeesEveryService(t *testing.T) {
+	r := root(t)
+	var compose struct {
+		Services map[string]struct {
+			Build    map[string]any `yaml:"build"`
+			Command  []string       `yaml:"command"`
+			Volumes  []string       `yaml:"volumes"`
+			Profiles []string       `yaml:"profiles"`
+		} `yaml:"services"`
+	}
+	b, err := os.ReadFile(filepath.Join(r, "docker-compose.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(b, &compose); err != nil {
+		t.Fatal(err)
+	}
+	var prom struct {
+		RuleFiles     []string `yaml:"rule_files"`
+		ScrapeConfigs []struct {
+			StaticConfigs []struct {
+				Targets []string          `yaml:"targets"`
+				Labels  map[string]string `yaml:"labels"`
+			} `yaml:"static_configs"`
+		} `yaml:"scrape_configs"`
+	}
+	b, err = os.ReadFile(filepath.Join(r, "deploy/compose/prometheus.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(b, &prom); err != nil {
+		t.Fatal(err)
+	}
+	scraped := map[string]bool{}
+	for _, sc := range prom.ScrapeConfigs {
+		for _, st := range sc.StaticConfigs {
+			for _, tg := range st.Targets {
+				if host, _, _ := strings.Cut(tg, ":"); host == st.Labels["closedloop_service"] {
+					scraped[host] = true
+				}
+			}
+		}
+	}
+	for name, s := range compose.Services {
+		if s.Build != nil && len(s.Command) == 0 && !scraped[name] { // a long-running service (not a one-shot job)
+			t.Errorf("deploy/compose/prometheus.yml does not scrape %s with closedloop_service=%s", name, name)
+		}
+	}
+	mounted := func(svc, hostPath, inside string) {
+		for _, v := range compose.Services[svc].Volumes {
+			if strings.HasPrefix(v, "./"+hostPath+":"+inside) {
+				return
+			}
+		}
+		t.Errorf("compose service %s does not mount ./%s at %s", svc, hostPath, inside)
+	}
+	mounted("prometheus", "deploy/alerts", "/etc/prometheus/rules")
+	if len(prom.RuleFiles) != 1 || prom.RuleFiles[0] != "/etc/prometheus/rules/closedloop.rules.yaml" {
+		t.Errorf("prometheus rule_files = %v", prom.RuleFiles)
+	}
+	mounted("grafana", "deploy/grafana/dashboards", "/var/lib/grafana/dashboards/closedloop")
+	mounted("grafana", "deploy/grafana/provisioning", "/etc/grafana/provisioning")
+	p, err := os.ReadFile(filepath.Join(r, "deploy/grafana/provisioning/dashboards/closedloop.yaml"))
+	if err != nil || !strings.Contains(string(p), "path: /var/lib/grafana/dashboards/closedloop\n") {
+		t.Errorf("the Grafana dashboard provider does not read /var/lib/grafana/dashboards/closedloop (%v)", err)
+	}
+}
