@@ -4,6 +4,7 @@ import (
 	"compress/gzip"
 	"context"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -196,11 +197,21 @@ type spanSink struct {
 	mu  sync.Mutex
 	// byTrace[traceID][service] lists span names.
 	byTrace map[string]map[string][]string
+	// full[traceID] lists the spans with their ids, parents and links.
+	full map[string][]spanRec
+}
+
+// spanRec is one exported span.
+type spanRec struct {
+	Service, Name, ID, Parent string
+	// Links are the span ids this span links to.
+	Links []string
+	Attrs map[string]string
 }
 
 func newSpanSink(t *testing.T) *spanSink {
 	t.Helper()
-	s := &spanSink{byTrace: map[string]map[string][]string{}}
+	s := &spanSink{byTrace: map[string]map[string][]string{}, full: map[string][]spanRec{}}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -237,6 +248,20 @@ func newSpanSink(t *testing.T) *spanSink {
 						s.byTrace[id] = map[string][]string{}
 					}
 					s.byTrace[id][svc] = append(s.byTrace[id][svc], sp.Name)
+					rec := spanRec{Service: svc, Name: sp.Name, ID: hex.EncodeToString(sp.SpanId), Parent: hex.EncodeToString(sp.ParentSpanId), Attrs: map[string]string{}}
+					for _, l := range sp.Links {
+						rec.Links = append(rec.Links, hex.EncodeToString(l.SpanId))
+					}
+					for _, a := range sp.Attributes {
+						v := a.GetValue()
+						switch {
+						case v.GetStringValue() != "":
+							rec.Attrs[a.Key] = v.GetStringValue()
+						default:
+							rec.Attrs[a.Key] = fmt.Sprint(v.GetIntValue())
+						}
+					}
+					s.full[id] = append(s.full[id], rec)
 				}
 			}
 		}
@@ -250,6 +275,13 @@ func newSpanSink(t *testing.T) *spanSink {
 	t.Cleanup(func() { _ = srv.Close() })
 	s.URL = "http://" + lis.Addr().String()
 	return s
+}
+
+// spans returns the spans of one trace.
+func (s *spanSink) spans(traceID string) []spanRec {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]spanRec(nil), s.full[traceID]...)
 }
 
 func (s *spanSink) services(traceID string) map[string][]string {

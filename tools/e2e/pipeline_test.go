@@ -101,7 +101,7 @@ func TestSignedWebhooksBecomeExactlyOneWarehouseRowEachWithOneTraceEndToEnd(t *t
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		svcs := spans.services(traceID)
-		if hasSpan(svcs["ingress"], "POST /v1/hooks/{source}/{token}") && hasSpan(svcs["sink-warehouse"], p.TopicPrefix()+"feedback.enriched.v1 process") &&
+		if hasSpan(svcs["ingress"], "POST /v1/hooks/{source}/{token}") && hasSpan(svcs["sink-warehouse"], "process "+p.TopicPrefix()+"feedback.enriched.v1") &&
 			len(svcs["normalizer"]) > 0 && len(svcs["enricher"]) > 0 {
 			break
 		}
