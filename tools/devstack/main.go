@@ -234,6 +234,7 @@ func run(ctx context.Context, o options) error {
 	say("Operate it (docs/operations.md):")
 	say("  export CLOSEDLOOP_ADMIN_ADDR=%s CLOSEDLOOP_ADMIN_TOKEN=%s", p.AdminAddr(), p.AdminToken("dev"))
 	say("  %s status      (or: go run ./services/admin/cmd/closedloopctl status)", filepath.Join(bin, "closedloopctl"))
+	say("  %s top         a live view in another terminal: webhooks/s, each stage's rate, lag and freshness, breakers (q quits)", filepath.Join(bin, "closedloopctl"))
 	say("Ctrl-C stops everything.")
 	say("")
 
