@@ -62,7 +62,7 @@ func (c *Consumer) quarantine(stop, work context.Context, m kafka.Message, reaso
 		case <-time.After(wait):
 		}
 	}
-	c.quar.Add(work, 1, metric.WithAttributes(attribute.String("topic", m.Topic), attribute.String("reason", reason)))
+	c.quar.Add(work, 1, metric.WithAttributes(attribute.String("topic", m.Topic), attribute.String("group", c.cfg.GroupID), attribute.String("reason", reason)))
 	if s := c.stats[m.Topic]; s != nil {
 		s.Quarantined.Add(1)
 	}

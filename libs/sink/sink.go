@@ -147,7 +147,9 @@ func New(cfg Config, dest Destination) (*Runner, error) {
 		cfg.Breaker = retry.NewBreaker(5, 10*time.Second, nil)
 	}
 	r := &Runner{cfg: cfg, dest: dest, lanes: newLanes(cfg.Concurrency, cfg.Now)}
-	attrs := []attribute.KeyValue{attribute.String("sink", cfg.Sink), attribute.String("destination", cfg.Destination)}
+	// The destination label is the destination's name ("warehouse" for the
+	// warehouse sink), as freshness and the status name it.
+	attrs := []attribute.KeyValue{attribute.String("sink", cfg.Sink), attribute.String("destination", r.Name())}
 	r.attrs = metric.WithAttributes(attrs...)
 	meter := otel.Meter("github.com/closedloop/closedloop/libs/sink")
 	r.delivered, _ = meter.Int64Counter("closedloop.sink.delivered", metric.WithUnit("{event}"), metric.WithDescription("Events delivered to the destination."))
@@ -370,7 +372,7 @@ func (r *Runner) deliver(ctx context.Context, batch []kafkaio.Delivery, todo []*
 			p.attempts = append(p.attempts, &sinkv1.Attempt{At: timestamppb.New(start), Error: truncate(e.Error(), 1024),
 				ErrorClass: class, StatusCode: int32(status), DurationMs: took.Milliseconds()})
 			r.nFailed.Add(1)
-			r.failed.Add(ctx, 1, metric.WithAttributes(attribute.String("sink", r.cfg.Sink), attribute.String("destination", r.cfg.Destination),
+			r.failed.Add(ctx, 1, metric.WithAttributes(attribute.String("sink", r.cfg.Sink), attribute.String("destination", r.Name()),
 				attribute.String("class", class.String())))
 			if class == sinkv1.ErrorClass_ERROR_CLASS_PERMANENT {
 				dead, deadP = append(dead, r.deadLetter(batch, p, e, class)), append(deadP, p)

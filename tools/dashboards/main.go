@@ -82,8 +82,8 @@ func overview() Dashboard {
 					Queries: []Query{{`sum by (source, status) (rate(closedloop_ingress_requests_total{source=~"$source"}` + rate + `))`, "{{source}} {{status}}"}}},
 				{Title: "Webhook latency (p50, p99)", Unit: "s", Description: "Time to answer a webhook (durable in Kafka before the 2xx): http.server.request.duration.",
 					Queries: []Query{
-						{`histogram_quantile(0.5, sum by (le) (rate(http_server_request_duration_seconds_bucket{source=~"$source"}` + rate + `)))`, "p50"},
-						{`histogram_quantile(0.99, sum by (le) (rate(http_server_request_duration_seconds_bucket{source=~"$source"}` + rate + `)))`, "p99"}}},
+						{`histogram_quantile(0.5, sum by (le) (rate(http_server_request_duration_seconds_bucket{closedloop_source=~"$source"}` + rate + `)))`, "p50"},
+						{`histogram_quantile(0.99, sum by (le) (rate(http_server_request_duration_seconds_bucket{closedloop_source=~"$source"}` + rate + `)))`, "p99"}}},
 				{Title: "Ingress error ratio (SLO 99.9 %)", Unit: "percentunit", W: 8, Description: "Share of webhooks answered 5xx, over 5 minutes and 1 hour (recording rules of deploy/alerts). The budget is 0.1 %.",
 					Queries: []Query{{`closedloop:ingress_errors:ratio_rate5m`, "5m"}, {`closedloop:ingress_errors:ratio_rate1h`, "1h"}}},
 				{Title: "Webhooks per second", Kind: "stat", Unit: "reqps", W: 4, Description: "Accepted webhooks per second, all sources.",

@@ -147,3 +147,64 @@ func recordedSeries(t *testing.T) map[string]bool {
 	}
 	return out
 }
+
+// docs/observability.md stays true: it lists every instrument the code
+// registers and every alert the rules define, and every panel it names (in
+// quotes) is a panel of the dashboards.
+func TestTheObservabilityPageNamesWhatExists(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(root, "docs/observability.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	page := string(b)
+	ins, err := instruments.Scan(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range ins {
+		if !strings.Contains(page, "`"+in.Name+"`") {
+			t.Errorf("docs/observability.md does not list the instrument %s (%s)", in.Name, in.Pos)
+		}
+	}
+	rb, err := os.ReadFile(filepath.Join(root, "deploy/alerts/closedloop.rules.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range regexp.MustCompile(`(?m)^\s+- alert: (\w+)`).FindAllStringSubmatch(string(rb), -1) {
+		name := m[1]
+		if strings.HasSuffix(name, "Down") {
+			name = "Closedloop<Service>Down"
+		}
+		if strings.HasSuffix(name, "BurnSlow") {
+			name = "…Slow"
+		}
+		if !strings.Contains(page, "`"+name+"`") {
+			t.Errorf("docs/observability.md does not say which question the alert %s answers", m[1])
+		}
+	}
+	titles := map[string]bool{}
+	for _, d := range Dashboards() {
+		for _, r := range d.Rows {
+			for _, p := range r.Panels {
+				titles[p.Title] = true
+			}
+		}
+	}
+	// The panel column of the questions table.
+	named := 0
+	for _, row := range strings.Split(page, "\n") {
+		cells := strings.Split(row, " | ")
+		if !strings.HasPrefix(row, "| ") || len(cells) < 5 {
+			continue
+		}
+		for _, m := range regexp.MustCompile(`"([^"]+)"`).FindAllStringSubmatch(cells[1], -1) {
+			named++
+			if !titles[m[1]] {
+				t.Errorf("docs/observability.md names the panel %q, which no dashboard has", m[1])
+			}
+		}
+	}
+	if named < 15 {
+		t.Fatalf("only %d panels named in the page", named)
+	}
+}

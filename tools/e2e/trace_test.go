@@ -156,7 +156,7 @@ func TestOneTraceCoversEveryHopToEveryDestination(t *testing.T) {
 		"sink-warehouse": {`closedloop_freshness_seconds_bucket{destination="warehouse",le="60",stage="sink-warehouse"}`},
 		"sink-webhook": {`closedloop_freshness_seconds_bucket{destination="support",le="60",stage="sink-webhook"}`,
 			`closedloop_sink_delivery_duration_seconds_bucket{destination="helpdesk",le="0.1",sink="sink-webhook"}`},
-		"ingress": {`http_server_request_duration_seconds_bucket{http_request_method="POST",http_response_status_code="202",le="0.01",source="delighted"}`},
+		"ingress": {`http_server_request_duration_seconds_bucket{http_request_method="POST",http_response_status_code="202",closedloop_source="delighted",le="0.01"}`},
 	} {
 		resp, err := http.Get("http://" + p.OpsAddrs[svc] + "/metrics")
 		if err != nil {
@@ -182,7 +182,7 @@ func seriesPresent(exposition, want string) bool {
 		}
 		ok := true
 		for _, l := range strings.Split(labels, ",") {
-			ok = ok && strings.Contains(line, l)
+			ok = ok && (strings.Contains(line, "{"+l) || strings.Contains(line, ","+l))
 		}
 		if ok {
 			return true
