@@ -95,16 +95,17 @@ func (t *top) poll(ctx context.Context) {
 	t.lastErr = err
 }
 
-// runPlain prints a block per refresh.
-func (t *top) runPlain(ctx context.Context, out io.Writer) error {
+// every polls and draws every interval until ctx ends or the iterations
+// are done.
+func (t *top) every(ctx context.Context, draw func()) error {
 	tick := time.NewTicker(t.interval)
 	defer tick.Stop()
 	for n := 1; ; n++ {
 		t.poll(ctx)
-		for _, l := range t.frame(0) {
-			fmt.Fprintln(out, l.text)
+		if ctx.Err() != nil {
+			return nil
 		}
-		fmt.Fprintln(out)
+		draw()
 		if t.iterations > 0 && n >= t.iterations {
 			return nil
 		}
@@ -114,6 +115,16 @@ func (t *top) runPlain(ctx context.Context, out io.Writer) error {
 		case <-tick.C:
 		}
 	}
+}
+
+// runPlain prints a block per refresh.
+func (t *top) runPlain(ctx context.Context, out io.Writer) error {
+	return t.every(ctx, func() {
+		for _, l := range t.frame(0) {
+			fmt.Fprintln(out, l.text)
+		}
+		fmt.Fprintln(out)
+	})
 }
 
 // runScreen draws on the terminal's alternate screen until q, Ctrl-C or
@@ -144,13 +155,7 @@ func (t *top) runScreen(ctx context.Context, in *os.File, out io.Writer) error {
 	}
 	fmt.Fprint(out, "\x1b[?1049h\x1b[?25l") // alternate screen, hide the cursor
 	defer fmt.Fprint(out, "\x1b[?25h\x1b[?1049l")
-	tick := time.NewTicker(t.interval)
-	defer tick.Stop()
-	for n := 1; ; n++ {
-		t.poll(ctx)
-		if ctx.Err() != nil {
-			return nil
-		}
+	return t.every(ctx, func() {
 		width := 0
 		if f, ok := out.(*os.File); ok {
 			width, _, _ = term.GetSize(int(f.Fd()))
@@ -171,15 +176,7 @@ func (t *top) runScreen(ctx context.Context, in *os.File, out io.Writer) error {
 			b.WriteString("\r\n")
 		}
 		fmt.Fprint(out, b.String())
-		if t.iterations > 0 && n >= t.iterations {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-tick.C:
-		}
-	}
+	})
 }
 
 type level int
@@ -238,25 +235,9 @@ func (t *top) frame(width int) []line {
 		if name == "" {
 			name = "(unknown source)"
 		}
-		acc := t.series(func(st *adminv1.GetPipelineStatusResponse) (float64, bool) {
-			v := sourceOf(st, s.Source)
-			if v == nil {
-				return 0, false
-			}
-			return float64(v.Accepted), true
-		}, true)
-		rej := t.rateOf(func(st *adminv1.GetPipelineStatusResponse) (float64, bool) {
-			if v := sourceOf(st, s.Source); v != nil {
-				return float64(v.Rejected), true
-			}
-			return 0, false
-		})
-		fail := t.rateOf(func(st *adminv1.GetPipelineStatusResponse) (float64, bool) {
-			if v := sourceOf(st, s.Source); v != nil {
-				return float64(v.Failed), true
-			}
-			return 0, false
-		})
+		acc := t.sourceRates(s.Source, func(v *adminv1.SourceTraffic) int64 { return v.Accepted })
+		rej := last(t.sourceRates(s.Source, func(v *adminv1.SourceTraffic) int64 { return v.Rejected }))
+		fail := last(t.sourceRates(s.Source, func(v *adminv1.SourceTraffic) int64 { return v.Failed }))
 		lvl := levelOK
 		switch {
 		case fail > 0:
@@ -391,8 +372,14 @@ func (t *top) series(get func(*adminv1.GetPipelineStatusResponse) (float64, bool
 	return out
 }
 
-func (t *top) rateOf(get func(*adminv1.GetPipelineStatusResponse) (float64, bool)) float64 {
-	return last(t.series(get, true))
+// sourceRates is the per-second series of one counter of a source.
+func (t *top) sourceRates(source string, counter func(*adminv1.SourceTraffic) int64) []float64 {
+	return t.series(func(st *adminv1.GetPipelineStatusResponse) (float64, bool) {
+		if v := sourceOf(st, source); v != nil {
+			return float64(counter(v)), true
+		}
+		return 0, false
+	}, true)
 }
 
 func sourceOf(st *adminv1.GetPipelineStatusResponse, name string) *adminv1.SourceTraffic {
