@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"io"
 	"net/http"
 	"os/exec"
 	"path/filepath"
@@ -103,6 +104,27 @@ func TestTopShowsTheRunningStackInATerminal(t *testing.T) {
 		t.Fatalf("not drawn as a terminal screen (no alternate screen or bold title): %q", raw[:min(len(raw), 200)])
 	}
 	t.Logf("closedloopctl top:\n%s", text)
+
+	// The admin's gauges of the same numbers (the dashboards' lag and
+	// dead-letter panels), sampled every ADMIN_GAUGE_INTERVAL.
+	for _, series := range []string{`closedloop_pipeline_lag{partition="0",stage="normalizer"}`, `closedloop_dlq_depth{sink="sink-warehouse"}`} {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			resp, err := http.Get("http://" + p.OpsAddrs["admin"] + "/metrics")
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			_ = resp.Body.Close()
+			if seriesPresent(string(b), series) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the admin's /metrics has no %s", series)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
 
 	if _, err := tty.Write([]byte("q")); err != nil {
 		t.Fatal(err)

@@ -31,7 +31,9 @@ func TestTopComputesRatesFromConsecutiveAnswers(t *testing.T) {
 		{at.Add(2 * time.Second), answer(140, 1100, 50, 0.1, adminv1.BreakerState_BREAKER_STATE_CLOSED)},
 		{at.Add(3 * time.Second), answer(10, 1130, 70, 0.1, adminv1.BreakerState_BREAKER_STATE_CLOSED)},
 	}}
-	got := tp.series(func(st *adminv1.GetPipelineStatusResponse) (float64, bool) { return float64(st.Sources[0].Accepted), true }, true)
+	got := tp.series(func(st *adminv1.GetPipelineStatusResponse) (float64, bool) {
+		return float64(st.Sources[0].Accepted), true
+	}, true)
 	if len(got) != 2 || got[0] != 20 || got[1] != 10 {
 		t.Fatalf("webhooks/s = %v, want [20 10]", got)
 	}

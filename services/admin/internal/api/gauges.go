@@ -2,15 +2,13 @@ package api
 
 import (
 	"context"
-	"errors"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
-
-	"github.com/closedloop/closedloop/services/admin/internal/dlq"
 )
 
 // gaugeSample is one round of the pipeline gauges.
@@ -76,33 +74,34 @@ func (s *Server) RunGauges(ctx context.Context, meter metric.Meter, every time.D
 	}
 }
 
+// sampleGauges takes the numbers from the pipeline status, so the gauges
+// cover the same stages (the webhook destinations' groups too) as
+// closedloopctl status.
 func (s *Server) sampleGauges(ctx context.Context) gaugeSample {
 	out := gaugeSample{depth: map[string]int64{}}
+	sinkOf := map[string]string{}
 	for _, st := range s.o.Stages {
-		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		parts, err := s.o.Offsets.Group(cctx, st.Group, st.Topics)
-		cancel()
-		if err != nil {
-			s.o.Log.Debug("pipeline lag gauge: group offsets", "group", st.Group, "error", err.Error())
-			continue
+		sinkOf[st.Name] = st.Sink
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	resp, err := s.GetPipelineStatus(cctx, nil)
+	if err != nil {
+		s.o.Log.Debug("pipeline gauges", "error", err.Error())
+		return out
+	}
+	for _, st := range resp.Stages {
+		for _, p := range st.Partitions {
+			out.lag = append(out.lag, lagPoint{stage: st.Name, group: st.Group, topic: p.Topic, partition: int(p.Partition), lag: p.Lag})
 		}
-		for _, p := range parts {
-			out.lag = append(out.lag, lagPoint{stage: st.Name, group: st.Group, topic: p.Topic, partition: p.Partition, lag: p.Lag})
-		}
-		if st.Sink != "" {
-			if _, done := out.depth[st.Sink]; done {
+		sink := sinkOf[st.Name]
+		if sink == "" {
+			sink, _, _ = strings.Cut(st.Name, "/") // a webhook destination's stage: "sink-webhook/<name>"
+			if !strings.HasPrefix(sink, "sink-") {
 				continue
 			}
-			n, err := s.o.DLQ.Depth(ctx, st.Sink)
-			switch {
-			case err == nil:
-				out.depth[st.Sink] = int64(n)
-			case errors.Is(err, dlq.ErrNotFound):
-				out.depth[st.Sink] = 0
-			default:
-				s.o.Log.Debug("dlq depth gauge", "sink", st.Sink, "error", err.Error())
-			}
 		}
+		out.depth[sink] = max(out.depth[sink], st.DlqDepth)
 	}
 	return out
 }
