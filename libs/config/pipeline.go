@@ -17,6 +17,7 @@ import (
 
 	"github.com/closedloop/closedloop/libs/expr"
 	"github.com/closedloop/closedloop/libs/providers"
+	"github.com/closedloop/closedloop/libs/pull"
 )
 
 // DefaultDedupeTTL outlasts the longest documented provider retry window
@@ -81,12 +82,99 @@ type Source struct {
 	EventType FieldRef `yaml:"event_type"`
 	// RateLimit bounds the requests the source may make (default 100/s, burst 200).
 	RateLimit RateLimit `yaml:"rate_limit"`
+	// API reads the source's history from its provider's REST API, for
+	// backfills and reconciliation (docs/backfill.md).
+	API *SourceAPI `yaml:"api"`
 
 	// Secrets are resolved from SecretRefs by LoadPipeline.
 	Secrets []Secret `yaml:"-"`
 	// tokenHashes are SHA-256 digests of the resolved ingest tokens; the
 	// tokens themselves are not kept.
 	tokenHashes [][sha256.Size]byte
+}
+
+// SourceAPI is how the admin reads a source's history from its
+// provider's API (Delighted, Typeform).
+type SourceAPI struct {
+	// BaseURL overrides the provider's (a regional host, a local fake).
+	BaseURL string `yaml:"base_url"`
+	// KeyRef is the API key (Delighted) or personal access token
+	// (Typeform, scope responses:read), as env:NAME or file:PATH; resolved
+	// by the admin when a job starts, so a rotation needs no restart.
+	KeyRef string `yaml:"key"`
+	// Forms are the Typeform form ids whose responses are read.
+	Forms []string `yaml:"forms"`
+	// RatePerSecond bounds the requests to the provider, across restarts
+	// (default: the provider's, Delighted 5, Typeform 2).
+	RatePerSecond int `yaml:"rate_per_second"`
+	// Partial also reads Typeform's partial responses.
+	Partial bool `yaml:"partial"`
+	// Reconcile compares, on a schedule, the provider's recent items with
+	// what the pipeline received, and backfills what is missing.
+	Reconcile *Reconcile `yaml:"reconcile"`
+}
+
+// Reconcile is a source's reconciliation schedule.
+type Reconcile struct {
+	// Every is how often (default 1h, at least 1m).
+	Every Duration `yaml:"every"`
+	// Window is how far back each run looks (default 3h, at least Every).
+	Window Duration `yaml:"window"`
+	// Settle is the most recent part left to the next run: webhooks still
+	// in flight, and Typeform's API lists the last minutes late (default 5m).
+	Settle Duration `yaml:"settle"`
+}
+
+func (s *Source) validateAPI(at string) []error {
+	a := s.API
+	if a == nil {
+		return nil
+	}
+	var errs []error
+	at += ": api"
+	if pull.DefaultRate(s.Provider) == 0 {
+		return append(errs, fmt.Errorf("%s: provider %q has no API closedloop can read (supported: %v)", at, s.Provider, pull.Supported()))
+	}
+	if err := checkRef(a.KeyRef); err != nil {
+		errs = append(errs, fmt.Errorf("%s: key: %w", at, err))
+	}
+	if a.BaseURL != "" {
+		if u, err := url.Parse(a.BaseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("%s: base_url %q must be an http(s) URL", at, a.BaseURL))
+		}
+	}
+	if pull.NeedsForms(s.Provider) && len(a.Forms) == 0 {
+		errs = append(errs, fmt.Errorf("%s: forms: list the form ids whose responses are read", at))
+	}
+	if !pull.NeedsForms(s.Provider) && len(a.Forms) > 0 {
+		errs = append(errs, fmt.Errorf("%s: forms: provider %s has no forms", at, s.Provider))
+	}
+	if a.RatePerSecond == 0 {
+		a.RatePerSecond = pull.DefaultRate(s.Provider)
+	}
+	if a.RatePerSecond < 0 || a.RatePerSecond > 1000 {
+		errs = append(errs, fmt.Errorf("%s: rate_per_second %d must be between 1 and 1000", at, a.RatePerSecond))
+	}
+	if r := a.Reconcile; r != nil {
+		if r.Every.Duration == 0 {
+			r.Every.Duration = time.Hour
+		}
+		if r.Window.Duration == 0 {
+			r.Window.Duration = 3 * time.Hour
+		}
+		if r.Settle.Duration == 0 {
+			r.Settle.Duration = 5 * time.Minute
+		}
+		switch {
+		case r.Every.Duration < time.Second:
+			errs = append(errs, fmt.Errorf("%s: reconcile.every %s is too often (at least 1s; an hour is usual)", at, r.Every.Duration))
+		case r.Window.Duration < r.Every.Duration:
+			errs = append(errs, fmt.Errorf("%s: reconcile.window %s must be at least reconcile.every %s (else items fall between runs)", at, r.Window.Duration, r.Every.Duration))
+		case r.Settle.Duration < 0 || r.Settle.Duration >= r.Window.Duration:
+			errs = append(errs, fmt.Errorf("%s: reconcile.settle %s must be between 0 and the window", at, r.Settle.Duration))
+		}
+	}
+	return errs
 }
 
 // MatchToken reports in constant time whether token is one of the source's
@@ -306,6 +394,7 @@ func ParsePipeline(b []byte, lookup func(string) (string, bool)) (*Pipeline, err
 			errs = append(errs, fmt.Errorf("%s: secrets: provider %s does not sign its webhooks; remove the secrets (the ingest token is the check)", at, s.Provider))
 		}
 		errs = append(errs, s.validateScheme(at)...)
+		errs = append(errs, s.validateAPI(at)...)
 		if len(s.IngestTokenRefs) > MaxIngestTokens {
 			errs = append(errs, fmt.Errorf("%s: ingest_tokens: at most %d token references, got %d", at, MaxIngestTokens, len(s.IngestTokenRefs)))
 		}

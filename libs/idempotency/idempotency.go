@@ -261,3 +261,23 @@ func (s *Store) runAll(ctx context.Context, script *redis.Script, items []Item, 
 		return out, nil
 	}
 }
+
+// Seen reports, for each item's ids, whether any of them is claimed or
+// done within scope: whether the pipeline has received that event (in any
+// copy). One pipelined round trip for all items. Reconciliation asks it
+// before producing an item the provider's API listed.
+func (s *Store) Seen(ctx context.Context, scope string, items [][]string) ([]bool, error) {
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.IntCmd, len(items))
+	for i, ids := range items {
+		cmds[i] = pipe.Exists(ctx, s.Keys(scope, ids...)...)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && len(items) > 0 {
+		return nil, err
+	}
+	out := make([]bool, len(items))
+	for i, c := range cmds {
+		out[i] = c.Val() > 0
+	}
+	return out, nil
+}

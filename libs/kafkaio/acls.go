@@ -126,6 +126,7 @@ func ServiceGrants(service string, t Topics, g Groups) ([]Grant, error) {
 		topic(t.IngestTokens, OpRead, OpWrite)
 		topic(t.DLQState(), OpRead, OpWrite)
 		topic(t.ReplayJobs(), OpRead, OpWrite)
+		topic(t.BackfillJobs(), OpRead, OpWrite)
 		for _, grp := range []string{g.Normalizer, g.Enricher, g.SinkWarehouse, g.SinkConsole} {
 			group(grp, false, OpDescribe)
 		}

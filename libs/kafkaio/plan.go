@@ -60,6 +60,7 @@ func (t Topics) Defs(sinks ...string) []TopicDef {
 		{Name: t.IngestTokens, Purpose: "ingest tokens (control, compacted)", Partitions: 1, Configs: ControlConfigs()},
 		{Name: t.DLQState(), Purpose: "dead-letter resolutions (control, compacted)", Partitions: 1, Configs: ControlConfigs()},
 		{Name: t.ReplayJobs(), Purpose: "replay jobs (control, compacted)", Partitions: 1, Configs: ControlConfigs()},
+		{Name: t.BackfillJobs(), Purpose: "backfill and reconciliation jobs (control, compacted)", Partitions: 1, Configs: ControlConfigs()},
 		{Name: t.Audit(), Purpose: "every mutation of every service, who and when", Configs: retention(AuditRetention)},
 	}
 	for _, s := range sinks {

@@ -95,7 +95,7 @@ func TestPlanAndApplyTopics(t *testing.T) {
 		t.Fatalf("plan with fewer partitions: %v %v", kinds(plan), err)
 	}
 	manual, err := ApplyTopics(ctx, brokers, plan, fewer)
-	if err != nil || len(manual) != len(defs)-3 { // all but the three single-partition control topics
+	if err != nil || len(manual) != len(defs)-4 { // all but the four single-partition control topics
 		t.Fatalf("apply with manual changes: %d manual, %v", len(manual), err)
 	}
 }

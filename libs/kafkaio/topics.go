@@ -46,6 +46,10 @@ func (t Topics) DLQState() string { return t.prefix + "closedloop.control.dlq-st
 // replay jobs, keyed by job id.
 func (t Topics) ReplayJobs() string { return t.prefix + "closedloop.control.replay-jobs.v1" }
 
+// BackfillJobs is the compacted control topic of the admin service's
+// backfill and reconciliation jobs, with their cursors.
+func (t Topics) BackfillJobs() string { return t.prefix + "closedloop.control.backfill-jobs.v1" }
+
 // NewTopics returns the default topic names with prefix put in front
 // (prefix "" gives "feedback.raw.v1", prefix "t42." gives "t42.feedback.raw.v1").
 func NewTopics(prefix string) Topics {

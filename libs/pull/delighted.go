@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/closedloop/closedloop/libs/fault"
+	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 )
 
 // Delighted lists survey responses (GET /v1/survey_responses.json, the
@@ -131,8 +132,9 @@ func (d *Delighted) List(ctx context.Context, w Window, cursor string) (Page, er
 // survey_response.created while never updated, else .updated;
 // unsubscribe.created.
 func delightedEnvelope(kind string, it delightedItem, raw json.RawMessage) (Item, error) {
-	var typ, id string
+	var typ, id, subject string
 	var at int64
+	st := feedbackv1.SubjectType_SUBJECT_TYPE_RESPONSE
 	switch kind {
 	case "responses":
 		rid := rawID(it.ID)
@@ -148,7 +150,7 @@ func delightedEnvelope(kind string, it delightedItem, raw json.RawMessage) (Item
 		if updated != created {
 			typ = "survey_response.updated"
 		}
-		id, at = "api:response:"+rid+":"+strconv.FormatInt(updated, 10), updated
+		id, at, subject = "api:response:"+rid+":"+strconv.FormatInt(updated, 10), updated, rid
 	default:
 		pid := rawID(it.PersonID)
 		if pid == "" {
@@ -158,7 +160,8 @@ func delightedEnvelope(kind string, it delightedItem, raw json.RawMessage) (Item
 		if !ok {
 			return Item{}, fault.Errorf(fault.Unavailable, "an unsubscribe without unsubscribed_at: %s", snippet(raw))
 		}
-		typ, id, at = "unsubscribe.created", "api:unsubscribe:"+pid+":"+strconv.FormatInt(unsub, 10), unsub
+		typ, id, at, subject = "unsubscribe.created", "api:unsubscribe:"+pid+":"+strconv.FormatInt(unsub, 10), unsub, pid
+		st = feedbackv1.SubjectType_SUBJECT_TYPE_PERSON
 	}
 	var b bytes.Buffer
 	b.WriteString(`{"event_type":`)
@@ -168,8 +171,9 @@ func delightedEnvelope(kind string, it delightedItem, raw json.RawMessage) (Item
 	b.WriteString(`,"event_data":`)
 	b.Write(raw)
 	b.WriteString(`}`)
-	subject := strings.TrimPrefix(id, "api:")
-	return Item{EventID: id, EventType: typ, Body: b.Bytes(), Subject: subject, At: time.Unix(at, 0).UTC()}, nil
+	t := time.Unix(at, 0).UTC()
+	return Item{EventID: id, EventType: typ, Body: b.Bytes(), Subject: strings.TrimPrefix(id, "api:"), At: t,
+		SubjectType: st, SubjectID: subject, Version: t}, nil
 }
 
 func writeJSONString(b *bytes.Buffer, s string) {

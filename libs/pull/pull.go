@@ -22,8 +22,12 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	"github.com/closedloop/closedloop/libs/fault"
+	"github.com/closedloop/closedloop/libs/idempotency"
 	"github.com/closedloop/closedloop/libs/retry"
+	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 )
 
 // Item is one record of a provider's history, as a webhook body.
@@ -37,6 +41,21 @@ type Item struct {
 	Subject string
 	// At is the item's time in the window (created, submitted or updated).
 	At time.Time
+	// Subject and Version are the subject version the normalizer will
+	// map the item to (DedupeKeys): how reconciliation asks whether the
+	// pipeline has seen it.
+	SubjectType feedbackv1.SubjectType
+	SubjectID   string
+	Version     time.Time
+}
+
+// DedupeKeys are the ids the normalizer will dedupe the item by.
+func (it Item) DedupeKeys() []string {
+	ev := &feedbackv1.FeedbackEvent{EventId: it.EventID, Subject: &feedbackv1.Subject{Type: it.SubjectType, Id: it.SubjectID}}
+	if !it.Version.IsZero() {
+		ev.Version = timestamppb.New(it.Version)
+	}
+	return idempotency.EventKeys(ev)
 }
 
 // Window is the time range to list, both ends inclusive (the providers'

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/closedloop/closedloop/libs/fault"
+	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 )
 
 // Typeform lists the responses of the configured forms
@@ -193,5 +194,6 @@ func typeformEnvelope(form string, raw json.RawMessage) (Item, error) {
 		}
 	}
 	b.WriteString(`}}`)
-	return Item{EventID: id, EventType: typ, Body: b.Bytes(), Subject: "response " + token, At: at.UTC()}, nil
+	return Item{EventID: id, EventType: typ, Body: b.Bytes(), Subject: "response " + token, At: at.UTC(),
+		SubjectType: feedbackv1.SubjectType_SUBJECT_TYPE_RESPONSE, SubjectID: token, Version: at.UTC()}, nil
 }

@@ -45,6 +45,9 @@ type Pipeline struct {
 	// sink-warehouse, or sink-console without a database — then enricher,
 	// normalizer, ingress).
 	Run []string
+	// DelightedAPIYAML is added to the delighted source (indented by four
+	// spaces): its api block for backfills and reconciliation.
+	DelightedAPIYAML string
 	// SinksYAML is added under "sinks:" of the pipeline file (indented by
 	// two spaces), e.g. a warehouse filter or webhook endpoints.
 	SinksYAML string
@@ -116,10 +119,10 @@ sources:
     ingest_tokens: [env:CLOSEDLOOP_DEV_INGEST_TOKEN]
     dedupe_ttl: 72h
     rate_limit: {per_second: 50000}   # high: local load tests must not hit it
-%s%s%ssinks:
+%s%s%s%ssinks:
   warehouse:
     schema: %s
-%s`, p.Name, p.SourcesYAML, p.enrichmentYAML(), p.adminYAML(), p.Schema(), p.SinksYAML)
+%s`, p.Name, p.DelightedAPIYAML, p.SourcesYAML, p.enrichmentYAML(), p.adminYAML(), p.Schema(), p.SinksYAML)
 	return path, os.WriteFile(path, []byte(yml), 0o644)
 }
 

@@ -69,6 +69,20 @@ func (c *cli) statusTable(w *tabwriter.Writer, st *adminv1.GetPipelineStatusResp
 	if lc := st.LoopClosure; lc != nil {
 		fmt.Fprint(c.out, loopLines(lc))
 	}
+	if len(st.Reconciliation) > 0 {
+		fmt.Fprintln(c.out, "\nreconciliation, last 24h (webhooks that never arrived, found through the provider's API):")
+		for _, r := range st.Reconciliation {
+			line := fmt.Sprintf("  %s: %d events arrived only through reconciliation, of %d checked", r.Source, r.Found_24H, r.Checked_24H)
+			if r.Checked_24H > 0 {
+				line += fmt.Sprintf(" (%.1f%% missed by webhooks)", 100*float64(r.Found_24H)/float64(r.Checked_24H))
+			}
+			line += "; last run " + ago(r.LastRunAt)
+			if r.LastError != "" {
+				line += ": " + clip(r.LastError, 80)
+			}
+			fmt.Fprintln(c.out, line)
+		}
+	}
 	if len(st.RecentDrift) > 0 {
 		fmt.Fprintf(c.out, "\nnew payload fields in the last 24h: %d (e.g. %s %s %s)\n", len(st.RecentDrift),
 			st.RecentDrift[0].Provider, st.RecentDrift[0].EventType, st.RecentDrift[0].Path)

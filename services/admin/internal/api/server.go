@@ -27,6 +27,7 @@ import (
 	"github.com/closedloop/closedloop/libs/ingesttokens"
 	"github.com/closedloop/closedloop/libs/kafkaio"
 	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
+	"github.com/closedloop/closedloop/services/admin/internal/backfill"
 	"github.com/closedloop/closedloop/services/admin/internal/dlq"
 	"github.com/closedloop/closedloop/services/admin/internal/offsets"
 	"github.com/closedloop/closedloop/services/admin/internal/replay"
@@ -46,11 +47,13 @@ type Stage struct {
 
 // Options configure the Server.
 type Options struct {
-	Pipeline  func() *config.Pipeline
-	Tokens    *ingesttokens.Store
-	Producer  *kafkaio.Producer
-	DLQ       *dlq.Store
-	Replays   *replay.Jobs
+	Pipeline func() *config.Pipeline
+	Tokens   *ingesttokens.Store
+	Producer *kafkaio.Producer
+	DLQ      *dlq.Store
+	Replays  *replay.Jobs
+	// Backfills runs backfills and reconciliation (nil in some tests).
+	Backfills *backfill.Jobs
 	Offsets   *offsets.Reader
 	Stages    []Stage
 	Instances map[string][]string // service -> gRPC addresses of its instances
@@ -444,6 +447,9 @@ func (s *Server) GetPipelineStatus(ctx context.Context, _ *adminv1.GetPipelineSt
 		}
 	}
 	sort.Slice(resp.Sources, func(i, j int) bool { return resp.Sources[i].Source < resp.Sources[j].Source })
+	if s.o.Backfills != nil {
+		resp.Reconciliation = s.o.Backfills.Reconciliation()
+	}
 
 	stages := append([]Stage(nil), s.o.Stages...)
 	if s.o.DestinationStage != nil {

@@ -15,13 +15,17 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/closedloop/closedloop/libs/audit"
 	"github.com/closedloop/closedloop/libs/config"
+	"github.com/closedloop/closedloop/libs/idempotency"
 	"github.com/closedloop/closedloop/libs/ingesttokens"
 	"github.com/closedloop/closedloop/libs/kafkaio"
 	"github.com/closedloop/closedloop/libs/service"
 	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 	"github.com/closedloop/closedloop/services/admin/internal/api"
+	"github.com/closedloop/closedloop/services/admin/internal/backfill"
 	"github.com/closedloop/closedloop/services/admin/internal/dlq"
 	"github.com/closedloop/closedloop/services/admin/internal/offsets"
 	"github.com/closedloop/closedloop/services/admin/internal/replay"
@@ -46,6 +50,11 @@ type Config struct {
 	Sinks []string
 	// MaxLag (ADMIN_MAX_LAG, default 10000): a stage further behind is a problem.
 	MaxLag int
+	// RedisURL (REDIS_URL) is the normalizer's Redis, whose dedupe store
+	// tells backfills and reconciliation what the pipeline has seen
+	// (required when a source has api.reconcile); RedisPrefix
+	// (REDIS_KEY_PREFIX, default "closedloop:") as the normalizer's.
+	RedisURL, RedisPrefix string
 	// GaugeInterval (ADMIN_GAUGE_INTERVAL, default 15s) is how often the
 	// closedloop.pipeline.lag and closedloop.dlq.depth gauges are sampled.
 	GaugeInterval time.Duration
@@ -64,6 +73,8 @@ func Load(e *config.Env) (Config, error) {
 		Sinks:           e.List("ADMIN_SINKS", []string{"sink-warehouse"}),
 		MaxLag:          e.Int("ADMIN_MAX_LAG", 10000),
 		GaugeInterval:   e.Duration("ADMIN_GAUGE_INTERVAL", 15*time.Second),
+		RedisURL:        e.String("REDIS_URL", ""),
+		RedisPrefix:     e.String("REDIS_KEY_PREFIX", "closedloop:"),
 		NormalizerGroup: e.String("NORMALIZER_GROUP", "closedloop-normalizer"),
 		EnricherGroup:   e.String("ENRICHER_GROUP", "closedloop-enricher"),
 		WarehouseGroup:  e.String("SINK_WAREHOUSE_GROUP", "closedloop-sink-warehouse"),
@@ -98,6 +109,13 @@ func Load(e *config.Env) (Config, error) {
 	// The admin resolves the pipeline's secrets: the admin tokens (and the
 	// sources' signing keys, for signed test events).
 	c.Pipeline = service.LoadPipeline(e, os.LookupEnv)
+	if c.Pipeline != nil && c.RedisURL == "" {
+		for _, src := range c.Pipeline.Current().Sources {
+			if src.API != nil && src.API.Reconcile != nil {
+				e.Errorf("source %s has api.reconcile: set REDIS_URL to the normalizer's Redis (its dedupe store says which items the pipeline has received)", src.Name)
+			}
+		}
+	}
 	if c.Pipeline != nil && len(c.Pipeline.Current().Admin.Tokens) == 0 {
 		e.Errorf("PIPELINE_CONFIG has no admin.tokens: nobody could call the admin API (add a viewer and an operator token, as secret references)")
 	}
@@ -198,7 +216,7 @@ func Run(ctx context.Context) error {
 	if err := svc.EnsureTopics(ctx, t.Raw, t.Normalized); err != nil {
 		return err
 	}
-	if err := kafkaio.EnsureTopics(ctx, cfg.Common.Brokers, []string{t.IngestTokens, t.DLQState(), t.ReplayJobs()}, cfg.Common.CreateTopics, compacted); err != nil {
+	if err := kafkaio.EnsureTopics(ctx, cfg.Common.Brokers, []string{t.IngestTokens, t.DLQState(), t.ReplayJobs(), t.BackfillJobs()}, cfg.Common.CreateTopics, compacted); err != nil {
 		return err
 	}
 	tokens := ingesttokens.NewStore(cfg.Common.Brokers, t.IngestTokens, svc.Log)
@@ -210,8 +228,29 @@ func Run(ctx context.Context) error {
 	if err := replays.Load(ctx); err != nil {
 		return err
 	}
+	// Backfills and reconciliation: the normalizer's dedupe store (when
+	// REDIS_URL is set) tells them what the pipeline has already seen.
+	var seen backfill.Seen
+	if cfg.RedisURL != "" {
+		ropts, err := redis.ParseURL(cfg.RedisURL)
+		if err != nil {
+			return fmt.Errorf("REDIS_URL: %w", err)
+		}
+		rdb := redis.NewClient(ropts)
+		svc.OnShutdown("redis", time.Second, func(context.Context) error { return rdb.Close() })
+		svc.Status.AddCheck("redis", idempotency.Ping(rdb))
+		seen = idempotency.New(rdb, idempotency.Options{Prefix: cfg.RedisPrefix + "dedupe:"})
+	}
+	backfills := backfill.New(backfill.Options{Brokers: cfg.Common.Brokers, Topics: t, Producer: producer, Log: svc.Log,
+		Pipeline: cfg.Pipeline.Current, Seen: seen, Lookup: os.LookupEnv, Meter: svc.Tel.Meter("github.com/closedloop/closedloop/services/admin/backfill")})
+	if err := backfills.Load(ctx); err != nil {
+		return err
+	}
+	svc.Group.Go("reconcile schedule", backfills.RunSchedule)
+	svc.OnShutdown("backfill jobs", 10*time.Second, func(context.Context) error { backfills.Stop(); return nil })
 	server := api.New(api.Options{
-		Pipeline: cfg.Pipeline.Current, Tokens: tokens, Producer: producer,
+		Backfills: backfills,
+		Pipeline:  cfg.Pipeline.Current, Tokens: tokens, Producer: producer,
 		DLQ: dlq.New(cfg.Common.Brokers, t, producer), Replays: replays, Offsets: offsets.New(cfg.Common.Brokers),
 		Stages: cfg.stages(t), Instances: cfg.Instances, PublicURL: cfg.PublicURL, Log: svc.Log,
 		IngressURL: cfg.IngressURL, Topics: t, Brokers: cfg.Common.Brokers, ServiceCredentials: cfg.Common.ServiceCredentials("admin"),
@@ -224,6 +263,7 @@ func Run(ctx context.Context) error {
 		},
 	})
 	adminv1.RegisterAdminServiceServer(svc.GRPC.GRPC, server)
+	adminv1.RegisterBackfillServiceServer(svc.GRPC.GRPC, &api.BackfillServer{Jobs: backfills})
 	svc.Group.Go("pipeline gauges", func(ctx context.Context) error {
 		return server.RunGauges(ctx, svc.Tel.Meter("github.com/closedloop/closedloop/services/admin"), cfg.GaugeInterval)
 	})

@@ -91,6 +91,7 @@ func Map(raw *feedbackv1.RawWebhook, now time.Time) (*feedbackv1.FeedbackEvent, 
 	// so consumers can tell it apart (feedback.TestEventPrefix).
 	ev.Test = ev.Test || raw.Test || strings.HasPrefix(raw.EventId, feedback.TestEventPrefix)
 	ev.ReplayId = raw.ReplayId
+	ev.Origin = raw.Origin
 	if ev.Quality == nil {
 		ev.Quality = &feedbackv1.Quality{}
 	}

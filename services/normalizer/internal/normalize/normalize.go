@@ -75,19 +75,8 @@ func New(o Options) *Handler {
 	return h
 }
 
-// Keys returns the dedupe ids of an event: its event id, and its subject
-// version (kind-agnostic and typed, so a backfilled copy of a webhook
-// response is caught while a person id never collides with a response id).
-// A helpdesk's follow-ups have only their event id: a ticket's events are
-// separate facts, not versions of one, and several share a time (the
-// comment and the status change of one update).
-func Keys(ev *feedbackv1.FeedbackEvent) []string {
-	ids := []string{"evt:" + ev.EventId}
-	if s := ev.GetSubject(); s.GetId() != "" && ev.Version != nil && ev.Kind != feedbackv1.Kind_KIND_FOLLOW_UP {
-		ids = append(ids, "subj:"+strconv.Itoa(int(s.Type))+":"+s.Id+":"+strconv.FormatInt(ev.Version.AsTime().UnixNano(), 10))
-	}
-	return ids
-}
+// Keys returns the dedupe ids of an event (libs/idempotency.EventKeys).
+func Keys(ev *feedbackv1.FeedbackEvent) []string { return idempotency.EventKeys(ev) }
 
 // Scope is the dedupe scope of an event: its source, and its replay id when
 // an operator replayed it (so a replay is processed again).

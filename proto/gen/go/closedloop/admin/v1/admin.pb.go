@@ -1460,9 +1460,11 @@ type GetPipelineStatusResponse struct {
 	LoopClosure *LoopClosure `protobuf:"bytes,6,opt,name=loop_closure,json=loopClosure,proto3" json:"loop_closure,omitempty"`
 	// Webhook requests per source since the ingress instances started,
 	// summed over them (a client computes rates from two answers).
-	Sources       []*SourceTraffic `protobuf:"bytes,7,rep,name=sources,proto3" json:"sources,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Sources []*SourceTraffic `protobuf:"bytes,7,rep,name=sources,proto3" json:"sources,omitempty"`
+	// Per source with a reconcile schedule: what reconciliation found.
+	Reconciliation []*SourceReconciliation `protobuf:"bytes,8,rep,name=reconciliation,proto3" json:"reconciliation,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *GetPipelineStatusResponse) Reset() {
@@ -1540,6 +1542,13 @@ func (x *GetPipelineStatusResponse) GetLoopClosure() *LoopClosure {
 func (x *GetPipelineStatusResponse) GetSources() []*SourceTraffic {
 	if x != nil {
 		return x.Sources
+	}
+	return nil
+}
+
+func (x *GetPipelineStatusResponse) GetReconciliation() []*SourceReconciliation {
+	if x != nil {
+		return x.Reconciliation
 	}
 	return nil
 }
@@ -2795,7 +2804,7 @@ var File_closedloop_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_closedloop_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x1fclosedloop/admin/v1/admin.proto\x12\x13closedloop.admin.v1\x1a\x1fclosedloop/admin/v1/drift.proto\x1a'closedloop/admin/v1/service_admin.proto\x1a$closedloop/sink/v1/dead_letter.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x14\n" +
+	"\x1fclosedloop/admin/v1/admin.proto\x12\x13closedloop.admin.v1\x1a\"closedloop/admin/v1/backfill.proto\x1a\x1fclosedloop/admin/v1/drift.proto\x1a'closedloop/admin/v1/service_admin.proto\x1a$closedloop/sink/v1/dead_letter.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x14\n" +
 	"\x12ListSourcesRequest\"L\n" +
 	"\x13ListSourcesResponse\x125\n" +
 	"\asources\x18\x01 \x03(\v2\x1b.closedloop.admin.v1.SourceR\asources\"&\n" +
@@ -2883,7 +2892,7 @@ const file_closedloop_admin_v1_admin_proto_rawDesc = "" +
 	"\x1aDiscardDeadLettersResponse\x12\x1c\n" +
 	"\tdiscarded\x18\x01 \x01(\x05R\tdiscarded\x12\x18\n" +
 	"\askipped\x18\x02 \x03(\tR\askipped\"\x1a\n" +
-	"\x18GetPipelineStatusRequest\"\xfe\x02\n" +
+	"\x18GetPipelineStatusRequest\"\xd1\x03\n" +
 	"\x19GetPipelineStatusResponse\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x128\n" +
 	"\x06stages\x18\x02 \x03(\v2 .closedloop.admin.v1.StageStatusR\x06stages\x12B\n" +
@@ -2891,7 +2900,8 @@ const file_closedloop_admin_v1_admin_proto_rawDesc = "" +
 	"\ahealthy\x18\x04 \x01(\bR\ahealthy\x12\x1a\n" +
 	"\bproblems\x18\x05 \x03(\tR\bproblems\x12C\n" +
 	"\floop_closure\x18\x06 \x01(\v2 .closedloop.admin.v1.LoopClosureR\vloopClosure\x12<\n" +
-	"\asources\x18\a \x03(\v2\".closedloop.admin.v1.SourceTrafficR\asources\"\xa7\x04\n" +
+	"\asources\x18\a \x03(\v2\".closedloop.admin.v1.SourceTrafficR\asources\x12Q\n" +
+	"\x0ereconciliation\x18\b \x03(\v2).closedloop.admin.v1.SourceReconciliationR\x0ereconciliation\"\xa7\x04\n" +
 	"\vStageStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05group\x18\x02 \x01(\tR\x05group\x12A\n" +
@@ -3087,7 +3097,8 @@ var file_closedloop_admin_v1_admin_proto_goTypes = []any{
 	(*SchemaPath)(nil),                 // 47: closedloop.admin.v1.SchemaPath
 	(*LoopClosure)(nil),                // 48: closedloop.admin.v1.LoopClosure
 	(*SourceTraffic)(nil),              // 49: closedloop.admin.v1.SourceTraffic
-	(*DestinationStatus)(nil),          // 50: closedloop.admin.v1.DestinationStatus
+	(*SourceReconciliation)(nil),       // 50: closedloop.admin.v1.SourceReconciliation
+	(*DestinationStatus)(nil),          // 51: closedloop.admin.v1.DestinationStatus
 }
 var file_closedloop_admin_v1_admin_proto_depIdxs = []int32{
 	7,  // 0: closedloop.admin.v1.ListSourcesResponse.sources:type_name -> closedloop.admin.v1.Source
@@ -3113,62 +3124,63 @@ var file_closedloop_admin_v1_admin_proto_depIdxs = []int32{
 	47, // 20: closedloop.admin.v1.GetPipelineStatusResponse.recent_drift:type_name -> closedloop.admin.v1.SchemaPath
 	48, // 21: closedloop.admin.v1.GetPipelineStatusResponse.loop_closure:type_name -> closedloop.admin.v1.LoopClosure
 	49, // 22: closedloop.admin.v1.GetPipelineStatusResponse.sources:type_name -> closedloop.admin.v1.SourceTraffic
-	26, // 23: closedloop.admin.v1.StageStatus.partitions:type_name -> closedloop.admin.v1.PartitionLag
-	44, // 24: closedloop.admin.v1.StageStatus.last_processed_at:type_name -> google.protobuf.Timestamp
-	50, // 25: closedloop.admin.v1.StageStatus.destinations:type_name -> closedloop.admin.v1.DestinationStatus
-	44, // 26: closedloop.admin.v1.StageStatus.freshness_at:type_name -> google.protobuf.Timestamp
-	31, // 27: closedloop.admin.v1.PauseSinkResponse.instances:type_name -> closedloop.admin.v1.InstanceDestinations
-	31, // 28: closedloop.admin.v1.ResumeSinkResponse.instances:type_name -> closedloop.admin.v1.InstanceDestinations
-	50, // 29: closedloop.admin.v1.InstanceDestinations.destinations:type_name -> closedloop.admin.v1.DestinationStatus
-	1,  // 30: closedloop.admin.v1.StartReplayRequest.from:type_name -> closedloop.admin.v1.ReplayFrom
-	44, // 31: closedloop.admin.v1.StartReplayRequest.since:type_name -> google.protobuf.Timestamp
-	44, // 32: closedloop.admin.v1.StartReplayRequest.until:type_name -> google.protobuf.Timestamp
-	34, // 33: closedloop.admin.v1.StartReplayResponse.job:type_name -> closedloop.admin.v1.ReplayJob
-	32, // 34: closedloop.admin.v1.ReplayJob.request:type_name -> closedloop.admin.v1.StartReplayRequest
-	2,  // 35: closedloop.admin.v1.ReplayJob.state:type_name -> closedloop.admin.v1.ReplayState
-	44, // 36: closedloop.admin.v1.ReplayJob.started_at:type_name -> google.protobuf.Timestamp
-	44, // 37: closedloop.admin.v1.ReplayJob.finished_at:type_name -> google.protobuf.Timestamp
-	34, // 38: closedloop.admin.v1.WatchReplayResponse.job:type_name -> closedloop.admin.v1.ReplayJob
-	34, // 39: closedloop.admin.v1.CancelReplayResponse.job:type_name -> closedloop.admin.v1.ReplayJob
-	34, // 40: closedloop.admin.v1.ListReplaysResponse.jobs:type_name -> closedloop.admin.v1.ReplayJob
-	43, // 41: closedloop.admin.v1.SendTestEventResponse.stages:type_name -> closedloop.admin.v1.StageReached
-	3,  // 42: closedloop.admin.v1.AdminService.ListSources:input_type -> closedloop.admin.v1.ListSourcesRequest
-	5,  // 43: closedloop.admin.v1.AdminService.GetSource:input_type -> closedloop.admin.v1.GetSourceRequest
-	9,  // 44: closedloop.admin.v1.AdminService.IssueIngestToken:input_type -> closedloop.admin.v1.IssueIngestTokenRequest
-	11, // 45: closedloop.admin.v1.AdminService.RevokeIngestToken:input_type -> closedloop.admin.v1.RevokeIngestTokenRequest
-	14, // 46: closedloop.admin.v1.AdminService.ListDeadLetters:input_type -> closedloop.admin.v1.ListDeadLettersRequest
-	17, // 47: closedloop.admin.v1.AdminService.GetDeadLetter:input_type -> closedloop.admin.v1.GetDeadLetterRequest
-	19, // 48: closedloop.admin.v1.AdminService.ReplayDeadLetters:input_type -> closedloop.admin.v1.ReplayDeadLettersRequest
-	21, // 49: closedloop.admin.v1.AdminService.DiscardDeadLetters:input_type -> closedloop.admin.v1.DiscardDeadLettersRequest
-	27, // 50: closedloop.admin.v1.AdminService.PauseSink:input_type -> closedloop.admin.v1.PauseSinkRequest
-	29, // 51: closedloop.admin.v1.AdminService.ResumeSink:input_type -> closedloop.admin.v1.ResumeSinkRequest
-	32, // 52: closedloop.admin.v1.AdminService.StartReplay:input_type -> closedloop.admin.v1.StartReplayRequest
-	35, // 53: closedloop.admin.v1.AdminService.WatchReplay:input_type -> closedloop.admin.v1.WatchReplayRequest
-	37, // 54: closedloop.admin.v1.AdminService.CancelReplay:input_type -> closedloop.admin.v1.CancelReplayRequest
-	39, // 55: closedloop.admin.v1.AdminService.ListReplays:input_type -> closedloop.admin.v1.ListReplaysRequest
-	41, // 56: closedloop.admin.v1.AdminService.SendTestEvent:input_type -> closedloop.admin.v1.SendTestEventRequest
-	23, // 57: closedloop.admin.v1.AdminService.GetPipelineStatus:input_type -> closedloop.admin.v1.GetPipelineStatusRequest
-	4,  // 58: closedloop.admin.v1.AdminService.ListSources:output_type -> closedloop.admin.v1.ListSourcesResponse
-	6,  // 59: closedloop.admin.v1.AdminService.GetSource:output_type -> closedloop.admin.v1.GetSourceResponse
-	10, // 60: closedloop.admin.v1.AdminService.IssueIngestToken:output_type -> closedloop.admin.v1.IssueIngestTokenResponse
-	12, // 61: closedloop.admin.v1.AdminService.RevokeIngestToken:output_type -> closedloop.admin.v1.RevokeIngestTokenResponse
-	15, // 62: closedloop.admin.v1.AdminService.ListDeadLetters:output_type -> closedloop.admin.v1.ListDeadLettersResponse
-	18, // 63: closedloop.admin.v1.AdminService.GetDeadLetter:output_type -> closedloop.admin.v1.GetDeadLetterResponse
-	20, // 64: closedloop.admin.v1.AdminService.ReplayDeadLetters:output_type -> closedloop.admin.v1.ReplayDeadLettersResponse
-	22, // 65: closedloop.admin.v1.AdminService.DiscardDeadLetters:output_type -> closedloop.admin.v1.DiscardDeadLettersResponse
-	28, // 66: closedloop.admin.v1.AdminService.PauseSink:output_type -> closedloop.admin.v1.PauseSinkResponse
-	30, // 67: closedloop.admin.v1.AdminService.ResumeSink:output_type -> closedloop.admin.v1.ResumeSinkResponse
-	33, // 68: closedloop.admin.v1.AdminService.StartReplay:output_type -> closedloop.admin.v1.StartReplayResponse
-	36, // 69: closedloop.admin.v1.AdminService.WatchReplay:output_type -> closedloop.admin.v1.WatchReplayResponse
-	38, // 70: closedloop.admin.v1.AdminService.CancelReplay:output_type -> closedloop.admin.v1.CancelReplayResponse
-	40, // 71: closedloop.admin.v1.AdminService.ListReplays:output_type -> closedloop.admin.v1.ListReplaysResponse
-	42, // 72: closedloop.admin.v1.AdminService.SendTestEvent:output_type -> closedloop.admin.v1.SendTestEventResponse
-	24, // 73: closedloop.admin.v1.AdminService.GetPipelineStatus:output_type -> closedloop.admin.v1.GetPipelineStatusResponse
-	58, // [58:74] is the sub-list for method output_type
-	42, // [42:58] is the sub-list for method input_type
-	42, // [42:42] is the sub-list for extension type_name
-	42, // [42:42] is the sub-list for extension extendee
-	0,  // [0:42] is the sub-list for field type_name
+	50, // 23: closedloop.admin.v1.GetPipelineStatusResponse.reconciliation:type_name -> closedloop.admin.v1.SourceReconciliation
+	26, // 24: closedloop.admin.v1.StageStatus.partitions:type_name -> closedloop.admin.v1.PartitionLag
+	44, // 25: closedloop.admin.v1.StageStatus.last_processed_at:type_name -> google.protobuf.Timestamp
+	51, // 26: closedloop.admin.v1.StageStatus.destinations:type_name -> closedloop.admin.v1.DestinationStatus
+	44, // 27: closedloop.admin.v1.StageStatus.freshness_at:type_name -> google.protobuf.Timestamp
+	31, // 28: closedloop.admin.v1.PauseSinkResponse.instances:type_name -> closedloop.admin.v1.InstanceDestinations
+	31, // 29: closedloop.admin.v1.ResumeSinkResponse.instances:type_name -> closedloop.admin.v1.InstanceDestinations
+	51, // 30: closedloop.admin.v1.InstanceDestinations.destinations:type_name -> closedloop.admin.v1.DestinationStatus
+	1,  // 31: closedloop.admin.v1.StartReplayRequest.from:type_name -> closedloop.admin.v1.ReplayFrom
+	44, // 32: closedloop.admin.v1.StartReplayRequest.since:type_name -> google.protobuf.Timestamp
+	44, // 33: closedloop.admin.v1.StartReplayRequest.until:type_name -> google.protobuf.Timestamp
+	34, // 34: closedloop.admin.v1.StartReplayResponse.job:type_name -> closedloop.admin.v1.ReplayJob
+	32, // 35: closedloop.admin.v1.ReplayJob.request:type_name -> closedloop.admin.v1.StartReplayRequest
+	2,  // 36: closedloop.admin.v1.ReplayJob.state:type_name -> closedloop.admin.v1.ReplayState
+	44, // 37: closedloop.admin.v1.ReplayJob.started_at:type_name -> google.protobuf.Timestamp
+	44, // 38: closedloop.admin.v1.ReplayJob.finished_at:type_name -> google.protobuf.Timestamp
+	34, // 39: closedloop.admin.v1.WatchReplayResponse.job:type_name -> closedloop.admin.v1.ReplayJob
+	34, // 40: closedloop.admin.v1.CancelReplayResponse.job:type_name -> closedloop.admin.v1.ReplayJob
+	34, // 41: closedloop.admin.v1.ListReplaysResponse.jobs:type_name -> closedloop.admin.v1.ReplayJob
+	43, // 42: closedloop.admin.v1.SendTestEventResponse.stages:type_name -> closedloop.admin.v1.StageReached
+	3,  // 43: closedloop.admin.v1.AdminService.ListSources:input_type -> closedloop.admin.v1.ListSourcesRequest
+	5,  // 44: closedloop.admin.v1.AdminService.GetSource:input_type -> closedloop.admin.v1.GetSourceRequest
+	9,  // 45: closedloop.admin.v1.AdminService.IssueIngestToken:input_type -> closedloop.admin.v1.IssueIngestTokenRequest
+	11, // 46: closedloop.admin.v1.AdminService.RevokeIngestToken:input_type -> closedloop.admin.v1.RevokeIngestTokenRequest
+	14, // 47: closedloop.admin.v1.AdminService.ListDeadLetters:input_type -> closedloop.admin.v1.ListDeadLettersRequest
+	17, // 48: closedloop.admin.v1.AdminService.GetDeadLetter:input_type -> closedloop.admin.v1.GetDeadLetterRequest
+	19, // 49: closedloop.admin.v1.AdminService.ReplayDeadLetters:input_type -> closedloop.admin.v1.ReplayDeadLettersRequest
+	21, // 50: closedloop.admin.v1.AdminService.DiscardDeadLetters:input_type -> closedloop.admin.v1.DiscardDeadLettersRequest
+	27, // 51: closedloop.admin.v1.AdminService.PauseSink:input_type -> closedloop.admin.v1.PauseSinkRequest
+	29, // 52: closedloop.admin.v1.AdminService.ResumeSink:input_type -> closedloop.admin.v1.ResumeSinkRequest
+	32, // 53: closedloop.admin.v1.AdminService.StartReplay:input_type -> closedloop.admin.v1.StartReplayRequest
+	35, // 54: closedloop.admin.v1.AdminService.WatchReplay:input_type -> closedloop.admin.v1.WatchReplayRequest
+	37, // 55: closedloop.admin.v1.AdminService.CancelReplay:input_type -> closedloop.admin.v1.CancelReplayRequest
+	39, // 56: closedloop.admin.v1.AdminService.ListReplays:input_type -> closedloop.admin.v1.ListReplaysRequest
+	41, // 57: closedloop.admin.v1.AdminService.SendTestEvent:input_type -> closedloop.admin.v1.SendTestEventRequest
+	23, // 58: closedloop.admin.v1.AdminService.GetPipelineStatus:input_type -> closedloop.admin.v1.GetPipelineStatusRequest
+	4,  // 59: closedloop.admin.v1.AdminService.ListSources:output_type -> closedloop.admin.v1.ListSourcesResponse
+	6,  // 60: closedloop.admin.v1.AdminService.GetSource:output_type -> closedloop.admin.v1.GetSourceResponse
+	10, // 61: closedloop.admin.v1.AdminService.IssueIngestToken:output_type -> closedloop.admin.v1.IssueIngestTokenResponse
+	12, // 62: closedloop.admin.v1.AdminService.RevokeIngestToken:output_type -> closedloop.admin.v1.RevokeIngestTokenResponse
+	15, // 63: closedloop.admin.v1.AdminService.ListDeadLetters:output_type -> closedloop.admin.v1.ListDeadLettersResponse
+	18, // 64: closedloop.admin.v1.AdminService.GetDeadLetter:output_type -> closedloop.admin.v1.GetDeadLetterResponse
+	20, // 65: closedloop.admin.v1.AdminService.ReplayDeadLetters:output_type -> closedloop.admin.v1.ReplayDeadLettersResponse
+	22, // 66: closedloop.admin.v1.AdminService.DiscardDeadLetters:output_type -> closedloop.admin.v1.DiscardDeadLettersResponse
+	28, // 67: closedloop.admin.v1.AdminService.PauseSink:output_type -> closedloop.admin.v1.PauseSinkResponse
+	30, // 68: closedloop.admin.v1.AdminService.ResumeSink:output_type -> closedloop.admin.v1.ResumeSinkResponse
+	33, // 69: closedloop.admin.v1.AdminService.StartReplay:output_type -> closedloop.admin.v1.StartReplayResponse
+	36, // 70: closedloop.admin.v1.AdminService.WatchReplay:output_type -> closedloop.admin.v1.WatchReplayResponse
+	38, // 71: closedloop.admin.v1.AdminService.CancelReplay:output_type -> closedloop.admin.v1.CancelReplayResponse
+	40, // 72: closedloop.admin.v1.AdminService.ListReplays:output_type -> closedloop.admin.v1.ListReplaysResponse
+	42, // 73: closedloop.admin.v1.AdminService.SendTestEvent:output_type -> closedloop.admin.v1.SendTestEventResponse
+	24, // 74: closedloop.admin.v1.AdminService.GetPipelineStatus:output_type -> closedloop.admin.v1.GetPipelineStatusResponse
+	59, // [59:75] is the sub-list for method output_type
+	43, // [43:59] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_closedloop_admin_v1_admin_proto_init() }
@@ -3176,6 +3188,7 @@ func file_closedloop_admin_v1_admin_proto_init() {
 	if File_closedloop_admin_v1_admin_proto != nil {
 		return
 	}
+	file_closedloop_admin_v1_backfill_proto_init()
 	file_closedloop_admin_v1_drift_proto_init()
 	file_closedloop_admin_v1_service_admin_proto_init()
 	type x struct{}

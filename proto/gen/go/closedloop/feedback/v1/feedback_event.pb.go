@@ -555,7 +555,11 @@ type FeedbackEvent struct {
 	// A helpdesk's news about the ticket opened for a response (kind
 	// KIND_FOLLOW_UP, subject the ticket): created, an agent's first public
 	// reply, solved, closed, reopened.
-	FollowUp      *FollowUp `protobuf:"bytes,26,opt,name=follow_up,json=followUp,proto3" json:"follow_up,omitempty"`
+	FollowUp *FollowUp `protobuf:"bytes,26,opt,name=follow_up,json=followUp,proto3" json:"follow_up,omitempty"`
+	// Where the event came from: empty for a webhook; "backfill" or
+	// "reconcile" when it was fetched from the provider's API because the
+	// webhook never arrived or an operator backfilled a range (RawWebhook.origin).
+	Origin        string `protobuf:"bytes,27,opt,name=origin,proto3" json:"origin,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -770,6 +774,13 @@ func (x *FeedbackEvent) GetFollowUp() *FollowUp {
 		return x.FollowUp
 	}
 	return nil
+}
+
+func (x *FeedbackEvent) GetOrigin() string {
+	if x != nil {
+		return x.Origin
+	}
+	return ""
 }
 
 // RawRef points at a RawWebhook record on the raw topic.
@@ -1510,7 +1521,7 @@ var File_closedloop_feedback_v1_feedback_event_proto protoreflect.FileDescriptor
 
 const file_closedloop_feedback_v1_feedback_event_proto_rawDesc = "" +
 	"\n" +
-	"+closedloop/feedback/v1/feedback_event.proto\x12\x16closedloop.feedback.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe6\n" +
+	"+closedloop/feedback/v1/feedback_event.proto\x12\x16closedloop.feedback.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfe\n" +
 	"\n" +
 	"\rFeedbackEvent\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x16\n" +
@@ -1548,7 +1559,8 @@ const file_closedloop_feedback_v1_feedback_event_proto_rawDesc = "" +
 	"enrichment\x18\x18 \x01(\v2\".closedloop.feedback.v1.EnrichmentR\n" +
 	"enrichment\x127\n" +
 	"\araw_ref\x18\x19 \x01(\v2\x1e.closedloop.feedback.v1.RawRefR\x06rawRef\x12=\n" +
-	"\tfollow_up\x18\x1a \x01(\v2 .closedloop.feedback.v1.FollowUpR\bfollowUp\x1aU\n" +
+	"\tfollow_up\x18\x1a \x01(\v2 .closedloop.feedback.v1.FollowUpR\bfollowUp\x12\x16\n" +
+	"\x06origin\x18\x1b \x01(\tR\x06origin\x1aU\n" +
 	"\x0fPropertiesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12,\n" +
 	"\x05value\x18\x02 \x01(\v2\x16.google.protobuf.ValueR\x05value:\x028\x01B\n" +

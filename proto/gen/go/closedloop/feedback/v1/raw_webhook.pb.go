@@ -52,8 +52,13 @@ type RawWebhook struct {
 	ReplayId string `protobuf:"bytes,9,opt,name=replay_id,json=replayId,proto3" json:"replay_id,omitempty"`
 	// Id of the ingress instance that accepted the request (host name), for tracing problems.
 	IngressInstance string `protobuf:"bytes,10,opt,name=ingress_instance,json=ingressInstance,proto3" json:"ingress_instance,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Where the record came from: empty for a webhook; "backfill" or
+	// "reconcile" for an item fetched from the provider's API (then
+	// origin_job names the job, and received_at is when it was fetched).
+	Origin        string `protobuf:"bytes,11,opt,name=origin,proto3" json:"origin,omitempty"`
+	OriginJob     string `protobuf:"bytes,12,opt,name=origin_job,json=originJob,proto3" json:"origin_job,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RawWebhook) Reset() {
@@ -156,11 +161,25 @@ func (x *RawWebhook) GetIngressInstance() string {
 	return ""
 }
 
+func (x *RawWebhook) GetOrigin() string {
+	if x != nil {
+		return x.Origin
+	}
+	return ""
+}
+
+func (x *RawWebhook) GetOriginJob() string {
+	if x != nil {
+		return x.OriginJob
+	}
+	return ""
+}
+
 var File_closedloop_feedback_v1_raw_webhook_proto protoreflect.FileDescriptor
 
 const file_closedloop_feedback_v1_raw_webhook_proto_rawDesc = "" +
 	"\n" +
-	"(closedloop/feedback/v1/raw_webhook.proto\x12\x16closedloop.feedback.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xae\x03\n" +
+	"(closedloop/feedback/v1/raw_webhook.proto\x12\x16closedloop.feedback.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe5\x03\n" +
 	"\n" +
 	"RawWebhook\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x16\n" +
@@ -175,7 +194,10 @@ const file_closedloop_feedback_v1_raw_webhook_proto_rawDesc = "" +
 	"\x04test\x18\b \x01(\bR\x04test\x12\x1b\n" +
 	"\treplay_id\x18\t \x01(\tR\breplayId\x12)\n" +
 	"\x10ingress_instance\x18\n" +
-	" \x01(\tR\x0fingressInstance\x1a:\n" +
+	" \x01(\tR\x0fingressInstance\x12\x16\n" +
+	"\x06origin\x18\v \x01(\tR\x06origin\x12\x1d\n" +
+	"\n" +
+	"origin_job\x18\f \x01(\tR\toriginJob\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\xf8\x01\n" +
