@@ -8,7 +8,9 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -46,6 +48,7 @@ type options struct {
 	adminPort   int
 	sink        string
 	redis       string
+	drop        float64
 }
 
 func main() {
@@ -57,6 +60,7 @@ func main() {
 	flag.BoolVar(&o.noGenerator, "no-generator", false, "start the stack without sending webhooks")
 	flag.StringVar(&o.sink, "sink", "auto", "auto: the warehouse when PostgreSQL is available, else the console; warehouse; console")
 	flag.StringVar(&o.redis, "redis", "auto", "auto: redis-server when installed, else embedded; embedded")
+	flag.Float64Var(&o.drop, "drop", 0.1, "share of survey responses whose webhooks the generator drops (the local Delighted API still lists them: reconciliation finds them)")
 	flag.Parse()
 	if o.sink != "auto" && o.sink != "warehouse" && o.sink != "console" || o.redis != "auto" && o.redis != "embedded" {
 		fmt.Fprintln(os.Stderr, "devstack: -sink is auto, warehouse or console; -redis is auto or embedded")
@@ -189,7 +193,26 @@ func run(ctx context.Context, o options) error {
 	}
 	say("  freshdesk  http://%s (tools/fakes/freshdesk: tickets for enterprise detractors, printed as 🎫 lines)", fdAddr)
 
-	p := &stack.Pipeline{BinDir: bin, Dir: logs, AdminPort: o.adminPort, Brokers: broker.Addrs, Redis: redisAddr, TopicsMade: true,
+	dlPort, err := localinfra.FreePort()
+	if err != nil {
+		return err
+	}
+	dlAddr := "127.0.0.1:" + strconv.Itoa(dlPort)
+	dlSrv := &stack.Process{Name: "delightedserver", Bin: filepath.Join(bin, "delightedserver"),
+		Args: []string{"-addr", dlAddr, "-key", "dev-delighted-key", "-per-second", "5"},
+		Log:  filepath.Join(logs, "delightedserver.log"), Tee: os.Stdout}
+	if err := dlSrv.Start(); err != nil {
+		return err
+	}
+	defer stopped("delighted server", dlSrv.Stop)
+	if err := stack.WaitReady(ctx, dlSrv, dlAddr, 30*time.Second); err != nil {
+		return err
+	}
+	say("  delighted  http://%s/v1 (tools/fakes/delighted: the API lists every generated response; reconciliation every 30 s finds the dropped ones: ⟲ lines)", dlAddr)
+
+	p := &stack.Pipeline{BinDir: bin, Dir: logs,
+		DelightedAPIYAML: "    api:\n      base_url: http://" + dlAddr + "/v1\n      key: env:DELIGHTED_API_KEY\n" +
+			"      reconcile: {every: 30s, window: 1h, settle: 10s}\n", AdminPort: o.adminPort, Brokers: broker.Addrs, Redis: redisAddr, TopicsMade: true,
 		DatabaseURL: dbURL, Secret: secret, Token: token, IngressPort: ingressPort, Env: []string{"LOG_LEVEL=info"}, CRMURL: crmURL,
 		SourcesYAML: "  - name: zendesk-tickets\n    provider: zendesk\n    secrets: [env:ZENDESK_WEBHOOK_SECRET]\n" +
 			"    ingest_tokens: [env:CLOSEDLOOP_DEV_INGEST_TOKEN]\n" +
@@ -200,7 +223,7 @@ func run(ctx context.Context, o options) error {
 			"        api_token: env:ZENDESK_API_TOKEN\n        tags: [nps]\n" +
 			"  freshdesk:\n    accounts:\n      - name: enterprise-desk\n        url: http://" + fdAddr + "\n        api_key: env:FRESHDESK_API_KEY\n" +
 			"        when: 'event.segment == Segment.SEGMENT_DETRACTOR && event.enrichment.lane == Lane.LANE_PRIORITY'\n"}
-	p.Env = append(p.Env, "SLACK_WEBHOOK_URL=http://"+slackAddr+"/services/T0DEV/B0DEV/devwebhooksecret", "ZENDESK_API_TOKEN=dev-zendesk-token",
+	p.Env = append(p.Env, "DELIGHTED_API_KEY=dev-delighted-key", "SLACK_WEBHOOK_URL=http://"+slackAddr+"/services/T0DEV/B0DEV/devwebhooksecret", "ZENDESK_API_TOKEN=dev-zendesk-token",
 		"FRESHDESK_API_KEY=dev-freshdesk-key", "ZENDESK_WEBHOOK_SECRET="+zendeskWebhookSecret)
 	sinkName := "sink-warehouse"
 	if dbURL == "" {
@@ -239,7 +262,7 @@ func run(ctx context.Context, o options) error {
 	say("")
 
 	if !o.noGenerator {
-		go generate(ctx, p, secret, o.rate)
+		go generate(ctx, p, secret, o.rate, "http://"+dlAddr, o.drop)
 	}
 	if dbURL != "" {
 		go showLoop(ctx, p)
@@ -312,9 +335,20 @@ func startPostgres(ctx context.Context, url, sink string) (string, func(), error
 // generate sends a new response every interval: the created event, its
 // update with the comment a moment later, now and then an unsubscribe and a
 // duplicate delivery, as Delighted does.
-func generate(ctx context.Context, p *stack.Pipeline, secret string, every time.Duration) {
+func generate(ctx context.Context, p *stack.Pipeline, secret string, every time.Duration, delightedAPI string, drop float64) {
 	gen := delightedgen.New([]byte(secret), uint64(time.Now().UnixNano()))
 	client := &http.Client{Timeout: 5 * time.Second}
+	// The local Delighted API lists what the survey tool holds: every
+	// response, in its latest state, whether its webhooks are sent or not.
+	publish := func(w delightedgen.Webhook) {
+		if data, err := w.Data(); err == nil {
+			if b, err := json.Marshal(data); err == nil {
+				if resp, err := client.Post(delightedAPI+"/_fake/responses", "application/json", bytes.NewReader(b)); err == nil {
+					_ = resp.Body.Close()
+				}
+			}
+		}
+	}
 	send := func(w delightedgen.Webhook, note string) {
 		code, err := delightedgen.Send(ctx, client, p.IngressURL, w)
 		if ctx.Err() != nil {
@@ -335,6 +369,18 @@ func generate(ctx context.Context, p *stack.Pipeline, secret string, every time.
 		case <-t.C:
 		}
 		created, updated := gen.Response()
+		publish(created)
+		if rand.Float64() < drop {
+			say("✗ %-26s subject %-7s webhooks dropped by the provider (never sent; reconciliation will find the response)", created.EventType, created.Subject)
+			go func() {
+				select {
+				case <-ctx.Done():
+				case <-time.After(every / 2):
+					publish(updated)
+				}
+			}()
+			continue
+		}
 		send(created, "")
 		if rand.IntN(5) == 0 {
 			send(created, "  (duplicate delivery)")
@@ -343,6 +389,7 @@ func generate(ctx context.Context, p *stack.Pipeline, secret string, every time.
 			select {
 			case <-ctx.Done():
 			case <-time.After(every / 2):
+				publish(updated)
 				send(updated, "")
 			}
 		}()
@@ -372,7 +419,7 @@ func showRows(ctx context.Context, url, schema string) error {
 			coalesce(event->'enrichment'->'lookups'->'account'->'fields'->>'account_name', event->'enrichment'->'lookups'->'account'->>'status', ''),
 			coalesce(event->'enrichment'->'lookups'->'account'->'fields'->>'tier', ''),
 			extract(epoch FROM _cl_batched_at - _cl_received_at) * 1000,
-			coalesce(ticket_system, ''), coalesce(ticket_stage, ''), coalesce(response_key, ''),
+			coalesce(ticket_system, ''), coalesce(ticket_stage, ''), coalesce(response_key, ''), coalesce(event->>'origin', ''),
 			CASE WHEN ticket_stage IN ('solved', 'closed') THEN (SELECT extract(epoch FROM min(l.time_to_solved))
 				FROM `+schema+`.loop_closure_since(now() - interval '1 day') l WHERE l.response_key = e.response_key) END
 			FROM `+schema+`.feedback_events e WHERE _cl_row_id > $1 ORDER BY _cl_row_id`, last)
@@ -381,10 +428,10 @@ func showRows(ctx context.Context, url, schema string) error {
 		}
 		for rows.Next() {
 			var id int64
-			var kind, subject, score, segment, comment, lane, labels, account, tier, system, stage, key string
+			var kind, subject, score, segment, comment, lane, labels, account, tier, system, stage, key, origin string
 			var ms float64
 			var closedAfter *float64
-			if rows.Scan(&id, &kind, &subject, &score, &segment, &comment, &lane, &labels, &account, &tier, &ms, &system, &stage, &key, &closedAfter) != nil {
+			if rows.Scan(&id, &kind, &subject, &score, &segment, &comment, &lane, &labels, &account, &tier, &ms, &system, &stage, &key, &origin, &closedAfter) != nil {
 				continue
 			}
 			last = id
@@ -396,8 +443,12 @@ func showRows(ctx context.Context, url, schema string) error {
 				say("  ↺ row %-5d %-9s ticket #%-4s %-13s for %s%s", id, system, subject, stage, key, loop)
 				continue
 			}
-			say("  ← row %-5d %-17s %-8s score %-3s %-9s lane %-8s %-9s %-22s %-30.30q webhook→row %.0f ms",
-				id, kind, subject, score, segment, lane, labels, strings.TrimSpace(account+" "+tier), comment, ms)
+			arrow, via := "←", fmt.Sprintf("webhook→row %.0f ms", ms)
+			if origin != "" {
+				arrow, via = "⟲", "found by "+origin+": its webhook never came"
+			}
+			say("  %s row %-5d %-17s %-8s score %-3s %-9s lane %-8s %-9s %-22s %-30.30q %s",
+				arrow, id, kind, subject, score, segment, lane, labels, strings.TrimSpace(account+" "+tier), comment, via)
 		}
 		rows.Close()
 	}

@@ -38,13 +38,11 @@ func delightedAPI(t *testing.T, perSecond int, reconcile string) (*delightedfake
 // responseData is a webhook's event_data: the response as the API lists it.
 func responseData(t *testing.T, w delightedgen.Webhook) map[string]any {
 	t.Helper()
-	var env struct {
-		EventData map[string]any `json:"event_data"`
+	d, err := w.Data()
+	if err != nil {
+		t.Fatal(err)
 	}
-	if err := json.Unmarshal(w.Body, &env); err != nil || env.EventData == nil {
-		t.Fatalf("webhook body: %v", err)
-	}
-	return env.EventData
+	return d
 }
 
 // rowsBySubject counts the warehouse rows of each response, and the

@@ -125,6 +125,21 @@ func (g *Generator) Unsubscribe() Webhook {
 	return w
 }
 
+// Data is the webhook's event_data: the response (or unsubscribe) as the
+// provider's API lists it.
+func (w Webhook) Data() (map[string]any, error) {
+	var env struct {
+		EventData map[string]any `json:"event_data"`
+	}
+	if err := json.Unmarshal(w.Body, &env); err != nil {
+		return nil, err
+	}
+	if env.EventData == nil {
+		return nil, fmt.Errorf("webhook %s has no event_data", w.EventID)
+	}
+	return env.EventData, nil
+}
+
 // Tampered returns w with its body changed after signing (one byte more:
 // still valid JSON, no longer what was signed).
 func Tampered(w Webhook) Webhook {
