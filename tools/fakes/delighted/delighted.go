@@ -114,6 +114,9 @@ func (f *Fake) Stats() Stats {
 
 func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
+	case r.URL.Path == "/readyz":
+		w.WriteHeader(http.StatusOK)
+		return
 	case r.URL.Path == "/_fake/stats":
 		writeJSON(w, http.StatusOK, f.Stats())
 		return

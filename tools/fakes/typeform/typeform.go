@@ -118,6 +118,9 @@ func tfError(w http.ResponseWriter, status int, code, desc string, details ...ma
 func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	parts := strings.Split(strings.Trim(r.URL.Path, "/"), "/")
 	switch {
+	case r.URL.Path == "/readyz":
+		w.WriteHeader(http.StatusOK)
+		return
 	case r.URL.Path == "/_fake/stats":
 		writeJSON(w, http.StatusOK, f.Stats())
 		return
