@@ -164,6 +164,10 @@ bench-sink: ## sink-warehouse as a process on 100k enriched events: rows/s, CPU 
 bench-pipeline: ## the whole pipeline as processes, to the warehouse and a webhook destination: latency per destination at 1,000/s, then a 20k burst drained
 	go run ./tools/pipelinebench -rate 1000 -duration 15s -burst 20000
 
+.PHONY: bench-backfill
+bench-backfill: ## a backfill of 100,000 responses from the local Delighted API to the warehouse, and the naive baseline (list and re-send as webhooks)
+	go run ./tools/backfillbench -n 100000
+
 .PHONY: bench-normalizer
 bench-normalizer: ## one normalizer process on 200k raw records (20 % repeats): events/s, CPU per record, RSS, each event once
 	go run ./tools/normalizerbench -n 200000
