@@ -44,8 +44,12 @@ type Fake struct {
 	Latency   fake.Latency
 
 	mu        sync.Mutex
-	responses []map[string]any
+	responses []response
 	byID      map[string]int
+	// sorted caches the responses' order by created_at and by updated_at
+	// (indexes into responses), rebuilt after a change: a listing of a
+	// large history pages through it instead of sorting every time.
+	sorted map[string][]int
 	unsubs    []map[string]any
 	failures  fake.Failures
 	limit     fake.SecondLimit
@@ -53,9 +57,39 @@ type Fake struct {
 	now       func() time.Time
 }
 
+// response is a stored response with its times read once.
+type response struct {
+	data             map[string]any
+	created, updated float64
+}
+
 // New returns a fake that accepts key.
 func New(key string) *Fake {
 	return &Fake{APIKey: key, byID: map[string]int{}, now: time.Now}
+}
+
+// order returns the responses' indexes sorted by field (created_at or
+// updated_at), ascending.
+func (f *Fake) order(field string) []int {
+	if idx, ok := f.sorted[field]; ok {
+		return idx
+	}
+	idx := make([]int, len(f.responses))
+	for i := range idx {
+		idx[i] = i
+	}
+	key := func(i int) float64 {
+		if field == "updated_at" {
+			return f.responses[i].updated
+		}
+		return f.responses[i].created
+	}
+	sort.SliceStable(idx, func(a, b int) bool { return key(idx[a]) < key(idx[b]) })
+	if f.sorted == nil {
+		f.sorted = map[string][]int{}
+	}
+	f.sorted[field] = idx
+	return idx
 }
 
 // AddResponse adds (or, for a known id, replaces) a survey response as the
@@ -71,12 +105,14 @@ func (f *Fake) AddResponse(r map[string]any) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.sorted = nil
+	stored := response{data: r, created: num(r["created_at"]), updated: num(r["updated_at"])}
 	if i, ok := f.byID[id]; ok {
-		f.responses[i] = r
+		f.responses[i] = stored
 		return nil
 	}
 	f.byID[id] = len(f.responses)
-	f.responses = append(f.responses, r)
+	f.responses = append(f.responses, stored)
 	return nil
 }
 
@@ -209,20 +245,38 @@ func (f *Fake) listResponses(w http.ResponseWriter, q map[string][]string, perPa
 	if strings.HasSuffix(order, ":updated_at") {
 		field = "updated_at"
 	}
-	var out []map[string]any
-	for _, r := range f.responses {
-		if !inRange(r["created_at"], get("since"), get("until")) || !inRange(r["updated_at"], get("updated_since"), get("updated_until")) {
+	idx := f.order(field)
+	bound := func(k string, def float64) float64 {
+		if v, err := strconv.ParseFloat(get(k), 64); err == nil {
+			return v
+		}
+		return def
+	}
+	cs, cu := bound("since", math.Inf(-1)), bound("until", math.Inf(1))
+	us, uu := bound("updated_since", math.Inf(-1)), bound("updated_until", math.Inf(1))
+	// Only the requested page is collected (a large history is paged
+	// through without copying it per request).
+	first, out, seen := (page-1)*perPage, []map[string]any{}, 0
+	desc := strings.HasPrefix(order, "desc")
+	for k := range idx {
+		i := idx[k]
+		if desc {
+			i = idx[len(idx)-1-k]
+		}
+		r := f.responses[i]
+		if r.created < cs || r.created > cu || r.updated < us || r.updated > uu {
 			continue
 		}
-		out = append(out, r)
-	}
-	sort.SliceStable(out, func(i, j int) bool {
-		if strings.HasPrefix(order, "desc") {
-			return num(out[i][field]) > num(out[j][field])
+		if seen >= first {
+			out = append(out, r.data)
+			if len(out) == perPage {
+				break
+			}
 		}
-		return num(out[i][field]) < num(out[j][field])
-	})
-	items := pageOf(out, perPage, page)
+		seen++
+	}
+	items := out
+
 	for i, r := range items {
 		c := make(map[string]any, len(r))
 		for k, v := range r {
