@@ -5,16 +5,24 @@
 //
 //	webhookgen -url http://127.0.0.1:8080/v1/hooks/delighted/<token> \
 //	           -secret dev_delighted_api_key -n 10000 -c 32
+//
+// With -delighted-api (a local Delighted API, tools/fakes/delighted) every
+// response is also published there, and -drop makes that share of the
+// responses never send their webhooks (as a provider that gave up): what
+// reconciliation must find.
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"net/http"
 	"os"
 	"os/signal"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -30,7 +38,13 @@ func main() {
 	conc := flag.Int("c", 16, "concurrent senders")
 	dup := flag.Float64("dup", 0.1, "fraction of events delivered twice")
 	seed := flag.Uint64("seed", uint64(time.Now().UnixNano()), "generator seed")
+	api := flag.String("delighted-api", "", "a local Delighted API (tools/fakes/delighted) where every response is published, e.g. http://127.0.0.1:8098")
+	drop := flag.Float64("drop", 0, "share of responses whose webhooks are never sent (needs -delighted-api)")
 	flag.Parse()
+	if *drop > 0 && *api == "" || *drop < 0 || *drop >= 1 {
+		fmt.Fprintln(os.Stderr, "webhookgen: -drop is a share in [0, 1) and needs -delighted-api (else the dropped responses exist nowhere)")
+		os.Exit(2)
+	}
 	if *url == "" || *secret == "" || *n < 1 || *conc < 1 {
 		fmt.Fprintln(os.Stderr, "webhookgen: -url and -secret are required; -n and -c must be positive")
 		flag.Usage()
@@ -41,11 +55,25 @@ func main() {
 
 	gen := delightedgen.New([]byte(*secret), *seed)
 	work := make(chan delightedgen.Webhook, *conc*4)
+	apiClient := &http.Client{Timeout: 5 * time.Second}
+	var dropped atomic.Int64
 	go func() {
 		defer close(work)
 		sent := 0
-		for sent < *n && ctx.Err() == nil {
+		for i := 0; sent < *n && ctx.Err() == nil; i++ {
 			c, u := gen.Response()
+			if *api != "" {
+				if err := publish(ctx, apiClient, *api, u); err != nil {
+					fmt.Fprintln(os.Stderr, "webhookgen: publishing to the Delighted API:", err)
+					stop()
+					return
+				}
+			}
+			if *drop > 0 && float64(i%1000) < *drop*1000 {
+				dropped.Add(1)
+				sent += 2
+				continue
+			}
 			for _, w := range []delightedgen.Webhook{c, u} {
 				if sent == *n {
 					break
@@ -98,6 +126,9 @@ func main() {
 	total := len(lat) + int(errs.Load())
 	fmt.Printf("requests      %d (%d distinct events, %.0f%% delivered twice) in %s with %d senders\n", total, *n, *dup*100, elapsed.Round(time.Millisecond), *conc)
 	fmt.Printf("throughput    %.0f requests/s\n", float64(total)/elapsed.Seconds())
+	if *drop > 0 {
+		fmt.Printf("dropped       the webhooks of %d responses (published to %s only)\n", dropped.Load(), *api)
+	}
 	fmt.Printf("latency       p50 %s  p90 %s  p99 %s  max %s\n", pct(0.5).Round(10*time.Microsecond), pct(0.9).Round(10*time.Microsecond),
 		pct(0.99).Round(10*time.Microsecond), pct(1).Round(10*time.Microsecond))
 	keys := make([]int, 0, len(codes))
@@ -114,4 +145,30 @@ func main() {
 	if errs.Load() > 0 || codes[http.StatusAccepted] != total {
 		os.Exit(1)
 	}
+}
+
+// publish adds the response in its final state to the local Delighted API.
+func publish(ctx context.Context, c *http.Client, api string, w delightedgen.Webhook) error {
+	data, err := w.Data()
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(data)
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(api, "/")+"/_fake/responses", bytes.NewReader(b))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.Do(req)
+	if err != nil {
+		return err
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		return fmt.Errorf("POST /_fake/responses: %d", resp.StatusCode)
+	}
+	return nil
 }
