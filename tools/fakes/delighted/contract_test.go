@@ -12,6 +12,7 @@ import (
 
 	"github.com/closedloop/closedloop/libs/pull"
 	"github.com/closedloop/closedloop/tools/fakes/internal/fake"
+	"github.com/closedloop/closedloop/tools/internal/pulltest"
 )
 
 func seeded(t *testing.T, n int) (*Fake, *httptest.Server, time.Time) {
@@ -37,25 +38,6 @@ func seeded(t *testing.T, n int) (*Fake, *httptest.Server, time.Time) {
 	return f, srv, base
 }
 
-func listAll(t *testing.T, l pull.Lister, w pull.Window) []pull.Item {
-	t.Helper()
-	var out []pull.Item
-	cursor := ""
-	for range 1000 {
-		p, err := l.List(context.Background(), w, cursor)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, p.Items...)
-		if p.Next == "" {
-			return out
-		}
-		cursor = p.Next
-	}
-	t.Fatal("the lister never finished")
-	return nil
-}
-
 // The lister reads every response (person expanded) and unsubscribe once,
 // as the webhook envelope of its latest state, with deterministic ids.
 func TestTheListerReadsEveryItemOnceAsAWebhookEnvelope(t *testing.T) {
@@ -64,7 +46,7 @@ func TestTheListerReadsEveryItemOnceAsAWebhookEnvelope(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	items := listAll(t, l, pull.Window{})
+	items := pulltest.ListAll(t, l, pull.Window{})
 	seen := map[string]bool{}
 	updated, unsubs := 0, 0
 	for _, it := range items {
@@ -85,7 +67,7 @@ func TestTheListerReadsEveryItemOnceAsAWebhookEnvelope(t *testing.T) {
 	if len(items) != 253 || updated != 25 || unsubs != 3 {
 		t.Fatalf("%d items, %d updated, %d unsubscribes; want 253, 25, 3", len(items), updated, unsubs)
 	}
-	again := listAll(t, l, pull.Window{})
+	again := pulltest.ListAll(t, l, pull.Window{})
 	if again[17].EventID != items[17].EventID || string(again[17].Body) != string(items[17].Body) {
 		t.Fatal("listing twice gives other ids or bodies")
 	}
@@ -96,7 +78,7 @@ func TestTheListerReadsEveryItemOnceAsAWebhookEnvelope(t *testing.T) {
 func TestWindowsByCreationAndByUpdate(t *testing.T) {
 	_, srv, base := seeded(t, 100)
 	l, _ := pull.NewDelighted(pull.DelightedOptions{BaseURL: srv.URL + "/v1", APIKey: "key-1", PerPage: 7})
-	got := listAll(t, l, pull.Window{Since: base.Add(10 * time.Minute), Until: base.Add(19 * time.Minute)})
+	got := pulltest.ListAll(t, l, pull.Window{Since: base.Add(10 * time.Minute), Until: base.Add(19 * time.Minute)})
 	responses := 0
 	for _, it := range got {
 		if strings.HasPrefix(it.EventType, "survey") {
@@ -106,7 +88,7 @@ func TestWindowsByCreationAndByUpdate(t *testing.T) {
 	if responses != 10 {
 		t.Fatalf("%d responses created in [10m, 19m], want 10 (both ends inclusive)", responses)
 	}
-	byUpd := listAll(t, l, pull.Window{Since: base.Add(20*time.Minute + 30*time.Second), Until: base.Add(20*time.Minute + 30*time.Second), ByUpdate: true})
+	byUpd := pulltest.ListAll(t, l, pull.Window{Since: base.Add(20*time.Minute + 30*time.Second), Until: base.Add(20*time.Minute + 30*time.Second), ByUpdate: true})
 	if len(byUpd) == 0 || byUpd[0].EventID != "api:response:1020:"+strconv.FormatInt(base.Add(20*time.Minute+30*time.Second).Unix(), 10) {
 		t.Fatalf("by update: %v", byUpd)
 	}
@@ -140,7 +122,7 @@ func TestTheRateLimitIsNeverExceeded(t *testing.T) {
 	f, srv, _ := seeded(t, 400)
 	f.PerSecond = 4
 	l, _ := pull.NewDelighted(pull.DelightedOptions{BaseURL: srv.URL + "/v1", APIKey: "key-1", PerPage: 25, Limiter: pull.NewLimiter(4)})
-	items := listAll(t, l, pull.Window{})
+	items := pulltest.ListAll(t, l, pull.Window{})
 	st := f.Stats()
 	if len(items) != 403 || st.RateLimited != 0 || st.MaxPerSecond > 4 {
 		t.Fatalf("%d items; the fake saw %+v (want no 429 and at most 4 a second)", len(items), st)
@@ -149,7 +131,7 @@ func TestTheRateLimitIsNeverExceeded(t *testing.T) {
 	f2, srv2, _ := seeded(t, 100)
 	f2.PerSecond = 3
 	fast, _ := pull.NewDelighted(pull.DelightedOptions{BaseURL: srv2.URL + "/v1", APIKey: "key-1", PerPage: 10})
-	if n := len(listAll(t, fast, pull.Window{})); n != 103 {
+	if n := len(pulltest.ListAll(t, fast, pull.Window{})); n != 103 {
 		t.Fatalf("unlimited client: %d items", n)
 	}
 	if st := f2.Stats(); st.RateLimited == 0 || st.MaxPerSecond > 3 {

@@ -50,11 +50,9 @@ type Fake struct {
 	// (indexes into responses), rebuilt after a change: a listing of a
 	// large history pages through it instead of sorting every time.
 	sorted map[string][]int
-	unsubs    []map[string]any
-	failures  fake.Failures
-	limit     fake.SecondLimit
-	requests  int
-	now       func() time.Time
+	unsubs []map[string]any
+	gate   fake.Gate
+	now    func() time.Time
 }
 
 // response is a stored response with its times read once.
@@ -128,13 +126,11 @@ func (f *Fake) AddUnsubscribe(u map[string]any) error {
 }
 
 // Fail queues a failure (matched against the request URL).
-func (f *Fake) Fail(fl fake.Failure) { f.mu.Lock(); f.failures.Add(fl); f.mu.Unlock() }
+func (f *Fake) Fail(fl fake.Failure) { f.mu.Lock(); f.gate.Failures.Add(fl); f.mu.Unlock() }
 
 // Stats is what the fake saw.
 type Stats struct {
-	Requests       int `json:"requests"`
-	MaxPerSecond   int `json:"max_per_second"`
-	RateLimited    int `json:"rate_limited"`
+	fake.Traffic
 	Responses      int `json:"responses"`
 	Unsubscribes   int `json:"unsubscribes"`
 	PerSecondLimit int `json:"per_second_limit"`
@@ -144,8 +140,7 @@ type Stats struct {
 func (f *Fake) Stats() Stats {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	mx, refused := f.limit.Stats()
-	return Stats{Requests: f.requests, MaxPerSecond: mx, RateLimited: refused, Responses: len(f.responses), Unsubscribes: len(f.unsubs), PerSecondLimit: f.PerSecond}
+	return Stats{Traffic: f.gate.Traffic(), Responses: len(f.responses), Unsubscribes: len(f.unsubs), PerSecondLimit: f.PerSecond}
 }
 
 func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -189,17 +184,9 @@ func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.requests++
-	if allowed, wait := f.limit.Take(f.now(), f.PerSecond); !allowed {
-		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
-		writeJSON(w, http.StatusTooManyRequests, map[string]any{"status": 429, "message": "Too Many Requests"})
-		return
-	}
-	if fl := f.failures.Take(r.URL.String(), nil); fl != nil {
-		if fl.RetryAfter > 0 {
-			w.Header().Set("Retry-After", strconv.Itoa(fl.RetryAfter))
-		}
-		writeJSON(w, fl.Status, map[string]any{"status": fl.Status, "message": http.StatusText(fl.Status)})
+	if !f.gate.Admit(w, r, f.now(), f.PerSecond, func(status int) {
+		writeJSON(w, status, map[string]any{"status": status, "message": http.StatusText(status)})
+	}) {
 		return
 	}
 	if r.Method != http.MethodGet {

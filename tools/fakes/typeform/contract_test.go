@@ -12,6 +12,7 @@ import (
 
 	"github.com/closedloop/closedloop/libs/fault"
 	"github.com/closedloop/closedloop/libs/pull"
+	"github.com/closedloop/closedloop/tools/internal/pulltest"
 )
 
 func seeded(t *testing.T, form string, n int, base time.Time) (*Fake, *httptest.Server) {
@@ -34,25 +35,6 @@ func seeded(t *testing.T, form string, n int, base time.Time) (*Fake, *httptest.
 	return f, srv
 }
 
-func listAll(t *testing.T, l pull.Lister, w pull.Window) []pull.Item {
-	t.Helper()
-	var out []pull.Item
-	cursor := ""
-	for range 1000 {
-		p, err := l.List(context.Background(), w, cursor)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, p.Items...)
-		if p.Next == "" {
-			return out
-		}
-		cursor = p.Next
-	}
-	t.Fatal("the lister never finished")
-	return nil
-}
-
 // Pages of before-tokens traverse every completed response once (partial
 // ones only when asked for), each as a form_response webhook envelope.
 func TestTheListerPagesThroughEveryResponseOnce(t *testing.T) {
@@ -63,7 +45,7 @@ func TestTheListerPagesThroughEveryResponseOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	items := listAll(t, l, pull.Window{})
+	items := pulltest.ListAll(t, l, pull.Window{})
 	seen := map[string]bool{}
 	for _, it := range items {
 		if seen[it.EventID] {
@@ -78,7 +60,7 @@ func TestTheListerPagesThroughEveryResponseOnce(t *testing.T) {
 		t.Fatalf("%d completed responses, want %d", len(items), 2500-50+1)
 	}
 	withPartial, _ := pull.NewTypeform(pull.TypeformOptions{BaseURL: srv.URL, Token: "tf-token", Forms: []string{"frm1"}, Partial: true})
-	if n := len(listAll(t, withPartial, pull.Window{})); n != 2500 {
+	if n := len(pulltest.ListAll(t, withPartial, pull.Window{})); n != 2500 {
 		t.Fatalf("with partial responses: %d, want 2500", n)
 	}
 }
@@ -89,8 +71,8 @@ func TestTheWindowIsInclusiveAndTheBoundaryIsOneEvent(t *testing.T) {
 	base := time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC)
 	_, srv := seeded(t, "frm1", 40, base)
 	l, _ := pull.NewTypeform(pull.TypeformOptions{BaseURL: srv.URL, Token: "tf-token", Forms: []string{"frm1"}, PageSize: 7})
-	first := listAll(t, l, pull.Window{Since: base, Until: base.Add(20 * time.Second)})
-	second := listAll(t, l, pull.Window{Since: base.Add(20 * time.Second), Until: base.Add(39 * time.Second)})
+	first := pulltest.ListAll(t, l, pull.Window{Since: base, Until: base.Add(20 * time.Second)})
+	second := pulltest.ListAll(t, l, pull.Window{Since: base.Add(20 * time.Second), Until: base.Add(39 * time.Second)})
 	if len(first) != 21 || len(second) != 20 {
 		t.Fatalf("%d and %d responses, want 21 and 20 (inclusive ends)", len(first), len(second))
 	}

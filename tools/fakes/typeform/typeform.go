@@ -40,12 +40,10 @@ type Fake struct {
 	PerSecond int
 	Latency   fake.Latency
 
-	mu       sync.Mutex
-	forms    map[string][]map[string]any // processing order
-	failures fake.Failures
-	limit    fake.SecondLimit
-	requests int
-	now      func() time.Time
+	mu    sync.Mutex
+	forms map[string][]map[string]any // processing order
+	gate  fake.Gate
+	now   func() time.Time
 }
 
 // New returns a fake accepting token, limited to Typeform's 2 requests a
@@ -84,13 +82,11 @@ func (f *Fake) AddResponse(form string, item map[string]any) error {
 }
 
 // Fail queues a failure (matched against the request URL).
-func (f *Fake) Fail(fl fake.Failure) { f.mu.Lock(); f.failures.Add(fl); f.mu.Unlock() }
+func (f *Fake) Fail(fl fake.Failure) { f.mu.Lock(); f.gate.Failures.Add(fl); f.mu.Unlock() }
 
 // Stats is what the fake saw.
 type Stats struct {
-	Requests       int `json:"requests"`
-	MaxPerSecond   int `json:"max_per_second"`
-	RateLimited    int `json:"rate_limited"`
+	fake.Traffic
 	Responses      int `json:"responses"`
 	PerSecondLimit int `json:"per_second_limit"`
 }
@@ -99,12 +95,11 @@ type Stats struct {
 func (f *Fake) Stats() Stats {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	mx, refused := f.limit.Stats()
 	n := 0
 	for _, l := range f.forms {
 		n += len(l)
 	}
-	return Stats{Requests: f.requests, MaxPerSecond: mx, RateLimited: refused, Responses: n, PerSecondLimit: f.PerSecond}
+	return Stats{Traffic: f.gate.Traffic(), Responses: n, PerSecondLimit: f.PerSecond}
 }
 
 func tfError(w http.ResponseWriter, status int, code, desc string, details ...map[string]string) {
@@ -144,17 +139,13 @@ func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.requests++
-	if allowed, wait := f.limit.Take(f.now(), f.PerSecond); !allowed {
-		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
-		tfError(w, http.StatusTooManyRequests, "RATE_LIMIT_EXCEEDED", "Too many requests")
-		return
-	}
-	if fl := f.failures.Take(r.URL.String(), nil); fl != nil {
-		if fl.RetryAfter > 0 {
-			w.Header().Set("Retry-After", strconv.Itoa(fl.RetryAfter))
+	if !f.gate.Admit(w, r, f.now(), f.PerSecond, func(status int) {
+		code := "SERVER_ERROR"
+		if status == http.StatusTooManyRequests {
+			code = "RATE_LIMIT_EXCEEDED"
 		}
-		tfError(w, fl.Status, "FAILURE", http.StatusText(fl.Status))
+		tfError(w, status, code, http.StatusText(status))
+	}) {
 		return
 	}
 	if len(parts) != 3 || parts[0] != "forms" || parts[2] != "responses" || r.Method != http.MethodGet {

@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"text/tabwriter"
 	"time"
 
@@ -169,45 +167,17 @@ func (c *cli) watchBackfill(id string) error {
 	if err != nil {
 		return err
 	}
-	var last *adminv1.BackfillJob
-	var lastLine time.Time
-	for {
+	last, err := follow(c, func() (*adminv1.BackfillJob, error) {
 		msg, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return err
-		}
-		last = msg.Job
-		switch {
-		case c.structured():
-		case c.terminal:
-			fmt.Fprintf(c.out, "\r%s %s\x1b[K", bar(backfillProgress(last)), backfillText(last))
-		case time.Since(lastLine) >= 5*time.Second:
-			lastLine = time.Now()
-			fmt.Fprintln(c.out, backfillText(last))
-		}
+		return msg.GetJob(), err
+	}, func(j *adminv1.BackfillJob) string { return bar(backfillProgress(j)) + " " + backfillText(j) }, backfillText)
+	if err != nil {
+		return err
 	}
 	if last == nil {
 		return fmt.Errorf("no progress from job %s", id)
 	}
-	if last.State != adminv1.BackfillState_BACKFILL_STATE_DONE {
-		c.code = exitFailed
-	}
-	if c.terminal && !c.structured() {
-		fmt.Fprintln(c.out)
-	}
-	return c.emit(last, func(w *tabwriter.Writer) {
-		if !c.terminal {
-			fmt.Fprintln(w, backfillText(last))
-		}
-		fmt.Fprintf(w, "job %s %s", last.Id, short(last.State, "BACKFILL_STATE_"))
-		if last.Error != "" {
-			fmt.Fprintf(w, ": %s", last.Error)
-		}
-		fmt.Fprintln(w)
-	})
+	return c.finishJob(last, last.State == adminv1.BackfillState_BACKFILL_STATE_DONE, backfillText(last), last.Id, short(last.State, "BACKFILL_STATE_"), last.Error)
 }
 
 // backfillProgress is how far through the range the job is, in seconds of

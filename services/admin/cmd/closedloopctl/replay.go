@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
@@ -133,9 +134,7 @@ func (c *cli) replayCancelCmd() *cobra.Command {
 	}
 }
 
-// watch follows a job until it ends: a progress bar on a terminal, a line
-// every 5 seconds into a pipe or a log, nothing but the result with -o
-// json|yaml.
+// watch follows a replay job until it ends (see follow).
 func (c *cli) watch(id string) error {
 	api, err := c.api()
 	if err != nil {
@@ -147,42 +146,62 @@ func (c *cli) watch(id string) error {
 	if err != nil {
 		return err
 	}
-	var last *adminv1.ReplayJob
-	var lastLine time.Time
-	for {
+	last, err := follow(c, func() (*adminv1.ReplayJob, error) {
 		msg, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return err
-		}
-		last = msg.Job
-		switch {
-		case c.structured():
-		case c.terminal:
-			fmt.Fprintf(c.out, "\r%s %s", bar(last.Scanned, last.Total, 30), progressText(last))
-		case time.Since(lastLine) >= 5*time.Second:
-			lastLine = time.Now()
-			fmt.Fprintln(c.out, progressText(last))
-		}
+		return msg.GetJob(), err
+	}, func(j *adminv1.ReplayJob) string { return bar(j.Scanned, j.Total, 30) + " " + progressText(j) }, progressText)
+	if err != nil {
+		return err
 	}
 	if last == nil {
 		return fmt.Errorf("no progress from job %s", id)
 	}
-	if last.State != adminv1.ReplayState_REPLAY_STATE_DONE {
-		c.code = exitFailed
+	return c.finishJob(last, last.State == adminv1.ReplayState_REPLAY_STATE_DONE, progressText(last), last.Id, short(last.State, "REPLAY_STATE_"), last.Error)
+}
+
+// follow reads a job's progress reports until the stream ends: a progress
+// line redrawn in place on a terminal, a line every 5 seconds into a pipe
+// or a log, nothing with -o json|yaml. It returns the last report.
+func follow[T any](c *cli, recv func() (T, error), line, text func(T) string) (T, error) {
+	var last T
+	var lastLine time.Time
+	for {
+		job, err := recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return last, err
+		}
+		last = job
+		switch {
+		case c.structured():
+		case c.terminal:
+			fmt.Fprintf(c.out, "\r%s\x1b[K", line(last))
+		case time.Since(lastLine) >= 5*time.Second:
+			lastLine = time.Now()
+			fmt.Fprintln(c.out, text(last))
+		}
 	}
 	if c.terminal && !c.structured() {
 		fmt.Fprintln(c.out)
 	}
-	return c.emit(last, func(w *tabwriter.Writer) {
-		if !c.terminal { // on a terminal the bar's line already says it
-			fmt.Fprintln(w, progressText(last))
+	return last, nil
+}
+
+// finishJob prints a followed job's end (or emits it with -o json|yaml)
+// and sets exit code 1 unless it completed.
+func (c *cli) finishJob(job proto.Message, completed bool, text, id, state, errText string) error {
+	if !completed {
+		c.code = exitFailed
+	}
+	return c.emit(job, func(w *tabwriter.Writer) {
+		if !c.terminal { // on a terminal the progress line already says it
+			fmt.Fprintln(w, text)
 		}
-		fmt.Fprintf(w, "job %s %s", last.Id, short(last.State, "REPLAY_STATE_"))
-		if last.Error != "" {
-			fmt.Fprintf(w, ": %s", last.Error)
+		fmt.Fprintf(w, "job %s %s", id, state)
+		if errText != "" {
+			fmt.Fprintf(w, ": %s", errText)
 		}
 		fmt.Fprintln(w)
 	})

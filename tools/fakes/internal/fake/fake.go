@@ -5,6 +5,9 @@ package fake
 
 import (
 	"context"
+	"math"
+	"net/http"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -116,3 +119,46 @@ func (s *SecondLimit) Take(now time.Time, perSecond int) (ok bool, retryAfter ti
 // Stats are the most requests let through in one second, and how many
 // were refused.
 func (s *SecondLimit) Stats() (maxPerSecond, refused int) { return s.maxSeen, s.refused }
+
+// Gate is what a survey API's fake checks before answering a request: its
+// per-second limit (429 with Retry-After in seconds) and the failures
+// queued on command; it counts the requests. Call it under the server's
+// lock.
+type Gate struct {
+	Limit    SecondLimit
+	Failures Failures
+	requests int
+}
+
+// Traffic is what a Gate saw.
+type Traffic struct {
+	Requests     int `json:"requests"`
+	MaxPerSecond int `json:"max_per_second"`
+	RateLimited  int `json:"rate_limited"`
+}
+
+// Traffic returns the counts.
+func (g *Gate) Traffic() Traffic {
+	mx, refused := g.Limit.Stats()
+	return Traffic{Requests: g.requests, MaxPerSecond: mx, RateLimited: refused}
+}
+
+// Admit counts r; when the limit refuses it or a queued failure matches,
+// it sets Retry-After, calls answer with the status (the vendor's error
+// body) and returns false.
+func (g *Gate) Admit(w http.ResponseWriter, r *http.Request, now time.Time, perSecond int, answer func(status int)) bool {
+	g.requests++
+	if ok, wait := g.Limit.Take(now, perSecond); !ok {
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
+		answer(http.StatusTooManyRequests)
+		return false
+	}
+	if fl := g.Failures.Take(r.URL.String(), nil); fl != nil {
+		if fl.RetryAfter > 0 {
+			w.Header().Set("Retry-After", strconv.Itoa(fl.RetryAfter))
+		}
+		answer(fl.Status)
+		return false
+	}
+	return true
+}
