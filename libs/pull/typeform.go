@@ -132,7 +132,7 @@ func (t *Typeform) List(ctx context.Context, w Window, cursor string) (Page, err
 	}
 	out := Page{}
 	for _, raw := range p.Items {
-		item, err := typeformEnvelope(id, raw)
+		item, err := TypeformItem(id, raw)
 		if err != nil {
 			return Page{}, fmt.Errorf("typeform form %s: %w", id, err)
 		}
@@ -151,11 +151,12 @@ func (t *Typeform) List(ctx context.Context, w Window, cursor string) (Page, err
 	return out, nil
 }
 
-// typeformEnvelope wraps an API item as the webhook Typeform sends for it:
+// TypeformItem wraps an item of form's responses listing as the webhook
+// Typeform sends for it:
 // {event_id, event_type: form_response (or form_response_partial),
 // form_response: {form_id, token, landed_at, submitted_at, hidden,
 // calculated, variables, answers, metadata}}.
-func typeformEnvelope(form string, raw json.RawMessage) (Item, error) {
+func TypeformItem(form string, raw json.RawMessage) (Item, error) {
 	var it tfItem
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &it); err != nil {
