@@ -25,6 +25,9 @@ type Freshness struct {
 	h     metric.Float64Histogram
 	stage attribute.KeyValue
 	now   func() time.Time
+	// sets caches the attribute set per destination: building one per
+	// event was two allocations on the hot path.
+	sets sync.Map // destination -> metric.MeasurementOption
 }
 
 // NewFreshness returns the recorder of stage ("normalizer", "enricher",
@@ -46,11 +49,15 @@ func (f *Freshness) Record(ctx context.Context, receivedAt time.Time, destinatio
 	now := f.now()
 	age := max(now.Sub(receivedAt).Seconds(), 0)
 	latest.set(f.stage.Value.AsString(), destination, age, now)
-	if destination == "" {
-		f.h.Record(ctx, age, metric.WithAttributes(f.stage))
-		return
+	opt, ok := f.sets.Load(destination)
+	if !ok {
+		set := attribute.NewSet(f.stage)
+		if destination != "" {
+			set = attribute.NewSet(f.stage, attribute.String("destination", destination))
+		}
+		opt, _ = f.sets.LoadOrStore(destination, metric.WithAttributeSet(set))
 	}
-	f.h.Record(ctx, age, metric.WithAttributes(f.stage, attribute.String("destination", destination)))
+	f.h.Record(ctx, age, opt.(metric.MeasurementOption))
 }
 
 // FreshnessSample is the latest event a stage (and destination) finished.

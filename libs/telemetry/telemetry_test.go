@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	"google.golang.org/grpc"
@@ -199,5 +200,35 @@ func TestTheExporterSwitches(t *testing.T) {
 		if exportTraces(get) != c.traces || pushMetrics(get) != c.push {
 			t.Errorf("%v: traces %v push %v, want %v %v", c.env, exportTraces(get), pushMetrics(get), c.traces, c.push)
 		}
+	}
+}
+
+func TestFreshnessIsRecordedPerStageAndDestinationAndKeptAsTheLatest(t *testing.T) {
+	tel, err := Setup(context.Background(), Options{Service: "t", LogOutput: io.Discard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tel.Shutdown(context.Background())
+	f := NewFreshness(tel.Meter("t"), "sink-test")
+	now := time.Now()
+	f.Record(context.Background(), now.Add(-2*time.Second), "warehouse")
+	f.Record(context.Background(), now.Add(-300*time.Millisecond), "warehouse")
+	f.Record(context.Background(), time.Time{}, "warehouse") // unknown receipt: not recorded
+	rec := httptest.NewRecorder()
+	tel.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if !regexp.MustCompile(`closedloop_freshness_seconds_count\{[^}]*destination="warehouse"[^}]*stage="sink-test"[^}]*\} 2`).MatchString(rec.Body.String()) {
+		t.Fatalf("freshness histogram:\n%s", rec.Body.String())
+	}
+	var got *FreshnessSample
+	for _, s := range LatestFreshness() {
+		if s.Stage == "sink-test" {
+			got = &s
+		}
+	}
+	if got == nil || got.Destination != "warehouse" || got.Seconds < 0.2 || got.Seconds > 1 {
+		t.Fatalf("latest: %+v", got)
+	}
+	if n := testing.AllocsPerRun(100, func() { f.Record(context.Background(), now, "warehouse") }); n > 1 {
+		t.Errorf("%.0f allocations per Record", n)
 	}
 }

@@ -311,6 +311,20 @@ func (t *top) frame(width int) []line {
 		}
 		add(lvl, "%-26s %9s %s %9d %s %8s %s %5d  %s", clip(name, 26), rateStr(last(rate)), spark(rate), s.Lag, spark(lag), freshStr, spark(fresh), s.DlqDepth, strings.Join(states, " "))
 	}
+	if len(cur.Reconciliation) > 0 {
+		add(levelOK, "")
+		for _, r := range cur.Reconciliation {
+			lvl := levelOK
+			if r.Found_24H > 0 {
+				lvl = levelWarn
+			}
+			if r.LastError != "" {
+				lvl = levelBad
+			}
+			add(lvl, "reconciliation %s: %d of %d events in the last 24h arrived only through it; last run %s%s", r.Source, r.Found_24H, r.Checked_24H,
+				ago(r.LastRunAt), map[bool]string{true: ": " + clip(r.LastError, 60), false: ""}[r.LastError != ""])
+		}
+	}
 	if len(cur.Problems) > 0 {
 		add(levelOK, "")
 		add(levelTitle, "PROBLEMS")
