@@ -14,7 +14,9 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/closedloop/closedloop/libs/providers"
 	delightedfake "github.com/closedloop/closedloop/tools/fakes/delighted"
+	typeformfake "github.com/closedloop/closedloop/tools/fakes/typeform"
 	"github.com/closedloop/closedloop/tools/internal/delightedgen"
 )
 
@@ -258,5 +260,76 @@ func TestABackfillAddsNothingForWhatArrivedAndResumesAfterAKill(t *testing.T) {
 	ls, _ := ctl(t, p, "ops", "backfill", "ls", "-o", "json")
 	if !strings.Contains(ls, id) || !regexp.MustCompile(`"resumed":\s*1`).MatchString(ls) || !strings.Contains(ls, "BACKFILL_STATE_DONE") {
 		t.Fatalf("backfill ls does not list %s done after one resume:\n%s", id, ls)
+	}
+}
+
+// The same through Typeform: a form's responses in the local Typeform API,
+// signed form_response webhooks for most of them; reconciliation of the
+// typeform source (its Responses API, 2 requests/s) finds exactly the ones
+// whose webhooks never came — the API items map to the same responses, so
+// the others add nothing.
+func TestTypeformReconciliationFindsTheMissingResponses(t *testing.T) {
+	requireInfra(t)
+	api := typeformfake.New("tf-e2e-token")
+	srv := httptest.NewServer(api)
+	t.Cleanup(srv.Close)
+	const secret = "tf_e2e_signing_secret"
+	p := pipelineSpec("e2e_tfrec", infra.broker.Addrs, infra.redis.Addr, "E2E_TYPEFORM_TOKEN=tf-e2e-token", "E2E_TYPEFORM_SECRET="+secret)
+	p.Run = []string{"sink-warehouse", "enricher", "normalizer", "ingress", "admin"}
+	p.AdminTokens = map[string]string{"ops": "operator"}
+	p.SourcesYAML = "  - name: typeform-nps\n    provider: typeform\n    secrets: [env:E2E_TYPEFORM_SECRET]\n    ingest_tokens: [env:CLOSEDLOOP_DEV_INGEST_TOKEN]\n" +
+		"    api:\n      base_url: " + srv.URL + "\n      key: env:E2E_TYPEFORM_TOKEN\n      forms: [frmE2E]\n      rate_per_second: 2\n" +
+		"      reconcile: {every: 2s, window: 1h, settle: 1s}\n"
+	startPipeline(t, p)
+	url := strings.Replace(p.IngressURL, "/v1/hooks/delighted/", "/v1/hooks/typeform-nps/", 1)
+	tf, _ := providers.Get("typeform")
+
+	const n = 40
+	dropped := map[string]bool{}
+	at := time.Now().Add(-time.Minute).UTC().Truncate(time.Second)
+	for i := range n {
+		tok := "tfe2e" + strconv.Itoa(i)
+		ts := at.Add(time.Duration(i) * time.Second).Format(time.RFC3339)
+		answers := []any{map[string]any{"type": "number", "number": i % 11, "field": map[string]any{"id": "nps1", "type": "opinion_scale", "ref": "nps"}},
+			map[string]any{"type": "text", "text": "answer " + tok, "field": map[string]any{"id": "c1", "type": "long_text"}}}
+		if err := api.AddResponse("frmE2E", map[string]any{"token": tok, "landed_at": ts, "submitted_at": ts, "answers": answers}); err != nil {
+			t.Fatal(err)
+		}
+		if i%8 == 3 {
+			dropped[tok] = true
+			continue
+		}
+		body, _ := json.Marshal(map[string]any{"event_id": "01TFE2E" + strconv.Itoa(i), "event_type": "form_response",
+			"form_response": map[string]any{"form_id": "frmE2E", "token": tok, "landed_at": ts, "submitted_at": ts, "answers": answers}})
+		h, err := providers.Sign(tf, nil, []byte(secret), "", body, nil, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(string(body)))
+		req.Header = h
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil || resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("typeform webhook %d: %v %v", i, err, resp)
+		}
+		_ = resp.Body.Close()
+	}
+	pool := db(t)
+	rows := waitSubjects(t, pool, p.Schema(), n, 60*time.Second)
+	_, fromAPI := rowsBySubject(t, pool, p.Schema())
+	for subj, c := range rows {
+		if c != 1 {
+			t.Errorf("response %s has %d rows", subj, c)
+		}
+	}
+	if len(fromAPI) != len(dropped) {
+		t.Fatalf("%d responses came from the API, want the %d dropped (%v): %v", len(fromAPI), len(dropped), dropped, fromAPI)
+	}
+	for tok := range dropped {
+		if !fromAPI[tok] {
+			t.Errorf("dropped response %s did not come through reconciliation", tok)
+		}
+	}
+	if st := api.Stats(); st.RateLimited != 0 || st.MaxPerSecond > 2 {
+		t.Errorf("Typeform's limit of 2/s was exceeded: %+v", st)
 	}
 }
