@@ -34,7 +34,6 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/closedloop/closedloop/libs/kafkaio"
-	"github.com/closedloop/closedloop/libs/localinfra"
 	"github.com/closedloop/closedloop/libs/pull"
 	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 	delightedfake "github.com/closedloop/closedloop/tools/fakes/delighted"
@@ -64,21 +63,12 @@ func run(ctx context.Context, n, conc, partitions int, baseline bool) error {
 		return err
 	}
 	defer cleanup()
-	broker, err := stack.StartBroker(ctx, bin, dir, 0, partitions, append(kafkaio.NewTopics("bf.").All(), kafkaio.NewTopics("naive.").All()...))
+	infra, err := stack.StartInfra(ctx, bin, dir, partitions, append(kafkaio.NewTopics("bf.").All(), kafkaio.NewTopics("naive.").All()...))
 	if err != nil {
 		return err
 	}
-	defer broker.Stop()
-	redis, err := localinfra.StartRedis(ctx, dir)
-	if err != nil {
-		return err
-	}
-	defer redis.Stop()
-	pg, err := localinfra.StartPostgres(ctx)
-	if err != nil {
-		return err
-	}
-	defer pg.Stop()
+	defer infra.Stop()
+	broker, redis, pg := infra.Broker, infra.Redis, infra.Postgres
 
 	// The provider's history: n responses over the last days.
 	api := delightedfake.New(apiKey)

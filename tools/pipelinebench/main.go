@@ -45,7 +45,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/closedloop/closedloop/libs/kafkaio"
-	"github.com/closedloop/closedloop/libs/localinfra"
 	"github.com/closedloop/closedloop/tools/internal/delightedgen"
 	"github.com/closedloop/closedloop/tools/internal/stack"
 )
@@ -75,21 +74,12 @@ func run(ctx context.Context, rate int, duration time.Duration, burst, conc, par
 		return err
 	}
 	defer cleanup()
-	broker, err := stack.StartBroker(ctx, bin, dir, 0, partitions, kafkaio.NewTopics("").All())
+	infra, err := stack.StartInfra(ctx, bin, dir, partitions, kafkaio.NewTopics("").All())
 	if err != nil {
 		return err
 	}
-	defer broker.Stop()
-	redis, err := localinfra.StartRedis(ctx, dir)
-	if err != nil {
-		return err
-	}
-	defer redis.Stop()
-	pg, err := localinfra.StartPostgres(ctx)
-	if err != nil {
-		return err
-	}
-	defer pg.Stop()
+	defer infra.Stop()
+	broker, redis, pg := infra.Broker, infra.Redis, infra.Postgres
 	rcv := newReceiver()
 	rsrv := &http.Server{Handler: rcv, ReadHeaderTimeout: 5 * time.Second}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/closedloop/closedloop/libs/localinfra"
 )
 
 // EnvFlags is a repeatable NAME=VALUE command-line flag (flag.Var).
@@ -62,4 +64,41 @@ func Workspace(ctx context.Context, name string) (dir, bin string, cleanup func(
 		return "", "", nil, err
 	}
 	return dir, bin, cleanup, nil
+}
+
+// Infra is the dev broker, redis-server and PostgreSQL of a benchmark.
+type Infra struct {
+	Broker   *Broker
+	Redis    *localinfra.Proc
+	Postgres *localinfra.Postgres
+}
+
+// StartInfra starts the broker (with topics of partitions partitions),
+// redis-server and PostgreSQL in dir; Stop stops them.
+func StartInfra(ctx context.Context, bin, dir string, partitions int, topics []string) (*Infra, error) {
+	broker, err := StartBroker(ctx, bin, dir, 0, partitions, topics)
+	if err != nil {
+		return nil, err
+	}
+	in := &Infra{Broker: broker}
+	if in.Redis, err = localinfra.StartRedis(ctx, dir); err != nil {
+		in.Stop()
+		return nil, err
+	}
+	if in.Postgres, err = localinfra.StartPostgres(ctx); err != nil {
+		in.Stop()
+		return nil, err
+	}
+	return in, nil
+}
+
+// Stop stops what was started.
+func (in *Infra) Stop() {
+	if in.Postgres != nil {
+		in.Postgres.Stop()
+	}
+	if in.Redis != nil {
+		in.Redis.Stop()
+	}
+	_ = in.Broker.Stop()
 }

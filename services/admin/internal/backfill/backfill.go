@@ -344,12 +344,8 @@ func (j *Jobs) run(ctx context.Context, id string) error {
 			}
 			attempt++
 			j.update(id, func(job *adminv1.BackfillJob) { job.Error = "retrying: " + err.Error() })
-			t := time.NewTimer(retry.Backoff(attempt, time.Second, time.Minute))
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return ctx.Err()
-			case <-t.C:
+			if err := sleep(ctx, retry.Backoff(attempt, time.Second, time.Minute)); err != nil {
+				return err
 			}
 			continue
 		}
@@ -387,7 +383,9 @@ func (j *Jobs) run(ctx context.Context, id string) error {
 				// Kafka is down: the same page again later (its records dedupe).
 				attempt++
 				j.update(id, func(job *adminv1.BackfillJob) { job.Error = "retrying: producing to Kafka: " + err.Error() })
-				time.Sleep(retry.Backoff(attempt, time.Second, time.Minute))
+				if err := sleep(ctx, retry.Backoff(attempt, time.Second, time.Minute)); err != nil {
+					return err
+				}
 				continue
 			}
 		}
@@ -465,13 +463,26 @@ func (j *Jobs) Cancel(id string) (*adminv1.BackfillJob, error) {
 		return nil, fault.Errorf(fault.Conflict, "job %s is not running (%s)", id, job.State.String())
 	}
 	cancel()
+	// The job records its end itself (CANCELLED); wait for it, briefly.
 	for range 100 {
-		if j, _ := j.Get(id); j.State != adminv1.BackfillState_BACKFILL_STATE_RUNNING {
-			return j, nil
+		if cur, err := j.Get(id); err == nil && cur.State != adminv1.BackfillState_BACKFILL_STATE_RUNNING {
+			return cur, nil
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	return j.Get(id)
+}
+
+// sleep waits d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }
 
 // List returns the jobs (of source, or all), newest first.
