@@ -380,7 +380,17 @@ func (j *Jobs) run(ctx context.Context, id string) error {
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
-				// Kafka is down: the same page again later (its records dedupe).
+				if errors.Is(err, kafkaio.ErrRecordTooLarge) {
+					return fmt.Errorf("an item of page %q does not fit in the raw topic (raise its max.message.bytes): %w", cursor, err)
+				}
+				// Kafka is down: the same page again later (its records
+				// dedupe), for as long as a failing provider is retried.
+				if failingSince.IsZero() {
+					failingSince = time.Now()
+				}
+				if time.Since(failingSince) > j.o.RetryFor {
+					return fmt.Errorf("producing to Kafka kept failing for %s: %w", j.o.RetryFor, err)
+				}
 				attempt++
 				j.update(id, func(job *adminv1.BackfillJob) { job.Error = "retrying: producing to Kafka: " + err.Error() })
 				if err := sleep(ctx, retry.Backoff(attempt, time.Second, time.Minute)); err != nil {
