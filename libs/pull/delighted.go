@@ -99,7 +99,7 @@ func (d *Delighted) List(ctx context.Context, w Window, cursor string) (Page, er
 		setUnix(q, "since", w.Since)
 		setUnix(q, "until", w.Until)
 	}
-	body, _, err := d.c.get(ctx, path+"?"+q.Encode(), 5)
+	body, err := d.c.get(ctx, path+"?"+q.Encode(), 5)
 	if err != nil {
 		return Page{}, fmt.Errorf("delighted %s page %d: %w", kind, page, err)
 	}

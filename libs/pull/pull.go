@@ -110,7 +110,7 @@ const Margin = 25 * time.Millisecond
 
 // NewLimiter allows perSecond requests a second (0 or less: unlimited).
 func NewLimiter(perSecond int) *Limiter {
-	l := &Limiter{now: time.Now, sleep: sleepCtx, window: time.Second + Margin}
+	l := &Limiter{now: time.Now, sleep: retry.Sleep, window: time.Second + Margin}
 	if perSecond > 0 {
 		l.sent = make([]time.Time, perSecond)
 		now := l.now()
@@ -159,20 +159,6 @@ func (l *Limiter) Requests() int64 {
 	return l.n
 }
 
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
-
 // client is the HTTP part both providers share.
 type client struct {
 	base    string
@@ -186,25 +172,25 @@ type client struct {
 
 // get sends one GET (after the limiter), retrying a 429 after its
 // Retry-After and a 5xx or network error with backoff, up to attempts.
-func (c *client) get(ctx context.Context, path string, attempts int) ([]byte, http.Header, error) {
+func (c *client) get(ctx context.Context, path string, attempts int) ([]byte, error) {
 	var last error
 	for attempt := 1; attempt <= attempts; attempt++ {
 		if err := c.limiter.Wait(ctx); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+path, nil)
 		if err != nil {
-			return nil, nil, fault.Wrap(fault.Invalid, err)
+			return nil, fault.Wrap(fault.Invalid, err)
 		}
 		req.Header.Set("Accept", "application/json")
 		c.auth(req)
 		resp, err := c.http.Do(req)
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil, nil, ctx.Err()
+				return nil, ctx.Err()
 			}
 			last = fault.Wrap(fault.Unavailable, err)
-			_ = sleepCtx(ctx, retry.Backoff(attempt, 200*time.Millisecond, 10*time.Second))
+			_ = retry.Sleep(ctx, retry.Backoff(attempt, 200*time.Millisecond, 10*time.Second))
 			continue
 		}
 		body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
@@ -213,7 +199,7 @@ func (c *client) get(ctx context.Context, path string, attempts int) ([]byte, ht
 		case err != nil:
 			last = fault.Wrap(fault.Unavailable, err)
 		case resp.StatusCode == http.StatusOK:
-			return body, resp.Header, nil
+			return body, nil
 		case resp.StatusCode == http.StatusTooManyRequests:
 			wait := retry.After(resp.Header.Get("Retry-After"), time.Now(), c.maxWait)
 			if wait <= 0 {
@@ -223,19 +209,19 @@ func (c *client) get(ctx context.Context, path string, attempts int) ([]byte, ht
 			last = fault.Errorf(fault.RateLimited, "GET %s: 429 Too Many Requests (waiting %s)", path, wait)
 			continue // the limiter holds the next request until then
 		case resp.StatusCode == http.StatusUnauthorized:
-			return nil, nil, fmt.Errorf("GET %s: %w", path, ErrUnauthorized)
+			return nil, fmt.Errorf("GET %s: %w", path, ErrUnauthorized)
 		case resp.StatusCode == http.StatusForbidden:
-			return nil, nil, fault.Errorf(fault.Denied, "GET %s: 403 (the plan or the token's scopes do not allow it): %s", path, snippet(body))
+			return nil, fault.Errorf(fault.Denied, "GET %s: 403 (the plan or the token's scopes do not allow it): %s", path, snippet(body))
 		case resp.StatusCode == http.StatusNotFound:
-			return nil, nil, fault.Errorf(fault.NotFound, "GET %s: 404: %s", path, snippet(body))
+			return nil, fault.Errorf(fault.NotFound, "GET %s: 404: %s", path, snippet(body))
 		case resp.StatusCode >= 500:
 			last = fault.Errorf(fault.Unavailable, "GET %s: %d: %s", path, resp.StatusCode, snippet(body))
 		default:
-			return nil, nil, fault.Errorf(fault.Invalid, "GET %s: %d: %s", path, resp.StatusCode, snippet(body))
+			return nil, fault.Errorf(fault.Invalid, "GET %s: %d: %s", path, resp.StatusCode, snippet(body))
 		}
-		_ = sleepCtx(ctx, retry.Backoff(attempt, 200*time.Millisecond, 10*time.Second))
+		_ = retry.Sleep(ctx, retry.Backoff(attempt, 200*time.Millisecond, 10*time.Second))
 	}
-	return nil, nil, last
+	return nil, last
 }
 
 func snippet(b []byte) string {

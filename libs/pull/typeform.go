@@ -122,7 +122,7 @@ func (t *Typeform) List(ctx context.Context, w Window, cursor string) (Page, err
 	if before != "" {
 		q.Set("before", before)
 	}
-	body, _, err := t.c.get(ctx, "/forms/"+url.PathEscape(id)+"/responses?"+q.Encode(), 5)
+	body, err := t.c.get(ctx, "/forms/"+url.PathEscape(id)+"/responses?"+q.Encode(), 5)
 	if err != nil {
 		return Page{}, fmt.Errorf("typeform form %s: %w", id, err)
 	}

@@ -85,6 +85,29 @@ func waitSubjects(t *testing.T, pool *pgxpool.Pool, schema string, want int, tim
 	}
 }
 
+// wantExactlyTheDroppedFromTheAPI waits for n responses in the warehouse
+// and checks each has one row, and that the rows that came from the API
+// ("api:…" event ids) are exactly the dropped ones.
+func wantExactlyTheDroppedFromTheAPI(t *testing.T, pool *pgxpool.Pool, schema string, n int, dropped map[string]bool) {
+	t.Helper()
+	rows := waitSubjects(t, pool, schema, n, 60*time.Second)
+	_, fromAPI := rowsBySubject(t, pool, schema)
+	for subj, c := range rows {
+		if c != 1 {
+			t.Errorf("response %s has %d rows", subj, c)
+		}
+	}
+	if len(fromAPI) != len(dropped) {
+		t.Fatalf("%d responses came from the API, want the %d dropped (%v): %v", len(fromAPI), len(dropped), dropped, fromAPI)
+	}
+	for subj := range dropped {
+		if !fromAPI[subj] {
+			t.Errorf("dropped response %s did not come through reconciliation", subj)
+		}
+	}
+}
+
+// metricValue scrapes a service and returns a series' value (-1: absent).
 func metricValue(t *testing.T, addr, series string) float64 {
 	t.Helper()
 	resp, err := http.Get("http://" + addr + "/metrics")
@@ -93,17 +116,8 @@ func metricValue(t *testing.T, addr, series string) float64 {
 	}
 	b, _ := io.ReadAll(resp.Body)
 	_ = resp.Body.Close()
-	name, labels, _ := strings.Cut(strings.TrimSuffix(series, "}"), "{")
-	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `\{([^}]*)\} ([0-9.e+-]+)$`)
-	for _, m := range re.FindAllStringSubmatch(string(b), -1) {
-		ok := true
-		for _, l := range strings.Split(labels, ",") {
-			ok = ok && (l == "" || strings.Contains(","+m[1]+",", ","+l+","))
-		}
-		if ok {
-			v, _ := strconv.ParseFloat(m[2], 64)
-			return v
-		}
+	if v, ok := seriesValue(string(b), series); ok {
+		return v
 	}
 	return -1
 }
@@ -138,21 +152,7 @@ func TestReconciliationFindsExactlyTheWebhooksThatNeverCame(t *testing.T) {
 		send(t, p, w, http.StatusAccepted)
 	}
 	pool := db(t)
-	rows := waitSubjects(t, pool, p.Schema(), n, 60*time.Second)
-	_, fromAPI := rowsBySubject(t, pool, p.Schema())
-	for subj, c := range rows {
-		if c != 1 {
-			t.Errorf("response %s has %d rows", subj, c)
-		}
-	}
-	if len(fromAPI) != len(dropped) {
-		t.Errorf("%d responses came from the API, want the %d dropped: %v", len(fromAPI), len(dropped), fromAPI)
-	}
-	for subj := range dropped {
-		if !fromAPI[subj] {
-			t.Errorf("dropped response %s did not come through reconciliation", subj)
-		}
-	}
+	wantExactlyTheDroppedFromTheAPI(t, pool, p.Schema(), n, dropped)
 	// Two more runs find nothing more.
 	time.Sleep(5 * time.Second)
 	if rows2, _ := rowsBySubject(t, pool, p.Schema()); len(rows2) != n {
@@ -313,22 +313,7 @@ func TestTypeformReconciliationFindsTheMissingResponses(t *testing.T) {
 		}
 		_ = resp.Body.Close()
 	}
-	pool := db(t)
-	rows := waitSubjects(t, pool, p.Schema(), n, 60*time.Second)
-	_, fromAPI := rowsBySubject(t, pool, p.Schema())
-	for subj, c := range rows {
-		if c != 1 {
-			t.Errorf("response %s has %d rows", subj, c)
-		}
-	}
-	if len(fromAPI) != len(dropped) {
-		t.Fatalf("%d responses came from the API, want the %d dropped (%v): %v", len(fromAPI), len(dropped), dropped, fromAPI)
-	}
-	for tok := range dropped {
-		if !fromAPI[tok] {
-			t.Errorf("dropped response %s did not come through reconciliation", tok)
-		}
-	}
+	wantExactlyTheDroppedFromTheAPI(t, db(t), p.Schema(), n, dropped)
 	if st := api.Stats(); st.RateLimited != 0 || st.MaxPerSecond > 2 {
 		t.Errorf("Typeform's limit of 2/s was exceeded: %+v", st)
 	}

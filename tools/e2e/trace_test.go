@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -175,18 +176,30 @@ func TestOneTraceCoversEveryHopToEveryDestination(t *testing.T) {
 // seriesPresent reports whether the exposition has a series with the name
 // and at least the labels of want (name{k="v",...}).
 func seriesPresent(exposition, want string) bool {
+	_, ok := seriesValue(exposition, want)
+	return ok
+}
+
+// seriesValue is the value of the first series of the exposition with
+// the name and at least the labels of want (name{k="v",...}).
+func seriesValue(exposition, want string) (float64, bool) {
 	name, labels, _ := strings.Cut(strings.TrimSuffix(want, "}"), "{")
 	for _, line := range strings.Split(exposition, "\n") {
-		if !strings.HasPrefix(line, name+"{") {
+		rest, ok := strings.CutPrefix(line, name+"{")
+		if !ok {
 			continue
 		}
-		ok := true
+		have, value, ok := strings.Cut(rest, "} ")
+		if !ok {
+			continue
+		}
 		for _, l := range strings.Split(labels, ",") {
-			ok = ok && (strings.Contains(line, "{"+l) || strings.Contains(line, ","+l))
+			ok = ok && (l == "" || strings.Contains(","+have+",", ","+l+","))
 		}
 		if ok {
-			return true
+			v, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
+			return v, err == nil
 		}
 	}
-	return false
+	return 0, false
 }

@@ -127,14 +127,7 @@ func (c *cli) backfillLsCmd() *cobra.Command {
 	return cmd
 }
 
-func (c *cli) backfillWatchCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "watch <job>",
-		Short: "Follow a job's progress until it ends (exit 0 only if it completed)",
-		Args:  exactly(1, "a job id (backfill ls)"),
-		RunE:  func(_ *cobra.Command, args []string) error { return c.watchBackfill(args[0]) },
-	}
-}
+func (c *cli) backfillWatchCmd() *cobra.Command { return watchCmd("backfill", c.watchBackfill) }
 
 func (c *cli) backfillCancelCmd() *cobra.Command {
 	return &cobra.Command{
@@ -170,7 +163,10 @@ func (c *cli) watchBackfill(id string) error {
 	last, err := follow(c, func() (*adminv1.BackfillJob, error) {
 		msg, err := stream.Recv()
 		return msg.GetJob(), err
-	}, func(j *adminv1.BackfillJob) string { return bar(backfillProgress(j)) + " " + backfillText(j) }, backfillText)
+	}, func(j *adminv1.BackfillJob) string {
+		done, total := backfillProgress(j)
+		return bar(done, total, 30) + " " + backfillText(j)
+	}, backfillText)
 	if err != nil {
 		return err
 	}
@@ -183,11 +179,11 @@ func (c *cli) watchBackfill(id string) error {
 // backfillProgress is how far through the range the job is, in seconds of
 // it (the providers list by time, Delighted oldest first, Typeform newest
 // first), for the bar.
-func backfillProgress(j *adminv1.BackfillJob) (done, total int64, width int) {
+func backfillProgress(j *adminv1.BackfillJob) (done, total int64) {
 	since, until := j.Request.GetSince().AsTime(), j.Request.GetUntil().AsTime()
 	total = max(1, int64(until.Sub(since).Seconds()))
 	if j.State == adminv1.BackfillState_BACKFILL_STATE_DONE {
-		return total, total, 30
+		return total, total
 	}
 	if j.Reached != nil {
 		d := j.Reached.AsTime().Sub(since).Seconds()
@@ -196,7 +192,7 @@ func backfillProgress(j *adminv1.BackfillJob) (done, total int64, width int) {
 		}
 		done = int64(max(0, min(d, float64(total))))
 	}
-	return done, total, 30
+	return done, total
 }
 
 // backfillText is the job's counts, rate and ETA.
@@ -211,7 +207,7 @@ func backfillText(j *adminv1.BackfillJob) string {
 		verb = "missing"
 	}
 	s := fmt.Sprintf("%d fetched (%d pages, %d requests), %d %s, %d already received, %.0f/s", j.Fetched, j.Pages, j.Requests, j.Produced, verb, j.AlreadySeen, perSec)
-	if done, total, _ := backfillProgress(j); j.State == adminv1.BackfillState_BACKFILL_STATE_RUNNING && done > 0 && done < total {
+	if done, total := backfillProgress(j); j.State == adminv1.BackfillState_BACKFILL_STATE_RUNNING && done > 0 && done < total {
 		eta := time.Duration(float64(elapsed) * float64(total-done) / float64(done))
 		s += ", ETA " + eta.Round(time.Second).String()
 	}

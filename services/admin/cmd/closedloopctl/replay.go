@@ -108,12 +108,16 @@ func (c *cli) replayLsCmd() *cobra.Command {
 	}
 }
 
-func (c *cli) replayWatchCmd() *cobra.Command {
+func (c *cli) replayWatchCmd() *cobra.Command { return watchCmd("replay", c.watch) }
+
+// watchCmd is the "watch <job>" command of a kind of job (replay,
+// backfill).
+func watchCmd(kind string, watch func(id string) error) *cobra.Command {
 	return &cobra.Command{
 		Use:   "watch <job>",
 		Short: "Follow a job's progress until it ends (exit 0 only if it completed)",
-		Args:  exactly(1, "a job id (replay ls)"),
-		RunE:  func(_ *cobra.Command, args []string) error { return c.watch(args[0]) },
+		Args:  exactly(1, "a job id ("+kind+" ls)"),
+		RunE:  func(_ *cobra.Command, args []string) error { return watch(args[0]) },
 	}
 }
 

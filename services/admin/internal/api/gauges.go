@@ -79,10 +79,6 @@ func (s *Server) RunGauges(ctx context.Context, meter metric.Meter, every time.D
 // closedloopctl status.
 func (s *Server) sampleGauges(ctx context.Context) gaugeSample {
 	out := gaugeSample{depth: map[string]int64{}}
-	sinkOf := map[string]string{}
-	for _, st := range s.o.Stages {
-		sinkOf[st.Name] = st.Sink
-	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	resp, err := s.GetPipelineStatus(cctx, nil)
@@ -94,14 +90,11 @@ func (s *Server) sampleGauges(ctx context.Context) gaugeSample {
 		for _, p := range st.Partitions {
 			out.lag = append(out.lag, lagPoint{stage: st.Name, group: st.Group, topic: p.Topic, partition: int(p.Partition), lag: p.Lag})
 		}
-		sink := sinkOf[st.Name]
-		if sink == "" {
-			sink, _, _ = strings.Cut(st.Name, "/") // a webhook destination's stage: "sink-webhook/<name>"
-			if !strings.HasPrefix(sink, "sink-") {
-				continue
-			}
+		// A sink's stages are "sink-…" and "sink-…/<destination>"; they
+		// share the sink's dead-letter topic.
+		if sink, _, _ := strings.Cut(st.Name, "/"); strings.HasPrefix(sink, "sink-") {
+			out.depth[sink] = max(out.depth[sink], st.DlqDepth)
 		}
-		out.depth[sink] = max(out.depth[sink], st.DlqDepth)
 	}
 	return out
 }

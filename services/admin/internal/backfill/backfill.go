@@ -344,7 +344,7 @@ func (j *Jobs) run(ctx context.Context, id string) error {
 			}
 			attempt++
 			j.update(id, func(job *adminv1.BackfillJob) { job.Error = "retrying: " + err.Error() })
-			if err := sleep(ctx, retry.Backoff(attempt, time.Second, time.Minute)); err != nil {
+			if err := retry.Sleep(ctx, retry.Backoff(attempt, time.Second, time.Minute)); err != nil {
 				return err
 			}
 			continue
@@ -393,7 +393,7 @@ func (j *Jobs) run(ctx context.Context, id string) error {
 				}
 				attempt++
 				j.update(id, func(job *adminv1.BackfillJob) { job.Error = "retrying: producing to Kafka: " + err.Error() })
-				if err := sleep(ctx, retry.Backoff(attempt, time.Second, time.Minute)); err != nil {
+				if err := retry.Sleep(ctx, retry.Backoff(attempt, time.Second, time.Minute)); err != nil {
 					return err
 				}
 				continue
@@ -481,18 +481,6 @@ func (j *Jobs) Cancel(id string) (*adminv1.BackfillJob, error) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	return j.Get(id)
-}
-
-// sleep waits d or until ctx ends.
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 // List returns the jobs (of source, or all), newest first.
