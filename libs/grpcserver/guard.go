@@ -42,6 +42,7 @@ var Methods = map[string]bool{
 	adminv1.AdminService_ListReplays_FullMethodName:              false,
 	adminv1.AdminService_SendTestEvent_FullMethodName:            true,
 	adminv1.AdminService_GetPipelineStatus_FullMethodName:        false,
+	adminv1.AdminService_ListUnsubscribes_FullMethodName:         false,
 	adminv1.SchemaDriftService_ListSchemaDrift_FullMethodName:    false,
 	adminv1.BackfillService_StartBackfill_FullMethodName:         true,
 	adminv1.BackfillService_ListBackfills_FullMethodName:         false,

@@ -102,6 +102,9 @@ func ServiceGrants(service string, t Topics, g Groups) ([]Grant, error) {
 		group(g.Enricher, false, OpRead, OpDescribe)
 	case "sink-warehouse":
 		sink("sink-warehouse", g.SinkWarehouse, false)
+		// The unsubscribe propagations, into their table.
+		topic(t.Unsubscribes(), OpRead)
+		group(g.SinkWarehouse+"-unsubscribes", false, OpRead, OpDescribe)
 	case "sink-console":
 		topic(t.Enriched, OpRead)
 		topic(t.Priority, OpRead)
@@ -110,6 +113,8 @@ func ServiceGrants(service string, t Topics, g Groups) ([]Grant, error) {
 	case "sink-webhook":
 		// One group per destination: <SINK_WEBHOOK_GROUP>-<name>.
 		sink("sink-webhook", g.SinkWebhook+"-", true)
+		// The CRM destinations record each unsubscribe's propagation.
+		topic(t.Unsubscribes(), OpWrite)
 	case "admin":
 		// Range replays read raw into raw, and normalized into a sink's
 		// replay topic; dead-letter replays write the replay topics; test
@@ -127,6 +132,7 @@ func ServiceGrants(service string, t Topics, g Groups) ([]Grant, error) {
 		topic(t.DLQState(), OpRead, OpWrite)
 		topic(t.ReplayJobs(), OpRead, OpWrite)
 		topic(t.BackfillJobs(), OpRead, OpWrite)
+		topic(t.Unsubscribes(), OpRead)
 		for _, grp := range []string{g.Normalizer, g.Enricher, g.SinkWarehouse, g.SinkConsole} {
 			group(grp, false, OpDescribe)
 		}

@@ -62,6 +62,7 @@ func (t Topics) Defs(sinks ...string) []TopicDef {
 		{Name: t.ReplayJobs(), Purpose: "replay jobs (control, compacted)", Partitions: 1, Configs: ControlConfigs()},
 		{Name: t.BackfillJobs(), Purpose: "backfill and reconciliation jobs (control, compacted)", Partitions: 1, Configs: ControlConfigs()},
 		{Name: t.Audit(), Purpose: "every mutation of every service, who and when", Configs: retention(AuditRetention)},
+		{Name: t.Unsubscribes(), Purpose: "each unsubscribe's propagation to each CRM (Propagation), keyed by email", Configs: retention(AuditRetention)},
 	}
 	for _, s := range sinks {
 		out = append(out,

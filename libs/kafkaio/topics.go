@@ -38,6 +38,11 @@ func (t Topics) Replay(sink string) string { return t.prefix + "feedback.replay.
 // Audit is the topic the admin service writes every mutating call to.
 func (t Topics) Audit() string { return t.prefix + "closedloop.audit.v1" }
 
+// Unsubscribes is where the CRM destinations record each unsubscribe's
+// propagation (closedloop.sink.v1.Propagation, keyed by email): the
+// compliance record sink-warehouse keeps and the admin lists.
+func (t Topics) Unsubscribes() string { return t.prefix + "closedloop.unsubscribes.v1" }
+
 // DLQState is the compacted control topic of dead-letter resolutions
 // (replayed, discarded), keyed by dead-letter id.
 func (t Topics) DLQState() string { return t.prefix + "closedloop.control.dlq-state.v1" }

@@ -168,6 +168,9 @@ type Service struct {
 	GRPC   *grpcserver.Server
 	// OpsMux is the ops HTTP server's mux; services may add handlers before Run.
 	OpsMux *http.ServeMux
+	// Audit writes the audit topic (nil for a service with its own auth,
+	// the admin, which audits through its own writer).
+	Audit *audit.Writer
 
 	opsLis net.Listener
 	// steps run after the servers stopped and before telemetry flushes.
@@ -211,8 +214,8 @@ func New(ctx context.Context, name string, c Common, grpcOpts ...grpc.ServerOpti
 		// before it runs, on the audit topic, through a producer of its own.
 		ap := kafkaio.NewProducer(kafkaio.ProducerConfig{Brokers: c.Brokers, ClientID: name + "-" + c.Instance + "-audit"})
 		s.closers = append(s.closers, lifecycle.Step{Name: "audit producer", Timeout: 2 * time.Second, Fn: func(context.Context) error { return ap.Close() }})
-		guard := &grpcserver.Guard{Tokens: c.ServiceTokens, Service: name, Instance: c.Instance,
-			Audit: &audit.Writer{Producer: ap, Topic: c.Topics.Audit(), Log: s.Log}}
+		s.Audit = &audit.Writer{Producer: ap, Topic: c.Topics.Audit(), Log: s.Log}
+		guard := &grpcserver.Guard{Tokens: c.ServiceTokens, Service: name, Instance: c.Instance, Audit: s.Audit}
 		grpcOpts = append(guard.ServerOptions(), grpcOpts...)
 	}
 	s.GRPC, err = grpcserver.New(c.GRPCAddr, s.Log, s.Status, grpcOpts...)

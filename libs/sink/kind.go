@@ -9,6 +9,9 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/closedloop/closedloop/libs/audit"
+	"github.com/closedloop/closedloop/libs/kafkaio"
 )
 
 // Kind is one kind of destination (slack; the helpdesks and CRMs to come):
@@ -35,6 +38,14 @@ type KindEnv struct {
 	// LookupEnv resolves secret references.
 	LookupEnv func(string) (string, bool)
 	Log       *slog.Logger
+	// Sink is the hosting service ("sink-webhook").
+	Sink string
+	// Records produces the records a kind writes besides deliveries (the
+	// CRMs' unsubscribe propagations on Topics.Unsubscribes).
+	Records Producer
+	Topics  kafkaio.Topics
+	// Audit records what a kind changes on someone's behalf (an opt-out).
+	Audit *audit.Writer
 }
 
 // DecodeStrict decodes a pipeline-file section into v, refusing unknown

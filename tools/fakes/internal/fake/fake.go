@@ -94,29 +94,35 @@ func (l *Latency) Wait(ctx context.Context) {
 // the most it ever let through in one second, so a test can check a
 // client never exceeded the limit.
 type SecondLimit struct {
-	times   []time.Time // of the requests let through in the last second
+	// Span is the window (default one second; HubSpot's is ten).
+	Span    time.Duration
+	times   []time.Time // of the requests let through in the last span
 	maxSeen int
 	refused int
 }
 
-// Take counts a request at now against perSecond (0: unlimited): ok, or
-// how long until a request would be allowed.
+// Take counts a request at now against perSecond requests per span (0:
+// unlimited): ok, or how long until a request would be allowed.
 func (s *SecondLimit) Take(now time.Time, perSecond int) (ok bool, retryAfter time.Duration) {
+	span := s.Span
+	if span <= 0 {
+		span = time.Second
+	}
 	cut := 0
-	for cut < len(s.times) && now.Sub(s.times[cut]) >= time.Second {
+	for cut < len(s.times) && now.Sub(s.times[cut]) >= span {
 		cut++
 	}
 	s.times = s.times[cut:]
 	if perSecond > 0 && len(s.times) >= perSecond {
 		s.refused++
-		return false, s.times[0].Add(time.Second).Sub(now)
+		return false, s.times[0].Add(span).Sub(now)
 	}
 	s.times = append(s.times, now)
 	s.maxSeen = max(s.maxSeen, len(s.times))
 	return true, 0
 }
 
-// Stats are the most requests let through in one second, and how many
+// Stats are the most requests let through in one span, and how many
 // were refused.
 func (s *SecondLimit) Stats() (maxPerSecond, refused int) { return s.maxSeen, s.refused }
 

@@ -188,6 +188,140 @@ func (ReplayState) EnumDescriptor() ([]byte, []int) {
 	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{2}
 }
 
+// ListUnsubscribesRequest filters the propagations.
+type ListUnsubscribesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only this email (case-insensitive), destination, or result.
+	Email       string               `protobuf:"bytes,1,opt,name=email,proto3" json:"email,omitempty"`
+	Destination string               `protobuf:"bytes,2,opt,name=destination,proto3" json:"destination,omitempty"`
+	Result      v1.PropagationResult `protobuf:"varint,3,opt,name=result,proto3,enum=closedloop.sink.v1.PropagationResult" json:"result,omitempty"`
+	// Only propagations applied at or after since.
+	Since *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=since,proto3" json:"since,omitempty"`
+	// Most entries (default 50, at most 1000).
+	Limit         int32 `protobuf:"varint,5,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListUnsubscribesRequest) Reset() {
+	*x = ListUnsubscribesRequest{}
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListUnsubscribesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListUnsubscribesRequest) ProtoMessage() {}
+
+func (x *ListUnsubscribesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListUnsubscribesRequest.ProtoReflect.Descriptor instead.
+func (*ListUnsubscribesRequest) Descriptor() ([]byte, []int) {
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *ListUnsubscribesRequest) GetEmail() string {
+	if x != nil {
+		return x.Email
+	}
+	return ""
+}
+
+func (x *ListUnsubscribesRequest) GetDestination() string {
+	if x != nil {
+		return x.Destination
+	}
+	return ""
+}
+
+func (x *ListUnsubscribesRequest) GetResult() v1.PropagationResult {
+	if x != nil {
+		return x.Result
+	}
+	return v1.PropagationResult(0)
+}
+
+func (x *ListUnsubscribesRequest) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *ListUnsubscribesRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+// ListUnsubscribesResponse holds the propagations, newest first.
+type ListUnsubscribesResponse struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Propagations []*v1.Propagation      `protobuf:"bytes,1,rep,name=propagations,proto3" json:"propagations,omitempty"`
+	// Propagations read from the topic (before filtering and the limit).
+	Scanned       int32 `protobuf:"varint,2,opt,name=scanned,proto3" json:"scanned,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListUnsubscribesResponse) Reset() {
+	*x = ListUnsubscribesResponse{}
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListUnsubscribesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListUnsubscribesResponse) ProtoMessage() {}
+
+func (x *ListUnsubscribesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListUnsubscribesResponse.ProtoReflect.Descriptor instead.
+func (*ListUnsubscribesResponse) Descriptor() ([]byte, []int) {
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ListUnsubscribesResponse) GetPropagations() []*v1.Propagation {
+	if x != nil {
+		return x.Propagations
+	}
+	return nil
+}
+
+func (x *ListUnsubscribesResponse) GetScanned() int32 {
+	if x != nil {
+		return x.Scanned
+	}
+	return 0
+}
+
 // ListSourcesRequest has no parameters.
 type ListSourcesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -197,7 +331,7 @@ type ListSourcesRequest struct {
 
 func (x *ListSourcesRequest) Reset() {
 	*x = ListSourcesRequest{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[0]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -209,7 +343,7 @@ func (x *ListSourcesRequest) String() string {
 func (*ListSourcesRequest) ProtoMessage() {}
 
 func (x *ListSourcesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[0]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -222,7 +356,7 @@ func (x *ListSourcesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSourcesRequest.ProtoReflect.Descriptor instead.
 func (*ListSourcesRequest) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{0}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{2}
 }
 
 // ListSourcesResponse lists every configured source.
@@ -235,7 +369,7 @@ type ListSourcesResponse struct {
 
 func (x *ListSourcesResponse) Reset() {
 	*x = ListSourcesResponse{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[1]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -247,7 +381,7 @@ func (x *ListSourcesResponse) String() string {
 func (*ListSourcesResponse) ProtoMessage() {}
 
 func (x *ListSourcesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[1]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -260,7 +394,7 @@ func (x *ListSourcesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSourcesResponse.ProtoReflect.Descriptor instead.
 func (*ListSourcesResponse) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{1}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ListSourcesResponse) GetSources() []*Source {
@@ -280,7 +414,7 @@ type GetSourceRequest struct {
 
 func (x *GetSourceRequest) Reset() {
 	*x = GetSourceRequest{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[2]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -292,7 +426,7 @@ func (x *GetSourceRequest) String() string {
 func (*GetSourceRequest) ProtoMessage() {}
 
 func (x *GetSourceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[2]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -305,7 +439,7 @@ func (x *GetSourceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSourceRequest.ProtoReflect.Descriptor instead.
 func (*GetSourceRequest) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *GetSourceRequest) GetName() string {
@@ -325,7 +459,7 @@ type GetSourceResponse struct {
 
 func (x *GetSourceResponse) Reset() {
 	*x = GetSourceResponse{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[3]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -337,7 +471,7 @@ func (x *GetSourceResponse) String() string {
 func (*GetSourceResponse) ProtoMessage() {}
 
 func (x *GetSourceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[3]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -350,7 +484,7 @@ func (x *GetSourceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSourceResponse.ProtoReflect.Descriptor instead.
 func (*GetSourceResponse) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetSourceResponse) GetSource() *Source {
@@ -377,7 +511,7 @@ type Source struct {
 
 func (x *Source) Reset() {
 	*x = Source{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[4]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -389,7 +523,7 @@ func (x *Source) String() string {
 func (*Source) ProtoMessage() {}
 
 func (x *Source) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[4]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -402,7 +536,7 @@ func (x *Source) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Source.ProtoReflect.Descriptor instead.
 func (*Source) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Source) GetName() string {
@@ -452,7 +586,7 @@ type IngestTokenInfo struct {
 
 func (x *IngestTokenInfo) Reset() {
 	*x = IngestTokenInfo{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[5]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -464,7 +598,7 @@ func (x *IngestTokenInfo) String() string {
 func (*IngestTokenInfo) ProtoMessage() {}
 
 func (x *IngestTokenInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[5]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -477,7 +611,7 @@ func (x *IngestTokenInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IngestTokenInfo.ProtoReflect.Descriptor instead.
 func (*IngestTokenInfo) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *IngestTokenInfo) GetTokenId() string {
@@ -511,7 +645,7 @@ type IssueIngestTokenRequest struct {
 
 func (x *IssueIngestTokenRequest) Reset() {
 	*x = IssueIngestTokenRequest{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[6]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -523,7 +657,7 @@ func (x *IssueIngestTokenRequest) String() string {
 func (*IssueIngestTokenRequest) ProtoMessage() {}
 
 func (x *IssueIngestTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[6]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -536,7 +670,7 @@ func (x *IssueIngestTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueIngestTokenRequest.ProtoReflect.Descriptor instead.
 func (*IssueIngestTokenRequest) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *IssueIngestTokenRequest) GetSource() string {
@@ -558,7 +692,7 @@ type IssueIngestTokenResponse struct {
 
 func (x *IssueIngestTokenResponse) Reset() {
 	*x = IssueIngestTokenResponse{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[7]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -570,7 +704,7 @@ func (x *IssueIngestTokenResponse) String() string {
 func (*IssueIngestTokenResponse) ProtoMessage() {}
 
 func (x *IssueIngestTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[7]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -583,7 +717,7 @@ func (x *IssueIngestTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueIngestTokenResponse.ProtoReflect.Descriptor instead.
 func (*IssueIngestTokenResponse) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *IssueIngestTokenResponse) GetToken() *IngestTokenInfo {
@@ -611,7 +745,7 @@ type RevokeIngestTokenRequest struct {
 
 func (x *RevokeIngestTokenRequest) Reset() {
 	*x = RevokeIngestTokenRequest{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[8]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -623,7 +757,7 @@ func (x *RevokeIngestTokenRequest) String() string {
 func (*RevokeIngestTokenRequest) ProtoMessage() {}
 
 func (x *RevokeIngestTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[8]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -636,7 +770,7 @@ func (x *RevokeIngestTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeIngestTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeIngestTokenRequest) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RevokeIngestTokenRequest) GetSource() string {
@@ -662,7 +796,7 @@ type RevokeIngestTokenResponse struct {
 
 func (x *RevokeIngestTokenResponse) Reset() {
 	*x = RevokeIngestTokenResponse{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[9]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -674,7 +808,7 @@ func (x *RevokeIngestTokenResponse) String() string {
 func (*RevokeIngestTokenResponse) ProtoMessage() {}
 
 func (x *RevokeIngestTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[9]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -687,7 +821,7 @@ func (x *RevokeIngestTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeIngestTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeIngestTokenResponse) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 // DeadLetterFilter selects dead letters of one sink.
@@ -712,7 +846,7 @@ type DeadLetterFilter struct {
 
 func (x *DeadLetterFilter) Reset() {
 	*x = DeadLetterFilter{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[10]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -724,7 +858,7 @@ func (x *DeadLetterFilter) String() string {
 func (*DeadLetterFilter) ProtoMessage() {}
 
 func (x *DeadLetterFilter) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[10]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -737,7 +871,7 @@ func (x *DeadLetterFilter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeadLetterFilter.ProtoReflect.Descriptor instead.
 func (*DeadLetterFilter) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DeadLetterFilter) GetSink() string {
@@ -803,7 +937,7 @@ type ListDeadLettersRequest struct {
 
 func (x *ListDeadLettersRequest) Reset() {
 	*x = ListDeadLettersRequest{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[11]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -815,7 +949,7 @@ func (x *ListDeadLettersRequest) String() string {
 func (*ListDeadLettersRequest) ProtoMessage() {}
 
 func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[11]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -828,7 +962,7 @@ func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersRequest.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersRequest) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListDeadLettersRequest) GetFilter() *DeadLetterFilter {
@@ -865,7 +999,7 @@ type ListDeadLettersResponse struct {
 
 func (x *ListDeadLettersResponse) Reset() {
 	*x = ListDeadLettersResponse{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[12]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -877,7 +1011,7 @@ func (x *ListDeadLettersResponse) String() string {
 func (*ListDeadLettersResponse) ProtoMessage() {}
 
 func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[12]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -890,7 +1024,7 @@ func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersResponse.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersResponse) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListDeadLettersResponse) GetDeadLetters() []*DeadLetterSummary {
@@ -940,7 +1074,7 @@ type DeadLetterSummary struct {
 
 func (x *DeadLetterSummary) Reset() {
 	*x = DeadLetterSummary{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[13]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -952,7 +1086,7 @@ func (x *DeadLetterSummary) String() string {
 func (*DeadLetterSummary) ProtoMessage() {}
 
 func (x *DeadLetterSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[13]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -965,7 +1099,7 @@ func (x *DeadLetterSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeadLetterSummary.ProtoReflect.Descriptor instead.
 func (*DeadLetterSummary) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DeadLetterSummary) GetId() string {
@@ -1069,7 +1203,7 @@ type GetDeadLetterRequest struct {
 
 func (x *GetDeadLetterRequest) Reset() {
 	*x = GetDeadLetterRequest{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[14]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1081,7 +1215,7 @@ func (x *GetDeadLetterRequest) String() string {
 func (*GetDeadLetterRequest) ProtoMessage() {}
 
 func (x *GetDeadLetterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[14]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1094,7 +1228,7 @@ func (x *GetDeadLetterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDeadLetterRequest.ProtoReflect.Descriptor instead.
 func (*GetDeadLetterRequest) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetDeadLetterRequest) GetId() string {
@@ -1116,7 +1250,7 @@ type GetDeadLetterResponse struct {
 
 func (x *GetDeadLetterResponse) Reset() {
 	*x = GetDeadLetterResponse{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[15]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1128,7 +1262,7 @@ func (x *GetDeadLetterResponse) String() string {
 func (*GetDeadLetterResponse) ProtoMessage() {}
 
 func (x *GetDeadLetterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[15]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1141,7 +1275,7 @@ func (x *GetDeadLetterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDeadLetterResponse.ProtoReflect.Descriptor instead.
 func (*GetDeadLetterResponse) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetDeadLetterResponse) GetSummary() *DeadLetterSummary {
@@ -1171,7 +1305,7 @@ type ReplayDeadLettersRequest struct {
 
 func (x *ReplayDeadLettersRequest) Reset() {
 	*x = ReplayDeadLettersRequest{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[16]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1183,7 +1317,7 @@ func (x *ReplayDeadLettersRequest) String() string {
 func (*ReplayDeadLettersRequest) ProtoMessage() {}
 
 func (x *ReplayDeadLettersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[16]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1196,7 +1330,7 @@ func (x *ReplayDeadLettersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplayDeadLettersRequest.ProtoReflect.Descriptor instead.
 func (*ReplayDeadLettersRequest) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ReplayDeadLettersRequest) GetIds() []string {
@@ -1234,7 +1368,7 @@ type ReplayDeadLettersResponse struct {
 
 func (x *ReplayDeadLettersResponse) Reset() {
 	*x = ReplayDeadLettersResponse{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[17]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1246,7 +1380,7 @@ func (x *ReplayDeadLettersResponse) String() string {
 func (*ReplayDeadLettersResponse) ProtoMessage() {}
 
 func (x *ReplayDeadLettersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[17]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1259,7 +1393,7 @@ func (x *ReplayDeadLettersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplayDeadLettersResponse.ProtoReflect.Descriptor instead.
 func (*ReplayDeadLettersResponse) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ReplayDeadLettersResponse) GetReplayId() string {
@@ -1297,7 +1431,7 @@ type DiscardDeadLettersRequest struct {
 
 func (x *DiscardDeadLettersRequest) Reset() {
 	*x = DiscardDeadLettersRequest{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[18]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1309,7 +1443,7 @@ func (x *DiscardDeadLettersRequest) String() string {
 func (*DiscardDeadLettersRequest) ProtoMessage() {}
 
 func (x *DiscardDeadLettersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[18]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1322,7 +1456,7 @@ func (x *DiscardDeadLettersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscardDeadLettersRequest.ProtoReflect.Descriptor instead.
 func (*DiscardDeadLettersRequest) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *DiscardDeadLettersRequest) GetIds() []string {
@@ -1364,7 +1498,7 @@ type DiscardDeadLettersResponse struct {
 
 func (x *DiscardDeadLettersResponse) Reset() {
 	*x = DiscardDeadLettersResponse{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[19]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1376,7 +1510,7 @@ func (x *DiscardDeadLettersResponse) String() string {
 func (*DiscardDeadLettersResponse) ProtoMessage() {}
 
 func (x *DiscardDeadLettersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[19]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1389,7 +1523,7 @@ func (x *DiscardDeadLettersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscardDeadLettersResponse.ProtoReflect.Descriptor instead.
 func (*DiscardDeadLettersResponse) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DiscardDeadLettersResponse) GetDiscarded() int32 {
@@ -1415,7 +1549,7 @@ type GetPipelineStatusRequest struct {
 
 func (x *GetPipelineStatusRequest) Reset() {
 	*x = GetPipelineStatusRequest{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[20]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1427,7 +1561,7 @@ func (x *GetPipelineStatusRequest) String() string {
 func (*GetPipelineStatusRequest) ProtoMessage() {}
 
 func (x *GetPipelineStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[20]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1440,7 +1574,7 @@ func (x *GetPipelineStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPipelineStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetPipelineStatusRequest) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 // GetPipelineStatusResponse is the pipeline at a glance.
@@ -1469,7 +1603,7 @@ type GetPipelineStatusResponse struct {
 
 func (x *GetPipelineStatusResponse) Reset() {
 	*x = GetPipelineStatusResponse{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[21]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1481,7 +1615,7 @@ func (x *GetPipelineStatusResponse) String() string {
 func (*GetPipelineStatusResponse) ProtoMessage() {}
 
 func (x *GetPipelineStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[21]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1494,7 +1628,7 @@ func (x *GetPipelineStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPipelineStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetPipelineStatusResponse) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetPipelineStatusResponse) GetAt() *timestamppb.Timestamp {
@@ -1586,7 +1720,7 @@ type StageStatus struct {
 
 func (x *StageStatus) Reset() {
 	*x = StageStatus{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[22]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1598,7 +1732,7 @@ func (x *StageStatus) String() string {
 func (*StageStatus) ProtoMessage() {}
 
 func (x *StageStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[22]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1611,7 +1745,7 @@ func (x *StageStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StageStatus.ProtoReflect.Descriptor instead.
 func (*StageStatus) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StageStatus) GetName() string {
@@ -1720,7 +1854,7 @@ type PartitionLag struct {
 
 func (x *PartitionLag) Reset() {
 	*x = PartitionLag{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[23]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1732,7 +1866,7 @@ func (x *PartitionLag) String() string {
 func (*PartitionLag) ProtoMessage() {}
 
 func (x *PartitionLag) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[23]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1745,7 +1879,7 @@ func (x *PartitionLag) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionLag.ProtoReflect.Descriptor instead.
 func (*PartitionLag) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PartitionLag) GetTopic() string {
@@ -1798,7 +1932,7 @@ type PauseSinkRequest struct {
 
 func (x *PauseSinkRequest) Reset() {
 	*x = PauseSinkRequest{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[24]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1810,7 +1944,7 @@ func (x *PauseSinkRequest) String() string {
 func (*PauseSinkRequest) ProtoMessage() {}
 
 func (x *PauseSinkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[24]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1823,7 +1957,7 @@ func (x *PauseSinkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseSinkRequest.ProtoReflect.Descriptor instead.
 func (*PauseSinkRequest) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *PauseSinkRequest) GetSink() string {
@@ -1857,7 +1991,7 @@ type PauseSinkResponse struct {
 
 func (x *PauseSinkResponse) Reset() {
 	*x = PauseSinkResponse{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[25]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1869,7 +2003,7 @@ func (x *PauseSinkResponse) String() string {
 func (*PauseSinkResponse) ProtoMessage() {}
 
 func (x *PauseSinkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[25]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1882,7 +2016,7 @@ func (x *PauseSinkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseSinkResponse.ProtoReflect.Descriptor instead.
 func (*PauseSinkResponse) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *PauseSinkResponse) GetInstances() []*InstanceDestinations {
@@ -1903,7 +2037,7 @@ type ResumeSinkRequest struct {
 
 func (x *ResumeSinkRequest) Reset() {
 	*x = ResumeSinkRequest{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[26]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1915,7 +2049,7 @@ func (x *ResumeSinkRequest) String() string {
 func (*ResumeSinkRequest) ProtoMessage() {}
 
 func (x *ResumeSinkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[26]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1928,7 +2062,7 @@ func (x *ResumeSinkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeSinkRequest.ProtoReflect.Descriptor instead.
 func (*ResumeSinkRequest) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ResumeSinkRequest) GetSink() string {
@@ -1955,7 +2089,7 @@ type ResumeSinkResponse struct {
 
 func (x *ResumeSinkResponse) Reset() {
 	*x = ResumeSinkResponse{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[27]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1967,7 +2101,7 @@ func (x *ResumeSinkResponse) String() string {
 func (*ResumeSinkResponse) ProtoMessage() {}
 
 func (x *ResumeSinkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[27]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1980,7 +2114,7 @@ func (x *ResumeSinkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeSinkResponse.ProtoReflect.Descriptor instead.
 func (*ResumeSinkResponse) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ResumeSinkResponse) GetInstances() []*InstanceDestinations {
@@ -2003,7 +2137,7 @@ type InstanceDestinations struct {
 
 func (x *InstanceDestinations) Reset() {
 	*x = InstanceDestinations{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2015,7 +2149,7 @@ func (x *InstanceDestinations) String() string {
 func (*InstanceDestinations) ProtoMessage() {}
 
 func (x *InstanceDestinations) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2028,7 +2162,7 @@ func (x *InstanceDestinations) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceDestinations.ProtoReflect.Descriptor instead.
 func (*InstanceDestinations) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *InstanceDestinations) GetAddress() string {
@@ -2076,7 +2210,7 @@ type StartReplayRequest struct {
 
 func (x *StartReplayRequest) Reset() {
 	*x = StartReplayRequest{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2088,7 +2222,7 @@ func (x *StartReplayRequest) String() string {
 func (*StartReplayRequest) ProtoMessage() {}
 
 func (x *StartReplayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2101,7 +2235,7 @@ func (x *StartReplayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartReplayRequest.ProtoReflect.Descriptor instead.
 func (*StartReplayRequest) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *StartReplayRequest) GetFrom() ReplayFrom {
@@ -2170,7 +2304,7 @@ type StartReplayResponse struct {
 
 func (x *StartReplayResponse) Reset() {
 	*x = StartReplayResponse{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2182,7 +2316,7 @@ func (x *StartReplayResponse) String() string {
 func (*StartReplayResponse) ProtoMessage() {}
 
 func (x *StartReplayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2195,7 +2329,7 @@ func (x *StartReplayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartReplayResponse.ProtoReflect.Descriptor instead.
 func (*StartReplayResponse) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *StartReplayResponse) GetJob() *ReplayJob {
@@ -2229,7 +2363,7 @@ type ReplayJob struct {
 
 func (x *ReplayJob) Reset() {
 	*x = ReplayJob{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[31]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2241,7 +2375,7 @@ func (x *ReplayJob) String() string {
 func (*ReplayJob) ProtoMessage() {}
 
 func (x *ReplayJob) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[31]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2254,7 +2388,7 @@ func (x *ReplayJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplayJob.ProtoReflect.Descriptor instead.
 func (*ReplayJob) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ReplayJob) GetId() string {
@@ -2351,7 +2485,7 @@ type WatchReplayRequest struct {
 
 func (x *WatchReplayRequest) Reset() {
 	*x = WatchReplayRequest{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[32]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2363,7 +2497,7 @@ func (x *WatchReplayRequest) String() string {
 func (*WatchReplayRequest) ProtoMessage() {}
 
 func (x *WatchReplayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[32]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2376,7 +2510,7 @@ func (x *WatchReplayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchReplayRequest.ProtoReflect.Descriptor instead.
 func (*WatchReplayRequest) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *WatchReplayRequest) GetId() string {
@@ -2396,7 +2530,7 @@ type WatchReplayResponse struct {
 
 func (x *WatchReplayResponse) Reset() {
 	*x = WatchReplayResponse{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[33]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2408,7 +2542,7 @@ func (x *WatchReplayResponse) String() string {
 func (*WatchReplayResponse) ProtoMessage() {}
 
 func (x *WatchReplayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[33]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2421,7 +2555,7 @@ func (x *WatchReplayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchReplayResponse.ProtoReflect.Descriptor instead.
 func (*WatchReplayResponse) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{33}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *WatchReplayResponse) GetJob() *ReplayJob {
@@ -2441,7 +2575,7 @@ type CancelReplayRequest struct {
 
 func (x *CancelReplayRequest) Reset() {
 	*x = CancelReplayRequest{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[34]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2453,7 +2587,7 @@ func (x *CancelReplayRequest) String() string {
 func (*CancelReplayRequest) ProtoMessage() {}
 
 func (x *CancelReplayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[34]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2466,7 +2600,7 @@ func (x *CancelReplayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelReplayRequest.ProtoReflect.Descriptor instead.
 func (*CancelReplayRequest) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{34}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *CancelReplayRequest) GetId() string {
@@ -2486,7 +2620,7 @@ type CancelReplayResponse struct {
 
 func (x *CancelReplayResponse) Reset() {
 	*x = CancelReplayResponse{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[35]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2498,7 +2632,7 @@ func (x *CancelReplayResponse) String() string {
 func (*CancelReplayResponse) ProtoMessage() {}
 
 func (x *CancelReplayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[35]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2511,7 +2645,7 @@ func (x *CancelReplayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelReplayResponse.ProtoReflect.Descriptor instead.
 func (*CancelReplayResponse) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{35}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *CancelReplayResponse) GetJob() *ReplayJob {
@@ -2530,7 +2664,7 @@ type ListReplaysRequest struct {
 
 func (x *ListReplaysRequest) Reset() {
 	*x = ListReplaysRequest{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[36]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2542,7 +2676,7 @@ func (x *ListReplaysRequest) String() string {
 func (*ListReplaysRequest) ProtoMessage() {}
 
 func (x *ListReplaysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[36]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2555,7 +2689,7 @@ func (x *ListReplaysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListReplaysRequest.ProtoReflect.Descriptor instead.
 func (*ListReplaysRequest) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{36}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{38}
 }
 
 // ListReplaysResponse lists the jobs, newest first.
@@ -2568,7 +2702,7 @@ type ListReplaysResponse struct {
 
 func (x *ListReplaysResponse) Reset() {
 	*x = ListReplaysResponse{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[37]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2580,7 +2714,7 @@ func (x *ListReplaysResponse) String() string {
 func (*ListReplaysResponse) ProtoMessage() {}
 
 func (x *ListReplaysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[37]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2593,7 +2727,7 @@ func (x *ListReplaysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListReplaysResponse.ProtoReflect.Descriptor instead.
 func (*ListReplaysResponse) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{37}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ListReplaysResponse) GetJobs() []*ReplayJob {
@@ -2615,7 +2749,7 @@ type SendTestEventRequest struct {
 
 func (x *SendTestEventRequest) Reset() {
 	*x = SendTestEventRequest{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[38]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2627,7 +2761,7 @@ func (x *SendTestEventRequest) String() string {
 func (*SendTestEventRequest) ProtoMessage() {}
 
 func (x *SendTestEventRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[38]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2640,7 +2774,7 @@ func (x *SendTestEventRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendTestEventRequest.ProtoReflect.Descriptor instead.
 func (*SendTestEventRequest) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{38}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *SendTestEventRequest) GetSource() string {
@@ -2672,7 +2806,7 @@ type SendTestEventResponse struct {
 
 func (x *SendTestEventResponse) Reset() {
 	*x = SendTestEventResponse{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[39]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2684,7 +2818,7 @@ func (x *SendTestEventResponse) String() string {
 func (*SendTestEventResponse) ProtoMessage() {}
 
 func (x *SendTestEventResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[39]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2697,7 +2831,7 @@ func (x *SendTestEventResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendTestEventResponse.ProtoReflect.Descriptor instead.
 func (*SendTestEventResponse) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{39}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *SendTestEventResponse) GetEventId() string {
@@ -2744,7 +2878,7 @@ type StageReached struct {
 
 func (x *StageReached) Reset() {
 	*x = StageReached{}
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[40]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2756,7 +2890,7 @@ func (x *StageReached) String() string {
 func (*StageReached) ProtoMessage() {}
 
 func (x *StageReached) ProtoReflect() protoreflect.Message {
-	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[40]
+	mi := &file_closedloop_admin_v1_admin_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2769,7 +2903,7 @@ func (x *StageReached) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StageReached.ProtoReflect.Descriptor instead.
 func (*StageReached) Descriptor() ([]byte, []int) {
-	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{40}
+	return file_closedloop_admin_v1_admin_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *StageReached) GetStage() string {
@@ -2804,7 +2938,16 @@ var File_closedloop_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_closedloop_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x1fclosedloop/admin/v1/admin.proto\x12\x13closedloop.admin.v1\x1a\"closedloop/admin/v1/backfill.proto\x1a\x1fclosedloop/admin/v1/drift.proto\x1a'closedloop/admin/v1/service_admin.proto\x1a$closedloop/sink/v1/dead_letter.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x14\n" +
+	"\x1fclosedloop/admin/v1/admin.proto\x12\x13closedloop.admin.v1\x1a\"closedloop/admin/v1/backfill.proto\x1a\x1fclosedloop/admin/v1/drift.proto\x1a'closedloop/admin/v1/service_admin.proto\x1a$closedloop/sink/v1/dead_letter.proto\x1a$closedloop/sink/v1/propagation.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd8\x01\n" +
+	"\x17ListUnsubscribesRequest\x12\x14\n" +
+	"\x05email\x18\x01 \x01(\tR\x05email\x12 \n" +
+	"\vdestination\x18\x02 \x01(\tR\vdestination\x12=\n" +
+	"\x06result\x18\x03 \x01(\x0e2%.closedloop.sink.v1.PropagationResultR\x06result\x120\n" +
+	"\x05since\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x14\n" +
+	"\x05limit\x18\x05 \x01(\x05R\x05limit\"y\n" +
+	"\x18ListUnsubscribesResponse\x12C\n" +
+	"\fpropagations\x18\x01 \x03(\v2\x1f.closedloop.sink.v1.PropagationR\fpropagations\x12\x18\n" +
+	"\ascanned\x18\x02 \x01(\x05R\ascanned\"\x14\n" +
 	"\x12ListSourcesRequest\"L\n" +
 	"\x13ListSourcesResponse\x125\n" +
 	"\asources\x18\x01 \x03(\v2\x1b.closedloop.admin.v1.SourceR\asources\"&\n" +
@@ -3010,7 +3153,7 @@ const file_closedloop_admin_v1_admin_proto_rawDesc = "" +
 	"\x11REPLAY_STATE_DONE\x10\x02\x12\x1a\n" +
 	"\x16REPLAY_STATE_CANCELLED\x10\x03\x12\x17\n" +
 	"\x13REPLAY_STATE_FAILED\x10\x04\x12\x1c\n" +
-	"\x18REPLAY_STATE_INTERRUPTED\x10\x052\x96\r\n" +
+	"\x18REPLAY_STATE_INTERRUPTED\x10\x052\x87\x0e\n" +
 	"\fAdminService\x12`\n" +
 	"\vListSources\x12'.closedloop.admin.v1.ListSourcesRequest\x1a(.closedloop.admin.v1.ListSourcesResponse\x12Z\n" +
 	"\tGetSource\x12%.closedloop.admin.v1.GetSourceRequest\x1a&.closedloop.admin.v1.GetSourceResponse\x12o\n" +
@@ -3028,7 +3171,8 @@ const file_closedloop_admin_v1_admin_proto_rawDesc = "" +
 	"\fCancelReplay\x12(.closedloop.admin.v1.CancelReplayRequest\x1a).closedloop.admin.v1.CancelReplayResponse\x12`\n" +
 	"\vListReplays\x12'.closedloop.admin.v1.ListReplaysRequest\x1a(.closedloop.admin.v1.ListReplaysResponse\x12f\n" +
 	"\rSendTestEvent\x12).closedloop.admin.v1.SendTestEventRequest\x1a*.closedloop.admin.v1.SendTestEventResponse\x12r\n" +
-	"\x11GetPipelineStatus\x12-.closedloop.admin.v1.GetPipelineStatusRequest\x1a..closedloop.admin.v1.GetPipelineStatusResponseB\xde\x01\n" +
+	"\x11GetPipelineStatus\x12-.closedloop.admin.v1.GetPipelineStatusRequest\x1a..closedloop.admin.v1.GetPipelineStatusResponse\x12o\n" +
+	"\x10ListUnsubscribes\x12,.closedloop.admin.v1.ListUnsubscribesRequest\x1a-.closedloop.admin.v1.ListUnsubscribesResponseB\xde\x01\n" +
 	"\x17com.closedloop.admin.v1B\n" +
 	"AdminProtoP\x01ZIgithub.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1;adminv1\xa2\x02\x03CAX\xaa\x02\x13Closedloop.Admin.V1\xca\x02\x13Closedloop\\Admin\\V1\xe2\x02\x1fClosedloop\\Admin\\V1\\GPBMetadata\xea\x02\x15Closedloop::Admin::V1b\x06proto3"
 
@@ -3045,142 +3189,151 @@ func file_closedloop_admin_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_closedloop_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_closedloop_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
+var file_closedloop_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_closedloop_admin_v1_admin_proto_goTypes = []any{
 	(DeadLetterState)(0),               // 0: closedloop.admin.v1.DeadLetterState
 	(ReplayFrom)(0),                    // 1: closedloop.admin.v1.ReplayFrom
 	(ReplayState)(0),                   // 2: closedloop.admin.v1.ReplayState
-	(*ListSourcesRequest)(nil),         // 3: closedloop.admin.v1.ListSourcesRequest
-	(*ListSourcesResponse)(nil),        // 4: closedloop.admin.v1.ListSourcesResponse
-	(*GetSourceRequest)(nil),           // 5: closedloop.admin.v1.GetSourceRequest
-	(*GetSourceResponse)(nil),          // 6: closedloop.admin.v1.GetSourceResponse
-	(*Source)(nil),                     // 7: closedloop.admin.v1.Source
-	(*IngestTokenInfo)(nil),            // 8: closedloop.admin.v1.IngestTokenInfo
-	(*IssueIngestTokenRequest)(nil),    // 9: closedloop.admin.v1.IssueIngestTokenRequest
-	(*IssueIngestTokenResponse)(nil),   // 10: closedloop.admin.v1.IssueIngestTokenResponse
-	(*RevokeIngestTokenRequest)(nil),   // 11: closedloop.admin.v1.RevokeIngestTokenRequest
-	(*RevokeIngestTokenResponse)(nil),  // 12: closedloop.admin.v1.RevokeIngestTokenResponse
-	(*DeadLetterFilter)(nil),           // 13: closedloop.admin.v1.DeadLetterFilter
-	(*ListDeadLettersRequest)(nil),     // 14: closedloop.admin.v1.ListDeadLettersRequest
-	(*ListDeadLettersResponse)(nil),    // 15: closedloop.admin.v1.ListDeadLettersResponse
-	(*DeadLetterSummary)(nil),          // 16: closedloop.admin.v1.DeadLetterSummary
-	(*GetDeadLetterRequest)(nil),       // 17: closedloop.admin.v1.GetDeadLetterRequest
-	(*GetDeadLetterResponse)(nil),      // 18: closedloop.admin.v1.GetDeadLetterResponse
-	(*ReplayDeadLettersRequest)(nil),   // 19: closedloop.admin.v1.ReplayDeadLettersRequest
-	(*ReplayDeadLettersResponse)(nil),  // 20: closedloop.admin.v1.ReplayDeadLettersResponse
-	(*DiscardDeadLettersRequest)(nil),  // 21: closedloop.admin.v1.DiscardDeadLettersRequest
-	(*DiscardDeadLettersResponse)(nil), // 22: closedloop.admin.v1.DiscardDeadLettersResponse
-	(*GetPipelineStatusRequest)(nil),   // 23: closedloop.admin.v1.GetPipelineStatusRequest
-	(*GetPipelineStatusResponse)(nil),  // 24: closedloop.admin.v1.GetPipelineStatusResponse
-	(*StageStatus)(nil),                // 25: closedloop.admin.v1.StageStatus
-	(*PartitionLag)(nil),               // 26: closedloop.admin.v1.PartitionLag
-	(*PauseSinkRequest)(nil),           // 27: closedloop.admin.v1.PauseSinkRequest
-	(*PauseSinkResponse)(nil),          // 28: closedloop.admin.v1.PauseSinkResponse
-	(*ResumeSinkRequest)(nil),          // 29: closedloop.admin.v1.ResumeSinkRequest
-	(*ResumeSinkResponse)(nil),         // 30: closedloop.admin.v1.ResumeSinkResponse
-	(*InstanceDestinations)(nil),       // 31: closedloop.admin.v1.InstanceDestinations
-	(*StartReplayRequest)(nil),         // 32: closedloop.admin.v1.StartReplayRequest
-	(*StartReplayResponse)(nil),        // 33: closedloop.admin.v1.StartReplayResponse
-	(*ReplayJob)(nil),                  // 34: closedloop.admin.v1.ReplayJob
-	(*WatchReplayRequest)(nil),         // 35: closedloop.admin.v1.WatchReplayRequest
-	(*WatchReplayResponse)(nil),        // 36: closedloop.admin.v1.WatchReplayResponse
-	(*CancelReplayRequest)(nil),        // 37: closedloop.admin.v1.CancelReplayRequest
-	(*CancelReplayResponse)(nil),       // 38: closedloop.admin.v1.CancelReplayResponse
-	(*ListReplaysRequest)(nil),         // 39: closedloop.admin.v1.ListReplaysRequest
-	(*ListReplaysResponse)(nil),        // 40: closedloop.admin.v1.ListReplaysResponse
-	(*SendTestEventRequest)(nil),       // 41: closedloop.admin.v1.SendTestEventRequest
-	(*SendTestEventResponse)(nil),      // 42: closedloop.admin.v1.SendTestEventResponse
-	(*StageReached)(nil),               // 43: closedloop.admin.v1.StageReached
-	(*timestamppb.Timestamp)(nil),      // 44: google.protobuf.Timestamp
-	(v1.ErrorClass)(0),                 // 45: closedloop.sink.v1.ErrorClass
-	(*v1.DeadLetter)(nil),              // 46: closedloop.sink.v1.DeadLetter
-	(*SchemaPath)(nil),                 // 47: closedloop.admin.v1.SchemaPath
-	(*LoopClosure)(nil),                // 48: closedloop.admin.v1.LoopClosure
-	(*SourceTraffic)(nil),              // 49: closedloop.admin.v1.SourceTraffic
-	(*SourceReconciliation)(nil),       // 50: closedloop.admin.v1.SourceReconciliation
-	(*DestinationStatus)(nil),          // 51: closedloop.admin.v1.DestinationStatus
+	(*ListUnsubscribesRequest)(nil),    // 3: closedloop.admin.v1.ListUnsubscribesRequest
+	(*ListUnsubscribesResponse)(nil),   // 4: closedloop.admin.v1.ListUnsubscribesResponse
+	(*ListSourcesRequest)(nil),         // 5: closedloop.admin.v1.ListSourcesRequest
+	(*ListSourcesResponse)(nil),        // 6: closedloop.admin.v1.ListSourcesResponse
+	(*GetSourceRequest)(nil),           // 7: closedloop.admin.v1.GetSourceRequest
+	(*GetSourceResponse)(nil),          // 8: closedloop.admin.v1.GetSourceResponse
+	(*Source)(nil),                     // 9: closedloop.admin.v1.Source
+	(*IngestTokenInfo)(nil),            // 10: closedloop.admin.v1.IngestTokenInfo
+	(*IssueIngestTokenRequest)(nil),    // 11: closedloop.admin.v1.IssueIngestTokenRequest
+	(*IssueIngestTokenResponse)(nil),   // 12: closedloop.admin.v1.IssueIngestTokenResponse
+	(*RevokeIngestTokenRequest)(nil),   // 13: closedloop.admin.v1.RevokeIngestTokenRequest
+	(*RevokeIngestTokenResponse)(nil),  // 14: closedloop.admin.v1.RevokeIngestTokenResponse
+	(*DeadLetterFilter)(nil),           // 15: closedloop.admin.v1.DeadLetterFilter
+	(*ListDeadLettersRequest)(nil),     // 16: closedloop.admin.v1.ListDeadLettersRequest
+	(*ListDeadLettersResponse)(nil),    // 17: closedloop.admin.v1.ListDeadLettersResponse
+	(*DeadLetterSummary)(nil),          // 18: closedloop.admin.v1.DeadLetterSummary
+	(*GetDeadLetterRequest)(nil),       // 19: closedloop.admin.v1.GetDeadLetterRequest
+	(*GetDeadLetterResponse)(nil),      // 20: closedloop.admin.v1.GetDeadLetterResponse
+	(*ReplayDeadLettersRequest)(nil),   // 21: closedloop.admin.v1.ReplayDeadLettersRequest
+	(*ReplayDeadLettersResponse)(nil),  // 22: closedloop.admin.v1.ReplayDeadLettersResponse
+	(*DiscardDeadLettersRequest)(nil),  // 23: closedloop.admin.v1.DiscardDeadLettersRequest
+	(*DiscardDeadLettersResponse)(nil), // 24: closedloop.admin.v1.DiscardDeadLettersResponse
+	(*GetPipelineStatusRequest)(nil),   // 25: closedloop.admin.v1.GetPipelineStatusRequest
+	(*GetPipelineStatusResponse)(nil),  // 26: closedloop.admin.v1.GetPipelineStatusResponse
+	(*StageStatus)(nil),                // 27: closedloop.admin.v1.StageStatus
+	(*PartitionLag)(nil),               // 28: closedloop.admin.v1.PartitionLag
+	(*PauseSinkRequest)(nil),           // 29: closedloop.admin.v1.PauseSinkRequest
+	(*PauseSinkResponse)(nil),          // 30: closedloop.admin.v1.PauseSinkResponse
+	(*ResumeSinkRequest)(nil),          // 31: closedloop.admin.v1.ResumeSinkRequest
+	(*ResumeSinkResponse)(nil),         // 32: closedloop.admin.v1.ResumeSinkResponse
+	(*InstanceDestinations)(nil),       // 33: closedloop.admin.v1.InstanceDestinations
+	(*StartReplayRequest)(nil),         // 34: closedloop.admin.v1.StartReplayRequest
+	(*StartReplayResponse)(nil),        // 35: closedloop.admin.v1.StartReplayResponse
+	(*ReplayJob)(nil),                  // 36: closedloop.admin.v1.ReplayJob
+	(*WatchReplayRequest)(nil),         // 37: closedloop.admin.v1.WatchReplayRequest
+	(*WatchReplayResponse)(nil),        // 38: closedloop.admin.v1.WatchReplayResponse
+	(*CancelReplayRequest)(nil),        // 39: closedloop.admin.v1.CancelReplayRequest
+	(*CancelReplayResponse)(nil),       // 40: closedloop.admin.v1.CancelReplayResponse
+	(*ListReplaysRequest)(nil),         // 41: closedloop.admin.v1.ListReplaysRequest
+	(*ListReplaysResponse)(nil),        // 42: closedloop.admin.v1.ListReplaysResponse
+	(*SendTestEventRequest)(nil),       // 43: closedloop.admin.v1.SendTestEventRequest
+	(*SendTestEventResponse)(nil),      // 44: closedloop.admin.v1.SendTestEventResponse
+	(*StageReached)(nil),               // 45: closedloop.admin.v1.StageReached
+	(v1.PropagationResult)(0),          // 46: closedloop.sink.v1.PropagationResult
+	(*timestamppb.Timestamp)(nil),      // 47: google.protobuf.Timestamp
+	(*v1.Propagation)(nil),             // 48: closedloop.sink.v1.Propagation
+	(v1.ErrorClass)(0),                 // 49: closedloop.sink.v1.ErrorClass
+	(*v1.DeadLetter)(nil),              // 50: closedloop.sink.v1.DeadLetter
+	(*SchemaPath)(nil),                 // 51: closedloop.admin.v1.SchemaPath
+	(*LoopClosure)(nil),                // 52: closedloop.admin.v1.LoopClosure
+	(*SourceTraffic)(nil),              // 53: closedloop.admin.v1.SourceTraffic
+	(*SourceReconciliation)(nil),       // 54: closedloop.admin.v1.SourceReconciliation
+	(*DestinationStatus)(nil),          // 55: closedloop.admin.v1.DestinationStatus
 }
 var file_closedloop_admin_v1_admin_proto_depIdxs = []int32{
-	7,  // 0: closedloop.admin.v1.ListSourcesResponse.sources:type_name -> closedloop.admin.v1.Source
-	7,  // 1: closedloop.admin.v1.GetSourceResponse.source:type_name -> closedloop.admin.v1.Source
-	8,  // 2: closedloop.admin.v1.Source.tokens:type_name -> closedloop.admin.v1.IngestTokenInfo
-	44, // 3: closedloop.admin.v1.IngestTokenInfo.created_at:type_name -> google.protobuf.Timestamp
-	8,  // 4: closedloop.admin.v1.IssueIngestTokenResponse.token:type_name -> closedloop.admin.v1.IngestTokenInfo
-	44, // 5: closedloop.admin.v1.DeadLetterFilter.since:type_name -> google.protobuf.Timestamp
-	44, // 6: closedloop.admin.v1.DeadLetterFilter.until:type_name -> google.protobuf.Timestamp
-	45, // 7: closedloop.admin.v1.DeadLetterFilter.error_class:type_name -> closedloop.sink.v1.ErrorClass
-	13, // 8: closedloop.admin.v1.ListDeadLettersRequest.filter:type_name -> closedloop.admin.v1.DeadLetterFilter
-	16, // 9: closedloop.admin.v1.ListDeadLettersResponse.dead_letters:type_name -> closedloop.admin.v1.DeadLetterSummary
-	45, // 10: closedloop.admin.v1.DeadLetterSummary.error_class:type_name -> closedloop.sink.v1.ErrorClass
-	44, // 11: closedloop.admin.v1.DeadLetterSummary.dead_at:type_name -> google.protobuf.Timestamp
-	0,  // 12: closedloop.admin.v1.DeadLetterSummary.state:type_name -> closedloop.admin.v1.DeadLetterState
-	44, // 13: closedloop.admin.v1.DeadLetterSummary.resolved_at:type_name -> google.protobuf.Timestamp
-	16, // 14: closedloop.admin.v1.GetDeadLetterResponse.summary:type_name -> closedloop.admin.v1.DeadLetterSummary
-	46, // 15: closedloop.admin.v1.GetDeadLetterResponse.dead_letter:type_name -> closedloop.sink.v1.DeadLetter
-	13, // 16: closedloop.admin.v1.ReplayDeadLettersRequest.filter:type_name -> closedloop.admin.v1.DeadLetterFilter
-	13, // 17: closedloop.admin.v1.DiscardDeadLettersRequest.filter:type_name -> closedloop.admin.v1.DeadLetterFilter
-	44, // 18: closedloop.admin.v1.GetPipelineStatusResponse.at:type_name -> google.protobuf.Timestamp
-	25, // 19: closedloop.admin.v1.GetPipelineStatusResponse.stages:type_name -> closedloop.admin.v1.StageStatus
-	47, // 20: closedloop.admin.v1.GetPipelineStatusResponse.recent_drift:type_name -> closedloop.admin.v1.SchemaPath
-	48, // 21: closedloop.admin.v1.GetPipelineStatusResponse.loop_closure:type_name -> closedloop.admin.v1.LoopClosure
-	49, // 22: closedloop.admin.v1.GetPipelineStatusResponse.sources:type_name -> closedloop.admin.v1.SourceTraffic
-	50, // 23: closedloop.admin.v1.GetPipelineStatusResponse.reconciliation:type_name -> closedloop.admin.v1.SourceReconciliation
-	26, // 24: closedloop.admin.v1.StageStatus.partitions:type_name -> closedloop.admin.v1.PartitionLag
-	44, // 25: closedloop.admin.v1.StageStatus.last_processed_at:type_name -> google.protobuf.Timestamp
-	51, // 26: closedloop.admin.v1.StageStatus.destinations:type_name -> closedloop.admin.v1.DestinationStatus
-	44, // 27: closedloop.admin.v1.StageStatus.freshness_at:type_name -> google.protobuf.Timestamp
-	31, // 28: closedloop.admin.v1.PauseSinkResponse.instances:type_name -> closedloop.admin.v1.InstanceDestinations
-	31, // 29: closedloop.admin.v1.ResumeSinkResponse.instances:type_name -> closedloop.admin.v1.InstanceDestinations
-	51, // 30: closedloop.admin.v1.InstanceDestinations.destinations:type_name -> closedloop.admin.v1.DestinationStatus
-	1,  // 31: closedloop.admin.v1.StartReplayRequest.from:type_name -> closedloop.admin.v1.ReplayFrom
-	44, // 32: closedloop.admin.v1.StartReplayRequest.since:type_name -> google.protobuf.Timestamp
-	44, // 33: closedloop.admin.v1.StartReplayRequest.until:type_name -> google.protobuf.Timestamp
-	34, // 34: closedloop.admin.v1.StartReplayResponse.job:type_name -> closedloop.admin.v1.ReplayJob
-	32, // 35: closedloop.admin.v1.ReplayJob.request:type_name -> closedloop.admin.v1.StartReplayRequest
-	2,  // 36: closedloop.admin.v1.ReplayJob.state:type_name -> closedloop.admin.v1.ReplayState
-	44, // 37: closedloop.admin.v1.ReplayJob.started_at:type_name -> google.protobuf.Timestamp
-	44, // 38: closedloop.admin.v1.ReplayJob.finished_at:type_name -> google.protobuf.Timestamp
-	34, // 39: closedloop.admin.v1.WatchReplayResponse.job:type_name -> closedloop.admin.v1.ReplayJob
-	34, // 40: closedloop.admin.v1.CancelReplayResponse.job:type_name -> closedloop.admin.v1.ReplayJob
-	34, // 41: closedloop.admin.v1.ListReplaysResponse.jobs:type_name -> closedloop.admin.v1.ReplayJob
-	43, // 42: closedloop.admin.v1.SendTestEventResponse.stages:type_name -> closedloop.admin.v1.StageReached
-	3,  // 43: closedloop.admin.v1.AdminService.ListSources:input_type -> closedloop.admin.v1.ListSourcesRequest
-	5,  // 44: closedloop.admin.v1.AdminService.GetSource:input_type -> closedloop.admin.v1.GetSourceRequest
-	9,  // 45: closedloop.admin.v1.AdminService.IssueIngestToken:input_type -> closedloop.admin.v1.IssueIngestTokenRequest
-	11, // 46: closedloop.admin.v1.AdminService.RevokeIngestToken:input_type -> closedloop.admin.v1.RevokeIngestTokenRequest
-	14, // 47: closedloop.admin.v1.AdminService.ListDeadLetters:input_type -> closedloop.admin.v1.ListDeadLettersRequest
-	17, // 48: closedloop.admin.v1.AdminService.GetDeadLetter:input_type -> closedloop.admin.v1.GetDeadLetterRequest
-	19, // 49: closedloop.admin.v1.AdminService.ReplayDeadLetters:input_type -> closedloop.admin.v1.ReplayDeadLettersRequest
-	21, // 50: closedloop.admin.v1.AdminService.DiscardDeadLetters:input_type -> closedloop.admin.v1.DiscardDeadLettersRequest
-	27, // 51: closedloop.admin.v1.AdminService.PauseSink:input_type -> closedloop.admin.v1.PauseSinkRequest
-	29, // 52: closedloop.admin.v1.AdminService.ResumeSink:input_type -> closedloop.admin.v1.ResumeSinkRequest
-	32, // 53: closedloop.admin.v1.AdminService.StartReplay:input_type -> closedloop.admin.v1.StartReplayRequest
-	35, // 54: closedloop.admin.v1.AdminService.WatchReplay:input_type -> closedloop.admin.v1.WatchReplayRequest
-	37, // 55: closedloop.admin.v1.AdminService.CancelReplay:input_type -> closedloop.admin.v1.CancelReplayRequest
-	39, // 56: closedloop.admin.v1.AdminService.ListReplays:input_type -> closedloop.admin.v1.ListReplaysRequest
-	41, // 57: closedloop.admin.v1.AdminService.SendTestEvent:input_type -> closedloop.admin.v1.SendTestEventRequest
-	23, // 58: closedloop.admin.v1.AdminService.GetPipelineStatus:input_type -> closedloop.admin.v1.GetPipelineStatusRequest
-	4,  // 59: closedloop.admin.v1.AdminService.ListSources:output_type -> closedloop.admin.v1.ListSourcesResponse
-	6,  // 60: closedloop.admin.v1.AdminService.GetSource:output_type -> closedloop.admin.v1.GetSourceResponse
-	10, // 61: closedloop.admin.v1.AdminService.IssueIngestToken:output_type -> closedloop.admin.v1.IssueIngestTokenResponse
-	12, // 62: closedloop.admin.v1.AdminService.RevokeIngestToken:output_type -> closedloop.admin.v1.RevokeIngestTokenResponse
-	15, // 63: closedloop.admin.v1.AdminService.ListDeadLetters:output_type -> closedloop.admin.v1.ListDeadLettersResponse
-	18, // 64: closedloop.admin.v1.AdminService.GetDeadLetter:output_type -> closedloop.admin.v1.GetDeadLetterResponse
-	20, // 65: closedloop.admin.v1.AdminService.ReplayDeadLetters:output_type -> closedloop.admin.v1.ReplayDeadLettersResponse
-	22, // 66: closedloop.admin.v1.AdminService.DiscardDeadLetters:output_type -> closedloop.admin.v1.DiscardDeadLettersResponse
-	28, // 67: closedloop.admin.v1.AdminService.PauseSink:output_type -> closedloop.admin.v1.PauseSinkResponse
-	30, // 68: closedloop.admin.v1.AdminService.ResumeSink:output_type -> closedloop.admin.v1.ResumeSinkResponse
-	33, // 69: closedloop.admin.v1.AdminService.StartReplay:output_type -> closedloop.admin.v1.StartReplayResponse
-	36, // 70: closedloop.admin.v1.AdminService.WatchReplay:output_type -> closedloop.admin.v1.WatchReplayResponse
-	38, // 71: closedloop.admin.v1.AdminService.CancelReplay:output_type -> closedloop.admin.v1.CancelReplayResponse
-	40, // 72: closedloop.admin.v1.AdminService.ListReplays:output_type -> closedloop.admin.v1.ListReplaysResponse
-	42, // 73: closedloop.admin.v1.AdminService.SendTestEvent:output_type -> closedloop.admin.v1.SendTestEventResponse
-	24, // 74: closedloop.admin.v1.AdminService.GetPipelineStatus:output_type -> closedloop.admin.v1.GetPipelineStatusResponse
-	59, // [59:75] is the sub-list for method output_type
-	43, // [43:59] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	46, // 0: closedloop.admin.v1.ListUnsubscribesRequest.result:type_name -> closedloop.sink.v1.PropagationResult
+	47, // 1: closedloop.admin.v1.ListUnsubscribesRequest.since:type_name -> google.protobuf.Timestamp
+	48, // 2: closedloop.admin.v1.ListUnsubscribesResponse.propagations:type_name -> closedloop.sink.v1.Propagation
+	9,  // 3: closedloop.admin.v1.ListSourcesResponse.sources:type_name -> closedloop.admin.v1.Source
+	9,  // 4: closedloop.admin.v1.GetSourceResponse.source:type_name -> closedloop.admin.v1.Source
+	10, // 5: closedloop.admin.v1.Source.tokens:type_name -> closedloop.admin.v1.IngestTokenInfo
+	47, // 6: closedloop.admin.v1.IngestTokenInfo.created_at:type_name -> google.protobuf.Timestamp
+	10, // 7: closedloop.admin.v1.IssueIngestTokenResponse.token:type_name -> closedloop.admin.v1.IngestTokenInfo
+	47, // 8: closedloop.admin.v1.DeadLetterFilter.since:type_name -> google.protobuf.Timestamp
+	47, // 9: closedloop.admin.v1.DeadLetterFilter.until:type_name -> google.protobuf.Timestamp
+	49, // 10: closedloop.admin.v1.DeadLetterFilter.error_class:type_name -> closedloop.sink.v1.ErrorClass
+	15, // 11: closedloop.admin.v1.ListDeadLettersRequest.filter:type_name -> closedloop.admin.v1.DeadLetterFilter
+	18, // 12: closedloop.admin.v1.ListDeadLettersResponse.dead_letters:type_name -> closedloop.admin.v1.DeadLetterSummary
+	49, // 13: closedloop.admin.v1.DeadLetterSummary.error_class:type_name -> closedloop.sink.v1.ErrorClass
+	47, // 14: closedloop.admin.v1.DeadLetterSummary.dead_at:type_name -> google.protobuf.Timestamp
+	0,  // 15: closedloop.admin.v1.DeadLetterSummary.state:type_name -> closedloop.admin.v1.DeadLetterState
+	47, // 16: closedloop.admin.v1.DeadLetterSummary.resolved_at:type_name -> google.protobuf.Timestamp
+	18, // 17: closedloop.admin.v1.GetDeadLetterResponse.summary:type_name -> closedloop.admin.v1.DeadLetterSummary
+	50, // 18: closedloop.admin.v1.GetDeadLetterResponse.dead_letter:type_name -> closedloop.sink.v1.DeadLetter
+	15, // 19: closedloop.admin.v1.ReplayDeadLettersRequest.filter:type_name -> closedloop.admin.v1.DeadLetterFilter
+	15, // 20: closedloop.admin.v1.DiscardDeadLettersRequest.filter:type_name -> closedloop.admin.v1.DeadLetterFilter
+	47, // 21: closedloop.admin.v1.GetPipelineStatusResponse.at:type_name -> google.protobuf.Timestamp
+	27, // 22: closedloop.admin.v1.GetPipelineStatusResponse.stages:type_name -> closedloop.admin.v1.StageStatus
+	51, // 23: closedloop.admin.v1.GetPipelineStatusResponse.recent_drift:type_name -> closedloop.admin.v1.SchemaPath
+	52, // 24: closedloop.admin.v1.GetPipelineStatusResponse.loop_closure:type_name -> closedloop.admin.v1.LoopClosure
+	53, // 25: closedloop.admin.v1.GetPipelineStatusResponse.sources:type_name -> closedloop.admin.v1.SourceTraffic
+	54, // 26: closedloop.admin.v1.GetPipelineStatusResponse.reconciliation:type_name -> closedloop.admin.v1.SourceReconciliation
+	28, // 27: closedloop.admin.v1.StageStatus.partitions:type_name -> closedloop.admin.v1.PartitionLag
+	47, // 28: closedloop.admin.v1.StageStatus.last_processed_at:type_name -> google.protobuf.Timestamp
+	55, // 29: closedloop.admin.v1.StageStatus.destinations:type_name -> closedloop.admin.v1.DestinationStatus
+	47, // 30: closedloop.admin.v1.StageStatus.freshness_at:type_name -> google.protobuf.Timestamp
+	33, // 31: closedloop.admin.v1.PauseSinkResponse.instances:type_name -> closedloop.admin.v1.InstanceDestinations
+	33, // 32: closedloop.admin.v1.ResumeSinkResponse.instances:type_name -> closedloop.admin.v1.InstanceDestinations
+	55, // 33: closedloop.admin.v1.InstanceDestinations.destinations:type_name -> closedloop.admin.v1.DestinationStatus
+	1,  // 34: closedloop.admin.v1.StartReplayRequest.from:type_name -> closedloop.admin.v1.ReplayFrom
+	47, // 35: closedloop.admin.v1.StartReplayRequest.since:type_name -> google.protobuf.Timestamp
+	47, // 36: closedloop.admin.v1.StartReplayRequest.until:type_name -> google.protobuf.Timestamp
+	36, // 37: closedloop.admin.v1.StartReplayResponse.job:type_name -> closedloop.admin.v1.ReplayJob
+	34, // 38: closedloop.admin.v1.ReplayJob.request:type_name -> closedloop.admin.v1.StartReplayRequest
+	2,  // 39: closedloop.admin.v1.ReplayJob.state:type_name -> closedloop.admin.v1.ReplayState
+	47, // 40: closedloop.admin.v1.ReplayJob.started_at:type_name -> google.protobuf.Timestamp
+	47, // 41: closedloop.admin.v1.ReplayJob.finished_at:type_name -> google.protobuf.Timestamp
+	36, // 42: closedloop.admin.v1.WatchReplayResponse.job:type_name -> closedloop.admin.v1.ReplayJob
+	36, // 43: closedloop.admin.v1.CancelReplayResponse.job:type_name -> closedloop.admin.v1.ReplayJob
+	36, // 44: closedloop.admin.v1.ListReplaysResponse.jobs:type_name -> closedloop.admin.v1.ReplayJob
+	45, // 45: closedloop.admin.v1.SendTestEventResponse.stages:type_name -> closedloop.admin.v1.StageReached
+	5,  // 46: closedloop.admin.v1.AdminService.ListSources:input_type -> closedloop.admin.v1.ListSourcesRequest
+	7,  // 47: closedloop.admin.v1.AdminService.GetSource:input_type -> closedloop.admin.v1.GetSourceRequest
+	11, // 48: closedloop.admin.v1.AdminService.IssueIngestToken:input_type -> closedloop.admin.v1.IssueIngestTokenRequest
+	13, // 49: closedloop.admin.v1.AdminService.RevokeIngestToken:input_type -> closedloop.admin.v1.RevokeIngestTokenRequest
+	16, // 50: closedloop.admin.v1.AdminService.ListDeadLetters:input_type -> closedloop.admin.v1.ListDeadLettersRequest
+	19, // 51: closedloop.admin.v1.AdminService.GetDeadLetter:input_type -> closedloop.admin.v1.GetDeadLetterRequest
+	21, // 52: closedloop.admin.v1.AdminService.ReplayDeadLetters:input_type -> closedloop.admin.v1.ReplayDeadLettersRequest
+	23, // 53: closedloop.admin.v1.AdminService.DiscardDeadLetters:input_type -> closedloop.admin.v1.DiscardDeadLettersRequest
+	29, // 54: closedloop.admin.v1.AdminService.PauseSink:input_type -> closedloop.admin.v1.PauseSinkRequest
+	31, // 55: closedloop.admin.v1.AdminService.ResumeSink:input_type -> closedloop.admin.v1.ResumeSinkRequest
+	34, // 56: closedloop.admin.v1.AdminService.StartReplay:input_type -> closedloop.admin.v1.StartReplayRequest
+	37, // 57: closedloop.admin.v1.AdminService.WatchReplay:input_type -> closedloop.admin.v1.WatchReplayRequest
+	39, // 58: closedloop.admin.v1.AdminService.CancelReplay:input_type -> closedloop.admin.v1.CancelReplayRequest
+	41, // 59: closedloop.admin.v1.AdminService.ListReplays:input_type -> closedloop.admin.v1.ListReplaysRequest
+	43, // 60: closedloop.admin.v1.AdminService.SendTestEvent:input_type -> closedloop.admin.v1.SendTestEventRequest
+	25, // 61: closedloop.admin.v1.AdminService.GetPipelineStatus:input_type -> closedloop.admin.v1.GetPipelineStatusRequest
+	3,  // 62: closedloop.admin.v1.AdminService.ListUnsubscribes:input_type -> closedloop.admin.v1.ListUnsubscribesRequest
+	6,  // 63: closedloop.admin.v1.AdminService.ListSources:output_type -> closedloop.admin.v1.ListSourcesResponse
+	8,  // 64: closedloop.admin.v1.AdminService.GetSource:output_type -> closedloop.admin.v1.GetSourceResponse
+	12, // 65: closedloop.admin.v1.AdminService.IssueIngestToken:output_type -> closedloop.admin.v1.IssueIngestTokenResponse
+	14, // 66: closedloop.admin.v1.AdminService.RevokeIngestToken:output_type -> closedloop.admin.v1.RevokeIngestTokenResponse
+	17, // 67: closedloop.admin.v1.AdminService.ListDeadLetters:output_type -> closedloop.admin.v1.ListDeadLettersResponse
+	20, // 68: closedloop.admin.v1.AdminService.GetDeadLetter:output_type -> closedloop.admin.v1.GetDeadLetterResponse
+	22, // 69: closedloop.admin.v1.AdminService.ReplayDeadLetters:output_type -> closedloop.admin.v1.ReplayDeadLettersResponse
+	24, // 70: closedloop.admin.v1.AdminService.DiscardDeadLetters:output_type -> closedloop.admin.v1.DiscardDeadLettersResponse
+	30, // 71: closedloop.admin.v1.AdminService.PauseSink:output_type -> closedloop.admin.v1.PauseSinkResponse
+	32, // 72: closedloop.admin.v1.AdminService.ResumeSink:output_type -> closedloop.admin.v1.ResumeSinkResponse
+	35, // 73: closedloop.admin.v1.AdminService.StartReplay:output_type -> closedloop.admin.v1.StartReplayResponse
+	38, // 74: closedloop.admin.v1.AdminService.WatchReplay:output_type -> closedloop.admin.v1.WatchReplayResponse
+	40, // 75: closedloop.admin.v1.AdminService.CancelReplay:output_type -> closedloop.admin.v1.CancelReplayResponse
+	42, // 76: closedloop.admin.v1.AdminService.ListReplays:output_type -> closedloop.admin.v1.ListReplaysResponse
+	44, // 77: closedloop.admin.v1.AdminService.SendTestEvent:output_type -> closedloop.admin.v1.SendTestEventResponse
+	26, // 78: closedloop.admin.v1.AdminService.GetPipelineStatus:output_type -> closedloop.admin.v1.GetPipelineStatusResponse
+	4,  // 79: closedloop.admin.v1.AdminService.ListUnsubscribes:output_type -> closedloop.admin.v1.ListUnsubscribesResponse
+	63, // [63:80] is the sub-list for method output_type
+	46, // [46:63] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_closedloop_admin_v1_admin_proto_init() }
@@ -3197,7 +3350,7 @@ func file_closedloop_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_closedloop_admin_v1_admin_proto_rawDesc), len(file_closedloop_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   41,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -35,6 +35,7 @@ const (
 	AdminService_ListReplays_FullMethodName        = "/closedloop.admin.v1.AdminService/ListReplays"
 	AdminService_SendTestEvent_FullMethodName      = "/closedloop.admin.v1.AdminService/SendTestEvent"
 	AdminService_GetPipelineStatus_FullMethodName  = "/closedloop.admin.v1.AdminService/GetPipelineStatus"
+	AdminService_ListUnsubscribes_FullMethodName   = "/closedloop.admin.v1.AdminService/ListUnsubscribes"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -103,6 +104,10 @@ type AdminServiceClient interface {
 	// consumer lag per partition and in total, DLQ depth, freshness, breaker
 	// states; and the schema drift the normalizer recorded.
 	GetPipelineStatus(ctx context.Context, in *GetPipelineStatusRequest, opts ...grpc.CallOption) (*GetPipelineStatusResponse, error)
+	// ListUnsubscribes lists the latest unsubscribe propagations the CRM
+	// destinations recorded (closedloop.unsubscribes.v1), newest first: who
+	// opted out, which CRM, when received and applied, the result. Viewer.
+	ListUnsubscribes(ctx context.Context, in *ListUnsubscribesRequest, opts ...grpc.CallOption) (*ListUnsubscribesResponse, error)
 }
 
 type adminServiceClient struct {
@@ -282,6 +287,16 @@ func (c *adminServiceClient) GetPipelineStatus(ctx context.Context, in *GetPipel
 	return out, nil
 }
 
+func (c *adminServiceClient) ListUnsubscribes(ctx context.Context, in *ListUnsubscribesRequest, opts ...grpc.CallOption) (*ListUnsubscribesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListUnsubscribesResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListUnsubscribes_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -348,6 +363,10 @@ type AdminServiceServer interface {
 	// consumer lag per partition and in total, DLQ depth, freshness, breaker
 	// states; and the schema drift the normalizer recorded.
 	GetPipelineStatus(context.Context, *GetPipelineStatusRequest) (*GetPipelineStatusResponse, error)
+	// ListUnsubscribes lists the latest unsubscribe propagations the CRM
+	// destinations recorded (closedloop.unsubscribes.v1), newest first: who
+	// opted out, which CRM, when received and applied, the result. Viewer.
+	ListUnsubscribes(context.Context, *ListUnsubscribesRequest) (*ListUnsubscribesResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -405,6 +424,9 @@ func (UnimplementedAdminServiceServer) SendTestEvent(context.Context, *SendTestE
 }
 func (UnimplementedAdminServiceServer) GetPipelineStatus(context.Context, *GetPipelineStatusRequest) (*GetPipelineStatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetPipelineStatus not implemented")
+}
+func (UnimplementedAdminServiceServer) ListUnsubscribes(context.Context, *ListUnsubscribesRequest) (*ListUnsubscribesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListUnsubscribes not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -708,6 +730,24 @@ func _AdminService_GetPipelineStatus_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ListUnsubscribes_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListUnsubscribesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListUnsubscribes(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListUnsubscribes_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListUnsubscribes(ctx, req.(*ListUnsubscribesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -774,6 +814,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetPipelineStatus",
 			Handler:    _AdminService_GetPipelineStatus_Handler,
+		},
+		{
+			MethodName: "ListUnsubscribes",
+			Handler:    _AdminService_ListUnsubscribes_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

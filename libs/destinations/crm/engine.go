@@ -1,0 +1,331 @@
+package crm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/closedloop/closedloop/libs/destinations/helpdesk"
+	"github.com/closedloop/closedloop/libs/expr"
+	"github.com/closedloop/closedloop/libs/sink"
+	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
+	sinkv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/sink/v1"
+)
+
+// ErrUnknownContact is what Writer.Update returns for an update whose
+// contact the CRM does not have (a CRM that does not upsert): the event is
+// done, counted as unknown_contact.
+var ErrUnknownContact = errors.New("the CRM has no contact with this email")
+
+// DefaultWhen selects the events a CRM destination takes: responses and
+// unsubscribes with an email (not ticket follow-ups, not test events).
+const DefaultWhen = `event.respondent.email != "" && event.kind != Kind.KIND_FOLLOW_UP && !event.test`
+
+// TaskConfig is the `tasks:` section of a CRM account: a task (or note)
+// on the contact for the responses its rule selects.
+type TaskConfig struct {
+	// Create is what to add: "task" (default), "note" (HubSpot), or "none".
+	Create string `yaml:"create"`
+	// When selects the responses (default: detractors).
+	When string `yaml:"when"`
+	// Priorities map responses to urgent, high, normal or low (default:
+	// the priority lane urgent, the rest high).
+	Priorities []helpdesk.PriorityRule `yaml:"priorities"`
+	// Subject and Body are Go templates over the ticket data of
+	// docs/destinations.md.
+	Subject string `yaml:"subject"`
+	Body    string `yaml:"body"`
+}
+
+// Compile returns the task rules (nil when Create is "none"); creates are
+// the values Create may have besides "none".
+func (t TaskConfig) Compile(creates ...string) (*helpdesk.Rules, string, error) {
+	create := t.Create
+	if create == "" {
+		create = "task"
+	}
+	if create == "none" {
+		return nil, create, nil
+	}
+	ok := false
+	for _, c := range creates {
+		ok = ok || c == create
+	}
+	if !ok {
+		return nil, "", fmt.Errorf("tasks.create %q: one of %v or none", create, creates)
+	}
+	r, err := helpdesk.CompileRules(t.When, t.Priorities, t.Subject, t.Body, helpdesk.DefaultSubject, helpdesk.DefaultBody)
+	if err != nil {
+		return nil, "", fmt.Errorf("tasks: %w", err)
+	}
+	return r, create, nil
+}
+
+// Engine delivers a CRM destination's batches through its Writer.
+type Engine struct {
+	Kind, Name string
+	Writer     Writer
+	Guard      *Guard
+	Recorder   *Recorder
+	Flag       *sink.DisabledFlag
+	// Tasks, when set, selects the written responses that get a task.
+	Tasks *helpdesk.Rules
+	// When is the destination's filter (for Rule).
+	When *expr.Bool
+}
+
+// Rule is the destination's filter.
+func (e *Engine) Rule() *expr.Bool { return e.When }
+
+// CompileWhen compiles a CRM destination's `when` (default DefaultWhen).
+func CompileWhen(when string) (*expr.Bool, error) {
+	if when == "" {
+		when = DefaultWhen
+	}
+	b, err := expr.CompileBool(when)
+	if err != nil {
+		return nil, fmt.Errorf("when: %w", err)
+	}
+	return b, nil
+}
+
+func (e *Engine) errorf(format string, a ...any) error {
+	return fmt.Errorf(e.Kind+" "+e.Name+": "+format, a...)
+}
+
+// Deliver implements sink.Destination.
+func (e *Engine) Deliver(ctx context.Context, events []*sink.Event) []error {
+	errs := make([]error, len(events))
+	if why, off := e.Flag.Disabled(); off {
+		err := sink.Retryable(e.errorf("disabled: %s (replace the credential and restart, or closedloopctl resume)", why), 0)
+		for i := range errs {
+			errs[i] = err
+		}
+		return errs
+	}
+	var outs []*OptOut
+	var outIdx []int
+	newest := map[string]int{}
+	var order []string
+	superseded := 0
+	for i, ev := range events {
+		f := ev.Feedback
+		email := Email(f)
+		if email == "" {
+			errs[i] = sink.Permanent(e.errorf("event %s has no respondent email: a CRM contact is found by its email", f.EventId))
+			continue
+		}
+		if f.Kind == feedbackv1.Kind_KIND_UNSUBSCRIBED {
+			outs = append(outs, &OptOut{Event: ev, Email: email})
+			outIdx = append(outIdx, i)
+			continue
+		}
+		j, seen := newest[email]
+		switch {
+		case !seen:
+			newest[email] = i
+			order = append(order, email)
+		case VersionOf(f).Newer(VersionOf(events[j].Feedback)):
+			newest[email] = i
+			superseded++
+		default:
+			superseded++
+		}
+	}
+	countUpdates(ctx, e.Name, "superseded", superseded)
+	e.update(ctx, events, order, newest, errs)
+	e.optOut(ctx, events, outs, outIdx, errs)
+	for _, err := range errs {
+		if err != nil {
+			return errs
+		}
+	}
+	return nil
+}
+
+// update writes the newest event of each contact, if the contact holds
+// nothing newer, and the tasks of those written.
+func (e *Engine) update(ctx context.Context, events []*sink.Event, order []string, newest map[string]int, errs []error) {
+	if len(order) == 0 {
+		return
+	}
+	versions := make([]Version, len(order))
+	for k, email := range order {
+		versions[k] = VersionOf(events[newest[email]].Feedback)
+	}
+	claims, held, err := e.Guard.ClaimAll(ctx, order, versions)
+	if err != nil {
+		for _, email := range order {
+			errs[newest[email]] = sink.Retryable(err, 0)
+		}
+		return
+	}
+	var ups []*Update
+	var upHeld []*Held
+	superseded := 0
+	for k, email := range order {
+		i := newest[email]
+		switch claims[k] {
+		case Busy:
+			errs[i] = sink.Retryable(e.errorf("another writer holds contact %s", email), time.Second)
+		case Superseded:
+			superseded++
+		case Write:
+			ups = append(ups, &Update{Event: events[i], Email: email})
+			upHeld = append(upHeld, held[k])
+		}
+	}
+	countUpdates(ctx, e.Name, "superseded", superseded)
+	if len(ups) == 0 {
+		return
+	}
+	uerrs := e.Writer.Update(ctx, ups)
+	failed := make([]bool, len(ups))
+	var tasks []*Task
+	written, unknown, rejected := 0, 0, 0
+	for k, u := range ups {
+		i := indexOf(events, u.Event)
+		var err error
+		if uerrs != nil {
+			err = uerrs[k]
+		}
+		switch {
+		case errors.Is(err, ErrUnknownContact):
+			failed[k] = true
+			unknown++
+		case err != nil:
+			errs[i] = err
+			if class, _, _ := sink.Classify(err); class == sinkv1.ErrorClass_ERROR_CLASS_PERMANENT {
+				failed[k] = true
+				rejected++
+			}
+		default:
+			written++
+			if t, err := e.task(u); err != nil {
+				errs[i] = err
+			} else if t != nil {
+				tasks = append(tasks, t)
+			}
+		}
+	}
+	if err := e.Guard.Release(ctx, upHeld, failed); err != nil {
+		// The leases expire on their own; a refused write keeps its
+		// version, so older events of that contact are skipped.
+		_ = err
+	}
+	countUpdates(ctx, e.Name, "written", written)
+	countUpdates(ctx, e.Name, "unknown_contact", unknown)
+	countUpdates(ctx, e.Name, "rejected", rejected)
+	if len(tasks) == 0 {
+		return
+	}
+	terrs := e.Writer.Task(ctx, tasks)
+	for k, t := range tasks {
+		if terrs != nil && terrs[k] != nil {
+			errs[indexOf(events, t.Update.Event)] = terrs[k]
+		}
+	}
+}
+
+func indexOf(events []*sink.Event, ev *sink.Event) int {
+	for i, e := range events {
+		if e == ev {
+			return i
+		}
+	}
+	return -1
+}
+
+// task is the update's task, nil when the rule does not select it.
+func (e *Engine) task(u *Update) (*Task, error) {
+	if e.Tasks == nil {
+		return nil, nil
+	}
+	f := u.Event.Feedback
+	if ok, err := e.Tasks.When.Eval(f); err != nil || !ok {
+		return nil, nil
+	}
+	data := helpdesk.TicketData(f)
+	subject, err := helpdesk.Render(e.Tasks.Subject, data)
+	if err != nil {
+		return nil, err
+	}
+	body, err := helpdesk.Render(e.Tasks.Body, data)
+	if err != nil {
+		return nil, err
+	}
+	return &Task{Update: u, Subject: helpdesk.Cut(subject, 255), Body: helpdesk.Cut(body, 30000), Priority: e.Tasks.Priority(f),
+		Key: helpdesk.ExternalID(f)}, nil
+}
+
+// optOut applies the unsubscribes and records each outcome.
+func (e *Engine) optOut(ctx context.Context, events []*sink.Event, outs []*OptOut, idx []int, errs []error) {
+	if len(outs) == 0 {
+		return
+	}
+	if err := e.Recorder.Pending(ctx, outs); err != nil {
+		for _, i := range idx {
+			errs[i] = sink.Retryable(fmt.Errorf("marking the unsubscribe pending in Redis: %w", err), 0)
+		}
+		return
+	}
+	recorded, err := e.Recorder.Recorded(ctx, outs)
+	if err != nil {
+		for _, i := range idx {
+			errs[i] = sink.Retryable(err, 0)
+		}
+		return
+	}
+	var todo []*OptOut
+	var todoIdx []int
+	for k, o := range outs {
+		if recorded[k] {
+			errs[idx[k]] = e.Recorder.Record(ctx, o, Outcome{}) // the outcome it had
+			continue
+		}
+		todo = append(todo, o)
+		todoIdx = append(todoIdx, idx[k])
+	}
+	if len(todo) == 0 {
+		return
+	}
+	results, oerrs := e.Writer.OptOut(ctx, todo)
+	for k, o := range todo {
+		var err error
+		if oerrs != nil {
+			err = oerrs[k]
+		}
+		if err != nil {
+			if class, _, _ := sink.Classify(err); class == sinkv1.ErrorClass_ERROR_CLASS_PERMANENT {
+				if rerr := e.Recorder.Record(ctx, o, Outcome{Result: sinkv1.PropagationResult_PROPAGATION_RESULT_FAILED, Detail: err.Error()}); rerr != nil {
+					err = rerr // recorded first, dead-lettered after
+				}
+			}
+			errs[todoIdx[k]] = err
+			continue
+		}
+		errs[todoIdx[k]] = e.Recorder.Record(ctx, o, results[k])
+	}
+}
+
+// NewEngine is a CRM account's engine in the hosting service's env: its
+// guard and recorder keys under the kind's prefix and the account's name,
+// its disabled flag for the credential named by fingerprint.
+func NewEngine(kind, name string, env sink.KindEnv, w Writer, deadline time.Duration, fingerprint string) *Engine {
+	p := env.RedisPrefix + name + ":"
+	rec := &Recorder{RDB: env.Redis, Prefix: p + "unsub:", Records: env.Records, Topic: env.Topics.Unsubscribes(), Audit: env.Audit,
+		Sink: env.Sink, Destination: name, Kind: kind, Deadline: deadline}
+	return &Engine{Kind: kind, Name: name, Writer: w, Guard: &Guard{RDB: env.Redis, Prefix: p + "contact:"}, Recorder: rec,
+		Flag: &sink.DisabledFlag{RDB: env.Redis, Key: p + "disabled", Fingerprint: fingerprint}}
+}
+
+// Load reads the disabled flag and starts reporting the pending
+// unsubscribes.
+func (e *Engine) Load(ctx context.Context) error {
+	if e.Recorder.Records == nil {
+		return errors.New("no producer for the unsubscribe propagations (KindEnv.Records)")
+	}
+	Observe(e.Recorder)
+	return e.Flag.Load(ctx)
+}
