@@ -16,6 +16,8 @@ import (
 
 	"github.com/closedloop/closedloop/libs/config"
 	"github.com/closedloop/closedloop/libs/destinations/freshdesk"
+	"github.com/closedloop/closedloop/libs/destinations/hubspot"
+	"github.com/closedloop/closedloop/libs/destinations/salesforce"
 	"github.com/closedloop/closedloop/libs/destinations/slack"
 	"github.com/closedloop/closedloop/libs/destinations/zendesk"
 	"github.com/closedloop/closedloop/libs/service"
@@ -72,6 +74,8 @@ var Kinds = []sink.Kind{
 	slack.Kind,
 	zendesk.Kind,
 	freshdesk.Kind,
+	hubspot.Kind,
+	salesforce.Kind,
 }
 
 // redisFlag keeps an endpoint's disabled flag in Redis.
@@ -133,11 +137,17 @@ func Run(ctx context.Context) error {
 			},
 		})
 	}
+	records := svc.Producer() // the CRMs' unsubscribe propagations
+	if err := svc.EnsureTopics(ctx, svc.Common.Topics.Unsubscribes()); err != nil {
+		return err
+	}
 	kinds, err := sink.KindInstances(Kinds, cfg.Pipeline.Current().Sinks.Kinds, sink.KindEnv{Redis: rdb, RedisPrefix: cfg.RedisPrefix + "sink:",
-		GroupPrefix: cfg.GroupID + "-", LookupEnv: os.LookupEnv, Log: svc.Log})
+		GroupPrefix: cfg.GroupID + "-", LookupEnv: os.LookupEnv, Log: svc.Log,
+		Sink: svc.Name, Records: records, Topics: svc.Common.Topics, Audit: svc.Audit})
 	if err != nil {
 		return err
 	}
+	svc.CloseProducer(records)
 	if err := sink.Host(ctx, svc, cfg.Sink, append(instances, kinds...)); err != nil {
 		return err
 	}
