@@ -139,7 +139,7 @@ Connection (flags or the environment):
 	f.DurationVar(&c.timeout, "timeout", 30*time.Second, "deadline of each call")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err.Error()} })
 	root.AddCommand(c.statusCmd(), c.sourcesCmd(), c.tokensCmd(), c.testEventCmd(), c.pauseCmd("pause"), c.pauseCmd("resume"),
-		c.dlqCmd(), c.replayCmd(), c.backfillCmd(), c.topCmd(), c.versionCmd(), c.completionCmd())
+		c.dlqCmd(), c.replayCmd(), c.backfillCmd(), c.unsubscribesCmd(), c.topCmd(), c.versionCmd(), c.completionCmd())
 	return root
 }
 

@@ -40,6 +40,12 @@ func (r *Reader) Ends(ctx context.Context, topics []string) (map[string]map[int]
 	return r.list(ctx, topics, false)
 }
 
+// Starts returns the first offset of every partition of topics (what
+// retention kept).
+func (r *Reader) Starts(ctx context.Context, topics []string) (map[string]map[int]int64, error) {
+	return r.list(ctx, topics, true)
+}
+
 // list asks for the first or the end offset of every partition of topics.
 func (r *Reader) list(ctx context.Context, topics []string, first bool) (map[string]map[int]int64, error) {
 	which := kafka.LastOffsetOf

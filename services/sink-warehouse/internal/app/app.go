@@ -65,6 +65,7 @@ func Run(ctx context.Context) error {
 	}
 	wh := cfg.Pipeline.Current().Sinks.Warehouse
 	var pool *pgxpool.Pool
+	props := &warehouse.Propagations{Schema: wh.Schema}
 	err = sink.Host(ctx, svc, cfg.Sink, []sink.Instance{{
 		Name: "warehouse", Group: cfg.GroupID, MaxBatch: wh.BatchSize, Filter: sink.FilterOf(wh.Filter.Expr),
 		Checkpoint: sink.Idempotent{}, // the unique event_id is the warehouse's own checkpoint
@@ -78,6 +79,7 @@ func Run(ctx context.Context) error {
 				return nil, err
 			}
 			pool = p
+			props.Pool.Store(p)
 			svc.Status.AddCheck("postgres", warehouse.Ping(p))
 			loop := &warehouse.Loop{Pool: p, Schema: wh.Schema, MaxAge: 15 * time.Second, Now: time.Now}
 			svc.Status.AddReport(func(ctx context.Context, resp *adminv1.GetStatusResponse) {
@@ -90,7 +92,7 @@ func Run(ctx context.Context) error {
 			if err := loop.Instrument(svc.Tel.Meter("github.com/closedloop/closedloop/services/sink-warehouse")); err != nil {
 				svc.Log.Warn("loop closure gauges not registered", "err", err)
 			}
-			svc.Log.Info("warehouse ready", "schema", wh.Schema, "table", wh.Schema+".feedback_events", "view", wh.Schema+".feedback_latest",
+			svc.Log.Info("warehouse ready", "schema", wh.Schema, "table", wh.Schema+".feedback_events", "view", wh.Schema+".feedback_latest", "unsubscribes", wh.Schema+".unsubscribe_propagations",
 				"loop_closure", wh.Schema+".loop_closure")
 			return warehouse.NewWriter(p, wh.Schema), nil
 		},
@@ -99,6 +101,16 @@ func Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// The CRMs' unsubscribe propagations, into their table.
+	t := svc.Common.Topics
+	if err := svc.EnsureTopics(ctx, t.Unsubscribes()); err != nil {
+		return err
+	}
+	quarantine := svc.Producer()
+	if err := svc.ConsumeBatch(cfg.GroupID+"-unsubscribes", []string{t.Unsubscribes()}, quarantine, 500, props.Handle); err != nil {
+		return err
+	}
+	svc.CloseProducer(quarantine)
 	return svc.Run()
 }
 

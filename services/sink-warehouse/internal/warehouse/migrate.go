@@ -113,6 +113,29 @@ var migrations = []string{
 		FROM detractors d LEFT JOIN tickets t ON t.response_key = d.response_key
 	$$`,
 	`CREATE VIEW {{schema}}.loop_closure AS SELECT * FROM {{schema}}.loop_closure_since('-infinity')`,
+	// 12–13: each unsubscribe's propagation to each CRM (Propagation
+	// records of closedloop.unsubscribes.v1): who, which CRM, when
+	// received, when applied, how long it took, the result.
+	`CREATE TABLE {{schema}}.unsubscribe_propagations (
+		event_id     TEXT NOT NULL,
+		destination  TEXT NOT NULL,
+		kind         TEXT NOT NULL,
+		sink         TEXT NOT NULL,
+		email        TEXT NOT NULL,
+		person_id    TEXT,
+		source       TEXT NOT NULL,
+		provider     TEXT NOT NULL,
+		received_at  TIMESTAMPTZ NOT NULL,
+		occurred_at  TIMESTAMPTZ,
+		applied_at   TIMESTAMPTZ NOT NULL,
+		took         INTERVAL GENERATED ALWAYS AS (applied_at - received_at) STORED,
+		result       TEXT NOT NULL,
+		detail       TEXT NOT NULL DEFAULT '',
+		attempts     INT NOT NULL,
+		_cl_recorded_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+		PRIMARY KEY (event_id, destination)
+	)`,
+	`CREATE INDEX unsubscribe_propagations_email_idx ON {{schema}}.unsubscribe_propagations (lower(email), applied_at DESC)`,
 }
 
 // Migrate creates the schema and applies pending migrations. Concurrent
