@@ -150,6 +150,7 @@ var meters struct {
 	propagations metric.Int64Counter
 	took         metric.Float64Histogram
 	updates      metric.Int64Counter
+	limited      metric.Int64Counter
 	mu           sync.Mutex
 	recorders    map[string]*Recorder
 }
@@ -167,6 +168,8 @@ func init() {
 		metric.WithExplicitBucketBoundaries(PropagationSeconds...))
 	meters.updates, _ = meter.Int64Counter("closedloop.crm.contact_updates", metric.WithUnit("{event}"),
 		metric.WithDescription("Feedback events at a CRM destination by outcome: written, superseded (the contact holds newer feedback), unknown_contact, rejected."))
+	meters.limited, _ = meter.Int64Counter("closedloop.crm.rate_limited", metric.WithUnit("{request}"),
+		metric.WithDescription("Requests a CRM refused for its rate limit or quota, by destination and policy (HubSpot: ten_secondly_rolling, daily; Salesforce: daily_quota)."))
 	pending, _ := meter.Int64ObservableGauge("closedloop.unsubscribe.pending", metric.WithUnit("{unsubscribe}"),
 		metric.WithDescription("Unsubscribes a CRM destination has received and not yet applied."))
 	overdue, _ := meter.Int64ObservableGauge("closedloop.unsubscribe.overdue", metric.WithUnit("{unsubscribe}"),
@@ -222,4 +225,10 @@ func (r *Recorder) Recorded(ctx context.Context, outs []*OptOut) ([]bool, error)
 		out[i] = c.Val() > 0
 	}
 	return out, nil
+}
+
+// RateLimited counts a request the CRM refused for its limit (policy:
+// which one).
+func RateLimited(ctx context.Context, destination, policy string) {
+	meters.limited.Add(ctx, 1, metric.WithAttributes(attribute.String("destination", destination), attribute.String("policy", strings.ToLower(policy))))
 }

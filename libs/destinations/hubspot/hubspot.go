@@ -339,6 +339,11 @@ func (d *Destination) classify(ctx context.Context, method, path string, a *help
 	msg := fmt.Errorf("hubspot %s: %s %s answered %d %s: %s", d.cfg.Name, method, strings.SplitN(path, "?", 2)[0], a.Status, http.StatusText(a.Status), what)
 	now := d.now()
 	if a.Status == http.StatusTooManyRequests {
+		policy := e.PolicyName
+		if policy == "" {
+			policy = "unknown"
+		}
+		crm.RateLimited(ctx, d.cfg.Name, policy)
 		after := retry.After(a.Header.Get("Retry-After"), now, 0)
 		if after <= 0 && strings.EqualFold(e.PolicyName, "DAILY") {
 			after = 10 * time.Minute // the day's calls are spent: look again in a while

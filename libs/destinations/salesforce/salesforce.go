@@ -397,6 +397,7 @@ func (d *Destination) classify(ctx context.Context, method, path string, a *help
 	msg := fmt.Errorf("salesforce %s: %s %s answered %d %s: %s", d.cfg.Name, method, strings.SplitN(path, "?", 2)[0], a.Status,
 		http.StatusText(a.Status), strings.Join(what, "; "))
 	if limit {
+		crm.RateLimited(ctx, d.cfg.Name, "daily_quota")
 		// The org's API quota for the last 24 hours is spent: every
 		// replica waits, then looks again.
 		_ = d.client.Rate.Push(ctx, time.Minute)
