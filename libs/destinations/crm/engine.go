@@ -154,7 +154,7 @@ func (e *Engine) update(ctx context.Context, events []*sink.Event, order []strin
 	for k, email := range order {
 		versions[k] = VersionOf(events[newest[email]].Feedback)
 	}
-	claims, held, err := e.Guard.ClaimAll(ctx, order, versions)
+	claims, held, err := e.claim(ctx, order, versions)
 	if err != nil {
 		for _, email := range order {
 			errs[newest[email]] = sink.Retryable(err, 0)
@@ -226,6 +226,47 @@ func (e *Engine) update(ctx context.Context, events []*sink.Event, order []strin
 			errs[indexOf(events, t.Update.Event)] = terrs[k]
 		}
 	}
+}
+
+// BusyWait is how long a batch waits for contacts another writer holds
+// before it is retried (a dead writer's session expires within
+// Guard.SessionTTL, 5 s).
+const BusyWait = 8 * time.Second
+
+// claim claims the contacts, waiting up to BusyWait for those another
+// writer holds.
+func (e *Engine) claim(ctx context.Context, emails []string, versions []Version) ([]Claim, []*Held, error) {
+	claims, held, err := e.Guard.ClaimAll(ctx, emails, versions)
+	deadline := time.Now().Add(BusyWait)
+	for err == nil && time.Now().Before(deadline) {
+		var busy []int
+		for k, c := range claims {
+			if c == Busy {
+				busy = append(busy, k)
+			}
+		}
+		if len(busy) == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return claims, held, nil
+		case <-time.After(250 * time.Millisecond):
+		}
+		be, bv := make([]string, len(busy)), make([]Version, len(busy))
+		for j, k := range busy {
+			be[j], bv[j] = emails[k], versions[k]
+		}
+		var bc []Claim
+		var bh []*Held
+		if bc, bh, err = e.Guard.ClaimAll(ctx, be, bv); err != nil {
+			break
+		}
+		for j, k := range busy {
+			claims[k], held[k] = bc[j], bh[j]
+		}
+	}
+	return claims, held, err
 }
 
 func indexOf(events []*sink.Event, ev *sink.Event) int {
@@ -316,7 +357,9 @@ func NewEngine(kind, name string, env sink.KindEnv, w Writer, deadline time.Dura
 	p := env.RedisPrefix + name + ":"
 	rec := &Recorder{RDB: env.Redis, Prefix: p + "unsub:", Records: env.Records, Topic: env.Topics.Unsubscribes(), Audit: env.Audit,
 		Sink: env.Sink, Destination: name, Kind: kind, Deadline: deadline}
-	return &Engine{Kind: kind, Name: name, Writer: w, Guard: &Guard{RDB: env.Redis, Prefix: p + "contact:"}, Recorder: rec,
+	// One hash tag for the guard's keys: its script reads the session of a
+	// lease's holder, a key it cannot name in advance.
+	return &Engine{Kind: kind, Name: name, Writer: w, Guard: &Guard{RDB: env.Redis, Prefix: env.RedisPrefix + "{" + name + "}:contact:"}, Recorder: rec,
 		Flag: &sink.DisabledFlag{RDB: env.Redis, Key: p + "disabled", Fingerprint: fingerprint}}
 }
 
@@ -327,5 +370,6 @@ func (e *Engine) Load(ctx context.Context) error {
 		return errors.New("no producer for the unsubscribe propagations (KindEnv.Records)")
 	}
 	Observe(e.Recorder)
+	e.Guard.Run(context.WithoutCancel(ctx))
 	return e.Flag.Load(ctx)
 }

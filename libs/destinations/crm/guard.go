@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -22,16 +23,30 @@ import (
 // superseded; the event itself, redelivered, claims again (an equal
 // version) and rewrites. A write the CRM refuses for good gives the
 // contact its previous version back.
+//
+// A lease names the session of the process that holds it; the session is
+// a key the process renews every second (Run) and that expires SessionTTL
+// after the process died, and a lease of a session that is gone is taken
+// over: a killed replica holds its contacts for seconds, not for the
+// lease's lifetime. Every key of a destination has one hash tag, so the
+// script's keys share a Redis Cluster slot.
 type Guard struct {
 	RDB redis.UniversalClient
-	// Prefix of the keys: <Prefix>v:<email> (the version), <Prefix>lease:<email>.
+	// Prefix of the keys (with the destination's hash tag):
+	// <Prefix>v:<email> (the version), <Prefix>lease:<email>,
+	// <Prefix>session:<id>.
 	Prefix string
 	// TTL of a version (default 400 days): an event older than the last
 	// write by more than this is written.
 	TTL time.Duration
-	// Lease bounds one write (default 60s): a writer that died frees the
-	// contact after it.
+	// Lease bounds one write of a live but stuck process (default 5m).
 	Lease time.Duration
+	// SessionTTL is how long a dead process's session outlives it
+	// (default 5s).
+	SessionTTL time.Duration
+
+	once    sync.Once
+	session string
 }
 
 // Claim is the outcome of claiming a contact.
@@ -43,15 +58,15 @@ const (
 	Write Claim = iota + 1
 	// Superseded: the contact holds a newer event's fields; nothing to do.
 	Superseded
-	// Busy: another writer holds the contact; try again shortly.
+	// Busy: another live writer holds the contact; try again shortly.
 	Busy
 )
 
-// claim: KEYS[1] version, KEYS[2] lease; ARGV at, event id, token,
-// lease ms, ttl ms. Returns {1|0|-1, previous version}.
+// claim: KEYS[1] version, KEYS[2] lease; ARGV at, event id, session,
+// lease ms, ttl ms, session key prefix. Returns {1|0|-1, previous version}.
 var claimScript = redis.NewScript(`
 local l = redis.call('GET', KEYS[2])
-if l and l ~= ARGV[3] then return {-1, ''} end
+if l and l ~= ARGV[3] and redis.call('EXISTS', ARGV[6] .. l) == 1 then return {-1, ''} end
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local sep = string.find(cur, '|', 1, true)
@@ -64,7 +79,7 @@ redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'PX', ARGV[5])
 return {1, cur or ''}`)
 
-// release: KEYS[1] version, KEYS[2] lease; ARGV token, restore (1/0),
+// release: KEYS[1] version, KEYS[2] lease; ARGV session, restore (1/0),
 // previous, mine, ttl ms.
 var releaseScript = redis.NewScript(`
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
@@ -72,6 +87,37 @@ if ARGV[2] == '1' and redis.call('GET', KEYS[1]) == ARGV[4] then
   if ARGV[3] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[5]) end
 end
 return 1`)
+
+func (g *Guard) sessionTTL() time.Duration {
+	if g.SessionTTL > 0 {
+		return g.SessionTTL
+	}
+	return 5 * time.Second
+}
+
+// Run keeps the process's session alive until ctx ends (the first claim
+// starts it when Run was not called).
+func (g *Guard) Run(ctx context.Context) {
+	g.once.Do(func() {
+		var b [12]byte
+		_, _ = rand.Read(b[:])
+		g.session = hex.EncodeToString(b[:])
+		_ = g.RDB.Set(ctx, g.Prefix+"session:"+g.session, 1, g.sessionTTL()).Err()
+		go func() {
+			t := time.NewTicker(g.sessionTTL() / 5)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					_ = g.RDB.Del(context.WithoutCancel(ctx), g.Prefix+"session:"+g.session).Err()
+					return
+				case <-t.C:
+					_ = g.RDB.Set(ctx, g.Prefix+"session:"+g.session, 1, g.sessionTTL()).Err()
+				}
+			}
+		}()
+	})
+}
 
 // Held is a contact claimed for a write.
 type Held struct {
@@ -90,20 +136,19 @@ func (g *Guard) lease() time.Duration {
 	if g.Lease > 0 {
 		return g.Lease
 	}
-	return time.Minute
+	return 5 * time.Minute
 }
 
 // ClaimAll claims each email for its version in one round trip; the Held
 // of a Write claim is to be released after the write.
 func (g *Guard) ClaimAll(ctx context.Context, emails []string, versions []Version) ([]Claim, []*Held, error) {
-	var b [12]byte
-	_, _ = rand.Read(b[:])
-	token := hex.EncodeToString(b[:])
+	g.Run(context.Background())
+	token := g.session
 	pipe := g.RDB.Pipeline()
 	cmds := make([]*redis.Cmd, len(emails))
 	for i, e := range emails {
 		cmds[i] = claimScript.Eval(ctx, pipe, []string{g.Prefix + "v:" + e, g.Prefix + "lease:" + e},
-			versions[i].At, versions[i].EventID, token, g.lease().Milliseconds(), g.ttl().Milliseconds())
+			versions[i].At, versions[i].EventID, token, g.lease().Milliseconds(), g.ttl().Milliseconds(), g.Prefix+"session:")
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return nil, nil, fmt.Errorf("claiming contacts in Redis: %w", err)

@@ -166,6 +166,9 @@ func (s *Server) SetLatency(d time.Duration) { s.latency.Set(d) }
 // Fail queues a failure.
 func (s *Server) Fail(f Failure) { s.mu.Lock(); s.fails.Add(f); s.mu.Unlock() }
 
+// ClearFailures drops the queued failures.
+func (s *Server) ClearFailures() { s.mu.Lock(); s.fails.Clear(); s.mu.Unlock() }
+
 // AddContact creates a contact (as a person in the CRM before any feedback).
 func (s *Server) AddContact(email string, props map[string]string) string {
 	s.mu.Lock()

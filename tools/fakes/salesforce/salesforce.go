@@ -155,6 +155,9 @@ func (s *Server) ExpireTokens() { s.mu.Lock(); s.tokens = map[string]bool{}; s.m
 // Fail queues a failure.
 func (s *Server) Fail(f Failure) { s.mu.Lock(); s.fails.Add(f); s.mu.Unlock() }
 
+// ClearFailures drops the queued failures.
+func (s *Server) ClearFailures() { s.mu.Lock(); s.fails.Clear(); s.mu.Unlock() }
+
 // SetLatency delays every answer.
 func (s *Server) SetLatency(d time.Duration) { s.latency.Set(d) }
 

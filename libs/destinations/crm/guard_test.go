@@ -1,0 +1,65 @@
+package crm
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/closedloop/closedloop/libs/localinfra"
+)
+
+// Versions decide; a live holder's lease keeps others out; a dead
+// holder's lease is taken over once its session expires; a refused write
+// gives the contact its previous version back.
+func TestTheGuardOrdersWritesAndOutlivesNoDeadWriter(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: localinfra.RedisForTest(t)})
+	ctx := context.Background()
+	prefix := "t:" + t.Name() + ":{crm}:contact:"
+	a := &Guard{RDB: rdb, Prefix: prefix, SessionTTL: 500 * time.Millisecond}
+	b := &Guard{RDB: rdb, Prefix: prefix, SessionTTL: 500 * time.Millisecond}
+	actx, stopA := context.WithCancel(ctx)
+	a.Run(actx)
+	old, mid, last := Version{At: 100, EventID: "e1"}, Version{At: 200, EventID: "e2"}, Version{At: 300, EventID: "e3"}
+
+	claims, held, err := a.ClaimAll(ctx, []string{"x@example.com"}, []Version{mid})
+	if err != nil || claims[0] != Write {
+		t.Fatalf("first claim: %v %v", claims, err)
+	}
+	if c, _, _ := b.ClaimAll(ctx, []string{"x@example.com"}, []Version{last}); c[0] != Busy {
+		t.Fatalf("while a live writer holds the contact: %v, want busy", c)
+	}
+	if err := a.Release(ctx, held, nil); err != nil {
+		t.Fatal(err)
+	}
+	if c, _, _ := b.ClaimAll(ctx, []string{"x@example.com"}, []Version{old}); c[0] != Superseded {
+		t.Fatalf("an older event: %v, want superseded", c)
+	}
+	c, h, _ := b.ClaimAll(ctx, []string{"x@example.com"}, []Version{last})
+	if c[0] != Write {
+		t.Fatalf("a newer event: %v, want write", c)
+	}
+	if err := b.Release(ctx, h, []bool{true}); err != nil { // refused: back to mid
+		t.Fatal(err)
+	}
+	if v, _ := b.Stored(ctx, "x@example.com"); v != mid {
+		t.Fatalf("after a refused write the contact holds %v, want %v", v, mid)
+	}
+	// a claims and dies (its session is no longer renewed).
+	if c, _, _ := a.ClaimAll(ctx, []string{"y@example.com"}, []Version{mid}); c[0] != Write {
+		t.Fatal(c)
+	}
+	stopA()
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		c, _, _ := b.ClaimAll(ctx, []string{"y@example.com"}, []Version{last})
+		if c[0] == Write {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a dead writer's contact is still %v after 3 s", c)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
