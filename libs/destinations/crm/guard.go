@@ -24,7 +24,8 @@ import (
 // version) and rewrites. A write the CRM refuses for good gives the
 // contact its previous version back.
 //
-// A lease names the session of the process that holds it; the session is
+// A lease names the claim that holds it and the session of its process;
+// the session is
 // a key the process renews every second (Run) and that expires SessionTTL
 // after the process died, and a lease of a session that is gone is taken
 // over: a killed replica holds its contacts for seconds, not for the
@@ -62,11 +63,14 @@ const (
 	Busy
 )
 
-// claim: KEYS[1] version, KEYS[2] lease; ARGV at, event id, session,
-// lease ms, ttl ms, session key prefix. Returns {1|0|-1, previous version}.
+// claim: KEYS[1] version, KEYS[2] lease; ARGV at, event id, owner
+// (<session>|<claim>), lease ms, ttl ms, session key prefix. Returns {1|0|-1, previous version}.
 var claimScript = redis.NewScript(`
 local l = redis.call('GET', KEYS[2])
-if l and l ~= ARGV[3] and redis.call('EXISTS', ARGV[6] .. l) == 1 then return {-1, ''} end
+if l and l ~= ARGV[3] then
+  local sep = string.find(l, '|', 1, true)
+  if not sep or redis.call('EXISTS', ARGV[6] .. string.sub(l, 1, sep - 1)) == 1 then return {-1, ''} end
+end
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local sep = string.find(cur, '|', 1, true)
@@ -79,7 +83,7 @@ redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'PX', ARGV[5])
 return {1, cur or ''}`)
 
-// release: KEYS[1] version, KEYS[2] lease; ARGV session, restore (1/0),
+// release: KEYS[1] version, KEYS[2] lease; ARGV owner, restore (1/0),
 // previous, mine, ttl ms.
 var releaseScript = redis.NewScript(`
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
@@ -143,7 +147,11 @@ func (g *Guard) lease() time.Duration {
 // of a Write claim is to be released after the write.
 func (g *Guard) ClaimAll(ctx context.Context, emails []string, versions []Version) ([]Claim, []*Held, error) {
 	g.Run(context.Background())
-	token := g.session
+	// The lease's owner is this claim (two batches of one process exclude
+	// each other too), of this process's session (its liveness).
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	token := g.session + "|" + hex.EncodeToString(b[:])
 	pipe := g.RDB.Pipeline()
 	cmds := make([]*redis.Cmd, len(emails))
 	for i, e := range emails {
