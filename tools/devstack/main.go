@@ -210,6 +210,23 @@ func run(ctx context.Context, o options) error {
 	}
 	say("  delighted  http://%s/v1 (tools/fakes/delighted: the API lists every generated response; reconciliation every 30 s finds the dropped ones: ⟲ lines)", dlAddr)
 
+	// The CRMs: HubSpot upserts whoever answers; the Salesforce org has the
+	// respondents as Contacts (the last two as Leads) beforehand.
+	hsAddr, hsSrv, err := startFake(ctx, bin, logs, "hubspotserver", "-token", "dev-hubspot-token")
+	if err != nil {
+		return err
+	}
+	defer stopped("hubspot server", hsSrv.Stop)
+	say("  hubspot    http://%s (tools/fakes/hubspot: contacts get the feedback properties: 👤 lines; opt-outs: 🚫; %s/_fake/contacts)", hsAddr, "http://"+hsAddr)
+	emails := delightedgen.Emails()
+	sfAddr, sfSrv, err := startFake(ctx, bin, logs, "salesforceserver", "-client-id", "dev-sf-client", "-client-secret", "dev-sf-secret",
+		"-contacts", strings.Join(emails[:len(emails)-2], ","), "-leads", strings.Join(emails[len(emails)-2:], ","))
+	if err != nil {
+		return err
+	}
+	defer stopped("salesforce server", sfSrv.Stop)
+	say("  salesforce http://%s (tools/fakes/salesforce: Contacts and Leads get the feedback fields: 👤; HasOptedOutOfEmail: 🚫; %s/_fake/records?type=Contact)", sfAddr, "http://"+sfAddr)
+
 	p := &stack.Pipeline{BinDir: bin, Dir: logs,
 		DelightedAPIYAML: "    api:\n      base_url: http://" + dlAddr + "/v1\n      key: env:DELIGHTED_API_KEY\n" +
 			"      reconcile: {every: 30s, window: 1h, settle: 10s}\n", AdminPort: o.adminPort, Brokers: broker.Addrs, Redis: redisAddr, TopicsMade: true,
@@ -222,9 +239,15 @@ func run(ctx context.Context, o options) error {
 			"  zendesk:\n    accounts:\n      - name: support\n        url: http://" + zdAddr + "\n        email: agent@example.com\n" +
 			"        api_token: env:ZENDESK_API_TOKEN\n        tags: [nps]\n" +
 			"  freshdesk:\n    accounts:\n      - name: enterprise-desk\n        url: http://" + fdAddr + "\n        api_key: env:FRESHDESK_API_KEY\n" +
-			"        when: 'event.segment == Segment.SEGMENT_DETRACTOR && event.enrichment.lane == Lane.LANE_PRIORITY'\n"}
+			"        when: 'event.segment == Segment.SEGMENT_DETRACTOR && event.enrichment.lane == Lane.LANE_PRIORITY'\n" +
+			"  hubspot:\n    accounts:\n      - name: hubspot\n        url: http://" + hsAddr + "\n        token: env:HUBSPOT_TOKEN\n" +
+			"        unsubscribe:\n          subscription: Marketing Information\n          legal_basis: LEGITIMATE_INTEREST_CLIENT\n" +
+			"          legal_basis_explanation: The person unsubscribed in the survey tool\n" +
+			"  salesforce:\n    accounts:\n      - name: salesforce\n        url: http://" + sfAddr + "\n        objects: [Contact, Lead]\n" +
+			"        auth:\n          flow: client_credentials\n          client_id: dev-sf-client\n          client_secret: env:SALESFORCE_CLIENT_SECRET\n"}
 	p.Env = append(p.Env, "DELIGHTED_API_KEY=dev-delighted-key", "SLACK_WEBHOOK_URL=http://"+slackAddr+"/services/T0DEV/B0DEV/devwebhooksecret", "ZENDESK_API_TOKEN=dev-zendesk-token",
-		"FRESHDESK_API_KEY=dev-freshdesk-key", "ZENDESK_WEBHOOK_SECRET="+zendeskWebhookSecret)
+		"FRESHDESK_API_KEY=dev-freshdesk-key", "ZENDESK_WEBHOOK_SECRET="+zendeskWebhookSecret,
+		"HUBSPOT_TOKEN=dev-hubspot-token", "SALESFORCE_CLIENT_SECRET=dev-sf-secret")
 	sinkName := "sink-warehouse"
 	if dbURL == "" {
 		sinkName = "sink-console"
@@ -257,6 +280,7 @@ func run(ctx context.Context, o options) error {
 	say("Operate it (docs/operations.md):")
 	say("  export CLOSEDLOOP_ADMIN_ADDR=%s CLOSEDLOOP_ADMIN_TOKEN=%s", p.AdminAddr(), p.AdminToken("dev"))
 	say("  %s status      (or: go run ./services/admin/cmd/closedloopctl status)", filepath.Join(bin, "closedloopctl"))
+	say("  %s unsubscribes   each opt-out's propagation to HubSpot and Salesforce, and the time it took", filepath.Join(bin, "closedloopctl"))
 	say("  %s top         a live view in another terminal: webhooks/s, each stage's rate, lag and freshness, breakers (q quits)", filepath.Join(bin, "closedloopctl"))
 	say("Ctrl-C stops everything.")
 	say("")
@@ -266,6 +290,7 @@ func run(ctx context.Context, o options) error {
 	}
 	if dbURL != "" {
 		go showLoop(ctx, p)
+		go showUnsubscribes(ctx, dbURL, p.Schema())
 		return showRows(ctx, dbURL, p.Schema())
 	}
 	return followConsole(ctx, filepath.Join(p.Dir, "sink-console.log"))
@@ -449,6 +474,59 @@ func showRows(ctx context.Context, url, schema string) error {
 			}
 			say("  %s row %-5d %-17s %-8s score %-3s %-9s lane %-8s %-9s %-22s %-30.30q %s",
 				arrow, id, kind, subject, score, segment, lane, labels, strings.TrimSpace(account+" "+tier), comment, via)
+		}
+		rows.Close()
+	}
+}
+
+// startFake starts a vendor fake's server on a free port, its output
+// shown, and waits until it answers.
+func startFake(ctx context.Context, bin, logs, name string, args ...string) (string, *stack.Process, error) {
+	port, err := localinfra.FreePort()
+	if err != nil {
+		return "", nil, err
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	proc := &stack.Process{Name: name, Bin: filepath.Join(bin, name), Args: append([]string{"-addr", addr}, args...),
+		Log: filepath.Join(logs, name+".log"), Tee: os.Stdout}
+	if err := proc.Start(); err != nil {
+		return "", nil, err
+	}
+	if err := stack.WaitReady(ctx, proc, addr, 30*time.Second); err != nil {
+		_ = proc.Stop()
+		return "", nil, err
+	}
+	return addr, proc, nil
+}
+
+// showUnsubscribes prints each unsubscribe's propagation to each CRM as
+// the warehouse records it.
+func showUnsubscribes(ctx context.Context, url, schema string) {
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		return
+	}
+	defer pool.Close()
+	var since time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+		rows, err := pool.Query(ctx, `SELECT _cl_recorded_at, email, destination, kind, result, extract(epoch FROM took) * 1000
+			FROM `+schema+`.unsubscribe_propagations WHERE _cl_recorded_at > $1 ORDER BY _cl_recorded_at`, since)
+		if err != nil {
+			continue // not migrated yet
+		}
+		for rows.Next() {
+			var at time.Time
+			var email, dest, kind, result string
+			var ms float64
+			if rows.Scan(&at, &email, &dest, &kind, &result, &ms) == nil {
+				since = at
+				say("  ⊘ unsubscribe %-26s → %-10s (%s) %-17s %.0f ms after it was received", email, dest, kind, result, ms)
+			}
 		}
 		rows.Close()
 	}

@@ -19,9 +19,14 @@
 //     measured, not the vendor's quota): webhook→ticket is the ticket's
 //     creation time minus the response's received_at.
 //
+//     With -crm (default), sink-webhook also updates a HubSpot contact per
+//     response (each response its own respondent; local fake, limits raised)
+//     through batch upserts of up to 100.
+//
 //  2. drain: -burst webhooks sent as fast as -c senders can; the time from
-//     the first send to the last row gives the pipeline's rows/s, and to the
-//     last ticket each helpdesk's tickets/s.
+//     the first send to the last row gives the pipeline's rows/s, to the
+//     last ticket each helpdesk's tickets/s, and to the last contact the
+//     CRM's events/s.
 //
 //     go run ./tools/pipelinebench -rate 1000 -duration 15s -burst 20000
 package main
@@ -57,18 +62,19 @@ func main() {
 	partitions := flag.Int("partitions", 6, "partitions per topic")
 	withWebhook := flag.Bool("webhook", true, "also deliver every event to a webhook destination (sink-webhook) and measure it")
 	withHelpdesks := flag.Bool("helpdesks", true, "also open Zendesk and Freshdesk tickets for the detractors (sink-webhook, local fakes) and measure them")
+	withCRM := flag.Bool("crm", true, "also update a HubSpot contact per response (sink-webhook, local fake; batch upserts of 100) and measure it")
 	var env stack.EnvFlags
 	flag.Var(&env, "env", "NAME=value added to every service's environment (repeatable)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *rate, *duration, *burst, *conc, *partitions, *withWebhook, *withHelpdesks, env); err != nil {
+	if err := run(ctx, *rate, *duration, *burst, *conc, *partitions, *withWebhook, *withHelpdesks, *withCRM, env); err != nil {
 		fmt.Fprintln(os.Stderr, "pipelinebench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, rate int, duration time.Duration, burst, conc, partitions int, withWebhook, withHelpdesks bool, env []string) error {
+func run(ctx context.Context, rate int, duration time.Duration, burst, conc, partitions int, withWebhook, withHelpdesks, withCRM bool, env []string) error {
 	dir, bin, cleanup, err := stack.Workspace(ctx, "pipelinebench")
 	if err != nil {
 		return err
@@ -105,7 +111,14 @@ func run(ctx context.Context, rate int, duration time.Duration, burst, conc, par
 		p.SinksYAML += desks.yaml
 		p.Env = append(p.Env, desks.env...)
 	}
-	if !withWebhook && !withHelpdesks {
+	var crmd *crmDest
+	if withCRM {
+		crmd = startCRM()
+		defer crmd.close()
+		p.SinksYAML += crmd.yaml
+		p.Env = append(p.Env, crmd.env...)
+	}
+	if !withWebhook && !withHelpdesks && !withCRM {
 		p.Run, services = []string{"sink-warehouse", "enricher", "normalizer", "ingress"}, services[:4]
 	}
 	if err := p.Start(ctx); err != nil {
@@ -119,6 +132,7 @@ func run(ctx context.Context, rate int, duration time.Duration, burst, conc, par
 	}
 	defer pool.Close()
 	gen := delightedgen.New([]byte(p.Secret), uint64(time.Now().UnixNano()))
+	gen.Population = 1 << 30 // each response its own person: the CRM writes a contact per response
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
 
 	// Phase 1: a steady rate.
@@ -253,6 +267,14 @@ func run(ctx context.Context, rate int, duration time.Duration, burst, conc, par
 			ticketed[name] = at.Sub(start)
 		}
 	}
+	var crmTook time.Duration
+	if crmd != nil {
+		_, at, err := crmd.wait(ctx, pool, 10*time.Minute)
+		if err != nil {
+			return err
+		}
+		crmTook = at.Sub(start)
+	}
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	fmt.Printf("ingress accepted %d in %s (%.0f req/s; answer p50 %s, p99 %s)\n", burst, acceptTook.Round(time.Millisecond),
 		float64(burst)/acceptTook.Seconds(), lat[len(lat)/2].Round(100*time.Microsecond), lat[len(lat)*99/100].Round(100*time.Microsecond))
@@ -268,6 +290,9 @@ func run(ctx context.Context, rate int, duration time.Duration, burst, conc, par
 			fmt.Printf("all %d %s tickets (every detractor's, both phases) %s after the drain's first send: %.0f tickets/s during the drain\n", n, name,
 				ticketed[name].Round(time.Millisecond), float64(n-desks.phase1[name])/ticketed[name].Seconds())
 		}
+	}
+	if crmd != nil {
+		crmd.report(burst, crmTook)
 	}
 	total := accepted + burst
 	for _, name := range services {

@@ -31,6 +31,10 @@ type Webhook struct {
 // Generator produces webhooks signed with Secret.
 type Generator struct {
 	Secret []byte
+	// Population, when set, gives each response a respondent of that many
+	// (person<n>@example.com) instead of the eight fixed people: a
+	// benchmark's CRM sees as many contacts as a real account.
+	Population int
 	rnd    *mrand.Rand
 	seq    int
 	base   int
@@ -48,6 +52,15 @@ var people = []struct{ name, email string }{
 	{"Lena Groß", "lena.gross@example.at"}, {"Sam Okafor", "sam.okafor@example.com"},
 	{"Priya Nair", "priya.nair@example.in"}, {"Chloé Martin", "chloe.martin@example.fr"},
 	{"Mateo García", "mateo.garcia@example.es"}, {"Yuki Tanaka", "yuki.tanaka@example.jp"},
+}
+
+// Emails are the generated respondents' emails (the people a CRM knows).
+func Emails() []string {
+	out := make([]string, len(people))
+	for i, p := range people {
+		out[i] = p.email
+	}
+	return out
 }
 
 var comments = map[string][]string{
@@ -89,7 +102,7 @@ func (g *Generator) envelope(typ string, data any) Webhook {
 // added a little later, its survey_response.updated.
 func (g *Generator) Response() (created, updated Webhook) {
 	g.seq++
-	p := people[g.rnd.IntN(len(people))]
+	p := g.person()
 	score := g.rnd.IntN(11)
 	// Response ids must be unique: two responses with one id and one
 	// updated_at are the same response version, and dedupe drops the second.
@@ -117,12 +130,20 @@ func (g *Generator) Response() (created, updated Webhook) {
 
 // Unsubscribe returns an unsubscribe.created webhook.
 func (g *Generator) Unsubscribe() Webhook {
-	p := people[g.rnd.IntN(len(people))]
+	p := g.person()
 	g.seq++
 	pid := strconv.Itoa(g.base + g.seq)
 	w := g.envelope("unsubscribe.created", map[string]any{"person_id": pid, "email": p.email, "name": p.name, "unsubscribed_at": g.now().Unix()})
 	w.Subject = pid
 	return w
+}
+
+func (g *Generator) person() struct{ name, email string } {
+	if g.Population > 0 {
+		n := g.rnd.IntN(g.Population)
+		return struct{ name, email string }{fmt.Sprintf("Person %d", n), fmt.Sprintf("person%d@example.com", n)}
+	}
+	return people[g.rnd.IntN(len(people))]
 }
 
 // Data is the webhook's event_data: the response (or unsubscribe) as the

@@ -1,0 +1,75 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http/httptest"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	hubspotfake "github.com/closedloop/closedloop/tools/fakes/hubspot"
+)
+
+// crmDest is the local HubSpot the bench's responses update contacts in
+// (each response its own person): the batch-upserting destination.
+type crmDest struct {
+	hs   *hubspotfake.Server
+	srv  *httptest.Server
+	yaml string
+	env  []string
+}
+
+func startCRM() *crmDest {
+	c := &crmDest{hs: hubspotfake.New()}
+	c.hs.PerTenSeconds = 1 << 30
+	c.hs.AddToken("bench-hubspot-token")
+	c.srv = httptest.NewServer(c.hs)
+	c.yaml = "  hubspot:\n    accounts:\n      - name: crm\n        url: " + c.srv.URL + "\n        token: env:BENCH_HUBSPOT_TOKEN\n" +
+		"        requests_per_10s: 100000000\n        unsubscribe: {subscription: Marketing Information}\n"
+	c.env = []string{"BENCH_HUBSPOT_TOKEN=bench-hubspot-token"}
+	return c
+}
+
+func (c *crmDest) close() { c.srv.Close() }
+
+// contacts is how many contacts hold feedback.
+func (c *crmDest) contacts() int {
+	n := 0
+	for _, ct := range c.hs.Contacts() {
+		if ct.Properties["closedloop_event_id"] != "" {
+			n++
+		}
+	}
+	return n
+}
+
+// wait waits until every respondent in the warehouse is a contact with
+// feedback, and returns when.
+func (c *crmDest) wait(ctx context.Context, pool *pgxpool.Pool, timeout time.Duration) (int, time.Time, error) {
+	var want int
+	if err := pool.QueryRow(ctx, `SELECT count(DISTINCT lower(respondent_email)) FROM closedloop.feedback_events WHERE respondent_email <> ''`).Scan(&want); err != nil {
+		return 0, time.Time{}, err
+	}
+	for start := time.Now(); ; {
+		if n := c.contacts(); n >= want {
+			return want, time.Now(), nil
+		}
+		if time.Since(start) > timeout {
+			return 0, time.Time{}, fmt.Errorf("after %s: %d HubSpot contacts with feedback, want %d", timeout, c.contacts(), want)
+		}
+		select {
+		case <-ctx.Done():
+			return 0, time.Time{}, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// report prints what the drain cost the CRM: contacts, API calls, contacts
+// per call.
+func (c *crmDest) report(events int, took time.Duration) {
+	st := c.hs.Stats()
+	fmt.Printf("hubspot    all %d contacts written %s after the drain's first send: %.0f events/s through batch upserts (%d API requests in all, %.1f contact writes per request, tasks for detractors included)\n",
+		c.contacts(), took.Round(time.Millisecond), float64(events)/took.Seconds(), st.Requests, float64(st.ContactWrites)/float64(max(1, st.Requests)))
+}
