@@ -30,6 +30,17 @@ type Destination interface {
 	Deliver(ctx context.Context, events []*Event) []error
 }
 
+// Errors is errs, or nil when every one is nil: what Deliver (and a
+// batch handler) returns when all went through.
+func Errors(errs []error) []error {
+	for _, e := range errs {
+		if e != nil {
+			return errs
+		}
+	}
+	return nil
+}
+
 // Matcher decides whether an event is for this sink (an *expr.Bool).
 type Matcher interface {
 	Eval(*feedbackv1.FeedbackEvent) (bool, error)

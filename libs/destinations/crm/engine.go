@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/closedloop/closedloop/libs/config"
 	"github.com/closedloop/closedloop/libs/destinations/helpdesk"
 	"github.com/closedloop/closedloop/libs/expr"
 	"github.com/closedloop/closedloop/libs/sink"
@@ -62,6 +63,28 @@ func (t TaskConfig) Compile(creates ...string) (*helpdesk.Rules, string, error) 
 	return r, create, nil
 }
 
+// Base is what every CRM account of the pipeline file has (inlined in
+// each kind's Account).
+type Base struct {
+	// Name identifies the destination (status, pause, dead letters, its
+	// consumer group): lower-case letters, digits and '-'.
+	Name string `yaml:"name"`
+	// When is a CEL expression over `event` selecting the events this
+	// destination takes (default DefaultWhen).
+	When string `yaml:"when"`
+	// Tasks: a task (or note) for the responses its rule selects.
+	Tasks TaskConfig `yaml:"tasks"`
+	// UnsubscribeDeadline: an unsubscribe not applied after it is overdue
+	// (closedloop.unsubscribe.overdue, alert ClosedloopUnsubscribeNotApplied).
+	// Default 5m.
+	UnsubscribeDeadline config.Duration `yaml:"unsubscribe_deadline"`
+	// Timeout of one request (default 10s).
+	Timeout config.Duration `yaml:"timeout"`
+}
+
+// AccountName implements helpdesk.Account.
+func (b Base) AccountName() string { return b.Name }
+
 // Engine delivers a CRM destination's batches through its Writer.
 type Engine struct {
 	Kind, Name string
@@ -75,8 +98,14 @@ type Engine struct {
 	When *expr.Bool
 }
 
-// Rule is the destination's filter.
+// Rule is the destination's filter (helpdesk.Opened).
 func (e *Engine) Rule() *expr.Bool { return e.When }
+
+// Disabled implements sink.Disabler: the flag a refused credential sets.
+func (e *Engine) Disabled() (string, bool) { return e.Flag.Disabled() }
+
+// Enable implements sink.Enabler (closedloopctl resume).
+func (e *Engine) Enable(ctx context.Context) error { return e.Flag.Enable(ctx) }
 
 // CompileWhen compiles a CRM destination's `when` (default DefaultWhen).
 func CompileWhen(when string) (*expr.Bool, error) {
@@ -136,12 +165,7 @@ func (e *Engine) Deliver(ctx context.Context, events []*sink.Event) []error {
 	countUpdates(ctx, e.Name, "superseded", superseded)
 	e.update(ctx, events, order, newest, errs)
 	e.optOut(ctx, events, outs, outIdx, errs)
-	for _, err := range errs {
-		if err != nil {
-			return errs
-		}
-	}
-	return nil
+	return sink.Errors(errs)
 }
 
 // update writes the newest event of each contact, if the contact holds

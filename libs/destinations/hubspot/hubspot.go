@@ -45,7 +45,6 @@ import (
 	"github.com/closedloop/closedloop/libs/config"
 	"github.com/closedloop/closedloop/libs/destinations/crm"
 	"github.com/closedloop/closedloop/libs/destinations/helpdesk"
-	"github.com/closedloop/closedloop/libs/expr"
 	"github.com/closedloop/closedloop/libs/retry"
 	"github.com/closedloop/closedloop/libs/sink"
 	sinkv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/sink/v1"
@@ -53,15 +52,12 @@ import (
 
 // Account is one HubSpot destination (a portal, through a private app).
 type Account struct {
-	// Name identifies the destination: lower-case letters, digits and '-'.
-	Name string `yaml:"name"`
+	// crm.Base: name, when, tasks (task, note or none), unsubscribe_deadline, timeout.
+	crm.Base `yaml:",inline"`
 	// URL is the API's base (default https://api.hubapi.com).
 	URL string `yaml:"url"`
 	// Token is the private app's access token, by reference (env:…, file:…).
 	Token string `yaml:"token"`
-	// When is a CEL expression over `event` selecting the events this
-	// destination takes (default crm.DefaultWhen).
-	When string `yaml:"when"`
 	// Properties renames the feedback properties (field → property name;
 	// "" leaves a field out). Default closedloop_<field>.
 	Properties map[string]string `yaml:"properties"`
@@ -69,8 +65,6 @@ type Account struct {
 	PropertyGroup string `yaml:"property_group"`
 	// CreateProperties (default true) creates missing properties at start.
 	CreateProperties *bool `yaml:"create_properties"`
-	// Tasks: a task (default) or note for detractors, or none.
-	Tasks crm.TaskConfig `yaml:"tasks"`
 	// OwnerID owns the tasks and notes (hubspot_owner_id), optional.
 	OwnerID string `yaml:"owner_id"`
 	// Unsubscribe says which subscription type an opt-out leaves.
@@ -82,18 +76,10 @@ type Account struct {
 		LegalBasis            string `yaml:"legal_basis"`
 		LegalBasisExplanation string `yaml:"legal_basis_explanation"`
 	} `yaml:"unsubscribe"`
-	// UnsubscribeDeadline: an unsubscribe not applied after it is overdue
-	// (closedloop.unsubscribe.overdue, alert UnsubscribeNotApplied). Default 5m.
-	UnsubscribeDeadline config.Duration `yaml:"unsubscribe_deadline"`
 	// RequestsPer10s is the app's limit, shared by every replica (default
 	// 100: Free and Starter; 190 on Professional and Enterprise).
 	RequestsPer10s int `yaml:"requests_per_10s"`
-	// Timeout of one request (default 10s).
-	Timeout config.Duration `yaml:"timeout"`
 }
-
-// AccountName implements helpdesk.Account.
-func (a Account) AccountName() string { return a.Name }
 
 // Kind registers HubSpot with a hosting service.
 var Kind = sink.Kind{Name: "hubspot", Instances: instances}
@@ -166,15 +152,6 @@ func New(a Account, env sink.KindEnv) (*Destination, error) {
 	}
 	return d, nil
 }
-
-// Rule implements helpdesk.Opened.
-func (d *Destination) Rule() *expr.Bool { return d.When }
-
-// Disabled implements sink.Disabler.
-func (d *Destination) Disabled() (string, bool) { return d.Flag.Disabled() }
-
-// Enable implements sink.Enabler.
-func (d *Destination) Enable(ctx context.Context) error { return d.Flag.Enable(ctx) }
 
 // Load reads the disabled flag, creates the missing properties, and
 // resolves the subscription type.
@@ -475,16 +452,7 @@ func (d *Destination) Task(ctx context.Context, tasks []*crm.Task) []error {
 			errs[start+i] = d.call(ctx, http.MethodPut, path, nil, nil)
 		}
 	}
-	return nilIfAll(errs)
-}
-
-func nilIfAll(errs []error) []error {
-	for _, e := range errs {
-		if e != nil {
-			return errs
-		}
-	}
-	return nil
+	return sink.Errors(errs)
 }
 
 // OptOut implements crm.Writer.
@@ -502,7 +470,7 @@ func (d *Destination) OptOut(ctx context.Context, outs []*crm.OptOut) ([]crm.Out
 			}
 		}
 	}
-	return res, nilIfAll(errs)
+	return res, sink.Errors(errs)
 }
 
 func (d *Destination) optOut(ctx context.Context, email string) (crm.Outcome, error) {

@@ -51,7 +51,6 @@ import (
 	"github.com/closedloop/closedloop/libs/config"
 	"github.com/closedloop/closedloop/libs/destinations/crm"
 	"github.com/closedloop/closedloop/libs/destinations/helpdesk"
-	"github.com/closedloop/closedloop/libs/expr"
 	"github.com/closedloop/closedloop/libs/retry"
 	"github.com/closedloop/closedloop/libs/sink"
 	sinkv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/sink/v1"
@@ -59,8 +58,8 @@ import (
 
 // Account is one Salesforce org.
 type Account struct {
-	// Name identifies the destination: lower-case letters, digits and '-'.
-	Name string `yaml:"name"`
+	// crm.Base: name, when, tasks (task or none), unsubscribe_deadline, timeout.
+	crm.Base `yaml:",inline"`
 	// URL is the org's My Domain (https://acme.my.salesforce.com): its
 	// token endpoint.
 	URL string `yaml:"url"`
@@ -80,9 +79,6 @@ type Account struct {
 		PrivateKey string `yaml:"private_key"`
 		Audience   string `yaml:"audience"`
 	} `yaml:"auth"`
-	// When is a CEL expression over `event` selecting the events this
-	// destination takes (default crm.DefaultWhen).
-	When string `yaml:"when"`
 	// Objects are searched in order (default [Contact]; add Lead).
 	Objects []string `yaml:"objects"`
 	// MatchField holds the email on those objects (default Email).
@@ -90,22 +86,12 @@ type Account struct {
 	// Fields renames the feedback fields (field → API name; "" leaves one
 	// out). Default Closedloop_<Field>__c (Closedloop_Last_Score__c, …).
 	Fields map[string]string `yaml:"fields"`
-	// Tasks: a Task for detractors (default), or none.
-	Tasks crm.TaskConfig `yaml:"tasks"`
 	// TaskKeyField is the Activity External ID field tasks are upserted on
 	// (default Closedloop_Task_Key__c).
 	TaskKeyField string `yaml:"task_key_field"`
-	// UnsubscribeDeadline: an unsubscribe not applied after it is overdue
-	// (alert UnsubscribeNotApplied). Default 5m.
-	UnsubscribeDeadline config.Duration `yaml:"unsubscribe_deadline"`
 	// RequestsPerMinute across every replica (default 600).
 	RequestsPerMinute int `yaml:"requests_per_minute"`
-	// Timeout of one request (default 10s).
-	Timeout config.Duration `yaml:"timeout"`
 }
-
-// AccountName implements helpdesk.Account.
-func (a Account) AccountName() string { return a.Name }
 
 // Kind registers Salesforce with a hosting service.
 var Kind = sink.Kind{Name: "salesforce", Instances: instances}
@@ -246,15 +232,6 @@ func parseKey(b []byte) (*rsa.PrivateKey, error) {
 	}
 	return rk, nil
 }
-
-// Rule implements helpdesk.Opened.
-func (d *Destination) Rule() *expr.Bool { return d.When }
-
-// Disabled implements sink.Disabler.
-func (d *Destination) Disabled() (string, bool) { return d.Flag.Disabled() }
-
-// Enable implements sink.Enabler.
-func (d *Destination) Enable(ctx context.Context) error { return d.Flag.Enable(ctx) }
 
 // Load reads the disabled flag and gets a token (so a wrong credential
 // shows at start).
@@ -589,12 +566,7 @@ func (d *Destination) Task(ctx context.Context, tasks []*crm.Task) []error {
 			}
 		}
 	}
-	for _, e := range errs {
-		if e != nil {
-			return errs
-		}
-	}
-	return nil
+	return sink.Errors(errs)
 }
 
 // OptOut implements crm.Writer: HasOptedOutOfEmail on every record of
@@ -643,10 +615,5 @@ func (d *Destination) OptOut(ctx context.Context, outs []*crm.OptOut) ([]crm.Out
 			errs[owner[k]] = err
 		}
 	}
-	for _, e := range errs {
-		if e != nil {
-			return res, errs
-		}
-	}
-	return res, nil
+	return res, sink.Errors(errs)
 }

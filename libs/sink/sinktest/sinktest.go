@@ -69,23 +69,38 @@ type Harness struct {
 	Event func(ev *feedbackv1.FeedbackEvent)
 }
 
-type dlq struct {
+// Records is an in-memory sink.Producer: the dead letters a runner writes
+// (to any topic) and the other records a destination writes.
+type Records struct {
 	mu   sync.Mutex
 	recs []kafkaio.Record
 }
 
-func (q *dlq) Produce(_ context.Context, recs ...kafkaio.Record) error {
+// Produce implements sink.Producer.
+func (q *Records) Produce(_ context.Context, recs ...kafkaio.Record) error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.recs = append(q.recs, recs...)
 	return nil
 }
 
-func (q *dlq) letters(t *testing.T) []*sinkv1.DeadLetter {
+// On returns the records written to topic.
+func (q *Records) On(topic string) []kafkaio.Record {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	var out []*sinkv1.DeadLetter
+	var out []kafkaio.Record
 	for _, r := range q.recs {
+		if r.Topic == topic {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// Letters are the dead letters written to DLQTopic.
+func (q *Records) Letters(t *testing.T) []*sinkv1.DeadLetter {
+	var out []*sinkv1.DeadLetter
+	for _, r := range q.On(DLQTopic) {
 		var dl sinkv1.DeadLetter
 		if err := proto.Unmarshal(r.Value, &dl); err != nil {
 			t.Fatal(err)
@@ -100,6 +115,9 @@ type suite struct {
 	seq  int
 	name string
 }
+
+// DLQTopic is the dead-letter topic of the suites' runners.
+const DLQTopic = "dlq"
 
 // Run runs the contract against the destination of h.
 func Run(t *testing.T, h Harness) {
@@ -120,12 +138,12 @@ func Run(t *testing.T, h Harness) {
 	}
 }
 
-func (s *suite) runner(t *testing.T, q *dlq) *sink.Runner {
+func (s *suite) runner(t *testing.T, q *Records) *sink.Runner {
 	cp := sink.Checkpoint(sink.Idempotent{})
 	if s.h.Checkpoint != nil {
 		cp = s.h.Checkpoint(t)
 	}
-	r, err := sink.New(sink.Config{Sink: "sink-test", DLQTopic: "dlq", DLQ: q, Checkpoint: cp,
+	r, err := sink.New(sink.Config{Sink: "sink-test", DLQTopic: DLQTopic, DLQ: q, Checkpoint: cp,
 		Log:         slog.New(slog.NewTextHandler(io.Discard, nil)),
 		BackoffBase: 10 * time.Millisecond, BackoffMax: 200 * time.Millisecond, MaxAttempts: 5,
 		Breaker: retry.NewBreaker(1000, time.Second, nil)}, s.h.New(t))
@@ -189,18 +207,18 @@ func (s *suite) expect(t *testing.T, ids []string, want int) {
 }
 
 func (s *suite) once(t *testing.T) {
-	q := &dlq{}
+	q := &Records{}
 	r := s.runner(t, q)
 	batch, ids := s.batch(t, 20)
 	s.handle(t, r, batch)
 	s.expect(t, ids, 1)
-	if n := len(q.letters(t)); n != 0 {
+	if n := len(q.Letters(t)); n != 0 {
 		t.Fatalf("%d dead letters", n)
 	}
 }
 
 func (s *suite) redelivered(t *testing.T) {
-	q := &dlq{}
+	q := &Records{}
 	r := s.runner(t, q)
 	batch, ids := s.batch(t, 5)
 	s.handle(t, r, batch)
@@ -212,7 +230,7 @@ func (s *suite) redelivered(t *testing.T) {
 }
 
 func (s *suite) repeated(t *testing.T) {
-	q := &dlq{}
+	q := &Records{}
 	r := s.runner(t, q)
 	batch, ids := s.batch(t, 4)
 	// A producer that retried after a crash wrote events twice, a few
@@ -223,7 +241,7 @@ func (s *suite) repeated(t *testing.T) {
 }
 
 func (s *suite) failure(t *testing.T, f Failure) {
-	q := &dlq{}
+	q := &Records{}
 	r := s.runner(t, q)
 	batch, ids := s.batch(t, 6)
 	victim := ids[2]
@@ -231,7 +249,7 @@ func (s *suite) failure(t *testing.T, f Failure) {
 	start := time.Now()
 	s.handle(t, r, batch)
 	took := time.Since(start)
-	dl := q.letters(t)
+	dl := q.Letters(t)
 	others := append(append([]string{}, ids[:2]...), ids[3:]...)
 	s.expect(t, others, 1)
 	switch f {

@@ -12,7 +12,6 @@ import (
 	"io"
 	"log/slog"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,57 +23,24 @@ import (
 	"github.com/closedloop/closedloop/libs/kafkaio"
 	"github.com/closedloop/closedloop/libs/retry"
 	"github.com/closedloop/closedloop/libs/sink"
+	"github.com/closedloop/closedloop/libs/sink/sinktest"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 	sinkv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/sink/v1"
 )
 
-// Records is an in-memory producer (sink.Producer) of the records a CRM
-// destination writes: its propagations, and the runner's dead letters.
-type Records struct {
-	mu   sync.Mutex
-	recs []kafkaio.Record
-}
-
-// Produce implements sink.Producer.
-func (r *Records) Produce(_ context.Context, recs ...kafkaio.Record) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.recs = append(r.recs, recs...)
-	return nil
-}
+// Records holds what a CRM destination and its runner write: dead letters
+// (sinktest.Records) and propagations.
+type Records struct{ sinktest.Records }
 
 // Propagations are the Propagation records written so far.
 func (r *Records) Propagations(t *testing.T) []*sinkv1.Propagation {
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	var out []*sinkv1.Propagation
-	for _, rec := range r.recs {
-		if rec.Topic != kafkaio.NewTopics("").Unsubscribes() {
-			continue
-		}
+	for _, rec := range r.On(kafkaio.NewTopics("").Unsubscribes()) {
 		var p sinkv1.Propagation
 		if err := proto.Unmarshal(rec.Value, &p); err != nil {
 			t.Fatal(err)
 		}
 		out = append(out, &p)
-	}
-	return out
-}
-
-// Letters are the dead letters written so far.
-func (r *Records) Letters(t *testing.T) []*sinkv1.DeadLetter {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var out []*sinkv1.DeadLetter
-	for _, rec := range r.recs {
-		if rec.Topic != "dlq" {
-			continue
-		}
-		var dl sinkv1.DeadLetter
-		if err := proto.Unmarshal(rec.Value, &dl); err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, &dl)
 	}
 	return out
 }
@@ -126,7 +92,7 @@ func (s *suite) email(name string) string {
 }
 
 func (s *suite) runner(t *testing.T, d sink.Destination, recs *Records) *sink.Runner {
-	r, err := sink.New(sink.Config{Sink: "sink-test", DLQTopic: "dlq", DLQ: recs, Checkpoint: sink.Idempotent{},
+	r, err := sink.New(sink.Config{Sink: "sink-test", DLQTopic: sinktest.DLQTopic, DLQ: recs, Checkpoint: sink.Idempotent{},
 		Log:         slog.New(slog.NewTextHandler(io.Discard, nil)),
 		BackoffBase: 10 * time.Millisecond, BackoffMax: 200 * time.Millisecond, MaxAttempts: 5,
 		Breaker: retry.NewBreaker(1000, time.Second, nil)}, d)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/closedloop/closedloop/libs/destinations/crm"
 	"github.com/closedloop/closedloop/libs/kafkaio"
+	"github.com/closedloop/closedloop/libs/sink"
 	sinkv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/sink/v1"
 )
 
@@ -54,14 +55,14 @@ func (p *Propagations) Handle(ctx context.Context, batch []kafkaio.Delivery) []e
 		idx = append(idx, i)
 	}
 	if len(idx) == 0 {
-		return nilIfNone(errs)
+		return sink.Errors(errs)
 	}
 	if err := pool.SendBatch(ctx, b).Close(); err != nil {
 		for _, i := range idx {
 			errs[i] = fmt.Errorf("writing unsubscribe propagations: %w", err)
 		}
 	}
-	return nilIfNone(errs)
+	return sink.Errors(errs)
 }
 
 func all(batch []kafkaio.Delivery, err error) []error {
@@ -70,13 +71,4 @@ func all(batch []kafkaio.Delivery, err error) []error {
 		out[i] = err
 	}
 	return out
-}
-
-func nilIfNone(errs []error) []error {
-	for _, e := range errs {
-		if e != nil {
-			return errs
-		}
-	}
-	return nil
 }
