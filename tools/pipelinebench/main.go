@@ -222,6 +222,11 @@ func run(ctx context.Context, rate int, duration time.Duration, burst, conc, par
 		}
 	}()
 	start := time.Now()
+	if crmd != nil {
+		tctx, stopTrack := context.WithCancel(ctx)
+		defer stopTrack()
+		go crmd.track(tctx)
+	}
 	var lat []time.Duration
 	var mu sync.Mutex
 	for range conc {

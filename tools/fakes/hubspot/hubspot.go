@@ -111,6 +111,7 @@ type Server struct {
 	props        map[string]map[string]propDef // object → name → def
 	groups       map[string]map[string]bool
 	objects      map[string]map[string]*Object // object → id → record
+	unique       map[string]*Object            // object + "\x00" + unique property + "\x00" + value → record
 	nextID       int64
 	writes       []Write
 	defs         []Definition
@@ -131,7 +132,7 @@ type Server struct {
 func New() *Server {
 	s := &Server{PerTenSeconds: 100, Now: time.Now, tokens: map[string]bool{}, nextID: 100,
 		props: map[string]map[string]propDef{}, groups: map[string]map[string]bool{}, objects: map[string]map[string]*Object{},
-		statuses: map[string]map[string]string{},
+		statuses: map[string]map[string]string{}, unique: map[string]*Object{},
 		defs: []Definition{{ID: "1001", Name: "Marketing Information", IsActive: true}, {ID: "1002", Name: "Customer Service Communication", IsActive: true}}}
 	s.window.Span = 10 * time.Second
 	std := map[string][]string{
@@ -348,13 +349,15 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.batchUpsert(w, upsertPath.FindStringSubmatch(p)[1], body, batchFail)
 	case contactGet.MatchString(p) && r.Method == http.MethodGet:
 		id := contactGet.FindStringSubmatch(p)[1]
-		for _, o := range s.objects["contacts"] {
-			if r.URL.Query().Get("idProperty") == "email" && strings.EqualFold(o.Properties["email"], id) || o.ID == id {
-				writeJSON(w, http.StatusOK, map[string]any{"id": o.ID, "properties": o.Properties, "archived": false})
-				return
-			}
+		o := s.objects["contacts"][id]
+		if r.URL.Query().Get("idProperty") == "email" {
+			o, _ = s.find("contacts", "email", strings.ToLower(id))
 		}
-		apiError(w, http.StatusNotFound, "OBJECT_NOT_FOUND", "resource not found", nil)
+		if o == nil {
+			apiError(w, http.StatusNotFound, "OBJECT_NOT_FOUND", "resource not found", nil)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"id": o.ID, "properties": o.Properties, "archived": false})
 	case assocPath.MatchString(p) && r.Method == http.MethodPut:
 		m := assocPath.FindStringSubmatch(p)
 		o, c := s.objects[m[1]][m[2]], s.objects["contacts"][m[3]]
@@ -544,13 +547,10 @@ func keyOf(in upsertInput) string {
 	return in.ID
 }
 
+// find is the record whose unique property prop has val.
 func (s *Server) find(obj, prop, val string) (*Object, bool) {
-	for _, o := range s.objects[obj] {
-		if o.Properties[prop] == val {
-			return o, true
-		}
-	}
-	return nil, false
+	o, ok := s.unique[obj+"\x00"+prop+"\x00"+val]
+	return o, ok
 }
 
 func (s *Server) upsertObject(obj, prop, val string, props map[string]string) *Object {
@@ -560,6 +560,7 @@ func (s *Server) upsertObject(obj, prop, val string, props map[string]string) *O
 		s.nextID++
 		o = &Object{ID: strconv.FormatInt(s.nextID, 10), Properties: map[string]string{prop: val}, CreatedAt: now}
 		s.objects[obj][o.ID] = o
+		s.unique[obj+"\x00"+prop+"\x00"+val] = o
 	}
 	for k, v := range props {
 		o.Properties[k] = v
