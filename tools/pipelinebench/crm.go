@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http/httptest"
+	"sort"
 	"sync"
 	"time"
 
@@ -104,4 +105,41 @@ func (c *crmDest) report(events int, took time.Duration) {
 	st := c.hs.Stats()
 	fmt.Printf("hubspot    all %d contacts written %s after the drain's first send: %.0f events/s through batch upserts (%d API requests in all, %.1f contact writes per request; tasks off)\n",
 		c.contacts(), took.Round(time.Millisecond), float64(events)/took.Seconds(), st.Requests, float64(st.ContactWrites)/float64(max(1, st.Requests)))
+}
+
+// latency prints webhook→contact over the latency phase's events: each
+// contact write's time in the fake minus the event's received_at (one
+// clock), waiting first for a contact per row.
+func (c *crmDest) latency(ctx context.Context, pool *pgxpool.Pool, timeout time.Duration) error {
+	if _, _, err := c.wait(ctx, pool, timeout); err != nil {
+		return err
+	}
+	received := map[string]time.Time{}
+	rows, err := pool.Query(ctx, `SELECT event_id, _cl_received_at FROM closedloop.feedback_events`)
+	if err != nil {
+		return err
+	}
+	for rows.Next() {
+		var id string
+		var at time.Time
+		if err := rows.Scan(&id, &at); err != nil {
+			return err
+		}
+		received[id] = at
+	}
+	rows.Close()
+	var lat []float64
+	for _, w := range c.hs.Writes() {
+		if r, ok := received[w.Properties["closedloop_event_id"]]; ok {
+			lat = append(lat, float64(w.At.Sub(r).Microseconds())/1000)
+		}
+	}
+	if len(lat) == 0 {
+		return fmt.Errorf("no HubSpot contact write matches an event")
+	}
+	sort.Float64s(lat)
+	q := func(f float64) float64 { return lat[min(len(lat)-1, int(f*float64(len(lat))))] }
+	fmt.Printf("%-10s webhook→contact  over %d writes:      p50 %.1f ms, p90 %.1f ms, p99 %.1f ms, max %.1f ms (%d API requests, %.1f contacts per request)\n",
+		"hubspot", len(lat), q(0.5), q(0.9), q(0.99), lat[len(lat)-1], c.hs.Stats().Requests, float64(len(lat))/float64(max(1, c.hs.Stats().Requests)))
+	return nil
 }

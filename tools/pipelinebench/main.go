@@ -202,6 +202,11 @@ func run(ctx context.Context, rate int, duration time.Duration, burst, conc, par
 			return err
 		}
 	}
+	if crmd != nil {
+		if err := crmd.latency(ctx, pool, 3*time.Minute); err != nil {
+			return err
+		}
+	}
 
 	if burst == 0 {
 		return nil
