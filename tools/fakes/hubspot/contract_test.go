@@ -131,4 +131,3 @@ func TestTheHubSpotDestinationPassesTheCRMContract(t *testing.T) {
 		},
 	})
 }
-

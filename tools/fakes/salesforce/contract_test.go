@@ -135,7 +135,9 @@ func harness(t *testing.T, rdb redis.UniversalClient) crmtest.Harness {
 			d = open(t, account(t, rdb, section(url, "", ""), nil, recs))
 			return d, recs
 		},
-		AddContact: func(_ *testing.T, email string) { fake.Add("Contact", salesforcefake.Record{"Email": email, "LastName": "Test"}) },
+		AddContact: func(_ *testing.T, email string) {
+			fake.Add("Contact", salesforcefake.Record{"Email": email, "LastName": "Test"})
+		},
 		Field: func(t *testing.T, email, key string) string {
 			rs := find(email)
 			if len(rs) == 0 {

@@ -35,10 +35,10 @@ type Generator struct {
 	// (person<n>@example.com) instead of the eight fixed people: a
 	// benchmark's CRM sees as many contacts as a real account.
 	Population int
-	rnd    *mrand.Rand
-	seq    int
-	base   int
-	now    func() time.Time
+	rnd        *mrand.Rand
+	seq        int
+	base       int
+	now        func() time.Time
 }
 
 // New returns a generator; seed makes the sequence reproducible.
