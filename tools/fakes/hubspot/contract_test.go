@@ -5,6 +5,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 	"go.yaml.in/yaml/v3"
@@ -15,6 +16,7 @@ import (
 	"github.com/closedloop/closedloop/libs/sink"
 	"github.com/closedloop/closedloop/libs/sink/sinktest"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
+	sinkv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/sink/v1"
 	hubspotfake "github.com/closedloop/closedloop/tools/fakes/hubspot"
 )
 
@@ -130,4 +132,69 @@ func TestTheHubSpotDestinationPassesTheCRMContract(t *testing.T) {
 			return p
 		},
 	})
+}
+
+func deliver(t *testing.T, d sink.Destination, evs ...*feedbackv1.FeedbackEvent) []error {
+	t.Helper()
+	batch := make([]*sink.Event, len(evs))
+	for i, ev := range evs {
+		batch[i] = &sink.Event{Ctx: context.Background(), Feedback: ev, Attempt: 1}
+	}
+	return d.Deliver(context.Background(), batch)
+}
+
+// Start-up creates the missing properties (and says so) or, with
+// create_properties: false, names them; a batch HubSpot refuses whole (400)
+// is retried input by input, so only the bad input fails, permanently; a
+// detractor gets a task associated with the contact; a daily limit pushes
+// every request back; a revoked token disables the destination.
+func TestHubSpotPropertiesBatchesTasksLimitsAndTokens(t *testing.T) {
+	fake, url := serve(t)
+	rdb := newRedis(t)
+	strict, _ := account(t, rdb, url, "    create_properties: false\n", &crmtest.Records{})
+	if _, err := strict.Open(context.Background()); err == nil || !strings.Contains(err.Error(), "closedloop_last_score") {
+		t.Fatalf("create_properties false without the properties: %v, want an error naming them", err)
+	}
+	in, _ := account(t, rdb, url, "    tasks: {create: task, priorities: [{when: 'true', priority: low}]}\n", &crmtest.Records{})
+	d := open(t, in)
+	fake.BatchErrors = "whole"
+	now := time.Now()
+	good, bad := crmtest.Response("hs-good", "good@example.com", now, 2), crmtest.Response("hs-bad", "bad@example.com", now, 9)
+	fake.Fail(hubspotfake.Failure{Match: "bad@example.com", Status: 400, N: 1 << 30})
+	errs := deliver(t, d, good, bad)
+	if errs == nil || errs[0] != nil {
+		t.Fatalf("errors %v: want the good input written", errs)
+	}
+	if class, _, _ := sink.Classify(errs[1]); class != sinkv1.ErrorClass_ERROR_CLASS_PERMANENT {
+		t.Fatalf("the refused input: %v (%v), want permanent", errs[1], class)
+	}
+	fake.ClearFailures()
+	c := fake.Contacts()["good@example.com"]
+	if c.Properties["closedloop_last_score"] != "2" || c.Properties["closedloop_segment"] != "detractor" || c.Properties["closedloop_score_scale"] != "0-10" {
+		t.Fatalf("contact %v: want the feedback properties", c.Properties)
+	}
+	tasks := fake.Objects("tasks")
+	if len(tasks) != 1 || len(tasks[0].Associations) != 1 || tasks[0].Associations[0] != c.ID || tasks[0].Properties["hs_task_priority"] != "LOW" {
+		t.Fatalf("tasks %v: want one, LOW, associated with contact %s", tasks, c.ID)
+	}
+	// The same response again (a retry after a lost answer): no second task.
+	if errs := deliver(t, d, good); errs != nil {
+		t.Fatal(errs)
+	}
+	if n := len(fake.Objects("tasks")); n != 1 {
+		t.Fatalf("%d tasks after a retry", n)
+	}
+	// The day's calls are spent: retried later, every replica held.
+	fake.Daily = 1
+	errs = deliver(t, d, crmtest.Response("hs-day", "day@example.com", now.Add(time.Second), 7))
+	if class, after, _ := sink.Classify(errs[0]); class != sinkv1.ErrorClass_ERROR_CLASS_RETRYABLE || after != 10*time.Minute {
+		t.Fatalf("daily limit: %v (%v, after %s), want retryable after 10m", errs[0], class, after)
+	}
+	fake.Daily = 0
+	fake.RevokeToken(token)
+	_ = rdb.Del(context.Background(), "t:"+t.Name()+":rate:"+strings.TrimPrefix(url, "http://")).Err() // the pushed-back rate
+	errs = deliver(t, d, crmtest.Response("hs-401", "tok@example.com", now.Add(2*time.Second), 7))
+	if why, off := d.Disabled(); !off || !strings.Contains(why, "401") {
+		t.Fatalf("after a 401: disabled %v (%q), errors %v", off, why, errs)
+	}
 }
