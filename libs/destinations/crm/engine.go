@@ -19,6 +19,15 @@ import (
 // done, counted as unknown_contact.
 var ErrUnknownContact = errors.New("the CRM has no contact with this email")
 
+// NotApplied marks a retryable Update error that certainly changed nothing
+// at the CRM (a rate limit's refusal, a failed lookup before any write):
+// the contact need not be held for Engine.Settle.
+func NotApplied(err error) error { return &notApplied{err} }
+
+type notApplied struct{ error }
+
+func (e *notApplied) Unwrap() error { return e.error }
+
 // DefaultWhen selects the events a CRM destination takes: responses and
 // unsubscribes with an email (not ticket follow-ups, not test events).
 const DefaultWhen = `event.respondent.email != "" && event.kind != Kind.KIND_FOLLOW_UP && !event.test`
@@ -96,6 +105,9 @@ type Engine struct {
 	Tasks *helpdesk.Rules
 	// When is the destination's filter (for Rule).
 	When *expr.Bool
+	// Settle holds a contact after a write whose outcome is unknown (the
+	// request timeout: how long a request may linger at the CRM).
+	Settle time.Duration
 }
 
 // Rule is the destination's filter (helpdesk.Opened).
@@ -205,7 +217,7 @@ func (e *Engine) update(ctx context.Context, events []*sink.Event, order []strin
 		return
 	}
 	uerrs := e.Writer.Update(ctx, ups)
-	failed := make([]bool, len(ups))
+	failed, unsure := make([]bool, len(ups)), make([]bool, len(ups))
 	var tasks []*Task
 	written, unknown, rejected := 0, 0, 0
 	for k, u := range ups {
@@ -223,6 +235,9 @@ func (e *Engine) update(ctx context.Context, events []*sink.Event, order []strin
 			if class, _, _ := sink.Classify(err); class == sinkv1.ErrorClass_ERROR_CLASS_PERMANENT {
 				failed[k] = true
 				rejected++
+			} else {
+				var na *notApplied
+				unsure[k] = !errors.As(err, &na) // it may still land: hold the contact
 			}
 		default:
 			written++
@@ -233,7 +248,7 @@ func (e *Engine) update(ctx context.Context, events []*sink.Event, order []strin
 			}
 		}
 	}
-	if err := e.Guard.Release(ctx, upHeld, failed); err != nil {
+	if err := e.Guard.Release(ctx, upHeld, failed, unsure, e.Settle); err != nil {
 		// The leases expire on their own; a refused write keeps its
 		// version, so older events of that contact are skipped.
 		_ = err
@@ -377,13 +392,13 @@ func (e *Engine) optOut(ctx context.Context, events []*sink.Event, outs []*OptOu
 // NewEngine is a CRM account's engine in the hosting service's env: its
 // guard and recorder keys under the kind's prefix and the account's name,
 // its disabled flag for the credential named by fingerprint.
-func NewEngine(kind, name string, env sink.KindEnv, w Writer, deadline time.Duration, fingerprint string) *Engine {
+func NewEngine(kind, name string, env sink.KindEnv, w Writer, deadline, settle time.Duration, fingerprint string) *Engine {
 	p := env.RedisPrefix + name + ":"
 	rec := &Recorder{RDB: env.Redis, Prefix: p + "unsub:", Records: env.Records, Topic: env.Topics.Unsubscribes(), Audit: env.Audit,
 		Sink: env.Sink, Destination: name, Kind: kind, Deadline: deadline}
 	// One hash tag for the guard's keys: its script reads the session of a
 	// lease's holder, a key it cannot name in advance.
-	return &Engine{Kind: kind, Name: name, Writer: w, Guard: &Guard{RDB: env.Redis, Prefix: env.RedisPrefix + "{" + name + "}:contact:"}, Recorder: rec,
+	return &Engine{Kind: kind, Name: name, Writer: w, Settle: settle, Guard: &Guard{RDB: env.Redis, Prefix: env.RedisPrefix + "{" + name + "}:contact:"}, Recorder: rec,
 		Flag: &sink.DisabledFlag{RDB: env.Redis, Key: p + "disabled", Fingerprint: fingerprint}}
 }
 

@@ -84,9 +84,11 @@ redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'PX', ARGV[5])
 return {1, cur or ''}`)
 
 // release: KEYS[1] version, KEYS[2] lease; ARGV owner, restore (1/0),
-// previous, mine, ttl ms.
+// previous, mine, ttl ms, settle ms (0: free the lease now).
 var releaseScript = redis.NewScript(`
-if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  if ARGV[6] == '0' then redis.call('DEL', KEYS[2]) else redis.call('PEXPIRE', KEYS[2], ARGV[6]) end
+end
 if ARGV[2] == '1' and redis.call('GET', KEYS[1]) == ARGV[4] then
   if ARGV[3] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[5]) end
 end
@@ -184,8 +186,11 @@ func (g *Guard) ClaimAll(ctx context.Context, emails []string, versions []Versio
 }
 
 // Release frees the contacts; those whose write the CRM refused for good
-// (failed) get their previous version back.
-func (g *Guard) Release(ctx context.Context, held []*Held, failed []bool) error {
+// (failed) get their previous version back. A write whose outcome is
+// unknown (unsure: a timeout, a dropped connection, a 5xx) may still land
+// at the CRM after its answer was given up on: its contact stays held for
+// settle, so no newer write can be overtaken by it.
+func (g *Guard) Release(ctx context.Context, held []*Held, failed, unsure []bool, settle time.Duration) error {
 	ctx = context.WithoutCancel(ctx)
 	pipe := g.RDB.Pipeline()
 	n := 0
@@ -193,12 +198,15 @@ func (g *Guard) Release(ctx context.Context, held []*Held, failed []bool) error 
 		if h == nil {
 			continue
 		}
-		restore := "0"
+		restore, hold := "0", int64(0)
 		if failed != nil && failed[i] {
 			restore = "1"
 		}
+		if unsure != nil && unsure[i] && settle > 0 {
+			hold = settle.Milliseconds()
+		}
 		releaseScript.Eval(ctx, pipe, []string{g.Prefix + "v:" + h.email, g.Prefix + "lease:" + h.email},
-			h.token, restore, h.prev, h.mine.String(), g.ttl().Milliseconds())
+			h.token, restore, h.prev, h.mine.String(), g.ttl().Milliseconds(), hold)
 		n++
 	}
 	if n == 0 {

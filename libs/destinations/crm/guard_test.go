@@ -30,7 +30,7 @@ func TestTheGuardOrdersWritesAndOutlivesNoDeadWriter(t *testing.T) {
 	if c, _, _ := b.ClaimAll(ctx, []string{"x@example.com"}, []Version{last}); c[0] != Busy {
 		t.Fatalf("while a live writer holds the contact: %v, want busy", c)
 	}
-	if err := a.Release(ctx, held, nil); err != nil {
+	if err := a.Release(ctx, held, nil, nil, 0); err != nil {
 		t.Fatal(err)
 	}
 	if c, _, _ := b.ClaimAll(ctx, []string{"x@example.com"}, []Version{old}); c[0] != Superseded {
@@ -40,11 +40,23 @@ func TestTheGuardOrdersWritesAndOutlivesNoDeadWriter(t *testing.T) {
 	if c[0] != Write {
 		t.Fatalf("a newer event: %v, want write", c)
 	}
-	if err := b.Release(ctx, h, []bool{true}); err != nil { // refused: back to mid
+	if err := b.Release(ctx, h, []bool{true}, nil, 0); err != nil { // refused: back to mid
 		t.Fatal(err)
 	}
 	if v, _ := b.Stored(ctx, "x@example.com"); v != mid {
 		t.Fatalf("after a refused write the contact holds %v, want %v", v, mid)
+	}
+	// A write whose outcome is unknown holds the contact for the settle time.
+	c, h, _ = a.ClaimAll(ctx, []string{"z@example.com"}, []Version{mid})
+	if err := a.Release(ctx, h, nil, []bool{true}, 300*time.Millisecond); err != nil || c[0] != Write {
+		t.Fatal(c, err)
+	}
+	if c, _, _ := b.ClaimAll(ctx, []string{"z@example.com"}, []Version{last}); c[0] != Busy {
+		t.Fatalf("right after an unsure write: %v, want busy", c)
+	}
+	time.Sleep(350 * time.Millisecond)
+	if c, _, _ := b.ClaimAll(ctx, []string{"z@example.com"}, []Version{last}); c[0] != Write {
+		t.Fatalf("after the settle time: %v, want write", c)
 	}
 	// a claims and dies (its session is no longer renewed).
 	if c, _, _ := a.ClaimAll(ctx, []string{"y@example.com"}, []Version{mid}); c[0] != Write {

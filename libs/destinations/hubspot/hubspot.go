@@ -139,7 +139,7 @@ func New(a Account, env sink.KindEnv) (*Destination, error) {
 	if d.props, err = crm.FieldNames(a.Properties, func(f crm.Field) string { return "closedloop_" + f.Key }); err != nil {
 		return nil, err
 	}
-	d.Engine = crm.NewEngine("hubspot", a.Name, env, d, a.UnsubscribeDeadline.Duration, helpdesk.Fingerprint(auth))
+	d.Engine = crm.NewEngine("hubspot", a.Name, env, d, a.UnsubscribeDeadline.Duration, a.Timeout.Duration, helpdesk.Fingerprint(auth))
 	if d.When, err = crm.CompileWhen(a.When); err != nil {
 		return nil, err
 	}
@@ -332,7 +332,7 @@ func (d *Destination) classify(ctx context.Context, method, path string, a *help
 			after = 10 * time.Second
 		}
 		_ = d.client.Rate.Push(ctx, after)
-		return sink.Retryable(msg, after)
+		return crm.NotApplied(sink.Retryable(msg, after))
 	}
 	return d.client.Classify(ctx, a, msg, d.Flag, now, false)
 }

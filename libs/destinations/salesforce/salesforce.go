@@ -204,7 +204,7 @@ func New(a Account, env sink.KindEnv) (*Destination, error) {
 			d.types[n] = f.Type
 		}
 	}
-	d.Engine = crm.NewEngine("salesforce", a.Name, env, d, a.UnsubscribeDeadline.Duration, helpdesk.Fingerprint(credential))
+	d.Engine = crm.NewEngine("salesforce", a.Name, env, d, a.UnsubscribeDeadline.Duration, a.Timeout.Duration, helpdesk.Fingerprint(credential))
 	if d.When, err = crm.CompileWhen(a.When); err != nil {
 		return nil, err
 	}
@@ -378,7 +378,7 @@ func (d *Destination) classify(ctx context.Context, method, path string, a *help
 		// The org's API quota for the last 24 hours is spent: every
 		// replica waits, then looks again.
 		_ = d.client.Rate.Push(ctx, time.Minute)
-		return sink.Retryable(msg, time.Minute)
+		return crm.NotApplied(sink.Retryable(msg, time.Minute))
 	}
 	return d.client.Classify(ctx, a, msg, d.Flag, d.now(), false)
 }
@@ -505,7 +505,7 @@ func (d *Destination) Update(ctx context.Context, ups []*crm.Update) []error {
 	found, err := d.find(ctx, emails)
 	if err != nil {
 		for i := range errs {
-			errs[i] = err
+			errs[i] = crm.NotApplied(err) // nothing was written yet
 		}
 		return errs
 	}

@@ -33,7 +33,7 @@ func serve(t *testing.T) (*hubspotfake.Server, string) {
 }
 
 func section(url, extra string) string {
-	return "accounts:\n  - name: crm\n    url: " + url + "\n    token: env:HS_TOKEN\n    requests_per_10s: 100000\n" +
+	return "accounts:\n  - name: crm\n    url: " + url + "\n    token: env:HS_TOKEN\n    requests_per_10s: 100000\n    timeout: 2s\n" +
 		"    unsubscribe:\n      subscription: Marketing Information\n" + extra
 }
 

@@ -43,7 +43,7 @@ func section(url, auth, extra string) string {
 	if auth == "" {
 		auth = "      flow: client_credentials\n      client_id: " + clientID + "\n      client_secret: env:SF_SECRET\n"
 	}
-	return "accounts:\n  - name: org\n    url: " + url + "\n    requests_per_minute: 100000\n    objects: [Contact, Lead]\n    auth:\n" + auth + extra
+	return "accounts:\n  - name: org\n    url: " + url + "\n    requests_per_minute: 100000\n    timeout: 2s\n    objects: [Contact, Lead]\n    auth:\n" + auth + extra
 }
 
 func account(t *testing.T, rdb redis.UniversalClient, sec string, env map[string]string, recs *crmtest.Records) sink.Instance {
