@@ -79,6 +79,9 @@ type Account struct {
 	// RequestsPer10s is the app's limit, shared by every replica (default
 	// 100: Free and Starter; 190 on Professional and Enterprise).
 	RequestsPer10s int `yaml:"requests_per_10s"`
+	// BatchSize is the most contacts per upsert call (default and most 100:
+	// HubSpot's documented batch limit, not in its spec).
+	BatchSize int `yaml:"batch_size"`
 }
 
 // Kind registers HubSpot with a hosting service.
@@ -117,6 +120,12 @@ func New(a Account, env sink.KindEnv) (*Destination, error) {
 	}
 	if a.RequestsPer10s == 0 {
 		a.RequestsPer10s = 100
+	}
+	if a.BatchSize == 0 {
+		a.BatchSize = MaxBatch
+	}
+	if a.BatchSize < 1 || a.BatchSize > MaxBatch {
+		return nil, fmt.Errorf("batch_size %d: between 1 and %d", a.BatchSize, MaxBatch)
 	}
 	if a.Timeout.Duration == 0 {
 		a.Timeout.Duration = 10 * time.Second
@@ -356,8 +365,8 @@ type batchAnswer struct {
 // Update implements crm.Writer: batch upserts by email.
 func (d *Destination) Update(ctx context.Context, ups []*crm.Update) []error {
 	errs := make([]error, len(ups))
-	for start := 0; start < len(ups); start += MaxBatch {
-		chunk := ups[start:min(start+MaxBatch, len(ups))]
+	for start := 0; start < len(ups); start += d.cfg.BatchSize {
+		chunk := ups[start:min(start+d.cfg.BatchSize, len(ups))]
 		copy(errs[start:], d.upsert(ctx, chunk))
 	}
 	return errs
@@ -416,8 +425,8 @@ var hubspotPriority = map[string]string{"urgent": "HIGH", "high": "HIGH", "norma
 // associated with the contact.
 func (d *Destination) Task(ctx context.Context, tasks []*crm.Task) []error {
 	errs := make([]error, len(tasks))
-	for start := 0; start < len(tasks); start += MaxBatch {
-		chunk := tasks[start:min(start+MaxBatch, len(tasks))]
+	for start := 0; start < len(tasks); start += d.cfg.BatchSize {
+		chunk := tasks[start:min(start+d.cfg.BatchSize, len(tasks))]
 		inputs := make([]input, len(chunk))
 		for i, t := range chunk {
 			p := map[string]string{TaskKey: t.Key, "hs_timestamp": d.now().UTC().Format("2006-01-02T15:04:05.000Z")}
