@@ -66,7 +66,12 @@ func startPipeline(t *testing.T, p *stack.Pipeline) {
 	defer cancel()
 	if err := p.Start(ctx); err != nil {
 		_ = p.Stop()
-		t.Fatal(err)
+		// One log call per line: make test's filter keeps lines that name
+		// the test file, so a start-up failure shows its service's output.
+		for _, line := range strings.Split(err.Error(), "\n") {
+			t.Log(line)
+		}
+		t.Fatal("the pipeline did not start")
 	}
 	t.Cleanup(func() {
 		if err := p.Stop(); err != nil {
