@@ -248,11 +248,10 @@ func (e *Engine) update(ctx context.Context, events []*sink.Event, order []strin
 			}
 		}
 	}
-	if err := e.Guard.Release(ctx, upHeld, failed, unsure, e.Settle); err != nil {
-		// The leases expire on their own; a refused write keeps its
-		// version, so older events of that contact are skipped.
-		_ = err
-	}
+	// A failed release is not the events' failure: the leases expire on
+	// their own (Guard.Lease), and a refused write that keeps its version
+	// only makes older events of that contact skip.
+	_ = e.Guard.Release(ctx, upHeld, failed, unsure, e.Settle)
 	countUpdates(ctx, e.Name, "written", written)
 	countUpdates(ctx, e.Name, "unknown_contact", unknown)
 	countUpdates(ctx, e.Name, "rejected", rejected)
