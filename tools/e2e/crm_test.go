@@ -56,7 +56,7 @@ func TestCRMsKeepTheNewestFeedbackAndApplyEachUnsubscribeOnceThroughAKill(t *tes
 	t.Cleanup(sfSrv.Close)
 
 	p := pipelineSpec("e2e_crm", infra.broker.Addrs, infra.redis.Addr, "E2E_HS_TOKEN=pat-e2e-crm", "E2E_SF_SECRET=e2e-crm-secret",
-		"SINK_BACKOFF_MAX=300ms", "LOG_LEVEL=warn")
+		"SINK_BACKOFF_MAX=300ms", "LOG_LEVEL=warn", "CONSUMER_SESSION_TIMEOUT=6s")
 	p.Run = []string{"sink-warehouse", "sink-webhook", "admin"}
 	p.AdminTokens = map[string]string{"ops": "operator"}
 	p.SinksYAML = "  hubspot:\n    accounts:\n      - name: crm\n        url: " + hsSrv.URL + "\n        token: env:E2E_HS_TOKEN\n" +

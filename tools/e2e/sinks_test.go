@@ -55,7 +55,8 @@ var sinksUnderTest = []struct {
 }{{"sink-warehouse/warehouse", warehouseUnderTest}, {"sink-webhook/receiver", webhookUnderTest}, {"sink-webhook/cx-alerts", slackUnderTest}, {"sink-webhook/support", zendeskUnderTest}, {"sink-webhook/helpdesk", freshdeskUnderTest},
 	{"sink-webhook/crm", hubspotUnderTest}, {"sink-webhook/org", salesforceUnderTest}}
 
-var suiteEnv = []string{"SINK_BREAKER_THRESHOLD=3", "SINK_BREAKER_OPEN_FOR=1s", "SINK_BACKOFF_MAX=300ms", "LOG_LEVEL=warn"}
+var suiteEnv = []string{"SINK_BREAKER_THRESHOLD=3", "SINK_BREAKER_OPEN_FOR=1s", "SINK_BACKOFF_MAX=300ms", "LOG_LEVEL=warn",
+	"CONSUMER_SESSION_TIMEOUT=6s"} // the killed member leaves the group sooner (the broker's minimum)
 
 // TestSinkConformance runs the conformance suite every sink passes against
 // sink-warehouse (real PostgreSQL behind a proxy that can cut it off) and
