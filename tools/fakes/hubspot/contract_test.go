@@ -134,15 +134,6 @@ func TestTheHubSpotDestinationPassesTheCRMContract(t *testing.T) {
 	})
 }
 
-func deliver(t *testing.T, d sink.Destination, evs ...*feedbackv1.FeedbackEvent) []error {
-	t.Helper()
-	batch := make([]*sink.Event, len(evs))
-	for i, ev := range evs {
-		batch[i] = &sink.Event{Ctx: context.Background(), Feedback: ev, Attempt: 1}
-	}
-	return d.Deliver(context.Background(), batch)
-}
-
 // Start-up creates the missing properties (and says so) or, with
 // create_properties: false, names them; a batch HubSpot refuses whole (400)
 // is retried input by input, so only the bad input fails, permanently; a
@@ -161,7 +152,7 @@ func TestHubSpotPropertiesBatchesTasksLimitsAndTokens(t *testing.T) {
 	now := time.Now()
 	good, bad := crmtest.Response("hs-good", "good@example.com", now, 2), crmtest.Response("hs-bad", "bad@example.com", now, 9)
 	fake.Fail(hubspotfake.Failure{Match: "bad@example.com", Status: 400, N: 1 << 30})
-	errs := deliver(t, d, good, bad)
+	errs := crmtest.Deliver(t, d, good, bad)
 	if errs == nil || errs[0] != nil {
 		t.Fatalf("errors %v: want the good input written", errs)
 	}
@@ -178,7 +169,7 @@ func TestHubSpotPropertiesBatchesTasksLimitsAndTokens(t *testing.T) {
 		t.Fatalf("tasks %v: want one, LOW, associated with contact %s", tasks, c.ID)
 	}
 	// The same response again (a retry after a lost answer): no second task.
-	if errs := deliver(t, d, good); errs != nil {
+	if errs := crmtest.Deliver(t, d, good); errs != nil {
 		t.Fatal(errs)
 	}
 	if n := len(fake.Objects("tasks")); n != 1 {
@@ -186,14 +177,14 @@ func TestHubSpotPropertiesBatchesTasksLimitsAndTokens(t *testing.T) {
 	}
 	// The day's calls are spent: retried later, every replica held.
 	fake.Daily = 1
-	errs = deliver(t, d, crmtest.Response("hs-day", "day@example.com", now.Add(time.Second), 7))
+	errs = crmtest.Deliver(t, d, crmtest.Response("hs-day", "day@example.com", now.Add(time.Second), 7))
 	if class, after, _ := sink.Classify(errs[0]); class != sinkv1.ErrorClass_ERROR_CLASS_RETRYABLE || after != 10*time.Minute {
 		t.Fatalf("daily limit: %v (%v, after %s), want retryable after 10m", errs[0], class, after)
 	}
 	fake.Daily = 0
 	fake.RevokeToken(token)
 	_ = rdb.Del(context.Background(), "t:"+t.Name()+":rate:"+strings.TrimPrefix(url, "http://")).Err() // the pushed-back rate
-	errs = deliver(t, d, crmtest.Response("hs-401", "tok@example.com", now.Add(2*time.Second), 7))
+	errs = crmtest.Deliver(t, d, crmtest.Response("hs-401", "tok@example.com", now.Add(2*time.Second), 7))
 	if why, off := d.Disabled(); !off || !strings.Contains(why, "401") {
 		t.Fatalf("after a 401: disabled %v (%q), errors %v", off, why, errs)
 	}

@@ -189,15 +189,6 @@ func TestTheSalesforceDestinationPassesTheCRMContract(t *testing.T) {
 	crmtest.Run(t, harness(t, newRedis(t)))
 }
 
-func deliver(t *testing.T, d sink.Destination, evs ...*feedbackv1.FeedbackEvent) []error {
-	t.Helper()
-	batch := make([]*sink.Event, len(evs))
-	for i, ev := range evs {
-		batch[i] = &sink.Event{Ctx: context.Background(), Feedback: ev, Attempt: 1}
-	}
-	return d.Deliver(context.Background(), batch)
-}
-
 // An expired session is renewed and the call made again; a Lead is found
 // when no Contact has the email; every record of an email is opted out; a
 // validation rule's refusal carries Salesforce's code and is permanent for
@@ -213,7 +204,7 @@ func TestSalesforceSessionsLeadsAndRecordErrors(t *testing.T) {
 	fake.ExpireTokens()
 	now := time.Now()
 	fake.Fail(salesforcefake.Failure{Match: "delighted.com/r/e-bad", Status: 400, N: 1})
-	errs := deliver(t, d, crmtest.Response("e-lead", "lead@example.com", now, 3), crmtest.Response("e-bad", "bad@example.com", now, 9),
+	errs := crmtest.Deliver(t, d, crmtest.Response("e-lead", "lead@example.com", now, 3), crmtest.Response("e-bad", "bad@example.com", now, 9),
 		crmtest.Response("e-none", "nobody@example.com", now, 5), crmtest.Unsubscribe("u-twice", "twice@example.com"))
 	if errs == nil || errs[0] != nil || errs[2] != nil || errs[3] != nil {
 		t.Fatalf("errors %v: want only the refused record's", errs)
@@ -247,7 +238,7 @@ func TestTheOrgQuotaIsRetriedNotDeadLettered(t *testing.T) {
 	d := open(t, account(t, newRedis(t), section(url, "", ""), nil, &crmtest.Records{}))
 	fake.Add("Contact", salesforcefake.Record{"Email": "q@example.com", "LastName": "Q"})
 	fake.DailyLimit = 1
-	errs := deliver(t, d, crmtest.Response("e-q", "q@example.com", time.Now(), 8))
+	errs := crmtest.Deliver(t, d, crmtest.Response("e-q", "q@example.com", time.Now(), 8))
 	class, after, _ := sink.Classify(errs[0])
 	if class != sinkv1.ErrorClass_ERROR_CLASS_RETRYABLE || after != time.Minute || !strings.Contains(errs[0].Error(), "REQUEST_LIMIT_EXCEEDED") {
 		t.Fatalf("%v (%v, after %s): want retryable after a minute", errs[0], class, after)
@@ -270,14 +261,14 @@ func TestSalesforceJWTBearerAndARefusedClient(t *testing.T) {
 	jwt := "      flow: jwt_bearer\n      client_id: " + clientID + "\n      username: integration@example.com\n      private_key: env:SF_KEY\n"
 	d := open(t, account(t, newRedis(t), section(url, jwt, ""), map[string]string{"SF_KEY": pemKey}, &crmtest.Records{}))
 	fake.Add("Contact", salesforcefake.Record{"Email": "j@example.com", "LastName": "J"})
-	if errs := deliver(t, d, crmtest.Response("e-j", "j@example.com", time.Now(), 10)); errs != nil {
+	if errs := crmtest.Deliver(t, d, crmtest.Response("e-j", "j@example.com", time.Now(), 10)); errs != nil {
 		t.Fatalf("JWT bearer: %v", errs)
 	}
 	wrong := open(t, account(t, newRedis(t), section(url, "", ""), map[string]string{"SF_SECRET": "wrong"}, &crmtest.Records{}))
 	if why, off := wrong.Disabled(); !off || !strings.Contains(why, "refused") {
 		t.Fatalf("a refused client: disabled %v (%q)", off, why)
 	}
-	if errs := deliver(t, wrong, crmtest.Response("e-w", "j@example.com", time.Now(), 1)); errs == nil {
+	if errs := crmtest.Deliver(t, wrong, crmtest.Response("e-w", "j@example.com", time.Now(), 1)); errs == nil {
 		t.Fatal("a disabled destination delivered")
 	} else if class, _, _ := sink.Classify(errs[0]); class != sinkv1.ErrorClass_ERROR_CLASS_RETRYABLE {
 		t.Fatalf("a disabled destination's event is %v, want held (retryable)", class)

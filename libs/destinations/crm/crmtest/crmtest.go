@@ -233,3 +233,14 @@ func (s *suite) unknown(t *testing.T) {
 		t.Fatalf("%d unsubscribes still pending", n)
 	}
 }
+
+// Deliver hands the events to d directly, as one batch of first attempts
+// (no runner: a test reads each event's error).
+func Deliver(t *testing.T, d sink.Destination, evs ...*feedbackv1.FeedbackEvent) []error {
+	t.Helper()
+	batch := make([]*sink.Event, len(evs))
+	for i, ev := range evs {
+		batch[i] = &sink.Event{Ctx: context.Background(), Feedback: ev, Attempt: 1}
+	}
+	return d.Deliver(context.Background(), batch)
+}
