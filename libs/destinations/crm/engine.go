@@ -216,12 +216,16 @@ func (e *Engine) update(ctx context.Context, events []*sink.Event, order []strin
 	if len(ups) == 0 {
 		return
 	}
+	pos := make(map[*sink.Event]int, len(events)) // an event's index in the batch
+	for i, ev := range events {
+		pos[ev] = i
+	}
 	uerrs := e.Writer.Update(ctx, ups)
 	failed, unsure := make([]bool, len(ups)), make([]bool, len(ups))
 	var tasks []*Task
 	written, unknown, rejected := 0, 0, 0
 	for k, u := range ups {
-		i := indexOf(events, u.Event)
+		i := pos[u.Event]
 		var err error
 		if uerrs != nil {
 			err = uerrs[k]
@@ -261,7 +265,7 @@ func (e *Engine) update(ctx context.Context, events []*sink.Event, order []strin
 	terrs := e.Writer.Task(ctx, tasks)
 	for k, t := range tasks {
 		if terrs != nil && terrs[k] != nil {
-			errs[indexOf(events, t.Update.Event)] = terrs[k]
+			errs[pos[t.Update.Event]] = terrs[k]
 		}
 	}
 }
@@ -305,15 +309,6 @@ func (e *Engine) claim(ctx context.Context, emails []string, versions []Version)
 		}
 	}
 	return claims, held, err
-}
-
-func indexOf(events []*sink.Event, ev *sink.Event) int {
-	for i, e := range events {
-		if e == ev {
-			return i
-		}
-	}
-	return -1
 }
 
 // task is the update's task, nil when the rule does not select it.

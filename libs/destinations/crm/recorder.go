@@ -90,21 +90,20 @@ func (r *Recorder) Record(ctx context.Context, o *OptOut, out Outcome) error {
 	f := o.Event.Feedback
 	key := r.Prefix + "outcome:" + f.EventId
 	var p sinkv1.Propagation
-	if b, err := r.RDB.Get(ctx, key).Bytes(); err == nil && proto.Unmarshal(b, &p) == nil && p.EventId == f.EventId {
-		// recorded before (its write to Kafka may not have been): the same outcome again
-	} else {
+	b, err := r.RDB.Get(ctx, key).Bytes()
+	if err != nil || proto.Unmarshal(b, &p) != nil || p.EventId != f.EventId {
+		// Not recorded before (else: the same outcome again, its write to
+		// Kafka may not have happened).
 		p = sinkv1.Propagation{EventId: f.EventId, Source: f.Source, Provider: f.Provider, Email: o.Email,
 			PersonId: f.GetRespondent().GetId(), Sink: r.Sink, Destination: r.Destination, Kind: r.Kind,
 			ReceivedAt: timestamppb.New(received(f)), OccurredAt: f.OccurredAt, AppliedAt: timestamppb.New(r.now()),
 			Result: out.Result, Detail: out.Detail, Attempts: int32(max(o.Event.Attempt, 1))}
-		b, _ := proto.Marshal(&p)
+		if b, err = proto.Marshal(&p); err != nil {
+			return sink.Permanent(err)
+		}
 		if err := r.RDB.Set(ctx, key, b, 30*24*time.Hour).Err(); err != nil {
 			return sink.Retryable(fmt.Errorf("recording the unsubscribe's outcome in Redis: %w", err), 0)
 		}
-	}
-	b, err := proto.Marshal(&p)
-	if err != nil {
-		return sink.Permanent(err)
 	}
 	if err := r.Records.Produce(ctx, kafkaio.Record{Topic: r.Topic, Key: []byte(p.Email), Value: b}); err != nil {
 		return sink.Retryable(fmt.Errorf("recording the unsubscribe's propagation on %s: %w", r.Topic, err), 0)

@@ -35,7 +35,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -538,15 +537,4 @@ func (d *Destination) subscribed(ctx context.Context, email string) (bool, error
 		}
 	}
 	return true, nil
-}
-
-// Properties are the property names the destination writes, sorted (for
-// docs and tests).
-func (d *Destination) Properties() []string {
-	out := make([]string, 0, len(d.props))
-	for _, p := range d.props {
-		out = append(out, p)
-	}
-	sort.Strings(out)
-	return out
 }
