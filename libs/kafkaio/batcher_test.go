@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
 )
 
 func TestConcurrentCallersAreBatchedAndEachRecordIsWrittenOnceToItsKeysPartition(t *testing.T) {
@@ -66,5 +67,65 @@ func TestAProduceToAMissingTopicFailsFast(t *testing.T) {
 	defer cancel()
 	if err := b.Produce(ctx, Record{Topic: "nope", Value: []byte("x")}); err == nil {
 		t.Fatal("produce to a missing topic succeeded")
+	}
+}
+
+// With partitions led by different brokers and two topics at once, each
+// request goes to one broker with a batch per partition, and every record
+// lands once in its key's partition; a nil value stays a tombstone.
+func TestTheBatcherSendsOneRequestPerBrokerAcrossPartitionsAndTopics(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(3), kfake.SeedTopics(3, "a", "b"), kfake.Ports(0, 0, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	addrs := c.ListenAddrs()
+	b := NewBatcher(BatcherConfig{Brokers: addrs})
+	var wg sync.WaitGroup
+	errs := make(chan error, 400)
+	for i := range 400 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := Record{Topic: []string{"a", "b"}[i%2], Key: []byte(fmt.Sprint("k", i)), Value: []byte(fmt.Sprint(i))}
+			if i%50 == 0 {
+				r.Value = nil
+			}
+			errs <- b.Produce(context.Background(), r)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	total, tombstones := 0, 0
+	for _, topic := range []string{"a", "b"} {
+		msgs, err := readAny(context.Background(), addrs, topic)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys := map[string]bool{}
+		for _, m := range msgs {
+			if keys[string(m.Key)] {
+				t.Fatalf("%s: key %s twice", topic, m.Key)
+			}
+			keys[string(m.Key)] = true
+			if want := (kafka.Murmur2Balancer{}).Balance(kafka.Message{Key: m.Key}, 0, 1, 2); m.Partition != want {
+				t.Fatalf("%s: key %s on partition %d, want %d", topic, m.Key, m.Partition, want)
+			}
+			if m.Value == nil {
+				tombstones++
+			}
+		}
+		total += len(msgs)
+	}
+	if total != 400 || tombstones != 8 {
+		t.Fatalf("%d records, %d tombstones; want 400 and 8", total, tombstones)
 	}
 }

@@ -1,35 +1,34 @@
-// Command ingressbench measures the ingress against its ceiling on this
-// machine (`make bench-ingress`). It starts the dev broker and the ingress
-// binary, and a ceiling server — a bare net/http server, in its own process,
-// that only verifies the Delighted HMAC and answers 200 — then drives each
-// with signed ~1.5 KiB webhooks over 64 connections:
+// Command ingressbench measures the ingress against two references on this
+// machine (`make bench-ingress`), in the same run, interleaved over -rounds:
 //
-//  1. closed loop for -duration: the most requests per second each can take;
-//  2. open loop at a steady -rate (default 1,000 req/s): latency percentiles.
+//   - the ceiling: a bare net/http server that only checks the Delighted
+//     HMAC and answers 200 (what the machine can do without storing);
+//   - the naive receiver: HMAC, decode the event id, one synchronous kafka-go
+//     WriteMessages per request (acks=all, 2 ms batch timeout), 202;
+//   - the ingress binary, with its defaults (acks=all, traces and metrics).
 //
-// It reports req/s, p50/p95/p99, non-2xx answers, the ingress's peak RSS, the
-// ingress/ceiling ratio, and checks that every 2xx the ingress gave is in the
-// raw topic afterwards.
+// Each runs as its own process beside the dev broker. The load generator
+// (this process) writes pre-built, signed ~1.5 KiB Delighted webhooks on 64
+// raw keep-alive connections: closed loop for -duration (the most requests
+// per second), then open loop at a steady -rate (latency, measured from when
+// each request was due). Every phase prints each process's CPU per request
+// and the load generator's share; an open-loop phase that could not send its
+// rate fails the run, and afterwards every 2xx of the ingress and the naive
+// receiver must be in their topics.
 package main
 
 import (
-	"bytes"
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/hex"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"sort"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -39,174 +38,67 @@ import (
 	"github.com/closedloop/closedloop/tools/internal/stack"
 )
 
-const secret = "bench_delighted_key"
+const (
+	secret     = "bench_delighted_key"
+	rawTopic   = "feedback.raw.v1"
+	naiveTopic = "bench.naive.v1"
+)
 
 func main() {
-	ceilingAddr := flag.String("ceiling-server", "", "internal: run the ceiling server on this address")
-	conns := flag.Int("c", 64, "connections")
-	duration := flag.Duration("duration", 10*time.Second, "length of the closed-loop run against each server")
-	rate := flag.Int("rate", 1000, "requests per second of the steady (open-loop) run")
-	steady := flag.Duration("steady", 10*time.Second, "length of the steady run")
-	var env stack.EnvFlags
-	flag.Var(&env, "env", "extra NAME=VALUE for the ingress (repeatable), e.g. -env KAFKA_PRODUCE_LINGER=500us")
+	serveKind := flag.String("serve", "", "internal: run the ceiling or naive server (-addr, -brokers)")
+	serveAddr := flag.String("addr", "", "internal: the server's address")
+	brokers := flag.String("brokers", "", "internal: the naive server's brokers")
+	var o options
+	flag.IntVar(&o.conns, "c", 64, "connections")
+	flag.DurationVar(&o.duration, "duration", 5*time.Second, "length of each closed-loop phase")
+	flag.IntVar(&o.rate, "rate", 1000, "requests per second of the steady (open-loop) phases")
+	flag.DurationVar(&o.steady, "steady", 5*time.Second, "length of each steady phase")
+	flag.IntVar(&o.rounds, "rounds", 3, "rounds; each runs every receiver once, interleaved")
+	flag.IntVar(&o.maxRPS, "max-rps", 60000, "requests built per second of a closed-loop phase (the most it can send)")
+	flag.IntVar(&o.partitions, "partitions", 6, "partitions of the raw topic and the naive receiver's topic")
+	flag.StringVar(&o.profile, "cpuprofile", "", "write a CPU profile of the ingress during the last closed-loop phase to this file (and its allocations to FILE.allocs)")
+	flag.StringVar(&o.only, "receivers", "ceiling,naive,ingress", "the receivers to run (a comma-separated subset, for experiments)")
+	flag.Var(&o.env, "env", "extra NAME=VALUE for the ingress (repeatable), e.g. -env GOMEMLIMIT=48MiB")
 	flag.Parse()
-	if *ceilingAddr != "" {
-		serveCeiling(*ceilingAddr)
+	if *serveKind != "" {
+		serve(*serveKind, *serveAddr, *brokers)
 		return
 	}
-	if err := run(*conns, *duration, *rate, *steady, env); err != nil {
+	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "ingressbench:", err)
 		os.Exit(1)
 	}
 }
 
-// serveCeiling is the ceiling: read the body, check the HMAC, answer 200.
-func serveCeiling(addr string) {
-	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<20))
-		if err != nil {
-			w.WriteHeader(http.StatusRequestEntityTooLarge)
-			return
-		}
-		want, _ := hex.DecodeString(strings.TrimPrefix(r.Header.Get("X-Delighted-Webhook-Signature"), "sha256="))
-		m := hmac.New(sha256.New, []byte(secret))
-		m.Write(body)
-		if !hmac.Equal(m.Sum(nil), want) {
-			w.WriteHeader(http.StatusUnauthorized)
-			return
-		}
-		w.WriteHeader(http.StatusOK)
-	})
-	srv := &http.Server{Addr: addr, Handler: h, ReadHeaderTimeout: 5 * time.Second}
-	if err := srv.ListenAndServe(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
+type options struct {
+	conns, rate, rounds, maxRPS, partitions int
+	duration, steady                        time.Duration
+	profile, only                           string
+	env                                     stack.EnvFlags
 }
 
-type request struct {
-	id   string
-	body []byte
-	sig  string
+// receiver is one server under test.
+type receiver struct {
+	name  string
+	proc  *stack.Process
+	addr  string
+	path  string
+	topic string // "" when it stores nothing
+	ops   string // the ingress's ops address (pprof)
 }
 
-// payloads are distinct ~1.5 KiB Delighted responses, signed.
-func payload(i int) request {
-	id := fmt.Sprintf("%064x", i+1<<40)
-	pad := strings.Repeat("Sehr zufrieden mit dem Support, schnelle Antworten. ", 17)
-	body := fmt.Sprintf(`{"event_type":"survey_response.updated","event_id":"%s","event_data":{"id":"%d","person":{"id":"%d","email":"kunde%d@example.de","name":"Jörg Müller","created_at":1763693600},"survey_type":"nps","score":%d,"comment":%q,"permalink":"https://app.delighted.com/r/%d","created_at":1763780000,"updated_at":1763780095,"person_properties":{"plan":"enterprise","account":{"id":"acct_42","region":"eu-central"},"seats":120},"notes":[],"tags":["bench"],"additional_answers":[]}}`,
-		id, 100000+i, 5000+i%977, i, i%11, pad, 100000+i)
-	m := hmac.New(sha256.New, []byte(secret))
-	m.Write([]byte(body))
-	return request{id: id, body: []byte(body), sig: "sha256=" + hex.EncodeToString(m.Sum(nil))}
-}
-
-type result struct {
-	name     string
-	n        int
-	elapsed  time.Duration
-	lat      []time.Duration
-	codes    map[int]int
-	errs     int
-	accepted []string
-}
-
-func (r *result) rps() float64 { return float64(r.n) / r.elapsed.Seconds() }
-
-func (r *result) pct(p float64) time.Duration {
-	if len(r.lat) == 0 {
-		return 0
-	}
-	return r.lat[min(len(r.lat)-1, int(p*float64(len(r.lat))))]
-}
-
-func (r *result) String() string {
-	var codes []string
-	keys := make([]int, 0, len(r.codes))
-	for k := range r.codes {
-		keys = append(keys, k)
-	}
-	sort.Ints(keys)
-	for _, k := range keys {
-		codes = append(codes, fmt.Sprintf("%d×%d", r.codes[k], k))
-	}
-	return fmt.Sprintf("%-28s %8.0f req/s  p50 %7s  p95 %7s  p99 %7s  answers %s, errors %d",
-		r.name, r.rps(), r.pct(0.50).Round(10*time.Microsecond), r.pct(0.95).Round(10*time.Microsecond),
-		r.pct(0.99).Round(10*time.Microsecond), strings.Join(codes, " "), r.errs)
-}
-
-// drive sends requests to url: closed loop over conns connections when
-// rate is 0, else open loop at rate req/s.
-func drive(name, url string, conns int, d time.Duration, rate int, next *atomic.Int64) *result {
-	tr := &http.Transport{MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns, DisableCompression: true}
-	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
-	res := &result{name: name, codes: map[int]int{}}
-	var mu sync.Mutex
-	do := func() {
-		req := payload(int(next.Add(1)))
-		hr, _ := http.NewRequest(http.MethodPost, url, bytes.NewReader(req.body))
-		hr.Header.Set("Content-Type", "application/json")
-		hr.Header.Set("X-Delighted-Webhook-Signature", req.sig)
-		t0 := time.Now()
-		resp, err := client.Do(hr)
-		lat := time.Since(t0)
-		mu.Lock()
-		defer mu.Unlock()
-		res.n++
-		if err != nil {
-			res.errs++
-			return
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		_ = resp.Body.Close()
-		res.codes[resp.StatusCode]++
-		res.lat = append(res.lat, lat)
-		if resp.StatusCode/100 == 2 {
-			res.accepted = append(res.accepted, req.id)
-		}
-	}
-	start := time.Now()
-	var wg sync.WaitGroup
-	if rate <= 0 {
-		for range conns {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for time.Since(start) < d {
-					do()
-				}
-			}()
-		}
-	} else {
-		interval := time.Second / time.Duration(rate)
-		sem := make(chan struct{}, conns*4)
-		for i := 0; time.Since(start) < d; i++ {
-			if wait := time.Until(start.Add(time.Duration(i) * interval)); wait > 0 {
-				time.Sleep(wait)
-			}
-			sem <- struct{}{}
-			wg.Add(1)
-			go func() { defer wg.Done(); do(); <-sem }()
-		}
-	}
-	wg.Wait()
-	res.elapsed = time.Since(start)
-	sort.Slice(res.lat, func(i, j int) bool { return res.lat[i] < res.lat[j] })
-	tr.CloseIdleConnections()
-	return res
-}
-
-func run(conns int, d time.Duration, rate int, steady time.Duration, extraEnv []string) error {
+func run(o options) error {
 	ctx := context.Background()
 	dir, bin, cleanup, err := stack.Workspace(ctx, "ingressbench")
 	if err != nil {
 		return err
 	}
 	defer cleanup()
-	broker, err := stack.StartBroker(ctx, bin, dir, 0, 3, []string{"feedback.raw.v1"})
+	broker, err := stack.StartBroker(ctx, bin, dir, 0, o.partitions, []string{rawTopic, naiveTopic})
 	if err != nil {
 		return err
 	}
+	broker.Name = "broker"
 	defer func() { _ = broker.Stop() }()
 
 	cfg := filepath.Join(dir, "pipeline.yaml")
@@ -220,7 +112,7 @@ func run(conns int, d time.Duration, rate int, steady time.Duration, extraEnv []
 		"INGRESS_ADDR=127.0.0.1:" + strconv.Itoa(port), "OPS_ADDR=127.0.0.1:" + strconv.Itoa(ops), "GRPC_ADDR=127.0.0.1:" + strconv.Itoa(grpc),
 		"LOG_LEVEL=warn",
 	}}
-	ing.Env = append(ing.Env, extraEnv...)
+	ing.Env = append(ing.Env, o.env...)
 	if err := ing.Start(); err != nil {
 		return err
 	}
@@ -228,89 +120,176 @@ func run(conns int, d time.Duration, rate int, steady time.Duration, extraEnv []
 	if err := stack.WaitReady(ctx, ing, "127.0.0.1:"+strconv.Itoa(ops), 30*time.Second); err != nil {
 		return err
 	}
-	cport, _ := localinfra.FreePort()
 	self, _ := os.Executable()
-	ceil := exec.Command(self, "-ceiling-server", "127.0.0.1:"+strconv.Itoa(cport))
-	ceil.Stderr = os.Stderr
-	if err := ceil.Start(); err != nil {
-		return err
+	recvs := []*receiver{}
+	for _, kind := range []string{"ceiling", "naive"} {
+		p, _ := localinfra.FreePort()
+		addr := "127.0.0.1:" + strconv.Itoa(p)
+		proc := &stack.Process{Name: kind, Bin: self, Args: []string{"-serve", kind, "-addr", addr, "-brokers", broker.Addrs}, Log: filepath.Join(dir, kind+".log")}
+		if err := proc.Start(); err != nil {
+			return err
+		}
+		defer func() { _ = proc.Stop() }()
+		if err := localinfra.WaitTCP(ctx, addr, 10*time.Second); err != nil {
+			return fmt.Errorf("%s server: %w\n%s", kind, err, proc.Tail(20))
+		}
+		r := &receiver{name: kind, proc: proc, addr: addr, path: "/hook"}
+		if kind == "naive" {
+			r.topic = naiveTopic
+		}
+		recvs = append(recvs, r)
 	}
-	defer func() { _ = ceil.Process.Kill(); _ = ceil.Wait() }()
-	if err := localinfra.WaitTCP(ctx, "127.0.0.1:"+strconv.Itoa(cport), 10*time.Second); err != nil {
-		return err
-	}
+	recvs = append(recvs, &receiver{name: "ingress", proc: ing, addr: "127.0.0.1:" + strconv.Itoa(port),
+		path: "/v1/hooks/delighted/" + token, topic: rawTopic, ops: "127.0.0.1:" + strconv.Itoa(ops)})
 
-	ingressURL := fmt.Sprintf("http://127.0.0.1:%d/v1/hooks/delighted/%s", port, token)
-	ceilingURL := fmt.Sprintf("http://127.0.0.1:%d/hook", cport)
-	var next atomic.Int64
-	fmt.Printf("payload %d bytes, %d connections, closed loop %s each, then %d req/s for %s\n", len(payload(0).body), conns, d, rate, steady)
-	// Warm both up (connections, JIT of the broker's maps, page cache).
-	drive("warm-up", ingressURL, conns, time.Second, 0, &next)
-	drive("warm-up", ceilingURL, conns, time.Second, 0, &next)
-
-	ceiling := drive("ceiling (HMAC + 200)", ceilingURL, conns, d, 0, &next)
-	fmt.Println(ceiling)
-	if *profile != "" {
-		go func() {
-			time.Sleep(d / 4)
-			resp, err := http.Get("http://127.0.0.1:" + strconv.Itoa(ops) + "/debug/pprof/profile?seconds=" + strconv.Itoa(max(1, int(d.Seconds()/2))))
-			if err != nil {
-				fmt.Fprintln(os.Stderr, "profile:", err)
-				return
-			}
-			defer resp.Body.Close()
-			f, err := os.Create(*profile)
-			if err != nil {
-				fmt.Fprintln(os.Stderr, "profile:", err)
-				return
-			}
-			_, _ = io.Copy(f, resp.Body)
-			_ = f.Close()
-		}()
-	}
-	best := drive("ingress (acks=all, 202)", ingressURL, conns, d, 0, &next)
-	fmt.Println(best)
-	ceilSteady := drive(fmt.Sprintf("ceiling @ %d req/s", rate), ceilingURL, conns, steady, rate, &next)
-	fmt.Println(ceilSteady)
-	st := drive(fmt.Sprintf("ingress @ %d req/s", rate), ingressURL, conns, steady, rate, &next)
-	fmt.Println(st)
-	fmt.Printf("ingress/ceiling throughput   %.2f\n", best.rps()/ceiling.rps())
-	fmt.Printf("ingress peak RSS             %s\n", peakRSS(ing))
-
-	var accepted []string
-	for _, r := range []*result{best, st} {
-		accepted = append(accepted, r.accepted...)
-	}
-	found, err := keysIn(ctx, broker.Addrs, "feedback.raw.v1")
-	if err != nil {
-		return err
-	}
-	missing := 0
-	for _, id := range accepted {
-		if !found[id] {
-			missing++
+	recvs = slices.DeleteFunc(recvs, func(r *receiver) bool { return !slices.Contains(strings.Split(o.only, ","), r.name) })
+	fmt.Printf("%d-byte Delighted bodies, %d connections; per round: closed loop %s, then %d req/s for %s, for each receiver; %d rounds; %d partitions\n",
+		len(body(nil, 1)), o.conns, o.duration, o.rate, o.steady, o.rounds, o.partitions)
+	fmt.Printf("machine: %d CPUs; the broker, the three receivers and the load generator share them\n\n", numCPU())
+	var next uint64 = 1 << 40
+	take := func(n int) uint64 { first := next; next += uint64(n); return first }
+	// Warm-up: connections, the broker's partitions, the page cache.
+	for _, r := range recvs {
+		rq := build(r.path, take(20000), 20000)
+		if _, err := drive("warm-up", r.addr, rq, o.conns, time.Second, 0, nil); err != nil {
+			return fmt.Errorf("%s: %w", r.name, err)
 		}
 	}
-	fmt.Printf("2xx found in Kafka           %d of %d\n", len(accepted)-missing, len(accepted))
-	if missing > 0 {
-		return fmt.Errorf("%d acknowledged webhooks are not in Kafka", missing)
+	max := map[string][]*phase{}
+	steady := map[string][]*phase{}
+	accepted := map[string][]uint64{}
+	var rssPeak int
+	for round := 1; round <= o.rounds; round++ {
+		fmt.Printf("— round %d\n", round)
+		for _, r := range recvs {
+			n := int(float64(o.maxRPS) * o.duration.Seconds())
+			rq := build(r.path, take(n), n)
+			if o.profile != "" && r.ops != "" && round == o.rounds {
+				go profileIngress(r.ops, o.duration, o.profile)
+			}
+			ph, err := drive(r.name+" max", r.addr, rq, o.conns, o.duration, 0, []*stack.Process{r.proc, broker.Process})
+			if err != nil {
+				return fmt.Errorf("%s: %w", r.name, err)
+			}
+			fmt.Println(ph)
+			max[r.name] = append(max[r.name], ph)
+			accepted[r.name] = append(accepted[r.name], ph.accepted...)
+		}
+		for _, r := range recvs {
+			n := int(float64(o.rate)*o.steady.Seconds()) + 1
+			rq := build(r.path, take(n), n)
+			ph, err := drive(fmt.Sprintf("%s @ %d/s", r.name, o.rate), r.addr, rq, o.conns, o.steady, o.rate, []*stack.Process{r.proc, broker.Process})
+			if err != nil {
+				return fmt.Errorf("%s: %w", r.name, err)
+			}
+			fmt.Println(ph)
+			steady[r.name] = append(steady[r.name], ph)
+			accepted[r.name] = append(accepted[r.name], ph.accepted...)
+			if got := ph.rps(); got < 0.97*float64(o.rate) {
+				return fmt.Errorf("%s: the steady phase sent %.0f req/s, below the %d req/s asked for: its latencies do not describe that rate", r.name, got, o.rate)
+			}
+		}
+		rssPeak = stack.PeakRSSKiB(ing.PID())
+	}
+
+	fmt.Println("\n— summary (each: the rounds' values, median first)")
+	med := func(ps []*phase, f func(*phase) float64) []float64 {
+		var v []float64
+		for _, p := range ps {
+			v = append(v, f(p))
+		}
+		s := slices.Clone(v)
+		slices.Sort(s)
+		return append([]float64{s[len(s)/2]}, v...)
+	}
+	show := func(label string, v []float64, format string) {
+		fmt.Printf("%-44s "+format+"  (", label, v[0])
+		for i, x := range v[1:] {
+			if i > 0 {
+				fmt.Print(" / ")
+			}
+			fmt.Printf(format, x)
+		}
+		fmt.Println(")")
+	}
+	for _, r := range recvs {
+		show(r.name+" max req/s", med(max[r.name], (*phase).rps), "%.0f")
+		show(r.name+" CPU µs per request at max", med(max[r.name], func(p *phase) float64 { return p.cpuPerReq(r.name) }), "%.1f")
+		show(r.name+" p50 ms at steady rate", med(steady[r.name], func(p *phase) float64 { return float64(p.pct(0.5).Microseconds()) / 1000 }), "%.2f")
+		show(r.name+" p99 ms at steady rate", med(steady[r.name], func(p *phase) float64 { return float64(p.pct(0.99).Microseconds()) / 1000 }), "%.2f")
+		show(r.name+" CPU µs per request at steady rate", med(steady[r.name], func(p *phase) float64 { return p.cpuPerReq(r.name) }), "%.1f")
+	}
+	ratio := func(a, b string) []float64 {
+		var v []float64
+		for i := range max[a] {
+			v = append(v, max[a][i].rps()/max[b][i].rps())
+		}
+		s := slices.Clone(v)
+		slices.Sort(s)
+		return append([]float64{s[len(s)/2]}, v...)
+	}
+	if len(max["ingress"]) > 0 && len(max["naive"]) > 0 {
+		show("ingress / naive kafka-go (max req/s)", ratio("ingress", "naive"), "%.2f")
+	}
+	if len(max["ingress"]) > 0 && len(max["ceiling"]) > 0 {
+		show("ingress / ceiling (max req/s)", ratio("ingress", "ceiling"), "%.2f")
+		show("load generator CPU µs per request (ceiling)", med(max["ceiling"], func(p *phase) float64 { return p.cpuPerReq("load generator") }), "%.1f")
+	}
+	fmt.Printf("%-44s %.1f MiB\n", "ingress peak RSS", float64(rssPeak)/1024)
+
+	for _, r := range recvs {
+		if r.topic == "" {
+			continue
+		}
+		found, err := keysIn(ctx, broker.Addrs, r.topic, o.partitions)
+		if err != nil {
+			return err
+		}
+		missing := 0
+		for _, id := range accepted[r.name] {
+			if !found[eventID(id)] {
+				missing++
+			}
+		}
+		fmt.Printf("%-44s %d of %d\n", r.name+": 2xx found in Kafka", len(accepted[r.name])-missing, len(accepted[r.name]))
+		if missing > 0 {
+			return fmt.Errorf("%s: %d acknowledged webhooks are not in Kafka", r.name, missing)
+		}
 	}
 	return nil
 }
 
-func peakRSS(p *stack.Process) string {
-	kb := stack.PeakRSSKiB(p.PID())
-	if kb == 0 {
-		return "unknown"
+func numCPU() int { return runtime.NumCPU() }
+
+// profileIngress writes a CPU profile of the middle half of a phase to path,
+// and the ingress's allocations since it started to path.allocs.
+func profileIngress(ops string, d time.Duration, path string) {
+	time.Sleep(d / 4)
+	for _, p := range []struct{ url, file string }{
+		{"/debug/pprof/profile?seconds=" + strconv.Itoa(max(1, int(d.Seconds()/2))), path},
+		{"/debug/pprof/allocs", path + ".allocs"},
+	} {
+		resp, err := http.Get("http://" + ops + p.url)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "profile:", err)
+			return
+		}
+		f, err := os.Create(p.file)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "profile:", err)
+			return
+		}
+		_, _ = io.Copy(f, resp.Body)
+		_ = resp.Body.Close()
+		_ = f.Close()
 	}
-	return fmt.Sprintf("%.1f MiB", float64(kb)/1024)
 }
 
 // keysIn reads every record key of topic.
-func keysIn(ctx context.Context, brokers, topic string) (map[string]bool, error) {
+func keysIn(ctx context.Context, brokers, topic string, partitions int) (map[string]bool, error) {
 	client := kafkaio.NewClient([]string{brokers}, 0)
 	out := map[string]bool{}
-	for p := range 3 {
+	for p := range partitions {
 		offs, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: {kafka.LastOffsetOf(p)}}})
 		if err != nil {
 			return nil, err
@@ -337,5 +316,3 @@ func keysIn(ctx context.Context, brokers, topic string) (map[string]bool, error)
 	}
 	return out, nil
 }
-
-var profile = flag.String("cpuprofile", "", "write a CPU profile of the ingress during the closed-loop run to this file")

@@ -6,7 +6,6 @@ package ingest
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -19,6 +18,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 
@@ -26,13 +26,10 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/closedloop/closedloop/libs/config"
 	"github.com/closedloop/closedloop/libs/kafkaio"
 	"github.com/closedloop/closedloop/libs/telemetry"
-	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 	"github.com/closedloop/closedloop/services/ingress/internal/verify"
 )
 
@@ -121,8 +118,8 @@ type Handler struct {
 	unverified limiters
 	budget     *budget
 	logs       sampler
-	attrCache  sync.Map // attrKey -> attribute.Set
-	traffic    sync.Map // source -> *traffic
+	opts       options
+	traffic    trafficCounts
 	requests   metric.Int64Counter
 	duration   metric.Float64Histogram
 	bytes      metric.Int64Histogram
@@ -220,8 +217,7 @@ func (h *Handler) timed(w http.ResponseWriter, r *http.Request) {
 	if rec.status == 0 {
 		rec.status = http.StatusOK
 	}
-	h.duration.Record(r.Context(), time.Since(start).Seconds(), metric.WithAttributes(attribute.String("closedloop.source", source),
-		attribute.String("http.request.method", r.Method), attribute.Int("http.response.status_code", rec.status)))
+	h.duration.Record(r.Context(), time.Since(start).Seconds(), h.opts.duration(source, r.Method, rec.status))
 }
 
 // statusRecorder remembers the status code written.
@@ -264,7 +260,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	sourceName := r.PathValue("source")
 	span := trace.SpanFromContext(ctx)
-	span.SetAttributes(attribute.String("closedloop.source", sourceName))
+	recording := span.IsRecording()
+	if recording {
+		span.SetAttributes(attribute.String("closedloop.source", sourceName))
+	}
 
 	src, ok := h.sources.Load().byName[sourceName]
 	// One answer for an unknown source and a wrong token, so the answer does
@@ -327,23 +326,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	id := src.provider.Identify(sourceName, vreq)
-	span.SetAttributes(attribute.String("closedloop.event_id", id.EventID))
-	raw := &feedbackv1.RawWebhook{
-		EventId:         id.EventID,
-		Source:          sourceName,
-		Provider:        src.cfg.Provider,
-		EventType:       id.EventType,
-		ReceivedAt:      timestamppb.New(vreq.Now),
-		Body:            body,
-		Headers:         keptHeaders(r.Header, src.provider.KeepHeaders),
-		Test:            id.Test,
-		IngressInstance: h.o.Instance,
+	if recording {
+		span.SetAttributes(attribute.String("closedloop.event_id", id.EventID))
 	}
-	value, err := proto.Marshal(raw)
-	if err != nil {
-		h.reject(ctx, w, sourceName, http.StatusInternalServerError, "internal", "could not encode the event")
-		return
+	raw := rawRecord{
+		eventID: id.EventID, source: sourceName, provider: src.cfg.Provider, eventType: id.EventType,
+		received: vreq.Now, body: body, header: r.Header, kept: src.kept, test: id.Test, instance: h.o.Instance,
 	}
+	value := raw.appendProto(make([]byte, 0, raw.size()))
 	// The write must not be cut short by the provider hanging up: once it
 	// has started, finish it (a retry is then deduplicated downstream).
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.o.ProduceTimeout)
@@ -359,8 +349,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.write(ctx, w, sourceName, http.StatusServiceUnavailable, answer{Error: "unavailable", Message: "the event could not be stored; retry later"})
 		return
 	}
-	h.bytes.Record(ctx, int64(len(body)), metric.WithAttributes(attribute.String("source", sourceName)))
-	h.o.Log.DebugContext(ctx, "webhook accepted", "source", sourceName, "event_id", id.EventID, "event_type", id.EventType, "bytes", len(body), "test", id.Test)
+	h.bytes.Record(ctx, int64(len(body)), h.opts.bytes(sourceName))
+	if h.o.Log.Enabled(ctx, slog.LevelDebug) { // its arguments alone were 5 allocations per request
+		h.o.Log.DebugContext(ctx, "webhook accepted", "source", sourceName, "event_id", id.EventID, "event_type", id.EventType, "bytes", len(body), "test", id.Test)
+	}
 	h.write(ctx, w, sourceName, http.StatusAccepted, answer{Status: "accepted", EventID: id.EventID, Test: id.Test})
 }
 
@@ -465,8 +457,8 @@ func (h *Handler) write(ctx context.Context, w http.ResponseWriter, source strin
 	}
 	// Unknown sources are counted under "" so that scanners cannot create
 	// unbounded label values.
-	h.requests.Add(ctx, 1, metric.WithAttributeSet(h.attrs(source, outcome, status)))
-	h.count(source, status)
+	h.requests.Add(ctx, 1, h.opts.requests(source, outcome, status))
+	h.traffic.count(source, status)
 	hdr := w.Header()
 	hdr["Content-Type"] = jsonContentType
 	hdr["Cache-Control"] = noStore
@@ -483,12 +475,28 @@ var (
 // (closedloopctl top computes webhooks/s from it).
 type traffic struct{ accepted, rejected, failed atomic.Int64 }
 
-func (h *Handler) count(source string, status int) {
-	v, ok := h.traffic.Load(source)
-	if !ok {
-		v, _ = h.traffic.LoadOrStore(source, &traffic{})
+// trafficCounts holds every source's traffic since start (across reloads).
+// Source names are bounded: unknown sources are counted under "".
+type trafficCounts struct {
+	mu sync.RWMutex
+	m  map[string]*traffic
+}
+
+func (c *trafficCounts) count(source string, status int) {
+	c.mu.RLock()
+	t := c.m[source]
+	c.mu.RUnlock()
+	if t == nil {
+		c.mu.Lock()
+		if c.m == nil {
+			c.m = map[string]*traffic{}
+		}
+		if t = c.m[source]; t == nil {
+			t = &traffic{}
+			c.m[source] = t
+		}
+		c.mu.Unlock()
 	}
-	t := v.(*traffic)
 	switch {
 	case status < 300:
 		t.accepted.Add(1)
@@ -501,12 +509,12 @@ func (h *Handler) count(source string, status int) {
 
 // Traffic lists the requests per source since start, sorted by source.
 func (h *Handler) Traffic() []*adminv1.SourceTraffic {
-	var out []*adminv1.SourceTraffic
-	h.traffic.Range(func(k, v any) bool {
-		t := v.(*traffic)
-		out = append(out, &adminv1.SourceTraffic{Source: k.(string), Accepted: t.accepted.Load(), Rejected: t.rejected.Load(), Failed: t.failed.Load()})
-		return true
-	})
+	h.traffic.mu.RLock()
+	defer h.traffic.mu.RUnlock()
+	out := make([]*adminv1.SourceTraffic, 0, len(h.traffic.m))
+	for k, t := range h.traffic.m {
+		out = append(out, &adminv1.SourceTraffic{Source: k, Accepted: t.accepted.Load(), Rejected: t.rejected.Load(), Failed: t.failed.Load()})
+	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Source < out[j].Source })
 	return out
 }
@@ -516,16 +524,52 @@ type attrKey struct {
 	status          int
 }
 
-// attrs returns the cached attribute set of a request outcome: building
-// one per request was a measurable share of the ingress's allocations.
-func (h *Handler) attrs(source, outcome string, status int) attribute.Set {
-	k := attrKey{source, outcome, status}
-	if v, ok := h.attrCache.Load(k); ok {
-		return v.(attribute.Set)
+// options caches the measurement options of each label combination: building
+// an attribute set per request (a sort and several allocations) was a
+// measurable share of the ingress's CPU. Every label value is bounded (the
+// configured sources, "" or "unknown", the outcomes, the status codes), so
+// the caches are too.
+type options struct {
+	mu        sync.RWMutex
+	reqs      map[attrKey]metric.AddOption
+	durations map[attrKey]metric.RecordOption // outcome holds the method
+	sizes     map[string]metric.RecordOption
+}
+
+func cached[K comparable, V any](mu *sync.RWMutex, m *map[K]V, k K, make func() V) V {
+	mu.RLock()
+	v, ok := (*m)[k]
+	mu.RUnlock()
+	if ok {
+		return v
 	}
-	set := attribute.NewSet(attribute.String("source", source), attribute.String("outcome", outcome), attribute.Int("status", status))
-	h.attrCache.Store(k, set)
-	return set
+	v = make()
+	mu.Lock()
+	if *m == nil {
+		*m = map[K]V{}
+	}
+	(*m)[k] = v
+	mu.Unlock()
+	return v
+}
+
+func (o *options) requests(source, outcome string, status int) metric.AddOption {
+	return cached(&o.mu, &o.reqs, attrKey{source, outcome, status}, func() metric.AddOption {
+		return metric.WithAttributeSet(attribute.NewSet(attribute.String("source", source), attribute.String("outcome", outcome), attribute.Int("status", status)))
+	})
+}
+
+func (o *options) duration(source, method string, status int) metric.RecordOption {
+	return cached(&o.mu, &o.durations, attrKey{source, method, status}, func() metric.RecordOption {
+		return metric.WithAttributeSet(attribute.NewSet(attribute.String("closedloop.source", source),
+			attribute.String("http.request.method", method), attribute.Int("http.response.status_code", status)))
+	})
+}
+
+func (o *options) bytes(source string) metric.RecordOption {
+	return cached(&o.mu, &o.sizes, source, func() metric.RecordOption {
+		return metric.WithAttributeSet(attribute.NewSet(attribute.String("source", source)))
+	})
 }
 
 // appendJSON writes the answer as a JSON object with a trailing newline.
@@ -559,12 +603,67 @@ func (a answer) appendJSON(b []byte) []byte {
 	return append(b, "}\n"...)
 }
 
+// appendJSONString appends s as a JSON string, escaped as encoding/json
+// escapes it (quotes, backslashes, control characters, the HTML-sensitive
+// <, > and &, U+2028 and U+2029; invalid UTF-8 becomes U+FFFD), without
+// allocating.
 func appendJSONString(b []byte, s string) []byte {
-	q, _ := json.Marshal(s) // escapes quotes, control characters and HTML-sensitive runes
-	return append(b, q...)
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
+				i++
+				continue
+			}
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			case '\b':
+				b = append(b, '\\', 'b')
+			case '\f':
+				b = append(b, '\\', 'f')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, s[start:i]...)
+			b = append(b, `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		if r == '\u2028' || r == '\u2029' {
+			b = append(b, s[start:i]...)
+			b = append(b, '\\', 'u', '2', '0', '2', hex[r&0xf])
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
 }
 
 func jsonMediaType(ct string) bool {
+	if ct == "application/json" {
+		return true // what every provider sends; ParseMediaType allocates
+	}
 	mt, _, err := mime.ParseMediaType(ct)
 	return err == nil && (mt == "application/json" || strings.HasSuffix(mt, "+json"))
 }
@@ -576,21 +675,6 @@ var baseHeaders = []string{"Content-Type", "User-Agent"}
 // maxKeptHeader bounds each kept header's value: they are informational, and
 // the record's size must stay close to the body's.
 const maxKeptHeader = 256
-
-func keptHeaders(h http.Header, provider []string) map[string]string {
-	out := make(map[string]string, len(baseHeaders)+len(provider))
-	for _, list := range [][]string{baseHeaders, provider} {
-		for _, n := range list {
-			if v := h.Get(n); v != "" {
-				if len(v) > maxKeptHeader {
-					v = strings.ToValidUTF8(v[:maxKeptHeader], "")
-				}
-				out[strings.ToLower(n)] = v
-			}
-		}
-	}
-	return out
-}
 
 // logEvery is how often a rejection of one source and reason is logged.
 const logEvery = 10 * time.Second

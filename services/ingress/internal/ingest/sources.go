@@ -19,6 +19,8 @@ type source struct {
 	// unverified bounds the requests that fail verification; it is separate
 	// so that forged requests never spend the source's rate limit.
 	unverified *rate.Limiter
+	// kept are the request headers stored in the record.
+	kept []keptHeader
 }
 
 // Sources is an immutable snapshot of the configured sources. A reload
@@ -66,7 +68,8 @@ func (h *Handler) NewSources(p *config.Pipeline) (*Sources, error) {
 			return nil, err
 		}
 		s.byName[c.Name] = &source{cfg: c, provider: prov, limiter: h.limiters.get(c.Name, c.RateLimit),
-			unverified: h.unverified.get(c.Name, config.RateLimit{PerSecond: h.o.UnverifiedPerSecond, Burst: h.o.UnverifiedBurst})}
+			unverified: h.unverified.get(c.Name, config.RateLimit{PerSecond: h.o.UnverifiedPerSecond, Burst: h.o.UnverifiedBurst}),
+			kept:       keptHeadersOf(prov.KeepHeaders)}
 	}
 	return s, nil
 }

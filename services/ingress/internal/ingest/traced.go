@@ -18,11 +18,18 @@ import (
 func Traced(next http.Handler) http.Handler {
 	tracer := otel.Tracer("github.com/closedloop/closedloop/services/ingress")
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ctx, span := tracer.Start(r.Context(), "HTTP "+r.Method, trace.WithNewRoot(), trace.WithSpanKind(trace.SpanKindServer),
-			trace.WithAttributes(attribute.String("http.request.method", r.Method)))
+		ctx, span := tracer.Start(r.Context(), "HTTP", newRoot, serverKind)
 		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
 		r = r.WithContext(ctx)
 		next.ServeHTTP(sw, r)
+		// Attributes only for a span that records: with no exporter the span
+		// exists for its trace id, and building them was allocation for nobody.
+		if !span.IsRecording() {
+			span.End()
+			return
+		}
+		span.SetAttributes(attribute.String("http.request.method", r.Method))
+		span.SetName("HTTP " + r.Method)
 		if r.Pattern != "" {
 			// "{method} {route}", as the HTTP conventions name a server span;
 			// http.route is the route alone.
@@ -40,6 +47,11 @@ func Traced(next http.Handler) http.Handler {
 		span.End()
 	})
 }
+
+var (
+	newRoot    = trace.WithNewRoot()
+	serverKind = trace.WithSpanKind(trace.SpanKindServer)
+)
 
 type statusWriter struct {
 	http.ResponseWriter

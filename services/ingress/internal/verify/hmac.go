@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"hash"
 	"strings"
+	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/closedloop/closedloop/libs/config"
 	"github.com/closedloop/closedloop/libs/providers"
@@ -30,9 +32,8 @@ func (s HMAC) Verify(r Request, secrets []config.Secret) error {
 	if !ok {
 		return bad(fmt.Sprintf("%s must start with %q", s.Header, s.Prefix))
 	}
-	h := providers.HashOf(s.Algorithm)
 	got, err := decodeSig(s.Encoding, enc)
-	if err != nil || len(got) != h().Size() {
+	if err != nil || len(got) != digestSize(s.Algorithm) {
 		return bad(fmt.Sprintf("%s is not a %s-encoded %s digest", s.Header, s.Encoding, s.Algorithm))
 	}
 	signed := r.Body
@@ -51,11 +52,11 @@ func (s HMAC) Verify(r Request, secrets []config.Secret) error {
 		}
 		signed = expand(s.Signed, id, ts, r.Body)
 	}
-	keys, err := keysOf(secrets, s.SecretEncoding)
+	ok, err = matchesAny(s.Algorithm, s.SecretEncoding, secrets, signed, got)
 	if err != nil {
 		return err
 	}
-	if !anyMatches(h, keys, signed, [][]byte{got}) {
+	if !ok {
 		return bad("signature does not match the content with any active secret")
 	}
 	return nil
@@ -150,4 +151,83 @@ func anyMatches(h func() hash.Hash, keys [][]byte, msg []byte, candidates [][]by
 		}
 	}
 	return ok == 1
+}
+
+// macs keeps, per secret, hash algorithm and secret encoding, the decoded
+// key and a pool of keyed HMAC states: decoding the key and keying a new
+// HMAC for every request were most of a verification's allocations. A
+// secret is identified by its value's memory (secrets are immutable; a
+// reload makes new ones), so looking one up allocates nothing; the cache is
+// emptied if reloads ever fill it.
+var macs struct {
+	mu sync.RWMutex
+	m  map[macKey]*macPool
+}
+
+type macKey struct {
+	alg, encoding string
+	value         *byte
+	n             int
+}
+
+type macPool struct {
+	size int
+	pool sync.Pool
+}
+
+func macFor(alg, encoding string, s config.Secret) (*macPool, error) {
+	v := s.Reveal()
+	k := macKey{alg: alg, encoding: encoding, value: unsafe.SliceData(v), n: len(v)}
+	macs.mu.RLock()
+	mp := macs.m[k]
+	macs.mu.RUnlock()
+	if mp != nil {
+		return mp, nil
+	}
+	key, err := providers.Key(v, encoding)
+	if err != nil {
+		return nil, fmt.Errorf("secret %s: %w", s.Ref(), err)
+	}
+	h := providers.HashOf(alg)
+	mp = &macPool{size: h().Size()}
+	mp.pool.New = func() any { return hmac.New(h, key) }
+	macs.mu.Lock()
+	if macs.m == nil || len(macs.m) > 4096 {
+		macs.m = map[macKey]*macPool{}
+	}
+	macs.m[k] = mp
+	macs.mu.Unlock()
+	return mp, nil
+}
+
+// matchesAny is anyMatches for the configured secrets, with pooled keyed
+// HMAC states.
+func matchesAny(alg, encoding string, secrets []config.Secret, msg, candidate []byte) (bool, error) {
+	ok := 0
+	var buf [64]byte
+	for _, s := range secrets {
+		mp, err := macFor(alg, encoding, s)
+		if err != nil {
+			return false, err
+		}
+		m := mp.pool.Get().(hash.Hash)
+		m.Reset()
+		m.Write(msg)
+		if hmac.Equal(m.Sum(buf[:0]), candidate) {
+			ok = 1
+		}
+		mp.pool.Put(m)
+	}
+	return ok == 1, nil
+}
+
+// digestSize is the digest length of an algorithm name (as HashOf).
+func digestSize(alg string) int {
+	switch alg {
+	case "sha1":
+		return 20
+	case "sha512":
+		return 64
+	}
+	return 32
 }

@@ -1,0 +1,358 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/closedloop/closedloop/tools/internal/stack"
+)
+
+// The load generator writes pre-built HTTP/1.1 requests on raw keep-alive
+// connections and reads each answer with a minimal parser, so that it spends
+// a few µs per request and is not the bottleneck: net/http's client cost
+// more per request than the bare server it measured, which capped (and
+// flattered) every ratio the old tool printed.
+
+// requests is one phase's requests, built before the phase starts: each a
+// complete HTTP/1.1 request with a distinct, signed ~1.5 KiB Delighted body.
+type requests struct {
+	arena []byte
+	ends  []int // request i is arena[ends[i-1]:ends[i]]
+	ids   []uint64
+}
+
+func (rq *requests) n() int { return len(rq.ends) }
+
+func (rq *requests) get(i int) []byte {
+	start := 0
+	if i > 0 {
+		start = rq.ends[i-1]
+	}
+	return rq.arena[start:rq.ends[i]]
+}
+
+// eventID is the Delighted event id of request number id (the record key the
+// ingress and the naive receiver write).
+func eventID(id uint64) string { return fmt.Sprintf("%064x", id) }
+
+var pad = bytes.Repeat([]byte("Sehr zufrieden mit dem Support, schnelle Antworten. "), 17)
+
+// body is a distinct Delighted survey_response.updated of ~1.4 KiB.
+func body(dst []byte, id uint64) []byte {
+	i := int(id & 0xffffff)
+	dst = append(dst, `{"event_type":"survey_response.updated","event_id":"`...)
+	dst = append(dst, eventID(id)...)
+	dst = fmt.Appendf(dst, `","event_data":{"id":"%d","person":{"id":"%d","email":"kunde%d@example.de","name":"Jörg Müller","created_at":1763693600},"survey_type":"nps","score":%d,"comment":"%s","permalink":"https://app.delighted.com/r/%d","created_at":1763780000,"updated_at":1763780095,"person_properties":{"plan":"enterprise","account":{"id":"acct_42","region":"eu-central"},"seats":120},"notes":[],"tags":["bench"],"additional_answers":[]}}`,
+		100000+i, 5000+i%977, i, i%11, pad, 100000+i)
+	return dst
+}
+
+// build makes n requests to path with ids first, first+1, … on all cores.
+func build(path string, first uint64, n int) *requests {
+	rq := &requests{ends: make([]int, n), ids: make([]uint64, n)}
+	workers := runtime.GOMAXPROCS(0)
+	parts := make([][]byte, workers)
+	lens := make([][]int, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			lo, hi := n*w/workers, n*(w+1)/workers
+			buf := make([]byte, 0, (hi-lo)*1800)
+			var b []byte
+			m := hmac.New(sha256.New, []byte(secret))
+			for i := lo; i < hi; i++ {
+				id := first + uint64(i)
+				b = body(b[:0], id)
+				m.Reset()
+				m.Write(b)
+				start := len(buf)
+				buf = append(buf, "POST "...)
+				buf = append(buf, path...)
+				buf = append(buf, " HTTP/1.1\r\nHost: bench\r\nUser-Agent: Delighted Webhook Service\r\nContent-Type: application/json\r\nX-Delighted-Webhook-Signature: sha256="...)
+				buf = hex.AppendEncode(buf, m.Sum(nil))
+				buf = append(buf, "\r\nContent-Length: "...)
+				buf = strconv.AppendInt(buf, int64(len(b)), 10)
+				buf = append(buf, "\r\n\r\n"...)
+				buf = append(buf, b...)
+				lens[w] = append(lens[w], len(buf)-start)
+			}
+			parts[w] = buf
+		}()
+	}
+	wg.Wait()
+	rq.arena = slices.Concat(parts...)
+	end := 0
+	i := 0
+	for _, ls := range lens {
+		for _, l := range ls {
+			end += l
+			rq.ends[i] = end
+			rq.ids[i] = first + uint64(i)
+			i++
+		}
+	}
+	return rq
+}
+
+// phase is one run of the load generator against one server.
+type phase struct {
+	name     string
+	sent     int           // requests answered or failed
+	elapsed  time.Duration // first send to last answer
+	lat      []time.Duration
+	codes    map[int]int
+	errs     int
+	accepted []uint64 // ids answered 2xx
+	target   int      // req/s asked for (0: closed loop)
+	cpu      map[string]float64
+	order    []string // processes in cpu, in print order
+	short    bool     // the pre-built requests ran out before the duration
+}
+
+func (p *phase) rps() float64 { return float64(p.sent) / p.elapsed.Seconds() }
+
+func (p *phase) pct(q float64) time.Duration {
+	if len(p.lat) == 0 {
+		return 0
+	}
+	return p.lat[min(len(p.lat)-1, int(q*float64(len(p.lat))))]
+}
+
+// cpuPerReq is a process's CPU per request answered, in µs.
+func (p *phase) cpuPerReq(proc string) float64 {
+	if p.sent == 0 {
+		return 0
+	}
+	return p.cpu[proc] / float64(p.sent) * 1e6
+}
+
+func (p *phase) String() string {
+	var codes []string
+	keys := make([]int, 0, len(p.codes))
+	for k := range p.codes {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		codes = append(codes, fmt.Sprintf("%d×%d", p.codes[k], k))
+	}
+	s := fmt.Sprintf("%-26s %8.0f req/s  p50 %7s  p99 %7s  answers %v, errors %d\n", p.name, p.rps(),
+		p.pct(0.50).Round(10*time.Microsecond), p.pct(0.99).Round(10*time.Microsecond), codes, p.errs)
+	s += fmt.Sprintf("%-26s CPU per request:", "")
+	var total float64
+	for _, proc := range p.order {
+		s += fmt.Sprintf(" %s %.1f µs,", proc, p.cpuPerReq(proc))
+		total += p.cpu[proc]
+	}
+	share := 0.0
+	if total > 0 {
+		share = p.cpu["load generator"] / total * 100
+	}
+	s += fmt.Sprintf(" load generator's share of the CPU used %.0f %% (%.0f %% of a core)", share, p.cpu["load generator"]/p.elapsed.Seconds()*100)
+	if p.short {
+		s += "\n  (the pre-built requests ran out before the duration: raise -max-rps)"
+	}
+	return s
+}
+
+// drive sends the requests to addr over conns keep-alive connections: as
+// fast as answers come back (closed loop) when rate is 0, else open loop at
+// rate req/s, each request's latency measured from the moment it was due
+// (so a slow answer delays the requests behind it and they count it). It
+// stops at d or when the requests run out. procs are the processes whose CPU
+// the phase reports besides the load generator's own.
+func drive(name, addr string, rq *requests, conns int, d time.Duration, rate int, procs []*stack.Process) (*phase, error) {
+	ph := &phase{name: name, codes: map[int]int{}, target: rate, cpu: map[string]float64{}}
+	cs := make([]*client, conns)
+	for i := range cs {
+		c, err := dial(addr)
+		if err != nil {
+			return nil, err
+		}
+		cs[i] = c
+	}
+	codes := make([]uint16, rq.n())
+	lats := make([][]time.Duration, conns)
+	var next atomic.Int64
+	var errCount atomic.Int64
+	before := cpuOf(procs)
+	selfBefore := stack.CPUSeconds(os.Getpid())
+	start := time.Now()
+	deadline := start.Add(d)
+	var interval time.Duration
+	if rate > 0 {
+		interval = time.Second / time.Duration(rate)
+	}
+	var wg sync.WaitGroup
+	for ci, c := range cs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			lat := make([]time.Duration, 0, rq.n()/conns+1)
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= rq.n() {
+					return
+				}
+				t0 := time.Now()
+				if rate > 0 {
+					due := start.Add(time.Duration(i) * interval)
+					if due.After(deadline) {
+						lats[ci] = lat
+						return
+					}
+					if w := time.Until(due); w > 0 {
+						time.Sleep(w)
+					}
+					t0 = due
+				} else if t0.After(deadline) {
+					lats[ci] = lat
+					return
+				}
+				code, err := c.do(rq.get(i))
+				if err != nil {
+					errCount.Add(1)
+					codes[i] = 1
+					if c, err = dial(addr); err != nil {
+						lats[ci] = lat
+						return
+					}
+					cs[ci] = c
+					continue
+				}
+				codes[i] = uint16(code)
+				lat = append(lat, time.Since(t0))
+				lats[ci] = lat
+			}
+		}()
+	}
+	wg.Wait()
+	ph.elapsed = time.Since(start)
+	ph.cpu["load generator"] = stack.CPUSeconds(os.Getpid()) - selfBefore
+	after := cpuOf(procs)
+	for _, p := range procs {
+		ph.cpu[p.Name] = after[p.Name] - before[p.Name]
+		ph.order = append(ph.order, p.Name)
+	}
+	ph.order = append(ph.order, "load generator")
+	for _, c := range cs {
+		c.close()
+	}
+	if int(next.Load()) >= rq.n() && rate == 0 {
+		ph.short = true
+	}
+	for i, code := range codes {
+		switch {
+		case code == 0:
+		case code == 1:
+			ph.sent++
+		default:
+			ph.sent++
+			ph.codes[int(code)]++
+			if code/100 == 2 {
+				ph.accepted = append(ph.accepted, rq.ids[i])
+			}
+		}
+	}
+	ph.errs = int(errCount.Load())
+	for _, l := range lats {
+		ph.lat = append(ph.lat, l...)
+	}
+	slices.Sort(ph.lat)
+	return ph, nil
+}
+
+func cpuOf(procs []*stack.Process) map[string]float64 {
+	out := map[string]float64{}
+	for _, p := range procs {
+		out[p.Name] = stack.CPUSeconds(p.PID())
+	}
+	return out
+}
+
+// client is one keep-alive connection.
+type client struct {
+	conn net.Conn
+	br   *bufio.Reader
+}
+
+func dial(addr string) (*client, error) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return &client{conn: c, br: bufio.NewReaderSize(c, 16<<10)}, nil
+}
+
+func (c *client) close() { _ = c.conn.Close() }
+
+var errMalformed = errors.New("malformed answer")
+
+// do writes one request and reads its answer: the status code, the headers
+// up to the blank line, and Content-Length bytes of body. An answer asking
+// to close the connection is an error (the caller reconnects).
+func (c *client) do(req []byte) (int, error) {
+	_ = c.conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.conn.Write(req); err != nil {
+		return 0, err
+	}
+	line, err := c.br.ReadSlice('\n')
+	if err != nil {
+		return 0, err
+	}
+	if len(line) < 12 || !bytes.HasPrefix(line, []byte("HTTP/1.1 ")) {
+		return 0, errMalformed
+	}
+	code, err := strconv.Atoi(string(line[9:12]))
+	if err != nil {
+		return 0, errMalformed
+	}
+	length, closing := -1, false
+	for {
+		h, err := c.br.ReadSlice('\n')
+		if err != nil {
+			return 0, err
+		}
+		if len(h) <= 2 {
+			break
+		}
+		name, value, ok := bytes.Cut(h, []byte(":"))
+		if !ok {
+			return 0, errMalformed
+		}
+		value = bytes.TrimSpace(value)
+		switch {
+		case bytes.EqualFold(name, []byte("Content-Length")):
+			if length, err = strconv.Atoi(string(value)); err != nil {
+				return 0, errMalformed
+			}
+		case bytes.EqualFold(name, []byte("Connection")) && bytes.EqualFold(value, []byte("close")):
+			closing = true
+		}
+	}
+	if length < 0 {
+		return 0, errMalformed // every server here sends a length
+	}
+	if _, err := c.br.Discard(length); err != nil {
+		return 0, err
+	}
+	if closing {
+		return code, errors.New("server closed the connection")
+	}
+	return code, nil
+}
