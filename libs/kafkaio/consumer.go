@@ -209,6 +209,7 @@ func NewBatchConsumer(cfg ConsumerConfig, h BatchHandler) (*Consumer, error) {
 		tracer: otel.Tracer(instrumentation), prop: otel.GetTextMapPropagator(),
 		stats: map[string]*status.ConsumerStats{}, lag: map[partKey]int64{},
 	}
+	countReader(c.r)
 	c.handled, _ = meter.Int64Counter("closedloop.consumer.records", metric.WithUnit("{record}"), metric.WithDescription("Records handled successfully."))
 	c.retries, _ = meter.Int64Counter("closedloop.consumer.retries", metric.WithUnit("{retry}"), metric.WithDescription("Handler failures that were retried."))
 	c.quar, _ = meter.Int64Counter("closedloop.consumer.quarantined", metric.WithUnit("{record}"), metric.WithDescription("Records sent to the quarantine topic."))
@@ -299,6 +300,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		close(q)
 	}
 	wg.Wait()
+	defer forgetReader(c.r)
 	if err := c.r.Close(); err != nil { // flushes the pending commits
 		c.cfg.Log.Warn("closing kafka reader", "group", c.cfg.GroupID, "error", err.Error())
 	}

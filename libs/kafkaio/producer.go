@@ -93,7 +93,7 @@ func NewProducer(cfg ProducerConfig) *Producer {
 		metric.WithDescription("Time from produce call to acknowledgement by all in-sync replicas."),
 		metric.WithExplicitBucketBoundaries(telemetry.FastSeconds...))
 	failed, _ := meter.Int64Counter("closedloop.kafka.produce.failures", metric.WithUnit("{record}"), metric.WithDescription("Records whose produce call failed."))
-	return &Producer{
+	p := &Producer{
 		w: &kafka.Writer{
 			Addr:         kafka.TCP(cfg.Brokers...),
 			Balancer:     kafka.Murmur2Balancer{},
@@ -116,6 +116,8 @@ func NewProducer(cfg ProducerConfig) *Producer {
 		latency: latency,
 		failed:  failed,
 	}
+	countWriter(p.w)
+	return p
 }
 
 // MaxMessageBytes is the producer's record size limit.
@@ -229,10 +231,11 @@ func (p *Producer) write(ctx context.Context, msgs []kafka.Message) []error {
 }
 
 // Close flushes pending writes and releases connections.
-func (p *Producer) Close() error { return p.w.Close() }
-
-// Stats returns the underlying writer's statistics.
-func (p *Producer) Stats() kafka.WriterStats { return p.w.Stats() }
+func (p *Producer) Close() error {
+	err := p.w.Close()
+	forgetWriter(p.w)
+	return err
+}
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 

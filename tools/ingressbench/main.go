@@ -57,6 +57,7 @@ func main() {
 	flag.IntVar(&o.maxRPS, "max-rps", 60000, "requests built per second of a closed-loop phase (the most it can send)")
 	flag.IntVar(&o.partitions, "partitions", 6, "partitions of the raw topic and the naive receiver's topic")
 	flag.StringVar(&o.profile, "cpuprofile", "", "write a CPU profile of the ingress during the last closed-loop phase to this file (and its allocations to FILE.allocs)")
+	flag.BoolVar(&o.profileSteady, "profile-steady", false, "profile the last steady phase instead")
 	flag.StringVar(&o.only, "receivers", "ceiling,naive,ingress", "the receivers to run (a comma-separated subset, for experiments)")
 	flag.Var(&o.env, "env", "extra NAME=VALUE for the ingress (repeatable), e.g. -env GOMEMLIMIT=48MiB")
 	flag.Parse()
@@ -74,6 +75,7 @@ type options struct {
 	conns, rate, rounds, maxRPS, partitions int
 	duration, steady                        time.Duration
 	profile, only                           string
+	profileSteady                           bool
 	env                                     stack.EnvFlags
 }
 
@@ -164,25 +166,32 @@ func run(o options) error {
 		for _, r := range recvs {
 			n := int(float64(o.maxRPS) * o.duration.Seconds())
 			rq := build(r.path, take(n), n)
-			if o.profile != "" && r.ops != "" && round == o.rounds {
+			if o.profile != "" && r.ops != "" && round == o.rounds && !o.profileSteady {
 				go profileIngress(r.ops, o.duration, o.profile)
 			}
+			reqs, recs := produced(r)
 			ph, err := drive(r.name+" max", r.addr, rq, o.conns, o.duration, 0, []*stack.Process{r.proc, broker.Process})
 			if err != nil {
 				return fmt.Errorf("%s: %w", r.name, err)
 			}
 			fmt.Println(ph)
+			printProduced(r, ph, reqs, recs)
 			max[r.name] = append(max[r.name], ph)
 			accepted[r.name] = append(accepted[r.name], ph.accepted...)
 		}
 		for _, r := range recvs {
 			n := int(float64(o.rate)*o.steady.Seconds()) + 1
 			rq := build(r.path, take(n), n)
+			if o.profile != "" && r.ops != "" && round == o.rounds && o.profileSteady {
+				go profileIngress(r.ops, o.steady, o.profile)
+			}
+			reqs, recs := produced(r)
 			ph, err := drive(fmt.Sprintf("%s @ %d/s", r.name, o.rate), r.addr, rq, o.conns, o.steady, o.rate, []*stack.Process{r.proc, broker.Process})
 			if err != nil {
 				return fmt.Errorf("%s: %w", r.name, err)
 			}
 			fmt.Println(ph)
+			printProduced(r, ph, reqs, recs)
 			steady[r.name] = append(steady[r.name], ph)
 			accepted[r.name] = append(accepted[r.name], ph.accepted...)
 			if got := ph.rps(); got < 0.97*float64(o.rate) {
@@ -260,6 +269,26 @@ func run(o options) error {
 }
 
 func numCPU() int { return runtime.NumCPU() }
+
+// produced reads the ingress's produce requests and records so far (its
+// natural batcher's batch-size histogram).
+func produced(r *receiver) (requests, records float64) {
+	if r.ops == "" {
+		return 0, 0
+	}
+	return stack.MetricSumCount("http://"+r.ops+"/metrics", "closedloop_kafka_produce_batch_size")
+}
+
+func printProduced(r *receiver, ph *phase, reqs0, recs0 float64) {
+	if r.ops == "" {
+		return
+	}
+	reqs, recs := produced(r)
+	if reqs == reqs0 {
+		return
+	}
+	fmt.Printf("%-26s Kafka: %.0f produce requests/s, %.1f records per request\n", "", (reqs-reqs0)/ph.elapsed.Seconds(), (recs-recs0)/(reqs-reqs0))
+}
 
 // profileIngress writes a CPU profile of the middle half of a phase to path,
 // and the ingress's allocations since it started to path.allocs.

@@ -161,7 +161,7 @@ func run(n int, dupFrac float64, partitions int, profile string, extraEnv []stri
 		return err
 	}
 	q, _ := endOffsets(ctx, client, quar, partitions)
-	batches, records := metricSumCount("http://127.0.0.1:"+strconv.Itoa(ops)+"/metrics", "closedloop_consumer_batch_size")
+	batches, records := stack.MetricSumCount("http://127.0.0.1:"+strconv.Itoa(ops)+"/metrics", "closedloop_consumer_batch_size")
 	fmt.Printf("\n%d raw records (%d unique) in %.2fs after the first event: %.0f events/s, %.0f records/s\n",
 		n, unique, elapsed.Seconds(), float64(unique)/elapsed.Seconds(), float64(n)/elapsed.Seconds())
 	fmt.Printf("normalizer CPU %.1f µs per raw record, peak RSS %.1f MiB; start to first event %s\n",
@@ -192,30 +192,6 @@ func fetchProfile(url, path string) {
 	}
 	defer f.Close()
 	_, _ = io.Copy(f, resp.Body)
-}
-
-// metricSumCount reads a Prometheus histogram's _count and _sum (all series).
-func metricSumCount(url, name string) (count, sum float64) {
-	resp, err := http.Get(url)
-	if err != nil {
-		return 0, 0
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) != 2 {
-			continue
-		}
-		v, _ := strconv.ParseFloat(f[1], 64)
-		switch {
-		case strings.HasPrefix(f[0], name+"_count"):
-			count += v
-		case strings.HasPrefix(f[0], name+"_sum"):
-			sum += v
-		}
-	}
-	return count, sum
 }
 
 // endOffsets sums the end offsets of a topic's partitions (the record count

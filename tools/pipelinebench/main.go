@@ -56,6 +56,8 @@ import (
 
 func main() {
 	rate := flag.Int("rate", 1000, "webhooks per second in the latency phase")
+	lowRate := flag.Int("low-rate", 100, "webhooks per second in the second, low-rate phase (0: skip it)")
+	idle := flag.Duration("idle", 10*time.Second, "measure each process's CPU with no traffic for this long first (0: skip)")
 	duration := flag.Duration("duration", 15*time.Second, "length of the latency phase")
 	burst := flag.Int("burst", 20000, "webhooks in the drain phase (0: skip it)")
 	conc := flag.Int("c", 32, "concurrent senders in the drain phase")
@@ -68,13 +70,13 @@ func main() {
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *rate, *duration, *burst, *conc, *partitions, *withWebhook, *withHelpdesks, *withCRM, env); err != nil {
+	if err := run(ctx, *rate, *lowRate, *duration, *idle, *burst, *conc, *partitions, *withWebhook, *withHelpdesks, *withCRM, env); err != nil {
 		fmt.Fprintln(os.Stderr, "pipelinebench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, rate int, duration time.Duration, burst, conc, partitions int, withWebhook, withHelpdesks, withCRM bool, env []string) error {
+func run(ctx context.Context, rate, lowRate int, duration, idle time.Duration, burst, conc, partitions int, withWebhook, withHelpdesks, withCRM bool, env []string) error {
 	dir, bin, cleanup, err := stack.Workspace(ctx, "pipelinebench")
 	if err != nil {
 		return err
@@ -135,67 +137,27 @@ func run(ctx context.Context, rate int, duration time.Duration, burst, conc, par
 	gen.Population = 1 << 30 // each response its own person: the CRM writes a contact per response
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
 
-	// Phase 1: a steady rate.
-	fmt.Printf("latency: %d webhooks/s for %s…\n", rate, duration)
-	sent := 0
-	cpu0 := selfCPU()
-	phaseStart := time.Now()
-	// Open loop: every millisecond, send what is due by then (a ticker alone
-	// drops ticks on a busy machine and under-sends).
-	tick := time.NewTicker(time.Millisecond)
-	var wg sync.WaitGroup
-	var codesMu sync.Mutex
-	codes := map[int]int{} // status of the webhooks not accepted (0: no answer)
-	for end := phaseStart.Add(duration); time.Now().Before(end) && ctx.Err() == nil; {
-		<-tick.C
-		due := int(time.Since(phaseStart).Seconds() * float64(rate))
-		for ; sent < due; sent++ {
-			w, _ := gen.Response()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				if code, err := delightedgen.Send(ctx, client, p.IngressURL, w); err != nil || code != http.StatusAccepted {
-					codesMu.Lock()
-					codes[code]++
-					codesMu.Unlock()
-				}
-			}()
+	acct := newAccount(p, infra, services)
+	if idle > 0 {
+		time.Sleep(3 * time.Second) // start-up work done
+		if name, share := acct.idle(idle); share >= 1 {
+			fmt.Printf("IDLE TARGET MISSED: %s used %.2f %% of a core with no traffic (target < 1 %%)\n", name, share)
 		}
 	}
-	tick.Stop()
-	wg.Wait()
-	sendTook := time.Since(phaseStart)
-	failed := 0
-	for _, n := range codes {
-		failed += n
+
+	// Phase 1: a steady rate, with every destination's latency.
+	sp := &sender{ctx: ctx, gen: gen, client: client, url: p.IngressURL}
+	accepted := 0
+	st, err := sp.steady(rate, duration, acct)
+	if err != nil {
+		return err
 	}
-	accepted := sent - failed
-	if failed > 0 {
-		// Not an error: the ingress pushed back (429/503 + Retry-After, a
-		// provider retries). Reported, and the latencies are of the rest.
-		fmt.Printf("NOT ACCEPTED: %d of %d webhooks (by status, 0 = no answer: %v): the pipeline did not keep up\n", failed, sent, codes)
-	}
+	accepted += st.accepted
 	if err := waitRows(ctx, pool, accepted, 2*time.Minute); err != nil {
 		return err
 	}
-	var p50, p90, p99, mx float64
-	if err := pool.QueryRow(ctx, `SELECT
-		percentile_cont(0.5) WITHIN GROUP (ORDER BY l), percentile_cont(0.9) WITHIN GROUP (ORDER BY l),
-		percentile_cont(0.99) WITHIN GROUP (ORDER BY l), max(l)
-		FROM (SELECT extract(epoch FROM _cl_batched_at - _cl_received_at) * 1000 AS l FROM closedloop.feedback_events) x`).
-		Scan(&p50, &p90, &p99, &mx); err != nil {
+	if err := st.latencies(ctx, pool, rcv, withWebhook); err != nil {
 		return err
-	}
-	fmt.Printf("sent %d webhooks in %s: %.0f/s achieved (asked %d/s); load generator, receiver and helpdesk fakes (this process) CPU %.1f s\n",
-		sent, sendTook.Round(time.Millisecond), float64(sent)/sendTook.Seconds(), rate, selfCPU()-cpu0)
-	fmt.Printf("warehouse  webhook→row      over %d rows:       p50 %.1f ms, p90 %.1f ms, p99 %.1f ms, max %.1f ms\n", accepted, p50, p90, p99, mx)
-	if withWebhook {
-		if err := rcv.wait(ctx, accepted, 2*time.Minute); err != nil {
-			return err
-		}
-		d50, d90, d99, dmax, dups := rcv.latencies()
-		fmt.Printf("webhook    webhook→delivery over %d deliveries: p50 %.1f ms, p90 %.1f ms, p99 %.1f ms, max %.1f ms (%d delivered twice)\n",
-			accepted, d50, d90, d99, dmax, dups)
 	}
 	if desks != nil {
 		if err := desks.report(ctx, pool, 3*time.Minute); err != nil {
@@ -207,12 +169,37 @@ func run(ctx context.Context, rate int, duration time.Duration, burst, conc, par
 			return err
 		}
 	}
+	acct.report(fmt.Sprintf("at %d events/s", rate), st.accepted, st.before, acct.snap())
+	if st.err != nil {
+		return st.err
+	}
+
+	// Phase 2: a low rate (fixed per-batch costs show here).
+	if lowRate > 0 {
+		st, err := sp.steady(lowRate, duration, acct)
+		if err != nil {
+			return err
+		}
+		accepted += st.accepted
+		if err := waitRows(ctx, pool, accepted, 2*time.Minute); err != nil {
+			return err
+		}
+		if err := st.latencies(ctx, pool, rcv, withWebhook); err != nil {
+			return err
+		}
+		acct.report(fmt.Sprintf("at %d events/s", lowRate), st.accepted, st.before, acct.snap())
+		if st.err != nil {
+			return st.err
+		}
+	}
 
 	if burst == 0 {
 		return nil
 	}
-	// Phase 2: a burst, drained.
+	// Phase 3: a burst, drained.
 	var fails atomic.Int64
+	var wg sync.WaitGroup
+	drainBefore := acct.snap()
 	fmt.Printf("drain: %d webhooks from %d senders…\n", burst, conc)
 	work := make(chan delightedgen.Webhook, conc*2)
 	go func() {
@@ -304,11 +291,9 @@ func run(ctx context.Context, rate int, duration time.Duration, burst, conc, par
 	if crmd != nil {
 		crmd.report(burst, crmTook)
 	}
-	total := accepted + burst
+	acct.report("drain", burst, drainBefore, acct.snap())
 	for _, name := range services {
-		pid := p.Services[name].PID()
-		cpu := stack.CPUSeconds(pid)
-		fmt.Printf("  %-15s CPU %6.1f s (%5.0f µs/event over %d events), peak RSS %4d MiB\n", name, cpu, cpu*1e6/float64(total), total, stack.PeakRSSKiB(pid)/1024)
+		fmt.Printf("  %-15s peak RSS %4d MiB\n", name, stack.PeakRSSKiB(p.Services[name].PID())/1024)
 	}
 	return nil
 }
@@ -324,12 +309,12 @@ func selfCPU() float64 {
 // webhook-id, when the first delivery arrived and the event's received_at.
 type receiver struct {
 	mu    sync.Mutex
-	lat   map[string]float64 // webhook-id -> ms from ingress receipt to delivery
+	got   map[string]delivery // webhook-id -> first delivery
 	dups  int
 	count atomic.Int64
 }
 
-func newReceiver() *receiver { return &receiver{lat: map[string]float64{}} }
+func newReceiver() *receiver { return &receiver{got: map[string]delivery{}} }
 
 func (r *receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	now := time.Now()
@@ -342,10 +327,10 @@ func (r *receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	}
 	id := req.Header.Get("webhook-id")
 	r.mu.Lock()
-	if _, seen := r.lat[id]; seen {
+	if _, seen := r.got[id]; seen {
 		r.dups++
 	} else {
-		r.lat[id] = float64(now.Sub(ev.ReceivedAt).Microseconds()) / 1000
+		r.got[id] = delivery{receivedAt: ev.ReceivedAt, ms: float64(now.Sub(ev.ReceivedAt).Microseconds()) / 1000}
 		r.count.Add(1)
 	}
 	r.mu.Unlock()
@@ -361,18 +346,6 @@ func (r *receiver) wait(ctx context.Context, n int, timeout time.Duration) error
 		time.Sleep(20 * time.Millisecond)
 	}
 	return nil
-}
-
-func (r *receiver) latencies() (p50, p90, p99, mx float64, dups int) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	l := make([]float64, 0, len(r.lat))
-	for _, v := range r.lat {
-		l = append(l, v)
-	}
-	sort.Float64s(l)
-	at := func(q float64) float64 { return l[min(len(l)-1, int(q*float64(len(l))))] }
-	return at(0.5), at(0.9), at(0.99), l[len(l)-1], r.dups
 }
 
 // waitRows waits until the warehouse holds n rows.

@@ -102,3 +102,52 @@ func (in *Infra) Stop() {
 	}
 	_ = in.Broker.Stop()
 }
+
+// TreeCPUSeconds is the user+system CPU time of a process and of all its
+// descendants, living or reaped (PostgreSQL does its work in children):
+// the live ones from their /proc/<pid>/stat, the reaped ones from the
+// root's cutime and cstime.
+func TreeCPUSeconds(root int) float64 {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0
+	}
+	parent := map[int]int{}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+		ppid, _ := strconv.Atoi(fields[1])
+		parent[pid] = ppid
+	}
+	inTree := func(pid int) bool {
+		for i := 0; pid > 1 && i < 64; i++ {
+			if pid == root {
+				return true
+			}
+			pid = parent[pid]
+		}
+		return false
+	}
+	var total float64
+	for pid := range parent {
+		if inTree(pid) {
+			total += CPUSeconds(pid)
+		}
+	}
+	if b, err := os.ReadFile("/proc/" + strconv.Itoa(root) + "/stat"); err == nil {
+		s := string(b)
+		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+		cu, _ := strconv.ParseFloat(fields[13], 64)
+		cs, _ := strconv.ParseFloat(fields[14], 64)
+		total += (cu + cs) / 100
+	}
+	return total
+}

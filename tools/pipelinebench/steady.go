@@ -1,0 +1,157 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/closedloop/closedloop/tools/internal/delightedgen"
+)
+
+// sender sends generated Delighted webhooks to the ingress.
+type sender struct {
+	ctx    context.Context
+	gen    *delightedgen.Generator
+	client *http.Client
+	url    string
+}
+
+// steadyRun is one steady phase: what was sent, when, and the CPU snapshot
+// at its start.
+type steadyRun struct {
+	rate           int
+	sent, accepted int
+	start, end     time.Time
+	before         snapshot
+	err            error // the rate achieved was below the rate asked for
+}
+
+// steady sends rate webhooks per second for d, open loop: each webhook has
+// a due time (start + i/rate) and is sent then, from its own goroutine, so a
+// slow answer never delays the next one. It reports the rate achieved —
+// sent over the time from the first send to the last answer — and sets err
+// when that is below 97 % of the rate asked for: then the phase's latencies
+// do not describe that rate.
+func (s *sender) steady(rate int, d time.Duration, acct *account) (*steadyRun, error) {
+	fmt.Printf("steady: %d webhooks/s for %s…\n", rate, d)
+	st := &steadyRun{rate: rate, before: acct.snap()}
+	cpu0 := selfCPU()
+	interval := time.Second / time.Duration(rate)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	codes := map[int]int{} // status of the webhooks not accepted (0: no answer)
+	st.start = time.Now()
+	total := int(d / interval)
+	for i := 0; i < total && s.ctx.Err() == nil; i++ {
+		if w := time.Until(st.start.Add(time.Duration(i) * interval)); w > 0 {
+			time.Sleep(w)
+		}
+		hook, _ := s.gen.Response()
+		st.sent++
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if code, err := delightedgen.Send(s.ctx, s.client, s.url, hook); err != nil || code != http.StatusAccepted {
+				mu.Lock()
+				codes[code]++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	st.end = time.Now()
+	failed := 0
+	for _, n := range codes {
+		failed += n
+	}
+	st.accepted = st.sent - failed
+	if failed > 0 {
+		// The ingress pushed back (429/503 + Retry-After, a provider retries):
+		// reported, and the latencies are of the rest.
+		fmt.Printf("NOT ACCEPTED: %d of %d webhooks (by status, 0 = no answer: %v): the pipeline did not keep up\n", failed, st.sent, codes)
+	}
+	took := st.end.Sub(st.start)
+	achieved := float64(st.sent) / took.Seconds()
+	fmt.Printf("sent %d webhooks in %s: %.0f/s achieved (asked %d/s); the load generator, receiver and fakes (this process) used %.1f s of CPU\n",
+		st.sent, took.Round(time.Millisecond), achieved, rate, selfCPU()-cpu0)
+	if achieved < 0.97*float64(rate) {
+		st.err = fmt.Errorf("the steady phase sent %.0f webhooks/s, below the %d/s asked for: its numbers do not describe that rate", achieved, rate)
+		fmt.Println("RATE NOT MET:", st.err)
+	}
+	return st, s.ctx.Err()
+}
+
+// latencies prints webhook→row (and webhook→delivery) percentiles of the
+// events the phase sent: rows whose receipt falls in the phase's window.
+func (st *steadyRun) latencies(ctx context.Context, pool *pgxpool.Pool, rcv *receiver, withWebhook bool) error {
+	var n int
+	var p50, p90, p99, mx float64
+	if err := pool.QueryRow(ctx, `SELECT count(*),
+		coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY l), 0), coalesce(percentile_cont(0.9) WITHIN GROUP (ORDER BY l), 0),
+		coalesce(percentile_cont(0.99) WITHIN GROUP (ORDER BY l), 0), coalesce(max(l), 0)
+		FROM (SELECT extract(epoch FROM _cl_batched_at - _cl_received_at) * 1000 AS l FROM closedloop.feedback_events
+		      WHERE _cl_received_at >= $1 AND _cl_received_at <= $2) x`, st.start, st.end).
+		Scan(&n, &p50, &p90, &p99, &mx); err != nil {
+		return err
+	}
+	fmt.Printf("warehouse  webhook→row      over %d rows:       p50 %.1f ms, p90 %.1f ms, p99 %.1f ms, max %.1f ms\n", n, p50, p90, p99, mx)
+	if withWebhook {
+		if err := rcv.waitWindow(ctx, st.start, st.end, st.accepted, 2*time.Minute); err != nil {
+			return err
+		}
+		d50, d90, d99, dmax, k := rcv.latencies(st.start, st.end)
+		fmt.Printf("webhook    webhook→delivery over %d deliveries: p50 %.1f ms, p90 %.1f ms, p99 %.1f ms, max %.1f ms (%d delivered twice so far)\n",
+			k, d50, d90, d99, dmax, rcv.duplicates())
+	}
+	return nil
+}
+
+// delivery is one event's first delivery to the webhook receiver.
+type delivery struct {
+	receivedAt time.Time // the ingress's receipt
+	ms         float64   // receipt → delivery
+}
+
+func (r *receiver) waitWindow(ctx context.Context, from, to time.Time, n int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		if _, _, _, _, k := r.latencies(from, to); k >= n {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			_, _, _, _, k := r.latencies(from, to)
+			return fmt.Errorf("the webhook receiver has %d of the phase's %d events after %s", k, n, timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// latencies are the percentiles of the deliveries of events received by
+// the ingress in [from, to], and their number.
+func (r *receiver) latencies(from, to time.Time) (p50, p90, p99, mx float64, n int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var l []float64
+	for _, d := range r.got {
+		if !d.receivedAt.Before(from) && !d.receivedAt.After(to) {
+			l = append(l, d.ms)
+		}
+	}
+	if len(l) == 0 {
+		return 0, 0, 0, 0, 0
+	}
+	sort.Float64s(l)
+	at := func(q float64) float64 { return l[min(len(l)-1, int(q*float64(len(l))))] }
+	return at(0.5), at(0.9), at(0.99), l[len(l)-1], len(l)
+}
+
+func (r *receiver) duplicates() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.dups
+}
