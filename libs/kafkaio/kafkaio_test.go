@@ -330,3 +330,95 @@ func TestAFetchTimeoutIsToldApartByItsType(t *testing.T) {
 		t.Fatal("a message that reads like a timeout counted as one")
 	}
 }
+
+// With Workers, one worker takes the waiting records of all its partitions
+// in one batch, each partition's in offset order, under a stable worker
+// name; a retryable failure holds back only its own partition: the other
+// partitions' records of the batch are committed and never handled again.
+func TestAWorkerBatchesItsPartitionsTogetherAndAFailureHoldsOnlyItsPartition(t *testing.T) {
+	addrs := broker(t, "in", "q")
+	p := NewProducer(ProducerConfig{Brokers: addrs})
+	defer p.Close()
+	partOf := func(key string) int { return kafka.Murmur2Balancer{}.Balance(kafka.Message{Key: []byte(key)}, 0, 1, 2) }
+	var recs []Record
+	for i := range 60 {
+		key := fmt.Sprint("k", i)
+		recs = append(recs, Record{Topic: "in", Key: []byte(key), Value: []byte(fmt.Sprintf("%d:%03d", partOf(key), i))})
+	}
+	hold := string(recs[10].Value) // fails twice, then succeeds
+	if err := p.Produce(context.Background(), recs...); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	fails := 0
+	handled := map[string]int{}
+	var order []string
+	mixed, workers := false, map[string]bool{}
+	c, err := NewBatchConsumer(ConsumerConfig{Brokers: addrs, GroupID: "g", Topics: []string{"in"}, Quarantine: p, QuarantineTopic: "q",
+		Log: quiet(), RetryBackoffMax: 20 * time.Millisecond, Workers: 1},
+		func(ctx context.Context, batch []Delivery) []error {
+			time.Sleep(20 * time.Millisecond) // let the queue fill
+			mu.Lock()
+			defer mu.Unlock()
+			workers[WorkerOf(ctx)] = true
+			parts := map[int]bool{}
+			var errs []error
+			for i, d := range batch {
+				parts[d.Msg.Partition] = true
+				v := string(d.Msg.Value)
+				if v == hold && fails < 2 {
+					fails++
+					errs = make([]error, len(batch))
+					errs[i] = errors.New("redis: connection refused")
+					continue
+				}
+				handled[v]++
+				order = append(order, v)
+			}
+			mixed = mixed || len(parts) > 1
+			return errs
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		mu.Lock()
+		n := len(handled)
+		mu.Unlock()
+		if n == len(recs) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond) // a wrong extra handling would show
+	mu.Lock()
+	defer mu.Unlock()
+	if len(handled) != len(recs) || fails != 2 {
+		t.Fatalf("handled %d of %d distinct records, %d failures", len(handled), len(recs), fails)
+	}
+	if !mixed {
+		t.Fatal("no batch held records of more than one partition")
+	}
+	if len(workers) != 1 || !workers["in/worker-0"] {
+		t.Fatalf("worker names %v, want only in/worker-0", workers)
+	}
+	holdPart := hold[:1]
+	last := map[string]string{}
+	for _, v := range order {
+		part := v[:1]
+		if v < last[part] && part != holdPart {
+			t.Fatalf("partition %s out of order: %s after %s (%v)", part, v, last[part], order)
+		}
+		if v > last[part] {
+			last[part] = v
+		}
+		if part != holdPart && handled[v] != 1 {
+			t.Fatalf("%s (another partition than the failure's) handled %d times", v, handled[v])
+		}
+	}
+}

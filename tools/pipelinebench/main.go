@@ -65,6 +65,7 @@ func main() {
 	withWebhook := flag.Bool("webhook", true, "also deliver every event to a webhook destination (sink-webhook) and measure it")
 	withHelpdesks := flag.Bool("helpdesks", true, "also open Zendesk and Freshdesk tickets for the detractors (sink-webhook, local fakes) and measure them")
 	withCRM := flag.Bool("crm", true, "also update a HubSpot contact per response (sink-webhook, local fake; batch upserts of 100) and measure it")
+	flag.StringVar(&profileService, "profile", "", "write a CPU profile of this service during each steady phase to /tmp/pipelinebench.<service>.<rate>.pprof (sets OPS_PPROF)")
 	var env stack.EnvFlags
 	flag.Var(&env, "env", "NAME=value added to every service's environment (repeatable)")
 	flag.Parse()
@@ -122,6 +123,9 @@ func run(ctx context.Context, rate, lowRate int, duration, idle time.Duration, b
 	}
 	if !withWebhook && !withHelpdesks && !withCRM {
 		p.Run, services = []string{"sink-warehouse", "enricher", "normalizer", "ingress"}, services[:4]
+	}
+	if profileService != "" {
+		p.Env = append(p.Env, "OPS_PPROF=true")
 	}
 	if err := p.Start(ctx); err != nil {
 		_ = p.Stop()

@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
+	"os"
 	"sort"
 	"sync"
 	"time"
@@ -40,6 +42,13 @@ type steadyRun struct {
 func (s *sender) steady(rate int, d time.Duration, acct *account) (*steadyRun, error) {
 	fmt.Printf("steady: %d webhooks/s for %s…\n", rate, d)
 	st := &steadyRun{rate: rate, before: acct.snap()}
+	if profileService != "" {
+		for _, pr := range acct.procs {
+			if pr.name == profileService {
+				go profile(pr.ops, d, fmt.Sprintf("/tmp/pipelinebench.%s.%d.pprof", pr.name, rate))
+			}
+		}
+	}
 	cpu0 := selfCPU()
 	interval := time.Second / time.Duration(rate)
 	var wg sync.WaitGroup
@@ -154,4 +163,25 @@ func (r *receiver) duplicates() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.dups
+}
+
+var profileService string
+
+// profile writes a CPU profile of the middle of a phase of length d.
+func profile(ops string, d time.Duration, path string) {
+	time.Sleep(d / 4)
+	resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", ops, max(1, int(d.Seconds()/2))))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "profile:", err)
+		return
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "profile:", err)
+		return
+	}
+	_, _ = io.Copy(f, resp.Body)
+	_ = f.Close()
+	fmt.Println("profile of", path)
 }

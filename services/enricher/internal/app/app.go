@@ -4,6 +4,7 @@ package app
 import (
 	"context"
 	"os"
+	"runtime"
 
 	"github.com/redis/go-redis/v9"
 
@@ -94,6 +95,9 @@ func Run(ctx context.Context) error {
 		names[i] = r.Name
 	}
 	svc.Log.Info("enrichment ready", "lookups", len(lookups), "rules", names, "standard", t.Enriched, "priority", t.Priority)
+	// CPU-bound: one worker per core, not per partition, so that batches
+	// grow with the stage's rate (docs/benchmarks.md, "Consumer workers").
+	svc.Workers = runtime.GOMAXPROCS(0)
 	if err := svc.ConsumeBatch(cfg.GroupID, []string{t.Normalized}, producer, cfg.MaxBatch, h.HandleBatch); err != nil {
 		return err
 	}

@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"runtime/debug"
 	"time"
 
 	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
@@ -50,9 +49,6 @@ type Config struct {
 	UnverifiedPerSecond float64
 	UnverifiedBurst     int
 }
-
-// DefaultGCPercent is the ingress's GOGC when the environment sets none.
-const DefaultGCPercent = 300
 
 // EnvelopeReserve is what a raw record needs besides the body: the
 // RawWebhook's other fields (ids, source, kept headers of at most 256 bytes
@@ -117,14 +113,6 @@ func Run(ctx context.Context) error {
 	cfg, err := Load(config.FromEnviron(), os.LookupEnv)
 	if err != nil {
 		return err
-	}
-	if _, set := os.LookupEnv("GOGC"); !set {
-		// Every request allocates its body and record and frees them
-		// milliseconds later on a small live heap: at GOGC=100 the collector
-		// ran so often it was a quarter of the CPU. 300 cut the CPU per
-		// request ~25 % for ~8 MiB more RSS (docs/benchmarks.md); GOMEMLIMIT
-		// (the chart sets 80 % of the memory limit) still bounds the heap.
-		debug.SetGCPercent(DefaultGCPercent)
 	}
 	svc, err := service.New(ctx, "ingress", cfg.Common)
 	if err != nil {

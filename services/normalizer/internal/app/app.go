@@ -4,6 +4,7 @@ package app
 import (
 	"context"
 	"os"
+	"runtime"
 	"strconv"
 	"time"
 
@@ -110,6 +111,9 @@ func Run(ctx context.Context) error {
 		},
 	})
 	svc.Watch(cfg.Pipeline, func(*config.Pipeline) error { return nil })
+	// CPU-bound: one worker per core, not per partition, so that batches
+	// grow with the stage's rate (docs/benchmarks.md, "Consumer workers").
+	svc.Workers = runtime.GOMAXPROCS(0)
 	if err := svc.ConsumeBatch(cfg.GroupID, []string{t.Raw}, producer, cfg.MaxBatch, h.HandleBatch); err != nil {
 		return err
 	}

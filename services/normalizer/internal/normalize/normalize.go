@@ -155,7 +155,13 @@ func (h *Handler) HandleBatch(ctx context.Context, batch []kafkaio.Delivery) []e
 	}
 
 	// Claim every event that is not a repeat within this batch.
-	store := h.o.Dedupe.ForWorker(batch[0].Msg.Topic + "/" + strconv.Itoa(batch[0].Msg.Partition))
+	// Claims belong to the consumer worker, so that its retry re-claims
+	// them (a worker may serve several partitions: CONSUMER_WORKERS).
+	worker := kafkaio.WorkerOf(ctx)
+	if worker == "" {
+		worker = batch[0].Msg.Topic + "/" + strconv.Itoa(batch[0].Msg.Partition)
+	}
+	store := h.o.Dedupe.ForWorker(worker)
 	claims := make([]idempotency.Item, 0, len(items))
 	claimOf := make([]int, len(items)) // item -> index in claims
 	for i, it := range items {
