@@ -287,6 +287,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var held int64
 	defer func() { h.budget.leave(sourceName, held) }()
 	body, err := h.readBody(w, r, sourceName, &held)
+	// The record copies the body: the buffer is free once the handler ends.
+	defer putBuffer(body)
 	if err != nil {
 		var tooLarge *http.MaxBytesError
 		var full budgetError
@@ -333,7 +335,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		eventID: id.EventID, source: sourceName, provider: src.cfg.Provider, eventType: id.EventType,
 		received: vreq.Now, body: body, header: r.Header, kept: src.kept, test: id.Test, instance: h.o.Instance,
 	}
-	value := raw.appendProto(make([]byte, 0, raw.size()))
+	value := raw.appendProto(getBuffer(raw.size()))
 	// The write must not be cut short by the provider hanging up: once it
 	// has started, finish it (a retry is then deduplicated downstream).
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.o.ProduceTimeout)
@@ -349,6 +351,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.write(ctx, w, sourceName, http.StatusServiceUnavailable, answer{Error: "unavailable", Message: "the event could not be stored; retry later"})
 		return
 	}
+	// Acknowledged: the batcher and kafka-go are done with the record (after
+	// an error or a timeout they may not be, and it is left to the collector).
+	putBuffer(value)
 	h.bytes.Record(ctx, int64(len(body)), h.opts.bytes(sourceName))
 	if h.o.Log.Enabled(ctx, slog.LevelDebug) { // its arguments alone were 5 allocations per request
 		h.o.Log.DebugContext(ctx, "webhook accepted", "source", sourceName, "event_id", id.EventID, "event_type", id.EventType, "bytes", len(body), "test", id.Test)
@@ -403,6 +408,11 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, source string
 		}
 	}
 	var buf []byte
+	if want > 0 && want <= int64(bufferClasses[len(bufferClasses)-1]) {
+		// A reused buffer: at most 64 KiB ahead of what arrived, and the
+		// declared length is charged already.
+		buf = getBuffer(int(want))
+	}
 	for {
 		if want > 0 && int64(len(buf)) == want {
 			// Anything past the declared length is a malformed request.
