@@ -301,3 +301,42 @@ func freeAddr() (string, error) {
 	}
 	return "127.0.0.1:" + strconv.Itoa(port), nil
 }
+
+// AddReplica starts another instance of a started service — the same
+// environment with its own ops and gRPC ports and instance id — as
+// "<name>-<n>" (n from 2), waits until it is ready and returns its name.
+func (p *Pipeline) AddReplica(ctx context.Context, name string) (string, error) {
+	base := p.Services[name]
+	if base == nil {
+		return "", fmt.Errorf("%s is not started", name)
+	}
+	n := 2
+	for p.Services[name+"-"+strconv.Itoa(n)] != nil {
+		n++
+	}
+	rname := name + "-" + strconv.Itoa(n)
+	ops, err := freeAddr()
+	if err != nil {
+		return "", err
+	}
+	grpc, err := freeAddr()
+	if err != nil {
+		return "", err
+	}
+	env := make([]string, 0, len(base.Env))
+	for _, kv := range base.Env {
+		switch {
+		case strings.HasPrefix(kv, "OPS_ADDR="), strings.HasPrefix(kv, "GRPC_ADDR="), strings.HasPrefix(kv, "INSTANCE_ID="):
+			continue
+		}
+		env = append(env, kv)
+	}
+	env = append(env, "OPS_ADDR="+ops, "GRPC_ADDR="+grpc, "INSTANCE_ID="+strings.TrimPrefix(p.Name+"-"+rname, "-"))
+	proc := &Process{Name: rname, Bin: base.Bin, Env: env, Log: filepath.Join(p.Dir, rname+".log"), Tee: p.Tee}
+	if err := proc.Start(); err != nil {
+		return "", err
+	}
+	p.Services[rname], p.OpsAddrs[rname], p.GRPCAddrs[rname] = proc, ops, grpc
+	p.order = append(p.order, rname)
+	return rname, WaitReady(ctx, proc, ops, 60*time.Second)
+}
