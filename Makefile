@@ -149,7 +149,7 @@ fuzz: ## run every fuzz target of every module for FUZZTIME executions (default 
 	done
 
 .PHONY: bench-ingress
-bench-ingress: ## ingress vs a bare HMAC-checking server: req/s, latency, RSS, every 2xx found in Kafka
+bench-ingress: ## ingress vs a bare HMAC server (ceiling) and a naive kafka-go receiver, 3 interleaved rounds, raw-connection load generator: req/s, CPU per request per process, latency at 1,000/s, RSS, every 2xx found in Kafka
 	go run ./tools/ingressbench
 
 .PHONY: bench-enricher
@@ -157,19 +157,28 @@ bench-enricher: ## the enricher process against the local CRM server (20 ms answ
 	go run ./tools/enricherbench -n 30000 -rate 200 -seconds 10
 
 .PHONY: bench-sink
-bench-sink: ## sink-warehouse as a process on 100k enriched events: rows/s, CPU per row, RSS, each event one row
+bench-sink: ## sink-warehouse as a process on 100k enriched events, after a kafka-go passthrough on the same input: rows/s, CPU per row, RSS, each event one row
 	go run ./tools/sinkbench -n 100000
 
 .PHONY: bench-pipeline
-bench-pipeline: ## the whole pipeline as processes, to the warehouse and a webhook destination: latency per destination at 1,000/s, then a 20k burst drained
-	go run ./tools/pipelinebench -rate 1000 -duration 15s -burst 20000
+bench-pipeline: ## the whole pipeline as processes, every destination: idle CPU, latency per destination and CPU per event per process at 1,000/s and 100/s, then a 20k burst drained
+	go run ./tools/pipelinebench -rate 1000 -low-rate 100 -duration 15s -burst 20000
+
+.PHONY: bench-pipeline-core
+bench-pipeline-core: ## bench-pipeline to the warehouse only (ingress, normalizer, enricher, sink-warehouse): the numbers issue 17 sets targets for
+	go run ./tools/pipelinebench -rate 1000 -low-rate 100 -duration 15s -burst 20000 -webhook=false -helpdesks=false -crm=false
+
+.PHONY: bench-scaling
+bench-scaling: ## 1, 2 and 3 processes of the normalizer and of sink-warehouse on the same input (and their passthrough baselines)
+	go run ./tools/normalizerbench -procs 1,2,3
+	go run ./tools/sinkbench -n 100000 -procs 1,2,3
 
 .PHONY: bench-backfill
 bench-backfill: ## a backfill of 100,000 responses from the local Delighted API to the warehouse, and the naive baseline (list and re-send as webhooks)
 	go run ./tools/backfillbench -n 100000
 
 .PHONY: bench-normalizer
-bench-normalizer: ## one normalizer process on 200k raw records (20 % repeats): events/s, CPU per record, RSS, each event once
+bench-normalizer: ## one normalizer process on 200k raw records (20 % repeats), after a kafka-go passthrough on the same input: events/s, CPU per record, RSS, each event once
 	go run ./tools/normalizerbench -n 200000
 
 .PHONY: bench

@@ -40,14 +40,16 @@ type Delivery struct {
 	Msg kafka.Message
 }
 
-// BatchHandler handles consecutive records of one partition, in offset
-// order. It returns nil when the work of every record is durable, or one
-// result per record: nil (done), a Permanent error (the record goes to
-// quarantine) or any other error (retryable). The records before the first
-// retryable one are committed; that one and all after it are retried
-// together after a backoff, so order is kept and nothing is skipped. A
-// handler that panics on a batch is run again record by record, so only the
-// record that panics is quarantined.
+// BatchHandler handles consecutive records of one partition in offset
+// order — or, with ConsumerConfig.Workers, of several partitions of one
+// topic, each partition's in offset order. It returns nil when the work of
+// every record is durable, or one result per record: nil (done), a
+// Permanent error (the record goes to quarantine) or any other error
+// (retryable). A partition's records before its first retryable one are
+// committed; that one and all of that partition's after it are retried
+// together after a backoff (the other partitions' records are done), so
+// order is kept and nothing is skipped. A handler that panics on a batch is
+// run again record by record, so only the record that panics is quarantined.
 type BatchHandler func(ctx context.Context, batch []Delivery) []error
 
 // ConsumerConfig configures a Consumer. Zero values take the stated defaults.

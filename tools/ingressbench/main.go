@@ -21,8 +21,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -297,23 +295,11 @@ func printProduced(r *receiver, ph *phase, reqs0, recs0 float64) {
 // and the ingress's allocations since it started to path.allocs.
 func profileIngress(ops string, d time.Duration, path string) {
 	time.Sleep(d / 4)
-	for _, p := range []struct{ url, file string }{
-		{"/debug/pprof/profile?seconds=" + strconv.Itoa(max(1, int(d.Seconds()/2))), path},
-		{"/debug/pprof/allocs", path + ".allocs"},
-	} {
-		resp, err := http.Get("http://" + ops + p.url)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "profile:", err)
-			return
-		}
-		f, err := os.Create(p.file)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "profile:", err)
-			return
-		}
-		_, _ = io.Copy(f, resp.Body)
-		_ = resp.Body.Close()
-		_ = f.Close()
+	if err := stack.FetchProfile("http://"+ops+"/debug/pprof/profile?seconds="+strconv.Itoa(max(1, int(d.Seconds()/2))), path); err != nil {
+		fmt.Fprintln(os.Stderr, "profile:", err)
+	}
+	if err := stack.FetchProfile("http://"+ops+"/debug/pprof/allocs", path+".allocs"); err != nil {
+		fmt.Fprintln(os.Stderr, "profile:", err)
 	}
 }
 

@@ -18,8 +18,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -58,14 +56,10 @@ func main() {
 		}
 		return
 	}
-	var counts []int
-	for _, f := range strings.Split(*procs, ",") {
-		k, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || k < 1 {
-			fmt.Fprintln(os.Stderr, "normalizerbench: -procs wants counts like 1,2,3")
-			os.Exit(2)
-		}
-		counts = append(counts, k)
+	counts, err := stack.ParseCounts(*procs)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "normalizerbench: -procs:", err)
+		os.Exit(2)
 	}
 	if err := runAll(*n, *dup, *partitions, counts, *baseline, *profile, env); err != nil {
 		fmt.Fprintln(os.Stderr, "normalizerbench:", err)
@@ -248,7 +242,7 @@ func run(ctx context.Context, bin string, n int, dupFrac float64, partitions, pr
 			firstAt, cpu0 = time.Now(), cpuOf()
 			bcpu0, rcpu0 = stack.CPUSeconds(broker.PID()), stack.CPUSeconds(rds.PID())
 			if profile != "" && len(opsAddrs) > 0 {
-				go fetchProfile("http://"+opsAddrs[0]+"/debug/pprof/profile?seconds=3", profile)
+				go func() { _ = stack.FetchProfile("http://"+opsAddrs[0]+"/debug/pprof/profile?seconds=3", profile) }()
 			}
 		}
 		if got >= want {
@@ -291,22 +285,6 @@ func run(ctx context.Context, bin string, n int, dupFrac float64, partitions, pr
 		return res, fmt.Errorf("%s: the output topic does not hold each expected record exactly once", res.name)
 	}
 	return res, nil
-}
-
-func fetchProfile(url, path string) {
-	resp, err := http.Get(url)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "profile:", err)
-		return
-	}
-	defer resp.Body.Close()
-	f, err := os.Create(path)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "profile:", err)
-		return
-	}
-	defer f.Close()
-	_, _ = io.Copy(f, resp.Body)
 }
 
 // endOffsets sums the end offsets of a topic's partitions (the record count

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"sort"
@@ -13,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/closedloop/closedloop/tools/internal/delightedgen"
+	"github.com/closedloop/closedloop/tools/internal/stack"
 )
 
 // sender sends generated Delighted webhooks to the ingress.
@@ -170,18 +170,9 @@ var profileService string
 // profile writes a CPU profile of the middle of a phase of length d.
 func profile(ops string, d time.Duration, path string) {
 	time.Sleep(d / 4)
-	resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", ops, max(1, int(d.Seconds()/2))))
-	if err != nil {
+	if err := stack.FetchProfile(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", ops, max(1, int(d.Seconds()/2))), path); err != nil {
 		fmt.Fprintln(os.Stderr, "profile:", err)
 		return
 	}
-	defer resp.Body.Close()
-	f, err := os.Create(path)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "profile:", err)
-		return
-	}
-	_, _ = io.Copy(f, resp.Body)
-	_ = f.Close()
 	fmt.Println("profile of", path)
 }

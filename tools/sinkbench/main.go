@@ -50,14 +50,10 @@ func main() {
 		}
 		return
 	}
-	var counts []int
-	for _, f := range strings.Split(*procs, ",") {
-		k, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || k < 1 {
-			fmt.Fprintln(os.Stderr, "sinkbench: -procs wants counts like 1,2,3")
-			os.Exit(2)
-		}
-		counts = append(counts, k)
+	counts, err := stack.ParseCounts(*procs)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "sinkbench: -procs:", err)
+		os.Exit(2)
 	}
 	_, bin, cleanup, err := stack.Workspace(ctx, "sinkbench")
 	if err != nil {

@@ -1,8 +1,10 @@
 package stack
 
 import (
+	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 )
@@ -51,4 +53,35 @@ func MetricSum(url, name string) float64 {
 		sum += v
 	}
 	return sum
+}
+
+// FetchProfile saves what url serves (a pprof endpoint) to path.
+func FetchProfile(url, path string) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		_ = f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// ParseCounts reads a comma-separated list of positive counts ("1,2,3").
+func ParseCounts(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		k, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || k < 1 {
+			return nil, fmt.Errorf("%q is not a list of counts like 1,2,3", s)
+		}
+		out = append(out, k)
+	}
+	return out, nil
 }
