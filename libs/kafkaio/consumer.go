@@ -92,6 +92,12 @@ type ConsumerConfig struct {
 	// commit) dominated. Fewer workers mean bigger batches and less
 	// concurrency; a failing record holds back only its own partition.
 	Workers int
+	// Linger is how long a worker waits for more records when fewer than
+	// MaxBatch are waiting (default 0: it takes what is there) — only while
+	// records keep coming (this batch or the last held more than one), so a
+	// lone record at a low rate is not delayed. It trades latency for batch
+	// size where a batch's fixed cost dominates.
+	Linger time.Duration
 	// StartFromLatest makes a group with no committed offset start at the end
 	// of the topics instead of the beginning (default false: read everything).
 	StartFromLatest bool
@@ -354,6 +360,7 @@ func WorkerOf(ctx context.Context) string {
 // next).
 func (c *Consumer) worker(stop, work context.Context, q <-chan kafka.Message) {
 	batch := make([]kafka.Message, 0, c.cfg.MaxBatch)
+	last := 0 // the previous batch's size
 	for m := range q {
 		if stop.Err() != nil {
 			continue
@@ -371,6 +378,10 @@ func (c *Consumer) worker(stop, work context.Context, q <-chan kafka.Message) {
 				break fill
 			}
 		}
+		if c.cfg.Linger > 0 && len(batch) < c.cfg.MaxBatch && (len(batch) > 1 || last > 1) {
+			batch = c.linger(stop, q, batch)
+		}
+		last = len(batch)
 		if err := c.waitResumed(stop); err != nil {
 			continue // stopping: the batch stays uncommitted
 		}
@@ -378,6 +389,26 @@ func (c *Consumer) worker(stop, work context.Context, q <-chan kafka.Message) {
 			return
 		}
 	}
+}
+
+// linger adds the records that arrive within Linger to batch, up to MaxBatch.
+func (c *Consumer) linger(stop context.Context, q <-chan kafka.Message, batch []kafka.Message) []kafka.Message {
+	t := time.NewTimer(c.cfg.Linger)
+	defer t.Stop()
+	for len(batch) < c.cfg.MaxBatch {
+		select {
+		case m, ok := <-q:
+			if !ok {
+				return batch
+			}
+			batch = append(batch, m)
+		case <-t.C:
+			return batch
+		case <-stop.Done():
+			return batch
+		}
+	}
+	return batch
 }
 
 // process runs the handler on a batch until every record is done or

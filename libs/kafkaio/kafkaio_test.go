@@ -422,3 +422,81 @@ func TestAWorkerBatchesItsPartitionsTogetherAndAFailureHoldsOnlyItsPartition(t *
 		}
 	}
 }
+
+// With Linger, a worker that has more than one record waits for the records
+// still coming and hands them over in one batch; a lone record at a low
+// rate is not held back.
+func TestAWorkerLingersOnlyWhileRecordsKeepComing(t *testing.T) {
+	addrs := broker(t, "in", "q")
+	p := NewProducer(ProducerConfig{Brokers: addrs})
+	defer p.Close()
+	var mu sync.Mutex
+	var batches [][]string
+	handled := make(chan string, 100)
+	c, err := NewBatchConsumer(ConsumerConfig{Brokers: addrs, GroupID: "g", Topics: []string{"in"}, Quarantine: p, QuarantineTopic: "q",
+		Log: quiet(), Workers: 1, Linger: 2 * time.Second},
+		func(_ context.Context, batch []Delivery) []error {
+			var vs []string
+			for _, d := range batch {
+				vs = append(vs, string(d.Msg.Value))
+			}
+			mu.Lock()
+			batches = append(batches, vs)
+			mu.Unlock()
+			for _, v := range vs {
+				handled <- v
+			}
+			return nil
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	wait := func(n int, within time.Duration) {
+		t.Helper()
+		deadline := time.After(within)
+		for range n {
+			select {
+			case <-handled:
+			case <-deadline:
+				mu.Lock()
+				defer mu.Unlock()
+				t.Fatalf("not handled within %s; batches so far %v", within, batches)
+			}
+		}
+	}
+	// Once the group is joined, a lone record is handled without waiting
+	// the 2 s linger.
+	if err := p.Produce(ctx, Record{Topic: "in", Key: []byte("k"), Value: []byte("first")}); err != nil {
+		t.Fatal(err)
+	}
+	wait(1, 30*time.Second)
+	if err := p.Produce(ctx, Record{Topic: "in", Key: []byte("k"), Value: []byte("lone")}); err != nil {
+		t.Fatal(err)
+	}
+	wait(1, 1500*time.Millisecond)
+	// Two records together, then more in quick succession: the worker
+	// lingers and takes the late ones into the batch it is filling.
+	if err := p.Produce(ctx, Record{Topic: "in", Key: []byte("k"), Value: []byte("r0")}, Record{Topic: "in", Key: []byte("k"), Value: []byte("r1")}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 2; i < 12; i++ {
+		time.Sleep(20 * time.Millisecond)
+		if err := p.Produce(ctx, Record{Topic: "in", Key: []byte("k"), Value: []byte(fmt.Sprint("r", i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wait(12, 30*time.Second)
+	mu.Lock()
+	defer mu.Unlock()
+	biggest := 0
+	for _, b := range batches {
+		biggest = max(biggest, len(b))
+	}
+	if biggest < 6 {
+		t.Fatalf("batches %v: the worker did not linger for the records that kept coming", batches)
+	}
+}

@@ -96,6 +96,11 @@ type Common struct {
 	// (kafkaio.ConsumerConfig.Workers). 0 is one worker per partition;
 	// unset (-1), the service's Service.Workers.
 	ConsumerWorkers int
+	// ConsumerLinger (CONSUMER_LINGER) is how long a consumer worker waits
+	// for a fuller batch while records keep coming
+	// (kafkaio.ConsumerConfig.Linger); unset (-1), the service's
+	// Service.Linger.
+	ConsumerLinger time.Duration
 }
 
 // MinServiceTokenLength is the shortest service token accepted.
@@ -129,6 +134,7 @@ func LoadCommon(e *config.Env, opsPort, grpcPort int) Common {
 		ShutdownTimeout:  e.Duration("SHUTDOWN_TIMEOUT", 20*time.Second),
 		SessionTimeout:   e.Duration("CONSUMER_SESSION_TIMEOUT", 10*time.Second),
 		ConsumerWorkers:  e.Int("CONSUMER_WORKERS", -1),
+		ConsumerLinger:   e.Duration("CONSUMER_LINGER", -1),
 		ProduceLinger:    e.Duration("KAFKA_PRODUCE_LINGER", 2*time.Millisecond),
 		MaxMessageBytes:  e.Int("KAFKA_MAX_MESSAGE_BYTES", 0),
 		ServiceTokens:    e.List("CLOSEDLOOP_SERVICE_TOKEN", nil),
@@ -180,6 +186,8 @@ type Service struct {
 	// per partition). A CPU-bound stage sets runtime.GOMAXPROCS(0): as much
 	// concurrency as it can use, and batches as large as the rate gives.
 	Workers int
+	// Linger is the service's default for CONSUMER_LINGER (0: none).
+	Linger time.Duration
 	// Audit writes the audit topic (nil for a service with its own auth,
 	// the admin, which audits through its own writer).
 	Audit *audit.Writer
@@ -376,11 +384,19 @@ func (s *Service) workers() int {
 	return s.Workers
 }
 
+// linger is CONSUMER_LINGER, else the service's default.
+func (s *Service) linger() time.Duration {
+	if s.Common.ConsumerLinger >= 0 {
+		return s.Common.ConsumerLinger
+	}
+	return s.Linger
+}
+
 func (s *Service) consumerConfig(group string, topics []string, producer *kafkaio.Producer) kafkaio.ConsumerConfig {
 	return kafkaio.ConsumerConfig{
 		Brokers: s.Common.Brokers, GroupID: group, Topics: topics,
 		Quarantine: producer, QuarantineTopic: s.Common.Topics.Quarantine, Log: s.Log, Status: s.Status,
-		SessionTimeout: s.Common.SessionTimeout, Workers: s.workers(),
+		SessionTimeout: s.Common.SessionTimeout, Workers: s.workers(), Linger: s.linger(),
 	}
 }
 
