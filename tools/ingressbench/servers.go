@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+
+	"github.com/closedloop/closedloop/libs/kafkaio"
 )
 
 // The two references the ingress is measured against, each run as its own
@@ -51,8 +53,8 @@ func ceilingHandler() http.Handler {
 // (acks=all, 2 ms batch timeout so concurrent requests share a produce
 // request), 202 once it returns.
 func naiveHandler(brokers, topic string) http.Handler {
-	wr := &kafka.Writer{Addr: kafka.TCP(brokers), Topic: topic, Balancer: kafka.Murmur2Balancer{},
-		RequiredAcks: kafka.RequireAll, BatchTimeout: 2 * time.Millisecond, BatchSize: 1000}
+	wr := kafkaio.NewWriter([]string{brokers}, topic) // a plain kafka-go Writer: murmur2, acks=all
+	wr.BatchTimeout, wr.BatchSize = 2*time.Millisecond, 1000
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body := verified(w, r)
 		if body == nil {

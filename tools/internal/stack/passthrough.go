@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+
+	"github.com/closedloop/closedloop/libs/kafkaio"
 )
 
 // Passthrough is the baseline a stage benchmark compares its stage with, in
@@ -17,12 +19,12 @@ import (
 // what the reader has (up to maxBatch records, waiting at most 2 ms after
 // the first) so that it batches as the stages do, and runs until ctx ends.
 func Passthrough(ctx context.Context, brokers []string, group, in, out string, maxBatch int) error {
-	r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, GroupID: group, GroupTopics: []string{in}, MinBytes: 1, MaxBytes: 10 << 20,
+	r := kafkaio.NewReader(kafka.ReaderConfig{Brokers: brokers, GroupID: group, GroupTopics: []string{in}, MinBytes: 1, MaxBytes: 10 << 20,
 		MaxWait: 500 * time.Millisecond, QueueCapacity: maxBatch, SessionTimeout: 10 * time.Second, StartOffset: kafka.FirstOffset,
 		CommitInterval: 200 * time.Millisecond}) // the stages commit every 200 ms too
 	defer r.Close()
-	w := &kafka.Writer{Addr: kafka.TCP(brokers...), Topic: out, Balancer: kafka.Murmur2Balancer{}, RequiredAcks: kafka.RequireAll,
-		BatchSize: maxBatch, BatchTimeout: time.Millisecond, BatchBytes: 8 << 20}
+	w := kafkaio.NewWriter(brokers, out) // murmur2, acks=all
+	w.BatchSize, w.BatchTimeout, w.BatchBytes = maxBatch, time.Millisecond, 8<<20
 	defer w.Close()
 	batch := make([]kafka.Message, 0, maxBatch)
 	out2 := make([]kafka.Message, 0, maxBatch)
