@@ -90,7 +90,11 @@ type ConsumerConfig struct {
 	// events/s over 6 partitions, per-partition batches stayed at 2–5 records
 	// and their fixed costs (a produce, a Redis round trip, an INSERT and its
 	// commit) dominated. Fewer workers mean bigger batches and less
-	// concurrency; a failing record holds back only its own partition.
+	// concurrency. Within a batch a failing record holds back only its own
+	// partition, but while it is retried (with backoff) its worker takes no
+	// new records, so the worker's other partitions wait too: use it where
+	// retryable failures are the shared dependency's (Redis, Kafka,
+	// PostgreSQL down), not one record's.
 	Workers int
 	// Linger is how long a worker waits for more records when fewer than
 	// MaxBatch are waiting (default 0: it takes what is there) — only while
