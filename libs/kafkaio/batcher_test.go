@@ -16,25 +16,9 @@ func TestConcurrentCallersAreBatchedAndEachRecordIsWrittenOnceToItsKeysPartition
 	b := NewBatcher(BatcherConfig{Brokers: addrs})
 	p := NewProducer(ProducerConfig{Brokers: addrs})
 	defer p.Close()
-	var wg sync.WaitGroup
-	errs := make(chan error, 200)
-	for i := range 200 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs <- b.Produce(context.Background(), Record{Topic: "raw", Key: []byte(fmt.Sprint("k", i)), Value: []byte(fmt.Sprint(i))})
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := b.Close(); err != nil {
-		t.Fatal(err)
-	}
+	produceAll(t, b, 200, func(i int) Record {
+		return Record{Topic: "raw", Key: []byte(fmt.Sprint("k", i)), Value: []byte(fmt.Sprint(i))}
+	})
 	msgs, err := readAny(context.Background(), addrs, "raw")
 	if err != nil {
 		t.Fatal(err)
@@ -81,29 +65,13 @@ func TestTheBatcherSendsOneRequestPerBrokerAcrossPartitionsAndTopics(t *testing.
 	defer c.Close()
 	addrs := c.ListenAddrs()
 	b := NewBatcher(BatcherConfig{Brokers: addrs})
-	var wg sync.WaitGroup
-	errs := make(chan error, 400)
-	for i := range 400 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r := Record{Topic: []string{"a", "b"}[i%2], Key: []byte(fmt.Sprint("k", i)), Value: []byte(fmt.Sprint(i))}
-			if i%50 == 0 {
-				r.Value = nil
-			}
-			errs <- b.Produce(context.Background(), r)
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Fatal(err)
+	produceAll(t, b, 400, func(i int) Record {
+		r := Record{Topic: []string{"a", "b"}[i%2], Key: []byte(fmt.Sprint("k", i)), Value: []byte(fmt.Sprint(i))}
+		if i%50 == 0 {
+			r.Value = nil
 		}
-	}
-	if err := b.Close(); err != nil {
-		t.Fatal(err)
-	}
+		return r
+	})
 	total, tombstones := 0, 0
 	for _, topic := range []string{"a", "b"} {
 		msgs, err := readAny(context.Background(), addrs, topic)
@@ -127,5 +95,30 @@ func TestTheBatcherSendsOneRequestPerBrokerAcrossPartitionsAndTopics(t *testing.
 	}
 	if total != 400 || tombstones != 8 {
 		t.Fatalf("%d records, %d tombstones; want 400 and 8", total, tombstones)
+	}
+}
+
+// produceAll calls b.Produce for n records at once, each from its own
+// goroutine, fails on any error, then closes b.
+func produceAll(t *testing.T, b *Batcher, n int, rec func(i int) Record) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- b.Produce(context.Background(), rec(i))
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -248,6 +248,14 @@ func spanTrace(ctx context.Context) string {
 	return trace.SpanContextFromContext(ctx).TraceID().String()
 }
 
+// runBatch runs a batch consumer until the returned stop is called.
+func runBatch(c *Consumer) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	return func() { cancel(); <-done }
+}
+
 func TestABatchCommitsItsDonePrefixRetriesFromTheFailureAndIsolatesAPanic(t *testing.T) {
 	addrs := broker(t, "in", "q")
 	p := NewProducer(ProducerConfig{Brokers: addrs})
@@ -289,10 +297,7 @@ func TestABatchCommitsItsDonePrefixRetriesFromTheFailureAndIsolatesAPanic(t *tes
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	defer runBatch(c)()
 
 	q, err := readAny(context.Background(), addrs, "q")
 	if err != nil || len(q) != 1 || string(q[0].Value) != "boom" || Header(q[0], HeaderQuarantineReason) != "handler_panic" {
@@ -381,10 +386,7 @@ func TestAWorkerBatchesItsPartitionsTogetherAndAFailureHoldsOnlyItsPartition(t *
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	defer runBatch(c)()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		mu.Lock()
@@ -451,10 +453,8 @@ func TestAWorkerLingersOnlyWhileRecordsKeepComing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	defer runBatch(c)()
+	ctx := context.Background()
 	wait := func(n int, within time.Duration) {
 		t.Helper()
 		deadline := time.After(within)

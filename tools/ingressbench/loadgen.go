@@ -30,8 +30,8 @@ import (
 // complete HTTP/1.1 request with a distinct, signed ~1.5 KiB Delighted body.
 type requests struct {
 	arena []byte
-	ends  []int // request i is arena[ends[i-1]:ends[i]]
-	ids   []uint64
+	ends  []int  // request i is arena[ends[i-1]:ends[i]]
+	first uint64 // request i's id is first+i
 }
 
 func (rq *requests) n() int { return len(rq.ends) }
@@ -62,7 +62,7 @@ func body(dst []byte, id uint64) []byte {
 
 // build makes n requests to path with ids first, first+1, … on all cores.
 func build(path string, first uint64, n int) *requests {
-	rq := &requests{ends: make([]int, n), ids: make([]uint64, n)}
+	rq := &requests{ends: make([]int, n), first: first}
 	workers := runtime.GOMAXPROCS(0)
 	parts := make([][]byte, workers)
 	lens := make([][]int, workers)
@@ -102,7 +102,6 @@ func build(path string, first uint64, n int) *requests {
 		for _, l := range ls {
 			end += l
 			rq.ends[i] = end
-			rq.ids[i] = first + uint64(i)
 			i++
 		}
 	}
@@ -204,6 +203,7 @@ func drive(name, addr string, rq *requests, conns int, d time.Duration, rate int
 		go func() {
 			defer wg.Done()
 			lat := make([]time.Duration, 0, rq.n()/conns+1)
+			defer func() { lats[ci] = lat }()
 			for {
 				i := int(next.Add(1) - 1)
 				if i >= rq.n() {
@@ -213,7 +213,6 @@ func drive(name, addr string, rq *requests, conns int, d time.Duration, rate int
 				if rate > 0 {
 					due := start.Add(time.Duration(i) * interval)
 					if due.After(deadline) {
-						lats[ci] = lat
 						return
 					}
 					if w := time.Until(due); w > 0 {
@@ -221,7 +220,6 @@ func drive(name, addr string, rq *requests, conns int, d time.Duration, rate int
 					}
 					t0 = due
 				} else if t0.After(deadline) {
-					lats[ci] = lat
 					return
 				}
 				code, err := c.do(rq.get(i))
@@ -229,7 +227,6 @@ func drive(name, addr string, rq *requests, conns int, d time.Duration, rate int
 					errCount.Add(1)
 					codes[i] = 1
 					if c, err = dial(addr); err != nil {
-						lats[ci] = lat
 						return
 					}
 					cs[ci] = c
@@ -237,7 +234,6 @@ func drive(name, addr string, rq *requests, conns int, d time.Duration, rate int
 				}
 				codes[i] = uint16(code)
 				lat = append(lat, time.Since(t0))
-				lats[ci] = lat
 			}
 		}()
 	}
@@ -265,7 +261,7 @@ func drive(name, addr string, rq *requests, conns int, d time.Duration, rate int
 			ph.sent++
 			ph.codes[int(code)]++
 			if code/100 == 2 {
-				ph.accepted = append(ph.accepted, rq.ids[i])
+				ph.accepted = append(ph.accepted, rq.first+uint64(i))
 			}
 		}
 	}

@@ -145,7 +145,7 @@ func run(o options) error {
 	recvs = slices.DeleteFunc(recvs, func(r *receiver) bool { return !slices.Contains(strings.Split(o.only, ","), r.name) })
 	fmt.Printf("%d-byte Delighted bodies, %d connections; per round: %d req/s for %s, then closed loop %s, for each receiver; %d rounds; %d partitions\n",
 		len(body(nil, 1)), o.conns, o.rate, o.steady, o.duration, o.rounds, o.partitions)
-	fmt.Printf("machine: %d CPUs; the broker, the three receivers and the load generator share them\n\n", numCPU())
+	fmt.Printf("machine: %d CPUs; the broker, the three receivers and the load generator share them\n\n", runtime.NumCPU())
 	var next uint64 = 1 << 40
 	take := func(n int) uint64 { first := next; next += uint64(n); return first }
 	// Warm-up: connections, the broker's partitions, the page cache.
@@ -155,7 +155,7 @@ func run(o options) error {
 			return fmt.Errorf("%s: %w", r.name, err)
 		}
 	}
-	max := map[string][]*phase{}
+	maxes := map[string][]*phase{}
 	steady := map[string][]*phase{}
 	accepted := map[string][]uint64{}
 	var rssPeak int
@@ -196,7 +196,7 @@ func run(o options) error {
 			}
 			fmt.Println(ph)
 			printProduced(r, ph, reqs, recs)
-			max[r.name] = append(max[r.name], ph)
+			maxes[r.name] = append(maxes[r.name], ph)
 			accepted[r.name] = append(accepted[r.name], ph.accepted...)
 		}
 		rssPeak = stack.PeakRSSKiB(ing.PID())
@@ -223,27 +223,27 @@ func run(o options) error {
 		fmt.Println(")")
 	}
 	for _, r := range recvs {
-		show(r.name+" max req/s", med(max[r.name], (*phase).rps), "%.0f")
-		show(r.name+" CPU µs per request at max", med(max[r.name], func(p *phase) float64 { return p.cpuPerReq(r.name) }), "%.1f")
+		show(r.name+" max req/s", med(maxes[r.name], (*phase).rps), "%.0f")
+		show(r.name+" CPU µs per request at max", med(maxes[r.name], func(p *phase) float64 { return p.cpuPerReq(r.name) }), "%.1f")
 		show(r.name+" p50 ms at steady rate", med(steady[r.name], func(p *phase) float64 { return float64(p.pct(0.5).Microseconds()) / 1000 }), "%.2f")
 		show(r.name+" p99 ms at steady rate", med(steady[r.name], func(p *phase) float64 { return float64(p.pct(0.99).Microseconds()) / 1000 }), "%.2f")
 		show(r.name+" CPU µs per request at steady rate", med(steady[r.name], func(p *phase) float64 { return p.cpuPerReq(r.name) }), "%.1f")
 	}
 	ratio := func(a, b string) []float64 {
 		var v []float64
-		for i := range max[a] {
-			v = append(v, max[a][i].rps()/max[b][i].rps())
+		for i := range maxes[a] {
+			v = append(v, maxes[a][i].rps()/maxes[b][i].rps())
 		}
 		s := slices.Clone(v)
 		slices.Sort(s)
 		return append([]float64{s[len(s)/2]}, v...)
 	}
-	if len(max["ingress"]) > 0 && len(max["naive"]) > 0 {
+	if len(maxes["ingress"]) > 0 && len(maxes["naive"]) > 0 {
 		show("ingress / naive kafka-go (max req/s)", ratio("ingress", "naive"), "%.2f")
 	}
-	if len(max["ingress"]) > 0 && len(max["ceiling"]) > 0 {
+	if len(maxes["ingress"]) > 0 && len(maxes["ceiling"]) > 0 {
 		show("ingress / ceiling (max req/s)", ratio("ingress", "ceiling"), "%.2f")
-		show("load generator CPU µs per request (ceiling)", med(max["ceiling"], func(p *phase) float64 { return p.cpuPerReq("load generator") }), "%.1f")
+		show("load generator CPU µs per request (ceiling)", med(maxes["ceiling"], func(p *phase) float64 { return p.cpuPerReq("load generator") }), "%.1f")
 	}
 	fmt.Printf("%-44s %.1f MiB\n", "ingress peak RSS", float64(rssPeak)/1024)
 
@@ -268,8 +268,6 @@ func run(o options) error {
 	}
 	return nil
 }
-
-func numCPU() int { return runtime.NumCPU() }
 
 // produced reads the ingress's produce requests and records so far (its
 // natural batcher's batch-size histogram).

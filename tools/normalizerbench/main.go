@@ -26,7 +26,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/segmentio/kafka-go"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -233,7 +232,7 @@ func run(ctx context.Context, bin string, n int, dupFrac float64, partitions, pr
 				return res, fmt.Errorf("%s exited:\n%s", pr.Name, pr.Tail(20))
 			}
 		}
-		got, err := endOffsets(ctx, client, out, partitions)
+		got, err := stack.EndOffsets(ctx, client, out, partitions)
 		if err != nil {
 			return res, err
 		}
@@ -261,11 +260,11 @@ func run(ctx context.Context, bin string, n int, dupFrac float64, partitions, pr
 		rss = max(rss, stack.PeakRSSKiB(pr.PID()))
 	}
 	time.Sleep(time.Second) // anything beyond the expected count would be a duplicate
-	got, err := endOffsets(ctx, client, out, partitions)
+	got, err := stack.EndOffsets(ctx, client, out, partitions)
 	if err != nil {
 		return res, err
 	}
-	q, _ := endOffsets(ctx, client, quar, partitions)
+	q, _ := stack.EndOffsets(ctx, client, quar, partitions)
 	var batches, records float64
 	for _, a := range opsAddrs {
 		b, r := stack.MetricSumCount("http://"+a+"/metrics", "closedloop_consumer_batch_size")
@@ -285,25 +284,4 @@ func run(ctx context.Context, bin string, n int, dupFrac float64, partitions, pr
 		return res, fmt.Errorf("%s: the output topic does not hold each expected record exactly once", res.name)
 	}
 	return res, nil
-}
-
-// endOffsets sums the end offsets of a topic's partitions (the record count
-// of a topic that was empty at the start).
-func endOffsets(ctx context.Context, c *kafka.Client, topic string, partitions int) (int64, error) {
-	req := make([]kafka.OffsetRequest, partitions)
-	for i := range req {
-		req[i] = kafka.LastOffsetOf(i)
-	}
-	res, err := c.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: req}})
-	if err != nil {
-		return 0, err
-	}
-	var sum int64
-	for _, p := range res.Topics[topic] {
-		if p.Error != nil {
-			return 0, p.Error
-		}
-		sum += p.LastOffset
-	}
-	return sum, nil
 }

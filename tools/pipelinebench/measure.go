@@ -56,11 +56,10 @@ func (a *account) snap() snapshot {
 	for _, p := range a.procs {
 		s.cpu[p.name] = p.cpu()
 		if p.ops != "" {
-			url := "http://" + p.ops + "/metrics"
-			calls, records := stack.MetricSumCount(url, "closedloop_consumer_batch_size")
-			batcherReqs, _ := stack.MetricSumCount(url, "closedloop_kafka_produce_batch_size")
-			s.m[p.name] = stageMetrics{calls: calls, records: records, fetches: stack.MetricSum(url, "closedloop_kafka_fetch_requests_total"),
-				produces: stack.MetricSum(url, "closedloop_kafka_writer_requests_total") + batcherReqs}
+			m := stack.Scrape("http://" + p.ops + "/metrics") // once per process and snapshot
+			calls, records := m.SumCount("closedloop_consumer_batch_size")
+			s.m[p.name] = stageMetrics{calls: calls, records: records, fetches: m.Sum("closedloop_kafka_fetch_requests_total"),
+				produces: m.Sum("closedloop_kafka_writer_requests_total") + m.Sum("closedloop_kafka_produce_requests_total")}
 		}
 	}
 	return s

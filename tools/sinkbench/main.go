@@ -229,13 +229,9 @@ func passthrough(ctx context.Context, dir string, broker *stack.Broker, n, parti
 		if !proc.Running() {
 			return "", 0, 0, fmt.Errorf("passthrough exited:\n%s", proc.Tail(20))
 		}
-		var got int64
-		for part := range partitions {
-			res, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{passTopic: {kafka.LastOffsetOf(part)}}})
-			if err != nil {
-				return "", 0, 0, err
-			}
-			got += res.Topics[passTopic][0].LastOffset
+		got, err := stack.EndOffsets(ctx, client, passTopic, partitions)
+		if err != nil {
+			return "", 0, 0, err
 		}
 		if got > 0 && first.IsZero() {
 			first, cpu0 = time.Now(), stack.CPUSeconds(proc.PID())

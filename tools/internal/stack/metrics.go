@@ -9,51 +9,48 @@ import (
 	"strings"
 )
 
-// MetricSumCount reads a Prometheus histogram's _count and _sum over all its
-// series from a /metrics URL (0, 0 when it cannot).
-func MetricSumCount(url, name string) (count, sum float64) {
+// Metrics is one scrape of a Prometheus /metrics page: value by series.
+type Metrics map[string]float64
+
+// Scrape reads a /metrics URL once (empty when it cannot).
+func Scrape(url string) Metrics {
+	m := Metrics{}
 	resp, err := http.Get(url)
 	if err != nil {
-		return 0, 0
+		return m
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	for _, line := range strings.Split(string(b), "\n") {
 		f := strings.Fields(line)
-		if len(f) != 2 {
+		if len(f) != 2 || strings.HasPrefix(f[0], "#") {
 			continue
 		}
 		v, _ := strconv.ParseFloat(f[1], 64)
-		switch {
-		case strings.HasPrefix(f[0], name+"_count"):
-			count += v
-		case strings.HasPrefix(f[0], name+"_sum"):
+		m[f[0]] = v
+	}
+	return m
+}
+
+// Sum is the sum over all series of a counter or gauge named name.
+func (m Metrics) Sum(name string) float64 {
+	var sum float64
+	for series, v := range m {
+		if series == name || strings.HasPrefix(series, name+"{") {
 			sum += v
 		}
 	}
-	return count, sum
-}
-
-// MetricSum reads the sum over all series of a Prometheus counter or gauge
-// named name from a /metrics URL (0 when it cannot).
-func MetricSum(url, name string) float64 {
-	resp, err := http.Get(url)
-	if err != nil {
-		return 0
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	var sum float64
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) != 2 || !(f[0] == name || strings.HasPrefix(f[0], name+"{")) {
-			continue
-		}
-		v, _ := strconv.ParseFloat(f[1], 64)
-		sum += v
-	}
 	return sum
 }
+
+// SumCount is a histogram's _count and _sum over all its series.
+func (m Metrics) SumCount(name string) (count, sum float64) {
+	return m.Sum(name + "_count"), m.Sum(name + "_sum")
+}
+
+// MetricSumCount reads a Prometheus histogram's _count and _sum (all series)
+// from a /metrics URL (0, 0 when it cannot).
+func MetricSumCount(url, name string) (count, sum float64) { return Scrape(url).SumCount(name) }
 
 // FetchProfile saves what url serves (a pprof endpoint) to path.
 func FetchProfile(url, path string) error {

@@ -62,3 +62,24 @@ func Passthrough(ctx context.Context, brokers []string, group, in, out string, m
 	}
 	return nil
 }
+
+// EndOffsets sums the end offsets of a topic's partitions (the record count
+// of a topic that was empty at the start).
+func EndOffsets(ctx context.Context, c *kafka.Client, topic string, partitions int) (int64, error) {
+	req := make([]kafka.OffsetRequest, partitions)
+	for i := range req {
+		req[i] = kafka.LastOffsetOf(i)
+	}
+	res, err := c.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: req}})
+	if err != nil {
+		return 0, err
+	}
+	var sum int64
+	for _, p := range res.Topics[topic] {
+		if p.Error != nil {
+			return 0, p.Error
+		}
+		sum += p.LastOffset
+	}
+	return sum, nil
+}

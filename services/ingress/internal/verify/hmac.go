@@ -123,36 +123,6 @@ func checkTimestamp(header, format, ts string, now time.Time, tol time.Duration)
 	return nil
 }
 
-// keysOf turns the configured secrets into HMAC keys.
-func keysOf(secrets []config.Secret, encoding string) ([][]byte, error) {
-	keys := make([][]byte, 0, len(secrets))
-	for _, s := range secrets {
-		k, err := providers.Key(s.Reveal(), encoding)
-		if err != nil {
-			return nil, fmt.Errorf("secret %s: %w", s.Ref(), err)
-		}
-		keys = append(keys, k)
-	}
-	return keys, nil
-}
-
-// anyMatches computes the HMAC of msg under every key and compares it with
-// every candidate signature in constant time, without stopping at a match.
-func anyMatches(h func() hash.Hash, keys [][]byte, msg []byte, candidates [][]byte) bool {
-	ok := 0
-	for _, k := range keys {
-		m := hmac.New(h, k)
-		m.Write(msg)
-		sum := m.Sum(nil)
-		for _, c := range candidates {
-			if hmac.Equal(sum, c) {
-				ok = 1
-			}
-		}
-	}
-	return ok == 1
-}
-
 // macs keeps, per secret, hash algorithm and secret encoding, the decoded
 // key and a pool of keyed HMAC states: decoding the key and keying a new
 // HMAC for every request were most of a verification's allocations. A
@@ -170,10 +140,7 @@ type macKey struct {
 	n             int
 }
 
-type macPool struct {
-	size int
-	pool sync.Pool
-}
+type macPool struct{ pool sync.Pool }
 
 func macFor(alg, encoding string, s config.Secret) (*macPool, error) {
 	v := s.Reveal()
@@ -189,7 +156,7 @@ func macFor(alg, encoding string, s config.Secret) (*macPool, error) {
 		return nil, fmt.Errorf("secret %s: %w", s.Ref(), err)
 	}
 	h := providers.HashOf(alg)
-	mp = &macPool{size: h().Size()}
+	mp = &macPool{}
 	mp.pool.New = func() any { return hmac.New(h, key) }
 	macs.mu.Lock()
 	if macs.m == nil || len(macs.m) > 4096 {
@@ -200,9 +167,11 @@ func macFor(alg, encoding string, s config.Secret) (*macPool, error) {
 	return mp, nil
 }
 
-// matchesAny is anyMatches for the configured secrets, with pooled keyed
-// HMAC states.
-func matchesAny(alg, encoding string, secrets []config.Secret, msg, candidate []byte) (bool, error) {
+// matchesAny computes the HMAC (alg) of msg under every secret (decoded
+// by encoding) and compares it with every candidate signature in constant
+// time, without stopping at a match; keyed HMAC states are pooled per
+// secret.
+func matchesAny(alg, encoding string, secrets []config.Secret, msg []byte, candidates ...[]byte) (bool, error) {
 	ok := 0
 	var buf [64]byte
 	for _, s := range secrets {
@@ -213,8 +182,11 @@ func matchesAny(alg, encoding string, secrets []config.Secret, msg, candidate []
 		m := mp.pool.Get().(hash.Hash)
 		m.Reset()
 		m.Write(msg)
-		if hmac.Equal(m.Sum(buf[:0]), candidate) {
-			ok = 1
+		sum := m.Sum(buf[:0])
+		for _, c := range candidates {
+			if hmac.Equal(sum, c) {
+				ok = 1
+			}
 		}
 		mp.pool.Put(m)
 	}

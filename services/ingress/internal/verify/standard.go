@@ -55,11 +55,11 @@ func (s StandardWebhooks) Verify(r Request, secrets []config.Secret) error {
 	if len(candidates) == 0 {
 		return bad(SWHeaderSignature + " holds no v1 signature")
 	}
-	keys, err := keysOf(secrets, "whsec")
+	ok, err := matchesAny("sha256", "whsec", secrets, expand("{id}.{timestamp}.{body}", id, ts, r.Body), candidates...)
 	if err != nil {
 		return err
 	}
-	if !anyMatches(sha256.New, keys, expand("{id}.{timestamp}.{body}", id, ts, r.Body), candidates) {
+	if !ok {
 		return bad("no signature matches the content with any active secret")
 	}
 	return nil
@@ -102,8 +102,7 @@ func (s Stripe) Verify(r Request, secrets []config.Secret) error {
 	if err := checkTimestamp(StripeHeader+" t", providers.TimestampUnix, ts, r.Now, tol); err != nil {
 		return err
 	}
-	keys, _ := keysOf(secrets, "raw")
-	if !anyMatches(sha256.New, keys, expand("{timestamp}.{body}", "", ts, r.Body), candidates) {
+	if ok, _ := matchesAny("sha256", "raw", secrets, expand("{timestamp}.{body}", "", ts, r.Body), candidates...); !ok {
 		return bad("no signature matches the content with any active secret")
 	}
 	return nil
