@@ -74,9 +74,18 @@ type ConsumerConfig struct {
 	// DrainTimeout is how long in-flight records may take to finish after
 	// shutdown begins (default 10s).
 	DrainTimeout time.Duration
-	// PartitionQueue is how many fetched records may wait per partition
-	// (default 256). It bounds memory while a partition is retrying.
+	// PartitionQueue is how many fetched records may wait per worker
+	// (default 256, at least 2 × MaxBatch).
 	PartitionQueue int
+	// BufferBytes bounds the fetched records (keys, values, headers) the
+	// consumer holds at once — waiting for a worker or in a handler call —
+	// over all its workers (default 8 MiB). When it is spent the consumer
+	// fetches nothing more until a batch is done; a record larger than the
+	// whole budget is still taken, alone. A record count alone did not bound
+	// memory: sink-webhook runs a consumer per destination over three topics
+	// of six partitions, and a destination behind its rate limit kept up to
+	// 18 × 1,000 records waiting.
+	BufferBytes int
 	// MaxBatch is the most records of one partition handed to a
 	// BatchHandler at once (default 500 for NewBatchConsumer; always 1 for
 	// NewConsumer). Batches form naturally: a worker takes what has been
@@ -126,6 +135,8 @@ type Consumer struct {
 	quar    metric.Int64Counter
 	dur     metric.Float64Histogram
 	batch   metric.Int64Histogram
+
+	buf budget // the bytes of the records fetched and not yet done
 
 	pauseMu sync.Mutex
 	paused  *string       // the reason while paused by hand
@@ -179,6 +190,9 @@ func NewBatchConsumer(cfg ConsumerConfig, h BatchHandler) (*Consumer, error) {
 		cfg.MaxBatch = 500
 	}
 	cfg.PartitionQueue = max(cfg.PartitionQueue, 2*cfg.MaxBatch)
+	if cfg.BufferBytes <= 0 {
+		cfg.BufferBytes = DefaultBufferBytes
+	}
 	start := kafka.FirstOffset
 	if cfg.StartFromLatest {
 		start = kafka.LastOffset
@@ -234,6 +248,7 @@ func NewBatchConsumer(cfg ConsumerConfig, h BatchHandler) (*Consumer, error) {
 		cfg: cfg, handle: h, r: kafka.NewReader(rc),
 		tracer: otel.Tracer(instrumentation), prop: otel.GetTextMapPropagator(),
 		stats: map[string]*status.ConsumerStats{}, lag: map[partKey]int64{},
+		buf: budget{limit: int64(cfg.BufferBytes)},
 	}
 	countReader(c.r)
 	c.handled, _ = meter.Int64Counter("closedloop.consumer.records", metric.WithUnit("{record}"), metric.WithDescription("Records handled successfully."))
@@ -243,6 +258,12 @@ func NewBatchConsumer(cfg ConsumerConfig, h BatchHandler) (*Consumer, error) {
 		metric.WithExplicitBucketBoundaries(telemetry.FastSeconds...))
 	c.batch, _ = meter.Int64Histogram("closedloop.consumer.batch.size", metric.WithUnit("{record}"), metric.WithDescription("Records per handler call."),
 		metric.WithExplicitBucketBoundaries(telemetry.Records...))
+	_, _ = meter.Int64ObservableGauge("closedloop.consumer.buffered", metric.WithUnit("By"),
+		metric.WithDescription("Bytes of fetched records waiting for or in a handler call, by group (bounded by CONSUMER_BUFFER_BYTES)."),
+		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
+			o.Observe(c.Buffered(), metric.WithAttributes(attribute.String("group", cfg.GroupID)))
+			return nil
+		}))
 	_, _ = meter.Int64ObservableGauge("closedloop.consumer.lag", metric.WithUnit("{record}"),
 		metric.WithDescription("Records behind the partition's end as of the last fetch, by group, topic and partition (of the partitions this instance consumes)."),
 		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
@@ -304,6 +325,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 		}
 		k := partKey{m.Topic, m.Partition}
 		c.setLag(k, m.HighWaterMark-m.Offset-1)
+		if c.buf.acquire(ctx, recordBytes(m)) != nil {
+			break // stopping: the record was not handed over, nor committed
+		}
 		wk := k
 		if c.cfg.Workers > 0 {
 			// A worker serves partitions of one topic: a batch never mixes
@@ -328,6 +352,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		select {
 		case q <- m:
 		case <-ctx.Done():
+			c.buf.release(recordBytes(m))
 		}
 		if ctx.Err() != nil {
 			break
@@ -367,6 +392,7 @@ func (c *Consumer) worker(stop, work context.Context, q <-chan kafka.Message) {
 	last := 0 // the previous batch's size
 	for m := range q {
 		if stop.Err() != nil {
+			c.buf.release(recordBytes(m))
 			continue
 		}
 		batch = append(batch[:0], m)
@@ -387,11 +413,88 @@ func (c *Consumer) worker(stop, work context.Context, q <-chan kafka.Message) {
 		}
 		last = len(batch)
 		if err := c.waitResumed(stop); err != nil {
+			c.buf.release(batchBytes(batch))
 			continue // stopping: the batch stays uncommitted
 		}
-		if err := c.process(stop, work, batch); err != nil {
+		err := c.process(stop, work, batch)
+		c.buf.release(batchBytes(batch))
+		if err != nil {
 			return
 		}
+	}
+}
+
+// Buffered is the bytes of fetched records the consumer holds now (waiting
+// for a worker or in a handler call); at most ConsumerConfig.BufferBytes,
+// or one record when a single record is larger.
+func (c *Consumer) Buffered() int64 {
+	c.buf.mu.Lock()
+	defer c.buf.mu.Unlock()
+	return c.buf.used
+}
+
+// DefaultBufferBytes is ConsumerConfig.BufferBytes's default.
+const DefaultBufferBytes = 8 << 20
+
+// recordOverhead approximates a kafka.Message's own memory beside its bytes.
+const recordOverhead = 256
+
+// recordBytes is what one fetched record counts against the budget.
+func recordBytes(m kafka.Message) int64 {
+	n := recordOverhead + len(m.Key) + len(m.Value)
+	for _, h := range m.Headers {
+		n += len(h.Key) + len(h.Value) + 32
+	}
+	return int64(n)
+}
+
+func batchBytes(batch []kafka.Message) int64 {
+	var n int64
+	for _, m := range batch {
+		n += recordBytes(m)
+	}
+	return n
+}
+
+// budget counts bytes against a limit: acquire blocks while the bytes held
+// would exceed it (but never when nothing is held, so a record larger than
+// the limit passes alone). One goroutine acquires, any releases.
+type budget struct {
+	mu    sync.Mutex
+	limit int64
+	used  int64
+	freed chan struct{} // closed by the next release while acquire waits
+}
+
+func (b *budget) acquire(ctx context.Context, n int64) error {
+	for {
+		b.mu.Lock()
+		if b.used == 0 || b.used+n <= b.limit {
+			b.used += n
+			b.mu.Unlock()
+			return nil
+		}
+		if b.freed == nil {
+			b.freed = make(chan struct{})
+		}
+		freed := b.freed
+		b.mu.Unlock()
+		select {
+		case <-freed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (b *budget) release(n int64) {
+	b.mu.Lock()
+	b.used -= n
+	freed := b.freed
+	b.freed = nil
+	b.mu.Unlock()
+	if freed != nil {
+		close(freed)
 	}
 }
 

@@ -1,6 +1,7 @@
 package kafkaio
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -498,5 +499,75 @@ func TestAWorkerLingersOnlyWhileRecordsKeepComing(t *testing.T) {
 	}
 	if biggest < 6 {
 		t.Fatalf("batches %v: the worker did not linger for the records that kept coming", batches)
+	}
+}
+
+// The consumer never holds more fetched bytes than BufferBytes across its
+// workers (a record larger than the whole budget still passes, alone), and
+// every record is handled once the handlers finish.
+func TestTheConsumerHoldsNoMoreThanItsByteBudget(t *testing.T) {
+	addrs := broker(t, "in", "q")
+	p := NewProducer(ProducerConfig{Brokers: addrs})
+	defer p.Close()
+	var recs []Record
+	for i := range 40 {
+		recs = append(recs, Record{Topic: "in", Key: []byte(fmt.Sprint("k", i)), Value: bytes.Repeat([]byte{'a' + byte(i%26)}, 3000)})
+	}
+	recs = append(recs, Record{Topic: "in", Key: []byte("big"), Value: bytes.Repeat([]byte{'Z'}, 30000)})
+	if err := p.Produce(context.Background(), recs...); err != nil {
+		t.Fatal(err)
+	}
+	const limit = 10000 // three small records at most
+	var c *Consumer
+	var mu sync.Mutex
+	handled, maxHeld, bigAlone, big := 0, int64(0), false, int64(0)
+	c, err := NewBatchConsumer(ConsumerConfig{Brokers: addrs, GroupID: "g", Topics: []string{"in"}, Quarantine: p, QuarantineTopic: "q",
+		Log: quiet(), BufferBytes: limit},
+		func(_ context.Context, batch []Delivery) []error {
+			time.Sleep(10 * time.Millisecond) // let the fetcher fill what the budget allows
+			held := c.Buffered()
+			mu.Lock()
+			defer mu.Unlock()
+			for _, d := range batch {
+				if len(d.Msg.Value) == 30000 {
+					big = recordBytes(d.Msg)
+					bigAlone = held == big
+				} else {
+					maxHeld = max(maxHeld, held)
+				}
+			}
+			handled += len(batch)
+			return nil
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer runBatch(c)()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		mu.Lock()
+		n := handled
+		mu.Unlock()
+		if n >= len(recs) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if handled != len(recs) {
+		t.Fatalf("handled %d of %d records", handled, len(recs))
+	}
+	if !bigAlone {
+		t.Fatal("the record larger than the budget was not held alone")
+	}
+	if maxHeld > limit {
+		t.Fatalf("held %d bytes at once; the budget is %d (the big record alone: %d)", maxHeld, limit, big)
+	}
+	if maxHeld < 2*3000 {
+		t.Fatalf("never held more than %d bytes: the budget was not used", maxHeld)
+	}
+	if c.Buffered() != 0 {
+		t.Fatalf("%d bytes still counted after every record was handled", c.Buffered())
 	}
 }

@@ -101,6 +101,11 @@ type Common struct {
 	// (kafkaio.ConsumerConfig.Linger); unset (-1), the service's
 	// Service.Linger.
 	ConsumerLinger time.Duration
+	// ConsumerBufferBytes (CONSUMER_BUFFER_BYTES, default 8 MiB) bounds the
+	// fetched records each consumer holds at once, waiting or in a handler
+	// call (kafkaio.ConsumerConfig.BufferBytes): a service's memory for
+	// records is about its consumers times this.
+	ConsumerBufferBytes int
 }
 
 // MinServiceTokenLength is the shortest service token accepted.
@@ -120,24 +125,25 @@ func (c Common) ServiceCredentials(service string) grpcserver.ServiceCredentials
 func LoadCommon(e *config.Env, opsPort, grpcPort int) Common {
 	host, _ := os.Hostname()
 	c := Common{
-		Brokers:          e.List("KAFKA_BROKERS", nil),
-		Kafka:            kafkaio.LoadSecurity(e),
-		Topics:           kafkaio.NewTopics(e.String("CLOSEDLOOP_TOPIC_PREFIX", "")),
-		CreateTopics:     e.Bool("KAFKA_CREATE_TOPICS", false),
-		TopicPartitions:  e.Int("KAFKA_TOPIC_PARTITIONS", 3),
-		TopicReplication: e.Int("KAFKA_TOPIC_REPLICATION", 1),
-		OpsAddr:          e.String("OPS_ADDR", ":"+strconv.Itoa(opsPort)),
-		Pprof:            e.Bool("OPS_PPROF", false),
-		GRPCAddr:         e.String("GRPC_ADDR", ":"+strconv.Itoa(grpcPort)),
-		LogLevel:         e.String("LOG_LEVEL", "info"),
-		Instance:         e.String("INSTANCE_ID", host),
-		ShutdownTimeout:  e.Duration("SHUTDOWN_TIMEOUT", 20*time.Second),
-		SessionTimeout:   e.Duration("CONSUMER_SESSION_TIMEOUT", 10*time.Second),
-		ConsumerWorkers:  e.Int("CONSUMER_WORKERS", -1),
-		ConsumerLinger:   e.Duration("CONSUMER_LINGER", -1),
-		ProduceLinger:    e.Duration("KAFKA_PRODUCE_LINGER", 2*time.Millisecond),
-		MaxMessageBytes:  e.Int("KAFKA_MAX_MESSAGE_BYTES", 0),
-		ServiceTokens:    e.List("CLOSEDLOOP_SERVICE_TOKEN", nil),
+		Brokers:             e.List("KAFKA_BROKERS", nil),
+		Kafka:               kafkaio.LoadSecurity(e),
+		Topics:              kafkaio.NewTopics(e.String("CLOSEDLOOP_TOPIC_PREFIX", "")),
+		CreateTopics:        e.Bool("KAFKA_CREATE_TOPICS", false),
+		TopicPartitions:     e.Int("KAFKA_TOPIC_PARTITIONS", 3),
+		TopicReplication:    e.Int("KAFKA_TOPIC_REPLICATION", 1),
+		OpsAddr:             e.String("OPS_ADDR", ":"+strconv.Itoa(opsPort)),
+		Pprof:               e.Bool("OPS_PPROF", false),
+		GRPCAddr:            e.String("GRPC_ADDR", ":"+strconv.Itoa(grpcPort)),
+		LogLevel:            e.String("LOG_LEVEL", "info"),
+		Instance:            e.String("INSTANCE_ID", host),
+		ShutdownTimeout:     e.Duration("SHUTDOWN_TIMEOUT", 20*time.Second),
+		SessionTimeout:      e.Duration("CONSUMER_SESSION_TIMEOUT", 10*time.Second),
+		ConsumerWorkers:     e.Int("CONSUMER_WORKERS", -1),
+		ConsumerLinger:      e.Duration("CONSUMER_LINGER", -1),
+		ConsumerBufferBytes: e.Int("CONSUMER_BUFFER_BYTES", kafkaio.DefaultBufferBytes),
+		ProduceLinger:       e.Duration("KAFKA_PRODUCE_LINGER", 2*time.Millisecond),
+		MaxMessageBytes:     e.Int("KAFKA_MAX_MESSAGE_BYTES", 0),
+		ServiceTokens:       e.List("CLOSEDLOOP_SERVICE_TOKEN", nil),
 	}
 	if len(c.ServiceTokens) == 0 {
 		e.Errorf("CLOSEDLOOP_SERVICE_TOKEN is not set: every gRPC port requires it (the same random value, at least %d characters, on the admin and every service; e.g. openssl rand -hex 32)", MinServiceTokenLength)
@@ -146,6 +152,9 @@ func LoadCommon(e *config.Env, opsPort, grpcPort int) Common {
 		if len(tok) < MinServiceTokenLength {
 			e.Errorf("CLOSEDLOOP_SERVICE_TOKEN: token %d has %d characters; at least %d are required (e.g. openssl rand -hex 32)", i+1, len(tok), MinServiceTokenLength)
 		}
+	}
+	if c.ConsumerBufferBytes < 64<<10 {
+		e.Errorf("CONSUMER_BUFFER_BYTES=%d is too small (at least 65536; default %d)", c.ConsumerBufferBytes, kafkaio.DefaultBufferBytes)
 	}
 	if c.MaxMessageBytes != 0 && c.MaxMessageBytes < 4096 {
 		e.Errorf("KAFKA_MAX_MESSAGE_BYTES=%d is too small (at least 4096; unset, it is read from the topics)", c.MaxMessageBytes)
@@ -397,6 +406,7 @@ func (s *Service) consumerConfig(group string, topics []string, producer *kafkai
 		Brokers: s.Common.Brokers, GroupID: group, Topics: topics,
 		Quarantine: producer, QuarantineTopic: s.Common.Topics.Quarantine, Log: s.Log, Status: s.Status,
 		SessionTimeout: s.Common.SessionTimeout, Workers: s.workers(), Linger: s.linger(),
+		BufferBytes: s.Common.ConsumerBufferBytes,
 	}
 }
 

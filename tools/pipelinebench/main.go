@@ -41,7 +41,9 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -68,6 +70,7 @@ func main() {
 	flag.StringVar(&profileService, "profile", "", "write a CPU profile of this service during each steady phase to /tmp/pipelinebench.<service>.<rate>.pprof (sets OPS_PPROF)")
 	var env stack.EnvFlags
 	flag.Var(&env, "env", "NAME=value added to every service's environment (repeatable)")
+	flag.Var(&serviceEnv, "service-env", "service:NAME=value added to one service's environment, after -env (repeatable), e.g. normalizer:CONSUMER_LINGER=5ms")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -126,6 +129,16 @@ func run(ctx context.Context, rate, lowRate int, duration, idle time.Duration, b
 	}
 	if profileService != "" {
 		p.Env = append(p.Env, "OPS_PPROF=true")
+	}
+	for _, kv := range serviceEnv {
+		name, setting, ok := strings.Cut(kv, ":")
+		if !ok || !slices.Contains(services, name) || !strings.Contains(setting, "=") {
+			return fmt.Errorf("-service-env %q: want service:NAME=value with a service of this run (%s)", kv, strings.Join(services, ", "))
+		}
+		if p.ServiceEnv == nil {
+			p.ServiceEnv = map[string][]string{}
+		}
+		p.ServiceEnv[name] = append(p.ServiceEnv[name], setting)
 	}
 	if err := p.Start(ctx); err != nil {
 		_ = p.Stop()
