@@ -97,6 +97,10 @@ type deployment struct {
 						SecretKeyRef *struct {
 							Name string `yaml:"name"`
 						} `yaml:"secretKeyRef"`
+						ResourceFieldRef *struct {
+							Resource string `yaml:"resource"`
+							Divisor  string `yaml:"divisor"`
+						} `yaml:"resourceFieldRef"`
 					} `yaml:"valueFrom"`
 				} `yaml:"env"`
 				VolumeMounts []struct {
@@ -183,6 +187,16 @@ func run(in io.Reader, out io.Writer) error {
 				env[e.Name] = "secret:" + e.ValueFrom.SecretKeyRef.Name
 				secretRefs = append(secretRefs, [2]string{o.Metadata.Name, e.ValueFrom.SecretKeyRef.Name})
 			}
+			if e.ValueFrom != nil && e.ValueFrom.ResourceFieldRef != nil {
+				env[e.Name] = "resource:" + e.ValueFrom.ResourceFieldRef.Resource + "/" + e.ValueFrom.ResourceFieldRef.Divisor
+			}
+		}
+		// A Go processor per CPU requested, rounded up (docs/benchmarks.md),
+		// unless the values set GOMAXPROCS themselves.
+		if v := env["GOMAXPROCS"]; v == "" {
+			bad("Deployment %s: no GOMAXPROCS (from requests.cpu, or set in its env)", o.Metadata.Name)
+		} else if r, ok := strings.CutPrefix(v, "resource:"); ok && r != "requests.cpu/1" {
+			bad("Deployment %s: GOMAXPROCS from %s, want requests.cpu with divisor 1 (rounded up)", o.Metadata.Name, r)
 		}
 		// Every gRPC port requires the service token: from a Secret, never a literal.
 		if !strings.HasPrefix(env["CLOSEDLOOP_SERVICE_TOKEN"], "secret:") {

@@ -4,7 +4,6 @@ package app
 import (
 	"context"
 	"os"
-	"runtime"
 
 	"github.com/redis/go-redis/v9"
 
@@ -95,9 +94,9 @@ func Run(ctx context.Context) error {
 		names[i] = r.Name
 	}
 	svc.Log.Info("enrichment ready", "lookups", len(lookups), "rules", names, "standard", t.Enriched, "priority", t.Priority)
-	// CPU-bound: one worker per core, not per partition, so that batches
-	// grow with the stage's rate (docs/benchmarks.md, "Consumer workers").
-	svc.Workers = runtime.GOMAXPROCS(0)
+	// CPU-bound: a worker per core (at least two), not per partition, so
+	// that batches grow with the stage's rate (docs/benchmarks.md).
+	svc.Workers = service.CoreWorkers()
 	if err := svc.ConsumeBatch(cfg.GroupID, []string{t.Normalized}, producer, cfg.MaxBatch, h.HandleBatch); err != nil {
 		return err
 	}

@@ -4,7 +4,6 @@ package app
 import (
 	"context"
 	"os"
-	"runtime"
 	"strconv"
 	"time"
 
@@ -111,9 +110,9 @@ func Run(ctx context.Context) error {
 		},
 	})
 	svc.Watch(cfg.Pipeline, func(*config.Pipeline) error { return nil })
-	// CPU-bound: one worker per core, not per partition, so that batches
-	// grow with the stage's rate (docs/benchmarks.md, "Consumer workers").
-	svc.Workers = runtime.GOMAXPROCS(0)
+	// CPU-bound: a worker per core (at least two), not per partition, so
+	// that batches grow with the stage's rate (docs/benchmarks.md).
+	svc.Workers = service.CoreWorkers()
 	if err := svc.ConsumeBatch(cfg.GroupID, []string{t.Raw}, producer, cfg.MaxBatch, h.HandleBatch); err != nil {
 		return err
 	}
