@@ -22,6 +22,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -95,42 +96,74 @@ func New(rdb redis.UniversalClient, o Options) *Store {
 
 const doneValue = "done"
 
+// The scripts take the keys of many events of one scope (one Redis Cluster
+// hash slot) in one call, KEYS in the order of the events, and answer one
+// number per event: a batch is one script call per scope instead of one per
+// event. Each event is handled exactly as it would be alone, in order, so
+// two events of one call that share a key are both claimed (same owner).
+
+// claimScript: ARGV[1] the marker, ARGV[2] the claim's TTL in ms, then each
+// event's number of keys. 1: one key is done (duplicate); 2: one key is
+// claimed by another owner (in progress); 0: every key is now claimed.
 var claimScript = redis.NewScript(`
-for _, k in ipairs(KEYS) do
-  if redis.call('GET', k) == 'done' then return 1 end
+local out, k = {}, 1
+for i = 3, #ARGV do
+  local last = k + tonumber(ARGV[i]) - 1
+  local res = 0
+  for j = k, last do
+    local v = redis.call('GET', KEYS[j])
+    if v == 'done' then res = 1 break end
+    if v and v ~= ARGV[1] then res = 2 end
+  end
+  if res == 0 then
+    for j = k, last do redis.call('SET', KEYS[j], ARGV[1], 'PX', ARGV[2]) end
+  end
+  out[#out + 1] = res
+  k = last + 1
 end
-for _, k in ipairs(KEYS) do
-  local v = redis.call('GET', k)
-  if v and v ~= ARGV[1] then return 2 end
-end
-for _, k in ipairs(KEYS) do
-  redis.call('SET', k, ARGV[1], 'PX', ARGV[2])
-end
-return 0
+return out
 `)
 
+// completeScript: per event its number of keys and its TTL in ms.
 var completeScript = redis.NewScript(`
-for _, k in ipairs(KEYS) do
-  redis.call('SET', k, 'done', 'PX', ARGV[1])
+local out, k = {}, 1
+for i = 1, #ARGV, 2 do
+  local last = k + tonumber(ARGV[i]) - 1
+  for j = k, last do redis.call('SET', KEYS[j], 'done', 'PX', ARGV[i + 1]) end
+  out[#out + 1] = 0
+  k = last + 1
 end
-return 0
+return out
 `)
 
+// releaseScript: ARGV[1] the marker, then each event's number of keys.
 var releaseScript = redis.NewScript(`
-for _, k in ipairs(KEYS) do
-  if redis.call('GET', k) == ARGV[1] then redis.call('DEL', k) end
+local out, k = {}, 1
+for i = 2, #ARGV do
+  local last = k + tonumber(ARGV[i]) - 1
+  for j = k, last do
+    if redis.call('GET', KEYS[j]) == ARGV[1] then redis.call('DEL', KEYS[j]) end
+  end
+  out[#out + 1] = 0
+  k = last + 1
 end
-return 0
+return out
 `)
+
+// scopeTag keeps a scope from closing its own hash tag.
+var scopeTag = strings.NewReplacer("{", "(", "}", ")")
 
 // Keys builds the full keys for ids within a scope.
 func (s *Store) Keys(scope string, ids ...string) []string {
-	scope = strings.NewReplacer("{", "(", "}", ")").Replace(scope)
-	out := make([]string, len(ids))
-	for i, id := range ids {
-		out[i] = s.prefix + "{" + scope + "}:" + id
+	return s.appendKeys(make([]string, 0, len(ids)), scope, ids...)
+}
+
+func (s *Store) appendKeys(keys []string, scope string, ids ...string) []string {
+	scope = scopeTag.Replace(scope)
+	for _, id := range ids {
+		keys = append(keys, s.prefix+"{"+scope+"}:"+id)
 	}
-	return out
+	return keys
 }
 
 func (s *Store) marker() string { return "processing:" + s.owner }
@@ -191,8 +224,12 @@ func (s *Store) ClaimAll(ctx context.Context, items []Item) ([]Outcome, error) {
 			return nil, errors.New("idempotency: claim with no ids")
 		}
 	}
-	ns, err := s.runAll(ctx, claimScript, items, func(it Item) []any {
-		return []any{s.marker(), s.processingTTL.Milliseconds()}
+	marker := s.marker()
+	ns, err := s.runAll(ctx, claimScript, items, func(args []any, it Item) []any {
+		if len(args) == 0 {
+			args = append(args, marker, s.processingTTL.Milliseconds())
+		}
+		return append(args, len(it.IDs))
 	})
 	if err != nil {
 		return nil, fmt.Errorf("idempotency claim: %w", err)
@@ -213,7 +250,9 @@ func (s *Store) ClaimAll(ctx context.Context, items []Item) ([]Outcome, error) {
 
 // CompleteAll marks many claimed events done, each for its TTL.
 func (s *Store) CompleteAll(ctx context.Context, items []Item) error {
-	if _, err := s.runAll(ctx, completeScript, items, func(it Item) []any { return []any{it.TTL.Milliseconds()} }); err != nil {
+	if _, err := s.runAll(ctx, completeScript, items, func(args []any, it Item) []any {
+		return append(args, len(it.IDs), it.TTL.Milliseconds())
+	}); err != nil {
 		return fmt.Errorf("idempotency complete: %w", err)
 	}
 	return nil
@@ -221,24 +260,40 @@ func (s *Store) CompleteAll(ctx context.Context, items []Item) error {
 
 // ReleaseAll drops this worker's claims of many events.
 func (s *Store) ReleaseAll(ctx context.Context, items []Item) error {
-	if _, err := s.runAll(ctx, releaseScript, items, func(Item) []any { return []any{s.marker()} }); err != nil {
+	marker := s.marker()
+	if _, err := s.runAll(ctx, releaseScript, items, func(args []any, it Item) []any {
+		if len(args) == 0 {
+			args = append(args, marker)
+		}
+		return append(args, len(it.IDs))
+	}); err != nil {
 		return fmt.Errorf("idempotency release: %w", err)
 	}
 	return nil
 }
 
-// runAll runs script once per item in one pipeline. A Redis that lost its
-// script cache (restart, failover) answers NOSCRIPT: the scripts are loaded
-// and the pipeline is run once more (every script here is safe to repeat).
-func (s *Store) runAll(ctx context.Context, script *redis.Script, items []Item, args func(Item) []any) ([]int64, error) {
+// runAll runs script once per scope of items, in one pipeline, and returns
+// its answer for each item in the order of items. arg appends an item's
+// arguments to its call's (the first item's call starts from none). A Redis
+// that lost its script cache (restart, failover) answers NOSCRIPT: the
+// script is loaded and the pipeline run once more (every script here is
+// safe to repeat).
+func (s *Store) runAll(ctx context.Context, script *redis.Script, items []Item, arg func(args []any, it Item) []any) ([]int64, error) {
 	if len(items) == 0 {
 		return nil, nil
 	}
+	groups := byScope(items)
 	for attempt := 0; ; attempt++ {
 		pipe := s.rdb.Pipeline()
-		cmds := make([]*redis.Cmd, len(items))
-		for i, it := range items {
-			cmds[i] = script.EvalSha(ctx, pipe, s.Keys(it.Scope, it.IDs...), args(it)...)
+		cmds := make([]*redis.Cmd, len(groups))
+		for g, idx := range groups {
+			var keys []string
+			var args []any
+			for _, i := range idx {
+				keys = s.appendKeys(keys, items[i].Scope, items[i].IDs...)
+				args = arg(args, items[i])
+			}
+			cmds[g] = script.EvalSha(ctx, pipe, keys, args...)
 		}
 		_, err := pipe.Exec(ctx)
 		if err != nil && attempt == 0 && redis.HasErrorPrefix(err, "NOSCRIPT") {
@@ -251,15 +306,44 @@ func (s *Store) runAll(ctx context.Context, script *redis.Script, items []Item, 
 			return nil, err
 		}
 		out := make([]int64, len(items))
-		for i, c := range cmds {
-			n, err := c.Int64()
+		for g, c := range cmds {
+			ns, err := c.Int64Slice()
 			if err != nil {
 				return nil, err
 			}
-			out[i] = n
+			if len(ns) != len(groups[g]) {
+				return nil, fmt.Errorf("script answered %d results for %d events", len(ns), len(groups[g]))
+			}
+			for j, i := range groups[g] {
+				out[i] = ns[j]
+			}
 		}
 		return out, nil
 	}
+}
+
+// byScope groups the indexes of items by scope, in order of first
+// appearance and, within a scope, in the order of items.
+func byScope(items []Item) [][]int {
+	if len(items) > 0 && !slices.ContainsFunc(items, func(it Item) bool { return it.Scope != items[0].Scope }) {
+		all := make([]int, len(items))
+		for i := range all {
+			all[i] = i
+		}
+		return [][]int{all}
+	}
+	at := map[string]int{}
+	var groups [][]int
+	for i, it := range items {
+		g, ok := at[it.Scope]
+		if !ok {
+			g = len(groups)
+			at[it.Scope] = g
+			groups = append(groups, nil)
+		}
+		groups[g] = append(groups[g], i)
+	}
+	return groups
 }
 
 // Seen reports, for each item's ids, whether any of them is claimed or

@@ -140,3 +140,63 @@ func TestBatchCallsMatchTheSingleOnesAndSurviveAScriptFlush(t *testing.T) {
 		t.Fatalf("re-claim by its own worker = %v, want claimed", o)
 	}
 }
+
+// A batch of many scopes is one script call per scope; each event's outcome
+// is its own, in the order of the items, as if claimed one by one.
+func TestABatchOfManyScopesAnswersEachEventInOrder(t *testing.T) {
+	s, rdb := newStore(t, "w1", time.Minute)
+	other := New(rdb, Options{Owner: "w2", ProcessingTTL: time.Minute, Prefix: "test:" + t.Name() + ":"})
+	ctx := context.Background()
+	if err := s.Complete(ctx, "a", time.Hour, "evt:done"); err != nil {
+		t.Fatal(err)
+	}
+	if o, _ := other.Claim(ctx, "b", "evt:held"); o != Claimed {
+		t.Fatal("w2's claim failed")
+	}
+	items := []Item{
+		{Scope: "a", IDs: []string{"evt:1", "subj:1"}},
+		{Scope: "b", IDs: []string{"evt:held", "subj:2"}},   // w2 holds one key
+		{Scope: "a", IDs: []string{"evt:2", "evt:done"}},    // one key done
+		{Scope: "b", IDs: []string{"evt:3"}},                // another scope, free
+		{Scope: "a", IDs: []string{"evt:4", "subj:1"}},      // shares subj:1 with the first: same owner
+		{Scope: "{c}", IDs: []string{"evt:done"}},           // a scope with braces is its own
+		{Scope: "b", IDs: []string{"evt:done", "evt:held"}}, // held, not done, in b
+	}
+	out, err := s.ClaimAll(ctx, items)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Outcome{Claimed, InProgress, Duplicate, Claimed, Claimed, Claimed, InProgress}
+	for i := range want {
+		if out[i] != want[i] {
+			t.Fatalf("outcomes %v, want %v", out, want)
+		}
+	}
+	// The in-progress and duplicate events claimed nothing.
+	if n, _ := rdb.Exists(ctx, s.Keys("b", "subj:2")...).Result(); n != 0 {
+		t.Fatal("an in-progress event's free key was claimed")
+	}
+	if err := s.CompleteAll(ctx, []Item{{Scope: "a", IDs: []string{"evt:1"}, TTL: time.Hour}, {Scope: "b", IDs: []string{"evt:3"}, TTL: 2 * time.Hour}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		scope, id string
+		ttl       time.Duration
+	}{{"a", "evt:1", time.Hour}, {"b", "evt:3", 2 * time.Hour}} {
+		k := s.Keys(c.scope, c.id)[0]
+		v, _ := rdb.Get(ctx, k).Result()
+		ttl, _ := rdb.PTTL(ctx, k).Result()
+		if v != "done" || ttl <= c.ttl-time.Minute || ttl > c.ttl {
+			t.Fatalf("%s: %q with TTL %v, want done for %v", k, v, ttl, c.ttl)
+		}
+	}
+	if err := s.ReleaseAll(ctx, []Item{{Scope: "a", IDs: []string{"evt:4", "subj:1"}}, {Scope: "b", IDs: []string{"evt:held"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := rdb.Exists(ctx, s.Keys("a", "evt:4", "subj:1")...).Result(); n != 0 {
+		t.Fatal("release left w1's claims")
+	}
+	if o, _ := s.Claim(ctx, "b", "evt:held"); o != InProgress {
+		t.Fatal("w1's release dropped w2's claim")
+	}
+}

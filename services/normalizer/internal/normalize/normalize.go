@@ -132,7 +132,9 @@ func (h *Handler) HandleBatch(ctx context.Context, batch []kafkaio.Delivery) []e
 				Size: int64(len(ev.RawPayload)), Sha256: hex.EncodeToString(sum[:])}
 			ev.RawPayload = nil
 		}
-		trace.SpanFromContext(d.Ctx).SetAttributes(attribute.String("closedloop.event_id", ev.EventId), attribute.String("closedloop.source", ev.Source))
+		if span := trace.SpanFromContext(d.Ctx); span.IsRecording() {
+			span.SetAttributes(attribute.String("closedloop.event_id", ev.EventId), attribute.String("closedloop.source", ev.Source))
+		}
 		it := item{idx: i, ev: ev, body: raw.Body, dupOf: -1,
 			idem: idempotency.Item{Scope: Scope(ev), IDs: Keys(ev), TTL: h.o.TTL(ev.Source)}}
 		// Two deliveries of one event in the same batch: the claim script
