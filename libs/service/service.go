@@ -103,9 +103,9 @@ type Common struct {
 	// Service.Linger.
 	ConsumerLinger time.Duration
 	// ConsumerBufferBytes (CONSUMER_BUFFER_BYTES, default 8 MiB) bounds the
-	// fetched records each consumer holds at once, waiting or in a handler
-	// call (kafkaio.ConsumerConfig.BufferBytes): a service's memory for
-	// records is about its consumers times this.
+	// fetched records the service's consumers hold at once, waiting or in a
+	// handler call, split evenly among them (Service.Consumers;
+	// kafkaio.ConsumerConfig.BufferBytes).
 	ConsumerBufferBytes int
 }
 
@@ -198,6 +198,12 @@ type Service struct {
 	Workers int
 	// Linger is the service's default for CONSUMER_LINGER (0: none).
 	Linger time.Duration
+	// Consumers is how many consumers the service runs (0 counts as 1): each
+	// holds at most CONSUMER_BUFFER_BYTES / Consumers of fetched records
+	// (at least 1 MiB), so that the service's record memory is bounded by
+	// the setting however many destinations it serves. A sink service sets
+	// it to its destinations (sink.Host).
+	Consumers int
 	// Audit writes the audit topic (nil for a service with its own auth,
 	// the admin, which audits through its own writer).
 	Audit *audit.Writer
@@ -394,6 +400,11 @@ func (s *Service) workers() int {
 	return s.Workers
 }
 
+// bufferBytes is one consumer's share of CONSUMER_BUFFER_BYTES.
+func (s *Service) bufferBytes() int {
+	return max(1<<20, s.Common.ConsumerBufferBytes/max(1, s.Consumers))
+}
+
 // linger is CONSUMER_LINGER, else the service's default.
 func (s *Service) linger() time.Duration {
 	if s.Common.ConsumerLinger >= 0 {
@@ -407,7 +418,7 @@ func (s *Service) consumerConfig(group string, topics []string, producer *kafkai
 		Brokers: s.Common.Brokers, GroupID: group, Topics: topics,
 		Quarantine: producer, QuarantineTopic: s.Common.Topics.Quarantine, Log: s.Log, Status: s.Status,
 		SessionTimeout: s.Common.SessionTimeout, Workers: s.workers(), Linger: s.linger(),
-		BufferBytes: s.Common.ConsumerBufferBytes,
+		BufferBytes: s.bufferBytes(),
 	}
 }
 

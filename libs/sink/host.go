@@ -45,6 +45,8 @@ func Host(ctx context.Context, svc *service.Service, settings Settings, instance
 		return err
 	}
 	producer := svc.Producer() // quarantine and dead letters
+	// One consumer per destination: they share the service's record budget.
+	svc.Consumers = len(instances)
 	for _, in := range instances {
 		o := &opening{name: in.Name, open: in.Open, ready: make(chan struct{}), log: svc.Log}
 		rcfg := Config{Sink: svc.Name, Destination: in.Name, DLQTopic: dlq, DLQ: producer, Log: svc.Log,
