@@ -107,9 +107,12 @@ type ConsumerConfig struct {
 	Workers int
 	// Linger is how long a worker waits for more records when fewer than
 	// MaxBatch are waiting (default 0: it takes what is there) — only while
-	// records keep coming (this batch or the last held more than one), so a
-	// lone record at a low rate is not delayed. It trades latency for batch
-	// size where a batch's fixed cost dominates.
+	// records keep coming: this batch or the last held more than one, or
+	// this one's first record came within Linger of the last batch's end.
+	// A record after a quiet spell longer than Linger is not delayed. It
+	// trades latency for batch size where a batch's fixed cost dominates:
+	// at 1,000 records/s over two workers records reach a worker one at a
+	// time, and without the last rule batches stayed at one or two.
 	Linger time.Duration
 	// StartFromLatest makes a group with no committed offset start at the end
 	// of the topics instead of the beginning (default false: read everything).
@@ -389,7 +392,8 @@ func WorkerOf(ctx context.Context) string {
 // next).
 func (c *Consumer) worker(stop, work context.Context, q <-chan kafka.Message) {
 	batch := make([]kafka.Message, 0, c.cfg.MaxBatch)
-	last := 0 // the previous batch's size
+	last := 0           // the previous batch's size
+	var ended time.Time // when the previous batch was done
 	for m := range q {
 		if stop.Err() != nil {
 			c.buf.release(recordBytes(m))
@@ -408,7 +412,7 @@ func (c *Consumer) worker(stop, work context.Context, q <-chan kafka.Message) {
 				break fill
 			}
 		}
-		if c.cfg.Linger > 0 && len(batch) < c.cfg.MaxBatch && (len(batch) > 1 || last > 1) {
+		if c.cfg.Linger > 0 && len(batch) < c.cfg.MaxBatch && (len(batch) > 1 || last > 1 || time.Since(ended) < c.cfg.Linger) {
 			batch = c.linger(stop, q, batch)
 		}
 		last = len(batch)
@@ -420,6 +424,9 @@ func (c *Consumer) worker(stop, work context.Context, q <-chan kafka.Message) {
 		c.buf.release(batchBytes(batch))
 		if err != nil {
 			return
+		}
+		if c.cfg.Linger > 0 {
+			ended = time.Now()
 		}
 	}
 }

@@ -426,9 +426,9 @@ func TestAWorkerBatchesItsPartitionsTogetherAndAFailureHoldsOnlyItsPartition(t *
 	}
 }
 
-// With Linger, a worker that has more than one record waits for the records
-// still coming and hands them over in one batch; a lone record at a low
-// rate is not held back.
+// With Linger, a worker whose records keep coming waits for the ones still
+// on their way and hands them over in one batch; a lone record after a
+// quiet spell is not held back.
 func TestAWorkerLingersOnlyWhileRecordsKeepComing(t *testing.T) {
 	addrs := broker(t, "in", "q")
 	p := NewProducer(ProducerConfig{Brokers: addrs})
@@ -437,7 +437,7 @@ func TestAWorkerLingersOnlyWhileRecordsKeepComing(t *testing.T) {
 	var batches [][]string
 	handled := make(chan string, 100)
 	c, err := NewBatchConsumer(ConsumerConfig{Brokers: addrs, GroupID: "g", Topics: []string{"in"}, Quarantine: p, QuarantineTopic: "q",
-		Log: quiet(), Workers: 1, Linger: 2 * time.Second},
+		Log: quiet(), Workers: 1, Linger: time.Second},
 		func(_ context.Context, batch []Delivery) []error {
 			var vs []string
 			for _, d := range batch {
@@ -469,16 +469,21 @@ func TestAWorkerLingersOnlyWhileRecordsKeepComing(t *testing.T) {
 			}
 		}
 	}
-	// Once the group is joined, a lone record is handled without waiting
-	// the 2 s linger.
+	// Once the group is joined, a lone record after a quiet spell longer
+	// than the linger is handled without waiting for it.
 	if err := p.Produce(ctx, Record{Topic: "in", Key: []byte("k"), Value: []byte("first")}); err != nil {
 		t.Fatal(err)
 	}
 	wait(1, 30*time.Second)
+	time.Sleep(1200 * time.Millisecond)
+	sent := time.Now()
 	if err := p.Produce(ctx, Record{Topic: "in", Key: []byte("k"), Value: []byte("lone")}); err != nil {
 		t.Fatal(err)
 	}
-	wait(1, 1500*time.Millisecond)
+	wait(1, 5*time.Second)
+	if d := time.Since(sent); d >= time.Second {
+		t.Fatalf("a lone record after a quiet spell took %v: it was held for the linger", d)
+	}
 	// Two records together, then more in quick succession: the worker
 	// lingers and takes the late ones into the batch it is filling.
 	if err := p.Produce(ctx, Record{Topic: "in", Key: []byte("k"), Value: []byte("r0")}, Record{Topic: "in", Key: []byte("k"), Value: []byte("r1")}); err != nil {
