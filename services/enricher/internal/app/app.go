@@ -4,6 +4,7 @@ package app
 import (
 	"context"
 	"os"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -95,8 +96,12 @@ func Run(ctx context.Context) error {
 	}
 	svc.Log.Info("enrichment ready", "lookups", len(lookups), "rules", names, "standard", t.Enriched, "priority", t.Priority)
 	// CPU-bound: a worker per core (at least two), not per partition, so
-	// that batches grow with the stage's rate (docs/benchmarks.md).
-	svc.Workers = service.CoreWorkers()
+	// that batches grow with the stage's rate, and a 5 ms linger while
+	// records keep coming: at 1,000 events/s records reach a worker one at
+	// a time, and batches grew from ~2 to ~6 records for ~15 ms more
+	// webhook→row p50 (docs/benchmarks.md). CONSUMER_WORKERS and
+	// CONSUMER_LINGER override them.
+	svc.Workers, svc.Linger = service.CoreWorkers(), 5*time.Millisecond
 	if err := svc.ConsumeBatch(cfg.GroupID, []string{t.Normalized}, producer, cfg.MaxBatch, h.HandleBatch); err != nil {
 		return err
 	}
