@@ -249,6 +249,19 @@ func spanTrace(ctx context.Context) string {
 	return trace.SpanContextFromContext(ctx).TraceID().String()
 }
 
+// pollUntil checks done under mu every 20 ms until it holds or 20 s have
+// passed; the caller then checks what it expects.
+func pollUntil(mu *sync.Mutex, done func() bool) {
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		mu.Lock()
+		ok := done()
+		mu.Unlock()
+		if ok {
+			return
+		}
+	}
+}
+
 // runBatch runs a batch consumer until the returned stop is called.
 func runBatch(c *Consumer) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
@@ -388,16 +401,7 @@ func TestAWorkerBatchesItsPartitionsTogetherAndAFailureHoldsOnlyItsPartition(t *
 		t.Fatal(err)
 	}
 	defer runBatch(c)()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		mu.Lock()
-		n := len(handled)
-		mu.Unlock()
-		if n == len(recs) || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	pollUntil(&mu, func() bool { return len(handled) == len(recs) })
 	time.Sleep(300 * time.Millisecond) // a wrong extra handling would show
 	mu.Lock()
 	defer mu.Unlock()
@@ -548,16 +552,7 @@ func TestTheConsumerHoldsNoMoreThanItsByteBudget(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer runBatch(c)()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		mu.Lock()
-		n := handled
-		mu.Unlock()
-		if n >= len(recs) || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	pollUntil(&mu, func() bool { return handled >= len(recs) })
 	mu.Lock()
 	defer mu.Unlock()
 	if handled != len(recs) {
