@@ -116,6 +116,8 @@ func overview() Dashboard {
 				{Title: "Breakers", Kind: "state-timeline", Unit: "short", W: 16, Description: "Each destination's circuit breaker: closed, open (failing; paused), half-open (probing), paused by an operator.",
 					Mappings: map[string]string{"0": "closed", "1": "open", "2": "half-open", "3": "paused"},
 					Queries:  []Query{{`max by (sink, destination) (closedloop_sink_breaker_state)`, "{{sink}}/{{destination}}"}}},
+				{Title: "Fetched records held", Unit: "bytes", W: 24, Description: "Bytes of fetched records waiting for or in a handler call, per consumer group and instance; at its share of CONSUMER_BUFFER_BYTES a consumer fetches no more until a batch is done (a slow destination shows here first).",
+					Queries: []Query{{`max by (group, instance) (closedloop_consumer_buffered_bytes)`, "{{group}} {{instance}}"}}},
 			}},
 			{"Data quality", []Panel{
 				{Title: "Quarantined records", Unit: "short", W: 8, Description: "Records a stage can never handle, set aside on the quarantine topic, by group and reason.",
