@@ -224,12 +224,8 @@ func (s *Store) ClaimAll(ctx context.Context, items []Item) ([]Outcome, error) {
 			return nil, errors.New("idempotency: claim with no ids")
 		}
 	}
-	marker := s.marker()
-	ns, err := s.runAll(ctx, claimScript, items, func(args []any, it Item) []any {
-		if len(args) == 0 {
-			args = append(args, marker, s.processingTTL.Milliseconds())
-		}
-		return append(args, len(it.IDs))
+	ns, err := s.runAll(ctx, claimScript, items, []any{s.marker(), s.processingTTL.Milliseconds()}, func(it Item) []any {
+		return []any{len(it.IDs)}
 	})
 	if err != nil {
 		return nil, fmt.Errorf("idempotency claim: %w", err)
@@ -250,8 +246,8 @@ func (s *Store) ClaimAll(ctx context.Context, items []Item) ([]Outcome, error) {
 
 // CompleteAll marks many claimed events done, each for its TTL.
 func (s *Store) CompleteAll(ctx context.Context, items []Item) error {
-	if _, err := s.runAll(ctx, completeScript, items, func(args []any, it Item) []any {
-		return append(args, len(it.IDs), it.TTL.Milliseconds())
+	if _, err := s.runAll(ctx, completeScript, items, nil, func(it Item) []any {
+		return []any{len(it.IDs), it.TTL.Milliseconds()}
 	}); err != nil {
 		return fmt.Errorf("idempotency complete: %w", err)
 	}
@@ -260,12 +256,8 @@ func (s *Store) CompleteAll(ctx context.Context, items []Item) error {
 
 // ReleaseAll drops this worker's claims of many events.
 func (s *Store) ReleaseAll(ctx context.Context, items []Item) error {
-	marker := s.marker()
-	if _, err := s.runAll(ctx, releaseScript, items, func(args []any, it Item) []any {
-		if len(args) == 0 {
-			args = append(args, marker)
-		}
-		return append(args, len(it.IDs))
+	if _, err := s.runAll(ctx, releaseScript, items, []any{s.marker()}, func(it Item) []any {
+		return []any{len(it.IDs)}
 	}); err != nil {
 		return fmt.Errorf("idempotency release: %w", err)
 	}
@@ -273,12 +265,11 @@ func (s *Store) ReleaseAll(ctx context.Context, items []Item) error {
 }
 
 // runAll runs script once per scope of items, in one pipeline, and returns
-// its answer for each item in the order of items. arg appends an item's
-// arguments to its call's (the first item's call starts from none). A Redis
-// that lost its script cache (restart, failover) answers NOSCRIPT: the
-// script is loaded and the pipeline run once more (every script here is
-// safe to repeat).
-func (s *Store) runAll(ctx context.Context, script *redis.Script, items []Item, arg func(args []any, it Item) []any) ([]int64, error) {
+// its answer for each item in the order of items. A call's arguments are
+// head, then per(item) for each of its items. A Redis that lost its script
+// cache (restart, failover) answers NOSCRIPT: the script is loaded and the
+// pipeline run once more (every script here is safe to repeat).
+func (s *Store) runAll(ctx context.Context, script *redis.Script, items []Item, head []any, per func(Item) []any) ([]int64, error) {
 	if len(items) == 0 {
 		return nil, nil
 	}
@@ -288,10 +279,10 @@ func (s *Store) runAll(ctx context.Context, script *redis.Script, items []Item, 
 		cmds := make([]*redis.Cmd, len(groups))
 		for g, idx := range groups {
 			var keys []string
-			var args []any
+			args := slices.Clone(head)
 			for _, i := range idx {
 				keys = s.appendKeys(keys, items[i].Scope, items[i].IDs...)
-				args = arg(args, items[i])
+				args = append(args, per(items[i])...)
 			}
 			cmds[g] = script.EvalSha(ctx, pipe, keys, args...)
 		}
@@ -325,13 +316,6 @@ func (s *Store) runAll(ctx context.Context, script *redis.Script, items []Item, 
 // byScope groups the indexes of items by scope, in order of first
 // appearance and, within a scope, in the order of items.
 func byScope(items []Item) [][]int {
-	if len(items) > 0 && !slices.ContainsFunc(items, func(it Item) bool { return it.Scope != items[0].Scope }) {
-		all := make([]int, len(items))
-		for i := range all {
-			all[i] = i
-		}
-		return [][]int{all}
-	}
 	at := map[string]int{}
 	var groups [][]int
 	for i, it := range items {

@@ -328,7 +328,8 @@ func (c *Consumer) Run(ctx context.Context) error {
 		}
 		k := partKey{m.Topic, m.Partition}
 		c.setLag(k, m.HighWaterMark-m.Offset-1)
-		if c.buf.acquire(ctx, recordBytes(m)) != nil {
+		size := recordBytes(m)
+		if c.buf.acquire(ctx, size) != nil {
 			break // stopping: the record was not handed over, nor committed
 		}
 		wk := k
@@ -355,7 +356,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		select {
 		case q <- m:
 		case <-ctx.Done():
-			c.buf.release(recordBytes(m))
+			c.buf.release(size)
 		}
 		if ctx.Err() != nil {
 			break
@@ -416,12 +417,13 @@ func (c *Consumer) worker(stop, work context.Context, q <-chan kafka.Message) {
 			batch = c.linger(stop, q, batch)
 		}
 		last = len(batch)
+		held := batchBytes(batch)
 		if err := c.waitResumed(stop); err != nil {
-			c.buf.release(batchBytes(batch))
+			c.buf.release(held)
 			continue // stopping: the batch stays uncommitted
 		}
 		err := c.process(stop, work, batch)
-		c.buf.release(batchBytes(batch))
+		c.buf.release(held)
 		if err != nil {
 			return
 		}
@@ -434,11 +436,7 @@ func (c *Consumer) worker(stop, work context.Context, q <-chan kafka.Message) {
 // Buffered is the bytes of fetched records the consumer holds now (waiting
 // for a worker or in a handler call); at most ConsumerConfig.BufferBytes,
 // or one record when a single record is larger.
-func (c *Consumer) Buffered() int64 {
-	c.buf.mu.Lock()
-	defer c.buf.mu.Unlock()
-	return c.buf.used
-}
+func (c *Consumer) Buffered() int64 { return c.buf.held() }
 
 // DefaultBufferBytes is ConsumerConfig.BufferBytes's default.
 const DefaultBufferBytes = 8 << 20
@@ -492,6 +490,12 @@ func (b *budget) acquire(ctx context.Context, n int64) error {
 			return ctx.Err()
 		}
 	}
+}
+
+func (b *budget) held() int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.used
 }
 
 func (b *budget) release(n int64) {

@@ -3,6 +3,7 @@ package service
 import (
 	"runtime"
 	"testing"
+	"time"
 )
 
 // A service's record budget is split among its consumers, never below
@@ -35,5 +36,18 @@ func TestCoreWorkersAreAtLeastTwoAndOnePerProcessor(t *testing.T) {
 	runtime.GOMAXPROCS(4)
 	if n := CoreWorkers(); n != 4 {
 		t.Fatalf("GOMAXPROCS=4: %d workers, want 4", n)
+	}
+}
+
+// A batching stage's defaults: CoreWorkers workers and the stage's linger.
+func TestABatchingStageRunsCoreWorkersAndItsLinger(t *testing.T) {
+	s := &Service{Common: Common{ConsumerWorkers: -1, ConsumerLinger: -1}}
+	s.BatchingStage(5 * time.Millisecond)
+	if s.workers() != CoreWorkers() || s.linger() != 5*time.Millisecond {
+		t.Fatalf("workers %d, linger %v; want %d and 5ms", s.workers(), s.linger(), CoreWorkers())
+	}
+	s.Common.ConsumerWorkers, s.Common.ConsumerLinger = 0, 0 // CONSUMER_WORKERS=0, CONSUMER_LINGER=0 win
+	if s.workers() != 0 || s.linger() != 0 {
+		t.Fatalf("the settings did not override the stage's defaults: %d, %v", s.workers(), s.linger())
 	}
 }

@@ -56,6 +56,9 @@ import (
 	"github.com/closedloop/closedloop/tools/internal/stack"
 )
 
+// serviceEnv is -service-env: "service:NAME=value" settings for one service each.
+var serviceEnv stack.EnvFlags
+
 func main() {
 	rate := flag.Int("rate", 1000, "webhooks per second in the latency phase")
 	lowRate := flag.Int("low-rate", 100, "webhooks per second in the second, low-rate phase (0: skip it)")

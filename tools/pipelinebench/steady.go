@@ -167,9 +167,6 @@ func (r *receiver) duplicates() int {
 
 var profileService string
 
-// serviceEnv is -service-env: "service:NAME=value" settings for one service each.
-var serviceEnv stack.EnvFlags
-
 // profile writes a CPU profile of the middle of a phase of length d.
 func profile(ops string, d time.Duration, path string) {
 	time.Sleep(d / 4)

@@ -95,13 +95,7 @@ func Run(ctx context.Context) error {
 		names[i] = r.Name
 	}
 	svc.Log.Info("enrichment ready", "lookups", len(lookups), "rules", names, "standard", t.Enriched, "priority", t.Priority)
-	// CPU-bound: a worker per core (at least two), not per partition, so
-	// that batches grow with the stage's rate, and a 5 ms linger while
-	// records keep coming: at 1,000 events/s records reach a worker one at
-	// a time, and batches grew from ~2 to ~6 records for ~15 ms more
-	// webhook→row p50 (docs/benchmarks.md). CONSUMER_WORKERS and
-	// CONSUMER_LINGER override them.
-	svc.Workers, svc.Linger = service.CoreWorkers(), 5*time.Millisecond
+	svc.BatchingStage(5 * time.Millisecond) // one lookup pass and one produce per batch
 	if err := svc.ConsumeBatch(cfg.GroupID, []string{t.Normalized}, producer, cfg.MaxBatch, h.HandleBatch); err != nil {
 		return err
 	}

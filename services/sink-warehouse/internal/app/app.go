@@ -67,14 +67,8 @@ func Run(ctx context.Context) error {
 	var pool *pgxpool.Pool
 	props := &warehouse.Propagations{Schema: wh.Schema}
 	// A batch is one INSERT and one commit: PostgreSQL's cost is per batch
-	// more than per row. One worker per core (at least two) and topic (not per partition)
-	// that waits up to 10 ms for a fuller batch while records keep coming
-	// took batches at 1,000 events/s from 2.7 to ~6 rows and PostgreSQL's
-	// CPU per row from ~350 to ~270 µs, and a one-process backlog drains as
-	// fast as with a worker per partition (one worker alone: a quarter
-	// slower); docs/benchmarks.md. CONSUMER_WORKERS and CONSUMER_LINGER
-	// override it.
-	svc.Workers, svc.Linger = service.CoreWorkers(), 10*time.Millisecond
+	// more than per row, so the longer linger.
+	svc.BatchingStage(10 * time.Millisecond)
 	err = sink.Host(ctx, svc, cfg.Sink, []sink.Instance{{
 		Name: "warehouse", Group: cfg.GroupID, MaxBatch: wh.BatchSize, Filter: sink.FilterOf(wh.Filter.Expr),
 		Checkpoint: sink.Idempotent{}, // the unique event_id is the warehouse's own checkpoint
