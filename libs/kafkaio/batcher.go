@@ -5,8 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -18,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/closedloop/closedloop/libs/retry"
 	"github.com/closedloop/closedloop/libs/telemetry"
 )
 
@@ -39,6 +42,7 @@ type Batcher struct {
 	maxBatch  int
 	limit     int
 	inFlight  int
+	attempts  int
 	tracer    trace.Tracer
 	prop      propagation.TextMapPropagator
 	latency   metric.Float64Histogram
@@ -103,6 +107,12 @@ type BatcherConfig struct {
 	// order of the calls — fine for records whose keys are all distinct,
 	// such as the ingress's event ids; use 1 to keep call order.
 	InFlight int
+	// MaxAttempts is how often a partition's records whose produce failed
+	// in a way that may pass (a broker's retriable error code — a leader
+	// moving, a timeout — or a broken connection) are sent before their
+	// callers get the error (default 3; the retries wait 20 ms, then up to
+	// 500 ms).
+	MaxAttempts int
 	// MaxMessageBytes is the topic's max.message.bytes (default
 	// DefaultMaxMessageBytes): a produce request's batch for a partition
 	// never exceeds it, so large records cannot make the small ones sent
@@ -125,6 +135,9 @@ func NewBatcher(cfg BatcherConfig) *Batcher {
 	if cfg.InFlight <= 0 {
 		cfg.InFlight = 2
 	}
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = 3
+	}
 	if cfg.MaxMessageBytes <= batchOverhead {
 		cfg.MaxMessageBytes = DefaultMaxMessageBytes
 	}
@@ -138,6 +151,7 @@ func NewBatcher(cfg BatcherConfig) *Batcher {
 		maxBatch:  cfg.MaxBatch,
 		limit:     cfg.MaxMessageBytes,
 		inFlight:  cfg.InFlight,
+		attempts:  cfg.MaxAttempts,
 		tracer:    otel.Tracer(instrumentation),
 		prop:      otel.GetTextMapPropagator(),
 		meta:      map[string]*topicMeta{},
@@ -146,9 +160,9 @@ func NewBatcher(cfg BatcherConfig) *Batcher {
 	b.latency, _ = meter.Float64Histogram("closedloop.kafka.produce.duration", metric.WithUnit("s"),
 		metric.WithDescription("Time from produce call to acknowledgement by all in-sync replicas."),
 		metric.WithExplicitBucketBoundaries(telemetry.FastSeconds...))
-	b.sizes, _ = meter.Int64Histogram("closedloop.kafka.produce.batch.size", metric.WithUnit("{record}"), metric.WithDescription("Records per produce request of the natural batcher (all partitions of one broker)."),
+	b.sizes, _ = meter.Int64Histogram("closedloop.kafka.produce.batch.size", metric.WithUnit("{record}"), metric.WithDescription("Records per produce request (all partitions of one broker)."),
 		metric.WithExplicitBucketBoundaries(telemetry.Records...))
-	b.requests, _ = meter.Int64Counter("closedloop.kafka.produce.requests", metric.WithUnit("{request}"), metric.WithDescription("Produce requests sent by the natural batcher."))
+	b.requests, _ = meter.Int64Counter("closedloop.kafka.produce.requests", metric.WithUnit("{request}"), metric.WithDescription("Produce requests sent (one per broker at a time, every partition's records together)."))
 	return b
 }
 
@@ -159,9 +173,9 @@ var ErrClosed = errors.New("kafkaio: producer closed")
 // by all in-sync replicas, or with the first error. It honours ctx: a caller
 // whose deadline passes gets ctx's error (the record may still be written).
 func (b *Batcher) Produce(ctx context.Context, recs ...Record) error {
-	start := time.Now()
 	if len(recs) == 1 {
 		// The ingress's case: one record per call, no slices.
+		start := time.Now()
 		p, span, err := b.submit(ctx, recs[0])
 		if err == nil {
 			err = b.wait(ctx, recs[0].Topic, p)
@@ -170,29 +184,65 @@ func (b *Batcher) Produce(ctx context.Context, recs ...Record) error {
 		b.latency.Record(ctx, time.Since(start).Seconds())
 		return err
 	}
+	for _, err := range b.ProduceEach(ctx, recs...) {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ProduceEach is Produce with one result per record: nil when every record
+// was acknowledged, else errs[i] is recs[i]'s error (nil for the records
+// written). A record too large fails alone; a topic that cannot be looked
+// up fails the call's records for it. It does not retry (Producer does).
+func (b *Batcher) ProduceEach(ctx context.Context, recs ...Record) []error {
+	start := time.Now()
 	waits := make([]*pending, len(recs))
 	spans := make([]trace.Span, len(recs))
+	var errs []error
+	fail := func(i int, err error) {
+		if errs == nil {
+			errs = make([]error, len(recs))
+		}
+		errs[i] = err
+	}
+	var unknown map[string]error // topics whose lookup failed in this call
 	for i, r := range recs {
+		if err := unknown[r.Topic]; err != nil {
+			fail(i, err)
+			continue
+		}
 		p, span, err := b.submit(ctx, r)
 		spans[i] = span
 		if err != nil {
-			for _, s := range spans[:i+1] {
-				endSpan(s, err)
+			fail(i, err)
+			if !errors.Is(err, ErrRecordTooLarge) {
+				if unknown == nil {
+					unknown = map[string]error{}
+				}
+				unknown[r.Topic] = err
 			}
-			return err
+			continue
 		}
 		waits[i] = p
 	}
-	var first error
 	for i, p := range waits {
-		err := b.wait(ctx, recs[i].Topic, p)
-		if err != nil && first == nil {
-			first = err
+		if p != nil {
+			if err := b.wait(ctx, recs[i].Topic, p); err != nil {
+				fail(i, err)
+			}
 		}
-		endSpan(spans[i], err)
+	}
+	for i, s := range spans {
+		var err error
+		if errs != nil {
+			err = errs[i]
+		}
+		endSpan(s, err)
 	}
 	b.latency.Record(ctx, time.Since(start).Seconds())
-	return first
+	return errs
 }
 
 // recycle returns p, answered or never queued, to the pool.
@@ -372,14 +422,20 @@ func (b *Batcher) send(q chan *pending) {
 	}
 }
 
-// write sends batch as one produce request and answers each record's caller.
+// part is one partition's records of a produce request, in call order.
+type part struct {
+	tp   topicPartition
+	recs []kafka.Record
+	who  []*pending
+}
+
+// write sends batch as one produce request and answers each record's
+// caller. A partition that failed in a way that may pass (a retriable
+// error code such as a moved leader, or a broken connection) is sent again
+// after a backoff, up to MaxAttempts, before anything behind it in this
+// sender: with one request in flight, a partition's records stay in order.
 func (b *Batcher) write(batch []*pending) {
 	// Group by partition, keeping each partition's records in call order.
-	type part struct {
-		tp   topicPartition
-		recs []kafka.Record
-		who  []*pending
-	}
 	var parts []*part
 	index := map[topicPartition]*part{}
 	for _, p := range batch {
@@ -389,21 +445,44 @@ func (b *Batcher) write(batch []*pending) {
 			index[p.tp] = g
 			parts = append(parts, g)
 		}
-		rec := kafka.Record{Headers: p.headers}
-		if p.key != nil { // nil stays a null key, as kafka.NewBytes keeps it
-			p.keyR.Reset(p.key)
-			rec.Key = &p.keyR
-		}
-		if p.value != nil {
-			p.valueR.Reset(p.value)
-			rec.Value = &p.valueR
-		}
-		g.recs = append(g.recs, rec)
 		g.who = append(g.who, p)
 	}
+	for attempt := 1; ; attempt++ {
+		parts = b.round(parts, attempt)
+		if len(parts) == 0 {
+			return
+		}
+		time.Sleep(retry.Backoff(attempt, 20*time.Millisecond, 500*time.Millisecond))
+	}
+}
+
+// round sends parts as one request, answers the records that are done
+// (written, or failed for good) and returns the parts to send again.
+func (b *Batcher) round(parts []*part, attempt int) (again []*part) {
 	req := &produceapi.Request{Acks: int16(kafka.RequireAll), Timeout: 10000}
 	topicAt := map[string]int{}
+	records := 0
 	for _, g := range parts {
+		g.recs = g.recs[:0]
+		for _, p := range g.who {
+			rec := kafka.Record{Headers: p.headers}
+			// The pooled readers on the first attempt; after a failure
+			// kafka-go may still be reading those (p.lent), so new ones.
+			kr, vr := &p.keyR, &p.valueR
+			if attempt > 1 {
+				kr, vr = &byteReader{}, &byteReader{}
+			}
+			if p.key != nil { // nil stays a null key, as kafka.NewBytes keeps it
+				kr.Reset(p.key)
+				rec.Key = kr
+			}
+			if p.value != nil {
+				vr.Reset(p.value)
+				rec.Value = vr
+			}
+			g.recs = append(g.recs, rec)
+		}
+		records += len(g.who)
 		i, ok := topicAt[g.tp.topic]
 		if !ok {
 			i = len(req.Topics)
@@ -415,7 +494,7 @@ func (b *Batcher) write(batch []*pending) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 11*time.Second)
 	defer cancel()
-	b.sizes.Record(ctx, int64(len(batch)))
+	b.sizes.Record(ctx, int64(records))
 	b.requests.Add(ctx, 1)
 	msg, err := b.transport.RoundTrip(ctx, b.addr, req)
 	results := map[topicPartition]*produceapi.ResponsePartition{}
@@ -443,6 +522,9 @@ func (b *Batcher) write(batch []*pending) {
 				perr = kafka.Error(res.ErrorCode)
 			}
 		}
+		for _, p := range g.who {
+			p.lent = p.lent || err != nil
+		}
 		if errors.Is(perr, kafka.MessageSizeTooLarge) {
 			// The topic's limit is below ours: send the records one by one
 			// so that only a record that alone does not fit fails.
@@ -456,6 +538,10 @@ func (b *Batcher) write(batch []*pending) {
 		}
 		if perr != nil {
 			stale = true
+			if attempt < b.attempts && retriable(perr) {
+				again = append(again, g)
+				continue
+			}
 		}
 		var recErrs map[int32]string
 		if res != nil && len(res.RecordErrors) > 0 {
@@ -465,7 +551,6 @@ func (b *Batcher) write(batch []*pending) {
 			}
 		}
 		for i, p := range g.who {
-			p.lent = err != nil
 			e := perr
 			if msg, ok := recErrs[int32(i)]; ok && e == nil {
 				e = errors.New(msg)
@@ -481,6 +566,22 @@ func (b *Batcher) write(batch []*pending) {
 		}
 		b.metaMu.Unlock()
 	}
+	return again
+}
+
+// retriable reports whether a produce error may pass on another attempt: a
+// broker's error code it marks temporary, or a connection that failed. A
+// record too large or a missing partition does not.
+func retriable(err error) bool {
+	if errors.Is(err, context.Canceled) || errors.Is(err, ErrRecordTooLarge) {
+		return false
+	}
+	var ke kafka.Error
+	if errors.As(err, &ke) {
+		return ke.Temporary()
+	}
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)
 }
 
 // Close stops the senders after the queued records were sent.

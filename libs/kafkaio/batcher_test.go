@@ -2,13 +2,17 @@ package kafkaio
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 func TestConcurrentCallersAreBatchedAndEachRecordIsWrittenOnceToItsKeysPartition(t *testing.T) {
@@ -120,5 +124,96 @@ func produceAll(t *testing.T, b *Batcher, n int, rec func(i int) Record) {
 	}
 	if err := b.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// failProduces makes the cluster answer the first n produce requests with
+// code for every partition; it returns how many produce requests came.
+func failProduces(c *kfake.Cluster, n int32, code int16) (requests *atomic.Int32, failing chan struct{}) {
+	requests, failing = &atomic.Int32{}, make(chan struct{})
+	c.ControlKey(int16(kmsg.Produce), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		i := requests.Add(1)
+		if i > n {
+			return nil, nil, false
+		}
+		if i == 1 {
+			close(failing)
+		}
+		req := kreq.(*kmsg.ProduceRequest)
+		resp := req.ResponseKind().(*kmsg.ProduceResponse)
+		for _, rt := range req.Topics {
+			st := kmsg.NewProduceResponseTopic()
+			st.Topic = rt.Topic
+			for _, rp := range rt.Partitions {
+				sp := kmsg.NewProduceResponseTopicPartition()
+				sp.Partition, sp.ErrorCode = rp.Partition, code
+				st.Partitions = append(st.Partitions, sp)
+			}
+			resp.Topics = append(resp.Topics, st)
+		}
+		return resp, nil, true
+	})
+	return requests, failing
+}
+
+func numbered(from, to int) []Record {
+	var recs []Record
+	for i := from; i < to; i++ {
+		recs = append(recs, Record{Topic: "o", Key: []byte("same"), Value: []byte(strconv.Itoa(i))})
+	}
+	return recs
+}
+
+func TestAProducerRetriesAFailedPartitionBeforeAnythingBehindIt(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "o"), kfake.Ports(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// NOT_LEADER_OR_FOLLOWER twice: retriable (a leader moving).
+	requests, failing := failProduces(c, 2, 6)
+	p := NewProducer(ProducerConfig{Brokers: c.ListenAddrs()})
+	defer p.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	first := make(chan []error, 1)
+	go func() { first <- p.ProduceEach(ctx, numbered(0, 10)...) }()
+	<-failing // the first call's request is at the broker; this call queues behind it
+	if errs := p.ProduceEach(ctx, numbered(10, 20)...); errs != nil {
+		t.Fatalf("second call: %v", errs)
+	}
+	if errs := <-first; errs != nil {
+		t.Fatalf("first call, retried: %v", errs)
+	}
+	if n := requests.Load(); n < 4 {
+		t.Fatalf("%d produce requests; want the two failures, the retry and the second call's", n)
+	}
+	got := readAll(t, c.ListenAddrs(), "o", 20)
+	for i, m := range got {
+		if string(m.Value) != strconv.Itoa(i) {
+			t.Fatalf("record %d of the partition is %s: the retry let later records pass", i, m.Value)
+		}
+	}
+}
+
+func TestAProducerDoesNotRetryWhatCannotPass(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "o"), kfake.Ports(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	requests, _ := failProduces(c, 1, 29) // TOPIC_AUTHORIZATION_FAILED
+	p := NewProducer(ProducerConfig{Brokers: c.ListenAddrs()})
+	defer p.Close()
+	errs := p.ProduceEach(context.Background(), numbered(0, 3)...)
+	if len(errs) != 3 || errs[0] == nil || errs[2] == nil {
+		t.Fatalf("errors %v; want all three records failed", errs)
+	}
+	if !errors.Is(errs[0], kafka.TopicAuthorizationFailed) {
+		t.Fatalf("%v is not the broker's TopicAuthorizationFailed", errs[0])
+	}
+	if n := requests.Load(); n != 1 {
+		t.Fatalf("%d produce requests; an authorization failure was retried", n)
 	}
 }

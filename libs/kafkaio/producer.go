@@ -2,20 +2,15 @@ package kafkaio
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
-	"time"
 
 	"github.com/segmentio/kafka-go"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
-
-	"github.com/closedloop/closedloop/libs/telemetry"
 )
 
 const instrumentation = "github.com/closedloop/closedloop/libs/kafkaio"
@@ -23,16 +18,9 @@ const instrumentation = "github.com/closedloop/closedloop/libs/kafkaio"
 // ProducerConfig configures a Producer. Zero values take the stated defaults.
 type ProducerConfig struct {
 	Brokers []string
-	// BatchTimeout is how long a partially filled batch waits for more records
-	// before it is sent (default 2ms). kafka-go's own default of 1 s would make
-	// every synchronous write take a second.
-	BatchTimeout time.Duration
-	// BatchSize is the most records in one produce request per partition (default 500).
+	// BatchSize is the most records in one produce request (default 1000).
 	BatchSize int
-	// WriteTimeout bounds one produce request to a broker (default 5s). Callers
-	// bound the whole call with their context.
-	WriteTimeout time.Duration
-	// MaxAttempts is how often a batch is tried before the call fails (default 3).
+	// MaxAttempts is BatcherConfig.MaxAttempts (default 3).
 	MaxAttempts int
 	// ClientID names this producer in broker logs (default "closedloop").
 	ClientID string
@@ -56,72 +44,34 @@ type Record struct {
 	Context context.Context
 }
 
-// Producer writes records synchronously with acks=all. It is safe for
-// concurrent use; concurrent calls share batches.
+// Producer writes records synchronously with acks=all, retrying what may
+// pass (BatcherConfig.MaxAttempts). It is safe for concurrent use. It batches as the Batcher does —
+// one request per broker carrying every partition's records, sent as soon
+// as the broker's previous request returned, never waiting on a timer —
+// with one request in flight per broker, so the records of one partition
+// are written in the order of the calls, retries included (a partition that
+// failed is sent again before anything behind it).
+// A stage's handler call of 6 records over 6 partitions is one produce
+// request instead of one per partition, and returns without waiting for
+// a batch timeout.
 type Producer struct {
-	w       *kafka.Writer
-	limit   int
-	tracer  trace.Tracer
-	prop    propagation.TextMapPropagator
-	latency metric.Float64Histogram
-	failed  metric.Int64Counter
+	b      *Batcher
+	failed metric.Int64Counter
 }
 
 // NewProducer builds a producer. It does not connect until the first write.
 func NewProducer(cfg ProducerConfig) *Producer {
-	if cfg.BatchTimeout <= 0 {
-		cfg.BatchTimeout = 2 * time.Millisecond
+	failed, _ := otel.Meter(instrumentation).Int64Counter("closedloop.kafka.produce.failures", metric.WithUnit("{record}"),
+		metric.WithDescription("Records whose produce call failed."))
+	return &Producer{
+		b: NewBatcher(BatcherConfig{Brokers: cfg.Brokers, MaxBatch: cfg.BatchSize, ClientID: cfg.ClientID,
+			InFlight: 1, MaxAttempts: cfg.MaxAttempts, MaxMessageBytes: cfg.MaxMessageBytes}),
+		failed: failed,
 	}
-	if cfg.BatchSize <= 0 {
-		cfg.BatchSize = 500
-	}
-	if cfg.WriteTimeout <= 0 {
-		cfg.WriteTimeout = 5 * time.Second
-	}
-	if cfg.MaxAttempts <= 0 {
-		cfg.MaxAttempts = 3
-	}
-	if cfg.ClientID == "" {
-		cfg.ClientID = "closedloop"
-	}
-	if cfg.MaxMessageBytes <= batchOverhead {
-		cfg.MaxMessageBytes = DefaultMaxMessageBytes
-	}
-	transport := NewTransport(cfg.ClientID)
-	meter := otel.Meter(instrumentation)
-	latency, _ := meter.Float64Histogram("closedloop.kafka.produce.duration", metric.WithUnit("s"),
-		metric.WithDescription("Time from produce call to acknowledgement by all in-sync replicas."),
-		metric.WithExplicitBucketBoundaries(telemetry.FastSeconds...))
-	failed, _ := meter.Int64Counter("closedloop.kafka.produce.failures", metric.WithUnit("{record}"), metric.WithDescription("Records whose produce call failed."))
-	p := &Producer{
-		w: &kafka.Writer{
-			Addr:         kafka.TCP(cfg.Brokers...),
-			Balancer:     kafka.Murmur2Balancer{},
-			RequiredAcks: kafka.RequireAll,
-			BatchTimeout: cfg.BatchTimeout,
-			BatchSize:    cfg.BatchSize,
-			// kafka-go counts a batch's bytes by its messages' sizes; the
-			// broker adds the batch header to them.
-			BatchBytes:             int64(cfg.MaxMessageBytes - batchOverhead),
-			WriteTimeout:           cfg.WriteTimeout,
-			MaxAttempts:            cfg.MaxAttempts,
-			WriteBackoffMin:        20 * time.Millisecond,
-			WriteBackoffMax:        500 * time.Millisecond,
-			AllowAutoTopicCreation: false,
-			Transport:              transport,
-		},
-		limit:   cfg.MaxMessageBytes,
-		tracer:  otel.Tracer(instrumentation),
-		prop:    otel.GetTextMapPropagator(),
-		latency: latency,
-		failed:  failed,
-	}
-	countWriter(p.w)
-	return p
 }
 
 // MaxMessageBytes is the producer's record size limit.
-func (p *Producer) MaxMessageBytes() int { return p.limit }
+func (p *Producer) MaxMessageBytes() int { return p.b.limit }
 
 // Produce writes the records and returns once every one of them was
 // acknowledged by all in-sync replicas, or with the error of the first that
@@ -131,7 +81,7 @@ func (p *Producer) Produce(ctx context.Context, recs ...Record) error {
 	errs := p.ProduceEach(ctx, recs...)
 	for i, e := range errs {
 		if e != nil {
-			return fmt.Errorf("produce to %s (record %d of %d): %w", recs[i].Topic, i+1, len(recs), e)
+			return fmt.Errorf("record %d of %d: %w", i+1, len(recs), e)
 		}
 	}
 	return nil
@@ -145,97 +95,17 @@ func (p *Producer) ProduceEach(ctx context.Context, recs ...Record) []error {
 	if len(recs) == 0 {
 		return nil
 	}
-	msgs := make([]kafka.Message, 0, len(recs))
-	idx := make([]int, 0, len(recs)) // msgs[j] is recs[idx[j]]
-	spans := make([]trace.Span, len(recs))
-	sizes := make([]int, len(recs))
-	var errs []error
-	for i, r := range recs {
-		headers, span := startPublish(ctx, p.tracer, p.prop, r)
-		spans[i] = span
-		sizes[i] = EncodedSize(r.Key, r.Value, headers)
-		if sizes[i] > p.limit {
-			// Fails alone: the other records of the call are still written.
-			if errs == nil {
-				errs = make([]error, len(recs))
-			}
-			errs[i] = tooLarge(r.Topic, sizes[i], p.limit)
-			continue
-		}
-		msgs = append(msgs, kafka.Message{Topic: r.Topic, Key: r.Key, Value: r.Value, Headers: headers})
-		idx = append(idx, i)
-	}
-	start := time.Now()
-	werrs := p.write(ctx, msgs)
-	p.latency.Record(ctx, time.Since(start).Seconds())
-	// The broker's limit may be smaller than ours (a topic set lower): a
-	// batch it refuses as too large is sent again one record at a time, so
-	// only a record that alone does not fit fails.
-	var big []int
-	for j, e := range werrs {
-		if e != nil && errors.Is(e, kafka.MessageSizeTooLarge) {
-			big = append(big, j)
-		}
-	}
-	if len(big) > 1 {
-		for _, j := range big {
-			werrs[j] = nil
-			if e := p.write(ctx, msgs[j:j+1]); e != nil {
-				werrs[j] = e[0]
-			}
-		}
-	}
-	for j, e := range werrs {
-		if e == nil {
-			continue
-		}
-		if errs == nil {
-			errs = make([]error, len(recs))
-		}
-		i := idx[j]
-		if errors.Is(e, kafka.MessageSizeTooLarge) {
-			e = tooLarge(recs[i].Topic, sizes[i], 0)
-		}
-		errs[i] = e
-	}
-	for i, span := range spans {
-		if errs != nil && errs[i] != nil {
-			span.RecordError(errs[i])
-			span.SetStatus(codes.Error, errs[i].Error())
+	errs := p.b.ProduceEach(ctx, recs...)
+	for i, e := range errs {
+		if e != nil {
 			p.failed.Add(ctx, 1, metric.WithAttributes(attribute.String("topic", recs[i].Topic)))
 		}
-		span.End()
 	}
 	return errs
 }
 
-// write writes msgs and returns nil or one error per message.
-func (p *Producer) write(ctx context.Context, msgs []kafka.Message) []error {
-	if len(msgs) == 0 {
-		return nil
-	}
-	err := p.w.WriteMessages(ctx, msgs...)
-	if err == nil {
-		return nil
-	}
-	out := make([]error, len(msgs))
-	var werrs kafka.WriteErrors
-	if errors.As(err, &werrs) && len(werrs) == len(msgs) {
-		copy(out, werrs)
-		return out
-	}
-	for i := range out {
-		out[i] = err
-	}
-	return out
-}
-
-// Close flushes pending writes and releases connections.
-func (p *Producer) Close() error {
-	err := p.w.Close()
-	forgetWriter(p.w)
-	return err
-}
+// Close waits for the records already queued and stops the senders.
+func (p *Producer) Close() error { return p.b.Close() }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 

@@ -71,9 +71,6 @@ type Common struct {
 	Instance string
 	// ShutdownTimeout (SHUTDOWN_TIMEOUT, default 20s) bounds the whole shutdown.
 	ShutdownTimeout time.Duration
-	// ProduceLinger (KAFKA_PRODUCE_LINGER, default 2ms) is how long a produce
-	// batch waits for more records before it is sent.
-	ProduceLinger time.Duration
 	// ServiceTokens (CLOSEDLOOP_SERVICE_TOKEN, required; comma-separated
 	// during a rotation, the first one is sent) authenticate the calls on
 	// every service's gRPC port; the admin sends the first one.
@@ -142,7 +139,6 @@ func LoadCommon(e *config.Env, opsPort, grpcPort int) Common {
 		ConsumerWorkers:     e.Int("CONSUMER_WORKERS", -1),
 		ConsumerLinger:      e.Duration("CONSUMER_LINGER", -1),
 		ConsumerBufferBytes: e.Int("CONSUMER_BUFFER_BYTES", kafkaio.DefaultBufferBytes),
-		ProduceLinger:       e.Duration("KAFKA_PRODUCE_LINGER", 2*time.Millisecond),
 		MaxMessageBytes:     e.Int("KAFKA_MAX_MESSAGE_BYTES", 0),
 		ServiceTokens:       e.List("CLOSEDLOOP_SERVICE_TOKEN", nil),
 	}
@@ -331,7 +327,7 @@ func (s *Service) MaxMessageBytes() int {
 // Producer builds a producer on the service's brokers.
 func (s *Service) Producer() *kafkaio.Producer {
 	return kafkaio.NewProducer(kafkaio.ProducerConfig{Brokers: s.Common.Brokers, ClientID: s.Name + "-" + s.Common.Instance,
-		BatchTimeout: s.Common.ProduceLinger, MaxMessageBytes: s.MaxMessageBytes()})
+		MaxMessageBytes: s.MaxMessageBytes()})
 }
 
 // OnShutdown adds a step that runs after the servers stopped accepting, in

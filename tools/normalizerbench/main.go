@@ -156,7 +156,7 @@ func run(ctx context.Context, bin string, n int, dupFrac float64, partitions, pr
 	// events spread through the stream.
 	unique := int(float64(n) * (1 - dupFrac))
 	fmt.Printf("filling %s with %d records (%d unique events, %d repeats), %d partitions…\n", raw, n, unique, n-unique, partitions)
-	p := kafkaio.NewProducer(kafkaio.ProducerConfig{Brokers: brokers, BatchSize: 1000, BatchTimeout: 5 * time.Millisecond})
+	p := kafkaio.NewProducer(kafkaio.ProducerConfig{Brokers: brokers, BatchSize: 1000})
 	now := timestamppb.Now()
 	batch := make([]kafkaio.Record, 0, 1000)
 	next, repeats := 0, 0

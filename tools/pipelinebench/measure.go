@@ -59,7 +59,7 @@ func (a *account) snap() snapshot {
 			m := stack.Scrape("http://" + p.ops + "/metrics") // once per process and snapshot
 			calls, records := m.SumCount("closedloop_consumer_batch_size")
 			s.m[p.name] = stageMetrics{calls: calls, records: records, fetches: m.Sum("closedloop_kafka_fetch_requests_total"),
-				produces: m.Sum("closedloop_kafka_writer_requests_total") + m.Sum("closedloop_kafka_produce_requests_total")}
+				produces: m.Sum("closedloop_kafka_produce_requests_total")}
 		}
 	}
 	return s
