@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"runtime/debug"
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -125,19 +125,27 @@ type ConsumerConfig struct {
 
 // Consumer runs a consumer-group loop; see the package documentation.
 type Consumer struct {
-	cfg     ConsumerConfig
-	handle  BatchHandler
-	r       *kafka.Reader
-	tracer  trace.Tracer
-	prop    propagation.TextMapPropagator
-	stats   map[string]*status.ConsumerStats
-	lagMu   sync.Mutex
-	lag     map[partKey]int64
-	handled metric.Int64Counter
-	retries metric.Int64Counter
-	quar    metric.Int64Counter
-	dur     metric.Float64Histogram
-	batch   metric.Int64Histogram
+	cfg    ConsumerConfig
+	handle BatchHandler
+	group  kafka.ConsumerGroupConfig
+	// The fetch path (fetch.go): one connection pool for fetches, metadata
+	// and offsets; a fetch answer holds at most fetchBytes.
+	transport  *kafka.Transport
+	addr       net.Addr
+	client     *kafka.Client
+	fetchBytes int
+	groupAttr  metric.MeasurementOption
+	book       atomic.Pointer[offsetBook] // the current generation's
+	tracer     trace.Tracer
+	prop       propagation.TextMapPropagator
+	stats      map[string]*status.ConsumerStats
+	lagMu      sync.Mutex
+	lag        map[partKey]int64
+	handled    metric.Int64Counter
+	retries    metric.Int64Counter
+	quar       metric.Int64Counter
+	dur        metric.Float64Histogram
+	batch      metric.Int64Histogram
 
 	buf budget // the bytes of the records fetched and not yet done
 
@@ -146,7 +154,7 @@ type Consumer struct {
 	resumed chan struct{} // closed on Resume
 }
 
-// NewConsumer validates the configuration and builds the reader; it does not
+// NewConsumer validates the configuration; it does not
 // join the group until Run. h is called for one record at a time.
 func NewConsumer(cfg ConsumerConfig, h Handler) (*Consumer, error) {
 	cfg.MaxBatch = 1
@@ -200,60 +208,46 @@ func NewBatchConsumer(cfg ConsumerConfig, h BatchHandler) (*Consumer, error) {
 	if cfg.StartFromLatest {
 		start = kafka.LastOffset
 	}
-	rc := kafka.ReaderConfig{
-		Dialer:      NewDialer(cfg.GroupID),
-		Brokers:     cfg.Brokers,
-		GroupID:     cfg.GroupID,
-		GroupTopics: cfg.Topics,
-		MinBytes:    1,
-		MaxBytes:    10 << 20,
-		// The broker answers a fetch as soon as a record arrives; MaxWait is
-		// only how long an idle fetch waits (and bounds how long closing
-		// waits for one). kafka-go asks the broker to wait a quarter less
-		// and gives up on the connection at MaxWait: at 250 ms a busy
-		// broker's answer more than 62 ms late was an "i/o timeout" and a
-		// reconnect. At 500 ms an idle sink-webhook (a consumer per
-		// destination, each fetching every partition of three topics) used
-		// 1.7 % of a core and the broker 3 % answering empty fetches; at 2 s,
-		// 0.8 % and 1.5 %, with the same webhook→row latency at 100/s.
-		MaxWait:           2 * time.Second,
-		QueueCapacity:     max(100, cfg.MaxBatch),
-		ReadBatchTimeout:  2 * time.Second,
+	gc := kafka.ConsumerGroupConfig{
+		ID:                cfg.GroupID,
+		Brokers:           cfg.Brokers,
+		Dialer:            NewDialer(cfg.GroupID),
+		Topics:            cfg.Topics,
 		SessionTimeout:    cfg.SessionTimeout,
 		HeartbeatInterval: cfg.SessionTimeout / 4,
 		RebalanceTimeout:  cfg.SessionTimeout,
 		JoinGroupBackoff:  500 * time.Millisecond,
-		CommitInterval:    cfg.CommitInterval,
 		StartOffset:       start,
-		ReadBackoffMin:    50 * time.Millisecond,
-		ReadBackoffMax:    time.Second,
 		Logger: kafka.LoggerFunc(func(msg string, args ...any) {
 			if cfg.Log.Enabled(context.Background(), slog.LevelDebug) {
-				cfg.Log.Debug("kafka reader", "group", cfg.GroupID, "detail", fmt.Sprintf(msg, args...))
+				cfg.Log.Debug("kafka consumer group", "group", cfg.GroupID, "detail", fmt.Sprintf(msg, args...))
 			}
 		}),
 		ErrorLogger: kafka.LoggerFunc(func(msg string, args ...any) {
-			// A fetch the broker answered late is retried on a new
-			// connection and loses nothing: counted, logged at debug.
+			// A coordinator request answered late is retried on a new
+			// connection and loses nothing: logged at debug.
 			if fetchTimedOut(args) {
-				fetchTimeouts.Add(context.Background(), 1, metric.WithAttributes(attribute.String("group", cfg.GroupID)))
-				cfg.Log.Debug("kafka reader: fetch answered late; reconnecting", "group", cfg.GroupID, "detail", fmt.Sprintf(msg, args...))
+				cfg.Log.Debug("kafka consumer group: request answered late; reconnecting", "group", cfg.GroupID, "detail", fmt.Sprintf(msg, args...))
 				return
 			}
-			cfg.Log.Warn("kafka reader", "group", cfg.GroupID, "detail", fmt.Sprintf(msg, args...))
+			cfg.Log.Warn("kafka consumer group", "group", cfg.GroupID, "detail", fmt.Sprintf(msg, args...))
 		}),
 	}
-	if err := rc.Validate(); err != nil {
+	if err := gc.Validate(); err != nil {
 		return nil, fmt.Errorf("kafkaio consumer: %w", err)
 	}
+	transport := NewTransport(cfg.GroupID)
 	meter := otel.Meter(instrumentation)
 	c := &Consumer{
-		cfg: cfg, handle: h, r: kafka.NewReader(rc),
-		tracer: otel.Tracer(instrumentation), prop: otel.GetTextMapPropagator(),
+		cfg: cfg, handle: h, group: gc,
+		transport: transport, addr: kafka.TCP(cfg.Brokers...),
+		client:     &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Timeout: 10 * time.Second, Transport: transport},
+		fetchBytes: max(cfg.BufferBytes, 64<<10),
+		groupAttr:  metric.WithAttributes(attribute.String("group", cfg.GroupID)),
+		tracer:     otel.Tracer(instrumentation), prop: otel.GetTextMapPropagator(),
 		stats: map[string]*status.ConsumerStats{}, lag: map[partKey]int64{},
 		buf: budget{limit: int64(cfg.BufferBytes)},
 	}
-	countReader(c.r)
 	c.handled, _ = meter.Int64Counter("closedloop.consumer.records", metric.WithUnit("{record}"), metric.WithDescription("Records handled successfully."))
 	c.retries, _ = meter.Int64Counter("closedloop.consumer.retries", metric.WithUnit("{retry}"), metric.WithDescription("Handler failures that were retried."))
 	c.quar, _ = meter.Int64Counter("closedloop.consumer.quarantined", metric.WithUnit("{record}"), metric.WithDescription("Records sent to the quarantine topic."))
@@ -298,23 +292,26 @@ func (c *Consumer) Run(ctx context.Context) error {
 		time.AfterFunc(c.cfg.DrainTimeout, cancelWork)
 	})
 	defer stopDrain()
+	defer c.transport.CloseIdleConnections()
 
-	queues := map[partKey]chan kafka.Message{}
-	var wg sync.WaitGroup
+	group, err := kafka.NewConsumerGroup(c.group)
+	if err != nil {
+		return fmt.Errorf("kafkaio consumer: %w", err)
+	}
 	failures := 0
-	for {
-		m, err := c.r.FetchMessage(ctx)
+	for ctx.Err() == nil {
+		gen, err := group.Next(ctx)
 		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, io.EOF) {
+			if ctx.Err() != nil || errors.Is(err, kafka.ErrGroupClosed) {
 				break
 			}
-			// The broker is unreachable or the group is rebalancing: the
-			// reader reconnects by itself. Wait and fetch again; the
-			// consumer never gives up on its own (readiness reports it).
+			// The coordinator is unreachable: the group reconnects by
+			// itself. Wait and ask again; the consumer never gives up on
+			// its own (readiness reports it).
 			failures++
 			wait := backoff(failures, c.cfg.RetryBackoffMax)
 			if failures == 1 || failures%20 == 0 {
-				c.cfg.Log.Warn("fetch failed; retrying", "group", c.cfg.GroupID, "failures", failures, "retry_in", wait.String(), "error", err.Error())
+				c.cfg.Log.Warn("joining the group failed; retrying", "group", c.cfg.GroupID, "failures", failures, "retry_in", wait.String(), "error", err.Error())
 			}
 			select {
 			case <-ctx.Done():
@@ -322,53 +319,22 @@ func (c *Consumer) Run(ctx context.Context) error {
 			}
 			continue
 		}
-		if failures > 0 {
-			c.cfg.Log.Info("fetching again", "group", c.cfg.GroupID, "after_failures", failures)
-			failures = 0
-		}
-		k := partKey{m.Topic, m.Partition}
-		c.setLag(k, m.HighWaterMark-m.Offset-1)
-		size := recordBytes(m)
-		if c.buf.acquire(ctx, size) != nil {
-			break // stopping: the record was not handed over, nor committed
-		}
-		wk := k
-		if c.cfg.Workers > 0 {
-			// A worker serves partitions of one topic: a batch never mixes
-			// topics (a sink's priority lane is its own topic).
-			wk = partKey{k.topic, k.partition % c.cfg.Workers}
-		}
-		q, ok := queues[wk]
-		if !ok {
-			q = make(chan kafka.Message, c.cfg.PartitionQueue)
-			queues[wk] = q
-			wg.Add(1)
-			id := wk.topic + "/" + strconv.Itoa(wk.partition)
-			if c.cfg.Workers > 0 {
-				id = wk.topic + "/worker-" + strconv.Itoa(wk.partition)
-			}
-			wctx := context.WithValue(workCtx, workerKey{}, id)
-			go func() {
-				defer wg.Done()
-				c.worker(ctx, wctx, q)
-			}()
-		}
-		select {
-		case q <- m:
-		case <-ctx.Done():
-			c.buf.release(size)
-		}
-		if ctx.Err() != nil {
-			break
-		}
+		failures = 0
+		// The generation ends at a rebalance or when ctx ends; either way
+		// its records in flight finish and their offsets are committed
+		// with it before the next one starts (a rebalance waits for it).
+		done := make(chan struct{})
+		gen.Start(func(gctx context.Context) {
+			defer close(done)
+			stop, cancel := context.WithCancel(ctx)
+			defer cancel()
+			defer context.AfterFunc(gctx, cancel)()
+			c.generation(stop, workCtx, gen)
+		})
+		<-done
 	}
-	for _, q := range queues {
-		close(q)
-	}
-	wg.Wait()
-	defer forgetReader(c.r)
-	if err := c.r.Close(); err != nil { // flushes the pending commits
-		c.cfg.Log.Warn("closing kafka reader", "group", c.cfg.GroupID, "error", err.Error())
+	if err := group.Close(); err != nil { // leaves the group
+		c.cfg.Log.Warn("leaving the consumer group", "group", c.cfg.GroupID, "error", err.Error())
 	}
 	return nil
 }
@@ -603,10 +569,10 @@ func (c *Consumer) process(stop, work context.Context, batch []kafka.Message) er
 	}
 }
 
-// commit hands the offsets of done records to the committer: the last of
-// each partition (done holds each partition's records in offset order).
-// They are only queued here; the reader commits every CommitInterval and on
-// Close.
+// commit hands the offsets of done records to the generation's book: the
+// last of each partition (done holds each partition's records in offset
+// order). They are committed every CommitInterval and when the generation
+// ends.
 func (c *Consumer) commit(ctx context.Context, done []kafka.Message) {
 	if len(done) == 0 {
 		return
@@ -622,9 +588,8 @@ func (c *Consumer) commit(ctx context.Context, done []kafka.Message) {
 			lasts[i] = m
 		}
 	}
-	if err := c.r.CommitMessages(ctx, lasts...); err != nil {
-		last := lasts[len(lasts)-1]
-		c.cfg.Log.Warn("queueing offset commit", "topic", last.Topic, "partition", last.Partition, "offset", last.Offset, "error", err.Error())
+	if b := c.book.Load(); b != nil {
+		b.add(lasts)
 	}
 	for topic, n := range perTopic {
 		if s := c.stats[topic]; s != nil {
@@ -701,10 +666,10 @@ func backoff(attempt int, max time.Duration) time.Duration {
 	return retry.Backoff(attempt, 100*time.Millisecond, max)
 }
 
-// fetchTimeouts counts fetches the broker answered after the reader's
-// deadline (the reader reconnects and fetches again).
+// fetchTimeouts counts fetches the broker did not answer within the
+// consumer's deadline (the fetch is sent again after a backoff).
 var fetchTimeouts, _ = otel.Meter(instrumentation).Int64Counter("closedloop.consumer.fetch_timeouts", metric.WithUnit("{fetch}"),
-	metric.WithDescription("Fetches answered after the reader's deadline; the reader reconnected and fetched again."))
+	metric.WithDescription("Fetches not answered within the consumer's deadline (sent again after a backoff)."))
 
 // fetchTimedOut reports whether a kafka-go error log's arguments carry a
 // network timeout (by type, not by message).

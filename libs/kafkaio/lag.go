@@ -35,3 +35,18 @@ func (c *Consumer) lagByPartition() map[partKey]int64 {
 	}
 	return out
 }
+
+// assigned starts a generation's lag: only its partitions, none behind
+// until their first fetch (a partition that moved to another member is no
+// longer this instance's to report).
+func (c *Consumer) assigned(parts []*partState) {
+	c.lagMu.Lock()
+	clear(c.lag)
+	for _, p := range parts {
+		c.lag[p.key] = 0
+	}
+	c.lagMu.Unlock()
+	for _, s := range c.stats {
+		s.Lag.Store(0)
+	}
+}
