@@ -114,7 +114,8 @@ type ConsumerConfig struct {
 	// at 1,000 records/s over two workers records reach a worker one at a
 	// time, and without the last rule batches stayed at one or two.
 	Linger time.Duration
-	// StartFromLatest makes a group with no committed offset start at the end
+	// StartFromLatest makes a group with no committed offset (or one out of
+	// range: records deleted, a topic recreated) start at the end
 	// of the topics instead of the beginning (default false: read everything).
 	StartFromLatest bool
 	// Log receives consumer events; required.

@@ -214,9 +214,11 @@ func (c *Consumer) leaders(ctx context.Context, parts []*partState) (map[int][]*
 }
 
 // resolve sets the next offset of parts from the partitions' ends: a
-// partition with no committed offset starts at its first (or, with
-// StartFromLatest, its last) offset; after outOfRange, at its first offset
-// when the records it wanted were deleted, else at its end.
+// partition with no committed offset, or whose offset is out of range (its
+// records deleted by retention, or the topic recreated or truncated),
+// starts at its first offset — or, with StartFromLatest, at its end. Going
+// back may repeat records (the stages dedupe); going forward could lose
+// records never seen.
 func (c *Consumer) resolve(ctx context.Context, parts []*partState, outOfRange bool) error {
 	if len(parts) == 0 {
 		return nil
@@ -239,15 +241,9 @@ func (c *Consumer) resolve(ctx context.Context, parts []*partState, outOfRange b
 			return fmt.Errorf("list offsets of %s/%d: %w", p.key.topic, p.key.partition, o.Error)
 		}
 		was := p.next
-		switch {
-		case outOfRange && p.next < o.FirstOffset:
-			p.next = o.FirstOffset
-		case outOfRange:
+		p.next = o.FirstOffset
+		if c.cfg.StartFromLatest {
 			p.next = o.LastOffset
-		case p.next == kafka.LastOffset:
-			p.next = o.LastOffset
-		default:
-			p.next = o.FirstOffset
 		}
 		if outOfRange {
 			c.cfg.Log.Warn("offset out of range; moved", "group", c.cfg.GroupID, "topic", p.key.topic, "partition", p.key.partition,

@@ -1,0 +1,121 @@
+package kafkaio
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// The fetch path is the consumer's own (one fetch per broker for all its
+// partitions), the membership kafka-go's: a member joining or leaving moves
+// partitions, and the records handled before the move are committed with the
+// generation that handled them, so the next owner neither skips nor repeats.
+func TestPartitionsMoveBetweenMembersWithoutLosingOrRepeatingARecord(t *testing.T) {
+	addrs := broker(t, "in", "q") // three partitions
+	p := NewProducer(ProducerConfig{Brokers: addrs})
+	defer p.Close()
+	next := 0
+	produce := func(n int) {
+		t.Helper()
+		recs := make([]Record, n)
+		for i := range recs {
+			recs[i] = Record{Topic: "in", Key: []byte(fmt.Sprint("k", next)), Value: []byte(fmt.Sprint(next))}
+			next++
+		}
+		if err := p.Produce(context.Background(), recs...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	times := map[string]int{}
+	by := map[string]int{} // records handled per member
+	handler := func(member string) Handler {
+		return func(_ context.Context, m kafka.Message) error {
+			mu.Lock()
+			defer mu.Unlock()
+			times[string(m.Value)]++
+			by[member]++
+			return nil
+		}
+	}
+	handled := func(n int) func() bool { return func() bool { return len(times) >= n } }
+	cfg := ConsumerConfig{Brokers: addrs, GroupID: "g", Topics: []string{"in"}, Quarantine: p, QuarantineTopic: "q",
+		Log: quiet(), SessionTimeout: 6 * time.Second, CommitInterval: 50 * time.Millisecond}
+
+	produce(300)
+	stopA := runConsumer(t, cfg, handler("a"))
+	pollUntil(&mu, handled(300))
+	stopB := runConsumer(t, cfg, handler("b"))
+	// Keep producing until the group has rebalanced and b handles a share.
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		produce(30)
+		mu.Lock()
+		bHas := by["b"] > 0
+		mu.Unlock()
+		if bHas {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the second member got no partitions")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	pollUntil(&mu, handled(next))
+	stopA() // a leaves: b takes over a's partitions from a's commits
+	produce(300)
+	pollUntil(&mu, handled(next))
+	stopB()
+
+	mu.Lock()
+	defer mu.Unlock()
+	if len(times) != next {
+		t.Fatalf("handled %d distinct records of %d", len(times), next)
+	}
+	for v, n := range times {
+		if n != 1 {
+			t.Fatalf("record %s handled %d times", v, n)
+		}
+	}
+	t.Logf("%d records: a handled %d, b %d", next, by["a"], by["b"])
+	if by["a"] == 0 || by["b"] == 0 {
+		t.Fatalf("a handled %d, b %d: the partitions never moved", by["a"], by["b"])
+	}
+}
+
+// A committed offset past the partition's end (a topic recreated, a log
+// truncated) is out of range: the consumer starts the partition over from
+// its first record rather than waiting for an offset that may never come —
+// or skipping records it never saw.
+func TestAnOffsetOutOfRangeStartsThePartitionOver(t *testing.T) {
+	addrs := broker(t, "q")
+	createTopic(t, addrs, "one", 1<<20)
+	p := NewProducer(ProducerConfig{Brokers: addrs})
+	defer p.Close()
+	for i := range 5 {
+		if err := p.Produce(context.Background(), Record{Topic: "one", Value: []byte(fmt.Sprint(i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	client := &kafka.Client{Addr: kafka.TCP(addrs...), Timeout: 5 * time.Second}
+	resp, err := client.OffsetCommit(context.Background(), &kafka.OffsetCommitRequest{GroupID: "g", GenerationID: -1,
+		Topics: map[string][]kafka.OffsetCommit{"one": {{Partition: 0, Offset: 1000}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, part := range resp.Topics["one"] {
+		if part.Error != nil {
+			t.Fatal(part.Error)
+		}
+	}
+	got := newSeen()
+	cfg := ConsumerConfig{Brokers: addrs, GroupID: "g", Topics: []string{"one"}, Quarantine: p, QuarantineTopic: "q", Log: quiet()}
+	stop := runConsumer(t, cfg, func(_ context.Context, m kafka.Message) error { got.add(string(m.Value)); return nil })
+	defer stop()
+	if v := got.wait(t, 5); fmt.Sprint(v) != "[0 1 2 3 4]" {
+		t.Fatalf("handled %v, want the partition from its first record", v)
+	}
+}
