@@ -93,6 +93,14 @@ func (c *Consumer) generation(stop, work context.Context, gen *kafka.Generation)
 		close(q)
 	}
 	wg.Wait()
+	// A worker that gave up on a batch (stopping while it was retried)
+	// left its queue: those records' bytes go back to the budget, which
+	// outlives the generation.
+	for _, q := range queues {
+		for m := range q {
+			c.buf.release(recordBytes(m))
+		}
+	}
 	<-committed
 	c.flush(book)
 }

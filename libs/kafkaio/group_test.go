@@ -119,3 +119,36 @@ func TestAnOffsetOutOfRangeStartsThePartitionOver(t *testing.T) {
 		t.Fatalf("handled %v, want the partition from its first record", v)
 	}
 }
+
+// The byte budget outlives a generation: records a worker left behind when
+// it gave up a retried batch (the generation ended) go back to it.
+func TestAGenerationThatEndsMidRetryGivesItsRecordsBytesBack(t *testing.T) {
+	addrs := broker(t, "in", "q")
+	p := NewProducer(ProducerConfig{Brokers: addrs})
+	defer p.Close()
+	recs := make([]Record, 50)
+	for i := range recs {
+		recs[i] = Record{Topic: "in", Key: []byte("same"), Value: []byte(fmt.Sprint(i))}
+	}
+	if err := p.Produce(context.Background(), recs...); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	calls := 0
+	cfg := ConsumerConfig{Brokers: addrs, GroupID: "g", Topics: []string{"in"}, Quarantine: p, QuarantineTopic: "q", Log: quiet()}
+	c, err := NewConsumer(cfg, func(context.Context, kafka.Message) error {
+		mu.Lock()
+		defer mu.Unlock()
+		calls++
+		return fmt.Errorf("the dependency is down")
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := runBatch(c)
+	pollUntil(&mu, func() bool { return calls >= 2 && c.Buffered() > 0 })
+	stop()
+	if n := c.Buffered(); n != 0 {
+		t.Fatalf("%d bytes still counted after the generation ended", n)
+	}
+}
