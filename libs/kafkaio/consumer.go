@@ -330,7 +330,20 @@ func (c *Consumer) Run(ctx context.Context) error {
 			stop, cancel := context.WithCancel(ctx)
 			defer cancel()
 			defer context.AfterFunc(gctx, cancel)()
-			c.generation(stop, workCtx, gen)
+			// At a rebalance every member waits for the slowest to rejoin
+			// (up to the rebalance timeout, then it is dropped), so a
+			// handler call still running half a session timeout after the
+			// generation ended is cancelled: its records are not committed
+			// and the partition's next owner handles them. At shutdown the
+			// calls get DrainTimeout (workCtx).
+			genWork, cancelGenWork := context.WithCancel(workCtx)
+			defer cancelGenWork()
+			defer context.AfterFunc(gctx, func() {
+				if ctx.Err() == nil {
+					time.AfterFunc(c.cfg.SessionTimeout/2, cancelGenWork)
+				}
+			})()
+			c.generation(stop, genWork, gen)
 		})
 		<-done
 	}

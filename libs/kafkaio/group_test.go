@@ -152,3 +152,60 @@ func TestAGenerationThatEndsMidRetryGivesItsRecordsBytesBack(t *testing.T) {
 		t.Fatalf("%d bytes still counted after the generation ended", n)
 	}
 }
+
+// A member whose handler call outlasts the generation (a slow destination)
+// does not hold the group's rebalance for long: the call is cancelled half a
+// session timeout after the generation ended, its record is not committed,
+// and the partition's owner in the next generation handles it.
+func TestAHandlerCallStillRunningAtARebalanceIsCancelled(t *testing.T) {
+	addrs := broker(t, "in", "q")
+	p := NewProducer(ProducerConfig{Brokers: addrs})
+	defer p.Close()
+	for i := range 30 {
+		if err := p.Produce(context.Background(), Record{Topic: "in", Key: []byte(fmt.Sprint("k", i)), Value: []byte(fmt.Sprint(i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := ConsumerConfig{Brokers: addrs, GroupID: "g", Topics: []string{"in"}, Quarantine: p, QuarantineTopic: "q",
+		Log: quiet(), SessionTimeout: 6 * time.Second}
+	blocked, ended := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	var mu sync.Mutex
+	done := map[string]bool{} // handled successfully, by either member
+	stopA := runConsumer(t, cfg, func(ctx context.Context, m kafka.Message) error {
+		first := false
+		once.Do(func() { first = true })
+		if first {
+			close(blocked)
+			<-ctx.Done() // a call that would never end on its own
+			close(ended)
+			return ctx.Err()
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		done[string(m.Value)] = true
+		return nil
+	})
+	defer stopA()
+	<-blocked
+	joined := time.Now()
+	stopB := runConsumer(t, cfg, func(_ context.Context, m kafka.Message) error {
+		mu.Lock()
+		defer mu.Unlock()
+		done[string(m.Value)] = true
+		return nil
+	})
+	defer stopB()
+	select {
+	case <-ended:
+		t.Logf("the call was cancelled %v after the second member joined", time.Since(joined).Round(time.Millisecond))
+	case <-time.After(20 * time.Second):
+		t.Fatal("the handler call was never cancelled: the rebalance waited for it")
+	}
+	pollUntil(&mu, func() bool { return len(done) == 30 })
+	mu.Lock()
+	defer mu.Unlock()
+	if len(done) != 30 {
+		t.Fatalf("%d of 30 records handled: the cancelled call's record was lost", len(done))
+	}
+}
