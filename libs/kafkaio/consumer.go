@@ -243,7 +243,7 @@ func NewBatchConsumer(cfg ConsumerConfig, h BatchHandler) (*Consumer, error) {
 		cfg: cfg, handle: h, group: gc,
 		transport: transport, addr: kafka.TCP(cfg.Brokers...),
 		client:     &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Timeout: 10 * time.Second, Transport: transport},
-		fetchBytes: max(cfg.BufferBytes, 64<<10),
+		fetchBytes: min(max(cfg.BufferBytes/2, 64<<10), maxFetchBytes),
 		groupAttr:  metric.WithAttributes(attribute.String("group", cfg.GroupID)),
 		tracer:     otel.Tracer(instrumentation), prop: otel.GetTextMapPropagator(),
 		stats: map[string]*status.ConsumerStats{}, lag: map[partKey]int64{},
