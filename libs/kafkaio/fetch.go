@@ -69,7 +69,7 @@ func (c *Consumer) generation(stop, work context.Context, gen *kafka.Generation)
 		}
 	}
 	c.assigned(parts)
-	c.cfg.Log.Debug("partitions assigned", "group", c.cfg.GroupID, "generation", gen.ID, "partitions", len(parts))
+	c.cfg.Log.Info("partitions assigned", "group", c.cfg.GroupID, "generation", gen.ID, "partitions", len(parts))
 	if len(parts) == 0 {
 		<-stop.Done()
 		return
