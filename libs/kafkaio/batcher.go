@@ -503,6 +503,9 @@ func (b *Batcher) round(parts []*part, attempt int) (again []*part) {
 		if !ok {
 			err = fmt.Errorf("unexpected answer %T to a produce request", msg)
 		} else {
+			// Answered now, but this sender's next request waits the quota's
+			// delay (KIP-219).
+			defer throttled(ctx, resp.ThrottleTimeMs)
 			for ti := range resp.Topics {
 				t := &resp.Topics[ti]
 				for pi := range t.Partitions {

@@ -130,10 +130,19 @@ func produceAll(t *testing.T, b *Batcher, n int, rec func(i int) Record) {
 // failProduces makes the cluster answer the first n produce requests with
 // code for every partition; it returns how many produce requests came.
 func failProduces(c *kfake.Cluster, n int32, code int16) (requests *atomic.Int32, failing chan struct{}) {
+	return failProducesThrottled(c, n, code, 0, nil)
+}
+
+// failProducesThrottled is failProduces with a quota's delay in each failed
+// answer, and the arrival time of every produce request in at.
+func failProducesThrottled(c *kfake.Cluster, n int32, code int16, throttleMs int32, at chan<- time.Time) (requests *atomic.Int32, failing chan struct{}) {
 	requests, failing = &atomic.Int32{}, make(chan struct{})
 	c.ControlKey(int16(kmsg.Produce), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
 		c.KeepControl()
 		i := requests.Add(1)
+		if at != nil {
+			at <- time.Now()
+		}
 		if i > n {
 			return nil, nil, false
 		}
@@ -142,6 +151,7 @@ func failProduces(c *kfake.Cluster, n int32, code int16) (requests *atomic.Int32
 		}
 		req := kreq.(*kmsg.ProduceRequest)
 		resp := req.ResponseKind().(*kmsg.ProduceResponse)
+		resp.ThrottleMillis = throttleMs
 		for _, rt := range req.Topics {
 			st := kmsg.NewProduceResponseTopic()
 			st.Topic = rt.Topic
@@ -218,5 +228,26 @@ func TestAProducerDoesNotRetryWhatCannotPass(t *testing.T) {
 	}
 	if n := requests.Load(); n != 1 {
 		t.Fatalf("%d produce requests; an authorization failure was retried", n)
+	}
+}
+
+// A broker enforcing a quota answers at once and asks the client to wait
+// (KIP-219): the producer's next request to it waits that long.
+func TestAProducerWaitsTheDelayABrokersQuotaAsksFor(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "o"), kfake.Ports(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	at := make(chan time.Time, 10)
+	failProducesThrottled(c, 1, 6, 600, at) // retriable, with a 600 ms quota delay
+	p := NewProducer(ProducerConfig{Brokers: c.ListenAddrs()})
+	defer p.Close()
+	if errs := p.ProduceEach(context.Background(), numbered(0, 1)...); errs != nil {
+		t.Fatal(errs)
+	}
+	first, second := <-at, <-at
+	if gap := second.Sub(first); gap < 600*time.Millisecond {
+		t.Fatalf("the retry came %v after the throttled answer; the broker asked for 600ms", gap)
 	}
 }

@@ -364,6 +364,9 @@ func (c *Consumer) fetchLoop(ctx context.Context, parts []*partState, queues map
 			}
 			c.setLag(g.p.key, g.hw-g.p.next)
 		}
+		// A broker enforcing a quota answers at once and asks the client to
+		// wait (KIP-219) before its next request.
+		throttled(ctx, resp.ThrottleTimeMs)
 	}
 	return progressed, nil
 }
@@ -511,3 +514,17 @@ func (c *Consumer) flush(b *offsetBook) {
 // fetchRequests counts the consumers' fetch requests.
 var fetchRequests, _ = otel.Meter(instrumentation).Int64Counter("closedloop.kafka.fetch.requests", metric.WithUnit("{request}"),
 	metric.WithDescription("Fetch requests sent by the process's consumers (one per broker at a time, for every partition it leads)."))
+
+// throttled waits the time a broker enforcing a quota asked for (KIP-219:
+// it answers at once with the delay and mutes the connection meanwhile).
+func throttled(ctx context.Context, ms int32) {
+	if ms <= 0 {
+		return
+	}
+	t := time.NewTimer(time.Duration(ms) * time.Millisecond)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}

@@ -4,10 +4,13 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 // The fetch path is the consumer's own (one fetch per broker for all its
@@ -207,5 +210,52 @@ func TestAHandlerCallStillRunningAtARebalanceIsCancelled(t *testing.T) {
 	defer mu.Unlock()
 	if len(done) != 30 {
 		t.Fatalf("%d of 30 records handled: the cancelled call's record was lost", len(done))
+	}
+}
+
+// The consumer, too, waits the delay a broker's quota asks for before its
+// next fetch (KIP-219).
+func TestAConsumerWaitsTheDelayABrokersQuotaAsksFor(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "in", "q"), kfake.Ports(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	at := make(chan time.Time, 100)
+	var fetches atomic.Int32
+	c.ControlKey(int16(kmsg.Fetch), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		at <- time.Now()
+		if fetches.Add(1) > 1 {
+			return nil, nil, false
+		}
+		req := kreq.(*kmsg.FetchRequest)
+		resp := req.ResponseKind().(*kmsg.FetchResponse)
+		resp.ThrottleMillis = 600
+		for _, rt := range req.Topics {
+			st := kmsg.NewFetchResponseTopic()
+			st.Topic = rt.Topic
+			for _, rp := range rt.Partitions {
+				sp := kmsg.NewFetchResponseTopicPartition()
+				sp.Partition = rp.Partition
+				st.Partitions = append(st.Partitions, sp)
+			}
+			resp.Topics = append(resp.Topics, st)
+		}
+		return resp, nil, true
+	})
+	p := NewProducer(ProducerConfig{Brokers: c.ListenAddrs()})
+	defer p.Close()
+	got := newSeen()
+	cfg := ConsumerConfig{Brokers: c.ListenAddrs(), GroupID: "g", Topics: []string{"in"}, Quarantine: p, QuarantineTopic: "q", Log: quiet()}
+	stop := runConsumer(t, cfg, func(_ context.Context, m kafka.Message) error { got.add(string(m.Value)); return nil })
+	defer stop()
+	if err := p.Produce(context.Background(), Record{Topic: "in", Value: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	got.wait(t, 1)
+	first, second := <-at, <-at
+	if gap := second.Sub(first); gap < 600*time.Millisecond {
+		t.Fatalf("the second fetch came %v after the throttled answer; the broker asked for 600ms", gap)
 	}
 }
