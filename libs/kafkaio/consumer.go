@@ -310,14 +310,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 			// itself. Wait and ask again; the consumer never gives up on
 			// its own (readiness reports it).
 			failures++
-			wait := backoff(failures, c.cfg.RetryBackoffMax)
-			if failures == 1 || failures%20 == 0 {
-				c.cfg.Log.Warn("joining the group failed; retrying", "group", c.cfg.GroupID, "failures", failures, "retry_in", wait.String(), "error", err.Error())
-			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(wait):
-			}
+			c.backOff(ctx, "joining the group failed; retrying", failures, err)
 			continue
 		}
 		failures = 0

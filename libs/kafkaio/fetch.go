@@ -187,14 +187,20 @@ func (c *Consumer) fetchAll(stop context.Context, parts []*partState, queues map
 		// rebalancing: wait and look again. The consumer never gives up
 		// on its own (readiness reports it).
 		failures++
-		wait := backoff(failures, c.cfg.RetryBackoffMax)
-		if failures == 1 || failures%20 == 0 {
-			c.cfg.Log.Warn("fetch failed; retrying", "group", c.cfg.GroupID, "failures", failures, "retry_in", wait.String(), "error", err.Error())
-		}
-		select {
-		case <-stop.Done():
-		case <-time.After(wait):
-		}
+		c.backOff(stop, "fetch failed; retrying", failures, err)
+	}
+}
+
+// backOff logs the failures-th failure in a row (the first and every
+// 20th) and waits its backoff, or until ctx ends.
+func (c *Consumer) backOff(ctx context.Context, msg string, failures int, err error) {
+	wait := backoff(failures, c.cfg.RetryBackoffMax)
+	if failures == 1 || failures%20 == 0 {
+		c.cfg.Log.Warn(msg, "group", c.cfg.GroupID, "failures", failures, "retry_in", wait.String(), "error", err.Error())
+	}
+	select {
+	case <-ctx.Done():
+	case <-time.After(wait):
 	}
 }
 
