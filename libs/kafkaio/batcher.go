@@ -33,8 +33,11 @@ import (
 // round trip); a busy one gets bigger requests (throughput), one per broker
 // rather than one per partition: at 9k records/s over 6 partitions this cut
 // the produce requests per second, and the CPU both sides spend on them,
-// several times over. Every request is acks=all and the partition is chosen
-// by the murmur2 hash of the key, as Producer does.
+// several times over. Every request is acks=all, the partition is chosen by
+// the murmur2 hash of the key (the Java client's partitioner), and a
+// partition that fails retriably is sent again (MaxAttempts) before the
+// sender takes anything else. Producer is a Batcher with one request in
+// flight per broker.
 type Batcher struct {
 	transport kafka.RoundTripper
 	addr      net.Addr

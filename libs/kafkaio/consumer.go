@@ -84,7 +84,9 @@ type ConsumerConfig struct {
 	// whole budget is still taken, alone. A record count alone did not bound
 	// memory: sink-webhook runs a consumer per destination over three topics
 	// of six partitions, and a destination behind its rate limit kept up to
-	// 18 × 1,000 records waiting.
+	// 18 × 1,000 records waiting. Beside it, each fetch answer being
+	// decoded takes up to half the budget (at most 4 MiB; see
+	// maxFetchBytes).
 	BufferBytes int
 	// MaxBatch is the most records of one partition handed to a
 	// BatchHandler at once (default 500 for NewBatchConsumer; always 1 for

@@ -54,7 +54,7 @@ const (
 // partState is one assigned partition: the next offset to hand over.
 type partState struct {
 	key  partKey
-	next int64 // kafka.FirstOffset or kafka.LastOffset until resolved
+	next int64 // negative (the group's start offset) until resolved
 }
 
 // generation consumes the partitions gen assigns until stop is done (the
@@ -293,18 +293,24 @@ func (c *Consumer) fetchLoop(ctx context.Context, parts []*partState, queues map
 	for _, p := range parts {
 		index[p.key] = p
 	}
-	partBytes := int32(min(c.fetchBytes, maxPartitionFetchBytes))
+	// The request's shape is fixed for the loop; only the offsets change.
+	req := &fetchapi.Request{ReplicaID: -1, MaxWaitTime: int32(fetchMaxWait / time.Millisecond), MinBytes: 1,
+		MaxBytes: int32(c.fetchBytes), SessionID: -1, SessionEpoch: -1}
+	for _, p := range parts {
+		i := slices.IndexFunc(req.Topics, func(t fetchapi.RequestTopic) bool { return t.Topic == p.key.topic })
+		if i < 0 {
+			i = len(req.Topics)
+			req.Topics = append(req.Topics, fetchapi.RequestTopic{Topic: p.key.topic})
+		}
+		req.Topics[i].Partitions = append(req.Topics[i].Partitions, fetchapi.RequestPartition{Partition: int32(p.key.partition),
+			CurrentLeaderEpoch: -1, LogStartOffset: -1, PartitionMaxBytes: int32(min(c.fetchBytes, maxPartitionFetchBytes))})
+	}
 	for ctx.Err() == nil {
-		req := &fetchapi.Request{ReplicaID: -1, MaxWaitTime: int32(fetchMaxWait / time.Millisecond), MinBytes: 1,
-			MaxBytes: int32(c.fetchBytes), SessionID: -1, SessionEpoch: -1}
-		for _, p := range parts {
-			i := slices.IndexFunc(req.Topics, func(t fetchapi.RequestTopic) bool { return t.Topic == p.key.topic })
-			if i < 0 {
-				i = len(req.Topics)
-				req.Topics = append(req.Topics, fetchapi.RequestTopic{Topic: p.key.topic})
+		for ti := range req.Topics {
+			t := &req.Topics[ti]
+			for pi := range t.Partitions {
+				t.Partitions[pi].FetchOffset = index[partKey{t.Topic, int(t.Partitions[pi].Partition)}].next
 			}
-			req.Topics[i].Partitions = append(req.Topics[i].Partitions, fetchapi.RequestPartition{Partition: int32(p.key.partition),
-				CurrentLeaderEpoch: -1, FetchOffset: p.next, LogStartOffset: -1, PartitionMaxBytes: partBytes})
 		}
 		rctx, cancel := context.WithTimeout(ctx, fetchMaxWait+5*time.Second)
 		fetchRequests.Add(ctx, 1, c.groupAttr)
@@ -328,12 +334,9 @@ func (c *Consumer) fetchLoop(ctx context.Context, parts []*partState, queues map
 			return progressed, fmt.Errorf("fetch: %w", kafka.Error(resp.ErrorCode))
 		}
 		progressed = true
-		// Copy every record out of the answer before handing any over: the
-		// answer's record batches sit in 64 KiB pages each (kafka-go's
-		// decoder), so an answer of many small batches held while a worker
-		// or the budget is waited for cost up to 30 × its bytes (a
-		// sink-webhook with every destination peaked at 295 MiB instead of
-		// 144); copied, the pages go back to kafka-go's pool at once.
+		// Every record is copied out of the answer before any is handed
+		// over, so its decoding pages go back to kafka-go's pool before a
+		// worker or the budget is waited for (see maxFetchBytes).
 		type got struct {
 			p    *partState
 			hw   int64
