@@ -1,19 +1,17 @@
 package kafkaio
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/segmentio/kafka-go"
-	"github.com/segmentio/kafka-go/protocol"
-	produceapi "github.com/segmentio/kafka-go/protocol/produce"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
@@ -39,21 +37,21 @@ import (
 // sender takes anything else. Producer is a Batcher with one request in
 // flight per broker.
 type Batcher struct {
-	transport kafka.RoundTripper
-	addr      net.Addr
-	client    *kafka.Client // metadata
-	maxBatch  int
-	limit     int
-	inFlight  int
-	attempts  int
-	tracer    trace.Tracer
-	prop      propagation.TextMapPropagator
-	latency   metric.Float64Histogram
-	sizes     metric.Int64Histogram
-	requests  metric.Int64Counter
+	clientID string
+	client   *kafka.Client // metadata
+	maxBatch int
+	limit    int
+	inFlight int
+	attempts int
+	tracer   trace.Tracer
+	prop     propagation.TextMapPropagator
+	latency  metric.Float64Histogram
+	sizes    metric.Int64Histogram
+	requests metric.Int64Counter
 
-	metaMu sync.Mutex
-	meta   map[string]*topicMeta
+	metaMu  sync.Mutex
+	meta    map[string]*topicMeta
+	brokers map[int]string // broker id -> address
 
 	// mu guards queues and closed; Produce holds it shared while it enqueues
 	// so that Close cannot close a queue under it.
@@ -80,18 +78,7 @@ type pending struct {
 	headers    []kafka.Header
 	size       int // EncodedSize without the batch header
 	done       chan error
-	// keyR and valueR give kafka-go the key and value without allocating
-	// a reader for each.
-	keyR, valueR byteReader
-	// lent: the request failed in transport, so kafka-go may still be
-	// encoding it; never recycle.
-	lent bool
 }
-
-// byteReader is a protocol.Bytes over a byte slice.
-type byteReader struct{ bytes.Reader }
-
-func (*byteReader) Close() error { return nil }
 
 // pendings recycles the records (and their answer channels) whose callers
 // received the answer; one whose caller gave up is left to the collector,
@@ -145,20 +132,18 @@ func NewBatcher(cfg BatcherConfig) *Batcher {
 		cfg.MaxMessageBytes = DefaultMaxMessageBytes
 	}
 	meter := otel.Meter(instrumentation)
-	transport := NewTransport(cfg.ClientID)
-	addr := kafka.TCP(cfg.Brokers...)
 	b := &Batcher{
-		transport: transport,
-		addr:      addr,
-		client:    &kafka.Client{Addr: addr, Timeout: 10 * time.Second, Transport: transport},
-		maxBatch:  cfg.MaxBatch,
-		limit:     cfg.MaxMessageBytes,
-		inFlight:  cfg.InFlight,
-		attempts:  cfg.MaxAttempts,
-		tracer:    otel.Tracer(instrumentation),
-		prop:      otel.GetTextMapPropagator(),
-		meta:      map[string]*topicMeta{},
-		queues:    map[int]chan *pending{},
+		clientID: cfg.ClientID,
+		client:   &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Timeout: 10 * time.Second, Transport: NewTransport(cfg.ClientID)},
+		maxBatch: cfg.MaxBatch,
+		limit:    cfg.MaxMessageBytes,
+		inFlight: cfg.InFlight,
+		attempts: cfg.MaxAttempts,
+		tracer:   otel.Tracer(instrumentation),
+		prop:     otel.GetTextMapPropagator(),
+		meta:     map[string]*topicMeta{},
+		brokers:  map[int]string{},
+		queues:   map[int]chan *pending{},
 	}
 	b.latency, _ = meter.Float64Histogram("closedloop.kafka.produce.duration", metric.WithUnit("s"),
 		metric.WithDescription("Time from produce call to acknowledgement by all in-sync replicas."),
@@ -250,12 +235,7 @@ func (b *Batcher) ProduceEach(ctx context.Context, recs ...Record) []error {
 
 // recycle returns p, answered or never queued, to the pool.
 func (p *pending) recycle() {
-	if p.lent {
-		return
-	}
 	p.key, p.value, p.headers = nil, nil, nil
-	p.keyR.Reset(nil)
-	p.valueR.Reset(nil)
 	pendings.Put(p)
 }
 
@@ -321,7 +301,7 @@ func (b *Batcher) enqueue(ctx context.Context, topic string, p *pending) error {
 			b.queues[leader] = q
 			for range b.inFlight {
 				b.wg.Add(1)
-				go b.send(q)
+				go b.send(q, leader)
 			}
 		}
 		b.mu.Unlock()
@@ -353,20 +333,23 @@ func (b *Batcher) topic(ctx context.Context, topic string) (*topicMeta, error) {
 		return nil, fmt.Errorf("metadata of %s: %w", topic, err)
 	}
 	m = &topicMeta{leader: map[int]int{}}
+	b.metaMu.Lock()
+	defer b.metaMu.Unlock()
 	for _, t := range md.Topics {
 		if t.Name == topic && t.Error == nil {
 			for _, p := range t.Partitions {
 				m.ids = append(m.ids, p.ID)
 				m.leader[p.ID] = p.Leader.ID
+				if p.Leader.Host != "" {
+					b.brokers[p.Leader.ID] = net.JoinHostPort(p.Leader.Host, strconv.Itoa(p.Leader.Port))
+				}
 			}
 		}
 	}
 	if len(m.ids) == 0 {
 		return nil, fmt.Errorf("topic %s has no partitions (does it exist?)", topic)
 	}
-	b.metaMu.Lock()
 	b.meta[topic] = m
-	b.metaMu.Unlock()
 	return m, nil
 }
 
@@ -375,8 +358,10 @@ func (b *Batcher) topic(ctx context.Context, topic string) (*topicMeta, error) {
 // partition, answer every caller, repeat. A record that would take its
 // partition's batch past MaxMessageBytes, or the request past
 // maxRequestBytes, waits for the next request.
-func (b *Batcher) send(q chan *pending) {
+func (b *Batcher) send(q chan *pending, leader int) {
 	defer b.wg.Done()
+	s := &sender{b: b, home: leader, conns: map[int]*brokerConn{}}
+	defer s.close()
 	var batch []*pending
 	var carry *pending
 	bytes := map[topicPartition]int{}
@@ -421,15 +406,28 @@ func (b *Batcher) send(q chan *pending) {
 				break drain
 			}
 		}
-		b.write(batch)
+		s.write(batch)
+	}
+}
+
+// sender is one sending goroutine's connections: to its broker, and to
+// another while a partition it was sent for has moved there.
+type sender struct {
+	b     *Batcher
+	home  int
+	conns map[int]*brokerConn
+}
+
+func (s *sender) close() {
+	for _, c := range s.conns {
+		c.Close()
 	}
 }
 
 // part is one partition's records of a produce request, in call order.
 type part struct {
-	tp   topicPartition
-	recs []kafka.Record
-	who  []*pending
+	tp  topicPartition
+	who []*pending
 }
 
 // write sends batch as one produce request and answers each record's
@@ -437,7 +435,7 @@ type part struct {
 // error code such as a moved leader, or a broken connection) is sent again
 // after a backoff, up to MaxAttempts, before anything behind it in this
 // sender: with one request in flight, a partition's records stay in order.
-func (b *Batcher) write(batch []*pending) {
+func (s *sender) write(batch []*pending) {
 	// Group by partition, keeping each partition's records in call order.
 	var parts []*part
 	index := map[topicPartition]*part{}
@@ -451,7 +449,7 @@ func (b *Batcher) write(batch []*pending) {
 		g.who = append(g.who, p)
 	}
 	for attempt := 1; ; attempt++ {
-		parts = b.round(parts, attempt)
+		parts = s.round(parts, attempt)
 		if len(parts) == 0 {
 			return
 		}
@@ -459,84 +457,72 @@ func (b *Batcher) write(batch []*pending) {
 	}
 }
 
-// round sends parts as one request, answers the records that are done
-// (written, or failed for good) and returns the parts to send again.
-func (b *Batcher) round(parts []*part, attempt int) (again []*part) {
-	req := &produceapi.Request{Acks: int16(kafka.RequireAll), Timeout: 10000}
-	topicAt := map[string]int{}
-	records := 0
+// produceTimeout is how long the brokers may take to have a request's
+// records on every in-sync replica.
+const produceTimeout = 10 * time.Second
+
+// round sends parts — normally one request, to the sender's broker; after a
+// leader moved, one per broker leading them now — answers the records that
+// are done (written, or failed for good) and returns the parts to send
+// again.
+func (s *sender) round(parts []*part, attempt int) (again []*part) {
+	b := s.b
+	ctx := context.Background()
+	byLeader := map[int][]*part{}
+	var leaders []int
+	errs := map[*part]error{}
 	for _, g := range parts {
-		g.recs = g.recs[:0]
-		for _, p := range g.who {
-			rec := kafka.Record{Headers: p.headers}
-			// The pooled readers on the first attempt; after a failure
-			// kafka-go may still be reading those (p.lent), so new ones.
-			kr, vr := &p.keyR, &p.valueR
-			if attempt > 1 {
-				kr, vr = &byteReader{}, &byteReader{}
+		id := s.home
+		if attempt > 1 { // where the partition is now
+			m, err := b.topic(ctx, g.tp.topic)
+			if err != nil {
+				errs[g] = err
+				continue
 			}
-			if p.key != nil { // nil stays a null key, as kafka.NewBytes keeps it
-				kr.Reset(p.key)
-				rec.Key = kr
+			if l, ok := m.leader[g.tp.partition]; ok {
+				id = l
 			}
-			if p.value != nil {
-				vr.Reset(p.value)
-				rec.Value = vr
-			}
-			g.recs = append(g.recs, rec)
 		}
-		records += len(g.who)
-		i, ok := topicAt[g.tp.topic]
-		if !ok {
-			i = len(req.Topics)
-			topicAt[g.tp.topic] = i
-			req.Topics = append(req.Topics, produceapi.RequestTopic{Topic: g.tp.topic})
+		if _, ok := byLeader[id]; !ok {
+			leaders = append(leaders, id)
 		}
-		req.Topics[i].Partitions = append(req.Topics[i].Partitions, produceapi.RequestPartition{
-			Partition: int32(g.tp.partition), RecordSet: protocol.RecordSet{Records: kafka.NewRecordReader(g.recs...)}})
+		byLeader[id] = append(byLeader[id], g)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 11*time.Second)
-	defer cancel()
-	b.sizes.Record(ctx, int64(records))
-	b.requests.Add(ctx, 1)
-	msg, err := b.transport.RoundTrip(ctx, b.addr, req)
-	results := map[topicPartition]*produceapi.ResponsePartition{}
-	if err == nil {
-		resp, ok := msg.(*produceapi.Response)
-		if !ok {
-			err = fmt.Errorf("unexpected answer %T to a produce request", msg)
-		} else {
-			// Answered now, but this sender's next request waits the quota's
-			// delay (KIP-219).
-			defer throttled(ctx, resp.ThrottleTimeMs)
-			for ti := range resp.Topics {
-				t := &resp.Topics[ti]
-				for pi := range t.Partitions {
-					results[topicPartition{t.Topic, int(t.Partitions[pi].Partition)}] = &t.Partitions[pi]
-				}
+	var throttle int32
+	results := map[topicPartition]produceResult{}
+	for _, id := range leaders {
+		gs := byLeader[id]
+		res, t, err := s.produce(ctx, id, gs)
+		throttle = max(throttle, t)
+		for _, g := range gs {
+			if err != nil {
+				errs[g] = err
+			} else if r, ok := res[g.tp]; ok {
+				results[g.tp] = r
+			} else {
+				errs[g] = fmt.Errorf("partition %d of %s missing from the produce answer", g.tp.partition, g.tp.topic)
 			}
 		}
 	}
-	stale := err != nil
+	// Answered now, but this sender's next request waits the quota's delay
+	// (KIP-219).
+	defer throttled(ctx, throttle)
+	stale := false
 	for _, g := range parts {
-		perr := err
-		var res *produceapi.ResponsePartition
-		if perr == nil {
-			if res = results[g.tp]; res == nil {
-				perr = fmt.Errorf("partition %d of %s missing from the produce answer", g.tp.partition, g.tp.topic)
-			} else if res.ErrorCode != 0 {
-				perr = kafka.Error(res.ErrorCode)
+		perr := errs[g]
+		res := results[g.tp]
+		if perr == nil && res.errorCode != 0 {
+			perr = kafka.Error(res.errorCode)
+			if res.errorMessage != "" {
+				perr = fmt.Errorf("%w (%s)", perr, res.errorMessage)
 			}
-		}
-		for _, p := range g.who {
-			p.lent = p.lent || err != nil
 		}
 		if errors.Is(perr, kafka.MessageSizeTooLarge) {
 			// The topic's limit is below ours: send the records one by one
 			// so that only a record that alone does not fit fails.
 			if len(g.who) > 1 {
 				for _, p := range g.who {
-					b.write([]*pending{p})
+					s.write([]*pending{p})
 				}
 				continue
 			}
@@ -549,16 +535,9 @@ func (b *Batcher) round(parts []*part, attempt int) (again []*part) {
 				continue
 			}
 		}
-		var recErrs map[int32]string
-		if res != nil && len(res.RecordErrors) > 0 {
-			recErrs = make(map[int32]string, len(res.RecordErrors))
-			for _, e := range res.RecordErrors {
-				recErrs[e.BatchIndex] = e.BatchIndexErrorMessage
-			}
-		}
 		for i, p := range g.who {
 			e := perr
-			if msg, ok := recErrs[int32(i)]; ok && e == nil {
+			if msg, ok := res.recordErrors[int32(i)]; ok && e == nil {
 				e = errors.New(msg)
 			}
 			p.done <- e
@@ -573,6 +552,39 @@ func (b *Batcher) round(parts []*part, attempt int) (again []*part) {
 		b.metaMu.Unlock()
 	}
 	return again
+}
+
+// produce sends the parts to broker id as one request on the sender's
+// connection to it (dialled when missing, dropped when it fails).
+func (s *sender) produce(ctx context.Context, id int, parts []*part) (map[topicPartition]produceResult, int32, error) {
+	c := s.conns[id]
+	if c == nil {
+		s.b.metaMu.Lock()
+		addr, ok := s.b.brokers[id]
+		s.b.metaMu.Unlock()
+		if !ok {
+			return nil, 0, fmt.Errorf("broker %d: address unknown", id)
+		}
+		var err error
+		if c, err = dialBroker(ctx, addr, s.b.clientID); err != nil {
+			return nil, 0, err
+		}
+		s.conns[id] = c
+	}
+	batches := make([]produceBatch, len(parts))
+	records := 0
+	for i, g := range parts {
+		batches[i] = produceBatch{topic: g.tp.topic, partition: int32(g.tp.partition), recs: g.who}
+		records += len(g.who)
+	}
+	s.b.sizes.Record(ctx, int64(records))
+	s.b.requests.Add(ctx, 1)
+	res, throttle, err := c.produce(ctx, batches, produceTimeout)
+	if err != nil {
+		c.Close()
+		delete(s.conns, id)
+	}
+	return res, throttle, err
 }
 
 // retriable reports whether a produce error may pass on another attempt: a

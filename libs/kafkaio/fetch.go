@@ -4,14 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
 	"github.com/segmentio/kafka-go"
-	fetchapi "github.com/segmentio/kafka-go/protocol/fetch"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/metric"
 )
@@ -152,11 +151,11 @@ func (c *Consumer) fetchAll(stop context.Context, parts []*partState, queues map
 			fctx, cancel := context.WithCancel(stop)
 			var mu sync.Mutex
 			var fwg sync.WaitGroup
-			for _, ps := range byLeader {
+			for _, l := range byLeader {
 				fwg.Add(1)
 				go func() {
 					defer fwg.Done()
-					ok, ferr := c.fetchLoop(fctx, ps, queues)
+					ok, ferr := c.fetchLoop(fctx, l.addr, l.parts, queues)
 					mu.Lock()
 					progressed = progressed || ok
 					if ferr != nil && err == nil {
@@ -204,9 +203,15 @@ func (c *Consumer) backOff(ctx context.Context, msg string, failures int, err er
 	}
 }
 
+// led is the partitions one broker leads, and its address.
+type led struct {
+	addr  string
+	parts []*partState
+}
+
 // leaders resolves the partitions' starting offsets where needed and groups
 // them by the broker leading each.
-func (c *Consumer) leaders(ctx context.Context, parts []*partState) (map[int][]*partState, error) {
+func (c *Consumer) leaders(ctx context.Context, parts []*partState) (map[int]*led, error) {
 	var unresolved []*partState
 	for _, p := range parts {
 		if p.next < 0 {
@@ -226,21 +231,26 @@ func (c *Consumer) leaders(ctx context.Context, parts []*partState) (map[int][]*
 	if err != nil {
 		return nil, fmt.Errorf("metadata: %w", err)
 	}
-	leader := map[partKey]int{}
+	leader := map[partKey]kafka.Broker{}
 	for _, t := range md.Topics {
 		for _, p := range t.Partitions {
 			if p.Error == nil {
-				leader[partKey{t.Name, p.ID}] = p.Leader.ID
+				leader[partKey{t.Name, p.ID}] = p.Leader
 			}
 		}
 	}
-	out := map[int][]*partState{}
+	out := map[int]*led{}
 	for _, p := range parts {
-		id, ok := leader[p.key]
-		if !ok {
+		b, ok := leader[p.key]
+		if !ok || b.Host == "" {
 			return nil, fmt.Errorf("partition %d of %s has no leader", p.key.partition, p.key.topic)
 		}
-		out[id] = append(out[id], p)
+		l := out[b.ID]
+		if l == nil {
+			l = &led{addr: net.JoinHostPort(b.Host, strconv.Itoa(b.Port))}
+			out[b.ID] = l
+		}
+		l.parts = append(l.parts, p)
 	}
 	return out, nil
 }
@@ -285,37 +295,52 @@ func (c *Consumer) resolve(ctx context.Context, parts []*partState, outOfRange b
 	return nil
 }
 
-// fetchLoop fetches parts, all led by one broker, with one request at a
-// time and hands their records to the workers in offset order, until ctx
-// is done (nil) or a fetch fails. progressed reports a fetch answered.
-func (c *Consumer) fetchLoop(ctx context.Context, parts []*partState, queues map[partKey]chan kafka.Message) (progressed bool, err error) {
+// fetchLoop fetches parts, all led by the broker at addr, with one request
+// at a time on its own connection and hands their records to the workers in
+// offset order, until ctx is done (nil) or a fetch fails. progressed
+// reports a fetch answered.
+func (c *Consumer) fetchLoop(ctx context.Context, addr string, parts []*partState, queues map[partKey]chan kafka.Message) (progressed bool, err error) {
+	conn, err := dialBroker(ctx, addr, c.cfg.GroupID)
+	if err != nil {
+		return false, fmt.Errorf("fetch: %w", err)
+	}
+	defer conn.Close()
+	// The request's shape is fixed for the loop; only the offsets change.
+	req := &fetchRequest{maxWait: int32(fetchMaxWait / time.Millisecond), maxBytes: int32(c.fetchBytes)}
+	var at [][]*partState // the request's partitions, by topic and position
+	for _, p := range parts {
+		i := slices.IndexFunc(req.topics, func(t fetchTopic) bool { return t.name == p.key.topic })
+		if i < 0 {
+			i = len(req.topics)
+			req.topics = append(req.topics, fetchTopic{name: p.key.topic})
+			at = append(at, nil)
+		}
+		req.topics[i].parts = append(req.topics[i].parts, fetchPart{partition: int32(p.key.partition), maxBytes: int32(min(c.fetchBytes, maxPartitionFetchBytes))})
+		at[i] = append(at[i], p)
+	}
 	index := make(map[partKey]*partState, len(parts))
 	for _, p := range parts {
 		index[p.key] = p
 	}
-	// The request's shape is fixed for the loop; only the offsets change.
-	req := &fetchapi.Request{ReplicaID: -1, MaxWaitTime: int32(fetchMaxWait / time.Millisecond), MinBytes: 1,
-		MaxBytes: int32(c.fetchBytes), SessionID: -1, SessionEpoch: -1}
-	for _, p := range parts {
-		i := slices.IndexFunc(req.Topics, func(t fetchapi.RequestTopic) bool { return t.Topic == p.key.topic })
-		if i < 0 {
-			i = len(req.Topics)
-			req.Topics = append(req.Topics, fetchapi.RequestTopic{Topic: p.key.topic})
-		}
-		req.Topics[i].Partitions = append(req.Topics[i].Partitions, fetchapi.RequestPartition{Partition: int32(p.key.partition),
-			CurrentLeaderEpoch: -1, LogStartOffset: -1, PartitionMaxBytes: int32(min(c.fetchBytes, maxPartitionFetchBytes))})
+	type got struct {
+		p    *partState
+		hw   int64
+		end  int64
+		msgs []kafka.Message
 	}
+	var (
+		answers []fetchAnswer
+		gots    []got
+	)
 	for ctx.Err() == nil {
-		for ti := range req.Topics {
-			t := &req.Topics[ti]
-			for pi := range t.Partitions {
-				t.Partitions[pi].FetchOffset = index[partKey{t.Topic, int(t.Partitions[pi].Partition)}].next
+		for ti := range req.topics {
+			for pi := range req.topics[ti].parts {
+				req.topics[ti].parts[pi].offset = at[ti][pi].next
 			}
 		}
-		rctx, cancel := context.WithTimeout(ctx, fetchMaxWait+5*time.Second)
 		fetchRequests.Add(ctx, 1, c.groupAttr)
-		msg, err := c.transport.RoundTrip(rctx, c.addr, req)
-		cancel()
+		var throttle int32
+		answers, throttle, err = conn.fetch(ctx, req, fetchMaxWait+5*time.Second, answers[:0])
 		if ctx.Err() != nil {
 			return progressed, nil
 		}
@@ -326,85 +351,44 @@ func (c *Consumer) fetchLoop(ctx context.Context, parts []*partState, queues map
 			}
 			return progressed, fmt.Errorf("fetch: %w", err)
 		}
-		resp, ok := msg.(*fetchapi.Response)
-		if !ok {
-			return progressed, fmt.Errorf("fetch: unexpected answer %T", msg)
-		}
-		if resp.ErrorCode != 0 {
-			return progressed, fmt.Errorf("fetch: %w", kafka.Error(resp.ErrorCode))
-		}
 		progressed = true
 		// Every record is copied out of the answer before any is handed
-		// over, so its decoding pages go back to kafka-go's pool before a
-		// worker or the budget is waited for (see maxFetchBytes).
-		type got struct {
-			p    *partState
-			hw   int64
-			msgs []kafka.Message
-		}
-		var gots []got
-		for ti := range resp.Topics {
-			t := &resp.Topics[ti]
-			for pi := range t.Partitions {
-				r := &t.Partitions[pi]
-				p := index[partKey{t.Topic, int(r.Partition)}]
-				if p == nil {
+		// over: the connection's buffer is the next answer's.
+		gots = gots[:0]
+		for _, a := range answers {
+			p := index[partKey{a.topic, int(a.partition)}]
+			if p == nil {
+				continue
+			}
+			if a.errorCode != 0 {
+				if perr := kafka.Error(a.errorCode); perr == kafka.OffsetOutOfRange {
+					if err := c.resolve(ctx, []*partState{p}, true); err != nil {
+						return progressed, err
+					}
 					continue
 				}
-				if r.ErrorCode != 0 {
-					if perr := kafka.Error(r.ErrorCode); perr == kafka.OffsetOutOfRange {
-						if err := c.resolve(ctx, []*partState{p}, true); err != nil {
-							return progressed, err
-						}
-						continue
-					}
-					return progressed, fmt.Errorf("fetch %s/%d: %w", t.Topic, r.Partition, kafka.Error(r.ErrorCode))
-				}
-				msgs, err := copyRecords(p, r)
-				if err != nil {
-					return progressed, err
-				}
-				gots = append(gots, got{p, r.HighWatermark, msgs})
+				return progressed, fmt.Errorf("fetch %s/%d: %w", a.topic, a.partition, kafka.Error(a.errorCode))
 			}
+			msgs, end, err := conn.readRecords(nil, p.key.topic, p.key.partition, a.highWatermark, p.next, a.records)
+			if err != nil {
+				return progressed, fmt.Errorf("fetch %s/%d: %w", a.topic, a.partition, err)
+			}
+			gots = append(gots, got{p, a.highWatermark, end, msgs})
 		}
 		for _, g := range gots {
 			if !c.handOver(ctx, g.p, g.msgs, queues) {
 				return progressed, nil // stopping
 			}
+			// Past control batches (transaction markers) and offsets
+			// compacted away, which carry no record to hand over.
+			g.p.next = max(g.p.next, g.end)
 			c.setLag(g.p.key, g.hw-g.p.next)
 		}
 		// A broker enforcing a quota answers at once and asks the client to
 		// wait (KIP-219) before its next request.
-		throttled(ctx, resp.ThrottleTimeMs)
+		throttled(ctx, throttle)
 	}
 	return progressed, nil
-}
-
-// copyRecords copies one partition's records of an answer, from the offset
-// asked for on, out of the answer's buffers (releasing them).
-func copyRecords(p *partState, r *fetchapi.ResponsePartition) ([]kafka.Message, error) {
-	if r.RecordSet.Records == nil {
-		return nil, nil
-	}
-	var msgs []kafka.Message
-	for {
-		rec, err := r.RecordSet.Records.ReadRecord()
-		if errors.Is(err, io.EOF) {
-			return msgs, nil
-		}
-		if err != nil {
-			return nil, fmt.Errorf("fetch %s/%d: reading records: %w", p.key.topic, p.key.partition, err)
-		}
-		if rec.Offset < p.next { // a batch starts before the offset asked for
-			closeRecord(rec)
-			continue
-		}
-		m, err := toMessage(p.key, r.HighWatermark, rec)
-		if err != nil {
-			return nil, fmt.Errorf("fetch %s/%d: reading record %d: %w", p.key.topic, p.key.partition, rec.Offset, err)
-		}
-		msgs = append(msgs, m)
-	}
 }
 
 // handOver gives one partition's records to its worker, in offset order,
@@ -426,42 +410,6 @@ func (c *Consumer) handOver(ctx context.Context, p *partState, msgs []kafka.Mess
 		}
 	}
 	return true
-}
-
-// toMessage copies a fetched record out of the answer's buffers.
-func toMessage(k partKey, hw int64, rec *kafka.Record) (kafka.Message, error) {
-	defer closeRecord(rec)
-	m := kafka.Message{Topic: k.topic, Partition: k.partition, Offset: rec.Offset, HighWaterMark: hw, Time: rec.Time}
-	var err error
-	if m.Key, err = kafka.ReadAll(rec.Key); err != nil {
-		return m, err
-	}
-	if m.Value, err = kafka.ReadAll(rec.Value); err != nil {
-		return m, err
-	}
-	if len(rec.Headers) > 0 {
-		n := 0
-		for _, h := range rec.Headers {
-			n += len(h.Value)
-		}
-		buf := make([]byte, 0, n) // one allocation for every header value
-		m.Headers = make([]kafka.Header, len(rec.Headers))
-		for i, h := range rec.Headers {
-			start := len(buf)
-			buf = append(buf, h.Value...)
-			m.Headers[i] = kafka.Header{Key: h.Key, Value: buf[start:len(buf):len(buf)]}
-		}
-	}
-	return m, nil
-}
-
-func closeRecord(rec *kafka.Record) {
-	if rec.Key != nil {
-		rec.Key.Close()
-	}
-	if rec.Value != nil {
-		rec.Value.Close()
-	}
 }
 
 // offsetBook holds the offsets a generation's workers finished and not yet
