@@ -251,3 +251,37 @@ func TestAProducerWaitsTheDelayABrokersQuotaAsksFor(t *testing.T) {
 		t.Fatalf("the retry came %v after the throttled answer; the broker asked for 600ms", gap)
 	}
 }
+
+// There is no sending goroutine: callers send. A call with more records
+// than a lane holds sends from the full lane itself, and callers that find
+// every sender busy are served by the busy ones.
+func TestCallersSendEvenWhenTheirRecordsOverflowTheLane(t *testing.T) {
+	addrs := broker(t, "raw")
+	b := NewBatcher(BatcherConfig{Brokers: addrs, MaxBatch: 2, InFlight: 1}) // the lane holds 8 records
+	recs := make([]Record, 50)
+	for i := range recs {
+		recs[i] = Record{Topic: "raw", Key: []byte(fmt.Sprint("k", i)), Value: []byte(fmt.Sprint("big-", i))}
+	}
+	done := make(chan []error, 1)
+	go func() { done <- b.ProduceEach(context.Background(), recs...) }()
+	select {
+	case errs := <-done:
+		if errs != nil {
+			t.Fatal(errs)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("a call of 50 records through a lane of 8 never returned")
+	}
+	// 200 callers of one record each at once, one sender: every record is
+	// sent, by whoever holds the sender.
+	produceAll(t, b, 200, func(i int) Record {
+		return Record{Topic: "raw", Key: []byte(fmt.Sprint("c", i)), Value: []byte(fmt.Sprint("one-", i))}
+	})
+	msgs, err := readAny(context.Background(), addrs, "raw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(msgs) != 250 {
+		t.Fatalf("%d records in the topic, want 250", len(msgs))
+	}
+}
