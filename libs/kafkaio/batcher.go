@@ -336,16 +336,23 @@ func (b *Batcher) enqueue(ctx context.Context, topic string, p *pending) (*lane,
 		b.mu.Unlock()
 	}
 	b.mu.RLock()
-	defer b.mu.RUnlock()
 	if b.closed {
+		b.mu.RUnlock()
 		return nil, ErrClosed
 	}
 	select {
 	case l.q <- p:
+		b.mu.RUnlock()
 		return l, nil
 	default:
 	}
-	b.kick(l, 1)
+	b.mu.RUnlock()
+	b.kick(l, 1) // not under mu: it sends
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	if b.closed {
+		return nil, ErrClosed
+	}
 	select {
 	case l.q <- p:
 		return l, nil

@@ -32,19 +32,17 @@ import (
 // (the broker answers as soon as a record arrives).
 const fetchMaxWait = 2 * time.Second
 
-// A fetch answer is decoded whole before its records are copied out, and
-// kafka-go's decoder puts each record batch in pages of 64 KiB: an answer of
-// many small batches (a stage's outputs at moderate rates) takes many times
-// its bytes while it is decoded. The answer is therefore half the consumer's
-// budget, at most maxFetchBytes, and maxPartitionFetchBytes per partition (a
-// larger first batch still comes whole). Measured with every destination
-// (sink-webhook: four consumers of 2 MiB budgets; docs/benchmarks.md):
-// answers of the whole budget and records handed over straight from the
-// answer peaked at 283–295 MiB RSS; copied out first, 220–234; half the
-// budget, 184 (kafka-go's Reader, which reads a partition's batches from the
-// socket as it goes, 144). Smaller answers starved a saturated normalizer:
-// 1 MiB answers of 256 KiB per partition gave 0.17 × its passthrough instead
-// of 0.22–0.24 ×.
+// A fetch answer is read whole into its connection's buffer (reused from
+// fetch to fetch) and its records copied out before any is handed over, so
+// a fetcher holds an answer's bytes about twice while it hands them over.
+// The answer is half the consumer's budget, at most maxFetchBytes, and
+// maxPartitionFetchBytes per partition (a larger first batch still comes
+// whole). Measured with every destination (sink-webhook: four consumers of
+// 2 MiB budgets; docs/benchmarks.md): kafka-go's Reader peaked at 144 MiB
+// RSS; kafka-go's generic decoder (64 KiB pages per record batch) at 184
+// with these sizes and 283–295 with whole-budget answers; this reader at
+// 157. Smaller answers starved a saturated normalizer: 1 MiB answers of 256
+// KiB per partition gave 0.17 × its passthrough instead of 0.22–0.24 ×.
 const (
 	maxFetchBytes          = 4 << 20
 	maxPartitionFetchBytes = 1 << 20
