@@ -521,7 +521,7 @@ func (c *brokerConn) produce(ctx context.Context, batches []produceBatch, timeou
 	v := c.produceV
 	c.begin(apiProduce, v)
 	b := binary.BigEndian.AppendUint16(c.out, 0xffff) // transactional id: null
-	b = binary.BigEndian.AppendUint16(b, 0xffff) // acks -1: all in-sync replicas
+	b = binary.BigEndian.AppendUint16(b, 0xffff)      // acks -1: all in-sync replicas
 	b = binary.BigEndian.AppendUint32(b, uint32(timeout/time.Millisecond))
 	// Topics in order of first appearance, each with its partitions.
 	var topics []string
