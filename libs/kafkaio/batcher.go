@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"slices"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -38,17 +37,17 @@ import (
 // sender takes anything else. Producer is a Batcher with one request in
 // flight per broker.
 type Batcher struct {
-	clientID string
-	client   *kafka.Client // metadata
-	maxBatch int
-	limit    int
-	inFlight int
-	attempts int
-	tracer   trace.Tracer
-	prop     propagation.TextMapPropagator
-	latency  metric.Float64Histogram
-	sizes    metric.Int64Histogram
-	requests metric.Int64Counter
+	clientID  string
+	bootstrap []string
+	maxBatch  int
+	limit     int
+	inFlight  int
+	attempts  int
+	tracer    trace.Tracer
+	prop      propagation.TextMapPropagator
+	latency   metric.Float64Histogram
+	sizes     metric.Int64Histogram
+	requests  metric.Int64Counter
 
 	metaMu  sync.Mutex
 	meta    map[string]*topicMeta
@@ -147,17 +146,17 @@ func NewBatcher(cfg BatcherConfig) *Batcher {
 	}
 	meter := otel.Meter(instrumentation)
 	b := &Batcher{
-		clientID: cfg.ClientID,
-		client:   &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Timeout: 10 * time.Second, Transport: NewTransport(cfg.ClientID)},
-		maxBatch: cfg.MaxBatch,
-		limit:    cfg.MaxMessageBytes,
-		inFlight: cfg.InFlight,
-		attempts: cfg.MaxAttempts,
-		tracer:   otel.Tracer(instrumentation),
-		prop:     otel.GetTextMapPropagator(),
-		meta:     map[string]*topicMeta{},
-		brokers:  map[int]string{},
-		lanes:    map[int]*lane{},
+		clientID:  cfg.ClientID,
+		bootstrap: cfg.Brokers,
+		maxBatch:  cfg.MaxBatch,
+		limit:     cfg.MaxMessageBytes,
+		inFlight:  cfg.InFlight,
+		attempts:  cfg.MaxAttempts,
+		tracer:    otel.Tracer(instrumentation),
+		prop:      otel.GetTextMapPropagator(),
+		meta:      map[string]*topicMeta{},
+		brokers:   map[int]string{},
+		lanes:     map[int]*lane{},
 	}
 	b.latency, _ = meter.Float64Histogram("closedloop.kafka.produce.duration", metric.WithUnit("s"),
 		metric.WithDescription("Time from produce call to acknowledgement by all in-sync replicas."),
@@ -320,7 +319,13 @@ func (b *Batcher) enqueue(ctx context.Context, topic string, p *pending) (*lane,
 	}
 	part := kafka.Murmur2Balancer{}.Balance(kafka.Message{Key: p.key}, m.ids...)
 	p.tp = topicPartition{topic, part}
-	leader := m.leader[part]
+	leader, ok := m.leader[part]
+	if !ok { // being elected: look again next time
+		b.metaMu.Lock()
+		delete(b.meta, topic)
+		b.metaMu.Unlock()
+		return nil, fmt.Errorf("partition %d of %s: %w", part, topic, kafka.LeaderNotAvailable)
+	}
 	b.mu.RLock()
 	l, ok := b.lanes[leader]
 	b.mu.RUnlock()
@@ -397,24 +402,27 @@ func (b *Batcher) topic(ctx context.Context, topic string) (*topicMeta, error) {
 	if ok {
 		return m, nil
 	}
-	md, err := b.client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
+	md, err := lookup(ctx, b.bootstrap, b.clientID, []string{topic})
 	if err != nil {
-		return nil, fmt.Errorf("metadata of %s: %w", topic, err)
+		return nil, err
 	}
+	leaders := leaderAddrs(md)
 	m = &topicMeta{leader: map[int]int{}}
 	b.metaMu.Lock()
 	defer b.metaMu.Unlock()
 	for _, t := range md.Topics {
-		if t.Name == topic && t.Error == nil {
+		if t.Name == topic && t.ErrorCode == 0 {
 			for _, p := range t.Partitions {
-				m.ids = append(m.ids, p.ID)
-				m.leader[p.ID] = p.Leader.ID
-				if p.Leader.Host != "" {
-					b.brokers[p.Leader.ID] = net.JoinHostPort(p.Leader.Host, strconv.Itoa(p.Leader.Port))
+				id := int(p.PartitionIndex)
+				m.ids = append(m.ids, id) // every partition: the key's hash must not depend on leaders
+				if l, ok := leaders[topicPartition{topic, id}]; ok {
+					m.leader[id] = l.id
+					b.brokers[l.id] = l.addr
 				}
 			}
 		}
 	}
+	slices.Sort(m.ids)
 	if len(m.ids) == 0 {
 		return nil, fmt.Errorf("topic %s has no partitions (does it exist?)", topic)
 	}

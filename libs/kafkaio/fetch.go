@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"slices"
-	"strconv"
 	"sync"
 	"time"
 
@@ -225,28 +224,21 @@ func (c *Consumer) leaders(ctx context.Context, parts []*partState) (map[int]*le
 			topics = append(topics, p.key.topic)
 		}
 	}
-	md, err := c.client.Metadata(ctx, &kafka.MetadataRequest{Topics: topics})
+	md, err := lookup(ctx, c.cfg.Brokers, c.cfg.GroupID, topics)
 	if err != nil {
-		return nil, fmt.Errorf("metadata: %w", err)
+		return nil, err
 	}
-	leader := map[partKey]kafka.Broker{}
-	for _, t := range md.Topics {
-		for _, p := range t.Partitions {
-			if p.Error == nil {
-				leader[partKey{t.Name, p.ID}] = p.Leader
-			}
-		}
-	}
+	leader := leaderAddrs(md)
 	out := map[int]*led{}
 	for _, p := range parts {
-		b, ok := leader[p.key]
-		if !ok || b.Host == "" {
+		b, ok := leader[topicPartition{p.key.topic, p.key.partition}]
+		if !ok {
 			return nil, fmt.Errorf("partition %d of %s has no leader", p.key.partition, p.key.topic)
 		}
-		l := out[b.ID]
+		l := out[b.id]
 		if l == nil {
-			l = &led{addr: net.JoinHostPort(b.Host, strconv.Itoa(b.Port))}
-			out[b.ID] = l
+			l = &led{addr: b.addr}
+			out[b.id] = l
 		}
 		l.parts = append(l.parts, p)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/segmentio/kafka-go/compress"
 	"github.com/segmentio/kafka-go/protocol"
 	"github.com/segmentio/kafka-go/protocol/apiversions"
+	metadataapi "github.com/segmentio/kafka-go/protocol/metadata"
 	"github.com/segmentio/kafka-go/protocol/saslauthenticate"
 	"github.com/segmentio/kafka-go/protocol/saslhandshake"
 	"github.com/segmentio/kafka-go/sasl"
@@ -43,8 +44,9 @@ const (
 	apiProduce = protocol.ApiKey(0)
 	apiFetch   = protocol.ApiKey(1)
 
-	minFetchVersion, maxFetchVersion     = 4, 11
-	minProduceVersion, maxProduceVersion = 3, 8
+	minFetchVersion, maxFetchVersion       = 4, 11
+	minProduceVersion, maxProduceVersion   = 3, 8
+	minMetadataVersion, maxMetadataVersion = 1, 8 // kafka-go's codec: v0 reads an empty list as every topic
 
 	// maxAnswerBytes bounds an answer's size as read off the connection (a
 	// fetch answer is at most its MaxBytes, past it only by a first record
@@ -64,6 +66,7 @@ type brokerConn struct {
 	corr     int32
 	fetchV   int16
 	produceV int16
+	metaV    int16
 	out      []byte // the request being built
 	in       []byte // the last answer's body
 	rec      []byte // one record being encoded
@@ -117,9 +120,13 @@ func (c *brokerConn) handshake(ctx context.Context, mech sasl.Mechanism, host, p
 	if av.ErrorCode != 0 {
 		return fmt.Errorf("api versions: %w", kafka.Error(av.ErrorCode))
 	}
-	c.fetchV, c.produceV = -1, -1
+	c.fetchV, c.produceV, c.metaV = -1, -1, -1
 	for _, k := range av.ApiKeys {
 		switch protocol.ApiKey(k.ApiKey) {
+		case protocol.Metadata:
+			if k.MaxVersion >= minMetadataVersion && k.MinVersion <= maxMetadataVersion {
+				c.metaV = min(k.MaxVersion, maxMetadataVersion)
+			}
 		case apiFetch:
 			if k.MaxVersion >= minFetchVersion && k.MinVersion <= maxFetchVersion {
 				c.fetchV = min(k.MaxVersion, maxFetchVersion)
@@ -130,10 +137,11 @@ func (c *brokerConn) handshake(ctx context.Context, mech sasl.Mechanism, host, p
 			}
 		}
 	}
-	if c.fetchV < 0 || c.produceV < 0 {
-		return fmt.Errorf("the broker speaks neither Fetch v%d–v%d nor Produce v%d–v%d (record batches need Kafka 0.11 or later)",
-			minFetchVersion, maxFetchVersion, minProduceVersion, maxProduceVersion)
+	if c.fetchV < 0 || c.produceV < 0 || c.metaV < 0 {
+		return fmt.Errorf("the broker does not speak Fetch v%d–v%d, Produce v%d–v%d and Metadata v%d–v%d (Kafka 0.11 or later)",
+			minFetchVersion, maxFetchVersion, minProduceVersion, maxProduceVersion, minMetadataVersion, maxMetadataVersion)
 	}
+	c.pc.SetVersions(map[protocol.ApiKey]int16{protocol.ApiVersions: 0, protocol.SaslHandshake: 1, protocol.SaslAuthenticate: 0, protocol.Metadata: c.metaV})
 	if mech == nil {
 		return nil
 	}
@@ -170,6 +178,71 @@ func (c *brokerConn) handshake(ctx context.Context, mech sasl.Mechanism, host, p
 }
 
 func (c *brokerConn) Close() error { return c.pc.Close() }
+
+// lookup asks the first of brokers that answers for the topics' partitions
+// and their leaders. It bypasses kafka-go's Transport, whose metadata is a
+// cache refreshed every 10 s and when its own requests fail: after a
+// leader moved, a fetch or produce on these connections needs the new
+// leader now, not at the next refresh.
+func lookup(ctx context.Context, brokers []string, clientID string, topics []string) (*metadataapi.Response, error) {
+	var errs []error
+	for _, addr := range brokers {
+		c, err := dialBroker(ctx, addr, clientID)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		res, err := c.metadata(ctx, topics)
+		c.Close()
+		if err == nil {
+			return res, nil
+		}
+		errs = append(errs, err)
+	}
+	return nil, fmt.Errorf("metadata of %v: %w", topics, errors.Join(errs...))
+}
+
+func (c *brokerConn) metadata(ctx context.Context, topics []string) (*metadataapi.Response, error) {
+	c.pc.SetDeadline(time.Now().Add(10 * time.Second))
+	stop := context.AfterFunc(ctx, func() { c.pc.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	msg, err := c.pc.RoundTrip(&metadataapi.Request{TopicNames: topics})
+	if err != nil {
+		return nil, c.wrap(ctx, err)
+	}
+	res, ok := msg.(*metadataapi.Response)
+	if !ok {
+		return nil, fmt.Errorf("%s: unexpected answer %T to a metadata request", c.addr, msg)
+	}
+	return res, nil
+}
+
+// leaderAddrs maps each partition of an answer's topics to the address of
+// its leader; a partition without one (an error, no leader elected) is
+// missing.
+func leaderAddrs(res *metadataapi.Response) map[topicPartition]leaderAddr {
+	brokers := make(map[int32]string, len(res.Brokers))
+	for _, b := range res.Brokers {
+		brokers[b.NodeID] = net.JoinHostPort(b.Host, strconv.Itoa(int(b.Port)))
+	}
+	out := map[topicPartition]leaderAddr{}
+	for _, t := range res.Topics {
+		if t.ErrorCode != 0 {
+			continue
+		}
+		for _, p := range t.Partitions {
+			if addr, ok := brokers[p.LeaderID]; ok && p.ErrorCode == 0 {
+				out[topicPartition{t.Name, int(p.PartitionIndex)}] = leaderAddr{int(p.LeaderID), addr}
+			}
+		}
+	}
+	return out
+}
+
+type leaderAddr struct {
+	id   int
+	addr string
+}
 
 // begin starts a request of api at version v in c.out.
 func (c *brokerConn) begin(api protocol.ApiKey, v int16) {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/compress"
+	"github.com/twmb/franz-go/pkg/kfake"
 )
 
 // batchOf encodes recs as the record batch a produce request carries (its
@@ -182,5 +183,53 @@ func TestCompressedBatchesAreRead(t *testing.T) {
 		if count[topic] != 50 {
 			t.Errorf("%s: %d records read intact of 50 (all: %v)", topic, count[topic], count)
 		}
+	}
+}
+
+// Leaders move under a producer and a consumer (three brokers): the
+// producer's first request after the move is answered NOT_LEADER and sent
+// again to the new leader, the consumer's fetchers look the leaders up
+// again, and every record is read once.
+func TestLeadersMoveUnderAProducerAndAConsumer(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(3), kfake.SeedTopics(3, "m", "q"), kfake.Ports(0, 0, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	addrs := c.ListenAddrs()
+	p := NewProducer(ProducerConfig{Brokers: addrs})
+	defer p.Close()
+	got := newSeen()
+	stop := runConsumer(t, ConsumerConfig{Brokers: addrs, GroupID: "moves", Topics: []string{"m"}, Quarantine: p, QuarantineTopic: "q", Log: quiet()},
+		func(_ context.Context, m kafka.Message) error { got.add(string(m.Value)); return nil })
+	defer stop()
+	produce := func(from int) {
+		t.Helper()
+		var recs []Record
+		for i := from; i < from+30; i++ {
+			recs = append(recs, Record{Topic: "m", Key: []byte(fmt.Sprint("k", i)), Value: []byte(fmt.Sprint(i))})
+		}
+		if err := p.Produce(context.Background(), recs...); err != nil {
+			t.Fatalf("produce after the move: %v", err)
+		}
+	}
+	produce(0)
+	got.wait(t, 30)
+	for part := range int32(3) {
+		if err := c.MoveTopicPartition("m", part, (c.LeaderFor("m", part)+1)%3); err != nil {
+			t.Fatal(err)
+		}
+	}
+	produce(30)
+	got.wait(t, 30)
+	time.Sleep(500 * time.Millisecond) // anything read twice would show now
+	got.mu.Lock()
+	defer got.mu.Unlock()
+	count := map[string]int{}
+	for _, v := range got.vals {
+		count[v]++
+	}
+	if len(got.vals) != 60 || len(count) != 60 {
+		t.Fatalf("read %d records, %d distinct; want 60 once each", len(got.vals), len(count))
 	}
 }
