@@ -3,7 +3,7 @@ package warehouse
 import (
 	"context"
 	"fmt"
-	"strings"
+	"slices"
 	"testing"
 	"time"
 
@@ -36,9 +36,13 @@ func event(id, subject string, version int64, score float64, replay string) *sin
 		ReceivedAt: timestamppb.Now(), Survey: &feedbackv1.Survey{Type: feedbackv1.SurveyType_SURVEY_TYPE_NPS},
 		Score: &feedbackv1.Score{Value: score, Min: 0, Max: 10}, Segment: feedbackv1.Segment_SEGMENT_PROMOTER,
 		Comment: &comment, Respondent: &feedbackv1.Respondent{Email: "a@example.com"}, ReplayId: replay,
-		Tags: []string{"vip", `quote"d`},
+		Tags:       tricky,
+		Enrichment: &feedbackv1.Enrichment{Labels: []string{"", "a,b"}},
 	}}
 }
+
+// tricky tags: what a text[] literal has to quote or escape.
+var tricky = []string{"vip", `quote"d`, `back\slash`, "a,b", "{braces}", " spaced ", "NULL", "", "é✓"}
 
 func migrated(t testing.TB, schema string) (*pgxpool.Pool, *Writer) {
 	t.Helper()
@@ -65,15 +69,15 @@ func TestEachEventIsOneRowAndTheViewShowsTheLatestVersion(t *testing.T) {
 	}
 	var rows, latest int
 	var score float64
-	var tags []string
+	var tags, labels []string
 	_ = p.QueryRow(ctx, `SELECT count(*) FROM wh_test.feedback_events`).Scan(&rows)
 	_ = p.QueryRow(ctx, `SELECT count(*) FROM wh_test.feedback_latest`).Scan(&latest)
-	_ = p.QueryRow(ctx, `SELECT score, tags FROM wh_test.feedback_latest WHERE subject_id = 'r1'`).Scan(&score, &tags)
+	_ = p.QueryRow(ctx, `SELECT score, tags, labels FROM wh_test.feedback_latest WHERE subject_id = 'r1'`).Scan(&score, &tags, &labels)
 	if rows != 3 || latest != 2 || score != 9 {
 		t.Fatalf("rows=%d latest=%d r1 score=%v; want 3 rows, 2 subjects, latest r1 score 9", rows, latest, score)
 	}
-	if strings.Join(tags, "|") != `vip|quote"d` {
-		t.Fatalf("tags = %q", tags)
+	if !slices.Equal(tags, tricky) || !slices.Equal(labels, []string{"", "a,b"}) {
+		t.Fatalf("tags = %q, labels = %q; want %q, [\"\" \"a,b\"]", tags, labels, tricky)
 	}
 }
 
