@@ -35,7 +35,8 @@ import (
 // the murmur2 hash of the key (the Java client's partitioner), and a
 // partition that fails retriably is sent again (MaxAttempts) before the
 // sender takes anything else. Producer is a Batcher with one request in
-// flight per broker.
+// flight per broker. The callers send the requests themselves (see lane),
+// each sender on connections of its own (wire.go).
 type Batcher struct {
 	clientID  string
 	bootstrap []string
