@@ -52,7 +52,8 @@ type Batcher struct {
 
 	metaMu  sync.Mutex
 	meta    map[string]*topicMeta
-	brokers map[int]string // broker id -> address
+	lookups map[string]*metaCall // in progress
+	brokers map[int]string       // broker id -> address
 
 	// mu guards lanes and closed; Produce holds it shared while it enqueues
 	// so that Close cannot drain a lane under it.
@@ -157,6 +158,7 @@ func NewBatcher(cfg BatcherConfig) *Batcher {
 		prop:      otel.GetTextMapPropagator(),
 		meta:      map[string]*topicMeta{},
 		brokers:   map[int]string{},
+		lookups:   map[string]*metaCall{},
 		lanes:     map[int]*lane{},
 	}
 	b.latency, _ = meter.Float64Histogram("closedloop.kafka.produce.duration", metric.WithUnit("s"),
@@ -395,20 +397,57 @@ func (b *Batcher) kick(l *lane, rounds int) {
 }
 
 // topic returns the topic's partitions and their leaders, from metadata on
-// first use and after a failed request.
+// first use and after a failed request. Callers missing the same topic at
+// once share one lookup (at 20k requests/s, a broker outage must not
+// become a storm of connections to the brokers coming back).
 func (b *Batcher) topic(ctx context.Context, topic string) (*topicMeta, error) {
 	b.metaMu.Lock()
-	m, ok := b.meta[topic]
-	b.metaMu.Unlock()
-	if ok {
+	if m, ok := b.meta[topic]; ok {
+		b.metaMu.Unlock()
 		return m, nil
 	}
+	call, ok := b.lookups[topic]
+	if !ok {
+		call = &metaCall{done: make(chan struct{})}
+		b.lookups[topic] = call
+		go func() {
+			lctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			m, err := b.lookupTopic(lctx, topic)
+			b.metaMu.Lock()
+			call.m, call.err = m, err
+			if err == nil {
+				b.meta[topic] = m
+			}
+			delete(b.lookups, topic)
+			b.metaMu.Unlock()
+			close(call.done)
+		}()
+	}
+	b.metaMu.Unlock()
+	select {
+	case <-call.done:
+		return call.m, call.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// metaCall is a topic's lookup in progress.
+type metaCall struct {
+	done chan struct{}
+	m    *topicMeta
+	err  error
+}
+
+// lookupTopic asks the brokers for topic's partitions and leaders.
+func (b *Batcher) lookupTopic(ctx context.Context, topic string) (*topicMeta, error) {
 	md, err := lookup(ctx, b.bootstrap, b.clientID, []string{topic})
 	if err != nil {
 		return nil, err
 	}
 	leaders := leaderAddrs(md)
-	m = &topicMeta{leader: map[int]int{}}
+	m := &topicMeta{leader: map[int]int{}}
 	b.metaMu.Lock()
 	defer b.metaMu.Unlock()
 	for _, t := range md.Topics {
@@ -427,7 +466,6 @@ func (b *Batcher) topic(ctx context.Context, topic string) (*topicMeta, error) {
 	if len(m.ids) == 0 {
 		return nil, fmt.Errorf("topic %s has no partitions (does it exist?)", topic)
 	}
-	b.meta[topic] = m
 	return m, nil
 }
 

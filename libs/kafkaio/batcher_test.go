@@ -285,3 +285,34 @@ func TestCallersSendEvenWhenTheirRecordsOverflowTheLane(t *testing.T) {
 		t.Fatalf("%d records in the topic, want 250", len(msgs))
 	}
 }
+
+// Callers that miss a topic's metadata at once share one lookup: after a
+// failure every caller misses, and a burst must not become a connection
+// and a metadata request each.
+func TestCallersMissingATopicShareOneLookup(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, "raw"), kfake.Ports(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var lookups atomic.Int32
+	release := make(chan struct{})
+	c.ControlKey(int16(kmsg.Metadata), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		if lookups.Add(1) == 1 {
+			<-release // hold the first lookup until every caller is waiting
+		}
+		return nil, nil, false
+	})
+	b := NewBatcher(BatcherConfig{Brokers: c.ListenAddrs()})
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		close(release)
+	}()
+	produceAll(t, b, 200, func(i int) Record {
+		return Record{Topic: "raw", Key: []byte(fmt.Sprint("k", i)), Value: []byte(fmt.Sprint(i))}
+	})
+	if n := lookups.Load(); n != 1 {
+		t.Fatalf("%d metadata requests for 200 callers of one topic, want 1", n)
+	}
+}
