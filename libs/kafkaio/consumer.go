@@ -131,11 +131,8 @@ type Consumer struct {
 	cfg    ConsumerConfig
 	handle BatchHandler
 	group  kafka.ConsumerGroupConfig
-	// The fetch path (fetch.go): one connection pool for fetches, metadata
-	// and offsets; a fetch answer holds at most fetchBytes.
-	transport  *kafka.Transport
-	addr       net.Addr
-	client     *kafka.Client
+	// The fetch path (fetch.go, wire.go): a fetch answer holds at most
+	// fetchBytes.
 	fetchBytes int
 	groupAttr  metric.MeasurementOption
 	book       atomic.Pointer[offsetBook] // the current generation's
@@ -239,12 +236,9 @@ func NewBatchConsumer(cfg ConsumerConfig, h BatchHandler) (*Consumer, error) {
 	if err := gc.Validate(); err != nil {
 		return nil, fmt.Errorf("kafkaio consumer: %w", err)
 	}
-	transport := NewTransport(cfg.GroupID)
 	meter := otel.Meter(instrumentation)
 	c := &Consumer{
 		cfg: cfg, handle: h, group: gc,
-		transport: transport, addr: kafka.TCP(cfg.Brokers...),
-		client:     &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Timeout: 10 * time.Second, Transport: transport},
 		fetchBytes: min(max(cfg.BufferBytes/2, 64<<10), maxFetchBytes),
 		groupAttr:  metric.WithAttributes(attribute.String("group", cfg.GroupID)),
 		tracer:     otel.Tracer(instrumentation), prop: otel.GetTextMapPropagator(),
@@ -295,7 +289,6 @@ func (c *Consumer) Run(ctx context.Context) error {
 		time.AfterFunc(c.cfg.DrainTimeout, cancelWork)
 	})
 	defer stopDrain()
-	defer c.transport.CloseIdleConnections()
 
 	group, err := kafka.NewConsumerGroup(c.group)
 	if err != nil {

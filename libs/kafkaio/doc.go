@@ -16,8 +16,9 @@
 //   - Topics: configurable names with a prefix, and a start-up check that they
 //     exist (or their creation, when asked).
 //
-// The hot requests — Fetch and Produce — and the leader lookups they need go
-// over connections of this package's own (wire.go: hand-encoded requests,
-// record batches decoded from one reused buffer); the handshake (TLS, SASL)
-// and everything else are kafka-go's.
+// Fetch, Produce, and the Metadata and ListOffsets they need, go over
+// connections of this package's own (wire.go: Fetch and Produce
+// hand-encoded, record batches decoded from one reused buffer); the
+// handshake (TLS, SASL), the group's requests and the admin ones are
+// kafka-go's.
 package kafkaio

@@ -206,18 +206,9 @@ type led struct {
 	parts []*partState
 }
 
-// leaders resolves the partitions' starting offsets where needed and groups
-// them by the broker leading each.
+// leaders groups the partitions by the broker leading each and resolves
+// their starting offsets where needed (on that broker).
 func (c *Consumer) leaders(ctx context.Context, parts []*partState) (map[int]*led, error) {
-	var unresolved []*partState
-	for _, p := range parts {
-		if p.next < 0 {
-			unresolved = append(unresolved, p)
-		}
-	}
-	if err := c.resolve(ctx, unresolved, false); err != nil {
-		return nil, err
-	}
 	var topics []string
 	for _, p := range parts {
 		if !slices.Contains(topics, p.key.topic) {
@@ -242,44 +233,57 @@ func (c *Consumer) leaders(ctx context.Context, parts []*partState) (map[int]*le
 		}
 		l.parts = append(l.parts, p)
 	}
+	for _, l := range out {
+		var unresolved []*partState
+		for _, p := range l.parts {
+			if p.next < 0 {
+				unresolved = append(unresolved, p)
+			}
+		}
+		if len(unresolved) == 0 {
+			continue
+		}
+		conn, err := dialBroker(ctx, l.addr, c.cfg.GroupID)
+		if err != nil {
+			return nil, fmt.Errorf("list offsets: %w", err)
+		}
+		err = c.resolve(ctx, conn, unresolved, false)
+		conn.Close()
+		if err != nil {
+			return nil, err
+		}
+	}
 	return out, nil
 }
 
-// resolve sets the next offset of parts from the partitions' ends: a
-// partition with no committed offset, or whose offset is out of range (its
-// records deleted by retention, or the topic recreated or truncated),
-// starts at its first offset — or, with StartFromLatest, at its end. Going
-// back may repeat records (the stages dedupe); going forward could lose
-// records never seen.
-func (c *Consumer) resolve(ctx context.Context, parts []*partState, outOfRange bool) error {
-	if len(parts) == 0 {
-		return nil
+// resolve sets the next offset of parts, all led by conn's broker, from the
+// partitions' ends: a partition with no committed offset, or whose offset
+// is out of range (its records deleted by retention, or the topic recreated
+// or truncated), starts at its first offset — or, with StartFromLatest, at
+// its end. Going back may repeat records (the stages dedupe); going forward
+// could lose records never seen.
+func (c *Consumer) resolve(ctx context.Context, conn *brokerConn, parts []*partState, outOfRange bool) error {
+	keys := make([]partKey, len(parts))
+	for i, p := range parts {
+		keys[i] = p.key
 	}
-	req := &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{}}
-	for _, p := range parts {
-		req.Topics[p.key.topic] = append(req.Topics[p.key.topic], kafka.FirstOffsetOf(p.key.partition), kafka.LastOffsetOf(p.key.partition))
+	first, err := conn.listOffsets(ctx, keys, -2)
+	if err != nil {
+		return fmt.Errorf("list offsets: %w", err)
 	}
-	resp, err := c.client.ListOffsets(ctx, req)
+	end, err := conn.listOffsets(ctx, keys, -1)
 	if err != nil {
 		return fmt.Errorf("list offsets: %w", err)
 	}
 	for _, p := range parts {
-		i := slices.IndexFunc(resp.Topics[p.key.topic], func(o kafka.PartitionOffsets) bool { return o.Partition == p.key.partition })
-		if i < 0 {
-			return fmt.Errorf("list offsets: partition %d of %s missing from the answer", p.key.partition, p.key.topic)
-		}
-		o := resp.Topics[p.key.topic][i]
-		if o.Error != nil {
-			return fmt.Errorf("list offsets of %s/%d: %w", p.key.topic, p.key.partition, o.Error)
-		}
 		was := p.next
-		p.next = o.FirstOffset
+		p.next = first[p.key]
 		if c.cfg.StartFromLatest {
-			p.next = o.LastOffset
+			p.next = end[p.key]
 		}
 		if outOfRange {
 			c.cfg.Log.Warn("offset out of range; moved", "group", c.cfg.GroupID, "topic", p.key.topic, "partition", p.key.partition,
-				"from", was, "to", p.next, "first", o.FirstOffset, "end", o.LastOffset)
+				"from", was, "to", p.next, "first", first[p.key], "end", end[p.key])
 		}
 	}
 	return nil
@@ -352,7 +356,7 @@ func (c *Consumer) fetchLoop(ctx context.Context, addr string, parts []*partStat
 			}
 			if a.errorCode != 0 {
 				if perr := kafka.Error(a.errorCode); perr == kafka.OffsetOutOfRange {
-					if err := c.resolve(ctx, []*partState{p}, true); err != nil {
+					if err := c.resolve(ctx, conn, []*partState{p}, true); err != nil {
 						return progressed, err
 					}
 					continue

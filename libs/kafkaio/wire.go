@@ -10,6 +10,7 @@ import (
 	"hash/crc32"
 	"io"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/segmentio/kafka-go/compress"
 	"github.com/segmentio/kafka-go/protocol"
 	"github.com/segmentio/kafka-go/protocol/apiversions"
+	listoffsetsapi "github.com/segmentio/kafka-go/protocol/listoffsets"
 	metadataapi "github.com/segmentio/kafka-go/protocol/metadata"
 	"github.com/segmentio/kafka-go/protocol/saslauthenticate"
 	"github.com/segmentio/kafka-go/protocol/saslhandshake"
@@ -35,18 +37,22 @@ import (
 // by the one goroutine that uses it (a fetcher, a producer's sender): it
 // writes the request and reads the answer itself, encodes Fetch and Produce
 // by hand and decodes record batches (v2, Kafka ≥ 0.11) straight out of
-// one reused buffer. The handshake — TLS, ApiVersions, SASL — is kafka-go's
-// protocol code, as everything else (metadata, offsets, the group) is.
+// one reused buffer. The handshake — TLS, ApiVersions, SASL — and the
+// rarer Metadata and ListOffsets requests use kafka-go's protocol codec on
+// these connections (asked of the brokers, never from a cache); the group's
+// requests stay on kafka-go's own connections.
 
 // Versions spoken: Fetch v4 (record batches, isolation) to v11, Produce v3
-// (record batches) to v8 (per-record errors) — the highest both sides know.
+// (record batches) to v8 (per-record errors), Metadata v1–v8, ListOffsets
+// v1–v5 — the highest both sides know.
 const (
 	apiProduce = protocol.ApiKey(0)
 	apiFetch   = protocol.ApiKey(1)
 
-	minFetchVersion, maxFetchVersion       = 4, 11
-	minProduceVersion, maxProduceVersion   = 3, 8
-	minMetadataVersion, maxMetadataVersion = 1, 8 // kafka-go's codec: v0 reads an empty list as every topic
+	minFetchVersion, maxFetchVersion             = 4, 11
+	minProduceVersion, maxProduceVersion         = 3, 8
+	minMetadataVersion, maxMetadataVersion       = 1, 8 // kafka-go's codec: v0 reads an empty list as every topic
+	minListOffsetsVersion, maxListOffsetsVersion = 1, 5 // kafka-go's codec
 
 	// maxAnswerBytes bounds an answer's size as read off the connection (a
 	// fetch answer is at most its MaxBytes, past it only by a first record
@@ -67,6 +73,7 @@ type brokerConn struct {
 	fetchV   int16
 	produceV int16
 	metaV    int16
+	listV    int16
 	out      []byte // the request being built
 	in       []byte // the last answer's body
 	rec      []byte // one record being encoded
@@ -120,9 +127,13 @@ func (c *brokerConn) handshake(ctx context.Context, mech sasl.Mechanism, host, p
 	if av.ErrorCode != 0 {
 		return fmt.Errorf("api versions: %w", kafka.Error(av.ErrorCode))
 	}
-	c.fetchV, c.produceV, c.metaV = -1, -1, -1
+	c.fetchV, c.produceV, c.metaV, c.listV = -1, -1, -1, -1
 	for _, k := range av.ApiKeys {
 		switch protocol.ApiKey(k.ApiKey) {
+		case protocol.ListOffsets:
+			if k.MaxVersion >= minListOffsetsVersion && k.MinVersion <= maxListOffsetsVersion {
+				c.listV = min(k.MaxVersion, maxListOffsetsVersion)
+			}
 		case protocol.Metadata:
 			if k.MaxVersion >= minMetadataVersion && k.MinVersion <= maxMetadataVersion {
 				c.metaV = min(k.MaxVersion, maxMetadataVersion)
@@ -137,11 +148,13 @@ func (c *brokerConn) handshake(ctx context.Context, mech sasl.Mechanism, host, p
 			}
 		}
 	}
-	if c.fetchV < 0 || c.produceV < 0 || c.metaV < 0 {
-		return fmt.Errorf("the broker does not speak Fetch v%d–v%d, Produce v%d–v%d and Metadata v%d–v%d (Kafka 0.11 or later)",
-			minFetchVersion, maxFetchVersion, minProduceVersion, maxProduceVersion, minMetadataVersion, maxMetadataVersion)
+	if c.fetchV < 0 || c.produceV < 0 || c.metaV < 0 || c.listV < 0 {
+		return fmt.Errorf("the broker does not speak Fetch v%d–v%d, Produce v%d–v%d, Metadata v%d–v%d and ListOffsets v%d–v%d (Kafka 0.11 or later)",
+			minFetchVersion, maxFetchVersion, minProduceVersion, maxProduceVersion, minMetadataVersion, maxMetadataVersion,
+			minListOffsetsVersion, maxListOffsetsVersion)
 	}
-	c.pc.SetVersions(map[protocol.ApiKey]int16{protocol.ApiVersions: 0, protocol.SaslHandshake: 1, protocol.SaslAuthenticate: 0, protocol.Metadata: c.metaV})
+	c.pc.SetVersions(map[protocol.ApiKey]int16{protocol.ApiVersions: 0, protocol.SaslHandshake: 1, protocol.SaslAuthenticate: 0,
+		protocol.Metadata: c.metaV, protocol.ListOffsets: c.listV})
 	if mech == nil {
 		return nil
 	}
@@ -215,6 +228,47 @@ func (c *brokerConn) metadata(ctx context.Context, topics []string) (*metadataap
 		return nil, fmt.Errorf("%s: unexpected answer %T to a metadata request", c.addr, msg)
 	}
 	return res, nil
+}
+
+// listOffsets asks the broker (the partitions' leader) for each partition's
+// offset at ts: -2 its first offset, -1 its end.
+func (c *brokerConn) listOffsets(ctx context.Context, parts []partKey, ts int64) (map[partKey]int64, error) {
+	req := &listoffsetsapi.Request{ReplicaID: -1}
+	for _, p := range parts {
+		i := slices.IndexFunc(req.Topics, func(t listoffsetsapi.RequestTopic) bool { return t.Topic == p.topic })
+		if i < 0 {
+			i = len(req.Topics)
+			req.Topics = append(req.Topics, listoffsetsapi.RequestTopic{Topic: p.topic})
+		}
+		req.Topics[i].Partitions = append(req.Topics[i].Partitions, listoffsetsapi.RequestPartition{
+			Partition: int32(p.partition), CurrentLeaderEpoch: -1, Timestamp: ts})
+	}
+	c.pc.SetDeadline(time.Now().Add(10 * time.Second))
+	stop := context.AfterFunc(ctx, func() { c.pc.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	msg, err := c.pc.RoundTrip(req)
+	if err != nil {
+		return nil, c.wrap(ctx, err)
+	}
+	res, ok := msg.(*listoffsetsapi.Response)
+	if !ok {
+		return nil, fmt.Errorf("%s: unexpected answer %T to a list offsets request", c.addr, msg)
+	}
+	out := make(map[partKey]int64, len(parts))
+	for _, t := range res.Topics {
+		for _, p := range t.Partitions {
+			if p.ErrorCode != 0 {
+				return nil, fmt.Errorf("%s/%d: %w", t.Topic, p.Partition, kafka.Error(p.ErrorCode))
+			}
+			out[partKey{t.Topic, int(p.Partition)}] = p.Offset
+		}
+	}
+	for _, p := range parts {
+		if _, ok := out[p]; !ok {
+			return nil, fmt.Errorf("partition %d of %s missing from the answer", p.partition, p.topic)
+		}
+	}
+	return out, nil
 }
 
 // leaderAddrs maps each partition of an answer's topics to the address of
