@@ -82,13 +82,8 @@ type topicMeta struct {
 	leader map[int]int
 }
 
-type topicPartition struct {
-	topic     string
-	partition int
-}
-
 type pending struct {
-	tp         topicPartition
+	tp         partKey
 	key, value []byte
 	headers    []kafka.Header
 	size       int // EncodedSize without the batch header
@@ -321,7 +316,7 @@ func (b *Batcher) enqueue(ctx context.Context, topic string, p *pending) (*lane,
 		return nil, err
 	}
 	part := kafka.Murmur2Balancer{}.Balance(kafka.Message{Key: p.key}, m.ids...)
-	p.tp = topicPartition{topic, part}
+	p.tp = partKey{topic, part}
 	leader, ok := m.leader[part]
 	if !ok { // being elected: look again next time
 		b.metaMu.Lock()
@@ -455,7 +450,7 @@ func (b *Batcher) lookupTopic(ctx context.Context, topic string) (*topicMeta, er
 			for _, p := range t.Partitions {
 				id := int(p.PartitionIndex)
 				m.ids = append(m.ids, id) // every partition: the key's hash must not depend on leaders
-				if l, ok := leaders[topicPartition{topic, id}]; ok {
+				if l, ok := leaders[partKey{topic, id}]; ok {
 					m.leader[id] = l.id
 					b.brokers[l.id] = l.addr
 				}
@@ -478,7 +473,7 @@ type sender struct {
 	conns map[int]*brokerConn
 	carry *pending
 	batch []*pending
-	bytes map[topicPartition]int
+	bytes map[partKey]int
 }
 
 // round takes what is queued (the carried record first) up to MaxBatch
@@ -490,7 +485,7 @@ func (s *sender) round(q chan *pending) bool {
 	b := s.b
 	s.batch = s.batch[:0]
 	if s.bytes == nil {
-		s.bytes = map[topicPartition]int{}
+		s.bytes = map[partKey]int{}
 	}
 	clear(s.bytes)
 	total := 0
@@ -509,20 +504,19 @@ func (s *sender) round(q chan *pending) bool {
 		take(s.carry)
 		s.carry = nil
 	}
+fill:
 	for len(s.batch) < b.maxBatch {
 		select {
 		case p := <-q:
 			if !fits(p) {
 				s.carry = p
-				goto send
+				break fill
 			}
 			take(p)
-			continue
 		default:
+			break fill
 		}
-		break
 	}
-send:
 	if len(s.batch) == 0 {
 		return false
 	}
@@ -539,7 +533,7 @@ func (s *sender) close() {
 
 // part is one partition's records of a produce request, in call order.
 type part struct {
-	tp  topicPartition
+	tp  partKey
 	who []*pending
 }
 
@@ -551,7 +545,7 @@ type part struct {
 func (s *sender) write(batch []*pending) {
 	// Group by partition, keeping each partition's records in call order.
 	var parts []*part
-	index := map[topicPartition]*part{}
+	index := map[partKey]*part{}
 	for _, p := range batch {
 		g := index[p.tp]
 		if g == nil {
@@ -602,7 +596,7 @@ func (s *sender) attempt(parts []*part, attempt int) (again []*part) {
 		byLeader[id] = append(byLeader[id], g)
 	}
 	var throttle int32
-	results := map[topicPartition]produceResult{}
+	results := map[partKey]produceResult{}
 	for _, id := range leaders {
 		gs := byLeader[id]
 		res, t, err := s.produce(ctx, id, gs)
@@ -669,7 +663,7 @@ func (s *sender) attempt(parts []*part, attempt int) (again []*part) {
 
 // produce sends the parts to broker id as one request on the sender's
 // connection to it (dialled when missing, dropped when it fails).
-func (s *sender) produce(ctx context.Context, id int, parts []*part) (map[topicPartition]produceResult, int32, error) {
+func (s *sender) produce(ctx context.Context, id int, parts []*part) (map[partKey]produceResult, int32, error) {
 	c := s.conns[id]
 	if c == nil {
 		s.b.metaMu.Lock()

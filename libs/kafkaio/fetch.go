@@ -206,8 +206,7 @@ type led struct {
 	parts []*partState
 }
 
-// leaders groups the partitions by the broker leading each and resolves
-// their starting offsets where needed (on that broker).
+// leaders groups the partitions by the broker leading each.
 func (c *Consumer) leaders(ctx context.Context, parts []*partState) (map[int]*led, error) {
 	var topics []string
 	for _, p := range parts {
@@ -222,7 +221,7 @@ func (c *Consumer) leaders(ctx context.Context, parts []*partState) (map[int]*le
 	leader := leaderAddrs(md)
 	out := map[int]*led{}
 	for _, p := range parts {
-		b, ok := leader[topicPartition{p.key.topic, p.key.partition}]
+		b, ok := leader[p.key]
 		if !ok {
 			return nil, fmt.Errorf("partition %d of %s has no leader", p.key.partition, p.key.topic)
 		}
@@ -232,26 +231,6 @@ func (c *Consumer) leaders(ctx context.Context, parts []*partState) (map[int]*le
 			out[b.id] = l
 		}
 		l.parts = append(l.parts, p)
-	}
-	for _, l := range out {
-		var unresolved []*partState
-		for _, p := range l.parts {
-			if p.next < 0 {
-				unresolved = append(unresolved, p)
-			}
-		}
-		if len(unresolved) == 0 {
-			continue
-		}
-		conn, err := dialBroker(ctx, l.addr, c.cfg.GroupID)
-		if err != nil {
-			return nil, fmt.Errorf("list offsets: %w", err)
-		}
-		err = c.resolve(ctx, conn, unresolved, false)
-		conn.Close()
-		if err != nil {
-			return nil, err
-		}
 	}
 	return out, nil
 }
@@ -290,15 +269,27 @@ func (c *Consumer) resolve(ctx context.Context, conn *brokerConn, parts []*partS
 }
 
 // fetchLoop fetches parts, all led by the broker at addr, with one request
-// at a time on its own connection and hands their records to the workers in
-// offset order, until ctx is done (nil) or a fetch fails. progressed
-// reports a fetch answered.
+// at a time on its own connection (first resolving, on it, where the
+// partitions without a committed offset start) and hands their records to
+// the workers in offset order, until ctx is done (nil) or a fetch fails.
+// progressed reports a fetch answered.
 func (c *Consumer) fetchLoop(ctx context.Context, addr string, parts []*partState, queues map[partKey]chan kafka.Message) (progressed bool, err error) {
 	conn, err := dialBroker(ctx, addr, c.cfg.GroupID)
 	if err != nil {
 		return false, fmt.Errorf("fetch: %w", err)
 	}
 	defer conn.Close()
+	var unresolved []*partState // no committed offset: start from an end
+	for _, p := range parts {
+		if p.next < 0 {
+			unresolved = append(unresolved, p)
+		}
+	}
+	if len(unresolved) > 0 {
+		if err := c.resolve(ctx, conn, unresolved, false); err != nil {
+			return false, err
+		}
+	}
 	// The request's shape is fixed for the loop; only the offsets change.
 	req := &fetchRequest{maxWait: int32(fetchMaxWait / time.Millisecond), maxBytes: int32(c.fetchBytes)}
 	var at [][]*partState // the request's partitions, by topic and position

@@ -1,5 +1,6 @@
 package kafkaio
 
+// partKey is a topic's partition.
 type partKey struct {
 	topic     string
 	partition int

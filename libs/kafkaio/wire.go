@@ -12,6 +12,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -113,11 +114,7 @@ func dialBroker(ctx context.Context, addr, clientID string) (*brokerConn, error)
 }
 
 func (c *brokerConn) handshake(ctx context.Context, mech sasl.Mechanism, host, port string) error {
-	deadline, _ := ctx.Deadline()
-	c.pc.SetDeadline(deadline)
-	defer c.pc.SetDeadline(time.Time{})
-	stop := context.AfterFunc(ctx, func() { c.pc.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
+	defer c.within(ctx, 10*time.Second)()
 	c.pc.SetVersions(map[protocol.ApiKey]int16{protocol.ApiVersions: 0, protocol.SaslHandshake: 1, protocol.SaslAuthenticate: 0})
 	msg, err := c.pc.RoundTrip(&apiversions.Request{})
 	if err != nil {
@@ -216,9 +213,7 @@ func lookup(ctx context.Context, brokers []string, clientID string, topics []str
 }
 
 func (c *brokerConn) metadata(ctx context.Context, topics []string) (*metadataapi.Response, error) {
-	c.pc.SetDeadline(time.Now().Add(10 * time.Second))
-	stop := context.AfterFunc(ctx, func() { c.pc.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
+	defer c.within(ctx, 10*time.Second)()
 	msg, err := c.pc.RoundTrip(&metadataapi.Request{TopicNames: topics})
 	if err != nil {
 		return nil, c.wrap(ctx, err)
@@ -243,9 +238,7 @@ func (c *brokerConn) listOffsets(ctx context.Context, parts []partKey, ts int64)
 		req.Topics[i].Partitions = append(req.Topics[i].Partitions, listoffsetsapi.RequestPartition{
 			Partition: int32(p.partition), CurrentLeaderEpoch: -1, Timestamp: ts})
 	}
-	c.pc.SetDeadline(time.Now().Add(10 * time.Second))
-	stop := context.AfterFunc(ctx, func() { c.pc.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
+	defer c.within(ctx, 10*time.Second)()
 	msg, err := c.pc.RoundTrip(req)
 	if err != nil {
 		return nil, c.wrap(ctx, err)
@@ -274,19 +267,19 @@ func (c *brokerConn) listOffsets(ctx context.Context, parts []partKey, ts int64)
 // leaderAddrs maps each partition of an answer's topics to the address of
 // its leader; a partition without one (an error, no leader elected) is
 // missing.
-func leaderAddrs(res *metadataapi.Response) map[topicPartition]leaderAddr {
+func leaderAddrs(res *metadataapi.Response) map[partKey]leaderAddr {
 	brokers := make(map[int32]string, len(res.Brokers))
 	for _, b := range res.Brokers {
 		brokers[b.NodeID] = net.JoinHostPort(b.Host, strconv.Itoa(int(b.Port)))
 	}
-	out := map[topicPartition]leaderAddr{}
+	out := map[partKey]leaderAddr{}
 	for _, t := range res.Topics {
 		if t.ErrorCode != 0 {
 			continue
 		}
 		for _, p := range t.Partitions {
 			if addr, ok := brokers[p.LeaderID]; ok && p.ErrorCode == 0 {
-				out[topicPartition{t.Name, int(p.PartitionIndex)}] = leaderAddr{int(p.LeaderID), addr}
+				out[partKey{t.Name, int(p.PartitionIndex)}] = leaderAddr{int(p.LeaderID), addr}
 			}
 		}
 	}
@@ -313,13 +306,7 @@ func (c *brokerConn) begin(api protocol.ApiKey, v int16) {
 // unusable: close it.
 func (c *brokerConn) exchange(ctx context.Context, timeout time.Duration) (*decoder, error) {
 	binary.BigEndian.PutUint32(c.out, uint32(len(c.out)-4))
-	deadline := time.Now().Add(timeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	c.pc.SetDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() { c.pc.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
+	defer c.within(ctx, timeout)()
 	if _, err := c.pc.Write(c.out); err != nil {
 		return nil, c.wrap(ctx, err)
 	}
@@ -343,6 +330,18 @@ func (c *brokerConn) exchange(ctx context.Context, timeout time.Duration) (*deco
 		return nil, c.wrap(ctx, err)
 	}
 	return &decoder{b: c.in}, nil
+}
+
+// within bounds the connection's next exchange by d (or ctx's deadline, if
+// sooner) and ends it when ctx ends; call the returned func once done.
+func (c *brokerConn) within(ctx context.Context, d time.Duration) (done func()) {
+	deadline := time.Now().Add(d)
+	if cd, ok := ctx.Deadline(); ok && cd.Before(deadline) {
+		deadline = cd
+	}
+	c.pc.SetDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { c.pc.SetDeadline(time.Unix(1, 0)) })
+	return func() { stop() }
 }
 
 // wrap reports ctx's error rather than the deadline it set.
@@ -560,8 +559,11 @@ func (c *brokerConn) readRecords(msgs []kafka.Message, topic string, partition i
 			off := base + rd.varint()
 			key, value := rd.varbytes(), rd.varbytes()
 			nh := int(rd.varint())
-			if rd.err != nil || off < from {
-				d.err = cmpErr(d.err, rd.err)
+			if rd.err != nil {
+				d.err = rd.err
+				continue
+			}
+			if off < from {
 				continue
 			}
 			m := kafka.Message{Topic: topic, Partition: partition, Offset: off, HighWaterMark: hw, Time: time.UnixMilli(ts),
@@ -591,13 +593,6 @@ func (c *brokerConn) readRecords(msgs []kafka.Message, topic string, partition i
 		}
 	}
 	return msgs, end, nil
-}
-
-func cmpErr(a, b error) error {
-	if a != nil {
-		return a
-	}
-	return b
 }
 
 // arena hands out copies from shared chunks: a fetched partition's records
@@ -644,44 +639,41 @@ type produceResult struct {
 
 // produce sends the batches as one acks=all request and returns each
 // partition's result (by topic, partition) and the quota delay.
-func (c *brokerConn) produce(ctx context.Context, batches []produceBatch, timeout time.Duration) (map[topicPartition]produceResult, int32, error) {
+func (c *brokerConn) produce(ctx context.Context, batches []produceBatch, timeout time.Duration) (map[partKey]produceResult, int32, error) {
 	v := c.produceV
 	c.begin(apiProduce, v)
 	b := binary.BigEndian.AppendUint16(c.out, 0xffff) // transactional id: null
 	b = binary.BigEndian.AppendUint16(b, 0xffff)      // acks -1: all in-sync replicas
 	b = binary.BigEndian.AppendUint32(b, uint32(timeout/time.Millisecond))
-	// Topics in order of first appearance, each with its partitions.
-	var topics []string
-	for _, pb := range batches {
-		if !containsString(topics, pb.topic) {
-			topics = append(topics, pb.topic)
+	// A topic's partitions go together: the batches in runs by topic.
+	slices.SortStableFunc(batches, func(x, y produceBatch) int { return strings.Compare(x.topic, y.topic) })
+	topics := 0
+	for i := range batches {
+		if i == 0 || batches[i].topic != batches[i-1].topic {
+			topics++
 		}
 	}
-	b = binary.BigEndian.AppendUint32(b, uint32(len(topics)))
+	b = binary.BigEndian.AppendUint32(b, uint32(topics))
 	now := time.Now().UnixMilli()
-	for _, t := range topics {
-		b = appendString(b, t)
-		n := 0
-		for _, pb := range batches {
-			if pb.topic == t {
-				n++
-			}
+	for i := 0; i < len(batches); {
+		j := i + 1
+		for j < len(batches) && batches[j].topic == batches[i].topic {
+			j++
 		}
-		b = binary.BigEndian.AppendUint32(b, uint32(n))
-		for _, pb := range batches {
-			if pb.topic != t {
-				continue
-			}
+		b = appendString(b, batches[i].topic)
+		b = binary.BigEndian.AppendUint32(b, uint32(j-i))
+		for _, pb := range batches[i:j] {
 			b = binary.BigEndian.AppendUint32(b, uint32(pb.partition))
 			b = c.appendBatch(b, pb.recs, now)
 		}
+		i = j
 	}
 	c.out = b
 	d, err := c.exchange(ctx, timeout+time.Second)
 	if err != nil {
 		return nil, 0, err
 	}
-	res := make(map[topicPartition]produceResult, len(batches))
+	res := make(map[partKey]produceResult, len(batches))
 	for nt := d.arrayLen(); nt > 0 && d.err == nil; nt-- {
 		topic := string(d.stringBytes())
 		for np := d.arrayLen(); np > 0 && d.err == nil; np-- {
@@ -703,7 +695,7 @@ func (c *brokerConn) produce(ctx context.Context, batches []produceBatch, timeou
 				}
 				r.errorMessage = string(d.stringBytes())
 			}
-			res[topicPartition{topic, part}] = r
+			res[partKey{topic, part}] = r
 		}
 	}
 	throttle := d.int32()
@@ -711,15 +703,6 @@ func (c *brokerConn) produce(ctx context.Context, batches []produceBatch, timeou
 		return nil, 0, fmt.Errorf("%s: produce answer: %w", c.addr, d.err)
 	}
 	return res, throttle, nil
-}
-
-func containsString(ss []string, s string) bool {
-	for _, x := range ss {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // appendBatch appends recs as a nullable-bytes record batch v2
