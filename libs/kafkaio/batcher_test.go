@@ -62,11 +62,7 @@ func TestAProduceToAMissingTopicFailsFast(t *testing.T) {
 // request goes to one broker with a batch per partition, and every record
 // lands once in its key's partition; a nil value stays a tombstone.
 func TestTheBatcherSendsOneRequestPerBrokerAcrossPartitionsAndTopics(t *testing.T) {
-	c, err := kfake.NewCluster(kfake.NumBrokers(3), kfake.SeedTopics(3, "a", "b"), kfake.Ports(0, 0, 0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := newCluster(t, 3, 3, "a", "b")
 	addrs := c.ListenAddrs()
 	b := NewBatcher(BatcherConfig{Brokers: addrs})
 	produceAll(t, b, 400, func(i int) Record {
@@ -176,11 +172,7 @@ func numbered(from, to int) []Record {
 }
 
 func TestAProducerRetriesAFailedPartitionBeforeAnythingBehindIt(t *testing.T) {
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "o"), kfake.Ports(0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := newCluster(t, 1, 1, "o")
 	// NOT_LEADER_OR_FOLLOWER twice: retriable (a leader moving).
 	requests, failing := failProduces(c, 2, 6)
 	p := NewProducer(ProducerConfig{Brokers: c.ListenAddrs()})
@@ -210,11 +202,7 @@ func TestAProducerRetriesAFailedPartitionBeforeAnythingBehindIt(t *testing.T) {
 }
 
 func TestAProducerDoesNotRetryWhatCannotPass(t *testing.T) {
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "o"), kfake.Ports(0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := newCluster(t, 1, 1, "o")
 	requests, _ := failProduces(c, 1000, 29) // TOPIC_AUTHORIZATION_FAILED, every time
 	p := NewProducer(ProducerConfig{Brokers: c.ListenAddrs()})
 	defer p.Close()
@@ -234,11 +222,7 @@ func TestAProducerDoesNotRetryWhatCannotPass(t *testing.T) {
 // A broker enforcing a quota answers at once and asks the client to wait
 // (KIP-219): the producer's next request to it waits that long.
 func TestAProducerWaitsTheDelayABrokersQuotaAsksFor(t *testing.T) {
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "o"), kfake.Ports(0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := newCluster(t, 1, 1, "o")
 	at := make(chan time.Time, 10)
 	failProducesThrottled(c, 1, 6, 600, at) // retriable, with a 600 ms quota delay
 	p := NewProducer(ProducerConfig{Brokers: c.ListenAddrs()})
@@ -290,11 +274,7 @@ func TestCallersSendEvenWhenTheirRecordsOverflowTheLane(t *testing.T) {
 // failure every caller misses, and a burst must not become a connection
 // and a metadata request each.
 func TestCallersMissingATopicShareOneLookup(t *testing.T) {
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, "raw"), kfake.Ports(0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := newCluster(t, 1, 3, "raw")
 	var lookups atomic.Int32
 	release := make(chan struct{})
 	c.ControlKey(int16(kmsg.Metadata), func(kmsg.Request) (kmsg.Response, error, bool) {

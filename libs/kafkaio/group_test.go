@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
@@ -216,11 +215,7 @@ func TestAHandlerCallStillRunningAtARebalanceIsCancelled(t *testing.T) {
 // The consumer, too, waits the delay a broker's quota asks for before its
 // next fetch (KIP-219).
 func TestAConsumerWaitsTheDelayABrokersQuotaAsksFor(t *testing.T) {
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "in", "q"), kfake.Ports(0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := newCluster(t, 1, 1, "in", "q")
 	at := make(chan time.Time, 100)
 	var fetches atomic.Int32
 	c.ControlKey(int16(kmsg.Fetch), func(kreq kmsg.Request) (kmsg.Response, error, bool) {

@@ -30,14 +30,22 @@ func init() {
 	otel.SetTextMapPropagator(propagation.TraceContext{})
 }
 
+// broker is one kfake broker with topics of 3 partitions; its addresses.
 func broker(t *testing.T, topics ...string) []string {
 	t.Helper()
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, topics...), kfake.Ports(0))
+	return newCluster(t, 1, 3, topics...).ListenAddrs()
+}
+
+// newCluster is a kfake cluster of n brokers with topics of the given
+// partitions, closed when the test ends.
+func newCluster(t *testing.T, n, partitions int, topics ...string) *kfake.Cluster {
+	t.Helper()
+	c, err := kfake.NewCluster(kfake.NumBrokers(n), kfake.SeedTopics(int32(partitions), topics...), kfake.Ports(make([]int, n)...))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
-	return c.ListenAddrs()
+	return c
 }
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

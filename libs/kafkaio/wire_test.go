@@ -13,7 +13,6 @@ import (
 
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/compress"
-	"github.com/twmb/franz-go/pkg/kfake"
 )
 
 // batchOf encodes recs as the record batch a produce request carries (its
@@ -191,11 +190,7 @@ func TestCompressedBatchesAreRead(t *testing.T) {
 // again to the new leader, the consumer's fetchers look the leaders up
 // again, and every record is read once.
 func TestLeadersMoveUnderAProducerAndAConsumer(t *testing.T) {
-	c, err := kfake.NewCluster(kfake.NumBrokers(3), kfake.SeedTopics(3, "m", "q"), kfake.Ports(0, 0, 0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := newCluster(t, 3, 3, "m", "q")
 	addrs := c.ListenAddrs()
 	p := NewProducer(ProducerConfig{Brokers: addrs})
 	defer p.Close()
