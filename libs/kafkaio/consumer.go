@@ -107,14 +107,19 @@ type ConsumerConfig struct {
 	// retryable failures are the shared dependency's (Redis, Kafka,
 	// PostgreSQL down), not one record's.
 	Workers int
-	// Linger is how long a worker waits for more records when fewer than
-	// MaxBatch are waiting (default 0: it takes what is there) — only while
-	// records keep coming: this batch or the last held more than one, or
-	// this one's first record came within Linger of the last batch's end.
-	// A record after a quiet spell longer than Linger is not delayed. It
-	// trades latency for batch size where a batch's fixed cost dominates:
-	// at 1,000 records/s over two workers records reach a worker one at a
-	// time, and without the last rule batches stayed at one or two.
+	// Linger is how long the broker may hold a fetch for more records
+	// while they keep coming (default 0: a fetch is answered as soon as
+	// there is a record). A fetcher lingers when its last answer's records
+	// came fast enough to put at least two in a Linger: the next fetch asks
+	// the broker to wait until lingerBytes have arrived or Linger has passed
+	// (Kafka's fetch.min.bytes and fetch.max.wait.ms), and an answer with
+	// fewer records than that rate returns it to the long poll. A record
+	// after a quiet spell is not delayed, and at rates that would not fill
+	// a batch of two per Linger no record is. Workers take what is waiting.
+	// It trades latency for batch size where a batch's fixed cost
+	// dominates: at 1,000 records/s a fetch answered at once carries one
+	// record, and each answer and each batch costs wake-ups and round trips
+	// in every process on the way (docs/benchmarks.md).
 	Linger time.Duration
 	// StartFromLatest makes a group with no committed offset (or one out of
 	// range: records deleted, a topic recreated) start at the end
@@ -361,8 +366,6 @@ func WorkerOf(ctx context.Context) string {
 // next).
 func (c *Consumer) worker(stop, work context.Context, q <-chan kafka.Message) {
 	batch := make([]kafka.Message, 0, c.cfg.MaxBatch)
-	last := 0           // the previous batch's size
-	var ended time.Time // when the previous batch was done
 	for m := range q {
 		if stop.Err() != nil {
 			c.buf.release(recordBytes(m))
@@ -381,10 +384,6 @@ func (c *Consumer) worker(stop, work context.Context, q <-chan kafka.Message) {
 				break fill
 			}
 		}
-		if c.cfg.Linger > 0 && len(batch) < c.cfg.MaxBatch && (len(batch) > 1 || last > 1 || time.Since(ended) < c.cfg.Linger) {
-			batch = c.linger(stop, q, batch)
-		}
-		last = len(batch)
 		held := batchBytes(batch)
 		if err := c.waitResumed(stop); err != nil {
 			c.buf.release(held)
@@ -394,9 +393,6 @@ func (c *Consumer) worker(stop, work context.Context, q <-chan kafka.Message) {
 		c.buf.release(held)
 		if err != nil {
 			return
-		}
-		if c.cfg.Linger > 0 {
-			ended = time.Now()
 		}
 	}
 }
@@ -475,26 +471,6 @@ func (b *budget) release(n int64) {
 	if freed != nil {
 		close(freed)
 	}
-}
-
-// linger adds the records that arrive within Linger to batch, up to MaxBatch.
-func (c *Consumer) linger(stop context.Context, q <-chan kafka.Message, batch []kafka.Message) []kafka.Message {
-	t := time.NewTimer(c.cfg.Linger)
-	defer t.Stop()
-	for len(batch) < c.cfg.MaxBatch {
-		select {
-		case m, ok := <-q:
-			if !ok {
-				return batch
-			}
-			batch = append(batch, m)
-		case <-t.C:
-			return batch
-		case <-stop.Done():
-			return batch
-		}
-	}
-	return batch
 }
 
 // process runs the handler on a batch until every record is done or

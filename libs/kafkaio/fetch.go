@@ -31,6 +31,12 @@ import (
 // (the broker answers as soon as a record arrives).
 const fetchMaxWait = 2 * time.Second
 
+// lingerBytes is what a lingering fetch waits for (at most Linger, and at
+// most the fetch's budget): enough for a batch of hundreds of records, so
+// that a fetch lingers its whole Linger at moderate rates and returns at
+// once from a backlog.
+const lingerBytes = 256 << 10
+
 // A fetch answer is read whole into its connection's buffer (reused from
 // fetch to fetch) and its records copied out before any is handed over, so
 // a fetcher holds an answer's bytes about twice while it hands them over.
@@ -314,10 +320,17 @@ func (c *Consumer) fetchLoop(ctx context.Context, addr string, parts []*partStat
 		msgs []kafka.Message
 	}
 	var (
-		answers []fetchAnswer
-		gots    []got
+		answers   []fetchAnswer
+		gots      []got
+		lingering bool
+		lastData  time.Time // when the last answer with records came
 	)
 	for ctx.Err() == nil {
+		if lingering {
+			req.maxWait, req.minBytes = int32(max(c.cfg.Linger/time.Millisecond, 1)), int32(min(c.fetchBytes, lingerBytes))
+		} else {
+			req.maxWait, req.minBytes = int32(fetchMaxWait/time.Millisecond), 1
+		}
 		for ti := range req.topics {
 			for pi := range req.topics[ti].parts {
 				req.topics[ti].parts[pi].offset = at[ti][pi].next
@@ -359,6 +372,16 @@ func (c *Consumer) fetchLoop(ctx context.Context, addr string, parts []*partStat
 				return progressed, fmt.Errorf("fetch %s/%d: %w", a.topic, a.partition, err)
 			}
 			gots = append(gots, got{p, a.highWatermark, end, msgs})
+		}
+		// Linger while the records come fast enough to put two in a
+		// Linger (ConsumerConfig.Linger).
+		now, n := time.Now(), 0
+		for _, g := range gots {
+			n += len(g.msgs)
+		}
+		lingering = c.cfg.Linger > 0 && n > 0 && time.Duration(n)*c.cfg.Linger/2 >= now.Sub(lastData)
+		if n > 0 {
+			lastData = now
 		}
 		for _, g := range gots {
 			if !c.handOver(ctx, g.p, g.msgs, queues) {

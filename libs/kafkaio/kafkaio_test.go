@@ -438,10 +438,49 @@ func TestAWorkerBatchesItsPartitionsTogetherAndAFailureHoldsOnlyItsPartition(t *
 	}
 }
 
-// With Linger, a worker whose records keep coming waits for the ones still
-// on their way and hands them over in one batch; a lone record after a
-// quiet spell is not held back.
-func TestAWorkerLingersOnlyWhileRecordsKeepComing(t *testing.T) {
+// Records that come too far apart to make a batch of two within the
+// linger are never held for it: a fetch lingers only at a rate that pays.
+func TestAFetchDoesNotLingerForRecordsTooFarApartToBatch(t *testing.T) {
+	addrs := broker(t, "in", "q")
+	p := NewProducer(ProducerConfig{Brokers: addrs})
+	defer p.Close()
+	handled := make(chan time.Time, 10)
+	c, err := NewBatchConsumer(ConsumerConfig{Brokers: addrs, GroupID: "g", Topics: []string{"in"}, Quarantine: p, QuarantineTopic: "q",
+		Log: quiet(), Workers: 1, Linger: 2 * time.Second},
+		func(_ context.Context, batch []Delivery) []error {
+			for range batch {
+				handled <- time.Now()
+			}
+			return nil
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer runBatch(c)()
+	ctx := context.Background()
+	for i := range 4 {
+		// 1.2 s apart: one record per 2 s linger at most.
+		sent := time.Now()
+		if err := p.Produce(ctx, Record{Topic: "in", Key: []byte("k"), Value: []byte(fmt.Sprint("r", i))}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case at := <-handled:
+			// The first waits for the group to form.
+			if d := at.Sub(sent); i > 0 && d > 600*time.Millisecond {
+				t.Fatalf("record %d handled %v after it was produced: held for the linger", i, d)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("record %d not handled", i)
+		}
+		time.Sleep(time.Until(sent.Add(1200 * time.Millisecond)))
+	}
+}
+
+// With Linger, a fetcher whose records keep coming asks the broker to hold
+// its next fetch for the ones still on their way, which reach the worker in
+// one batch; a lone record after a quiet spell is not held back.
+func TestAFetchLingersOnlyWhileRecordsKeepComing(t *testing.T) {
 	addrs := broker(t, "in", "q")
 	p := NewProducer(ProducerConfig{Brokers: addrs})
 	defer p.Close()
@@ -496,8 +535,8 @@ func TestAWorkerLingersOnlyWhileRecordsKeepComing(t *testing.T) {
 	if d := time.Since(sent); d >= time.Second {
 		t.Fatalf("a lone record after a quiet spell took %v: it was held for the linger", d)
 	}
-	// Two records together, then more in quick succession: the worker
-	// lingers and takes the late ones into the batch it is filling.
+	// Two records together, then more in quick succession: the next fetch
+	// lingers and brings the late ones in one answer.
 	if err := p.Produce(ctx, Record{Topic: "in", Key: []byte("k"), Value: []byte("r0")}, Record{Topic: "in", Key: []byte("k"), Value: []byte("r1")}); err != nil {
 		t.Fatal(err)
 	}
@@ -515,7 +554,7 @@ func TestAWorkerLingersOnlyWhileRecordsKeepComing(t *testing.T) {
 		biggest = max(biggest, len(b))
 	}
 	if biggest < 6 {
-		t.Fatalf("batches %v: the worker did not linger for the records that kept coming", batches)
+		t.Fatalf("batches %v: the fetch did not linger for the records that kept coming", batches)
 	}
 }
 

@@ -354,8 +354,8 @@ func (c *brokerConn) wrap(ctx context.Context, err error) error {
 
 // fetchRequest is one fetch: every partition with its offset.
 type fetchRequest struct {
-	maxWait, maxBytes int32
-	topics            []fetchTopic
+	maxWait, minBytes, maxBytes int32
+	topics                      []fetchTopic
 }
 
 type fetchTopic struct {
@@ -386,7 +386,7 @@ func (c *brokerConn) fetch(ctx context.Context, req *fetchRequest, timeout time.
 	c.begin(apiFetch, v)
 	b := binary.BigEndian.AppendUint32(c.out, ^uint32(0)) // replica id -1: a consumer
 	b = binary.BigEndian.AppendUint32(b, uint32(req.maxWait))
-	b = binary.BigEndian.AppendUint32(b, 1) // min bytes: answer as soon as there is a record
+	b = binary.BigEndian.AppendUint32(b, uint32(max(req.minBytes, 1)))
 	b = binary.BigEndian.AppendUint32(b, uint32(req.maxBytes))
 	b = append(b, 0) // isolation: read uncommitted
 	if v >= 7 {

@@ -94,8 +94,8 @@ type Common struct {
 	// (kafkaio.ConsumerConfig.Workers). 0 is one worker per partition;
 	// unset (-1), the service's Service.Workers.
 	ConsumerWorkers int
-	// ConsumerLinger (CONSUMER_LINGER) is how long a consumer worker waits
-	// for a fuller batch while records keep coming
+	// ConsumerLinger (CONSUMER_LINGER) is how long the broker may hold a
+	// consumer's fetch for more records while they keep coming
 	// (kafkaio.ConsumerConfig.Linger); unset (-1), the service's
 	// Service.Linger.
 	ConsumerLinger time.Duration
@@ -574,13 +574,13 @@ func (s *Service) Redis(ctx context.Context, url string) (*redis.Client, error) 
 // BatchingStage sets the consumer defaults of a stage that handles records
 // in batches (CONSUMER_WORKERS and CONSUMER_LINGER override them): a worker
 // per Go processor, at least two (CoreWorkers), each serving several
-// partitions so that batches grow with the stage's rate, and linger while
-// records keep coming. At 1,000 events/s records reach a worker one at a
-// time: a 5 ms linger grew the normalizer's and enricher's batches from ~2
-// to ~6 records and cut their CPU per event 14–24 % for ~10 ms more
-// webhook→row p50; for sink-warehouse, whose batch is one INSERT and one
-// commit, 10 ms took PostgreSQL's CPU per row from ~350 to ~270 µs
-// (docs/benchmarks.md).
+// partitions so that batches grow with the stage's rate, and a fetch that
+// lingers at the broker while records keep coming. At 1,000 events/s a
+// fetch answered at once carries one record: lingering fetches of 10 ms
+// (the normalizer and enricher) and 20 ms (sink-warehouse) took their
+// fetches from ~750, ~210 and ~210 per second to ~85, ~90 and ~45, and the
+// services' CPU per event down by about a sixth, for ~8 ms more
+// webhook→row p50 (docs/benchmarks.md, fifth pass).
 func (s *Service) BatchingStage(linger time.Duration) {
 	s.Workers, s.Linger = CoreWorkers(), linger
 }

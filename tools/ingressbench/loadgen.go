@@ -1,30 +1,24 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
-	"net"
 	"os"
 	"runtime"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/closedloop/closedloop/tools/internal/rawhttp"
 	"github.com/closedloop/closedloop/tools/internal/stack"
 )
 
 // The load generator writes pre-built HTTP/1.1 requests on raw keep-alive
-// connections and reads each answer with a minimal parser, so that it spends
-// a few µs per request and is not the bottleneck: net/http's client cost
-// more per request than the bare server it measured, which capped (and
-// flattered) every ratio the old tool printed.
+// connections (tools/internal/rawhttp).
 
 // requests is one phase's requests, built before the phase starts: each a
 // complete HTTP/1.1 request with a distinct, signed ~1.5 KiB Delighted body.
@@ -81,14 +75,8 @@ func build(path string, first uint64, n int) *requests {
 				m.Reset()
 				m.Write(b)
 				start := len(buf)
-				buf = append(buf, "POST "...)
-				buf = append(buf, path...)
-				buf = append(buf, " HTTP/1.1\r\nHost: bench\r\nUser-Agent: Delighted Webhook Service\r\nContent-Type: application/json\r\nX-Delighted-Webhook-Signature: sha256="...)
-				buf = hex.AppendEncode(buf, m.Sum(nil))
-				buf = append(buf, "\r\nContent-Length: "...)
-				buf = strconv.AppendInt(buf, int64(len(b)), 10)
-				buf = append(buf, "\r\n\r\n"...)
-				buf = append(buf, b...)
+				buf = rawhttp.AppendPost(buf, path, b, "User-Agent", "Delighted Webhook Service", "Content-Type", "application/json",
+					"X-Delighted-Webhook-Signature", "sha256="+hex.EncodeToString(m.Sum(nil)))
 				lens[w] = append(lens[w], len(buf)-start)
 			}
 			parts[w] = buf
@@ -177,9 +165,9 @@ func (p *phase) String() string {
 // the phase reports besides the load generator's own.
 func drive(name, addr string, rq *requests, conns int, d time.Duration, rate int, procs []*stack.Process) (*phase, error) {
 	ph := &phase{name: name, codes: map[int]int{}, target: rate, cpu: map[string]float64{}}
-	cs := make([]*client, conns)
+	cs := make([]*rawhttp.Client, conns)
 	for i := range cs {
-		c, err := dial(addr)
+		c, err := rawhttp.Dial(addr)
 		if err != nil {
 			return nil, err
 		}
@@ -222,11 +210,11 @@ func drive(name, addr string, rq *requests, conns int, d time.Duration, rate int
 				} else if t0.After(deadline) {
 					return
 				}
-				code, err := c.do(rq.get(i))
+				code, err := c.Do(rq.get(i))
 				if err != nil {
 					errCount.Add(1)
 					codes[i] = 1
-					if c, err = dial(addr); err != nil {
+					if c, err = rawhttp.Dial(addr); err != nil {
 						return
 					}
 					cs[ci] = c
@@ -247,7 +235,7 @@ func drive(name, addr string, rq *requests, conns int, d time.Duration, rate int
 	}
 	ph.order = append(ph.order, "load generator")
 	for _, c := range cs {
-		c.close()
+		c.Close()
 	}
 	if int(next.Load()) >= rq.n() && rate == 0 {
 		ph.short = true
@@ -279,76 +267,4 @@ func cpuOf(procs []*stack.Process) map[string]float64 {
 		out[p.Name] = stack.CPUSeconds(p.PID())
 	}
 	return out
-}
-
-// client is one keep-alive connection.
-type client struct {
-	conn net.Conn
-	br   *bufio.Reader
-}
-
-func dial(addr string) (*client, error) {
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		return nil, err
-	}
-	return &client{conn: c, br: bufio.NewReaderSize(c, 16<<10)}, nil
-}
-
-func (c *client) close() { _ = c.conn.Close() }
-
-var errMalformed = errors.New("malformed answer")
-
-// do writes one request and reads its answer: the status code, the headers
-// up to the blank line, and Content-Length bytes of body. An answer asking
-// to close the connection is an error (the caller reconnects).
-func (c *client) do(req []byte) (int, error) {
-	_ = c.conn.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.conn.Write(req); err != nil {
-		return 0, err
-	}
-	line, err := c.br.ReadSlice('\n')
-	if err != nil {
-		return 0, err
-	}
-	if len(line) < 12 || !bytes.HasPrefix(line, []byte("HTTP/1.1 ")) {
-		return 0, errMalformed
-	}
-	code, err := strconv.Atoi(string(line[9:12]))
-	if err != nil {
-		return 0, errMalformed
-	}
-	length, closing := -1, false
-	for {
-		h, err := c.br.ReadSlice('\n')
-		if err != nil {
-			return 0, err
-		}
-		if len(h) <= 2 {
-			break
-		}
-		name, value, ok := bytes.Cut(h, []byte(":"))
-		if !ok {
-			return 0, errMalformed
-		}
-		value = bytes.TrimSpace(value)
-		switch {
-		case bytes.EqualFold(name, []byte("Content-Length")):
-			if length, err = strconv.Atoi(string(value)); err != nil {
-				return 0, errMalformed
-			}
-		case bytes.EqualFold(name, []byte("Connection")) && bytes.EqualFold(value, []byte("close")):
-			closing = true
-		}
-	}
-	if length < 0 {
-		return 0, errMalformed // every server here sends a length
-	}
-	if _, err := c.br.Discard(length); err != nil {
-		return 0, err
-	}
-	if closing {
-		return code, errors.New("server closed the connection")
-	}
-	return code, nil
 }

@@ -12,11 +12,11 @@ import (
 	"sync"
 
 	"github.com/segmentio/kafka-go"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/closedloop/closedloop/libs/feedback"
 	"github.com/closedloop/closedloop/libs/kafkaio"
+	"github.com/closedloop/closedloop/libs/pbjson"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 )
 
@@ -35,7 +35,7 @@ func (p *Printer) Handle(_ context.Context, m kafka.Message) error {
 	}
 	var line string
 	if p.JSON {
-		b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(ev)
+		b, err := pbjson.Marshal(ev)
 		if err != nil {
 			return kafkaio.Permanent(kafkaio.ReasonUnencodableEvent, err)
 		}

@@ -12,8 +12,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.opentelemetry.io/otel/trace"
-	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/closedloop/closedloop/libs/pbjson"
 	"github.com/closedloop/closedloop/libs/sink"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 )
@@ -87,7 +87,7 @@ func (w *Writer) Deliver(ctx context.Context, events []*sink.Event) []error {
 	rows := make([][]any, len(events))
 	failed := false
 	for i, e := range events {
-		js, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(e.Feedback)
+		js, err := pbjson.Marshal(e.Feedback)
 		if err != nil {
 			errs[i], failed = sink.Permanent(fmt.Errorf("event %s cannot be encoded as JSON: %w", e.Feedback.EventId, err)), true
 			continue

@@ -26,8 +26,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"google.golang.org/protobuf/encoding/protojson"
-
+	"github.com/closedloop/closedloop/libs/pbjson"
 	"github.com/closedloop/closedloop/libs/sink"
 	sinkv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/sink/v1"
 )
@@ -178,7 +177,7 @@ func (e *Endpoint) post(ev *sink.Event) error {
 	if why, off := e.Disabled(); off {
 		return sink.Permanent(fmt.Errorf("endpoint %s is disabled: %s", e.Name, why))
 	}
-	body, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(ev.Feedback)
+	body, err := pbjson.Marshal(ev.Feedback)
 	if err != nil {
 		return sink.Permanent(fmt.Errorf("event %s cannot be encoded as JSON: %w", ev.Feedback.EventId, err))
 	}
