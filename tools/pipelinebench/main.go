@@ -157,7 +157,6 @@ func run(ctx context.Context, rate, lowRate int, duration, idle time.Duration, b
 	defer pool.Close()
 	gen := delightedgen.New([]byte(p.Secret), uint64(time.Now().UnixNano()))
 	gen.Population = 1 << 30 // each response its own person: the CRM writes a contact per response
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
 
 	acct := newAccount(p, infra, services)
 	if idle > 0 {
@@ -169,7 +168,11 @@ func run(ctx context.Context, rate, lowRate int, duration, idle time.Duration, b
 
 	// Phase 1: a steady rate, with every destination's latency; phase 2: a
 	// low rate (fixed per-batch costs show there).
-	sp := &sender{ctx: ctx, gen: gen, client: client, url: p.IngressURL}
+	u, err := url.Parse(p.IngressURL)
+	if err != nil {
+		return err
+	}
+	sp := &sender{ctx: ctx, gen: gen, addr: u.Host, path: u.RequestURI()}
 	accepted := 0
 	for i, r := range []int{rate, lowRate} {
 		if r <= 0 {
@@ -205,19 +208,8 @@ func run(ctx context.Context, rate, lowRate int, duration, idle time.Duration, b
 	if burst == 0 {
 		return nil
 	}
-	// Phase 3: a burst, drained. Its requests are built first and written
-	// on raw keep-alive connections (tools/internal/rawhttp): net/http's
-	// client and the signing took a third of a core from the pipeline.
-	u, err := url.Parse(p.IngressURL)
-	if err != nil {
-		return err
-	}
-	reqs := make([][]byte, burst)
-	for i := range reqs {
-		w, _ := gen.Response()
-		reqs[i] = rawhttp.AppendPost(nil, u.RequestURI(), w.Body, "Content-Type", "application/json",
-			"User-Agent", "Delighted-Webhooks/1.0 (closedloop generator)", "X-Delighted-Webhook-Signature", w.Signature)
-	}
+	// Phase 3: a burst, drained.
+	reqs := sp.build(burst)
 	var fails atomic.Int64
 	var next atomic.Int64
 	var wg sync.WaitGroup
@@ -235,7 +227,7 @@ func run(ctx context.Context, rate, lowRate int, duration, idle time.Duration, b
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c, err := rawhttp.Dial(u.Host)
+			c, err := rawhttp.Dial(sp.addr)
 			if err != nil {
 				fails.Add(1)
 				return
@@ -251,7 +243,7 @@ func run(ctx context.Context, rate, lowRate int, duration, idle time.Duration, b
 				if err != nil {
 					fails.Add(1)
 					c.Close()
-					if c, err = rawhttp.Dial(u.Host); err != nil {
+					if c, err = rawhttp.Dial(sp.addr); err != nil {
 						return
 					}
 					continue
