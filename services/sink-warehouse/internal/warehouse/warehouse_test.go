@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -234,5 +235,24 @@ func TestTheLoopClosureViewFollowsEachDetractorToItsSolvedTicket(t *testing.T) {
 	}
 	if len(s.Systems) != 2 || s.Systems[0].System != "freshdesk" || s.Systems[0].MedianToSolvedSeconds != 62*60 || s.Systems[1].Solved != 1 {
 		t.Fatalf("per helpdesk: %v", s.Systems)
+	}
+}
+
+// The event column is compressed with lz4 (migration 14): an event with an
+// inline raw payload is over PostgreSQL's 2 KB threshold, and pglz cost
+// PostgreSQL half again as much CPU per row.
+func TestALargeEventIsStoredCompressedWithLZ4(t *testing.T) {
+	p, w := migrated(t, "lz")
+	e := event("big", "s-big", 1, 9, "")
+	e.Feedback.RawPayload = []byte(strings.Repeat(`{"comment":"Sehr zufrieden mit dem Support, schnelle Antworten."}`, 60))
+	if errs := w.Deliver(context.Background(), []*sink.Event{e}); errs != nil {
+		t.Fatal(errs)
+	}
+	var method string
+	if err := p.QueryRow(context.Background(), `SELECT coalesce(pg_column_compression(event), 'none') FROM lz.feedback_events WHERE event_id = 'big'`).Scan(&method); err != nil {
+		t.Fatal(err)
+	}
+	if method != "lz4" {
+		t.Fatalf("the event is stored with compression %s, want lz4", method)
 	}
 }
