@@ -375,27 +375,32 @@ func appendString(b []byte, s string) ([]byte, error) {
 		if c >= 0x20 && c != '"' && c != '\\' && c != 0x7f {
 			continue // bytes of multi-byte characters too
 		}
-		b = append(b, s[start:i]...)
-		switch c {
-		case '"', '\\':
-			b = append(b, '\\', c)
-		case '\b':
-			b = append(b, '\\', 'b')
-		case '\f':
-			b = append(b, '\\', 'f')
-		case '\n':
-			b = append(b, '\\', 'n')
-		case '\r':
-			b = append(b, '\\', 'r')
-		case '\t':
-			b = append(b, '\\', 't')
-		default:
-			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
-		}
+		b = AppendEscaped(append(b, s[start:i]...), c)
 		start = i + 1
 	}
 	b = append(b, s[start:]...)
 	return append(b, '"'), nil
+}
+
+// AppendEscaped appends the JSON escape of an ASCII byte a JSON string
+// cannot hold as it is (or one a writer chooses to escape, such as < > &
+// for HTML-safe JSON): \" \\ \b \f \n \r \t, else \u00XX.
+func AppendEscaped(b []byte, c byte) []byte {
+	switch c {
+	case '"', '\\':
+		return append(b, '\\', c)
+	case '\b':
+		return append(b, '\\', 'b')
+	case '\f':
+		return append(b, '\\', 'f')
+	case '\n':
+		return append(b, '\\', 'n')
+	case '\r':
+		return append(b, '\\', 'r')
+	case '\t':
+		return append(b, '\\', 't')
+	}
+	return append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
 }
 
 const hex = "0123456789abcdef"

@@ -29,6 +29,7 @@ import (
 
 	"github.com/closedloop/closedloop/libs/config"
 	"github.com/closedloop/closedloop/libs/kafkaio"
+	"github.com/closedloop/closedloop/libs/pbjson"
 	"github.com/closedloop/closedloop/libs/telemetry"
 	"github.com/closedloop/closedloop/services/ingress/internal/verify"
 )
@@ -628,23 +629,7 @@ func appendJSONString(b []byte, s string) []byte {
 				i++
 				continue
 			}
-			b = append(b, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				b = append(b, '\\', c)
-			case '\n':
-				b = append(b, '\\', 'n')
-			case '\r':
-				b = append(b, '\\', 'r')
-			case '\t':
-				b = append(b, '\\', 't')
-			case '\b':
-				b = append(b, '\\', 'b')
-			case '\f':
-				b = append(b, '\\', 'f')
-			default:
-				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
-			}
+			b = pbjson.AppendEscaped(append(b, s[start:i]...), c)
 			i++
 			start = i
 			continue
