@@ -232,7 +232,11 @@ func run(ctx context.Context, rate, lowRate int, duration, idle time.Duration, b
 				fails.Add(1)
 				return
 			}
-			defer func() { c.Close() }()
+			defer func() {
+				if c != nil {
+					c.Close()
+				}
+			}()
 			for {
 				i := int(next.Add(1) - 1)
 				if i >= burst || ctx.Err() != nil {
