@@ -94,9 +94,12 @@ type ConsumerConfig struct {
 	// fetched and is waiting, never waits for more.
 	MaxBatch int
 	// Workers is how many workers handle each topic's records (default 0:
-	// one per partition). With Workers > 0 partition p belongs to worker
-	// p mod Workers of its topic, and a worker's batch takes the waiting records of all
-	// its partitions — each partition's in offset order — so batches grow
+	// one per partition). With Workers > 0 a topic's partitions share them:
+	// under load partition p's records go to worker p mod Workers, and when
+	// every worker of the topic is idle a fetch answer's records all go to
+	// one (route.go); a partition changes worker only when none of its
+	// records is waiting or in a handler. A worker's batch takes the waiting
+	// records of all its partitions — each partition's in offset order — so batches grow
 	// with the consumer's rate rather than each partition's: at 1,000
 	// events/s over 6 partitions, per-partition batches stayed at 2–5 records
 	// and their fixed costs (a produce, a Redis round trip, an INSERT and its
@@ -364,11 +367,12 @@ func WorkerOf(ctx context.Context) string {
 // After stop is done it drops queued records that have not started (they
 // were not committed, so they are redelivered to whoever owns the partition
 // next).
-func (c *Consumer) worker(stop, work context.Context, q <-chan kafka.Message) {
+func (c *Consumer) worker(stop, work context.Context, q <-chan kafka.Message, rt *router) {
 	batch := make([]kafka.Message, 0, c.cfg.MaxBatch)
 	for m := range q {
 		if stop.Err() != nil {
 			c.buf.release(recordBytes(m))
+			rt.done([]kafka.Message{m})
 			continue
 		}
 		batch = append(batch[:0], m)
@@ -387,10 +391,12 @@ func (c *Consumer) worker(stop, work context.Context, q <-chan kafka.Message) {
 		held := batchBytes(batch)
 		if err := c.waitResumed(stop); err != nil {
 			c.buf.release(held)
+			rt.done(batch)
 			continue // stopping: the batch stays uncommitted
 		}
 		err := c.process(stop, work, batch)
 		c.buf.release(held)
+		rt.done(batch)
 		if err != nil {
 			return
 		}

@@ -79,19 +79,26 @@ func (c *Consumer) generation(stop, work context.Context, gen *kafka.Generation)
 	book := &offsetBook{gen: gen}
 	c.book.Store(book)
 	queues := map[partKey]chan kafka.Message{}
-	var wg sync.WaitGroup
+	var keys []partKey
 	for _, p := range parts {
 		wk := c.workerOf(p.key)
-		if _, ok := queues[wk]; ok {
-			continue
+		if _, ok := queues[wk]; !ok {
+			queues[wk] = make(chan kafka.Message, c.cfg.PartitionQueue)
+			keys = append(keys, wk)
 		}
-		q := make(chan kafka.Message, c.cfg.PartitionQueue)
-		queues[wk] = q
+	}
+	var rt *router // nil: each partition has its own worker
+	if c.cfg.Workers > 0 {
+		rt = newRouter(c.workerOf, keys)
+	}
+	var wg sync.WaitGroup
+	for _, wk := range keys {
+		q := queues[wk]
 		wctx := context.WithValue(work, workerKey{}, c.workerName(wk))
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c.worker(stop, wctx, q)
+			c.worker(stop, wctx, q, rt)
 		}()
 	}
 	committed := make(chan struct{})
@@ -108,7 +115,7 @@ func (c *Consumer) generation(stop, work context.Context, gen *kafka.Generation)
 			}
 		}
 	}()
-	c.fetchAll(stop, parts, queues)
+	c.fetchAll(stop, parts, queues, rt)
 	for _, q := range queues {
 		close(q)
 	}
@@ -145,7 +152,7 @@ func (c *Consumer) workerName(wk partKey) string {
 // fetchAll runs a fetcher per broker leading some of parts until stop is
 // done; when one fails (a leader moved, a broker is unreachable) all stop,
 // and after a backoff the leaders are looked up again.
-func (c *Consumer) fetchAll(stop context.Context, parts []*partState, queues map[partKey]chan kafka.Message) {
+func (c *Consumer) fetchAll(stop context.Context, parts []*partState, queues map[partKey]chan kafka.Message, rt *router) {
 	failures := 0
 	for stop.Err() == nil {
 		byLeader, err := c.leaders(stop, parts)
@@ -158,7 +165,7 @@ func (c *Consumer) fetchAll(stop context.Context, parts []*partState, queues map
 				fwg.Add(1)
 				go func() {
 					defer fwg.Done()
-					ok, ferr := c.fetchLoop(fctx, l.addr, l.parts, queues)
+					ok, ferr := c.fetchLoop(fctx, l.addr, l.parts, queues, rt)
 					mu.Lock()
 					progressed = progressed || ok
 					if ferr != nil && err == nil {
@@ -279,7 +286,7 @@ func (c *Consumer) resolve(ctx context.Context, conn *brokerConn, parts []*partS
 // partitions without a committed offset start) and hands their records to
 // the workers in offset order, until ctx is done (nil) or a fetch fails.
 // progressed reports a fetch answered.
-func (c *Consumer) fetchLoop(ctx context.Context, addr string, parts []*partState, queues map[partKey]chan kafka.Message) (progressed bool, err error) {
+func (c *Consumer) fetchLoop(ctx context.Context, addr string, parts []*partState, queues map[partKey]chan kafka.Message, rt *router) (progressed bool, err error) {
 	conn, err := dialBroker(ctx, addr, c.cfg.GroupID)
 	if err != nil {
 		return false, fmt.Errorf("fetch: %w", err)
@@ -323,7 +330,8 @@ func (c *Consumer) fetchLoop(ctx context.Context, addr string, parts []*partStat
 		answers   []fetchAnswer
 		gots      []got
 		lingering bool
-		lastData  time.Time // when the last answer with records came
+		lastData  time.Time              // when the last answer with records came
+		gather    = map[string]partKey{} // this answer's worker per topic (router)
 	)
 	for ctx.Err() == nil {
 		if lingering {
@@ -383,8 +391,9 @@ func (c *Consumer) fetchLoop(ctx context.Context, addr string, parts []*partStat
 		if n > 0 {
 			lastData = now
 		}
+		clear(gather)
 		for _, g := range gots {
-			if !c.handOver(ctx, g.p, g.msgs, queues) {
+			if !c.handOver(ctx, g.p, g.msgs, queues, rt, gather) {
 				return progressed, nil // stopping
 			}
 			// Past control batches (transaction markers) and offsets
@@ -399,14 +408,26 @@ func (c *Consumer) fetchLoop(ctx context.Context, addr string, parts []*partStat
 	return progressed, nil
 }
 
-// handOver gives one partition's records to its worker, in offset order,
-// each once its bytes fit the budget. It returns false when ctx ended: a
-// record not handed over is fetched again by whoever owns the partition.
-func (c *Consumer) handOver(ctx context.Context, p *partState, msgs []kafka.Message, queues map[partKey]chan kafka.Message) bool {
-	q := queues[c.workerOf(p.key)]
-	for _, m := range msgs {
+// handOver gives one partition's records to its worker (rt's choice, or
+// its own), in offset order, each once its bytes fit the budget. It returns
+// false when ctx ended: a record not handed over is fetched again by
+// whoever owns the partition.
+func (c *Consumer) handOver(ctx context.Context, p *partState, msgs []kafka.Message, queues map[partKey]chan kafka.Message, rt *router, gather map[string]partKey) bool {
+	if len(msgs) == 0 {
+		return true
+	}
+	wk := c.workerOf(p.key)
+	if rt != nil {
+		var err error
+		if wk, err = rt.route(ctx, p.key, len(msgs), gather); err != nil {
+			return false
+		}
+	}
+	q := queues[wk]
+	for i, m := range msgs {
 		size := recordBytes(m)
 		if c.buf.acquire(ctx, size) != nil {
+			rt.done(msgs[i:])
 			return false
 		}
 		select {
@@ -414,6 +435,7 @@ func (c *Consumer) handOver(ctx context.Context, p *partState, msgs []kafka.Mess
 			p.next = m.Offset + 1
 		case <-ctx.Done():
 			c.buf.release(size)
+			rt.done(msgs[i:])
 			return false
 		}
 	}

@@ -1,0 +1,165 @@
+package kafkaio
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// keysOnEveryPartition returns a key for each of a topic's 3 partitions.
+func keysOnEveryPartition() []string {
+	keys := make([]string, 3)
+	for i, found := 0, 0; found < 3; i++ {
+		k := fmt.Sprint("k", i)
+		p := kafka.Murmur2Balancer{}.Balance(kafka.Message{Key: []byte(k)}, 0, 1, 2)
+		if keys[p] == "" {
+			keys[p] = k
+			found++
+		}
+	}
+	return keys
+}
+
+// When every worker is idle, a fetch answer's records of all partitions go
+// to one worker (one batch, unless the worker starts before the fetcher has
+// handed it all): with two workers, partitions 0 and 2 are worker 0's and
+// partition 1 worker 1's, and without the router the answer splits.
+func TestAnIdleConsumersAnswerGoesToOneWorker(t *testing.T) {
+	addrs := broker(t, "in", "q")
+	p := NewProducer(ProducerConfig{Brokers: addrs})
+	defer p.Close()
+	var mu sync.Mutex
+	by := map[string]string{} // record → worker
+	c, err := NewBatchConsumer(ConsumerConfig{Brokers: addrs, GroupID: "g", Topics: []string{"in"}, Quarantine: p, QuarantineTopic: "q",
+		Log: quiet(), Workers: 2},
+		func(ctx context.Context, batch []Delivery) []error {
+			mu.Lock()
+			defer mu.Unlock()
+			for _, d := range batch {
+				by[string(d.Msg.Value)] = WorkerOf(ctx)
+			}
+			return nil
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer runBatch(c)()
+	keys := keysOnEveryPartition()
+	ctx := context.Background()
+	// The group forms on a first record.
+	if err := p.Produce(ctx, Record{Topic: "in", Key: []byte(keys[0]), Value: []byte("first")}); err != nil {
+		t.Fatal(err)
+	}
+	pollUntil(&mu, func() bool { return len(by) == 1 })
+	// One produce request: one answer with a record on each partition.
+	var recs []Record
+	for i, k := range keys {
+		recs = append(recs, Record{Topic: "in", Key: []byte(k), Value: []byte(fmt.Sprint("r", i))})
+	}
+	if err := p.Produce(ctx, recs...); err != nil {
+		t.Fatal(err)
+	}
+	pollUntil(&mu, func() bool { return len(by) == 4 })
+	mu.Lock()
+	defer mu.Unlock()
+	if by["r0"] != by["r1"] || by["r1"] != by["r2"] {
+		t.Fatalf("the answer's records went to %v: not to one worker", by)
+	}
+}
+
+// Under load each partition's records are still handled once each, in
+// offset order, by one worker at a time, while the answers go now to one
+// worker (idle) and now to every partition's own (busy); and a backlog
+// spreads over both workers.
+func TestPartitionsChangeWorkersOnlyBetweenTheirRecordsAndSpreadUnderLoad(t *testing.T) {
+	addrs := broker(t, "in", "q")
+	p := NewProducer(ProducerConfig{Brokers: addrs})
+	defer p.Close()
+	keys := keysOnEveryPartition()
+	var mu sync.Mutex
+	handled := map[string]int{}
+	last := map[int]int{} // partition → last sequence number handled
+	busy := map[int]string{}
+	var disorder []string
+	inHandler, concurrent := 0, 0
+	c, err := NewBatchConsumer(ConsumerConfig{Brokers: addrs, GroupID: "g", Topics: []string{"in"}, Quarantine: p, QuarantineTopic: "q",
+		Log: quiet(), Workers: 2, MaxBatch: 7},
+		func(ctx context.Context, batch []Delivery) []error {
+			mu.Lock()
+			inHandler++
+			concurrent = max(concurrent, inHandler)
+			for _, d := range batch {
+				// A partition in two handler calls at once, or out of order.
+				if w, ok := busy[d.Msg.Partition]; ok && w != WorkerOf(ctx) {
+					disorder = append(disorder, fmt.Sprintf("partition %d in %s and %s at once", d.Msg.Partition, w, WorkerOf(ctx)))
+				}
+				busy[d.Msg.Partition] = WorkerOf(ctx)
+				var part, seq int
+				fmt.Sscanf(string(d.Msg.Value), "%d:%d", &part, &seq)
+				if seq <= last[part] {
+					disorder = append(disorder, fmt.Sprintf("partition %d: %d after %d", part, seq, last[part]))
+				}
+				last[part] = seq
+				handled[string(d.Msg.Value)]++
+			}
+			mu.Unlock()
+			time.Sleep(time.Duration(rand.IntN(3)) * time.Millisecond)
+			mu.Lock()
+			for _, d := range batch {
+				delete(busy, d.Msg.Partition)
+			}
+			inHandler--
+			mu.Unlock()
+			return nil
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer runBatch(c)()
+	ctx := context.Background()
+	seq := map[int]int{}
+	next := func(part int) Record {
+		seq[part]++
+		return Record{Topic: "in", Key: []byte(keys[part]), Value: []byte(fmt.Sprintf("%d:%d", part, seq[part]))}
+	}
+	total := 0
+	// Trickles (answers to idle workers) and bursts (a backlog), mixed.
+	for round := range 60 {
+		var recs []Record
+		n := 1 + rand.IntN(4)
+		if round%5 == 4 {
+			n = 60
+		}
+		for range n {
+			recs = append(recs, next(rand.IntN(3)))
+		}
+		if err := p.Produce(ctx, recs...); err != nil {
+			t.Fatal(err)
+		}
+		total += len(recs)
+		time.Sleep(time.Duration(rand.IntN(15)) * time.Millisecond)
+	}
+	pollUntil(&mu, func() bool { return len(handled) == total })
+	time.Sleep(200 * time.Millisecond) // a wrong extra handling would show
+	mu.Lock()
+	defer mu.Unlock()
+	if len(disorder) > 0 {
+		t.Fatalf("%d violations, first: %v", len(disorder), disorder[0])
+	}
+	for v, n := range handled {
+		if n != 1 {
+			t.Fatalf("%s handled %d times", v, n)
+		}
+	}
+	if len(handled) != total {
+		t.Fatalf("handled %d of %d", len(handled), total)
+	}
+	if concurrent < 2 {
+		t.Fatal("the backlogs never had both workers handling at once")
+	}
+}
