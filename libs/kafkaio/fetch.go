@@ -259,13 +259,19 @@ func (c *Consumer) resolve(ctx context.Context, conn *brokerConn, parts []*partS
 	for i, p := range parts {
 		keys[i] = p.key
 	}
-	first, err := conn.listOffsets(ctx, keys, -2)
-	if err != nil {
-		return fmt.Errorf("list offsets: %w", err)
+	// One request per end needed (ListOffsets asks one time per
+	// partition): the start, the end, or both to log an out-of-range move.
+	var first, end map[partKey]int64
+	var err error
+	if !c.cfg.StartFromLatest || outOfRange {
+		if first, err = conn.listOffsets(ctx, keys, -2); err != nil {
+			return fmt.Errorf("list offsets: %w", err)
+		}
 	}
-	end, err := conn.listOffsets(ctx, keys, -1)
-	if err != nil {
-		return fmt.Errorf("list offsets: %w", err)
+	if c.cfg.StartFromLatest || outOfRange {
+		if end, err = conn.listOffsets(ctx, keys, -1); err != nil {
+			return fmt.Errorf("list offsets: %w", err)
+		}
 	}
 	for _, p := range parts {
 		was := p.next
@@ -306,7 +312,9 @@ func (c *Consumer) fetchLoop(ctx context.Context, addr string, parts []*partStat
 	// The request's shape is fixed for the loop; only the offsets change.
 	req := &fetchRequest{maxWait: int32(fetchMaxWait / time.Millisecond), maxBytes: int32(c.fetchBytes)}
 	var at [][]*partState // the request's partitions, by topic and position
+	index := make(map[partKey]*partState, len(parts))
 	for _, p := range parts {
+		index[p.key] = p
 		i := slices.IndexFunc(req.topics, func(t fetchTopic) bool { return t.name == p.key.topic })
 		if i < 0 {
 			i = len(req.topics)
@@ -315,10 +323,6 @@ func (c *Consumer) fetchLoop(ctx context.Context, addr string, parts []*partStat
 		}
 		req.topics[i].parts = append(req.topics[i].parts, fetchPart{partition: int32(p.key.partition), maxBytes: int32(min(c.fetchBytes, maxPartitionFetchBytes))})
 		at[i] = append(at[i], p)
-	}
-	index := make(map[partKey]*partState, len(parts))
-	for _, p := range parts {
-		index[p.key] = p
 	}
 	type got struct {
 		p    *partState
@@ -360,7 +364,7 @@ func (c *Consumer) fetchLoop(ctx context.Context, addr string, parts []*partStat
 		progressed = true
 		// Every record is copied out of the answer before any is handed
 		// over: the connection's buffer is the next answer's.
-		gots = gots[:0]
+		gots, n := gots[:0], 0
 		for _, a := range answers {
 			p := index[partKey{a.topic, int(a.partition)}]
 			if p == nil {
@@ -380,13 +384,11 @@ func (c *Consumer) fetchLoop(ctx context.Context, addr string, parts []*partStat
 				return progressed, fmt.Errorf("fetch %s/%d: %w", a.topic, a.partition, err)
 			}
 			gots = append(gots, got{p, a.highWatermark, end, msgs})
+			n += len(msgs)
 		}
 		// Linger while the records come fast enough to put two in a
 		// Linger (ConsumerConfig.Linger).
-		now, n := time.Now(), 0
-		for _, g := range gots {
-			n += len(g.msgs)
-		}
+		now := time.Now()
 		lingering = c.cfg.Linger > 0 && n > 0 && time.Duration(n)*c.cfg.Linger/2 >= now.Sub(lastData)
 		if n > 0 {
 			lastData = now

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
@@ -10,7 +11,6 @@ import (
 	"runtime"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/closedloop/closedloop/tools/internal/rawhttp"
@@ -165,67 +165,25 @@ func (p *phase) String() string {
 // the phase reports besides the load generator's own.
 func drive(name, addr string, rq *requests, conns int, d time.Duration, rate int, procs []*stack.Process) (*phase, error) {
 	ph := &phase{name: name, codes: map[int]int{}, target: rate, cpu: map[string]float64{}}
-	cs := make([]*rawhttp.Client, conns)
-	for i := range cs {
-		c, err := rawhttp.Dial(addr)
-		if err != nil {
-			return nil, err
-		}
-		cs[i] = c
+	cs, err := rawhttp.DialAll(addr, conns)
+	if err != nil {
+		return nil, err
 	}
 	codes := make([]uint16, rq.n())
-	lats := make([][]time.Duration, conns)
-	var next atomic.Int64
-	var errCount atomic.Int64
+	lats := make([]time.Duration, rq.n())
+	load := rawhttp.Load{N: rq.n(), Request: rq.get, Duration: d}
+	if rate > 0 {
+		load.Interval = time.Second / time.Duration(rate)
+	}
 	before := cpuOf(procs)
 	selfBefore := stack.CPUSeconds(os.Getpid())
-	start := time.Now()
-	deadline := start.Add(d)
-	var interval time.Duration
-	if rate > 0 {
-		interval = time.Second / time.Duration(rate)
-	}
-	var wg sync.WaitGroup
-	for ci, c := range cs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			lat := make([]time.Duration, 0, rq.n()/conns+1)
-			defer func() { lats[ci] = lat }()
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= rq.n() {
-					return
-				}
-				t0 := time.Now()
-				if rate > 0 {
-					due := start.Add(time.Duration(i) * interval)
-					if due.After(deadline) {
-						return
-					}
-					if w := time.Until(due); w > 0 {
-						time.Sleep(w)
-					}
-					t0 = due
-				} else if t0.After(deadline) {
-					return
-				}
-				code, err := c.Do(rq.get(i))
-				if err != nil {
-					errCount.Add(1)
-					codes[i] = 1
-					if c, err = rawhttp.Dial(addr); err != nil {
-						return
-					}
-					cs[ci] = c
-					continue
-				}
-				codes[i] = uint16(code)
-				lat = append(lat, time.Since(t0))
-			}
-		}()
-	}
-	wg.Wait()
+	start := rawhttp.Drive(context.Background(), addr, cs, load, func(i, code int, err error, latency time.Duration) {
+		if err != nil {
+			codes[i] = 1 // no answer
+			return
+		}
+		codes[i], lats[i] = uint16(code), latency
+	})
 	ph.elapsed = time.Since(start)
 	ph.cpu["load generator"] = stack.CPUSeconds(os.Getpid()) - selfBefore
 	after := cpuOf(procs)
@@ -234,29 +192,22 @@ func drive(name, addr string, rq *requests, conns int, d time.Duration, rate int
 		ph.order = append(ph.order, p.Name)
 	}
 	ph.order = append(ph.order, "load generator")
-	for _, c := range cs {
-		c.Close()
-	}
-	if int(next.Load()) >= rq.n() && rate == 0 {
-		ph.short = true
-	}
 	for i, code := range codes {
 		switch {
 		case code == 0:
 		case code == 1:
 			ph.sent++
+			ph.errs++
 		default:
 			ph.sent++
 			ph.codes[int(code)]++
+			ph.lat = append(ph.lat, lats[i])
 			if code/100 == 2 {
 				ph.accepted = append(ph.accepted, rq.first+uint64(i))
 			}
 		}
 	}
-	ph.errs = int(errCount.Load())
-	for _, l := range lats {
-		ph.lat = append(ph.lat, l...)
-	}
+	ph.short = ph.sent == rq.n() && rate == 0
 	slices.Sort(ph.lat)
 	return ph, nil
 }

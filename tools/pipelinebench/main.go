@@ -210,12 +210,13 @@ func run(ctx context.Context, rate, lowRate int, duration, idle time.Duration, b
 	}
 	// Phase 3: a burst, drained.
 	reqs := sp.build(burst)
+	cs, err := rawhttp.DialAll(sp.addr, conc)
+	if err != nil {
+		return err
+	}
 	var fails atomic.Int64
-	var next atomic.Int64
-	var wg sync.WaitGroup
 	drainBefore := acct.snap()
 	fmt.Printf("drain: %d webhooks from %d senders…\n", burst, conc)
-	start := time.Now()
 	if crmd != nil {
 		tctx, stopTrack := context.WithCancel(ctx)
 		defer stopTrack()
@@ -223,46 +224,16 @@ func run(ctx context.Context, rate, lowRate int, duration, idle time.Duration, b
 	}
 	var lat []time.Duration
 	var mu sync.Mutex
-	for range conc {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c, err := rawhttp.Dial(sp.addr)
-			if err != nil {
+	start := rawhttp.Drive(ctx, sp.addr, cs, rawhttp.Load{N: burst, Request: func(i int) []byte { return reqs[i] }},
+		func(_, code int, err error, took time.Duration) {
+			if err != nil || code != http.StatusAccepted {
 				fails.Add(1)
 				return
 			}
-			defer func() {
-				if c != nil {
-					c.Close()
-				}
-			}()
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= burst || ctx.Err() != nil {
-					return
-				}
-				t0 := time.Now()
-				code, err := c.Do(reqs[i])
-				if err != nil {
-					fails.Add(1)
-					c.Close()
-					if c, err = rawhttp.Dial(sp.addr); err != nil {
-						return
-					}
-					continue
-				}
-				if code != http.StatusAccepted {
-					fails.Add(1)
-					continue
-				}
-				mu.Lock()
-				lat = append(lat, time.Since(t0))
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
+			mu.Lock()
+			lat = append(lat, took)
+			mu.Unlock()
+		})
 	acceptTook := time.Since(start)
 	if n := fails.Load(); n > 0 {
 		return fmt.Errorf("%d burst webhooks were not accepted", n)

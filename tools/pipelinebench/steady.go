@@ -7,7 +7,6 @@ import (
 	"os"
 	"sort"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -54,8 +53,9 @@ type steadyRun struct {
 }
 
 // steady sends rate webhooks per second for d, open loop: each webhook has
-// a due time (start + i/rate) and is sent then, from its own goroutine, so a
-// slow answer never delays the next one. It reports the rate achieved —
+// a due time (start + i/rate) and is sent then on one of steadyConns
+// connections, so a slow answer delays only the requests behind it on its
+// connection. It reports the rate achieved —
 // sent over the time from the first send to the last answer — and sets err
 // when that is below 97 % of the rate asked for: then the phase's latencies
 // do not describe that rate.
@@ -71,52 +71,22 @@ func (s *sender) steady(rate int, d time.Duration, acct *account) (*steadyRun, e
 			}
 		}
 	}
+	cs, err := rawhttp.DialAll(s.addr, steadyConns)
+	if err != nil {
+		return nil, err
+	}
 	cpu0 := selfCPU()
-	var wg sync.WaitGroup
 	var mu sync.Mutex
-	var next atomic.Int64
 	codes := map[int]int{} // status of the webhooks not accepted (0: no answer)
-	fail := func(code int) {
-		mu.Lock()
-		codes[code]++
-		mu.Unlock()
-	}
-	st.start = time.Now()
-	for range steadyConns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c, err := rawhttp.Dial(s.addr)
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= len(reqs) || s.ctx.Err() != nil {
-					break
-				}
-				if w := time.Until(st.start.Add(time.Duration(i) * interval)); w > 0 {
-					time.Sleep(w)
-				}
-				if c == nil {
-					if c, err = rawhttp.Dial(s.addr); err != nil {
-						fail(0)
-						continue
-					}
-				}
-				code, err := c.Do(reqs[i])
-				if err != nil {
-					c.Close()
-					c = nil
-				}
-				if err != nil || code != http.StatusAccepted {
-					fail(code)
-				}
+	st.start = rawhttp.Drive(s.ctx, s.addr, cs, rawhttp.Load{N: len(reqs), Request: func(i int) []byte { return reqs[i] }, Interval: interval},
+		func(_, code int, err error, _ time.Duration) {
+			mu.Lock()
+			defer mu.Unlock()
+			st.sent++
+			if err != nil || code != http.StatusAccepted {
+				codes[code]++
 			}
-			if c != nil {
-				c.Close()
-			}
-		}()
-	}
-	wg.Wait()
-	st.sent = min(int(next.Load()), len(reqs))
+		})
 	st.end = time.Now()
 	failed := 0
 	for _, n := range codes {

@@ -10,9 +10,12 @@ package rawhttp
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"net"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -107,4 +110,85 @@ func AppendPost(b []byte, path string, body []byte, headers ...string) []byte {
 	b = strconv.AppendInt(b, int64(len(body)), 10)
 	b = append(b, "\r\n\r\n"...)
 	return append(b, body...)
+}
+
+// DialAll opens n connections to addr (all or none).
+func DialAll(addr string, n int) ([]*Client, error) {
+	cs := make([]*Client, 0, n)
+	for range n {
+		c, err := Dial(addr)
+		if err != nil {
+			for _, c := range cs {
+				c.Close()
+			}
+			return nil, err
+		}
+		cs = append(cs, c)
+	}
+	return cs, nil
+}
+
+// Load is one phase's requests.
+type Load struct {
+	N       int                // requests
+	Request func(i int) []byte // request i
+	// Interval, when set, sends open loop: request i is due at start +
+	// i × Interval and its latency counts from then (a slow answer delays
+	// the requests behind it on its connection, and they count it). 0:
+	// closed loop, each request as soon as a connection is free.
+	Interval time.Duration
+	// Duration, when set, ends the phase: no request is sent (open loop:
+	// due) after start + Duration.
+	Duration time.Duration
+}
+
+// Drive sends l's requests, each once, over cs (one goroutine per
+// connection, reconnecting to addr after a failed request; closed at the
+// end) until they run out, the duration is over or ctx ends. answered gets
+// each request sent — its status, or 0 and the error — with its latency,
+// on the sending goroutine. Drive returns when the phase started.
+func Drive(ctx context.Context, addr string, cs []*Client, l Load, answered func(i, code int, err error, latency time.Duration)) time.Time {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for _, c := range cs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() {
+				if c != nil {
+					c.Close()
+				}
+			}()
+			for ctx.Err() == nil {
+				i := int(next.Add(1) - 1)
+				if i >= l.N {
+					return
+				}
+				t0 := time.Now()
+				if l.Interval > 0 {
+					t0 = start.Add(time.Duration(i) * l.Interval)
+					if l.Duration > 0 && t0.Sub(start) > l.Duration {
+						return
+					}
+					if w := time.Until(t0); w > 0 {
+						time.Sleep(w)
+					}
+				} else if l.Duration > 0 && t0.Sub(start) > l.Duration {
+					return
+				}
+				code, err := c.Do(l.Request(i))
+				answered(i, code, err, time.Since(t0))
+				if err != nil {
+					c.Close()
+					if c, err = Dial(addr); err != nil {
+						c = nil
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return start
 }
