@@ -585,15 +585,26 @@ func (c *Consumer) commit(ctx context.Context, done []kafka.Message) {
 }
 
 // handleOnce calls the handler with one consumer span per record, each a
-// child of the trace context in the record's headers. results is nil when
+// child of the trace context in the record's headers (with spans dropped,
+// telemetry.SpansDropped, that trace context itself). results is nil when
 // every record is done; panicked reports a handler panic (every record then
 // gets a handler_panic Permanent error).
 func (c *Consumer) handleOnce(ctx context.Context, batch []kafka.Message, attempt int) (results []error, panicked bool) {
 	ds := make([]Delivery, len(batch))
-	spans := make([]trace.Span, len(batch))
+	var spans []trace.Span
+	if !telemetry.SpansDropped() {
+		spans = make([]trace.Span, len(batch))
+	}
 	for i := range batch {
 		m := &batch[i]
 		pctx := c.prop.Extract(ctx, HeaderCarrier{Headers: &m.Headers})
+		ds[i].Msg = *m
+		if spans == nil {
+			// No span would be recorded: the record's own trace context is
+			// its handler's.
+			ds[i].Ctx = pctx
+			continue
+		}
 		ds[i].Ctx, spans[i] = c.tracer.Start(pctx, "process "+m.Topic, consumerKind)
 		// Attributes only for a span that records: with no exporter they
 		// were a dozen allocations per record for nobody.
@@ -611,7 +622,6 @@ func (c *Consumer) handleOnce(ctx context.Context, batch []kafka.Message, attemp
 				attribute.Int("closedloop.attempt", attempt),
 			)
 		}
-		ds[i].Msg = *m
 	}
 	defer func() {
 		if p := recover(); p != nil {

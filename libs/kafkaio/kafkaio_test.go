@@ -21,6 +21,8 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/closedloop/closedloop/libs/telemetry"
 )
 
 var spans = tracetest.NewSpanRecorder()
@@ -616,5 +618,54 @@ func TestTheConsumerHoldsNoMoreThanItsByteBudget(t *testing.T) {
 	}
 	if c.Buffered() != 0 {
 		t.Fatalf("%d bytes still counted after every record was handled", c.Buffered())
+	}
+}
+
+// With no trace exporter (telemetry.SpansDropped) no producer or consumer
+// span is started: a record's headers carry its producer's trace context as
+// it was, and its handler gets that same context — trace and span id.
+func TestWithSpansDroppedARecordCarriesItsProducersTraceContextToItsHandler(t *testing.T) {
+	addrs := broker(t, "in", "q")
+	prev, prevProp, prevLog := otel.GetTracerProvider(), otel.GetTextMapPropagator(), slog.Default()
+	tel, err := telemetry.Setup(context.Background(), telemetry.Options{Service: "t", LogOutput: io.Discard, Getenv: func(string) string { return "" }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_ = tel.Shutdown(context.Background())
+		otel.SetTracerProvider(prev)
+		otel.SetTextMapPropagator(prevProp)
+		slog.SetDefault(prevLog)
+	}()
+	if !telemetry.SpansDropped() {
+		t.Fatal("spans are not dropped without an exporter")
+	}
+	p := NewProducer(ProducerConfig{Brokers: addrs})
+	defer p.Close()
+	ctx := telemetry.NewTrace(context.Background())
+	want := trace.SpanContextFromContext(ctx)
+	if err := p.Produce(ctx, Record{Topic: "in", Key: []byte("k"), Value: []byte("v")}); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan [2]string, 1)
+	cfg := ConsumerConfig{Brokers: addrs, GroupID: "g-dropped", Topics: []string{"in"}, Quarantine: p, QuarantineTopic: "q", Log: quiet()}
+	stop := runConsumer(t, cfg, func(ctx context.Context, m kafka.Message) error {
+		select {
+		case got <- [2]string{Header(m, "traceparent"), trace.SpanContextFromContext(ctx).SpanID().String()}:
+		default:
+		}
+		return nil
+	})
+	defer stop()
+	select {
+	case g := <-got:
+		if wantHeader := "00-" + want.TraceID().String() + "-" + want.SpanID().String() + "-00"; g[0] != wantHeader {
+			t.Errorf("record traceparent %q, want the producer's own %q (no send span)", g[0], wantHeader)
+		}
+		if g[1] != want.SpanID().String() {
+			t.Errorf("handler span id %s, want the producer's %s (no process span)", g[1], want.SpanID())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("record not handled")
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/closedloop/closedloop/libs/telemetry"
 )
 
 const instrumentation = "github.com/closedloop/closedloop/libs/kafkaio"
@@ -113,13 +115,20 @@ var producerKind = trace.WithSpanKind(trace.SpanKindProducer)
 
 // startPublish starts the "send <topic>" producer span of a record (the
 // OpenTelemetry messaging conventions: messaging.operation.name "send") and
-// returns the record's headers with the span's trace context injected.
+// returns the record's headers with the span's trace context injected. Its
+// span is nil when spans are dropped (telemetry.SpansDropped).
 func startPublish(ctx context.Context, tracer trace.Tracer, prop propagation.TextMapPropagator, r Record) ([]kafka.Header, trace.Span) {
 	if r.Context != nil {
 		ctx = r.Context
 	}
 	headers := make([]kafka.Header, len(r.Headers), len(r.Headers)+2)
 	copy(headers, r.Headers)
+	if telemetry.SpansDropped() {
+		// No span would be recorded: the record carries its parent's trace
+		// context.
+		prop.Inject(ctx, HeaderCarrier{Headers: &headers})
+		return headers, nil
+	}
 	sctx, span := tracer.Start(ctx, "send "+r.Topic, producerKind)
 	// The attributes are built only for a span that records: with no
 	// exporter (spans exist for their ids only) they were ~10 allocations

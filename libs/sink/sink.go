@@ -427,11 +427,17 @@ func (r *Runner) deliver(ctx context.Context, batch []kafkaio.Delivery, todo []*
 
 // startDeliver starts the "deliver <destination>" client span of one
 // delivery call: a child of the first event's span, linked to every event's
-// (a batch delivers records of many traces).
+// (a batch delivers records of many traces). The span is nil when spans are
+// dropped (telemetry.SpansDropped).
 func (r *Runner) startDeliver(ctx context.Context, events []*Event, round int) (context.Context, trace.Span) {
 	parent := ctx
 	if len(events) > 0 && events[0].Ctx != nil {
 		parent = events[0].Ctx
+	}
+	if telemetry.SpansDropped() {
+		// No span would be recorded: the call carries the first event's
+		// trace context.
+		return trace.ContextWithSpanContext(ctx, trace.SpanContextFromContext(parent)), nil
 	}
 	links := make([]trace.Link, 0, len(events))
 	for _, ev := range events {
@@ -455,6 +461,9 @@ func (r *Runner) startDeliver(ctx context.Context, events []*Event, round int) (
 
 // endDeliver ends a delivery span with the number of events that failed.
 func (r *Runner) endDeliver(span trace.Span, errs []error) {
+	if span == nil {
+		return
+	}
 	failed := 0
 	for _, e := range errs {
 		if e != nil {

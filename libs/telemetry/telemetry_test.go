@@ -16,6 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	"google.golang.org/grpc"
 	gproto "google.golang.org/protobuf/proto"
@@ -230,5 +233,47 @@ func TestFreshnessIsRecordedPerStageAndDestinationAndKeptAsTheLatest(t *testing.
 	}
 	if n := testing.AllocsPerRun(100, func() { f.Record(context.Background(), now, "warehouse") }); n > 1 {
 		t.Errorf("%.0f allocations per Record", n)
+	}
+}
+
+func TestSpansAreDroppedOnlyWhileTheNeverSamplingProviderIsTheGlobalOne(t *testing.T) {
+	prev := otel.GetTracerProvider()
+	defer otel.SetTracerProvider(prev)
+	exporting, err := Setup(context.Background(), Options{Service: "t", LogOutput: io.Discard,
+		Getenv: func(k string) string { return map[string]string{"OTEL_TRACES_EXPORTER": "console"}[k] }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if SpansDropped() {
+		t.Error("spans dropped with a trace exporter")
+	}
+	_ = exporting.Shutdown(context.Background())
+
+	tel, err := Setup(context.Background(), Options{Service: "t", LogOutput: io.Discard, Getenv: func(string) string { return "" }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !SpansDropped() {
+		t.Error("spans recorded without a trace exporter")
+	}
+	otel.SetTracerProvider(sdktrace.NewTracerProvider()) // e.g. a test's recorder
+	if SpansDropped() {
+		t.Error("spans dropped under another provider")
+	}
+	otel.SetTracerProvider(tel.TracerProvider)
+	_ = tel.Shutdown(context.Background())
+	if SpansDropped() {
+		t.Error("spans dropped after Shutdown")
+	}
+}
+
+func TestNewTraceGivesEachCallItsOwnUnsampledTrace(t *testing.T) {
+	seen := map[trace.TraceID]bool{}
+	for range 1000 {
+		sc := trace.SpanContextFromContext(NewTrace(context.Background()))
+		if !sc.IsValid() || sc.IsSampled() || sc.IsRemote() || seen[sc.TraceID()] {
+			t.Fatalf("span context %+v (valid %v, sampled %v, seen %v)", sc, sc.IsValid(), sc.IsSampled(), seen[sc.TraceID()])
+		}
+		seen[sc.TraceID()] = true
 	}
 }

@@ -72,11 +72,14 @@ func main() {
 	withWebhook := flag.Bool("webhook", true, "also deliver every event to a webhook destination (sink-webhook) and measure it")
 	withHelpdesks := flag.Bool("helpdesks", true, "also open Zendesk and Freshdesk tickets for the detractors (sink-webhook, local fakes) and measure them")
 	withCRM := flag.Bool("crm", true, "also update a HubSpot contact per response (sink-webhook, local fake; batch upserts of 100) and measure it")
-	flag.StringVar(&profileService, "profile", "", "write a CPU profile of this service during each steady phase to /tmp/pipelinebench.<service>.<rate>.pprof (sets OPS_PPROF)")
+	profile := flag.String("profile", "", "write a CPU profile of these services (comma-separated) during each phase to /tmp/pipelinebench.<service>.<rate or drain>.pprof (sets OPS_PPROF)")
 	var env stack.EnvFlags
 	flag.Var(&env, "env", "NAME=value added to every service's environment (repeatable)")
 	flag.Var(&serviceEnv, "service-env", "service:NAME=value added to one service's environment, after -env (repeatable), e.g. normalizer:CONSUMER_LINGER=5ms")
 	flag.Parse()
+	if *profile != "" {
+		profileServices = strings.Split(*profile, ",")
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, *rate, *lowRate, *duration, *idle, *burst, *conc, *partitions, *withWebhook, *withHelpdesks, *withCRM, env); err != nil {
@@ -132,7 +135,12 @@ func run(ctx context.Context, rate, lowRate int, duration, idle time.Duration, b
 	if !withWebhook && !withHelpdesks && !withCRM {
 		p.Run, services = []string{"sink-warehouse", "enricher", "normalizer", "ingress"}, services[:4]
 	}
-	if profileService != "" {
+	if len(profileServices) > 0 {
+		for _, name := range profileServices {
+			if !slices.Contains(services, name) {
+				return fmt.Errorf("-profile %s: not a service of this run (%s)", name, strings.Join(services, ", "))
+			}
+		}
 		p.Env = append(p.Env, "OPS_PPROF=true")
 	}
 	for _, kv := range serviceEnv {
@@ -217,6 +225,8 @@ func run(ctx context.Context, rate, lowRate int, duration, idle time.Duration, b
 	var fails atomic.Int64
 	drainBefore := acct.snap()
 	fmt.Printf("drain: %d webhooks from %d senders…\n", burst, conc)
+	// The drain of 20,000 takes a few seconds here: profile its first 2.
+	profiles(acct, 4*time.Second*time.Duration(burst)/20000, "drain")
 	if crmd != nil {
 		tctx, stopTrack := context.WithCancel(ctx)
 		defer stopTrack()

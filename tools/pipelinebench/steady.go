@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"slices"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
@@ -64,13 +66,7 @@ func (s *sender) steady(rate int, d time.Duration, acct *account) (*steadyRun, e
 	reqs := s.build(int(d / interval))
 	fmt.Printf("steady: %d webhooks/s for %s…\n", rate, d)
 	st := &steadyRun{rate: rate, before: acct.snap()}
-	if profileService != "" {
-		for _, pr := range acct.procs {
-			if pr.name == profileService {
-				go profile(pr.ops, d, fmt.Sprintf("/tmp/pipelinebench.%s.%d.pprof", pr.name, rate))
-			}
-		}
-	}
+	profiles(acct, d, strconv.Itoa(rate))
 	cs, err := rawhttp.DialAll(s.addr, steadyConns)
 	if err != nil {
 		return nil, err
@@ -179,7 +175,19 @@ func (r *receiver) duplicates() int {
 	return r.dups
 }
 
-var profileService string
+// profileServices names the services -profile profiles.
+var profileServices []string
+
+// profiles starts a CPU profile of each service named by -profile over the
+// middle half of a phase of about length d, written to
+// /tmp/pipelinebench.<service>.<phase>.pprof.
+func profiles(acct *account, d time.Duration, phase string) {
+	for _, pr := range acct.procs {
+		if slices.Contains(profileServices, pr.name) {
+			go profile(pr.ops, d, fmt.Sprintf("/tmp/pipelinebench.%s.%s.pprof", pr.name, phase))
+		}
+	}
+}
 
 // profile writes a CPU profile of the middle of a phase of length d.
 func profile(ops string, d time.Duration, path string) {

@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/closedloop/closedloop/libs/telemetry"
+
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -14,10 +16,17 @@ import (
 // route ("POST /v1/hooks/{source}/{token}"). It records the method, route
 // and status, never the path or query: the path holds the ingest token, and
 // a token in a trace store is a leaked token. Every request starts a new
-// trace; a traceparent sent from the internet is not trusted.
+// trace; a traceparent sent from the internet is not trusted. With spans
+// dropped (telemetry.SpansDropped) the request gets a new trace id and no
+// span.
 func Traced(next http.Handler) http.Handler {
 	tracer := otel.Tracer("github.com/closedloop/closedloop/services/ingress")
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if telemetry.SpansDropped() {
+			// No span would be recorded: a new trace id is all it gave.
+			next.ServeHTTP(w, r.WithContext(telemetry.NewTrace(r.Context())))
+			return
+		}
 		ctx, span := tracer.Start(r.Context(), "HTTP", newRoot, serverKind)
 		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
 		r = r.WithContext(ctx)
