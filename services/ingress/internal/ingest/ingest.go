@@ -101,6 +101,8 @@ type Options struct {
 	UnverifiedBurst     int
 	// ProduceTimeout bounds the acks=all write (default 3s, inside the
 	// strictest provider's 5 s); past it the answer is 503 + Retry-After.
+	// Requests starting within 10 ms share a deadline, so a write may run
+	// up to 10 ms longer.
 	ProduceTimeout time.Duration
 	// RetryAfter is the Retry-After value sent with 503 (default 5s).
 	RetryAfter time.Duration
@@ -118,6 +120,7 @@ type Handler struct {
 	limiters   limiters
 	unverified limiters
 	budget     *budget
+	deadlines  deadlines
 	logs       sampler
 	opts       options
 	traffic    trafficCounts
@@ -162,7 +165,8 @@ func New(o Options) (*Handler, error) {
 		o.Tokens = StaticTokens{}
 	}
 	m := otel.Meter("github.com/closedloop/closedloop/services/ingress")
-	h := &Handler{o: o, budget: newBudget(o.MaxInFlight, o.SourceMaxInFlight, o.MaxBodyMemory, o.SourceMaxBodyMemory)}
+	h := &Handler{o: o, budget: newBudget(o.MaxInFlight, o.SourceMaxInFlight, o.MaxBodyMemory, o.SourceMaxBodyMemory),
+		deadlines: deadlines{timeout: o.ProduceTimeout}}
 	h.requests, _ = m.Int64Counter("closedloop.ingress.requests", metric.WithUnit("{request}"), metric.WithDescription("Webhook requests by source and outcome."))
 	h.bytes, _ = m.Int64Histogram("closedloop.ingress.body.size", metric.WithUnit("By"), metric.WithDescription("Accepted body sizes."),
 		metric.WithExplicitBucketBoundaries(telemetry.Bytes...))
@@ -259,6 +263,11 @@ type answer struct {
 // the source's rate limit; then the write to Kafka.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
+	if !trace.SpanContextFromContext(ctx).IsValid() {
+		// No server span (spans dropped: telemetry.SpansDropped): the
+		// webhook gets a trace of its own, logged and carried in its record.
+		ctx = telemetry.NewTrace(ctx)
+	}
 	sourceName := r.PathValue("source")
 	span := trace.SpanFromContext(ctx)
 	recording := span.IsRecording()
@@ -338,10 +347,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	value := raw.appendProto(getBuffer(raw.size()))
 	// The write must not be cut short by the provider hanging up: once it
-	// has started, finish it (a retry is then deduplicated downstream).
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.o.ProduceTimeout)
-	defer cancel()
-	if err := h.o.Producer.Produce(pctx, kafkaio.Record{Topic: h.o.RawTopic, Key: []byte(id.EventID), Value: value}); err != nil {
+	// has started, finish it (a retry is then deduplicated downstream). It
+	// is bounded by ProduceTimeout alone; the request's trace context goes
+	// with the record.
+	rec := kafkaio.Record{Topic: h.o.RawTopic, Key: []byte(id.EventID), Value: value, Context: ctx}
+	if err := h.o.Producer.Produce(h.deadlines.after(), rec); err != nil {
 		if errors.Is(err, kafkaio.ErrRecordTooLarge) {
 			// Cannot be stored, ever: a retry would fail the same way.
 			h.tooLarge(ctx, w, sourceName)

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/closedloop/closedloop/libs/config"
@@ -273,5 +274,70 @@ func TestATestDeliveryIsAcceptedAndMarked(t *testing.T) {
 	_ = proto.Unmarshal(rec.recs[0].Value, &raw)
 	if resp.StatusCode != 202 || !a.Test || !raw.Test || raw.EventId != "u1" || raw.Headers["x-webhook-event"] != "test.webhook" {
 		t.Fatalf("%d %+v %v", resp.StatusCode, a, &raw)
+	}
+}
+
+// deadlineProducer blocks until its context ends and keeps what it saw.
+type deadlineProducer struct {
+	mu       sync.Mutex
+	deadline time.Time
+	trace    trace.SpanContext
+}
+
+func (p *deadlineProducer) Produce(ctx context.Context, recs ...kafkaio.Record) error {
+	p.mu.Lock()
+	p.deadline, _ = ctx.Deadline()
+	p.trace = trace.SpanContextFromContext(recs[0].Context)
+	p.mu.Unlock()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(2 * time.Second):
+		return errors.New("the write was not bounded")
+	}
+}
+
+// The write is bounded by ProduceTimeout (and up to 10 ms more: requests
+// share deadlines), not by the provider hanging up, and its record carries
+// the request's trace: each request a new one, never one it was sent.
+func TestAWriteIsBoundedByTheProduceTimeoutAndCarriesTheRequestsTrace(t *testing.T) {
+	pipe, _ := config.ParsePipeline([]byte("sources:\n  - name: delighted\n    provider: delighted\n    secrets: [env:K]\n    ingest_tokens: [env:T]\n"),
+		func(k string) (string, bool) { return map[string]string{"K": secret, "T": token}[k], true })
+	p := &deadlineProducer{}
+	h, err := New(Options{Pipeline: pipe, Producer: p, RawTopic: "raw", ProduceTimeout: 300 * time.Millisecond, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Now: func() time.Time { return time.Unix(1763800000, 0) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	h.Mount(mux)
+	s := httptest.NewServer(Traced(mux))
+	defer s.Close()
+	seen := map[trace.TraceID]bool{}
+	for range 3 {
+		start := time.Now()
+		req, _ := http.NewRequest("POST", s.URL+"/v1/hooks/delighted/"+token, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("X-Delighted-Webhook-Signature", sign(body))
+		req.Header.Set("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		end := time.Now()
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+			t.Fatalf("a write past its timeout: %d, Retry-After %q; want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
+		}
+		p.mu.Lock()
+		d, tr := p.deadline, p.trace
+		p.mu.Unlock()
+		if d.Before(start.Add(300*time.Millisecond)) || d.After(end.Add(310*time.Millisecond)) {
+			t.Fatalf("write deadline %v after the request's start, want 300–310 ms", d.Sub(start))
+		}
+		if !tr.IsValid() || seen[tr.TraceID()] || tr.TraceID().String() == "0af7651916cd43dd8448eb211c80319c" {
+			t.Fatalf("the record's trace context %v (valid %v, seen %v)", tr.TraceID(), tr.IsValid(), seen[tr.TraceID()])
+		}
+		seen[tr.TraceID()] = true
 	}
 }

@@ -17,14 +17,15 @@ import (
 // and status, never the path or query: the path holds the ingest token, and
 // a token in a trace store is a leaked token. Every request starts a new
 // trace; a traceparent sent from the internet is not trusted. With spans
-// dropped (telemetry.SpansDropped) the request gets a new trace id and no
-// span.
+// dropped (telemetry.SpansDropped) there is no server span: the webhook
+// handler starts the request's trace itself.
 func Traced(next http.Handler) http.Handler {
 	tracer := otel.Tracer("github.com/closedloop/closedloop/services/ingress")
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if telemetry.SpansDropped() {
-			// No span would be recorded: a new trace id is all it gave.
-			next.ServeHTTP(w, r.WithContext(telemetry.NewTrace(r.Context())))
+			// No span would be recorded: a new trace id is all it gave, and
+			// the handler gives its request one (Handler.ServeHTTP).
+			next.ServeHTTP(w, r)
 			return
 		}
 		ctx, span := tracer.Start(r.Context(), "HTTP", newRoot, serverKind)
