@@ -114,8 +114,9 @@ type ConsumerConfig struct {
 	// while they keep coming (default 0: a fetch is answered as soon as
 	// there is a record). A fetcher lingers when its last answer's records
 	// came fast enough to put at least two in a Linger: the next fetch asks
-	// the broker to wait until lingerBytes have arrived or Linger has passed
-	// (Kafka's fetch.min.bytes and fetch.max.wait.ms), and an answer with
+	// the broker to wait until LingerRecords records have arrived (in bytes,
+	// at the recent average record size) or Linger has passed (Kafka's
+	// fetch.min.bytes and fetch.max.wait.ms), and an answer with
 	// fewer records than that rate returns it to the long poll. A record
 	// after a quiet spell is not delayed, and at rates that would not fill
 	// a batch of two per Linger no record is. Workers take what is waiting.
@@ -124,6 +125,11 @@ type ConsumerConfig struct {
 	// record, and each answer and each batch costs wake-ups and round trips
 	// in every process on the way (docs/benchmarks.md).
 	Linger time.Duration
+	// LingerRecords is the batch a lingering fetch waits for (default 16):
+	// the broker answers once that many records' bytes have arrived, so at
+	// rates that fill it sooner a record waits less than Linger, and Linger
+	// bounds the wait at rates that do not.
+	LingerRecords int
 	// StartFromLatest makes a group with no committed offset (or one out of
 	// range: records deleted, a topic recreated) start at the end
 	// of the topics instead of the beginning (default false: read everything).
@@ -211,6 +217,9 @@ func NewBatchConsumer(cfg ConsumerConfig, h BatchHandler) (*Consumer, error) {
 	cfg.PartitionQueue = max(cfg.PartitionQueue, 2*cfg.MaxBatch)
 	if cfg.BufferBytes <= 0 {
 		cfg.BufferBytes = DefaultBufferBytes
+	}
+	if cfg.LingerRecords <= 0 {
+		cfg.LingerRecords = 16
 	}
 	start := kafka.FirstOffset
 	if cfg.StartFromLatest {

@@ -31,11 +31,16 @@ import (
 // (the broker answers as soon as a record arrives).
 const fetchMaxWait = 2 * time.Second
 
-// lingerBytes is what a lingering fetch waits for (at most Linger, and at
-// most the fetch's budget): enough for a batch of hundreds of records, so
-// that a fetch lingers its whole Linger at moderate rates and returns at
-// once from a backlog.
+// lingerBytes bounds what a lingering fetch waits for (LingerRecords at
+// the average record size, at most Linger, and at most the fetch's budget).
 const lingerBytes = 256 << 10
+
+// lingerMinBytes is the fetch.min.bytes of a lingering fetch: LingerRecords
+// records at avg bytes each, within [1, lingerBytes] and the fetch budget.
+func lingerMinBytes(records int, avg float64, budget int) int32 {
+	n := int(avg * float64(records))
+	return int32(max(1, min(n, lingerBytes, budget)))
+}
 
 // A fetch answer is read whole into its connection's buffer (reused from
 // fetch to fetch) and its records copied out before any is handed over, so
@@ -334,12 +339,13 @@ func (c *Consumer) fetchLoop(ctx context.Context, addr string, parts []*partStat
 		answers   []fetchAnswer
 		gots      []got
 		lingering bool
+		avgBytes  float64                // recent bytes per record, as fetched
 		lastData  time.Time              // when the last answer with records came
 		gather    = map[string]partKey{} // this answer's worker per topic (router)
 	)
 	for ctx.Err() == nil {
 		if lingering {
-			req.maxWait, req.minBytes = int32(max(c.cfg.Linger/time.Millisecond, 1)), int32(min(c.fetchBytes, lingerBytes))
+			req.maxWait, req.minBytes = int32(max(c.cfg.Linger/time.Millisecond, 1)), lingerMinBytes(c.cfg.LingerRecords, avgBytes, c.fetchBytes)
 		} else {
 			req.maxWait, req.minBytes = int32(fetchMaxWait/time.Millisecond), 1
 		}
@@ -364,7 +370,7 @@ func (c *Consumer) fetchLoop(ctx context.Context, addr string, parts []*partStat
 		progressed = true
 		// Every record is copied out of the answer before any is handed
 		// over: the connection's buffer is the next answer's.
-		gots, n := gots[:0], 0
+		gots, n, size := gots[:0], 0, 0
 		for _, a := range answers {
 			p := index[partKey{a.topic, int(a.partition)}]
 			if p == nil {
@@ -385,6 +391,7 @@ func (c *Consumer) fetchLoop(ctx context.Context, addr string, parts []*partStat
 			}
 			gots = append(gots, got{p, a.highWatermark, end, msgs})
 			n += len(msgs)
+			size += len(a.records)
 		}
 		// Linger while the records come fast enough to put two in a
 		// Linger (ConsumerConfig.Linger).
@@ -392,6 +399,13 @@ func (c *Consumer) fetchLoop(ctx context.Context, addr string, parts []*partStat
 		lingering = c.cfg.Linger > 0 && n > 0 && time.Duration(n)*c.cfg.Linger/2 >= now.Sub(lastData)
 		if n > 0 {
 			lastData = now
+			// A moving average of the record size, for the bytes that make
+			// LingerRecords records.
+			if avg := float64(size) / float64(n); avgBytes == 0 {
+				avgBytes = avg
+			} else {
+				avgBytes += (avg - avgBytes) / 8
+			}
 		}
 		clear(gather)
 		for _, g := range gots {

@@ -669,3 +669,58 @@ func TestWithSpansDroppedARecordCarriesItsProducersTraceContextToItsHandler(t *t
 		t.Fatal("record not handled")
 	}
 }
+
+// A lingering fetch returns as soon as LingerRecords records (in bytes, at
+// the average record size) have arrived: Linger bounds the wait only at
+// rates that do not fill the batch sooner.
+func TestALingeringFetchReturnsOnceItsBatchHasArrived(t *testing.T) {
+	addrs := broker(t, "in", "q")
+	p := NewProducer(ProducerConfig{Brokers: addrs})
+	defer p.Close()
+	handled := make(chan string, 100)
+	c, err := NewBatchConsumer(ConsumerConfig{Brokers: addrs, GroupID: "g", Topics: []string{"in"}, Quarantine: p, QuarantineTopic: "q",
+		Log: quiet(), Workers: 1, Linger: 5 * time.Second, LingerRecords: 4},
+		func(_ context.Context, batch []Delivery) []error {
+			for _, d := range batch {
+				handled <- string(d.Msg.Value)
+			}
+			return nil
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer runBatch(c)()
+	ctx := context.Background()
+	wait := func(n int, within time.Duration) {
+		t.Helper()
+		deadline := time.After(within)
+		for i := range n {
+			select {
+			case <-handled:
+			case <-deadline:
+				t.Fatalf("%d of %d records not handled within %s", n-i, n, within)
+			}
+		}
+	}
+	if err := p.Produce(ctx, Record{Topic: "in", Key: []byte("k"), Value: []byte("first")}); err != nil {
+		t.Fatal(err)
+	}
+	wait(1, 30*time.Second)
+	// Two records at once: the next fetch lingers (two within the linger).
+	if err := p.Produce(ctx, Record{Topic: "in", Key: []byte("k"), Value: []byte("r0")}, Record{Topic: "in", Key: []byte("k"), Value: []byte("r1")}); err != nil {
+		t.Fatal(err)
+	}
+	wait(2, 5*time.Second)
+	sent := time.Now()
+	for i := 2; i < 10; i++ {
+		if err := p.Produce(ctx, Record{Topic: "in", Key: []byte("k"), Value: []byte(fmt.Sprint("r", i))}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Without the batch target every fetch would be held its 5 s linger.
+	wait(8, 2500*time.Millisecond)
+	if d := time.Since(sent); d > 2500*time.Millisecond {
+		t.Fatalf("8 records handled %v after the first was sent", d)
+	}
+}

@@ -99,6 +99,10 @@ type Common struct {
 	// (kafkaio.ConsumerConfig.Linger); unset (-1), the service's
 	// Service.Linger.
 	ConsumerLinger time.Duration
+	// ConsumerLingerRecords (CONSUMER_LINGER_RECORDS, default 16) is the
+	// batch a lingering fetch waits for before its linger has passed
+	// (kafkaio.ConsumerConfig.LingerRecords).
+	ConsumerLingerRecords int
 	// ConsumerBufferBytes (CONSUMER_BUFFER_BYTES, default 8 MiB) bounds the
 	// fetched records the service's consumers hold at once, waiting or in a
 	// handler call, split evenly among them (Service.Consumers;
@@ -123,24 +127,25 @@ func (c Common) ServiceCredentials(service string) grpcserver.ServiceCredentials
 func LoadCommon(e *config.Env, opsPort, grpcPort int) Common {
 	host, _ := os.Hostname()
 	c := Common{
-		Brokers:             e.List("KAFKA_BROKERS", nil),
-		Kafka:               kafkaio.LoadSecurity(e),
-		Topics:              kafkaio.NewTopics(e.String("CLOSEDLOOP_TOPIC_PREFIX", "")),
-		CreateTopics:        e.Bool("KAFKA_CREATE_TOPICS", false),
-		TopicPartitions:     e.Int("KAFKA_TOPIC_PARTITIONS", 3),
-		TopicReplication:    e.Int("KAFKA_TOPIC_REPLICATION", 1),
-		OpsAddr:             e.String("OPS_ADDR", ":"+strconv.Itoa(opsPort)),
-		Pprof:               e.Bool("OPS_PPROF", false),
-		GRPCAddr:            e.String("GRPC_ADDR", ":"+strconv.Itoa(grpcPort)),
-		LogLevel:            e.String("LOG_LEVEL", "info"),
-		Instance:            e.String("INSTANCE_ID", host),
-		ShutdownTimeout:     e.Duration("SHUTDOWN_TIMEOUT", 20*time.Second),
-		SessionTimeout:      e.Duration("CONSUMER_SESSION_TIMEOUT", 10*time.Second),
-		ConsumerWorkers:     e.Int("CONSUMER_WORKERS", -1),
-		ConsumerLinger:      e.Duration("CONSUMER_LINGER", -1),
-		ConsumerBufferBytes: e.Int("CONSUMER_BUFFER_BYTES", kafkaio.DefaultBufferBytes),
-		MaxMessageBytes:     e.Int("KAFKA_MAX_MESSAGE_BYTES", 0),
-		ServiceTokens:       e.List("CLOSEDLOOP_SERVICE_TOKEN", nil),
+		Brokers:               e.List("KAFKA_BROKERS", nil),
+		Kafka:                 kafkaio.LoadSecurity(e),
+		Topics:                kafkaio.NewTopics(e.String("CLOSEDLOOP_TOPIC_PREFIX", "")),
+		CreateTopics:          e.Bool("KAFKA_CREATE_TOPICS", false),
+		TopicPartitions:       e.Int("KAFKA_TOPIC_PARTITIONS", 3),
+		TopicReplication:      e.Int("KAFKA_TOPIC_REPLICATION", 1),
+		OpsAddr:               e.String("OPS_ADDR", ":"+strconv.Itoa(opsPort)),
+		Pprof:                 e.Bool("OPS_PPROF", false),
+		GRPCAddr:              e.String("GRPC_ADDR", ":"+strconv.Itoa(grpcPort)),
+		LogLevel:              e.String("LOG_LEVEL", "info"),
+		Instance:              e.String("INSTANCE_ID", host),
+		ShutdownTimeout:       e.Duration("SHUTDOWN_TIMEOUT", 20*time.Second),
+		SessionTimeout:        e.Duration("CONSUMER_SESSION_TIMEOUT", 10*time.Second),
+		ConsumerWorkers:       e.Int("CONSUMER_WORKERS", -1),
+		ConsumerLinger:        e.Duration("CONSUMER_LINGER", -1),
+		ConsumerLingerRecords: e.Int("CONSUMER_LINGER_RECORDS", 16),
+		ConsumerBufferBytes:   e.Int("CONSUMER_BUFFER_BYTES", kafkaio.DefaultBufferBytes),
+		MaxMessageBytes:       e.Int("KAFKA_MAX_MESSAGE_BYTES", 0),
+		ServiceTokens:         e.List("CLOSEDLOOP_SERVICE_TOKEN", nil),
 	}
 	if len(c.ServiceTokens) == 0 {
 		e.Errorf("CLOSEDLOOP_SERVICE_TOKEN is not set: every gRPC port requires it (the same random value, at least %d characters, on the admin and every service; e.g. openssl rand -hex 32)", MinServiceTokenLength)
@@ -152,6 +157,9 @@ func LoadCommon(e *config.Env, opsPort, grpcPort int) Common {
 	}
 	if c.ConsumerBufferBytes < 64<<10 {
 		e.Errorf("CONSUMER_BUFFER_BYTES=%d is too small (at least 65536; default %d)", c.ConsumerBufferBytes, kafkaio.DefaultBufferBytes)
+	}
+	if c.ConsumerLingerRecords < 1 {
+		e.Errorf("CONSUMER_LINGER_RECORDS=%d must be at least 1 (default 16)", c.ConsumerLingerRecords)
 	}
 	if c.MaxMessageBytes != 0 && c.MaxMessageBytes < 4096 {
 		e.Errorf("KAFKA_MAX_MESSAGE_BYTES=%d is too small (at least 4096; unset, it is read from the topics)", c.MaxMessageBytes)
@@ -413,7 +421,8 @@ func (s *Service) consumerConfig(group string, topics []string, producer *kafkai
 		Brokers: s.Common.Brokers, GroupID: group, Topics: topics,
 		Quarantine: producer, QuarantineTopic: s.Common.Topics.Quarantine, Log: s.Log, Status: s.Status,
 		SessionTimeout: s.Common.SessionTimeout, Workers: s.workers(), Linger: s.linger(),
-		BufferBytes: s.bufferBytes(),
+		LingerRecords: s.Common.ConsumerLingerRecords,
+		BufferBytes:   s.bufferBytes(),
 	}
 }
 
