@@ -411,8 +411,13 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, source string
 		*held += 2 * n
 		return nil
 	}
-	rd := http.MaxBytesReader(w, r.Body, h.o.MaxBody)
 	want := r.ContentLength // -1 when unknown
+	// A declared length is at most MaxBody (ServeHTTP) and the server
+	// reads no further; an unknown one is bounded here.
+	rd := r.Body
+	if want <= 0 {
+		rd = http.MaxBytesReader(w, r.Body, h.o.MaxBody)
+	}
 	if want > 0 {
 		if err := charge(want); err != nil {
 			return nil, err
@@ -426,8 +431,13 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, source string
 	}
 	for {
 		if want > 0 && int64(len(buf)) == want {
-			// Anything past the declared length is a malformed request.
-			if n, _ := rd.Read(make([]byte, 1)); n > 0 {
+			// Anything past the declared length is a malformed request
+			// (read into the buffer's spare room, if it has any).
+			probe := buf[len(buf):cap(buf)]
+			if len(probe) == 0 {
+				probe = make([]byte, 1)
+			}
+			if n, _ := rd.Read(probe[:1]); n > 0 {
 				return nil, errors.New("body longer than Content-Length")
 			}
 			return buf, nil
@@ -484,7 +494,9 @@ func (h *Handler) write(ctx context.Context, w http.ResponseWriter, source strin
 	hdr["Content-Type"] = jsonContentType
 	hdr["Cache-Control"] = noStore
 	w.WriteHeader(status)
-	_, _ = w.Write(a.appendJSON(make([]byte, 0, 128)))
+	b := a.appendJSON(getBuffer(0))
+	_, _ = w.Write(b) // copied into the connection's buffer
+	putBuffer(b)
 }
 
 var (

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -41,7 +42,12 @@ func (r *recorder) Produce(_ context.Context, recs ...kafkaio.Record) error {
 	if r.err != nil {
 		return r.err
 	}
-	r.recs = append(r.recs, recs...)
+	// A producer is done with a record once Produce returns (the handler
+	// reuses its buffers): keep copies.
+	for _, rec := range recs {
+		rec.Key, rec.Value = slices.Clone(rec.Key), slices.Clone(rec.Value)
+		r.recs = append(r.recs, rec)
+	}
 	return nil
 }
 

@@ -142,6 +142,14 @@ type macKey struct {
 
 type macPool struct{ pool sync.Pool }
 
+// macState is a keyed HMAC with room for its digest (a digest written into
+// a stack array escaped through the hash.Hash interface: one allocation
+// per request).
+type macState struct {
+	h   hash.Hash
+	sum [64]byte // the largest digest, SHA-512's
+}
+
 func macFor(alg, encoding string, s config.Secret) (*macPool, error) {
 	v := s.Reveal()
 	k := macKey{alg: alg, encoding: encoding, value: unsafe.SliceData(v), n: len(v)}
@@ -157,7 +165,7 @@ func macFor(alg, encoding string, s config.Secret) (*macPool, error) {
 	}
 	h := providers.HashOf(alg)
 	mp = &macPool{}
-	mp.pool.New = func() any { return hmac.New(h, key) }
+	mp.pool.New = func() any { return &macState{h: hmac.New(h, key)} }
 	macs.mu.Lock()
 	if macs.m == nil || len(macs.m) > 4096 {
 		macs.m = map[macKey]*macPool{}
@@ -173,22 +181,21 @@ func macFor(alg, encoding string, s config.Secret) (*macPool, error) {
 // secret.
 func matchesAny(alg, encoding string, secrets []config.Secret, msg []byte, candidates ...[]byte) (bool, error) {
 	ok := 0
-	var buf [64]byte
 	for _, s := range secrets {
 		mp, err := macFor(alg, encoding, s)
 		if err != nil {
 			return false, err
 		}
-		m := mp.pool.Get().(hash.Hash)
-		m.Reset()
-		m.Write(msg)
-		sum := m.Sum(buf[:0])
+		st := mp.pool.Get().(*macState)
+		st.h.Reset()
+		st.h.Write(msg)
+		sum := st.h.Sum(st.sum[:0])
 		for _, c := range candidates {
 			if hmac.Equal(sum, c) {
 				ok = 1
 			}
 		}
-		mp.pool.Put(m)
+		mp.pool.Put(st)
 	}
 	return ok == 1, nil
 }
