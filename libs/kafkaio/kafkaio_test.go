@@ -23,6 +23,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/closedloop/closedloop/libs/telemetry"
+	"github.com/closedloop/closedloop/libs/telemetry/telemetrytest"
 )
 
 var spans = tracetest.NewSpanRecorder()
@@ -511,16 +512,11 @@ func TestAFetchLingersOnlyWhileRecordsKeepComing(t *testing.T) {
 	ctx := context.Background()
 	wait := func(n int, within time.Duration) {
 		t.Helper()
-		deadline := time.After(within)
-		for range n {
-			select {
-			case <-handled:
-			case <-deadline:
-				mu.Lock()
-				defer mu.Unlock()
-				t.Fatalf("not handled within %s; batches so far %v", within, batches)
-			}
-		}
+		receive(t, handled, n, within, func() string {
+			mu.Lock()
+			defer mu.Unlock()
+			return fmt.Sprintf("; batches so far %v", batches)
+		})
 	}
 	// Once the group is joined, a lone record after a quiet spell longer
 	// than the linger is handled without waiting for it.
@@ -626,20 +622,7 @@ func TestTheConsumerHoldsNoMoreThanItsByteBudget(t *testing.T) {
 // it was, and its handler gets that same context — trace and span id.
 func TestWithSpansDroppedARecordCarriesItsProducersTraceContextToItsHandler(t *testing.T) {
 	addrs := broker(t, "in", "q")
-	prev, prevProp, prevLog := otel.GetTracerProvider(), otel.GetTextMapPropagator(), slog.Default()
-	tel, err := telemetry.Setup(context.Background(), telemetry.Options{Service: "t", LogOutput: io.Discard, Getenv: func(string) string { return "" }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		_ = tel.Shutdown(context.Background())
-		otel.SetTracerProvider(prev)
-		otel.SetTextMapPropagator(prevProp)
-		slog.SetDefault(prevLog)
-	}()
-	if !telemetry.SpansDropped() {
-		t.Fatal("spans are not dropped without an exporter")
-	}
+	telemetrytest.DroppingSpans(t)
 	p := NewProducer(ProducerConfig{Brokers: addrs})
 	defer p.Close()
 	ctx := telemetry.NewTrace(context.Background())
@@ -691,26 +674,15 @@ func TestALingeringFetchReturnsOnceItsBatchHasArrived(t *testing.T) {
 	}
 	defer runBatch(c)()
 	ctx := context.Background()
-	wait := func(n int, within time.Duration) {
-		t.Helper()
-		deadline := time.After(within)
-		for i := range n {
-			select {
-			case <-handled:
-			case <-deadline:
-				t.Fatalf("%d of %d records not handled within %s", n-i, n, within)
-			}
-		}
-	}
 	if err := p.Produce(ctx, Record{Topic: "in", Key: []byte("k"), Value: []byte("first")}); err != nil {
 		t.Fatal(err)
 	}
-	wait(1, 30*time.Second)
+	receive(t, handled, 1, 30*time.Second, nil)
 	// Two records at once: the next fetch lingers (two within the linger).
 	if err := p.Produce(ctx, Record{Topic: "in", Key: []byte("k"), Value: []byte("r0")}, Record{Topic: "in", Key: []byte("k"), Value: []byte("r1")}); err != nil {
 		t.Fatal(err)
 	}
-	wait(2, 5*time.Second)
+	receive(t, handled, 2, 5*time.Second, nil)
 	sent := time.Now()
 	for i := 2; i < 10; i++ {
 		if err := p.Produce(ctx, Record{Topic: "in", Key: []byte("k"), Value: []byte(fmt.Sprint("r", i))}); err != nil {
@@ -719,8 +691,26 @@ func TestALingeringFetchReturnsOnceItsBatchHasArrived(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	// Without the batch target every fetch would be held its 5 s linger.
-	wait(8, 2500*time.Millisecond)
+	receive(t, handled, 8, 2500*time.Millisecond, nil)
 	if d := time.Since(sent); d > 2500*time.Millisecond {
 		t.Fatalf("8 records handled %v after the first was sent", d)
+	}
+}
+
+// receive takes n values from ch within d, or fails the test, adding what
+// more tells (when not nil).
+func receive(t *testing.T, ch <-chan string, n int, within time.Duration, more func() string) {
+	t.Helper()
+	deadline := time.After(within)
+	for i := range n {
+		select {
+		case <-ch:
+		case <-deadline:
+			msg := ""
+			if more != nil {
+				msg = more()
+			}
+			t.Fatalf("%d of %d records not handled within %s%s", n-i, n, within, msg)
+		}
 	}
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/closedloop/closedloop/libs/retry"
 	"github.com/closedloop/closedloop/libs/status"
 	"github.com/closedloop/closedloop/libs/telemetry"
+	"github.com/closedloop/closedloop/libs/telemetry/telemetrytest"
 	adminv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/admin/v1"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 	sinkv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/sink/v1"
@@ -602,7 +603,7 @@ func (d *ctxDest) Deliver(ctx context.Context, events []*Event) []error {
 // span and the call carries the first event's trace context itself.
 func TestADeliveryCallCarriesItsSpanOrWithSpansDroppedTheFirstEventsContext(t *testing.T) {
 	prev, prevLog := otel.GetTracerProvider(), slog.Default()
-	defer func() { otel.SetTracerProvider(prev); slog.SetDefault(prevLog) }()
+	t.Cleanup(func() { otel.SetTracerProvider(prev); slog.SetDefault(prevLog) }) // after DroppingSpans's, which restores the recorder
 	batch := batchOf(t, "e1", "e2")
 	parent := trace.SpanContextFromContext(telemetry.NewTrace(context.Background())).WithTraceFlags(trace.FlagsSampled)
 	for i := range batch {
@@ -622,11 +623,7 @@ func TestADeliveryCallCarriesItsSpanOrWithSpansDroppedTheFirstEventsContext(t *t
 		t.Fatalf("recorded spans %v", s)
 	}
 
-	tel, err := telemetry.Setup(context.Background(), telemetry.Options{Service: "t", LogOutput: io.Discard, Getenv: func(string) string { return "" }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tel.Shutdown(context.Background())
+	telemetrytest.DroppingSpans(t)
 	d = &ctxDest{}
 	if errs := runner(t, d, &dlq{}, nil).HandleBatch(context.Background(), batch); errs != nil {
 		t.Fatal(errs)

@@ -9,11 +9,9 @@ import (
 	"strings"
 	"testing"
 
-	"go.opentelemetry.io/otel"
-
 	"github.com/closedloop/closedloop/libs/config"
 	"github.com/closedloop/closedloop/libs/kafkaio"
-	"github.com/closedloop/closedloop/libs/telemetry"
+	"github.com/closedloop/closedloop/libs/telemetry/telemetrytest"
 )
 
 // acker acknowledges every record at once and keeps nothing.
@@ -41,16 +39,7 @@ func (*rereader) Close() error { return nil }
 //
 //	cd services/ingress && go test -run XXX -bench Webhook -benchmem ./internal/ingest
 func BenchmarkWebhook(b *testing.B) {
-	prev, prevLog := otel.GetTracerProvider(), slog.Default()
-	tel, err := telemetry.Setup(context.Background(), telemetry.Options{Service: "ingress", LogOutput: io.Discard, Getenv: func(string) string { return "" }})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() {
-		_ = tel.Shutdown(context.Background())
-		otel.SetTracerProvider(prev)
-		slog.SetDefault(prevLog)
-	}()
+	telemetrytest.DroppingSpans(b)
 	pipe, err := config.ParsePipeline([]byte("sources:\n  - name: delighted\n    provider: delighted\n    secrets: [env:K]\n    ingest_tokens: [env:T]\n    rate_limit: {per_second: 100000000}\n"),
 		func(k string) (string, bool) { return map[string]string{"K": secret, "T": token}[k], true })
 	if err != nil {

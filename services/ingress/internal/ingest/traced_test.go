@@ -1,9 +1,6 @@
 package ingest
 
 import (
-	"context"
-	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -13,7 +10,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
-	"github.com/closedloop/closedloop/libs/telemetry"
+	"github.com/closedloop/closedloop/libs/telemetry/telemetrytest"
 )
 
 func TestTheServerSpanIsNamedAfterTheRouteAndNeverHoldsTheToken(t *testing.T) {
@@ -49,16 +46,7 @@ func TestTheServerSpanIsNamedAfterTheRouteAndNeverHoldsTheToken(t *testing.T) {
 // With no trace exporter no server span is started: the request goes to
 // the mux as it came (the webhook handler starts its trace).
 func TestWithSpansDroppedTheRequestPassesUnwrapped(t *testing.T) {
-	prev, prevLog := otel.GetTracerProvider(), slog.Default()
-	tel, err := telemetry.Setup(context.Background(), telemetry.Options{Service: "t", LogOutput: io.Discard, Getenv: func(string) string { return "" }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		_ = tel.Shutdown(context.Background())
-		otel.SetTracerProvider(prev)
-		slog.SetDefault(prevLog)
-	}()
+	telemetrytest.DroppingSpans(t)
 	req := httptest.NewRequest("POST", "/v1/hooks/delighted/tok", nil)
 	rec := httptest.NewRecorder()
 	Traced(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
