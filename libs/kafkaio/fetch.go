@@ -31,8 +31,8 @@ import (
 // (the broker answers as soon as a record arrives).
 const fetchMaxWait = 2 * time.Second
 
-// lingerBytes bounds what a lingering fetch waits for (LingerRecords at
-// the average record size, at most Linger, and at most the fetch's budget).
+// lingerBytes caps the bytes a lingering fetch waits for, whatever
+// LingerRecords and the record size make (it also waits at most Linger).
 const lingerBytes = 256 << 10
 
 // lingerMinBytes is the fetch.min.bytes of a lingering fetch: LingerRecords

@@ -697,8 +697,8 @@ func TestALingeringFetchReturnsOnceItsBatchHasArrived(t *testing.T) {
 	}
 }
 
-// receive takes n values from ch within d, or fails the test, adding what
-// more tells (when not nil).
+// receive takes n values from ch within the given time, or fails the test,
+// adding what more tells (when not nil).
 func receive(t *testing.T, ch <-chan string, n int, within time.Duration, more func() string) {
 	t.Helper()
 	deadline := time.After(within)

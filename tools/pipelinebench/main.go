@@ -225,7 +225,8 @@ func run(ctx context.Context, rate, lowRate int, duration, idle time.Duration, b
 	var fails atomic.Int64
 	drainBefore := acct.snap()
 	fmt.Printf("drain: %d webhooks from %d senders…\n", burst, conc)
-	// The drain of 20,000 takes a few seconds here: profile its first 2.
+	// The drain of 20,000 takes a few seconds here: profile 2 s of it,
+	// from its first second on (profile takes the middle half of 4 s).
 	profiles(acct, 4*time.Second*time.Duration(burst)/20000, "drain")
 	if crmd != nil {
 		tctx, stopTrack := context.WithCancel(ctx)

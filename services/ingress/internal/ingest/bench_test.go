@@ -26,7 +26,7 @@ func (d *discard) Header() http.Header         { return d.h }
 func (d *discard) Write(b []byte) (int, error) { return len(b), nil }
 func (d *discard) WriteHeader(int)             {}
 
-// body is a request body that can be read again.
+// rereader is a request body that can be read again after Reset.
 type rereader struct{ bytes.Reader }
 
 func (*rereader) Close() error { return nil }

@@ -25,7 +25,8 @@ type deadlines struct {
 type deadline struct {
 	end time.Time
 	ctx context.Context
-	// cancel is kept to be called by no one: the context ends at end.
+	// cancel is called only when another request stored this step's
+	// context first; otherwise the context ends at end by itself.
 	cancel context.CancelFunc
 }
 
