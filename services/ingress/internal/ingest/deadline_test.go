@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -20,7 +21,8 @@ func TestRequestsShareLiveDeadlinesWithinAStep(t *testing.T) {
 			defer wg.Done()
 			for range 5000 {
 				before := time.Now()
-				ctx := d.after()
+				step := d.after()
+				ctx := step.ctx
 				after := time.Now()
 				end, ok := ctx.Deadline()
 				if !ok || ctx.Err() != nil || end.Before(before.Add(time.Second)) || end.After(after.Add(time.Second+deadlineStep)) {
@@ -30,6 +32,7 @@ func TestRequestsShareLiveDeadlinesWithinAStep(t *testing.T) {
 				mu.Lock()
 				distinct[ctx] = true
 				mu.Unlock()
+				step.release()
 			}
 		}()
 	}
@@ -38,5 +41,38 @@ func TestRequestsShareLiveDeadlinesWithinAStep(t *testing.T) {
 	// they share far fewer contexts than calls.
 	if len(distinct) > 4000 {
 		t.Fatalf("%d contexts for 40000 calls: deadlines are not shared", len(distinct))
+	}
+}
+
+// A step's timer is stopped once no write uses it and it is no longer the
+// current step; a step in use, or current, stays live.
+func TestAStepIsCancelledOnlyWhenNoWriteUsesIt(t *testing.T) {
+	d := &deadlines{timeout: time.Minute}
+	first := d.after()
+	again := d.after() // within the same 10 ms step, almost always
+	if again != first {
+		again.release()
+		first.release()
+		t.Skip("the two calls fell in different steps")
+	}
+	first.release()
+	if first.ctx.Err() != nil {
+		t.Fatal("a step still in use was cancelled by another write's release")
+	}
+	again.release()
+	if first.ctx.Err() != nil {
+		t.Fatal("the current step was cancelled while current")
+	}
+	time.Sleep(2 * deadlineStep)
+	next := d.after()
+	defer next.release()
+	if next == first {
+		t.Fatal("a later request got an earlier step")
+	}
+	if !errors.Is(first.ctx.Err(), context.Canceled) {
+		t.Fatalf("the replaced step, unused, is %v; want cancelled (its timer stopped)", first.ctx.Err())
+	}
+	if next.ctx.Err() != nil || first.acquire() {
+		t.Fatal("a cancelled step was handed out again")
 	}
 }

@@ -351,7 +351,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// is bounded by ProduceTimeout alone; the request's trace context goes
 	// with the record.
 	rec := kafkaio.Record{Topic: h.o.RawTopic, Key: []byte(id.EventID), Value: value, Context: ctx}
-	if err := h.o.Producer.Produce(h.deadlines.after(), rec); err != nil {
+	step := h.deadlines.after()
+	err = h.o.Producer.Produce(step.ctx, rec)
+	step.release() // the producer is done with the context once it returns
+	if err != nil {
 		if errors.Is(err, kafkaio.ErrRecordTooLarge) {
 			// Cannot be stored, ever: a retry would fail the same way.
 			h.tooLarge(ctx, w, sourceName)
