@@ -42,7 +42,8 @@ type Delivery struct {
 
 // BatchHandler handles consecutive records of one partition in offset
 // order — or, with ConsumerConfig.Workers, of several partitions of one
-// topic, each partition's in offset order. It returns nil when the work of
+// topic (with GatherTopics, of several topics), each partition's in offset
+// order. It returns nil when the work of
 // every record is durable, or one result per record: nil (done), a
 // Permanent error (the record goes to quarantine) or any other error
 // (retryable). A partition's records before its first retryable one are
@@ -110,6 +111,15 @@ type ConsumerConfig struct {
 	// retryable failures are the shared dependency's (Redis, Kafka,
 	// PostgreSQL down), not one record's.
 	Workers int
+	// GatherTopics lets one handler call take records of several topics
+	// (with Workers > 0; the handler must accept such batches). When every
+	// worker of every topic is idle as a fetch answer is handed over, all of
+	// the answer's records go to one worker: at moderate rates an answer is
+	// then one batch, not one per topic. Under load each topic's records
+	// keep to its own workers, so a batch holds one topic as without it. A
+	// sink reads its priority and standard lanes as two topics: live traffic
+	// on both was two deliveries (two INSERTs and commits) per answer.
+	GatherTopics bool
 	// Linger is how long the broker may hold a fetch for more records
 	// while they keep coming (default 0: a fetch is answered as soon as
 	// there is a record). A fetcher lingers when its last answer's records

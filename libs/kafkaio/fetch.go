@@ -94,7 +94,7 @@ func (c *Consumer) generation(stop, work context.Context, gen *kafka.Generation)
 	}
 	var rt *router // nil: each partition has its own worker
 	if c.cfg.Workers > 0 {
-		rt = newRouter(c.workerOf, keys)
+		rt = newRouter(c.workerOf, keys, c.cfg.GatherTopics)
 	}
 	var wg sync.WaitGroup
 	for _, wk := range keys {
@@ -138,8 +138,8 @@ func (c *Consumer) generation(stop, work context.Context, gen *kafka.Generation)
 }
 
 // workerOf is the worker serving partition k: its own, or with Workers one
-// of its topic's (a batch never mixes topics: a sink's priority lane is its
-// own topic).
+// of its topic's (its home: only with GatherTopics, and only when every
+// worker is idle, does a batch mix topics).
 func (c *Consumer) workerOf(k partKey) partKey {
 	if c.cfg.Workers > 0 {
 		return partKey{k.topic, k.partition % c.cfg.Workers}

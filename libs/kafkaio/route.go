@@ -18,6 +18,9 @@ import (
 // 1,000 events/s over two workers, batches of ~11 records instead of two
 // of ~5.5, each batch a produce, a Redis round trip or an INSERT).
 //
+// With GatherTopics the same holds across topics: when every worker of
+// every topic is idle, the whole answer goes to one worker.
+//
 // A partition changes worker only when none of its records is waiting for
 // its worker or in a handler call (pending), so each partition's records
 // are still handled in offset order by one worker at a time. Going home
@@ -25,24 +28,33 @@ import (
 type router struct {
 	workerOf func(partKey) partKey
 	mu       sync.Mutex
-	workers  map[string][]partKey // a topic's workers
+	workers  map[string][]partKey // a topic's workers ("" with across: every worker)
+	across   bool                 // GatherTopics
 	owner    map[partKey]partKey  // the worker of a partition with pending records
 	pending  map[partKey]int      // a partition's records handed over and not done
 	load     map[partKey]int      // a worker's pending records
 	drained  chan struct{}        // closed when some partition's pending records reach zero
 }
 
-func newRouter(workerOf func(partKey) partKey, workers []partKey) *router {
+func newRouter(workerOf func(partKey) partKey, workers []partKey, across bool) *router {
 	r := &router{workerOf: workerOf, workers: map[string][]partKey{}, owner: map[partKey]partKey{},
-		pending: map[partKey]int{}, load: map[partKey]int{}, drained: make(chan struct{})}
+		pending: map[partKey]int{}, load: map[partKey]int{}, drained: make(chan struct{}), across: across}
 	for _, w := range workers {
-		r.workers[w.topic] = append(r.workers[w.topic], w)
+		r.workers[r.group(w.topic)] = append(r.workers[r.group(w.topic)], w)
 	}
 	return r
 }
 
+// group is the key of the workers a topic's records may be gathered to.
+func (r *router) group(topic string) string {
+	if r.across {
+		return ""
+	}
+	return topic
+}
+
 // route counts n records of partition k as pending and returns their
-// worker. gather holds, per topic, the worker this answer's records went
+// worker. gather holds, per topic (with across, for all), the worker this answer's records went
 // to when the topic's workers were all idle (the caller clears it for each
 // answer). It waits (until ctx ends) while k must leave a worker that
 // still has its records.
@@ -51,11 +63,11 @@ func (r *router) route(ctx context.Context, k partKey, n int, gather map[string]
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	target := home
-	if ws := r.workers[k.topic]; len(ws) > 1 {
-		if g, ok := gather[k.topic]; ok {
-			target = g
-		} else if r.idle(ws) {
-			gather[k.topic] = home
+	if g := r.group(k.topic); len(r.workers[g]) > 1 {
+		if t, ok := gather[g]; ok {
+			target = t
+		} else if r.idle(r.workers[g]) {
+			gather[g] = home
 		}
 	}
 	for r.pending[k] > 0 && r.owner[k] != target {

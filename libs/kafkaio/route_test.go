@@ -77,41 +77,54 @@ func TestAnIdleConsumersAnswerGoesToOneWorker(t *testing.T) {
 // worker (idle) and now to every partition's own (busy); and a backlog
 // spreads over both workers.
 func TestPartitionsChangeWorkersOnlyBetweenTheirRecordsAndSpreadUnderLoad(t *testing.T) {
-	addrs := broker(t, "in", "q")
+	partitionsChangeWorkersSafely(t, false, "in")
+}
+
+// The same across two topics whose answers are gathered to one worker.
+func TestGatheredTopicsKeepEachPartitionsOrderUnderLoad(t *testing.T) {
+	partitionsChangeWorkersSafely(t, true, "in", "in2")
+}
+
+func partitionsChangeWorkersSafely(t *testing.T, gather bool, topics ...string) {
+	addrs := broker(t, append([]string{"q"}, topics...)...)
 	p := NewProducer(ProducerConfig{Brokers: addrs})
 	defer p.Close()
 	keys := keysOnEveryPartition()
 	var mu sync.Mutex
 	handled := map[string]int{}
-	last := map[int]int{} // partition → last sequence number handled
-	busy := map[int]string{}
+	last := map[string]int{} // topic/partition → last sequence number handled
+	busy := map[string]string{}
 	var disorder []string
-	inHandler, concurrent := 0, 0
-	c, err := NewBatchConsumer(ConsumerConfig{Brokers: addrs, GroupID: "g", Topics: []string{"in"}, Quarantine: p, QuarantineTopic: "q",
-		Log: quiet(), Workers: 2, MaxBatch: 7},
+	inHandler, concurrent, mixed := 0, 0, 0
+	c, err := NewBatchConsumer(ConsumerConfig{Brokers: addrs, GroupID: "g", Topics: topics, Quarantine: p, QuarantineTopic: "q",
+		Log: quiet(), Workers: 2, MaxBatch: 7, GatherTopics: gather},
 		func(ctx context.Context, batch []Delivery) []error {
 			mu.Lock()
 			inHandler++
 			concurrent = max(concurrent, inHandler)
 			for _, d := range batch {
+				tp := fmt.Sprint(d.Msg.Topic, "/", d.Msg.Partition)
 				// A partition in two handler calls at once, or out of order.
-				if w, ok := busy[d.Msg.Partition]; ok && w != WorkerOf(ctx) {
-					disorder = append(disorder, fmt.Sprintf("partition %d in %s and %s at once", d.Msg.Partition, w, WorkerOf(ctx)))
+				if w, ok := busy[tp]; ok && w != WorkerOf(ctx) {
+					disorder = append(disorder, fmt.Sprintf("partition %s in %s and %s at once", tp, w, WorkerOf(ctx)))
 				}
-				busy[d.Msg.Partition] = WorkerOf(ctx)
+				busy[tp] = WorkerOf(ctx)
 				var part, seq int
 				fmt.Sscanf(string(d.Msg.Value), "%d:%d", &part, &seq)
-				if seq <= last[part] {
-					disorder = append(disorder, fmt.Sprintf("partition %d: %d after %d", part, seq, last[part]))
+				if seq <= last[tp] {
+					disorder = append(disorder, fmt.Sprintf("partition %s: %d after %d", tp, seq, last[tp]))
 				}
-				last[part] = seq
-				handled[string(d.Msg.Value)]++
+				last[tp] = seq
+				handled[d.Msg.Topic+" "+string(d.Msg.Value)]++
+				if d.Msg.Topic != batch[0].Msg.Topic {
+					mixed++
+				}
 			}
 			mu.Unlock()
 			time.Sleep(time.Duration(rand.IntN(3)) * time.Millisecond)
 			mu.Lock()
 			for _, d := range batch {
-				delete(busy, d.Msg.Partition)
+				delete(busy, fmt.Sprint(d.Msg.Topic, "/", d.Msg.Partition))
 			}
 			inHandler--
 			mu.Unlock()
@@ -122,10 +135,10 @@ func TestPartitionsChangeWorkersOnlyBetweenTheirRecordsAndSpreadUnderLoad(t *tes
 	}
 	defer runBatch(c)()
 	ctx := context.Background()
-	seq := map[int]int{}
-	next := func(part int) Record {
-		seq[part]++
-		return Record{Topic: "in", Key: []byte(keys[part]), Value: []byte(fmt.Sprintf("%d:%d", part, seq[part]))}
+	seq := map[string]int{}
+	next := func(topic string, part int) Record {
+		seq[fmt.Sprint(topic, "/", part)]++
+		return Record{Topic: topic, Key: []byte(keys[part]), Value: []byte(fmt.Sprintf("%d:%d", part, seq[fmt.Sprint(topic, "/", part)]))}
 	}
 	total := 0
 	// Trickles (answers to idle workers) and bursts (a backlog), mixed.
@@ -136,7 +149,7 @@ func TestPartitionsChangeWorkersOnlyBetweenTheirRecordsAndSpreadUnderLoad(t *tes
 			n = 60
 		}
 		for range n {
-			recs = append(recs, next(rand.IntN(3)))
+			recs = append(recs, next(topics[rand.IntN(len(topics))], rand.IntN(3)))
 		}
 		if err := p.Produce(ctx, recs...); err != nil {
 			t.Fatal(err)
@@ -161,5 +174,51 @@ func TestPartitionsChangeWorkersOnlyBetweenTheirRecordsAndSpreadUnderLoad(t *tes
 	}
 	if concurrent < 2 {
 		t.Fatal("the backlogs never had both workers handling at once")
+	}
+	if gather != (mixed > 0) {
+		t.Fatalf("gathering topics %v, but %d records shared a batch with another topic's", gather, mixed)
+	}
+}
+
+// With GatherTopics an idle consumer's answer goes to one worker whatever
+// its topics; without, each topic's records go to that topic's workers.
+func TestGatherTopicsSendsAnIdleConsumersWholeAnswerToOneWorker(t *testing.T) {
+	for _, gather := range []bool{false, true} {
+		t.Run(fmt.Sprint("gather=", gather), func(t *testing.T) {
+			addrs := broker(t, "a", "b", "q")
+			p := NewProducer(ProducerConfig{Brokers: addrs})
+			defer p.Close()
+			var mu sync.Mutex
+			by := map[string]string{} // record → worker
+			c, err := NewBatchConsumer(ConsumerConfig{Brokers: addrs, GroupID: "g", Topics: []string{"a", "b"}, Quarantine: p, QuarantineTopic: "q",
+				Log: quiet(), Workers: 2, GatherTopics: gather},
+				func(ctx context.Context, batch []Delivery) []error {
+					mu.Lock()
+					defer mu.Unlock()
+					for _, d := range batch {
+						by[string(d.Msg.Value)] = WorkerOf(ctx)
+					}
+					return nil
+				})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer runBatch(c)()
+			ctx := context.Background()
+			if err := p.Produce(ctx, Record{Topic: "a", Key: []byte("k"), Value: []byte("first")}); err != nil {
+				t.Fatal(err)
+			}
+			pollUntil(&mu, func() bool { return len(by) == 1 })
+			// One produce request: one answer with a record of each topic.
+			if err := p.Produce(ctx, Record{Topic: "a", Key: []byte("k"), Value: []byte("ra")}, Record{Topic: "b", Key: []byte("k"), Value: []byte("rb")}); err != nil {
+				t.Fatal(err)
+			}
+			pollUntil(&mu, func() bool { return len(by) == 3 })
+			mu.Lock()
+			defer mu.Unlock()
+			if same := by["ra"] == by["rb"]; same != gather {
+				t.Fatalf("gathering %v, the answer's records went to %v", gather, by)
+			}
+		})
 	}
 }

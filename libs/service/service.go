@@ -384,9 +384,12 @@ func (s *Service) Consume(group string, topics []string, producer *kafkaio.Produ
 
 // ConsumeBatch is Consume with a handler that takes each partition's
 // waiting records together (up to maxBatch; 0 means the default, 500).
-func (s *Service) ConsumeBatch(group string, topics []string, producer *kafkaio.Producer, maxBatch int, h kafkaio.BatchHandler) error {
+func (s *Service) ConsumeBatch(group string, topics []string, producer *kafkaio.Producer, maxBatch int, h kafkaio.BatchHandler, opts ...ConsumerOption) error {
 	cfg := s.consumerConfig(group, topics, producer)
 	cfg.MaxBatch = maxBatch
+	for _, o := range opts {
+		o(&cfg)
+	}
 	c, err := kafkaio.NewBatchConsumer(cfg, h)
 	if err != nil {
 		return err
@@ -394,6 +397,14 @@ func (s *Service) ConsumeBatch(group string, topics []string, producer *kafkaio.
 	s.runConsumer(group, c)
 	return nil
 }
+
+// ConsumerOption adjusts a consumer's configuration beyond the service's
+// settings.
+type ConsumerOption func(*kafkaio.ConsumerConfig)
+
+// GatherTopics is for a handler that takes batches of several topics
+// (kafkaio.ConsumerConfig.GatherTopics): a sink's lanes.
+func GatherTopics(c *kafkaio.ConsumerConfig) { c.GatherTopics = true }
 
 // workers is CONSUMER_WORKERS, else the service's default.
 func (s *Service) workers() int {

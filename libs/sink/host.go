@@ -66,7 +66,7 @@ func Host(ctx context.Context, svc *service.Service, settings Settings, instance
 		if batch <= 0 {
 			batch = settings.MaxBatch
 		}
-		if err := svc.ConsumeBatch(in.Group, []string{t.Priority, t.Enriched, replay}, producer, batch, runner.HandleBatch); err != nil {
+		if err := svc.ConsumeBatch(in.Group, []string{t.Priority, t.Enriched, replay}, producer, batch, runner.HandleBatch, service.GatherTopics); err != nil {
 			return err
 		}
 		if in.Close != nil {

@@ -97,6 +97,15 @@ func (l *lanes) acquire(ctx context.Context, priority, backlog bool) (func(), er
 	}
 }
 
+// holdingStandard reports whether a standard batch would now wait for the
+// priority lane (its backlog, a priority batch waiting, or the grace after
+// one).
+func (l *lanes) holdingStandard() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.prioBacklog > 0 || l.prioWaiting > 0 || (!l.lastPriority.IsZero() && l.now().Sub(l.lastPriority) < l.priorityGrace)
+}
+
 func (l *lanes) release(backlog bool) {
 	l.mu.Lock()
 	l.free++

@@ -34,6 +34,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/segmentio/kafka-go"
+
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -204,8 +206,65 @@ type pending struct {
 	active   time.Duration // time spent retrying while the breaker was closed
 }
 
-// HandleBatch implements kafkaio.BatchHandler.
+// HandleBatch implements kafkaio.BatchHandler. A batch may hold both
+// lanes' records (the host's consumer gathers topics: live traffic on both,
+// fetched in one answer). It is delivered as one unless the priority lane
+// has a backlog, or the lanes are holding the standard lane back for one:
+// then the priority records go first and the others wait their turn.
 func (r *Runner) HandleBatch(ctx context.Context, batch []kafkaio.Delivery) []error {
+	var prio, rest []int
+	if r.cfg.PriorityTopic != "" {
+		for i, d := range batch {
+			if d.Msg.Topic == r.cfg.PriorityTopic {
+				prio = append(prio, i)
+			} else {
+				rest = append(rest, i)
+			}
+		}
+	}
+	if len(prio) == 0 || len(rest) == 0 {
+		return r.handle(ctx, batch)
+	}
+	if _, backlog := r.lane(batch); !backlog && !r.lanes.holdingStandard() {
+		return r.handle(ctx, batch)
+	}
+	results := make([]error, len(batch))
+	failed := false
+	for _, part := range [][]int{prio, rest} {
+		sub := make([]kafkaio.Delivery, len(part))
+		for j, i := range part {
+			sub[j] = batch[i]
+		}
+		for j, err := range r.handle(ctx, sub) {
+			if err != nil {
+				results[part[j]], failed = err, true
+			}
+		}
+	}
+	return orNil(results, failed)
+}
+
+// lane reports whether the batch holds priority records, and whether one
+// of their partitions has more records behind the batch's last (a backlog).
+func (r *Runner) lane(batch []kafkaio.Delivery) (priority, backlog bool) {
+	if r.cfg.PriorityTopic == "" {
+		return false, false
+	}
+	last := map[int]kafka.Message{} // a priority partition's last record
+	for _, d := range batch {
+		if d.Msg.Topic == r.cfg.PriorityTopic {
+			last[d.Msg.Partition] = d.Msg
+		}
+	}
+	for _, m := range last {
+		if m.HighWaterMark > m.Offset+1 {
+			backlog = true
+		}
+	}
+	return len(last) > 0, backlog
+}
+
+func (r *Runner) handle(ctx context.Context, batch []kafkaio.Delivery) []error {
 	results := make([]error, len(batch))
 	if r.cfg.Ready != nil {
 		if err := r.cfg.Ready(ctx); err != nil {
@@ -256,9 +315,8 @@ func (r *Runner) HandleBatch(ctx context.Context, batch []kafkaio.Delivery) []er
 	if len(todo) == 0 {
 		return orNil(results, failed)
 	}
-	priority := r.cfg.PriorityTopic != "" && batch[0].Msg.Topic == r.cfg.PriorityTopic
-	last := batch[len(batch)-1].Msg
-	release, err := r.lanes.acquire(ctx, priority, last.HighWaterMark > last.Offset+1)
+	priority, backlog := r.lane(batch)
+	release, err := r.lanes.acquire(ctx, priority, backlog)
 	if err != nil {
 		return r.failAll(results, todo, err)
 	}

@@ -3,6 +3,7 @@ package sink
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -630,5 +631,48 @@ func TestADeliveryCallCarriesItsSpanOrWithSpansDroppedTheFirstEventsContext(t *t
 	}
 	if len(d.got) != 1 || !d.got[0].Equal(parent) {
 		t.Fatalf("spans dropped: delivery contexts %v, want the first event's %v", d.got, parent)
+	}
+}
+
+// calls records each delivery's event ids.
+type calls struct {
+	mu  sync.Mutex
+	ids [][]string
+}
+
+func (c *calls) Deliver(_ context.Context, events []*Event) []error {
+	var ids []string
+	for _, e := range events {
+		ids = append(ids, e.Feedback.EventId)
+	}
+	c.mu.Lock()
+	c.ids = append(c.ids, ids)
+	c.mu.Unlock()
+	return nil
+}
+
+// A batch holding both lanes' live records is one delivery; with a backlog
+// behind its priority records, they are delivered first, on their own.
+func TestABatchOfBothLanesIsOneDeliveryUnlessThePriorityLaneHasABacklog(t *testing.T) {
+	for _, behind := range []int64{0, 500} {
+		d := &calls{}
+		r := runner(t, d, &dlq{}, func(c *Config) { c.PriorityTopic = "prio" })
+		b := batchOf(t, "s1", "p1", "s2", "p2")
+		for i := range b {
+			b[i].Msg.Topic, b[i].Msg.Partition, b[i].Msg.Offset, b[i].Msg.HighWaterMark = "std", i, 10, 11
+			if strings.HasPrefix(string(b[i].Msg.Key), "p") || i%2 == 1 {
+				b[i].Msg.Topic, b[i].Msg.HighWaterMark = "prio", 11+behind
+			}
+		}
+		if errs := r.HandleBatch(context.Background(), b); errs != nil {
+			t.Fatalf("behind %d: %v", behind, errs)
+		}
+		want := [][]string{{"s1", "p1", "s2", "p2"}}
+		if behind > 0 {
+			want = [][]string{{"p1", "p2"}, {"s1", "s2"}}
+		}
+		if fmt.Sprint(d.ids) != fmt.Sprint(want) {
+			t.Fatalf("with %d records behind the priority lane's, deliveries %v; want %v", behind, d.ids, want)
+		}
 	}
 }
