@@ -118,7 +118,9 @@ type ConsumerConfig struct {
 	// then one batch, not one per topic. Under load each topic's records
 	// keep to its own workers, so a batch holds one topic as without it. A
 	// sink reads its priority and standard lanes as two topics: live traffic
-	// on both was two deliveries (two INSERTs and commits) per answer.
+	// on both was two deliveries (two INSERTs and commits) per answer. A
+	// mixed batch's duration and size are recorded under its first record's
+	// topic; the records themselves are counted under their own.
 	GatherTopics bool
 	// Linger is how long the broker may hold a fetch for more records
 	// while they keep coming (default 0: a fetch is answered as soon as
