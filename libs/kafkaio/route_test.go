@@ -30,32 +30,14 @@ func keysOnEveryPartition() []string {
 // handed it all): with two workers, partitions 0 and 2 are worker 0's and
 // partition 1 worker 1's, and without the router the answer splits.
 func TestAnIdleConsumersAnswerGoesToOneWorker(t *testing.T) {
-	addrs := broker(t, "in", "q")
-	p := NewProducer(ProducerConfig{Brokers: addrs})
-	defer p.Close()
-	var mu sync.Mutex
-	by := map[string]string{} // record → worker
-	c, err := NewBatchConsumer(ConsumerConfig{Brokers: addrs, GroupID: "g", Topics: []string{"in"}, Quarantine: p, QuarantineTopic: "q",
-		Log: quiet(), Workers: 2},
-		func(ctx context.Context, batch []Delivery) []error {
-			mu.Lock()
-			defer mu.Unlock()
-			for _, d := range batch {
-				by[string(d.Msg.Value)] = WorkerOf(ctx)
-			}
-			return nil
-		})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer runBatch(c)()
+	p, mu, by := workersByRecord(t, broker(t, "in", "q"), ConsumerConfig{Topics: []string{"in"}, Workers: 2})
 	keys := keysOnEveryPartition()
 	ctx := context.Background()
 	// The group forms on a first record.
 	if err := p.Produce(ctx, Record{Topic: "in", Key: []byte(keys[0]), Value: []byte("first")}); err != nil {
 		t.Fatal(err)
 	}
-	pollUntil(&mu, func() bool { return len(by) == 1 })
+	pollUntil(mu, func() bool { return len(by) == 1 })
 	// One produce request: one answer with a record on each partition.
 	var recs []Record
 	for i, k := range keys {
@@ -64,7 +46,7 @@ func TestAnIdleConsumersAnswerGoesToOneWorker(t *testing.T) {
 	if err := p.Produce(ctx, recs...); err != nil {
 		t.Fatal(err)
 	}
-	pollUntil(&mu, func() bool { return len(by) == 4 })
+	pollUntil(mu, func() bool { return len(by) == 4 })
 	mu.Lock()
 	defer mu.Unlock()
 	if by["r0"] != by["r1"] || by["r1"] != by["r2"] {
@@ -185,35 +167,17 @@ func partitionsChangeWorkersSafely(t *testing.T, gather bool, topics ...string) 
 func TestGatherTopicsSendsAnIdleConsumersWholeAnswerToOneWorker(t *testing.T) {
 	for _, gather := range []bool{false, true} {
 		t.Run(fmt.Sprint("gather=", gather), func(t *testing.T) {
-			addrs := broker(t, "a", "b", "q")
-			p := NewProducer(ProducerConfig{Brokers: addrs})
-			defer p.Close()
-			var mu sync.Mutex
-			by := map[string]string{} // record → worker
-			c, err := NewBatchConsumer(ConsumerConfig{Brokers: addrs, GroupID: "g", Topics: []string{"a", "b"}, Quarantine: p, QuarantineTopic: "q",
-				Log: quiet(), Workers: 2, GatherTopics: gather},
-				func(ctx context.Context, batch []Delivery) []error {
-					mu.Lock()
-					defer mu.Unlock()
-					for _, d := range batch {
-						by[string(d.Msg.Value)] = WorkerOf(ctx)
-					}
-					return nil
-				})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer runBatch(c)()
+			p, mu, by := workersByRecord(t, broker(t, "a", "b", "q"), ConsumerConfig{Topics: []string{"a", "b"}, Workers: 2, GatherTopics: gather})
 			ctx := context.Background()
 			if err := p.Produce(ctx, Record{Topic: "a", Key: []byte("k"), Value: []byte("first")}); err != nil {
 				t.Fatal(err)
 			}
-			pollUntil(&mu, func() bool { return len(by) == 1 })
+			pollUntil(mu, func() bool { return len(by) == 1 })
 			// One produce request: one answer with a record of each topic.
 			if err := p.Produce(ctx, Record{Topic: "a", Key: []byte("k"), Value: []byte("ra")}, Record{Topic: "b", Key: []byte("k"), Value: []byte("rb")}); err != nil {
 				t.Fatal(err)
 			}
-			pollUntil(&mu, func() bool { return len(by) == 3 })
+			pollUntil(mu, func() bool { return len(by) == 3 })
 			mu.Lock()
 			defer mu.Unlock()
 			if same := by["ra"] == by["rb"]; same != gather {
@@ -221,4 +185,28 @@ func TestGatherTopicsSendsAnIdleConsumersWholeAnswerToOneWorker(t *testing.T) {
 			}
 		})
 	}
+}
+
+// workersByRecord runs a batch consumer of cfg's topics (group "g",
+// quarantine topic "q") that notes which worker handled each record, by
+// value, in by (under mu); p produces to addrs.
+func workersByRecord(t *testing.T, addrs []string, cfg ConsumerConfig) (p *Producer, mu *sync.Mutex, by map[string]string) {
+	t.Helper()
+	p = NewProducer(ProducerConfig{Brokers: addrs})
+	t.Cleanup(func() { p.Close() })
+	mu, by = &sync.Mutex{}, map[string]string{}
+	cfg.Brokers, cfg.GroupID, cfg.Quarantine, cfg.QuarantineTopic, cfg.Log = addrs, "g", p, "q", quiet()
+	c, err := NewBatchConsumer(cfg, func(ctx context.Context, batch []Delivery) []error {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, d := range batch {
+			by[string(d.Msg.Value)] = WorkerOf(ctx)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(runBatch(c))
+	return p, mu, by
 }
