@@ -35,7 +35,6 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
-
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
