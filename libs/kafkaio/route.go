@@ -40,7 +40,8 @@ func newRouter(workerOf func(partKey) partKey, workers []partKey, across bool) *
 	r := &router{workerOf: workerOf, workers: map[string][]partKey{}, owner: map[partKey]partKey{},
 		pending: map[partKey]int{}, load: map[partKey]int{}, drained: make(chan struct{}), across: across}
 	for _, w := range workers {
-		r.workers[r.group(w.topic)] = append(r.workers[r.group(w.topic)], w)
+		g := r.group(w.topic)
+		r.workers[g] = append(r.workers[g], w)
 	}
 	return r
 }
@@ -54,10 +55,10 @@ func (r *router) group(topic string) string {
 }
 
 // route counts n records of partition k as pending and returns their
-// worker. gather holds, per topic (with across, for all), the worker this answer's records went
-// to when the topic's workers were all idle (the caller clears it for each
-// answer). It waits (until ctx ends) while k must leave a worker that
-// still has its records.
+// worker. gather holds, per topic (with across, one for all), the worker
+// this answer's records went to when those workers were all idle (the
+// caller clears it for each answer). It waits (until ctx ends) while k must
+// leave a worker that still has its records.
 func (r *router) route(ctx context.Context, k partKey, n int, gather map[string]partKey) (partKey, error) {
 	home := r.workerOf(k)
 	r.mu.Lock()

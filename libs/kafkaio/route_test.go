@@ -119,8 +119,9 @@ func partitionsChangeWorkersSafely(t *testing.T, gather bool, topics ...string) 
 	ctx := context.Background()
 	seq := map[string]int{}
 	next := func(topic string, part int) Record {
-		seq[fmt.Sprint(topic, "/", part)]++
-		return Record{Topic: topic, Key: []byte(keys[part]), Value: []byte(fmt.Sprintf("%d:%d", part, seq[fmt.Sprint(topic, "/", part)]))}
+		tp := fmt.Sprint(topic, "/", part)
+		seq[tp]++
+		return Record{Topic: topic, Key: []byte(keys[part]), Value: []byte(fmt.Sprintf("%d:%d", part, seq[tp]))}
 	}
 	total := 0
 	// Trickles (answers to idle workers) and bursts (a backlog), mixed.

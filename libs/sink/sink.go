@@ -211,48 +211,48 @@ type pending struct {
 // has a backlog, or the lanes are holding the standard lane back for one:
 // then the priority records go first and the others wait their turn.
 func (r *Runner) HandleBatch(ctx context.Context, batch []kafkaio.Delivery) []error {
-	var prio, rest []int
-	if r.cfg.PriorityTopic != "" {
-		for i, d := range batch {
-			if d.Msg.Topic == r.cfg.PriorityTopic {
-				prio = append(prio, i)
-			} else {
-				rest = append(rest, i)
-			}
+	prio, backlog := r.lane(batch)
+	if prio == 0 || prio == len(batch) || (!backlog && !r.lanes.holdingStandard()) {
+		return r.handle(ctx, batch, prio > 0, backlog)
+	}
+	var first, rest []int // the priority records, then the others
+	for i, d := range batch {
+		if d.Msg.Topic == r.cfg.PriorityTopic {
+			first = append(first, i)
+		} else {
+			rest = append(rest, i)
 		}
-	}
-	if len(prio) == 0 || len(rest) == 0 {
-		return r.handle(ctx, batch)
-	}
-	if _, backlog := r.lane(batch); !backlog && !r.lanes.holdingStandard() {
-		return r.handle(ctx, batch)
 	}
 	results := make([]error, len(batch))
 	failed := false
-	for _, part := range [][]int{prio, rest} {
-		sub := make([]kafkaio.Delivery, len(part))
-		for j, i := range part {
+	for _, part := range []struct {
+		idx               []int
+		priority, backlog bool
+	}{{first, true, backlog}, {rest, false, false}} {
+		sub := make([]kafkaio.Delivery, len(part.idx))
+		for j, i := range part.idx {
 			sub[j] = batch[i]
 		}
-		for j, err := range r.handle(ctx, sub) {
+		for j, err := range r.handle(ctx, sub, part.priority, part.backlog) {
 			if err != nil {
-				results[part[j]], failed = err, true
+				results[part.idx[j]], failed = err, true
 			}
 		}
 	}
 	return orNil(results, failed)
 }
 
-// lane reports whether the batch holds priority records, and whether one
-// of their partitions has more records behind the batch's last (a backlog).
-func (r *Runner) lane(batch []kafkaio.Delivery) (priority, backlog bool) {
+// lane counts the batch's priority records and reports whether one of
+// their partitions has more records behind the batch's last (a backlog).
+func (r *Runner) lane(batch []kafkaio.Delivery) (priority int, backlog bool) {
 	if r.cfg.PriorityTopic == "" {
-		return false, false
+		return 0, false
 	}
 	last := map[int]kafka.Message{} // a priority partition's last record
 	for _, d := range batch {
 		if d.Msg.Topic == r.cfg.PriorityTopic {
 			last[d.Msg.Partition] = d.Msg
+			priority++
 		}
 	}
 	for _, m := range last {
@@ -260,10 +260,12 @@ func (r *Runner) lane(batch []kafkaio.Delivery) (priority, backlog bool) {
 			backlog = true
 		}
 	}
-	return len(last) > 0, backlog
+	return priority, backlog
 }
 
-func (r *Runner) handle(ctx context.Context, batch []kafkaio.Delivery) []error {
+// handle delivers one lane's batch (priority: the priority lane's, with a
+// backlog behind it or not) or a batch of both lanes' live records.
+func (r *Runner) handle(ctx context.Context, batch []kafkaio.Delivery, priority, backlog bool) []error {
 	results := make([]error, len(batch))
 	if r.cfg.Ready != nil {
 		if err := r.cfg.Ready(ctx); err != nil {
@@ -314,7 +316,6 @@ func (r *Runner) handle(ctx context.Context, batch []kafkaio.Delivery) []error {
 	if len(todo) == 0 {
 		return orNil(results, failed)
 	}
-	priority, backlog := r.lane(batch)
 	release, err := r.lanes.acquire(ctx, priority, backlog)
 	if err != nil {
 		return r.failAll(results, todo, err)

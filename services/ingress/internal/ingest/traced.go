@@ -4,12 +4,12 @@ import (
 	"net/http"
 	"strings"
 
-	"github.com/closedloop/closedloop/libs/telemetry"
-
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/closedloop/closedloop/libs/telemetry"
 )
 
 // Traced wraps the public mux in a server span named after the matched
