@@ -3,10 +3,8 @@ package app
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"time"
 
@@ -149,30 +147,18 @@ func Run(ctx context.Context) error {
 	}
 	svc.Watch(cfg.Pipeline, h.Reload)
 	svc.Status.AddReport(func(_ context.Context, resp *adminv1.GetStatusResponse) { resp.Sources = h.Traffic() })
-	mux := http.NewServeMux()
-	h.Mount(mux)
 	lis, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s (INGRESS_ADDR): %w", cfg.Addr, err)
 	}
-	srv := &http.Server{
-		Handler:           ingest.Traced(mux),
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       15 * time.Second,
-		WriteTimeout:      15 * time.Second,
-		IdleTimeout:       60 * time.Second,
-		MaxHeaderBytes:    32 << 10,
-	}
+	srv := h.Server(ingest.ServerOptions{ReadTimeout: 15 * time.Second, WriteTimeout: 15 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 8 << 10})
 	svc.Group.Go("webhook http", func(context.Context) error {
 		svc.Log.Info("webhooks listening", "addr", lis.Addr().String(), "sources", len(cfg.Pipeline.Current().Sources), "max_body_bytes", maxBody)
-		if err := srv.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
-			return err
-		}
-		return nil
+		return srv.Serve(lis) // nil once shut down
 	})
 	// Stop accepting and let in-flight requests finish their writes, then
 	// flush the producer.
-	svc.OnShutdown("webhook http drain", 10*time.Second, srv.Shutdown)
+	svc.OnShutdown("webhook http drain", 10*time.Second, srv.ShutdownWithContext)
 	svc.CloseProducer(producer)
 	return svc.Run()
 }

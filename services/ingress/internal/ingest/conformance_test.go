@@ -5,7 +5,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -101,7 +100,7 @@ func TestConformanceEveryVectorThroughTheHTTPHandler(t *testing.T) {
 }
 
 // vectorServer serves one source "src" of the vector's provider.
-func vectorServer(t *testing.T, v vectors.Vector, p Producer) (*httptest.Server, string) {
+func vectorServer(t *testing.T, v vectors.Vector, p Producer) (testServer, string) {
 	t.Helper()
 	env := map[string]string{"TOKEN": "tok_conformance_0123456789abcdef"}
 	var refs []string
@@ -123,11 +122,7 @@ func vectorServer(t *testing.T, v vectors.Vector, p Producer) (*httptest.Server,
 	if err != nil {
 		t.Fatal(err)
 	}
-	mux := http.NewServeMux()
-	h.Mount(mux)
-	srv := httptest.NewServer(mux)
-	t.Cleanup(srv.Close)
-	return srv, env["TOKEN"]
+	return testServer{listen(t, h, ServerOptions{})}, env["TOKEN"]
 }
 
 func orDefault(s, def string) string {

@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"runtime"
 	"strings"
 	"sync"
@@ -68,13 +67,7 @@ func serve(t *testing.T, o Options) (*Handler, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mux := http.NewServeMux()
-	h.Mount(mux)
-	s := httptest.NewUnstartedServer(mux)
-	s.Config.ReadTimeout = 20 * time.Second
-	s.Start()
-	t.Cleanup(s.Close)
-	return h, s.URL
+	return h, listen(t, h, ServerOptions{ReadTimeout: 20 * time.Second})
 }
 
 // Finding 1: a body that cannot be stored is refused for what it is (413),

@@ -5,6 +5,7 @@
 package ingest
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -26,6 +27,8 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/valyala/fasthttp"
 
 	"github.com/closedloop/closedloop/libs/config"
 	"github.com/closedloop/closedloop/libs/kafkaio"
@@ -127,6 +130,7 @@ type Handler struct {
 	requests   metric.Int64Counter
 	duration   metric.Float64Histogram
 	bytes      metric.Int64Histogram
+	tracer     trace.Tracer
 }
 
 // New returns the handler serving the pipeline's sources.
@@ -166,7 +170,7 @@ func New(o Options) (*Handler, error) {
 	}
 	m := otel.Meter("github.com/closedloop/closedloop/services/ingress")
 	h := &Handler{o: o, budget: newBudget(o.MaxInFlight, o.SourceMaxInFlight, o.MaxBodyMemory, o.SourceMaxBodyMemory),
-		deadlines: deadlines{timeout: o.ProduceTimeout}}
+		deadlines: deadlines{timeout: o.ProduceTimeout}, tracer: otel.Tracer("github.com/closedloop/closedloop/services/ingress")}
 	h.requests, _ = m.Int64Counter("closedloop.ingress.requests", metric.WithUnit("{request}"), metric.WithDescription("Webhook requests by source and outcome."))
 	h.bytes, _ = m.Int64Histogram("closedloop.ingress.body.size", metric.WithUnit("By"), metric.WithDescription("Accepted body sizes."),
 		metric.WithExplicitBucketBoundaries(telemetry.Bytes...))
@@ -202,52 +206,6 @@ func (h *Handler) Reload(p *config.Pipeline) error {
 	return nil
 }
 
-// Mount registers the routes on mux. Go's mux answers 405 with an Allow
-// header for other methods on the same path.
-func (h *Handler) Mount(mux *http.ServeMux) {
-	mux.Handle("POST /v1/hooks/{source}/{token}", http.HandlerFunc(h.timed))
-}
-
-// timed serves a webhook and records its duration with its source (a
-// configured one, else "unknown": the label's values stay bounded), method
-// and status code.
-func (h *Handler) timed(w http.ResponseWriter, r *http.Request) {
-	start := time.Now()
-	rec := &statusRecorder{ResponseWriter: w}
-	h.ServeHTTP(rec, r)
-	source := r.PathValue("source")
-	if _, ok := h.sources.Load().byName[source]; !ok {
-		source = "unknown"
-	}
-	if rec.status == 0 {
-		rec.status = http.StatusOK
-	}
-	h.duration.Record(r.Context(), time.Since(start).Seconds(), h.opts.duration(source, r.Method, rec.status))
-}
-
-// statusRecorder remembers the status code written.
-type statusRecorder struct {
-	http.ResponseWriter
-	status int
-}
-
-func (s *statusRecorder) WriteHeader(code int) {
-	if s.status == 0 {
-		s.status = code
-	}
-	s.ResponseWriter.WriteHeader(code)
-}
-
-func (s *statusRecorder) Write(b []byte) (int, error) {
-	if s.status == 0 {
-		s.status = http.StatusOK
-	}
-	return s.ResponseWriter.Write(b)
-}
-
-// Unwrap gives http.ResponseController (and MaxBytesReader) the writer.
-func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
-
 type answer struct {
 	Status  string `json:"status,omitempty"`
 	EventID string `json:"event_id,omitempty"`
@@ -256,19 +214,17 @@ type answer struct {
 	Message string `json:"message,omitempty"`
 }
 
-// ServeHTTP implements http.Handler. The order is the cheapest refusal
-// first: the source and its token, the media type and declared size, the
+// serve handles a webhook posted to source with token. The order is the
+// cheapest refusal first: the source and its token, the media type and declared size, the
 // request and memory budgets (the source's share, then the total), the body
 // (taken as it arrives), the signature, and only for an authentic webhook
 // the source's rate limit; then the write to Kafka.
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	ctx := r.Context()
+func (h *Handler) serve(ctx context.Context, w *fasthttp.RequestCtx, sourceName, token string) {
 	if !trace.SpanContextFromContext(ctx).IsValid() {
 		// No server span (spans dropped: telemetry.SpansDropped): the
 		// webhook gets a trace of its own, logged and carried in its record.
 		ctx = telemetry.NewTrace(ctx)
 	}
-	sourceName := r.PathValue("source")
 	span := trace.SpanFromContext(ctx)
 	recording := span.IsRecording()
 	if recording {
@@ -278,15 +234,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	src, ok := h.sources.Load().byName[sourceName]
 	// One answer for an unknown source and a wrong token, so the answer does
 	// not tell an attacker which source names exist.
-	if !ok || !h.o.Tokens.Match(src.cfg, r.PathValue("token")) {
+	if !ok || !h.o.Tokens.Match(src.cfg, token) {
 		h.reject(ctx, w, "", http.StatusNotFound, "unknown_source", "no source with that name and ingest token")
 		return
 	}
-	if !jsonMediaType(r.Header.Get("Content-Type")) {
+	if !jsonMediaType(w.Request.Header.ContentType()) {
 		h.reject(ctx, w, sourceName, http.StatusUnsupportedMediaType, "unsupported_media_type", "Content-Type must be application/json")
 		return
 	}
-	if r.ContentLength > h.o.MaxBody {
+	if int64(w.Request.Header.ContentLength()) > h.o.MaxBody {
 		h.tooLarge(ctx, w, sourceName)
 		return
 	}
@@ -296,14 +252,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	var held int64
 	defer func() { h.budget.leave(sourceName, held) }()
-	body, err := h.readBody(w, r, sourceName, &held)
+	body, err := h.readBody(w, sourceName, &held)
 	// The record copies the body: the buffer is free once the handler ends.
 	defer putBuffer(body)
 	if err != nil {
-		var tooLarge *http.MaxBytesError
 		var full budgetError
 		switch {
-		case errors.As(err, &tooLarge):
+		case errors.Is(err, errBodyTooLarge):
 			h.tooLarge(ctx, w, sourceName)
 		case errors.As(err, &full):
 			h.overloaded(ctx, w, sourceName, full.v, "memory")
@@ -312,7 +267,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	vreq := verify.Request{Header: r.Header, Body: body, Now: h.o.Now()}
+	header := requestHeader(&w.Request.Header)
+	vreq := verify.Request{Header: header, Body: body, Now: h.o.Now()}
 	if err := src.provider.Scheme.Verify(vreq, src.cfg.Secrets); err != nil {
 		var rej *verify.Rejection
 		reason := verify.ReasonBadSignature
@@ -324,7 +280,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// Failures have their own, smaller budget: they never spend the
 		// source's rate limit, and a flood of them is answered 429.
 		if !src.unverified.Allow() {
-			w.Header().Set("Retry-After", retryAfter(h.o.UnverifiedPerSecond))
+			w.Response.Header.Set("Retry-After", retryAfter(h.o.UnverifiedPerSecond))
 			h.reject(ctx, w, sourceName, http.StatusTooManyRequests, "unverified_rate_limited", "too many requests that fail verification; retry later")
 			return
 		}
@@ -332,7 +288,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !src.limiter.Allow() {
-		w.Header().Set("Retry-After", retryAfter(src.cfg.RateLimit.PerSecond))
+		w.Response.Header.Set("Retry-After", retryAfter(src.cfg.RateLimit.PerSecond))
 		h.reject(ctx, w, sourceName, http.StatusTooManyRequests, "rate_limited", "the source's rate limit is exceeded; retry later")
 		return
 	}
@@ -343,7 +299,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	raw := rawRecord{
 		eventID: id.EventID, source: sourceName, provider: src.cfg.Provider, eventType: id.EventType,
-		received: vreq.Now, body: body, header: r.Header, kept: src.kept, test: id.Test, instance: h.o.Instance,
+		received: vreq.Now, body: body, header: header, kept: src.kept, test: id.Test, instance: h.o.Instance,
 	}
 	value := raw.appendProto(getBuffer(raw.size()))
 	// The write must not be cut short by the provider hanging up: once it
@@ -361,7 +317,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		h.o.Log.ErrorContext(ctx, "raw webhook not durable; asking the provider to retry", "source", sourceName, "event_id", id.EventID, "error", err.Error())
-		w.Header().Set("Retry-After", strconv.Itoa(int(h.o.RetryAfter.Seconds())))
+		w.Response.Header.Set("Retry-After", strconv.Itoa(int(h.o.RetryAfter.Seconds())))
 		h.write(ctx, w, sourceName, http.StatusServiceUnavailable, answer{Error: "unavailable", Message: "the event could not be stored; retry later"})
 		return
 	}
@@ -375,14 +331,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.write(ctx, w, sourceName, http.StatusAccepted, answer{Status: "accepted", EventID: id.EventID, Test: id.Test})
 }
 
-func (h *Handler) tooLarge(ctx context.Context, w http.ResponseWriter, source string) {
+func (h *Handler) tooLarge(ctx context.Context, w *fasthttp.RequestCtx, source string) {
 	h.reject(ctx, w, source, http.StatusRequestEntityTooLarge, "payload_too_large", "body exceeds "+strconv.FormatInt(h.o.MaxBody, 10)+" bytes, the most the raw topic can store")
 }
 
 // overloaded answers a request over a budget: 429 when its source is over
 // its own share (the others are unaffected), 503 when the ingress is full.
-func (h *Handler) overloaded(ctx context.Context, w http.ResponseWriter, source string, v verdict, what string) {
-	w.Header().Set("Retry-After", strconv.Itoa(int(h.o.RetryAfter.Seconds())))
+func (h *Handler) overloaded(ctx context.Context, w *fasthttp.RequestCtx, source string, v verdict, what string) {
+	w.Response.Header.Set("Retry-After", strconv.Itoa(int(h.o.RetryAfter.Seconds())))
 	if v == sourceFull {
 		h.reject(ctx, w, source, http.StatusTooManyRequests, "source_overloaded", "this source has too many "+what+" in flight; retry later")
 		return
@@ -395,6 +351,43 @@ type budgetError struct{ v verdict }
 
 func (budgetError) Error() string { return "body memory budget exhausted" }
 
+// errBodyTooLarge is a body longer than MaxBody.
+var errBodyTooLarge = errors.New("body too large")
+
+// limited reads at most n bytes from r; a body longer than that is
+// errBodyTooLarge.
+type limited struct {
+	r io.Reader
+	n int64
+}
+
+func (l *limited) Read(p []byte) (int, error) {
+	if l.n <= 0 {
+		// One byte more tells a body of exactly the limit from a longer one.
+		var one [1]byte
+		if n, _ := l.r.Read(one[:]); n > 0 {
+			return 0, errBodyTooLarge
+		}
+		return 0, io.EOF
+	}
+	if int64(len(p)) > l.n {
+		p = p[:l.n]
+	}
+	n, err := l.r.Read(p)
+	l.n -= int64(n)
+	return n, err
+}
+
+// bodyOf is the request's body as it arrives: the server streams it (at
+// most 8 KiB read ahead of the handler); a request built without the
+// server (tests, fuzzing) has it whole.
+func bodyOf(w *fasthttp.RequestCtx) io.Reader {
+	if s := w.RequestBodyStream(); s != nil {
+		return s
+	}
+	return bytes.NewReader(w.Request.Body())
+}
+
 // chunk is the most body memory taken at once when the length is unknown,
 // and the most allocated up front when it is known.
 const chunk = 64 << 10
@@ -406,7 +399,7 @@ const chunk = 64 << 10
 // chunk by chunk otherwise. The buffer grows with what arrived, never from
 // the declared length alone. *held is what was charged, for the caller to
 // give back.
-func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, source string, held *int64) ([]byte, error) {
+func (h *Handler) readBody(w *fasthttp.RequestCtx, source string, held *int64) ([]byte, error) {
 	charge := func(n int64) error {
 		if v := h.budget.grow(source, 2*n); v != granted {
 			return budgetError{v}
@@ -414,13 +407,10 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, source string
 		*held += 2 * n
 		return nil
 	}
-	want := r.ContentLength // -1 when unknown
-	// A declared length is at most MaxBody (ServeHTTP) and the server
-	// reads no further; an unknown one is bounded here.
-	rd := r.Body
-	if want <= 0 {
-		rd = http.MaxBytesReader(w, r.Body, h.o.MaxBody)
-	}
+	want := int64(w.Request.Header.ContentLength()) // -1 when chunked
+	// A declared length is at most MaxBody (serve) and the stream ends
+	// there; an unknown one is bounded here.
+	var rd io.Reader = &limited{r: bodyOf(w), n: h.o.MaxBody}
 	if want > 0 {
 		if err := charge(want); err != nil {
 			return nil, err
@@ -472,7 +462,7 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, source string
 	}
 }
 
-func (h *Handler) reject(ctx context.Context, w http.ResponseWriter, source string, status int, reason, msg string) {
+func (h *Handler) reject(ctx context.Context, w *fasthttp.RequestCtx, source string, status int, reason, msg string) {
 	// Every rejection is counted (closedloop.ingress.requests); the log has
 	// at most one line per source and reason every logEvery, with the count
 	// of the ones it left out, so a flood cannot flood the logs.
@@ -484,7 +474,7 @@ func (h *Handler) reject(ctx context.Context, w http.ResponseWriter, source stri
 	h.write(ctx, w, source, status, answer{Error: reason, Message: msg})
 }
 
-func (h *Handler) write(ctx context.Context, w http.ResponseWriter, source string, status int, a answer) {
+func (h *Handler) write(ctx context.Context, w *fasthttp.RequestCtx, source string, status int, a answer) {
 	outcome := a.Error
 	if outcome == "" {
 		outcome = a.Status
@@ -493,18 +483,17 @@ func (h *Handler) write(ctx context.Context, w http.ResponseWriter, source strin
 	// unbounded label values.
 	h.requests.Add(ctx, 1, h.opts.requests(source, outcome, status))
 	h.traffic.count(source, status)
-	hdr := w.Header()
-	hdr["Content-Type"] = jsonContentType
-	hdr["Cache-Control"] = noStore
-	w.WriteHeader(status)
+	w.SetStatusCode(status)
+	w.Response.Header.SetContentTypeBytes(jsonContentType)
+	w.Response.Header.SetBytesV("Cache-Control", noStore)
 	b := a.appendJSON(getBuffer(0))
-	_, _ = w.Write(b) // copied into the connection's buffer
+	w.SetBody(b) // copied
 	putBuffer(b)
 }
 
 var (
-	jsonContentType = []string{"application/json"}
-	noStore         = []string{"no-store"}
+	jsonContentType = []byte("application/json")
+	noStore         = []byte("no-store")
 )
 
 // traffic counts one source's requests by class of answer, for GetStatus
@@ -680,11 +669,11 @@ func appendJSONString(b []byte, s string) []byte {
 	return append(b, '"')
 }
 
-func jsonMediaType(ct string) bool {
-	if ct == "application/json" {
+func jsonMediaType(ct []byte) bool {
+	if string(ct) == "application/json" {
 		return true // what every provider sends; ParseMediaType allocates
 	}
-	mt, _, err := mime.ParseMediaType(ct)
+	mt, _, err := mime.ParseMediaType(string(ct))
 	return err == nil && (mt == "application/json" || strings.HasSuffix(mt, "+json"))
 }
 

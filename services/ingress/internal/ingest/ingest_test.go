@@ -9,8 +9,8 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
-	"net/http/httptest"
 	"slices"
 	"strings"
 	"sync"
@@ -51,7 +51,29 @@ func (r *recorder) Produce(_ context.Context, recs ...kafkaio.Record) error {
 	return nil
 }
 
-func server(t *testing.T, p Producer) *httptest.Server {
+// listen serves h on a loopback port as the ingress serves it and returns
+// its URL.
+func listen(t testing.TB, h *Handler, o ServerOptions) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := h.Server(o)
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(func() { _ = srv.Shutdown() })
+	return "http://" + lis.Addr().String()
+}
+
+type testServer struct{ URL string }
+
+func server(t *testing.T, p Producer) testServer {
+	t.Helper()
+	return testServer{listen(t, handler(t, p), ServerOptions{})}
+}
+
+// handler serves one Delighted source (secret, token) with a 4 KiB body limit.
+func handler(t *testing.T, p Producer) *Handler {
 	t.Helper()
 	pipe, err := config.ParsePipeline([]byte(`
 sources:
@@ -63,16 +85,17 @@ sources:
 	if err != nil {
 		t.Fatal(err)
 	}
-	mux := http.NewServeMux()
 	h, err := New(Options{Pipeline: pipe, Producer: p, RawTopic: "raw", MaxBody: 4096, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Now: func() time.Time { return time.Unix(1763800000, 0) }})
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.Mount(mux)
-	s := httptest.NewServer(mux)
-	t.Cleanup(s.Close)
-	return s
+	return h
+}
+
+// traceIDOf is the trace a stored record carries.
+func traceIDOf(rec kafkaio.Record) trace.TraceID {
+	return trace.SpanContextFromContext(rec.Context).TraceID()
 }
 
 func sign(body string) string {
@@ -190,10 +213,7 @@ sources:
 	if err != nil {
 		t.Fatal(err)
 	}
-	mux := http.NewServeMux()
-	h.Mount(mux)
-	s := httptest.NewServer(mux)
-	defer s.Close()
+	s := testServer{listen(t, h, ServerOptions{})}
 	var codes []int
 	var retry string
 	for range 3 {
@@ -232,10 +252,7 @@ func TestRequestsPastTheInFlightBoundGet503InsteadOfQueueing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mux := http.NewServeMux()
-	h.Mount(mux)
-	s := httptest.NewServer(mux)
-	defer s.Close()
+	s := testServer{listen(t, h, ServerOptions{})}
 	results := make(chan int, 2)
 	for range 2 {
 		go func() {
@@ -262,10 +279,7 @@ func TestATestDeliveryIsAcceptedAndMarked(t *testing.T) {
 		func(k string) (string, bool) { return token, true })
 	rec := &recorder{}
 	h, _ := New(Options{Pipeline: pipe, Producer: rec, RawTopic: "raw", Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	mux := http.NewServeMux()
-	h.Mount(mux)
-	s := httptest.NewServer(mux)
-	defer s.Close()
+	s := testServer{listen(t, h, ServerOptions{})}
 	req, _ := http.NewRequest("POST", s.URL+"/v1/hooks/chat/"+token, strings.NewReader(`{"id":"u1","event":"test.webhook"}`))
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("X-Webhook-Event", "test.webhook")
@@ -315,10 +329,7 @@ func TestAWriteIsBoundedByTheProduceTimeoutAndCarriesTheRequestsTrace(t *testing
 	if err != nil {
 		t.Fatal(err)
 	}
-	mux := http.NewServeMux()
-	h.Mount(mux)
-	s := httptest.NewServer(Traced(mux))
-	defer s.Close()
+	s := testServer{listen(t, h, ServerOptions{})}
 	seen := map[trace.TraceID]bool{}
 	for range 3 {
 		start := time.Now()

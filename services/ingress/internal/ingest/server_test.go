@@ -1,0 +1,122 @@
+package ingest
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// exchange writes raw bytes to the webhook port and reads the answer.
+func exchange(t *testing.T, url, raw string) *http.Response {
+	t.Helper()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := conn.Write([]byte(raw)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	return resp
+}
+
+func request(method, path, header, body string) string {
+	return fmt.Sprintf("%s %s HTTP/1.1\r\nHost: ingress\r\n%sContent-Length: %d\r\n\r\n%s", method, path, header, len(body), body)
+}
+
+// The port serves one route: its other paths are 404, its other methods
+// 405 with Allow, and what is not HTTP/1.1 a 400 — every answer JSON, none
+// naming the server software. A body declared or sent over the limit is
+// 413 once the first 8 KiB of it arrived (the server reads no more ahead).
+func TestThePortAnswersOnlyItsRoute(t *testing.T) {
+	rec := &recorder{}
+	s := server(t, rec)
+	signed := "Content-Type: application/json\r\nX-Delighted-Webhook-Signature: " + sign(body) + "\r\n"
+	cases := []struct {
+		name, raw string
+		status    int
+		reason    string
+	}{
+		{"the route", request("POST", "/v1/hooks/delighted/"+token, signed, body), 202, ""},
+		{"a segment more", request("POST", "/v1/hooks/delighted/"+token+"/x", signed, body), 404, "not_found"},
+		{"a trailing slash", request("POST", "/v1/hooks/delighted/"+token+"/", signed, body), 404, "not_found"},
+		{"no token", request("POST", "/v1/hooks/delighted", signed, body), 404, "not_found"},
+		{"another path", request("POST", "/metrics", signed, body), 404, "not_found"},
+		{"another method", request("PUT", "/v1/hooks/delighted/"+token, signed, body), 405, "method_not_allowed"},
+		{"not HTTP", "HELLO\r\n\r\n", 400, "malformed_request"},
+		{"headers over the limit", request("POST", "/v1/hooks/delighted/"+token, "X-Pad: "+strings.Repeat("a", 20<<10)+"\r\n"+signed, body), 431, "headers_too_large"},
+		{"a declared body over the limit", "POST /v1/hooks/delighted/" + token + " HTTP/1.1\r\nHost: i\r\n" + signed + "Content-Length: 999999999\r\n\r\n" + strings.Repeat("x", 8<<10), 413, "payload_too_large"},
+		{"a chunked body over the limit", "POST /v1/hooks/delighted/" + token + " HTTP/1.1\r\nHost: i\r\n" + signed + "Transfer-Encoding: chunked\r\n\r\n" +
+			strings.Repeat("400\r\n"+strings.Repeat("x", 1024)+"\r\n", 5) + "0\r\n\r\n", 413, "payload_too_large"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			resp := exchange(t, s.URL, c.raw)
+			var a answer
+			_ = decodeAnswer(resp, &a)
+			if resp.StatusCode != c.status || a.Error != c.reason {
+				t.Fatalf("got %d %+v, want %d %q", resp.StatusCode, a, c.status, c.reason)
+			}
+			if resp.Header.Get("Server") != "" || resp.Header.Get("Content-Type") != "application/json" {
+				t.Fatalf("headers %v", resp.Header)
+			}
+			if c.status == 405 && resp.Header.Get("Allow") != "POST" {
+				t.Fatalf("405 without Allow: POST: %v", resp.Header)
+			}
+		})
+	}
+	if len(rec.recs) != 1 {
+		t.Fatalf("%d records stored, want the one accepted", len(rec.recs))
+	}
+}
+
+// A chunked body within the limit is read as it arrives and stored whole;
+// so are keep-alive requests one after another on one connection.
+func TestChunkedAndKeepAliveRequestsAreStoredWhole(t *testing.T) {
+	rec := &recorder{}
+	s := server(t, rec)
+	conn, err := net.Dial("tcp", strings.TrimPrefix(s.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(conn)
+	for i := range 3 {
+		b := strings.Replace(body, "abc123", fmt.Sprintf("ka%d", i), 1)
+		raw := "POST /v1/hooks/delighted/" + token + " HTTP/1.1\r\nHost: i\r\nContent-Type: application/json\r\nX-Delighted-Webhook-Signature: " + sign(b) + "\r\n"
+		if i == 1 {
+			raw += "Transfer-Encoding: chunked\r\n\r\n" + fmt.Sprintf("%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n", 10, b[:10], len(b)-10, b[10:])
+		} else {
+			raw += fmt.Sprintf("Content-Length: %d\r\n\r\n%s", len(b), b)
+		}
+		if _, err := conn.Write([]byte(raw)); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var a answer
+		_ = decodeAnswer(resp, &a)
+		if resp.StatusCode != 202 || a.EventID != fmt.Sprintf("ka%d", i) {
+			t.Fatalf("request %d: %d %+v", i, resp.StatusCode, a)
+		}
+	}
+	if len(rec.recs) != 3 {
+		t.Fatalf("%d records", len(rec.recs))
+	}
+}
+
+func decodeAnswer(resp *http.Response, a *answer) error { return json.NewDecoder(resp.Body).Decode(a) }
