@@ -1,8 +1,10 @@
 // Command ingressbench measures the ingress against two references on this
 // machine (`make bench-ingress`), in the same run, interleaved over -rounds:
 //
-//   - the ceiling: a bare net/http server that only checks the Delighted
-//     HMAC and answers 200 (what the machine can do without storing);
+//   - the ceiling: a bare server on the ingress's HTTP stack (fasthttp) that
+//     only checks the Delighted HMAC and answers 200 (what the machine can
+//     do without storing);
+//   - the same on net/http ("nethttp"), the stack the ingress left for it;
 //   - the naive receiver: HMAC, decode the event id, one synchronous kafka-go
 //     WriteMessages per request (acks=all, 2 ms batch timeout), 202;
 //   - the ingress binary, with its defaults (acks=all, traces and metrics).
@@ -52,11 +54,11 @@ func main() {
 	flag.IntVar(&o.rate, "rate", 1000, "requests per second of the steady (open-loop) phases")
 	flag.DurationVar(&o.steady, "steady", 5*time.Second, "length of each steady phase")
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds; each runs every receiver once, interleaved")
-	flag.IntVar(&o.maxRPS, "max-rps", 60000, "requests built per second of a closed-loop phase (the most it can send)")
+	flag.IntVar(&o.maxRPS, "max-rps", 90000, "requests built per second of a closed-loop phase (the most it can send)")
 	flag.IntVar(&o.partitions, "partitions", 6, "partitions of the raw topic and the naive receiver's topic")
 	flag.StringVar(&o.profile, "cpuprofile", "", "write a CPU profile of the ingress during the last closed-loop phase to this file (and its allocations to FILE.allocs)")
 	flag.BoolVar(&o.profileSteady, "profile-steady", false, "profile the last steady phase instead")
-	flag.StringVar(&o.only, "receivers", "ceiling,naive,ingress", "the receivers to run (a comma-separated subset, for experiments)")
+	flag.StringVar(&o.only, "receivers", "ceiling,nethttp,naive,ingress", "the receivers to run (a comma-separated subset, for experiments)")
 	flag.Var(&o.env, "env", "extra NAME=VALUE for the ingress (repeatable), e.g. -env GOMEMLIMIT=48MiB")
 	flag.Parse()
 	if *serveKind != "" {
@@ -122,7 +124,7 @@ func run(o options) error {
 	}
 	self, _ := os.Executable()
 	recvs := []*receiver{}
-	for _, kind := range []string{"ceiling", "naive"} {
+	for _, kind := range []string{"ceiling", "nethttp", "naive"} {
 		p, _ := localinfra.FreePort()
 		addr := "127.0.0.1:" + strconv.Itoa(p)
 		proc := &stack.Process{Name: kind, Bin: self, Args: []string{"-serve", kind, "-addr", addr, "-brokers", broker.Addrs}, Log: filepath.Join(dir, kind+".log")}
@@ -145,7 +147,7 @@ func run(o options) error {
 	recvs = slices.DeleteFunc(recvs, func(r *receiver) bool { return !slices.Contains(strings.Split(o.only, ","), r.name) })
 	fmt.Printf("%d-byte Delighted bodies, %d connections; per round: %d req/s for %s, then closed loop %s, for each receiver; %d rounds; %d partitions\n",
 		len(body(nil, 1)), o.conns, o.rate, o.steady, o.duration, o.rounds, o.partitions)
-	fmt.Printf("machine: %d CPUs; the broker, the three receivers and the load generator share them\n\n", runtime.NumCPU())
+	fmt.Printf("machine: %d CPUs; the broker, the receivers and the load generator share them\n\n", runtime.NumCPU())
 	var next uint64 = 1 << 40
 	take := func(n int) uint64 { first := next; next += uint64(n); return first }
 	// Warm-up: connections, the broker's partitions, the page cache.
@@ -244,6 +246,9 @@ func run(o options) error {
 	if len(maxes["ingress"]) > 0 && len(maxes["ceiling"]) > 0 {
 		show("ingress / ceiling (max req/s)", ratio("ingress", "ceiling"), "%.2f")
 		show("load generator CPU µs per request (ceiling)", med(maxes["ceiling"], func(p *phase) float64 { return p.cpuPerReq("load generator") }), "%.1f")
+	}
+	if len(maxes["ingress"]) > 0 && len(maxes["nethttp"]) > 0 {
+		show("ingress / nethttp ceiling (max req/s)", ratio("ingress", "nethttp"), "%.2f")
 	}
 	fmt.Printf("%-44s %.1f MiB\n", "ingress peak RSS", float64(rssPeak)/1024)
 

@@ -33,7 +33,7 @@ func TestConformanceEveryVectorThroughTheHTTPHandler(t *testing.T) {
 	for _, v := range f.Vectors {
 		t.Run(v.Name, func(t *testing.T) {
 			rec := &recorder{}
-			srv, tok := vectorServer(t, v, rec)
+			srv, tok, h := vectorServer(t, v, rec)
 			req, _ := http.NewRequest(orDefault(v.Request.Method, http.MethodPost), srv.URL+"/v1/hooks/src/"+tok, strings.NewReader(v.Request.Body))
 			for k, val := range v.Request.Headers {
 				req.Header.Set(k, val)
@@ -79,6 +79,15 @@ func TestConformanceEveryVectorThroughTheHTTPHandler(t *testing.T) {
 					t.Fatalf("signature header %s kept with the event", k)
 				}
 			}
+			// Every header the provider keeps that the request had is in
+			// the record (the handler copies only the headers it reads).
+			for _, kh := range h.sources.Load().byName["src"].kept {
+				for name, val := range v.Request.Headers {
+					if strings.EqualFold(name, kh.canonical) && val != "" && raw.Headers[kh.lower] != val {
+						t.Fatalf("header %s: kept %q, sent %q", kh.canonical, raw.Headers[kh.lower], val)
+					}
+				}
+			}
 			ids[v.Name] = raw.EventId
 			out := vectors.Record{Vector: v.Name, Key: rec.recs[0].Key, Value: rec.recs[0].Value}
 			for _, h := range rec.recs[0].Headers {
@@ -100,7 +109,7 @@ func TestConformanceEveryVectorThroughTheHTTPHandler(t *testing.T) {
 }
 
 // vectorServer serves one source "src" of the vector's provider.
-func vectorServer(t *testing.T, v vectors.Vector, p Producer) (testServer, string) {
+func vectorServer(t *testing.T, v vectors.Vector, p Producer) (testServer, string, *Handler) {
 	t.Helper()
 	env := map[string]string{"TOKEN": "tok_conformance_0123456789abcdef"}
 	var refs []string
@@ -122,7 +131,7 @@ func vectorServer(t *testing.T, v vectors.Vector, p Producer) (testServer, strin
 	if err != nil {
 		t.Fatal(err)
 	}
-	return testServer{listen(t, h, ServerOptions{})}, env["TOKEN"]
+	return testServer{listen(t, h, ServerOptions{})}, env["TOKEN"], h
 }
 
 func orDefault(s, def string) string {

@@ -267,7 +267,7 @@ func (h *Handler) serve(ctx context.Context, w *fasthttp.RequestCtx, sourceName,
 		}
 		return
 	}
-	header := requestHeader(&w.Request.Header)
+	header := requestHeader(&w.Request.Header, src.reads)
 	vreq := verify.Request{Header: header, Body: body, Now: h.o.Now()}
 	if err := src.provider.Scheme.Verify(vreq, src.cfg.Secrets); err != nil {
 		var rej *verify.Rejection

@@ -21,6 +21,9 @@ type source struct {
 	unverified *rate.Limiter
 	// kept are the request headers stored in the record.
 	kept []keptHeader
+	// reads are the request headers the provider's scheme, its ids and the
+	// record read, canonical: the only ones copied out of a request.
+	reads []string
 }
 
 // Sources is an immutable snapshot of the configured sources. A reload
@@ -69,7 +72,7 @@ func (h *Handler) NewSources(p *config.Pipeline) (*Sources, error) {
 		}
 		s.byName[c.Name] = &source{cfg: c, provider: prov, limiter: h.limiters.get(c.Name, c.RateLimit),
 			unverified: h.unverified.get(c.Name, config.RateLimit{PerSecond: h.o.UnverifiedPerSecond, Burst: h.o.UnverifiedBurst}),
-			kept:       keptHeadersOf(prov.KeepHeaders)}
+			kept:       keptHeadersOf(prov.KeepHeaders), reads: readHeaders(prov)}
 	}
 	return s, nil
 }

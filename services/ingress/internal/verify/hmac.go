@@ -22,6 +22,17 @@ import (
 // now).
 type HMAC providers.HMAC
 
+// Headers implements Scheme.
+func (s HMAC) Headers() []string {
+	var out []string
+	for _, h := range []string{s.Header, s.TimestampHeader, s.IDHeader} {
+		if h != "" {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
 // Verify implements Scheme.
 func (s HMAC) Verify(r Request, secrets []config.Secret) error {
 	raw := strings.TrimSpace(r.Header.Get(s.Header))

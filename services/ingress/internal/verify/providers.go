@@ -96,6 +96,18 @@ func ForSource(s *config.Source) (Provider, error) {
 	return p, nil
 }
 
+// Headers are the request headers verifying, identifying and keeping a
+// request of this provider read.
+func (p Provider) Headers() []string {
+	out := append([]string(nil), p.Scheme.Headers()...)
+	for _, h := range []string{p.ID.Header, p.Type.Header} {
+		if h != "" {
+			out = append(out, h)
+		}
+	}
+	return append(out, p.KeepHeaders...)
+}
+
 // Identify finds the event id, type and test flag of an authentic request
 // (providers.Identify: the admin's test events are found by the same rule).
 func (p Provider) Identify(source string, r Request) Identity {

@@ -24,6 +24,11 @@ const (
 	SWHeaderSignature = "webhook-signature"
 )
 
+// Headers implements Scheme.
+func (StandardWebhooks) Headers() []string {
+	return []string{SWHeaderID, SWHeaderTimestamp, SWHeaderSignature}
+}
+
 // Verify implements Scheme.
 func (s StandardWebhooks) Verify(r Request, secrets []config.Secret) error {
 	sigs := strings.TrimSpace(r.Header.Get(SWHeaderSignature))
@@ -72,6 +77,9 @@ type Stripe struct{ Tolerance time.Duration }
 
 // StripeHeader carries Stripe's signature.
 const StripeHeader = "Stripe-Signature"
+
+// Headers implements Scheme.
+func (Stripe) Headers() []string { return []string{StripeHeader} }
 
 // Verify implements Scheme.
 func (s Stripe) Verify(r Request, secrets []config.Secret) error {

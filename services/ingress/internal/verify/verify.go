@@ -54,6 +54,10 @@ type Request struct {
 // during a rotation: any one of them may match).
 type Scheme interface {
 	Verify(r Request, secrets []config.Secret) error
+	// Headers are the request headers Verify reads: the ingress gives it
+	// those alone (the conformance vectors fail for a scheme that reads
+	// another).
+	Headers() []string
 }
 
 // None is the scheme of providers that sign nothing (ChatToSurvey): the
@@ -62,3 +66,6 @@ type None struct{}
 
 // Verify implements Scheme.
 func (None) Verify(Request, []config.Secret) error { return nil }
+
+// Headers implements Scheme.
+func (None) Headers() []string { return nil }
