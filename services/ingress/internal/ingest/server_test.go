@@ -120,3 +120,39 @@ func TestChunkedAndKeepAliveRequestsAreStoredWhole(t *testing.T) {
 }
 
 func decodeAnswer(resp *http.Response, a *answer) error { return json.NewDecoder(resp.Body).Decode(a) }
+
+// A sender that waits for 100 Continue (curl does for bodies over 1 KiB)
+// gets it, then its answer.
+func TestExpectContinueGetsAContinueThenTheAnswer(t *testing.T) {
+	rec := &recorder{}
+	s := server(t, rec)
+	conn, err := net.Dial("tcp", strings.TrimPrefix(s.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	head := "POST /v1/hooks/delighted/" + token + " HTTP/1.1\r\nHost: i\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n" +
+		"X-Delighted-Webhook-Signature: " + sign(body) + fmt.Sprintf("\r\nContent-Length: %d\r\n\r\n", len(body))
+	if _, err := conn.Write([]byte(head)); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(conn)
+	line, err := br.ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "HTTP/1.1 100 ") {
+		t.Fatalf("first line %q, %v: want 100 Continue before the body is sent", line, err)
+	}
+	if blank, _ := br.ReadString('\n'); blank != "\r\n" {
+		t.Fatalf("after 100: %q", blank)
+	}
+	if _, err := conn.Write([]byte(body)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusAccepted || len(rec.recs) != 1 {
+		t.Fatalf("status %d, %d records", resp.StatusCode, len(rec.recs))
+	}
+}
