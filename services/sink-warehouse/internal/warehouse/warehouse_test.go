@@ -9,9 +9,11 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/closedloop/closedloop/libs/localinfra"
+	"github.com/closedloop/closedloop/libs/pbjson"
 	"github.com/closedloop/closedloop/libs/sink"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 	sinkv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/sink/v1"
@@ -254,5 +256,65 @@ func TestALargeEventIsStoredCompressedWithLZ4(t *testing.T) {
 	}
 	if method != "lz4" {
 		t.Fatalf("the event is stored with compression %s, want lz4", method)
+	}
+}
+
+// The batch statement stores every column as the single-row statement does:
+// values, NULLs, arrays and the JSON document (the batch's array parameters
+// are encoded by the writer's own types, the single row's by pgx).
+func TestABatchStoresEveryColumnAsASingleRowInsertDoes(t *testing.T) {
+	p, w := migrated(t, "wh_cols")
+	ctx := context.Background()
+	full := event("full", "r1", 100, 9, "")
+	full.Feedback.FollowUp = &feedbackv1.FollowUp{ResponseKey: "dl/response/r0", System: "zendesk", TicketId: "42",
+		Stage: feedbackv1.FollowUpStage_FOLLOW_UP_STAGE_CREATED, TicketCreatedAt: timestamppb.New(time.Unix(150, 0))}
+	full.Feedback.Enrichment.Lane = feedbackv1.Lane_LANE_PRIORITY
+	full.Feedback.Respondent = &feedbackv1.Respondent{Id: "u1", Email: "a@example.com", Name: `Ann "A" O'Neil`}
+	sparse := &sink.Event{Ctx: context.Background(), Feedback: &feedbackv1.FeedbackEvent{
+		EventId: "sparse", Source: "dl", Provider: "delighted", Kind: feedbackv1.Kind_KIND_RESPONSE_CREATED,
+		Subject: &feedbackv1.Subject{Type: feedbackv1.SubjectType_SUBJECT_TYPE_RESPONSE, Id: "r2"}, ReceivedAt: timestamppb.Now()}}
+	if errs := w.Deliver(ctx, []*sink.Event{full, sparse}); errs != nil {
+		t.Fatal(errs)
+	}
+	// The same events, one statement each.
+	for _, e := range []*sink.Event{full, sparse} {
+		js, err := pbjson.Marshal(e.Feedback)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := row(e.Feedback, js, trace.SpanContextFromContext(e.Ctx).TraceID().String())
+		r[2] = "single-" + e.Feedback.EventId
+		if _, err := p.Exec(ctx, w.insert, r...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var cols []string
+	for _, c := range columns {
+		if c.name != "event_id" && c.name != "_cl_received_at" && c.name != "_cl_sequence" {
+			cols = append(cols, "coalesce("+c.name+"::text, '<null>')")
+		}
+	}
+	get := func(id string) []string {
+		vals := make([]string, len(cols))
+		ptrs := make([]any, len(cols))
+		for i := range vals {
+			ptrs[i] = &vals[i]
+		}
+		if err := p.QueryRow(ctx, `SELECT `+strings.Join(cols, ", ")+` FROM wh_cols.feedback_events WHERE event_id = $1`, id).Scan(ptrs...); err != nil {
+			t.Fatal(err)
+		}
+		return vals
+	}
+	for _, id := range []string{"full", "sparse"} {
+		batch, single := get(id), get("single-"+id)
+		if !slices.Equal(batch, single) {
+			t.Fatalf("%s: the batch stored\n%q\nthe single insert\n%q", id, batch, single)
+		}
+	}
+	nulls := func(v []string) int {
+		return len(slices.DeleteFunc(slices.Clone(v), func(s string) bool { return s != "<null>" }))
+	}
+	if f, s := nulls(get("full")), nulls(get("sparse")); f > 2 || s < 10 {
+		t.Fatalf("%d NULL columns in the full event (want at most replay_id and trace_id), %d in the sparse one", f, s)
 	}
 }
