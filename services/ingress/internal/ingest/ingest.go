@@ -215,10 +215,10 @@ type answer struct {
 }
 
 // serve handles a webhook posted to source with token. The order is the
-// cheapest refusal first: the source and its token, the media type and declared size, the
-// request and memory budgets (the source's share, then the total), the body
-// (taken as it arrives), the signature, and only for an authentic webhook
-// the source's rate limit; then the write to Kafka.
+// cheapest refusal first: the source and its token, the media type and
+// declared size, the request and memory budgets (the source's share, then
+// the total), the body (taken as it arrives), the signature, and only for
+// an authentic webhook the source's rate limit; then the write to Kafka.
 func (h *Handler) serve(ctx context.Context, w *fasthttp.RequestCtx, sourceName, token string) {
 	if !trace.SpanContextFromContext(ctx).IsValid() {
 		// No server span (spans dropped: telemetry.SpansDropped): the

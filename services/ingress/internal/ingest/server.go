@@ -100,7 +100,7 @@ func (h *Handler) Handle(rc *fasthttp.RequestCtx) {
 		h.write(context.Background(), rc, "", http.StatusNotFound, answer{Error: "not_found", Message: "no such path; webhooks are posted to " + route})
 		return
 	}
-	ctx, span := h.startSpan(rc)
+	ctx, span := h.startSpan()
 	if !rc.IsPost() {
 		rc.Response.Header.Set("Allow", http.MethodPost)
 		h.write(ctx, rc, "", http.StatusMethodNotAllowed, answer{Error: "method_not_allowed", Message: "webhooks are posted: use POST"})
@@ -108,11 +108,17 @@ func (h *Handler) Handle(rc *fasthttp.RequestCtx) {
 		h.serve(ctx, rc, source, token)
 	}
 	status := rc.Response.StatusCode()
-	h.endSpan(span, rc, status)
-	if _, ok := h.sources.Load().byName[source]; !ok {
-		source = "unknown" // bounded label values
+	// Label values stay bounded: a configured source or "unknown", POST or
+	// "_OTHER" (the HTTP conventions' name for a method outside the known set).
+	method := http.MethodPost
+	if !rc.IsPost() {
+		method = "_OTHER"
 	}
-	h.duration.Record(ctx, time.Since(start).Seconds(), h.opts.duration(source, string(rc.Method()), status))
+	h.endSpan(span, method, status)
+	if _, ok := h.sources.Load().byName[source]; !ok {
+		source = "unknown"
+	}
+	h.duration.Record(ctx, time.Since(start).Seconds(), h.opts.duration(source, method, status))
 }
 
 // parseRoute takes the source and token out of /v1/hooks/{source}/{token}:

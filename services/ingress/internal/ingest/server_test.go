@@ -156,3 +156,25 @@ func TestExpectContinueGetsAContinueThenTheAnswer(t *testing.T) {
 		t.Fatalf("status %d, %d records", resp.StatusCode, len(rec.recs))
 	}
 }
+
+// Whatever methods a scanner sends, the duration metric's method label has
+// two values: POST and _OTHER.
+func TestTheMethodLabelStaysBounded(t *testing.T) {
+	h := handler(t, &recorder{})
+	for _, m := range []string{"POST", "GET", "FOO1", "FOO2", "PROPFIND", "DELETE"} {
+		rc := handle(h, m, "/v1/hooks/delighted/"+token, map[string]string{"Content-Type": "application/json", "X-Delighted-Webhook-Signature": sign(body)}, body)
+		if want := map[bool]int{true: 202, false: 405}[m == "POST"]; rc.Response.StatusCode() != want {
+			t.Fatalf("%s: status %d, want %d", m, rc.Response.StatusCode(), want)
+		}
+	}
+	h.opts.mu.RLock()
+	defer h.opts.mu.RUnlock()
+	for k := range h.opts.durations {
+		if k.outcome != "POST" && k.outcome != "_OTHER" {
+			t.Fatalf("method label %q", k.outcome)
+		}
+	}
+	if len(h.opts.durations) != 2 {
+		t.Fatalf("%d label sets, want POST/202 and _OTHER/405: %v", len(h.opts.durations), h.opts.durations)
+	}
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"net/http"
 
-	"github.com/valyala/fasthttp"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
@@ -19,7 +18,7 @@ import (
 // trace; a traceparent sent from the internet is not trusted. With spans
 // dropped (telemetry.SpansDropped) there is no server span and the context
 // carries no trace: the handler starts the webhook's trace itself.
-func (h *Handler) startSpan(rc *fasthttp.RequestCtx) (context.Context, trace.Span) {
+func (h *Handler) startSpan() (context.Context, trace.Span) {
 	if telemetry.SpansDropped() {
 		return context.Background(), nil
 	}
@@ -29,7 +28,7 @@ func (h *Handler) startSpan(rc *fasthttp.RequestCtx) (context.Context, trace.Spa
 // endSpan names the span and sets its attributes (only for a span that
 // records: with no exporter the span exists for its trace id, and building
 // them was allocation for nobody), then ends it.
-func (h *Handler) endSpan(span trace.Span, rc *fasthttp.RequestCtx, status int) {
+func (h *Handler) endSpan(span trace.Span, method string, status int) {
 	if span == nil {
 		return
 	}
@@ -37,7 +36,6 @@ func (h *Handler) endSpan(span trace.Span, rc *fasthttp.RequestCtx, status int) 
 		span.End()
 		return
 	}
-	method := string(rc.Method())
 	span.SetName(method + " " + route) // "{method} {route}", as the HTTP conventions name a server span
 	span.SetAttributes(attribute.String("http.request.method", method), attribute.String("http.route", route),
 		attribute.Int("http.response.status_code", status))
