@@ -11,8 +11,9 @@ import (
 	"time"
 )
 
-// exchange writes raw bytes to the webhook port and reads the answer.
-func exchange(t *testing.T, url, raw string) *http.Response {
+// dial opens a raw connection to the webhook port (closed when the test
+// ends) and its reader.
+func dial(t *testing.T, url string) (net.Conn, *bufio.Reader) {
 	t.Helper()
 	conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
 	if err != nil {
@@ -20,10 +21,17 @@ func exchange(t *testing.T, url, raw string) *http.Response {
 	}
 	t.Cleanup(func() { conn.Close() })
 	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	return conn, bufio.NewReader(conn)
+}
+
+// exchange writes raw bytes to the webhook port and reads the answer.
+func exchange(t *testing.T, url, raw string) *http.Response {
+	t.Helper()
+	conn, br := dial(t, url)
 	if _, err := conn.Write([]byte(raw)); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,13 +94,7 @@ func TestThePortAnswersOnlyItsRoute(t *testing.T) {
 func TestChunkedAndKeepAliveRequestsAreStoredWhole(t *testing.T) {
 	rec := &recorder{}
 	s := server(t, rec)
-	conn, err := net.Dial("tcp", strings.TrimPrefix(s.URL, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-	br := bufio.NewReader(conn)
+	conn, br := dial(t, s.URL)
 	for i := range 3 {
 		b := strings.Replace(body, "abc123", fmt.Sprintf("ka%d", i), 1)
 		raw := "POST /v1/hooks/delighted/" + token + " HTTP/1.1\r\nHost: i\r\nContent-Type: application/json\r\nX-Delighted-Webhook-Signature: " + sign(b) + "\r\n"
@@ -126,18 +128,12 @@ func decodeAnswer(resp *http.Response, a *answer) error { return json.NewDecoder
 func TestExpectContinueGetsAContinueThenTheAnswer(t *testing.T) {
 	rec := &recorder{}
 	s := server(t, rec)
-	conn, err := net.Dial("tcp", strings.TrimPrefix(s.URL, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	conn, br := dial(t, s.URL)
 	head := "POST /v1/hooks/delighted/" + token + " HTTP/1.1\r\nHost: i\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n" +
 		"X-Delighted-Webhook-Signature: " + sign(body) + fmt.Sprintf("\r\nContent-Length: %d\r\n\r\n", len(body))
 	if _, err := conn.Write([]byte(head)); err != nil {
 		t.Fatal(err)
 	}
-	br := bufio.NewReader(conn)
 	line, err := br.ReadString('\n')
 	if err != nil || !strings.HasPrefix(line, "HTTP/1.1 100 ") {
 		t.Fatalf("first line %q, %v: want 100 Continue before the body is sent", line, err)
