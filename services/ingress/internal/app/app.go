@@ -151,7 +151,7 @@ func Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s (INGRESS_ADDR): %w", cfg.Addr, err)
 	}
-	srv := h.Server(ingest.ServerOptions{ReadTimeout: 15 * time.Second, WriteTimeout: 15 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 8 << 10})
+	srv := h.Server(ingest.ServerOptions{}) // the defaults: docs/architecture.md, "ingress"
 	svc.Group.Go("webhook http", func(context.Context) error {
 		svc.Log.Info("webhooks listening", "addr", lis.Addr().String(), "sources", len(cfg.Pipeline.Current().Sources), "max_body_bytes", maxBody)
 		return srv.Serve(lis) // nil once shut down
