@@ -483,7 +483,7 @@ func (s *Service) runConsumer(group string, c *kafkaio.Consumer) {
 
 // GCPercent is a service's GOGC when the environment sets none: 300; 150
 // for the ingress, whose peak RSS at 64 busy connections stays under 48 MiB
-// with it (43–47 MiB; 46–48 at 200, with no measurable CPU between them
+// with it (43–47 MiB; 46–49 at 200, with no measurable CPU between them
 // in make bench-ingress); Go's 100 for sink-webhook, the largest heap
 // (its peak RSS with every destination at 1,000 events/s went from ~225 to
 // 327 MiB at 300).
