@@ -598,6 +598,10 @@ func TestTheConsumerHoldsNoMoreThanItsByteBudget(t *testing.T) {
 	}
 	defer runBatch(c)()
 	pollUntil(&mu, func() bool { return handled >= len(recs) })
+	// The consumer gives a batch's bytes back once its handler has returned,
+	// a moment after the last handler counted its records.
+	var none sync.Mutex
+	pollUntil(&none, func() bool { return c.Buffered() == 0 })
 	mu.Lock()
 	defer mu.Unlock()
 	if handled != len(recs) {
