@@ -29,14 +29,19 @@ func verified(w http.ResponseWriter, r *http.Request) []byte {
 		w.WriteHeader(http.StatusRequestEntityTooLarge)
 		return nil
 	}
-	want, _ := hex.DecodeString(strings.TrimPrefix(r.Header.Get("X-Delighted-Webhook-Signature"), "sha256="))
-	m := hmac.New(sha256.New, []byte(secret))
-	m.Write(body)
-	if !hmac.Equal(m.Sum(nil), want) {
+	if !signed(r.Header.Get("X-Delighted-Webhook-Signature"), body) {
 		w.WriteHeader(http.StatusUnauthorized)
 		return nil
 	}
 	return body
+}
+
+// signed checks a Delighted signature header ("sha256=<hex HMAC>") of body.
+func signed(header string, body []byte) bool {
+	want, _ := hex.DecodeString(strings.TrimPrefix(header, "sha256="))
+	m := hmac.New(sha256.New, []byte(secret))
+	m.Write(body)
+	return hmac.Equal(m.Sum(nil), want)
 }
 
 // serveCeiling is the ceiling: a bare server on the ingress's HTTP stack
@@ -52,10 +57,7 @@ func serveCeiling(addr string) error {
 				rc.SetStatusCode(http.StatusBadRequest)
 				return
 			}
-			want, _ := hex.DecodeString(strings.TrimPrefix(string(rc.Request.Header.Peek("X-Delighted-Webhook-Signature")), "sha256="))
-			m := hmac.New(sha256.New, []byte(secret))
-			m.Write(body)
-			if !hmac.Equal(m.Sum(nil), want) {
+			if !signed(string(rc.Request.Header.Peek("X-Delighted-Webhook-Signature")), body) {
 				rc.SetStatusCode(http.StatusUnauthorized)
 				return
 			}

@@ -3,10 +3,13 @@ package ingest
 import (
 	"net/http"
 	"net/textproto"
+	"slices"
 	"strings"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/closedloop/closedloop/services/ingress/internal/verify"
 )
 
 // rawRecord is the RawWebhook the ingress stores for an accepted webhook.
@@ -32,16 +35,28 @@ type keptHeader struct{ canonical, lower string }
 // keptHeadersOf lists the headers kept for a provider: the base ones, then
 // the provider's, each once.
 func keptHeadersOf(provider []string) []keptHeader {
-	var out []keptHeader
-	seen := map[string]bool{}
-	for _, list := range [][]string{baseHeaders, provider} {
+	names := canonicalOnce(baseHeaders, provider)
+	out := make([]keptHeader, len(names))
+	for i, c := range names {
+		out[i] = keptHeader{canonical: c, lower: strings.ToLower(c)}
+	}
+	return out
+}
+
+// readHeaders are the headers a provider's requests are read for (copied
+// out of a request: requestHeader): the base ones kept for every provider,
+// then the provider's (verify.Provider.Headers), each once.
+func readHeaders(p verify.Provider) []string { return canonicalOnce(baseHeaders, p.Headers()) }
+
+// canonicalOnce lists the header names of the lists in canonical form, in
+// order, each once.
+func canonicalOnce(lists ...[]string) []string {
+	var out []string
+	for _, list := range lists {
 		for _, n := range list {
-			c := textproto.CanonicalMIMEHeaderKey(n)
-			if seen[c] {
-				continue
+			if c := textproto.CanonicalMIMEHeaderKey(n); !slices.Contains(out, c) {
+				out = append(out, c)
 			}
-			seen[c] = true
-			out = append(out, keptHeader{canonical: c, lower: strings.ToLower(n)})
 		}
 	}
 	return out

@@ -7,13 +7,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/textproto"
-	"slices"
 	"time"
 
 	"github.com/valyala/fasthttp"
-
-	"github.com/closedloop/closedloop/services/ingress/internal/verify"
 )
 
 // The webhook port is served by fasthttp, not net/http. Measured on the
@@ -144,8 +140,9 @@ func parseRoute(path []byte) (source, token string, ok bool) {
 }
 
 // malformed answers a request the server could not parse: its headers too
-// large (431), a read timeout (408), a body over the limit (413), anything
-// else 400. The connection is closed after it.
+// large (431), a read timeout (408), anything else 400. The connection is
+// closed after it. (A body over the limit never gets here: the server
+// streams it, and the handler answers 413.)
 func (h *Handler) malformed(rc *fasthttp.RequestCtx, err error) {
 	var small *fasthttp.ErrSmallBuffer
 	var nerr net.Error
@@ -154,8 +151,6 @@ func (h *Handler) malformed(rc *fasthttp.RequestCtx, err error) {
 		h.write(context.Background(), rc, "", http.StatusRequestHeaderFieldsTooLarge, answer{Error: "headers_too_large", Message: "the request line and headers exceed the limit"})
 	case errors.As(err, &nerr) && nerr.Timeout():
 		h.write(context.Background(), rc, "", http.StatusRequestTimeout, answer{Error: "request_timeout", Message: "the request was not received in time"})
-	case errors.Is(err, fasthttp.ErrBodyTooLarge):
-		h.tooLarge(context.Background(), rc, "")
 	default:
 		h.write(context.Background(), rc, "", http.StatusBadRequest, answer{Error: "malformed_request", Message: "the request is not valid HTTP/1.1"})
 	}
@@ -173,21 +168,6 @@ func requestHeader(rh *fasthttp.RequestHeader, names []string) http.Header {
 		}
 	}
 	return hdr
-}
-
-// readHeaders are the canonical names of the headers a provider's requests
-// are read for: the base ones kept for every provider, then the provider's
-// (verify.Provider.Headers), each once.
-func readHeaders(p verify.Provider) []string {
-	var out []string
-	for _, list := range [][]string{baseHeaders, p.Headers()} {
-		for _, n := range list {
-			if c := textproto.CanonicalMIMEHeaderKey(n); !slices.Contains(out, c) {
-				out = append(out, c)
-			}
-		}
-	}
-	return out
 }
 
 // serverLog sends fasthttp's own messages (connections it could not serve)
