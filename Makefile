@@ -119,13 +119,14 @@ $(BIN)/protoc-gen-go-grpc:
 	GOBIN=$(BIN) GOWORK=off go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
 
 .PHONY: generate
-generate: tools ## regenerate the protobuf Go code in proto/gen/go
+generate: tools ## regenerate the protobuf Go code in proto/gen/go and pbjson's encoders of its messages
 	cd proto && find gen/go -name '*.pb.go' -delete && buf generate
+	cd libs/pbjson && go generate
 
 .PHONY: check-generated
 check-generated: generate ## fail when the committed generated code is stale
-	@if [ -n "$$(git status --porcelain -- proto/gen)" ]; then \
-	  echo "proto/gen is stale: run 'make generate' and commit the result"; git status --short -- proto/gen; exit 1; fi
+	@if [ -n "$$(git status --porcelain -- proto/gen libs/pbjson/generated.go)" ]; then \
+	  echo "generated code is stale: run 'make generate' and commit the result"; git status --short -- proto/gen libs/pbjson/generated.go; exit 1; fi
 
 .PHONY: breaking
 # On a branch: against the commit it forked from main. On main (CI runs on a clone of main): against the
