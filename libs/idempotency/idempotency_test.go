@@ -200,3 +200,49 @@ func TestABatchOfManyScopesAnswersEachEventInOrder(t *testing.T) {
 		t.Fatal("w1's release dropped w2's claim")
 	}
 }
+
+// A claim that fails leaves none of the keys it set on the way: the event's
+// free keys stay free, for the event's next copy and for everybody else.
+func TestAFailedClaimLeavesNoKeyBehind(t *testing.T) {
+	a, rdb := newStore(t, "a", time.Minute)
+	b := New(rdb, Options{Owner: "b", ProcessingTTL: time.Minute, Prefix: "test:" + t.Name() + ":"})
+	ctx := context.Background()
+	_, _ = a.Claim(ctx, "src", "subj:done")
+	_ = a.Complete(ctx, "src", time.Hour, "subj:done")
+	_, _ = a.Claim(ctx, "src", "subj:held")
+	out, err := b.ClaimAll(ctx, []Item{
+		{Scope: "src", IDs: []string{"evt:1", "evt:2", "subj:done", "evt:3"}},
+		{Scope: "src", IDs: []string{"evt:4", "subj:held", "evt:5"}},
+		{Scope: "src", IDs: []string{"evt:6", "subj:held", "subj:done"}},
+	})
+	if err != nil || out[0] != Duplicate || out[1] != InProgress || out[2] != Duplicate {
+		t.Fatalf("outcomes %v, %v; want duplicate, in progress, duplicate", out, err)
+	}
+	for _, id := range []string{"evt:1", "evt:2", "evt:3", "evt:4", "evt:5", "evt:6"} {
+		if n := rdb.Exists(ctx, b.Keys("src", id)...).Val(); n != 0 {
+			t.Fatalf("%s was left claimed by a claim that failed", id)
+		}
+	}
+	if v := rdb.Get(ctx, b.Keys("src", "subj:held")[0]).Val(); v != a.marker() {
+		t.Fatalf("the other worker's claim became %q", v)
+	}
+}
+
+// A worker's retry renews its own claim for the whole processing TTL.
+func TestARetryRenewsTheWorkersOwnClaim(t *testing.T) {
+	s, rdb := newStore(t, "w1", time.Minute)
+	ctx := context.Background()
+	if o, _ := s.Claim(ctx, "src", "evt:1"); o != Claimed {
+		t.Fatal("first claim failed")
+	}
+	key := s.Keys("src", "evt:1")[0]
+	rdb.PExpire(ctx, key, time.Second) // most of the claim's time has gone
+	if o, _ := s.Claim(ctx, "src", "evt:1", "subj:1"); o != Claimed {
+		t.Fatal("the retry's claim failed")
+	}
+	for _, k := range s.Keys("src", "evt:1", "subj:1") {
+		if ttl := rdb.PTTL(ctx, k).Val(); ttl < 50*time.Second {
+			t.Fatalf("%s has %v left after the retry, want about a minute", k, ttl)
+		}
+	}
+}
