@@ -2,6 +2,9 @@
 package feedback
 
 import (
+	"fmt"
+
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/closedloop/closedloop/libs/kafkaio"
@@ -27,3 +30,44 @@ func Decode(value []byte) (*feedbackv1.FeedbackEvent, error) {
 // flags such events test. The id is inside the signed body, so only a
 // holder of the source's signing secret can send one.
 const TestEventPrefix = "closedloop-test-"
+
+// enrichmentField is FeedbackEvent.enrichment's field number.
+var enrichmentField = (&feedbackv1.FeedbackEvent{}).ProtoReflect().Descriptor().Fields().ByName("enrichment").Number()
+
+// WithEnrichment returns value, an encoded FeedbackEvent, with its
+// enrichment replaced by en, without decoding and encoding the event again:
+// every enrichment field of value is left out and en is appended as one
+// (the protobuf encoding of a message is its fields in any order, so the
+// result decodes to the event with en as its enrichment, unknown fields
+// kept, as proto.Marshal of the decoded event with en set would). The
+// enricher changes nothing else of an event: re-encoding the whole event
+// was a fifth of its CPU. A value that is not a well-formed encoding is an
+// error.
+func WithEnrichment(value []byte, en *feedbackv1.Enrichment) ([]byte, error) {
+	enc, err := proto.Marshal(en)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, 0, len(value)+len(enc)+protowire.SizeTag(enrichmentField)+protowire.SizeBytes(len(enc)))
+	rest := value
+	start := 0 // of the fields not yet copied
+	for off := 0; len(rest) > 0; {
+		num, typ, n := protowire.ConsumeTag(rest)
+		if n < 0 {
+			return nil, fmt.Errorf("FeedbackEvent at byte %d: %w", off, protowire.ParseError(n))
+		}
+		m := protowire.ConsumeFieldValue(num, typ, rest[n:])
+		if m < 0 {
+			return nil, fmt.Errorf("FeedbackEvent field %d at byte %d: %w", num, off, protowire.ParseError(m))
+		}
+		if num == enrichmentField {
+			out = append(out, value[start:off]...)
+			start = off + n + m
+		}
+		off += n + m
+		rest = rest[n+m:]
+	}
+	out = append(out, value[start:]...)
+	out = protowire.AppendTag(out, enrichmentField, protowire.BytesType)
+	return protowire.AppendBytes(out, enc), nil
+}

@@ -20,7 +20,6 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/closedloop/closedloop/libs/config"
@@ -150,7 +149,7 @@ func (h *Handler) HandleBatch(ctx context.Context, batch []kafkaio.Delivery) []e
 			}
 		}
 		it.ev.Enrichment = en
-		v, err := proto.Marshal(it.ev)
+		v, err := feedback.WithEnrichment(batch[it.idx].Msg.Value, en)
 		if err != nil {
 			results[it.idx], failed = kafkaio.Permanent(kafkaio.ReasonUnencodableEvent, err), true
 			continue
