@@ -154,7 +154,7 @@ func Run(ctx context.Context) error {
 	srv := h.Server(ingest.ServerOptions{}) // the defaults: docs/architecture.md, "ingress"
 	svc.Group.Go("webhook http", func(context.Context) error {
 		svc.Log.Info("webhooks listening", "addr", lis.Addr().String(), "sources", len(cfg.Pipeline.Current().Sources), "max_body_bytes", maxBody)
-		return srv.Serve(lis) // nil once shut down
+		return srv.Serve(ingest.Lingering(lis)) // nil once shut down
 	})
 	// Stop accepting and let in-flight requests finish their writes, then
 	// flush the producer.

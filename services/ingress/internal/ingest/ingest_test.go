@@ -60,7 +60,7 @@ func listen(t testing.TB, h *Handler, o ServerOptions) string {
 		t.Fatal(err)
 	}
 	srv := h.Server(o)
-	go func() { _ = srv.Serve(lis) }()
+	go func() { _ = srv.Serve(Lingering(lis)) }()
 	t.Cleanup(func() { _ = srv.Shutdown() })
 	return "http://" + lis.Addr().String()
 }

@@ -2,8 +2,10 @@ package ingest
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -172,5 +174,88 @@ func TestTheMethodLabelStaysBounded(t *testing.T) {
 	}
 	if len(h.opts.durations) != 2 {
 		t.Fatalf("%d label sets, want POST/202 and _OTHER/405: %v", len(h.opts.durations), h.opts.durations)
+	}
+}
+
+// A client still sending a body the port refused from its headers reads
+// the refusal: the connection lingers (linger.go) rather than being reset
+// under the client's writes, which a client sees as "connection reset by
+// peer" instead of the 413.
+func TestAClientStillSendingARefusedBodyReadsTheAnswer(t *testing.T) {
+	s := server(t, &recorder{})
+	body := bytes.Repeat([]byte("x"), 4<<20) // more than the socket buffers hold
+	for i := range 10 {
+		c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
+		resp, err := c.Post(s.URL+"/v1/hooks/delighted/"+token, "application/json", bytes.NewReader(body))
+		if err != nil {
+			t.Fatalf("attempt %d: %v", i, err)
+		}
+		_ = resp.Body.Close()
+		if resp.StatusCode != http.StatusRequestEntityTooLarge {
+			t.Fatalf("attempt %d: %d, want 413", i, resp.StatusCode)
+		}
+	}
+}
+
+// Lingering is bounded: a connection closed with unread input is closed
+// for good after lingerTimeout even when its client never stops sending,
+// and one with nothing unread closes at once.
+func TestALingeringConnectionIsClosedWithinItsBound(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := Lingering(lis)
+	defer l.Close()
+	for _, unread := range []bool{false, true} {
+		client, err := net.Dial("tcp", lis.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		server, err := l.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop := make(chan struct{})
+		if unread {
+			_, _ = client.Write([]byte("unread"))
+			time.Sleep(50 * time.Millisecond) // arrived
+			go func() {                       // a client that never stops sending
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					if _, err := client.Write(make([]byte, 1024)); err != nil {
+						return
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+			}()
+		}
+		start := time.Now()
+		if err := server.Close(); err != nil {
+			t.Fatal(err)
+		}
+		// The client sees the FIN (EOF) at once either way, then the close.
+		_ = client.SetReadDeadline(time.Now().Add(lingerTimeout + 3*time.Second))
+		if _, err := client.Read(make([]byte, 1)); err != io.EOF {
+			t.Fatalf("unread=%v: the client read %v, want EOF", unread, err)
+		}
+		for unread {
+			if _, err := client.Write(make([]byte, 1024)); err != nil {
+				break // closed for good
+			}
+			if time.Since(start) > lingerTimeout+3*time.Second {
+				t.Fatal("a lingering connection was still open long after lingerTimeout")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if !unread && time.Since(start) > time.Second {
+			t.Fatal("a connection with nothing unread lingered")
+		}
+		close(stop)
+		client.Close()
 	}
 }
