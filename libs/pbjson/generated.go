@@ -138,7 +138,7 @@ func appendEnrichment(b []byte, m *feedbackv1.Enrichment, depth int) ([]byte, er
 	}
 	if m.Lane != 0 {
 		b = key(b, start, `"lane":`)
-		b = appendEnum(b, m.Lane.Descriptor(), m.Lane.Number())
+		b = appendEnumLane(b, m.Lane)
 	}
 	if len(m.MatchedRules) > 0 {
 		b = key(b, start, `"matched_rules":`)
@@ -211,7 +211,7 @@ func appendFeedbackEvent(b []byte, m *feedbackv1.FeedbackEvent, depth int) ([]by
 	}
 	if m.Kind != 0 {
 		b = key(b, start, `"kind":`)
-		b = appendEnum(b, m.Kind.Descriptor(), m.Kind.Number())
+		b = appendEnumKind(b, m.Kind)
 	}
 	if m.OccurredAt != nil {
 		b = key(b, start, `"occurred_at":`)
@@ -257,7 +257,7 @@ func appendFeedbackEvent(b []byte, m *feedbackv1.FeedbackEvent, depth int) ([]by
 	}
 	if m.Segment != 0 {
 		b = key(b, start, `"segment":`)
-		b = appendEnum(b, m.Segment.Descriptor(), m.Segment.Number())
+		b = appendEnumSegment(b, m.Segment)
 	}
 	if m.Comment != nil {
 		b = key(b, start, `"comment":`)
@@ -398,7 +398,7 @@ func appendFollowUp(b []byte, m *feedbackv1.FollowUp, depth int) ([]byte, error)
 	}
 	if m.Stage != 0 {
 		b = key(b, start, `"stage":`)
-		b = appendEnum(b, m.Stage.Descriptor(), m.Stage.Number())
+		b = appendEnumFollowUpStage(b, m.Stage)
 	}
 	if len(m.Status) > 0 {
 		b = key(b, start, `"status":`)
@@ -427,7 +427,7 @@ func appendLookupResult(b []byte, m *feedbackv1.LookupResult, depth int) ([]byte
 	start := len(b)
 	if m.Status != 0 {
 		b = key(b, start, `"status":`)
-		b = appendEnum(b, m.Status.Descriptor(), m.Status.Number())
+		b = appendEnumLookupStatus(b, m.Status)
 	}
 	if len(m.Fields) > 0 {
 		b = key(b, start, `"fields":`)
@@ -699,7 +699,7 @@ func appendSubject(b []byte, m *feedbackv1.Subject, depth int) ([]byte, error) {
 	start := len(b)
 	if m.Type != 0 {
 		b = key(b, start, `"type":`)
-		b = appendEnum(b, m.Type.Descriptor(), m.Type.Number())
+		b = appendEnumSubjectType(b, m.Type)
 	}
 	if len(m.Id) > 0 {
 		b = key(b, start, `"id":`)
@@ -734,7 +734,7 @@ func appendSurvey(b []byte, m *feedbackv1.Survey, depth int) ([]byte, error) {
 	}
 	if m.Type != 0 {
 		b = key(b, start, `"type":`)
-		b = appendEnum(b, m.Type.Descriptor(), m.Type.Number())
+		b = appendEnumSurveyType(b, m.Type)
 	}
 	if len(m.ProviderType) > 0 {
 		b = key(b, start, `"provider_type":`)
@@ -743,4 +743,148 @@ func appendSurvey(b []byte, m *feedbackv1.Survey, depth int) ([]byte, error) {
 		}
 	}
 	return append(b, '}'), nil
+}
+
+func appendEnumFollowUpStage(b []byte, v feedbackv1.FollowUpStage) []byte {
+	switch v {
+	case 0:
+		return append(b, `"FOLLOW_UP_STAGE_UNSPECIFIED"`...)
+	case 1:
+		return append(b, `"FOLLOW_UP_STAGE_CREATED"`...)
+	case 2:
+		return append(b, `"FOLLOW_UP_STAGE_AGENT_REPLIED"`...)
+	case 3:
+		return append(b, `"FOLLOW_UP_STAGE_SOLVED"`...)
+	case 4:
+		return append(b, `"FOLLOW_UP_STAGE_CLOSED"`...)
+	case 5:
+		return append(b, `"FOLLOW_UP_STAGE_REOPENED"`...)
+	case 6:
+		return append(b, `"FOLLOW_UP_STAGE_UPDATED"`...)
+	}
+	return strconv.AppendInt(b, int64(v), 10)
+}
+
+func appendEnumKind(b []byte, v feedbackv1.Kind) []byte {
+	switch v {
+	case 0:
+		return append(b, `"KIND_UNSPECIFIED"`...)
+	case 1:
+		return append(b, `"KIND_RESPONSE_CREATED"`...)
+	case 2:
+		return append(b, `"KIND_RESPONSE_UPDATED"`...)
+	case 3:
+		return append(b, `"KIND_RESPONSE_COMPLETED"`...)
+	case 4:
+		return append(b, `"KIND_RESPONSE_STARTED"`...)
+	case 5:
+		return append(b, `"KIND_ANSWER_UPSERTED"`...)
+	case 6:
+		return append(b, `"KIND_RATING"`...)
+	case 7:
+		return append(b, `"KIND_COMMENT"`...)
+	case 8:
+		return append(b, `"KIND_NPS_CLOSED"`...)
+	case 9:
+		return append(b, `"KIND_SURVEY_DISMISSED"`...)
+	case 10:
+		return append(b, `"KIND_UNSUBSCRIBED"`...)
+	case 11:
+		return append(b, `"KIND_ENGAGEMENT"`...)
+	case 12:
+		return append(b, `"KIND_TEST"`...)
+	case 13:
+		return append(b, `"KIND_FOLLOW_UP"`...)
+	}
+	return strconv.AppendInt(b, int64(v), 10)
+}
+
+func appendEnumLane(b []byte, v feedbackv1.Lane) []byte {
+	switch v {
+	case 0:
+		return append(b, `"LANE_UNSPECIFIED"`...)
+	case 1:
+		return append(b, `"LANE_STANDARD"`...)
+	case 2:
+		return append(b, `"LANE_PRIORITY"`...)
+	}
+	return strconv.AppendInt(b, int64(v), 10)
+}
+
+func appendEnumLookupStatus(b []byte, v feedbackv1.LookupStatus) []byte {
+	switch v {
+	case 0:
+		return append(b, `"LOOKUP_STATUS_UNSPECIFIED"`...)
+	case 1:
+		return append(b, `"LOOKUP_STATUS_FOUND"`...)
+	case 2:
+		return append(b, `"LOOKUP_STATUS_NOT_FOUND"`...)
+	case 3:
+		return append(b, `"LOOKUP_STATUS_NO_KEY"`...)
+	case 4:
+		return append(b, `"LOOKUP_STATUS_FAILED"`...)
+	}
+	return strconv.AppendInt(b, int64(v), 10)
+}
+
+func appendEnumSegment(b []byte, v feedbackv1.Segment) []byte {
+	switch v {
+	case 0:
+		return append(b, `"SEGMENT_UNSPECIFIED"`...)
+	case 1:
+		return append(b, `"SEGMENT_DETRACTOR"`...)
+	case 2:
+		return append(b, `"SEGMENT_PASSIVE"`...)
+	case 3:
+		return append(b, `"SEGMENT_PROMOTER"`...)
+	}
+	return strconv.AppendInt(b, int64(v), 10)
+}
+
+func appendEnumSubjectType(b []byte, v feedbackv1.SubjectType) []byte {
+	switch v {
+	case 0:
+		return append(b, `"SUBJECT_TYPE_UNSPECIFIED"`...)
+	case 1:
+		return append(b, `"SUBJECT_TYPE_RESPONSE"`...)
+	case 2:
+		return append(b, `"SUBJECT_TYPE_PERSON"`...)
+	case 3:
+		return append(b, `"SUBJECT_TYPE_CONVERSATION"`...)
+	case 4:
+		return append(b, `"SUBJECT_TYPE_EVENT"`...)
+	case 5:
+		return append(b, `"SUBJECT_TYPE_CAMPAIGN"`...)
+	case 6:
+		return append(b, `"SUBJECT_TYPE_CONTACT_LIST"`...)
+	case 7:
+		return append(b, `"SUBJECT_TYPE_TICKET"`...)
+	}
+	return strconv.AppendInt(b, int64(v), 10)
+}
+
+func appendEnumSurveyType(b []byte, v feedbackv1.SurveyType) []byte {
+	switch v {
+	case 0:
+		return append(b, `"SURVEY_TYPE_UNSPECIFIED"`...)
+	case 1:
+		return append(b, `"SURVEY_TYPE_NPS"`...)
+	case 2:
+		return append(b, `"SURVEY_TYPE_CSAT"`...)
+	case 3:
+		return append(b, `"SURVEY_TYPE_CES"`...)
+	case 4:
+		return append(b, `"SURVEY_TYPE_FIVE_STAR"`...)
+	case 5:
+		return append(b, `"SURVEY_TYPE_PMF"`...)
+	case 6:
+		return append(b, `"SURVEY_TYPE_THUMBS"`...)
+	case 7:
+		return append(b, `"SURVEY_TYPE_SMILEYS"`...)
+	case 8:
+		return append(b, `"SURVEY_TYPE_ENPS"`...)
+	case 9:
+		return append(b, `"SURVEY_TYPE_OTHER"`...)
+	}
+	return strconv.AppendInt(b, int64(v), 10)
 }

@@ -79,21 +79,46 @@ func Source() ([]byte, error) {
 		}
 		return nil
 	}
+	var enums []*enum
+	var walkEnums func(protoreflect.EnumDescriptors, protoreflect.MessageDescriptors) error
+	walkEnums = func(es protoreflect.EnumDescriptors, ms protoreflect.MessageDescriptors) error {
+		for i := range es.Len() {
+			e, err := enumOf(es.Get(i))
+			if err != nil {
+				return err
+			}
+			enums = append(enums, e)
+		}
+		for i := range ms.Len() {
+			if err := walkEnums(ms.Get(i).Enums(), ms.Get(i).Messages()); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	var err error
 	protoregistry.GlobalFiles.RangeFilesByPackage(Package, func(fd protoreflect.FileDescriptor) bool {
-		err = walk(fd.Messages())
+		if err = walk(fd.Messages()); err == nil {
+			err = walkEnums(fd.Enums(), fd.Messages())
+		}
 		return err == nil
 	})
 	if err != nil {
 		return nil, err
 	}
+	slices.SortFunc(enums, func(a, b *enum) int { return strings.Compare(a.goName, b.goName) })
 	if len(msgs) == 0 {
 		return nil, fmt.Errorf("gen: no message of %s is registered", Package)
 	}
 	slices.SortFunc(msgs, func(a, b *message) int { return strings.Compare(a.goName, b.goName) })
+	// The Go names of the messages and enums with a generated function
+	// (append<Name>, appendEnum<Name>), by full name.
 	generated := map[protoreflect.FullName]string{}
 	for _, m := range msgs {
 		generated[m.desc.FullName()] = m.goName
+	}
+	for _, e := range enums {
+		generated[e.desc.FullName()] = e.goName
 	}
 
 	var w bytes.Buffer
@@ -109,6 +134,9 @@ func Source() ([]byte, error) {
 		if err := m.write(&w, generated); err != nil {
 			return nil, err
 		}
+	}
+	for _, e := range enums {
+		e.write(&w)
 	}
 	src, err := format.Source(w.Bytes())
 	if err != nil {
@@ -249,6 +277,9 @@ func value(fd protoreflect.FieldDescriptor, x string, generated map[protoreflect
 	case protoreflect.BytesKind:
 		return "b = appendBytes(b, " + x + ")", nil
 	case protoreflect.EnumKind:
+		if g, ok := generated[fd.Enum().FullName()]; ok {
+			return "b = appendEnum" + g + "(b, " + x + ")", nil
+		}
 		return "b = appendEnum(b, " + x + ".Descriptor(), " + x + ".Number())", nil
 	case protoreflect.MessageKind:
 		name := fd.Message().FullName()
@@ -286,4 +317,40 @@ func mapValue(fd protoreflect.FieldDescriptor, x string, generated map[protorefl
 		return "", fmt.Errorf("gen: %s has map keys of kind %v", fd.FullName(), fd.MapKey().Kind())
 	}
 	return fmt.Sprintf("b = append(b, '{')\nfor i, k := range sortedKeys(%s) {\nif i > 0 {\nb = append(b, ',')\n}\n%s\nb = append(b, ':')\nv := %s[k]\n%s\n}\nb = append(b, '}')", x, k, x, v), nil
+}
+
+// enum is one enum of the package: its values' names are written from a
+// switch, not looked up in its descriptor per value.
+type enum struct {
+	desc   protoreflect.EnumDescriptor
+	goName string
+}
+
+func enumOf(d protoreflect.EnumDescriptor) (*enum, error) {
+	et, err := protoregistry.GlobalTypes.FindEnumByName(d.FullName())
+	if err != nil {
+		return nil, fmt.Errorf("gen: %s has no Go type: %w", d.FullName(), err)
+	}
+	t := reflect.TypeOf(et.New(0))
+	if t.PkgPath() != goPackage || t.Kind() != reflect.Int32 {
+		return nil, fmt.Errorf("gen: %s is %v, not an int32 type of %s", d.FullName(), t, goPackage)
+	}
+	return &enum{desc: d, goName: t.Name()}, nil
+}
+
+// write writes appendEnum<Name>: the value's name quoted, the number for a
+// value the enum does not have. A number with several names (allow_alias)
+// is written with the first, as the descriptor's ByNumber answers.
+func (e *enum) write(w *bytes.Buffer) {
+	fmt.Fprintf(w, "\nfunc appendEnum%s(b []byte, v %s.%s) []byte {\n\tswitch v {\n", e.goName, goAlias, e.goName)
+	seen := map[protoreflect.EnumNumber]bool{}
+	for i := range e.desc.Values().Len() {
+		v := e.desc.Values().Get(i)
+		if seen[v.Number()] {
+			continue
+		}
+		seen[v.Number()] = true
+		fmt.Fprintf(w, "\tcase %d:\n\t\treturn append(b, `\"%s\"`...)\n", v.Number(), v.Name())
+	}
+	fmt.Fprintf(w, "\t}\n\treturn strconv.AppendInt(b, int64(v), 10)\n}\n")
 }
