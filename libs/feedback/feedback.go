@@ -41,12 +41,15 @@ var enrichmentField = (&feedbackv1.FeedbackEvent{}).ProtoReflect().Descriptor().
 // result decodes to the event with en as its enrichment, unknown fields
 // kept, as proto.Marshal of the decoded event with en set would). The
 // enricher changes nothing else of an event: re-encoding the whole event
-// was a fifth of its CPU. A value that is not a well-formed encoding is an
-// error.
+// was a fifth of its CPU. A nil en removes the enrichment. A value that is
+// not a well-formed encoding is an error.
 func WithEnrichment(value []byte, en *feedbackv1.Enrichment) ([]byte, error) {
-	enc, err := proto.Marshal(en)
-	if err != nil {
-		return nil, err
+	var enc []byte
+	if en != nil {
+		var err error
+		if enc, err = proto.Marshal(en); err != nil {
+			return nil, err
+		}
 	}
 	out := make([]byte, 0, len(value)+len(enc)+protowire.SizeTag(enrichmentField)+protowire.SizeBytes(len(enc)))
 	rest := value
@@ -68,6 +71,9 @@ func WithEnrichment(value []byte, en *feedbackv1.Enrichment) ([]byte, error) {
 		rest = rest[n+m:]
 	}
 	out = append(out, value[start:]...)
+	if en == nil {
+		return out, nil
+	}
 	out = protowire.AppendTag(out, enrichmentField, protowire.BytesType)
 	return protowire.AppendBytes(out, enc), nil
 }

@@ -97,6 +97,7 @@ func checkEnrichment(t testing.TB, value []byte, en *feedbackv1.Enrichment) {
 
 func TestWithEnrichmentIsTheEventWithItsEnrichmentReplaced(t *testing.T) {
 	ens := []*feedbackv1.Enrichment{
+		nil, // removes it
 		{},
 		{Lane: feedbackv1.Lane_LANE_STANDARD, EnrichedAt: timestamppb.Now(), Labels: []string{"at-risk"}, MatchedRules: []string{"detractor"},
 			Lookups: map[string]*feedbackv1.LookupResult{"crm": {Status: feedbackv1.LookupStatus_LOOKUP_STATUS_FOUND,

@@ -194,7 +194,7 @@ func (m *message) write(w *bytes.Buffer, generated map[protoreflect.FullName]str
 	fmt.Fprintf(w, "\nfunc append%s(b []byte, m *%s.%s, depth int) ([]byte, error) {\n", m.goName, goAlias, m.goName)
 	fmt.Fprintf(w, "\tif depth > maxDepth {\n\t\treturn b, errDepth\n\t}\n")
 	fmt.Fprintf(w, "\tif m == nil {\n\t\treturn append(b, '{', '}'), nil\n\t}\n")
-	body := w
+	out := w // the function so far; its fields are written to w first
 	w = &bytes.Buffer{}
 	for i := range m.desc.Fields().Len() {
 		fd := m.desc.Fields().Get(i)
@@ -223,11 +223,11 @@ func (m *message) write(w *bytes.Buffer, generated map[protoreflect.FullName]str
 		fmt.Fprintf(w, "%s\n\t}\n", body)
 	}
 	if bytes.Contains(w.Bytes(), []byte("err =")) {
-		body.WriteString("\tvar err error\n")
+		out.WriteString("\tvar err error\n")
 	}
-	body.WriteString("\tb = append(b, '{')\n\tstart := len(b)\n")
-	body.Write(w.Bytes())
-	body.WriteString("\treturn append(b, '}'), nil\n}\n")
+	out.WriteString("\tb = append(b, '{')\n\tstart := len(b)\n")
+	out.Write(w.Bytes())
+	out.WriteString("\treturn append(b, '}'), nil\n}\n")
 	return nil
 }
 
