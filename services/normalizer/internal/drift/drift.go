@@ -178,7 +178,9 @@ func (t *Tracker) Observe(ctx context.Context, provider, eventType, eventID stri
 	}
 	t.mu.Unlock()
 	if len(drifted) > 0 {
-		t.newOne.Add(ctx, int64(len(drifted)), metric.WithAttributes(attribute.String("provider", provider), attribute.String("event_type", eventType)))
+		// The attribute set outlives the call; the type may share its
+		// webhook's body (the mappings decode without copying).
+		t.newOne.Add(ctx, int64(len(drifted)), metric.WithAttributes(attribute.String("provider", provider), attribute.String("event_type", strings.Clone(eventType))))
 	}
 	return drifted, nil
 }
