@@ -95,7 +95,7 @@ func Run(ctx context.Context) error {
 		names[i] = r.Name
 	}
 	svc.Log.Info("enrichment ready", "lookups", len(lookups), "rules", names, "standard", t.Enriched, "priority", t.Priority)
-	svc.BatchingStage(50 * time.Millisecond) // one lookup pass and one produce per batch
+	svc.BatchingStage(100 * time.Millisecond) // one lookup pass and one produce per batch
 	if err := svc.ConsumeBatch(cfg.GroupID, []string{t.Normalized}, producer, cfg.MaxBatch, h.HandleBatch); err != nil {
 		return err
 	}

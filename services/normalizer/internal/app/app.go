@@ -110,7 +110,7 @@ func Run(ctx context.Context) error {
 		},
 	})
 	svc.Watch(cfg.Pipeline, func(*config.Pipeline) error { return nil })
-	svc.BatchingStage(50 * time.Millisecond) // one Redis round trip and one produce per batch
+	svc.BatchingStage(100 * time.Millisecond) // one Redis round trip and one produce per batch
 	if err := svc.ConsumeBatch(cfg.GroupID, []string{t.Raw}, producer, cfg.MaxBatch, h.HandleBatch); err != nil {
 		return err
 	}

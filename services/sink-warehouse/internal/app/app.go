@@ -68,7 +68,7 @@ func Run(ctx context.Context) error {
 	props := &warehouse.Propagations{Schema: wh.Schema}
 	// A batch is one INSERT and one commit: PostgreSQL's cost is per batch
 	// more than per row, so the longer linger.
-	svc.BatchingStage(50 * time.Millisecond)
+	svc.BatchingStage(100 * time.Millisecond)
 	err = sink.Host(ctx, svc, cfg.Sink, []sink.Instance{{
 		Name: "warehouse", Group: cfg.GroupID, MaxBatch: wh.BatchSize, Filter: sink.FilterOf(wh.Filter.Expr),
 		Checkpoint: sink.Idempotent{}, // the unique event_id is the warehouse's own checkpoint
