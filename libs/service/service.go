@@ -608,7 +608,7 @@ func (s *Service) Redis(ctx context.Context, url string) (*redis.Client, error) 
 // per event at 100/s by about 60 % for ~50 ms per stage of latency (sixth
 // pass); 100 ms cut it by another ~30 % (the services 747–913 µs per
 // event instead of 840–1,087) for webhook→row p50 59–69 ms and p99 110–135
-// ms at that rate instead of ~47 and 61–103 (ninth pass). Below two
+// ms at that rate instead of 34–66 and 61–103 (ninth pass). Below two
 // records per linger (20/s) nothing waits.
 func (s *Service) BatchingStage(linger time.Duration) {
 	s.Workers, s.Linger = CoreWorkers(), linger
