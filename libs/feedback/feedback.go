@@ -52,14 +52,13 @@ func WithEnrichment(value []byte, en *feedbackv1.Enrichment) ([]byte, error) {
 		}
 	}
 	out := make([]byte, 0, len(value)+len(enc)+protowire.SizeTag(enrichmentField)+protowire.SizeBytes(len(enc)))
-	rest := value
 	start := 0 // of the fields not yet copied
-	for off := 0; len(rest) > 0; {
-		num, typ, n := protowire.ConsumeTag(rest)
+	for off := 0; off < len(value); {
+		num, typ, n := protowire.ConsumeTag(value[off:])
 		if n < 0 {
 			return nil, fmt.Errorf("FeedbackEvent at byte %d: %w", off, protowire.ParseError(n))
 		}
-		m := protowire.ConsumeFieldValue(num, typ, rest[n:])
+		m := protowire.ConsumeFieldValue(num, typ, value[off+n:])
 		if m < 0 {
 			return nil, fmt.Errorf("FeedbackEvent field %d at byte %d: %w", num, off, protowire.ParseError(m))
 		}
@@ -68,7 +67,6 @@ func WithEnrichment(value []byte, en *feedbackv1.Enrichment) ([]byte, error) {
 			start = off + n + m
 		}
 		off += n + m
-		rest = rest[n+m:]
 	}
 	out = append(out, value[start:]...)
 	if en == nil {

@@ -274,8 +274,8 @@ func appendValuePB(b []byte, v *structpb.Value, depth int) ([]byte, error) {
 	case *structpb.Value_NullValue:
 		return append(b, "null"...), nil
 	case *structpb.Value_NumberValue:
-		if f := k.NumberValue; math.IsNaN(f) || math.IsInf(f, 0) {
-			return b, fmt.Errorf("pbjson: %s: invalid number %v", valueName, f)
+		if err := finite(k.NumberValue); err != nil {
+			return b, err
 		}
 		return appendFloat(b, k.NumberValue, 64), nil
 	case *structpb.Value_StringValue:
@@ -287,7 +287,17 @@ func appendValuePB(b []byte, v *structpb.Value, depth int) ([]byte, error) {
 	case *structpb.Value_ListValue:
 		return appendListPB(b, k.ListValue, depth+1)
 	}
-	return b, fmt.Errorf("pbjson: %s: none of the oneof fields is set", valueName)
+	return b, errNoKind
+}
+
+// A Value with no kind, or a number that is not finite, has no JSON form.
+var errNoKind = fmt.Errorf("pbjson: %s: none of the oneof fields is set", valueName)
+
+func finite(f float64) error {
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return fmt.Errorf("pbjson: %s: invalid number %v", valueName, f)
+	}
+	return nil
 }
 
 // entry is one map entry.
@@ -366,12 +376,12 @@ func appendWellKnown(b []byte, m protoreflect.Message, depth int) (out []byte, o
 	case valueName:
 		fd := m.WhichOneof(d.Oneofs().Get(0))
 		if fd == nil {
-			return b, true, fmt.Errorf("pbjson: %s: none of the oneof fields is set", valueName)
+			return b, true, errNoKind
 		}
 		v := m.Get(fd)
 		if fd.Kind() == protoreflect.DoubleKind {
-			if f := v.Float(); math.IsNaN(f) || math.IsInf(f, 0) {
-				return b, true, fmt.Errorf("pbjson: %s: invalid number %v", valueName, f)
+			if err := finite(v.Float()); err != nil {
+				return b, true, err
 			}
 		}
 		out, err = appendSingular(b, fd, v, depth)

@@ -58,17 +58,26 @@ type message struct {
 // Source returns generated.go.
 func Source() ([]byte, error) {
 	var msgs []*message
-	var walk func(protoreflect.MessageDescriptors) error
-	walk = func(ds protoreflect.MessageDescriptors) error {
-		for i := range ds.Len() {
-			d := ds.Get(i)
+	var enums []*enum
+	// walk takes the messages and enums of a file or a message, and theirs.
+	var walk func(protoreflect.MessageDescriptors, protoreflect.EnumDescriptors) error
+	walk = func(ms protoreflect.MessageDescriptors, es protoreflect.EnumDescriptors) error {
+		for i := range es.Len() {
+			e, err := enumOf(es.Get(i))
+			if err != nil {
+				return err
+			}
+			enums = append(enums, e)
+		}
+		for i := range ms.Len() {
+			d := ms.Get(i)
 			if d.IsMapEntry() {
 				continue
 			}
-			if err := walk(d.Messages()); err != nil {
+			if err := walk(d.Messages(), d.Enums()); err != nil {
 				return err
 			}
-			if hasRealOneof(d) {
+			if LeftToTheWalk(d) {
 				continue
 			}
 			m, err := messageOf(d)
@@ -79,28 +88,9 @@ func Source() ([]byte, error) {
 		}
 		return nil
 	}
-	var enums []*enum
-	var walkEnums func(protoreflect.EnumDescriptors, protoreflect.MessageDescriptors) error
-	walkEnums = func(es protoreflect.EnumDescriptors, ms protoreflect.MessageDescriptors) error {
-		for i := range es.Len() {
-			e, err := enumOf(es.Get(i))
-			if err != nil {
-				return err
-			}
-			enums = append(enums, e)
-		}
-		for i := range ms.Len() {
-			if err := walkEnums(ms.Get(i).Enums(), ms.Get(i).Messages()); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
 	var err error
 	protoregistry.GlobalFiles.RangeFilesByPackage(Package, func(fd protoreflect.FileDescriptor) bool {
-		if err = walk(fd.Messages()); err == nil {
-			err = walkEnums(fd.Enums(), fd.Messages())
-		}
+		err = walk(fd.Messages(), fd.Enums())
 		return err == nil
 	})
 	if err != nil {
@@ -151,7 +141,9 @@ func Source() ([]byte, error) {
 	return format.Source(src)
 }
 
-func hasRealOneof(d protoreflect.MessageDescriptor) bool {
+// LeftToTheWalk reports whether a message of the package gets no encoder:
+// one with a real oneof.
+func LeftToTheWalk(d protoreflect.MessageDescriptor) bool {
 	for i := range d.Oneofs().Len() {
 		if !d.Oneofs().Get(i).IsSynthetic() {
 			return true
