@@ -147,6 +147,21 @@ var migrations = []string{
 	EXCEPTION WHEN feature_not_supported OR syntax_error THEN
 		RAISE NOTICE 'feedback_events.event stays compressed with pglz: %', SQLERRM;
 	END $$`,
+	// 15–17: the provider's body in its own column, as bytes (compressed
+	// with lz4 where the server has it), no longer base64 inside the event
+	// document: PostgreSQL parsed the ~2 KB string of every row character
+	// by character, a quarter of its CPU per row (docs/benchmarks.md). Rows
+	// written before keep it in event (docs/architecture.md, "Warehouse").
+	`ALTER TABLE {{schema}}.feedback_events ADD COLUMN raw_payload BYTEA`,
+	`DO $$ BEGIN
+		EXECUTE 'ALTER TABLE {{schema}}.feedback_events ALTER COLUMN raw_payload SET COMPRESSION lz4';
+	EXCEPTION WHEN feature_not_supported OR syntax_error THEN
+		RAISE NOTICE 'feedback_events.raw_payload stays compressed with pglz: %', SQLERRM;
+	END $$`,
+	`CREATE OR REPLACE VIEW {{schema}}.feedback_latest AS
+		SELECT DISTINCT ON (source, subject_type, subject_id) *
+		FROM {{schema}}.feedback_events
+		ORDER BY source, subject_type, subject_id, _cl_sequence DESC, _cl_row_id DESC`,
 }
 
 // Migrate creates the schema and applies pending migrations. Concurrent

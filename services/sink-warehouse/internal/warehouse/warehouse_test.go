@@ -1,6 +1,7 @@
 package warehouse
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"slices"
@@ -10,6 +11,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/closedloop/closedloop/libs/localinfra"
@@ -240,23 +243,157 @@ func TestTheLoopClosureViewFollowsEachDetractorToItsSolvedTicket(t *testing.T) {
 	}
 }
 
-// The event column is compressed with lz4 (migration 14): an event with an
-// inline raw payload is over PostgreSQL's 2 KB threshold, and pglz cost
-// PostgreSQL half again as much CPU per row.
+// The event and raw_payload columns are compressed with lz4 (migrations 14
+// and 16): pglz cost PostgreSQL half again as much CPU per row.
 func TestALargeEventIsStoredCompressedWithLZ4(t *testing.T) {
 	p, w := migrated(t, "lz")
 	e := event("big", "s-big", 1, 9, "")
 	e.Feedback.RawPayload = []byte(strings.Repeat(`{"comment":"Sehr zufrieden mit dem Support, schnelle Antworten."}`, 60))
+	long := strings.Repeat("Die Antworten kamen schnell, aber der Export bricht immer noch ab. ", 60)
+	e.Feedback.Comment = &long
 	if errs := w.Deliver(context.Background(), []*sink.Event{e}); errs != nil {
 		t.Fatal(errs)
 	}
-	var method string
-	if err := p.QueryRow(context.Background(), `SELECT coalesce(pg_column_compression(event), 'none') FROM lz.feedback_events WHERE event_id = 'big'`).Scan(&method); err != nil {
+	var event, raw string
+	if err := p.QueryRow(context.Background(), `SELECT coalesce(pg_column_compression(event), 'none'), coalesce(pg_column_compression(raw_payload), 'none')
+		FROM lz.feedback_events WHERE event_id = 'big'`).Scan(&event, &raw); err != nil {
 		t.Fatal(err)
 	}
-	if method != "lz4" {
-		t.Fatalf("the event is stored with compression %s, want lz4", method)
+	if event != "lz4" || raw != "lz4" {
+		t.Fatalf("the event is stored with compression %s and the raw payload with %s, want lz4", event, raw)
 	}
+}
+
+// The provider's body is the raw_payload column, byte for byte (NULL
+// without one); the event document is the event without it, every other
+// field included.
+func TestTheRawPayloadIsItsOwnColumnAndNotInTheDocument(t *testing.T) {
+	p, w := migrated(t, "wh_raw")
+	ctx := context.Background()
+	with, without := event("with", "r1", 1, 9, ""), event("without", "r2", 1, 9, "")
+	body := []byte("{\"id\":\"r1\",\"comment\":\"caf\xc3\xa9 \x00 \xff\"}") // not even UTF-8: bytes, not text
+	with.Feedback.RawPayload = body
+	with.Feedback.RawRef = nil
+	if errs := w.Deliver(ctx, []*sink.Event{with, without}); errs != nil {
+		t.Fatal(errs)
+	}
+	for _, c := range []struct {
+		e    *sink.Event
+		want []byte
+	}{{with, body}, {without, nil}} {
+		var raw []byte
+		var doc string
+		if err := p.QueryRow(ctx, `SELECT raw_payload, event::text FROM wh_raw.feedback_events WHERE event_id = $1`, c.e.Feedback.EventId).Scan(&raw, &doc); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(raw, c.want) || (raw == nil) != (c.want == nil) {
+			t.Fatalf("%s: raw_payload %q, want %q", c.e.Feedback.EventId, raw, c.want)
+		}
+		if strings.Contains(doc, "raw_payload") {
+			t.Fatalf("%s: the document has the raw payload: %s", c.e.Feedback.EventId, doc)
+		}
+		if !strings.Contains(doc, `"respondent": {"email": "a@example.com"}`) {
+			t.Fatalf("%s: the document lost fields: %s", c.e.Feedback.EventId, doc)
+		}
+	}
+	if with.Feedback.RawPayload == nil {
+		t.Fatal("writing the document changed the event")
+	}
+}
+
+// document is pbjson's encoding of the event without raw_payload, for an
+// event with every field of the contract set: a field added to the
+// contract reaches the document with no change to the writer.
+func TestTheDocumentIsTheEventWithoutItsRawPayload(t *testing.T) {
+	ev := &feedbackv1.FeedbackEvent{}
+	fill(ev.ProtoReflect(), 3)
+	if len(ev.RawPayload) == 0 {
+		t.Fatal("the filler left raw_payload empty")
+	}
+	got, err := document(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := proto.Clone(ev).(*feedbackv1.FeedbackEvent)
+	want.RawPayload = nil
+	wantJS, err := pbjson.Marshal(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, wantJS) {
+		t.Fatalf("document\n%s\nwant\n%s", got, wantJS)
+	}
+	full, _ := pbjson.Marshal(ev)
+	if bytes.Equal(got, full) {
+		t.Fatal("the document kept the raw payload")
+	}
+}
+
+// fill sets every field of m (depth levels of messages) to a value that is
+// not its zero.
+func fill(m protoreflect.Message, depth int) {
+	fields := m.Descriptor().Fields()
+	for i := range fields.Len() {
+		fd := fields.Get(i)
+		switch {
+		case fd.IsList():
+			l := m.Mutable(fd).List()
+			if fd.Kind() == protoreflect.MessageKind {
+				if depth > 0 {
+					e := l.NewElement()
+					fill(e.Message(), depth-1)
+					l.Append(e)
+				}
+			} else {
+				l.Append(scalar(fd))
+			}
+		case fd.IsMap():
+			mp := m.Mutable(fd).Map()
+			k := scalar(fd.MapKey()).MapKey()
+			if fd.MapValue().Kind() == protoreflect.MessageKind {
+				if depth > 0 {
+					v := mp.NewValue()
+					fill(v.Message(), depth-1)
+					mp.Set(k, v)
+				}
+			} else {
+				mp.Set(k, scalar(fd.MapValue()))
+			}
+		case fd.Kind() == protoreflect.MessageKind || fd.Kind() == protoreflect.GroupKind:
+			if depth > 0 {
+				fill(m.Mutable(fd).Message(), depth-1)
+			}
+		default:
+			m.Set(fd, scalar(fd))
+		}
+	}
+}
+
+func scalar(fd protoreflect.FieldDescriptor) protoreflect.Value {
+	switch fd.Kind() {
+	case protoreflect.BoolKind:
+		return protoreflect.ValueOfBool(true)
+	case protoreflect.EnumKind:
+		vs := fd.Enum().Values()
+		return protoreflect.ValueOfEnum(vs.Get(vs.Len() - 1).Number())
+	case protoreflect.Int32Kind, protoreflect.Sint32Kind, protoreflect.Sfixed32Kind:
+		return protoreflect.ValueOfInt32(7)
+	case protoreflect.Int64Kind, protoreflect.Sint64Kind, protoreflect.Sfixed64Kind:
+		return protoreflect.ValueOfInt64(7)
+	case protoreflect.Uint32Kind, protoreflect.Fixed32Kind:
+		return protoreflect.ValueOfUint32(7)
+	case protoreflect.Uint64Kind, protoreflect.Fixed64Kind:
+		return protoreflect.ValueOfUint64(7)
+	case protoreflect.FloatKind:
+		return protoreflect.ValueOfFloat32(0.5)
+	case protoreflect.DoubleKind:
+		return protoreflect.ValueOfFloat64(0.5)
+	case protoreflect.StringKind:
+		return protoreflect.ValueOfString(string(fd.Name()) + "-value")
+	case protoreflect.BytesKind:
+		return protoreflect.ValueOfBytes([]byte(string(fd.Name()) + "-bytes"))
+	}
+	panic(fmt.Sprintf("no value for %s", fd.FullName()))
 }
 
 // The batch statement stores every column as the single-row statement does:
@@ -269,6 +406,7 @@ func TestABatchStoresEveryColumnAsASingleRowInsertDoes(t *testing.T) {
 	full.Feedback.FollowUp = &feedbackv1.FollowUp{ResponseKey: "dl/response/r0", System: "zendesk", TicketId: "42",
 		Stage: feedbackv1.FollowUpStage_FOLLOW_UP_STAGE_CREATED, TicketCreatedAt: timestamppb.New(time.Unix(150, 0))}
 	full.Feedback.Enrichment.Lane = feedbackv1.Lane_LANE_PRIORITY
+	full.Feedback.RawPayload = []byte(`{"id":"r1","score":9}`)
 	full.Feedback.Respondent = &feedbackv1.Respondent{Id: "u1", Email: "a@example.com", Name: `Ann "A" O'Neil`}
 	sparse := &sink.Event{Ctx: context.Background(), Feedback: &feedbackv1.FeedbackEvent{
 		EventId: "sparse", Source: "dl", Provider: "delighted", Kind: feedbackv1.Kind_KIND_RESPONSE_CREATED,
@@ -278,7 +416,7 @@ func TestABatchStoresEveryColumnAsASingleRowInsertDoes(t *testing.T) {
 	}
 	// The same events, one statement each.
 	for _, e := range []*sink.Event{full, sparse} {
-		js, err := pbjson.Marshal(e.Feedback)
+		js, err := document(e.Feedback)
 		if err != nil {
 			t.Fatal(err)
 		}

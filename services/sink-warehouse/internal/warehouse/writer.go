@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/closedloop/closedloop/libs/pbjson"
 	"github.com/closedloop/closedloop/libs/sink"
@@ -41,6 +42,7 @@ var columns = []struct{ name, typ string }{
 	{"is_test", "bool"}, {"replay_id", "text"}, {"trace_id", "text"}, {"event", "jsonb"},
 	{"lane", "text"}, {"labels", "text"},
 	{"response_key", "text"}, {"ticket_system", "text"}, {"ticket_id", "text"}, {"ticket_stage", "text"}, {"ticket_created_at", "timestamptz"},
+	{"raw_payload", "bytea"},
 }
 
 // NewWriter returns a writer for schema (already migrated).
@@ -94,7 +96,7 @@ func (w *Writer) Deliver(ctx context.Context, events []*sink.Event) []error {
 	rows := make([][]any, len(events))
 	failed := false
 	for i, e := range events {
-		js, err := pbjson.Marshal(e.Feedback)
+		js, err := document(e.Feedback)
 		if err != nil {
 			errs[i], failed = sink.Permanent(fmt.Errorf("event %s cannot be encoded as JSON: %w", e.Feedback.EventId, err)), true
 			continue
@@ -183,6 +185,14 @@ func columnsOf(rows [][]any, idx []int) []any {
 			out[c] = a
 		case "bool":
 			out[c] = column[bool](rows, idx, c)
+		case "bytea":
+			a := make(cells[byteaCell], len(idx))
+			for k, i := range idx {
+				if b := rows[i][c].([]byte); b != nil {
+					a[k] = (*byteaCell)(&b)
+				}
+			}
+			out[c] = a
 		default: // text, and jsonb as its text (cast in the statement)
 			a := make(cells[textCell], len(idx))
 			owned := make([]textCell, len(idx)) // one allocation for the column's non-pointer values
@@ -227,7 +237,10 @@ type (
 	textCell  string
 	timeCell  time.Time
 	floatCell float64
+	byteaCell []byte
 )
+
+func (c *byteaCell) BytesValue() ([]byte, error) { return *c, nil }
 
 func (c *textCell) TextValue() (pgtype.Text, error) {
 	return pgtype.Text{String: string(*c), Valid: true}, nil
@@ -290,7 +303,37 @@ func row(ev *feedbackv1.FeedbackEvent, js []byte, traceID string) []any {
 		nullIf(lower(ev.GetEnrichment().GetLane().String(), "LANE_"), "unspecified"), textArray(ev.GetEnrichment().GetLabels()),
 		nullIf(fu.GetResponseKey(), ""), nullIf(fu.GetSystem(), ""), nullIf(fu.GetTicketId(), ""),
 		nullIf(lower(fu.GetStage().String(), "FOLLOW_UP_STAGE_"), "unspecified"), ticketCreated,
+		nilIfEmpty(ev.RawPayload),
 	}
+}
+
+// rawPayload is the field the raw_payload column holds instead of the
+// event document.
+var rawPayload = (&feedbackv1.FeedbackEvent{}).ProtoReflect().Descriptor().Fields().ByName("raw_payload")
+
+// document is the event column: the event as JSON without its raw payload.
+// The copy is shallow (it shares every other field with ev) and carries
+// every field the contract gains without a change here.
+func document(ev *feedbackv1.FeedbackEvent) ([]byte, error) {
+	if len(ev.RawPayload) == 0 {
+		return pbjson.Marshal(ev)
+	}
+	src := ev.ProtoReflect()
+	doc := src.New()
+	src.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if fd != rawPayload {
+			doc.Set(fd, v)
+		}
+		return true
+	})
+	return pbjson.Marshal(doc.Interface())
+}
+
+func nilIfEmpty(b []byte) []byte {
+	if len(b) == 0 {
+		return nil
+	}
+	return b
 }
 
 // textArray is ss as a PostgreSQL text[] literal: every element quoted, a
