@@ -303,7 +303,7 @@ func TestTheRawPayloadIsItsOwnColumnAndNotInTheDocument(t *testing.T) {
 
 // document is pbjson's encoding of the event without raw_payload, for an
 // event with every field of the contract set: a field added to the
-// contract reaches the document with no change to the writer.
+// contract that document's copy does not list fails here.
 func TestTheDocumentIsTheEventWithoutItsRawPayload(t *testing.T) {
 	ev := &feedbackv1.FeedbackEvent{}
 	fill(ev.ProtoReflect(), 3)

@@ -13,7 +13,6 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.opentelemetry.io/otel/trace"
-	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/closedloop/closedloop/libs/pbjson"
 	"github.com/closedloop/closedloop/libs/sink"
@@ -307,26 +306,23 @@ func row(ev *feedbackv1.FeedbackEvent, js []byte, traceID string) []any {
 	}
 }
 
-// rawPayload is the field the raw_payload column holds instead of the
-// event document.
-var rawPayload = (&feedbackv1.FeedbackEvent{}).ProtoReflect().Descriptor().Fields().ByName("raw_payload")
-
 // document is the event column: the event as JSON without its raw payload.
-// The copy is shallow (it shares every other field with ev) and carries
-// every field the contract gains without a change here.
+// The copy is shallow (it shares every other field with ev) and lists the
+// fields by hand: protoreflect's Range and Set cost 8 % of the sink's CPU.
+// TestTheDocumentIsTheEventWithoutItsRawPayload fills every field of the
+// contract, so a field added to it and missing here fails that test.
 func document(ev *feedbackv1.FeedbackEvent) ([]byte, error) {
 	if len(ev.RawPayload) == 0 {
 		return pbjson.Marshal(ev)
 	}
-	src := ev.ProtoReflect()
-	doc := src.New()
-	src.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		if fd != rawPayload {
-			doc.Set(fd, v)
-		}
-		return true
+	return pbjson.Marshal(&feedbackv1.FeedbackEvent{
+		EventId: ev.EventId, Source: ev.Source, Provider: ev.Provider, ProviderEventType: ev.ProviderEventType,
+		Kind: ev.Kind, OccurredAt: ev.OccurredAt, ReceivedAt: ev.ReceivedAt, NormalizedAt: ev.NormalizedAt,
+		Subject: ev.Subject, Version: ev.Version, Survey: ev.Survey, Score: ev.Score, Segment: ev.Segment,
+		Comment: ev.Comment, Answers: ev.Answers, Respondent: ev.Respondent, Tags: ev.Tags, Properties: ev.Properties,
+		Quality: ev.Quality, Test: ev.Test, ReplayId: ev.ReplayId, Permalink: ev.Permalink, Enrichment: ev.Enrichment,
+		RawRef: ev.RawRef, FollowUp: ev.FollowUp, Origin: ev.Origin,
 	})
-	return pbjson.Marshal(doc.Interface())
 }
 
 func nilIfEmpty(b []byte) []byte {
