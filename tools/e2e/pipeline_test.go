@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"log/slog"
@@ -72,6 +73,32 @@ func TestSignedWebhooksBecomeExactlyOneWarehouseRowEachWithOneTraceEndToEnd(t *t
 	}
 	if len(rows) != len(unique) {
 		t.Fatalf("%d rows for %d unique events", len(rows), len(unique))
+	}
+
+	// Each row has the body its webhook was sent with, byte for byte, in its
+	// own column, and not (base64) in the event document.
+	bodies := map[string][]byte{}
+	for _, w := range all {
+		bodies[w.EventID] = w.Body
+	}
+	rs, err := pool.Query(context.Background(), `SELECT event_id, raw_payload, event ? 'raw_payload' FROM `+p.Schema()+`.feedback_events`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rs.Next() {
+		var id string
+		var raw []byte
+		var inDoc bool
+		if err := rs.Scan(&id, &raw, &inDoc); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(raw, bodies[id]) || inDoc {
+			t.Errorf("event %s: raw_payload of %d bytes (the webhook's body has %d, equal: %v), in the document too: %v",
+				id, len(raw), len(bodies[id]), bytes.Equal(raw, bodies[id]), inDoc)
+		}
+	}
+	if err := rs.Err(); err != nil {
+		t.Fatal(err)
 	}
 
 	// The tampered webhook is on no topic.

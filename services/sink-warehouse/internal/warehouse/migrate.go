@@ -1,9 +1,9 @@
 // Package warehouse writes FeedbackEvents to PostgreSQL: an append-only
 // table with system columns (as Stitch's _sdc_* columns: when the event was
 // received, when the row was batched, a sequence ordering the versions of a
-// subject) plus typed columns for what analysts query and the full event as
-// JSONB, and a view with the latest version of every subject. Writes are
-// idempotent on event_id.
+// subject) plus typed columns for what analysts query, the provider's body
+// as bytes and the rest of the event as JSONB, and a view with the latest
+// version of every subject. Writes are idempotent on event_id.
 package warehouse
 
 import (
