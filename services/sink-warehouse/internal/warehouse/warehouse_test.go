@@ -273,7 +273,6 @@ func TestTheRawPayloadIsItsOwnColumnAndNotInTheDocument(t *testing.T) {
 	with, without := event("with", "r1", 1, 9, ""), event("without", "r2", 1, 9, "")
 	body := []byte("{\"id\":\"r1\",\"comment\":\"caf\xc3\xa9 \x00 \xff\"}") // not even UTF-8: bytes, not text
 	with.Feedback.RawPayload = body
-	with.Feedback.RawRef = nil
 	if errs := w.Deliver(ctx, []*sink.Event{with, without}); errs != nil {
 		t.Fatal(errs)
 	}
