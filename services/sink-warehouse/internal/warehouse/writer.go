@@ -309,8 +309,9 @@ func row(ev *feedbackv1.FeedbackEvent, js []byte, traceID string) []any {
 // document is the event column: the event as JSON without its raw payload.
 // The copy is shallow (it shares every other field with ev) and lists the
 // fields by hand: protoreflect's Range and Set cost 8 % of the sink's CPU.
-// TestTheDocumentIsTheEventWithoutItsRawPayload fills every field of the
-// contract, so a field added to it and missing here fails that test.
+// TestTheDocumentIsTheEventWithoutItsRawPayload fills events until every
+// field of the contract was set, so a field added to it and missing here
+// fails that test.
 func document(ev *feedbackv1.FeedbackEvent) ([]byte, error) {
 	if len(ev.RawPayload) == 0 {
 		return pbjson.Marshal(ev)
