@@ -180,7 +180,7 @@ bench-pipeline: ## the whole pipeline as processes, every destination: idle CPU,
 	go run ./tools/pipelinebench -rate 1000 -low-rate 100 -duration 15s -burst 20000
 
 .PHONY: bench-pipeline-core
-bench-pipeline-core: ## bench-pipeline to the warehouse only (ingress, normalizer, enricher, sink-warehouse): the numbers issue 17 sets targets for
+bench-pipeline-core: ## bench-pipeline to the warehouse only (ingress, normalizer, enricher, sink-warehouse): the numbers issue 17 sets targets for; both run each service with GOMAXPROCS=1, as the chart does (-gomaxprocs 0: one per core)
 	go run ./tools/pipelinebench -rate 1000 -low-rate 100 -duration 15s -burst 20000 -webhook=false -helpdesks=false -crm=false
 
 .PHONY: bench-scaling

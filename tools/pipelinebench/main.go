@@ -28,7 +28,13 @@
 //     last ticket each helpdesk's tickets/s, and to the last contact the
 //     CRM's events/s.
 //
-//     go run ./tools/pipelinebench -rate 1000 -duration 15s -burst 20000
+// Each service runs with GOMAXPROCS=1 unless -gomaxprocs says otherwise: the
+// Helm chart sets GOMAXPROCS from each service's CPU request, and every
+// default request is at most one CPU, so this is how the services run in a
+// cluster (on this machine's cores, Go would start one processor per core
+// in each process).
+//
+//	go run ./tools/pipelinebench -rate 1000 -duration 15s -burst 20000
 package main
 
 import (
@@ -42,6 +48,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sort"
 	"strings"
@@ -73,6 +80,7 @@ func main() {
 	withHelpdesks := flag.Bool("helpdesks", true, "also open Zendesk and Freshdesk tickets for the detractors (sink-webhook, local fakes) and measure them")
 	withCRM := flag.Bool("crm", true, "also update a HubSpot contact per response (sink-webhook, local fake; batch upserts of 100) and measure it")
 	profile := flag.String("profile", "", "write a CPU profile of these services (comma-separated) during each phase to /tmp/pipelinebench.<service>.<rate or drain>.pprof (sets OPS_PPROF)")
+	gomaxprocs := flag.Int("gomaxprocs", 1, "each service's GOMAXPROCS, as the Helm chart sets it from the service's CPU request (1 for every default request); 0: Go's own default, one per core (-env GOMAXPROCS=… overrides either)")
 	var env stack.EnvFlags
 	flag.Var(&env, "env", "NAME=value added to every service's environment (repeatable)")
 	flag.Var(&serviceEnv, "service-env", "service:NAME=value added to one service's environment, after -env (repeatable), e.g. normalizer:CONSUMER_LINGER=5ms")
@@ -82,10 +90,32 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if *gomaxprocs < 0 {
+		fmt.Fprintln(os.Stderr, "pipelinebench: -gomaxprocs must be 0 (Go's default) or more")
+		os.Exit(2)
+	}
+	if *gomaxprocs > 0 {
+		// First, so that a GOMAXPROCS in -env (later in the environment) wins.
+		env = append([]string{fmt.Sprintf("GOMAXPROCS=%d", *gomaxprocs)}, env...)
+	}
+	fmt.Printf("each service's GOMAXPROCS: %s\n", gomaxprocsOf(env))
 	if err := run(ctx, *rate, *lowRate, *duration, *idle, *burst, *conc, *partitions, *withWebhook, *withHelpdesks, *withCRM, env); err != nil {
 		fmt.Fprintln(os.Stderr, "pipelinebench:", err)
 		os.Exit(1)
 	}
+}
+
+// gomaxprocsOf describes the GOMAXPROCS the services get from env.
+func gomaxprocsOf(env []string) string {
+	for _, kv := range slices.Backward(env) {
+		if v, ok := strings.CutPrefix(kv, "GOMAXPROCS="); ok {
+			return v
+		}
+	}
+	if v := os.Getenv("GOMAXPROCS"); v != "" {
+		return v + " (inherited from this process's environment)"
+	}
+	return fmt.Sprintf("Go's default (%d, one per core)", runtime.NumCPU())
 }
 
 func run(ctx context.Context, rate, lowRate int, duration, idle time.Duration, burst, conc, partitions int, withWebhook, withHelpdesks, withCRM bool, env []string) error {
