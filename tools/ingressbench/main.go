@@ -327,21 +327,45 @@ func keysIn(ctx context.Context, brokers, topic string, partitions int) (map[str
 		if last == 0 {
 			continue
 		}
-		r := kafkaio.NewReader(kafka.ReaderConfig{Brokers: []string{brokers}, Topic: topic, Partition: p, MaxBytes: 16 << 20, MaxWait: 100 * time.Millisecond})
-		for {
-			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			m, err := r.ReadMessage(rctx)
-			cancel()
-			if err != nil {
-				_ = r.Close()
-				return nil, fmt.Errorf("read %s/%d: %w", topic, p, err)
-			}
-			out[string(m.Key)] = true
-			if m.Offset >= last-1 {
-				break
-			}
+		if err := readPartition(ctx, brokers, topic, p, last, out); err != nil {
+			return nil, err
 		}
-		_ = r.Close()
 	}
 	return out, nil
+}
+
+// readPartition adds the keys of partition p's records before offset end
+// to keys. A reader that delivers nothing for 10 s is replaced by a new
+// one from the next offset, twice at most: once (2026-12-02, one run in
+// six that day) a kafka-go partition reader delivered nothing from the
+// dev broker until its deadline, and the run failed at its last check.
+func readPartition(ctx context.Context, brokers, topic string, p int, end int64, keys map[string]bool) error {
+	next := int64(0)
+	for attempt := 1; ; attempt++ {
+		r := kafkaio.NewReader(kafka.ReaderConfig{Brokers: []string{brokers}, Topic: topic, Partition: p, MaxBytes: 16 << 20, MaxWait: 100 * time.Millisecond})
+		if err := r.SetOffset(next); err != nil {
+			_ = r.Close()
+			return fmt.Errorf("read %s/%d from offset %d: %w", topic, p, next, err)
+		}
+		var err error
+		for next < end {
+			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			var m kafka.Message
+			m, err = r.ReadMessage(rctx)
+			cancel()
+			if err != nil {
+				break
+			}
+			keys[string(m.Key)] = true
+			next = m.Offset + 1
+		}
+		_ = r.Close()
+		if err == nil {
+			return nil
+		}
+		if attempt == 3 || ctx.Err() != nil {
+			return fmt.Errorf("read %s/%d at offset %d of %d (%d readers): %w", topic, p, next, end, attempt, err)
+		}
+		fmt.Printf("reading %s/%d: nothing for 10 s at offset %d of %d (%v); a new reader\n", topic, p, next, end, err)
+	}
 }
