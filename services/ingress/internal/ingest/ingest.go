@@ -267,7 +267,9 @@ func (h *Handler) serve(ctx context.Context, w *fasthttp.RequestCtx, sourceName,
 		}
 		return
 	}
-	header := requestHeader(&w.Request.Header, src.reads)
+	headers := requestHeader(&w.Request.Header, src.reads)
+	defer headers.release() // the record copies them (appendProto), and nothing else keeps the map
+	header := headers.h
 	vreq := verify.Request{Header: header, Body: body, Now: h.o.Now()}
 	if err := src.provider.Scheme.Verify(vreq, src.cfg.Secrets); err != nil {
 		var rej *verify.Rejection

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/valyala/fasthttp"
 )
 
 // dial opens a raw connection to the webhook port (closed when the test
@@ -257,5 +259,33 @@ func TestALingeringConnectionIsClosedWithinItsBound(t *testing.T) {
 		}
 		close(stop)
 		client.Close()
+	}
+}
+
+// The recycled header sets: a request sees only its own headers, whatever
+// the request before it had, and what a handler kept of a value before the
+// release is not overwritten by the next request.
+func TestARecycledHeaderSetHoldsOnlyItsRequestsHeaders(t *testing.T) {
+	names := []string{"Content-Type", "User-Agent", "X-Signature"}
+	parse := func(raw string) *fasthttp.RequestHeader {
+		var h fasthttp.RequestHeader
+		if err := h.Read(bufio.NewReader(strings.NewReader(raw))); err != nil {
+			t.Fatal(err)
+		}
+		return &h
+	}
+	first := requestHeader(parse("POST /a HTTP/1.1\r\nHost: x\r\nUser-Agent: one\r\nX-Signature: sig-1\r\n\r\n"), names)
+	kept := first.h.Get("X-Signature")
+	first.release()
+	for range 3 { // the pool hands the same set back within a goroutine, most of the time
+		second := requestHeader(parse("POST /a HTTP/1.1\r\nHost: x\r\nX-Signature: sig-2\r\nContent-Type: application/json\r\n\r\n"), names)
+		want := http.Header{"X-Signature": {"sig-2"}, "Content-Type": {"application/json"}}
+		if fmt.Sprint(second.h) != fmt.Sprint(want) {
+			t.Fatalf("headers = %v, want %v", second.h, want)
+		}
+		second.release()
+	}
+	if kept != "sig-1" {
+		t.Fatalf("a value kept from the first request became %q", kept)
 	}
 }
