@@ -11,13 +11,21 @@ var bufferClasses = [...]int{4 << 10, 16 << 10, 64 << 10}
 
 var bufferPools [len(bufferClasses)]sync.Pool
 
+// holders are the empty *[]byte that carry buffers in bufferPools: a pool
+// holds pointers, and taking a new one for every buffer given back (&b)
+// was 6 % of the ingress's allocated bytes at full load.
+var holders sync.Pool
+
 // getBuffer returns an empty buffer of capacity at least n (n ≤ 0: the
 // smallest class).
 func getBuffer(n int) []byte {
 	for i, c := range bufferClasses {
 		if n <= c {
-			if b, ok := bufferPools[i].Get().(*[]byte); ok {
-				return (*b)[:0]
+			if h, ok := bufferPools[i].Get().(*[]byte); ok {
+				b := (*h)[:0]
+				*h = nil
+				holders.Put(h)
+				return b
 			}
 			return make([]byte, 0, c)
 		}
@@ -29,8 +37,12 @@ func getBuffer(n int) []byte {
 func putBuffer(b []byte) {
 	for i := len(bufferClasses) - 1; i >= 0; i-- {
 		if cap(b) == bufferClasses[i] {
-			b = b[:0]
-			bufferPools[i].Put(&b)
+			h, _ := holders.Get().(*[]byte)
+			if h == nil {
+				h = new([]byte)
+			}
+			*h = b[:0]
+			bufferPools[i].Put(h)
 			return
 		}
 	}

@@ -39,6 +39,8 @@ func TestTheConfigurableSchemeCoversEachOfItsOptions(t *testing.T) {
 			http.Header{"X-Sig": {"sha1=" + hex.EncodeToString(mac(sha1.New, "s3cret", body))}}, sec, ""},
 		{"sha512 base64", HMAC{Header: "X-Sig", Algorithm: "sha512", Encoding: "base64"},
 			http.Header{"X-Sig": {base64.StdEncoding.EncodeToString(mac(sha512.New, "s3cret", body))}}, sec, ""},
+		{"sha256 in URL-safe base64 without padding", HMAC{Header: "X-Sig", Algorithm: "sha256", Encoding: "base64"},
+			http.Header{"X-Sig": {base64.RawURLEncoding.EncodeToString(mac(sha256.New, "s3cret", body))}}, sec, ""},
 		{"timestamp and body signed, Zendesk style", HMAC{Header: "X-Sig", Algorithm: "sha256", Encoding: "base64", Signed: "{timestamp}{body}", TimestampHeader: "X-Ts"},
 			http.Header{"X-Sig": {base64.StdEncoding.EncodeToString(mac(sha256.New, "s3cret", ts+body))}, "X-Ts": {ts}}, sec, ""},
 		{"a timestamp outside the tolerance", HMAC{Header: "X-Sig", Algorithm: "sha256", Encoding: "hex", Signed: "{timestamp}.{body}", TimestampHeader: "X-Ts", Tolerance: 10 * time.Second},

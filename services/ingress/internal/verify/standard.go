@@ -95,7 +95,7 @@ func (s Stripe) Verify(r Request, secrets []config.Secret) error {
 		case "t":
 			ts = v
 		case "v1":
-			if b, err := decodeSig("hex", v); err == nil && len(b) == sha256.Size {
+			if b, err := decodeSig(nil, "hex", v); err == nil && len(b) == sha256.Size {
 				candidates = append(candidates, b)
 			}
 		}
