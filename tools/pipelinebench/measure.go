@@ -25,9 +25,10 @@ type accountProc struct {
 }
 
 type snapshot struct {
-	at  time.Time
-	cpu map[string]float64
-	m   map[string]stageMetrics
+	at      time.Time
+	cpu     map[string]float64
+	m       map[string]stageMetrics
+	machine stack.MachineCPU
 }
 
 // stageMetrics are a service's counters that explain its CPU: records
@@ -52,7 +53,7 @@ func newAccount(p *stack.Pipeline, infra *stack.Infra, services []string) *accou
 }
 
 func (a *account) snap() snapshot {
-	s := snapshot{at: time.Now(), cpu: map[string]float64{}, m: map[string]stageMetrics{}}
+	s := snapshot{at: time.Now(), cpu: map[string]float64{}, m: map[string]stageMetrics{}, machine: stack.ReadMachineCPU()}
 	for _, p := range a.procs {
 		s.cpu[p.name] = p.cpu()
 		if p.ops != "" {
@@ -106,4 +107,12 @@ func (a *account) report(label string, events int, before, after snapshot) {
 	}
 	fmt.Printf("  %-15s %7.0f µs/event (services only); %.0f µs/event with the broker, Redis, PostgreSQL and the bench process\n",
 		"all", services*1e6/float64(events), all*1e6/float64(events))
+	if m0, m1 := before.machine, after.machine; m1.All > m0.All {
+		// What the processes above do not explain: other processes of this
+		// machine, and time the hypervisor gave other guests (steal), which
+		// slows every process of a run alike.
+		total := m1.All - m0.All
+		fmt.Printf("  %-15s %5.1f %% of its CPU time busy (the processes above %.1f %%, others %.1f %%), stolen by the hypervisor %.1f %%\n",
+			"machine", (m1.Busy-m0.Busy)/total*100, all/total*100, (m1.Busy-m0.Busy-all)/total*100, (m1.Steal-m0.Steal)/total*100)
+	}
 }

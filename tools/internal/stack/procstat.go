@@ -45,6 +45,35 @@ func CPUSeconds(pid int) float64 {
 	return (utime + stime) / 100 // USER_HZ
 }
 
+// MachineCPU is the machine's CPU time since boot from /proc/stat, in
+// seconds summed over its cores: busy (user, nice, system, irq, softirq),
+// steal (time the hypervisor ran other guests while this one wanted to
+// run) and all (every state, idle included). Zeros when unknown.
+type MachineCPU struct{ Busy, Steal, All float64 }
+
+// ReadMachineCPU reads MachineCPU.
+func ReadMachineCPU() MachineCPU {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return MachineCPU{}
+	}
+	return parseMachineCPU(string(b))
+}
+
+func parseMachineCPU(stat string) MachineCPU {
+	line, _, _ := strings.Cut(stat, "\n")
+	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal …
+	if len(f) < 9 || f[0] != "cpu" {
+		return MachineCPU{}
+	}
+	v := make([]float64, 9)
+	for i := 1; i < 9; i++ {
+		v[i], _ = strconv.ParseFloat(f[i], 64)
+	}
+	busy := v[1] + v[2] + v[3] + v[6] + v[7]
+	return MachineCPU{Busy: busy / 100, Steal: v[8] / 100, All: (busy + v[4] + v[5] + v[8]) / 100} // USER_HZ
+}
+
 // Workspace builds every binary into a new temporary directory for a
 // benchmark tool; remove it with the returned cleanup.
 func Workspace(ctx context.Context, name string) (dir, bin string, cleanup func(), err error) {
