@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/segmentio/asm/cpu"
+	"github.com/segmentio/asm/cpu/x86"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -228,5 +230,13 @@ func TestEveryProviderHasAMappingAndItsTestEventMaps(t *testing.T) {
 		if !used[name] {
 			t.Errorf("mapping %s serves no provider of the table", name)
 		}
+	}
+}
+
+// simd.go turns segmentio/asm's AVX2 paths off for the mappers (their
+// JSON checks cost ~20× the portable code on the benchmark machine).
+func TestTheMappersRunSegmentioAsmWithoutAVX2(t *testing.T) {
+	if cpu.X86.Has(x86.AVX2) {
+		t.Fatal("segmentio/asm still takes its AVX2 paths")
 	}
 }
