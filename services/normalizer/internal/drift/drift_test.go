@@ -115,8 +115,17 @@ func FuzzPathsMatchTheReference(f *testing.F) {
 }
 
 func BenchmarkObserveKnownShape(b *testing.B) {
+	benchmarkObserve(b, "Schnell und zuverlässig")
+}
+
+// The pipeline benchmarks' bodies: a comment of ~750 bytes, most of the body.
+func BenchmarkObserveLongComment(b *testing.B) {
+	benchmarkObserve(b, strings.Repeat("Sehr zufrieden mit dem Support, schnelle Antworten. ", 15))
+}
+
+func benchmarkObserve(b *testing.B, comment string) {
 	t := New(nil, "bench:", Limits{})
-	body := []byte(`{"event_type":"survey_response.updated","event_id":"e","event_data":{"id":"5435","person":{"id":"5975","email":"a@example.de","name":"Anna","created_at":1763693600},"survey_type":"nps","score":9,"comment":"Schnell und zuverlässig","permalink":"https://x","created_at":1763780000,"updated_at":1763780095,"person_properties":{"plan":"enterprise","account":{"id":"acct_42","region":"eu-central"},"seats":120},"notes":[],"tags":[],"additional_answers":[{"id":"4","value":{"free_response":null,"scale":null,"select_one":{"id":"opt_1","text":"Price"},"select_many":null},"question":{"id":"enum_z9EvYV","type":"select_one","text":"What matters most?"}}]}}`)
+	body := []byte(`{"event_type":"survey_response.updated","event_id":"e","event_data":{"id":"5435","person":{"id":"5975","email":"a@example.de","name":"Anna","created_at":1763693600},"survey_type":"nps","score":9,"comment":"` + comment + `","permalink":"https://x","created_at":1763780000,"updated_at":1763780095,"person_properties":{"plan":"enterprise","account":{"id":"acct_42","region":"eu-central"},"seats":120},"notes":[],"tags":[],"additional_answers":[{"id":"4","value":{"free_response":null,"scale":null,"select_one":{"id":"opt_1","text":"Price"},"select_many":null},"question":{"id":"enum_z9EvYV","type":"select_one","text":"What matters most?"}}]}}`)
 	t.seen["delighted/x"] = map[string]bool{}
 	for _, p := range Paths(body) {
 		t.seen["delighted/x"][p] = true
