@@ -177,11 +177,20 @@ func (s *Source) validateAPI(at string) []error {
 	return errs
 }
 
+// TokenDigest is the SHA-256 digest ingest tokens are stored and compared
+// as (here and in libs/ingesttokens). A token of up to 128 bytes is hashed
+// without an allocation.
+func TokenDigest(token string) [sha256.Size]byte {
+	var buf [128]byte
+	return sha256.Sum256(append(buf[:0], token...))
+}
+
 // MatchToken reports in constant time whether token is one of the source's
 // active ingest tokens. Every stored hash is compared, match or not.
-func (s *Source) MatchToken(token string) bool {
-	var buf [128]byte // a token of up to 128 bytes is hashed without an allocation
-	sum := sha256.Sum256(append(buf[:0], token...))
+func (s *Source) MatchToken(token string) bool { return s.MatchDigest(TokenDigest(token)) }
+
+// MatchDigest is MatchToken for a token's TokenDigest.
+func (s *Source) MatchDigest(sum [sha256.Size]byte) bool {
 	match := 0
 	for i := range s.tokenHashes {
 		match |= subtle.ConstantTimeCompare(sum[:], s.tokenHashes[i][:])

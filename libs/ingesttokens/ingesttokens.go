@@ -29,6 +29,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/closedloop/closedloop/libs/config"
 	"github.com/closedloop/closedloop/libs/kafkaio"
 	controlv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/control/v1"
 )
@@ -206,8 +207,11 @@ func (s *Store) apply(m kafka.Message) {
 
 // Match reports in constant time whether token is an active token of source.
 func (s *Store) Match(source, token string) bool {
-	var buf [128]byte // a token of up to 128 bytes is hashed without an allocation
-	sum := sha256.Sum256(append(buf[:0], token...))
+	return s.MatchDigest(source, config.TokenDigest(token))
+}
+
+// MatchDigest is Match for a token's config.TokenDigest.
+func (s *Store) MatchDigest(source string, sum [sha256.Size]byte) bool {
 	s.mu.RLock()
 	list := s.bySource[source]
 	s.mu.RUnlock()
@@ -239,7 +243,7 @@ func (s *Store) Issue(ctx context.Context, p *kafkaio.Producer, source, by strin
 	idb := make([]byte, 6)
 	_, _ = rand.Read(idb)
 	token := "cl_" + base64.RawURLEncoding.EncodeToString(raw)
-	t := Token{Source: source, ID: hex.EncodeToString(idb), CreatedAt: time.Now().UTC(), CreatedBy: by, digest: sha256.Sum256([]byte(token))}
+	t := Token{Source: source, ID: hex.EncodeToString(idb), CreatedAt: time.Now().UTC(), CreatedBy: by, digest: config.TokenDigest(token)}
 	v, err := proto.Marshal(&controlv1.IngestToken{Source: source, TokenId: t.ID, Sha256: t.digest[:], CreatedAt: timestamppb.New(t.CreatedAt), CreatedBy: by})
 	if err != nil {
 		return "", Token{}, err

@@ -7,6 +7,7 @@ package ingest
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"io"
 	"log/slog"
@@ -55,19 +56,22 @@ type StaticTokens struct{}
 // Match implements Tokens.
 func (StaticTokens) Match(src *config.Source, token string) bool { return src.MatchToken(token) }
 
-// IssuedTokens matches the tokens issued at run time (the control topic).
+// IssuedTokens matches the tokens issued at run time (the control topic),
+// by their config.TokenDigest.
 type IssuedTokens interface {
-	Match(source, token string) bool
+	MatchDigest(source string, digest [sha256.Size]byte) bool
 }
 
 // AnyTokens accepts a token of the pipeline file or an issued one. Both are
-// checked every time, so the time taken does not tell which set holds it.
+// checked every time, so the time taken does not tell which set holds it;
+// the token is hashed once for both.
 type AnyTokens struct{ Issued IssuedTokens }
 
 // Match implements Tokens.
 func (a AnyTokens) Match(src *config.Source, token string) bool {
-	static := src.MatchToken(token)
-	issued := a.Issued.Match(src.Name, token)
+	d := config.TokenDigest(token)
+	static := src.MatchDigest(d)
+	issued := a.Issued.MatchDigest(src.Name, d)
 	return static || issued
 }
 

@@ -186,9 +186,11 @@ func columnsOf(rows [][]any, idx []int) []any {
 			out[c] = column[bool](rows, idx, c)
 		case "bytea":
 			a := make(cells[byteaCell], len(idx))
+			owned := make([]byteaCell, len(idx)) // one allocation for the column, as text's
 			for k, i := range idx {
 				if b := rows[i][c].([]byte); b != nil {
-					a[k] = (*byteaCell)(&b)
+					owned[k] = b
+					a[k] = &owned[k]
 				}
 			}
 			out[c] = a
