@@ -62,7 +62,9 @@ func WithEnrichment(value []byte, en *feedbackv1.Enrichment) ([]byte, error) {
 		if m < 0 {
 			return nil, fmt.Errorf("FeedbackEvent field %d at byte %d: %w", num, off, protowire.ParseError(m))
 		}
-		if num == enrichmentField {
+		// A field 24 of another wire type is not the enrichment but an
+		// unknown field to proto.Unmarshal, and kept as one.
+		if num == enrichmentField && typ == protowire.BytesType {
 			out = append(out, value[start:off]...)
 			start = off + n + m
 		}
