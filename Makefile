@@ -27,12 +27,17 @@ run: ## build and start the whole pipeline locally with a webhook generator (Ctr
 	@go build -o bin/devstack ./tools/devstack && exec bin/devstack $(ARGS)
 
 .PHONY: test
-test: check-generated lint breaking ## everything CI runs: generated code, lint, proto compatibility, unit tests (-race; the conformance of the ingress and the mapping among them), short fuzz, end-to-end (with the vectors' end-to-end conformance)
-	@# The end-to-end tests wait more than they compute (7 of 19.6 core-minutes in a 9.8-minute run):
-	@# they run beside the unit tests and the fuzzing, each side's output kept together.
-	@$(MAKE) --no-print-directory -j2 --output-sync=recurse unit-then-fuzz e2e-all
+test: check-generated ## everything CI runs: generated code, end-to-end (with the vectors' end-to-end conformance), lint, proto compatibility, unit tests (-race; the conformance of the ingress and the mapping among them), short fuzz
+	@# Two streams, each side's output kept together. The end-to-end tests wait more than they compute, so
+	@# they start first, beside the race build of every package; lint's go vet comes after them and reuses
+	@# the packages their build of the services compiled (two builds of one package at once would both run).
+	@$(MAKE) --no-print-directory -j2 --output-sync=recurse e2e-then-lint unit-then-fuzz
 
-.PHONY: unit-then-fuzz
+.PHONY: e2e-then-lint unit-then-fuzz
+e2e-then-lint:
+	@$(MAKE) --no-print-directory e2e-all
+	@$(MAKE) --no-print-directory lint
+	@$(MAKE) --no-print-directory breaking
 unit-then-fuzz:
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory fuzz-smoke
@@ -74,14 +79,14 @@ unit: ## unit tests with -race in every module (end-to-end tests and NORACE_PKGS
 
 .PHONY: e2e
 e2e: ## end-to-end: dev broker, redis-server, PostgreSQL and the service binaries as processes
-	cd tools && go test -count=1 -v -timeout 10m -skip 'TestEveryVectorMeansOnTheNormalizedTopic' ./e2e 2>&1 | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+\S+_test\.go:)' ; exit $${PIPESTATUS[0]}
+	cd tools && go test -count=1 -v -parallel 4 -timeout 10m -skip 'TestEveryVectorMeansOnTheNormalizedTopic' ./e2e 2>&1 | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+\S+_test\.go:)' ; exit $${PIPESTATUS[0]}
 
 # make test: every end-to-end test in one run (one set of infrastructure), the vectors' too. The service
 # binaries are built without -race (their code is race-tested in unit); -race here would only slow the
 # harness's in-process fakes.
 .PHONY: e2e-all
 e2e-all:
-	cd tools && go test -count=1 -v -timeout 15m ./e2e 2>&1 | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+\S+_test\.go:)' ; exit $${PIPESTATUS[0]}
+	cd tools && go test -count=1 -v -parallel 4 -timeout 15m ./e2e 2>&1 | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+\S+_test\.go:)' ; exit $${PIPESTATUS[0]}
 
 .PHONY: e2e-outage
 e2e-outage: ## the full destination outage: both sinks' destinations down for two minutes under load (make test runs 8 s)
@@ -89,7 +94,7 @@ e2e-outage: ## the full destination outage: both sinks' destinations down for tw
 
 .PHONY: lint
 lint: ## go vet in every module, gofmt, buf lint, helm-check
-	@for m in $(MODULES); do (cd $$m && go vet ./...) || exit 1; done
+	go vet $(WORKSPACE_PKGS)
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '/gen/')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	cd proto && buf lint
 	$(MAKE) --no-print-directory helm-check
@@ -155,7 +160,7 @@ fuzz-smoke:
 	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	for m in $(MODULES); do \
 	  for d in $$(cd $$m && grep -l --include='*_test.go' -r '^func Fuzz' . | xargs -r -n1 dirname | sort -u); do \
-	    (cd $$m/$$d && go test -c -vet=off -ldflags=-w -o "$$tmp/fuzz.test" .) || exit 1; \
+	    (cd $$m/$$d && go test -c -vet=off -o "$$tmp/fuzz.test" .) || exit 1; \
 	    for f in $$(cd $$m/$$d && grep -ho '^func Fuzz[A-Za-z0-9_]*' *_test.go | cut -c6-); do \
 	      echo "== fuzz (smoke, $(SMOKE_FUZZTIME)) $${m#$(CURDIR)/}/$${d#./} $$f"; \
 	      (cd $$m/$$d && "$$tmp/fuzz.test" -test.run XXX -test.fuzz "^$$f$$" -test.fuzztime $(SMOKE_FUZZTIME) \

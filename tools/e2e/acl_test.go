@@ -26,6 +26,7 @@ import (
 // saying which topics it may not use.
 func TestEachServiceRunsWithOnlyItsACLs(t *testing.T) {
 	requireInfra(t)
+	t.Parallel()
 	const name = "e2e_acl"
 	p := pipelineSpec(name, "", infra.redis.Addr)
 	topics := kafkaio.NewTopics(p.TopicPrefix())

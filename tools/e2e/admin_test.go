@@ -51,6 +51,7 @@ func ctl(t *testing.T, p *stack.Pipeline, caller string, args ...string) (string
 // makes the status show lag that falls after resume.
 func TestOperatorsFixDeadLettersRotateTokensAndWatchLagWithClosedloopctl(t *testing.T) {
 	requireInfra(t)
+	t.Parallel()
 	p := pipelineSpec("e2e_admin", infra.broker.Addrs, infra.redis.Addr, "SINK_BREAKER_OPEN_FOR=1s")
 	p.Run = []string{"sink-warehouse", "enricher", "normalizer", "ingress", "admin"}
 	p.AdminTokens = map[string]string{"ann": "operator", "val": "viewer"}

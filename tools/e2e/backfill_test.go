@@ -130,6 +130,7 @@ func metricValue(t *testing.T, addr, series string) float64 {
 // provider's rate limit is never exceeded (the fake counts every second).
 func TestReconciliationFindsExactlyTheWebhooksThatNeverCame(t *testing.T) {
 	requireInfra(t)
+	t.Parallel()
 	api, apiYAML := delightedAPI(t, 5, "{every: 2s, window: 1h, settle: 1s}")
 	p := pipelineSpec("e2e_reconcile", infra.broker.Addrs, infra.redis.Addr, "E2E_DELIGHTED_API_KEY="+delightedAPIKey, "ADMIN_GAUGE_INTERVAL=1s")
 	p.Run = []string{"sink-warehouse", "enricher", "normalizer", "ingress", "admin"}
@@ -180,6 +181,7 @@ func TestReconciliationFindsExactlyTheWebhooksThatNeverCame(t *testing.T) {
 // duplicate, no gap — without listing the range from the start again.
 func TestABackfillAddsNothingForWhatArrivedAndResumesAfterAKill(t *testing.T) {
 	requireInfra(t)
+	t.Parallel()
 	api, apiYAML := delightedAPI(t, 50, "")
 	api.Latency.Set(150 * time.Millisecond)
 	p := pipelineSpec("e2e_backfill", infra.broker.Addrs, infra.redis.Addr, "E2E_DELIGHTED_API_KEY="+delightedAPIKey)
@@ -270,6 +272,7 @@ func TestABackfillAddsNothingForWhatArrivedAndResumesAfterAKill(t *testing.T) {
 // the others add nothing.
 func TestTypeformReconciliationFindsTheMissingResponses(t *testing.T) {
 	requireInfra(t)
+	t.Parallel()
 	api := typeformfake.New("tf-e2e-token")
 	srv := httptest.NewServer(api)
 	t.Cleanup(srv.Close)

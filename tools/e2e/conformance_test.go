@@ -31,6 +31,7 @@ import (
 // event is one warehouse row.
 func TestEveryVectorMeansOnTheNormalizedTopicWhatItsCanonicalSays(t *testing.T) {
 	requireInfra(t)
+	t.Parallel()
 	f, path, err := vectors.Load()
 	if err != nil {
 		t.Fatal(err)

@@ -35,6 +35,7 @@ import (
 // unsubscribes lists them with the time each took.
 func TestCRMsKeepTheNewestFeedbackAndApplyEachUnsubscribeOnceThroughAKill(t *testing.T) {
 	requireInfra(t)
+	t.Parallel()
 	const people, optOuts, strangers = 240, 90, 30
 	killAfter := people / 3
 	if v := os.Getenv("E2E_CRM_KILL_AFTER"); v != "" {

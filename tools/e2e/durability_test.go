@@ -21,6 +21,7 @@ import (
 // checks that every webhook the ingress answered 2xx is in the raw topic.
 func TestEvery2xxSurvivesABrokerOutageAndTheIngressRecoversByItself(t *testing.T) {
 	requireInfra(t)
+	t.Parallel()
 	ctx := context.Background()
 	dir := filepath.Join(infra.dir, "outage-broker")
 	_ = os.MkdirAll(dir, 0o755)

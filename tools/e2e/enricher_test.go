@@ -61,6 +61,7 @@ func crmControl(t *testing.T, url, body string) {
 // enricher mid-stream loses no event.
 func TestTheEnricherRoutesByAccountFailsOpenAndSurvivesAKill(t *testing.T) {
 	requireInfra(t)
+	t.Parallel()
 	crm, crmURL, err := stack.StartCRM(context.Background(), infra.binDir, infra.dir, "-latency", "5ms")
 	if err != nil {
 		t.Fatal(err)

@@ -45,6 +45,7 @@ func withComment(t *testing.T, secret []byte, w delightedgen.Webhook, n int) del
 // got 503 every time, and 30 concurrent 200 kB bodies made small ones fail.
 func TestHardening(t *testing.T) {
 	requireInfra(t)
+	t.Parallel()
 	p := newPipeline(t, "e2e_hardening")
 	t.Run("large signed webhooks never stall a partition", func(t *testing.T) { largeWebhooks(t, p) })
 	t.Run("service ports need the service token and audit mutations", func(t *testing.T) { servicePorts(t, p) })

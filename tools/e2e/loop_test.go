@@ -24,6 +24,7 @@ import (
 // reports the share and the median time to close the loop.
 func TestTheLoopClosesFromDetractorToSolvedTicket(t *testing.T) {
 	requireInfra(t)
+	t.Parallel()
 	const hookSecret = "e2e-zendesk-webhook-secret"
 	zd := zendeskfake.New()
 	zd.PerMinute = 1 << 30

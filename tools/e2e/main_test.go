@@ -27,6 +27,10 @@ var infra struct {
 	skipWhy string
 }
 
+// Each test runs a pipeline of its own (topics, consumer groups, Redis key
+// prefix, warehouse schema; its own broker or Redis where it stops them), so
+// the tests run in parallel (make test: four at a time; they mostly wait).
+// A test that times something stays serial: it runs first, alone.
 func TestMain(m *testing.M) {
 	os.Exit(runMain(m))
 }

@@ -24,6 +24,7 @@ import (
 // sinks' lag returns to zero without anyone touching them.
 func TestADestinationOutageLosesNothingAndCatchesUpByItself(t *testing.T) {
 	requireInfra(t)
+	t.Parallel()
 	outage := 8 * time.Second
 	if v := os.Getenv("CLOSEDLOOP_E2E_OUTAGE"); v != "" {
 		d, err := time.ParseDuration(v)

@@ -37,6 +37,7 @@ func send(t *testing.T, p *stack.Pipeline, w delightedgen.Webhook, want int) {
 
 func TestSignedWebhooksBecomeExactlyOneWarehouseRowEachWithOneTraceEndToEnd(t *testing.T) {
 	requireInfra(t)
+	t.Parallel()
 	spans := newSpanSink(t)
 	p := newPipeline(t, "e2e_flow", "OTEL_EXPORTER_OTLP_ENDPOINT="+spans.URL, "OTEL_BSP_SCHEDULE_DELAY=100", "OTEL_METRIC_EXPORT_INTERVAL=600000")
 	gen := delightedgen.New([]byte(p.Secret), 1)
@@ -172,6 +173,7 @@ func hasSpan(names []string, want string) bool {
 
 func TestKillingTheNormalizerMidStreamLosesNoEventAndDuplicatesNoRow(t *testing.T) {
 	requireInfra(t)
+	t.Parallel()
 	p := newPipeline(t, "e2e_kill", "CONSUMER_SESSION_TIMEOUT=6s")
 	gen := delightedgen.New([]byte(p.Secret), 2)
 	const responses = 150
@@ -273,6 +275,8 @@ func TestKillingTheNormalizerMidStreamLosesNoEventAndDuplicatesNoRow(t *testing.
 	}
 }
 
+// Not parallel: it times the revocation (a second at most), so it runs
+// before the parallel tests, without their load beside it.
 func TestAnIssuedIngestTokenWorksAndARevokedOneStopsWithinASecond(t *testing.T) {
 	requireInfra(t)
 	p := newPipeline(t, "e2e_tokens")

@@ -18,6 +18,7 @@ import (
 // back every event arrives exactly once, without a restart.
 func TestWhileRedisIsDownTheNormalizerPausesAndThenCatchesUpLosingNothing(t *testing.T) {
 	requireInfra(t)
+	t.Parallel()
 	ctx := context.Background()
 	dir := filepath.Join(infra.dir, "own-redis")
 	_ = os.MkdirAll(dir, 0o755)

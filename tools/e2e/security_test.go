@@ -45,6 +45,7 @@ func secureBroker(t *testing.T, name string, sec stack.BrokerSecurity) (stack.PK
 // stops at start-up at once, saying what to fix.
 func TestThePipelineRunsOverTLSWithSCRAM(t *testing.T) {
 	requireInfra(t)
+	t.Parallel()
 	const pass = "e2e-scram-password-0123456789"
 	pki, broker := secureBroker(t, "e2e_tls_broker", stack.BrokerSecurity{Superuser: kafkaio.MechanismSCRAMSHA512 + ":closedloop:" + pass})
 	security := []string{"KAFKA_TLS_CA_FILE=" + pki.CAFile, "KAFKA_SASL_MECHANISM=SCRAM-SHA-512", "KAFKA_SASL_USERNAME=closedloop",

@@ -27,6 +27,7 @@ var ansiRE = regexp.MustCompile(`\x1b\[[0-9;?]*[A-Za-z]`)
 // with its rate, and the pipeline healthy; q quits and restores the screen.
 func TestTopShowsTheRunningStackInATerminal(t *testing.T) {
 	requireInfra(t)
+	t.Parallel()
 	p := pipelineSpec("e2e_top", infra.broker.Addrs, infra.redis.Addr, "ADMIN_GAUGE_INTERVAL=1s")
 	p.Run = []string{"sink-warehouse", "enricher", "normalizer", "ingress", "admin"}
 	p.AdminTokens = map[string]string{"val": "viewer"}

@@ -29,6 +29,7 @@ import (
 // conventions (operation names, partition ids as strings).
 func TestOneTraceCoversEveryHopToEveryDestination(t *testing.T) {
 	requireInfra(t)
+	t.Parallel()
 	spans := newSpanSink(t)
 	rcv := newWebhookReceiver(t, "whsec_"+base64.StdEncoding.EncodeToString([]byte("e2e-webhook-signing-key-32-bytes")))
 	slack := slackfake.New()
