@@ -149,6 +149,11 @@ breaking: tools ## buf breaking: proto/ against main (the fork point, or on main
 	if ! git cat-file -e "$$base:proto/buf.yaml" 2>/dev/null; then echo "breaking: $$base has no proto module yet; skipped"; exit 0; fi; \
 	echo "buf breaking against $$base"; cd proto && buf breaking --against "../.git#ref=$$base,subdir=proto"
 
+# Shell commands for the fuzz targets: FUZZ_DIRS lists every package directory that has one, FUZZ_TARGETS
+# (run in such a directory) its targets.
+FUZZ_DIRS = for m in $(MODULES); do (cd $$m && grep -l --include='*_test.go' -r '^func Fuzz' . | xargs -r -n1 dirname | sort -u | sed "s|^\.|$$m|"); done
+FUZZ_TARGETS = grep -ho '^func Fuzz[A-Za-z0-9_]*' *_test.go | cut -c6-
+
 # make test fuzzes every target briefly: SMOKE_FUZZTIME runs of each (the seed corpora are already run by unit).
 # `go test -fuzz` would compile every dependency a third time, with coverage instrumentation (7 of a cold CI's
 # 17 minutes, for all 14 targets): the smoke runs each package's ordinary test binary, built once, whose fuzz
@@ -158,14 +163,13 @@ SMOKE_FUZZTIME ?= 10000x
 .PHONY: fuzz-smoke
 fuzz-smoke:
 	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
-	for m in $(MODULES); do \
-	  for d in $$(cd $$m && grep -l --include='*_test.go' -r '^func Fuzz' . | xargs -r -n1 dirname | sort -u); do \
-	    (cd $$m/$$d && go test -c -vet=off -o "$$tmp/fuzz.test" .) || exit 1; \
-	    for f in $$(cd $$m/$$d && grep -ho '^func Fuzz[A-Za-z0-9_]*' *_test.go | cut -c6-); do \
-	      echo "== fuzz (smoke, $(SMOKE_FUZZTIME)) $${m#$(CURDIR)/}/$${d#./} $$f"; \
-	      (cd $$m/$$d && "$$tmp/fuzz.test" -test.run XXX -test.fuzz "^$$f$$" -test.fuzztime $(SMOKE_FUZZTIME) \
-	        -test.fuzzcachedir "$$tmp/cache/$${d#./}" 2>&1 | grep -v 'not built with coverage instrumentation'; exit $${PIPESTATUS[0]}) || exit 1; \
-	    done; \
+	for d in $$($(FUZZ_DIRS)); do \
+	  (cd $$d && go test -c -vet=off -o "$$tmp/fuzz.test" .) || exit 1; \
+	  for f in $$(cd $$d && $(FUZZ_TARGETS)); do \
+	    echo "== fuzz (smoke, $(SMOKE_FUZZTIME)) $${d#$(CURDIR)/} $$f"; \
+	    (cd $$d && "$$tmp/fuzz.test" -test.run XXX -test.fuzz "^$$f$$" -test.fuzztime $(SMOKE_FUZZTIME) \
+	      -test.fuzzcachedir "$$tmp/cache/$$(echo "$${d#$(CURDIR)/}" | tr / _)" 2>&1 | grep -v 'not built with coverage instrumentation'; \
+	      exit $${PIPESTATUS[0]}) || exit 1; \
 	  done; \
 	done
 
@@ -174,12 +178,10 @@ fuzz-smoke:
 FUZZTIME ?= 40000x
 .PHONY: fuzz
 fuzz: ## run every fuzz target of every module for FUZZTIME executions (default 40000x; seed corpora in testdata/fuzz)
-	@for m in $(MODULES); do \
-	  for d in $$(cd $$m && grep -l --include='*_test.go' -r '^func Fuzz' . | xargs -r -n1 dirname | sort -u); do \
-	    for f in $$(cd $$m/$$d && grep -ho '^func Fuzz[A-Za-z0-9_]*' *_test.go | cut -c6-); do \
-	      echo "== fuzz $${m#$(CURDIR)/}/$${d#./} $$f"; \
-	      (cd $$m/$$d && go test -run XXX -fuzz "^$$f$$" -fuzztime $(FUZZTIME) .) || exit 1; \
-	    done; \
+	@for d in $$($(FUZZ_DIRS)); do \
+	  for f in $$(cd $$d && $(FUZZ_TARGETS)); do \
+	    echo "== fuzz $${d#$(CURDIR)/} $$f"; \
+	    (cd $$d && go test -run XXX -fuzz "^$$f$$" -fuzztime $(FUZZTIME) .) || exit 1; \
 	  done; \
 	done
 
