@@ -77,16 +77,20 @@ unit: ## unit tests with -race in every module (end-to-end tests and NORACE_PKGS
 	go test -race -vet=off -count=1 $$(go list $(WORKSPACE_PKGS) | grep -v '/tools/e2e$$' | grep -vxF "$$(go list $(NORACE_PKGS))")
 	go test -vet=off -count=1 $(NORACE_PKGS)
 
+# The end-to-end tests run four at a time: each has a pipeline of its own and they mostly wait (332 s one
+# at a time, 128 s four at a time, on the 2-core machine); tools/e2e/main_test.go says which stay serial.
+E2E_PARALLEL ?= 4
+
 .PHONY: e2e
 e2e: ## end-to-end: dev broker, redis-server, PostgreSQL and the service binaries as processes
-	cd tools && go test -count=1 -v -parallel 4 -timeout 10m -skip 'TestEveryVectorMeansOnTheNormalizedTopic' ./e2e 2>&1 | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+\S+_test\.go:)' ; exit $${PIPESTATUS[0]}
+	cd tools && go test -count=1 -v -parallel $(E2E_PARALLEL) -timeout 10m -skip 'TestEveryVectorMeansOnTheNormalizedTopic' ./e2e 2>&1 | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+\S+_test\.go:)' ; exit $${PIPESTATUS[0]}
 
 # make test: every end-to-end test in one run (one set of infrastructure), the vectors' too. The service
 # binaries are built without -race (their code is race-tested in unit); -race here would only slow the
 # harness's in-process fakes.
 .PHONY: e2e-all
 e2e-all:
-	cd tools && go test -count=1 -v -parallel 4 -timeout 15m ./e2e 2>&1 | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+\S+_test\.go:)' ; exit $${PIPESTATUS[0]}
+	cd tools && go test -count=1 -v -parallel $(E2E_PARALLEL) -timeout 15m ./e2e 2>&1 | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+\S+_test\.go:)' ; exit $${PIPESTATUS[0]}
 
 .PHONY: e2e-outage
 e2e-outage: ## the full destination outage: both sinks' destinations down for two minutes under load (make test runs 8 s)
