@@ -193,6 +193,7 @@ func run(ctx context.Context, rate, lowRate int, duration, idle time.Duration, b
 		return err
 	}
 	defer pool.Close()
+	rows := &stack.Rows{Pool: pool} // polls without scanning the table
 	gen := delightedgen.New([]byte(p.Secret), uint64(time.Now().UnixNano()))
 	gen.Population = 1 << 30 // each response its own person: the CRM writes a contact per response
 
@@ -221,7 +222,7 @@ func run(ctx context.Context, rate, lowRate int, duration, idle time.Duration, b
 			return err
 		}
 		accepted += st.accepted
-		if err := waitRows(ctx, pool, accepted, 2*time.Minute); err != nil {
+		if err := rows.Wait(ctx, accepted, 10*time.Millisecond, 2*time.Minute); err != nil {
 			return err
 		}
 		if err := st.latencies(ctx, pool, rcv, withWebhook); err != nil {
@@ -279,7 +280,7 @@ func run(ctx context.Context, rate, lowRate int, duration, idle time.Duration, b
 	if n := fails.Load(); n > 0 {
 		return fmt.Errorf("%d burst webhooks were not accepted", n)
 	}
-	if err := waitRows(ctx, pool, accepted+burst, 5*time.Minute); err != nil {
+	if err := rows.Wait(ctx, accepted+burst, 10*time.Millisecond, 5*time.Minute); err != nil {
 		return err
 	}
 	drained := time.Since(start)
@@ -382,20 +383,4 @@ func (r *receiver) wait(ctx context.Context, n int, timeout time.Duration) error
 		time.Sleep(20 * time.Millisecond)
 	}
 	return nil
-}
-
-// waitRows waits until the warehouse holds n rows.
-func waitRows(ctx context.Context, pool *pgxpool.Pool, n int, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		var got int
-		_ = pool.QueryRow(ctx, `SELECT count(*) FROM closedloop.feedback_events`).Scan(&got)
-		if got >= n {
-			return nil
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("the warehouse has %d of %d rows after %s", got, n, timeout)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }

@@ -1,0 +1,72 @@
+package stack
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Warehouse is the table the benches wait on.
+const Warehouse = "closedloop.feedback_events"
+
+// Rows tells a bench how full the warehouse is without loading the
+// PostgreSQL it measures. A `SELECT count(*)` every few milliseconds reads
+// the whole table each time: in `go run ./tools/sinkbench -n 300000` (a poll
+// every 10 ms) those scans were a third of PostgreSQL's CPU, counted as the
+// sink's, and slowed the sink they measured (docs/benchmarks.md, twelfth
+// pass). A poll here reads the highest row id
+// (one probe of the primary key's index); the rows are counted only once
+// the ids handed out reach the number waited for, since the table's
+// identity column gives each row its own id, starting at 1, and an insert
+// skipped by ON CONFLICT uses one without a row (so ids ≥ rows, never fewer).
+type Rows struct {
+	Pool *pgxpool.Pool
+	// rows were counted when the highest id was at: the count holds until
+	// a higher id comes.
+	rows, at int64
+}
+
+// MaxID is the highest row id committed so far: 0 with no row, or before
+// the sink has created the table.
+func (r *Rows) MaxID(ctx context.Context) int64 {
+	var id int64
+	if err := r.Pool.QueryRow(ctx, `SELECT coalesce(max(_cl_row_id), 0) FROM `+Warehouse).Scan(&id); err != nil {
+		return 0
+	}
+	return id
+}
+
+// Reached reports whether the warehouse holds at least n rows.
+func (r *Rows) Reached(ctx context.Context, n int) (bool, error) {
+	id := r.MaxID(ctx)
+	if id < int64(n) {
+		return false, nil
+	}
+	if id != r.at {
+		if err := r.Pool.QueryRow(ctx, `SELECT count(*) FROM `+Warehouse).Scan(&r.rows); err != nil {
+			return false, err
+		}
+		r.at = id
+	}
+	return r.rows >= int64(n), nil
+}
+
+// Wait polls Reached every poll until it holds; after timeout (or when ctx
+// ends) it fails with the number of rows there are.
+func (r *Rows) Wait(ctx context.Context, n int, poll, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, err := r.Reached(ctx, n)
+		if ok || err != nil {
+			return err
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			var got int64
+			_ = r.Pool.QueryRow(context.WithoutCancel(ctx), `SELECT count(*) FROM `+Warehouse).Scan(&got)
+			return fmt.Errorf("the warehouse has %d of %d rows after %s", got, n, timeout)
+		}
+		time.Sleep(poll)
+	}
+}
