@@ -175,7 +175,14 @@ func run(ctx context.Context, bin string, n, partitions, procs int, env []string
 	// The first row's arrival, then all n: a poll probes the primary key
 	// instead of counting the table (stack.Rows).
 	watch := &stack.Rows{Pool: pool}
-	for watch.MaxID(ctx) == 0 {
+	for {
+		id, err := watch.MaxID(ctx)
+		if err != nil {
+			return "", 0, 0, err
+		}
+		if id > 0 {
+			break
+		}
 		if time.Since(start) > 10*time.Minute || ctx.Err() != nil {
 			return "", 0, 0, fmt.Errorf("no row after %s", time.Since(start))
 		}

@@ -20,8 +20,8 @@ func TestRowsCountsTheWarehouseOnlyOnceItsIdsReachTheTarget(t *testing.T) {
 	}
 	defer pool.Close()
 	r := &Rows{Pool: pool}
-	if got := r.MaxID(ctx); got != 0 {
-		t.Fatalf("MaxID before the sink made the table = %d, want 0", got)
+	if got, err := r.MaxID(ctx); got != 0 || err != nil {
+		t.Fatalf("MaxID before the sink made the table = %d, %v; want 0, nil", got, err)
 	}
 	if ok, err := r.Reached(ctx, 1); ok || err != nil {
 		t.Fatalf("Reached(1) with no table = %v, %v; want false, nil", ok, err)
@@ -41,8 +41,8 @@ func TestRowsCountsTheWarehouseOnlyOnceItsIdsReachTheTarget(t *testing.T) {
 		}
 	}
 	insert("a", "b", "c")
-	if got := r.MaxID(ctx); got != 3 {
-		t.Fatalf("MaxID after 3 rows = %d", got)
+	if got, err := r.MaxID(ctx); got != 3 || err != nil {
+		t.Fatalf("MaxID after 3 rows = %d, %v", got, err)
 	}
 	if ok, _ := r.Reached(ctx, 3); !ok {
 		t.Fatal("3 rows did not reach 3")
@@ -53,8 +53,8 @@ func TestRowsCountsTheWarehouseOnlyOnceItsIdsReachTheTarget(t *testing.T) {
 	// Two inserts skipped by ON CONFLICT use ids 4 and 5 without a row: the
 	// ids reach 5, the rows are 4, and only a count can tell.
 	insert("a", "b", "d")
-	if got := r.MaxID(ctx); got != 6 {
-		t.Fatalf("MaxID after a batch with two conflicts = %d, want 6 (ids 4 and 5 skipped)", got)
+	if got, err := r.MaxID(ctx); got != 6 || err != nil {
+		t.Fatalf("MaxID after a batch with two conflicts = %d, %v; want 6 (ids 4 and 5 skipped)", got, err)
 	}
 	if ok, err := r.Reached(ctx, 5); ok || err != nil {
 		t.Fatalf("4 rows (ids up to 6) reached 5: %v, %v", ok, err)
@@ -73,5 +73,10 @@ func TestRowsCountsTheWarehouseOnlyOnceItsIdsReachTheTarget(t *testing.T) {
 	err = r.Wait(ctx, 9, time.Millisecond, 20*time.Millisecond)
 	if err == nil || !strings.Contains(err.Error(), "has 5 of 9 rows") {
 		t.Fatalf("Wait for 9 of 5 rows = %v, want a timeout naming 5 of 9", err)
+	}
+	// Only a missing table reads as no row: any other failure is one.
+	pool.Close()
+	if _, err := r.MaxID(ctx); err == nil {
+		t.Fatal("MaxID on a closed pool did not fail")
 	}
 }
