@@ -175,18 +175,8 @@ func run(ctx context.Context, bin string, n, partitions, procs int, env []string
 	// The first row's arrival, then all n: a poll probes the primary key
 	// instead of counting the table (stack.Rows).
 	watch := &stack.Rows{Pool: pool}
-	for {
-		id, err := watch.MaxID(ctx)
-		if err != nil {
-			return "", 0, 0, err
-		}
-		if id > 0 {
-			break
-		}
-		if time.Since(start) > 10*time.Minute || ctx.Err() != nil {
-			return "", 0, 0, fmt.Errorf("no row after %s", time.Since(start))
-		}
-		time.Sleep(10 * time.Millisecond)
+	if err := watch.Wait(ctx, 1, 10*time.Millisecond, 10*time.Minute-time.Since(start)); err != nil {
+		return "", 0, 0, err
 	}
 	first, cpu0, pg0 := time.Now(), cpu(), stack.TreeCPUSeconds(pg.PID())
 	if err := watch.Wait(ctx, n, 10*time.Millisecond, 10*time.Minute-time.Since(start)); err != nil {

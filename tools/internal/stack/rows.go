@@ -10,8 +10,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// Warehouse is the table the benches wait on.
-const Warehouse = "closedloop.feedback_events"
+// warehouse is the table the benches wait on.
+const warehouse = "closedloop.feedback_events"
 
 // Rows tells a bench how full the warehouse is without loading the
 // PostgreSQL it measures. A `SELECT count(*)` every few milliseconds reads
@@ -37,7 +37,7 @@ const undefinedTable = "42P01"
 // the sink has created the table.
 func (r *Rows) MaxID(ctx context.Context) (int64, error) {
 	var id int64
-	err := r.Pool.QueryRow(ctx, `SELECT coalesce(max(_cl_row_id), 0) FROM `+Warehouse).Scan(&id)
+	err := r.Pool.QueryRow(ctx, `SELECT coalesce(max(_cl_row_id), 0) FROM `+warehouse).Scan(&id)
 	if pe := (*pgconn.PgError)(nil); errors.As(err, &pe) && pe.Code == undefinedTable {
 		return 0, nil
 	}
@@ -51,7 +51,7 @@ func (r *Rows) Reached(ctx context.Context, n int) (bool, error) {
 		return false, err
 	}
 	if id != r.at {
-		if err := r.Pool.QueryRow(ctx, `SELECT count(*) FROM `+Warehouse).Scan(&r.rows); err != nil {
+		if err := r.Pool.QueryRow(ctx, `SELECT count(*) FROM `+warehouse).Scan(&r.rows); err != nil {
 			return false, err
 		}
 		r.at = id
@@ -70,7 +70,7 @@ func (r *Rows) Wait(ctx context.Context, n int, poll, timeout time.Duration) err
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			var got int64
-			if err := r.Pool.QueryRow(context.WithoutCancel(ctx), `SELECT count(*) FROM `+Warehouse).Scan(&got); err != nil {
+			if err := r.Pool.QueryRow(context.WithoutCancel(ctx), `SELECT count(*) FROM `+warehouse).Scan(&got); err != nil {
 				return fmt.Errorf("the warehouse's rows after %s: %w", timeout, err)
 			}
 			return fmt.Errorf("the warehouse has %d of %d rows after %s", got, n, timeout)
