@@ -10,11 +10,13 @@ MODULES := $(shell go list -m -f '{{.Dir}}' 2>/dev/null)
 BUF_VERSION := v1.75.0
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
+# vtprotobuf's generator: the commit google.golang.org/grpc requires of its runtime (one version per module).
+PROTOC_GEN_GO_VTPROTO_VERSION := v0.6.1-0.20240319094008-0393e58bdf10
 HELM_VERSION := v3.16.4
 # They live in a per-version cache outside the checkout, so a fresh clone on a
 # machine that built them once (CI runs on the development machine) does not
 # build them again; BIN=.bin keeps them in the checkout.
-BIN ?= $(if $(HOME),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/closedloop/tools-buf$(BUF_VERSION)-pgg$(PROTOC_GEN_GO_VERSION)-pggg$(PROTOC_GEN_GO_GRPC_VERSION)-helm$(HELM_VERSION),$(CURDIR)/.bin)
+BIN ?= $(if $(HOME),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/closedloop/tools-buf$(BUF_VERSION)-pgg$(PROTOC_GEN_GO_VERSION)-pggg$(PROTOC_GEN_GO_GRPC_VERSION)-vt$(PROTOC_GEN_GO_VTPROTO_VERSION)-helm$(HELM_VERSION),$(CURDIR)/.bin)
 export PATH := $(BIN):$(PATH)
 
 .PHONY: help
@@ -114,7 +116,7 @@ helm-check: $(BIN)/helm ## helm lint and render the chart (defaults, and every o
 	cd tools && go run ./helmcheck -alerts ../deploy/alerts/closedloop.rules.yaml ..
 
 .PHONY: tools
-tools: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc ## install the pinned code generators (into BIN, a per-version cache)
+tools: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc $(BIN)/protoc-gen-go-vtproto ## install the pinned code generators (into BIN, a per-version cache)
 
 $(BIN)/helm:
 	GOBIN=$(BIN) GOWORK=off go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
@@ -132,6 +134,8 @@ $(BIN)/protoc-gen-go:
 	GOBIN=$(BIN) GOWORK=off go install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
 $(BIN)/protoc-gen-go-grpc:
 	GOBIN=$(BIN) GOWORK=off go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+$(BIN)/protoc-gen-go-vtproto:
+	GOBIN=$(BIN) GOWORK=off go install github.com/planetscale/vtprotobuf/cmd/protoc-gen-go-vtproto@$(PROTOC_GEN_GO_VTPROTO_VERSION)
 
 .PHONY: generate
 generate: tools ## regenerate the protobuf Go code in proto/gen/go and pbjson's encoders of its messages

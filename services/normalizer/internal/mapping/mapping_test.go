@@ -7,6 +7,7 @@ import (
 
 	"github.com/segmentio/asm/cpu"
 	"github.com/segmentio/asm/cpu/x86"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -101,10 +102,15 @@ func TestUnknownSurveyTypesAreOtherAndKeepTheirString(t *testing.T) {
 func FuzzDelightedMapNeverPanics(f *testing.F) {
 	f.Add([]byte(`{"event_type":"survey_response.created","event_id":"x","event_data":{"id":"1","score":9,"updated_at":1}}`))
 	f.Add([]byte(`{"event_type":"unsubscribe.created","event_data":{"person_id":1}}`))
+	// Strings that are not UTF-8, in a field, a comment, a property's key and value.
+	f.Add([]byte("{\"event_type\":\"survey_response.created\",\"event_id\":\"x\xff\",\"event_data\":{\"id\":\"1\xc3\",\"score\":9,\"comment\":\"bad \xff\xfe\",\"updated_at\":1,\"person\":{\"id\":\"p\xff\",\"email\":\"a\xfe@b\"},\"person_properties\":{\"k\xff\":\"v\xfe\",\"n\":{\"d\xc3\":[\"\xff\"]}}}}"))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		ev, err := Map(&feedbackv1.RawWebhook{EventId: "e", Provider: "delighted", Body: body}, time.Unix(0, 0))
 		if err == nil && ev.Subject == nil {
 			t.Fatalf("mapped without a subject: %s", body)
+		}
+		if err == nil {
+			validProto3(t, ev, body)
 		}
 		if err != nil {
 			if _, ok := kafkaio.IsPermanent(err); !ok {
@@ -113,6 +119,18 @@ func FuzzDelightedMapNeverPanics(f *testing.F) {
 		}
 		_ = json.Valid(body)
 	})
+}
+
+// validProto3 fails t unless ev is a valid proto3 message, which is what
+// proto.Marshal checks: every string UTF-8. The normalizer encodes events
+// with the generated MarshalVT, which does not check it, so a mapped event's
+// strings must be valid already (the raw record's are: the normalizer
+// decodes it with proto.Unmarshal, which refuses them otherwise).
+func validProto3(t *testing.T, ev *feedbackv1.FeedbackEvent, body []byte) {
+	t.Helper()
+	if _, err := proto.Marshal(ev); err != nil {
+		t.Fatalf("mapped to an event that is not valid protobuf (%v): %q", err, body)
+	}
 }
 
 func BenchmarkDelightedMap(b *testing.B) {
@@ -179,11 +197,17 @@ func FuzzEveryMapperNeverPanics(f *testing.F) {
 	f.Add(uint8(0), []byte(`{"event":"rating_submitted","id":"e","timestamp":"2025-11-22T03:03:20Z","data":{"score":"4"}}`))
 	f.Add(uint8(1), []byte(`{"id":"u","event":"conversation.completed","data":{"conversation":{"id":"c"},"responses":[{"answer":"x","answer_type":"nps"}]}}`))
 	f.Add(uint8(2), []byte(`{"event":"recipient.acknowledged","timestamp":1763780120,"data":{"recipientId":5}}`))
+	for p := range providers.Names() { // strings that are not UTF-8, for every provider
+		f.Add(uint8(p), []byte("{\"event\":\"rating_submitted\xff\",\"event_type\":\"survey_response.created\",\"id\":\"e\xfe\",\"event_id\":\"e\xc3\",\"data\":{\"score\":\"4\",\"comment\":\"\xff\",\"id\":\"\xfe\"},\"event_data\":{\"id\":\"1\xff\",\"score\":3,\"updated_at\":1,\"comment\":\"\xc3\"},\"form_response\":{\"token\":\"t\xff\",\"answers\":[{\"text\":\"\xfe\"}]}}"))
+	}
 	names := providers.Names() // every provider of the table
 	f.Fuzz(func(t *testing.T, p uint8, body []byte) {
 		ev, err := Map(&feedbackv1.RawWebhook{EventId: "e", Provider: names[int(p)%len(names)], Body: body}, time.Unix(0, 0))
 		if err == nil && (ev.Subject == nil || ev.Subject.Id == "") {
 			t.Fatalf("mapped without a subject: %s", body)
+		}
+		if err == nil {
+			validProto3(t, ev, body)
 		}
 		if _, ok := kafkaio.IsPermanent(err); err != nil && !ok {
 			t.Fatalf("a mapping error that is not a quarantine reason: %v", err)
