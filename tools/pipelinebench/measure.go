@@ -29,6 +29,7 @@ type snapshot struct {
 	cpu     map[string]float64
 	m       map[string]stageMetrics
 	machine stack.MachineCPU
+	paging  stack.MachinePaging
 }
 
 // stageMetrics are a service's counters that explain its CPU: records
@@ -53,7 +54,7 @@ func newAccount(p *stack.Pipeline, infra *stack.Infra, services []string) *accou
 }
 
 func (a *account) snap() snapshot {
-	s := snapshot{at: time.Now(), cpu: map[string]float64{}, m: map[string]stageMetrics{}, machine: stack.ReadMachineCPU()}
+	s := snapshot{at: time.Now(), cpu: map[string]float64{}, m: map[string]stageMetrics{}, machine: stack.ReadMachineCPU(), paging: stack.ReadMachinePaging()}
 	for _, p := range a.procs {
 		s.cpu[p.name] = p.cpu()
 		if p.ops != "" {
@@ -115,4 +116,8 @@ func (a *account) report(label string, events int, before, after snapshot) {
 		fmt.Printf("  %-15s %5.1f %% of its CPU time busy (the processes above %.1f %%, others %.1f %%), stolen by the hypervisor %.1f %%\n",
 			"machine", (m1.Busy-m0.Busy)/total*100, all/total*100, (m1.Busy-m0.Busy-all)/total*100, (m1.Steal-m0.Steal)/total*100)
 	}
+	// Pages read back from disk slow every process of the run alike (stack.MachinePaging).
+	p0, p1 := before.paging, after.paging
+	fmt.Printf("  %-15s %.0f major page faults/s, %.0f evicted file pages read back/s\n",
+		"paging", (p1.MajorFaults-p0.MajorFaults)/secs, (p1.FileRefaults-p0.FileRefaults)/secs)
 }

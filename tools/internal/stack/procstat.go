@@ -74,6 +74,45 @@ func parseMachineCPU(stat string) MachineCPU {
 	return MachineCPU{Busy: busy / 100, Steal: v[8] / 100, All: (busy + v[4] + v[5] + v[8]) / 100} // USER_HZ
 }
 
+// MachinePaging is the machine's paging since boot from /proc/vmstat: major
+// page faults (a page read from disk, as when a binary's or a data file's
+// page was evicted) and file pages read back soon after the kernel evicted
+// them (workingset_refault_file). Either, during a run, means its processes
+// waited for the disk: a host that reclaims a guest's page cache (this
+// development VM's DAMON "pageout" scheme does) slows every process alike.
+// Zeros when unknown.
+type MachinePaging struct{ MajorFaults, FileRefaults float64 }
+
+// ReadMachinePaging reads MachinePaging.
+func ReadMachinePaging() MachinePaging {
+	b, err := os.ReadFile("/proc/vmstat")
+	if err != nil {
+		return MachinePaging{}
+	}
+	return parseMachinePaging(string(b))
+}
+
+func parseMachinePaging(vmstat string) MachinePaging {
+	var p MachinePaging
+	for line := range strings.Lines(vmstat) {
+		name, value, ok := strings.Cut(strings.TrimSpace(line), " ")
+		if !ok {
+			continue
+		}
+		n, err := strconv.ParseFloat(value, 64)
+		if err != nil {
+			continue
+		}
+		switch name {
+		case "pgmajfault":
+			p.MajorFaults = n
+		case "workingset_refault_file":
+			p.FileRefaults = n
+		}
+	}
+	return p
+}
+
 // Workspace builds every binary into a new temporary directory for a
 // benchmark tool; remove it with the returned cleanup.
 func Workspace(ctx context.Context, name string) (dir, bin string, cleanup func(), err error) {

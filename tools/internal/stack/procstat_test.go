@@ -20,3 +20,16 @@ func TestMachineCPUSplitsBusyStealAndIdle(t *testing.T) {
 		t.Fatalf("this machine's /proc/stat read as %+v", m)
 	}
 }
+
+func TestMachinePagingReadsMajorFaultsAndFileRefaults(t *testing.T) {
+	got := parseMachinePaging("nr_free_pages 5000\nworkingset_refault_anon 3\nworkingset_refault_file 1544222\npgfault 99\npgmajfault 32465\nbad line\n")
+	if want := (MachinePaging{MajorFaults: 32465, FileRefaults: 1544222}); got != want {
+		t.Fatalf("parseMachinePaging = %+v, want %+v", got, want)
+	}
+	if (parseMachinePaging("pgfault 1\n") != MachinePaging{}) {
+		t.Fatal("a /proc/vmstat without the two counters should read as zeros")
+	}
+	if p := ReadMachinePaging(); p.MajorFaults <= 0 {
+		t.Fatalf("this machine's /proc/vmstat read as %+v: no major fault since boot", p)
+	}
+}
