@@ -119,6 +119,24 @@ func (st *steadyRun) latencies(ctx context.Context, pool *pgxpool.Pool, rcv *rec
 		return err
 	}
 	fmt.Printf("warehouse  webhook→row      over %d rows:       p50 %.1f ms, p90 %.1f ms, p99 %.1f ms, max %.1f ms\n", n, p50, p90, p99, mx)
+	// Where the time went, hop by hop, from the event's own timestamps: the
+	// ingress's receipt, the normalizer's normalized_at, the enricher's
+	// enriched_at and the sink's INSERT (each hop includes the Kafka write and
+	// the next stage's fetch and linger).
+	var hops [3][2]float64
+	if err := pool.QueryRow(ctx, `SELECT
+		coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY n), 0), coalesce(percentile_cont(0.99) WITHIN GROUP (ORDER BY n), 0),
+		coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY e), 0), coalesce(percentile_cont(0.99) WITHIN GROUP (ORDER BY e), 0),
+		coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY w), 0), coalesce(percentile_cont(0.99) WITHIN GROUP (ORDER BY w), 0)
+		FROM (SELECT extract(epoch FROM (event->>'normalized_at')::timestamptz - _cl_received_at) * 1000 AS n,
+		             extract(epoch FROM (event->'enrichment'->>'enriched_at')::timestamptz - (event->>'normalized_at')::timestamptz) * 1000 AS e,
+		             extract(epoch FROM _cl_batched_at - (event->'enrichment'->>'enriched_at')::timestamptz) * 1000 AS w
+		      FROM closedloop.feedback_events WHERE _cl_received_at >= $1 AND _cl_received_at <= $2) x`, st.start, st.end).
+		Scan(&hops[0][0], &hops[0][1], &hops[1][0], &hops[1][1], &hops[2][0], &hops[2][1]); err != nil {
+		return err
+	}
+	fmt.Printf("           by hop, p50 / p99: →normalized %.1f / %.1f ms, →enriched %.1f / %.1f ms, →row %.1f / %.1f ms\n",
+		hops[0][0], hops[0][1], hops[1][0], hops[1][1], hops[2][0], hops[2][1])
 	if withWebhook {
 		if err := rcv.waitWindow(ctx, st.start, st.end, st.accepted, 2*time.Minute); err != nil {
 			return err
