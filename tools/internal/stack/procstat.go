@@ -52,12 +52,17 @@ func CPUSeconds(pid int) float64 {
 type MachineCPU struct{ Busy, Steal, All float64 }
 
 // ReadMachineCPU reads MachineCPU.
-func ReadMachineCPU() MachineCPU {
-	b, err := os.ReadFile("/proc/stat")
+func ReadMachineCPU() MachineCPU { return readParsed("/proc/stat", parseMachineCPU) }
+
+// readParsed is parse of the file at path, or T's zero value when it cannot
+// be read.
+func readParsed[T any](path string, parse func(string) T) T {
+	b, err := os.ReadFile(path)
 	if err != nil {
-		return MachineCPU{}
+		var zero T
+		return zero
 	}
-	return parseMachineCPU(string(b))
+	return parse(string(b))
 }
 
 func parseMachineCPU(stat string) MachineCPU {
@@ -84,13 +89,7 @@ func parseMachineCPU(stat string) MachineCPU {
 type MachinePaging struct{ MajorFaults, FileRefaults float64 }
 
 // ReadMachinePaging reads MachinePaging.
-func ReadMachinePaging() MachinePaging {
-	b, err := os.ReadFile("/proc/vmstat")
-	if err != nil {
-		return MachinePaging{}
-	}
-	return parseMachinePaging(string(b))
-}
+func ReadMachinePaging() MachinePaging { return readParsed("/proc/vmstat", parseMachinePaging) }
 
 func parseMachinePaging(vmstat string) MachinePaging {
 	var p MachinePaging
