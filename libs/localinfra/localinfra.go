@@ -19,6 +19,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -61,14 +62,44 @@ func (p *Proc) Stop() {
 // LogTail returns the last lines of the process's log, for error messages.
 func (p *Proc) LogTail() string { return tail(filepath.Join(p.Dir, p.Name+".log"), 20) }
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+// handedOut holds every port FreePort has returned in this process.
+var handedOut struct {
+	sync.Mutex
+	ports map[int]bool
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago and
+// that it has not returned before in this process. The kernel may give a
+// port that was just free to the next caller too, before the first one's
+// process binds it: with pipelines started in parallel (the end-to-end
+// tests) two services were handed one port ("address already in use").
 func FreePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	if handedOut.ports == nil {
+		handedOut.ports = map[int]bool{}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	var held []net.Listener // ports handed out before, kept bound so the kernel picks another
+	defer func() {
+		for _, l := range held {
+			_ = l.Close()
+		}
+	}()
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		if handedOut.ports[port] {
+			held = append(held, l)
+			continue
+		}
+		_ = l.Close()
+		handedOut.ports[port] = true
+		return port, nil
+	}
+	return 0, errors.New("no TCP port on 127.0.0.1 that was not handed out before, in 100 tries")
 }
 
 // WaitTCP waits until addr accepts connections.
