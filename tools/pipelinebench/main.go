@@ -6,7 +6,9 @@
 //  1. latency: webhooks at a steady rate (-rate per second for -duration);
 //     for every row, webhook→row = the row's _cl_batched_at (the INSERT's
 //     transaction time) minus its _cl_received_at (the ingress's receipt),
-//     both from this machine's clock; p50/p90/p99/max are printed.
+//     both from this machine's clock; p50/p90/p99/max are printed, and p50/p99
+//     of each hop (→normalized_at, →enrichment.enriched_at, →the INSERT) from
+//     the event's own timestamps.
 //
 //     Every event also goes to a webhook destination (sink-webhook, one
 //     endpoint) whose receiver runs in this process: webhook→delivery is the

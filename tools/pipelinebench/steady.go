@@ -108,33 +108,29 @@ func (s *sender) steady(rate int, d time.Duration, acct *account) (*steadyRun, e
 // latencies prints webhook→row (and webhook→delivery) percentiles of the
 // events the phase sent: rows whose receipt falls in the phase's window.
 func (st *steadyRun) latencies(ctx context.Context, pool *pgxpool.Pool, rcv *receiver, withWebhook bool) error {
+	// One scan of the phase's rows: webhook→row, and where the time went hop
+	// by hop, from the event's own timestamps (the ingress's receipt, the
+	// normalizer's normalized_at, the enricher's enriched_at and the sink's
+	// INSERT; each hop includes the Kafka write and the next stage's fetch and
+	// linger).
 	var n int
 	var p50, p90, p99, mx float64
+	var hops [3][2]float64
 	if err := pool.QueryRow(ctx, `SELECT count(*),
 		coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY l), 0), coalesce(percentile_cont(0.9) WITHIN GROUP (ORDER BY l), 0),
-		coalesce(percentile_cont(0.99) WITHIN GROUP (ORDER BY l), 0), coalesce(max(l), 0)
-		FROM (SELECT extract(epoch FROM _cl_batched_at - _cl_received_at) * 1000 AS l FROM closedloop.feedback_events
-		      WHERE _cl_received_at >= $1 AND _cl_received_at <= $2) x`, st.start, st.end).
-		Scan(&n, &p50, &p90, &p99, &mx); err != nil {
-		return err
-	}
-	fmt.Printf("warehouse  webhook→row      over %d rows:       p50 %.1f ms, p90 %.1f ms, p99 %.1f ms, max %.1f ms\n", n, p50, p90, p99, mx)
-	// Where the time went, hop by hop, from the event's own timestamps: the
-	// ingress's receipt, the normalizer's normalized_at, the enricher's
-	// enriched_at and the sink's INSERT (each hop includes the Kafka write and
-	// the next stage's fetch and linger).
-	var hops [3][2]float64
-	if err := pool.QueryRow(ctx, `SELECT
+		coalesce(percentile_cont(0.99) WITHIN GROUP (ORDER BY l), 0), coalesce(max(l), 0),
 		coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY n), 0), coalesce(percentile_cont(0.99) WITHIN GROUP (ORDER BY n), 0),
 		coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY e), 0), coalesce(percentile_cont(0.99) WITHIN GROUP (ORDER BY e), 0),
 		coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY w), 0), coalesce(percentile_cont(0.99) WITHIN GROUP (ORDER BY w), 0)
-		FROM (SELECT extract(epoch FROM (event->>'normalized_at')::timestamptz - _cl_received_at) * 1000 AS n,
+		FROM (SELECT extract(epoch FROM _cl_batched_at - _cl_received_at) * 1000 AS l,
+		             extract(epoch FROM (event->>'normalized_at')::timestamptz - _cl_received_at) * 1000 AS n,
 		             extract(epoch FROM (event->'enrichment'->>'enriched_at')::timestamptz - (event->>'normalized_at')::timestamptz) * 1000 AS e,
 		             extract(epoch FROM _cl_batched_at - (event->'enrichment'->>'enriched_at')::timestamptz) * 1000 AS w
 		      FROM closedloop.feedback_events WHERE _cl_received_at >= $1 AND _cl_received_at <= $2) x`, st.start, st.end).
-		Scan(&hops[0][0], &hops[0][1], &hops[1][0], &hops[1][1], &hops[2][0], &hops[2][1]); err != nil {
+		Scan(&n, &p50, &p90, &p99, &mx, &hops[0][0], &hops[0][1], &hops[1][0], &hops[1][1], &hops[2][0], &hops[2][1]); err != nil {
 		return err
 	}
+	fmt.Printf("warehouse  webhook→row      over %d rows:       p50 %.1f ms, p90 %.1f ms, p99 %.1f ms, max %.1f ms\n", n, p50, p90, p99, mx)
 	fmt.Printf("           by hop, p50 / p99: →normalized %.1f / %.1f ms, →enriched %.1f / %.1f ms, →row %.1f / %.1f ms\n",
 		hops[0][0], hops[0][1], hops[1][0], hops[1][1], hops[2][0], hops[2][1])
 	if withWebhook {
