@@ -16,7 +16,7 @@ type Settings struct {
 	BreakerThreshold int           // SINK_BREAKER_THRESHOLD (5 consecutive failed deliveries)
 	BreakerOpenFor   time.Duration // SINK_BREAKER_OPEN_FOR (10s between probes)
 	RatePerSecond    float64       // SINK_RATE_LIMIT (events/s; 0 = none)
-	Concurrency      int           // SINK_CONCURRENCY (batches at once; 0 = one per partition)
+	Concurrency      int           // SINK_CONCURRENCY (batches at once; 0 = one per partition worker; default: the service's)
 }
 
 // Env is the part of config.Env LoadSettings reads.
@@ -27,7 +27,11 @@ type Env interface {
 }
 
 // LoadSettings reads Settings, reporting bad values through e.
-func LoadSettings(e Env) Settings {
+// concurrency is the service's default for SINK_CONCURRENCY: 0 (one batch
+// per partition worker) where the destination answers each batch on its
+// own (HTTP receivers), 1 where concurrent batches contend inside it
+// (PostgreSQL inserting into one table: docs/benchmarks.md).
+func LoadSettings(e Env, concurrency int) Settings {
 	s := Settings{
 		MaxBatch:         e.Int("SINK_MAX_BATCH", 500),
 		MaxAttempts:      e.Int("SINK_MAX_ATTEMPTS", 8),
@@ -36,7 +40,7 @@ func LoadSettings(e Env) Settings {
 		BreakerThreshold: e.Int("SINK_BREAKER_THRESHOLD", 5),
 		BreakerOpenFor:   e.Duration("SINK_BREAKER_OPEN_FOR", 10*time.Second),
 		RatePerSecond:    float64(e.Int("SINK_RATE_LIMIT", 0)),
-		Concurrency:      e.Int("SINK_CONCURRENCY", 0),
+		Concurrency:      e.Int("SINK_CONCURRENCY", concurrency),
 	}
 	if s.MaxBatch < 1 || s.MaxAttempts < 1 || s.BreakerThreshold < 1 || s.RatePerSecond < 0 || s.Concurrency < 0 {
 		e.Errorf("SINK_MAX_BATCH, SINK_MAX_ATTEMPTS and SINK_BREAKER_THRESHOLD must be at least 1, SINK_RATE_LIMIT and SINK_CONCURRENCY at least 0")

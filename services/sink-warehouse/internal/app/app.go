@@ -46,7 +46,15 @@ func Load(e *config.Env) (Config, error) {
 			e.Errorf("DATABASE_URL has scheme %q: use postgres://user:password@host:5432/db", scheme)
 		}
 	}
-	c.Sink = sink.LoadSettings(e)
+	// One INSERT at a time per process (SINK_CONCURRENCY): the consumer's
+	// workers still decode, filter and commit in parallel, but two inserts
+	// into one table contend for its indexes and, on a small machine, for
+	// the cores the rest of the pipeline needs. On a 2-core machine one at a
+	// time cut PostgreSQL's CPU per row in the pipeline's drain by over a
+	// quarter, raised the drain by a quarter and took the median
+	// webhook→row p99 at 1,000/s from ~150 to ~90 ms, for 6 % less of the
+	// sink's own maximum (docs/benchmarks.md, fourteenth pass).
+	c.Sink = sink.LoadSettings(e, 1)
 	c.Pipeline = service.LoadPipeline(e, nil)
 	return c, e.Err()
 }

@@ -25,3 +25,17 @@ func TestADatabaseURLThatIsNotPostgresIsReported(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+func TestOneInsertAtATimeUnlessConfigured(t *testing.T) {
+	// No pipeline file: Load reports it and still returns what it read.
+	base := map[string]string{"DATABASE_URL": "postgres://u@h:5432/db", "KAFKA_BROKERS": "a:1", "PIPELINE_CONFIG": "/nonexistent"}
+	c, _ := Load(config.FromMap(base))
+	if c.Sink.Concurrency != 1 {
+		t.Errorf("default SINK_CONCURRENCY = %d, want 1", c.Sink.Concurrency)
+	}
+	base["SINK_CONCURRENCY"] = "0"
+	c, _ = Load(config.FromMap(base))
+	if c.Sink.Concurrency != 0 {
+		t.Errorf("SINK_CONCURRENCY=0 gave %d", c.Sink.Concurrency)
+	}
+}

@@ -50,7 +50,7 @@ func Load(e *config.Env) (Config, error) {
 		RedisURL:      e.Required("REDIS_URL", "the Redis server for delivery checkpoints, e.g. redis://localhost:6379/0"),
 		RedisPrefix:   e.String("REDIS_KEY_PREFIX", "closedloop:"),
 		CheckpointTTL: e.Duration("SINK_CHECKPOINT_TTL", 7*24*time.Hour),
-		Sink:          sink.LoadSettings(e),
+		Sink:          sink.LoadSettings(e, 0), // receivers answer each batch on their own
 	}
 	if c.RedisURL != "" {
 		if _, err := redis.ParseURL(c.RedisURL); err != nil {
