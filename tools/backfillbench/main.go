@@ -49,6 +49,7 @@ func main() {
 	baseline := flag.Bool("baseline", true, "also run the naive baseline (list and re-send as webhooks)")
 	partitions := flag.Int("partitions", 6, "partitions per topic")
 	flag.Parse()
+	fmt.Printf("host: %s\n", stack.MeasureHost(time.Second))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, *n, *conc, *partitions, *baseline); err != nil {

@@ -44,6 +44,7 @@ func main() {
 	seconds := flag.Int("seconds", 10, "length of each latency run")
 	crmLatency := flag.Duration("crm-latency", 20*time.Millisecond, "latency of every CRM answer")
 	flag.Parse()
+	fmt.Printf("host: %s\n", stack.MeasureHost(time.Second))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, *n, *rate, *seconds, *crmLatency); err != nil {

@@ -66,6 +66,7 @@ func main() {
 		serve(*serveKind, *serveAddr, *brokers)
 		return
 	}
+	fmt.Printf("host: %s\n", stack.MeasureHost(time.Second))
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "ingressbench:", err)
 		os.Exit(1)

@@ -55,6 +55,7 @@ func main() {
 		}
 		return
 	}
+	fmt.Printf("host: %s\n", stack.MeasureHost(time.Second))
 	counts, err := stack.ParseCounts(*procs)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "normalizerbench: -procs:", err)

@@ -87,6 +87,7 @@ func main() {
 	flag.Var(&env, "env", "NAME=value added to every service's environment (repeatable)")
 	flag.Var(&serviceEnv, "service-env", "service:NAME=value added to one service's environment, after -env (repeatable), e.g. normalizer:CONSUMER_LINGER=5ms")
 	flag.Parse()
+	fmt.Printf("host: %s\n", stack.MeasureHost(time.Second))
 	if *profile != "" {
 		profileServices = strings.Split(*profile, ",")
 	}

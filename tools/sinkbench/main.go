@@ -50,6 +50,7 @@ func main() {
 		}
 		return
 	}
+	fmt.Printf("host: %s\n", stack.MeasureHost(time.Second))
 	counts, err := stack.ParseCounts(*procs)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "sinkbench: -procs:", err)

@@ -5,7 +5,9 @@
 // rate where the process is otherwise idle. It prints the process's CPU per
 // round for each chain length: if the length barely matters, the cost of a
 // stage at moderate rates is its wake-ups, and fewer of them (bigger
-// batches), not cheaper hand-offs, is what lowers the CPU per event.
+// batches), not cheaper hand-offs, is what lowers the CPU per event. The
+// benchmarks print the zero-hop figure as the host's wake-up cost
+// (stack.MeasureHost).
 //
 //	go run ./tools/wakebench [-rate 1000] [-d 3s]
 package main
@@ -13,54 +15,19 @@ package main
 import (
 	"flag"
 	"fmt"
-	"syscall"
 	"time"
-)
 
-func cpu() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		panic(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
+	"github.com/closedloop/closedloop/tools/internal/stack"
+)
 
 func main() {
 	rate := flag.Int("rate", 1000, "rounds per second")
 	d := flag.Duration("d", 3*time.Second, "length of each measurement")
 	flag.Parse()
 	for _, hops := range []int{0, 1, 2, 4, 8} {
-		in := make(chan chan struct{})
-		cur := in
-		for range hops {
-			next := make(chan chan struct{})
-			go func(from, to chan chan struct{}) {
-				for done := range from {
-					to <- done
-				}
-				close(to)
-			}(cur, next)
-			cur = next
-		}
-		go func(last chan chan struct{}) {
-			for done := range last {
-				done <- struct{}{}
-			}
-		}(cur)
-		t := time.NewTicker(time.Second / time.Duration(*rate))
-		start, c0 := time.Now(), cpu()
-		n := 0
-		for time.Since(start) < *d {
-			<-t.C
-			done := make(chan struct{})
-			in <- done
-			<-done
-			n++
-		}
-		used := cpu() - c0
-		t.Stop()
-		close(in)
+		start := time.Now()
+		per, n := stack.WakeCost(*d, *rate, hops)
 		fmt.Printf("woken by a ticker, %d goroutine hand-offs and back: %d rounds (%.0f/s achieved), %.1f µs of CPU per round\n",
-			hops, n, float64(n)/time.Since(start).Seconds(), float64(used)/float64(n)/1e3)
+			hops, n, float64(n)/time.Since(start).Seconds(), float64(per)/1e3)
 	}
 }
