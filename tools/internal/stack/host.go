@@ -12,9 +12,10 @@ import (
 // Host is what this machine charges for the work that dominates a service's
 // CPU at moderate rates: entering the kernel and waking from idle. The same
 // code used 1.7 times the CPU per event on one of this project's VMs as on
-// another (docs/benchmarks.md, thirteenth and fourteenth passes), and these
-// two costs told the hosts apart where the CPU model alone did not: absolute
-// figures compare only between runs on hosts with similar costs.
+// another, and on the slower one (a PVM guest) both costs were several times
+// what bare metal charges (docs/benchmarks.md, thirteenth and fourteenth
+// passes): absolute figures compare only between runs on hosts with similar
+// costs.
 type Host struct {
 	Model      string        // /proc/cpuinfo's model name ("?" when unknown)
 	CPUs       int           // runtime.NumCPU
