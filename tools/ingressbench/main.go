@@ -129,7 +129,7 @@ func run(o options) error {
 	for _, kind := range []string{"ceiling", "nethttp", "naive"} {
 		p, _ := localinfra.FreePort()
 		addr := "127.0.0.1:" + strconv.Itoa(p)
-		proc := &stack.Process{Name: kind, Bin: self, Args: []string{"-serve", kind, "-addr", addr, "-brokers", broker.Addrs}, Log: filepath.Join(dir, kind+".log")}
+		proc := &stack.Process{Name: kind, Baseline: true, Bin: self, Args: []string{"-serve", kind, "-addr", addr, "-brokers", broker.Addrs}, Log: filepath.Join(dir, kind+".log")}
 		if err := proc.Start(); err != nil {
 			return err
 		}

@@ -194,7 +194,7 @@ func run(ctx context.Context, bin string, n int, dupFrac float64, partitions, pr
 	res.events = unique
 	if procs == 0 {
 		self, _ := os.Executable()
-		under = append(under, &stack.Process{Name: "passthrough", Bin: self, Args: []string{"-passthrough-of", broker.Addrs}, Log: filepath.Join(dir, "passthrough.log")})
+		under = append(under, &stack.Process{Name: "passthrough", Baseline: true, Bin: self, Args: []string{"-passthrough-of", broker.Addrs}, Log: filepath.Join(dir, "passthrough.log")})
 		out, want, res.events = passTopic, int64(n), n
 		res.name = "passthrough (kafka-go)"
 	} else {

@@ -102,6 +102,7 @@ func main() {
 		env = append([]string{fmt.Sprintf("GOMAXPROCS=%d", *gomaxprocs)}, env...)
 	}
 	fmt.Printf("each service's GOMAXPROCS: %s\n", gomaxprocsOf(env))
+	fmt.Printf("each service's environment, as the image's: %s\n", strings.Join(stack.ImageEnv, " "))
 	if err := run(ctx, *rate, *lowRate, *duration, *idle, *burst, *conc, *partitions, *withWebhook, *withHelpdesks, *withCRM, env); err != nil {
 		fmt.Fprintln(os.Stderr, "pipelinebench:", err)
 		os.Exit(1)

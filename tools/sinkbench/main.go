@@ -211,7 +211,7 @@ func run(ctx context.Context, bin string, n, partitions, procs int, env []string
 // the n events.
 func passthrough(ctx context.Context, dir string, broker *stack.Broker, n, partitions int) (string, float64, float64, error) {
 	self, _ := os.Executable()
-	proc := &stack.Process{Name: "passthrough", Bin: self, Args: []string{"-passthrough-of", broker.Addrs}, Log: filepath.Join(dir, "passthrough.log")}
+	proc := &stack.Process{Name: "passthrough", Baseline: true, Bin: self, Args: []string{"-passthrough-of", broker.Addrs}, Log: filepath.Join(dir, "passthrough.log")}
 	fmt.Println("passthrough (kafka-go)…")
 	if err := proc.Start(); err != nil {
 		return "", 0, 0, err
