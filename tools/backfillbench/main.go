@@ -163,7 +163,7 @@ func run(ctx context.Context, n, conc, partitions int, baseline bool) error {
 		return err
 	}
 	cpu0 = cpuOf(q)
-	self0 := selfCPU()
+	self0 := stack.SelfCPU()
 	t0 = time.Now()
 	work := make(chan delightedgen.Webhook, conc*2)
 	var wg sync.WaitGroup
@@ -207,7 +207,7 @@ func run(ctx context.Context, n, conc, partitions int, baseline bool) error {
 	}
 	took2 := time.Since(t0)
 	fmt.Printf("naive baseline (list, re-send as webhooks from %d senders): all %d rows %s after the start: %.0f events/s; the script's CPU %.1f s\n",
-		conc, listed, took2.Round(time.Millisecond), float64(listed)/took2.Seconds(), selfCPU()-self0)
+		conc, listed, took2.Round(time.Millisecond), float64(listed)/took2.Seconds(), (stack.SelfCPU() - self0).Seconds())
 	report(q, cpu0, listed)
 	fmt.Printf("ratio: the backfill job runs at %.2f× the naive baseline\n", (float64(n)/took.Seconds())/(float64(listed)/took2.Seconds()))
 	return nil
@@ -244,12 +244,6 @@ func waitRows(ctx context.Context, pool *pgxpool.Pool, schema string, n int, tim
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-func selfCPU() float64 {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
 
 func numCPU() string {

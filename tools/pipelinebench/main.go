@@ -351,13 +351,6 @@ func run(ctx context.Context, rate, lowRate int, duration, idle time.Duration, b
 	return nil
 }
 
-// selfCPU is this process's CPU time in seconds (user + system).
-func selfCPU() float64 {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
-}
-
 // receiver is the webhook destination's receiver: it records, per
 // webhook-id, when the first delivery arrived and the event's received_at.
 type receiver struct {

@@ -71,7 +71,7 @@ func (s *sender) steady(rate int, d time.Duration, acct *account) (*steadyRun, e
 	if err != nil {
 		return nil, err
 	}
-	cpu0 := selfCPU()
+	cpu0 := stack.SelfCPU()
 	var mu sync.Mutex
 	codes := map[int]int{} // status of the webhooks not accepted (0: no answer)
 	st.start = rawhttp.Drive(s.ctx, s.addr, cs, rawhttp.Load{N: len(reqs), Request: func(i int) []byte { return reqs[i] }, Interval: interval},
@@ -97,7 +97,7 @@ func (s *sender) steady(rate int, d time.Duration, acct *account) (*steadyRun, e
 	took := st.end.Sub(st.start)
 	achieved := float64(st.sent) / took.Seconds()
 	fmt.Printf("sent %d webhooks in %s: %.0f/s achieved (asked %d/s); the load generator, receiver and fakes (this process) used %.1f s of CPU\n",
-		st.sent, took.Round(time.Millisecond), achieved, rate, selfCPU()-cpu0)
+		st.sent, took.Round(time.Millisecond), achieved, rate, (stack.SelfCPU() - cpu0).Seconds())
 	if achieved < 0.97*float64(rate) {
 		st.err = fmt.Errorf("the steady phase sent %.0f webhooks/s, below the %d/s asked for: its numbers do not describe that rate", achieved, rate)
 		fmt.Println("RATE NOT MET:", st.err)

@@ -37,11 +37,11 @@ func MeasureHost(d time.Duration) Host {
 	const tries, calls = 5, 20_000
 	part := max(d, 100*time.Millisecond) / tries
 	for i := range tries {
-		c0 := processCPU()
+		c0 := SelfCPU()
 		for range calls {
 			syscall.Getppid()
 		}
-		sc := (processCPU() - c0) / calls
+		sc := (SelfCPU() - c0) / calls
 		w, n := WakeCost(part, 1000, 0)
 		if i == 0 || sc < h.Syscall {
 			h.Syscall = sc
@@ -115,7 +115,7 @@ func WakeCost(d time.Duration, rate, hops int) (perRound time.Duration, rounds i
 	defer close(in)
 	t := time.NewTicker(time.Second / time.Duration(rate))
 	defer t.Stop()
-	start, c0 := time.Now(), processCPU()
+	start, c0 := time.Now(), SelfCPU()
 	for time.Since(start) < d {
 		<-t.C
 		done := make(chan struct{})
@@ -123,11 +123,12 @@ func WakeCost(d time.Duration, rate, hops int) (perRound time.Duration, rounds i
 		<-done
 		rounds++
 	}
-	return (processCPU() - c0) / time.Duration(max(rounds, 1)), rounds
+	return (SelfCPU() - c0) / time.Duration(max(rounds, 1)), rounds
 }
 
-// processCPU is this process's user and system CPU time.
-func processCPU() time.Duration {
+// SelfCPU is this process's user and system CPU time (getrusage: finer than
+// CPUSeconds's clock ticks).
+func SelfCPU() time.Duration {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
 		return 0
