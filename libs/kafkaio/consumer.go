@@ -142,6 +142,16 @@ type ConsumerConfig struct {
 	// rates that fill it sooner a record waits less than Linger, and Linger
 	// bounds the wait at rates that do not.
 	LingerRecords int
+	// LingerSpan (default 0: none) makes a lingering fetch's batch grow
+	// with the rate: it waits for LingerRecords records or the bytes that
+	// arrive in LingerSpan at the fetcher's recent rate, whichever is more
+	// (still at most Linger). With LingerRecords alone a faster stream
+	// waits less and its batches stay as small as at the rate that first
+	// fills them, so each record carries a whole batch's fixed cost (a
+	// fetch, a Redis round trip, a produce or an INSERT, and the wake-ups
+	// of each) however fast they come; with a span the wait stays about
+	// LingerSpan and the batch is what arrives in it.
+	LingerSpan time.Duration
 	// StartFromLatest makes a group with no committed offset (or one out of
 	// range: records deleted, a topic recreated) start at the end
 	// of the topics instead of the beginning (default false: read everything).

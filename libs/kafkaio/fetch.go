@@ -36,10 +36,42 @@ const fetchMaxWait = 2 * time.Second
 const lingerBytes = 256 << 10
 
 // lingerMinBytes is the fetch.min.bytes of a lingering fetch: LingerRecords
-// records at avg bytes each, within [1, lingerBytes] and the fetch budget.
-func lingerMinBytes(records int, avg float64, budget int) int32 {
-	n := int(avg * float64(records))
-	return int32(max(1, min(n, lingerBytes, budget)))
+// records at avg bytes each, or the bytes that arrive in LingerSpan at rate
+// bytes per second if more, within [1, lingerBytes] and the fetch budget.
+func lingerMinBytes(records int, avg float64, span time.Duration, rate float64, budget int) int32 {
+	n := max(avg*float64(records), rate*span.Seconds())
+	return int32(max(1, min(int(n), lingerBytes, budget)))
+}
+
+// arrivals estimates the bytes per second a fetcher's partitions receive,
+// from the answers of its lingering fetches: each answer's bytes over the
+// time since the previous answer with records, both averaged over the
+// recent answers (the ratio of the averages, which a few short intervals
+// cannot inflate as an average of ratios would). An answer that waited
+// for its batch measures the arrivals during that wait; one that came at
+// once after a slow handover measures them during the handover.
+type arrivals struct {
+	bytes, secs float64 // moving averages per answer
+}
+
+func (a *arrivals) add(bytes int, d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	if a.secs == 0 {
+		a.bytes, a.secs = float64(bytes), d.Seconds()
+		return
+	}
+	a.bytes += (float64(bytes) - a.bytes) / 8
+	a.secs += (d.Seconds() - a.secs) / 8
+}
+
+// rate is the bytes per second, 0 before any answer.
+func (a *arrivals) rate() float64 {
+	if a.secs == 0 {
+		return 0
+	}
+	return a.bytes / a.secs
 }
 
 // A fetch answer is read whole into its connection's buffer (reused from
@@ -340,12 +372,13 @@ func (c *Consumer) fetchLoop(ctx context.Context, addr string, parts []*partStat
 		gots      []got
 		lingering bool
 		avgBytes  float64                // recent bytes per record, as fetched
+		arrived   arrivals               // recent bytes per second, while lingering
 		lastData  time.Time              // when the last answer with records came
 		gather    = map[string]partKey{} // this answer's worker per topic (router)
 	)
 	for ctx.Err() == nil {
 		if lingering {
-			req.maxWait, req.minBytes = int32(max(c.cfg.Linger/time.Millisecond, 1)), lingerMinBytes(c.cfg.LingerRecords, avgBytes, c.fetchBytes)
+			req.maxWait, req.minBytes = int32(max(c.cfg.Linger/time.Millisecond, 1)), lingerMinBytes(c.cfg.LingerRecords, avgBytes, c.cfg.LingerSpan, arrived.rate(), c.fetchBytes)
 		} else {
 			req.maxWait, req.minBytes = int32(fetchMaxWait/time.Millisecond), 1
 		}
@@ -397,6 +430,11 @@ func (c *Consumer) fetchLoop(ctx context.Context, addr string, parts []*partStat
 		// Linger (ConsumerConfig.Linger).
 		now := time.Now()
 		lingering = c.cfg.Linger > 0 && n > 0 && time.Duration(n)*c.cfg.Linger/2 >= now.Sub(lastData)
+		if !lingering {
+			arrived = arrivals{} // a new stream starts from LingerRecords
+		} else if c.cfg.LingerSpan > 0 {
+			arrived.add(size, now.Sub(lastData))
+		}
 		if n > 0 {
 			lastData = now
 			// A moving average of the record size, for the bytes that make

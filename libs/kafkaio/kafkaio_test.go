@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -698,6 +700,112 @@ func TestALingeringFetchReturnsOnceItsBatchHasArrived(t *testing.T) {
 	receive(t, handled, 8, 2500*time.Millisecond, nil)
 	if d := time.Since(sent); d > 2500*time.Millisecond {
 		t.Fatalf("8 records handled %v after the first was sent", d)
+	}
+}
+
+// With LingerSpan, a lingering fetch waits for what arrives in the span at
+// the recent rate when that is more than LingerRecords: a steady stream's
+// batches grow with its rate instead of staying at LingerRecords.
+func TestALingeringFetchsBatchGrowsWithTheRate(t *testing.T) {
+	addrs := broker(t, "in", "q")
+	p := NewProducer(ProducerConfig{Brokers: addrs})
+	defer p.Close()
+	var mu sync.Mutex
+	var sizes []int
+	handled := make(chan string, 1000)
+	c, err := NewBatchConsumer(ConsumerConfig{Brokers: addrs, GroupID: "g", Topics: []string{"in"}, Quarantine: p, QuarantineTopic: "q",
+		Log: quiet(), Workers: 1, Linger: 2 * time.Second, LingerRecords: 2, LingerSpan: 250 * time.Millisecond},
+		func(_ context.Context, batch []Delivery) []error {
+			mu.Lock()
+			sizes = append(sizes, len(batch))
+			mu.Unlock()
+			for _, d := range batch {
+				handled <- string(d.Msg.Value)
+			}
+			return nil
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer runBatch(c)()
+	ctx := context.Background()
+	if err := p.Produce(ctx, Record{Topic: "in", Key: []byte("k"), Value: []byte("first")}); err != nil {
+		t.Fatal(err)
+	}
+	receive(t, handled, 1, 30*time.Second, nil)
+	mu.Lock()
+	sizes = nil
+	mu.Unlock()
+	// About 100 records a second for 3 s: 25 in a span, 2 in LingerRecords.
+	const n = 300
+	go func() {
+		start := time.Now()
+		for i := range n {
+			time.Sleep(time.Until(start.Add(time.Duration(i) * 10 * time.Millisecond)))
+			if err := p.Produce(ctx, Record{Topic: "in", Key: []byte("k"), Value: []byte(fmt.Sprint("r", i))}); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	receive(t, handled, n, 20*time.Second, nil)
+	mu.Lock()
+	defer mu.Unlock()
+	// The first batches start from LingerRecords while the rate is learnt,
+	// and the last is what was left: the middle ones show the span.
+	got := slices.Clone(sizes)
+	slices.Sort(got)
+	if med := got[len(got)/2]; med < 10 {
+		t.Fatalf("median batch %d records at ~100/s with a 250 ms span (want ~25; LingerRecords alone gives ~2): %v", med, sizes)
+	}
+	// Linger (2 s) bounds each wait: 300 records in 3 s are not 300/25 lingers of 2 s.
+}
+
+func TestLingerMinBytes(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		records int
+		avg     float64
+		span    time.Duration
+		rate    float64
+		budget  int
+		want    int32
+	}{
+		{"records only", 16, 1000, 0, 0, 1 << 20, 16000},
+		{"the span is less", 16, 1000, 16 * time.Millisecond, 500_000, 1 << 20, 16000},   // 8,000 bytes in 16 ms
+		{"the span is more", 16, 1000, 16 * time.Millisecond, 4_000_000, 1 << 20, 64000}, // 64,000 bytes in 16 ms
+		{"capped at lingerBytes", 16, 1000, time.Second, 4_000_000, 1 << 20, lingerBytes},
+		{"capped at the budget", 16, 1000, 16 * time.Millisecond, 4_000_000, 20000, 20000},
+		{"at least one byte", 16, 0, 16 * time.Millisecond, 0, 1 << 20, 1},
+	} {
+		if got := lingerMinBytes(c.records, c.avg, c.span, c.rate, c.budget); got != c.want {
+			t.Errorf("%s: lingerMinBytes = %d, want %d", c.name, got, c.want)
+		}
+	}
+}
+
+func TestArrivalsIsTheRatioOfAverages(t *testing.T) {
+	var a arrivals
+	if a.rate() != 0 {
+		t.Fatalf("rate before any answer = %v", a.rate())
+	}
+	a.add(1000, 0) // no time: ignored
+	if a.rate() != 0 {
+		t.Fatalf("an answer without elapsed time counted: rate %v", a.rate())
+	}
+	a.add(1000, 10*time.Millisecond)
+	if r := a.rate(); math.Abs(r-100_000) > 1 {
+		t.Fatalf("rate after 1,000 bytes in 10 ms = %v, want 100,000/s", r)
+	}
+	// Answers of 1,000 bytes alternately 1 ms and 19 ms apart: 2,000 bytes
+	// in 20 ms, 100,000 bytes/s, where the average of the answers' own
+	// rates (1,000,000 and 52,632 bytes/s) would read 526,316.
+	for range 64 {
+		a.add(1000, time.Millisecond)
+		a.add(1000, 19*time.Millisecond)
+	}
+	if r := a.rate(); r < 90_000 || r > 110_000 {
+		t.Fatalf("rate %v, want ~100,000 bytes/s", r)
 	}
 }
 
