@@ -49,7 +49,10 @@ func lingerMinBytes(records int, avg float64, span time.Duration, rate float64, 
 // recent answers (the ratio of the averages, which a few short intervals
 // cannot inflate as an average of ratios would). An answer that waited
 // for its batch measures the arrivals during that wait; one that came at
-// once after a slow handover measures them during the handover.
+// once after a slow handover measures them during the handover. Read
+// while a consumer catches up on a backlog, it is the rate the records
+// were read at, not the rate they arrive at: the fetch loop starts it
+// again from the first answer that waited out the whole linger.
 type arrivals struct {
 	bytes, secs float64 // moving averages per answer
 }
@@ -429,10 +432,18 @@ func (c *Consumer) fetchLoop(ctx context.Context, addr string, parts []*partStat
 		// Linger while the records come fast enough to put two in a
 		// Linger (ConsumerConfig.Linger).
 		now := time.Now()
+		waited := lingering && size < int(req.minBytes) // the linger passed first
 		lingering = c.cfg.Linger > 0 && n > 0 && time.Duration(n)*c.cfg.Linger/2 >= now.Sub(lastData)
-		if !lingering {
+		switch {
+		case !lingering:
 			arrived = arrivals{} // a new stream starts from LingerRecords
-		} else if c.cfg.LingerSpan > 0 {
+		case c.cfg.LingerSpan > 0:
+			if waited {
+				// The estimate asked for more than came in a whole linger
+				// (after a backlog, the rate it was read at): start again
+				// from this answer rather than wait out its decay.
+				arrived = arrivals{}
+			}
 			arrived.add(size, now.Sub(lastData))
 		}
 		if n > 0 {

@@ -761,6 +761,92 @@ func TestALingeringFetchsBatchGrowsWithTheRate(t *testing.T) {
 	// Linger (2 s) bounds each wait: 300 records in 3 s are not 300/25 lingers of 2 s.
 }
 
+// After a backlog the rate a fetcher measured is the rate it read at; once
+// it has caught up, one fetch that waits out the whole linger for that
+// many bytes resets the estimate, so a slow stream's records are not held
+// the linger each.
+func TestAfterABacklogTheSpanFollowsTheLiveRate(t *testing.T) {
+	addrs := broker(t, "in", "q")
+	p := NewProducer(ProducerConfig{Brokers: addrs})
+	defer p.Close()
+	ctx := context.Background()
+	// 8 MiB of records: several answers (at most 1 MiB of a partition
+	// each), handed over as fast as they come, so the estimate reads the
+	// rate they are read at.
+	const backlog = 4000
+	body := bytes.Repeat([]byte("x"), 2<<10)
+	for i := 0; i < backlog; i += 100 {
+		recs := make([]Record, 100)
+		for j := range recs {
+			recs[j] = Record{Topic: "in", Key: []byte("k"), Value: body}
+		}
+		if err := p.Produce(ctx, recs...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	handled := make(chan time.Time, backlog+100)
+	values := make(chan string, backlog+100)
+	c, err := NewBatchConsumer(ConsumerConfig{Brokers: addrs, GroupID: "g", Topics: []string{"in"}, Quarantine: p, QuarantineTopic: "q",
+		Log: quiet(), Workers: 1, Linger: time.Second, LingerRecords: 2, LingerSpan: 100 * time.Millisecond},
+		func(_ context.Context, batch []Delivery) []error {
+			for _, d := range batch {
+				handled <- time.Now()
+				values <- string(d.Msg.Value)
+			}
+			return nil
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer runBatch(c)()
+	receive(t, values, backlog, 30*time.Second, nil)
+	for range backlog {
+		<-handled
+	}
+	// Then ~40 records a second for 4 s, of the same size: 4 in a span.
+	const n = 160
+	var mu sync.Mutex
+	sent := make([]time.Time, n)
+	go func() {
+		start := time.Now()
+		for i := range n {
+			time.Sleep(time.Until(start.Add(time.Duration(i) * 25 * time.Millisecond)))
+			mu.Lock()
+			sent[i] = time.Now()
+			mu.Unlock()
+			if err := p.Produce(ctx, Record{Topic: "in", Key: []byte("k"), Value: body}); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	var held []time.Duration
+	for i := range n {
+		select {
+		case at := <-handled:
+			<-values
+			mu.Lock()
+			held = append(held, at.Sub(sent[i]))
+			mu.Unlock()
+		case <-time.After(20 * time.Second):
+			t.Fatalf("record %d of the live stream not handled", i)
+		}
+	}
+	// The first second may wait out one linger at the backlog's rate; after
+	// it a record waits about the span for its batch, not the linger.
+	late := 0
+	for _, d := range held[n/2:] {
+		if d > 500*time.Millisecond {
+			late++
+		}
+	}
+	// A linger waited out at the backlog's rate holds every record of
+	// that second (~40); a loaded machine may delay one or two.
+	if late >= 10 {
+		t.Fatalf("%d of the last %d records held over 500 ms (linger 1 s, span 100 ms): %v", late, n/2, held[n/2:])
+	}
+}
+
 func TestLingerMinBytes(t *testing.T) {
 	for _, c := range []struct {
 		name    string
