@@ -659,6 +659,28 @@ func TestWithSpansDroppedARecordCarriesItsProducersTraceContextToItsHandler(t *t
 	}
 }
 
+// lingerConsumer runs a one-worker batch consumer of "in" with the linger
+// settings of linger (Linger, LingerRecords, LingerSpan). It calls h with
+// each batch (when not nil), then passes every record's value to values.
+func lingerConsumer(t *testing.T, addrs []string, p *Producer, linger ConsumerConfig, values chan<- string, h func([]Delivery)) (stop func()) {
+	t.Helper()
+	c, err := NewBatchConsumer(ConsumerConfig{Brokers: addrs, GroupID: "g", Topics: []string{"in"}, Quarantine: p, QuarantineTopic: "q",
+		Log: quiet(), Workers: 1, Linger: linger.Linger, LingerRecords: linger.LingerRecords, LingerSpan: linger.LingerSpan},
+		func(_ context.Context, batch []Delivery) []error {
+			if h != nil {
+				h(batch)
+			}
+			for _, d := range batch {
+				values <- string(d.Msg.Value)
+			}
+			return nil
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return runBatch(c)
+}
+
 // A lingering fetch returns as soon as LingerRecords records (in bytes, at
 // the average record size) have arrived: Linger bounds the wait only at
 // rates that do not fill the batch sooner.
@@ -667,18 +689,7 @@ func TestALingeringFetchReturnsOnceItsBatchHasArrived(t *testing.T) {
 	p := NewProducer(ProducerConfig{Brokers: addrs})
 	defer p.Close()
 	handled := make(chan string, 100)
-	c, err := NewBatchConsumer(ConsumerConfig{Brokers: addrs, GroupID: "g", Topics: []string{"in"}, Quarantine: p, QuarantineTopic: "q",
-		Log: quiet(), Workers: 1, Linger: 5 * time.Second, LingerRecords: 4},
-		func(_ context.Context, batch []Delivery) []error {
-			for _, d := range batch {
-				handled <- string(d.Msg.Value)
-			}
-			return nil
-		})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer runBatch(c)()
+	defer lingerConsumer(t, addrs, p, ConsumerConfig{Linger: 5 * time.Second, LingerRecords: 4}, handled, nil)()
 	ctx := context.Background()
 	if err := p.Produce(ctx, Record{Topic: "in", Key: []byte("k"), Value: []byte("first")}); err != nil {
 		t.Fatal(err)
@@ -713,21 +724,12 @@ func TestALingeringFetchsBatchGrowsWithTheRate(t *testing.T) {
 	var mu sync.Mutex
 	var sizes []int
 	handled := make(chan string, 1000)
-	c, err := NewBatchConsumer(ConsumerConfig{Brokers: addrs, GroupID: "g", Topics: []string{"in"}, Quarantine: p, QuarantineTopic: "q",
-		Log: quiet(), Workers: 1, Linger: 2 * time.Second, LingerRecords: 2, LingerSpan: 250 * time.Millisecond},
-		func(_ context.Context, batch []Delivery) []error {
+	defer lingerConsumer(t, addrs, p, ConsumerConfig{Linger: 2 * time.Second, LingerRecords: 2, LingerSpan: 250 * time.Millisecond}, handled,
+		func(batch []Delivery) {
 			mu.Lock()
 			sizes = append(sizes, len(batch))
 			mu.Unlock()
-			for _, d := range batch {
-				handled <- string(d.Msg.Value)
-			}
-			return nil
-		})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer runBatch(c)()
+		})()
 	ctx := context.Background()
 	if err := p.Produce(ctx, Record{Topic: "in", Key: []byte("k"), Value: []byte("first")}); err != nil {
 		t.Fatal(err)
@@ -786,19 +788,12 @@ func TestAfterABacklogTheSpanFollowsTheLiveRate(t *testing.T) {
 	}
 	handled := make(chan time.Time, backlog+100)
 	values := make(chan string, backlog+100)
-	c, err := NewBatchConsumer(ConsumerConfig{Brokers: addrs, GroupID: "g", Topics: []string{"in"}, Quarantine: p, QuarantineTopic: "q",
-		Log: quiet(), Workers: 1, Linger: time.Second, LingerRecords: 2, LingerSpan: 100 * time.Millisecond},
-		func(_ context.Context, batch []Delivery) []error {
-			for _, d := range batch {
+	defer lingerConsumer(t, addrs, p, ConsumerConfig{Linger: time.Second, LingerRecords: 2, LingerSpan: 100 * time.Millisecond}, values,
+		func(batch []Delivery) {
+			for range batch {
 				handled <- time.Now()
-				values <- string(d.Msg.Value)
 			}
-			return nil
-		})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer runBatch(c)()
+		})()
 	receive(t, values, backlog, 30*time.Second, nil)
 	for range backlog {
 		<-handled
