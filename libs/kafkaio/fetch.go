@@ -39,8 +39,8 @@ const lingerBytes = 256 << 10
 // records at avg bytes each, or the bytes that arrive in LingerSpan at rate
 // bytes per second if more, within [1, lingerBytes] and the fetch budget.
 func lingerMinBytes(records int, avg float64, span time.Duration, rate float64, budget int) int32 {
-	n := max(avg*float64(records), rate*span.Seconds())
-	return int32(max(1, min(int(n), lingerBytes, budget)))
+	n := min(max(avg*float64(records), rate*span.Seconds()), lingerBytes) // capped before int: the rate has no bound
+	return int32(max(1, min(int(n), budget)))
 }
 
 // arrivals estimates the bytes per second a fetcher's partitions receive,

@@ -858,6 +858,7 @@ func TestLingerMinBytes(t *testing.T) {
 		{"capped at lingerBytes", 16, 1000, time.Second, 4_000_000, 1 << 20, lingerBytes},
 		{"capped at the budget", 16, 1000, 16 * time.Millisecond, 4_000_000, 20000, 20000},
 		{"at least one byte", 16, 0, 16 * time.Millisecond, 0, 1 << 20, 1},
+		{"an unbounded rate", 16, 1000, 16 * time.Millisecond, 1e300, 1 << 20, lingerBytes},
 	} {
 		if got := lingerMinBytes(c.records, c.avg, c.span, c.rate, c.budget); got != c.want {
 			t.Errorf("%s: lingerMinBytes = %d, want %d", c.name, got, c.want)
