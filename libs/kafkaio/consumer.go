@@ -150,10 +150,7 @@ type ConsumerConfig struct {
 	// fills them, so each record carries a whole batch's fixed cost (a
 	// fetch, a Redis round trip, a produce or an INSERT, and the wake-ups
 	// of each) however fast they come; with a span the wait stays about
-	// LingerSpan and the batch is what arrives in it. The fetch then waits
-	// at most twice the time its bytes take at that rate (never more than
-	// Linger): when the stream stops or slows, its last records wait about
-	// two spans, not a whole Linger, in every lingering stage they cross.
+	// LingerSpan and the batch is what arrives in it.
 	LingerSpan time.Duration
 	// StartFromLatest makes a group with no committed offset (or one out of
 	// range: records deleted, a topic recreated) start at the end

@@ -43,24 +43,6 @@ func lingerMinBytes(records int, avg float64, span time.Duration, rate float64, 
 	return int32(max(1, min(int(n), budget)))
 }
 
-// lingerMaxWait is the fetch.max.wait.ms of a lingering fetch asking for
-// minBytes: twice the time they take to arrive at rate bytes per second,
-// within [1 ms, linger]; linger when there is no estimate (rate 0, as
-// without LingerSpan). At a steady rate the bytes come well before it; when
-// the stream stops (the end of a burst) or slows, the fetch returns after
-// about twice the span instead of the whole linger, and its short answer
-// starts the estimate again.
-func lingerMaxWait(minBytes int32, rate float64, linger time.Duration) int32 {
-	wait := linger
-	if rate > 0 {
-		// In seconds first: a rate near zero makes a wait no Duration holds.
-		if secs := 2 * float64(minBytes) / rate; secs < linger.Seconds() {
-			wait = time.Duration(secs * float64(time.Second))
-		}
-	}
-	return int32(max(wait/time.Millisecond, 1))
-}
-
 // arrivals estimates the bytes per second a fetcher's partitions receive,
 // from the answers of its lingering fetches: each answer's bytes over the
 // time since the previous answer with records, both averaged over the
@@ -399,9 +381,7 @@ func (c *Consumer) fetchLoop(ctx context.Context, addr string, parts []*partStat
 	)
 	for ctx.Err() == nil {
 		if lingering {
-			rate := arrived.rate()
-			req.minBytes = lingerMinBytes(c.cfg.LingerRecords, avgBytes, c.cfg.LingerSpan, rate, c.fetchBytes)
-			req.maxWait = lingerMaxWait(req.minBytes, rate, c.cfg.Linger)
+			req.maxWait, req.minBytes = int32(max(c.cfg.Linger/time.Millisecond, 1)), lingerMinBytes(c.cfg.LingerRecords, avgBytes, c.cfg.LingerSpan, arrived.rate(), c.fetchBytes)
 		} else {
 			req.maxWait, req.minBytes = int32(fetchMaxWait/time.Millisecond), 1
 		}

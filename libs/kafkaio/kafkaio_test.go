@@ -843,68 +843,6 @@ func TestAfterABacklogTheSpanFollowsTheLiveRate(t *testing.T) {
 	}
 }
 
-// When a stream stops, the last lingering fetch asked for a span's worth of
-// bytes that will not come: it waits about twice the span at the rate it
-// learnt, not the whole linger (at the end of a burst every lingering stage
-// held its last records the linger).
-func TestTheLastRecordsOfAStreamWaitAboutTwoSpansNotTheLinger(t *testing.T) {
-	addrs := broker(t, "in", "q")
-	p := NewProducer(ProducerConfig{Brokers: addrs})
-	defer p.Close()
-	handled := make(chan time.Time, 1000)
-	values := make(chan string, 1000)
-	defer lingerConsumer(t, addrs, p, ConsumerConfig{Linger: 3 * time.Second, LingerRecords: 2, LingerSpan: 100 * time.Millisecond}, values,
-		func(batch []Delivery) {
-			for range batch {
-				handled <- time.Now()
-			}
-		})()
-	ctx := context.Background()
-	// About 200 records a second for 2 s: 20 in a span. Each stream ends
-	// part-way into a span, as a burst does.
-	const n = 403
-	var last time.Time
-	start := time.Now()
-	for i := range n {
-		time.Sleep(time.Until(start.Add(time.Duration(i) * 5 * time.Millisecond)))
-		if err := p.Produce(ctx, Record{Topic: "in", Key: []byte("k"), Value: []byte(fmt.Sprint("r", i))}); err != nil {
-			t.Fatal(err)
-		}
-		last = time.Now()
-	}
-	receive(t, values, n, 30*time.Second, nil)
-	var at time.Time
-	for range n {
-		at = <-handled
-	}
-	// Twice the span is 200 ms; a loaded machine may add some. The whole
-	// linger is 3 s.
-	if held := at.Sub(last); held > time.Second {
-		t.Fatalf("the stream's last record was handled %v after it was produced (span 100 ms, linger 3 s)", held)
-	}
-}
-
-func TestLingerMaxWait(t *testing.T) {
-	for _, c := range []struct {
-		name     string
-		minBytes int32
-		rate     float64
-		linger   time.Duration
-		want     int32
-	}{
-		{"no estimate: the linger", 16000, 0, 100 * time.Millisecond, 100},
-		{"twice the time the bytes take", 16000, 1_000_000, 100 * time.Millisecond, 32}, // 16 ms at 1 MB/s
-		{"never past the linger", 16000, 100_000, 100 * time.Millisecond, 100},          // 160 ms at 100 kB/s
-		{"at least 1 ms", 1000, 1e9, 100 * time.Millisecond, 1},
-		{"a rate near zero", 16000, 1e-300, 100 * time.Millisecond, 100},
-		{"a linger under 1 ms", 16000, 0, 100 * time.Microsecond, 1},
-	} {
-		if got := lingerMaxWait(c.minBytes, c.rate, c.linger); got != c.want {
-			t.Errorf("%s: lingerMaxWait = %d ms, want %d", c.name, got, c.want)
-		}
-	}
-}
-
 func TestLingerMinBytes(t *testing.T) {
 	for _, c := range []struct {
 		name    string
