@@ -28,6 +28,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/closedloop/closedloop/libs/redisscript"
 )
 
 // Outcome is the result of a claim.
@@ -266,51 +268,40 @@ func (s *Store) ReleaseAll(ctx context.Context, items []Item) error {
 
 // runAll runs script once per scope of items, in one pipeline, and returns
 // its answer for each item in the order of items. A call's arguments are
-// head, then per(item) for each of its items. A Redis that lost its script
-// cache (restart, failover) answers NOSCRIPT: the script is loaded and the
-// pipeline run once more (every script here is safe to repeat).
+// head, then per(item) for each of its items.
 func (s *Store) runAll(ctx context.Context, script *redis.Script, items []Item, head []any, per func(Item) []any) ([]int64, error) {
 	if len(items) == 0 {
 		return nil, nil
 	}
 	groups := byScope(items)
-	for attempt := 0; ; attempt++ {
-		pipe := s.rdb.Pipeline()
-		cmds := make([]*redis.Cmd, len(groups))
-		for g, idx := range groups {
-			var keys []string
-			args := slices.Clone(head)
-			for _, i := range idx {
-				keys = s.appendKeys(keys, items[i].Scope, items[i].IDs...)
-				args = append(args, per(items[i])...)
-			}
-			cmds[g] = script.EvalSha(ctx, pipe, keys, args...)
+	calls := make([]redisscript.Call, len(groups))
+	for g, idx := range groups {
+		var keys []string
+		args := slices.Clone(head)
+		for _, i := range idx {
+			keys = s.appendKeys(keys, items[i].Scope, items[i].IDs...)
+			args = append(args, per(items[i])...)
 		}
-		_, err := pipe.Exec(ctx)
-		if err != nil && attempt == 0 && redis.HasErrorPrefix(err, "NOSCRIPT") {
-			if lerr := script.Load(ctx, s.rdb).Err(); lerr != nil {
-				return nil, lerr
-			}
-			continue
-		}
+		calls[g] = redisscript.Call{Script: script, Keys: keys, Args: args}
+	}
+	cmds, err := redisscript.Run(ctx, s.rdb, calls)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]int64, len(items))
+	for g, c := range cmds {
+		ns, err := c.Int64Slice()
 		if err != nil {
 			return nil, err
 		}
-		out := make([]int64, len(items))
-		for g, c := range cmds {
-			ns, err := c.Int64Slice()
-			if err != nil {
-				return nil, err
-			}
-			if len(ns) != len(groups[g]) {
-				return nil, fmt.Errorf("script answered %d results for %d events", len(ns), len(groups[g]))
-			}
-			for j, i := range groups[g] {
-				out[i] = ns[j]
-			}
+		if len(ns) != len(groups[g]) {
+			return nil, fmt.Errorf("script answered %d results for %d events", len(ns), len(groups[g]))
 		}
-		return out, nil
+		for j, i := range groups[g] {
+			out[i] = ns[j]
+		}
 	}
+	return out, nil
 }
 
 // byScope groups the indexes of items by scope, in order of first

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/closedloop/closedloop/libs/redisscript"
 )
 
 // Guard keeps a contact's fields at its newest feedback. Events reach a
@@ -154,13 +156,13 @@ func (g *Guard) ClaimAll(ctx context.Context, emails []string, versions []Versio
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	token := g.session + "|" + hex.EncodeToString(b[:])
-	pipe := g.RDB.Pipeline()
-	cmds := make([]*redis.Cmd, len(emails))
+	calls := make([]redisscript.Call, len(emails))
 	for i, e := range emails {
-		cmds[i] = claimScript.Eval(ctx, pipe, []string{g.Prefix + "v:" + e, g.Prefix + "lease:" + e},
-			versions[i].At, versions[i].EventID, token, g.lease().Milliseconds(), g.ttl().Milliseconds(), g.Prefix+"session:")
+		calls[i] = redisscript.Call{Script: claimScript, Keys: []string{g.Prefix + "v:" + e, g.Prefix + "lease:" + e},
+			Args: []any{versions[i].At, versions[i].EventID, token, g.lease().Milliseconds(), g.ttl().Milliseconds(), g.Prefix + "session:"}}
 	}
-	if _, err := pipe.Exec(ctx); err != nil {
+	cmds, err := redisscript.Run(ctx, g.RDB, calls)
+	if err != nil {
 		return nil, nil, fmt.Errorf("claiming contacts in Redis: %w", err)
 	}
 	claims := make([]Claim, len(emails))
@@ -192,8 +194,7 @@ func (g *Guard) ClaimAll(ctx context.Context, emails []string, versions []Versio
 // settle, so no newer write can be overtaken by it.
 func (g *Guard) Release(ctx context.Context, held []*Held, failed, unsure []bool, settle time.Duration) error {
 	ctx = context.WithoutCancel(ctx)
-	pipe := g.RDB.Pipeline()
-	n := 0
+	var calls []redisscript.Call
 	for i, h := range held {
 		if h == nil {
 			continue
@@ -205,14 +206,10 @@ func (g *Guard) Release(ctx context.Context, held []*Held, failed, unsure []bool
 		if unsure != nil && unsure[i] && settle > 0 {
 			hold = settle.Milliseconds()
 		}
-		releaseScript.Eval(ctx, pipe, []string{g.Prefix + "v:" + h.email, g.Prefix + "lease:" + h.email},
-			h.token, restore, h.prev, h.mine.String(), g.ttl().Milliseconds(), hold)
-		n++
+		calls = append(calls, redisscript.Call{Script: releaseScript, Keys: []string{g.Prefix + "v:" + h.email, g.Prefix + "lease:" + h.email},
+			Args: []any{h.token, restore, h.prev, h.mine.String(), g.ttl().Milliseconds(), hold}})
 	}
-	if n == 0 {
-		return nil
-	}
-	_, err := pipe.Exec(ctx)
+	_, err := redisscript.Run(ctx, g.RDB, calls)
 	return err
 }
 

@@ -23,6 +23,14 @@ func TestTheGuardOrdersWritesAndOutlivesNoDeadWriter(t *testing.T) {
 	a.Run(actx)
 	old, mid, last := Version{At: 100, EventID: "e1"}, Version{At: 200, EventID: "e2"}, Version{At: 300, EventID: "e3"}
 
+	// Redis lost its scripts (a restart, a failover): the claims and
+	// releases below load them again.
+	flush := func() {
+		if err := rdb.ScriptFlush(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	flush()
 	claims, held, err := a.ClaimAll(ctx, []string{"x@example.com"}, []Version{mid})
 	if err != nil || claims[0] != Write {
 		t.Fatalf("first claim: %v %v", claims, err)
@@ -40,6 +48,7 @@ func TestTheGuardOrdersWritesAndOutlivesNoDeadWriter(t *testing.T) {
 	if c[0] != Write {
 		t.Fatalf("a newer event: %v, want write", c)
 	}
+	flush()
 	if err := b.Release(ctx, h, []bool{true}, nil, 0); err != nil { // refused: back to mid
 		t.Fatal(err)
 	}
