@@ -18,6 +18,27 @@ type Event struct {
 	Value []byte
 	// Attempt is 1 on the first delivery of this event, 2 on its first retry, ...
 	Attempt int
+
+	checkpoint Checkpoint // the runtime's; nil outside a runtime
+	marked     bool
+}
+
+// MarkDelivered records the event in its runtime's Checkpoint at once,
+// before the batch is done. A destination that delivers one event at a time
+// and has no idempotency of its own (a chat message, a plain webhook) calls
+// it on each success: a crash in the middle of a batch then sends again only
+// the events not yet recorded. An event recorded here is not recorded a
+// second time when the batch is done; one whose record failed is, and that
+// failure is the batch's. Outside a runtime (a test) it does nothing.
+func (e *Event) MarkDelivered(ctx context.Context) error {
+	if e.checkpoint == nil {
+		return nil
+	}
+	if err := e.checkpoint.Mark(ctx, []string{CheckpointKey(e.Feedback)}); err != nil {
+		return err
+	}
+	e.marked = true
+	return nil
 }
 
 // Destination delivers events to one place.

@@ -290,7 +290,7 @@ func (r *Runner) handle(ctx context.Context, batch []kafkaio.Delivery, priority,
 			results[i], failed = kafkaio.Permanent(kafkaio.ReasonUndecodableRecord, err), true
 			continue
 		}
-		p := &pending{idx: i, ev: &Event{Ctx: d.Ctx, Feedback: &ev, Value: d.Msg.Value}}
+		p := &pending{idx: i, ev: &Event{Ctx: d.Ctx, Feedback: &ev, Value: d.Msg.Value, checkpoint: r.cfg.Checkpoint}}
 		if r.cfg.Filter != nil {
 			ok, err := r.cfg.Filter.Eval(&ev)
 			if err != nil {
@@ -362,11 +362,15 @@ func (r *Runner) handle(ctx context.Context, batch []kafkaio.Delivery, priority,
 			return r.failAll(results, fresh, fmt.Errorf("dead-letter produce: %w", derr))
 		}
 	}
-	if len(delivered) > 0 {
-		dkeys := make([]string, len(delivered))
-		for i, p := range delivered {
-			dkeys[i] = CheckpointKey(p.ev.Feedback)
+	// The events the destination marked one by one (Event.MarkDelivered)
+	// are recorded already.
+	var dkeys []string
+	for _, p := range delivered {
+		if !p.ev.marked {
+			dkeys = append(dkeys, CheckpointKey(p.ev.Feedback))
 		}
+	}
+	if len(dkeys) > 0 {
 		if merr := r.cfg.Checkpoint.Mark(ctx, dkeys); merr != nil {
 			// Delivered but not remembered: a redelivery before the offset
 			// commit could repeat them. Retried rather than committed blind.

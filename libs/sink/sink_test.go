@@ -371,6 +371,83 @@ func TestTheCheckpointSkipsARedeliveryButNotAReplay(t *testing.T) {
 	}
 }
 
+// markingDest marks each event it delivers at once (Event.MarkDelivered),
+// as a destination with no idempotency of its own does.
+type markingDest struct{ dest }
+
+func (d *markingDest) Deliver(ctx context.Context, events []*Event) []error {
+	errs := d.dest.Deliver(ctx, events)
+	for i, ev := range events {
+		if errs == nil || errs[i] == nil {
+			_ = ev.MarkDelivered(ctx)
+		}
+	}
+	return errs
+}
+
+// recordingCP is an in-memory checkpoint that records each Mark's keys and
+// refuses the keys in refuse once each.
+type recordingCP struct {
+	mu     sync.Mutex
+	done   map[string]bool
+	marks  [][]string
+	refuse map[string]bool
+}
+
+func (c *recordingCP) Delivered(_ context.Context, keys []string) ([]bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]bool, len(keys))
+	for i, k := range keys {
+		out[i] = c.done[k]
+	}
+	return out, nil
+}
+
+func (c *recordingCP) Mark(_ context.Context, keys []string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.marks = append(c.marks, keys)
+	for _, k := range keys {
+		if c.refuse[k] {
+			delete(c.refuse, k)
+			return errors.New("checkpoint store unavailable")
+		}
+	}
+	for _, k := range keys {
+		c.done[k] = true
+	}
+	return nil
+}
+
+func TestEventsTheDestinationMarkedAreNotMarkedAgain(t *testing.T) {
+	key := func(id string) string {
+		return CheckpointKey(&feedbackv1.FeedbackEvent{EventId: id, Source: "dl"})
+	}
+	cp := &recordingCP{done: map[string]bool{}, refuse: map[string]bool{key("b"): true}}
+	d := &markingDest{}
+	r := runner(t, d, &dlq{}, func(c *Config) { c.Checkpoint = cp })
+	ctx := context.Background()
+	if errs := r.HandleBatch(ctx, batchOf(t, "a", "b", "c")); errs != nil {
+		t.Fatal(errs)
+	}
+	// a and c were marked one by one; b's mark failed, so the batch marks b alone.
+	want := [][]string{{key("a")}, {key("b")}, {key("c")}, {key("b")}}
+	if fmt.Sprint(cp.marks) != fmt.Sprint(want) {
+		t.Fatalf("marks %v, want %v", cp.marks, want)
+	}
+	if errs := r.HandleBatch(ctx, batchOf(t, "a", "b", "c")); errs != nil { // redelivery after a crash
+		t.Fatal(errs)
+	}
+	if got := d.delivered(); fmt.Sprint(got) != "[a b c]" {
+		t.Fatalf("delivered %v, want a b c once each", got)
+	}
+	// Outside a runtime marking does nothing.
+	if err := (&Event{Feedback: &feedbackv1.FeedbackEvent{EventId: "x"}}).MarkDelivered(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestFilteredUnjudgedAndUndecodableEvents(t *testing.T) {
 	d := &dest{}
 	q := &dlq{}

@@ -109,7 +109,6 @@ func instances(section *yaml.Node, env sink.KindEnv) ([]sink.Instance, error) {
 			return nil, fmt.Errorf("%s: %w", at, err)
 		}
 		cp := sink.RedisCheckpoint{RDB: env.Redis, Prefix: env.RedisPrefix + ch.Name + ":done:", TTL: 7 * 24 * time.Hour}
-		d.checkpoint = cp
 		out = append(out, sink.Instance{Name: ch.Name, Group: env.GroupPrefix + ch.Name, Checkpoint: cp, Filter: sink.FilterOf(d.when),
 			Open: func(ctx context.Context) (sink.Destination, error) { return d, d.Load(ctx) }})
 	}
@@ -127,7 +126,6 @@ type Destination struct {
 	rdb                redis.UniversalClient
 	threadKey          string // prefix of "response → its first alert's ts"
 	when               *expr.Bool
-	checkpoint         sink.Checkpoint
 	now                func() time.Time
 }
 
@@ -208,9 +206,7 @@ func (d *Destination) Deliver(ctx context.Context, events []*sink.Event) []error
 	for i, ev := range events {
 		err := d.alert(ctx, ev)
 		if err == nil {
-			if d.checkpoint != nil {
-				_ = d.checkpoint.Mark(ctx, []string{sink.CheckpointKey(ev.Feedback)}) // no idempotency at Slack
-			}
+			_ = ev.MarkDelivered(ctx) // no idempotency at Slack: a crash re-sends only what was not recorded
 			continue
 		}
 		if errs == nil {

@@ -270,8 +270,8 @@ func (s *suite) failure(t *testing.T, f Failure) {
 }
 
 // MemoryCheckpoint is a sink.Checkpoint in memory, for destinations that
-// are not idempotent themselves (the service uses RedisCheckpoint). Share
-// one between the destination and Harness.Checkpoint: it outlives runners,
+// are not idempotent themselves (the service uses RedisCheckpoint). Return
+// the same one from Harness.Checkpoint for every runner: it outlives them,
 // as Redis outlives a restart.
 type MemoryCheckpoint struct {
 	mu   sync.Mutex

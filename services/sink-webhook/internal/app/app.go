@@ -131,7 +131,6 @@ func Run(ctx context.Context) error {
 				if why, off := dest.Disabled(); off {
 					svc.Log.Warn("endpoint is disabled: its events go to the dead-letter topic", "endpoint", ep.Name, "why", why, "reenable", "closedloopctl resume sink-webhook "+ep.Name)
 				}
-				dest.Checkpoint = checkpoint
 				svc.Log.Info("endpoint ready", "endpoint", ep.Name, "group", cfg.GroupID+"-"+ep.Name)
 				return dest, nil
 			},

@@ -52,7 +52,6 @@ func TestTheWebhookDestinationPassesTheContract(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			e.Checkpoint = cp
 			return e
 		},
 		Checkpoint: func(*testing.T) sink.Checkpoint { return cp },

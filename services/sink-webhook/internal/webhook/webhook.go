@@ -47,11 +47,6 @@ type Endpoint struct {
 	flag   Flag
 	now    func() time.Time
 	off    atomic.Pointer[string] // why it is disabled, nil when enabled
-	// Checkpoint, when set, records each event the moment its 2xx arrives
-	// (the runtime marks the batch again when it is done): a crash in the
-	// middle of a batch then re-sends at most the event in flight, not every
-	// event of the batch already acknowledged.
-	Checkpoint sink.Checkpoint
 }
 
 // SigningKey turns a configured secret into the HMAC key: a "whsec_"
@@ -150,9 +145,11 @@ func (e *Endpoint) Deliver(ctx context.Context, events []*sink.Event) []error {
 				ev := events[i]
 				err := e.post(ev)
 				if err == nil {
-					if e.Checkpoint != nil {
-						_ = e.Checkpoint.Mark(ctx, []string{sink.CheckpointKey(ev.Feedback)}) // the runtime marks again and reports
-					}
+					// Recorded the moment its 2xx arrives: a crash in the middle
+					// of a batch re-sends at most the events in flight, not every
+					// event of the batch already acknowledged (a failed record is
+					// made, and reported, when the batch is done).
+					_ = ev.MarkDelivered(ctx)
 					continue
 				}
 				errs[i] = err
