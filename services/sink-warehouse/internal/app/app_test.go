@@ -1,6 +1,8 @@
 package app
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -27,14 +29,23 @@ func TestADatabaseURLThatIsNotPostgresIsReported(t *testing.T) {
 }
 
 func TestOneInsertAtATimeUnlessConfigured(t *testing.T) {
-	// No pipeline file: Load reports it and still returns what it read.
-	base := map[string]string{"DATABASE_URL": "postgres://u@h:5432/db", "KAFKA_BROKERS": "a:1", "PIPELINE_CONFIG": "/nonexistent"}
-	c, _ := Load(config.FromMap(base))
+	pipeline := filepath.Join(t.TempDir(), "pipeline.yaml")
+	if err := os.WriteFile(pipeline, []byte("sources: []\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base := map[string]string{"DATABASE_URL": "postgres://u@h:5432/db", "KAFKA_BROKERS": "a:1", "PIPELINE_CONFIG": pipeline,
+		"CLOSEDLOOP_SERVICE_TOKEN": "svc-0123456789abcdef0123456789abcdef"}
+	c, err := Load(config.FromMap(base))
+	if err != nil {
+		t.Fatal(err)
+	}
 	if c.Sink.Concurrency != 1 {
 		t.Errorf("default SINK_CONCURRENCY = %d, want 1", c.Sink.Concurrency)
 	}
 	base["SINK_CONCURRENCY"] = "0"
-	c, _ = Load(config.FromMap(base))
+	if c, err = Load(config.FromMap(base)); err != nil {
+		t.Fatal(err)
+	}
 	if c.Sink.Concurrency != 0 {
 		t.Errorf("SINK_CONCURRENCY=0 gave %d", c.Sink.Concurrency)
 	}
