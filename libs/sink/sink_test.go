@@ -385,46 +385,35 @@ func (d *markingDest) Deliver(ctx context.Context, events []*Event) []error {
 	return errs
 }
 
-// recordingCP is an in-memory checkpoint that records each Mark's keys and
-// refuses the keys in refuse once each.
+// recordingCP is a checkpoint that records each Mark's keys and refuses
+// the keys in refuse once each.
 type recordingCP struct {
+	Checkpoint
 	mu     sync.Mutex
-	done   map[string]bool
 	marks  [][]string
 	refuse map[string]bool
 }
 
-func (c *recordingCP) Delivered(_ context.Context, keys []string) ([]bool, error) {
+func (c *recordingCP) Mark(ctx context.Context, keys []string) error {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	out := make([]bool, len(keys))
-	for i, k := range keys {
-		out[i] = c.done[k]
-	}
-	return out, nil
-}
-
-func (c *recordingCP) Mark(_ context.Context, keys []string) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	c.marks = append(c.marks, keys)
 	for _, k := range keys {
 		if c.refuse[k] {
 			delete(c.refuse, k)
+			c.mu.Unlock()
 			return errors.New("checkpoint store unavailable")
 		}
 	}
-	for _, k := range keys {
-		c.done[k] = true
-	}
-	return nil
+	c.mu.Unlock()
+	return c.Checkpoint.Mark(ctx, keys)
 }
 
 func TestEventsTheDestinationMarkedAreNotMarkedAgain(t *testing.T) {
 	key := func(id string) string {
 		return CheckpointKey(&feedbackv1.FeedbackEvent{EventId: id, Source: "dl"})
 	}
-	cp := &recordingCP{done: map[string]bool{}, refuse: map[string]bool{key("b"): true}}
+	rdb := redis.NewClient(&redis.Options{Addr: localinfra.RedisForTest(t)})
+	cp := &recordingCP{Checkpoint: RedisCheckpoint{RDB: rdb, Prefix: t.Name() + ":", TTL: time.Hour}, refuse: map[string]bool{key("b"): true}}
 	d := &markingDest{}
 	r := runner(t, d, &dlq{}, func(c *Config) { c.Checkpoint = cp })
 	ctx := context.Background()
