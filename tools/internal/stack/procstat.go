@@ -112,8 +112,15 @@ func parseMachinePaging(vmstat string) MachinePaging {
 	return p
 }
 
+// KeepWorkspace names the environment variable that keeps a benchmark's
+// workspace (every process's log) when the benchmark ends, only its
+// binaries removed: to read what the services said in a run that went
+// wrong.
+const KeepWorkspace = "CLOSEDLOOP_BENCH_KEEP"
+
 // Workspace builds every binary into a new temporary directory for a
-// benchmark tool; remove it with the returned cleanup.
+// benchmark tool; remove it with the returned cleanup (which, with
+// KeepWorkspace set, removes the binaries only and says where the rest is).
 func Workspace(ctx context.Context, name string) (dir, bin string, cleanup func(), err error) {
 	root, err := RepoRoot()
 	if err != nil {
@@ -123,7 +130,7 @@ func Workspace(ctx context.Context, name string) (dir, bin string, cleanup func(
 	if err != nil {
 		return "", "", nil, err
 	}
-	cleanup = func() { _ = os.RemoveAll(dir) }
+	cleanup = workspaceCleanup(dir)
 	bin = filepath.Join(dir, "bin")
 	fmt.Println("building…")
 	if err := Build(ctx, root, bin); err != nil {
@@ -131,6 +138,18 @@ func Workspace(ctx context.Context, name string) (dir, bin string, cleanup func(
 		return "", "", nil, err
 	}
 	return dir, bin, cleanup, nil
+}
+
+// workspaceCleanup removes dir, or with KeepWorkspace set only its
+// binaries, saying where the rest is.
+func workspaceCleanup(dir string) func() {
+	if os.Getenv(KeepWorkspace) == "" {
+		return func() { _ = os.RemoveAll(dir) }
+	}
+	return func() {
+		_ = os.RemoveAll(filepath.Join(dir, "bin"))
+		fmt.Printf("workspace kept (%s is set): %s\n", KeepWorkspace, dir)
+	}
 }
 
 // Infra is the dev broker, redis-server and PostgreSQL of a benchmark.

@@ -2,6 +2,8 @@ package stack
 
 import (
 	"math"
+	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -31,5 +33,37 @@ func TestMachinePagingReadsMajorFaultsAndFileRefaults(t *testing.T) {
 	}
 	if p := ReadMachinePaging(); p.MajorFaults <= 0 {
 		t.Fatalf("this machine's /proc/vmstat read as %+v: no major fault since boot", p)
+	}
+}
+
+func TestAWorkspaceIsRemovedUnlessKeptAndThenOnlyItsBinaries(t *testing.T) {
+	fill := func() string {
+		dir := t.TempDir()
+		for _, f := range []string{"bin/ingress", "logs/ingress.log", "redis.log"} {
+			if err := os.MkdirAll(filepath.Dir(filepath.Join(dir, f)), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dir, f), []byte("x"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return dir
+	}
+	t.Setenv(KeepWorkspace, "")
+	dir := fill()
+	workspaceCleanup(dir)()
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("the workspace is still there: %v", err)
+	}
+	t.Setenv(KeepWorkspace, "1")
+	dir = fill()
+	workspaceCleanup(dir)()
+	if _, err := os.Stat(filepath.Join(dir, "bin")); !os.IsNotExist(err) {
+		t.Fatalf("the binaries of a kept workspace are still there: %v", err)
+	}
+	for _, f := range []string{"logs/ingress.log", "redis.log"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Fatalf("a kept workspace lost %s: %v", f, err)
+		}
 	}
 }
