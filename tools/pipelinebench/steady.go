@@ -105,6 +105,38 @@ func (s *sender) steady(rate int, d time.Duration, acct *account) (*steadyRun, e
 	return st, s.ctx.Err()
 }
 
+// stallMs is the webhook→row latency past which a row counts as stalled:
+// ten times the p99 target at 1,000/s.
+const stallMs = 1000
+
+// stalls says which hop the phase's stalled rows lost their time in: how
+// many there were, when the ingress received them, and the slowest one's
+// hops. A stall of one stage (a rebalance, a claim left to expire, a
+// produce retried) then shows in the output of the run it happened in.
+func (st *steadyRun) stalls(ctx context.Context, pool *pgxpool.Pool) error {
+	const hopsOf = `SELECT event_id, _cl_received_at,
+		extract(epoch FROM _cl_batched_at - _cl_received_at) * 1000 AS l,
+		extract(epoch FROM (event->>'normalized_at')::timestamptz - _cl_received_at) * 1000 AS n,
+		extract(epoch FROM (event->'enrichment'->>'enriched_at')::timestamptz - (event->>'normalized_at')::timestamptz) * 1000 AS e,
+		extract(epoch FROM _cl_batched_at - (event->'enrichment'->>'enriched_at')::timestamptz) * 1000 AS w
+		FROM closedloop.feedback_events WHERE _cl_received_at >= $1 AND _cl_received_at <= $2`
+	var count int
+	var first, last time.Time
+	if err := pool.QueryRow(ctx, `SELECT count(*), min(_cl_received_at), max(_cl_received_at) FROM (`+hopsOf+`) x WHERE l > $3`,
+		st.start, st.end, stallMs).Scan(&count, &first, &last); err != nil {
+		return err
+	}
+	var id string
+	var at time.Time
+	var l, n, e, w float64
+	if err := pool.QueryRow(ctx, hopsOf+` ORDER BY l DESC LIMIT 1`, st.start, st.end).Scan(&id, &at, &l, &n, &e, &w); err != nil {
+		return err
+	}
+	fmt.Printf("STALLED    %d rows over %d ms, received %.1f–%.1f s into the phase; the slowest, %s (%.1f s in): →normalized %.1f, →enriched %.1f, →row %.1f ms\n",
+		count, stallMs, first.Sub(st.start).Seconds(), last.Sub(st.start).Seconds(), id, at.Sub(st.start).Seconds(), n, e, w)
+	return nil
+}
+
 // latencies prints webhook→row (and webhook→delivery) percentiles of the
 // events the phase sent: rows whose receipt falls in the phase's window.
 func (st *steadyRun) latencies(ctx context.Context, pool *pgxpool.Pool, rcv *receiver, withWebhook bool) error {
@@ -133,6 +165,11 @@ func (st *steadyRun) latencies(ctx context.Context, pool *pgxpool.Pool, rcv *rec
 	fmt.Printf("warehouse  webhook→row      over %d rows:       p50 %.1f ms, p90 %.1f ms, p99 %.1f ms, max %.1f ms\n", n, p50, p90, p99, mx)
 	fmt.Printf("           by hop, p50 / p99: →normalized %.1f / %.1f ms, →enriched %.1f / %.1f ms, →row %.1f / %.1f ms\n",
 		hops[0][0], hops[0][1], hops[1][0], hops[1][1], hops[2][0], hops[2][1])
+	if mx > stallMs {
+		if err := st.stalls(ctx, pool); err != nil {
+			return err
+		}
+	}
 	if withWebhook {
 		if err := rcv.waitWindow(ctx, st.start, st.end, st.accepted, 2*time.Minute); err != nil {
 			return err
