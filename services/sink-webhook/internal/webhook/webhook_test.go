@@ -6,14 +6,22 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/segmentio/kafka-go"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/closedloop/closedloop/libs/kafkaio"
+	"github.com/closedloop/closedloop/libs/retry"
 	"github.com/closedloop/closedloop/libs/sink"
+	"github.com/closedloop/closedloop/libs/sink/sinktest"
 	feedbackv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/feedback/v1"
 	sinkv1 "github.com/closedloop/closedloop/proto/gen/go/closedloop/sink/v1"
 )
@@ -167,5 +175,66 @@ func TestAnUnreachableEndpointIsRetryable(t *testing.T) {
 func TestABadWhsecSecretIsRefused(t *testing.T) {
 	if _, err := New(context.Background(), "x", "http://127.0.0.1/", []byte("whsec_not base64!"), time.Second, nil); err == nil {
 		t.Fatal("accepted a whsec_ secret that is not base64")
+	}
+}
+
+// ctxCheckpoint refuses a mark whose context is done, as Redis's does: a
+// process stopped (or killed) in the middle of a batch records nothing
+// more.
+type ctxCheckpoint struct{ *sinktest.MemoryCheckpoint }
+
+func (c ctxCheckpoint) Mark(ctx context.Context, keys []string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return c.MemoryCheckpoint.Mark(ctx, keys)
+}
+
+// A process that dies while one event of a batch is still being retried
+// has recorded the others the moment their 2xx came: the batch, delivered
+// again to the next process, sends only that event again.
+func TestAfterACrashMidBatchOnlyTheUnacknowledgedEventIsSentAgain(t *testing.T) {
+	rcv := &receiver{byID: map[string]int{"c": http.StatusServiceUnavailable}}
+	srv := httptest.NewServer(rcv)
+	defer srv.Close()
+	cp := ctxCheckpoint{&sinktest.MemoryCheckpoint{}}
+	runner := func() *sink.Runner {
+		e, err := New(context.Background(), "receiver", srv.URL, []byte(secret), 2*time.Second, &memFlag{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := sink.New(sink.Config{Sink: "sink-test", DLQTopic: sinktest.DLQTopic, DLQ: &sinktest.Records{}, Checkpoint: cp,
+			Log: slog.New(slog.NewTextHandler(io.Discard, nil)), BackoffBase: 10 * time.Millisecond, BackoffMax: 20 * time.Millisecond,
+			MaxAttempts: 1000, MaxElapsed: time.Hour, Breaker: retry.NewBreaker(1000, time.Second, nil)}, e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	batch := make([]kafkaio.Delivery, 3)
+	for i, id := range []string{"a", "b", "c"} {
+		v, err := proto.Marshal(&feedbackv1.FeedbackEvent{EventId: id, Source: "dl",
+			Subject: &feedbackv1.Subject{Type: feedbackv1.SubjectType_SUBJECT_TYPE_RESPONSE, Id: "r-" + id}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		batch[i] = kafkaio.Delivery{Ctx: context.Background(), Msg: kafka.Message{Topic: "in", Offset: int64(i), Value: v}}
+	}
+	// The first process stops (dies) while c is being retried: nothing of the batch is committed.
+	ctx, stop := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer stop()
+	if errs := runner().HandleBatch(ctx, batch); errs == nil {
+		t.Fatal("the batch was done although c was never accepted")
+	}
+	rcv.mu.Lock()
+	delete(rcv.byID, "c")
+	rcv.mu.Unlock()
+	if errs := runner().HandleBatch(context.Background(), batch); errs != nil {
+		t.Fatalf("the batch again: %v", errs)
+	}
+	rcv.mu.Lock()
+	defer rcv.mu.Unlock()
+	if fmt.Sprint(rcv.ids) != "[a b c]" && fmt.Sprint(rcv.ids) != "[b a c]" {
+		t.Fatalf("accepted %v, want a and b once before the crash and c once after", rcv.ids)
 	}
 }
