@@ -105,6 +105,17 @@ func (s *sender) steady(rate int, d time.Duration, acct *account) (*steadyRun, e
 	return st, s.ctx.Err()
 }
 
+// phaseHops is each row the ingress received between $1 and $2, with its
+// webhook→row latency l and its hops in ms, from the event's own timestamps
+// (the ingress's receipt, the normalizer's normalized_at, the enricher's
+// enriched_at and the sink's INSERT): →normalized n, →enriched e, →row w.
+const phaseHops = `SELECT event_id, _cl_received_at,
+	extract(epoch FROM _cl_batched_at - _cl_received_at) * 1000 AS l,
+	extract(epoch FROM (event->>'normalized_at')::timestamptz - _cl_received_at) * 1000 AS n,
+	extract(epoch FROM (event->'enrichment'->>'enriched_at')::timestamptz - (event->>'normalized_at')::timestamptz) * 1000 AS e,
+	extract(epoch FROM _cl_batched_at - (event->'enrichment'->>'enriched_at')::timestamptz) * 1000 AS w
+	FROM closedloop.feedback_events WHERE _cl_received_at >= $1 AND _cl_received_at <= $2`
+
 // stallMs is the webhook→row latency past which a row counts as stalled:
 // ten times the p99 target at 1,000/s.
 const stallMs = 1000
@@ -114,22 +125,16 @@ const stallMs = 1000
 // hops. A stall of one stage (a rebalance, a claim left to expire, a
 // produce retried) then shows in the output of the run it happened in.
 func (st *steadyRun) stalls(ctx context.Context, pool *pgxpool.Pool) error {
-	const hopsOf = `SELECT event_id, _cl_received_at,
-		extract(epoch FROM _cl_batched_at - _cl_received_at) * 1000 AS l,
-		extract(epoch FROM (event->>'normalized_at')::timestamptz - _cl_received_at) * 1000 AS n,
-		extract(epoch FROM (event->'enrichment'->>'enriched_at')::timestamptz - (event->>'normalized_at')::timestamptz) * 1000 AS e,
-		extract(epoch FROM _cl_batched_at - (event->'enrichment'->>'enriched_at')::timestamptz) * 1000 AS w
-		FROM closedloop.feedback_events WHERE _cl_received_at >= $1 AND _cl_received_at <= $2`
 	var count int
 	var first, last time.Time
-	if err := pool.QueryRow(ctx, `SELECT count(*), min(_cl_received_at), max(_cl_received_at) FROM (`+hopsOf+`) x WHERE l > $3`,
+	if err := pool.QueryRow(ctx, `SELECT count(*), min(_cl_received_at), max(_cl_received_at) FROM (`+phaseHops+`) x WHERE l > $3`,
 		st.start, st.end, stallMs).Scan(&count, &first, &last); err != nil {
 		return err
 	}
 	var id string
 	var at time.Time
 	var l, n, e, w float64
-	if err := pool.QueryRow(ctx, hopsOf+` ORDER BY l DESC LIMIT 1`, st.start, st.end).Scan(&id, &at, &l, &n, &e, &w); err != nil {
+	if err := pool.QueryRow(ctx, phaseHops+` ORDER BY l DESC LIMIT 1`, st.start, st.end).Scan(&id, &at, &l, &n, &e, &w); err != nil {
 		return err
 	}
 	fmt.Printf("STALLED    %d rows over %d ms, received %.1f–%.1f s into the phase; the slowest, %s (%.1f s in): →normalized %.1f, →enriched %.1f, →row %.1f ms\n",
@@ -141,10 +146,8 @@ func (st *steadyRun) stalls(ctx context.Context, pool *pgxpool.Pool) error {
 // events the phase sent: rows whose receipt falls in the phase's window.
 func (st *steadyRun) latencies(ctx context.Context, pool *pgxpool.Pool, rcv *receiver, withWebhook bool) error {
 	// One scan of the phase's rows: webhook→row, and where the time went hop
-	// by hop, from the event's own timestamps (the ingress's receipt, the
-	// normalizer's normalized_at, the enricher's enriched_at and the sink's
-	// INSERT; each hop includes the Kafka write and the next stage's fetch and
-	// linger).
+	// by hop (each hop includes the Kafka write and the next stage's fetch
+	// and linger).
 	var n int
 	var p50, p90, p99, mx float64
 	var hops [3][2]float64
@@ -154,11 +157,7 @@ func (st *steadyRun) latencies(ctx context.Context, pool *pgxpool.Pool, rcv *rec
 		coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY n), 0), coalesce(percentile_cont(0.99) WITHIN GROUP (ORDER BY n), 0),
 		coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY e), 0), coalesce(percentile_cont(0.99) WITHIN GROUP (ORDER BY e), 0),
 		coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY w), 0), coalesce(percentile_cont(0.99) WITHIN GROUP (ORDER BY w), 0)
-		FROM (SELECT extract(epoch FROM _cl_batched_at - _cl_received_at) * 1000 AS l,
-		             extract(epoch FROM (event->>'normalized_at')::timestamptz - _cl_received_at) * 1000 AS n,
-		             extract(epoch FROM (event->'enrichment'->>'enriched_at')::timestamptz - (event->>'normalized_at')::timestamptz) * 1000 AS e,
-		             extract(epoch FROM _cl_batched_at - (event->'enrichment'->>'enriched_at')::timestamptz) * 1000 AS w
-		      FROM closedloop.feedback_events WHERE _cl_received_at >= $1 AND _cl_received_at <= $2) x`, st.start, st.end).
+		FROM (`+phaseHops+`) x`, st.start, st.end).
 		Scan(&n, &p50, &p90, &p99, &mx, &hops[0][0], &hops[0][1], &hops[1][0], &hops[1][1], &hops[2][0], &hops[2][1]); err != nil {
 		return err
 	}

@@ -289,8 +289,13 @@ func (c *MemoryCheckpoint) Delivered(_ context.Context, keys []string) ([]bool, 
 	return out, nil
 }
 
-// Mark implements sink.Checkpoint.
-func (c *MemoryCheckpoint) Mark(_ context.Context, keys []string) error {
+// Mark implements sink.Checkpoint. Like RedisCheckpoint's, a mark whose
+// context is done is refused: a process stopped in the middle of a batch
+// records nothing more.
+func (c *MemoryCheckpoint) Mark(ctx context.Context, keys []string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.done == nil {

@@ -178,18 +178,6 @@ func TestABadWhsecSecretIsRefused(t *testing.T) {
 	}
 }
 
-// ctxCheckpoint refuses a mark whose context is done, as Redis's does: a
-// process stopped (or killed) in the middle of a batch records nothing
-// more.
-type ctxCheckpoint struct{ *sinktest.MemoryCheckpoint }
-
-func (c ctxCheckpoint) Mark(ctx context.Context, keys []string) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	return c.MemoryCheckpoint.Mark(ctx, keys)
-}
-
 // A process that dies while one event of a batch is still being retried
 // has recorded the others the moment their 2xx came: the batch, delivered
 // again to the next process, sends only that event again.
@@ -197,7 +185,7 @@ func TestAfterACrashMidBatchOnlyTheUnacknowledgedEventIsSentAgain(t *testing.T) 
 	rcv := &receiver{byID: map[string]int{"c": http.StatusServiceUnavailable}}
 	srv := httptest.NewServer(rcv)
 	defer srv.Close()
-	cp := ctxCheckpoint{&sinktest.MemoryCheckpoint{}}
+	cp := &sinktest.MemoryCheckpoint{}
 	runner := func() *sink.Runner {
 		e, err := New(context.Background(), "receiver", srv.URL, []byte(secret), 2*time.Second, &memFlag{})
 		if err != nil {
