@@ -198,8 +198,8 @@ bench-ingress: ## ingress vs a bare HMAC server (ceiling) and a naive kafka-go r
 	go run ./tools/ingressbench
 
 .PHONY: bench-enricher
-bench-enricher: ## the enricher process against the local CRM server (20 ms answers): events/s and added latency, warm and cold cache
-	go run ./tools/enricherbench -n 30000 -rate 200 -seconds 10
+bench-enricher: ## the enricher process against the local CRM server (20 ms answers), after a kafka-go passthrough on the same events: events/s, CPU per event (enricher, broker, Redis) and ratios to the passthrough, added latency at 200/s, warm and cold cache
+	go run ./tools/enricherbench
 
 .PHONY: bench-sink
 bench-sink: ## sink-warehouse as a process on 100k enriched events, after a kafka-go passthrough on the same input: rows/s, CPU per row, RSS, each event one row

@@ -1,22 +1,33 @@
 // Command enricherbench measures the enricher process against the dev
 // broker, redis-server and the local CRM server (tools/crmserver, with
 // -crm-latency per request), for a warm cache (events from a few known
-// accounts) and a cold one (every event from an account never seen):
+// accounts) and a cold one (every event from an account never seen), with
+// a passthrough baseline in the same run:
 //
-//  1. throughput: -n events already on feedback.normalized.v1, drained by
-//     one enricher process (events/s from its first enriched event to the
-//     last);
+//  1. passthrough: the same -n events on a topic of their own, consumed by
+//     a kafka-go consumer group that produces each record unchanged
+//     (acks=all) and commits after — what the enricher's Kafka work costs
+//     without the enrichment (stack.Passthrough, as the normalizer's and
+//     sink-warehouse's benches run it);
 //
-//  2. added latency: events produced live at -rate per second, each
+//  2. throughput: -n (warm) or -cold-n (cold) events already on
+//     feedback.normalized.v1, drained by one enricher process, measured
+//     from outside from the first poll that finds output to the one that
+//     finds all of it: events/s, and the CPU per event of the enricher,
+//     the broker and redis-server over the same window (start-up is not
+//     counted), each as a ratio to the passthrough's;
+//
+//  3. added latency: events produced live at -rate per second, each
 //     stamped normalized_at when produced; enriched_at − normalized_at of
 //     every event on the lanes gives p50/p99 (one clock).
 //
-//     go run ./tools/enricherbench -n 50000 -rate 200
+//     go run ./tools/enricherbench -n 100000 -cold-n 20000 -rate 200
 package main
 
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -25,6 +36,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -39,23 +51,119 @@ import (
 )
 
 func main() {
-	n := flag.Int("n", 50000, "events per throughput run")
+	n := flag.Int("n", 100000, "events of the warm-cache throughput run and of the passthrough")
+	coldN := flag.Int("cold-n", 20000, "events of the cold-cache throughput run (each costs a CRM request)")
 	rate := flag.Int("rate", 200, "events per second in the latency runs")
 	seconds := flag.Int("seconds", 10, "length of each latency run")
 	crmLatency := flag.Duration("crm-latency", 20*time.Millisecond, "latency of every CRM answer")
+	baseline := flag.Bool("passthrough", true, "also run the passthrough baseline (consume, produce unchanged, commit) on the same events")
+	passthroughOf := flag.String("passthrough-of", "", "internal: run as the passthrough process, BROKERS")
+	var env stack.EnvFlags
+	flag.Var(&env, "env", "extra NAME=VALUE for the enricher (repeatable), e.g. -env CONSUMER_WORKERS=1")
 	flag.Parse()
-	fmt.Printf("host: %s\n", stack.MeasureHost(time.Second))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *n, *rate, *seconds, *crmLatency); err != nil {
+	if *passthroughOf != "" {
+		if err := stack.Passthrough(ctx, strings.Split(*passthroughOf, ","), "bench-passthrough", passIn, passOut, 500); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
+	if *n < 1000 || *coldN < 1000 {
+		fmt.Fprintln(os.Stderr, "enricherbench: -n and -cold-n must be at least 1000: shorter runs are over before they can be measured")
+		os.Exit(2)
+	}
+	fmt.Printf("host: %s\n", stack.MeasureHost(time.Second))
+	if err := run(ctx, options{n: *n, coldN: *coldN, rate: *rate, seconds: *seconds, crmLatency: *crmLatency, baseline: *baseline, env: env}); err != nil {
 		fmt.Fprintln(os.Stderr, "enricherbench:", err)
 		os.Exit(1)
 	}
 }
 
-const coldAccounts = 200000
+type options struct {
+	n, coldN, rate, seconds int
+	crmLatency              time.Duration
+	baseline                bool
+	env                     []string
+}
 
-func run(ctx context.Context, n, rate, seconds int, crmLatency time.Duration) error {
+const (
+	coldAccounts = 200000
+	partitions   = 6
+	// The passthrough's topics.
+	passIn  = "bench.passthrough.in.v1"
+	passOut = "bench.passthrough.out.v1"
+)
+
+// window is one throughput run measured from outside: from the first poll
+// that found output to the poll that found all of it, the records that
+// came out in between and the CPU each process used meanwhile. Start-up
+// and the group join are outside it.
+type window struct {
+	name                    string
+	records                 int64
+	elapsed                 time.Duration
+	cpu, brokerCPU, redisCP float64 // seconds
+	batches, batchRecords   float64 // handler calls and their records (the enricher's metrics)
+}
+
+func (w window) perSec() float64 { return float64(w.records) / w.elapsed.Seconds() }
+func (w window) perEvent(cpu float64) float64 {
+	return cpu / float64(w.records) * 1e6
+}
+
+// measure polls the end offsets of topics every 10 ms until they hold want
+// records. cpu is the CPU seconds of the processes under test so far; alive
+// says why they stopped, if they did.
+func measure(ctx context.Context, client *kafka.Client, topics []string, want int64, cpu func() float64, broker, redis int, alive func() error) (window, error) {
+	var w window
+	var got0 int64
+	var t0 time.Time
+	var cpu0, b0, r0 float64
+	deadline := time.Now().Add(10 * time.Minute)
+	for {
+		if err := alive(); err != nil {
+			return w, err
+		}
+		var got int64
+		for _, t := range topics {
+			c, err := stack.EndOffsets(ctx, client, t, partitions)
+			if err != nil {
+				return w, err
+			}
+			got += c
+		}
+		now := time.Now()
+		if got > 0 && t0.IsZero() {
+			got0, t0, cpu0, b0, r0 = got, now, cpu(), stack.CPUSeconds(broker), stack.CPUSeconds(redis)
+		}
+		if got >= want {
+			w.records, w.elapsed = got-got0, now.Sub(t0)
+			w.cpu, w.brokerCPU, w.redisCP = cpu()-cpu0, stack.CPUSeconds(broker)-b0, stack.CPUSeconds(redis)-r0
+			if w.records < want/2 {
+				return w, fmt.Errorf("%d of the %d records were out before the first look: too short a run to measure (raise -n)", got0, want)
+			}
+			return w, nil
+		}
+		if now.After(deadline) || ctx.Err() != nil {
+			return w, fmt.Errorf("%d of %d records out after 10 minutes", got, want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (w window) print() {
+	fmt.Printf("%s: %d events in %s (from the first output seen): %.0f events/s; CPU per event: %.1f µs (%.0f %% of a core), broker %.1f µs, redis-server %.1f µs",
+		w.name, w.records, w.elapsed.Round(time.Millisecond), w.perSec(), w.perEvent(w.cpu), w.cpu/w.elapsed.Seconds()*100,
+		w.perEvent(w.brokerCPU), w.perEvent(w.redisCP))
+	if w.batches > 0 {
+		fmt.Printf("; %.1f records per handler call", w.batchRecords/w.batches)
+	}
+	fmt.Println()
+}
+
+func run(ctx context.Context, o options) error {
 	dir, bin, cleanup, err := stack.Workspace(ctx, "enricherbench")
 	if err != nil {
 		return err
@@ -82,7 +190,7 @@ func run(ctx context.Context, n, rate, seconds int, crmLatency time.Duration) er
 	if err := os.WriteFile(dataPath, data, 0o644); err != nil {
 		return err
 	}
-	crm, crmURL, err := stack.StartCRM(ctx, bin, dir, "-data", dataPath, "-latency", crmLatency.String())
+	crm, crmURL, err := stack.StartCRM(ctx, bin, dir, "-data", dataPath, "-latency", o.crmLatency.String())
 	if err != nil {
 		return err
 	}
@@ -92,12 +200,13 @@ func run(ctx context.Context, n, rate, seconds int, crmLatency time.Duration) er
 		return err
 	}
 	defer redis.Stop()
-	broker, err := stack.StartBroker(ctx, bin, dir, 0, 6, nil)
+	broker, err := stack.StartBroker(ctx, bin, dir, 0, partitions, nil)
 	if err != nil {
 		return err
 	}
 	defer broker.Stop()
-	fmt.Printf("CRM answers after %s; lookup rate limit 5000/s, 16 requests in flight per lookup and batch\n\n", crmLatency)
+	client := kafkaio.NewClient([]string{broker.Addrs}, 5*time.Second)
+	fmt.Printf("CRM answers after %s; lookup rate limit 5000/s, 16 requests in flight per lookup and batch\n\n", o.crmLatency)
 
 	cold := 0 // next never-seen account
 	domainOf := func(warm bool, i int) string {
@@ -107,61 +216,72 @@ func run(ctx context.Context, n, rate, seconds int, crmLatency time.Duration) er
 		cold++
 		return "cold" + strconv.Itoa(cold%coldAccounts) + ".example"
 	}
+
+	var results []window
+	if o.baseline {
+		w, err := passthrough(ctx, bin, dir, broker, redis.PID(), client, o.n, func(i int) string { return domainOf(true, i) })
+		if err != nil {
+			return fmt.Errorf("passthrough: %w", err)
+		}
+		w.print()
+		fmt.Println()
+		results = append(results, w)
+	}
 	for round, warm := range []bool{true, false} {
 		name := map[bool]string{true: "warm", false: "cold"}[warm]
+		n := map[bool]int{true: o.n, false: o.coldN}[warm]
 		p := &stack.Pipeline{Name: "b" + strconv.Itoa(round), BinDir: bin, Dir: filepath.Join(dir, name), Brokers: broker.Addrs,
-			Redis: redis.Addr, CRMURL: crmURL, Run: []string{"enricher"}, Env: []string{"LOG_LEVEL=warn", "KAFKA_TOPIC_PARTITIONS=6"},
+			Redis: redis.Addr, CRMURL: crmURL, Run: []string{"enricher"}, Env: append([]string{"LOG_LEVEL=warn", "KAFKA_TOPIC_PARTITIONS=6"}, o.env...),
 			LookupRatePerSecond: 5000}
 		topics := kafkaio.NewTopics(p.TopicPrefix())
-		if err := kafkaio.EnsureTopics(ctx, []string{broker.Addrs}, topics.All(), true, kafkaio.TopicSpec{Partitions: 6}); err != nil {
+		if err := kafkaio.EnsureTopics(ctx, []string{broker.Addrs}, topics.All(), true, kafkaio.TopicSpec{Partitions: partitions}); err != nil {
 			return err
 		}
-		w := kafkaio.NewWriter([]string{broker.Addrs}, topics.Normalized)
-		w.Balancer, w.BatchTimeout, w.BatchSize = &kafka.Hash{}, 2*time.Millisecond, 1000
+		w := sender{p: kafkaio.NewProducer(kafkaio.ProducerConfig{Brokers: []string{broker.Addrs}, BatchSize: 1000}), topic: topics.Normalized}
+		total := n
 		if warm {
 			// Warm the cache: one event per warm account goes through first.
 			if err := produce(ctx, w, 0, 8, func(i int) string { return domainOf(true, i) }); err != nil {
 				return err
 			}
+			total += 8
 		}
 		if err := produce(ctx, w, 8, n, func(i int) string { return domainOf(warm, i) }); err != nil {
 			return err
 		}
-		total := n
-		if warm {
-			total += 8
-		}
-		type span struct {
-			first, last time.Time
-			err         error
-		}
-		counted := make(chan span, 1)
-		go func() {
-			first, last, err := countLanes(ctx, broker.Addrs, topics, total)
-			counted <- span{first, last, err}
-		}()
-		start := time.Now()
 		if err := p.Start(ctx); err != nil {
 			_ = p.Stop()
 			return err
 		}
-		sp := <-counted
-		first, last := sp.first, sp.last
-		if sp.err != nil {
+		enricher := p.Services["enricher"]
+		lanes := []string{topics.Enriched, topics.Priority}
+		res, err := measure(ctx, client, lanes, int64(total), func() float64 { return stack.CPUSeconds(enricher.PID()) }, broker.PID(), redis.PID(),
+			func() error {
+				if !enricher.Running() {
+					return fmt.Errorf("the enricher exited:\n%s", enricher.Tail(20))
+				}
+				return nil
+			})
+		if err != nil {
 			_ = p.Stop()
-			return sp.err
+			return fmt.Errorf("%s cache: %w", name, err)
 		}
-		pid := p.Services["enricher"].PID()
-		fmt.Printf("%s cache: %d events in %s after the first (start to first %s): %.0f events/s; enricher CPU %.1f µs/event, peak RSS %d MiB\n",
-			name, n, last.Sub(first).Round(time.Millisecond), first.Sub(start).Round(time.Millisecond), float64(n)/last.Sub(first).Seconds(),
-			stack.CPUSeconds(pid)*1e6/float64(total), stack.PeakRSSKiB(pid)/1024)
+		res.name = "enricher, " + name + " cache"
+		res.batches, res.batchRecords = stack.MetricSumCount("http://"+p.OpsAddrs["enricher"]+"/metrics", "closedloop_consumer_batch_size")
+		res.print()
+		fmt.Printf("enricher peak RSS %d MiB\n", stack.PeakRSSKiB(enricher.PID())/1024)
+		results = append(results, res)
 
 		// Added latency at a steady rate.
+		from, err := endOffsets(ctx, client, lanes)
+		if err != nil {
+			return err
+		}
 		var lat []time.Duration
 		done := make(chan error, 1)
-		want := rate * seconds
+		want := o.rate * o.seconds
 		go func() {
-			err := drain(ctx, broker.Addrs, topics, total+want, func(ev *feedbackv1.FeedbackEvent) {
+			err := drain(ctx, broker.Addrs, from, want, func(ev *feedbackv1.FeedbackEvent) {
 				if ev.GetEnrichment().GetEnrichedAt() != nil && ev.NormalizedAt != nil && strings.HasPrefix(ev.Subject.Id, "live") {
 					lat = append(lat, ev.Enrichment.EnrichedAt.AsTime().Sub(ev.NormalizedAt.AsTime()))
 				}
@@ -169,40 +289,93 @@ func run(ctx context.Context, n, rate, seconds int, crmLatency time.Duration) er
 			done <- err
 		}()
 		// Each event has a due time (a ticker drops ticks on a busy machine
-		// and under-sends); the rate achieved is printed, and below 97 % of
-		// the asked rate the run fails: its latencies would not describe it.
-		interval := time.Second / time.Duration(rate)
+		// and under-sends) and is stamped normalized_at with it, so a late
+		// send counts in its latency. Every event due is sent at once, in one
+		// write (a synchronous write takes a few ms: one at a time would fall
+		// behind). The rate achieved is printed, and below 97 % of the asked
+		// rate the run fails: its latencies would not describe it.
+		interval := time.Second / time.Duration(o.rate)
 		sendStart := time.Now()
-		for i := range want {
-			if d := time.Until(sendStart.Add(time.Duration(i) * interval)); d > 0 {
+		var msgs []kafkaio.Record
+		for i := 0; i < want; {
+			due := sendStart.Add(time.Duration(i) * interval)
+			if d := time.Until(due); d > 0 {
 				time.Sleep(d)
 			}
-			ev := event("live"+strconv.Itoa(i), domainOf(warm, i), time.Now())
-			v, _ := proto.Marshal(ev)
-			if err := w.WriteMessages(ctx, kafka.Message{Key: []byte("bench/" + ev.Subject.Id), Value: v}); err != nil {
+			msgs = msgs[:0]
+			for ; i < want && !sendStart.Add(time.Duration(i)*interval).After(time.Now()); i++ {
+				ev := event("live"+strconv.Itoa(i), domainOf(warm, i), sendStart.Add(time.Duration(i)*interval))
+				v, _ := proto.Marshal(ev)
+				msgs = append(msgs, kafkaio.Record{Topic: w.topic, Key: []byte("bench/" + ev.Subject.Id), Value: v})
+			}
+			if err := w.p.Produce(ctx, msgs...); err != nil {
 				return err
 			}
 		}
 		achieved := float64(want) / time.Since(sendStart).Seconds()
-		fmt.Printf("sent %d live events: %.0f/s achieved (asked %d/s)\n", want, achieved, rate)
+		fmt.Printf("sent %d live events: %.0f/s achieved (asked %d/s)\n", want, achieved, o.rate)
 		if err := <-done; err != nil {
 			return err
 		}
-		if achieved < 0.97*float64(rate) {
-			return fmt.Errorf("the latency run sent %.0f events/s, below the %d/s asked for: its latencies do not describe that rate", achieved, rate)
+		if achieved < 0.97*float64(o.rate) {
+			return fmt.Errorf("the latency run sent %.0f events/s, below the %d/s asked for: its latencies do not describe that rate", achieved, o.rate)
 		}
 		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 		if len(lat) > 0 {
-			fmt.Printf("%s cache: added latency at %d events/s over %d events: p50 %s, p90 %s, p99 %s, max %s\n\n", name, rate, len(lat),
+			fmt.Printf("%s cache: added latency at %d events/s over %d events: p50 %s, p90 %s, p99 %s, max %s\n\n", name, o.rate, len(lat),
 				lat[len(lat)/2].Round(100*time.Microsecond), lat[len(lat)*9/10].Round(100*time.Microsecond),
 				lat[len(lat)*99/100].Round(100*time.Microsecond), lat[len(lat)-1].Round(100*time.Microsecond))
 		}
-		_ = w.Close()
+		_ = w.p.Close()
 		if err := p.Stop(); err != nil {
 			return err
 		}
 	}
+
+	fmt.Printf("%-32s %10s %14s  %s\n", "", "events/s", "CPU µs/event", "vs the passthrough (throughput, CPU per event)")
+	for _, r := range results {
+		line := fmt.Sprintf("%-32s %10.0f %14.1f", r.name, r.perSec(), r.perEvent(r.cpu))
+		if o.baseline && r.name != results[0].name {
+			line += fmt.Sprintf("  %.2f×, %.2f×", r.perSec()/results[0].perSec(), r.perEvent(r.cpu)/results[0].perEvent(results[0].cpu))
+			if strings.HasSuffix(r.name, "cold cache") {
+				line += " (bounded by the CRM's answers, not by the enricher)"
+			}
+		}
+		fmt.Println(line)
+	}
 	return nil
+}
+
+// passthrough puts the warm run's events on a topic of their own and
+// measures one passthrough process (this binary, -passthrough-of) copying
+// them to another.
+func passthrough(ctx context.Context, bin, dir string, broker *stack.Broker, redisPID int, client *kafka.Client, n int, domain func(int) string) (window, error) {
+	if err := kafkaio.EnsureTopics(ctx, []string{broker.Addrs}, []string{passIn, passOut}, true, kafkaio.TopicSpec{Partitions: partitions}); err != nil {
+		return window{}, err
+	}
+	w := sender{p: kafkaio.NewProducer(kafkaio.ProducerConfig{Brokers: []string{broker.Addrs}, BatchSize: 1000}), topic: passIn}
+	defer w.p.Close()
+	if err := produce(ctx, w, 8, n, domain); err != nil {
+		return window{}, err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return window{}, err
+	}
+	pr := &stack.Process{Name: "passthrough", Baseline: true, Bin: self, Args: []string{"-passthrough-of", broker.Addrs}, Log: filepath.Join(dir, "passthrough.log")}
+	if err := pr.Start(); err != nil {
+		return window{}, err
+	}
+	defer func() { _ = pr.Stop() }()
+	res, err := measure(ctx, client, []string{passOut}, int64(n), func() float64 { return stack.CPUSeconds(pr.PID()) }, broker.PID(), redisPID,
+		func() error {
+			if !pr.Running() {
+				return fmt.Errorf("the passthrough exited:\n%s", pr.Tail(20))
+			}
+			return nil
+		})
+	res.name = "passthrough (kafka-go)"
+	return res, err
 }
 
 func event(id, domain string, at time.Time) *feedbackv1.FeedbackEvent {
@@ -216,78 +389,109 @@ func event(id, domain string, at time.Time) *feedbackv1.FeedbackEvent {
 	}
 }
 
-func produce(ctx context.Context, w *kafka.Writer, from, n int, domain func(int) string) error {
-	msgs := make([]kafka.Message, 0, 1000)
+// sender produces the bench's events to one topic (acks=all, keyed by subject).
+type sender struct {
+	p     *kafkaio.Producer
+	topic string
+}
+
+func produce(ctx context.Context, w sender, from, n int, domain func(int) string) error {
+	recs := make([]kafkaio.Record, 0, 1000)
 	now := time.Now()
 	for i := from; i < from+n; i++ {
 		ev := event("b"+strconv.Itoa(i), domain(i), now)
 		v, _ := proto.Marshal(ev)
-		msgs = append(msgs, kafka.Message{Key: []byte("bench/" + ev.Subject.Id), Value: v})
-		if len(msgs) == cap(msgs) || i == from+n-1 {
-			if err := w.WriteMessages(ctx, msgs...); err != nil {
+		recs = append(recs, kafkaio.Record{Topic: w.topic, Key: []byte("bench/" + ev.Subject.Id), Value: v})
+		if len(recs) == cap(recs) || i == from+n-1 {
+			if err := w.p.Produce(ctx, recs...); err != nil {
 				return err
 			}
-			msgs = msgs[:0]
+			recs = recs[:0]
 		}
 	}
 	return nil
 }
 
-// countLanes polls the end offsets of the two lanes every 10 ms until they
-// hold want records, and returns when the first and the last appeared.
-func countLanes(ctx context.Context, broker string, topics kafkaio.Topics, want int) (time.Time, time.Time, error) {
-	client := kafkaio.NewClient([]string{broker}, 0)
-	var first time.Time
-	deadline := time.Now().Add(5 * time.Minute)
-	for {
-		req := map[string][]kafka.OffsetRequest{}
-		for _, t := range []string{topics.Enriched, topics.Priority} {
-			for p := range 6 {
-				req[t] = append(req[t], kafka.LastOffsetOf(p))
-			}
+// endOffsets is each partition's end offset, by topic.
+func endOffsets(ctx context.Context, client *kafka.Client, topics []string) (map[string][]int64, error) {
+	req := map[string][]kafka.OffsetRequest{}
+	for _, t := range topics {
+		for p := range partitions {
+			req[t] = append(req[t], kafka.LastOffsetOf(p))
 		}
-		res, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: req})
-		if err != nil {
-			return first, time.Time{}, err
-		}
-		got := int64(0)
-		for _, parts := range res.Topics {
-			for _, p := range parts {
-				got += p.LastOffset
-			}
-		}
-		now := time.Now()
-		if got > 0 && first.IsZero() {
-			first = now
-		}
-		if got >= int64(want) {
-			return first, now, nil
-		}
-		if now.After(deadline) || ctx.Err() != nil {
-			return first, now, fmt.Errorf("the lanes hold %d of %d events", got, want)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
+	res, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: req})
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]int64{}
+	for _, t := range topics {
+		out[t] = make([]int64, partitions)
+		for _, p := range res.Topics[t] {
+			if p.Error != nil {
+				return nil, p.Error
+			}
+			out[t][p.Partition] = p.LastOffset
+		}
+	}
+	return out, nil
 }
 
-// drain reads the two lanes until want records came, calling each for
-// every record.
-func drain(ctx context.Context, broker string, topics kafkaio.Topics, want int, each func(*feedbackv1.FeedbackEvent)) error {
-	r := kafkaio.NewReader(kafka.ReaderConfig{Brokers: []string{broker}, GroupTopics: []string{topics.Enriched, topics.Priority},
-		GroupID: "bench-drain-" + strconv.FormatInt(time.Now().UnixNano(), 36), StartOffset: kafka.FirstOffset,
-		MinBytes: 1, MaxBytes: 10 << 20, MaxWait: 50 * time.Millisecond, SessionTimeout: 6 * time.Second})
-	defer r.Close()
+// drain reads every partition of the lanes from its offset in from until
+// want records came in all, calling each for every record (one goroutine at
+// a time). It reads only what came after from: re-reading the throughput
+// run's records would take the CPU the enricher's latency is measured on.
+func drain(ctx context.Context, broker string, from map[string][]int64, want int, each func(*feedbackv1.FeedbackEvent)) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	for got := 0; got < want; got++ {
-		m, err := r.FetchMessage(ctx)
-		if err != nil {
-			return fmt.Errorf("after %d of %d records: %w", got, want, err)
-		}
-		var ev feedbackv1.FeedbackEvent
-		if proto.Unmarshal(m.Value, &ev) == nil {
-			each(&ev)
+	var mu sync.Mutex
+	got := 0
+	errs := make(chan error, len(from)*partitions)
+	var wg sync.WaitGroup
+	for topic, offs := range from {
+		for part, off := range offs {
+			r := kafkaio.NewReader(kafka.ReaderConfig{Brokers: []string{broker}, Topic: topic, Partition: part,
+				MinBytes: 1, MaxBytes: 10 << 20, MaxWait: 50 * time.Millisecond})
+			if err := r.SetOffset(off); err != nil {
+				_ = r.Close()
+				return err
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer r.Close()
+				for {
+					m, err := r.ReadMessage(ctx)
+					if err != nil {
+						if ctx.Err() == nil || !errors.Is(err, context.Canceled) {
+							errs <- fmt.Errorf("%s/%d: %w", topic, part, err)
+						}
+						return
+					}
+					var ev feedbackv1.FeedbackEvent
+					mu.Lock()
+					if proto.Unmarshal(m.Value, &ev) == nil {
+						each(&ev)
+					}
+					got++
+					if got == want {
+						cancel()
+					}
+					mu.Unlock()
+				}
+			}()
 		}
 	}
-	return nil
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if got >= want {
+		return nil
+	}
+	select {
+	case err := <-errs:
+		return fmt.Errorf("after %d of %d records: %w", got, want, err)
+	default:
+		return fmt.Errorf("after %d of %d records: %w", got, want, ctx.Err())
+	}
 }
