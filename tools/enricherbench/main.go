@@ -465,6 +465,7 @@ func drain(ctx context.Context, broker string, from map[string][]int64, want int
 					if err != nil {
 						if ctx.Err() == nil || !errors.Is(err, context.Canceled) {
 							errs <- fmt.Errorf("%s/%d: %w", topic, part, err)
+							cancel() // the others need not wait out the timeout
 						}
 						return
 					}
