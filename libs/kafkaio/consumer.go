@@ -150,7 +150,12 @@ type ConsumerConfig struct {
 	// fills them, so each record carries a whole batch's fixed cost (a
 	// fetch, a Redis round trip, a produce or an INSERT, and the wake-ups
 	// of each) however fast they come; with a span the wait stays about
-	// LingerSpan and the batch is what arrives in it.
+	// LingerSpan and the batch is what arrives in it. With a span, a
+	// fetcher whose records come in bursts (the batches of a batching stage
+	// before it) at a rate too low to bring LingerRecords within Linger asks
+	// for half a burst instead and waits up to one and a half Lingers for it:
+	// each burst is answered as it lands, rather than anywhere up to a Linger
+	// later.
 	LingerSpan time.Duration
 	// StartFromLatest makes a group with no committed offset (or one out of
 	// range: records deleted, a topic recreated) start at the end

@@ -77,6 +77,58 @@ func (a *arrivals) rate() float64 {
 	return a.bytes / a.secs
 }
 
+// bursts tells a fetcher whose records come in bursts — a stage after
+// another batching stage, which produces each batch at once, every linger
+// or so at moderate rates — from one whose records come one by one. Below
+// the rate that fills LingerRecords within the linger, every lingering
+// fetch waits out its whole linger; fed in bursts, it then answers a burst
+// anywhere from at once to a whole linger after it landed, depending only
+// on how the two stages' lingers line up. Once the input is seen to come in
+// bursts, at such rates a lingering fetch asks for half a burst's bytes,
+// so it is answered when the next burst lands, with the same batch. It
+// waits up to one and a half lingers for it (the bursts come about a
+// linger of the stage before apart): a burst under half the usual size
+// waits that long at most.
+//
+// An answer shows a burst when its records were all produced within an
+// eighth of the time the fetch waited: a steady stream's records spread
+// over the whole wait. Answers that came within burstMinWait say nothing
+// (the records were there already), and answers of one record neither.
+type bursts struct {
+	bytes float64 // moving average of a burst's bytes; 0: not bursty
+}
+
+// burstMinWait is the shortest wait of a lingering fetch whose answer can
+// tell a burst (record timestamps are in milliseconds).
+const burstMinWait = 8 * time.Millisecond
+
+func (b *bursts) observe(records, size int, spread, waited time.Duration) {
+	if records < 2 || waited < burstMinWait {
+		return
+	}
+	if spread*8 > waited {
+		b.bytes = 0
+		return
+	}
+	if b.bytes == 0 {
+		b.bytes = float64(size)
+	} else {
+		b.bytes += (float64(size) - b.bytes) / 4
+	}
+}
+
+// minBytes is half a burst, and ok, when the records come in bursts,
+// that is less than target (a lingering fetch's fetch.min.bytes), and
+// target would not arrive within the linger at rate bytes per second (0:
+// unknown). At rates that bring target in time the fetch already answers
+// with it.
+func (b *bursts) minBytes(target int32, rate float64, linger time.Duration) (int32, bool) {
+	if half := int32(b.bytes / 2); b.bytes > 0 && half < target && rate > 0 && rate*linger.Seconds() < float64(target) {
+		return max(half, 1), true
+	}
+	return target, false
+}
+
 // A fetch answer is read whole into its connection's buffer (reused from
 // fetch to fetch) and its records copied out before any is handed over, so
 // a fetcher holds an answer's bytes about twice while it hands them over.
@@ -377,11 +429,22 @@ func (c *Consumer) fetchLoop(ctx context.Context, addr string, parts []*partStat
 		avgBytes  float64                // recent bytes per record, as fetched
 		arrived   arrivals               // recent bytes per second, while lingering
 		lastData  time.Time              // when the last answer with records came
+		bursts    bursts                 // whether the records come in bursts, and their size
 		gather    = map[string]partKey{} // this answer's worker per topic (router)
 	)
 	for ctx.Err() == nil {
+		asked := lingering // this fetch lingers
 		if lingering {
-			req.maxWait, req.minBytes = int32(max(c.cfg.Linger/time.Millisecond, 1)), lingerMinBytes(c.cfg.LingerRecords, avgBytes, c.cfg.LingerSpan, arrived.rate(), c.fetchBytes)
+			target := lingerMinBytes(c.cfg.LingerRecords, avgBytes, c.cfg.LingerSpan, arrived.rate(), c.fetchBytes)
+			wait := c.cfg.Linger
+			if mb, ok := bursts.minBytes(target, arrived.rate(), c.cfg.Linger); ok {
+				// The next burst comes about a linger of the stage before
+				// after the last one: wait past it, so that the fetch is
+				// still there when it lands rather than answered empty
+				// just before (a round trip more per burst).
+				target, wait = mb, c.cfg.Linger*3/2
+			}
+			req.maxWait, req.minBytes = int32(max(wait/time.Millisecond, 1)), target
 		} else {
 			req.maxWait, req.minBytes = int32(fetchMaxWait/time.Millisecond), 1
 		}
@@ -391,6 +454,7 @@ func (c *Consumer) fetchLoop(ctx context.Context, addr string, parts []*partStat
 			}
 		}
 		fetchRequests.Add(ctx, 1, c.groupAttr)
+		sentAt := time.Now()
 		var throttle int32
 		answers, throttle, err = conn.fetch(ctx, req, fetchMaxWait+5*time.Second, answers[:0])
 		if ctx.Err() != nil {
@@ -407,6 +471,7 @@ func (c *Consumer) fetchLoop(ctx context.Context, addr string, parts []*partStat
 		// Every record is copied out of the answer before any is handed
 		// over: the connection's buffer is the next answer's.
 		gots, n, size := gots[:0], 0, 0
+		var first, last time.Time // the answer's records' timestamps
 		for _, a := range answers {
 			p := index[partKey{a.topic, int(a.partition)}]
 			if p == nil {
@@ -428,11 +493,22 @@ func (c *Consumer) fetchLoop(ctx context.Context, addr string, parts []*partStat
 			gots = append(gots, got{p, a.highWatermark, end, msgs})
 			n += len(msgs)
 			size += len(a.records)
+			for _, m := range msgs {
+				if first.IsZero() || m.Time.Before(first) {
+					first = m.Time
+				}
+				if m.Time.After(last) {
+					last = m.Time
+				}
+			}
 		}
 		// Linger while the records come fast enough to put two in a
 		// Linger (ConsumerConfig.Linger).
 		now := time.Now()
 		waited := lingering && size < int(req.minBytes) // the linger passed first
+		if asked {
+			bursts.observe(n, size, last.Sub(first), now.Sub(sentAt))
+		}
 		lingering = c.cfg.Linger > 0 && n > 0 && time.Duration(n)*c.cfg.Linger/2 >= now.Sub(lastData)
 		switch {
 		case !lingering:

@@ -843,6 +843,95 @@ func TestAfterABacklogTheSpanFollowsTheLiveRate(t *testing.T) {
 	}
 }
 
+// Fed in bursts — the batches of a stage before it — at a rate too low to
+// fill LingerRecords within the linger, a lingering fetch is answered when
+// a burst lands, not when its linger ends: without that, each burst waited
+// from zero to a whole linger depending on how its arrival lined up with
+// the fetch's linger.
+func TestALingeringFetchIsAnsweredWhenABurstLands(t *testing.T) {
+	addrs := broker(t, "in", "q")
+	p := NewProducer(ProducerConfig{Brokers: addrs})
+	defer p.Close()
+	const linger, every, bursts, size = time.Second, 800 * time.Millisecond, 12, 10
+	var mu sync.Mutex
+	handledAt := map[string]time.Time{} // by burst, when its first record was handled
+	var batches []int
+	values := make(chan string, bursts*size+10)
+	defer lingerConsumer(t, addrs, p, ConsumerConfig{Linger: linger, LingerRecords: 100, LingerSpan: 10 * time.Millisecond}, values,
+		func(batch []Delivery) {
+			mu.Lock()
+			defer mu.Unlock()
+			batches = append(batches, len(batch))
+			for _, d := range batch {
+				b, _, _ := strings.Cut(string(d.Msg.Value), "/")
+				if _, ok := handledAt[b]; !ok {
+					handledAt[b] = time.Now()
+				}
+			}
+		})()
+	ctx := context.Background()
+	if err := p.Produce(ctx, Record{Topic: "in", Key: []byte("k"), Value: []byte("first")}); err != nil {
+		t.Fatal(err)
+	}
+	receive(t, values, 1, 30*time.Second, nil)
+	sentAt := make([]time.Time, bursts)
+	start := time.Now()
+	for b := range bursts {
+		time.Sleep(time.Until(start.Add(time.Duration(b) * every)))
+		recs := make([]Record, size)
+		for i := range recs {
+			recs[i] = Record{Topic: "in", Key: []byte("k"), Value: []byte(fmt.Sprintf("b%d/%d", b, i))}
+		}
+		sentAt[b] = time.Now()
+		if err := p.Produce(ctx, recs...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	receive(t, values, bursts*size, 10*time.Second, nil)
+	mu.Lock()
+	defer mu.Unlock()
+	// The first bursts show the input's shape; the rest are answered as
+	// they land.
+	var held []time.Duration
+	for b := 3; b < bursts; b++ {
+		held = append(held, handledAt[fmt.Sprint("b", b)].Sub(sentAt[b]))
+	}
+	sorted := slices.Clone(held)
+	slices.Sort(sorted)
+	if med := sorted[len(sorted)/2]; med > 150*time.Millisecond {
+		t.Fatalf("bursts every %s held %v from their produce to their handler (median %v; linger %s)", every, held, med, linger)
+	}
+	// The same batches: each burst whole, not split.
+	got := slices.Clone(batches)
+	slices.Sort(got)
+	if med := got[len(got)/2]; med < size {
+		t.Fatalf("median batch %d records, bursts of %d: %v", med, size, batches)
+	}
+}
+
+func TestBurstsTellABurstFromAStream(t *testing.T) {
+	var b bursts
+	b.observe(10, 15000, 0, 80*time.Millisecond) // ten records produced together
+	if got, ok := b.minBytes(24000, 150_000, 100*time.Millisecond); got != 7500 || !ok {
+		t.Fatalf("after a burst of 15,000 bytes at 150,000 B/s: minBytes %d, %v, want 7,500 (half the burst)", got, ok)
+	}
+	if got, ok := b.minBytes(24000, 300_000, 100*time.Millisecond); got != 24000 || ok {
+		t.Fatalf("at a rate that brings the target within the linger: minBytes %d, %v, want the target", got, ok)
+	}
+	if got, ok := b.minBytes(24000, 0, 100*time.Millisecond); got != 24000 || ok {
+		t.Fatalf("without a rate: minBytes %d, %v, want the target", got, ok)
+	}
+	b.observe(10, 15000, 70*time.Millisecond, time.Millisecond) // already there when asked: says nothing
+	b.observe(1, 1500, 0, 80*time.Millisecond)                  // one record: says nothing
+	if b.bytes == 0 {
+		t.Fatal("an answer that says nothing ended the bursts")
+	}
+	b.observe(10, 15000, 70*time.Millisecond, 80*time.Millisecond) // spread over the wait: a stream
+	if got, ok := b.minBytes(24000, 150_000, 100*time.Millisecond); got != 24000 || ok {
+		t.Fatalf("after a stream's answer: minBytes %d, %v, want the target", got, ok)
+	}
+}
+
 func TestLingerMinBytes(t *testing.T) {
 	for _, c := range []struct {
 		name    string
