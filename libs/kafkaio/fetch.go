@@ -93,7 +93,8 @@ func (a *arrivals) rate() float64 {
 // An answer shows a burst when its records were all produced within an
 // eighth of the time the fetch waited: a steady stream's records spread
 // over the whole wait. Answers that came within burstMinWait say nothing
-// (the records were there already), and answers of one record neither.
+// (the records were there already), and answers of one record or of
+// records without timestamps neither.
 type bursts struct {
 	bytes float64 // moving average of a burst's bytes; 0: not bursty
 }
@@ -506,7 +507,7 @@ func (c *Consumer) fetchLoop(ctx context.Context, addr string, parts []*partStat
 		// Linger (ConsumerConfig.Linger).
 		now := time.Now()
 		waited := lingering && size < int(req.minBytes) // the linger passed first
-		if asked {
+		if asked && first.UnixMilli() > 0 { // records without a timestamp (-1) tell nothing
 			bursts.observe(n, size, last.Sub(first), now.Sub(sentAt))
 		}
 		lingering = c.cfg.Linger > 0 && n > 0 && time.Duration(n)*c.cfg.Linger/2 >= now.Sub(lastData)
