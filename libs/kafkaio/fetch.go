@@ -507,7 +507,8 @@ func (c *Consumer) fetchLoop(ctx context.Context, addr string, parts []*partStat
 		// Linger (ConsumerConfig.Linger).
 		now := time.Now()
 		waited := lingering && size < int(req.minBytes) // the linger passed first
-		if asked && first.UnixMilli() > 0 { // records without a timestamp (-1) tell nothing
+		// Records without a timestamp (-1) tell nothing of bursts.
+		if asked && first.UnixMilli() > 0 {
 			bursts.observe(n, size, last.Sub(first), now.Sub(sentAt))
 		}
 		lingering = c.cfg.Linger > 0 && n > 0 && time.Duration(n)*c.cfg.Linger/2 >= now.Sub(lastData)
