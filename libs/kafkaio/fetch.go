@@ -434,7 +434,6 @@ func (c *Consumer) fetchLoop(ctx context.Context, addr string, parts []*partStat
 		gather    = map[string]partKey{} // this answer's worker per topic (router)
 	)
 	for ctx.Err() == nil {
-		asked := lingering // this fetch lingers
 		if lingering {
 			target := lingerMinBytes(c.cfg.LingerRecords, avgBytes, c.cfg.LingerSpan, arrived.rate(), c.fetchBytes)
 			wait := c.cfg.Linger
@@ -507,8 +506,9 @@ func (c *Consumer) fetchLoop(ctx context.Context, addr string, parts []*partStat
 		// Linger (ConsumerConfig.Linger).
 		now := time.Now()
 		waited := lingering && size < int(req.minBytes) // the linger passed first
-		// Records without a timestamp (-1) tell nothing of bursts.
-		if asked && first.UnixMilli() > 0 {
+		// lingering is still this fetch's. Records without a timestamp (-1)
+		// tell nothing of bursts.
+		if lingering && first.UnixMilli() > 0 {
 			bursts.observe(n, size, last.Sub(first), now.Sub(sentAt))
 		}
 		lingering = c.cfg.Linger > 0 && n > 0 && time.Duration(n)*c.cfg.Linger/2 >= now.Sub(lastData)

@@ -126,13 +126,15 @@ func measure(ctx context.Context, client *kafka.Client, topics []string, want in
 		if err := alive(); err != nil {
 			return w, err
 		}
+		ends, err := stack.PartitionEnds(ctx, client, topics, partitions)
+		if err != nil {
+			return w, err
+		}
 		var got int64
-		for _, t := range topics {
-			c, err := stack.EndOffsets(ctx, client, t, partitions)
-			if err != nil {
-				return w, err
+		for _, es := range ends {
+			for _, e := range es {
+				got += e
 			}
-			got += c
 		}
 		now := time.Now()
 		if got > 0 && t0.IsZero() {
@@ -273,7 +275,7 @@ func run(ctx context.Context, o options) error {
 		results = append(results, res)
 
 		// Added latency at a steady rate.
-		from, err := endOffsets(ctx, client, lanes)
+		from, err := stack.PartitionEnds(ctx, client, lanes, partitions)
 		if err != nil {
 			return err
 		}
@@ -410,31 +412,6 @@ func produce(ctx context.Context, w sender, from, n int, domain func(int) string
 		}
 	}
 	return nil
-}
-
-// endOffsets is each partition's end offset, by topic.
-func endOffsets(ctx context.Context, client *kafka.Client, topics []string) (map[string][]int64, error) {
-	req := map[string][]kafka.OffsetRequest{}
-	for _, t := range topics {
-		for p := range partitions {
-			req[t] = append(req[t], kafka.LastOffsetOf(p))
-		}
-	}
-	res, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: req})
-	if err != nil {
-		return nil, err
-	}
-	out := map[string][]int64{}
-	for _, t := range topics {
-		out[t] = make([]int64, partitions)
-		for _, p := range res.Topics[t] {
-			if p.Error != nil {
-				return nil, p.Error
-			}
-			out[t][p.Partition] = p.LastOffset
-		}
-	}
-	return out, nil
 }
 
 // drain reads every partition of the lanes from its offset in from until

@@ -66,20 +66,42 @@ func Passthrough(ctx context.Context, brokers []string, group, in, out string, m
 // EndOffsets sums the end offsets of a topic's partitions (the record count
 // of a topic that was empty at the start).
 func EndOffsets(ctx context.Context, c *kafka.Client, topic string, partitions int) (int64, error) {
-	req := make([]kafka.OffsetRequest, partitions)
-	for i := range req {
-		req[i] = kafka.LastOffsetOf(i)
-	}
-	res, err := c.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: req}})
+	ends, err := PartitionEnds(ctx, c, []string{topic}, partitions)
 	if err != nil {
 		return 0, err
 	}
 	var sum int64
-	for _, p := range res.Topics[topic] {
-		if p.Error != nil {
-			return 0, p.Error
-		}
-		sum += p.LastOffset
+	for _, e := range ends[topic] {
+		sum += e
 	}
 	return sum, nil
+}
+
+// PartitionEnds is the end offset of each partition (0..partitions-1) of
+// each topic, in one request.
+func PartitionEnds(ctx context.Context, c *kafka.Client, topics []string, partitions int) (map[string][]int64, error) {
+	req := map[string][]kafka.OffsetRequest{}
+	for _, t := range topics {
+		for p := range partitions {
+			req[t] = append(req[t], kafka.LastOffsetOf(p))
+		}
+	}
+	res, err := c.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: req})
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]int64{}
+	for _, t := range topics {
+		out[t] = make([]int64, partitions)
+		for _, p := range res.Topics[t] {
+			if p.Error != nil {
+				return nil, p.Error
+			}
+			if p.Partition < 0 || p.Partition >= partitions {
+				return nil, fmt.Errorf("%s: an end offset for partition %d, of %d", t, p.Partition, partitions)
+			}
+			out[t][p.Partition] = p.LastOffset
+		}
+	}
+	return out, nil
 }
